@@ -1,0 +1,56 @@
+# sftc: `make run` runs the whole toy chain, `make test` runs the tests. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres ui rerun bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned to the CPU build first, so nothing pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp configs/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# The main job: the whole toy chain through the Dagster instance in .dagster_home.
+run: setup
+	$(VENV)/bin/sftc run
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+test-gpu: setup
+	$(PY) -m pip install -q -e '.[gpu]'
+	$(PY) -m pytest -m gpu
+
+test-postgres: setup
+	$(PY) -m pytest -m postgres
+
+# The web UI with the daemon (schedules and sensors live) on the embedded instance.
+ui: setup
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# Re-run a window of months, e.g. make rerun FROM=2012-01 TO=2012-03
+rerun: setup
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make rerun FROM=YYYY-MM TO=YYYY-MM"; exit 2; }
+	$(VENV)/bin/sftc rerun --from $(FROM) --to $(TO)
+
+bench: setup
+	$(PY) bench/parse_xml.py
+	$(PY) bench/convert_fp8.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/backtest.py
+
+clean:
+	rm -rf data/raw_xml data/jsonl data/hf_splits data/nemo_jsonl data/checkpoints data/models data/eval data/backtest data/reports data/prices .dagster_home

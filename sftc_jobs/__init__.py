@@ -1,0 +1,1 @@
+"""Definitions, partitions, jobs, schedules, sensors and the `sftc` command line."""

@@ -1,0 +1,1 @@
+"""Resources of sftc: settings, artifact paths, GPU, price data, node routing."""

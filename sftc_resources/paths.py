@@ -1,0 +1,73 @@
+"""Where every artifact lives under the data directory (one place, so assets, CLI and tests agree)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    root: Path
+
+    @property
+    def raw_xml(self) -> Path:
+        return self.root / "raw_xml"
+
+    def raw_xml_month(self, month: str) -> Path:
+        """`month` is YYYY-MM; files live under raw_xml/YYYY/MM/."""
+        year, mm = month.split("-")
+        return self.raw_xml / year / mm
+
+    @property
+    def jsonl(self) -> Path:
+        return self.root / "jsonl"
+
+    def jsonl_month(self, month: str) -> Path:
+        return self.jsonl / f"{month}.jsonl"
+
+    def rejects_month(self, month: str) -> Path:
+        return self.jsonl / f"{month}.rejects.jsonl"
+
+    @property
+    def hf_splits(self) -> Path:
+        return self.root / "hf_splits"
+
+    @property
+    def nemo_jsonl(self) -> Path:
+        return self.root / "nemo_jsonl"
+
+    @property
+    def base_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "base_fp8"
+
+    @property
+    def bf16_checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "bf16"
+
+    @property
+    def nemo_model(self) -> Path:
+        return self.root / "checkpoints" / "nemo"
+
+    @property
+    def sft_model(self) -> Path:
+        return self.root / "models" / "sft"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def eval_month(self, month: str) -> Path:
+        return self.eval_dir / f"{month}.csv"
+
+    @property
+    def prices(self) -> Path:
+        return self.root / "prices"
+
+    @property
+    def backtest(self) -> Path:
+        return self.root / "backtest"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
