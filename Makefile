@@ -34,8 +34,31 @@ test-gpu: setup
 	$(PY) -m pip install -q -e '.[gpu]'
 	$(PY) -m pytest -m gpu
 
+# Materializations against a real PostgreSQL: .ci/with_postgres installs Debian's postgresql when
+# missing and starts a throwaway server on 127.0.0.1 for the tests.
 test-postgres: setup
-	$(PY) -m pytest -m postgres
+	bash .ci/with_postgres $(PY) -m pytest -m postgres
+
+# Headless Chromium against the web UI (Debian's chromium, installed when missing).
+test-browser: setup
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	$(PY) -m pytest -m browser
+
+# The NeMo environment (NeMo 2.7.3 pins transformers 4.57 and numpy < 2, so it has its own venv):
+# CPU torch first, then requirements-nemo.txt; the `nemo` tests run inside it.
+NEMO_VENV := .venv-nemo
+NEMO_STAMP := $(NEMO_VENV)/.installed
+$(NEMO_STAMP): requirements-nemo.txt
+	@test -x $(NEMO_VENV)/bin/python || $(PYTHON) -m venv $(NEMO_VENV)
+	$(NEMO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NEMO_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(NEMO_VENV)/bin/python -m pip install -q -r requirements-nemo.txt pytest pytest-timeout
+	@touch $(NEMO_STAMP)
+
+$(NEMO_VENV): $(NEMO_STAMP)
+
+test-nemo: $(NEMO_STAMP)
+	PYTHONPATH=$(CURDIR) $(NEMO_VENV)/bin/python -m pytest -m nemo tests/test_training_nemo_env.py
 
 # The web UI with the daemon (schedules and sensors live) on the embedded instance.
 ui: setup

@@ -71,6 +71,18 @@ class ModelConfig(_Strict):
 
 class ComputeConfig(_Strict):
     cpu_max_checkpoint_bytes: int = Field(gt=0)
+    # Size of the profile's base checkpoint, known before it exists: `auto` assets route to a GPU node above the CPU limit.
+    expected_checkpoint_bytes: int | None = Field(default=None, gt=0)
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # DeepSeek-V3's attention projections (as NeMo's LoRA default); experts are fused tensors, not Linear modules.
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], min_length=1
+    )
 
 
 class TrainingConfig(_Strict):
@@ -82,6 +94,18 @@ class TrainingConfig(_Strict):
     eval_every: int = Field(gt=0)
     save_every: int = Field(gt=0)
     seed: int = 0
+    # The Hugging Face backend's loop (the NeMo backend reads configs/nemo/finetune.yaml).
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    # auto: full fine-tune up to full_finetune_max_params parameters, LoRA above.
+    peft: Literal["auto", "none", "lora"] = "auto"
+    full_finetune_max_params: int = Field(default=1_000_000_000, gt=0)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    # Validation prompts generated greedily after training to measure the parse rate (0: skip).
+    parse_check_samples: int = Field(default=64, ge=0)
 
 
 class EvaluationConfig(_Strict):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -43,6 +45,15 @@ def atomic_write_json(path: Path | str, obj: object) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_write_csv(path: Path | str, rows: Iterable[dict], columns: Iterable[str]) -> Path:
+    """A CSV with a header of `columns`; keys of a row outside them are left out, missing ones are empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
 def atomic_write_jsonl(path: Path | str, rows: Iterable[dict]) -> int:
     """Write one JSON object a line (keys in insertion order, UTF-8 kept); returns the number of lines."""
     count = 0
@@ -64,22 +75,27 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_jsonl(path: Path | str) -> list[dict]:
-    """Read a JSONL file; a line that is not a JSON object is an error naming file and line."""
+def replace_dir(src: Path | str, path: Path | str) -> None:
+    """Move the finished directory `src` (same filesystem) to `path`, replacing whatever was there."""
+    src, path = Path(src), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(src, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, path)
+
+
+def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error naming file and line."""
     path = Path(path)
-    rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -90,5 +106,9 @@ def read_jsonl(path: Path | str) -> list[dict]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """Read a JSONL file; a line that is not a JSON object is an error naming file and line."""
+    return [row for _, row in iter_jsonl(path)]

@@ -1,0 +1,95 @@
+"""Backtest speed against the floor of reading the same eval CSV with pandas, measured side by side in one process.
+
+A synthetic eval CSV (default 1M rows over 5 years of XNYS sessions, ~200 tickers, random-walk prices written as
+local price files in a temp dir) is backtested with `run_backtest` (read + validate + every metric + portfolio +
+plots + report files); the reference is `pandas.read_csv` of the same file with its three date columns parsed.
+The goal is backtest / read <= 3x. Usage: python bench/backtest.py [--rows N] [--tickers N] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sftc_assets.backtest.metrics import load_backtest_config
+from sftc_assets.backtest.report import run_backtest
+from sftc_assets.evaluation.eval_csv import write_eval_csv
+from sftc_resources.prices import LocalPriceSource, forward_returns, trading_sessions, write_price_file
+from sftc_resources.settings import ACTIONS
+
+GOAL = 3.0
+
+
+def synthetic_prices(root: Path, tickers: list[str], sessions: pd.DatetimeIndex, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for ticker in tickers:
+        adjusted = 50.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.018, len(sessions))))
+        frame = pd.DataFrame({"date": sessions, "open": adjusted, "high": adjusted * 1.01, "low": adjusted * 0.99,
+                              "close": adjusted, "adjusted_close": adjusted, "volume": 1e6})
+        write_price_file(root / f"{ticker}.parquet", frame)
+        frames[ticker] = frame
+    return frames
+
+
+def synthetic_eval_csv(path: Path, rows: int, prices: dict[str, pd.DataFrame], sessions: pd.DatetimeIndex, rng: np.random.Generator) -> None:
+    tickers = np.array(sorted(prices))
+    ticker = tickers[rng.integers(0, len(tickers), rows)]
+    as_of = sessions[rng.integers(0, len(sessions) - 10, rows)]
+    horizon = np.full(rows, 5)
+    true = np.array(ACTIONS)[rng.integers(0, 5, rows)]
+    guess = np.where(rng.random(rows) < 0.4, true, np.array(ACTIONS)[rng.integers(0, 5, rows)])
+    predicted = np.where(rng.random(rows) < 0.05, "", guess)
+    frame = pd.DataFrame({"id": [f"{t}-{i}" for i, t in enumerate(ticker)], "ticker": ticker, "as_of_date": as_of.strftime("%Y-%m-%d"),
+                          "true_action": true, "predicted_action": predicted, "parse_ok": predicted != "", "horizon_days": horizon})
+    frame["raw_output"] = "<reasoning>Momentum and margins, see support.</reasoning>\n<support>a; b</support><action>" + frame["predicted_action"] + "</action>"
+    labels = []
+    for name, group in frame.groupby("ticker", sort=False):
+        part = forward_returns(prices[name], group["as_of_date"], group["horizon_days"].to_numpy())
+        part.index = group.index
+        labels.append(part)
+    labels = pd.concat(labels).loc[frame.index]
+    for column in labels:
+        frame[column] = labels[column].to_numpy()
+    write_eval_csv(frame.sort_values(["as_of_date", "ticker", "id"]), path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--tickers", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    sessions = trading_sessions("XNYS")
+    sessions = sessions[(sessions >= "2015-01-01") & (sessions <= "2019-12-31")]
+    with tempfile.TemporaryDirectory(prefix="sftc-bench-") as tmp:
+        tmp = Path(tmp)
+        started = time.perf_counter()
+        prices = synthetic_prices(tmp / "prices", [f"T{i:03d}" for i in range(args.tickers)], sessions, rng)
+        csv_path = tmp / "eval.csv"
+        synthetic_eval_csv(csv_path, args.rows, prices, sessions, rng)
+        print(f"setup: {args.rows:,} rows, {args.tickers} tickers, {len(sessions)} sessions, "
+              f"{csv_path.stat().st_size / 2**20:.0f} MiB CSV in {time.perf_counter() - started:.1f} s")
+        source, config = LocalPriceSource(tmp / "prices"), load_backtest_config()
+        read_times, backtest_times = [], []
+        for _ in range(args.repeats):  # interleaved, so load on the machine hits both alike
+            started = time.perf_counter()
+            pd.read_csv(csv_path, parse_dates=["as_of_date", "entry_date", "exit_date"])
+            read_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            metrics = run_backtest(csv_path, tmp / "report", source, config)
+            backtest_times.append(time.perf_counter() - started)
+        read, backtest = min(read_times), min(backtest_times)
+        ratio = backtest / read
+        print(f"pandas read_csv + dates: {read:.2f} s (best of {args.repeats})")
+        print(f"run_backtest:            {backtest:.2f} s (best of {args.repeats}); positions {metrics['portfolio']['positions']:,}")
+        print(f"ratio backtest / read: {ratio:.2f}x (goal <= {GOAL:g}x): {'ok' if ratio <= GOAL else 'ABOVE GOAL'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""`sftc backtest`: metrics, portfolio and report from eval CSV(s)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sftc_resources.settings import CONFIG_DIR, load_settings
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "backtest",
+        help="backtest eval CSV(s): metrics.json, report.md/.html, equity_curve.png, confusion.png",
+        description="Classification, signal and portfolio figures of spec/eval-and-backtest.md over an eval CSV "
+        "or a directory of them (the eval_csv partitions); prices from the profile's price source.",
+    )
+    parser.add_argument("--eval-csv", type=Path, required=True, help="an eval CSV, or a directory of them")
+    parser.add_argument("--report", type=Path, required=True, help="directory for the report files")
+    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "backtest_config.yaml", help="scores, cost_bps, risk-free rate")
+    parser.set_defaults(func=run_backtest_command)
+
+
+def run_backtest_command(args: argparse.Namespace) -> int:
+    from sftc_assets.backtest.metrics import load_backtest_config
+    from sftc_assets.backtest.report import HEADLINE, run_backtest
+    from sftc_resources.prices import load_prices_config, price_source_from_settings
+
+    prices = load_prices_config()
+    config = load_backtest_config(args.config)
+    metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(load_settings(), prices), config, prices.calendar)
+    keys = ("cumulative_return", "cagr", "sharpe", "max_drawdown")
+    summary = {
+        "report": str(args.report),
+        "rows": metrics["rows"],
+        **{k: metrics[k] for k in HEADLINE},
+        "portfolio": {k: metrics["portfolio"].get(k) for k in ("available", "positions", "missing_positions", *keys)},
+        "benchmark": {k: metrics["benchmark"].get(k) for k in keys},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,68 @@
+"""`sftc make-toy-checkpoint`, `sftc convert-fp8`, `sftc preflight`: the checkpoint steps from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sftc_resources.paths import ArtifactPaths
+from sftc_resources.settings import load_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    toy = subparsers.add_parser("make-toy-checkpoint", help="build the tiny DeepSeek-V3 and its tokenizer")
+    toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
+    toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
+    toy.add_argument(
+        "--corpus", type=Path, default=None, help="JSONL file or directory for the tokenizer (default: the data dir's nemo_jsonl)"
+    )
+    toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
+    toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
+    toy.set_defaults(func=_make_toy_checkpoint)
+
+    convert = subparsers.add_parser("convert-fp8", help="FP8 (block-scaled) -> BF16 checkpoint, streamed and resumable")
+    convert.add_argument("--source", required=True, type=Path, help="FP8 checkpoint directory (HF layout)")
+    convert.add_argument("--output", required=True, type=Path, help="BF16 checkpoint directory (replaced when done)")
+    convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar (logs and the summary only)")
+    convert.set_defaults(func=_convert_fp8)
+
+    preflight = subparsers.add_parser("preflight", help="GPU readiness checklist of this node")
+    preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
+    preflight.set_defaults(func=_preflight)
+
+
+def _make_toy_checkpoint(args: argparse.Namespace) -> int:
+    from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
+
+    settings = load_settings()
+    corpus = args.corpus or ArtifactPaths(settings.data_dir).nemo_jsonl
+    if args.corpus is None and not corpus.exists():
+        raise FileNotFoundError(f"{corpus}: no corpus for the tokenizer; run `sftc export-nemo` first or pass --corpus")
+    summary = make_toy_checkpoint(
+        args.out,
+        corpus_texts_from(corpus),
+        seed=settings.profile.model.seed if args.seed is None else args.seed,
+        fp8=args.fp8,
+        vocab_size=settings.profile.model.vocab_size if args.vocab_size is None else args.vocab_size,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _convert_fp8(args: argparse.Namespace) -> int:
+    from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
+
+    summary = convert_fp8_checkpoint(args.source, args.output, device=args.device, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "shard_sha256"}, indent=2))
+    return 0
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from sftc_assets.checkpoints.preflight import run_preflight
+
+    report = run_preflight(load_settings(), check_nemo=not args.no_nemo)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0 if report.ready else 1

@@ -1,0 +1,238 @@
+"""A tiny DeepSeek-V3 (transformers' own class) with a BPE tokenizer trained on the corpus.
+
+`make_toy_checkpoint` writes it in the Hugging Face layout: BF16 in one file, or (fp8=True) the exact
+layout of the DeepSeek-V3 release: the linear weights DeepSeek quantizes as float8_e4m3fn with a float32
+`<name>_scale_inv` per 128x128 block, everything else unchanged, sharded with an index, and the release's
+`quantization_config` in config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from sftc_assets.checkpoints.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, is_quantized_weight, quantize_fp8_blockwise
+from sftc_assets.checkpoints.safetensors_io import INDEX_NAME, SAFETENSORS_METADATA, SINGLE_FILE_NAME
+from sftc_assets.common.io import atomic_dir, read_jsonl
+
+BOS_TOKEN = "<｜begin▁of▁sentence｜>"
+EOS_TOKEN = "<｜end▁of▁sentence｜>"
+PAD_TOKEN = "<｜▁pad▁｜>"
+SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)  # ids 0, 1, 2 as in DeepSeek's tokenizer
+
+FP8_SHARDS = 4
+
+
+def toy_config(vocab_size: int = 1024):
+    """DeepSeek-V3's architecture at toy size: MLA with small LoRA ranks, one dense layer, then two MoE layers."""
+    from transformers import DeepseekV3Config
+
+    return DeepseekV3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=192,  # not a multiple of 128: the dense MLP has a 2x1 / 1x2 scale grid
+        moe_intermediate_size=48,
+        num_hidden_layers=3,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=48,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        num_mtp_layers=0,  # no multi-token-prediction layer is written, so the config must not announce one
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+
+
+def corpus_texts_from(path: Path | str) -> list[str]:
+    """Every string field (strings inside lists too) of a JSONL file, or of the `*.jsonl` files of a directory.
+
+    Reads nemo_jsonl lines (`input`, `output`) and thesis records alike; `*.rejects.jsonl` files are skipped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.jsonl") if not p.name.endswith(".rejects.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.jsonl files to take the tokenizer corpus from")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{path}: corpus not found (expected a JSONL file or a directory of them)")
+    texts = [text for file in files for row in read_jsonl(file) for text in _strings(row.values())]
+    if not texts:
+        raise ValueError(f"{path}: no text in the corpus (no string fields in {len(files)} JSONL file(s))")
+    return texts
+
+
+def _strings(values: Iterable) -> Iterable[str]:
+    for value in values:
+        if isinstance(value, str) and value:
+            yield value
+        elif isinstance(value, list):
+            yield from _strings(value)
+
+
+def train_tokenizer(corpus_texts: list[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE (any text encodes) with DeepSeek's special tokens and BOS added like DeepSeek's."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus_texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B", special_tokens=[(BOS_TOKEN, 0)]
+    )
+    return tokenizer
+
+
+def tokenizer_config(model_max_length: int) -> dict:
+    # PreTrainedTokenizerFast: a class both transformers 5 (ours) and 4.57 (NeMo's environment) load from tokenizer.json.
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": BOS_TOKEN,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": EOS_TOKEN,
+        "model_max_length": model_max_length,
+        "pad_token": PAD_TOKEN,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+def _fp8_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The release's tensors: quantized linears + their scales, float32 router bias kept, the rest in bf16."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if is_quantized_weight(name, tensor.shape):
+            out[name], out[name + SCALE_SUFFIX] = quantize_fp8_blockwise(tensor)
+        else:
+            out[name] = _release_dtype(name, tensor)
+    return out
+
+
+def _release_dtype(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    # The release keeps e_score_correction_bias in float32 (transformers keeps it so too); the rest is bf16.
+    return tensor.float() if name.endswith("e_score_correction_bias") else tensor.to(torch.bfloat16)
+
+
+def _plan_shards(state: dict[str, torch.Tensor], shards: int) -> list[list[str]]:
+    """Size-based shards in name order; each shard closes right after a quantized weight, so its scale opens
+    the next shard: the awkward case of the real release (a scale stored apart from its weight), on purpose."""
+    names = sorted(state)
+    # Sized on the decoder layers, so a big vocabulary (embeddings, lm_head: the first shard) cannot merge shards.
+    target = math.ceil(sum(_nbytes(state[n]) for n in names if n.startswith("model.layers.")) / shards)
+    plan: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        plan[-1].append(name)
+        size += _nbytes(state[name])
+        if size >= target and state[name].dtype == torch.float8_e4m3fn and len(plan) < shards:
+            plan.append([])
+            size = 0
+    return [names for names in plan if names]
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def make_toy_checkpoint(
+    out_dir: Path | str, corpus_texts: list[str], *, seed: int = 0, fp8: bool = False, vocab_size: int = 1024
+) -> dict:
+    """Build the toy DeepSeek-V3 and its tokenizer into `out_dir` (replaced whole, atomically).
+
+    Deterministic: the same corpus, seed and options give byte-identical files.
+    """
+    from transformers import DeepseekV3ForCausalLM, GenerationConfig
+
+    if not corpus_texts:
+        raise ValueError("corpus_texts is empty: the toy tokenizer needs text (e.g. corpus_texts_from(nemo_jsonl dir))")
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size}: must hold the 256 bytes and {len(SPECIAL_TOKENS)} special tokens")
+
+    tokenizer = train_tokenizer(corpus_texts, vocab_size)
+    config = toy_config(vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DeepseekV3ForCausalLM(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    state = _per_expert_state_dict(model)
+
+    config_dict = config.to_dict()
+    config_dict["dtype"] = "bfloat16"
+    if fp8:
+        state = _fp8_state_dict(state)
+        config_dict["quantization_config"] = dict(QUANTIZATION_CONFIG)
+    else:
+        state = {name: _release_dtype(name, tensor) for name, tensor in state.items()}
+
+    out_dir = Path(out_dir)
+    weight_map: dict[str, str] = {}
+    with atomic_dir(out_dir) as tmp:
+        if fp8:
+            plan = _plan_shards(state, FP8_SHARDS)
+            for number, names in enumerate(plan, start=1):
+                filename = f"model-{number:05d}-of-{len(plan):05d}.safetensors"
+                save_file({n: state[n] for n in names}, tmp / filename, metadata=SAFETENSORS_METADATA)
+                weight_map.update(dict.fromkeys(names, filename))
+            index = {"metadata": {"total_size": sum(_nbytes(t) for t in state.values())}, "weight_map": weight_map}
+            _write_json(tmp / INDEX_NAME, index)
+        else:
+            plan = [sorted(state)]
+            save_file(state, tmp / SINGLE_FILE_NAME, metadata=SAFETENSORS_METADATA)
+        _write_json(tmp / "config.json", config_dict)
+        generation = GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2, do_sample=False)
+        generation.save_pretrained(tmp)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        _write_json(tmp / "tokenizer_config.json", tokenizer_config(config.max_position_embeddings))
+
+    return {
+        "path": str(out_dir),
+        "fp8": fp8,
+        "seed": seed,
+        "parameters": parameters,
+        "tensors": len(state),
+        "quantized_tensors": sum(1 for t in state.values() if t.dtype == torch.float8_e4m3fn),
+        "shards": len(plan),
+        "scales_in_other_shard": sum(
+            1 for name, shard in weight_map.items() if name.endswith(SCALE_SUFFIX) and weight_map[name.removesuffix(SCALE_SUFFIX)] != shard
+        ),
+        "total_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()),
+        "weight_bytes": sum(_nbytes(t) for t in state.values()),
+        "vocab_size": vocab_size,
+        "tokenizer_vocab": tokenizer.get_vocab_size(),
+        "corpus_texts": len(corpus_texts),
+    }
+
+
+def _per_expert_state_dict(model) -> dict[str, torch.Tensor]:
+    """The on-disk names of the real model: transformers 5 fuses experts in memory and splits them back on save."""
+    with tempfile.TemporaryDirectory(prefix="sftc-toy-") as tmp:
+        model.save_pretrained(tmp)
+        return load_file(Path(tmp) / SINGLE_FILE_NAME)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,72 @@
+"""`sftc build-dataset` and `sftc export-nemo`: the dataset steps from the command line.
+
+The logic is imported inside each command: `datasets` takes seconds to import, `sftc --help` should not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sftc_resources.settings import load_settings, load_sft_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    build = subparsers.add_parser(
+        "build-dataset",
+        help="split thesis records by time into train/validation/test (a datasets.DatasetDict)",
+        description="Without --validation-days/--test-days the windows come from TRAIN_START_DATE, TRAIN_END_DATE, "
+        "TEST_START_DATE and the profile's test end. Exit 2 on bad input or a split that would come out empty.",
+    )
+    build.add_argument("--jsonl", required=True, type=Path, help="a records JSONL file, or a directory of monthly *.jsonl")
+    build.add_argument("--out-dir", required=True, type=Path, help="where the DatasetDict goes (replaced whole)")
+    build.add_argument("--validation-days", type=int, help="split by days: validation = the N days before the test days")
+    build.add_argument("--test-days", type=int, help="split by days: test = the last N days of the data")
+    build.add_argument("--embargo-days", type=int, help="calendar days dropped before each later split (default: sft_config splits.embargo_days)")
+    build.add_argument("--min-samples", type=int, help="fewest records a split may have (default: sft_config splits.min_samples)")
+    build.set_defaults(func=_build_dataset)
+
+    export = subparsers.add_parser(
+        "export-nemo",
+        help="write the splits as NeMo JSONL (training/validation/test.jsonl) with the prompt template",
+    )
+    export.add_argument("--dataset-dir", required=True, type=Path, help="a DatasetDict from build-dataset")
+    export.add_argument("--output-dir", required=True, type=Path, help="where the JSONL files go (replaced whole)")
+    export.add_argument("--max-samples", type=int, help="at most N lines per split (the first N in time order)")
+    tokenizer = export.add_mutually_exclusive_group()
+    tokenizer.add_argument("--tokenizer", type=Path, help="a local tokenizer directory: report token lengths and truncations")
+    tokenizer.add_argument("--skip-tokenizer", action="store_true", help="no token statistics (the default without --tokenizer)")
+    export.set_defaults(func=_export_nemo)
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    from sftc_assets.datasets.splits import build_dataset
+
+    settings = load_settings()
+    summary = build_dataset(
+        args.jsonl,
+        args.out_dir,
+        load_sft_config(),
+        date_bounds=(settings.train_start_date, settings.train_end_date, settings.test_start_date, settings.test_end_date),
+        validation_days=args.validation_days,
+        test_days=args.test_days,
+        embargo_days=args.embargo_days,
+        min_samples=args.min_samples,
+    )
+    ranges = summary["date_ranges"]
+    for name, count in summary["counts"].items():
+        print(f"{name}: {count} records, {ranges[name]['first']}..{ranges[name]['last']}")
+    print(
+        f"dropped by the {summary['embargo_days']}-day embargo: {sum(summary['dropped_by_embargo'].values())}, "
+        f"outside the windows: {sum(summary['outside_windows'].values())}, of {summary['records']} records -> {args.out_dir}"
+    )
+    return 0
+
+
+def _export_nemo(args: argparse.Namespace) -> int:
+    from sftc_assets.datasets.nemo_export import export_nemo
+
+    summary = export_nemo(args.dataset_dir, args.output_dir, load_sft_config(), max_samples=args.max_samples, tokenizer_path=args.tokenizer)
+    print(json.dumps({k: summary[k] for k in ("counts", "token_stats")}, indent=2))
+    return 0

@@ -1,0 +1,145 @@
+"""The splits as NeMo fine-tuning files: `training.jsonl`, `validation.jsonl`, `test.jsonl`, one
+`{"input": rendered prompt, "output": target}` a line, plus `export_summary.json`.
+
+With a tokenizer, the summary has token lengths counted the way the training backend feeds them: the prompt
+with the tokenizer's own special tokens (BOS), the target without them plus one EOS. A pair whose total exceeds
+`max_seq_length` of configs/sft_config.yaml is counted as a truncation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from datasets import load_from_disk
+
+from sftc_assets.common.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+from sftc_assets.datasets.prompts import render_prompt
+from sftc_assets.datasets.splits import SPLITS
+from sftc_resources.settings import SftConfig
+
+NEMO_FILES = {"train": "training.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
+SUMMARY_FILE = "export_summary.json"
+
+
+def nemo_pairs(split, sft_config: SftConfig, max_samples: int | None = None) -> list[dict[str, str]]:
+    """`{"input", "output"}` for the first `max_samples` rows of one split (all rows when None)."""
+    rows = split if max_samples is None else split.select(range(min(max_samples, len(split))))
+    return [{"input": render_prompt(r["instruction"], r["input"], sft_config), "output": r["output"]} for r in rows]
+
+
+def line_problems(row: object, special_tokens: list[str]) -> list[str]:
+    if not isinstance(row, dict):
+        return [f"expected a JSON object, got {type(row).__name__}"]
+    problems = [f"field '{f}' is not a non-empty string" for f in ("input", "output") if not isinstance(row.get(f), str) or not row[f]]
+    if not problems:
+        missing = [t for t in special_tokens if t not in row["output"]]
+        if missing:
+            problems.append(f"output lacks special token(s) {', '.join(missing)}")
+    return problems
+
+
+def nemo_file_problems(path: Path | str, special_tokens: list[str]) -> tuple[int, list[str]]:
+    """(lines read, problems as "file:line: what") for one NeMo JSONL file: every line parses and carries the tokens."""
+    path = Path(path)
+    lines, problems = 0, []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, text in enumerate(fh, start=1):
+            lines += 1
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+                continue
+            problems.extend(f"{path}:{lineno}: {p}" for p in line_problems(row, special_tokens))
+    return lines, problems
+
+
+def load_local_tokenizer(path: Path | str):
+    """A tokenizer from a local directory only (never the hub)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer directory not found (pass a checkpoint directory, or --skip-tokenizer)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer") from None
+
+
+def _length_stats(lengths: list[int]) -> dict:
+    values = np.asarray(lengths, dtype=np.float64)
+    return {
+        "min": int(values.min()),
+        "mean": round(float(values.mean()), 1),
+        "p95": round(float(np.percentile(values, 95)), 1),
+        "max": int(values.max()),
+    }
+
+
+def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length: int, special_tokens: list[str]) -> dict:
+    """Token lengths of prompt, target and total (min/mean/p95/max) and the pairs over `max_seq_length`."""
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    prompt, target, over = [], [], {}
+    for name, pairs in pairs_by_split.items():
+        prompt_lengths = [len(ids) for ids in tokenizer([p["input"] for p in pairs])["input_ids"]] if pairs else []
+        target_lengths = [len(ids) + eos for ids in tokenizer([p["output"] for p in pairs], add_special_tokens=False)["input_ids"]] if pairs else []
+        over[name] = sum(1 for a, b in zip(prompt_lengths, target_lengths) if a + b > max_seq_length)
+        prompt += prompt_lengths
+        target += target_lengths
+    if not prompt:
+        return {}
+    split_tokens = {t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in special_tokens}
+    return {
+        "prompt": _length_stats(prompt),
+        "target": _length_stats(target),
+        "total": _length_stats([a + b for a, b in zip(prompt, target)]),
+        "max_seq_length": max_seq_length,
+        "truncated": sum(over.values()),
+        "truncated_by_split": over,
+        # A format token the tokenizer splits in pieces is harder to learn and to stop on.
+        "special_tokens_not_single": sorted(t for t, n in split_tokens.items() if n != 1),
+    }
+
+
+def export_nemo(
+    dataset_dir: Path | str,
+    output_dir: Path | str,
+    sft_config: SftConfig,
+    max_samples: int | None = None,
+    tokenizer_path: Path | str | None = None,
+) -> dict:
+    """Write the three NeMo files and `export_summary.json` into `output_dir` atomically; returns the summary.
+
+    `max_samples` caps each split (its first rows, in time order). Every written line is read back and checked.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); run `sftc build-dataset` first")
+    dataset = load_from_disk(str(dataset_dir))
+    missing = [name for name in SPLITS if name not in dataset]
+    if missing:
+        raise ValueError(f"{dataset_dir}: split(s) {', '.join(missing)} missing; rebuild it with `sftc build-dataset`")
+    tokenizer = load_local_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    pairs = {name: nemo_pairs(dataset[name], sft_config, max_samples) for name in SPLITS}
+    summary = {
+        "counts": {name: len(rows) for name, rows in pairs.items()},
+        "files": {name: NEMO_FILES[name] for name in SPLITS},
+        "max_samples": max_samples,
+        "special_tokens": list(sft_config.special_tokens),
+        "tokenizer": str(tokenizer_path) if tokenizer is not None else None,
+        "token_stats": token_stats(tokenizer, pairs, sft_config.max_seq_length, sft_config.special_tokens) if tokenizer is not None else None,
+    }
+    with atomic_dir(output_dir) as staging:
+        for name in SPLITS:
+            atomic_write_jsonl(staging / NEMO_FILES[name], pairs[name])
+            _, problems = nemo_file_problems(staging / NEMO_FILES[name], sft_config.special_tokens)
+            if problems:
+                shown = "; ".join(p.replace(str(staging), str(output_dir)) for p in problems[:3])
+                raise ValueError(f"{len(problems)} NeMo line(s) fail the format check, nothing written: {shown}")
+        atomic_write_json(staging / SUMMARY_FILE, summary)
+    return summary

@@ -1,0 +1,196 @@
+"""The CPU validation report: each stage of the toy chain PASS/FAIL with its checks and figures, the
+environment, what a CPU cannot test, and "Ready for GPU deployment: YES/NO" with the reasons.
+
+No Dagster here: the asset gathers stage outcomes from the instance and hands them to `build_report`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sftc_assets.common.asset_helpers import markdown_table
+from sftc_assets.common.io import atomic_write_json, atomic_write_text
+from sftc_assets.common.manifest import package_versions
+
+# The toy chain in dependency order (asset keys of the design); the NeMo import is the one GPU-only asset.
+CHAIN_STAGES = (
+    "raw_xml",
+    "thesis_jsonl",
+    "hf_splits",
+    "nemo_jsonl",
+    "base_checkpoint",
+    "bf16_checkpoint",
+    "sft_model",
+    "eval_csv",
+    "backtest_report",
+)
+GPU_ONLY_STAGES = ("nemo_model",)
+# Tag on every run of one `cpu_validation`: its value is the id of the validation's own run.
+VALIDATION_RUN_TAG = "sftc/validation_run"
+
+PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
+
+# What a CPU node cannot prove, whatever the toy chain did.
+NOT_TESTABLE_ON_CPU = (
+    "The Triton FP8 -> BF16 kernel: bf16_checkpoint ran the bit-identical torch path on CPU instead.",
+    "The NeMo import of the BF16 checkpoint (nemo_model) and NeMo fine-tuning: sft_model ran the Hugging Face backend.",
+    "bf16 autocast, tensor / pipeline / expert parallelism across GPUs, and GPU memory at the full DeepSeek-V3 size.",
+    "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
+)
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: str = "ERROR"
+    description: str = ""
+
+
+@dataclass
+class StageOutcome:
+    """What happened to one asset: `materialized` in the runs considered, `error` when its step failed."""
+
+    asset: str
+    materialized: bool
+    partitions: list[str] = field(default_factory=list)
+    materialized_at: str | None = None
+    run_id: str | None = None
+    figures: dict = field(default_factory=dict)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error or any(not c.passed and c.severity == "ERROR" for c in self.checks):
+            return FAIL
+        return PASS if self.materialized else NOT_RUN
+
+
+def environment_summary(profile_name: str, train_backend: str) -> dict:
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        devices = torch.cuda.device_count() if cuda else 0
+    except ImportError:
+        cuda, devices = False, 0
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": cuda,
+        "cuda_devices": devices,
+        "profile": profile_name,
+        "train_backend": train_backend,
+        "packages": package_versions(),
+    }
+
+
+def _reasons(stages: list[StageOutcome]) -> list[str]:
+    reasons = []
+    for stage in stages:
+        if stage.status == FAIL:
+            failed = [c.name for c in stage.checks if not c.passed and c.severity == "ERROR"]
+            what = stage.error or f"check(s) failed: {', '.join(failed)}"
+            reasons.append(f"{stage.asset} failed: {what}")
+        elif stage.status == NOT_RUN:
+            reasons.append(f"{stage.asset} was not materialized")
+    return reasons
+
+
+def build_report(
+    stages: list[StageOutcome],
+    *,
+    environment: dict,
+    git: dict,
+    generated_at: dt.datetime,
+    validation_run: str | None,
+) -> dict:
+    reasons = _reasons(stages)
+    ready = not reasons and bool(stages)
+    if ready:
+        reasons = [f"all {len(stages)} stages of the toy chain passed with their checks on CPU"]
+    return {
+        "generated_at": generated_at.isoformat(timespec="seconds"),
+        "validation_run": validation_run,
+        "git_commit": git.get("git_commit", "unknown"),
+        "git_dirty": git.get("git_dirty"),
+        "environment": environment,
+        "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
+        "passed": sum(stage.status == PASS for stage in stages),
+        "failed": sum(stage.status == FAIL for stage in stages),
+        "not_run": sum(stage.status == NOT_RUN for stage in stages),
+        "gpu_only_stages": list(GPU_ONLY_STAGES),
+        "not_testable_on_cpu": list(NOT_TESTABLE_ON_CPU),
+        "ready_for_gpu": ready,
+        "reasons": reasons,
+    }
+
+
+def _figure_text(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    verdict = "YES" if report["ready_for_gpu"] else "NO"
+    lines = [
+        "# CPU validation report",
+        "",
+        f"**Ready for GPU deployment: {verdict}**",
+        "",
+        *[f"- {reason}" for reason in report["reasons"]],
+        "",
+        f"- Date: {report['generated_at']}",
+        f"- Commit: `{report['git_commit']}`" + (" (uncommitted changes)" if report["git_dirty"] else ""),
+        f"- Validation run: `{report['validation_run'] or 'none (latest materializations)'}`",
+        f"- Environment: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
+        f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
+        f"- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
+        "",
+        f"## Stages: {report['passed']} passed, {report['failed']} failed, {report['not_run']} not run",
+        "",
+    ]
+    summary_rows = [
+        {
+            "stage": stage["asset"],
+            "status": stage["status"],
+            "partitions": f"{len(stage['partitions'])} ({stage['partitions'][0]}..{stage['partitions'][-1]})" if stage["partitions"] else "",
+            "checks": ", ".join(f"{c['name']} {'PASS' if c['passed'] else 'FAIL'}" for c in stage["checks"]) or "none",
+            "materialized": stage["materialized_at"] or "",
+        }
+        for stage in report["stages"]
+    ]
+    lines += [markdown_table(summary_rows, max_cell=200), ""]
+    for stage in report["stages"]:
+        lines += [f"### {stage['asset']}: {stage['status']}", ""]
+        if stage["error"]:
+            lines += [f"Error: {stage['error']}", ""]
+        for check in stage["checks"]:
+            mark = "PASS" if check["passed"] else f"FAIL ({check['severity']})"
+            lines.append(f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else ""))
+        if stage["figures"]:
+            lines += [""] + [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
+        lines.append("")
+    lines += [
+        "## Not tested without a GPU",
+        "",
+        f"- GPU-only assets left out of the CPU validation: {', '.join(report['gpu_only_stages'])}",
+        *[f"- {item}" for item in report["not_testable_on_cpu"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, reports_dir: Path) -> tuple[Path, Path]:
+    """`validation_report.md` and its JSON twin, each written atomically."""
+    md_path = atomic_write_text(reports_dir / "validation_report.md", render_markdown(report))
+    json_path = atomic_write_json(reports_dir / "validation_report.json", report)
+    return md_path, json_path

@@ -1,0 +1,499 @@
+"""The Hugging Face training backend: one readable loop (nanoGPT style), CPU or GPU.
+
+Loads the BF16 checkpoint, adds the SFT special tokens (new embedding rows = mean of the old rows), trains on the
+NeMo JSONL pairs with answer-only loss (AdamW, warmup + cosine, clipping, accumulation, optional LoRA), and writes
+the fine-tuned HF checkpoint with training.csv, val.csv, metrics.json and loss_curve.png. Checkpoints under
+OUTPUT/checkpoints/step-N hold everything a killed run needs to continue with the same losses (`resume=True`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sftc_assets.common.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftc_assets.evaluation.actions import parse_action
+from sftc_assets.evaluation.generate import generate_greedy
+from sftc_assets.training.data import (
+    BatchStream,
+    Example,
+    collate,
+    load_pairs,
+    sequential_batches,
+    split_path,
+    tokenize_split,
+)
+from sftc_resources.settings import EvaluationConfig, SftConfig, TrainingConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_CSV_COLUMNS = ("step", "loss", "lr", "tokens_per_s")
+# --smoke-test: the first run on a new node proves the path end to end, not learning.
+SMOKE_STEPS, SMOKE_TRAIN_SAMPLES, SMOKE_VAL_SAMPLES, SMOKE_NEW_TOKENS = 10, 16, 8, 16
+GENERATIONS_PREVIEW = 5
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything that fixes a run's trajectory; a resumed run must match the checkpoint's plan."""
+
+    training: TrainingConfig
+    max_steps: int
+    max_seq_length: int
+    special_tokens: tuple[str, ...]
+    smoke_test: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "training": self.training.model_dump(),
+            "max_steps": self.max_steps,
+            "max_seq_length": self.max_seq_length,
+            "special_tokens": list(self.special_tokens),
+            "smoke_test": self.smoke_test,
+        }
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    train_rows: list[dict] = field(default_factory=list)
+    val_rows: list[dict] = field(default_factory=list)
+
+
+# --- pieces with their own tests ---------------------------------------------------------------
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based): linear warmup, cosine decay."""
+    warmup_steps = min(warmup_steps, max_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def add_special_tokens(model, tokenizer, tokens: list[str]) -> list[int]:
+    """Add `tokens` as extra special tokens; their input and output embedding rows become the mean of the old rows.
+
+    Returns the ids of the tokens that were new to the tokenizer.
+    """
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"extra_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
+    new_ids = list(range(before, len(tokenizer)))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; generation batches need a pad id
+    if not new_ids:
+        return new_ids
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    keep = torch.ones(model.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    keep[new_ids] = False
+    keep[old_rows:] = False  # rows past the old matrix are fresh, not part of the mean
+    with torch.no_grad():
+        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+            embedding.weight[new_ids] = embedding.weight[keep].mean(dim=0)
+    return new_ids
+
+
+def target_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over target positions (labels -100 elsewhere)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+
+
+def checkpoint_parameter_count(model_dir: Path) -> int:
+    """Parameters of a safetensors checkpoint, read from the file headers without loading any tensor."""
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(path, framework="pt") as handle:
+            for name in handle.keys():
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
+
+
+# --- model, data and optimizer -----------------------------------------------------------------
+
+
+def _uses_lora(training: TrainingConfig, parameter_count: int) -> bool:
+    if training.peft == "auto":
+        return parameter_count > training.full_finetune_max_params
+    return training.peft == "lora"
+
+
+def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.device):
+    """The checkpoint on `device` with the special tokens added, wrapped in LoRA when the plan asks for it."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir}: no HF checkpoint (config.json missing); materialize bf16_checkpoint or pass --model DIR"
+        )
+    parameter_count = checkpoint_parameter_count(model_dir)
+    lora = _uses_lora(plan.training, parameter_count)
+    # Full fine-tunes keep fp32 master weights (bf16 autocast on GPU); LoRA freezes the base, bf16 on GPU.
+    dtype = torch.bfloat16 if lora and device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{model_dir}: the tokenizer has no EOS token; the target needs one to end on")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    new_ids = add_special_tokens(model, tokenizer, list(plan.special_tokens))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora:
+        model = _wrap_lora(model, plan.training, new_ids)
+    return model, tokenizer, new_ids, lora
+
+
+def _wrap_lora(model, training: TrainingConfig, new_ids: list[int]):
+    import peft  # only LoRA runs need it
+
+    config = peft.LoraConfig(
+        r=training.lora.rank,
+        lora_alpha=training.lora.alpha,
+        lora_dropout=training.lora.dropout,
+        target_modules=list(training.lora.target_modules),
+        # the added tokens' rows must learn; the rest of both embedding matrices stays frozen
+        trainable_token_indices={"embed_tokens": new_ids, "lm_head": new_ids} if new_ids else None,
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
+
+
+def _optimizer(model, training: TrainingConfig, plan_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": training.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=training.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, training.warmup_steps, plan_steps, training.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[Example], batch_size: int, pad_token_id: int, device: torch.device) -> float:
+    """Mean cross-entropy per target token over the whole validation set."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch_examples in sequential_batches(examples, batch_size):
+        batch = {k: v.to(device) for k, v in collate(batch_examples, pad_token_id).items()}
+        with _autocast(device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total += target_loss_sum(logits, batch["labels"]).item()
+        count += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    return total / count
+
+
+def train_step(model, optimizer, scheduler, micro_batches: list[dict], trainable: list, max_grad_norm: float, device) -> float:
+    """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss per target token."""
+    target_count = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
+    step_loss = 0.0
+    for batch in micro_batches:
+        with _autocast(device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # normalise by the step's target count so accumulation equals one large batch
+        loss = target_loss_sum(logits, batch["labels"]) / target_count
+        loss.backward()
+        step_loss += loss.item()
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, stream: BatchStream, state: dict) -> Path:
+    """OUTPUT/checkpoints/step-N, written whole or not at all."""
+    target = Path(output_dir) / CHECKPOINTS_DIR / f"step-{step}"
+    with atomic_dir(target) as tmp:
+        save_file(_trainable_state(model), tmp / "trainable.safetensors")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "optimizer.pt")
+        atomic_write_json(tmp / "trainer_state.json", {**state, "step": step, "data_position": stream.position})
+    return target
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    steps = [(int(p.name.split("-", 1)[1]), p) for p in root.glob("step-*") if p.name.split("-", 1)[1].isdigit()]
+    return max(steps)[1] if steps else None
+
+
+def _prune_checkpoints(output_dir: Path, keep: int) -> None:
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in root.glob("step-*") if p.name.split("-", 1)[1].isdigit())
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _restore(checkpoint: Path, model, optimizer, scheduler, plan: RunPlan) -> dict:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    if state["plan"] != plan.as_dict():
+        saved, wanted = state["plan"], plan.as_dict()
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        raise ValueError(
+            f"{checkpoint}: cannot resume, the run's settings changed since this checkpoint ({', '.join(changed)}); "
+            "resume with the same settings, or run without --resume to start over"
+        )
+    trainable = load_file(checkpoint / "trainable.safetensors")
+    missing = set(_trainable_state(model)) - set(trainable)
+    if missing:
+        raise ValueError(f"{checkpoint}: trainable.safetensors lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
+    model.load_state_dict(trainable, strict=False)
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    return state
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_logs(output_dir: Path, train_rows: list[dict], val_rows: list[dict]) -> None:
+    atomic_write_text(output_dir / "training.csv", _csv_text(train_rows, TRAINING_CSV_COLUMNS))
+    atomic_write_text(output_dir / "val.csv", _csv_text(val_rows, ("step", "val_loss")))
+
+
+def plot_loss_curve(path: Path, train_rows: list[dict], val_rows: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in train_rows], [float(r["loss"]) for r in train_rows], lw=1, alpha=0.7, label="training")
+    ax.plot([r["step"] for r in val_rows], [float(r["val_loss"]) for r in val_rows], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per target token")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _publish_model(model, tokenizer, output_dir: Path) -> None:
+    """Model and tokenizer at the top of OUTPUT: staged in a hidden directory, then each file renamed in."""
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for path in staging.iterdir():
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare_output(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, or None after clearing a previous run's files for a fresh start."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        log.info("%s: no checkpoint to resume from; starting at step 0", output_dir)
+    if checkpoint is not None:
+        return checkpoint
+    entries = [p for p in output_dir.iterdir()]
+    if entries and not ((output_dir / CHECKPOINTS_DIR).is_dir() or (output_dir / "metrics.json").is_file()):
+        raise ValueError(f"{output_dir}: not empty and not a training output; choose an empty or new --output DIR")
+    for path in entries:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this node; use --device cpu")
+    return torch.device(device)
+
+
+def run_training(
+    model_dir: Path,
+    data_dir: Path,
+    output_dir: Path,
+    training: TrainingConfig,
+    sft: SftConfig,
+    evaluation: EvaluationConfig,
+    *,
+    max_steps: int | None = None,
+    smoke_test: bool = False,
+    resume: bool = False,
+    device: str | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
+
+    `on_step` gets each training.csv row (plus `val_loss` on validation steps) as it is logged.
+    """
+    model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
+    steps = SMOKE_STEPS if smoke_test else (max_steps or training.max_steps)
+    plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)
+    torch_device = _resolve_device(device)
+    # inputs are read and checked before anything under OUTPUT changes
+    train_pairs = load_pairs(split_path(data_dir, "train"))
+    val_pairs = load_pairs(split_path(data_dir, "validation"))
+    if smoke_test:
+        train_pairs, val_pairs = train_pairs[:SMOKE_TRAIN_SAMPLES], val_pairs[:SMOKE_VAL_SAMPLES]
+
+    torch.manual_seed(training.seed)
+    model, tokenizer, new_ids, lora = load_model_and_tokenizer(model_dir, plan, torch_device)
+    train_set = tokenize_split(tokenizer, train_pairs, sft.max_seq_length)
+    val_set = tokenize_split(tokenizer, val_pairs, sft.max_seq_length)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = _optimizer(model, training, steps)
+    stream = BatchStream([len(e.input_ids) for e in train_set.examples], training.batch_size, training.seed)
+
+    checkpoint = _prepare_output(output_dir, resume)
+    state = {"plan": plan.as_dict(), "train_rows": [], "val_rows": [], "train_seconds": 0.0, "train_tokens": 0}
+    if checkpoint is not None:
+        state = _restore(checkpoint, model, optimizer, scheduler, plan)
+        stream = BatchStream.at(stream.lengths, training.batch_size, training.seed, state["data_position"])
+        log.info("resuming from %s", checkpoint)
+    start_step = state.get("step", 0)
+    resumed_from = start_step if checkpoint is not None else None
+    pad_id = tokenizer.pad_token_id
+
+    def validate(step: int) -> float:
+        loss = validation_loss(model, val_set.examples, training.batch_size, pad_id, torch_device)
+        state["val_rows"].append({"step": step, "val_loss": loss})
+        log.info("step %d: validation loss %.4f", step, loss)
+        return loss
+
+    if start_step == 0:
+        validate(0)
+    model.train()
+    for step in range(start_step + 1, steps + 1):
+        started = time.perf_counter()  # tokens/s counts batch assembly too, not only the model
+        indices = [stream.next() for _ in range(training.gradient_accumulation_steps)]
+        micro_batches = [
+            {k: v.to(torch_device) for k, v in collate([train_set.examples[i] for i in batch], pad_id).items()}
+            for batch in indices
+        ]
+        tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
+        lr = scheduler.get_last_lr()[0]
+        loss = train_step(model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device)
+        seconds = time.perf_counter() - started
+        state["train_seconds"] += seconds
+        state["train_tokens"] += tokens
+        row = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": round(tokens / seconds, 1)}
+        state["train_rows"].append(row)
+        report = dict(row)
+        if step % training.eval_every == 0 or step == steps:
+            report["val_loss"] = validate(step)
+        if step % training.save_every == 0 or step == steps:
+            save_checkpoint(output_dir, step, model, optimizer, scheduler, stream, state)
+            _prune_checkpoints(output_dir, training.keep_checkpoints)
+            _write_logs(output_dir, state["train_rows"], state["val_rows"])
+        if on_step is not None:
+            on_step(report)
+
+    model.eval()
+    parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, smoke_test)
+    final_model = model.merge_and_unload() if lora else model
+    _publish_model(final_model, tokenizer, output_dir)
+    _write_logs(output_dir, state["train_rows"], state["val_rows"])
+    plot_loss_curve(output_dir / "loss_curve.png", state["train_rows"], state["val_rows"])
+    atomic_write_jsonl(output_dir / "val_generations.jsonl", parse.pop("preview"))
+    val_losses = [r["val_loss"] for r in state["val_rows"]]
+    metrics = {
+        "backend": "hf",
+        "device": str(torch_device),
+        "steps": steps,
+        "resumed_from_step": resumed_from,
+        "smoke_test": smoke_test,
+        "peft": "lora" if lora else "none",
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "added_special_tokens": len(new_ids),
+        "train_examples": len(train_set.examples),
+        "val_examples": len(val_set.examples),
+        "truncated_train_examples": train_set.truncated,
+        "truncated_val_examples": val_set.truncated,
+        "initial_val_loss": val_losses[0],
+        "final_val_loss": val_losses[-1],
+        "best_val_loss": min(val_losses),
+        "best_val_step": state["val_rows"][val_losses.index(min(val_losses))]["step"],
+        "final_train_loss": state["train_rows"][-1]["loss"] if state["train_rows"] else None,
+        "train_tokens": state["train_tokens"],
+        "train_seconds": round(state["train_seconds"], 3),
+        "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
+        **parse,
+    }
+    atomic_write_json(output_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    log.info("trained %d steps: val loss %.4f -> %.4f, parse rate %s", steps, metrics["initial_val_loss"], metrics["final_val_loss"], metrics["parse_rate"])
+    return TrainResult(output_dir, metrics, state["train_rows"], state["val_rows"])
+
+
+def _parse_check(model, tokenizer, pairs: list[dict], training: TrainingConfig, evaluation: EvaluationConfig, smoke_test: bool) -> dict:
+    """Greedy generation on the first validation prompts: the share that yields a parseable action."""
+    pairs = pairs[: training.parse_check_samples]
+    prompts = [pair["input"] for pair in pairs]
+    if not prompts:
+        return {"parse_rate": None, "parse_checked": 0, "parse_ok": 0, "preview": []}
+    max_new_tokens = min(SMOKE_NEW_TOKENS, evaluation.max_new_tokens) if smoke_test else evaluation.max_new_tokens
+    texts = generate_greedy(model, tokenizer, prompts, max_new_tokens, evaluation.batch_size)
+    actions = [parse_action(text) for text in texts]
+    ok = sum(action is not None for action in actions)
+    preview = [
+        {"expected": parse_action(pair["output"]), "predicted": action, "output": text}
+        for pair, text, action in zip(pairs, texts, actions)
+    ][:GENERATIONS_PREVIEW]
+    return {"parse_rate": ok / len(prompts), "parse_checked": len(prompts), "parse_ok": ok, "preview": preview}

@@ -1,0 +1,40 @@
+"""`sftc import-nemo`: the BF16 checkpoint into NeMo (the `nemo_model` asset's logic), in the NeMo environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH
+from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_import
+from sftc_resources.paths import ArtifactPaths
+from sftc_resources.settings import load_settings
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import-nemo",
+        help="import the BF16 HF checkpoint into NeMo (llm.import_ckpt, run with the NeMo environment's interpreter)",
+        description=(
+            "Run `nemo_entry import` with the NeMo interpreter (SFTC_NEMO_PYTHON, else nemo_python in "
+            "configs/nemo/finetune.yaml). --dry-run checks the checkpoint and prints the plan without NeMo."
+        ),
+    )
+    parser.add_argument("--model", type=Path, help="BF16 HF checkpoint (default: <data dir>/checkpoints/bf16)")
+    parser.add_argument("--output", type=Path, help="NeMo checkpoint directory (default: <data dir>/checkpoints/nemo)")
+    parser.add_argument("--config", type=Path, default=FINETUNE_CONFIG_PATH, help="NeMo fine-tune config (for nemo_python)")
+    parser.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; NeMo is not imported")
+    parser.set_defaults(func=run_import_nemo)
+
+
+def run_import_nemo(args: argparse.Namespace) -> int:
+    paths = ArtifactPaths(load_settings().data_dir)
+    try:
+        result = run_nemo_import(args.model or paths.bf16_checkpoint, args.output or paths.nemo_model, args.config, args.dry_run)
+    except NemoEntryError as exc:
+        print(f"sftc import-nemo: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0

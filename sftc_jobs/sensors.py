@@ -1,0 +1,84 @@
+"""Declarative automation split by node class: one sensor for the CPU assets, one for the GPU assets.
+
+Dagster refuses two automation-condition sensors targeting the same asset, so the split is static per
+profile: each materializable asset belongs to exactly one sensor, chosen by the node class its compute class
+resolves to in this profile (the `sftc/node` op tag of `asset_placement`). Each sensor adds its node's
+run tags (`sftc/node`, `dagster-k8s/config`), so the Kubernetes run launcher places every run it emits
+on the right node pool. The sensors run in the code server (`use_user_code_server=True`), which lets
+them apply one default condition to every asset that declares none and lets tests evaluate them with
+`build_sensor_context`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import dagster as dg
+
+from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, Placement, automated_run_tags
+
+AC = dg.AutomationCondition
+
+SENSOR_NAMES: dict[NodeClass, str] = {"cpu": "automation_cpu_node", "gpu": "automation_gpu_node"}
+
+
+def missing_or_stale() -> dg.AutomationCondition:
+    """Materialize what is missing (every partition, not only the latest), or stale (a dependency or the code changed).
+
+    A partition whose last run failed is not retried on every tick; it is retried when something upstream
+    or its code changes. Nothing is requested while its dependencies are missing or in progress.
+    """
+    missing = (AC.missing() & ~AC.execution_failed()).with_label("missing (last run did not fail)")
+    stale = (AC.any_deps_updated() | AC.code_version_changed()).since_last_handled().with_label("dependency or code changed")
+    return ((missing | stale) & ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()).with_label(
+        "missing_or_stale"
+    )
+
+
+def asset_node_class(assets_def: dg.AssetsDefinition) -> NodeClass:
+    """The node class an asset's op was placed on by `asset_placement` (cpu when it declares none)."""
+    node = assets_def.op.tags.get(NODE_TAG, "cpu")
+    if node not in NODE_CLASSES:
+        raise ValueError(f"asset {assets_def.key.to_user_string()}: op tag {NODE_TAG}={node!r}, expected cpu or gpu")
+    return node
+
+
+def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> dict[NodeClass, list[dg.AssetKey]]:
+    """Materializable asset keys grouped by node class (observed and external assets are not automated here)."""
+    groups: dict[NodeClass, list[dg.AssetKey]] = {node: [] for node in NODE_CLASSES}
+    for assets_def in assets:
+        if isinstance(assets_def, dg.AssetsDefinition) and assets_def.is_materializable:
+            groups[asset_node_class(assets_def)].extend(sorted(assets_def.keys))
+    return groups
+
+
+def automation_sensors(
+    assets: Sequence[dg.AssetsDefinition | dg.AssetSpec],
+    *,
+    running: Iterable[NodeClass],
+    excluded: Iterable[dg.AssetKey] = (),
+    placement: Placement = "run",
+    minimum_interval_seconds: int = 30,
+) -> list[dg.AutomationConditionSensorDefinition]:
+    """One automation sensor per node class over that class's assets (minus `excluded`); `running` ones start on."""
+    running, excluded = set(running), set(excluded)
+    sensors = []
+    for node, keys in keys_by_node_class(assets).items():
+        keys = [key for key in keys if key not in excluded]
+        with warnings.catch_warnings():
+            # use_user_code_server and default_condition are beta parameters, chosen on purpose (see the module doc).
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            sensor = dg.AutomationConditionSensorDefinition(
+                SENSOR_NAMES[node],
+                # Checks run inside the runs of their assets; the sensor decides for assets only.
+                target=dg.AssetSelection.assets(*keys).without_checks(),
+                run_tags=automated_run_tags(node, placement),
+                default_condition=missing_or_stale(),
+                use_user_code_server=True,
+                default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,
+                minimum_interval_seconds=minimum_interval_seconds,
+                description=f"Materializes what is missing or stale among the {node.upper()}-node assets, in runs tagged {NODE_TAG}={node}.",
+            )
+        sensors.append(sensor)
+    return sensors

@@ -1,0 +1,575 @@
+"""Daily prices: the sample prices that ship in a package, the exchange session calendar, forward returns
+(spec/eval-and-backtest.md), and the two price sources (EODHD over HTTP, local per-ticker files) behind one
+interface, plus the Dagster resource `PriceDataResource` (resource key "prices") that picks the source.
+
+Only `PriceDataResource` touches Dagster; everything else is plain Python for the CLI, the assets and the tests.
+The EODHD key is a `Secret`: it is revealed only where a request is sent, and redacted from every URL, log
+record, exception message and cached file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import functools
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftc_assets.common.io import atomic_path
+from sftc_resources.paths import ArtifactPaths
+from sftc_resources.project import ProjectResource
+from sftc_resources.settings import CONFIG_DIR, ConfigError, Secret, Settings, load_yaml_model
+
+log = logging.getLogger(__name__)
+
+PRICE_COLUMNS = ("date", "open", "high", "low", "close", "adjusted_close", "volume")
+RETURN_STATUSES = ("ok", "no_price", "beyond_data", "unknown_ticker")
+ReturnStatus = Literal["ok", "no_price", "beyond_data", "unknown_ticker"]
+
+# The calendar is built from here on; earlier as_of dates get status no_price.
+CALENDAR_START = "1990-01-01"
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class PriceDataError(RuntimeError):
+    """Prices could not be had; the message names the ticker and what to do."""
+
+
+class UnknownTickerError(PriceDataError, KeyError):
+    """The source does not know the ticker (a KeyError, so `except KeyError` works too)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EodhdAuthError(PriceDataError):
+    """401/403: the key is wrong or lacks the plan; never retried."""
+
+
+class EodhdQuotaError(PriceDataError):
+    """402 (daily quota spent) or 429 still refused after the retries."""
+
+
+class EodhdUnavailableError(PriceDataError):
+    """5xx, 408, timeouts or connection errors still failing after the retries."""
+
+
+class EodhdResponseError(PriceDataError):
+    """An answer that is not the EODHD end-of-day JSON (malformed JSON, HTML, wrong shape, other 4xx)."""
+
+
+# --- the configuration (the `prices` section of configs/eval_config.yaml) -----------------------
+
+
+class PricesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calendar: str = "XNYS"
+    eodhd_exchange: str = Field(default="US", pattern=r"^[A-Z]{2,10}$")
+    eodhd_base_url: str = Field(default="https://eodhd.com/api", pattern=r"^https?://")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=60.0, ge=0)
+    # A Retry-After longer than this fails at once as a quota error instead of blocking the run.
+    max_retry_after_seconds: float = Field(default=120.0, ge=0)
+
+
+class _PricesSection(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # the evaluation owns the rest of the file
+
+    prices: PricesConfig = PricesConfig()
+
+
+def load_prices_config(path: Path | str | None = None) -> PricesConfig:
+    return load_yaml_model(path or CONFIG_DIR / "eval_config.yaml", _PricesSection).prices
+
+
+# --- price frames -----------------------------------------------------------------------------
+
+
+def normalise_prices(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """The canonical price frame: PRICE_COLUMNS, dates as datetime64[ns] (midnight), sorted, one row a date.
+
+    `origin` (a file name or "EODHD AAPL.US") goes into the error when a column is missing or a value is bad.
+    """
+    missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PriceDataError(f"{origin}: missing price column(s) {', '.join(missing)}; expected {', '.join(PRICE_COLUMNS)}")
+    dates = frame["date"]
+    if not pd.api.types.is_datetime64_any_dtype(dates):
+        dates = pd.to_datetime(dates, errors="coerce")
+        if dates.isna().any():
+            row = int(np.flatnonzero(dates.isna().to_numpy())[0])
+            raise PriceDataError(f"{origin}: row {row + 1}, column date: {frame['date'].iloc[row]!r} is not a date (expected YYYY-MM-DD)")
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_localize(None)
+    days = dates.to_numpy().astype("datetime64[D]").astype("datetime64[ns]")  # midnight, whatever the unit was
+    columns = {"date": days}
+    for column in PRICE_COLUMNS[1:]:
+        values = frame[column].to_numpy()
+        columns[column] = values if values.dtype == np.float64 else pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+    out = pd.DataFrame(columns)
+    if len(days) > 1 and not (days[1:] > days[:-1]).all():  # sorting is the rare case: files are written sorted
+        out = out.sort_values("date", kind="stable").drop_duplicates("date", keep="last").reset_index(drop=True)
+    return out
+
+
+def empty_prices() -> pd.DataFrame:
+    return normalise_prices(pd.DataFrame({c: [] for c in PRICE_COLUMNS}), "empty")
+
+
+def sample_tickers() -> tuple[str, ...]:
+    from bokeh_sampledata import stocks
+
+    return tuple(name for name in stocks.__all__ if name != "data")
+
+
+def load_sample_prices(ticker: str) -> pd.DataFrame:
+    """Real daily prices (2000-2013, Quandl WIKI) from the bokeh-sampledata package; `adj_close` is adjusted close."""
+    from bokeh_sampledata import stocks
+
+    symbol = ticker.strip().upper()
+    if symbol not in sample_tickers():
+        raise UnknownTickerError(f"no sample prices for ticker {ticker!r}; bokeh-sampledata has {', '.join(sample_tickers())}")
+    raw = getattr(stocks, symbol)
+    frame = pd.DataFrame({**{c: raw[c] for c in ("date", "open", "high", "low", "close", "volume")}, "adjusted_close": raw["adj_close"]})
+    return normalise_prices(frame, f"bokeh-sampledata stocks.{symbol}")
+
+
+# --- the session calendar and forward returns --------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def trading_sessions(calendar: str = "XNYS") -> pd.DatetimeIndex:
+    """All sessions of the exchange calendar from CALENDAR_START to about a year ahead (cached per process)."""
+    import exchange_calendars as xcals
+
+    try:
+        cal = xcals.get_calendar(calendar, start=CALENDAR_START)
+    except xcals.errors.InvalidCalendarName:
+        raise ConfigError(f"calendar {calendar!r} is not an exchange-calendars name (e.g. XNYS, XLON)") from None
+    return pd.DatetimeIndex(cal.sessions.tz_localize(None) if cal.sessions.tz is not None else cal.sessions).astype("datetime64[ns]")
+
+
+def _as_datetime64(values: Sequence | pd.Series | np.ndarray) -> np.ndarray:
+    return pd.to_datetime(pd.Series(values)).dt.normalize().to_numpy().astype("datetime64[ns]")
+
+
+def session_window(as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray, calendar: str = "XNYS") -> tuple[np.ndarray, np.ndarray]:
+    """Entry (first session strictly after as_of) and exit (h sessions after entry) per row; NaT outside the calendar."""
+    sessions = trading_sessions(calendar).to_numpy()
+    as_of = _as_datetime64(as_of_dates)
+    entry_idx = np.searchsorted(sessions, as_of, side="right")
+    exit_idx = entry_idx + np.asarray(horizons, dtype=np.int64)
+    nat = np.datetime64("NaT", "ns")
+    known = as_of >= sessions[0]  # before the calendar starts no entry session is knowable (NaT compares False)
+    entry = np.where(known & (entry_idx < len(sessions)), sessions[np.minimum(entry_idx, len(sessions) - 1)], nat)
+    exit_ = np.where(known & (exit_idx < len(sessions)), sessions[np.minimum(exit_idx, len(sessions) - 1)], nat)
+    return entry, exit_
+
+
+def forward_returns(prices: pd.DataFrame | None, as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray,
+                    calendar: str = "XNYS") -> pd.DataFrame:
+    """Vectorised `forward_return`: columns entry_date, exit_date (datetime64, NaT when unknown), forward_return
+    (float, NaN when missing), return_status. `prices` None means the source does not know the ticker."""
+    as_of = _as_datetime64(as_of_dates)
+    entry, exit_ = session_window(as_of, horizons, calendar)
+    result = pd.DataFrame({"entry_date": entry, "exit_date": exit_})
+    if prices is None:
+        result["forward_return"] = np.nan
+        result["return_status"] = np.full(len(entry), "unknown_ticker", dtype=object)
+        return result
+    dates = prices["date"].to_numpy().astype("datetime64[ns]")
+    adjusted = prices["adjusted_close"].to_numpy(dtype="float64")
+    adjusted = np.where(np.isfinite(adjusted) & (adjusted > 0), adjusted, np.nan)  # a price <= 0 is no price
+
+    def price_on(days: np.ndarray) -> np.ndarray:
+        if len(dates) == 0:
+            return np.full(len(days), np.nan)
+        idx = np.minimum(np.searchsorted(dates, days), len(dates) - 1)
+        return np.where(dates[idx] == days, adjusted[idx], np.nan)  # NaT never equals a date
+
+    entry_price, exit_price = price_on(entry), price_on(exit_)
+    # Beyond the data: the exit is after the last price, or after the calendar's end (known as_of, no exit session).
+    beyond = np.isnat(exit_) & (as_of >= trading_sessions(calendar).to_numpy()[0])
+    if len(dates):
+        beyond |= exit_ > dates[-1]
+    ok = np.isfinite(entry_price) & np.isfinite(exit_price)
+    result["forward_return"] = np.where(ok, exit_price / np.where(ok, entry_price, 1.0) - 1.0, np.nan)
+    result["return_status"] = np.where(ok, "ok", np.where(beyond, "beyond_data", "no_price")).astype(object)
+    return result
+
+
+@dataclass(frozen=True)
+class ForwardReturn:
+    entry_date: dt.date | None
+    exit_date: dt.date | None
+    forward_return: float | None
+    return_status: ReturnStatus
+
+
+def forward_return(prices: pd.DataFrame | None, as_of_date: dt.date | str, horizon_days: int, calendar: str = "XNYS") -> ForwardReturn:
+    """adjusted_close(exit) / adjusted_close(entry) - 1 with entry the first session strictly after `as_of_date`
+    and exit `horizon_days` sessions after entry; a missing price gives None and a status, never 0."""
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be >= 1, got {horizon_days}")
+    row = forward_returns(prices, [as_of_date], [horizon_days], calendar).iloc[0]
+
+    def day(value) -> dt.date | None:
+        return None if pd.isna(value) else pd.Timestamp(value).date()
+
+    value = row["forward_return"]
+    return ForwardReturn(day(row["entry_date"]), day(row["exit_date"]), None if pd.isna(value) else float(value), row["return_status"])
+
+
+# --- price sources ----------------------------------------------------------------------------
+
+
+class PriceSource(Protocol):
+    """Daily prices of one ticker between two dates (inclusive), as `normalise_prices` gives them.
+
+    Raises UnknownTickerError when the source does not know the ticker, PriceDataError when it cannot answer.
+    """
+
+    name: str
+
+    def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame: ...
+
+
+def _between(frame: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """Rows from `start` to `end` inclusive of a normalised (sorted) frame."""
+    dates = frame["date"].to_numpy()
+    first, last = np.searchsorted(dates, np.datetime64(start, "ns")), np.searchsorted(dates, np.datetime64(end, "ns"), side="right")
+    return frame if (first, last) == (0, len(frame)) else frame.iloc[first:last].reset_index(drop=True)
+
+
+def _safe_file_name(ticker: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,30}", ticker):
+        raise UnknownTickerError(f"ticker {ticker!r} is not a valid symbol (letters, digits, '.', '-')")
+    return ticker.upper()
+
+
+class LocalPriceSource:
+    """Per-ticker files under `root`: `<TICKER>.parquet` or `<TICKER>.csv` with PRICE_COLUMNS.
+
+    With `sample_fallback` (the toy profile), a missing file for a ticker of bokeh-sampledata is written first.
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path | str, sample_fallback: bool = False):
+        self.root = Path(root)
+        self.sample_fallback = sample_fallback
+
+    def path_for(self, ticker: str) -> Path | None:
+        stem = _safe_file_name(ticker)
+        for suffix in (".parquet", ".csv"):
+            if (self.root / f"{stem}{suffix}").is_file():
+                return self.root / f"{stem}{suffix}"
+        return None
+
+    def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        path = self.path_for(ticker)
+        if path is None and self.sample_fallback and ticker.upper() in sample_tickers():
+            path = write_price_file(self.root / f"{_safe_file_name(ticker)}.parquet", load_sample_prices(ticker))
+        if path is None:
+            hint = " or add the ticker to the sample corpus" if self.sample_fallback else ""
+            raise UnknownTickerError(f"no price file for ticker {ticker!r} under {self.root} (expected {_safe_file_name(ticker)}.parquet or .csv{hint})")
+        try:
+            raw = pq.ParquetFile(path).read(use_threads=False).to_pandas() if path.suffix == ".parquet" else pd.read_csv(path)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise PriceDataError(f"{path}: cannot read the price file ({exc}); rewrite it with columns {', '.join(PRICE_COLUMNS)}") from None
+        return _between(normalise_prices(raw, str(path)), start, end)
+
+
+def write_price_file(path: Path, prices: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:
+    """Write a price frame as Parquet, atomically; `metadata` goes into the file's schema metadata."""
+    table = pa.Table.from_pandas(prices[list(PRICE_COLUMNS)], preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def fill_sample_prices(root: Path | str, tickers: Iterable[str]) -> list[Path]:
+    """Write the bokeh-sampledata prices of `tickers` as local price files (the toy profile's price source)."""
+    return [write_price_file(Path(root) / f"{_safe_file_name(t)}.parquet", load_sample_prices(t)) for t in tickers]
+
+
+# --- EODHD ------------------------------------------------------------------------------------
+
+_TOKEN_IN_TEXT = re.compile(r"(api_token=)[^&\s'\"]*")
+
+
+def redact(text: str, secret: Secret | None = None) -> str:
+    """Mask `api_token=...` in URLs and, if given, the secret's value anywhere in `text`."""
+    text = _TOKEN_IN_TEXT.sub(r"\1***", text)
+    if secret is not None and secret.reveal():
+        text = text.replace(secret.reveal(), "***")
+    return text
+
+
+class _RedactTokenFilter(logging.Filter):
+    """urllib3 logs each request line, query string included, at DEBUG: mask the token there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_token=" in message:
+            record.msg, record.args = redact(message), ()
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in ("urllib3.connectionpool", "requests"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokenFilter) for f in logger.filters):
+            logger.addFilter(_RedactTokenFilter())
+
+
+def eodhd_symbol(ticker: str, exchange: str = "US") -> str:
+    """EODHD's `{TICKER}.{EXCHANGE}`: a ticker already ending in an exchange code (AAPL.US) is kept; a share
+    class dot (BRK.B) becomes a hyphen, as EODHD writes it (BRK-B.US)."""
+    ticker = ticker.strip().upper()
+    if re.fullmatch(r"[A-Z0-9\-]+(\.[A-Z0-9]+)?\.[A-Z]{2,}", ticker):
+        return ticker
+    return f"{ticker.replace('.', '-')}.{exchange}"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def _body_excerpt(response: requests.Response, secret: Secret, limit: int = 200) -> str:
+    """The start of an error body as one plain line: HTML tags stripped, the key masked."""
+    text = response.text or ""
+    if "<" in text and ">" in text:
+        text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
+        text = re.sub(r"<[^>]+>", " ", text)
+    text = " ".join(text.split())
+    text = redact(text, secret)
+    return (text[:limit] + "…") if len(text) > limit else (text or "(empty body)")
+
+
+class EodhdClient:
+    """`GET {base_url}/eod/{SYMBOL}?api_token=…&fmt=json&from=…&to=…` with timeouts and retries.
+
+    408/429/5xx, timeouts and connection errors are retried with jittered exponential backoff (a Retry-After
+    header sets the least wait); 401/403 are auth errors, 402 a spent quota, 404 an unknown symbol.
+    """
+
+    RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        api_key: Secret,
+        config: PricesConfig = PricesConfig(),
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
+        if not isinstance(api_key, Secret) or not api_key.reveal():
+            raise ConfigError("EODHD_API_KEY: the EODHD source needs a key (set EODHD_API_KEY in .env)")
+        self._key = api_key
+        self.config = config
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        _install_log_redaction()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        ceiling = min(self.config.max_backoff_seconds, self.config.backoff_seconds * 2**attempt)
+        jittered = self._rng.uniform(ceiling / 2, ceiling)  # jitter spreads retries of parallel runs
+        return max(jittered, retry_after or 0.0)
+
+    def fetch_eod(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        url = f"{self.config.eodhd_base_url.rstrip('/')}/eod/{symbol}"
+        shown = f"{url}?api_token=***&fmt=json&from={start}&to={end}"
+        params = {"api_token": self._key.reveal(), "fmt": "json", "from": start.isoformat(), "to": end.isoformat()}
+        attempts = self.config.max_retries + 1
+        problem = ""
+        for attempt in range(attempts):
+            retry_after = None
+            try:
+                response = self.session.get(url, params=params, timeout=self.config.timeout_seconds)
+            except requests.RequestException as exc:
+                # requests' messages carry the full URL, key included: keep only the kind of failure.
+                problem = f"{type(exc).__name__} ({redact(str(exc), self._key)})"
+            else:
+                status = response.status_code
+                if status == 200:
+                    return self._parse(response, symbol, shown)
+                if status in (401, 403):
+                    raise EodhdAuthError(f"EODHD {shown}: HTTP {status}, the API key was refused ({_body_excerpt(response, self._key)}); check EODHD_API_KEY and the plan")
+                if status == 402:
+                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 402, the daily API quota is spent ({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan")
+                if status == 404:
+                    raise UnknownTickerError(f"EODHD does not know symbol {symbol} (HTTP 404 from {shown}: {_body_excerpt(response, self._key)})")
+                if status not in self.RETRIED_STATUS:
+                    raise EodhdResponseError(f"EODHD {shown}: HTTP {status} ({_body_excerpt(response, self._key)})")
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                problem = f"HTTP {status} ({_body_excerpt(response, self._key)})"
+                if status == 429 and retry_after is not None and retry_after > self.config.max_retry_after_seconds:
+                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s (more than {self.config.max_retry_after_seconds:.0f} s); retry later")
+                if status == 429 and attempt == attempts - 1:
+                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 429 (too many requests) after {attempts} attempts; retry later or lower the request rate")
+            if attempt < attempts - 1:
+                wait = self._backoff(attempt, retry_after)
+                log.warning("EODHD %s: %s; retry %d/%d in %.1f s", symbol, problem, attempt + 1, self.config.max_retries, wait)
+                self._sleep(wait)
+        raise EodhdUnavailableError(f"EODHD {shown}: still failing after {attempts} attempts, last: {problem}")
+
+    def _parse(self, response: requests.Response, symbol: str, shown: str) -> pd.DataFrame:
+        try:
+            rows = response.json()
+        except ValueError:
+            raise EodhdResponseError(f"EODHD {shown}: the answer is not JSON ({_body_excerpt(response, self._key)})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise EodhdResponseError(f"EODHD {shown}: expected a JSON list of daily rows, got {type(rows).__name__} ({_body_excerpt(response, self._key)})")
+        frame = pd.DataFrame(rows, columns=list(PRICE_COLUMNS)) if rows else pd.DataFrame({c: [] for c in PRICE_COLUMNS})
+        if rows and any(c not in rows[0] for c in PRICE_COLUMNS):
+            missing = [c for c in PRICE_COLUMNS if c not in rows[0]]
+            raise EodhdResponseError(f"EODHD {shown}: rows lack field(s) {', '.join(missing)}")
+        return normalise_prices(frame, f"EODHD {symbol}")
+
+
+class EodhdPriceSource:
+    """EODHD prices with a Parquet cache per symbol under `cache_dir`, extended incrementally.
+
+    The cache file records the date range it has fetched (schema metadata `sftc_from` / `sftc_to`), so a
+    later, wider request fetches only the missing ends; a file that cannot be read is dropped and refetched.
+    """
+
+    name = "eodhd"
+
+    def __init__(self, client: EodhdClient, cache_dir: Path | str, today: Callable[[], dt.date] = dt.date.today):
+        self.client = client
+        self.cache_dir = Path(cache_dir)
+        self._today = today
+
+    def cache_path(self, symbol: str) -> Path:
+        return self.cache_dir / f"{_safe_file_name(symbol)}.parquet"
+
+    def _read_cache(self, path: Path) -> tuple[pd.DataFrame, dt.date, dt.date] | None:
+        if not path.is_file():
+            return None
+        try:
+            table = pq.read_table(path)
+            meta = table.schema.metadata or {}
+            fetched = (dt.date.fromisoformat(meta[b"sftc_from"].decode()), dt.date.fromisoformat(meta[b"sftc_to"].decode()))
+            frame = normalise_prices(table.to_pandas(), str(path))
+        except (OSError, ValueError, KeyError, PriceDataError, pa.ArrowException) as exc:
+            log.warning("price cache %s is unreadable (%s); fetching again", path, type(exc).__name__)
+            path.unlink(missing_ok=True)
+            return None
+        return frame, *fetched
+
+    def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        symbol = eodhd_symbol(ticker, self.client.config.eodhd_exchange)
+        end = min(end, self._today())
+        if start > end:
+            return empty_prices()
+        path = self.cache_path(symbol)
+        cached = self._read_cache(path)
+        if cached is None:
+            frame, have_from, have_to = self.client.fetch_eod(symbol, start, end), start, end
+        else:
+            frame, have_from, have_to = cached
+            parts = [frame]
+            if start < have_from:
+                parts.insert(0, self.client.fetch_eod(symbol, start, have_from - dt.timedelta(days=1)))
+            if end > have_to:
+                # The last cached day is fetched again: it may have been a partial day when cached.
+                parts.append(self.client.fetch_eod(symbol, have_to, end))
+            if len(parts) == 1:
+                return _between(frame, start, end)
+            frame = normalise_prices(pd.concat(parts, ignore_index=True), f"EODHD {symbol}")
+            have_from, have_to = min(start, have_from), max(end, have_to)
+        write_price_file(path, frame, {"sftc_from": have_from.isoformat(), "sftc_to": have_to.isoformat(), "sftc_symbol": symbol})
+        return _between(frame, start, end)
+
+
+def price_source_from_settings(settings: Settings, config: PricesConfig | None = None) -> PriceSource:
+    """EODHD when the profile asks for it and a key is set; otherwise the local files under data/prices/."""
+    config = config or load_prices_config()
+    paths = ArtifactPaths(settings.data_dir)
+    if settings.profile.price_source == "eodhd":
+        if settings.eodhd_api_key is not None:
+            return EodhdPriceSource(EodhdClient(settings.eodhd_api_key, config), paths.prices / "eodhd")
+        log.warning("profile %s asks for EODHD prices but EODHD_API_KEY is not set; using local price files under %s", settings.profile_name, paths.prices)
+    return LocalPriceSource(paths.prices, sample_fallback=settings.profile.corpus.source == "sample")
+
+
+@dataclass
+class PriceBook:
+    """Prices of several tickers from one source: a frame per known ticker, an error text per unknown one."""
+
+    frames: dict[str, pd.DataFrame]
+    unknown: dict[str, str]
+
+    def get(self, ticker: str) -> pd.DataFrame | None:
+        return self.frames.get(ticker)
+
+
+def load_price_book(source: PriceSource, tickers: Iterable[str], start: dt.date, end: dt.date) -> PriceBook:
+    """Prices for every ticker; an unknown ticker is recorded (its rows get status unknown_ticker), the rest go on."""
+    frames, unknown = {}, {}
+    for ticker in sorted(set(tickers)):
+        try:
+            frames[ticker] = source.get_prices(ticker, start, end)
+        except UnknownTickerError as exc:
+            log.warning("prices: %s", exc)
+            unknown[ticker] = str(exc)
+    return PriceBook(frames, unknown)
+
+
+# --- the Dagster resource ---------------------------------------------------------------------
+
+
+class PriceDataResource(dg.ConfigurableResource):
+    """The price source chosen by settings (profile.price_source, EODHD_API_KEY), as assets see it.
+
+    `data_dir` overrides SFTC_DATA_DIR like ProjectResource's; `eodhd_base_url` overrides the configured URL.
+    """
+
+    data_dir: str | None = None
+    eodhd_base_url: str | None = None
+
+    def config(self) -> PricesConfig:
+        config = load_prices_config()
+        return config.model_copy(update={"eodhd_base_url": self.eodhd_base_url}) if self.eodhd_base_url else config
+
+    def source(self) -> PriceSource:
+        return price_source_from_settings(ProjectResource(data_dir=self.data_dir).settings(), self.config())

@@ -1,0 +1,155 @@
+"""base_checkpoint and bf16_checkpoint materialized through a Dagster instance, their checks, the GPU gate,
+and the full profile's observed external checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from checkpoints_helpers import awkward_checkpoint, write_checkpoint
+from sftc_assets.checkpoints import assets
+from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
+from sftc_assets.checkpoints.verify import scan_checkpoint
+from sftc_assets.common.io import atomic_write_jsonl
+from sftc_resources.gpu import GpuResource
+from sftc_resources.project import ProjectResource
+
+LINES = [
+    {
+        "input": f"### Instruction:\nYou are an equity analyst.\n\n### Input:\nTicker: {t}\nFacts:\n- close {d} {p}% over 5 days\n\n### Response:\n",
+        "output": f"<reasoning>The trend is {d}.</reasoning><support>close {d} {p}%</support><action>{a}</action>",
+    }
+    for t, d, p, a in [("AAPL", "up", 3.1, "BUY"), ("IBM", "down", 4.2, "SELL"), ("MSFT", "flat", 0.1, "HOLD")] * 6
+]
+
+
+def _write_nemo_jsonl(data_dir: Path) -> None:
+    for name, rows in (("training", LINES[:12]), ("validation", LINES[12:15]), ("test", LINES[15:])):
+        atomic_write_jsonl(data_dir / "nemo_jsonl" / f"{name}.jsonl", rows)
+
+
+def _checks():
+    return dg.load_asset_checks_from_modules([assets])
+
+
+class SmallCpuLimit(ProjectResource):
+    """The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse."""
+
+    def settings(self):
+        settings = super().settings()
+        compute = settings.profile.compute.model_copy(update={"cpu_max_checkpoint_bytes": 1000})
+        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"compute": compute})})
+
+
+def test_toy_chain_materializes_with_every_check_passing(data_dir):
+    _write_nemo_jsonl(data_dir)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [assets.base_checkpoint, assets.bf16_checkpoint, *_checks()],
+            instance=instance,
+            resources={"project": ProjectResource(), "gpu": GpuResource()},
+        )
+        assert result.success
+        events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+        base, bf16 = events["base_checkpoint"], events["bf16_checkpoint"]
+        assert base["shards"].value >= 3 and base["scales_in_other_shard"].value >= 1
+        assert base["fp8_tensors"].value == bf16["dequantized_tensors"].value > 0
+        assert bf16["device"].value == "cpu" and bf16["method"].value == "torch" and bf16["shards_resumed"].value == 0
+        assert "sha256" in bf16["shard_table"].value and "git_commit" in bf16
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert set(checks) == {"no_scale_tensors", "tensors_finite", "shapes_match_config", "loads_and_generates", "gpu_preflight"}
+        assert all(c.passed for c in checks.values()), {n: c.metadata for n, c in checks.items() if not c.passed}
+        assert checks["loads_and_generates"].metadata["new_tokens"].value > 0
+    bf16_dir = data_dir / "checkpoints" / "bf16"
+    assert (bf16_dir / "tokenizer.json").read_bytes() == (data_dir / "checkpoints" / "base_fp8" / "tokenizer.json").read_bytes()
+    assert "quantization_config" not in json.loads((bf16_dir / "config.json").read_text())
+    assert not any(name.endswith("_scale_inv") for name in json.loads((bf16_dir / "model.safetensors.index.json").read_text())["weight_map"])
+
+
+def test_gpu_gate_refuses_a_checkpoint_over_the_cpu_limit_before_any_work(data_dir):
+    make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", [line["input"] for line in LINES], fp8=True)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [assets.bf16_checkpoint],
+            instance=instance,
+            resources={"project": SmallCpuLimit(), "gpu": GpuResource()},
+            raise_on_error=False,
+        )
+    if torch.cuda.is_available():
+        pytest.skip("this node has CUDA: the gate lets the conversion through")
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert "bf16_checkpoint needs a CUDA GPU" in failure.description and "1000 B" in failure.description
+    assert not (data_dir / "checkpoints" / "bf16").exists()
+    assert not (data_dir / "checkpoints" / ".bf16.partial").exists()
+
+
+def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_path):
+    good = tmp_path / "good"
+    make_toy_checkpoint(good, [line["input"] for line in LINES], fp8=False)
+    tensors = load_file(good / "model.safetensors")
+    config = json.loads((good / "config.json").read_text())
+    tensors["model.layers.1.self_attn.o_proj.weight_scale_inv"] = torch.ones(1, 1)
+    tensors["model.norm.weight"][3] = float("nan")
+    tensors["model.layers.2.self_attn.o_proj.weight"] = tensors["model.layers.2.self_attn.o_proj.weight"][:, :10].contiguous()
+    del tensors["model.layers.1.mlp.experts.2.up_proj.weight"]
+    tensors["model.layers.1.mlp.experts.9.up_proj.weight"] = torch.zeros(2, 2, dtype=torch.bfloat16)
+    broken = write_checkpoint(tmp_path / "broken", [tensors], config=config)
+    scan = scan_checkpoint(broken)
+    assert scan.scale_tensors == ["model.layers.1.self_attn.o_proj.weight_scale_inv"]
+    assert scan.nonfinite == ["model.norm.weight (model-00001-of-00001.safetensors): 1 non-finite of 64"]
+    assert scan.missing == ["model.layers.1.mlp.experts.2.up_proj.weight"]
+    assert scan.unexpected == ["model.layers.1.mlp.experts.9.up_proj.weight"]
+    assert scan.wrong_shape == ["model.layers.2.self_attn.o_proj.weight: [64, 10], config says [64, 64]"]
+    assert not scan.shapes_ok
+    assert scan_checkpoint(good).shapes_ok
+
+
+OBSERVE = """
+import json, os, sys
+from pathlib import Path
+import dagster as dg
+from sftc_assets.checkpoints import assets
+from sftc_resources.project import ProjectResource
+
+class External(ProjectResource):
+    base: str
+    def settings(self):
+        s = super().settings()
+        model = s.profile.model.model_copy(update={"base_checkpoint_path": self.base})
+        return s.model_copy(update={"profile": s.profile.model_copy(update={"model": model})})
+
+assert isinstance(assets.base_checkpoint, dg.SourceAsset)
+defs = dg.Definitions(assets=[assets.base_checkpoint], jobs=[dg.define_asset_job("observe", selection=["base_checkpoint"])],
+                      resources={"project": External(base=sys.argv[1])})
+with dg.instance_for_test() as instance:
+    versions = []
+    for touch in (False, False, True):
+        if touch:  # a re-downloaded shard is a new version
+            os.utime(sorted(Path(sys.argv[1]).glob("*.safetensors"))[0], ns=(0, 0))
+        assert defs.resolve_job_def("observe").execute_in_process(instance=instance).success
+        observation = instance.fetch_observations(dg.AssetKey("base_checkpoint"), limit=1).records[0].asset_observation
+        versions.append(observation.tags["dagster/data_version"])
+    print(json.dumps({"versions": versions, "fp8_tensors": observation.metadata["fp8_tensors"].value}))
+"""
+
+
+@pytest.mark.slow  # a fresh process for the full profile's definitions: ~20 s on a busy 2-core machine
+def test_full_profile_observes_the_external_checkpoint(tmp_path, data_dir):
+    source = awkward_checkpoint(tmp_path / "DeepSeek-V3")
+    env = {**os.environ, "SFTC_PROFILE": "full", "PYTHONWARNINGS": "ignore"}
+    run = [sys.executable, "-c", textwrap.dedent(OBSERVE), str(source)]
+    done = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    observed = json.loads(done.stdout.strip().splitlines()[-1])
+    first, again, touched = observed["versions"]
+    assert observed["fp8_tensors"] == 6 and first == again != touched

@@ -1,0 +1,95 @@
+"""`sftc preflight`: the checklist against configs/nemo/finetune.yaml, the base checkpoint, disk and NeMo."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from checkpoints_helpers import awkward_checkpoint
+from sftc_assets.checkpoints.convert import plan_conversion
+from sftc_assets.checkpoints.preflight import run_preflight
+from sftc_jobs.cli import main as sftc_main
+from sftc_resources.gpu import GpuDevice, GpuProbe
+from sftc_resources.settings import load_settings
+
+GIB = 1 << 30
+
+
+def _probe(count: int, memory_gib: float = 80, triton_fp8: bool = True) -> GpuProbe:
+    devices = tuple(GpuDevice(i, "NVIDIA H100 80GB HBM3", int(memory_gib * GIB), (9, 0)) for i in range(count))
+    fp8 = triton_fp8 and bool(devices)
+    return GpuProbe(bool(devices), devices, "2.13.0", "12.8", "3.4.0", fp8, "Triton FP8 kernel verified" if fp8 else "Triton refused FP8")
+
+
+@pytest.fixture
+def fake_nemo(tmp_path, monkeypatch) -> Path:
+    """An interpreter standing in for the NeMo environment's: answers the import probe with a version."""
+    python = tmp_path / "nemo-python"
+    python.write_text("#!/bin/sh\necho 2.7.3\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("SFTC_NEMO_PYTHON", str(python))
+    return python
+
+
+def _status(report) -> dict[str, str]:
+    return {item.check: item.status for item in report.items}
+
+
+def test_ready_node_passes_every_item(data_dir, fake_nemo):
+    source = awkward_checkpoint(data_dir / "checkpoints" / "base_fp8")
+    report = run_preflight(load_settings(), probe=_probe(8))
+    status = _status(report)
+    assert report.ready, report.table()
+    assert status == {"finetune config": "pass", "cuda": "pass", "gpus": "pass", "triton fp8": "pass", "base checkpoint": "pass", "disk": "pass", "nemo": "pass"}
+    items = {item.check: item for item in report.items}
+    assert "NeMo 2.7.3" in items["nemo"].found
+    from sftc_resources.gpu import format_bytes
+
+    assert format_bytes(plan_conversion(source).total_size) in items["base checkpoint"].found  # the exact BF16 size
+
+
+def test_a_node_short_of_gpus_is_not_ready_and_says_why(data_dir, fake_nemo):
+    report = run_preflight(load_settings(), probe=_probe(4, memory_gib=40, triton_fp8=False))
+    status = _status(report)
+    assert not report.ready
+    assert status["gpus"] == "fail" and status["cuda"] == "pass" and status["triton fp8"] == "warn"
+    gpus = next(item for item in report.items if item.check == "gpus")
+    assert "8 GPU(s) x 74.5 GiB" in gpus.needed and "0 of 4" in gpus.found
+    assert "NOT READY: gpus" in report.table()
+
+
+def test_no_cuda_fails_and_a_broken_base_checkpoint_is_named(data_dir, fake_nemo):
+    source = awkward_checkpoint(data_dir / "checkpoints" / "base_fp8")
+    (source / "model-00003-of-00004.safetensors").unlink()
+    report = run_preflight(load_settings(), probe=_probe(0))
+    status = _status(report)
+    assert status["cuda"] == "fail" and status["triton fp8"] == "skip" and status["base checkpoint"] == "fail"
+    base = next(item for item in report.items if item.check == "base checkpoint")
+    assert "model-00003-of-00004.safetensors" in base.found
+
+
+def test_missing_nemo_interpreter_and_no_gpu_requirement(data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("SFTC_NEMO_PYTHON", str(tmp_path / "nowhere" / "python"))
+    report = run_preflight(load_settings(), probe=_probe(8))
+    nemo = next(item for item in report.items if item.check == "nemo")
+    assert nemo.status == "fail" and "not found" in nemo.found
+    cpu_only = run_preflight(load_settings(), require_gpu=False)
+    assert _status(cpu_only)["gpu"] == "skip" and _status(cpu_only)["nemo"] == "skip"
+    assert cpu_only.ready  # toy profile on a CPU node: the base checkpoint is only a warning until built
+    assert _status(cpu_only)["base checkpoint"] == "warn"
+
+
+def test_cli_prints_json_and_exits_nonzero_when_not_ready(data_dir, capsys):
+    code = sftc_main(["preflight", "--json", "--no-nemo"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == (0 if report["ready"] else 1)
+    checks = [item["check"] for item in report["items"]]
+    assert checks[:2] == ["finetune config", "cuda"] and "disk" in checks
+    assert {"check", "status", "needed", "found"} <= set(report["items"][0])
+    assert sftc_main(["preflight", "--no-nemo"]) == code
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["check", "status", "needed", "found"]
+    assert ("READY" if code == 0 else "NOT READY") in table

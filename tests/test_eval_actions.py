@@ -1,0 +1,59 @@
+"""parse_action on the shapes real model output takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftc_assets.evaluation.actions import normalise_action, parse_action
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<action>BUY</action>", "BUY"),
+        ("<action> strong buy </action>", "STRONG_BUY"),
+        ("<action>\nStrong-Sell\n</action>", "STRONG_SELL"),
+        ("<reasoning>Margins widen.</reasoning><support>a; b</support><action>hold</action>", "HOLD"),
+        ("<reasoning>x</reasoning><action>SELL</action> and then some stray words BUY BUY", "SELL"),
+        ("<reasoning>cut off mid-answer</reasoning><action>STRONG_BUY", "STRONG_BUY"),
+        ("Action: strong buy", "STRONG_BUY"),
+        ("The view is constructive.\n**Action:** Buy", "BUY"),
+        ("action = sell", "SELL"),
+        ("STRONG-SELL", "STRONG_SELL"),
+        ("  buy.  ", "BUY"),
+        ("<action>maybe</action> Action: hold", "HOLD"),
+    ],
+)
+def test_actions_are_found(text, expected):
+    assert parse_action(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "   \n ",
+        "<reasoning>no action given</reasoning>",
+        "The BUYBACK continues and buyers are back.",
+        "<action>BUYBACK</action>",
+        "<action>BUY_BACK</action>",
+        "Action: buyer",
+        "transaction: sell",  # "action" inside another word is no label
+        "I would probably buy this stock",  # a verb in prose is no answer
+        "<action></action>",
+    ],
+)
+def test_no_action_is_none(text):
+    assert parse_action(text) is None
+
+
+def test_two_conflicting_tags_the_first_wins():
+    assert parse_action("<action>SELL</action><action>BUY</action>") == "SELL"
+    assert parse_action("<action>BUY</action> Action: SELL") == "BUY"  # a tag outranks a label anywhere
+
+
+def test_normalise_action_rejects_a_non_action():
+    assert normalise_action("strong  buy") == "STRONG_BUY"
+    with pytest.raises(ValueError, match="expected one of STRONG_BUY"):
+        normalise_action("ACCUMULATE")

@@ -1,0 +1,216 @@
+"""The eval CSV: its exact format, the strict reader, the test split, and `sftc evaluate` / the eval_csv asset end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
+from sftc_assets.datasets.prompts import build_example
+from sftc_assets.evaluation.eval_csv import (
+    EVAL_COLUMNS,
+    build_eval_frame,
+    label_forward_returns,
+    load_test_records,
+    read_eval_csv,
+    write_eval_csv,
+)
+from sftc_jobs.cli import main as sftc
+from sftc_resources.prices import LocalPriceSource, load_sample_prices
+from sftc_resources.settings import load_sft_config
+
+HEADER = ",".join(EVAL_COLUMNS)
+
+
+def _record(i: int, ticker: str, as_of: str, action: str, horizon: int = 5) -> dict:
+    thesis = {"ticker": ticker, "as_of_date": as_of, "horizon_days": horizon, "support": [f"Close {100 + i}"], "reasoning": "r", "action": action}
+    return {"id": f"{ticker}-{as_of}-{i}", "ticker": ticker, "as_of_date": as_of, "action": action, "horizon_days": horizon,
+            **build_example(thesis, load_sft_config())}
+
+
+RECORDS = pd.DataFrame([
+    _record(0, "MSFT", "2012-10-26", "SELL"),
+    _record(1, "AAPL", "2012-10-26", "BUY"),
+    _record(2, "ZZZ", "2012-09-14", "HOLD"),
+    _record(3, "AAPL", "2012-11-21", "STRONG_BUY", horizon=3),
+    _record(4, "AAPL", "2013-02-27", "SELL"),
+])
+OUTPUTS = [
+    "<reasoning>weak</reasoning><action>SELL</action>",
+    'Says "buy", then\nAction: buy, surely',
+    "",
+    "<action> strong buy </action>",
+    "no idea",
+]
+
+
+@pytest.fixture
+def source(tmp_path):
+    return LocalPriceSource(tmp_path / "prices", sample_fallback=True)
+
+
+def test_the_file_is_the_spec_format(tmp_path, source):
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    path = write_eval_csv(frame, tmp_path / "eval.csv")
+    text = path.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == HEADER
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["id"] for r in rows] == ["ZZZ-2012-09-14-2", "AAPL-2012-10-26-1", "MSFT-2012-10-26-0", "AAPL-2012-11-21-3", "AAPL-2013-02-27-4"]
+    by_id = {r["id"]: r for r in rows}
+    quoted = by_id["AAPL-2012-10-26-1"]
+    assert quoted["raw_output"] == OUTPUTS[1]  # newline, comma and quotes survive the quoting
+    assert (quoted["predicted_action"], quoted["parse_ok"], quoted["true_action"]) == ("BUY", "true", "BUY")
+    assert (quoted["entry_date"], quoted["exit_date"]) == ("2012-10-31", "2012-11-07")  # Sandy closed 29 and 30
+    expected = load_sample_prices("AAPL").set_index("date")["adjusted_close"]
+    assert float(quoted["forward_return"]) == expected["2012-11-07"] / expected["2012-10-31"] - 1  # full precision
+    unknown = by_id["ZZZ-2012-09-14-2"]
+    assert (unknown["predicted_action"], unknown["parse_ok"], unknown["forward_return"], unknown["return_status"]) == ("", "false", "", "unknown_ticker")
+    assert (unknown["entry_date"], unknown["exit_date"]) == ("2012-09-17", "2012-09-24")
+    short = by_id["AAPL-2012-11-21-3"]
+    assert (short["horizon_days"], short["entry_date"], short["exit_date"], short["predicted_action"]) == ("3", "2012-11-23", "2012-11-28", "STRONG_BUY")
+    late = by_id["AAPL-2013-02-27-4"]
+    assert (late["forward_return"], late["return_status"], late["exit_date"]) == ("", "beyond_data", "2013-03-07")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the atomic write left no temp file
+
+
+def test_read_back_gives_the_same_values(tmp_path, source):
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    back = read_eval_csv(write_eval_csv(frame, tmp_path / "eval.csv"))
+    for column in EVAL_COLUMNS:
+        if column == "as_of_date":
+            assert back[column].dt.strftime("%Y-%m-%d").tolist() == frame[column].tolist()
+        elif column == "forward_return":
+            np.testing.assert_array_equal(back[column].to_numpy(), frame[column].to_numpy())
+        else:
+            assert back[column].tolist() == frame[column].tolist(), column
+
+
+def _valid_csv(tmp_path, source) -> str:
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    return write_eval_csv(frame, tmp_path / "valid.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace(",true_action,", ",truth,"), r"missing column\(s\) true_action"),
+        (lambda t: t.replace(",STRONG_BUY,STRONG_BUY,", ",ACCUMULATE,STRONG_BUY,"), r"row 4, column true_action: 'ACCUMULATE' is not an action"),
+        (lambda t: t.replace(",STRONG_BUY,STRONG_BUY,", ",STRONG_BUY,MOON,"), r"row 4, column predicted_action: 'MOON'"),
+        (lambda t: t.replace("2012-11-21,", "2012-11-31,"), r"row 4, column as_of_date: '2012-11-31' is not a date"),
+        (lambda t: t.replace("2012-11-23,2012-11-28", "23/11/2012,2012-11-28"), r"row 4, column entry_date: '23/11/2012'"),
+        (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
+        (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
+        (lambda t: t.replace(",,unknown_ticker", ",,ok"), r"row 1, column forward_return: .* is empty but return_status is ok"),
+        (lambda t: t.replace("2012-11-23,2012-11-28", "2012-11-21,2012-11-28"), r"row 4, column entry_date: .* not after as_of_date"),
+        (lambda t: t.replace(",STRONG_BUY,true,", ",STRONG_BUY,yes,"), r"row 4, column parse_ok: 'yes' must be true or false"),
+        (lambda t: t.replace(",STRONG_BUY,true,", ",STRONG_BUY,false,"), r"row 4, column parse_ok: .* disagrees with predicted_action"),
+    ],
+)
+def test_bad_input_names_file_row_and_column(tmp_path, source, edit, message):
+    text = _valid_csv(tmp_path, source)
+    changed = edit(text)
+    assert changed != text
+    bad = tmp_path / "bad.csv"
+    bad.write_text(changed, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.csv: " + message):
+        read_eval_csv(bad)
+
+
+def _bad_return(text: str) -> str:
+    """The MSFT row (data row 3) with forward_return 'abc'."""
+    lines = [line.rsplit(",", 2)[0] + ",abc,ok" if line.startswith("MSFT-") else line for line in text.split("\n")]
+    return "\n".join(lines)
+
+
+def test_a_directory_reads_every_month_in_order(tmp_path, source):
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    months = frame["as_of_date"].str[:7]
+    for month in months.unique():
+        write_eval_csv(frame[months == month], tmp_path / "eval" / f"{month}.csv")
+    back = read_eval_csv(tmp_path / "eval")
+    assert back["id"].tolist() == frame["id"].tolist()
+    assert back["source_file"].tolist() == [f"{m}.csv" for m in months]
+    with pytest.raises(FileNotFoundError, match="no \\*.csv eval files"):
+        read_eval_csv(tmp_path / "prices")
+
+
+def _save_splits(path, records: pd.DataFrame) -> None:
+    test = datasets.Dataset.from_pandas(records, preserve_index=False)
+    datasets.DatasetDict({"train": test.select([0]), "validation": test.select([0]), "test": test}).save_to_disk(str(path))
+
+
+def test_test_records_are_filtered_ordered_and_checked(tmp_path):
+    _save_splits(tmp_path / "splits", RECORDS)
+    records = load_test_records(tmp_path / "splits")
+    assert records["id"].tolist() == ["ZZZ-2012-09-14-2", "AAPL-2012-10-26-1", "MSFT-2012-10-26-0", "AAPL-2012-11-21-3", "AAPL-2013-02-27-4"]
+    assert load_test_records(tmp_path / "splits", months=["2012-10"])["id"].tolist() == ["AAPL-2012-10-26-1", "MSFT-2012-10-26-0"]
+    assert len(load_test_records(tmp_path / "splits", max_samples=2)) == 2
+    _save_splits(tmp_path / "thin", RECORDS.drop(columns=["instruction"]))
+    with pytest.raises(ValueError, match=r"test split lacks column\(s\) instruction"):
+        load_test_records(tmp_path / "thin")
+    with pytest.raises(FileNotFoundError, match="not a saved DatasetDict"):
+        load_test_records(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "model"
+    corpus = [r["input"] + r["output"] for r in RECORDS.to_dict("records")] * 10
+    make_toy_checkpoint(path, corpus, seed=0, vocab_size=400)
+    return path
+
+
+def test_sftc_evaluate_end_to_end(data_dir, toy_model, capsys):
+    _save_splits(data_dir / "splits", RECORDS)
+    results = data_dir / "out" / "eval.csv"
+    code = sftc(["evaluate", "--model", str(toy_model), "--dataset", str(data_dir / "splits"), "--results", str(results),
+                 "--max-new-tokens", "4", "--batch-size", "2", "--months", "2012-09,2012-10,2012-11", "--device", "cpu"])
+    assert code == 0
+    frame = read_eval_csv(results)
+    assert frame["id"].tolist() == ["ZZZ-2012-09-14-2", "AAPL-2012-10-26-1", "MSFT-2012-10-26-0", "AAPL-2012-11-21-3"]
+    assert frame["return_status"].tolist() == ["unknown_ticker", "ok", "ok", "ok"]
+    assert frame["raw_output"].str.len().gt(0).all()
+    assert '"rows": 4' in capsys.readouterr().out
+    assert (data_dir / "prices" / "AAPL.parquet").is_file()  # the toy profile's local source filled from the sample
+
+
+def test_sftc_evaluate_reports_a_missing_model(data_dir, capsys):
+    _save_splits(data_dir / "splits", RECORDS)
+    code = sftc(["evaluate", "--model", str(data_dir / "nope"), "--dataset", str(data_dir / "splits"), "--results", str(data_dir / "e.csv")])
+    assert code == 2 and "not a Hugging Face checkpoint" in capsys.readouterr().err
+    assert not (data_dir / "e.csv").exists()
+
+
+def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, toy_model):
+    import dagster as dg
+
+    from sftc_assets.evaluation.assets import EvalRunConfig, eval_csv
+    from sftc_resources.gpu import GpuResource
+    from sftc_resources.prices import PriceDataResource
+    from sftc_resources.project import ProjectResource
+
+    shutil.copytree(toy_model, data_dir / "models" / "sft")
+    _save_splits(data_dir / "hf_splits", RECORDS)
+    result = dg.materialize(
+        [eval_csv],
+        partition_key="2012-10",
+        resources={"project": ProjectResource(), "gpu": GpuResource(check_triton=False), "prices": PriceDataResource()},
+        run_config=dg.RunConfig({"eval_csv": EvalRunConfig(max_new_tokens=4)}),
+        raise_on_error=True,
+    )
+    assert result.success
+    written = read_eval_csv(data_dir / "eval" / "2012-10.csv")
+    assert written["id"].tolist() == ["AAPL-2012-10-26-1", "MSFT-2012-10-26-0"]
+    (materialization,) = result.asset_materializations_for_node("eval_csv")
+    assert materialization.partition == "2012-10"
+    assert materialization.metadata["rows"].value == 2 and materialization.metadata["device"].value == "cpu"
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "eval_parse_rate"
+    assert check.passed == (materialization.metadata["parse_rate"].value >= 0.5)
+    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == ["2012-10.csv"]

@@ -1,0 +1,59 @@
+"""The real code location: it loads and validates with Dagster's own CLI, holds every asset of the
+design with a compute class, the `cpu_validation` job and the nightly schedule on the CPU node."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from orchestration_standins import DESIGN_ASSETS
+
+from sftc_resources.routing import K8S_CONFIG_TAG, NODE_TAG
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from sftc_jobs.definitions import defs
+
+    return defs
+
+
+def test_dagster_cli_validates_the_code_location(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m", "sftc_jobs.definitions"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "Validation successful for code location sftc_jobs.definitions" in out.stdout + out.stderr
+
+
+def test_every_design_asset_is_there_with_a_compute_class(defs):
+    graph = defs.resolve_asset_graph()
+    materializable = {key.to_user_string() for key in graph.materializable_asset_keys}
+    assert DESIGN_ASSETS <= materializable, f"missing from the code location: {sorted(DESIGN_ASSETS - materializable)}"
+    for assets_def in defs.assets:
+        if isinstance(assets_def, dg.AssetsDefinition) and assets_def.is_materializable:
+            tags = assets_def.op.tags
+            assert tags.get(NODE_TAG) in ("cpu", "gpu"), f"{assets_def.key.to_user_string()} declares no compute class"
+            assert K8S_CONFIG_TAG in tags, assets_def.key.to_user_string()
+            assert assets_def.metadata_by_key[assets_def.key]["compute_class"] in ("cpu", "gpu", "auto")
+
+
+def test_cpu_validation_job_and_nightly_schedule_on_the_cpu_node(defs):
+    job = defs.resolve_job_def("cpu_validation")
+    assert job.tags[NODE_TAG] == "cpu"
+    schedule = defs.resolve_schedule_def("nightly_cpu_validation")
+    assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == ("0 2 * * *", "UTC", "cpu_validation")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # the toy profile
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 1, 2, 2, 0, tzinfo=dt.timezone.utc))
+    requests = schedule.evaluate_tick(context).run_requests
+    assert len(requests) == 1 and requests[0].tags[NODE_TAG] == "cpu" and K8S_CONFIG_TAG in requests[0].tags
+    assert {s.name for s in defs.sensors} == {"automation_cpu_node", "automation_gpu_node"}

@@ -1,0 +1,113 @@
+"""EODHD_API_KEY never leaves the process: with the key set to a sentinel, the chain runs through a Dagster
+instance on disk, then every file under DAGSTER_HOME (SQLite event log, compute logs), the data dir
+(artifacts, reports) and logs/ is searched for it. Fast: the data half of the chain. Slow: the whole
+toy chain with `sftc run` twice and `sftc rerun`, as `make run` does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RANGE = {"dagster/asset_partition_range_start": "2012-01", "dagster/asset_partition_range_end": "2012-12"}
+
+
+def files_containing(roots: list[Path], secret: str) -> list[str]:
+    needle = secret.encode()
+    hits = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and needle in path.read_bytes():
+                hits.append(str(path))
+    return hits
+
+
+@pytest.fixture
+def sentinel_env(tmp_path, monkeypatch):
+    """A fresh DAGSTER_HOME, data dir and working directory (logs/), with the key set to a sentinel."""
+    sentinel = f"sftc-sentinel-{uuid.uuid4().hex}"
+    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    home.mkdir()
+    data.mkdir()
+    shutil.copy(REPO_ROOT / "configs" / "dagster.yaml", home / "dagster.yaml")
+    env = {"EODHD_API_KEY": sentinel, "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return sentinel, [home, data, tmp_path / "logs"], env
+
+
+def test_scanner_finds_a_planted_secret(tmp_path):
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "x.bin").write_bytes(b"\x00prefix-s3cr3t-suffix")
+    assert files_containing([tmp_path], "s3cr3t") == [str(tmp_path / "deep" / "er" / "x.bin")]
+
+
+def test_settings_hold_the_key_but_never_show_it(sentinel_env):
+    from sftc_assets.common.asset_helpers import manifest_metadata
+    from sftc_resources.settings import load_settings
+
+    sentinel, _, _ = sentinel_env
+    settings = load_settings()
+    assert settings.eodhd_api_key.reveal() == sentinel  # the test would prove nothing without the key loaded
+    for shown in (repr(settings), str(settings), repr(settings.model_dump()), repr(manifest_metadata())):
+        assert sentinel not in shown
+
+
+def test_data_half_of_the_chain_writes_the_key_nowhere(sentinel_env, monkeypatch):
+    sentinel, roots, _ = sentinel_env
+    # A shorter training window keeps every split non-empty with twelve months of theses.
+    monkeypatch.setenv("TRAIN_START_DATE", "2012-01-01")
+    from sftc_jobs.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.get() as instance:
+        monthly = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("raw_xml"), dg.AssetKey("thesis_jsonl")], tags=RANGE)
+        assert monthly.success
+        whole = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("hf_splits"), dg.AssetKey("nemo_jsonl")])
+        assert whole.success
+        assert instance.get_latest_materialization_event(dg.AssetKey("nemo_jsonl")) is not None
+    assert any(Path(roots[1], "nemo_jsonl").iterdir())
+    assert files_containing(roots, sentinel) == []
+
+
+def _sftc(args: list[str], env: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    out = subprocess.run([str(Path(sys.executable).with_name("sftc")), *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=3600)
+    return out, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env, tmp_path):
+    sentinel, roots, env = sentinel_env
+    first, first_s = _sftc(["run"], env, tmp_path)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    data = Path(env["SFTC_DATA_DIR"])
+    assert f"Validation report: {data / 'reports' / 'validation_report.md'}\n" in first.stdout
+    assert "Ready for GPU deployment: YES" in (data / "reports" / "validation_report.md").read_text()
+    assert (data / "backtest" / "report.md").is_file()
+
+    second, second_s = _sftc(["run"], env, tmp_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    rows = [line for line in second.stdout.splitlines() if line.startswith("| ") and "asset" not in line]
+    assert rows and all("| up to date |" in row for row in rows), second.stdout
+    assert second_s < first_s / 3, (first_s, second_s)
+
+    outside, inside = data / "jsonl" / "2012-06.jsonl", data / "jsonl" / "2012-10.jsonl"
+    outside_mtime, inside_mtime = outside.stat().st_mtime_ns, inside.stat().st_mtime_ns
+    rerun, _ = _sftc(["rerun", "--from", "2012-10", "--to", "2012-11"], env, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert outside.stat().st_mtime_ns == outside_mtime and inside.stat().st_mtime_ns != inside_mtime
+    assert "materialized 2012-10..2012-11" in rerun.stdout
+
+    assert files_containing(roots, sentinel) == []

@@ -1,0 +1,343 @@
+"""The Hugging Face training backend on the toy DeepSeek-V3: data, embeddings, schedule, real short runs, resume, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_hf_helpers import build_toy_inputs, write_nemo_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sftc_assets.training import hf_backend
+from sftc_assets.training.data import (
+    IGNORE_INDEX,
+    BatchStream,
+    collate,
+    epoch_batches,
+    load_pairs,
+    tokenize_pair,
+    tokenize_split,
+)
+from sftc_assets.training.hf_backend import (
+    add_special_tokens,
+    latest_checkpoint,
+    lr_factor,
+    run_training,
+    target_loss_sum,
+    train_step,
+)
+from sftc_jobs.cli import main as sftc_main
+from sftc_resources.settings import load_profile, load_sft_config
+
+PROFILE = load_profile("toy")
+SFT = load_sft_config()
+EVALUATION = PROFILE.evaluation.model_copy(update={"max_new_tokens": 24})
+
+
+def short_training(**changes):
+    """The toy profile's training section scaled down to seconds."""
+    values = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4, "save_every": 4, "parse_check_samples": 2}
+    return PROFILE.training.model_copy(update={**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def toy_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    return build_toy_inputs(tmp_path_factory.mktemp("toy"), train=48, validation=8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(toy_inputs):
+    return AutoTokenizer.from_pretrained(toy_inputs[0])
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_prompt_tokens_carry_ignore_index_and_target_ends_with_eos(toy_inputs, tokenizer):
+    pair = load_pairs(toy_inputs[1] / "training.jsonl")[0]
+    example, truncated = tokenize_pair(tokenizer, pair["input"], pair["output"], max_seq_length=512)
+    prompt_ids = tokenizer(pair["input"])["input_ids"]
+    assert not truncated
+    assert example.input_ids[: len(prompt_ids)] == prompt_ids
+    assert example.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    target = example.labels[len(prompt_ids) :]
+    assert target == example.input_ids[len(prompt_ids) :] and IGNORE_INDEX not in target
+    assert target[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(target[:-1]) == pair["output"]
+
+
+def test_truncation_cuts_the_prompt_from_the_left_and_is_counted(toy_inputs, tokenizer):
+    pairs = load_pairs(toy_inputs[1] / "training.jsonl")[:3]
+    full, _ = tokenize_pair(tokenizer, pairs[0]["input"], pairs[0]["output"], max_seq_length=512)
+    target_len = full.target_tokens
+    limit = target_len + 5
+    cut, truncated = tokenize_pair(tokenizer, pairs[0]["input"], pairs[0]["output"], max_seq_length=limit)
+    assert truncated and len(cut.input_ids) == limit
+    assert cut.input_ids == full.input_ids[-limit:]  # the response cue before the target survives
+    assert cut.target_tokens == target_len
+    split = tokenize_split(tokenizer, pairs, max_seq_length=limit)
+    assert split.truncated == 3 and all(len(e.input_ids) <= limit for e in split.examples)
+
+
+def test_collate_pads_right_with_masked_labels(toy_inputs, tokenizer):
+    pairs = load_pairs(toy_inputs[1] / "training.jsonl")[:2]
+    examples = tokenize_split(tokenizer, pairs, 512).examples
+    batch = collate(examples, pad_token_id=tokenizer.pad_token_id)
+    width = max(len(e.input_ids) for e in examples)
+    assert batch["input_ids"].shape == (2, width)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+        assert batch["labels"][row, n:].eq(IGNORE_INDEX).all()
+        assert batch["labels"][row, :n].tolist() == example.labels
+
+
+def test_bad_nemo_line_names_file_record_and_field(tmp_path):
+    path = tmp_path / "training.jsonl"
+    path.write_text('{"input": "p", "output": "o"}\n{"input": "p", "output": ""}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"training\.jsonl: record 2: field 'output'.*export-nemo"):
+        load_pairs(path)
+
+
+def test_epoch_batches_cover_each_example_once_and_depend_only_on_seed_and_epoch():
+    lengths = [(i * 37) % 101 for i in range(203)]
+    batches = epoch_batches(lengths, batch_size=8, seed=3, epoch=0)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(203))
+    assert batches == epoch_batches(lengths, batch_size=8, seed=3, epoch=0)
+    assert batches != epoch_batches(lengths, batch_size=8, seed=4, epoch=0)
+    assert batches != epoch_batches(lengths, batch_size=8, seed=3, epoch=1)
+    # length bucketing: far less padding than the same batches of a plain shuffle
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    shuffled = sorted(flat, key=lambda i: (i * 7919) % 203)
+    plain = [shuffled[i : i + 8] for i in range(0, 203, 8)]
+    plain_padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in plain)
+    assert padding < plain_padding / 3
+
+
+def test_batch_stream_resumes_at_its_position_across_epochs():
+    lengths = list(range(10))
+    stream = BatchStream(lengths, batch_size=3, seed=1)
+    for _ in range(5):  # into the second epoch (4 batches an epoch)
+        stream.next()
+    resumed = BatchStream.at(lengths, 3, 1, stream.position)
+    assert [stream.next() for _ in range(7)] == [resumed.next() for _ in range(7)]
+
+
+# --- model pieces -------------------------------------------------------------------------------
+
+
+def test_new_special_tokens_get_the_mean_of_the_old_rows(toy_inputs):
+    tokenizer = AutoTokenizer.from_pretrained(toy_inputs[0])
+    model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
+    # a tokenizer that fills the matrix, so adding tokens must grow it
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    new_ids = add_special_tokens(model, tokenizer, SFT.special_tokens)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in new_ids] == SFT.special_tokens
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == old_in.shape[0] + len(new_ids)
+    for new, old in ((model.get_input_embeddings().weight, old_in), (model.get_output_embeddings().weight, old_out)):
+        assert torch.equal(new[: old.shape[0]], old)
+        for i in new_ids:
+            torch.testing.assert_close(new[i], old.mean(dim=0))
+    # the tokens are atomic: the tag is one id, never split into bytes
+    assert tokenizer("<action>BUY</action>", add_special_tokens=False)["input_ids"][0] == tokenizer.convert_tokens_to_ids("<action>")
+    assert add_special_tokens(model, tokenizer, SFT.special_tokens) == []
+
+
+def test_target_loss_matches_the_models_own_shifted_loss(toy_inputs, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
+    pairs = load_pairs(toy_inputs[1] / "training.jsonl")[:3]
+    batch = collate(tokenize_split(tokenizer, pairs, 512).examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model(**batch)
+    count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(target_loss_sum(out.logits, batch["labels"]) / count, out.loss)
+
+
+def test_gradient_accumulation_equals_one_large_batch(toy_inputs, tokenizer):
+    pairs = load_pairs(toy_inputs[1] / "training.jsonl")[:6]
+    examples = tokenize_split(tokenizer, pairs, 512).examples
+    pad = tokenizer.pad_token_id
+    results = []
+    for micro in ([examples], [examples[:2], examples[2:]]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
+        trainable = list(model.parameters())
+        optimizer, scheduler = hf_backend._optimizer(model, short_training(), 10)
+        loss = train_step(model, optimizer, scheduler, [collate(m, pad) for m in micro], trainable, 1.0, torch.device("cpu"))
+        results.append((loss, model.get_input_embeddings().weight.detach().clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    factors = [lr_factor(step, warmup_steps=10, max_steps=110, min_lr_ratio=0.1) for step in range(110)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    decay = factors[10:]
+    assert decay[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
+    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert lr_factor(500, 10, 110, 0.1) == pytest.approx(0.1)  # never below the floor
+    assert lr_factor(0, 20, 10, 0.0) == pytest.approx(0.1)  # warmup longer than the run is capped
+
+
+# --- real runs ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_run(toy_inputs, tmp_path_factory):
+    """An uninterrupted 12-step run; the resume and determinism tests compare against it."""
+    model_dir, data_dir = toy_inputs
+    output = tmp_path_factory.mktemp("reference") / "sft"
+    return run_training(model_dir, data_dir, output, short_training(), SFT, EVALUATION)
+
+
+def test_short_training_learns_and_writes_a_loadable_checkpoint(reference_run, toy_inputs):
+    out, metrics = reference_run.output_dir, reference_run.metrics
+    assert metrics["final_val_loss"] < 0.85 * metrics["initial_val_loss"]
+    assert metrics["steps"] == 12 and metrics["peft"] == "none" and metrics["added_special_tokens"] == len(SFT.special_tokens)
+    assert metrics["tokens_per_s"] > 0 and metrics["parse_checked"] == 2 and 0 <= metrics["parse_rate"] <= 1
+    rows = read_csv(out / "training.csv")
+    assert list(rows[0]) == ["step", "loss", "lr", "tokens_per_s"]
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    training = short_training()
+    for row in rows:  # the lr column is the schedule
+        expected = training.learning_rate * lr_factor(int(row["step"]) - 1, training.warmup_steps, 12, training.min_lr_ratio)
+        assert float(row["lr"]) == pytest.approx(expected)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert [int(r["step"]) for r in read_csv(out / "val.csv")] == [0, 4, 8, 12]
+    assert json.loads((out / "metrics.json").read_text())["final_val_loss"] == metrics["final_val_loss"]
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the published model is the trained one, with the special tokens, loadable by from_pretrained
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in SFT.special_tokens)
+    assert len(tokenizer("<support>", add_special_tokens=False)["input_ids"]) == 1
+    trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
+    assert not torch.equal(trained.get_input_embeddings().weight, base.get_input_embeddings().weight)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-12", "step-8"]  # keep_checkpoints 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_resume_after_a_kill_gives_the_same_losses(reference_run, toy_inputs, tmp_path):
+    model_dir, data_dir = toy_inputs
+    output = tmp_path / "sft"
+
+    def kill_at_step_7(row):
+        if row["step"] == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_training(model_dir, data_dir, output, short_training(), SFT, EVALUATION, on_step=kill_at_step_7)
+    assert latest_checkpoint(output).name == "step-4" and not (output / "metrics.json").exists()
+    resumed = run_training(model_dir, data_dir, output, short_training(), SFT, EVALUATION, resume=True)
+    assert resumed.metrics["resumed_from_step"] == 4
+    reference = read_csv(reference_run.output_dir / "training.csv")
+    continued = read_csv(output / "training.csv")
+    assert [(r["step"], r["loss"], r["lr"]) for r in continued] == [(r["step"], r["loss"], r["lr"]) for r in reference]
+    assert read_csv(output / "val.csv") == read_csv(reference_run.output_dir / "val.csv")
+    assert_same_weights(output, reference_run.output_dir)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert left.keys() == right.keys()
+    assert all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_same_seed_same_run_other_seed_other_run(reference_run, toy_inputs, tmp_path):
+    model_dir, data_dir = toy_inputs
+    again = run_training(model_dir, data_dir, tmp_path / "again", short_training(), SFT, EVALUATION)
+    assert [r["loss"] for r in again.train_rows] == [r["loss"] for r in reference_run.train_rows]
+    assert_same_weights(tmp_path / "again", reference_run.output_dir)
+    other = run_training(model_dir, data_dir, tmp_path / "other", short_training(seed=1, max_steps=3), SFT, EVALUATION)
+    assert [r["loss"] for r in other.train_rows] != [r["loss"] for r in reference_run.train_rows[:3]]
+
+
+def test_resume_with_changed_settings_is_refused(reference_run, tmp_path, toy_inputs):
+    output = tmp_path / "sft"
+    shutil.copytree(reference_run.output_dir, output)
+    with pytest.raises(ValueError, match=r"cannot resume.*training.*without --resume"):
+        run_training(*toy_inputs, output, short_training(learning_rate=1e-2), SFT, EVALUATION, resume=True)
+    assert (output / "metrics.json").exists()  # nothing was cleared
+
+
+def test_lora_trains_adapters_and_new_token_rows_then_merges(toy_inputs, tmp_path):
+    output = tmp_path / "lora"
+    training = short_training(max_steps=4, peft="lora", learning_rate=1e-2, eval_every=4, save_every=4)
+    result = run_training(*toy_inputs, output, training, SFT, EVALUATION)
+    assert result.metrics["peft"] == "lora"
+    assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] / 5
+    assert result.metrics["final_val_loss"] < result.metrics["initial_val_loss"]
+    saved = load_file(output / "model.safetensors")
+    assert not [k for k in saved if "lora" in k or "trainable_tokens" in k]  # merged into plain weights
+    base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32).state_dict()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    new_ids = tokenizer.convert_tokens_to_ids(SFT.special_tokens)
+    embed = saved["model.embed_tokens.weight"]
+    old_ids = [i for i in range(embed.shape[0]) if i not in new_ids]
+    assert torch.equal(embed[old_ids], base["model.embed_tokens.weight"][old_ids])  # only the new rows moved
+    assert not torch.allclose(saved["model.layers.0.self_attn.o_proj.weight"], base["model.layers.0.self_attn.o_proj.weight"])
+    assert torch.equal(saved["model.layers.0.mlp.gate_proj.weight"], base["model.layers.0.mlp.gate_proj.weight"])
+    assert AutoModelForCausalLM.from_pretrained(output) is not None
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_smoke_test_trains_ten_steps(toy_inputs, data_dir, capsys):
+    model_dir, nemo_dir = toy_inputs
+    output = data_dir / "models" / "sft"
+    rc = sftc_main(["train", "--model", str(model_dir), "--data", str(nemo_dir), "--output", str(output), "--smoke-test"])
+    assert rc == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 10 and printed["smoke_test"] is True and printed["train_examples"] <= 16
+    assert len(read_csv(output / "training.csv")) == 10
+    assert (output / "model.safetensors").is_file()
+
+
+def test_cli_defaults_read_the_data_directory_and_missing_inputs_fail_clearly(data_dir, capsys):
+    rc = sftc_main(["train", "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(data_dir / "nemo_jsonl" / "training.jsonl") in err and "nemo_jsonl" in err
+    assert not (data_dir / "models").exists()  # nothing written
+
+
+def test_cli_refuses_a_foreign_output_directory(toy_inputs, tmp_path, capsys):
+    output = tmp_path / "not-a-run"
+    output.mkdir()
+    (output / "notes.txt").write_text("keep me")
+    rc = sftc_main(["train", "--model", str(toy_inputs[0]), "--data", str(toy_inputs[1]), "--output", str(output), "--max-steps", "1"])
+    assert rc == 2 and "not empty and not a training output" in capsys.readouterr().err
+    assert (output / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_nemo_backend_says_what_to_do(data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("TRAIN_BACKEND", "nemo")
+    assert sftc_main(["train"]) == 2
+    assert "--backend hf" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_names_the_flag(tmp_path):
+    data = write_nemo_jsonl(tmp_path / "nemo", train=4, validation=2)
+    with pytest.raises(FileNotFoundError, match=r"config\.json missing.*--model DIR"):
+        run_training(tmp_path / "nowhere", data, tmp_path / "out", short_training(), SFT, EVALUATION)
+    assert not (tmp_path / "out").exists()

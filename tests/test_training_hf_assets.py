@@ -1,0 +1,92 @@
+"""The `sft_model` asset (Hugging Face backend) through a Dagster instance: metadata, its check, the GPU gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+from training_hf_helpers import build_toy_inputs
+
+from sftc_assets.training import assets
+from sftc_resources.gpu import GpuResource
+from sftc_resources.project import ProjectResource
+
+
+@pytest.fixture(scope="module")
+def toy_inputs(tmp_path_factory):
+    return build_toy_inputs(tmp_path_factory.mktemp("toy"), train=32, validation=6)
+
+
+@pytest.fixture
+def chain_data(data_dir, toy_inputs):
+    """data_dir holding bf16_checkpoint and nemo_jsonl as the upstream assets leave them."""
+    model_dir, nemo_dir = toy_inputs
+    shutil.copytree(model_dir, data_dir / "checkpoints" / "bf16")
+    shutil.copytree(nemo_dir, data_dir / "nemo_jsonl")
+    return data_dir
+
+
+def materialize(resources: dict, smoke_test: bool = True, raise_on_error: bool = True):
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [assets.sft_model, assets.validation_loss_decreased],
+            instance=instance,
+            resources=resources,
+            run_config=dg.RunConfig({"sft_model": assets.TrainRunConfig(smoke_test=smoke_test)}),
+            raise_on_error=raise_on_error,
+        )
+
+
+def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
+    result = materialize({"project": ProjectResource(), "gpu": GpuResource(check_triton=False)})
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    metrics = json.loads((chain_data / "models" / "sft" / "metrics.json").read_text())
+    assert metadata["steps"].value == metrics["steps"] == 10
+    assert metadata["final_val_loss"].value == pytest.approx(metrics["final_val_loss"])
+    assert metadata["best_val_loss"].value <= metadata["initial_val_loss"].value
+    assert metadata["tokens_per_s"].value > 0 and 0 <= metadata["parse_rate"].value <= 1
+    assert metadata["device"].value == "cpu" and metadata["backend"].value == "hf"
+    assert metadata["loss_curve"].value.startswith("![training and validation loss](data:image/png;base64,")
+    assert "| step | val_loss |" in metadata["validation_losses"].value
+    assert "git_commit" in metadata and "config_hash" in metadata
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "validation_loss_decreased" and check.passed
+    assert check.metadata["relative_drop"].value > 0
+
+
+class SmallCpuLimit(ProjectResource):
+    """The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse."""
+
+    def settings(self):
+        settings = super().settings()
+        compute = settings.profile.compute.model_copy(update={"cpu_max_checkpoint_bytes": 1000})
+        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"compute": compute})})
+
+
+def test_gpu_gate_refuses_before_any_work(chain_data):
+    result = materialize({"project": SmallCpuLimit(), "gpu": GpuResource(check_triton=False)}, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "sft_model needs a CUDA GPU" in failure.message + str(failure.cause)
+    assert not (chain_data / "models").exists()
+
+
+def test_nemo_backend_fails_with_a_clear_message(chain_data, monkeypatch):
+    monkeypatch.setenv("TRAIN_BACKEND", "nemo")
+    result = materialize({"project": ProjectResource(), "gpu": GpuResource(check_triton=False)}, raise_on_error=False)
+    assert not result.success
+    assert not (chain_data / "models").exists()
+
+
+def test_check_fails_when_validation_loss_did_not_fall(data_dir):
+    output = data_dir / "models" / "sft"
+    output.mkdir(parents=True)
+    (output / "metrics.json").write_text(json.dumps({"initial_val_loss": 2.0, "final_val_loss": 2.5, "best_val_loss": 2.0, "steps": 5}))
+    result = assets.validation_loss_decreased(project=ProjectResource())
+    assert not result.passed and "2.0000 -> 2.5000" in result.description
+    (output / "metrics.json").unlink()
+    assert not assets.validation_loss_decreased(project=ProjectResource()).passed

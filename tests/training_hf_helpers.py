@@ -1,0 +1,74 @@
+"""Test inputs for the Hugging Face backend: synthetic NeMo JSONL pairs and the toy DeepSeek-V3 built on them.
+
+The pairs go through the project's own prompt functions, so they look exactly like `nemo_jsonl` lines; the
+action follows from the facts, so a model can learn it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
+from sftc_assets.common.io import atomic_write_jsonl
+from sftc_assets.datasets.prompts import build_example, render_prompt
+from sftc_resources.settings import load_sft_config
+
+TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
+
+
+def _action(momentum: float) -> str:
+    for bound, action in ((-6, "STRONG_SELL"), (-2, "SELL"), (2, "HOLD"), (6, "BUY")):
+        if momentum < bound:
+            return action
+    return "STRONG_BUY"
+
+
+def synthetic_records(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    records = []
+    for i in range(count):
+        ticker = rng.choice(TICKERS)
+        day = dt.date(2010, 1, 4) + dt.timedelta(days=i)
+        momentum = round(rng.uniform(-10, 10), 1)
+        week = round(rng.uniform(-4, 4), 1)
+        close = round(rng.uniform(20, 400), 2)
+        direction = "up" if momentum >= 0 else "down"
+        records.append(
+            {
+                "ticker": ticker,
+                "as_of_date": day.isoformat(),
+                "horizon_days": 5,
+                "support": [f"Close {close}", f"20-session return {momentum:+.1f}%", f"5-session return {week:+.1f}%"],
+                "reasoning": f"{ticker} is {direction} {abs(momentum):.1f}% over 20 sessions.",
+                "action": _action(momentum),
+            }
+        )
+    return records
+
+
+def nemo_pairs(records: list[dict]) -> list[dict]:
+    sft = load_sft_config()
+    pairs = []
+    for record in records:
+        example = build_example(record, sft)
+        pairs.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
+    return pairs
+
+
+def write_nemo_jsonl(data_dir: Path, train: int, validation: int, seed: int = 0) -> Path:
+    records = synthetic_records(train + validation, seed)
+    pairs = nemo_pairs(records)
+    atomic_write_jsonl(data_dir / "training.jsonl", pairs[:train])
+    atomic_write_jsonl(data_dir / "validation.jsonl", pairs[train:])
+    atomic_write_jsonl(data_dir / "test.jsonl", pairs[train:])
+    return data_dir
+
+
+def build_toy_inputs(root: Path, train: int = 48, validation: int = 8) -> tuple[Path, Path]:
+    """(model_dir, data_dir): NeMo JSONL and the toy checkpoint whose tokenizer was trained on it."""
+    data_dir = write_nemo_jsonl(root / "nemo_jsonl", train, validation)
+    model_dir = root / "bf16"
+    make_toy_checkpoint(model_dir, corpus_texts_from(data_dir), seed=0)
+    return model_dir, data_dir
