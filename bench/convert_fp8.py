@@ -10,7 +10,7 @@ into a temp dir, then, alternating, best of --repeats:
 Prints ours / bare for wall time and CPU time (goal <= 1.3), and, each measured in a fresh child
 process, peak RSS against 3 x the largest shard + 600 MiB (goal <= 1.0).
 
-    .venv/bin/python bench/convert_fp8.py [--size-mb 500] [--repeats 3]
+    .venv/bin/python bench/convert_fp8.py [--size-mb 450] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def peak_rss_child(method: str, source: Path, output: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=500)
+    parser.add_argument("--size-mb", type=int, default=450, help="FP8 bytes to generate, in MB (450: ~0.5 GB of shards)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SOURCE", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()

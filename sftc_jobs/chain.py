@@ -48,7 +48,6 @@ class ChainRun:
     keys: tuple[dg.AssetKey, ...]
     partition_range: tuple[str, str] | None
     success: bool
-    node: str
 
 
 @dataclass
@@ -226,7 +225,7 @@ def materialize_chain(
             names = ", ".join(key.to_user_string() for key in run_keys)
             log.info("materializing %s%s on the %s node", names, f" [{span[0]}..{span[1]}]" if span else "", node)
             outcome = job.execute_in_process(instance=instance, asset_selection=list(run_keys), tags=run_tags, raise_on_error=False)
-            result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success, node))
+            result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success))
             if not outcome.success:
                 log.error("run %s failed (%s): see its logs in the web UI", outcome.run_id, names)
                 return result

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "sftc_assets.datasets.commands",
     "sftc_assets.checkpoints.commands",
     "sftc_assets.training.commands",
+    "sftc_assets.training.nemo_commands",
     "sftc_assets.evaluation.commands",
     "sftc_assets.backtest.commands",
     "sftc_jobs.commands",

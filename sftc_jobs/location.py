@@ -6,7 +6,6 @@ tests call it with stand-in modules and either profile.
 from __future__ import annotations
 
 import importlib
-import warnings
 from types import ModuleType
 
 import dagster as dg
@@ -32,16 +31,8 @@ STAGE_MODULES = (
 
 
 def load_stage_modules(names: tuple[str, ...] = STAGE_MODULES) -> list[ModuleType]:
-    """Import every stage's assets module; a module not written yet is skipped with a warning (development only)."""
-    modules = []
-    for name in names:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            warnings.warn(f"{name} does not exist yet: its assets are not in the code location", stacklevel=2)
-    return modules
+    """Every stage's assets module: one that is missing or broken stops the code location from loading."""
+    return [importlib.import_module(name) for name in names]
 
 
 def step_executor(placement: Placement) -> dg.ExecutorDefinition | None:

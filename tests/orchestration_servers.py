@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -34,6 +34,19 @@ class DagsterServer:
     home: Path
     data_dir: Path
     log_dir: Path
+    env: dict
+    target: list[str]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_daemon(self) -> None:
+        """The daemon (schedules, sensors, run queue, backfills), started when the test is ready for it."""
+        self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", *self.target])
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 120) -> dict:
         response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout)
@@ -103,11 +116,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def dagster_server(
-    tmp_path: Path, *, daemon: bool = False, module: str | None = None, env: dict | None = None, timeout: float = 240
-) -> Iterator[DagsterServer]:
-    """Webserver (and daemon) on a free port of 127.0.0.1, DAGSTER_HOME and data dir under `tmp_path`.
-    The code location is workspace.yaml's (`sftc`), or `module` (a module under tests/ for stand-ins)."""
+def dagster_server(tmp_path: Path, *, module: str | None = None, env: dict | None = None, timeout: float = 240) -> Iterator[DagsterServer]:
+    """The webserver on a free port of 127.0.0.1, DAGSTER_HOME and data dir under `tmp_path`; the daemon
+    starts on `start_daemon()`. The code location is workspace.yaml's (`sftc`), or `module`."""
     home, data_dir, log_dir = tmp_path / "dagster_home", tmp_path / "data", tmp_path / "logs"
     for path in (home, data_dir, log_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -122,17 +133,11 @@ def dagster_server(
         **(env or {}),
     }
     target = ["-m", module] if module else ["-w", "workspace.yaml"]
-    commands = {"webserver": [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *target]}
-    if daemon:
-        commands["daemon"] = [str(BIN / "dagster-daemon"), "run", *target]
-    processes = {}
+    server = DagsterServer(f"http://127.0.0.1:{port}", home, data_dir, log_dir, server_env, target)
     try:
-        for name, command in commands.items():
-            log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        server = DagsterServer(url=f"http://127.0.0.1:{port}", home=home, data_dir=data_dir, log_dir=log_dir)
-        _wait_until_up(server, processes["webserver"], timeout)
+        webserver = server.spawn("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *target])
+        _wait_until_up(server, webserver, timeout)
         yield server
     finally:
-        for process in processes.values():
+        for process in reversed(server.processes):
             _stop(process)

@@ -86,3 +86,13 @@ def test_empty_and_bad_arguments():
     assert generate_greedy(None, None, [], 5, 2) == []
     with pytest.raises(ValueError, match="max_new_tokens and batch_size must be >= 1"):
         generate_greedy(None, None, ["x"], 0, 2)
+
+
+@pytest.mark.gpu
+def test_load_model_on_cuda_generates_deterministically(toy_dir):
+    from sftc_assets.evaluation.eval_csv import load_model
+
+    model, tokenizer = load_model(toy_dir, "cuda")
+    assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
+    first = generate_greedy(model, tokenizer, PROMPTS, NEW_TOKENS, batch_size=5)
+    assert len(first) == len(PROMPTS) and first == generate_greedy(model, tokenizer, PROMPTS, NEW_TOKENS, batch_size=5)

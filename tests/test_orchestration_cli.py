@@ -28,7 +28,7 @@ def _rows(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in CHAIN or cells[0] == "validation_report":
+        if line.startswith("| ") and (cells[0] in CHAIN or cells[0] == "validation_report"):
             rows[cells[0]] = cells
     return rows
 

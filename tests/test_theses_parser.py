@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from sftc_assets.common.io import read_jsonl
+from sftc_assets.theses import parser as theses_parser
 from sftc_assets.theses.parser import CorpusError, ParseResult, parse_corpus, summary_line, write_jsonl_outputs
 from sftc_assets.theses.schema import REJECT_REASONS, month_problems, record_problems, reject_problems
 from theses_helpers import thesis, write
@@ -536,6 +537,18 @@ def test_same_input_gives_byte_identical_output_whatever_the_creation_order(tmp_
     assert [(r["as_of_date"], r["ticker"], r["id"]) for r in records] == sorted((r["as_of_date"], r["ticker"], r["id"]) for r in records)
     rejects = [json.loads(line) for line in outputs[0][1].splitlines()]
     assert any(r["reason"] == "duplicate" for r in rejects) and any(r["reason"] == "invalid_action" for r in rejects)
+
+
+@pytest.mark.parametrize("batch_files, batch_bytes", [(1, 4 << 20), (3, 4 << 20), (256, 1)])
+def test_read_ahead_batches_do_not_change_the_result(tmp_path, monkeypatch, batch_files, batch_bytes):
+    for name, body in _corpus_files(random.Random(5)).items():
+        write(tmp_path, name, body)
+    in_one_batch = parse_corpus(tmp_path)  # 40 small files: one batch by default
+    monkeypatch.setattr(theses_parser, "_READ_AHEAD_FILES", batch_files)
+    monkeypatch.setattr(theses_parser, "_READ_AHEAD_BYTES", batch_bytes)  # 1: every file ends its batch
+    batched = parse_corpus(tmp_path)
+    assert batched.outcomes == in_one_batch.outcomes and batched.unknown_elements == in_one_batch.unknown_elements
+    assert any(r["reason"] == "duplicate" for r in batched.rejects)  # judged across batch boundaries
 
 
 # --- months ------------------------------------------------------------------------------------

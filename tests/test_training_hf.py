@@ -274,7 +274,7 @@ def test_same_seed_same_run_other_seed_other_run(reference_run, toy_inputs, tmp_
 def test_resume_with_changed_settings_is_refused(reference_run, tmp_path, toy_inputs):
     output = tmp_path / "sft"
     shutil.copytree(reference_run.output_dir, output)
-    with pytest.raises(ValueError, match=r"cannot resume.*training.*without --resume"):
+    with pytest.raises(ValueError, match=r"cannot resume.*\(training\.learning_rate\).*without --resume"):
         run_training(*toy_inputs, output, short_training(learning_rate=1e-2), SFT, EVALUATION, resume=True)
     assert (output / "metrics.json").exists()  # nothing was cleared
 
@@ -294,6 +294,7 @@ def test_lora_trains_adapters_and_new_token_rows_then_merges(toy_inputs, tmp_pat
     embed = saved["model.embed_tokens.weight"]
     old_ids = [i for i in range(embed.shape[0]) if i not in new_ids]
     assert torch.equal(embed[old_ids], base["model.embed_tokens.weight"][old_ids])  # only the new rows moved
+    assert not torch.equal(embed[new_ids[0]], embed[new_ids[1]])  # they started equal (the mean) and trained apart
     assert not torch.allclose(saved["model.layers.0.self_attn.o_proj.weight"], base["model.layers.0.self_attn.o_proj.weight"])
     assert torch.equal(saved["model.layers.0.mlp.gate_proj.weight"], base["model.layers.0.mlp.gate_proj.weight"])
     assert AutoModelForCausalLM.from_pretrained(output) is not None

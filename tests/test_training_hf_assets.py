@@ -39,8 +39,17 @@ def materialize(resources: dict, smoke_test: bool = True, raise_on_error: bool =
         )
 
 
+class SmallBatches(ProjectResource):
+    """The toy settings with batches of 4 and two generated prompts: the same path in a few seconds."""
+
+    def settings(self):
+        settings = super().settings()
+        training = settings.profile.training.model_copy(update={"batch_size": 4, "parse_check_samples": 2})
+        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"training": training})})
+
+
 def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
-    result = materialize({"project": ProjectResource(), "gpu": GpuResource(check_triton=False)})
+    result = materialize({"project": SmallBatches(), "gpu": GpuResource(check_triton=False)})
     assert result.success
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
@@ -48,7 +57,7 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     assert metadata["steps"].value == metrics["steps"] == 10
     assert metadata["final_val_loss"].value == pytest.approx(metrics["final_val_loss"])
     assert metadata["best_val_loss"].value <= metadata["initial_val_loss"].value
-    assert metadata["tokens_per_s"].value > 0 and 0 <= metadata["parse_rate"].value <= 1
+    assert metadata["tokens_per_s"].value > 0 and metadata["parse_checked"].value == 2 and 0 <= metadata["parse_rate"].value <= 1
     assert metadata["device"].value == "cpu" and metadata["backend"].value == "hf"
     assert metadata["loss_curve"].value.startswith("![training and validation loss](data:image/png;base64,")
     assert "| step | val_loss |" in metadata["validation_losses"].value

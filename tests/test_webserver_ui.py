@@ -61,11 +61,14 @@ def wait_for_run(server, run_id: str, timeout: float) -> str:
 
 @pytest.mark.slow
 def test_daemon_runs_cpu_validation_launched_over_graphql(tmp_path):
-    with dagster_server(tmp_path, daemon=True) as server:
+    with dagster_server(tmp_path) as server:
         repo = repository(server)
-        # Only the nightly job works here: the CPU automation sensor would start the same chain on its own.
+        # Only the nightly job works here: the CPU automation sensor would start the same chain on its own,
+        # so it is stopped before the daemon starts.
         cpu_sensor = next(s for s in repo["sensors"] if s["name"] == "automation_cpu_node")
-        server.graphql(STOP_SENSOR, {"id": cpu_sensor["sensorState"]["id"]})
+        stopped = server.graphql(STOP_SENSOR, {"id": cpu_sensor["sensorState"]["id"]})["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
+        server.start_daemon()
         params = {"selector": {"repositoryLocationName": "sftc", "repositoryName": REPOSITORY, "jobName": "cpu_validation"}, "runConfigData": {}}
         launched = server.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched

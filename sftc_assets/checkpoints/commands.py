@@ -15,7 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
     toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
     toy.add_argument(
-        "--corpus", type=Path, default=None, help="JSONL file or directory for the tokenizer (default: the data dir's nemo_jsonl)"
+        "--corpus",
+        type=Path,
+        default=None,
+        help="JSONL file or directory for the tokenizer (default: the data dir's nemo_jsonl training lines, as the asset)",
     )
     toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
     toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
@@ -36,9 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _make_toy_checkpoint(args: argparse.Namespace) -> int:
     from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
+    from sftc_assets.datasets.nemo_export import NEMO_FILES
 
     settings = load_settings()
-    corpus = args.corpus or ArtifactPaths(settings.data_dir).nemo_jsonl
+    corpus = args.corpus or ArtifactPaths(settings.data_dir).nemo_jsonl / NEMO_FILES["train"]
     if args.corpus is None and not corpus.exists():
         raise FileNotFoundError(f"{corpus}: no corpus for the tokenizer; run `sftc export-nemo` first or pass --corpus")
     summary = make_toy_checkpoint(

@@ -54,6 +54,9 @@ def toy_config(vocab_size: int = 1024):
         n_group=1,
         topk_group=1,
         num_mtp_layers=0,  # no multi-token-prediction layer is written, so the config must not announce one
+        # Keys of the release's config.json that transformers' class omits but NeMo's importer reads.
+        scoring_func="sigmoid",
+        topk_method="noaux_tc",
         max_position_embeddings=2048,
         bos_token_id=0,
         eos_token_id=1,
@@ -108,13 +111,15 @@ def train_tokenizer(corpus_texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def tokenizer_config(model_max_length: int) -> dict:
-    # PreTrainedTokenizerFast: a class both transformers 5 (ours) and 4.57 (NeMo's environment) load from tokenizer.json.
+    # PreTrainedTokenizerFast: a class both transformers 5 (ours) and 4.57 (NeMo's environment) load from
+    # tokenizer.json; model_input_names as DeepSeek's tokenizer (4.57 would add token_type_ids otherwise).
     return {
         "add_bos_token": True,
         "add_eos_token": False,
         "bos_token": BOS_TOKEN,
         "clean_up_tokenization_spaces": False,
         "eos_token": EOS_TOKEN,
+        "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": model_max_length,
         "pad_token": PAD_TOKEN,
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -142,20 +147,16 @@ def _plan_shards(state: dict[str, torch.Tensor], shards: int) -> list[list[str]]
     the next shard: the awkward case of the real release (a scale stored apart from its weight), on purpose."""
     names = sorted(state)
     # Sized on the decoder layers, so a big vocabulary (embeddings, lm_head: the first shard) cannot merge shards.
-    target = math.ceil(sum(_nbytes(state[n]) for n in names if n.startswith("model.layers.")) / shards)
+    target = math.ceil(sum(state[n].nbytes for n in names if n.startswith("model.layers.")) / shards)
     plan: list[list[str]] = [[]]
     size = 0
     for name in names:
         plan[-1].append(name)
-        size += _nbytes(state[name])
+        size += state[name].nbytes
         if size >= target and state[name].dtype == torch.float8_e4m3fn and len(plan) < shards:
             plan.append([])
             size = 0
     return [names for names in plan if names]
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
 
 
 def make_toy_checkpoint(
@@ -197,7 +198,7 @@ def make_toy_checkpoint(
                 filename = f"model-{number:05d}-of-{len(plan):05d}.safetensors"
                 save_file({n: state[n] for n in names}, tmp / filename, metadata=SAFETENSORS_METADATA)
                 weight_map.update(dict.fromkeys(names, filename))
-            index = {"metadata": {"total_size": sum(_nbytes(t) for t in state.values())}, "weight_map": weight_map}
+            index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())}, "weight_map": weight_map}
             _write_json(tmp / INDEX_NAME, index)
         else:
             plan = [sorted(state)]
@@ -220,7 +221,7 @@ def make_toy_checkpoint(
             1 for name, shard in weight_map.items() if name.endswith(SCALE_SUFFIX) and weight_map[name.removesuffix(SCALE_SUFFIX)] != shard
         ),
         "total_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()),
-        "weight_bytes": sum(_nbytes(t) for t in state.values()),
+        "weight_bytes": sum(t.nbytes for t in state.values()),
         "vocab_size": vocab_size,
         "tokenizer_vocab": tokenizer.get_vocab_size(),
         "corpus_texts": len(corpus_texts),

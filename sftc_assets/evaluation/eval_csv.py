@@ -216,6 +216,7 @@ def read_eval_csv(path: Path | str | Sequence[Path]) -> pd.DataFrame:
         except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise ValueError(f"{file}: not a readable CSV ({type(exc).__name__}: {exc}); expected the columns {', '.join(EVAL_COLUMNS)}") from None
         frames.append(_validated(file, raw))
+    frames = [f for f in frames if len(f)] or frames[:1]  # a header-only month would turn text columns into object
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 

@@ -147,10 +147,12 @@ def _uses_lora(training: TrainingConfig, parameter_count: int) -> bool:
 def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.device):
     """The checkpoint on `device` with the special tokens added, wrapped in LoRA when the plan asks for it."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_dir}: no HF checkpoint (config.json missing); materialize bf16_checkpoint or pass --model DIR"
-        )
+    for required in ("config.json", "tokenizer_config.json"):
+        if not (model_dir / required).is_file():
+            raise FileNotFoundError(
+                f"{model_dir}: not an HF checkpoint with its tokenizer ({required} missing); "
+                "materialize bf16_checkpoint or pass --model DIR"
+            )
     parameter_count = checkpoint_parameter_count(model_dir)
     lora = _uses_lora(plan.training, parameter_count)
     # Full fine-tunes keep fp32 master weights (bf16 autocast on GPU); LoRA freezes the base, bf16 on GPU.
@@ -266,11 +268,22 @@ def _prune_checkpoints(output_dir: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"training": {"lora": {"rank": 8}}} -> {"training.lora.rank": 8}, so a refusal names the changed fields."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _restore(checkpoint: Path, model, optimizer, scheduler, plan: RunPlan) -> dict:
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    if state["plan"] != plan.as_dict():
-        saved, wanted = state["plan"], plan.as_dict()
-        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    saved, wanted = _flatten(state["plan"]), _flatten(plan.as_dict())
+    if saved != wanted:
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         raise ValueError(
             f"{checkpoint}: cannot resume, the run's settings changed since this checkpoint ({', '.join(changed)}); "
             "resume with the same settings, or run without --resume to start over"
