@@ -26,9 +26,21 @@ COMMAND_MODULES = (
 )
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (a caller may swap it, as pytest does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False, log_dir: Path = Path("logs")) -> None:
     """Console and a dated file under logs/ (the CLI's counterpart of Dagster's logger)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_dir / f"sftc-{dt.date.today():%Y%m%d}.log", encoding="utf-8"))

@@ -104,6 +104,8 @@ class TrainingConfig(_Strict):
     full_finetune_max_params: int = Field(default=1_000_000_000, gt=0)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     keep_checkpoints: int = Field(default=2, gt=0)
+    # Intra-op threads when training on CPU (None: torch's default, one per core).
+    cpu_threads: int | None = Field(default=None, gt=0)
     # Validation prompts generated greedily after training to measure the parse rate (0: skip).
     parse_check_samples: int = Field(default=64, ge=0)
 

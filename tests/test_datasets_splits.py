@@ -226,7 +226,7 @@ def test_cli_build_dataset(jsonl_dir, tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setenv("TEST_START_DATE", "2010-09-01")
     assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf")]) == 0
     out = capsys.readouterr().out
-    assert "train: " in out and "validation: " in out and "dropped by the 10-day embargo" in out
+    assert "train: " in out and "validation: " in out and f"dropped by the {load_sft_config().splits.embargo_days}-day embargo" in out
     assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf2"), "--embargo-days", "40"]) == 2
     assert "'validation'" in capsys.readouterr().err
     assert sftc(["build-dataset", "--jsonl", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "hf3")]) == 2

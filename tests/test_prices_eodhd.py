@@ -184,8 +184,12 @@ def test_slow_every_time_fails_after_the_retries(server):
         client.fetch_eod("AAPL.US", START, END)
 
 
-def test_the_key_never_reaches_logs_messages_or_files(server, tmp_path, caplog):
+def test_the_key_never_reaches_logs_messages_or_files(server, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)  # urllib3 logs each request line, query string included, at DEBUG
+    # Whatever an earlier import did to urllib3's loggers (a level, or disabling them through a logging config).
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    for name in ("urllib3", "urllib3.connectionpool"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     client, _ = _client(server)
     source = EodhdPriceSource(client, tmp_path / "cache", today=lambda: dt.date(2013, 6, 1))
     source.get_prices("AAPL", START, END)

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -81,31 +80,30 @@ def test_data_half_of_the_chain_writes_the_key_nowhere(sentinel_env, monkeypatch
     assert files_containing(roots, sentinel) == []
 
 
-def _sftc(args: list[str], env: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.monotonic()
-    out = subprocess.run([str(Path(sys.executable).with_name("sftc")), *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=3600)
-    return out, time.monotonic() - started
+def _sftc(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("sftc")), *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=3600)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the whole toy chain: minutes on 2 shared cores
 def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env, tmp_path):
     sentinel, roots, env = sentinel_env
-    first, first_s = _sftc(["run"], env, tmp_path)
+    first = _sftc(["run"], env, tmp_path)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     data = Path(env["SFTC_DATA_DIR"])
     assert f"Validation report: {data / 'reports' / 'validation_report.md'}\n" in first.stdout
     assert "Ready for GPU deployment: YES" in (data / "reports" / "validation_report.md").read_text()
     assert (data / "backtest" / "report.md").is_file()
 
-    second, second_s = _sftc(["run"], env, tmp_path)
+    # The second run is quick because it starts no run at all: everything is up to date.
+    second = _sftc(["run"], env, tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     rows = [line for line in second.stdout.splitlines() if line.startswith("| ") and "asset" not in line]
     assert rows and all("| up to date |" in row for row in rows), second.stdout
-    assert second_s < first_s / 3, (first_s, second_s)
 
     outside, inside = data / "jsonl" / "2012-06.jsonl", data / "jsonl" / "2012-10.jsonl"
     outside_mtime, inside_mtime = outside.stat().st_mtime_ns, inside.stat().st_mtime_ns
-    rerun, _ = _sftc(["rerun", "--from", "2012-10", "--to", "2012-11"], env, tmp_path)
+    rerun = _sftc(["rerun", "--from", "2012-10", "--to", "2012-11"], env, tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert outside.stat().st_mtime_ns == outside_mtime and inside.stat().st_mtime_ns != inside_mtime
     assert "materialized 2012-10..2012-11" in rerun.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_hf_helpers import build_toy_inputs, write_nemo_jsonl
+from training_hf_helpers import build_toy_inputs, one_intra_op_thread, write_nemo_jsonl  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftc_assets.training import hf_backend
@@ -104,8 +104,8 @@ def test_collate_pads_right_with_masked_labels(toy_inputs, tokenizer):
 
 def test_bad_nemo_line_names_file_record_and_field(tmp_path):
     path = tmp_path / "training.jsonl"
-    path.write_text('{"input": "p", "output": "o"}\n{"input": "p", "output": ""}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"training\.jsonl: record 2: field 'output'.*export-nemo"):
+    path.write_text('{"input": "p", "output": "o"}\n\n{"input": "p", "output": ""}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"training\.jsonl:3: field 'output'.*export-nemo"):
         load_pairs(path)
 
 
@@ -192,6 +192,18 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert lr_factor(500, 10, 110, 0.1) == pytest.approx(0.1)  # never below the floor
     assert lr_factor(0, 20, 10, 0.0) == pytest.approx(0.1)  # warmup longer than the run is capped
+
+
+def test_cpu_threads_apply_for_the_run_and_are_restored_even_on_error():
+    before = torch.get_num_threads()
+    with hf_backend._cpu_threads(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), hf_backend._cpu_threads(2):
+        raise RuntimeError
+    assert torch.get_num_threads() == before
+    with hf_backend._cpu_threads(None):
+        assert torch.get_num_threads() == before
 
 
 # --- real runs ----------------------------------------------------------------------------------
@@ -342,3 +354,14 @@ def test_missing_checkpoint_names_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json missing.*--model DIR"):
         run_training(tmp_path / "nowhere", data, tmp_path / "out", short_training(), SFT, EVALUATION)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_bf16_autocast_and_learns(toy_inputs, tmp_path):
+    """Not run on CPU nodes: the CUDA path (bf16 autocast, fp32 master weights; LoRA over a bf16 base)."""
+    full = run_training(*toy_inputs, tmp_path / "full", short_training(), SFT, EVALUATION, device="cuda")
+    assert full.metrics["device"].startswith("cuda")
+    assert full.metrics["final_val_loss"] < 0.85 * full.metrics["initial_val_loss"]
+    lora = run_training(*toy_inputs, tmp_path / "lora", short_training(max_steps=4, peft="lora", learning_rate=1e-2), SFT, EVALUATION, device="cuda")
+    assert lora.metrics["peft"] == "lora" and lora.metrics["final_val_loss"] < lora.metrics["initial_val_loss"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "lora").dtype == torch.bfloat16

@@ -7,7 +7,7 @@ import shutil
 
 import dagster as dg
 import pytest
-from training_hf_helpers import build_toy_inputs
+from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets
 from sftc_resources.gpu import GpuResource

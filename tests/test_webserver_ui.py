@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import dagster as dg
 import pytest
 from orchestration_servers import REPOSITORY, dagster_server, repository
 from orchestration_standins import DESIGN_ASSETS
@@ -60,6 +61,7 @@ def wait_for_run(server, run_id: str, timeout: float) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the whole toy chain: minutes on 2 shared cores
 def test_daemon_runs_cpu_validation_launched_over_graphql(tmp_path):
     with dagster_server(tmp_path) as server:
         repo = repository(server)
@@ -80,3 +82,27 @@ def test_daemon_runs_cpu_validation_launched_over_graphql(tmp_path):
         chain_runs = server.graphql(RUNS_TAGGED, {"key": "sftc/validation_run", "value": run_id})["runsOrError"]["results"]
         assert chain_runs and {r["status"] for r in chain_runs} == {"SUCCESS"}
         assert all({"key": "sftc/node", "value": "cpu"} in r["tags"] for r in chain_runs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_daemon_automation_sensor_builds_the_missing_chain_with_cpu_node_tags(tmp_path):
+    """The CPU sensor, live under the daemon, over stand-in assets: it materializes everything missing
+    (all partitions, through backfills), in runs tagged for the CPU node, checks included."""
+    expected = [dg.AssetKey(name) for name in sorted(DESIGN_ASSETS - {"nemo_model"})]
+    with dagster_server(tmp_path, module="orchestration_location") as server:
+        repository(server)
+        server.start_daemon()
+        with dg.DagsterInstance.from_config(str(server.home)) as instance:
+            deadline = time.monotonic() + 900
+            while not all(instance.get_latest_materialization_event(key) for key in expected):
+                assert time.monotonic() < deadline, f"not materialized after 900 s\n{server.logs()}"
+                time.sleep(10)
+            assert len(instance.get_materialized_partitions(dg.AssetKey("raw_xml"))) == 12
+            runs = instance.get_runs()
+            assert runs and all(run.tags.get("sftc/node") == "cpu" and "dagster-k8s/config" in run.tags for run in runs)
+            assert all(run.tags.get("dagster/sensor_name") == "automation_cpu_node" or "dagster/backfill" in run.tags for run in runs)
+            checked = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("thesis_jsonl"), "accepted_plus_rejected_equals_read")]
+            )
+            assert checked, "the check did not run with its asset"

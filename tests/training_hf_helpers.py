@@ -10,12 +10,25 @@ import datetime as dt
 import random
 from pathlib import Path
 
+import pytest
+import torch
+
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
 from sftc_assets.common.io import atomic_write_jsonl
 from sftc_assets.datasets.prompts import build_example, render_prompt
 from sftc_resources.settings import load_sft_config
 
 TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """The toy model gains little from a second thread, and on a shared 2-core machine two OpenMP threads per
+    process spin against other processes (10x slower measured under load); results are compared within one process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _action(momentum: float) -> str:

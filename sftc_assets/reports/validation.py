@@ -172,12 +172,11 @@ def render_markdown(report: dict) -> str:
     for stage in report["stages"]:
         lines += [f"### {stage['asset']}: {stage['status']}", ""]
         if stage["error"]:
-            lines += [f"Error: {stage['error']}", ""]
+            lines.append(f"- error: {stage['error']}")
         for check in stage["checks"]:
             mark = "PASS" if check["passed"] else f"FAIL ({check['severity']})"
             lines.append(f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else ""))
-        if stage["figures"]:
-            lines += [""] + [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
+        lines += [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
         lines.append("")
     lines += [
         "## Not tested without a GPU",

@@ -20,12 +20,12 @@ def register(subparsers) -> None:
             "`training:` section; TRAIN_BACKEND picks the default backend."
         ),
     )
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "sft_config.yaml", help="SFT config (special tokens, max_seq_length)")
-    parser.add_argument("--output", type=Path, help="output directory (default: <data dir>/models/sft)")
+    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "sft_config.yaml", metavar="FILE", help="SFT config (special tokens, max_seq_length)")
+    parser.add_argument("--output", type=Path, metavar="DIR", help="output directory (default: <data dir>/models/sft)")
     parser.add_argument("--backend", choices=("hf", "nemo"), help="training backend (default: TRAIN_BACKEND, else the profile's)")
-    parser.add_argument("--model", type=Path, help="BF16 HF checkpoint to start from (default: <data dir>/checkpoints/bf16)")
-    parser.add_argument("--data", type=Path, help="directory with training.jsonl and validation.jsonl (default: <data dir>/nemo_jsonl)")
-    parser.add_argument("--max-steps", type=int, help="override the profile's training.max_steps")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="BF16 HF checkpoint to start from (default: <data dir>/checkpoints/bf16)")
+    parser.add_argument("--data", type=Path, metavar="DIR", help="directory with training.jsonl and validation.jsonl (default: <data dir>/nemo_jsonl)")
+    parser.add_argument("--max-steps", type=int, metavar="N", help="override the profile's training.max_steps")
     parser.add_argument("--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under OUTPUT/checkpoints")
     parser.add_argument("--device", default="auto", help="hf backend: auto (CUDA when present), cpu, cuda, cuda:N")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sftc_assets.common.io import read_jsonl
+from sftc_assets.common.io import iter_jsonl
 from sftc_assets.datasets.nemo_export import NEMO_FILES
 
 IGNORE_INDEX = -100
@@ -36,23 +36,19 @@ class TokenizedSplit:
     examples: list[Example]
     truncated: int
 
-    @property
-    def tokens(self) -> int:
-        return sum(len(example.input_ids) for example in self.examples)
-
 
 def load_pairs(path: Path) -> list[dict[str, str]]:
     """The `{"input", "output"}` lines of a NeMo JSONL file; a bad line is an error naming file, line and field."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: NeMo JSONL file not found (materialize nemo_jsonl or pass --data DIR)")
-    rows = read_jsonl(path)
-    for lineno, row in enumerate(rows, start=1):
+    rows = []
+    for lineno, row in iter_jsonl(path):
         for field in ("input", "output"):
             if not isinstance(row.get(field), str) or not row[field].strip():
                 raise ValueError(
-                    f"{path}: record {lineno}: field '{field}' must be a non-empty string; "
-                    "re-export the file with `sftc export-nemo`"
+                    f"{path}:{lineno}: field '{field}' must be a non-empty string; re-export the file with `sftc export-nemo`"
                 )
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no records; the split is empty (check the date boundaries of the splits)")
     return rows

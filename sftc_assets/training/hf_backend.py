@@ -17,8 +17,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,8 +197,11 @@ def _optimizer(model, training: TrainingConfig, plan_steps: int):
     return optimizer, scheduler
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def _logits(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Forward pass without a KV cache (training reads each sequence once); bf16 autocast on GPU, fp32 on CPU."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
 @torch.no_grad()
@@ -209,9 +212,7 @@ def validation_loss(model, examples: list[Example], batch_size: int, pad_token_i
     total, count = 0.0, 0
     for batch_examples in sequential_batches(examples, batch_size):
         batch = {k: v.to(device) for k, v in collate(batch_examples, pad_token_id).items()}
-        with _autocast(device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += target_loss_sum(logits, batch["labels"]).item()
+        total += target_loss_sum(_logits(model, batch, device), batch["labels"]).item()
         count += int((batch["labels"][:, 1:] != -100).sum())
     model.train(was_training)
     return total / count
@@ -222,10 +223,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict], trainable
     target_count = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
     step_loss = 0.0
     for batch in micro_batches:
-        with _autocast(device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # normalise by the step's target count so accumulation equals one large batch
-        loss = target_loss_sum(logits, batch["labels"]) / target_count
+        loss = target_loss_sum(_logits(model, batch, device), batch["labels"]) / target_count
         loss.backward()
         step_loss += loss.item()
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
@@ -359,11 +358,14 @@ def _prepare_output(output_dir: Path, resume: bool) -> Path | None:
         log.info("%s: no checkpoint to resume from; starting at step 0", output_dir)
     if checkpoint is not None:
         return checkpoint
-    entries = [p for p in output_dir.iterdir()]
+    entries = list(output_dir.iterdir())
     if entries and not ((output_dir / CHECKPOINTS_DIR).is_dir() or (output_dir / "metrics.json").is_file()):
         raise ValueError(f"{output_dir}: not empty and not a training output; choose an empty or new --output DIR")
     for path in entries:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return None
 
 
@@ -378,7 +380,29 @@ def _resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def run_training(
+@contextmanager
+def _cpu_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count (process-wide) for the run, restored afterwards; None leaves it alone."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_training(model_dir: Path, data_dir: Path, output_dir: Path, training: TrainingConfig, sft: SftConfig, evaluation: EvaluationConfig, **options) -> TrainResult:
+    """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
+
+    Options (keywords of `_run_training`): max_steps, smoke_test, resume, device (None or "auto": CUDA when present,
+    "cpu", "cuda[:N]") and on_step, called with each training.csv row (plus `val_loss` on validation steps).
+    """
+    with _cpu_threads(training.cpu_threads):
+        return _run_training(model_dir, data_dir, output_dir, training, sft, evaluation, **options)
+
+
+def _run_training(
     model_dir: Path,
     data_dir: Path,
     output_dir: Path,
@@ -392,10 +416,6 @@ def run_training(
     device: str | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
-
-    `on_step` gets each training.csv row (plus `val_loss` on validation steps) as it is logged.
-    """
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
     steps = SMOKE_STEPS if smoke_test else (max_steps or training.max_steps)
     plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)

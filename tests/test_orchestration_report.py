@@ -1,0 +1,63 @@
+"""The validation report's verdicts and files, from stage outcomes alone (no Dagster)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sftc_assets.reports.validation import FAIL, NOT_RUN, PASS, CheckOutcome, StageOutcome, build_report, render_markdown, write_report
+
+NOW = dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.timezone.utc)
+ENV = {"python": "3.11", "platform": "Linux", "cpu_count": 2, "cuda_available": False, "profile": "toy", "train_backend": "hf", "packages": {"dagster": "1.13"}}
+GIT = {"git_commit": "abc123", "git_dirty": False}
+
+
+def _report(stages):
+    return build_report(stages, environment=ENV, git=GIT, generated_at=NOW, validation_run="run-1")
+
+
+def test_status_of_a_stage():
+    assert StageOutcome("a", materialized=True).status == PASS
+    assert StageOutcome("a", materialized=False).status == NOT_RUN
+    assert StageOutcome("a", materialized=True, error="boom").status == FAIL
+    assert StageOutcome("a", materialized=True, checks=[CheckOutcome("c", passed=False)]).status == FAIL
+    # A failed warning-level check is reported but does not fail the stage.
+    assert StageOutcome("a", materialized=True, checks=[CheckOutcome("c", passed=False, severity="WARN")]).status == PASS
+
+
+def test_ready_only_when_every_stage_passes_and_the_reasons_say_why_not():
+    ok = _report([StageOutcome("raw_xml", materialized=True), StageOutcome("sft_model", materialized=True)])
+    assert ok["ready_for_gpu"] is True and ok["passed"] == 2
+    assert ok["reasons"] == ["all 2 stages of the toy chain passed with their checks on CPU"]
+
+    bad = _report(
+        [
+            StageOutcome("raw_xml", materialized=True),
+            StageOutcome("sft_model", materialized=True, checks=[CheckOutcome("validation_loss_decreased", passed=False)]),
+            StageOutcome("eval_csv", materialized=False),
+        ]
+    )
+    assert bad["ready_for_gpu"] is False and (bad["passed"], bad["failed"], bad["not_run"]) == (1, 1, 1)
+    assert bad["reasons"] == ["sft_model failed: check(s) failed: validation_loss_decreased", "eval_csv was not materialized"]
+    assert _report([])["ready_for_gpu"] is False
+
+
+def test_markdown_and_json_twin(tmp_path):
+    report = _report(
+        [
+            StageOutcome("thesis_jsonl", materialized=True, partitions=["2012-01", "2012-02"], figures={"accepted": 64, "parse_rate": 0.987654},
+                         checks=[CheckOutcome("accepted_plus_rejected_equals_read", passed=True)]),
+            StageOutcome("sft_model", materialized=False, error="step sft_model failed: out of memory"),
+        ]
+    )
+    md_path, json_path = write_report(report, tmp_path / "reports")
+    markdown = md_path.read_text()
+    assert "**Ready for GPU deployment: NO**" in markdown
+    assert "- sft_model failed: step sft_model failed: out of memory" in markdown
+    assert "| thesis_jsonl | PASS | 2 (2012-01..2012-02) | accepted_plus_rejected_equals_read PASS |" in markdown
+    assert "- parse_rate: 0.9877" in markdown and "- accepted: 64" in markdown
+    assert "## Not tested without a GPU" in markdown and "nemo_model" in markdown
+    assert "Commit: `abc123`" in markdown and "2026-01-02T02:00:05+00:00" in markdown
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))
+    assert render_markdown(report) == markdown
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["validation_report.json", "validation_report.md"]
