@@ -343,10 +343,13 @@ def test_cli_refuses_a_foreign_output_directory(toy_inputs, tmp_path, capsys):
     assert (output / "notes.txt").read_text() == "keep me"
 
 
-def test_cli_nemo_backend_says_what_to_do(data_dir, capsys, monkeypatch):
+def test_cli_nemo_backend_goes_to_the_nemo_runner(data_dir, capsys, monkeypatch):
+    """TRAIN_BACKEND=nemo takes the NeMo path, whose config check (one node of GPUs here) refuses the 5-node default."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
     assert sftc_main(["train"]) == 2
-    assert "--backend hf" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finetune.yaml: field 'nodes' = 5" in err
+    assert not (data_dir / "models").exists()
 
 
 def test_missing_checkpoint_names_the_flag(tmp_path):

@@ -49,7 +49,7 @@ class SmallBatches(ProjectResource):
 
 
 def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
-    result = materialize({"project": SmallBatches(), "gpu": GpuResource(check_triton=False)})
+    result = materialize({"project": SmallBatches(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()})
     assert result.success
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
@@ -77,17 +77,21 @@ class SmallCpuLimit(ProjectResource):
 
 
 def test_gpu_gate_refuses_before_any_work(chain_data):
-    result = materialize({"project": SmallCpuLimit(), "gpu": GpuResource(check_triton=False)}, raise_on_error=False)
+    result = materialize({"project": SmallCpuLimit(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}, raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert "sft_model needs a CUDA GPU" in failure.message + str(failure.cause)
     assert not (chain_data / "models").exists()
 
 
-def test_nemo_backend_fails_with_a_clear_message(chain_data, monkeypatch):
+def test_nemo_backend_is_gated_before_any_work(chain_data, monkeypatch):
+    """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (one node of GPUs) stop it before NeMo starts."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
-    result = materialize({"project": ProjectResource(), "gpu": GpuResource(check_triton=False)}, raise_on_error=False)
+    resources = {"project": ProjectResource(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    result = materialize(resources, raise_on_error=False)
     assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "finetune.yaml: field 'nodes' = 5" in failure.message + str(failure.cause)
     assert not (chain_data / "models").exists()
 
 

@@ -8,7 +8,8 @@ import dagster as dg
 
 from sftc_assets.common.asset_helpers import code_version, image_markdown, manifest_metadata, markdown_table
 from sftc_assets.common.io import read_jsonl
-from sftc_assets.training import data, hf_backend
+from sftc_assets.training import data, hf_backend, nemo_runner
+from sftc_assets.training.nemo_assets import run_nemo_finetune_via_pipes
 from sftc_resources.gpu import GpuResource
 from sftc_resources.project import ProjectResource
 from sftc_resources.routing import asset_placement
@@ -57,20 +58,27 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, project
 
 @dg.asset(
     deps=["bf16_checkpoint", "nemo_jsonl"],
-    code_version=code_version(hf_backend, data),
+    code_version=code_version(hf_backend, data, nemo_runner),
     kinds={"pytorch", "huggingface"},
     description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
     "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
     **_PLACEMENT,
 )
-def sft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, project: ProjectResource, gpu: GpuResource) -> dg.MaterializeResult:
+def sft_model(
+    context: dg.AssetExecutionContext,
+    config: TrainRunConfig,
+    project: ProjectResource,
+    gpu: GpuResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
     settings, paths = project.settings(), project.paths()
     if settings.train_backend == "nemo":
-        raise dg.Failure(
-            "TRAIN_BACKEND=nemo: the NeMo branch of sft_model is not wired in this checkout yet; set TRAIN_BACKEND=hf",
-            allow_retries=False,
+        # NeMo resumes from its own checkpoints under the work dir, so `resume` needs no flag there.
+        metrics = run_nemo_finetune_via_pipes(
+            context, pipes_subprocess_client, gpu, paths, max_steps=config.max_steps, smoke_test=config.smoke_test
         )
-    metrics = _train_hf(context, config, project, gpu)
+    else:
+        metrics = _train_hf(context, config, project, gpu)
     output = paths.sft_model
     val_rows = [{"step": r["step"], "val_loss": f"{float(r['val_loss']):.4f}"} for r in _csv_rows(output / "val.csv")]
     generations = read_jsonl(output / "val_generations.jsonl") if (output / "val_generations.jsonl").is_file() else []

@@ -43,7 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
     sft = load_sft_config(args.config)
     backend = args.backend or settings.train_backend
     if backend == "nemo":
-        return _train_nemo(args)
+        return _train_nemo(args, paths)
 
     from sftc_assets.training.hf_backend import run_training  # torch and transformers load only for training
 
@@ -63,11 +63,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_nemo(args: argparse.Namespace) -> int:
-    """The NeMo backend's branch: `sftc_assets.training.nemo_runner.run_nemo_training` (its own environment)."""
-    print(
-        "sftc train: error: the NeMo backend is not wired into `sftc train` in this checkout yet "
-        "(sftc_assets/training/nemo_runner.py); use --backend hf or TRAIN_BACKEND=hf",
-        file=sys.stderr,
-    )
-    return 2
+def _train_nemo(args: argparse.Namespace, paths: ArtifactPaths) -> int:
+    """The NeMo backend: import, fine-tune, merge and export in NeMo's own environment (configs/nemo/finetune.yaml)."""
+    from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_training
+
+    try:
+        metrics = run_nemo_training(
+            args.model, paths.nemo_model, args.data, args.output, max_steps=args.max_steps, smoke_test=args.smoke_test
+        )
+    except NemoEntryError as exc:
+        print(f"sftc train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": str(args.output), **metrics}, indent=2))
+    return 0
