@@ -16,7 +16,7 @@ import dagster as dg
 
 from sftc_assets.reports.validation import VALIDATION_RUN_TAG
 from sftc_jobs.chain import ALL_PARTITIONS, materialize_chain, toposorted_keys
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import node_tags
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")

@@ -13,9 +13,9 @@ import dagster as dg
 from sftc_jobs.jobs import GPU_ONLY_ASSETS, cpu_validation
 from sftc_jobs.schedules import nightly_cpu_validation_schedule
 from sftc_jobs.sensors import automation_sensors
-from sftc_resources.gpu import GpuResource
-from sftc_resources.prices import PriceDataResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import PriceDataResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import Placement
 
 STAGE_MODULES = (

@@ -1,7 +1,7 @@
 """What the node's GPUs can do, and the gate that stops an asset at once, before any work, when it cannot.
 
 Plain functions (`probe_gpus`, `choose_device`, `require_gpus`) serve the command line and tests; the
-`GpuResource` (resource key "gpu") wraps them for assets and turns a refusal into `dg.Failure`.
+`GpuResource` (resource key "gpu", in resources.py) wraps them for assets and turns a refusal into `dg.Failure`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import dagster as dg
-from pydantic import PrivateAttr
 
 
 class GpuGateError(RuntimeError):
@@ -121,36 +119,3 @@ def require_gpus(asset: str, count: int, min_memory_bytes: int, probe: GpuProbe 
             f"{len(big_enough)} such device(s): {probe.describe()}"
         )
     return probe
-
-
-class GpuResource(dg.ConfigurableResource):
-    """The node's GPUs as assets see them (resource key "gpu"): probed once per run, refusals as dg.Failure."""
-
-    check_triton: bool = True
-
-    _probe: GpuProbe | None = PrivateAttr(default=None)
-
-    def probe(self) -> GpuProbe:
-        if self._probe is None:
-            self._probe = probe_gpus(check_triton=self.check_triton)
-        return self._probe
-
-    def choose_device(self, asset: str, checkpoint_bytes: int, cpu_max_bytes: int) -> Literal["cuda", "cpu"]:
-        try:
-            return choose_device(asset, checkpoint_bytes, cpu_max_bytes, self.probe())
-        except GpuGateError as exc:
-            raise self._failure(exc) from None
-
-    def require_gpus(self, asset: str, count: int, min_memory_bytes: int) -> GpuProbe:
-        try:
-            return require_gpus(asset, count, min_memory_bytes, self.probe())
-        except GpuGateError as exc:
-            raise self._failure(exc) from None
-
-    def _failure(self, exc: GpuGateError) -> dg.Failure:
-        probe = self.probe()
-        return dg.Failure(
-            description=str(exc),
-            metadata={"gpu_probe": dg.MetadataValue.json(probe.as_dict()), "node": probe.describe()},
-            allow_retries=False,
-        )

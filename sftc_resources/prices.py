@@ -1,8 +1,7 @@
 """Daily prices: the sample prices that ship in a package, the exchange session calendar, forward returns
 (spec/eval-and-backtest.md), and the two price sources (EODHD over HTTP, local per-ticker files) behind one
-interface, plus the Dagster resource `PriceDataResource` (resource key "prices") that picks the source.
-
-Only `PriceDataResource` touches Dagster; everything else is plain Python for the CLI, the assets and the tests.
+interface. Plain Python for the CLI, the assets and the tests; the Dagster resource `PriceDataResource`
+(resource key "prices", in resources.py) picks the source for assets.
 The EODHD key is a `Secret`: it is revealed only where a request is sent, and redacted from every URL, log
 record, exception message and cached file.
 """
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -31,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sftc_assets.common.io import atomic_path
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
 from sftc_resources.settings import CONFIG_DIR, ConfigError, Secret, Settings, load_yaml_model
 
 log = logging.getLogger(__name__)
@@ -553,23 +550,3 @@ def load_price_book(source: PriceSource, tickers: Iterable[str], start: dt.date,
             log.warning("prices: %s", exc)
             unknown[ticker] = str(exc)
     return PriceBook(frames, unknown)
-
-
-# --- the Dagster resource ---------------------------------------------------------------------
-
-
-class PriceDataResource(dg.ConfigurableResource):
-    """The price source chosen by settings (profile.price_source, EODHD_API_KEY), as assets see it.
-
-    `data_dir` overrides SFTC_DATA_DIR like ProjectResource's; `eodhd_base_url` overrides the configured URL.
-    """
-
-    data_dir: str | None = None
-    eodhd_base_url: str | None = None
-
-    def config(self) -> PricesConfig:
-        config = load_prices_config()
-        return config.model_copy(update={"eodhd_base_url": self.eodhd_base_url}) if self.eodhd_base_url else config
-
-    def source(self) -> PriceSource:
-        return price_source_from_settings(ProjectResource(data_dir=self.data_dir).settings(), self.config())

@@ -12,7 +12,7 @@ import dagster as dg
 import sftc_assets.reports.assets as report_assets
 from sftc_jobs.location import build_definitions
 from sftc_jobs.partitions import month_range_partitions
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_jobs.sensors import asset_node_class
 from sftc_resources.routing import asset_placement
 

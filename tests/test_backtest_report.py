@@ -142,8 +142,8 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     import dagster as dg
 
     from sftc_assets.backtest.assets import backtest_report, backtest_sanity
-    from sftc_resources.prices import PriceDataResource
-    from sftc_resources.project import ProjectResource
+    from sftc_resources.resources import PriceDataResource
+    from sftc_resources.resources import ProjectResource
 
     rows = _hand_rows(40)
     for month in ("2012-09", "2012-10", "2012-11"):  # 2012-12 not materialized yet: reported, not fatal

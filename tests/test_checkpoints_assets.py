@@ -20,8 +20,8 @@ from sftc_assets.checkpoints import assets
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.checkpoints.verify import scan_checkpoint
 from sftc_assets.common.io import atomic_write_jsonl
-from sftc_resources.gpu import GpuResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import ProjectResource
 
 LINES = [
     {
@@ -119,7 +119,7 @@ import json, os, sys
 from pathlib import Path
 import dagster as dg
 from sftc_assets.checkpoints import assets
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 
 class External(ProjectResource):
     base: str

@@ -13,7 +13,7 @@ from sftc_assets.datasets import assets, nemo_export
 from sftc_assets.theses.parser import parse_corpus
 from sftc_assets.theses.sample_corpus import write_sample_corpus
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.settings import CorpusConfig, load_sft_config
 
 DEFINITIONS = [assets.hf_splits, assets.nemo_jsonl, assets.splits_disjoint_and_ordered, assets.special_tokens_in_every_line]

@@ -191,9 +191,9 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     import dagster as dg
 
     from sftc_assets.evaluation.assets import EvalRunConfig, eval_csv
-    from sftc_resources.gpu import GpuResource
-    from sftc_resources.prices import PriceDataResource
-    from sftc_resources.project import ProjectResource
+    from sftc_resources.resources import GpuResource
+    from sftc_resources.resources import PriceDataResource
+    from sftc_resources.resources import ProjectResource
 
     shutil.copytree(toy_model, data_dir / "models" / "sft")
     _save_splits(data_dir / "hf_splits", RECORDS)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sftc_resources import gpu
-from sftc_resources.gpu import GpuDevice, GpuGateError, GpuProbe, GpuResource, choose_device, format_bytes, probe_gpus, require_gpus
+from sftc_resources.gpu import GpuDevice, GpuGateError, GpuProbe, choose_device, format_bytes, probe_gpus, require_gpus
+from sftc_resources import resources
+from sftc_resources.resources import GpuResource
 
 GIB = 1 << 30
 
@@ -57,7 +59,7 @@ def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
         calls.append(check_triton)
         return NO_GPU
 
-    monkeypatch.setattr(gpu, "probe_gpus", fake_probe)
+    monkeypatch.setattr(resources, "probe_gpus", fake_probe)
     resource = GpuResource()
     assert resource.choose_device("bf16_checkpoint", 1000, 2000) == "cpu"
     with pytest.raises(dg.Failure) as info:
@@ -70,7 +72,7 @@ def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
 
 
 def test_gpu_resource_in_an_asset_stops_the_run_before_the_body(monkeypatch):
-    monkeypatch.setattr(gpu, "probe_gpus", lambda check_triton=True: NO_GPU)
+    monkeypatch.setattr(resources, "probe_gpus", lambda check_triton=True: NO_GPU)
     ran = []
 
     @dg.asset

@@ -14,7 +14,6 @@ from sftc_resources.prices import (
     PRICE_COLUMNS,
     LocalPriceSource,
     PriceDataError,
-    PriceDataResource,
     UnknownTickerError,
     fill_sample_prices,
     forward_return,
@@ -22,6 +21,7 @@ from sftc_resources.prices import (
     load_sample_prices,
     price_source_from_settings,
 )
+from sftc_resources.resources import PriceDataResource
 from sftc_resources.settings import load_settings
 
 

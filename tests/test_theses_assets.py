@@ -10,7 +10,7 @@ import pytest
 from sftc_assets.common.io import read_jsonl
 from sftc_assets.theses.assets import COUNTS_CHECK, SCHEMA_CHECK, raw_xml, thesis_jsonl
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from theses_helpers import thesis, write
 
 

@@ -10,8 +10,8 @@ import pytest
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets
-from sftc_resources.gpu import GpuResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import ProjectResource
 
 
 @pytest.fixture(scope="module")

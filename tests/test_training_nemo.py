@@ -28,9 +28,10 @@ from sftc_assets.training.nemo_config import (
     read_hf_config,
     with_max_steps,
 )
-from sftc_resources.gpu import GpuDevice, GpuProbe, GpuResource
+from sftc_resources.gpu import GpuDevice, GpuProbe
+from sftc_resources.resources import GpuResource
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.settings import PROJECT_ROOT, ConfigError
 from training_nemo_helpers import (
     ONE_GPU,

@@ -7,8 +7,8 @@ from sftc_assets.common.asset_helpers import code_version, image_markdown, manif
 from sftc_assets.evaluation import eval_csv as eval_logic
 from sftc_jobs.partitions import test_month_partitions
 from sftc_resources import prices as prices_module
-from sftc_resources.prices import PriceDataResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import PriceDataResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings
 

@@ -10,8 +10,9 @@ from sftc_assets.checkpoints import convert, fp8, preflight, safetensors_io, toy
 from sftc_assets.common.asset_helpers import code_version, manifest_metadata, markdown_table
 from sftc_assets.common.io import read_jsonl
 from sftc_assets.datasets.nemo_export import NEMO_FILES
-from sftc_resources.gpu import GpuResource, format_bytes
-from sftc_resources.project import ProjectResource
+from sftc_resources.gpu import format_bytes
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings
 

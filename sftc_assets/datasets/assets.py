@@ -8,7 +8,7 @@ from datasets import load_from_disk
 from sftc_assets.common.asset_helpers import code_version, manifest_metadata, markdown_table
 from sftc_assets.common.io import read_jsonl
 from sftc_assets.datasets import nemo_export, prompts, splits
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings, load_sft_config
 

@@ -9,9 +9,9 @@ from sftc_assets.evaluation import actions, generate
 from sftc_assets.evaluation import eval_csv as eval_logic
 from sftc_jobs.partitions import test_month_partitions
 from sftc_resources import prices as prices_module
-from sftc_resources.gpu import GpuResource
-from sftc_resources.prices import PriceDataResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import PriceDataResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings, load_sft_config
 

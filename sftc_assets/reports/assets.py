@@ -9,7 +9,7 @@ import dagster as dg
 from sftc_assets.common.asset_helpers import code_version, manifest_metadata
 from sftc_assets.common.manifest import git_state
 from sftc_assets.reports import validation
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings
 

@@ -7,7 +7,7 @@ from sftc_assets.common.io import read_jsonl
 from sftc_assets.theses import layout, parser, sample_corpus, schema
 from sftc_jobs.partitions import monthly_partitions
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings
 

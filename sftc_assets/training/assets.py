@@ -10,8 +10,8 @@ from sftc_assets.common.asset_helpers import code_version, image_markdown, manif
 from sftc_assets.common.io import read_jsonl
 from sftc_assets.training import data, hf_backend, nemo_runner
 from sftc_assets.training.nemo_assets import run_nemo_finetune_via_pipes
-from sftc_resources.gpu import GpuResource
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import GpuResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import load_settings, load_sft_config
 

@@ -16,9 +16,9 @@ from sftc_assets.common.asset_helpers import code_version, manifest_metadata
 from sftc_assets.training import nemo_config, nemo_entry, nemo_runner
 from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH, FinetuneConfig, load_finetune_config
 from sftc_assets.training.nemo_runner import EntryStep
-from sftc_resources.gpu import GpuResource
+from sftc_resources.resources import GpuResource
 from sftc_resources.paths import ArtifactPaths
-from sftc_resources.project import ProjectResource
+from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
 from sftc_resources.settings import PROJECT_ROOT, load_settings
 
