@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
+from sftc_assets.common.io import iter_jsonl
 from sftc_resources.settings import CONFIG_DIR, ConfigError, _Strict, load_yaml_model
 
 FINETUNE_CONFIG_PATH = CONFIG_DIR / "nemo" / "finetune.yaml"
@@ -218,18 +219,11 @@ def check_nemo_dataset(dataset_root: Path) -> dict[str, int]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; materialize nemo_jsonl first (sftc export-nemo)")
         count = 0
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-                for field in ("input", "output"):
-                    if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                        raise ConfigError(f"{path}:{lineno}: field '{field}' missing or not a string; lines are {{\"input\": ..., \"output\": ...}}")
-                count += 1
+        for lineno, row in iter_jsonl(path):
+            for field in ("input", "output"):
+                if not isinstance(row.get(field), str):
+                    raise ConfigError(f"{path}:{lineno}: field '{field}' missing or not a string; lines are {{\"input\": ..., \"output\": ...}}")
+            count += 1
         if count == 0 and name != "test.jsonl":
             raise ConfigError(f"{path}: no lines; NeMo needs at least one {name.split('.')[0]} example")
         counts[name] = count
