@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from checkpoints_helpers import BLOCK, awkward_checkpoint, random_fp8, random_scale, reference_dequant_bits, write_checkpoint
+from checkpoints_helpers import awkward_checkpoint, random_fp8, random_scale, reference_dequant_bits, write_checkpoint
 from sftc_assets.checkpoints import convert
 from sftc_assets.checkpoints.convert import DELAY_ENV, STATE_NAME, convert_fp8_checkpoint, staging_dir
 from sftc_assets.checkpoints.fp8 import dequantize_fp8_torch, quantize_fp8_blockwise

@@ -6,7 +6,6 @@ import dagster as dg
 import pytest
 import torch
 
-from sftc_resources import gpu
 from sftc_resources.gpu import GpuDevice, GpuGateError, GpuProbe, choose_device, format_bytes, probe_gpus, require_gpus
 from sftc_resources import resources
 from sftc_resources.resources import GpuResource

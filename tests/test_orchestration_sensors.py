@@ -16,7 +16,7 @@ from orchestration_standins import CHAIN, location_facts, standin_definitions
 
 from sftc_jobs.partitions import months_between
 from sftc_jobs.sensors import SENSOR_NAMES
-from sftc_resources.routing import GPU_RESOURCE, K8S_CONFIG_TAG, NODE_TAG, load_cluster_config
+from sftc_resources.routing import GPU_RESOURCE, NODE_TAG, load_cluster_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

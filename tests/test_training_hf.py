@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread, write_nemo_jsonl  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sftc_assets.common.torch_threads import torch_threads
 from sftc_assets.training import hf_backend
 from sftc_assets.training.data import (
     IGNORE_INDEX,
@@ -196,13 +197,13 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
 
 def test_cpu_threads_apply_for_the_run_and_are_restored_even_on_error():
     before = torch.get_num_threads()
-    with hf_backend._cpu_threads(3):
+    with torch_threads(3):
         assert torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError), hf_backend._cpu_threads(2):
+    with pytest.raises(RuntimeError), torch_threads(2):
         raise RuntimeError
     assert torch.get_num_threads() == before
-    with hf_backend._cpu_threads(None):
+    with torch_threads(None):
         assert torch.get_num_threads() == before
 
 

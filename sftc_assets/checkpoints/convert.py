@@ -10,7 +10,6 @@ the output in one rename.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from sftc_assets.checkpoints.safetensors_io import (
     tensor_bytes,
 )
 from sftc_assets.common.io import atomic_write_json, replace_dir
+from sftc_assets.common.torch_threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -233,20 +233,6 @@ def _on_gpu(dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
     return run
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """One core computes while the writer thread writes and hashes: more OpenMP workers would only fight it."""
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def staging_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.partial"
 
@@ -267,7 +253,8 @@ def convert_fp8_checkpoint(source: Path | str, output: Path | str, *, device: De
     done = _resume_state(staging, plan)
     todo = [s for s in plan.shards if s.filename not in done]
     started = time.perf_counter()
-    with _torch_threads(1 if device_used == "cpu" else None), tqdm(
+    # One core computes while the writer thread writes and hashes: more OpenMP workers would only fight it.
+    with torch_threads(1 if device_used == "cpu" else None), tqdm(
         total=sum(s.input_bytes for s in todo),
         unit="B",
         unit_scale=True,

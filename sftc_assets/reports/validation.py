@@ -153,7 +153,7 @@ def render_markdown(report: dict) -> str:
         f"- Validation run: `{report['validation_run'] or 'none (latest materializations)'}`",
         f"- Environment: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
         f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
-        f"- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
+        "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         f"## Stages: {report['passed']} passed, {report['failed']} failed, {report['not_run']} not run",
         "",

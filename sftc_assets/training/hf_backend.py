@@ -17,8 +17,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sftc_assets.common.torch_threads import torch_threads
 from sftc_assets.common.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from sftc_assets.evaluation.actions import parse_action
 from sftc_assets.evaluation.generate import generate_greedy
@@ -380,25 +381,13 @@ def _resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-@contextmanager
-def _cpu_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op thread count (process-wide) for the run, restored afterwards; None leaves it alone."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_training(model_dir: Path, data_dir: Path, output_dir: Path, training: TrainingConfig, sft: SftConfig, evaluation: EvaluationConfig, **options) -> TrainResult:
     """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
 
     Options (keywords of `_run_training`): max_steps, smoke_test, resume, device (None or "auto": CUDA when present,
     "cpu", "cuda[:N]") and on_step, called with each training.csv row (plus `val_loss` on validation steps).
     """
-    with _cpu_threads(training.cpu_threads):
+    with torch_threads(training.cpu_threads):
         return _run_training(model_dir, data_dir, output_dir, training, sft, evaluation, **options)
 
 
