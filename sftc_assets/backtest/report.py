@@ -192,6 +192,7 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1], "left": 0.09, "right": 0.98, "top": 0.94, "bottom": 0.07})
@@ -208,6 +209,9 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
         top.legend(loc="best")
     top.set_ylabel("equity (start = 1)")
     bottom.set_ylabel("drawdown")
+    # Concise dates: a few months or several years both stay readable on one axis.
+    bottom.xaxis.set_major_locator(locator := mdates.AutoDateLocator(maxticks=8))
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     top.set_title("Equity curve")
     return _png(figure)
 
