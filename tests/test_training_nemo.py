@@ -35,22 +35,13 @@ from sftc_resources.resources import ProjectResource
 from sftc_resources.settings import PROJECT_ROOT, ConfigError
 from training_nemo_helpers import (
     ONE_GPU,
+    nemo_run_paths,
     toy_hf_config,
     write_finetune_yaml,
     write_hf_checkpoint,
     write_nemo_checkpoint_dirs,
     write_nemo_jsonl,
 )
-
-
-def _paths(root: Path) -> NemoRunPaths:
-    return NemoRunPaths(
-        hf_checkpoint=write_hf_checkpoint(root / "bf16"),
-        nemo_checkpoint=write_nemo_checkpoint_dirs(root / "nemo"),
-        dataset_root=write_nemo_jsonl(root / "nemo_jsonl"),
-        output_dir=root / "sft",
-        work_dir=root / "sft_nemo",
-    )
 
 
 # --- configs/nemo/finetune.yaml ----------------------------------------------------------------
@@ -124,7 +115,7 @@ def test_model_config_follows_the_hf_config():
 
 def test_plan_maps_config_onto_recipe_attributes(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, peft="lora", learning_rate=3e-4))
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     plan = plan_recipe(config, paths)
     assert plan["factory_kwargs"] == {
         "dir": str(paths.work_dir), "name": "sftc", "num_nodes": 1, "num_gpus_per_node": 1,
@@ -160,7 +151,7 @@ def test_plan_maps_config_onto_recipe_attributes(tmp_path):
 )
 def test_plan_refuses_layouts_the_model_cannot_take(tmp_path, overrides, hf_overrides, expected):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, **overrides}))
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     write_hf_checkpoint(paths.hf_checkpoint, toy_hf_config(**hf_overrides))
     with pytest.raises(ConfigError) as exc:
         plan_recipe(config, paths)
@@ -207,7 +198,7 @@ def _entry(*args: str) -> subprocess.CompletedProcess:
 
 def test_entry_dry_run_prints_the_plan_without_nemo(tmp_path):
     config_path = write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU)
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     done = _entry(
         "finetune", "--config", str(config_path), "--hf-checkpoint", str(paths.hf_checkpoint), "--nemo-checkpoint",
         str(paths.nemo_checkpoint), "--data", str(paths.dataset_root), "--work-dir", str(paths.work_dir),
@@ -257,7 +248,7 @@ def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
 def test_steps_use_torchrun_per_gpu_then_one_export_process(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, "gpus_per_node": 4, "global_batch_size": 8}))
     python = Path("/opt/nemo/bin/python")
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     finetune, export = nemo_runner.finetune_steps(python, config, tmp_path / "ft.yaml", paths, max_steps=10)
     assert finetune.argv[:5] == [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert finetune.argv[5:8] == ["-m", nemo_runner.ENTRY_MODULE, "finetune"]
@@ -350,7 +341,7 @@ def _stand_in_for_nemo(step: nemo_runner.EntryStep) -> None:
 
 
 def test_runner_stages_data_and_publishes_the_output_whole(tmp_path):
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU))
     seen = []
 
@@ -371,7 +362,7 @@ def test_runner_stages_data_and_publishes_the_output_whole(tmp_path):
 
 
 def test_runner_leaves_no_partial_output_when_a_step_fails(tmp_path):
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU))
 
     def execute(step):

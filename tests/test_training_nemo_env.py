@@ -25,24 +25,13 @@ from sftc_assets.training.nemo_config import NemoRunPaths, load_finetune_config,
 from sftc_resources.settings import PROJECT_ROOT  # noqa: E402
 from training_nemo_helpers import (  # noqa: E402
     ONE_GPU,
+    nemo_run_paths,
     write_finetune_yaml,
-    write_hf_checkpoint,
-    write_nemo_checkpoint_dirs,
     write_nemo_jsonl,
     write_toy_model,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _paths(root: Path) -> NemoRunPaths:
-    return NemoRunPaths(
-        hf_checkpoint=write_hf_checkpoint(root / "bf16"),
-        nemo_checkpoint=write_nemo_checkpoint_dirs(root / "nemo"),
-        dataset_root=write_nemo_jsonl(root / "nemo_jsonl"),
-        output_dir=root / "sft",
-        work_dir=root / "sft_nemo",
-    )
 
 
 def test_shipped_config_is_nemos_lora_recipe():
@@ -72,7 +61,7 @@ def test_shipped_config_is_nemos_lora_recipe():
 
 def test_plan_applied_to_the_real_recipe_builds_its_objects(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, learning_rate=3e-4))
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     plan = plan_recipe(config, paths)
     recipe = nemo_entry.build_recipe(plan)
 
@@ -97,7 +86,7 @@ def test_plan_applied_to_the_real_recipe_builds_its_objects(tmp_path):
 def test_plan_model_config_matches_nemos_importer(tmp_path):
     """Our config.json -> DeepSeekV3Config mapping (used to size the recipe's model) against HFDeepSeekImporter's."""
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU))
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     model_config = fdl.build(nemo_entry.build_recipe(plan_recipe(config, paths)).model.config)
     importer = llm.gpt.model.deepseek.HFDeepSeekImporter(str(paths.hf_checkpoint))
     importer.trust_remote_code, importer.convert_mtp = False, False  # set by its apply(); config reads them
@@ -110,13 +99,13 @@ def test_plan_model_config_matches_nemos_importer(tmp_path):
 
 def test_full_sft_plan_leaves_the_recipe_without_peft(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, peft="none"))
-    recipe = nemo_entry.build_recipe(plan_recipe(config, _paths(tmp_path)))
+    recipe = nemo_entry.build_recipe(plan_recipe(config, nemo_run_paths(tmp_path)))
     assert "peft" not in recipe.__arguments__
     assert recipe.optim.config.lr == config.learning_rate
 
 
 def test_entry_dry_run_in_the_nemo_env_imports_no_nemo(tmp_path):
-    paths = _paths(tmp_path)
+    paths = nemo_run_paths(tmp_path)
     probe = (
         "import sys; from sftc_assets.training import nemo_entry; code = nemo_entry.main(sys.argv[1:]);"
         "print('NEMO_LOADED' if 'nemo' in sys.modules else 'NEMO_NOT_LOADED', file=sys.stderr); sys.exit(code)"

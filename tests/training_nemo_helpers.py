@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH, NEMO_DATA_FILES
+from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH, NEMO_DATA_FILES, NemoRunPaths
 
 # DeepSeek-V3's architecture at toy size: MLA, one dense layer then MoE layers, sigmoid routing.
 TOY_ARCH = dict(
@@ -107,3 +107,14 @@ def write_toy_model(path: Path, seed: int = 0) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w3").save_pretrained(path)
     return path
+
+
+def nemo_run_paths(root: Path) -> NemoRunPaths:
+    """A BF16 checkpoint, an imported NeMo checkpoint and NeMo JSONL under `root`, as the entry's inputs."""
+    return NemoRunPaths(
+        hf_checkpoint=write_hf_checkpoint(root / "bf16"),
+        nemo_checkpoint=write_nemo_checkpoint_dirs(root / "nemo"),
+        dataset_root=write_nemo_jsonl(root / "nemo_jsonl"),
+        output_dir=root / "sft",
+        work_dir=root / "sft_nemo",
+    )
