@@ -79,6 +79,28 @@ def test_the_file_is_the_spec_format(tmp_path, source):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the atomic write left no temp file
 
 
+def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
+    """evaluate_records generates with `cpu_threads` torch threads, and gives the previous count back."""
+    import torch
+
+    from sftc_assets.evaluation import eval_csv, generate
+
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+        seen.append(torch.get_num_threads())  # a stand-in for the model: only the thread count is under test
+        return OUTPUTS[: len(prompts)]
+
+    monkeypatch.setattr(generate, "generate_greedy", fake_generate)
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    frame = eval_csv.evaluate_records(None, None, RECORDS, source, load_sft_config(), max_new_tokens=4, batch_size=2, cpu_threads=target)
+    assert seen == [target] and torch.get_num_threads() == before
+    predicted = dict(zip(frame["id"], frame["predicted_action"].fillna("")))
+    assert predicted == {"MSFT-2012-10-26-0": "SELL", "AAPL-2012-10-26-1": "BUY", "ZZZ-2012-09-14-2": "",
+                         "AAPL-2012-11-21-3": "STRONG_BUY", "AAPL-2013-02-27-4": ""}
+
+
 def test_read_back_gives_the_same_values(tmp_path, source):
     frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
     back = read_eval_csv(write_eval_csv(frame, tmp_path / "eval.csv"))

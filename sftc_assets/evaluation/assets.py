@@ -73,6 +73,7 @@ def eval_csv(
             max_new_tokens=config.max_new_tokens or settings.profile.evaluation.max_new_tokens,
             batch_size=config.batch_size or settings.profile.evaluation.batch_size,
             calendar=eval_config.prices.calendar,
+            cpu_threads=settings.profile.evaluation.cpu_threads,
         )
         eval_logic.write_eval_csv(frame, paths.eval_month(month))
         by_month[month] = _month_figures(frame)

@@ -58,6 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens or settings.profile.evaluation.max_new_tokens,
         batch_size=args.batch_size or settings.profile.evaluation.batch_size,
         calendar=config.prices.calendar,
+        cpu_threads=settings.profile.evaluation.cpu_threads,
     )
     write_eval_csv(frame, args.results)
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))

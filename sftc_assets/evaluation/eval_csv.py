@@ -132,14 +132,16 @@ def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.D
 
 
 def evaluate_records(model, tokenizer, records: pd.DataFrame, source: PriceSource, sft_config: SftConfig, *,
-                     max_new_tokens: int, batch_size: int, calendar: str = "XNYS") -> pd.DataFrame:
+                     max_new_tokens: int, batch_size: int, calendar: str = "XNYS", cpu_threads: int | None = None) -> pd.DataFrame:
     """Generate greedily for each record's prompt, parse the action, label the forward return."""
+    from sftc_assets.common.torch_threads import torch_threads
     from sftc_assets.datasets.prompts import render_prompt
     from sftc_assets.evaluation.generate import generate_greedy
 
     prompts = [render_prompt(i, x, sft_config) for i, x in zip(records["instruction"], records["input"])]
     log.info("generating for %d test theses (batch %d, up to %d new tokens)", len(prompts), batch_size, max_new_tokens)
-    outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+    with torch_threads(cpu_threads):
+        outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
     return build_eval_frame(records, outputs, label_forward_returns(records, source, calendar))
 
 
