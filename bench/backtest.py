@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sftc_assets.backtest.metrics import load_backtest_config
 from sftc_assets.backtest.report import run_backtest
-from sftc_assets.evaluation.eval_csv import write_eval_csv
-from sftc_resources.prices import LocalPriceSource, forward_returns, trading_sessions, write_price_file
-from sftc_resources.settings import ACTIONS
+from sftc_assets.evaluation.results import write_eval_csv
+from sftc_core.configs import load_backtest_config
+from sftc_core.market import forward_returns, trading_sessions
+from sftc_core.target_format import ACTIONS
+from sftc_resources.prices import LocalPriceSource, write_price_file
 
 GOAL = 3.0
 

@@ -27,12 +27,23 @@ from pathlib import Path
 import torch
 
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.common.io import atomic_write_jsonl
-from sftc_assets.datasets.prompts import build_example, render_prompt
+from sftc_assets.sft_data.prompts import build_example, render_prompt
 from sftc_assets.theses.sample_corpus import month_theses, sample_ticker_table
-from sftc_assets.training.data import BatchStream, collate, load_pairs, split_path, tokenize_split
-from sftc_assets.training.hf_backend import RunPlan, load_model_and_tokenizer, run_training, target_loss_sum
-from sftc_resources.settings import load_profile, load_sft_config
+from sftc_assets.training.data import (
+    BatchStream,
+    collate,
+    load_pairs,
+    split_path,
+    tokenize_split,
+)
+from sftc_assets.training.hf_backend import (
+    RunPlan,
+    load_model_and_tokenizer,
+    run_training,
+    target_loss_sum,
+)
+from sftc_core.configs import load_profile, load_sft_config
+from sftc_core.io import atomic_write_jsonl
 
 
 def write_pairs(data_dir: Path, months: list[str]) -> None:

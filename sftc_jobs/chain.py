@@ -1,14 +1,14 @@
 """Materialize a chain of assets through a Dagster instance, in order, redoing only what needs it.
 
-Dagster 1.13 refuses an asset job whose assets have different partitions definitions (the monthly
-theses, the test-window months of `eval_csv`, and the unpartitioned assets between them), so one run
-cannot carry the whole chain. This module cuts the chain into segments of one partitions definition
-each, in dependency order, and runs each segment through the code location's implicit asset job
-(`__ASSET_JOB`, what the web UI's "Materialize" uses): the partitions of a segment go in one run per
-contiguous range (`dagster/asset_partition_range_start` / `_end`, the single-run backfill the
-partitioned assets declare). Before each segment it asks the instance what is missing, stale
-(`StaleStatus`: code version or an input's data version changed) or older than one of its inputs, so a
-second pass redoes nothing.
+Dagster 1.13 refuses a run whose assets have different partitions definitions (the monthly theses, the
+test-window months of `eval_csv`, and the unpartitioned assets between them), so one run cannot carry the
+whole chain. This module cuts the chain into segments of one partitions definition each, in dependency
+order, and runs each segment with `dg.materialize` into the instance: the partitions of a segment go in
+one run per contiguous range (a single-run backfill, which the partitioned assets declare; the range tags
+are the ones Dagster's own backfills set, as its maintainers show for launching ranges from code).
+Before each segment it asks the instance what is needed: missing, materialized by other code (the
+`dagster/code_version` tag of the latest materialization), or older than one of its inputs; so a second
+pass redoes nothing. Public Dagster API only: asset specs, `dg.materialize`, `fetch_materializations`.
 `sftc run`, `sftc rerun` and the `cpu_validation` job all go through `materialize_chain`.
 """
 
@@ -19,19 +19,58 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
-from sftc_jobs.sensors import asset_node_class
-from sftc_resources.routing import node_tags
+from sftc_assets.reports.validation import ASSETS_TAG
+from sftc_core.settings import Settings
+from sftc_resources.routing import NODE_TAG, node_tags
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+CODE_VERSION_TAG = "dagster/code_version"
 ALL_PARTITIONS = "*"
 
 # Partition keys an asset needs in a run: {None} for an unpartitioned asset that needs it, empty for none.
 Needed = dict[dg.AssetKey, set[str | None]]
+
+
+@dataclass(frozen=True)
+class ChainAsset:
+    """What the chain knows of one materializable asset, from its spec."""
+
+    key: dg.AssetKey
+    deps: frozenset[dg.AssetKey]
+    partitions_def: dg.PartitionsDefinition | None
+    code_version: str | None
+    node: str
+
+    def partition_keys(self) -> list[str | None]:
+        return [None] if self.partitions_def is None else list(self.partitions_def.get_partition_keys())
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What `dg.materialize` needs to run any part of a code location (assets with their checks, resources),
+    and the settings it was built from."""
+
+    definitions: tuple
+    resources: Mapping[str, object]
+    settings: Settings
+
+    @classmethod
+    def of(cls, defs: dg.Definitions, settings: Settings) -> Chain:
+        return cls((*defs.assets, *(defs.asset_checks or ())), dict(defs.resources or {}), settings)
+
+    @property
+    def assets(self) -> dict[dg.AssetKey, ChainAsset]:
+        """Every materializable asset (observed source assets and checks are not materialized by the chain)."""
+        found = {}
+        for definition in self.definitions:
+            if not isinstance(definition, dg.AssetsDefinition) or isinstance(definition, dg.AssetChecksDefinition):
+                continue
+            for key in definition.keys:
+                spec = definition.get_asset_spec(key)
+                found[key] = ChainAsset(key, frozenset(d.asset_key for d in spec.deps), spec.partitions_def, spec.code_version, spec.tags.get(NODE_TAG, "cpu"))
+        return found
 
 
 @dataclass(frozen=True)
@@ -65,30 +104,37 @@ class ChainResult:
         return next((run for run in self.runs if not run.success), None)
 
 
-def toposorted_keys(asset_graph, keys: Iterable[dg.AssetKey]) -> list[dg.AssetKey]:
-    wanted = set(keys)
-    return [key for level in asset_graph.toposorted_asset_keys_by_level for key in sorted(level) if key in wanted]
+def toposorted_keys(assets: Mapping[dg.AssetKey, ChainAsset], keys: Iterable[dg.AssetKey]) -> list[dg.AssetKey]:
+    """`keys` in dependency order; within a level by name, so the order is the same on every run."""
+    wanted, placed, order = set(keys), set(), []
+    while len(order) < len(wanted):
+        level = sorted((k for k in wanted - placed if assets[k].deps & wanted <= placed), key=lambda k: k.to_user_string())
+        if not level:
+            raise ValueError(f"the assets {sorted(k.to_user_string() for k in wanted - placed)} depend on each other in a cycle")
+        order += level
+        placed |= set(level)
+    return order
 
 
-def plan_segments(asset_graph, keys: Iterable[dg.AssetKey]) -> list[Segment]:
+def plan_segments(assets: Mapping[dg.AssetKey, ChainAsset], keys: Iterable[dg.AssetKey]) -> list[Segment]:
     """Cut `keys` into segments of one partitions definition each; every segment's inputs come from earlier ones."""
-    order = toposorted_keys(asset_graph, keys)
+    order = toposorted_keys(assets, keys)
     in_chain = set(order)
     done: set[dg.AssetKey] = set()
     segments = []
 
     def ready(key: dg.AssetKey, available: set[dg.AssetKey]) -> bool:
-        return (asset_graph.get(key).parent_keys & in_chain) <= available
+        return (assets[key].deps & in_chain) <= available
 
     while len(done) < len(order):
         first = next(key for key in order if key not in done and ready(key, done))
-        partitions_def = asset_graph.get(first).partitions_def
+        partitions_def = assets[first].partitions_def
         members = [first]
         grown = True
         while grown:  # take in every later asset of the same partitions definition whose inputs are available
             grown = False
             for key in order:
-                if key in done or key in members or asset_graph.get(key).partitions_def != partitions_def:
+                if key in done or key in members or assets[key].partitions_def != partitions_def:
                     continue
                 if ready(key, done | set(members)):
                     members.append(key)
@@ -99,77 +145,58 @@ def plan_segments(asset_graph, keys: Iterable[dg.AssetKey]) -> list[Segment]:
     return segments
 
 
-def stale_status_resolver(instance: dg.DagsterInstance, asset_graph) -> CachingStaleStatusResolver:
-    """Dagster's own staleness (what the UI shows as stale / missing), read fresh from the instance."""
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=asset_graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-
-
-def all_partitions(partitions_def: dg.PartitionsDefinition | None, instance: dg.DagsterInstance) -> list[str | None]:
-    if partitions_def is None:
-        return [None]
-    return list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
-
-
-def latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitioned: bool) -> dict[str | None, int]:
-    """Storage id of the latest materialization of each partition (key None for an unpartitioned asset)."""
-    if partitioned:
-        return dict(instance.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION))
-    records = instance.fetch_materializations(key, limit=1).records
-    return {None: records[0].storage_id} if records else {}
+def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> dg.EventLogRecord | None:
+    """The latest materialization of one partition of `key` (of any partition when None)."""
+    records_filter = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None)
+    records = instance.fetch_materializations(records_filter, limit=1).records
+    return records[0] if records else None
 
 
 def needed_in_segment(
     segment: Segment,
-    asset_graph,
+    assets: Mapping[dg.AssetKey, ChainAsset],
     instance: dg.DagsterInstance,
     forced: Mapping[dg.AssetKey, Iterable[str | None] | str],
 ) -> Needed:
-    """What each asset of the segment must (re)materialize: forced; missing or stale for Dagster (code
-    version, input data versions); or with an input materialized after it. Dagster's staleness does not
-    follow an unpartitioned asset's dependency on all partitions of a time-partitioned one (hf_splits on
-    thesis_jsonl, backtest_report on eval_csv), so the last rule is ours. Whatever an upstream asset of
-    the same segment redoes is redone downstream too (it will be newer once that runs)."""
-    resolver = stale_status_resolver(instance, asset_graph)
-    latest: dict[dg.AssetKey, dict[str | None, int]] = {}
+    """What each asset of the segment must (re)materialize: forced; missing; materialized by other code than
+    today's (its code version); or older than an input (a partition of the same partitions definition, else
+    the newest materialization of the input). Whatever an upstream asset of the same segment redoes is redone
+    downstream too (it will be newer once that runs)."""
+    newest: dict[tuple[dg.AssetKey, str | None], dg.EventLogRecord | None] = {}
 
-    def latest_of(key: dg.AssetKey) -> dict[str | None, int]:
-        if key not in latest:
-            latest[key] = latest_materializations(instance, key, asset_graph.get(key).is_partitioned)
-        return latest[key]
+    def latest(key: dg.AssetKey, partition: str | None) -> dg.EventLogRecord | None:
+        if (key, partition) not in newest:
+            newest[key, partition] = latest_materialization(instance, key, partition)
+        return newest[key, partition]
 
-    def input_newer(key: dg.AssetKey, partition: str | None) -> bool:
-        mine = latest_of(key).get(partition)
-        for parent in asset_graph.get(key).parent_keys:
-            ids = latest_of(parent)
-            same_partitions = asset_graph.get(parent).partitions_def == segment.partitions_def and partition is not None
-            newest = ids.get(partition) if same_partitions else max(ids.values(), default=None)
-            if mine is not None and newest is not None and newest > mine:
+    def stale(asset: ChainAsset, partition: str | None) -> bool:
+        mine = latest(asset.key, partition)
+        if mine is None or mine.asset_materialization.tags.get(CODE_VERSION_TAG) != asset.code_version:
+            return True
+        for parent in asset.deps:
+            same_partitions = parent in assets and assets[parent].partitions_def == segment.partitions_def and partition is not None
+            theirs = latest(parent, partition if same_partitions else None)
+            if theirs is not None and theirs.storage_id > mine.storage_id:
                 return True
         return False
 
     needed: Needed = {}
     for key in segment.keys:
-        partitions = all_partitions(segment.partitions_def, instance)
+        asset = assets[key]
+        partitions = asset.partition_keys()
         force = forced.get(key, ())
         wanted = set(partitions) if force == ALL_PARTITIONS else set(force) & set(partitions)
-        wanted |= {
-            p for p in partitions if resolver.get_status(key, p) in (StaleStatus.MISSING, StaleStatus.STALE) or input_newer(key, p)
-        }
-        for parent in asset_graph.get(key).parent_keys & set(needed):
+        wanted |= {p for p in partitions if p not in wanted and stale(asset, p)}
+        for parent in asset.deps & set(needed):
             # Same partitions definition: partition P of the child reads partition P of the parent.
             wanted |= needed[parent] if segment.partitions_def is not None else ({None} if needed[parent] else set())
         needed[key] = wanted
     return needed
 
 
-def contiguous_ranges(keys: Iterable[str], partitions_def: dg.PartitionsDefinition, instance) -> list[tuple[str, str]]:
+def contiguous_ranges(keys: Iterable[str], partitions_def: dg.PartitionsDefinition) -> list[tuple[str, str]]:
     """Runs of consecutive partition keys, as (first, last) pairs in the definition's order."""
-    order = {key: i for i, key in enumerate(partitions_def.get_partition_keys(dynamic_partitions_store=instance))}
+    order = {key: i for i, key in enumerate(partitions_def.get_partition_keys())}
     ranges: list[list[str]] = []
     for key in sorted(keys, key=order.__getitem__):
         if ranges and order[key] == order[ranges[-1][-1]] + 1:
@@ -179,7 +206,7 @@ def contiguous_ranges(keys: Iterable[str], partitions_def: dg.PartitionsDefiniti
     return [(run[0], run[-1]) for run in ranges]
 
 
-def _runs_for_segment(segment: Segment, needed: Needed, instance) -> list[tuple[tuple[dg.AssetKey, ...], tuple[str, str] | None]]:
+def _runs_for_segment(segment: Segment, needed: Needed) -> list[tuple[tuple[dg.AssetKey, ...], tuple[str, str] | None]]:
     """(asset keys, partition range) per run: assets needing the same partitions share runs, upstream first."""
     groups: dict[frozenset, list[dg.AssetKey]] = {}
     for key in segment.keys:
@@ -190,12 +217,12 @@ def _runs_for_segment(segment: Segment, needed: Needed, instance) -> list[tuple[
         if segment.partitions_def is None:
             runs.append((tuple(keys), None))
         else:
-            runs.extend((tuple(keys), span) for span in contiguous_ranges(partitions, segment.partitions_def, instance))
+            runs.extend((tuple(keys), span) for span in contiguous_ranges(partitions, segment.partitions_def))
     return runs
 
 
 def materialize_chain(
-    defs: dg.Definitions,
+    chain: Chain,
     instance: dg.DagsterInstance,
     keys: Sequence[dg.AssetKey],
     *,
@@ -209,22 +236,26 @@ def materialize_chain(
     """
     log = log or logging.getLogger(__name__)
     forced = forced or {}
-    asset_graph = defs.resolve_asset_graph()
-    job = defs.resolve_implicit_global_asset_job_def()
-
+    assets = chain.assets
     result = ChainResult()
-    for segment in plan_segments(asset_graph, keys):
-        needed = needed_in_segment(segment, asset_graph, instance, forced)
+    for segment in plan_segments(assets, keys):
+        needed = needed_in_segment(segment, assets, instance, forced)
         result.up_to_date.extend(key for key in segment.keys if not needed[key])
-        for run_keys, span in _runs_for_segment(segment, needed, instance):
+        for run_keys, span in _runs_for_segment(segment, needed):
             # A run holding any GPU asset goes to a GPU node.
-            node = "gpu" if any(asset_node_class(defs.resolve_assets_def(key)) == "gpu" for key in run_keys) else "cpu"
-            run_tags = {**node_tags(node), **(tags or {})}
-            if span is not None:
+            node = "gpu" if any(assets[key].node == "gpu" for key in run_keys) else "cpu"
+            run_tags = {**node_tags(node, chain.settings.cluster), **(tags or {}), ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys)}
+            partition_key = None
+            if span is not None and span[0] == span[1]:
+                partition_key = span[0]
+            elif span is not None:
                 run_tags.update({RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]})
             names = ", ".join(key.to_user_string() for key in run_keys)
             log.info("materializing %s%s on the %s node", names, f" [{span[0]}..{span[1]}]" if span else "", node)
-            outcome = job.execute_in_process(instance=instance, asset_selection=list(run_keys), tags=run_tags, raise_on_error=False)
+            outcome = dg.materialize(
+                chain.definitions, instance=instance, resources=chain.resources, selection=list(run_keys),
+                partition_key=partition_key, tags=run_tags, raise_on_error=False,
+            )  # fmt: skip
             result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success))
             if not outcome.success:
                 log.error("run %s failed (%s): see its logs in the web UI", outcome.run_id, names)

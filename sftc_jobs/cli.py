@@ -1,29 +1,32 @@
 """The `sftc` command line: one subcommand per step, each calling the same logic as its asset.
 
-Each stage folder has a `commands.py` with `register(subparsers)`; a subcommand sets `func(args) -> int`.
+The edge: the settings are read once here and handed to the subcommand (`func(args, settings) -> int`).
+Each module of sftc_jobs/commands/ registers its subcommands and imports the stage logic inside them, so
+`sftc --help` loads neither torch nor Dagster.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import logging
 import sys
 from pathlib import Path
 
-from sftc_resources.settings import ConfigError
-
-COMMAND_MODULES = (
-    "sftc_assets.theses.commands",
-    "sftc_assets.datasets.commands",
-    "sftc_assets.checkpoints.commands",
-    "sftc_assets.training.commands",
-    "sftc_assets.training.nemo_commands",
-    "sftc_assets.evaluation.commands",
-    "sftc_assets.backtest.commands",
-    "sftc_jobs.commands",
+from sftc_core.configs import ConfigError
+from sftc_core.settings import load_settings
+from sftc_jobs.commands import (
+    backtest,
+    chain,
+    checkpoints,
+    evaluation,
+    nemo,
+    sft_data,
+    theses,
+    training,
 )
+
+COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -58,13 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a stage without commands yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args, load_settings()) or 0)
     except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"sftc {args.command}: error: {exc}", file=sys.stderr)
         return 2

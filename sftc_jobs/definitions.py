@@ -1,14 +1,12 @@
-"""The Dagster code location of sftc: every stage's assets and checks, resources, jobs, schedules, sensors.
+"""The Dagster code location of sftc, loaded by `dagster dev` / the webserver (workspace.yaml).
 
-Loaded by `dagster dev` / the webserver (workspace.yaml) and by `sftc run`. The profile (SFTC_PROFILE,
-read once here) decides where `auto` assets run, which automation sensors start on, and whether the
-nightly CPU validation is on: static per profile, so each code location has one answer.
-SFTC_K8S_PLACEMENT (run | step) says whether a cluster gives each run or each step its own pod.
+The edge: the settings (environment, `.env`, the profile and every config file) are read once here and
+passed down; they decide where `auto` assets run, which automation sensors start on, whether the nightly
+CPU validation is on, and SFTC_K8S_PLACEMENT (run | step) whether a cluster gives each run or each step
+its own pod. Static per profile, so each code location has one answer.
 """
 
-from sftc_jobs.location import build_definitions, load_stage_modules
-from sftc_resources.routing import placement_mode
-from sftc_resources.settings import load_settings
+from sftc_core.settings import load_settings
+from sftc_jobs.location import build_definitions
 
-_SETTINGS = load_settings()
-defs = build_definitions(load_stage_modules(), _SETTINGS.profile_name, _SETTINGS.train_backend, placement_mode())
+defs = build_definitions(load_settings())

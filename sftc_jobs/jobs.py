@@ -4,57 +4,57 @@ An asset job cannot hold it: Dagster 1.13 refuses an asset job whose assets have
 definitions ("Selected assets must have the same partitions definitions"), and the chain has three
 (monthly theses, unpartitioned middle, test-window months of `eval_csv`); a schedule cannot launch a
 backfill either (only sensors can). So the job is one op that drives the chain through the instance
-with `materialize_chain`: ordered runs of the code location's asset job, each tagged with the node
+with `materialize_chain`: ordered runs of the code location's assets, each tagged with the node
 class and `sftc/validation_run=<this run's id>`, every asset and partition forced (a validation
 proves the code works today, not that nothing changed). Whatever fails, `validation_report` is
 materialized last, reads what this validation did, and says PASS/FAIL per stage.
 """
 
-import importlib
-
 import dagster as dg
 
 from sftc_assets.reports.validation import VALIDATION_RUN_TAG
-from sftc_jobs.chain import ALL_PARTITIONS, materialize_chain, toposorted_keys
-from sftc_resources.resources import ProjectResource
+from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
 from sftc_resources.routing import node_tags
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")
 # The NeMo import needs NeMo and GPUs: the one asset a CPU validation leaves out.
 GPU_ONLY_ASSETS = (dg.AssetKey("nemo_model"),)
-DEFINITIONS_MODULE = "sftc_jobs.definitions"
 
 
-def chain_keys(defs: dg.Definitions, *, include_nemo: bool = False) -> list[dg.AssetKey]:
+def chain_keys(chain: Chain, *, include_nemo: bool = False) -> list[dg.AssetKey]:
     """Every materializable asset of the code location (the NeMo import only when asked), in dependency order."""
-    asset_graph = defs.resolve_asset_graph()
+    assets = chain.assets
     excluded = set() if include_nemo else set(GPU_ONLY_ASSETS)
-    return toposorted_keys(asset_graph, asset_graph.materializable_asset_keys - excluded)
+    return toposorted_keys(assets, set(assets) - excluded)
 
 
-def run_validation(defs: dg.Definitions, instance: dg.DagsterInstance, validation_id: str, log) -> bool:
+def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: str, log) -> bool:
     """Force the whole toy chain, then always the report; True when every run succeeded."""
-    keys = [key for key in chain_keys(defs) if key != VALIDATION_REPORT]
+    keys = [key for key in chain_keys(chain) if key != VALIDATION_REPORT]
     tags = {VALIDATION_RUN_TAG: validation_id}
-    chain = materialize_chain(defs, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
-    report = materialize_chain(defs, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
-    return chain.success and report.success
+    result = materialize_chain(chain, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
+    report = materialize_chain(chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
+    return result.success and report.success
 
 
-@dg.op(tags=node_tags("cpu"), description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
-def validate_toy_chain(context: dg.OpExecutionContext, project: ProjectResource) -> None:
-    settings = project.settings()
-    if settings.profile_name != "toy":
-        raise dg.Failure(
-            f"cpu_validation validates the toy profile, but this code location runs SFTC_PROFILE={settings.profile_name}: "
-            "run it from a code location with SFTC_PROFILE=toy (see deploy/README.md)"
-        )
-    defs = importlib.import_module(DEFINITIONS_MODULE).defs  # the code location this op was loaded from
-    if not run_validation(defs, context.instance, context.run_id, context.log):
-        report = project.paths().reports / "validation_report.md"
-        raise dg.Failure(f"the toy chain did not pass: see {report} and the runs tagged {VALIDATION_RUN_TAG}={context.run_id}")
+def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
+    """The job over `chain`: the op closes over the code location's own assets, nothing is imported again."""
+    settings = chain.settings
+    cpu = node_tags("cpu", settings.cluster)
 
+    @dg.op(tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
+    def validate_toy_chain(context: dg.OpExecutionContext) -> None:
+        if settings.profile_name != "toy":
+            raise dg.Failure(
+                f"cpu_validation validates the toy profile, but this code location runs SFTC_PROFILE={settings.profile_name}: "
+                "run it from a code location with SFTC_PROFILE=toy (see deploy/README.md)"
+            )
+        if not run_validation(chain, context.instance, context.run_id, context.log):
+            report = settings.paths.reports / "validation_report.md"
+            raise dg.Failure(f"the toy chain did not pass: see {report} and the runs tagged {VALIDATION_RUN_TAG}={context.run_id}")
 
-@dg.job(name="cpu_validation", tags=node_tags("cpu"), description="Nightly CPU validation of the toy chain and its checks, ending with validation_report.")
-def cpu_validation() -> None:
-    validate_toy_chain()
+    @dg.job(name="cpu_validation", tags=cpu, description="Nightly CPU validation of the toy chain and its checks, ending with validation_report.")
+    def cpu_validation() -> None:
+        validate_toy_chain()
+
+    return cpu_validation

@@ -1,66 +1,70 @@
-"""How the code location is assembled: the stage modules, resources, the job, the schedule and the
-automation sensors, for a given profile. `sftc_jobs.definitions` calls it once with the settings;
-tests call it with stand-in modules and either profile.
+"""How the code location is assembled from one Settings object: every stage's definitions, the resources, the
+validation job, the schedule and the automation sensors. `sftc_jobs.definitions` calls it once with the
+settings read there; `sftc run` and the tests call it with theirs (tests also with stand-in stages).
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 
-from sftc_jobs.jobs import GPU_ONLY_ASSETS, cpu_validation
+from sftc_assets.backtest import assets as backtest_assets
+from sftc_assets.checkpoints import assets as checkpoint_assets
+from sftc_assets.evaluation import assets as evaluation_assets
+from sftc_assets.reports import assets as report_assets
+from sftc_assets.sft_data import assets as sft_data_assets
+from sftc_assets.theses import assets as thesis_assets
+from sftc_assets.training import assets as training_assets
+from sftc_core.settings import Placement, Settings
+from sftc_jobs.chain import Chain
+from sftc_jobs.jobs import GPU_ONLY_ASSETS, cpu_validation_job
 from sftc_jobs.schedules import nightly_cpu_validation_schedule
 from sftc_jobs.sensors import automation_sensors
 from sftc_resources.resources import GpuResource
-from sftc_resources.resources import PriceDataResource
-from sftc_resources.resources import ProjectResource
-from sftc_resources.routing import Placement
 
-STAGE_MODULES = (
-    "sftc_assets.theses.assets",
-    "sftc_assets.datasets.assets",
-    "sftc_assets.checkpoints.assets",
-    "sftc_assets.training.assets",
-    "sftc_assets.training.nemo_assets",
-    "sftc_assets.evaluation.assets",
-    "sftc_assets.backtest.assets",
-    "sftc_assets.reports.assets",
+StageDefs = Callable[[Settings], dg.Definitions]
+# The pipeline's stages in order, each `defs(settings)`.
+STAGES: tuple[StageDefs, ...] = (
+    thesis_assets.defs,
+    sft_data_assets.defs,
+    checkpoint_assets.defs,
+    training_assets.defs,
+    evaluation_assets.defs,
+    backtest_assets.defs,
+    report_assets.defs,
 )
-
-
-def load_stage_modules(names: tuple[str, ...] = STAGE_MODULES) -> list[ModuleType]:
-    """Every stage's assets module: one that is missing or broken stops the code location from loading."""
-    return [importlib.import_module(name) for name in names]
+RESOURCES = {"gpu": GpuResource(), "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def step_executor(placement: Placement) -> dg.ExecutorDefinition | None:
     """One Kubernetes pod per step (its op tags place it) when asked; else Dagster's default executor."""
     if placement != "step":
         return None
-    from dagster_k8s import k8s_job_executor  # needs the kubernetes client: only imported where it is used
+    from dagster_k8s import (
+        k8s_job_executor,  # needs the kubernetes client: only imported where it is used
+    )
 
     return k8s_job_executor
 
 
-def build_definitions(modules: list[ModuleType], profile_name: str, train_backend: str, placement: Placement = "run") -> dg.Definitions:
-    assets = dg.load_assets_from_modules(modules)
-    toy = profile_name == "toy"
+def build_definitions(settings: Settings, stages: Sequence[StageDefs] | None = None) -> dg.Definitions:
+    """The code location for `settings`: the given stages (default: STAGES, read at call time)."""
+    stage_defs = dg.Definitions.merge(*(stage(settings) for stage in (stages or STAGES)))
+    assets, checks = list(stage_defs.assets), list(stage_defs.asset_checks or ())
+    job = cpu_validation_job(Chain((*assets, *checks), RESOURCES, settings))
+    toy = settings.profile_name == "toy"
     # The NeMo import is automated only where the NeMo backend will read it.
-    not_automated = () if train_backend == "nemo" else GPU_ONLY_ASSETS
+    not_automated = () if settings.train_backend == "nemo" else GPU_ONLY_ASSETS
     return dg.Definitions(
         assets=assets,
-        asset_checks=dg.load_asset_checks_from_modules(modules),
-        resources={
-            "project": ProjectResource(),
-            "gpu": GpuResource(),
-            "prices": PriceDataResource(),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        },
-        jobs=[cpu_validation],
-        schedules=[nightly_cpu_validation_schedule(running=toy)],
+        asset_checks=checks,
+        resources=RESOURCES,
+        jobs=[job],
+        schedules=[nightly_cpu_validation_schedule(job, settings.cluster, running=toy)],
         # The toy profile has no GPU node: its GPU sensor (the NeMo import) starts stopped.
-        sensors=automation_sensors(assets, running=("cpu",) if toy else ("cpu", "gpu"), excluded=not_automated, placement=placement),
-        executor=step_executor(placement),
+        sensors=automation_sensors(
+            assets, settings.cluster, running=("cpu",) if toy else ("cpu", "gpu"), excluded=not_automated, placement=settings.k8s_placement
+        ),
+        executor=step_executor(settings.k8s_placement),
     )

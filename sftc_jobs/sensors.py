@@ -2,7 +2,7 @@
 
 Dagster refuses two automation-condition sensors targeting the same asset, so the split is static per
 profile: each materializable asset belongs to exactly one sensor, chosen by the node class its compute class
-resolves to in this profile (the `sftc/node` op tag of `asset_placement`). Each sensor adds its node's
+resolves to in this profile (the `sftc/node` asset tag of `asset_placement`). Each sensor adds its node's
 run tags (`sftc/node`, `dagster-k8s/config`), so the Kubernetes run launcher places every run it emits
 on the right node pool. The sensors run in the code server (`use_user_code_server=True`), which lets
 them apply one default condition to every asset that declares none and lets tests evaluate them with
@@ -16,7 +16,9 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, Placement, automated_run_tags
+from sftc_core.configs import ClusterConfig
+from sftc_core.settings import Placement
+from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, automated_run_tags
 
 AC = dg.AutomationCondition
 
@@ -36,25 +38,28 @@ def missing_or_stale() -> dg.AutomationCondition:
     )
 
 
-def asset_node_class(assets_def: dg.AssetsDefinition) -> NodeClass:
-    """The node class an asset's op was placed on by `asset_placement` (cpu when it declares none)."""
-    node = assets_def.op.tags.get(NODE_TAG, "cpu")
+def asset_node_class(assets_def: dg.AssetsDefinition, key: dg.AssetKey | None = None) -> NodeClass:
+    """The node class `asset_placement` tagged an asset with (cpu when it declares none)."""
+    spec = assets_def.get_asset_spec(key)
+    node = spec.tags.get(NODE_TAG, "cpu")
     if node not in NODE_CLASSES:
-        raise ValueError(f"asset {assets_def.key.to_user_string()}: op tag {NODE_TAG}={node!r}, expected cpu or gpu")
+        raise ValueError(f"asset {spec.key.to_user_string()}: tag {NODE_TAG}={node!r}, expected cpu or gpu")
     return node
 
 
-def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.AssetSpec]) -> dict[NodeClass, list[dg.AssetKey]]:
-    """Materializable asset keys grouped by node class (observed and external assets are not automated here)."""
+def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.SourceAsset]) -> dict[NodeClass, list[dg.AssetKey]]:
+    """Materializable asset keys grouped by node class (observed source assets are not automated here)."""
     groups: dict[NodeClass, list[dg.AssetKey]] = {node: [] for node in NODE_CLASSES}
     for assets_def in assets:
-        if isinstance(assets_def, dg.AssetsDefinition) and assets_def.is_materializable:
-            groups[asset_node_class(assets_def)].extend(sorted(assets_def.keys))
+        if isinstance(assets_def, dg.AssetsDefinition) and not isinstance(assets_def, dg.AssetChecksDefinition):
+            for key in sorted(assets_def.keys):
+                groups[asset_node_class(assets_def, key)].append(key)
     return groups
 
 
 def automation_sensors(
-    assets: Sequence[dg.AssetsDefinition | dg.AssetSpec],
+    assets: Sequence[dg.AssetsDefinition | dg.SourceAsset],
+    cluster: ClusterConfig,
     *,
     running: Iterable[NodeClass],
     excluded: Iterable[dg.AssetKey] = (),
@@ -73,7 +78,7 @@ def automation_sensors(
                 SENSOR_NAMES[node],
                 # Checks run inside the runs of their assets; the sensor decides for assets only.
                 target=dg.AssetSelection.assets(*keys).without_checks(),
-                run_tags=automated_run_tags(node, placement),
+                run_tags=automated_run_tags(node, placement, cluster),
                 default_condition=missing_or_stale(),
                 use_user_code_server=True,
                 default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,

@@ -1,19 +1,20 @@
 """Stand-in assets with the real chain's keys, partitions, dependencies and compute classes, for the
 orchestration tests: each writes one small file per partition (holding its run id) under the data dir,
 so tests see exactly which partitions a run replaced, in milliseconds instead of the toy chain's minutes.
-The real `validation_report` asset and check are used as they are.
+The real `validation_report` stage (asset and check) is used as it is.
 """
 
-
-import types
+import os
 
 import dagster as dg
 
-import sftc_assets.reports.assets as report_assets
+from sftc_assets.reports import assets as report_assets
+from sftc_core.months import months_between
+from sftc_core.settings import Settings, load_settings
+from sftc_jobs.chain import Chain
 from sftc_jobs.location import build_definitions
-from sftc_jobs.partitions import month_range_partitions
-from sftc_resources.resources import ProjectResource
 from sftc_jobs.sensors import asset_node_class
+from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import asset_placement
 
 THESIS_MONTHS = ("2012-01", "2012-12")
@@ -24,8 +25,8 @@ CHAIN = {
     "raw_xml": ("cpu", "theses", []),
     "thesis_jsonl": ("cpu", "theses", ["raw_xml"]),
     "hf_splits": ("cpu", None, ["thesis_jsonl"]),
-    "nemo_jsonl": ("cpu", None, ["hf_splits"]),
-    "base_checkpoint": ("cpu", None, ["nemo_jsonl"]),
+    "base_checkpoint": ("cpu", None, ["hf_splits"]),
+    "nemo_jsonl": ("cpu", None, ["hf_splits", "base_checkpoint"]),
     "bf16_checkpoint": ("auto", None, ["base_checkpoint"]),
     "nemo_model": ("gpu", None, ["bf16_checkpoint"]),
     "sft_model": ("auto", None, ["bf16_checkpoint", "nemo_jsonl"]),
@@ -40,17 +41,16 @@ def standin_file(data_dir, asset: str, partition: str | None):
     return data_dir / asset / f"{partition or 'all'}.txt"
 
 
-def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str], profile_name: str, failing: set[str], version: str):
-    def materialize(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str], settings: Settings, failing: set[str], version: str):
+    def materialize(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         if name in failing:
             raise RuntimeError(f"{name} stand-in told to fail")
-        data_dir = project.paths().root
         partitions = context.partition_keys if partitions_def is not None else [None]
         for partition in partitions:
-            path = standin_file(data_dir, name, partition)
+            path = standin_file(settings.data_dir, name, partition)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(context.run_id)
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(data_dir / name)), "rows": len(partitions)})
+        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(settings.data_dir / name)), "rows": len(partitions)})
 
     materialize.__name__ = name
     return dg.asset(
@@ -59,27 +59,37 @@ def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str
         backfill_policy=dg.BackfillPolicy.single_run() if partitions_def is not None else None,
         deps=deps,
         code_version=version,
-        **asset_placement(compute_class, profile_name),
+        **asset_placement(compute_class, settings),
     )(materialize)
 
 
-def standin_module(profile_name: str = "toy", failing: tuple[str, ...] = (), code_versions: dict | None = None) -> types.ModuleType:
-    """A module of stand-in chain assets (placed for `profile_name`; code version "1" unless `code_versions`
-    says otherwise), a passing check, and the real report."""
-    partitions = {"theses": month_range_partitions(*THESIS_MONTHS), "test": month_range_partitions(*TEST_MONTHS), None: None}
-    module = types.ModuleType(f"standins_{profile_name}")
-    for name, (compute_class, partitioned_by, deps) in CHAIN.items():
-        version = (code_versions or {}).get(name, "1")
-        setattr(module, name, _standin_asset(name, compute_class, partitions[partitioned_by], deps, profile_name, set(failing), version))
+def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = None):
+    """A stage `defs(settings)` of stand-in chain assets (code version "1" unless `code_versions` says
+    otherwise) and a passing check."""
 
-    @dg.asset_check(asset="thesis_jsonl", description="stand-in: the month's file exists")
-    def accepted_plus_rejected_equals_read(project: ProjectResource) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=(project.paths().root / "thesis_jsonl").is_dir())
+    def defs(settings: Settings) -> dg.Definitions:
+        partitions = {"theses": month_partitions(months_between(*THESIS_MONTHS)), "test": month_partitions(months_between(*TEST_MONTHS)), None: None}
+        assets = [
+            _standin_asset(name, compute_class, partitions[partitioned_by], deps, settings, set(failing), (code_versions or {}).get(name, "1"))
+            for name, (compute_class, partitioned_by, deps) in CHAIN.items()
+        ]
 
-    module.accepted_plus_rejected_equals_read = accepted_plus_rejected_equals_read
-    module.validation_report = report_assets.validation_report
-    module.ready_for_gpu_deployment = report_assets.ready_for_gpu_deployment
-    return module
+        @dg.asset_check(asset="thesis_jsonl", description="stand-in: the month's file exists")
+        def accepted_plus_rejected_equals_read() -> dg.AssetCheckResult:
+            return dg.AssetCheckResult(passed=(settings.data_dir / "thesis_jsonl").is_dir())
+
+        return dg.Definitions(assets=assets, asset_checks=[accepted_plus_rejected_equals_read])
+
+    return defs
+
+
+def standin_settings(profile_name: str = "toy", train_backend: str = "hf", placement: str = "run") -> Settings:
+    """The settings of the environment (the data_dir fixture's SFTC_DATA_DIR), with the profile, backend and placement given."""
+    return load_settings(env={**os.environ, "SFTC_PROFILE": profile_name, "TRAIN_BACKEND": train_backend, "SFTC_K8S_PLACEMENT": placement})
+
+
+def standin_stages(failing: tuple[str, ...] = (), code_versions: dict | None = None) -> list:
+    return [standin_stage(failing, code_versions), report_assets.defs]
 
 
 def standin_definitions(
@@ -90,14 +100,22 @@ def standin_definitions(
     placement: str = "run",
 ) -> dg.Definitions:
     """The real `build_definitions` (resources, job, schedule, sensors, executor) over the stand-in chain."""
-    return build_definitions([standin_module(profile_name, failing, code_versions)], profile_name, train_backend, placement)
+    return build_definitions(standin_settings(profile_name, train_backend, placement), standin_stages(failing, code_versions))
 
 
 def location_facts(defs: dg.Definitions) -> dict:
     """Node class and automation sensors of every materializable asset of a code location."""
-    graph = defs.resolve_asset_graph()
-    return {
-        a.key.to_user_string(): {"node": asset_node_class(a), "sensors": [s.name for s in defs.sensors if a.key in s.asset_selection.resolve(graph)]}
-        for a in defs.assets
-        if isinstance(a, dg.AssetsDefinition) and a.is_materializable
-    }
+    facts = {}
+    for definition in defs.assets:
+        if not isinstance(definition, dg.AssetsDefinition) or isinstance(definition, dg.AssetChecksDefinition):
+            continue
+        for key in definition.keys:
+            sensors = [s.name for s in defs.sensors if key in s.asset_selection.resolve(defs.resolve_asset_graph())]
+            facts[key.to_user_string()] = {"node": asset_node_class(definition, key), "sensors": sensors}
+    return facts
+
+
+def standin_chain(profile_name: str = "toy", train_backend: str = "hf", failing: tuple[str, ...] = (), code_versions: dict | None = None) -> Chain:
+    """What `sftc run` drives: the stand-in code location as a Chain."""
+    settings = standin_settings(profile_name, train_backend)
+    return Chain.of(build_definitions(settings, standin_stages(failing, code_versions)), settings)

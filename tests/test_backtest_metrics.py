@@ -8,18 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+)
 
-from sftc_assets.backtest.metrics import (
-    BacktestConfig,
+from sftc_core.configs import BacktestConfig, ConfigError, load_backtest_config
+from sftc_core.metrics import (
     action_scores,
     classification_metrics,
-    load_backtest_config,
     series_metrics,
     signal_metrics,
     spearman,
 )
-from sftc_resources.settings import ACTIONS, ConfigError
+from sftc_core.target_format import ACTIONS
 
 SCORES = load_backtest_config().scores
 

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftc_assets.backtest.metrics import action_scores, load_backtest_config, series_metrics
 from sftc_assets.backtest.portfolio import backtest_portfolio, monthly_returns
-from sftc_resources.prices import LocalPriceSource, trading_sessions, write_price_file
+from sftc_core.configs import load_backtest_config
+from sftc_core.market import trading_sessions
+from sftc_core.metrics import action_scores, series_metrics
+from sftc_resources.prices import LocalPriceSource, write_price_file
 
 SCORES = load_backtest_config().scores
 COST = 5.0

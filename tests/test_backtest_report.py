@@ -13,8 +13,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from sftc_assets.backtest.report import REPORT_FILES, sanity_problems
+from sftc_core.target_format import ACTIONS
 from sftc_jobs.cli import main as sftc
-from sftc_resources.settings import ACTIONS
 
 COLUMNS = ["id", "ticker", "as_of_date", "true_action", "predicted_action", "parse_ok", "raw_output", "horizon_days",
            "entry_date", "exit_date", "forward_return", "return_status"]
@@ -140,16 +140,15 @@ def test_sanity_finds_broken_reports(data_dir):
 
 def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     import dagster as dg
+    from stage_helpers import stage_definitions
 
-    from sftc_assets.backtest.assets import backtest_report, backtest_sanity
-    from sftc_resources.resources import PriceDataResource
-    from sftc_resources.resources import ProjectResource
+    from sftc_assets.backtest import assets
 
     rows = _hand_rows(40)
     for month in ("2012-09", "2012-10", "2012-11"):  # 2012-12 not materialized yet: reported, not fatal
         _write(data_dir / "eval" / f"{month}.csv", sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: r["as_of_date"]))
     _write(data_dir / "eval" / "2011-01.csv", _hand_rows(3))  # outside the test window: ignored
-    result = dg.materialize([backtest_report, backtest_sanity], resources={"project": ProjectResource(), "prices": PriceDataResource()})
+    result = dg.materialize(stage_definitions(assets.defs))
     assert result.success
     (materialization,) = result.asset_materializations_for_node("backtest_report")
     metadata = materialization.metadata

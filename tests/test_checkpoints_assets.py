@@ -13,15 +13,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from checkpoints_helpers import awkward_checkpoint, write_checkpoint
+from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
+from stage_helpers import settings_with, stage_definitions
+
 from sftc_assets.checkpoints import assets
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.checkpoints.verify import scan_checkpoint
-from sftc_assets.common.io import atomic_write_jsonl
+from sftc_assets.training import assets as training_assets
 from sftc_resources.resources import GpuResource
-from sftc_resources.resources import ProjectResource
 
 LINES = [
     {
@@ -32,31 +33,21 @@ LINES = [
 ]
 
 
-def _write_nemo_jsonl(data_dir: Path) -> None:
-    for name, rows in (("training", LINES[:12]), ("validation", LINES[12:15]), ("test", LINES[15:])):
-        atomic_write_jsonl(data_dir / "nemo_jsonl" / f"{name}.jsonl", rows)
-
-
-def _checks():
-    return dg.load_asset_checks_from_modules([assets])
-
-
-class SmallCpuLimit(ProjectResource):
-    """The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse."""
-
-    def settings(self):
-        settings = super().settings()
-        compute = settings.profile.compute.model_copy(update={"cpu_max_checkpoint_bytes": 1000})
-        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"compute": compute})})
+def _write_hf_splits(data_dir: Path) -> None:
+    """The splits base_checkpoint trains its tokenizer on (the train split), as hf_splits saves them."""
+    rows = [{"instruction": "You are an equity analyst.", "input": line["input"], "output": line["output"]} for line in LINES]
+    splits = {"train": rows[:12], "validation": rows[12:15], "test": rows[15:]}
+    DatasetDict({name: Dataset.from_list(part) for name, part in splits.items()}).save_to_disk(str(data_dir / "hf_splits"))
 
 
 def test_toy_chain_materializes_with_every_check_passing(data_dir):
-    _write_nemo_jsonl(data_dir)
+    _write_hf_splits(data_dir)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [assets.base_checkpoint, assets.bf16_checkpoint, *_checks()],
+            [*stage_definitions(assets.defs), *stage_definitions(training_assets.defs)],  # gpu_preflight lives with the training stage
             instance=instance,
-            resources={"project": ProjectResource(), "gpu": GpuResource()},
+            resources={"gpu": GpuResource(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+            selection=["base_checkpoint", "bf16_checkpoint"],
         )
         assert result.success
         events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
@@ -78,10 +69,13 @@ def test_toy_chain_materializes_with_every_check_passing(data_dir):
 def test_gpu_gate_refuses_a_checkpoint_over_the_cpu_limit_before_any_work(data_dir):
     make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", [line["input"] for line in LINES], fp8=True)
     with dg.instance_for_test() as instance:
+        # The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse.
+        small_cpu_limit = settings_with(compute={"cpu_max_checkpoint_bytes": 1000})
         result = dg.materialize(
-            [assets.bf16_checkpoint],
+            stage_definitions(assets.defs, small_cpu_limit),
             instance=instance,
-            resources={"project": SmallCpuLimit(), "gpu": GpuResource()},
+            resources={"gpu": GpuResource()},
+            selection=["bf16_checkpoint"],
             raise_on_error=False,
         )
     if torch.cuda.is_available():
@@ -119,18 +113,11 @@ import json, os, sys
 from pathlib import Path
 import dagster as dg
 from sftc_assets.checkpoints import assets
-from sftc_resources.resources import ProjectResource
+from stage_helpers import settings_with
 
-class External(ProjectResource):
-    base: str
-    def settings(self):
-        s = super().settings()
-        model = s.profile.model.model_copy(update={"base_checkpoint_path": self.base})
-        return s.model_copy(update={"profile": s.profile.model_copy(update={"model": model})})
-
-assert isinstance(assets.base_checkpoint, dg.SourceAsset)
-defs = dg.Definitions(assets=[assets.base_checkpoint], jobs=[dg.define_asset_job("observe", selection=["base_checkpoint"])],
-                      resources={"project": External(base=sys.argv[1])})
+(base_checkpoint,) = [a for a in assets.defs(settings_with(model={"base_checkpoint_path": sys.argv[1]})).assets if a.key.path == ["base_checkpoint"]]
+assert isinstance(base_checkpoint, dg.SourceAsset)
+defs = dg.Definitions(assets=[base_checkpoint], jobs=[dg.define_asset_job("observe", selection=["base_checkpoint"])])
 with dg.instance_for_test() as instance:
     versions = []
     for touch in (False, False, True):
@@ -146,7 +133,7 @@ with dg.instance_for_test() as instance:
 @pytest.mark.slow  # a fresh process for the full profile's definitions: ~20 s on a busy 2-core machine
 def test_full_profile_observes_the_external_checkpoint(tmp_path, data_dir):
     source = awkward_checkpoint(tmp_path / "DeepSeek-V3")
-    env = {**os.environ, "SFTC_PROFILE": "full", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "SFTC_PROFILE": "full", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).parent)}
     run = [sys.executable, "-c", textwrap.dedent(OBSERVE), str(source)]
     done = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

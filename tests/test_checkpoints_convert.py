@@ -14,12 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoints_helpers import (
+    awkward_checkpoint,
+    random_fp8,
+    random_scale,
+    reference_dequant_bits,
+    write_checkpoint,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from checkpoints_helpers import awkward_checkpoint, random_fp8, random_scale, reference_dequant_bits, write_checkpoint
 from sftc_assets.checkpoints import convert
-from sftc_assets.checkpoints.convert import DELAY_ENV, STATE_NAME, convert_fp8_checkpoint, staging_dir
+from sftc_assets.checkpoints.convert import (
+    DELAY_ENV,
+    STATE_NAME,
+    convert_fp8_checkpoint,
+    staging_dir,
+)
 from sftc_assets.checkpoints.fp8 import dequantize_fp8_torch, quantize_fp8_blockwise
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
 from sftc_jobs.cli import main as sftc_main

@@ -10,8 +10,8 @@ import pytest
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
-from sftc_assets.training.nemo_config import load_finetune_config
-from sftc_assets.training.nemo_runner import entry_env, nemo_python
+from sftc_assets.training.nemo_runner import entry_env
+from sftc_core.settings import load_settings
 
 pytestmark = pytest.mark.nemo
 
@@ -30,7 +30,7 @@ print(json.dumps({"version": transformers.__version__, "model_type": config.mode
 
 
 def test_nemo_environment_loads_the_converted_toy(tmp_path):
-    python = nemo_python(load_finetune_config())
+    python = load_settings().nemo_python
     if not python.is_file():
         pytest.skip(f"{python}: no NeMo environment (make .venv-nemo)")
     make_toy_checkpoint(tmp_path / "fp8", ["Ticker: AAPL <action>BUY</action>", "Ticker: IBM <action>SELL</action>"] * 10, fp8=True)

@@ -7,13 +7,13 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from checkpoints_helpers import awkward_checkpoint
+
 from sftc_assets.checkpoints.convert import plan_conversion
-from sftc_assets.checkpoints.preflight import run_preflight
+from sftc_assets.training.preflight import run_preflight
+from sftc_core.gpu import GpuDevice, GpuProbe
+from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.gpu import GpuDevice, GpuProbe
-from sftc_resources.settings import load_settings
 
 GIB = 1 << 30
 
@@ -46,7 +46,7 @@ def test_ready_node_passes_every_item(data_dir, fake_nemo):
     assert status == {"finetune config": "pass", "cuda": "pass", "gpus": "pass", "triton fp8": "pass", "base checkpoint": "pass", "disk": "pass", "nemo": "pass"}
     items = {item.check: item for item in report.items}
     assert "NeMo 2.7.3" in items["nemo"].found
-    from sftc_resources.gpu import format_bytes
+    from sftc_core.gpu import format_bytes
 
     assert format_bytes(plan_conversion(source).total_size) in items["base checkpoint"].found  # the exact BF16 size
 

@@ -13,8 +13,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
-from sftc_assets.checkpoints.fp8 import QUANTIZATION_CONFIG, dequantize_fp8_torch, is_quantized_weight
-from sftc_assets.checkpoints.toy_model import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, corpus_texts_from, make_toy_checkpoint
+from sftc_assets.checkpoints.fp8 import (
+    QUANTIZATION_CONFIG,
+    dequantize_fp8_torch,
+    is_quantized_weight,
+)
+from sftc_assets.checkpoints.toy_model import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    corpus_texts_from,
+    make_toy_checkpoint,
+)
 from sftc_assets.checkpoints.verify import expected_shapes, scan_checkpoint
 from sftc_jobs.cli import main as sftc_main
 
@@ -214,6 +224,6 @@ def test_cli_make_toy_checkpoint(tmp_path, data_dir, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["fp8"] and summary["seed"] == 3 and summary["shards"] >= 3
     assert (tmp_path / "cli" / "model.safetensors.index.json").is_file()
-    # without --corpus it reads the data dir's nemo_jsonl, and says so when there is none
+    # without --corpus it reads the train split of the data dir's hf_splits (as the asset), and says so when there is none
     assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "none")]) == 2
-    assert "nemo_jsonl" in capsys.readouterr().err
+    assert "hf_splits: not a saved DatasetDict" in capsys.readouterr().err

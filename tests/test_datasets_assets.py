@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 
 import dagster as dg
+from stage_helpers import stage_definitions
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sftc_assets.datasets import assets, nemo_export
+from sftc_assets.sft_data import assets, nemo_export
 from sftc_assets.theses.parser import parse_corpus
 from sftc_assets.theses.sample_corpus import write_sample_corpus
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.resources import ProjectResource
-from sftc_resources.settings import CorpusConfig, load_sft_config
+from sftc_core.configs import CorpusConfig, load_sft_config
+from sftc_core.paths import ArtifactPaths
 
-DEFINITIONS = [assets.hf_splits, assets.nemo_jsonl, assets.splits_disjoint_and_ordered, assets.special_tokens_in_every_line]
+SPECIAL_TOKENS_CHECK = dg.AssetCheckKey(dg.AssetKey("nemo_jsonl"), "special_tokens_in_every_line")
 
 
 def write_monthly_jsonl(data_dir: Path) -> int:
@@ -34,9 +34,7 @@ def write_monthly_jsonl(data_dir: Path) -> int:
 
 
 def materialize(data_dir: Path, instance: dg.DagsterInstance, selection: list[str] | None = None) -> dg.ExecuteInJobResult:
-    return dg.materialize(
-        DEFINITIONS, resources={"project": ProjectResource(data_dir=str(data_dir))}, instance=instance, selection=selection
-    )
+    return dg.materialize(stage_definitions(assets.defs), instance=instance, selection=selection)
 
 
 def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
@@ -57,7 +55,7 @@ def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
 
     nemo_meta = result.asset_materializations_for_node("nemo_jsonl")[0].metadata
     assert [nemo_meta[f"{n}_lines"].value for n in ("train", "validation", "test")] == list(counts.values())
-    assert "no tokenizer yet" in nemo_meta["token_stats"].value
+    assert nemo_meta["token_stats"].value == f"not measured: no tokenizer at {data_dir / 'checkpoints' / 'base_fp8'}"
     assert "### Response:" in nemo_meta["preview"].value
 
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -84,10 +82,9 @@ def test_token_stats_appear_once_base_checkpoint_has_a_tokenizer_and_checks_catc
     training = paths.nemo_jsonl / "training.jsonl"
     training.write_text(training.read_text() + '{"input": "x", "output": "no tags"}\n')
     check_only = dg.materialize(
-        DEFINITIONS,
-        resources={"project": ProjectResource(data_dir=str(data_dir))},
+        stage_definitions(assets.defs),
         instance=instance,
-        selection=dg.AssetSelection.checks(assets.special_tokens_in_every_line),
+        selection=dg.AssetSelection.checks(SPECIAL_TOKENS_CHECK),
         raise_on_error=False,  # a failed blocking check fails the run
     )
     assert not check_only.success

@@ -11,12 +11,13 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sftc_assets.datasets import nemo_export, splits
-from sftc_assets.datasets.prompts import render_prompt
+from sftc_assets.sft_data import nemo_export, splits
+from sftc_assets.sft_data.prompts import render_prompt
 from sftc_assets.theses.parser import parse_corpus
 from sftc_assets.theses.sample_corpus import write_sample_corpus
+from sftc_core.configs import CorpusConfig, load_sft_config
+from sftc_core.nemo_format import file_problems
 from sftc_jobs.cli import main as sftc
-from sftc_resources.settings import CorpusConfig, load_sft_config
 
 SFT = load_sft_config()
 BOUNDS = (dt.date(2011, 1, 1), dt.date(2011, 6, 30), dt.date(2011, 9, 1), dt.date(2011, 10, 31))
@@ -59,7 +60,7 @@ def test_export_writes_rendered_prompts_and_targets(dataset_dir, tmp_path):
             assert line["input"] == render_prompt(row["instruction"], row["input"], SFT)
             assert line["output"] == row["output"]
             assert all(token in line["output"] for token in SFT.special_tokens)
-        assert nemo_export.nemo_file_problems(out / nemo_export.NEMO_FILES[name], SFT.special_tokens) == (len(lines), [])
+        assert file_problems(out / nemo_export.NEMO_FILES[name], SFT.special_tokens) == (len(lines), [])
     assert summary["token_stats"] is None
     assert json.loads((out / nemo_export.SUMMARY_FILE).read_text())["counts"] == summary["counts"]
 
@@ -114,7 +115,7 @@ def test_file_check_names_file_and_line(tmp_path):
     good = {"input": "p", "output": "".join(SFT.special_tokens)}
     path = tmp_path / "training.jsonl"
     path.write_text(json.dumps(good) + "\n{oops\n" + json.dumps({"input": "", "output": good["output"]}) + "\n")
-    lines, problems = nemo_export.nemo_file_problems(path, SFT.special_tokens)
+    lines, problems = file_problems(path, SFT.special_tokens)
     assert lines == 3
     assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:2", f"{path}:3"]
     assert "field 'input'" in problems[1]

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sftc_assets.datasets.prompts import build_example, format_target, join_support, render_prompt, split_support
-from sftc_resources.settings import ConfigError, load_sft_config
+from sftc_assets.sft_data.prompts import build_example, render_prompt
+from sftc_core.configs import ConfigError, load_sft_config
+from sftc_core.target_format import join_support, split_support
 
 SFT = load_sft_config()
 RECORD = {
@@ -24,7 +25,7 @@ RECORD = {
 
 
 def test_target_format():
-    assert format_target("R.", ["a", "b"], "STRONG_SELL") == "<reasoning>R.</reasoning><support>a; b</support><action>STRONG_SELL</action>"
+    assert SFT.target_format.format_target("R.", ["a", "b"], "STRONG_SELL") == "<reasoning>R.</reasoning><support>a; b</support><action>STRONG_SELL</action>"
 
 
 def test_example_fills_the_templates():

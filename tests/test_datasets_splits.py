@@ -12,9 +12,9 @@ from datasets import load_from_disk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftc_assets.datasets import splits
+from sftc_assets.sft_data import splits
+from sftc_core.configs import load_sft_config
 from sftc_jobs.cli import main as sftc
-from sftc_resources.settings import load_sft_config
 
 SFT = load_sft_config()
 SESSIONS = [d.date() for d in xcals.get_calendar("XNYS", start="2009-01-01", end="2013-12-31").sessions]

@@ -1,10 +1,13 @@
-"""parse_action on the shapes real model output takes."""
+"""Reading the action back on the shapes real model output takes, through the configured target format."""
 
 from __future__ import annotations
 
 import pytest
 
-from sftc_assets.evaluation.actions import normalise_action, parse_action
+from sftc_core.configs import load_sft_config
+from sftc_core.target_format import TargetFormat, normalise_action
+
+parse_action = load_sft_config().target_format.parse_action
 
 
 @pytest.mark.parametrize(
@@ -57,3 +60,26 @@ def test_normalise_action_rejects_a_non_action():
     assert normalise_action("strong  buy") == "STRONG_BUY"
     with pytest.raises(ValueError, match="expected one of STRONG_BUY"):
         normalise_action("ACCUMULATE")
+
+
+def test_the_configured_tags_drive_both_the_target_and_the_parse():
+    """Edit the tags in sft_config.yaml and the written target and the parser follow (no tag is hard-coded)."""
+    custom = TargetFormat.from_special_tokens(["<why>", "</why>", "<facts>", "</facts>", "<decision>", "</decision>"])
+    target = custom.format_target("Up.", ["a; b", "c"], "BUY")
+    assert target == "<why>Up.</why><facts>a\\; b; c</facts><decision>BUY</decision>"
+    assert custom.parse_action(target) == "BUY"
+    assert custom.parse_action("<action>SELL</action>") is None  # the default tag means nothing to this format
+    assert parse_action("<decision>SELL</decision>") is None
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["<reasoning>", "</reasoning>", "<support>", "</support>"],
+        ["<reasoning>", "</reasoning>", "<support>", "</support>", "<action>", "</act>"],
+        ["<a>", "</a>", "<a>", "</a>", "<b>", "</b>"],
+    ],
+)
+def test_tags_that_do_not_pair_are_refused(tokens):
+    with pytest.raises(ValueError, match="reasoning, support and action|three different tags|not a pair"):
+        TargetFormat.from_special_tokens(tokens)

@@ -12,18 +12,17 @@ import pandas as pd
 import pytest
 
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
-from sftc_assets.datasets.prompts import build_example
-from sftc_assets.evaluation.eval_csv import (
-    EVAL_COLUMNS,
+from sftc_assets.evaluation.evaluate import (
     build_eval_frame,
     label_forward_returns,
     load_test_records,
-    read_eval_csv,
-    write_eval_csv,
 )
+from sftc_assets.evaluation.results import EVAL_COLUMNS, read_eval_csv, write_eval_csv
+from sftc_assets.sft_data.prompts import build_example
+from sftc_core.configs import load_sft_config
+from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
-from sftc_resources.prices import LocalPriceSource, load_sample_prices
-from sftc_resources.settings import load_sft_config
+from sftc_resources.prices import LocalPriceSource
 
 HEADER = ",".join(EVAL_COLUMNS)
 
@@ -56,7 +55,7 @@ def source(tmp_path):
 
 
 def test_the_file_is_the_spec_format(tmp_path, source):
-    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
     path = write_eval_csv(frame, tmp_path / "eval.csv")
     text = path.read_text(encoding="utf-8")
     assert text.splitlines()[0] == HEADER
@@ -83,7 +82,7 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
     """evaluate_records generates with `cpu_threads` torch threads, and gives the previous count back."""
     import torch
 
-    from sftc_assets.evaluation import eval_csv, generate
+    from sftc_assets.evaluation import evaluate
 
     seen = []
 
@@ -91,10 +90,10 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
         seen.append(torch.get_num_threads())  # a stand-in for the model: only the thread count is under test
         return OUTPUTS[: len(prompts)]
 
-    monkeypatch.setattr(generate, "generate_greedy", fake_generate)
+    monkeypatch.setattr(evaluate, "generate_greedy", fake_generate)
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
-    frame = eval_csv.evaluate_records(None, None, RECORDS, source, load_sft_config(), max_new_tokens=4, batch_size=2, cpu_threads=target)
+    frame = evaluate.evaluate_records(None, None, RECORDS, source, load_sft_config(), max_new_tokens=4, batch_size=2, cpu_threads=target)
     assert seen == [target] and torch.get_num_threads() == before
     predicted = dict(zip(frame["id"], frame["predicted_action"].fillna("")))
     assert predicted == {"MSFT-2012-10-26-0": "SELL", "AAPL-2012-10-26-1": "BUY", "ZZZ-2012-09-14-2": "",
@@ -102,7 +101,7 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
 
 
 def test_read_back_gives_the_same_values(tmp_path, source):
-    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
     back = read_eval_csv(write_eval_csv(frame, tmp_path / "eval.csv"))
     for column in EVAL_COLUMNS:
         if column == "as_of_date":
@@ -114,7 +113,7 @@ def test_read_back_gives_the_same_values(tmp_path, source):
 
 
 def _valid_csv(tmp_path, source) -> str:
-    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
     return write_eval_csv(frame, tmp_path / "valid.csv").read_text(encoding="utf-8")
 
 
@@ -151,7 +150,7 @@ def _bad_return(text: str) -> str:
 
 
 def test_a_directory_reads_every_month_in_order(tmp_path, source):
-    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source))
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
     months = frame["as_of_date"].str[:7]
     for month in months.unique():
         write_eval_csv(frame[months == month], tmp_path / "eval" / f"{month}.csv")
@@ -211,18 +210,18 @@ def test_sftc_evaluate_reports_a_missing_model(data_dir, capsys):
 
 def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, toy_model):
     import dagster as dg
+    from stage_helpers import stage_definitions
 
-    from sftc_assets.evaluation.assets import EvalRunConfig, eval_csv
+    from sftc_assets.evaluation import assets
+    from sftc_assets.evaluation.assets import EvalRunConfig
     from sftc_resources.resources import GpuResource
-    from sftc_resources.resources import PriceDataResource
-    from sftc_resources.resources import ProjectResource
 
     shutil.copytree(toy_model, data_dir / "models" / "sft")
     _save_splits(data_dir / "hf_splits", RECORDS)
     result = dg.materialize(
-        [eval_csv],
+        stage_definitions(assets.defs),
         partition_key="2012-10",
-        resources={"project": ProjectResource(), "gpu": GpuResource(check_triton=False), "prices": PriceDataResource()},
+        resources={"gpu": GpuResource(check_triton=False)},
         run_config=dg.RunConfig({"eval_csv": EvalRunConfig(max_new_tokens=4)}),
         raise_on_error=True,
     )

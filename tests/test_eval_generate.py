@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
-from sftc_assets.evaluation.generate import generate_greedy
+from sftc_assets.training.generate import generate_greedy
 
 PROMPTS = [
     "### Instruction:\nTicker: AAPL\n\n### Response:\n",

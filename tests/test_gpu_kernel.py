@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from checkpoints_helpers import awkward_checkpoint, random_fp8, random_scale
+
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 from sftc_assets.checkpoints.fp8 import dequantize_fp8_torch
 

@@ -6,7 +6,15 @@ import dagster as dg
 import pytest
 import torch
 
-from sftc_resources.gpu import GpuDevice, GpuGateError, GpuProbe, choose_device, format_bytes, probe_gpus, require_gpus
+from sftc_core.gpu import (
+    GpuDevice,
+    GpuGateError,
+    GpuProbe,
+    choose_device,
+    probe_gpus,
+    require_gpus,
+)
+from sftc_core.text import format_bytes
 from sftc_resources import resources
 from sftc_resources.resources import GpuResource
 
@@ -54,8 +62,8 @@ def test_require_gpus_counts_only_devices_with_enough_memory():
 def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
     calls = []
 
-    def fake_probe(check_triton=True):
-        calls.append(check_triton)
+    def fake_probe(fp8_check=None):
+        calls.append(fp8_check is not None)
         return NO_GPU
 
     monkeypatch.setattr(resources, "probe_gpus", fake_probe)
@@ -67,11 +75,11 @@ def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
     assert "gpu_probe" in info.value.metadata
     with pytest.raises(dg.Failure, match="needs 8 CUDA GPU"):
         resource.require_gpus("sft_model", 8, 80 * GIB)
-    assert calls == [True]  # probed once per resource instance
+    assert calls == [True]  # probed once per resource instance, the Triton kernel asked
 
 
 def test_gpu_resource_in_an_asset_stops_the_run_before_the_body(monkeypatch):
-    monkeypatch.setattr(resources, "probe_gpus", lambda check_triton=True: NO_GPU)
+    monkeypatch.setattr(resources, "probe_gpus", lambda fp8_check=None: NO_GPU)
     ran = []
 
     @dg.asset

@@ -8,12 +8,18 @@ import json
 
 import dagster as dg
 import pytest
-from orchestration_standins import CHAIN, THESIS_MONTHS, standin_definitions, standin_file
+from orchestration_standins import CHAIN, THESIS_MONTHS, standin_chain, standin_file
 
-from sftc_jobs.chain import ALL_PARTITIONS, contiguous_ranges, materialize_chain, plan_segments
-from sftc_jobs.commands import window_forced, window_months
+from sftc_core.months import months_between
+from sftc_jobs.chain import (
+    ALL_PARTITIONS,
+    contiguous_ranges,
+    materialize_chain,
+    plan_segments,
+)
+from sftc_jobs.commands.chain import window_forced, window_months
 from sftc_jobs.jobs import chain_keys, run_validation
-from sftc_jobs.partitions import month_range_partitions, months_between
+from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import NODE_TAG
 
 K = dg.AssetKey
@@ -32,28 +38,28 @@ def _file_runs(data_dir, asset, partitions):
 
 
 def test_segments_follow_dependencies_and_partitions_definitions():
-    defs = standin_definitions()
-    graph = defs.resolve_asset_graph()
-    keys = chain_keys(defs)
+    chain = standin_chain()
+    assets = chain.assets
+    keys = chain_keys(chain)
     assert K("nemo_model") not in keys and K("validation_report") in keys
-    segments = plan_segments(graph, keys)
+    segments = plan_segments(assets, keys)
     assert [tuple(k.to_user_string() for k in s.keys) for s in segments] == [
         ("raw_xml", "thesis_jsonl"),
-        ("hf_splits", "nemo_jsonl", "base_checkpoint", "bf16_checkpoint", "sft_model"),
+        ("hf_splits", "base_checkpoint", "bf16_checkpoint", "nemo_jsonl", "sft_model"),
         ("eval_csv",),
         ("backtest_report", "validation_report"),
     ]
     seen: set = set()
     for segment in segments:
         for key in segment.keys:
-            assert (graph.get(key).parent_keys & set(keys)) <= seen | set(segment.keys)
-            assert graph.get(key).partitions_def == segment.partitions_def
+            assert (assets[key].deps & set(keys)) <= seen | set(segment.keys)
+            assert assets[key].partitions_def == segment.partitions_def
         seen |= set(segment.keys)
 
 
-def test_contiguous_ranges_split_at_gaps(instance):
-    partitions = month_range_partitions("2012-01", "2012-12")
-    assert contiguous_ranges(["2012-05", "2012-01", "2012-02", "2012-12", "2012-04"], partitions, instance) == [
+def test_contiguous_ranges_split_at_gaps():
+    partitions = month_partitions(months_between("2012-01", "2012-12"))
+    assert contiguous_ranges(["2012-05", "2012-01", "2012-02", "2012-12", "2012-04"], partitions) == [
         ("2012-01", "2012-02"),
         ("2012-04", "2012-05"),
         ("2012-12", "2012-12"),
@@ -61,14 +67,14 @@ def test_contiguous_ranges_split_at_gaps(instance):
 
 
 def test_first_pass_materializes_everything_in_order_second_pass_nothing(data_dir, instance):
-    defs = standin_definitions()
-    keys = chain_keys(defs)
-    first = materialize_chain(defs, instance, keys)
+    chain = standin_chain()
+    keys = chain_keys(chain)
+    first = materialize_chain(chain, instance, keys)
     assert first.success
     # One run per segment: each partitioned segment as one range run (single-run backfill), upstream first.
     assert [(tuple(k.path[-1] for k in r.keys), r.partition_range) for r in first.runs] == [
         (("raw_xml", "thesis_jsonl"), THESIS_MONTHS),
-        (("hf_splits", "nemo_jsonl", "base_checkpoint", "bf16_checkpoint", "sft_model"), None),
+        (("hf_splits", "base_checkpoint", "bf16_checkpoint", "nemo_jsonl", "sft_model"), None),
         (("eval_csv",), ("2012-09", "2012-12")),
         (("backtest_report", "validation_report"), None),
     ]
@@ -82,27 +88,27 @@ def test_first_pass_materializes_everything_in_order_second_pass_nothing(data_di
     evaluations = instance.get_records_for_run(check_runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
     assert [e.event_log_entry.dagster_event.event_specific_data.check_name for e in evaluations] == ["accepted_plus_rejected_equals_read"]
 
-    second = materialize_chain(defs, instance, keys)
+    second = materialize_chain(chain, instance, keys)
     assert second.success and second.runs == []
     assert set(second.up_to_date) == set(keys)
 
 
 def test_missing_partition_and_new_code_version_are_redone(data_dir, instance):
-    defs = standin_definitions()
-    keys = chain_keys(defs)
-    assert materialize_chain(defs, instance, keys).success
+    chain = standin_chain()
+    keys = chain_keys(chain)
+    assert materialize_chain(chain, instance, keys).success
     instance.wipe_assets([K("eval_csv")])
-    again = materialize_chain(defs, instance, keys)
+    again = materialize_chain(chain, instance, keys)
     # eval_csv is missing again: it is redone, then what reads it (now older than its input).
     assert [tuple(k.path[-1] for k in r.keys) for r in again.runs] == [("eval_csv",), ("backtest_report", "validation_report")]
     assert K("sft_model") in again.up_to_date
 
-    changed = standin_definitions(code_versions={"hf_splits": "2"})
+    changed = standin_chain(code_versions={"hf_splits": "2"})
     redo = materialize_chain(changed, instance, keys)
     redone = [tuple(k.path[-1] for k in r.keys) for r in redo.runs]
-    # The new code gives hf_splits a new data version: everything reading it, directly or not, follows.
+    # New code for hf_splits: it and everything reading it, directly or not, follows.
     assert redone == [
-        ("hf_splits", "nemo_jsonl", "base_checkpoint", "bf16_checkpoint", "sft_model"),
+        ("hf_splits", "base_checkpoint", "bf16_checkpoint", "nemo_jsonl", "sft_model"),
         ("eval_csv",),
         ("backtest_report", "validation_report"),
     ]
@@ -110,20 +116,20 @@ def test_missing_partition_and_new_code_version_are_redone(data_dir, instance):
 
 
 def test_window_rerun_replaces_exactly_its_partitions(data_dir, instance):
-    defs = standin_definitions()
-    keys = chain_keys(defs)
-    first = materialize_chain(defs, instance, keys)
+    chain = standin_chain()
+    keys = chain_keys(chain)
+    first = materialize_chain(chain, instance, keys)
     all_months = months_between(*THESIS_MONTHS)
     before = _file_runs(data_dir, "thesis_jsonl", all_months)
     before_raw = _file_runs(data_dir, "raw_xml", all_months)
 
     window = window_months("2012-03", "2012-10")
-    forced = window_forced(defs, keys, window)
+    forced = window_forced(chain, keys, window)
     assert forced[K("raw_xml")] == set(window) and forced[K("thesis_jsonl")] == set(window)
     assert forced[K("eval_csv")] == {"2012-09", "2012-10"}
     assert forced[K("hf_splits")] == ALL_PARTITIONS and forced[K("backtest_report")] == ALL_PARTITIONS
 
-    rerun = materialize_chain(defs, instance, keys, forced=forced)
+    rerun = materialize_chain(chain, instance, keys, forced=forced)
     assert rerun.success
     after = _file_runs(data_dir, "thesis_jsonl", all_months)
     after_raw = _file_runs(data_dir, "raw_xml", all_months)
@@ -139,9 +145,9 @@ def test_window_rerun_replaces_exactly_its_partitions(data_dir, instance):
 
 
 def test_window_outside_the_profile_and_bad_months_are_clear_errors():
-    defs = standin_definitions()
+    chain = standin_chain()
     with pytest.raises(ValueError, match="no monthly partition"):
-        window_forced(defs, chain_keys(defs), window_months("1999-01", "1999-02"))
+        window_forced(chain, chain_keys(chain), window_months("1999-01", "1999-02"))
     with pytest.raises(ValueError, match=r"--from '2012-13'.*YYYY-MM"):
         window_months("2012-13", "2012-14")
     with pytest.raises(ValueError, match="ends before it starts"):
@@ -149,8 +155,7 @@ def test_window_outside_the_profile_and_bad_months_are_clear_errors():
 
 
 def test_validation_report_ready_when_every_stage_passes(data_dir, instance):
-    defs = standin_definitions()
-    assert run_validation(defs, instance, "validation-1", log=None)
+    assert run_validation(standin_chain(), instance, "validation-1", log=None)
     report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
     assert report["ready_for_gpu"] is True and report["validation_run"] == "validation-1"
     assert [s["asset"] for s in report["stages"]] == [k for k in CHAIN if k != "nemo_model"]
@@ -165,8 +170,7 @@ def test_validation_report_ready_when_every_stage_passes(data_dir, instance):
 
 
 def test_validation_report_says_no_and_why_when_a_stage_fails(data_dir, instance):
-    defs = standin_definitions(failing=("sft_model",))
-    assert not run_validation(defs, instance, "validation-2", log=None)
+    assert not run_validation(standin_chain(failing=("sft_model",)), instance, "validation-2", log=None)
     report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
     status = {s["asset"]: s["status"] for s in report["stages"]}
     assert status["hf_splits"] == "PASS"

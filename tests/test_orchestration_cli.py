@@ -5,23 +5,18 @@ test_orchestration_toy_chain.py, slow.)"""
 
 from __future__ import annotations
 
-import sys
-import types
-
 import dagster as dg
 import pytest
-from orchestration_standins import CHAIN, standin_definitions
+from orchestration_standins import CHAIN, standin_stages
 
+from sftc_jobs import location
 from sftc_jobs.cli import main
 
 
 @pytest.fixture
 def standin_location(monkeypatch):
-    """`sftc run` loads `sftc_jobs.definitions`: here it finds the stand-in chain instead."""
-    module = types.ModuleType("sftc_jobs.definitions")
-    module.defs = standin_definitions()
-    monkeypatch.setitem(sys.modules, "sftc_jobs.definitions", module)
-    return module.defs
+    """`sftc run` builds the code location from its stages: here they are the stand-in chain's."""
+    monkeypatch.setattr(location, "STAGES", tuple(standin_stages()))
 
 
 def _rows(out: str) -> dict[str, list[str]]:

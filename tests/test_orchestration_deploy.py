@@ -12,8 +12,9 @@ from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster_k8s import K8sRunLauncher
 
-from sftc_resources.routing import NODE_TAG, PLACEMENT_VAR, load_cluster_config, placement_mode
-from sftc_resources.settings import ConfigError, load_profile
+from sftc_core.configs import ConfigError, load_cluster_config
+from sftc_core.settings import load_settings
+from sftc_resources.routing import NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_RUN_LIMIT = {"key": NODE_TAG, "value": "gpu", "limit": 1}
@@ -60,10 +61,9 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
     for deployment in deployments.values():
         assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "sftc_jobs.definitions"]
         env = {e["name"]: e["value"] for e in deployment["env"]}
-        load_profile(env["SFTC_PROFILE"])  # a profile that exists
-        assert placement_mode(env) in ("run", "step")
+        assert load_settings(env=env).k8s_placement in ("run", "step")  # a profile that exists, a valid placement
         assert deployment["nodeSelector"] == cpu_pool
-    assert {e["name"]: e["value"] for e in deployments["sftc"]["env"]}[PLACEMENT_VAR] == "step"
+    assert {e["name"]: e["value"] for e in deployments["sftc"]["env"]}["SFTC_K8S_PLACEMENT"] == "step"
     assert {e["name"]: e["value"] for e in deployments["sftc-validation"]["env"]}["SFTC_PROFILE"] == "toy"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
@@ -73,7 +73,7 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
 
 
 def test_placement_mode_is_validated():
-    assert placement_mode({}) == "run"
-    assert placement_mode({PLACEMENT_VAR: "STEP"}) == "step"
-    with pytest.raises(ConfigError, match=f"{PLACEMENT_VAR}='pod'"):
-        placement_mode({PLACEMENT_VAR: "pod"})
+    assert load_settings(env={}).k8s_placement == "run"
+    assert load_settings(env={"SFTC_K8S_PLACEMENT": "STEP"}).k8s_placement == "step"
+    with pytest.raises(ConfigError, match="SFTC_K8S_PLACEMENT='pod'"):
+        load_settings(env={"SFTC_K8S_PLACEMENT": "pod"})

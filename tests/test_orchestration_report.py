@@ -5,7 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from sftc_assets.reports.validation import FAIL, NOT_RUN, PASS, CheckOutcome, StageOutcome, build_report, render_markdown, write_report
+from sftc_assets.reports.validation import (
+    FAIL,
+    NOT_RUN,
+    PASS,
+    CheckOutcome,
+    StageOutcome,
+    build_report,
+    render_markdown,
+    write_report,
+)
 
 NOW = dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.timezone.utc)
 ENV = {"python": "3.11", "platform": "Linux", "cpu_count": 2, "cuda_available": False, "profile": "toy", "train_backend": "hf", "packages": {"dagster": "1.13"}}

@@ -6,19 +6,27 @@ from __future__ import annotations
 import json
 
 import pytest
-from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+from dagster_k8s.job import (
+    DagsterK8sJobConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
 
+from sftc_core.configs import ConfigError, load_cluster_config, load_profile
+from sftc_core.settings import load_settings
 from sftc_resources.routing import (
     GPU_POOL,
     GPU_RESOURCE,
     K8S_CONFIG_TAG,
     NODE_TAG,
     asset_placement,
-    load_cluster_config,
     node_class,
     node_tags,
 )
-from sftc_resources.settings import ConfigError, load_profile
+
+
+def _settings(profile: str):
+    return load_settings(env={"SFTC_PROFILE": profile})
 
 
 def _pod_spec(tags: dict[str, str]):
@@ -37,23 +45,24 @@ def _pod_spec(tags: dict[str, str]):
     [("cpu", "toy", "cpu"), ("cpu", "full", "cpu"), ("gpu", "toy", "gpu"), ("gpu", "full", "gpu"), ("auto", "toy", "cpu"), ("auto", "full", "gpu")],
 )
 def test_node_class_per_profile(compute_class, profile, expected):
-    assert node_class(compute_class, profile) == expected
+    assert node_class(compute_class, load_profile(profile)) == expected
 
 
 def test_auto_follows_the_profile_checkpoint_size_against_the_cpu_limit():
     for name in ("toy", "full"):
         compute = load_profile(name).compute
-        assert (node_class("auto", name) == "gpu") == (compute.expected_checkpoint_bytes > compute.cpu_max_checkpoint_bytes)
+        assert (node_class("auto", load_profile(name)) == "gpu") == (compute.expected_checkpoint_bytes > compute.cpu_max_checkpoint_bytes)
 
 
 def test_unknown_compute_class_is_refused():
     with pytest.raises(ValueError, match="compute class 'tpu'"):
-        node_class("tpu", "toy")
+        node_class("tpu", load_profile("toy"))
 
 
 def test_gpu_asset_placement_parses_into_a_pod_spec_with_the_gpu_limit():
-    placement = asset_placement("auto", "full")
+    placement = asset_placement("auto", _settings("full"))
     assert placement["pool"] == GPU_POOL and placement["metadata"] == {"compute_class": "auto", "node": "gpu"}
+    assert placement["tags"] == {NODE_TAG: "gpu"}  # the asset tag the graph, the catalog and the sensors read
     op_tags = placement["op_tags"]
     assert op_tags[NODE_TAG] == "gpu"
     cluster = load_cluster_config()
@@ -68,7 +77,7 @@ def test_gpu_asset_placement_parses_into_a_pod_spec_with_the_gpu_limit():
 
 
 def test_cpu_placement_has_no_gpu_and_lands_on_the_cpu_pool():
-    placement = asset_placement("auto", "toy")
+    placement = asset_placement("auto", _settings("toy"))
     assert placement["pool"] is None and placement["op_tags"][NODE_TAG] == "cpu"
     spec = _pod_spec(placement["op_tags"])
     assert GPU_RESOURCE not in (spec.containers[0].resources.limits or {})
@@ -76,7 +85,7 @@ def test_cpu_placement_has_no_gpu_and_lands_on_the_cpu_pool():
 
 
 def test_run_tags_are_strings_dagster_k8s_accepts():
-    tags = node_tags("gpu")
+    tags = node_tags("gpu", load_cluster_config())
     assert all(isinstance(v, str) for v in tags.values())
     assert json.loads(tags[K8S_CONFIG_TAG])["container_config"]["resources"]["limits"][GPU_RESOURCE]
 

@@ -14,9 +14,10 @@ import pytest
 from dagster_k8s.job import get_user_defined_k8s_config
 from orchestration_standins import CHAIN, location_facts, standin_definitions
 
-from sftc_jobs.partitions import months_between
+from sftc_core.configs import load_cluster_config
+from sftc_core.months import months_between
 from sftc_jobs.sensors import SENSOR_NAMES
-from sftc_resources.routing import GPU_RESOURCE, NODE_TAG, load_cluster_config
+from sftc_resources.routing import GPU_RESOURCE, NODE_TAG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 import yaml
-from orchestration_standins import standin_definitions
+from orchestration_standins import standin_chain
 
 from sftc_jobs.chain import materialize_chain
 from sftc_jobs.jobs import chain_keys
@@ -54,15 +54,15 @@ def test_chain_materializes_into_postgres_and_a_second_pass_redoes_nothing(data_
 
     instance = postgres_instance
     assert isinstance(instance.run_storage, PostgresRunStorage) and isinstance(instance.event_log_storage, PostgresEventLogStorage)
-    defs = standin_definitions()
-    keys = chain_keys(defs)
-    first = materialize_chain(defs, instance, keys)
+    chain = standin_chain()
+    keys = chain_keys(chain)
+    first = materialize_chain(chain, instance, keys)
     assert first.success and len(first.runs) == 4
     assert instance.get_materialized_partitions(dg.AssetKey("thesis_jsonl")) == {f"2012-{m:02d}" for m in range(1, 13)}
     assert instance.get_latest_materialization_event(dg.AssetKey("validation_report")) is not None
     assert {run.status for run in instance.get_runs()} == {dg.DagsterRunStatus.SUCCESS}
     # The staleness the second pass relies on is read back from PostgreSQL.
-    second = materialize_chain(defs, instance, keys)
+    second = materialize_chain(chain, instance, keys)
     assert second.runs == [] and set(second.up_to_date) == set(keys)
     # The deployment's limits are live on this instance.
     concurrency = instance.get_concurrency_config()

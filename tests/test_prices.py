@@ -10,19 +10,20 @@ import pandas as pd
 import pytest
 from bokeh_sampledata import stocks
 
-from sftc_resources.prices import (
-    PRICE_COLUMNS,
-    LocalPriceSource,
+from sftc_core.market import (
     PriceDataError,
     UnknownTickerError,
-    fill_sample_prices,
     forward_return,
     forward_returns,
     load_sample_prices,
+)
+from sftc_core.settings import load_settings
+from sftc_resources.prices import (
+    PRICE_COLUMNS,
+    LocalPriceSource,
+    fill_sample_prices,
     price_source_from_settings,
 )
-from sftc_resources.resources import PriceDataResource
-from sftc_resources.settings import load_settings
 
 
 def _adjusted(ticker: str, day: str) -> float:
@@ -142,8 +143,8 @@ def test_fill_sample_prices_writes_atomically(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "MSFT.parquet"), load_sample_prices("MSFT"))
 
 
-def test_toy_settings_and_the_resource_give_the_local_source(data_dir):
+def test_toy_settings_give_the_local_source_under_their_data_dir(data_dir):
     source = price_source_from_settings(load_settings())
     assert isinstance(source, LocalPriceSource) and source.root == data_dir / "prices" and source.sample_fallback
-    resource_source = PriceDataResource(data_dir=str(data_dir / "other")).source()
-    assert resource_source.root == data_dir / "other" / "prices"
+    other = price_source_from_settings(load_settings(env={"SFTC_DATA_DIR": str(data_dir / "other")}))
+    assert other.root == data_dir / "other" / "prices"

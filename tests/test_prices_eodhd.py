@@ -9,7 +9,16 @@ import traceback
 
 import pandas as pd
 import pytest
+from eodhd_server import HTML_ERROR, FakeEodhd, malformed, slow, status
 
+from sftc_core.configs import PricesConfig
+from sftc_core.market import (
+    UnknownTickerError,
+    forward_returns,
+    load_price_book,
+    load_sample_prices,
+)
+from sftc_core.settings import Secret, load_settings
 from sftc_resources.prices import (
     EodhdAuthError,
     EodhdClient,
@@ -17,16 +26,9 @@ from sftc_resources.prices import (
     EodhdQuotaError,
     EodhdResponseError,
     EodhdUnavailableError,
-    PricesConfig,
-    UnknownTickerError,
     eodhd_symbol,
-    forward_returns,
-    load_price_book,
-    load_sample_prices,
     price_source_from_settings,
 )
-from sftc_resources.settings import Secret, load_settings
-from eodhd_server import HTML_ERROR, FakeEodhd, malformed, slow, status
 
 SENTINEL = "SENTINEL-KEY-3f9a1c77"
 START, END = dt.date(2012, 9, 1), dt.date(2012, 12, 31)

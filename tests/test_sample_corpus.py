@@ -15,9 +15,9 @@ from bokeh_sampledata import stocks
 
 from sftc_assets.theses import sample_corpus
 from sftc_assets.theses.parser import parse_corpus
+from sftc_core.configs import CorpusConfig
+from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
-from sftc_resources.prices import load_sample_prices
-from sftc_resources.settings import CorpusConfig
 
 CONFIG = CorpusConfig(source="sample", tickers=["AAPL", "MSFT", "IBM", "GOOG"], per_month=6, seed=11, horizon_days=5)
 ORDER = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")

@@ -53,8 +53,8 @@ def test_scanner_finds_a_planted_secret(tmp_path):
 
 
 def test_settings_hold_the_key_but_never_show_it(sentinel_env):
-    from sftc_assets.common.asset_helpers import manifest_metadata
-    from sftc_resources.settings import load_settings
+    from sftc_core.settings import load_settings
+    from sftc_resources.metadata import manifest_metadata
 
     sentinel, _, _ = sentinel_env
     settings = load_settings()
@@ -67,14 +67,19 @@ def test_data_half_of_the_chain_writes_the_key_nowhere(sentinel_env, monkeypatch
     sentinel, roots, _ = sentinel_env
     # A shorter training window keeps every split non-empty with twelve months of theses.
     monkeypatch.setenv("TRAIN_START_DATE", "2012-01-01")
-    from sftc_jobs.definitions import defs
+    from sftc_core.settings import load_settings
+    from sftc_jobs.chain import Chain
+    from sftc_jobs.location import build_definitions
 
-    job = defs.resolve_implicit_global_asset_job_def()
+    settings = load_settings()
+    chain = Chain.of(build_definitions(settings), settings)
+
+    def materialize(keys: list[str], **kwargs):
+        return dg.materialize(chain.definitions, instance=instance, resources=chain.resources, selection=keys, **kwargs)
+
     with dg.DagsterInstance.get() as instance:
-        monthly = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("raw_xml"), dg.AssetKey("thesis_jsonl")], tags=RANGE)
-        assert monthly.success
-        whole = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("hf_splits"), dg.AssetKey("nemo_jsonl")])
-        assert whole.success
+        assert materialize(["raw_xml", "thesis_jsonl"], tags=RANGE).success
+        assert materialize(["hf_splits", "base_checkpoint", "nemo_jsonl"]).success
         assert instance.get_latest_materialization_event(dg.AssetKey("nemo_jsonl")) is not None
     assert any(Path(roots[1], "nemo_jsonl").iterdir())
     assert files_containing(roots, sentinel) == []

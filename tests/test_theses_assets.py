@@ -6,12 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
-from sftc_assets.common.io import read_jsonl
-from sftc_assets.theses.assets import COUNTS_CHECK, SCHEMA_CHECK, raw_xml, thesis_jsonl
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.resources import ProjectResource
+from stage_helpers import settings_with, stage_definitions
 from theses_helpers import thesis, write
+
+from sftc_assets.theses import assets
+from sftc_assets.theses.assets import COUNTS_CHECK, SCHEMA_CHECK
+from sftc_core.io import read_jsonl
+from sftc_core.paths import ArtifactPaths
 
 
 @pytest.fixture
@@ -27,8 +28,13 @@ def external_corpus(data_dir: Path, monkeypatch) -> ArtifactPaths:
     return paths
 
 
+def theses_stage() -> list:
+    """The stage over 2011..2012 in either profile (the full profile's own months start in 2015)."""
+    return stage_definitions(assets.defs, settings_with(partitions={"start": "2011-01", "end": "2012-12"}))
+
+
 def materialize(data_dir: Path, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInJobResult:
-    result = dg.materialize([raw_xml, thesis_jsonl], instance=instance, resources={"project": ProjectResource(data_dir=str(data_dir))}, **kwargs)
+    result = dg.materialize(theses_stage(), instance=instance, **kwargs)
     assert result.success
     return result
 
@@ -93,10 +99,7 @@ def test_the_counts_check_fails_when_a_written_line_is_lost(data_dir, external_c
         return counts
 
     monkeypatch.setattr(parser, "write_jsonl_outputs", lossy_write)
-    result = dg.materialize(
-        [raw_xml, thesis_jsonl], instance=dg.DagsterInstance.ephemeral(), partition_key="2012-01",
-        resources={"project": ProjectResource(data_dir=str(data_dir))}, raise_on_error=False,
-    )  # fmt: skip
+    result = dg.materialize(theses_stage(), instance=dg.DagsterInstance.ephemeral(), partition_key="2012-01", raise_on_error=False)
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {COUNTS_CHECK: False, SCHEMA_CHECK: True}
 
 

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from sftc_assets.common.io import read_jsonl
-from sftc_assets.theses.commands import default_rejects_path
-from sftc_jobs.cli import main
 from theses_helpers import thesis, write
+
+from sftc_core.io import read_jsonl
+from sftc_jobs.cli import main
+from sftc_jobs.commands.theses import default_rejects_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"

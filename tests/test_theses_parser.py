@@ -17,12 +17,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
-
-from sftc_assets.common.io import read_jsonl
-from sftc_assets.theses import parser as theses_parser
-from sftc_assets.theses.parser import CorpusError, ParseResult, parse_corpus, summary_line, write_jsonl_outputs
-from sftc_assets.theses.schema import REJECT_REASONS, month_problems, record_problems, reject_problems
 from theses_helpers import thesis, write
+
+from sftc_assets.theses import parser as theses_parser
+from sftc_assets.theses.parser import (
+    CorpusError,
+    ParseResult,
+    parse_corpus,
+    summary_line,
+    write_jsonl_outputs,
+)
+from sftc_assets.theses.schema import (
+    REJECT_REASONS,
+    month_problems,
+    record_problems,
+    reject_problems,
+)
+from sftc_core.io import read_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread, write_nemo_jsonl  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sftc_assets.common.torch_threads import torch_threads
 from sftc_assets.training import hf_backend
 from sftc_assets.training.data import (
     IGNORE_INDEX,
@@ -32,8 +31,9 @@ from sftc_assets.training.hf_backend import (
     target_loss_sum,
     train_step,
 )
+from sftc_core.configs import load_profile, load_sft_config
+from sftc_core.threads import torch_threads
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.settings import load_profile, load_sft_config
 
 PROFILE = load_profile("toy")
 SFT = load_sft_config()

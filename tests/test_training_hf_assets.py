@@ -7,11 +7,12 @@ import shutil
 
 import dagster as dg
 import pytest
+from stage_helpers import settings_with, stage_definitions
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets
+from sftc_core.settings import load_settings
 from sftc_resources.resources import GpuResource
-from sftc_resources.resources import ProjectResource
 
 
 @pytest.fixture(scope="module")
@@ -28,28 +29,28 @@ def chain_data(data_dir, toy_inputs):
     return data_dir
 
 
-def materialize(resources: dict, smoke_test: bool = True, raise_on_error: bool = True):
+RESOURCES = {"gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+
+def materialize(settings, smoke_test: bool = True, raise_on_error: bool = True):
     with dg.instance_for_test() as instance:
         return dg.materialize(
-            [assets.sft_model, assets.validation_loss_decreased],
+            stage_definitions(assets.defs, settings),
             instance=instance,
-            resources=resources,
+            resources=RESOURCES,
+            selection=["sft_model"],
             run_config=dg.RunConfig({"sft_model": assets.TrainRunConfig(smoke_test=smoke_test)}),
             raise_on_error=raise_on_error,
         )
 
 
-class SmallBatches(ProjectResource):
+def small_batches():
     """The toy settings with batches of 4 and two generated prompts: the same path in a few seconds."""
-
-    def settings(self):
-        settings = super().settings()
-        training = settings.profile.training.model_copy(update={"batch_size": 4, "parse_check_samples": 2})
-        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"training": training})})
+    return settings_with(training={"batch_size": 4, "parse_check_samples": 2})
 
 
 def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
-    result = materialize({"project": SmallBatches(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()})
+    result = materialize(small_batches())
     assert result.success
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
@@ -67,17 +68,9 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     assert check.metadata["relative_drop"].value > 0
 
 
-class SmallCpuLimit(ProjectResource):
-    """The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse."""
-
-    def settings(self):
-        settings = super().settings()
-        compute = settings.profile.compute.model_copy(update={"cpu_max_checkpoint_bytes": 1000})
-        return settings.model_copy(update={"profile": settings.profile.model_copy(update={"compute": compute})})
-
-
 def test_gpu_gate_refuses_before_any_work(chain_data):
-    result = materialize({"project": SmallCpuLimit(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}, raise_on_error=False)
+    # A CPU limit below the toy checkpoint's size: the gate must refuse.
+    result = materialize(settings_with(compute={"cpu_max_checkpoint_bytes": 1000}), raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert "sft_model needs a CUDA GPU" in failure.message + str(failure.cause)
@@ -87,8 +80,7 @@ def test_gpu_gate_refuses_before_any_work(chain_data):
 def test_nemo_backend_is_gated_before_any_work(chain_data, monkeypatch):
     """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (one node of GPUs) stop it before NeMo starts."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
-    resources = {"project": ProjectResource(), "gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    result = materialize(resources, raise_on_error=False)
+    result = materialize(load_settings(), raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert "finetune.yaml: field 'nodes' = 5" in failure.message + str(failure.cause)
@@ -99,7 +91,8 @@ def test_check_fails_when_validation_loss_did_not_fall(data_dir):
     output = data_dir / "models" / "sft"
     output.mkdir(parents=True)
     (output / "metrics.json").write_text(json.dumps({"initial_val_loss": 2.0, "final_val_loss": 2.5, "best_val_loss": 2.0, "steps": 5}))
-    result = assets.validation_loss_decreased(project=ProjectResource())
+    (check,) = [c for c in assets.defs(load_settings()).asset_checks if c.check_key.name == assets.VALIDATION_LOSS_CHECK]
+    result = check()
     assert not result.passed and "2.0000 -> 2.5000" in result.description
     (output / "metrics.json").unlink()
-    assert not assets.validation_loss_decreased(project=ProjectResource()).passed
+    assert not check().passed

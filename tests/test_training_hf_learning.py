@@ -14,12 +14,13 @@ import pytest
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.datasets.nemo_export import NEMO_FILES, export_nemo
-from sftc_assets.datasets.splits import build_dataset
+from sftc_assets.sft_data.nemo_export import NEMO_FILES, export_nemo
+from sftc_assets.sft_data.splits import build_dataset
 from sftc_assets.theses.parser import parse_corpus, write_jsonl_outputs
 from sftc_assets.theses.sample_corpus import write_sample_corpus
+from sftc_core.configs import load_sft_config
+from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.settings import load_settings, load_sft_config
 
 pytestmark = pytest.mark.slow
 

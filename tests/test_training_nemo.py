@@ -15,24 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-from sftc_assets.training import nemo_commands, nemo_entry, nemo_runner
-from sftc_assets.training.nemo_assets import nemo_model, run_nemo_finetune_via_pipes
-from sftc_assets.training.nemo_config import (
-    FINETUNE_CONFIG_PATH,
-    NemoRunPaths,
-    check_nemo_dataset,
-    load_finetune_config,
-    model_config_from_hf,
-    plan_recipe,
-    read_hf_config,
-    with_max_steps,
-)
-from sftc_resources.gpu import GpuDevice, GpuProbe
-from sftc_resources.resources import GpuResource
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.resources import ProjectResource
-from sftc_resources.settings import PROJECT_ROOT, ConfigError
+from stage_helpers import stage_definitions
 from training_nemo_helpers import (
     ONE_GPU,
     nemo_run_paths,
@@ -43,6 +26,30 @@ from training_nemo_helpers import (
     write_nemo_jsonl,
 )
 
+from sftc_assets.training import assets as training_assets
+from sftc_assets.training import nemo_entry, nemo_runner
+from sftc_assets.training.assets import run_nemo_finetune_via_pipes
+from sftc_assets.training.nemo_config import (
+    FINETUNE_CONFIG_PATH,
+    NemoRunPaths,
+    check_nemo_dataset,
+    model_config_from_hf,
+    plan_recipe,
+    read_hf_config,
+)
+from sftc_core.configs import (
+    PROJECT_ROOT,
+    ConfigError,
+    load_finetune_config,
+    with_max_steps,
+)
+from sftc_core.gpu import GpuDevice, GpuProbe
+from sftc_core.nemo_format import NemoDataError
+from sftc_core.paths import ArtifactPaths
+from sftc_core.settings import load_settings
+from sftc_jobs.commands import nemo as nemo_commands
+from sftc_resources import nemo_launch
+from sftc_resources.resources import GpuResource
 
 # --- configs/nemo/finetune.yaml ----------------------------------------------------------------
 
@@ -178,7 +185,7 @@ def test_dataset_check_counts_lines_and_names_bad_ones(tmp_path):
     assert check_nemo_dataset(root) == {"training.jsonl": 4, "validation.jsonl": 4, "test.jsonl": 4}
     with open(root / "validation.jsonl", "a") as fh:
         fh.write(json.dumps({"input": "x", "answer": "y"}) + "\n")
-    with pytest.raises(ConfigError, match=r"validation.jsonl:5: field 'output' missing or not a string"):
+    with pytest.raises(NemoDataError, match=r"validation.jsonl:5: field 'output' missing or not a non-empty string"):
         check_nemo_dataset(root)
     (root / "test.jsonl").unlink()
     (root / "validation.jsonl").write_text('{"input": "a", "output": "b"}\n')
@@ -226,7 +233,7 @@ def _sftc(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="sftc")
     nemo_commands.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.func(args, load_settings())
 
 
 def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
@@ -260,21 +267,22 @@ def test_steps_use_torchrun_per_gpu_then_one_export_process(tmp_path):
 
 def test_interpreter_from_env_then_config_and_a_clear_error_when_missing(tmp_path):
     config = load_finetune_config()
-    assert nemo_runner.nemo_python(config, {}) == PROJECT_ROOT / config.nemo_python
-    assert nemo_runner.nemo_python(config, {"SFTC_NEMO_PYTHON": "/opt/nemo/bin/python"}) == Path("/opt/nemo/bin/python")
+    assert load_settings(env={}).nemo_python == PROJECT_ROOT / config.nemo_python
+    assert load_settings(env={"SFTC_NEMO_PYTHON": "/opt/nemo/bin/python"}).nemo_python == Path("/opt/nemo/bin/python")
     with pytest.raises(FileNotFoundError, match="make .venv-nemo"):
         nemo_runner.require_interpreter(tmp_path / "python")
 
 
 def test_a_real_run_must_fit_one_node():
     with pytest.raises(ConfigError, match="field 'nodes' = 5"):
-        nemo_runner.load_run_config(FINETUNE_CONFIG_PATH)
-    assert nemo_runner.load_run_config(FINETUNE_CONFIG_PATH, dry_run=True).nodes == 5
+        nemo_runner.run_config(load_finetune_config(FINETUNE_CONFIG_PATH))
+    assert nemo_runner.run_config(load_finetune_config(FINETUNE_CONFIG_PATH), dry_run=True).nodes == 5
 
 
 def test_k8s_pod_spec_asks_for_the_gpus_on_the_gpu_pool():
-    config = load_finetune_config()
-    spec = nemo_runner.k8s_pod_spec(config, gpus=8)
+    settings = load_settings(env={})
+    config = settings.finetune
+    spec = nemo_launch.k8s_pod_spec(settings, gpus=8)
     container = spec["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8" == container["resources"]["requests"]["nvidia.com/gpu"]
     assert spec["node_selector"]["sftc.dev/node-pool"] == "gpu"
@@ -282,7 +290,7 @@ def test_k8s_pod_spec_asks_for_the_gpus_on_the_gpu_pool():
     assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == config.k8s.data_volume_claim
     assert {"name": "dshm", "mount_path": "/dev/shm"} in container["volume_mounts"]
     step = nemo_runner.import_step(Path("/x/bin/python"), Path("/data/bf16"), Path("/data/nemo"))
-    assert nemo_runner.k8s_argv(step)[:3] == ["python", "-m", nemo_runner.ENTRY_MODULE]
+    assert nemo_launch.k8s_argv(step)[:3] == ["python", "-m", nemo_runner.ENTRY_MODULE]
 
 
 # --- the export's pieces that need no NeMo --------------------------------------------------------
@@ -350,7 +358,7 @@ def test_runner_stages_data_and_publishes_the_output_whole(tmp_path):
         assert not paths.output_dir.exists()  # nothing appears under the final name until the end
         _stand_in_for_nemo(step)
 
-    metrics = nemo_runner.nemo_finetune(execute, Path("/nemo/python"), config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir, tmp_path / "ft.yaml")
+    metrics = nemo_runner.nemo_finetune(execute, Path("/nemo/python"), config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
     assert metrics == {"backend": "nemo", "steps": 3}
     assert [s.name for s in seen] == ["finetune", "export"]
     staged = Path(seen[0].argv[seen[0].argv.index("--data") + 1])
@@ -401,7 +409,12 @@ def pipes_env(data_dir, monkeypatch):
 
 
 def _resources(paths: ArtifactPaths, gpu: GpuResource) -> dict:
-    return {"project": ProjectResource(data_dir=str(paths.root)), "gpu": gpu, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    return {"gpu": gpu, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+
+def nemo_model() -> list:
+    """The training stage for the environment's settings, for materializing nemo_model alone."""
+    return stage_definitions(training_assets.defs)
 
 
 def _messages(instance: dg.DagsterInstance, result) -> str:
@@ -419,7 +432,7 @@ def _messages(instance: dg.DagsterInstance, result) -> str:
 def test_nemo_model_dry_run_round_trips_through_pipes(pipes_env):
     dry_run = {"ops": {"nemo_model": {"config": {"dry_run": True}}}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([nemo_model], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance)
+        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance)
         assert result.success
         (materialization,) = result.asset_materializations_for_node("nemo_model")
         assert materialization.metadata["dry_run"].value is True
@@ -433,7 +446,7 @@ def test_nemo_model_dry_run_round_trips_through_pipes(pipes_env):
 def test_nemo_model_gate_stops_before_any_work(pipes_env, monkeypatch):
     monkeypatch.setenv("SFTC_NEMO_PYTHON", str(pipes_env.root / "no-such-python"))  # would fail if reached
     with dg.instance_for_test() as instance:
-        result = dg.materialize([nemo_model], resources=_resources(pipes_env, FakeGpus(devices=0)), instance=instance, raise_on_error=False)
+        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus(devices=0)), instance=instance, raise_on_error=False)
         assert not result.success
         failure = result.failure_data_for_node("nemo_model")
         assert "nemo_model needs 1 CUDA GPU(s) with at least 74.5 GiB each; this node has 0 such device(s)" in failure.error.message
@@ -444,7 +457,7 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
     write_hf_checkpoint(pipes_env.bf16_checkpoint, {**toy_hf_config(), "quantization_config": {"quant_method": "fp8"}})
     dry_run = {"ops": {"nemo_model": {"config": {"dry_run": True}}}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([nemo_model], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance, raise_on_error=False)
+        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance, raise_on_error=False)
         assert not result.success
         messages = _messages(instance, result)
         assert "pipes closed with exception" in messages
@@ -452,10 +465,10 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
 
 
 @dg.asset(name="sft_model")
-def _sft_model_nemo_branch(context: dg.AssetExecutionContext, project: ProjectResource, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient):
+def _sft_model_nemo_branch(context: dg.AssetExecutionContext, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient):
     """What the sft_model asset does for backend nemo, reduced to the call (the real asset lives in assets.py)."""
-    config_path = Path(context.run.tags["finetune_config"])
-    plan = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, project.paths(), config_path=config_path, dry_run=True)
+    settings = load_settings().model_copy(update={"finetune": load_finetune_config(context.run.tags["finetune_config"])})
+    plan = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, dry_run=True)
     return dg.MaterializeResult(metadata={"planned": dg.MetadataValue.json(plan)})
 
 

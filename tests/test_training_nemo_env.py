@@ -19,10 +19,6 @@ pytestmark = pytest.mark.nemo
 llm = pytest.importorskip("nemo.collections.llm", reason="needs the NeMo environment: make test-nemo")
 
 import fiddle as fdl  # noqa: E402  (NeMo's own config library, present wherever NeMo is)
-
-from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
-from sftc_assets.training.nemo_config import NemoRunPaths, load_finetune_config, plan_recipe  # noqa: E402
-from sftc_resources.settings import PROJECT_ROOT  # noqa: E402
 from training_nemo_helpers import (  # noqa: E402
     ONE_GPU,
     nemo_run_paths,
@@ -30,6 +26,10 @@ from training_nemo_helpers import (  # noqa: E402
     write_nemo_jsonl,
     write_toy_model,
 )
+
+from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
+from sftc_assets.training.nemo_config import NemoRunPaths, plan_recipe
+from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

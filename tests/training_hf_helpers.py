@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.common.io import atomic_write_jsonl
-from sftc_assets.datasets.prompts import build_example, render_prompt
-from sftc_resources.settings import load_sft_config
+from sftc_assets.sft_data.prompts import build_example, render_prompt
+from sftc_core.configs import load_sft_config
+from sftc_core.io import atomic_write_jsonl
 
 TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
 

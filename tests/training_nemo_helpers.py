@@ -9,7 +9,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH, NEMO_DATA_FILES, NemoRunPaths
+from sftc_assets.training.nemo_config import (
+    FINETUNE_CONFIG_PATH,
+    NEMO_DATA_FILES,
+    NemoRunPaths,
+)
 
 # DeepSeek-V3's architecture at toy size: MLA, one dense layer then MoE layers, sigmoid routing.
 TOY_ARCH = dict(
@@ -97,7 +101,11 @@ def write_finetune_yaml(path: Path, **overrides) -> Path:
 def write_toy_model(path: Path, seed: int = 0) -> Path:
     """A real toy DeepSeek-V3 in BF16 (the installed transformers' own class) with a word-level tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        DeepseekV3Config,
+        DeepseekV3ForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     torch.manual_seed(seed)
     config = DeepseekV3Config(**TOY_ARCH, **RELEASE_FIELDS, bos_token_id=1, eos_token_id=2, pad_token_id=3)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sftc_assets.backtest.metrics import series_metrics
-from sftc_resources.prices import PriceSource, load_price_book, trading_sessions
+from sftc_core.market import PriceSource, load_price_book, trading_sessions
+from sftc_core.metrics import series_metrics
 
 
 @dataclass

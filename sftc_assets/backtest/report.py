@@ -16,19 +16,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sftc_assets.backtest.metrics import (
+from sftc_assets.backtest.portfolio import (
+    PortfolioResult,
+    backtest_portfolio,
+    monthly_returns,
+)
+from sftc_assets.evaluation.results import read_eval_csv
+from sftc_core.configs import BacktestConfig
+from sftc_core.io import atomic_write_bytes, atomic_write_text
+from sftc_core.market import PriceSource
+from sftc_core.metrics import (
     UNPARSED_NAME,
-    BacktestConfig,
     classification_from_codes,
     label_codes,
     scores_from_codes,
     signal_from_codes,
 )
-from sftc_assets.backtest.portfolio import PortfolioResult, backtest_portfolio, monthly_returns
-from sftc_assets.common.io import atomic_write_bytes, atomic_write_text
-from sftc_assets.evaluation.eval_csv import read_eval_csv
-from sftc_resources.prices import PriceSource
-from sftc_resources.settings import ACTIONS
+from sftc_core.target_format import ACTIONS
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html", "equity_curve.png", "confusion.png")
 HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")

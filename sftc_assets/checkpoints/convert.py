@@ -24,7 +24,12 @@ from typing import BinaryIO, Literal
 import torch
 from tqdm import tqdm
 
-from sftc_assets.checkpoints.fp8 import FP8_BLOCK, SCALE_SUFFIX, dequantize_fp8_torch, scale_grid
+from sftc_assets.checkpoints.fp8 import (
+    FP8_BLOCK,
+    SCALE_SUFFIX,
+    dequantize_fp8_torch,
+    scale_grid,
+)
 from sftc_assets.checkpoints.safetensors_io import (
     INDEX_NAME,
     SAFETENSORS_METADATA,
@@ -39,8 +44,8 @@ from sftc_assets.checkpoints.safetensors_io import (
     read_tensor,
     tensor_bytes,
 )
-from sftc_assets.common.io import atomic_write_json, replace_dir
-from sftc_assets.common.torch_threads import torch_threads
+from sftc_core.io import atomic_write_json, replace_dir
+from sftc_core.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -206,14 +211,22 @@ def select_dequantizer(device: Device) -> tuple[str, str, Dequantize]:
         raise ValueError("device=cuda but torch sees no CUDA device on this node; use --device cpu or auto")
     if device == "cpu" or not torch.cuda.is_available():
         return "cpu", "torch", _dequantize_cpu
-    try:
-        from sftc_assets.checkpoints.kernel import triton_fp8_supported, weight_dequant
-    except ImportError as exc:  # triton is the `gpu` extra
-        logger.warning("triton not importable (%s): dequantizing with torch on the GPU", exc)
-        return "cuda", "torch", _on_gpu(dequantize_fp8_torch)
-    supported, reason = triton_fp8_supported("cuda")
+    supported, reason = triton_fp8_check("cuda")
     logger.info("%s", reason)
-    return ("cuda", "triton", _on_gpu(weight_dequant)) if supported else ("cuda", "torch", _on_gpu(dequantize_fp8_torch))
+    if not supported:
+        return "cuda", "torch", _on_gpu(dequantize_fp8_torch)
+    from sftc_assets.checkpoints.kernel import weight_dequant
+
+    return "cuda", "triton", _on_gpu(weight_dequant)
+
+
+def triton_fp8_check(device: int | str = 0) -> tuple[bool, str]:
+    """Whether the Triton FP8 kernel runs on `device` and matches the torch math bit for bit, and why not."""
+    try:
+        from sftc_assets.checkpoints.kernel import triton_fp8_supported
+    except ImportError as exc:  # triton is the `gpu` extra
+        return False, f"triton not importable ({exc}): conversion uses torch on the GPU"
+    return triton_fp8_supported(device)
 
 
 def _dequantize_cpu(weight: torch.Tensor, scale: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -18,9 +18,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from sftc_assets.checkpoints.fp8 import QUANTIZATION_CONFIG, SCALE_SUFFIX, is_quantized_weight, quantize_fp8_blockwise
-from sftc_assets.checkpoints.safetensors_io import INDEX_NAME, SAFETENSORS_METADATA, SINGLE_FILE_NAME
-from sftc_assets.common.io import atomic_dir, read_jsonl
+from sftc_assets.checkpoints.fp8 import (
+    QUANTIZATION_CONFIG,
+    SCALE_SUFFIX,
+    is_quantized_weight,
+    quantize_fp8_blockwise,
+)
+from sftc_assets.checkpoints.safetensors_io import (
+    INDEX_NAME,
+    SAFETENSORS_METADATA,
+    SINGLE_FILE_NAME,
+)
+from sftc_core.io import atomic_dir, read_jsonl
 
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"

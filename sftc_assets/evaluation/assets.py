@@ -3,19 +3,17 @@
 import dagster as dg
 import pandas as pd
 
-from sftc_assets.backtest.metrics import classification_metrics
-from sftc_assets.common.asset_helpers import code_version, manifest_metadata, markdown_table
-from sftc_assets.evaluation import actions, generate
-from sftc_assets.evaluation import eval_csv as eval_logic
-from sftc_jobs.partitions import test_month_partitions
-from sftc_resources import prices as prices_module
+from sftc_assets.evaluation import evaluate, results
+from sftc_core.metrics import classification_metrics
+from sftc_core.settings import Settings
+from sftc_core.text import markdown_table
+from sftc_resources import prices as price_sources
+from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_resources.partitions import month_partitions
 from sftc_resources.resources import GpuResource
-from sftc_resources.resources import PriceDataResource
-from sftc_resources.resources import ProjectResource
 from sftc_resources.routing import asset_placement
-from sftc_resources.settings import load_settings, load_sft_config
 
-_PROFILE = load_settings().profile_name
+GROUP = "evaluation"
 PREVIEW_ROWS = 5
 PARSE_RATE_CHECK = "eval_parse_rate"
 
@@ -38,71 +36,71 @@ def _month_figures(frame) -> dict:
     }
 
 
-@dg.asset(
-    partitions_def=test_month_partitions,
-    deps=["sft_model", "hf_splits"],
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    code_version=code_version(eval_logic, actions, generate, prices_module),
-    kinds={"pytorch", "csv"},
-    check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
-    description="Per month of the test window: greedy answers of sft_model to the test theses, the parsed action and the "
-    "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/.",
-    **asset_placement("auto", _PROFILE),
-)
-def eval_csv(
-    context: dg.AssetExecutionContext, config: EvalRunConfig, project: ProjectResource, gpu: GpuResource, prices: PriceDataResource
-) -> dg.MaterializeResult:
-    settings, paths = project.settings(), project.paths()
-    eval_config = eval_logic.load_eval_config()
-    months = list(context.partition_keys)
-    checkpoint_bytes = sum(p.stat().st_size for p in paths.sft_model.glob("*.safetensors"))
-    if checkpoint_bytes == 0:
-        raise dg.Failure(f"{paths.sft_model}: no *.safetensors checkpoint; materialize sft_model first", allow_retries=False)
-    device = gpu.choose_device("eval_csv", checkpoint_bytes, settings.profile.compute.cpu_max_checkpoint_bytes)
-    records = eval_logic.load_test_records(paths.hf_splits, months=months)
-    context.log.info("%d test theses in %s on %s", len(records), ", ".join(months), device)
-    model, tokenizer = eval_logic.load_model(paths.sft_model, device) if len(records) else (None, None)
-    source = prices.source()
-    sft_config = load_sft_config()
+def defs(settings: Settings) -> dg.Definitions:
+    paths = settings.paths
 
-    by_month, frames = {}, []
-    for month in months:
-        month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
-        frame = eval_logic.evaluate_records(
-            model, tokenizer, month_records, source, sft_config,
-            max_new_tokens=config.max_new_tokens or settings.profile.evaluation.max_new_tokens,
-            batch_size=config.batch_size or settings.profile.evaluation.batch_size,
-            calendar=eval_config.prices.calendar,
-            cpu_threads=settings.profile.evaluation.cpu_threads,
+    @dg.asset(
+        partitions_def=month_partitions(settings.test_months),
+        deps=["sft_model", "hf_splits"],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        # The price source decides the forward returns: its code is part of this asset's.
+        code_version=code_version(evaluate, results, price_sources),
+        kinds={"pytorch", "csv"},
+        check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
+        description="Per month of the test window: greedy answers of sft_model to the test theses, the parsed action and the "
+        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/.",
+        **asset_placement("auto", settings),
+    )
+    def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
+        months = list(context.partition_keys)
+        device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
+        records = evaluate.load_test_records(paths.hf_splits, months=months)
+        context.log.info("%d test theses in %s on %s", len(records), ", ".join(months), device)
+        model, tokenizer = evaluate.load_model(paths.sft_model, device) if len(records) else (None, None)
+        source = price_sources.price_source_from_settings(settings)
+
+        by_month, frames = {}, []
+        for month in months:
+            month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
+            frame = evaluate.evaluate_records(
+                model, tokenizer, month_records, source, settings.sft,
+                max_new_tokens=config.max_new_tokens or settings.profile.evaluation.max_new_tokens,
+                batch_size=config.batch_size or settings.profile.evaluation.batch_size,
+                calendar=settings.prices.calendar,
+                cpu_threads=settings.profile.evaluation.cpu_threads,
+            )  # fmt: skip
+            results.write_eval_csv(frame, paths.eval_month(month))
+            by_month[month] = _month_figures(frame)
+            frames.append(frame)
+            context.log.info("%s: %s", month, by_month[month])
+
+        min_parse_rate = settings.eval_config.min_parse_rate
+        low = {m: f["parse_rate"] for m, f in by_month.items() if f["rows"] and f["parse_rate"] < min_parse_rate}
+        total = sum(f["rows"] for f in by_month.values())
+        check = dg.AssetCheckResult(
+            check_name=PARSE_RATE_CHECK,
+            passed=not low,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"months below a parse rate of {min_parse_rate:.0%}: {', '.join(low)}" if low else None,
+            metadata={"min_parse_rate": min_parse_rate, "parse_rate_by_month": dg.MetadataValue.json({m: f["parse_rate"] for m, f in by_month.items()})},
         )
-        eval_logic.write_eval_csv(frame, paths.eval_month(month))
-        by_month[month] = _month_figures(frame)
-        frames.append(frame)
-        context.log.info("%s: %s", month, by_month[month])
+        head = next((f for f in frames if len(f)), frames[0]).head(PREVIEW_ROWS)
+        preview = markdown_table(head.astype(str).to_dict("records"), ["id", "true_action", "predicted_action", "forward_return", "return_status", "raw_output"])
+        single = by_month[months[0]] if len(months) == 1 else None
+        figures = single or _month_figures(pd.concat(frames, ignore_index=True))
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(paths.eval_month(months[0]) if len(months) == 1 else paths.eval_dir)),
+                "months": ", ".join(months),
+                "dagster/row_count": total,
+                **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
+                "device": device,
+                "by_month": dg.MetadataValue.md(markdown_table([{"month": m, **f} for m, f in by_month.items()])),
+                "preview": dg.MetadataValue.md(preview),
+                **manifest_metadata("eval_config.yaml", "sft_config.yaml"),
+            },
+            check_results=[check],
+        )
 
-    low = {m: f["parse_rate"] for m, f in by_month.items() if f["rows"] and f["parse_rate"] < eval_config.min_parse_rate}
-    total = sum(f["rows"] for f in by_month.values())
-    check = dg.AssetCheckResult(
-        check_name=PARSE_RATE_CHECK,
-        passed=not low,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"months below a parse rate of {eval_config.min_parse_rate:.0%}: {', '.join(low)}" if low else None,
-        metadata={"min_parse_rate": eval_config.min_parse_rate, "parse_rate_by_month": dg.MetadataValue.json({m: f["parse_rate"] for m, f in by_month.items()})},
-    )
-    head = next((f for f in frames if len(f)), frames[0]).head(PREVIEW_ROWS)
-    preview = markdown_table(head.astype(str).to_dict("records"), ["id", "true_action", "predicted_action", "forward_return", "return_status", "raw_output"])
-    single = by_month[months[0]] if len(months) == 1 else None
-    figures = single or _month_figures(pd.concat(frames, ignore_index=True))
-    return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(paths.eval_month(months[0]) if len(months) == 1 else paths.eval_dir)),
-            "months": ", ".join(months),
-            "dagster/row_count": total,
-            **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
-            "device": device,
-            "by_month": dg.MetadataValue.md(markdown_table([{"month": m, **f} for m, f in by_month.items()])),
-            "preview": dg.MetadataValue.md(preview),
-            **manifest_metadata("eval_config.yaml", "sft_config.yaml"),
-        },
-        check_results=[check],
-    )
+    return dg.Definitions(assets=[eval_csv])

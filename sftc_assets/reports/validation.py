@@ -13,17 +13,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sftc_assets.common.asset_helpers import markdown_table
-from sftc_assets.common.io import atomic_write_json, atomic_write_text
-from sftc_assets.common.manifest import package_versions
+from sftc_core.io import atomic_write_json, atomic_write_text
+from sftc_core.manifest import package_versions
+from sftc_core.text import markdown_table
 
 # The toy chain in dependency order (asset keys of the design); the NeMo import is the one GPU-only asset.
 CHAIN_STAGES = (
     "raw_xml",
     "thesis_jsonl",
     "hf_splits",
-    "nemo_jsonl",
     "base_checkpoint",
+    "nemo_jsonl",
     "bf16_checkpoint",
     "sft_model",
     "eval_csv",
@@ -32,6 +32,8 @@ CHAIN_STAGES = (
 GPU_ONLY_STAGES = ("nemo_model",)
 # Tag on every run of one `cpu_validation`: its value is the id of the validation's own run.
 VALIDATION_RUN_TAG = "sftc/validation_run"
+# Tag on every run of the chain: the assets it materializes, comma-separated.
+ASSETS_TAG = "sftc/assets"
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
 

@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 from lxml import etree
 
-from sftc_assets.common.io import atomic_path, atomic_write_jsonl
 from sftc_assets.theses.layout import month_of_file, thesis_files
 from sftc_assets.theses.schema import (
     HORIZON_DEFAULT,
@@ -47,7 +46,8 @@ from sftc_assets.theses.schema import (
     TICKER_PATTERN,
     calendar_date,
 )
-from sftc_resources.settings import ACTIONS
+from sftc_core.io import atomic_path, atomic_write_jsonl
+from sftc_core.target_format import ACTIONS
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 _READ_CHUNK = 1 << 20

@@ -5,7 +5,7 @@ Text: the reasoning and the support points describe only what was known at the c
 trend), worded from several templates picked by a random generator seeded with (seed, ticker, date).
 Changing prices after `as_of_date` never changes a thesis's text.
 
-Label: the action is the forward return of spec/eval-and-backtest.md (`sftc_resources.prices.forward_returns`,
+Label: the action is the forward return of spec/eval-and-backtest.md (`sftc_core.market.forward_returns`,
 entry the first XNYS session after `as_of_date`, exit `horizon_days` sessions later) placed among the
 ticker's quintiles: the 20/40/60/80 % quantiles of that forward return over every session of the ticker's
 whole price history. Below q20 is STRONG_SELL, [q20, q40) SELL, [q40, q60) HOLD, [q60, q80) BUY, from q80 up
@@ -30,9 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sftc_assets.common.io import atomic_dir
-from sftc_resources.prices import UnknownTickerError, forward_returns, load_sample_prices, trading_sessions
-from sftc_resources.settings import CorpusConfig
+from sftc_core.configs import CorpusConfig
+from sftc_core.io import atomic_dir
+from sftc_core.market import (
+    UnknownTickerError,
+    forward_returns,
+    load_sample_prices,
+    trading_sessions,
+)
 
 # Actions from the lowest forward-return quintile to the highest.
 ACTIONS_BY_QUINTILE = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")

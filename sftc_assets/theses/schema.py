@@ -10,7 +10,7 @@ import datetime as dt
 import math
 import re
 
-from sftc_resources.settings import ACTIONS
+from sftc_core.target_format import ACTIONS
 
 RECORD_FIELDS = ("id", "ticker", "as_of_date", "reasoning", "support", "action", "horizon_days", "confidence", "source_file")
 REJECT_FIELDS = ("source_file", "index", "field", "reason", "detail")

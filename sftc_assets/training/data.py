@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sftc_assets.common.io import iter_jsonl
-from sftc_assets.datasets.nemo_export import NEMO_FILES
+from sftc_core.nemo_format import read_pairs
 
 IGNORE_INDEX = -100
 # Examples are sorted by length inside windows of this many batches, so a batch holds similar lengths
@@ -38,24 +37,11 @@ class TokenizedSplit:
 
 
 def load_pairs(path: Path) -> list[dict[str, str]]:
-    """The `{"input", "output"}` lines of a NeMo JSONL file; a bad line is an error naming file, line and field."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: NeMo JSONL file not found (materialize nemo_jsonl or pass --data DIR)")
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        for field in ("input", "output"):
-            if not isinstance(row.get(field), str) or not row[field].strip():
-                raise ValueError(
-                    f"{path}:{lineno}: field '{field}' must be a non-empty string; re-export the file with `sftc export-nemo`"
-                )
-        rows.append(row)
+    """The `{"input", "output"}` lines of a NeMo JSONL file (sftc_core.nemo_format); an empty split is an error too."""
+    rows = read_pairs(path)
     if not rows:
         raise ValueError(f"{path}: no records; the split is empty (check the date boundaries of the splits)")
     return rows
-
-
-def split_path(data_dir: Path, split: str) -> Path:
-    return Path(data_dir) / NEMO_FILES[split]
 
 
 def tokenize_pair(tokenizer, prompt: str, target: str, max_seq_length: int) -> tuple[Example, bool]:

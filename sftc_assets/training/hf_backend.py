@@ -28,20 +28,26 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sftc_assets.common.torch_threads import torch_threads
-from sftc_assets.common.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from sftc_assets.evaluation.actions import parse_action
-from sftc_assets.evaluation.generate import generate_greedy
 from sftc_assets.training.data import (
     BatchStream,
     Example,
     collate,
     load_pairs,
     sequential_batches,
-    split_path,
     tokenize_split,
 )
-from sftc_resources.settings import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_assets.training.generate import generate_greedy
+from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_core.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+)
+from sftc_core.nemo_format import split_file
+from sftc_core.target_format import TargetFormat
+from sftc_core.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +416,8 @@ def _run_training(
     plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)
     torch_device = _resolve_device(device)
     # inputs are read and checked before anything under OUTPUT changes
-    train_pairs = load_pairs(split_path(data_dir, "train"))
-    val_pairs = load_pairs(split_path(data_dir, "validation"))
+    train_pairs = load_pairs(split_file(data_dir, "train"))
+    val_pairs = load_pairs(split_file(data_dir, "validation"))
     if smoke_test:
         train_pairs, val_pairs = train_pairs[:SMOKE_TRAIN_SAMPLES], val_pairs[:SMOKE_VAL_SAMPLES]
 
@@ -468,7 +474,7 @@ def _run_training(
             on_step(report)
 
     model.eval()
-    parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, smoke_test)
+    parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, sft.target_format, smoke_test)
     final_model = model.merge_and_unload() if lora else model
     _publish_model(final_model, tokenizer, output_dir)
     _write_logs(output_dir, state["train_rows"], state["val_rows"])
@@ -504,7 +510,9 @@ def _run_training(
     return TrainResult(output_dir, metrics, state["train_rows"], state["val_rows"])
 
 
-def _parse_check(model, tokenizer, pairs: list[dict], training: TrainingConfig, evaluation: EvaluationConfig, smoke_test: bool) -> dict:
+def _parse_check(
+    model, tokenizer, pairs: list[dict], training: TrainingConfig, evaluation: EvaluationConfig, target: TargetFormat, smoke_test: bool
+) -> dict:
     """Greedy generation on the first validation prompts: the share that yields a parseable action."""
     pairs = pairs[: training.parse_check_samples]
     prompts = [pair["input"] for pair in pairs]
@@ -512,10 +520,10 @@ def _parse_check(model, tokenizer, pairs: list[dict], training: TrainingConfig, 
         return {"parse_rate": None, "parse_checked": 0, "parse_ok": 0, "preview": []}
     max_new_tokens = min(SMOKE_NEW_TOKENS, evaluation.max_new_tokens) if smoke_test else evaluation.max_new_tokens
     texts = generate_greedy(model, tokenizer, prompts, max_new_tokens, evaluation.batch_size)
-    actions = [parse_action(text) for text in texts]
+    actions = [target.parse_action(text) for text in texts]
     ok = sum(action is not None for action in actions)
     preview = [
-        {"expected": parse_action(pair["output"]), "predicted": action, "output": text}
+        {"expected": target.parse_action(pair["output"]), "predicted": action, "output": text}
         for pair, text, action in zip(pairs, texts, actions)
     ][:GENERATIONS_PREVIEW]
     return {"parse_rate": ok / len(prompts), "parse_checked": len(prompts), "parse_ok": ok, "preview": preview}

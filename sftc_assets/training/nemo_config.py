@@ -1,7 +1,8 @@
-"""configs/nemo/finetune.yaml: the NeMo fine-tune settings, validated, and the recipe they plan.
+"""The NeMo fine-tune's inputs checked, and the recipe that configs/nemo/finetune.yaml plans for them.
 
 Importable in both environments (ours and the NeMo one: pydantic, pyyaml and python-dotenv only, no Dagster,
-no NeMo), so `nemo_entry --dry-run`, the assets and the `sftc preflight` check share one reading of it.
+no NeMo), so `nemo_entry --dry-run`, the assets and `sftc preflight` share one reading of the config
+(`FinetuneConfig` in sftc_core/configs.py).
 `plan_recipe` turns the config and the paths of one run into a JSON-able plan whose keys are the exact
 attribute names of NeMo 2.7.3's recipe objects; nemo_entry applies it to
 `llm.deepseek_v3.finetune_recipe(...)`.
@@ -12,157 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, PrivateAttr
-
-from sftc_assets.common.io import iter_jsonl
-from sftc_resources.settings import CONFIG_DIR, ConfigError, _Strict, load_yaml_model
+from sftc_core.configs import CONFIG_DIR, ConfigError, FinetuneConfig
+from sftc_core.nemo_format import NEMO_FILES, read_pairs
 
 FINETUNE_CONFIG_PATH = CONFIG_DIR / "nemo" / "finetune.yaml"
-NEMO_DATA_FILES = ("training.jsonl", "validation.jsonl", "test.jsonl")
+NEMO_DATA_FILES = tuple(NEMO_FILES.values())
 RECIPE_FACTORIES = {"deepseek_v3": "nemo.collections.llm.recipes.deepseek_v3.finetune_recipe"}
-
-
-class ParallelismConfig(_Strict):
-    tensor: int = Field(ge=1)
-    pipeline: int = Field(ge=1)
-    context: int = Field(default=1, ge=1)
-    expert: int = Field(default=1, ge=1)
-    # None: Megatron gives the experts the tensor-parallel size.
-    expert_tensor: int | None = Field(default=None, ge=1)
-    sequence_parallel: bool = False
-    layers_in_first_pipeline_stage: int | None = Field(default=None, ge=1)
-    layers_in_last_pipeline_stage: int | None = Field(default=None, ge=1)
-
-
-class LoraConfig(_Strict):
-    dim: int = Field(ge=1)
-    alpha: int = Field(ge=1)
-    dropout: float = Field(ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(min_length=1)
-
-
-class K8sLaunchConfig(_Strict):
-    image: str = Field(min_length=1)
-    namespace: str = Field(min_length=1)
-    data_volume_claim: str = Field(min_length=1)
-    data_mount_path: str = Field(pattern=r"^/")
-    shm_size: str = Field(pattern=r"^[0-9]+(Mi|Gi)$")
-
-
-class FinetuneConfig(_Strict):
-    recipe: Literal["deepseek_v3"]
-    peft: Literal["lora", "none"]
-    nemo_python: str = ".venv-nemo/bin/python"
-    launcher: Literal["subprocess", "k8s"] = "subprocess"
-    k8s: K8sLaunchConfig | None = None
-    nodes: int = Field(ge=1)
-    gpus_per_node: int = Field(ge=1)
-    gpu_memory_gb: float = Field(gt=0)
-    parallelism: ParallelismConfig
-    seq_length: int = Field(ge=1)
-    micro_batch_size: int = Field(ge=1)
-    global_batch_size: int = Field(ge=1)
-    packed_sequence: bool = False
-    learning_rate: float = Field(gt=0)
-    min_learning_rate: float = Field(default=0.0, ge=0)
-    warmup_steps: int = Field(ge=0)
-    max_steps: int = Field(ge=1)
-    val_check_interval: int = Field(ge=1)
-    limit_val_batches: int | None = Field(default=None, ge=1)
-    checkpoint_every_n_steps: int = Field(ge=1)
-    seed: int = 1234
-    lora: LoraConfig
-
-    _source: str = PrivateAttr(default=str(FINETUNE_CONFIG_PATH))
-
-    @property
-    def source(self) -> str:
-        """The file this config was read from, for error messages."""
-        return self._source
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
-    def data_parallel_size(self) -> int:
-        p = self.parallelism
-        return self.world_size // (p.tensor * p.pipeline * p.context)
-
-    @property
-    def gpu_memory_bytes(self) -> int:
-        return int(self.gpu_memory_gb * 1e9)
-
-
-def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
-    """(field, what is wrong and what is expected) for values that only fail together (Megatron's layout rules)."""
-    p = config.parallelism
-    problems = []
-    if p.sequence_parallel and p.tensor < 2:
-        problems.append(("parallelism.sequence_parallel", "needs tensor >= 2 (it splits activations across the tensor-parallel group); set it false or raise tensor"))
-    if (p.layers_in_first_pipeline_stage is not None or p.layers_in_last_pipeline_stage is not None) and p.pipeline < 2:
-        problems.append(("parallelism.layers_in_first_pipeline_stage", "layers_in_first/last_pipeline_stage need pipeline >= 2; set them to null"))
-    model_parallel = p.tensor * p.pipeline * p.context
-    if config.world_size % model_parallel:
-        problems.append((
-            "parallelism",
-            f"tensor * pipeline * context = {p.tensor}*{p.pipeline}*{p.context} = {model_parallel} must divide "
-            f"nodes * gpus_per_node = {config.nodes}*{config.gpus_per_node} = {config.world_size}",
-        ))
-        return problems  # the data-parallel size below is meaningless then
-    expert_parallel = p.expert * (p.expert_tensor or p.tensor) * p.pipeline
-    if config.world_size % expert_parallel:
-        problems.append(("parallelism.expert", f"expert * expert_tensor * pipeline = {expert_parallel} must divide nodes * gpus_per_node = {config.world_size}"))
-    per_step = config.micro_batch_size * config.data_parallel_size
-    if config.global_batch_size % per_step:
-        problems.append((
-            "global_batch_size",
-            f"{config.global_batch_size} must be a multiple of micro_batch_size * data-parallel size = "
-            f"{config.micro_batch_size}*{config.data_parallel_size} = {per_step}",
-        ))
-    if p.context > 1 and config.seq_length % (2 * p.context):
-        problems.append(("seq_length", f"{config.seq_length} must be a multiple of 2 * parallelism.context = {2 * p.context}"))
-    if p.sequence_parallel and config.seq_length % p.tensor:
-        problems.append(("seq_length", f"{config.seq_length} must be a multiple of parallelism.tensor = {p.tensor} with sequence_parallel"))
-    if config.warmup_steps >= config.max_steps:
-        problems.append(("warmup_steps", f"{config.warmup_steps} must be below max_steps {config.max_steps}"))
-    if config.min_learning_rate > config.learning_rate:
-        problems.append(("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}"))
-    if config.launcher == "k8s" and config.k8s is None:
-        problems.append(("k8s", "launcher k8s needs the k8s: section (image, namespace, data_volume_claim, data_mount_path, shm_size)"))
-    return problems
-
-
-def _checked(config: FinetuneConfig, path: Path | str) -> FinetuneConfig:
-    problems = layout_problems(config)
-    if problems:
-        raise ConfigError(f"{path}: " + "; ".join(f"field '{field}': {message}" for field, message in problems))
-    return config
-
-
-def load_finetune_config(path: Path | str | None = None) -> FinetuneConfig:
-    """Read and validate configs/nemo/finetune.yaml; a wrong value raises ConfigError naming file and field."""
-    path = path or FINETUNE_CONFIG_PATH
-    config = load_yaml_model(path, FinetuneConfig)
-    config._source = str(path)
-    return _checked(config, path)
-
-
-def with_max_steps(config: FinetuneConfig, max_steps: int) -> FinetuneConfig:
-    """The config for a shorter run (--max-steps, a smoke test): warmup, validation and checkpoints fit inside it."""
-    if max_steps < 1:
-        raise ConfigError(f"max_steps {max_steps}: must be at least 1")
-    shorter = config.model_copy(
-        update={
-            "max_steps": max_steps,
-            "warmup_steps": min(config.warmup_steps, max_steps - 1),
-            "val_check_interval": min(config.val_check_interval, max_steps),
-            "checkpoint_every_n_steps": min(config.checkpoint_every_n_steps, max_steps),
-        }
-    )
-    return _checked(shorter, f"--max-steps {max_steps}")
 
 
 @dataclass(frozen=True)
@@ -211,20 +68,12 @@ def read_hf_config(checkpoint_dir: Path) -> dict:
 
 
 def check_nemo_dataset(dataset_root: Path) -> dict[str, int]:
-    """The three NeMo JSONL files, each line an object with string `input` and `output`; returns line counts."""
-    dataset_root = Path(dataset_root)
+    """The three NeMo JSONL files, each line checked by the one contract (sftc_core.nemo_format); returns line counts."""
     counts = {}
     for name in NEMO_DATA_FILES:
-        path = dataset_root / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; materialize nemo_jsonl first (sftc export-nemo)")
-        count = 0
-        for lineno, row in iter_jsonl(path):
-            for field in ("input", "output"):
-                if not isinstance(row.get(field), str):
-                    raise ConfigError(f"{path}:{lineno}: field '{field}' missing or not a string; lines are {{\"input\": ..., \"output\": ...}}")
-            count += 1
-        if count == 0 and name != "test.jsonl":
+        path = Path(dataset_root) / name
+        count = len(read_pairs(path))
+        if count == 0 and name != NEMO_FILES["test"]:
             raise ConfigError(f"{path}: no lines; NeMo needs at least one {name.split('.')[0]} example")
         counts[name] = count
     return counts
@@ -370,7 +219,7 @@ def plan_recipe(config: FinetuneConfig, paths: NemoRunPaths, name: str = "sftc")
         "scheduler": {"warmup_steps": config.warmup_steps, "min_lr": config.min_learning_rate},
         "checkpoint": {"every_n_train_steps": config.checkpoint_every_n_steps},
         "peft": (
-            {"dim": config.lora.dim, "alpha": config.lora.alpha, "dropout": config.lora.dropout, "target_modules": list(config.lora.target_modules)}
+            {"dim": config.lora.rank, "alpha": config.lora.alpha, "dropout": config.lora.dropout, "target_modules": list(config.lora.target_modules)}
             if lora
             else None
         ),

@@ -5,7 +5,7 @@
                                                        --data NEMO_JSONL_DIR --work-dir DIR [--max-steps N] [--dry-run]
     python -m sftc_assets.training.nemo_entry export   --hf-checkpoint BF16_DIR --work-dir DIR --output SFT_DIR [--dry-run]
 
-Imports only the standard library, dagster_pipes, NeMo and sftc's Dagster-free config module: NeMo 2.7.3 pins
+Imports only the standard library, dagster_pipes, NeMo and sftc's Dagster-free config modules: NeMo 2.7.3 pins
 transformers 4.57 and numpy < 2, so nothing of our environment may load here. NeMo is imported only past the
 dry-run point: `--dry-run` checks the inputs and prints the planned recipe as JSON on any Python with pydantic.
 Progress, metrics and the result go back to Dagster through dagster_pipes when Dagster launched the process
@@ -28,17 +28,16 @@ from pathlib import Path
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from sftc_assets.common.io import atomic_dir, atomic_write_csv, atomic_write_json
 from sftc_assets.training.nemo_config import (
     NemoRunPaths,
     check_nemo_checkpoint,
     check_nemo_dataset,
-    load_finetune_config,
     model_config_from_hf,
     plan_recipe,
     read_hf_config,
-    with_max_steps,
 )
+from sftc_core.configs import load_finetune_config, with_max_steps
+from sftc_core.io import atomic_dir, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("sftc.nemo_entry")
 

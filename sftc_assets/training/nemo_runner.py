@@ -1,8 +1,9 @@
 """Our side of the NeMo backend (no Dagster): the command lines that run nemo_entry in the NeMo environment.
 
-The NeMo environment has its own interpreter (`nemo_python` in configs/nemo/finetune.yaml, env SFTC_NEMO_PYTHON,
-default .venv-nemo/bin/python). The same `EntryStep`s are run by the `sftc` command (plain subprocesses,
-`run_nemo_import` / `run_nemo_training`) and by the assets (Dagster Pipes, sftc_assets/training/nemo_assets.py).
+The NeMo environment has its own interpreter (`Settings.nemo_python`: env SFTC_NEMO_PYTHON, else `nemo_python`
+in configs/nemo/finetune.yaml, default .venv-nemo/bin/python). The same `EntryStep`s are run by the `sftc`
+command (plain subprocesses, `run_nemo_import` / `run_nemo_training`) and by the assets (Dagster Pipes, through
+sftc_resources/nemo_launch.py): the caller hands in how a step is executed.
 """
 
 from __future__ import annotations
@@ -17,21 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftc_assets.common.io import atomic_dir
-from sftc_assets.training.nemo_config import (
-    FINETUNE_CONFIG_PATH,
-    NEMO_DATA_FILES,
-    FinetuneConfig,
-    NemoRunPaths,
-    load_finetune_config,
-    with_max_steps,
-)
-from sftc_resources.settings import PROJECT_ROOT, ConfigError
+from sftc_assets.training.nemo_config import NEMO_DATA_FILES, NemoRunPaths
+from sftc_core.configs import PROJECT_ROOT, ConfigError, FinetuneConfig, with_max_steps
+from sftc_core.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 ENTRY_MODULE = "sftc_assets.training.nemo_entry"
-NEMO_PYTHON_ENV = "SFTC_NEMO_PYTHON"
 SMOKE_TEST_STEPS = 10
 
 
@@ -47,18 +40,11 @@ class EntryStep:
     argv: list[str]
 
 
-def nemo_python(config: FinetuneConfig, environ: dict[str, str] | None = None) -> Path:
-    """The NeMo interpreter: env SFTC_NEMO_PYTHON, else `nemo_python` (relative to the repository root)."""
-    environ = os.environ if environ is None else environ
-    path = Path(environ.get(NEMO_PYTHON_ENV, "").strip() or config.nemo_python)
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
 def require_interpreter(python: Path) -> Path:
     if not Path(python).is_file():
         raise FileNotFoundError(
             f"{python}: the NeMo environment's interpreter is not there; create it with `make .venv-nemo` "
-            f"(requirements-nemo.txt), or point {NEMO_PYTHON_ENV} / nemo_python in {FINETUNE_CONFIG_PATH} at one"
+            "(requirements-nemo.txt), or point SFTC_NEMO_PYTHON / nemo_python in configs/nemo/finetune.yaml at one"
         )
     return Path(python)
 
@@ -87,10 +73,10 @@ def nemo_work_dir(output: Path) -> Path:
     return output.with_name(f"{output.name}_nemo")
 
 
-def require_one_node(config: FinetuneConfig, config_path: Path | str) -> None:
+def require_one_node(config: FinetuneConfig) -> None:
     if config.nodes != 1:
         raise ConfigError(
-            f"{config_path}: field 'nodes' = {config.nodes}: Dagster's launchers here (subprocess, k8s) start one node "
+            f"{config.source}: field 'nodes' = {config.nodes}: Dagster's launchers here (subprocess, k8s) start one node "
             f"of {config.gpus_per_node} GPUs; run a multi-node fine-tune with a multi-node job launcher, or set nodes: 1 "
             "with a parallelism that fits one node"
         )
@@ -112,7 +98,7 @@ def finetune_steps(
         "--data", str(paths.dataset_root),
         "--work-dir", str(paths.work_dir),
         "--output", str(paths.output_dir),
-    ]
+    ]  # fmt: skip
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
     steps = [_entry(python, "finetune", args, dry_run, nproc=1 if dry_run else config.gpus_per_node)]
@@ -146,7 +132,9 @@ def read_loss_rows(output_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def add_loss_curve(output_dir: Path) -> Path:
     """loss_curve.png beside the NeMo run's CSVs, drawn as the hf backend draws its own."""
-    from sftc_assets.training.hf_backend import plot_loss_curve  # matplotlib and torch load only here
+    from sftc_assets.training.hf_backend import (
+        plot_loss_curve,  # matplotlib and torch load only here
+    )
 
     train_rows, val_rows = read_loss_rows(output_dir)
     return plot_loss_curve(Path(output_dir) / "loss_curve.png", train_rows, val_rows)
@@ -165,16 +153,13 @@ def run_subprocess(step: EntryStep) -> dict:
     return json.loads(completed.stdout)
 
 
-def load_run_config(
-    config_path: Path | str | None = None, max_steps: int | None = None, smoke_test: bool = False, dry_run: bool = False
-) -> FinetuneConfig:
-    """finetune.yaml with --max-steps / --smoke-test applied; a real run must fit one node."""
-    config = load_finetune_config(config_path)
+def run_config(config: FinetuneConfig, max_steps: int | None = None, smoke_test: bool = False, dry_run: bool = False) -> FinetuneConfig:
+    """The fine-tune config with --max-steps / --smoke-test applied; a real run must fit one node."""
     max_steps = SMOKE_TEST_STEPS if smoke_test else max_steps
     if max_steps is not None:
         config = with_max_steps(config, max_steps)
     if not dry_run:
-        require_one_node(config, config_path or FINETUNE_CONFIG_PATH)
+        require_one_node(config)
     return config
 
 
@@ -186,86 +171,42 @@ def nemo_finetune(
     nemo_checkpoint: Path,
     dataset_root: Path,
     output: Path,
-    config_path: Path | str | None = None,
     dry_run: bool = False,
 ) -> dict | None:
     """Fine-tune, merge and export to HF at `output` (training.csv, val.csv, metrics.json, loss_curve.png beside
-    the weights, all appearing at once); returns metrics.json, or the plan on a dry run."""
-    config_path = config_path or FINETUNE_CONFIG_PATH
+    the weights, all appearing at once); returns metrics.json, or the plan on a dry run. The entry reads the
+    config from the file it came from (`config.source`) with `config.max_steps` on its command line."""
     output = Path(output)
     work_dir = nemo_work_dir(output)
     if dry_run:
         paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), Path(dataset_root), output, work_dir)
-        (step,) = finetune_steps(python, config, config_path, paths, config.max_steps, dry_run=True)
+        (step,) = finetune_steps(python, config, config.source, paths, config.max_steps, dry_run=True)
         return execute(step)
     staged = stage_dataset(dataset_root, work_dir)
     with atomic_dir(output) as staging:
         paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), staged, staging, work_dir)
-        for step in finetune_steps(python, config, config_path, paths, config.max_steps):
+        for step in finetune_steps(python, config, config.source, paths, config.max_steps):
             execute(step)
         add_loss_curve(staging)
         return json.loads((staging / "metrics.json").read_text(encoding="utf-8"))
 
 
-def run_nemo_import(hf_checkpoint: Path, output: Path, config_path: Path | str | None = None, dry_run: bool = False) -> dict:
+def run_nemo_import(python: Path, hf_checkpoint: Path, output: Path, dry_run: bool = False) -> dict:
     """`sftc import-nemo`: BF16 HF checkpoint -> NeMo checkpoint; returns the entry's summary (the plan on a dry run)."""
-    python = require_interpreter(nemo_python(load_finetune_config(config_path)))
-    return run_subprocess(import_step(python, hf_checkpoint, output, dry_run))
+    return run_subprocess(import_step(require_interpreter(python), hf_checkpoint, output, dry_run))
 
 
 def run_nemo_training(
+    python: Path,
+    config: FinetuneConfig,
     hf_checkpoint: Path,
     nemo_checkpoint: Path,
     dataset_root: Path,
     output: Path,
-    config_path: Path | str | None = None,
     max_steps: int | None = None,
     smoke_test: bool = False,
     dry_run: bool = False,
 ) -> dict:
     """`sftc train --backend nemo` on this node: see `nemo_finetune`."""
-    config = load_run_config(config_path, max_steps, smoke_test, dry_run)
-    python = require_interpreter(nemo_python(config))
-    return nemo_finetune(run_subprocess, python, config, hf_checkpoint, nemo_checkpoint, dataset_root, output, config_path, dry_run)
-
-
-# --- Kubernetes (launcher: k8s) -----------------------------------------------------------------
-
-
-def k8s_pod_spec(config: FinetuneConfig, gpus: int) -> dict:
-    """The base pod spec for dagster-k8s's PipesK8sClient: the GPU node pool of configs/cluster.yaml (node selector,
-    tolerations, CPU/memory), `gpus` nvidia.com/gpu, the data volume and a large /dev/shm."""
-    from sftc_resources.routing import GPU_RESOURCE, k8s_config
-
-    if config.k8s is None:
-        raise ConfigError(f"{FINETUNE_CONFIG_PATH}: launcher k8s needs the k8s: section")
-    pool = k8s_config("gpu")
-    resources = pool["container_config"]["resources"]
-    # Kubernetes requires extended resources such as GPUs to have request == limit.
-    limits = {**resources["limits"], GPU_RESOURCE: str(gpus)}
-    requests = {**resources["requests"], GPU_RESOURCE: str(gpus)}
-    return {
-        "node_selector": pool["pod_spec_config"]["node_selector"],
-        "tolerations": pool["pod_spec_config"]["tolerations"],
-        "restart_policy": "Never",
-        "volumes": [
-            {"name": "data", "persistent_volume_claim": {"claim_name": config.k8s.data_volume_claim}},
-            {"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": config.k8s.shm_size}},
-        ],
-        "containers": [
-            {
-                "name": "nemo",
-                "working_dir": "/app",
-                "resources": {"limits": limits, "requests": requests},
-                "volume_mounts": [
-                    {"name": "data", "mount_path": config.k8s.data_mount_path},
-                    {"name": "dshm", "mount_path": "/dev/shm"},
-                ],
-            }
-        ],
-    }
-
-
-def k8s_argv(step: EntryStep) -> list[str]:
-    """The step's command inside the NeMo image, whose interpreter is `python` on PATH."""
-    return ["python", *step.argv[1:]]
+    config = run_config(config, max_steps, smoke_test, dry_run)
+    return nemo_finetune(run_subprocess, require_interpreter(python), config, hf_checkpoint, nemo_checkpoint, dataset_root, output, dry_run)

@@ -1,28 +1,20 @@
-"""The evaluation CSV (spec/eval-and-backtest.md): the test split's theses, the model's answers, forward returns.
-
-`evaluate_records` is the one path from test records to the CSV frame (the `sftc evaluate` command and the
-`eval_csv` asset both call it); `read_eval_csv` is the one reader (the backtest uses it), strict about the
-format: a bad value is an error naming the file, the row and the column.
+"""The evaluation CSV (spec/eval-and-backtest.md): one row per test thesis with the model's answer and the
+forward return. `write_eval_csv` is the one writer, `read_eval_csv` the one reader (the backtest uses it),
+strict about the format: a bad value is an error naming the file, the row and the column.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from sftc_assets.common.io import atomic_path
-from sftc_assets.evaluation.actions import parse_action
-from sftc_resources.prices import RETURN_STATUSES, PriceSource, PricesConfig, forward_returns, load_price_book, session_window
-from sftc_resources.settings import ACTIONS, CONFIG_DIR, SftConfig, load_yaml_model
-
-log = logging.getLogger(__name__)
+from sftc_core.io import atomic_path
+from sftc_core.market import RETURN_STATUSES
+from sftc_core.target_format import ACTIONS
 
 EVAL_COLUMNS = (
     "id",
@@ -40,130 +32,7 @@ EVAL_COLUMNS = (
 )
 NUMERIC_COLUMNS = ("horizon_days", "forward_return")
 TEXT_COLUMNS = tuple(c for c in EVAL_COLUMNS if c not in (*NUMERIC_COLUMNS, "parse_ok"))
-SPLIT_COLUMNS = ("id", "ticker", "as_of_date", "action", "horizon_days", "instruction", "input", "output")
 SORT_KEYS = ["as_of_date", "ticker", "id"]
-
-
-class EvalConfig(BaseModel):
-    """configs/eval_config.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_parse_rate: float = Field(ge=0, le=1)
-    prices: PricesConfig = PricesConfig()
-
-
-def load_eval_config(path: Path | str | None = None) -> EvalConfig:
-    return load_yaml_model(path or CONFIG_DIR / "eval_config.yaml", EvalConfig)
-
-
-# --- the test split ---------------------------------------------------------------------------
-
-
-def load_test_records(dataset_dir: Path | str, months: Sequence[str] | None = None, max_samples: int | None = None) -> pd.DataFrame:
-    """The `test` split of the hf_splits DatasetDict at `dataset_dir`, in (as_of_date, ticker, id) order.
-
-    `months` (YYYY-MM) keeps the theses whose as_of_date falls in them; `max_samples` keeps the first N after that.
-    """
-    import datasets
-
-    dataset_dir = Path(dataset_dir)
-    if not (dataset_dir / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits or pass --dataset DIR")
-    splits = datasets.load_from_disk(str(dataset_dir))
-    if "test" not in splits:
-        raise ValueError(f"{dataset_dir}: the DatasetDict has no 'test' split (splits: {', '.join(splits)})")
-    test = splits["test"]
-    missing = [c for c in SPLIT_COLUMNS if c not in test.column_names]
-    if missing:
-        raise ValueError(f"{dataset_dir}: test split lacks column(s) {', '.join(missing)}; rebuild hf_splits (`sftc build-dataset`)")
-    records = test.select_columns(list(SPLIT_COLUMNS)).to_pandas()
-    records["as_of_date"] = records["as_of_date"].astype(str)
-    records["horizon_days"] = records["horizon_days"].astype("int64")
-    if months is not None:
-        records = records[records["as_of_date"].str[:7].isin(list(months))]
-    records = records.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
-    return records.head(max_samples).reset_index(drop=True) if max_samples is not None else records
-
-
-# --- labels and the frame ---------------------------------------------------------------------
-
-
-def label_forward_returns(records: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> pd.DataFrame:
-    """entry_date, exit_date, forward_return, return_status per record (same index); prices from `source`."""
-    labels = pd.DataFrame(index=records.index, columns=["entry_date", "exit_date", "forward_return", "return_status"])
-    if records.empty:
-        return labels
-    _, exits = session_window(records["as_of_date"], records["horizon_days"].to_numpy(), calendar)
-    start = dt.date.fromisoformat(records["as_of_date"].min())
-    known_exits = exits[~np.isnat(exits)]
-    end = pd.Timestamp(known_exits.max()).date() if len(known_exits) else dt.date.fromisoformat(records["as_of_date"].max())
-    book = load_price_book(source, records["ticker"].unique(), start, end)
-    parts = []
-    for ticker, group in records.groupby("ticker", sort=False):
-        part = forward_returns(book.get(ticker), group["as_of_date"], group["horizon_days"].to_numpy(), calendar)
-        part.index = group.index
-        parts.append(part)
-    return pd.concat(parts).loc[records.index]
-
-
-def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.DataFrame) -> pd.DataFrame:
-    """The eval CSV's rows as a frame (typed: dates as datetime64, forward_return float), sorted per the spec."""
-    if len(outputs) != len(records):
-        raise ValueError(f"{len(outputs)} model outputs for {len(records)} records")
-    predicted = [parse_action(text) for text in outputs]
-    frame = pd.DataFrame(
-        {
-            "id": records["id"].astype(str).to_numpy(),
-            "ticker": records["ticker"].astype(str).to_numpy(),
-            "as_of_date": records["as_of_date"].astype(str).to_numpy(),
-            "true_action": records["action"].astype(str).to_numpy(),
-            "predicted_action": [p or "" for p in predicted],
-            "parse_ok": [p is not None for p in predicted],
-            "raw_output": list(outputs),
-            "horizon_days": records["horizon_days"].astype("int64").to_numpy(),
-            "entry_date": pd.to_datetime(labels["entry_date"]).to_numpy(),
-            "exit_date": pd.to_datetime(labels["exit_date"]).to_numpy(),
-            "forward_return": pd.to_numeric(labels["forward_return"]).astype("float64").to_numpy(),
-            "return_status": labels["return_status"].astype(str).to_numpy(),
-        }
-    )
-    return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
-
-
-def evaluate_records(model, tokenizer, records: pd.DataFrame, source: PriceSource, sft_config: SftConfig, *,
-                     max_new_tokens: int, batch_size: int, calendar: str = "XNYS", cpu_threads: int | None = None) -> pd.DataFrame:
-    """Generate greedily for each record's prompt, parse the action, label the forward return."""
-    from sftc_assets.common.torch_threads import torch_threads
-    from sftc_assets.datasets.prompts import render_prompt
-    from sftc_assets.evaluation.generate import generate_greedy
-
-    prompts = [render_prompt(i, x, sft_config) for i, x in zip(records["instruction"], records["input"])]
-    log.info("generating for %d test theses (batch %d, up to %d new tokens)", len(prompts), batch_size, max_new_tokens)
-    with torch_threads(cpu_threads):
-        outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-    return build_eval_frame(records, outputs, label_forward_returns(records, source, calendar))
-
-
-def load_model(model_dir: Path | str, device: str = "cpu"):
-    """The fine-tuned HF checkpoint and its tokenizer on `device` (auto, cpu, cuda, cuda:N): float32 on a CPU
-    (bf16 matmuls are slow there), bf16 on GPU, spread over the visible GPUs for plain "cuda"."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this node; use --device cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if device == "cpu":
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto" if device == "cuda" else device)
-    return model, tokenizer
 
 
 # --- the file ---------------------------------------------------------------------------------

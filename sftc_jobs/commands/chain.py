@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
-from sftc_assets.common.asset_helpers import markdown_table
-from sftc_assets.common.io import atomic_write_bytes
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import CONFIG_DIR, load_settings
+from sftc_core.configs import CONFIG_DIR
+from sftc_core.io import atomic_write_bytes
+from sftc_core.months import MONTH_PATTERN, months_between
+from sftc_core.paths import ArtifactPaths
+from sftc_core.settings import Settings
+from sftc_core.text import markdown_table
 
 LAUNCHED_BY_TAG = "sftc/launched_by"
-_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # Assets whose files live under an ArtifactPaths attribute of another name.
 _ARTIFACT_ATTRIBUTE = {"thesis_jsonl": "jsonl", "eval_csv": "eval_dir", "backtest_report": "backtest", "validation_report": "reports"}
 
@@ -55,35 +55,37 @@ def open_instance():
 
 
 def window_months(first: str, last: str) -> list[str]:
-    from sftc_jobs.partitions import months_between
-
     for option, value in (("--from", first), ("--to", last)):
-        if not _MONTH.match(value):
+        if not MONTH_PATTERN.match(value):
             raise ValueError(f"{option} {value!r}: expected a month written YYYY-MM, e.g. 2012-01")
     if last < first:
         raise ValueError(f"--from {first} --to {last}: the window ends before it starts")
     return months_between(first, last)
 
 
-def window_forced(defs, keys: list, months: list[str]) -> dict:
+def window_forced(chain, keys: list, months: list[str]) -> dict:
     """The window's partitions of every partitioned asset, and every unpartitioned asset downstream of them."""
-    import dagster as dg
-
     from sftc_jobs.chain import ALL_PARTITIONS
 
-    asset_graph = defs.resolve_asset_graph()
+    assets = chain.assets
     forced: dict = {}
     for key in keys:
-        partitions_def = asset_graph.get(key).partitions_def
+        partitions_def = assets[key].partitions_def
         if partitions_def is not None:
             in_window = set(months) & set(partitions_def.get_partition_keys())
             if in_window:
                 forced[key] = in_window
     if not forced:
         raise ValueError(f"--from {months[0]} --to {months[-1]}: no monthly partition of this profile lies in that window")
-    downstream = dg.AssetSelection.assets(*forced).downstream().resolve(asset_graph)
+    downstream, grown = set(forced), True
+    while grown:  # every asset reading one already affected
+        grown = False
+        for key in keys:
+            if key not in downstream and assets[key].deps & downstream:
+                downstream.add(key)
+                grown = True
     for key in keys:
-        if key not in forced and asset_graph.get(key).partitions_def is None and key in downstream:
+        if key not in forced and assets[key].partitions_def is None and key in downstream:
             forced[key] = ALL_PARTITIONS
     return forced
 
@@ -95,10 +97,13 @@ def _artifact_location(asset: str, metadata: dict, paths: ArtifactPaths) -> str:
     return str(location) if isinstance(location, Path) else ""
 
 
-def summary_table(instance, keys: list, result, paths: ArtifactPaths) -> str:
+def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> str:
     """One row per asset: what this pass did, its partitions, when it was last materialized, where its files are."""
     import datetime as dt
 
+    import dagster as dg
+
+    assets = chain.assets
     done: dict = {}
     for run in result.runs:
         for key in run.keys:
@@ -110,12 +115,16 @@ def summary_table(instance, keys: list, result, paths: ArtifactPaths) -> str:
         latest = instance.get_latest_materialization_event(key)
         metadata = dict(latest.asset_materialization.metadata) if latest else {}
         this_pass = "; ".join(done.get(key, [])) or ("up to date" if key in result.up_to_date else "not reached")
-        partitions = instance.get_materialized_partitions(key)
+        partitions_def = assets[key].partitions_def
+        partitions = []
+        if partitions_def is not None:
+            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def)
+            partitions = sorted(p for p, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED)
         rows.append(
             {
                 "asset": asset,
                 "this run": this_pass,
-                "partitions": f"{len(partitions)} ({min(partitions)}..{max(partitions)})" if partitions else "",
+                "partitions": f"{len(partitions)} ({partitions[0]}..{partitions[-1]})" if partitions else "",
                 "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if latest else "never",
                 "files": _artifact_location(asset, metadata, paths),
             }
@@ -123,20 +132,20 @@ def summary_table(instance, keys: list, result, paths: ArtifactPaths) -> str:
     return markdown_table(rows, max_cell=120)
 
 
-def _materialize(forced_for) -> int:
+def _materialize(settings: Settings, forced_for) -> int:
     import logging
 
-    from sftc_jobs.chain import materialize_chain
-    from sftc_jobs.definitions import defs
+    from sftc_jobs.chain import Chain, materialize_chain
     from sftc_jobs.jobs import chain_keys
+    from sftc_jobs.location import build_definitions
 
-    settings = load_settings()
+    chain = Chain.of(build_definitions(settings), settings)
     instance = open_instance()
-    keys = chain_keys(defs, include_nemo=settings.train_backend == "nemo")
-    forced = forced_for(defs, keys)
-    result = materialize_chain(defs, instance, keys, forced=forced, tags={LAUNCHED_BY_TAG: "sftc"}, log=logging.getLogger("sftc.run"))
-    paths = ArtifactPaths(settings.data_dir)
-    print(summary_table(instance, keys, result, paths))
+    keys = chain_keys(chain, include_nemo=settings.train_backend == "nemo")
+    forced = forced_for(chain, keys)
+    result = materialize_chain(chain, instance, keys, forced=forced, tags={LAUNCHED_BY_TAG: "sftc"}, log=logging.getLogger("sftc.run"))
+    paths = settings.paths
+    print(summary_table(instance, chain, keys, result, paths))
     print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (make ui shows these runs)")
     for name, path in (("Validation report", paths.reports / "validation_report.md"), ("Backtest report", paths.backtest / "report.md")):
         print(f"{name}: {path}" + ("" if path.is_file() else " (not written)"))
@@ -147,10 +156,10 @@ def _materialize(forced_for) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    return _materialize(lambda defs, keys: {})
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    return _materialize(settings, lambda chain, keys: {})
 
 
-def _rerun(args: argparse.Namespace) -> int:
+def _rerun(args: argparse.Namespace, settings: Settings) -> int:
     months = window_months(args.first, args.last)
-    return _materialize(lambda defs, keys: window_forced(defs, keys, months))
+    return _materialize(settings, lambda chain, keys: window_forced(chain, keys, months))

@@ -28,11 +28,11 @@ from typing import Literal
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 
-from sftc_assets.common.io import atomic_dir, atomic_write_json, iter_jsonl
-from sftc_assets.datasets.prompts import build_example
+from sftc_assets.sft_data.prompts import build_example
 from sftc_assets.theses.schema import record_problems
-from sftc_resources.prices import session_window
-from sftc_resources.settings import SftConfig
+from sftc_core.configs import SftConfig
+from sftc_core.io import atomic_dir, atomic_write_json, iter_jsonl
+from sftc_core.market import session_window
 
 SPLITS = ("train", "validation", "test")
 SUMMARY_FILE = "split_summary.json"
@@ -325,7 +325,19 @@ def build_dataset(
     return summary
 
 
-# --- checking what was saved ----------------------------------------------------------------------
+# --- reading and checking what was saved ---------------------------------------------------------
+
+
+def load_splits(dataset_dir: Path | str) -> DatasetDict:
+    """The saved DatasetDict with its three splits; anything else is an error naming the directory and the fix."""
+    dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits (sftc build-dataset) or pass the right directory")
+    dataset = load_from_disk(str(dataset_dir))
+    missing = [name for name in SPLITS if name not in dataset]
+    if missing:
+        raise ValueError(f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); rebuild it with `sftc build-dataset`")
+    return dataset
 
 
 def load_summary(dataset_dir: Path | str) -> dict:
@@ -338,7 +350,7 @@ def load_summary(dataset_dir: Path | str) -> dict:
 
 def split_problems(dataset_dir: Path | str) -> list[str]:
     """Leakage check of saved splits: no id in two splits, each split ends before the next begins, gap > embargo."""
-    dataset = load_from_disk(str(dataset_dir))
+    dataset = load_splits(dataset_dir)
     embargo = load_summary(dataset_dir)["embargo_days"]
     problems = []
     owner: dict[str, str] = {}

@@ -1,14 +1,20 @@
 """What the node's GPUs can do, and the gate that stops an asset at once, before any work, when it cannot.
 
-Plain functions (`probe_gpus`, `choose_device`, `require_gpus`) serve the command line and tests; the
-`GpuResource` (resource key "gpu", in resources.py) wraps them for assets and turns a refusal into `dg.Failure`.
+Plain functions (`probe_gpus`, `choose_device`, `require_gpus`) serve the command line, preflight and tests; the
+`GpuResource` (resource key "gpu", sftc_resources/resources.py) wraps them for assets and turns a refusal into
+`dg.Failure`. Whether Triton's FP8 kernel works is asked of the checkpoints stage's kernel through `fp8_check`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from sftc_core.text import format_bytes
+
+# Runs the FP8 kernel on a CUDA device and says whether it matched the torch math, and why not.
+Fp8Check = Callable[[int], tuple[bool, str]]
 
 
 class GpuGateError(RuntimeError):
@@ -51,18 +57,9 @@ class GpuProbe:
         return {**asdict(self), "device_count": self.device_count}
 
 
-def format_bytes(count: int | float) -> str:
-    if abs(count) < 1024:
-        return f"{count:.0f} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        count /= 1024
-        if abs(count) < 1024:
-            return f"{count:.1f} {unit}"
-    return f"{count / 1024:.1f} TiB"
-
-
-def probe_gpus(check_triton: bool = True) -> GpuProbe:
-    """CUDA, devices (name, memory, compute capability) and whether Triton's FP8 kernel works here (run, not assumed)."""
+def probe_gpus(fp8_check: Fp8Check | None = None) -> GpuProbe:
+    """CUDA, devices (name, memory, compute capability) and, with `fp8_check`, whether Triton's FP8 kernel works
+    here (run on device 0, not assumed)."""
     import torch
 
     available = torch.cuda.is_available()
@@ -84,10 +81,8 @@ def probe_gpus(check_triton: bool = True) -> GpuProbe:
         except ImportError:
             detail = "triton not installed (pip install -e '.[gpu]'): conversion uses torch on the GPU"
         else:
-            if check_triton:
-                from sftc_assets.checkpoints.kernel import triton_fp8_supported
-
-                triton_fp8, detail = triton_fp8_supported(0)
+            if fp8_check is not None:
+                triton_fp8, detail = fp8_check(0)
             else:
                 detail = f"Triton {triton_version} installed, FP8 kernel not probed"
     return GpuProbe(available and bool(devices), devices, torch.__version__, torch.version.cuda, triton_version, triton_fp8, detail)
@@ -97,7 +92,7 @@ def choose_device(
     asset: str, checkpoint_bytes: int, cpu_max_bytes: int, probe: GpuProbe | None = None
 ) -> Literal["cuda", "cpu"]:
     """CUDA when the node has it; otherwise the CPU, but only for checkpoints up to `cpu_max_bytes`."""
-    probe = probe or probe_gpus(check_triton=False)
+    probe = probe or probe_gpus()
     if probe.device_count:
         return "cuda"
     if checkpoint_bytes <= cpu_max_bytes:
@@ -111,7 +106,7 @@ def choose_device(
 
 def require_gpus(asset: str, count: int, min_memory_bytes: int, probe: GpuProbe | None = None) -> GpuProbe:
     """At least `count` CUDA devices with `min_memory_bytes` each, or GpuGateError naming the shortfall."""
-    probe = probe or probe_gpus(check_triton=False)
+    probe = probe or probe_gpus()
     big_enough = [d for d in probe.devices if d.total_memory_bytes >= min_memory_bytes]
     if len(big_enough) < count:
         raise GpuGateError(

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from sftc_assets.checkpoints.convert import plan_conversion
+from sftc_assets.checkpoints.convert import plan_conversion, triton_fp8_check
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
-from sftc_resources.gpu import GpuGateError, GpuProbe, format_bytes, probe_gpus, require_gpus
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import ConfigError, Settings
+from sftc_assets.training.nemo_runner import entry_env
+from sftc_core.configs import FinetuneConfig
+from sftc_core.gpu import GpuGateError, GpuProbe, probe_gpus, require_gpus
+from sftc_core.settings import Settings
+from sftc_core.text import format_bytes
 
 Status = Literal["pass", "fail", "warn", "skip"]
 NEMO_IMPORT = "import nemo.collections.llm"
@@ -55,63 +57,44 @@ class PreflightReport:
         return "\n".join([*lines, "", verdict])
 
 
-def base_checkpoint_dir(settings: Settings) -> Path:
-    """The FP8 base checkpoint: built under the data dir in the toy profile, an external path in the full one."""
-    external = settings.profile.model.base_checkpoint_path
-    return Path(external) if settings.profile.model.kind == "external" and external else ArtifactPaths(settings.data_dir).base_checkpoint
-
-
 def run_preflight(
     settings: Settings,
     *,
     require_gpu: bool = True,
     check_nemo: bool = True,
     probe: GpuProbe | None = None,
-    finetune_path: Path | str | None = None,
     nemo_timeout_s: float = 300,
 ) -> PreflightReport:
     """The checklist. `require_gpu=False` (the toy profile's CPU node) marks the GPU and NeMo items as not required."""
-    from sftc_assets.training.nemo_config import load_finetune_config
-    from sftc_assets.training.nemo_runner import nemo_python
-
-    items: list[PreflightItem] = []
-    try:
-        finetune = load_finetune_config(finetune_path)
-    except ConfigError as exc:
-        finetune = None
-        items.append(PreflightItem("finetune config", "fail", "a valid configs/nemo/finetune.yaml", str(exc)))
-    else:
-        found = f"{finetune.nodes} node(s) x {finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)}, peft {finetune.peft}"
-        items.append(PreflightItem("finetune config", "pass", "a valid configs/nemo/finetune.yaml", found))
+    finetune = settings.finetune  # validated when the settings were loaded: a broken file never gets this far
+    found = f"{finetune.nodes} node(s) x {finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)}, peft {finetune.peft}"
+    items = [PreflightItem("finetune config", "pass", f"a valid {finetune.source}", found)]
 
     if require_gpu:
-        probe = probe or probe_gpus()
+        probe = probe or probe_gpus(fp8_check=triton_fp8_check)
         items += _gpu_items(probe, finetune)
     else:
         items.append(PreflightItem("gpu", "skip", "not required (CPU node of the toy profile)", "not probed"))
 
     items += _checkpoint_items(settings)
 
-    if not check_nemo or not require_gpu or finetune is None:
+    if not check_nemo or not require_gpu:
         items.append(PreflightItem("nemo", "skip", NEMO_IMPORT, "not checked"))
     else:
-        items.append(_nemo_item(nemo_python(finetune), nemo_timeout_s))
+        items.append(_nemo_item(settings.nemo_python, nemo_timeout_s))
     return PreflightReport(tuple(items), require_gpu)
 
 
-def _gpu_items(probe: GpuProbe, finetune) -> list[PreflightItem]:
-    items = [
-        PreflightItem("cuda", "pass" if probe.cuda_available else "fail", "CUDA available to torch", probe.describe())
-    ]
-    if finetune is not None:
-        needed = f"{finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)} (x {finetune.nodes} node(s))"
-        big_enough = sum(1 for d in probe.devices if d.total_memory_bytes >= finetune.gpu_memory_bytes)
-        found = f"{big_enough} of {probe.device_count} device(s) big enough on this node"
-        try:
-            require_gpus("sft_model (nemo)", finetune.gpus_per_node, finetune.gpu_memory_bytes, probe)
-            items.append(PreflightItem("gpus", "pass", needed, found))
-        except GpuGateError:
-            items.append(PreflightItem("gpus", "fail", needed, found))
+def _gpu_items(probe: GpuProbe, finetune: FinetuneConfig) -> list[PreflightItem]:
+    items = [PreflightItem("cuda", "pass" if probe.cuda_available else "fail", "CUDA available to torch", probe.describe())]
+    needed = f"{finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)} (x {finetune.nodes} node(s))"
+    big_enough = sum(1 for d in probe.devices if d.total_memory_bytes >= finetune.gpu_memory_bytes)
+    found = f"{big_enough} of {probe.device_count} device(s) big enough on this node"
+    try:
+        require_gpus("sft_model (nemo)", finetune.gpus_per_node, finetune.gpu_memory_bytes, probe)
+        items.append(PreflightItem("gpus", "pass", needed, found))
+    except GpuGateError:
+        items.append(PreflightItem("gpus", "fail", needed, found))
     fp8 = "pass" if probe.triton_fp8 else ("warn" if probe.cuda_available else "skip")  # no CUDA already fails above
     items.append(PreflightItem("triton fp8", fp8, "Triton FP8 kernel (else torch on the GPU, slower)", probe.triton_detail))
     return items
@@ -119,8 +102,8 @@ def _gpu_items(probe: GpuProbe, finetune) -> list[PreflightItem]:
 
 def _checkpoint_items(settings: Settings) -> list[PreflightItem]:
     """The base checkpoint, checked as the conversion will check it, and disk for the BF16 copy (and NeMo's)."""
-    paths = ArtifactPaths(settings.data_dir)
-    base = base_checkpoint_dir(settings)
+    paths = settings.paths
+    base = settings.base_checkpoint_dir
     items = []
     if base.is_dir():
         try:
@@ -161,8 +144,6 @@ def _nemo_item(python: Path, timeout_s: float) -> PreflightItem:
     needed = f"`{NEMO_IMPORT}` in {python}"
     if not python.is_file():
         return PreflightItem("nemo", "fail", needed, f"{python} not found (make .venv-nemo, or set SFTC_NEMO_PYTHON)")
-    from sftc_assets.training.nemo_runner import entry_env
-
     try:
         done = subprocess.run(
             [str(python), "-c", f"{NEMO_IMPORT}; import nemo; print(nemo.__version__)"],

@@ -16,33 +16,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sftc_resources.settings import ACTIONS, CONFIG_DIR, load_yaml_model
+from sftc_core.target_format import ACTIONS
 
 UNPARSED = ""
 UNPARSED_NAME = "UNPARSED"  # how reports and JSON keys name the empty label
-
-
-class BacktestConfig(BaseModel):
-    """configs/backtest_config.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scores: dict[str, float]
-    cost_bps: float = Field(default=5.0, ge=0)
-    risk_free_rate: float = 0.0
-    periods_per_year: int = Field(default=252, gt=0)
-
-    @model_validator(mode="after")
-    def _five_actions(self) -> "BacktestConfig":
-        if set(self.scores) != set(ACTIONS):
-            raise ValueError(f"scores must give exactly the actions {', '.join(ACTIONS)}, got {', '.join(self.scores)}")
-        return self
-
-
-def load_backtest_config(path=None) -> BacktestConfig:
-    return load_yaml_model(path or CONFIG_DIR / "backtest_config.yaml", BacktestConfig)
 
 
 def _none_if_nan(value: float) -> float | None:

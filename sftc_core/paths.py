@@ -1,4 +1,4 @@
-"""Where every artifact lives under the data directory (one place, so assets, CLI and tests agree)."""
+"""Where every artifact lives under the data directory (one place, so assets, the command line and tests agree)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import load_settings, load_sft_config
+from sftc_core.settings import Settings
 
 
 def _months(text: str) -> list[str]:
@@ -43,23 +42,26 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_evaluate)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from sftc_assets.backtest.metrics import classification_metrics
-    from sftc_assets.evaluation.eval_csv import evaluate_records, load_eval_config, load_model, load_test_records, write_eval_csv
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.evaluation.evaluate import (
+        evaluate_records,
+        load_model,
+        load_test_records,
+    )
+    from sftc_assets.evaluation.results import write_eval_csv
+    from sftc_core.metrics import classification_metrics
     from sftc_resources.prices import price_source_from_settings
 
-    settings = load_settings()
-    paths = ArtifactPaths(settings.data_dir)
-    config = load_eval_config()
+    paths = settings.paths
     records = load_test_records(args.dataset or paths.hf_splits, months=args.months, max_samples=args.max_samples)
     model, tokenizer = load_model(args.model or paths.sft_model, args.device)
     frame = evaluate_records(
-        model, tokenizer, records, price_source_from_settings(settings, config.prices), load_sft_config(),
+        model, tokenizer, records, price_source_from_settings(settings), settings.sft,
         max_new_tokens=args.max_new_tokens or settings.profile.evaluation.max_new_tokens,
         batch_size=args.batch_size or settings.profile.evaluation.batch_size,
-        calendar=config.prices.calendar,
+        calendar=settings.prices.calendar,
         cpu_threads=settings.profile.evaluation.cpu_threads,
-    )
+    )  # fmt: skip
     write_eval_csv(frame, args.results)
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))
     summary = {k: figures[k] for k in ("rows", "parse_rate", "accuracy", "mcc")}

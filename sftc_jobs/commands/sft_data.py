@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sftc_resources.settings import load_settings, load_sft_config
+from sftc_core.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,15 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export_nemo)
 
 
-def _build_dataset(args: argparse.Namespace) -> int:
-    from sftc_assets.datasets.splits import build_dataset
+def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.sft_data.splits import build_dataset
 
-    settings = load_settings()
     summary = build_dataset(
         args.jsonl,
         args.out_dir,
-        load_sft_config(),
-        date_bounds=(settings.train_start_date, settings.train_end_date, settings.test_start_date, settings.test_end_date),
+        settings.sft,
+        date_bounds=settings.date_bounds,
         validation_days=args.validation_days,
         test_days=args.test_days,
         embargo_days=args.embargo_days,
@@ -64,9 +63,9 @@ def _build_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_nemo(args: argparse.Namespace) -> int:
-    from sftc_assets.datasets.nemo_export import export_nemo
+def _export_nemo(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.sft_data.nemo_export import export_nemo
 
-    summary = export_nemo(args.dataset_dir, args.output_dir, load_sft_config(), max_samples=args.max_samples, tokenizer_path=args.tokenizer)
+    summary = export_nemo(args.dataset_dir, args.output_dir, settings.sft, max_samples=args.max_samples, tokenizer_path=args.tokenizer)
     print(json.dumps({k: summary[k] for k in ("counts", "token_stats")}, indent=2))
     return 0

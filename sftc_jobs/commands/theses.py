@@ -1,4 +1,4 @@
-"""`sftc` subcommands of the theses stage."""
+"""`sftc xml-to-jsonl` and `sftc make-sample-corpus`: the theses stage from the command line."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from sftc_assets.theses.parser import CorpusError, parse_corpus, summary_line, write_jsonl_outputs
-from sftc_resources.settings import load_settings
+from sftc_assets.theses.parser import (
+    CorpusError,
+    parse_corpus,
+    summary_line,
+    write_jsonl_outputs,
+)
+from sftc_core.settings import Settings
 
 
 def default_rejects_path(output: Path) -> Path:
@@ -16,7 +21,7 @@ def default_rejects_path(output: Path) -> Path:
     return output.with_name(f"{name}.rejects.jsonl")
 
 
-def xml_to_jsonl(args: argparse.Namespace) -> int:
+def xml_to_jsonl(args: argparse.Namespace, settings: Settings) -> int:
     rejects = args.rejects or default_rejects_path(args.output)
     if rejects.absolute() == args.output.absolute():
         raise CorpusError(f"--rejects {rejects} is the same file as --output; give another path")
@@ -56,10 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.set_defaults(func=make_sample_corpus)
 
 
-def make_sample_corpus(args: argparse.Namespace) -> int:
+def make_sample_corpus(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.theses.sample_corpus import write_sample_corpus
 
-    settings = load_settings()
     base = settings.profile.corpus
     overrides = {"tickers": args.tickers, "per_month": args.per_month, "seed": args.seed}
     config = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})

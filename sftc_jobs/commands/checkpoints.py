@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import load_settings
+from sftc_core.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--corpus",
         type=Path,
         default=None,
-        help="JSONL file or directory for the tokenizer (default: the data dir's nemo_jsonl training lines, as the asset)",
+        help="JSONL file or directory for the tokenizer (default: the train split of the data dir's hf_splits, as the asset)",
     )
     toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
     toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
@@ -37,17 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preflight.set_defaults(func=_preflight)
 
 
-def _make_toy_checkpoint(args: argparse.Namespace) -> int:
+def _make_toy_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-    from sftc_assets.datasets.nemo_export import NEMO_FILES
+    from sftc_assets.sft_data.nemo_export import training_texts
 
-    settings = load_settings()
-    corpus = args.corpus or ArtifactPaths(settings.data_dir).nemo_jsonl / NEMO_FILES["train"]
-    if args.corpus is None and not corpus.exists():
-        raise FileNotFoundError(f"{corpus}: no corpus for the tokenizer; run `sftc export-nemo` first or pass --corpus")
+    texts = corpus_texts_from(args.corpus) if args.corpus else training_texts(settings.paths.hf_splits, settings.sft)
     summary = make_toy_checkpoint(
         args.out,
-        corpus_texts_from(corpus),
+        texts,
         seed=settings.profile.model.seed if args.seed is None else args.seed,
         fp8=args.fp8,
         vocab_size=settings.profile.model.vocab_size if args.vocab_size is None else args.vocab_size,
@@ -56,7 +52,7 @@ def _make_toy_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_fp8(args: argparse.Namespace) -> int:
+def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 
     summary = convert_fp8_checkpoint(args.source, args.output, device=args.device, progress=not args.no_progress)
@@ -64,9 +60,9 @@ def _convert_fp8(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(args: argparse.Namespace) -> int:
-    from sftc_assets.checkpoints.preflight import run_preflight
+def _preflight(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.training.preflight import run_preflight
 
-    report = run_preflight(load_settings(), check_nemo=not args.no_nemo)
+    report = run_preflight(settings, check_nemo=not args.no_nemo)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ready else 1

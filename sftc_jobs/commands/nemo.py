@@ -7,10 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from sftc_assets.training.nemo_config import FINETUNE_CONFIG_PATH
-from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_import
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import load_settings
+from sftc_core.configs import load_finetune_config
+from sftc_core.settings import Settings
 
 
 def register(subparsers) -> None:
@@ -24,15 +22,19 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", type=Path, help="BF16 HF checkpoint (default: <data dir>/checkpoints/bf16)")
     parser.add_argument("--output", type=Path, help="NeMo checkpoint directory (default: <data dir>/checkpoints/nemo)")
-    parser.add_argument("--config", type=Path, default=FINETUNE_CONFIG_PATH, help="NeMo fine-tune config (for nemo_python)")
+    parser.add_argument("--config", type=Path, help="NeMo fine-tune config, for nemo_python (default: configs/nemo/finetune.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; NeMo is not imported")
     parser.set_defaults(func=run_import_nemo)
 
 
-def run_import_nemo(args: argparse.Namespace) -> int:
-    paths = ArtifactPaths(load_settings().data_dir)
+def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_import
+
+    if args.config:
+        settings = settings.model_copy(update={"finetune": load_finetune_config(args.config)})
+    paths = settings.paths
     try:
-        result = run_nemo_import(args.model or paths.bf16_checkpoint, args.output or paths.nemo_model, args.config, args.dry_run)
+        result = run_nemo_import(settings.nemo_python, args.model or paths.bf16_checkpoint, args.output or paths.nemo_model, args.dry_run)
     except NemoEntryError as exc:
         print(f"sftc import-nemo: error: {exc}", file=sys.stderr)
         return 1

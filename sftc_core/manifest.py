@@ -7,7 +7,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from sftc_resources.settings import PROJECT_ROOT
+from sftc_core.configs import PROJECT_ROOT
 
 KEY_PACKAGES = ("dagster", "torch", "transformers", "datasets", "tokenizers", "safetensors", "peft", "pandas", "numpy")
 

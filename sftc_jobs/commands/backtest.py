@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sftc_resources.settings import CONFIG_DIR, load_settings
+from sftc_core.configs import load_backtest_config
+from sftc_core.settings import Settings
 
 
 def register(subparsers) -> None:
@@ -18,18 +19,16 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--eval-csv", type=Path, required=True, help="an eval CSV, or a directory of them")
     parser.add_argument("--report", type=Path, required=True, help="directory for the report files")
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "backtest_config.yaml", help="scores, cost_bps, risk-free rate")
+    parser.add_argument("--config", type=Path, help="scores, cost_bps, risk-free rate (default: configs/backtest_config.yaml)")
     parser.set_defaults(func=run_backtest_command)
 
 
-def run_backtest_command(args: argparse.Namespace) -> int:
-    from sftc_assets.backtest.metrics import load_backtest_config
+def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.backtest.report import HEADLINE, run_backtest
-    from sftc_resources.prices import load_prices_config, price_source_from_settings
+    from sftc_resources.prices import price_source_from_settings
 
-    prices = load_prices_config()
-    config = load_backtest_config(args.config)
-    metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(load_settings(), prices), config, prices.calendar)
+    config = load_backtest_config(args.config) if args.config else settings.backtest
+    metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, settings.prices.calendar)
     keys = ("cumulative_return", "cagr", "sharpe", "max_drawdown")
     summary = {
         "report": str(args.report),

@@ -1,5 +1,5 @@
-"""The splits as NeMo fine-tuning files: `training.jsonl`, `validation.jsonl`, `test.jsonl`, one
-`{"input": rendered prompt, "output": target}` a line, plus `export_summary.json`.
+"""The splits as NeMo fine-tuning files (sftc_core/nemo_format.py): `training.jsonl`, `validation.jsonl`,
+`test.jsonl`, one `{"input": rendered prompt, "output": target}` a line, plus `export_summary.json`.
 
 With a tokenizer, the summary has token lengths counted the way the training backend feeds them: the prompt
 with the tokenizer's own special tokens (BOS), the target without them plus one EOS. A pair whose total exceeds
@@ -8,18 +8,16 @@ with the tokenizer's own special tokens (BOS), the target without them plus one 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from datasets import load_from_disk
 
-from sftc_assets.common.io import atomic_dir, atomic_write_json, atomic_write_jsonl
-from sftc_assets.datasets.prompts import render_prompt
-from sftc_assets.datasets.splits import SPLITS
-from sftc_resources.settings import SftConfig
+from sftc_assets.sft_data.prompts import render_prompt
+from sftc_assets.sft_data.splits import SPLITS, load_splits
+from sftc_core.configs import SftConfig
+from sftc_core.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+from sftc_core.nemo_format import NEMO_FILES, file_problems
 
-NEMO_FILES = {"train": "training.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 SUMMARY_FILE = "export_summary.json"
 
 
@@ -29,31 +27,9 @@ def nemo_pairs(split, sft_config: SftConfig, max_samples: int | None = None) -> 
     return [{"input": render_prompt(r["instruction"], r["input"], sft_config), "output": r["output"]} for r in rows]
 
 
-def line_problems(row: object, special_tokens: list[str]) -> list[str]:
-    if not isinstance(row, dict):
-        return [f"expected a JSON object, got {type(row).__name__}"]
-    problems = [f"field '{f}' is not a non-empty string" for f in ("input", "output") if not isinstance(row.get(f), str) or not row[f]]
-    if not problems:
-        missing = [t for t in special_tokens if t not in row["output"]]
-        if missing:
-            problems.append(f"output lacks special token(s) {', '.join(missing)}")
-    return problems
-
-
-def nemo_file_problems(path: Path | str, special_tokens: list[str]) -> tuple[int, list[str]]:
-    """(lines read, problems as "file:line: what") for one NeMo JSONL file: every line parses and carries the tokens."""
-    path = Path(path)
-    lines, problems = 0, []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, start=1):
-            lines += 1
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                continue
-            problems.extend(f"{path}:{lineno}: {p}" for p in line_problems(row, special_tokens))
-    return lines, problems
+def training_texts(dataset_dir: Path | str, sft_config: SftConfig) -> list[str]:
+    """Prompt and target of every train record, as the NeMo training lines hold them: the toy tokenizer's corpus."""
+    return [text for pair in nemo_pairs(load_splits(dataset_dir)["train"], sft_config) for text in (pair["input"], pair["output"])]
 
 
 def load_local_tokenizer(path: Path | str):
@@ -117,13 +93,7 @@ def export_nemo(
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
-    dataset_dir = Path(dataset_dir)
-    if not (dataset_dir / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); run `sftc build-dataset` first")
-    dataset = load_from_disk(str(dataset_dir))
-    missing = [name for name in SPLITS if name not in dataset]
-    if missing:
-        raise ValueError(f"{dataset_dir}: split(s) {', '.join(missing)} missing; rebuild it with `sftc build-dataset`")
+    dataset = load_splits(dataset_dir)
     tokenizer = load_local_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     pairs = {name: nemo_pairs(dataset[name], sft_config, max_samples) for name in SPLITS}
     summary = {
@@ -137,7 +107,7 @@ def export_nemo(
     with atomic_dir(output_dir) as staging:
         for name in SPLITS:
             atomic_write_jsonl(staging / NEMO_FILES[name], pairs[name])
-            _, problems = nemo_file_problems(staging / NEMO_FILES[name], sft_config.special_tokens)
+            _, problems = file_problems(staging / NEMO_FILES[name], sft_config.special_tokens)
             if problems:
                 shown = "; ".join(p.replace(str(staging), str(output_dir)) for p in problems[:3])
                 raise ValueError(f"{len(problems)} NeMo line(s) fail the format check, nothing written: {shown}")

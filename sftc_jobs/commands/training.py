@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from sftc_resources.paths import ArtifactPaths
-from sftc_resources.settings import CONFIG_DIR, load_settings, load_sft_config
+from sftc_core.configs import load_sft_config
+from sftc_core.settings import Settings
 
 
 def register(subparsers) -> None:
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
             "`training:` section; TRAIN_BACKEND picks the default backend."
         ),
     )
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "sft_config.yaml", metavar="FILE", help="SFT config (special tokens, max_seq_length)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="SFT config (special tokens, max_seq_length; default: configs/sft_config.yaml)")
     parser.add_argument("--output", type=Path, metavar="DIR", help="output directory (default: <data dir>/models/sft)")
     parser.add_argument("--backend", choices=("hf", "nemo"), help="training backend (default: TRAIN_BACKEND, else the profile's)")
     parser.add_argument("--model", type=Path, metavar="DIR", help="BF16 HF checkpoint to start from (default: <data dir>/checkpoints/bf16)")
@@ -32,27 +32,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_train)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    settings = load_settings()
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
-    paths = ArtifactPaths(settings.data_dir)
-    args.output = args.output or paths.sft_model
-    args.model = args.model or paths.bf16_checkpoint
-    args.data = args.data or paths.nemo_jsonl
-    sft = load_sft_config(args.config)
-    backend = args.backend or settings.train_backend
-    if backend == "nemo":
-        return _train_nemo(args, paths)
+    if args.config:
+        settings = settings.model_copy(update={"sft": load_sft_config(args.config)})
+    paths = settings.paths
+    output = args.output or paths.sft_model
+    model = args.model or paths.bf16_checkpoint
+    data = args.data or paths.nemo_jsonl
+    if (args.backend or settings.train_backend) == "nemo":
+        return _train_nemo(args, settings, model, data, output)
 
-    from sftc_assets.training.hf_backend import run_training  # torch and transformers load only for training
+    from sftc_assets.training.hf_backend import (
+        run_training,  # torch and transformers load only for training
+    )
 
     result = run_training(
-        args.model,
-        args.data,
-        args.output,
+        model,
+        data,
+        output,
         settings.profile.training,
-        sft,
+        settings.sft,
         settings.profile.evaluation,
         max_steps=args.max_steps,
         smoke_test=args.smoke_test,
@@ -63,16 +64,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_nemo(args: argparse.Namespace, paths: ArtifactPaths) -> int:
+def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path) -> int:
     """The NeMo backend: import, fine-tune, merge and export in NeMo's own environment (configs/nemo/finetune.yaml)."""
     from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_training
 
     try:
         metrics = run_nemo_training(
-            args.model, paths.nemo_model, args.data, args.output, max_steps=args.max_steps, smoke_test=args.smoke_test
+            settings.nemo_python, settings.finetune, model, settings.paths.nemo_model, data, output, max_steps=args.max_steps, smoke_test=args.smoke_test
         )
     except NemoEntryError as exc:
         print(f"sftc train: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"output": str(args.output), **metrics}, indent=2))
+    print(json.dumps({"output": str(output), **metrics}, indent=2))
     return 0

@@ -1,49 +1,14 @@
 """How a thesis record becomes a supervised pair: the prompt the model sees and the target it must write.
 
-Training, evaluation and the NeMo export all import these, so the text is built in exactly one place.
-
-The target is one line: `<reasoning>R</reasoning><support>P1; P2; P3</support><action>BUY</action>`.
-Support points are joined with SUPPORT_SEPARATOR ("; "); inside a point a backslash is written "\\\\" and a
-";" is written "\\;", so `split_support(join_support(points)) == points` for any points (the sample corpus never
-needs the escapes, theses written by people may).
+Training, evaluation and the NeMo export all build the text here, from configs/sft_config.yaml: the prompt
+from `prompt.*`, the target through the configured tags (sftc_core.target_format).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
-from sftc_resources.settings import ConfigError, SftConfig
-
-SUPPORT_SEPARATOR = "; "
-_SUPPORT_SPLIT = re.compile(r"(?<!\\)((?:\\\\)*); ")
-_UNESCAPE = re.compile(r"\\(.)")
-
-
-def _escape_point(point: str) -> str:
-    return point.replace("\\", "\\\\").replace(";", "\\;")
-
-
-def join_support(points: Sequence[str]) -> str:
-    return SUPPORT_SEPARATOR.join(_escape_point(p) for p in points)
-
-
-def split_support(text: str) -> list[str]:
-    """The inverse of `join_support` ("" is no points)."""
-    if text == "":
-        return []
-    # A separator counts only where the ";" before it is not escaped (an even run of backslashes precedes it).
-    parts, start = [], 0
-    for match in _SUPPORT_SPLIT.finditer(text):
-        parts.append(text[start : match.end(1)])
-        start = match.end()
-    parts.append(text[start:])
-    return [_UNESCAPE.sub(r"\1", part) for part in parts]
-
-
-def format_target(reasoning: str, support: Sequence[str], action: str) -> str:
-    """The text the model learns to write (the NeMo `output`)."""
-    return f"<reasoning>{reasoning}</reasoning><support>{join_support(support)}</support><action>{action}</action>"
+from sftc_core.configs import ConfigError, SftConfig
 
 
 def format_facts(support: Sequence[str]) -> str:
@@ -81,5 +46,5 @@ def build_example(record: Mapping, sft_config: SftConfig) -> dict[str, str]:
     return {
         "instruction": sft_config.prompt.instruction,
         "input": build_input(record, sft_config),
-        "output": format_target(record["reasoning"], record["support"], record["action"]),
+        "output": sft_config.target_format.format_target(record["reasoning"], record["support"], record["action"]),
     }

@@ -1,0 +1,121 @@
+"""The fine-tuning data assets: `hf_splits` (time splits of every thesis record) and `nemo_jsonl` (the NeMo files,
+with token lengths measured by base_checkpoint's tokenizer)."""
+
+import dagster as dg
+
+from sftc_assets.sft_data import nemo_export, splits
+from sftc_core.io import read_jsonl
+from sftc_core.nemo_format import NEMO_FILES, file_problems, split_file
+from sftc_core.settings import Settings
+from sftc_core.text import markdown_table
+from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_resources.routing import asset_placement
+
+GROUP = "data"
+PREVIEW_ROWS = 3
+
+
+def _preview(rows: list[dict], columns: list[str]) -> str:
+    return markdown_table([{c: row[c] for c in columns} for row in rows], columns, max_cell=120)
+
+
+def _has_tokenizer(checkpoint_dir) -> bool:
+    return any((checkpoint_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def defs(settings: Settings) -> dg.Definitions:
+    paths = settings.paths
+
+    @dg.asset(
+        deps=[dg.AssetDep("thesis_jsonl", partition_mapping=dg.AllPartitionMapping())],
+        group_name=GROUP,
+        code_version=code_version(splits),
+        kinds={"huggingface", "python"},
+        description="Every thesis record split by as_of_date into train / validation / test, embargoed (datasets.DatasetDict).",
+        **asset_placement("cpu", settings),
+    )
+    def hf_splits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        summary = splits.build_dataset(paths.jsonl, paths.hf_splits, settings.sft, date_bounds=settings.date_bounds)
+        context.log.info("splits %s from %d records", summary["counts"], summary["records"])
+        dataset = splits.load_splits(paths.hf_splits)
+        tables = [
+            f"**{name}**\n\n" + _preview(dataset[name].select(range(min(PREVIEW_ROWS, len(dataset[name])))).to_list(), ["id", "as_of_date", "action", "reasoning"])
+            for name in splits.SPLITS
+        ]
+        # The target in a code block: its tags would be taken for HTML in a table.
+        preview = "\n\n".join([*tables, f"**first train target**\n\n```\n{dataset['train'][0]['output']}\n```"])
+        ranges = summary["date_ranges"]
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(paths.hf_splits)),
+                "records": summary["records"],
+                "dagster/row_count": sum(summary["counts"].values()),
+                **{f"{name}_count": count for name, count in summary["counts"].items()},
+                **{f"{name}_dates": f"{ranges[name]['first']}..{ranges[name]['last']}" for name in splits.SPLITS},
+                "embargo_days": summary["embargo_days"],
+                "dropped_by_embargo": sum(summary["dropped_by_embargo"].values()),
+                "outside_windows": sum(summary["outside_windows"].values()),
+                "max_label_span_days": summary["max_label_span_days"],
+                "actions": dg.MetadataValue.json(summary["actions"]),
+                "preview": dg.MetadataValue.md(preview),
+                **manifest_metadata("sft_config.yaml"),
+            }
+        )
+
+    @dg.asset_check(asset=hf_splits, blocking=True, description="No id in two splits; each split ends more than the embargo before the next begins.")
+    def splits_disjoint_and_ordered() -> dg.AssetCheckResult:
+        problems = splits.split_problems(paths.hf_splits)
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20]), "problem_count": len(problems)})
+
+    @dg.asset(
+        # The token lengths are measured with base_checkpoint's tokenizer: it is an input like the splits.
+        deps=[hf_splits, "base_checkpoint"],
+        group_name=GROUP,
+        code_version=code_version(nemo_export),
+        kinds={"json", "python"},
+        description="training / validation / test JSONL for NeMo: {input: rendered prompt, output: target}, with the "
+        "token lengths of prompts and targets under base_checkpoint's tokenizer.",
+        **asset_placement("cpu", settings),
+    )
+    def nemo_jsonl(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        tokenizer_dir = settings.base_checkpoint_dir
+        if not _has_tokenizer(tokenizer_dir):
+            # The full profile's release may sit on the GPU nodes' volume only: the files are written, the lengths not measured.
+            context.log.warning("%s: no tokenizer here; token lengths not measured", tokenizer_dir)
+            tokenizer_dir = None
+        summary = nemo_export.export_nemo(paths.hf_splits, paths.nemo_jsonl, settings.sft, tokenizer_path=tokenizer_dir)
+        context.log.info("NeMo lines %s, tokenizer %s", summary["counts"], tokenizer_dir)
+        first = read_jsonl(split_file(paths.nemo_jsonl, "train"))[:1]
+        preview = "\n\n".join(f"**input**\n\n```\n{row['input']}\n```\n\n**output**\n\n```\n{row['output']}\n```" for row in first)
+        stats = summary["token_stats"]
+        token_metadata = (
+            {
+                "prompt_tokens_p95": stats["prompt"]["p95"],
+                "total_tokens_max": stats["total"]["max"],
+                "truncated": stats["truncated"],
+                "token_stats": dg.MetadataValue.json(stats),
+            }
+            if stats
+            else {"token_stats": f"not measured: no tokenizer at {settings.base_checkpoint_dir}"}
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(paths.nemo_jsonl)),
+                "dagster/row_count": sum(summary["counts"].values()),
+                **{f"{name}_lines": count for name, count in summary["counts"].items()},
+                **token_metadata,
+                "preview": dg.MetadataValue.md(preview),
+                **manifest_metadata("sft_config.yaml"),
+            }
+        )
+
+    @dg.asset_check(asset=nemo_jsonl, blocking=True, description="Every line parses as {input, output} and the output carries every special token.")
+    def special_tokens_in_every_line() -> dg.AssetCheckResult:
+        lines, problems = 0, []
+        for name in NEMO_FILES.values():
+            count, found = file_problems(paths.nemo_jsonl / name, settings.sft.special_tokens)
+            lines += count
+            problems += found
+        return dg.AssetCheckResult(passed=not problems, metadata={"lines": lines, "problem_count": len(problems), "problems": dg.MetadataValue.json(problems[:20])})
+
+    return dg.Definitions(assets=[hf_splits, nemo_jsonl], asset_checks=[splits_disjoint_and_ordered, special_tokens_in_every_line])

@@ -1,0 +1,430 @@
+"""The YAML configs under configs/, as strict pydantic models validated on load.
+
+Every error names the file, the field, the value and the expected form. Cross-field rules (a layout that
+must divide the GPUs, tags that must pair) are checked here too, so a wrong config fails before any work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sftc_core.target_format import ACTIONS, TargetFormat, tag_pairs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A setting or config value is wrong; the message says where and what is expected."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def load_yaml_model(path: Path | str, model: type[BaseModel]) -> Any:
+    """Read a YAML file into a pydantic model; errors name the file, the field and the expected form."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+# --- configs/profiles/<name>.yaml -------------------------------------------------------------
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class PartitionsConfig(Strict):
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        if not _MONTH.match(value):
+            raise ValueError(f"expected a month written YYYY-MM, got {value!r}")
+        return value
+
+
+class DatesConfig(Strict):
+    train_start: dt.date
+    train_end: dt.date
+    test_start: dt.date
+    test_end: dt.date
+
+
+class CorpusConfig(Strict):
+    source: Literal["sample", "external"]
+    tickers: list[str]
+    per_month: int = Field(ge=0)
+    seed: int
+    horizon_days: int = Field(ge=1, le=260)
+
+
+class ModelConfig(Strict):
+    kind: Literal["toy", "external"]
+    seed: int = 0
+    vocab_size: int = Field(gt=0)
+    base_checkpoint_path: str | None = None
+
+
+class ComputeConfig(Strict):
+    cpu_max_checkpoint_bytes: int = Field(gt=0)
+    # Size of the profile's base checkpoint, known before it exists: `auto` assets route to a GPU node above the CPU limit.
+    expected_checkpoint_bytes: int | None = Field(default=None, gt=0)
+
+
+class LoraConfig(Strict):
+    """LoRA adapters, for both backends (peft's `r` and NeMo's `dim` are the rank)."""
+
+    rank: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Module names of the backend: DeepSeek-V3's attention projections in transformers (as NeMo's LoRA default);
+    # experts are fused tensors, not Linear modules.
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], min_length=1
+    )
+
+
+class TrainingConfig(Strict):
+    backend: Literal["hf", "nemo"]
+    max_steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    eval_every: int = Field(gt=0)
+    save_every: int = Field(gt=0)
+    seed: int = 0
+    # The Hugging Face backend's loop (the NeMo backend reads configs/nemo/finetune.yaml).
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    # auto: full fine-tune up to full_finetune_max_params parameters, LoRA above.
+    peft: Literal["auto", "none", "lora"] = "auto"
+    full_finetune_max_params: int = Field(default=1_000_000_000, gt=0)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    # Intra-op threads when training on CPU (None: torch's default, one per core).
+    cpu_threads: int | None = Field(default=None, gt=0)
+    # Validation prompts generated greedily after training to measure the parse rate (0: skip).
+    parse_check_samples: int = Field(default=64, ge=0)
+
+
+class EvaluationConfig(Strict):
+    max_new_tokens: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    # torch threads for generation on CPU (None: torch's default); on a busy 2-core node 1 beats 2.
+    cpu_threads: int | None = Field(default=None, gt=0)
+
+
+class ProfileConfig(Strict):
+    name: Literal["toy", "full"]
+    partitions: PartitionsConfig
+    dates: DatesConfig
+    corpus: CorpusConfig
+    price_source: Literal["local", "eodhd"]
+    model: ModelConfig
+    compute: ComputeConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+
+
+# --- configs/sft_config.yaml ------------------------------------------------------------------
+
+
+class PromptConfig(Strict):
+    instruction: str = Field(min_length=1)
+    input_template: str = Field(min_length=1)
+    template: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> PromptConfig:
+        for name in ("{instruction}", "{input}"):
+            if name not in self.template:
+                raise ValueError(f"prompt.template must contain {name}")
+        return self
+
+
+class SplitsConfig(Strict):
+    embargo_days: int = Field(ge=0)
+    min_samples: int = Field(ge=1)
+
+
+class SftConfig(Strict):
+    prompt: PromptConfig
+    # The target's parts in order (reasoning, support, action), each an opening and a closing tag.
+    special_tokens: list[str] = Field(min_length=1)
+    splits: SplitsConfig
+    max_seq_length: int = Field(gt=0)
+
+    @field_validator("special_tokens")
+    @classmethod
+    def _tag_pairs(cls, value: list[str]) -> list[str]:
+        tag_pairs(value)
+        return value
+
+    @property
+    def target_format(self) -> TargetFormat:
+        return TargetFormat.from_special_tokens(self.special_tokens)
+
+
+# --- configs/eval_config.yaml -----------------------------------------------------------------
+
+
+class PricesConfig(Strict):
+    calendar: str = "XNYS"
+    eodhd_exchange: str = Field(default="US", pattern=r"^[A-Z]{2,10}$")
+    eodhd_base_url: str = Field(default="https://eodhd.com/api", pattern=r"^https?://")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=60.0, ge=0)
+    # A Retry-After longer than this fails at once as a quota error instead of blocking the run.
+    max_retry_after_seconds: float = Field(default=120.0, ge=0)
+
+
+class EvalConfig(Strict):
+    min_parse_rate: float = Field(ge=0, le=1)
+    prices: PricesConfig = PricesConfig()
+
+
+# --- configs/backtest_config.yaml -------------------------------------------------------------
+
+
+class BacktestConfig(Strict):
+    scores: dict[str, float]
+    cost_bps: float = Field(default=5.0, ge=0)
+    risk_free_rate: float = 0.0
+    periods_per_year: int = Field(default=252, gt=0)
+
+    @model_validator(mode="after")
+    def _five_actions(self) -> BacktestConfig:
+        if set(self.scores) != set(ACTIONS):
+            raise ValueError(f"scores must give exactly the actions {', '.join(ACTIONS)}, got {', '.join(self.scores)}")
+        return self
+
+
+# --- configs/nemo/finetune.yaml ---------------------------------------------------------------
+
+
+class ParallelismConfig(Strict):
+    tensor: int = Field(ge=1)
+    pipeline: int = Field(ge=1)
+    context: int = Field(default=1, ge=1)
+    expert: int = Field(default=1, ge=1)
+    # None: Megatron gives the experts the tensor-parallel size.
+    expert_tensor: int | None = Field(default=None, ge=1)
+    sequence_parallel: bool = False
+    layers_in_first_pipeline_stage: int | None = Field(default=None, ge=1)
+    layers_in_last_pipeline_stage: int | None = Field(default=None, ge=1)
+
+
+class K8sLaunchConfig(Strict):
+    image: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+    data_volume_claim: str = Field(min_length=1)
+    data_mount_path: str = Field(pattern=r"^/")
+    shm_size: str = Field(pattern=r"^[0-9]+(Mi|Gi)$")
+
+
+class FinetuneConfig(Strict):
+    recipe: Literal["deepseek_v3"]
+    peft: Literal["lora", "none"]
+    nemo_python: str = ".venv-nemo/bin/python"
+    launcher: Literal["subprocess", "k8s"] = "subprocess"
+    k8s: K8sLaunchConfig | None = None
+    nodes: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=1)
+    gpu_memory_gb: float = Field(gt=0)
+    parallelism: ParallelismConfig
+    seq_length: int = Field(ge=1)
+    micro_batch_size: int = Field(ge=1)
+    global_batch_size: int = Field(ge=1)
+    packed_sequence: bool = False
+    learning_rate: float = Field(gt=0)
+    min_learning_rate: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(ge=0)
+    max_steps: int = Field(ge=1)
+    val_check_interval: int = Field(ge=1)
+    limit_val_batches: int | None = Field(default=None, ge=1)
+    checkpoint_every_n_steps: int = Field(ge=1)
+    seed: int = 1234
+    lora: LoraConfig
+
+    _source: str = PrivateAttr(default=str(CONFIG_DIR / "nemo" / "finetune.yaml"))
+
+    @property
+    def source(self) -> str:
+        """The file this config was read from, for error messages."""
+        return self._source
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def data_parallel_size(self) -> int:
+        p = self.parallelism
+        return self.world_size // (p.tensor * p.pipeline * p.context)
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return int(self.gpu_memory_gb * 1e9)
+
+
+def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
+    """(field, what is wrong and what is expected) for values that only fail together (Megatron's layout rules)."""
+    p = config.parallelism
+    problems = []
+    if p.sequence_parallel and p.tensor < 2:
+        problems.append(("parallelism.sequence_parallel", "needs tensor >= 2 (it splits activations across the tensor-parallel group); set it false or raise tensor"))
+    if (p.layers_in_first_pipeline_stage is not None or p.layers_in_last_pipeline_stage is not None) and p.pipeline < 2:
+        problems.append(("parallelism.layers_in_first_pipeline_stage", "layers_in_first/last_pipeline_stage need pipeline >= 2; set them to null"))
+    model_parallel = p.tensor * p.pipeline * p.context
+    if config.world_size % model_parallel:
+        problems.append((
+            "parallelism",
+            f"tensor * pipeline * context = {p.tensor}*{p.pipeline}*{p.context} = {model_parallel} must divide "
+            f"nodes * gpus_per_node = {config.nodes}*{config.gpus_per_node} = {config.world_size}",
+        ))
+        return problems  # the data-parallel size below is meaningless then
+    expert_parallel = p.expert * (p.expert_tensor or p.tensor) * p.pipeline
+    if config.world_size % expert_parallel:
+        problems.append(("parallelism.expert", f"expert * expert_tensor * pipeline = {expert_parallel} must divide nodes * gpus_per_node = {config.world_size}"))
+    per_step = config.micro_batch_size * config.data_parallel_size
+    if config.global_batch_size % per_step:
+        problems.append((
+            "global_batch_size",
+            f"{config.global_batch_size} must be a multiple of micro_batch_size * data-parallel size = "
+            f"{config.micro_batch_size}*{config.data_parallel_size} = {per_step}",
+        ))
+    if p.context > 1 and config.seq_length % (2 * p.context):
+        problems.append(("seq_length", f"{config.seq_length} must be a multiple of 2 * parallelism.context = {2 * p.context}"))
+    if p.sequence_parallel and config.seq_length % p.tensor:
+        problems.append(("seq_length", f"{config.seq_length} must be a multiple of parallelism.tensor = {p.tensor} with sequence_parallel"))
+    if config.warmup_steps >= config.max_steps:
+        problems.append(("warmup_steps", f"{config.warmup_steps} must be below max_steps {config.max_steps}"))
+    if config.min_learning_rate > config.learning_rate:
+        problems.append(("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}"))
+    if config.launcher == "k8s" and config.k8s is None:
+        problems.append(("k8s", "launcher k8s needs the k8s: section (image, namespace, data_volume_claim, data_mount_path, shm_size)"))
+    return problems
+
+
+def _checked(config: FinetuneConfig, where: Path | str) -> FinetuneConfig:
+    problems = layout_problems(config)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(f"field '{field}': {message}" for field, message in problems))
+    return config
+
+
+def with_max_steps(config: FinetuneConfig, max_steps: int) -> FinetuneConfig:
+    """The config for a shorter run (--max-steps, a smoke test): warmup, validation and checkpoints fit inside it."""
+    if max_steps < 1:
+        raise ConfigError(f"max_steps {max_steps}: must be at least 1")
+    shorter = config.model_copy(
+        update={
+            "max_steps": max_steps,
+            "warmup_steps": min(config.warmup_steps, max_steps - 1),
+            "val_check_interval": min(config.val_check_interval, max_steps),
+            "checkpoint_every_n_steps": min(config.checkpoint_every_n_steps, max_steps),
+        }
+    )
+    return _checked(shorter, f"--max-steps {max_steps}")
+
+
+# --- configs/cluster.yaml ---------------------------------------------------------------------
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ContainerResources(Strict):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class NodePool(Strict):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    resources: ContainerResources = Field(default_factory=ContainerResources)
+    gpus: int = Field(default=0, ge=0)
+
+
+class NodePools(Strict):
+    cpu: NodePool
+    gpu: NodePool
+
+
+class ClusterConfig(Strict):
+    node_pools: NodePools
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> ProfileConfig:
+    return load_yaml_model(Path(config_dir) / "profiles" / f"{name}.yaml", ProfileConfig)
+
+
+def load_sft_config(path: Path | str | None = None) -> SftConfig:
+    return load_yaml_model(path or CONFIG_DIR / "sft_config.yaml", SftConfig)
+
+
+def load_eval_config(path: Path | str | None = None) -> EvalConfig:
+    return load_yaml_model(path or CONFIG_DIR / "eval_config.yaml", EvalConfig)
+
+
+def load_backtest_config(path: Path | str | None = None) -> BacktestConfig:
+    return load_yaml_model(path or CONFIG_DIR / "backtest_config.yaml", BacktestConfig)
+
+
+def load_finetune_config(path: Path | str | None = None) -> FinetuneConfig:
+    """configs/nemo/finetune.yaml with Megatron's layout rules checked; errors name file and field."""
+    path = path or CONFIG_DIR / "nemo" / "finetune.yaml"
+    config = load_yaml_model(path, FinetuneConfig)
+    config._source = str(path)
+    return _checked(config, path)
+
+
+def load_cluster_config(path: Path | str | None = None) -> ClusterConfig:
+    path = path or CONFIG_DIR / "cluster.yaml"
+    config = load_yaml_model(path, ClusterConfig)
+    if config.node_pools.gpu.gpus < 1:
+        raise ConfigError(f"{path}: field 'node_pools.gpu.gpus' must be at least 1 (GPUs per GPU step), got 0")
+    return config

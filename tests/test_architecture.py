@@ -1,0 +1,67 @@
+"""The floors of the house hold: import-linter's contracts (pyproject.toml), public Dagster only, settings read
+at the edges alone, and the plain commands running without Dagster."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("sftc_core", "sftc_assets", "sftc_resources", "sftc_jobs")
+
+
+def _sources() -> dict[Path, str]:
+    return {path: path.read_text(encoding="utf-8") for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def test_import_contracts_are_kept():
+    done = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "Contracts: 4 kept, 0 broken." in done.stdout
+
+
+def test_no_private_dagster_anywhere():
+    private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
+    found = [str(path.relative_to(ROOT)) for path, text in {**_sources(), **{p: p.read_text() for p in (ROOT / "bench").glob("*.py")}}.items() if private.search(text)]
+    assert found == []
+
+
+def test_settings_are_read_only_at_the_edges():
+    """`load_settings()` is called by the code location and the command line, nowhere else."""
+    calls = sorted(str(path.relative_to(ROOT)) for path, text in _sources().items() if re.search(r"\bload_settings\(", text))
+    assert calls == ["sftc_core/settings.py", "sftc_jobs/cli.py", "sftc_jobs/definitions.py"]
+
+
+PLAIN_COMMANDS = """
+import sys
+from sftc_jobs.cli import build_parser, main
+
+def step(*argv, codes=(0,)):
+    code = main(list(argv))
+    assert code in codes, (argv, code)
+    assert "dagster" not in sys.modules, f"sftc {argv[0]} imported Dagster"
+
+build_parser()
+assert "dagster" not in sys.modules, "building the parser imported Dagster"
+out = sys.argv[1]
+step("make-sample-corpus", "--out", f"{out}/xml", "--tickers", "AAPL,IBM", "--per-month", "3", "--start", "2011-01-01", "--end", "2012-12-31")
+step("xml-to-jsonl", "--input-dir", f"{out}/xml", "--output", f"{out}/records.jsonl")
+step("build-dataset", "--jsonl", f"{out}/records.jsonl", "--out-dir", f"{out}/splits", "--validation-days", "60", "--test-days", "90")
+step("export-nemo", "--dataset-dir", f"{out}/splits", "--output-dir", f"{out}/nemo", "--skip-tokenizer")
+step("make-toy-checkpoint", "--out", f"{out}/fp8", "--fp8", "--corpus", f"{out}/nemo")
+step("convert-fp8", "--source", f"{out}/fp8", "--output", f"{out}/bf16", "--no-progress")
+step("preflight", "--no-nemo", codes=(0, 1))  # 1: not ready for GPU work, as on this CPU node
+print("no dagster")
+"""
+
+
+def test_the_plain_commands_run_without_dagster(tmp_path, data_dir):
+    help_only = "import sys\nfrom sftc_jobs.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('dagster' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", help_only], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and shown.stdout.strip().endswith("False"), shown.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(PLAIN_COMMANDS), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.strip().endswith("no dagster")
