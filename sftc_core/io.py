@@ -9,8 +9,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+# Called with (what was built, the final path) just before the swap: sftc_core.artifacts.Stamp writes the
+# artifact's marker there, so the artifact and its marker appear together; what it returns, if anything,
+# takes the marker back when the swap fails.
+BeforeSwap = Callable[[Path, Path], "Callable[[], None] | None"]
 
 # The process umask (read by setting it), so atomic files get the mode a plain open() would give.
 _UMASK = os.umask(0)
@@ -18,23 +23,29 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, stamp: BeforeSwap | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual file mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600, and writers may have replaced the file: the usual mode
+        undo = stamp(tmp_path, path) if stamp is not None else None
+        try:
+            os.replace(tmp_path, path)
+        except OSError:
+            if undo is not None:
+                undo()
+            raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: Path | str, data: bytes, stamp: BeforeSwap | None = None) -> Path:
+    with atomic_path(path, stamp) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -42,12 +53,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return Path(path)
 
 
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path | str, text: str, stamp: BeforeSwap | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), stamp)
 
 
-def atomic_write_json(path: Path | str, obj: object) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path | str, obj: object, stamp: BeforeSwap | None = None) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", stamp)
 
 
 def atomic_write_csv(path: Path | str, rows: Iterable[dict], columns: Iterable[str]) -> Path:
@@ -73,7 +84,7 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[dict]) -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path | str) -> Iterator[Path]:
+def atomic_dir(path: Path | str, stamp: BeforeSwap | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +92,19 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
+        normalise_modes(tmp)
+        if stamp is not None:
+            stamp(tmp, path)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def normalise_modes(root: Path | str) -> None:
+    """Give every file under `root` the mode a plain open() would (some writers use mkstemp's 0600)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~_UMASK)
 
 
 def replace_dir(src: Path | str, path: Path | str) -> None:

@@ -1,11 +1,9 @@
-"""The run manifest every materialization carries: code, config and package versions."""
+"""What every materialization records of where it came from: the git state and the package versions."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 from sftc_core.configs import PROJECT_ROOT
 
@@ -26,15 +24,6 @@ def git_state() -> dict:
     return {"git_commit": commit or "unknown", "git_dirty": bool(status) if status is not None else None}
 
 
-def config_hash(paths: list[Path]) -> str:
-    """SHA-256 over the bytes of the config files (sorted by path), first 16 hex digits."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(str(path.name).encode())
-        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
-    return digest.hexdigest()[:16]
-
-
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in KEY_PACKAGES:
@@ -43,7 +32,3 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def run_manifest(config_paths: list[Path]) -> dict:
-    return {**git_state(), "config_hash": config_hash(config_paths), "packages": package_versions()}

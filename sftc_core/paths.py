@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def month_dir(root: Path | str, month: str) -> Path:
+    """`root/YYYY/MM` for `month` written YYYY-MM: how a tree of theses is laid out by month."""
+    year, mm = month.split("-")
+    return Path(root) / year / mm
+
+
 @dataclass(frozen=True)
 class ArtifactPaths:
     root: Path
@@ -16,8 +22,7 @@ class ArtifactPaths:
 
     def raw_xml_month(self, month: str) -> Path:
         """`month` is YYYY-MM; files live under raw_xml/YYYY/MM/."""
-        year, mm = month.split("-")
-        return self.raw_xml / year / mm
+        return month_dir(self.raw_xml, month)
 
     @property
     def jsonl(self) -> Path:

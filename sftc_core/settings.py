@@ -106,6 +106,26 @@ class Settings(Strict):
     def date_bounds(self) -> tuple[dt.date, dt.date, dt.date, dt.date]:
         return self.train_start_date, self.train_end_date, self.test_start_date, self.test_end_date
 
+    def artifacts_of(self, asset: str, partition: str | None = None) -> tuple[Path, ...]:
+        """The files or directories an asset of the chain writes (for one partition of a monthly asset): what
+        its marker guards. Empty for what sftc does not write: observed theses and the external release."""
+        paths = self.paths
+        external = self.profile.corpus.source == "external"
+        by_asset = {
+            "raw_xml": () if external or partition is None else (paths.raw_xml_month(partition),),
+            "thesis_jsonl": () if partition is None else (paths.jsonl_month(partition), paths.rejects_month(partition)),
+            "hf_splits": (paths.hf_splits,),
+            "base_checkpoint": (paths.base_checkpoint,) if self.profile.model.kind == "toy" else (),
+            "nemo_jsonl": (paths.nemo_jsonl,),
+            "bf16_checkpoint": (paths.bf16_checkpoint,),
+            "nemo_model": (paths.nemo_model,),
+            "sft_model": (paths.sft_model,),
+            "eval_csv": () if partition is None else (paths.eval_month(partition),),
+            "backtest_report": (paths.backtest,),
+            "validation_report": (paths.reports / "validation_report.md", paths.reports / "validation_report.json"),
+        }
+        return by_asset.get(asset, ())
+
     @property
     def thesis_months(self) -> list[str]:
         """The profile's months of raw_xml / thesis_jsonl (YYYY-MM, inclusive)."""

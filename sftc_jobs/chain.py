@@ -6,9 +6,10 @@ whole chain. This module cuts the chain into segments of one partitions definiti
 order, and runs each segment with `dg.materialize` into the instance: the partitions of a segment go in
 one run per contiguous range (a single-run backfill, which the partitioned assets declare; the range tags
 are the ones Dagster's own backfills set, as its maintainers show for launching ranges from code).
-Before each segment it asks the instance what is needed: missing, materialized by other code (the
-`dagster/code_version` tag of the latest materialization), or older than one of its inputs; so a second
-pass redoes nothing. Public Dagster API only: asset specs, `dg.materialize`, `fetch_materializations`.
+Before each segment it asks the instance and the files what is needed: missing, materialized by other code
+or other settings (the `dagster/code_version` tag of the latest materialization: code and settings hash),
+older than one of its inputs, or with files missing or changed since sftc wrote them (their markers); so a
+second pass redoes nothing, and nothing stale passes for fresh. Public Dagster API only: asset specs, `dg.materialize`, `fetch_materializations`.
 `sftc run`, `sftc rerun` and the `cpu_validation` job all go through `materialize_chain`.
 """
 
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from sftc_assets.reports.validation import ASSETS_TAG
+from sftc_core import locks
+from sftc_core.artifacts import integrity_problems
 from sftc_core.settings import Settings
 from sftc_resources.routing import NODE_TAG, node_tags
+from sftc_resources.run_history import DATA_DIR_TAG, fail_interrupted_runs
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -157,11 +161,13 @@ def needed_in_segment(
     assets: Mapping[dg.AssetKey, ChainAsset],
     instance: dg.DagsterInstance,
     forced: Mapping[dg.AssetKey, Iterable[str | None] | str],
+    settings: Settings,
 ) -> Needed:
-    """What each asset of the segment must (re)materialize: forced; missing; materialized by other code than
-    today's (its code version); or older than an input (a partition of the same partitions definition, else
-    the newest materialization of the input). Whatever an upstream asset of the same segment redoes is redone
-    downstream too (it will be newer once that runs)."""
+    """What each asset of the segment must (re)materialize: forced; missing; materialized by other code or
+    settings than today's (its code version); older than an input (a partition of the same partitions
+    definition, else the newest materialization of the input); or with files that are not what sftc wrote.
+    Whatever an upstream asset of the same segment redoes is redone downstream too (it will be newer once
+    that runs)."""
     newest: dict[tuple[dg.AssetKey, str | None], dg.EventLogRecord | None] = {}
 
     def latest(key: dg.AssetKey, partition: str | None) -> dg.EventLogRecord | None:
@@ -172,6 +178,8 @@ def needed_in_segment(
     def stale(asset: ChainAsset, partition: str | None) -> bool:
         mine = latest(asset.key, partition)
         if mine is None or mine.asset_materialization.tags.get(CODE_VERSION_TAG) != asset.code_version:
+            return True
+        if any(integrity_problems(target) for target in settings.artifacts_of(asset.key.to_user_string(), partition)):
             return True
         for parent in asset.deps:
             same_partitions = parent in assets and assets[parent].partitions_def == segment.partitions_def and partition is not None
@@ -235,16 +243,30 @@ def materialize_chain(
     `forced` names partitions to redo even when fresh (`ALL_PARTITIONS` for all of an asset's).
     """
     log = log or logging.getLogger(__name__)
-    forced = forced or {}
+    data_dir = chain.settings.data_dir
+    # One chain run per data directory at a time: a second waits, so no run reads another's half-written files.
+    with locks.exclusive(data_dir, f"the data directory {data_dir}"):
+        interrupted = fail_interrupted_runs(instance, str(data_dir))
+        if interrupted:
+            log.warning("marked %d interrupted run(s) of %s failed: %s", len(interrupted), data_dir, ", ".join(interrupted))
+        return _materialize_segments(chain, instance, keys, forced or {}, tags or {}, log)
+
+
+def _materialize_segments(chain: Chain, instance: dg.DagsterInstance, keys, forced, tags, log) -> ChainResult:
     assets = chain.assets
     result = ChainResult()
     for segment in plan_segments(assets, keys):
-        needed = needed_in_segment(segment, assets, instance, forced)
+        needed = needed_in_segment(segment, assets, instance, forced, chain.settings)
         result.up_to_date.extend(key for key in segment.keys if not needed[key])
         for run_keys, span in _runs_for_segment(segment, needed):
             # A run holding any GPU asset goes to a GPU node.
             node = "gpu" if any(assets[key].node == "gpu" for key in run_keys) else "cpu"
-            run_tags = {**node_tags(node, chain.settings.cluster), **(tags or {}), ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys)}
+            run_tags = {
+                **node_tags(node, chain.settings.cluster),
+                **tags,
+                ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys),
+                DATA_DIR_TAG: str(chain.settings.data_dir),
+            }
             partition_key = None
             if span is not None and span[0] == span[1]:
                 partition_key = span[0]

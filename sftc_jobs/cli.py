@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -41,20 +43,28 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose: bool = False, log_dir: Path = Path("logs")) -> None:
-    """Console and a dated file under logs/ (the CLI's counterpart of Dagster's logger)."""
+# Tracebacks go to the log file only; the terminal gets the one-line error.
+_TRACEBACKS = logging.getLogger("sftc.traceback")
+_TRACEBACKS.propagate = False
+
+
+def setup_logging(verbose: bool = False, log_dir: Path = Path("logs")) -> Path | None:
+    """Console and a dated file under logs/ (the CLI's counterpart of Dagster's logger); returns the file."""
     handlers: list[logging.Handler] = [_CurrentStderrHandler()]
+    log_file = log_dir / f"sftc-{dt.date.today():%Y%m%d}.log"
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_dir / f"sftc-{dt.date.today():%Y%m%d}.log", encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     except OSError:
-        pass  # a read-only working directory still gets console logs
+        log_file = None  # a read-only working directory still gets console logs
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
         force=True,
     )
+    _TRACEBACKS.handlers = handlers[1:] + (handlers[:1] if verbose else []) or [logging.NullHandler()]
+    return log_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,15 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    log_file = setup_logging(args.verbose)
     try:
         return int(args.func(args, load_settings()) or 0)
-    except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"sftc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"sftc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every failure ends in one line; the traceback goes to the log file
+        _TRACEBACKS.error("sftc %s failed", args.command, exc_info=True)
+        print(f"sftc {args.command}: error: {_one_line(exc)}" + (f" (details: {log_file})" if log_file else ""), file=sys.stderr)
+        return 2
+
+
+# What to do about a system error that reached here without a message of ours (errno -> the fix).
+_OS_FIXES = {
+    errno.EACCES: "give this user access to it (chmod/chown), or choose another path",
+    errno.EPERM: "give this user access to it (chmod/chown), or choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOSPC: "free space on that disk, or choose another data directory",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.EISDIR: "a directory is where a file was expected: choose another path",
+    errno.ENOTDIR: "a file is where a directory was expected: choose another path",
+}
+
+
+def _one_line(exc: Exception) -> str:
+    """The project's own message as it is; a bare system error as file, problem and fix; anything else with its kind."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+        fix = _OS_FIXES.get(exc.errno, "check the path and its permissions")
+        return f"{exc.filename}: {exc.strerror or os.strerror(exc.errno)}; {fix}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    ours = isinstance(exc, (ConfigError, ValueError, OSError, RuntimeError))
+    return text if ours else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import dagster as dg
 from sftc_assets.reports.validation import VALIDATION_RUN_TAG
 from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
 from sftc_resources.routing import node_tags
+from sftc_resources.run_history import DATA_DIR_TAG
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")
 # The NeMo import needs NeMo and GPUs: the one asset a CPU validation leaves out.
@@ -40,7 +41,7 @@ def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: st
 def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
     """The job over `chain`: the op closes over the code location's own assets, nothing is imported again."""
     settings = chain.settings
-    cpu = node_tags("cpu", settings.cluster)
+    cpu = {**node_tags("cpu", settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
 
     @dg.op(tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
     def validate_toy_chain(context: dg.OpExecutionContext) -> None:

@@ -61,10 +61,8 @@ def build_definitions(settings: Settings, stages: Sequence[StageDefs] | None = N
         asset_checks=checks,
         resources=RESOURCES,
         jobs=[job],
-        schedules=[nightly_cpu_validation_schedule(job, settings.cluster, running=toy)],
+        schedules=[nightly_cpu_validation_schedule(job, settings, running=toy)],
         # The toy profile has no GPU node: its GPU sensor (the NeMo import) starts stopped.
-        sensors=automation_sensors(
-            assets, settings.cluster, running=("cpu",) if toy else ("cpu", "gpu"), excluded=not_automated, placement=settings.k8s_placement
-        ),
+        sensors=automation_sensors(assets, settings, running=("cpu",) if toy else ("cpu", "gpu"), excluded=not_automated),
         executor=step_executor(settings.k8s_placement),
     )

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from sftc_core.configs import ClusterConfig
+from sftc_core.settings import Settings
 from sftc_resources.routing import node_tags
+from sftc_resources.run_history import DATA_DIR_TAG
 
 
-def nightly_cpu_validation_schedule(job: dg.JobDefinition, cluster: ClusterConfig, running: bool) -> dg.ScheduleDefinition:
+def nightly_cpu_validation_schedule(job: dg.JobDefinition, settings: Settings, running: bool) -> dg.ScheduleDefinition:
     """`running`: on by default (the toy profile); a full-profile code location carries it stopped."""
     return dg.ScheduleDefinition(
         name="nightly_cpu_validation",
         job=job,
         cron_schedule="0 2 * * *",
         execution_timezone="UTC",
-        tags=node_tags("cpu", cluster),
+        tags={**node_tags("cpu", settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
         description="Every night at 02:00 UTC: the toy chain end to end on a CPU node, its checks, and validation_report.",
     )

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from sftc_core.configs import ClusterConfig
-from sftc_core.settings import Placement
+from sftc_core.settings import Settings
 from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, automated_run_tags
+from sftc_resources.run_history import DATA_DIR_TAG
 
 AC = dg.AutomationCondition
 
@@ -59,11 +59,10 @@ def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.SourceAsset]) -
 
 def automation_sensors(
     assets: Sequence[dg.AssetsDefinition | dg.SourceAsset],
-    cluster: ClusterConfig,
+    settings: Settings,
     *,
     running: Iterable[NodeClass],
     excluded: Iterable[dg.AssetKey] = (),
-    placement: Placement = "run",
     minimum_interval_seconds: int = 30,
 ) -> list[dg.AutomationConditionSensorDefinition]:
     """One automation sensor per node class over that class's assets (minus `excluded`); `running` ones start on."""
@@ -78,7 +77,7 @@ def automation_sensors(
                 SENSOR_NAMES[node],
                 # Checks run inside the runs of their assets; the sensor decides for assets only.
                 target=dg.AssetSelection.assets(*keys).without_checks(),
-                run_tags=automated_run_tags(node, placement, cluster),
+                run_tags={**automated_run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
                 default_condition=missing_or_stale(),
                 use_user_code_server=True,
                 default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,

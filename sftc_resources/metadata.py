@@ -1,17 +1,37 @@
-"""What every assets module shares: code versions, the run manifest as metadata, Markdown and plots."""
+"""What every assets module shares: versions (code and settings), the run manifest as metadata, the stamp
+that marks what an asset writes, Markdown and plots."""
 
 from __future__ import annotations
 
 import ast
 import base64
 import hashlib
+import json
 from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
 
-from sftc_core.configs import CONFIG_DIR, PROJECT_ROOT
-from sftc_core.manifest import run_manifest
+from sftc_core.artifacts import Stamp
+from sftc_core.configs import PROJECT_ROOT
+from sftc_core.manifest import git_state, package_versions
+from sftc_core.settings import Settings
+
+# What each asset's output depends on among the settings (dotted fields of Settings). A change to any of them
+# enters the asset's code version, so exactly that asset is stale (and what reads it, through its inputs).
+SETTINGS_READ: dict[str, tuple[str, ...]] = {
+    "raw_xml": ("profile.corpus",),
+    "thesis_jsonl": (),
+    "hf_splits": ("train_start_date", "train_end_date", "test_start_date", "test_end_date", "sft.splits", "sft.prompt", "sft.special_tokens"),
+    "base_checkpoint": ("profile.model", "sft.prompt", "sft.special_tokens"),
+    "nemo_jsonl": ("sft",),
+    "bf16_checkpoint": (),
+    "nemo_model": (),
+    "sft_model": ("train_backend", "profile.training", "profile.evaluation", "sft"),
+    "eval_csv": ("profile.evaluation", "profile.price_source", "eval_config.prices", "sft.prompt", "sft.special_tokens"),
+    "backtest_report": ("backtest", "profile.price_source", "eval_config.prices", "test_start_date", "test_end_date"),
+    "validation_report": (),
+}
 
 
 def _module_file(name: str) -> Path | None:
@@ -46,9 +66,8 @@ def sftc_sources(*modules: ModuleType) -> list[Path]:
     return sorted(seen)
 
 
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the source an asset runs: its logic modules and everything of ours they import. An asset is stale
-    exactly when code it runs changed, and a change elsewhere leaves it alone."""
+def source_hash(*modules: ModuleType) -> str:
+    """Hash of the source an asset runs: its logic modules and everything of ours they import."""
     digest = hashlib.sha256()
     for path in sftc_sources(*modules):
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
@@ -56,9 +75,37 @@ def code_version(*modules: ModuleType) -> str:
     return digest.hexdigest()[:12]
 
 
-def manifest_metadata(*config_files: str) -> dict:
-    """`config_files` are relative to configs/ (e.g. "sft_config.yaml"); the profiles are always in."""
-    manifest = run_manifest([CONFIG_DIR / name for name in config_files] + sorted((CONFIG_DIR / "profiles").glob("*.yaml")))
+def settings_read(settings: Settings, asset: str) -> dict:
+    """The settings an asset's output depends on, as JSON-able values (the NeMo config only for the NeMo backend)."""
+    fields = SETTINGS_READ[asset] + (("finetune",) if asset == "sft_model" and settings.train_backend == "nemo" else ())
+    values = {}
+    for dotted in fields:
+        value = settings
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        values[dotted] = value.model_dump(mode="json") if hasattr(value, "model_dump") else str(value)
+    return values
+
+
+def config_hash(settings: Settings, asset: str) -> str:
+    """Hash of the settings an asset's output depends on: two runs with other values of them differ here."""
+    return hashlib.sha256(json.dumps(settings_read(settings, asset), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def code_version(asset: str, settings: Settings, *modules: ModuleType) -> str:
+    """The asset's version: its code and the settings it reads. A change to either makes exactly it stale."""
+    return f"{source_hash(*modules)}-{config_hash(settings, asset)}"
+
+
+def stamp(settings: Settings, asset: str) -> Stamp:
+    """The marker an asset writes with its artifact: written by the asset, with these settings."""
+    return Stamp(asset, config_hash(settings, asset))
+
+
+def manifest_metadata(settings: Settings, asset: str) -> dict:
+    """Git state, the config hash and the settings behind it, package versions: what made this materialization."""
+    state = git_state()
+    manifest = {**state, "config_hash": config_hash(settings, asset), "settings": settings_read(settings, asset), "packages": package_versions()}
     return {
         "git_commit": manifest["git_commit"],
         "git_dirty": dg.MetadataValue.bool(bool(manifest["git_dirty"])),

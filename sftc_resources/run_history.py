@@ -1,8 +1,10 @@
-"""What a run did, read from the Dagster instance: its asset check evaluations and the errors of its failed steps.
+"""What a run did, read from the Dagster instance (its asset check evaluations and the errors of its failed
+steps), and runs that died marked as failed.
 
-The one module that calls a `DagsterInstance` method outside Dagster's documented API (`get_records_for_run`):
-no documented query returns a run's check evaluations or step failures. tests/test_run_history.py pins what
-it returns, so a Dagster upgrade that changes it fails there, not silently in the validation report.
+The one module that calls `DagsterInstance` methods outside Dagster's documented API: `get_records_for_run`
+(no documented query returns a run's check evaluations or step failures) and `report_run_failed` (no
+documented call ends a run whose process died outside a run launcher). tests/test_run_history.py pins what
+they do, so a Dagster upgrade that changes them fails there, not silently in the report or `sftc run`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dagster as dg
+
+from sftc_assets.reports.validation import ASSETS_TAG
 
 
 @dataclass(frozen=True)
@@ -34,3 +38,20 @@ def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[StepFailure
             error = error.cause
         failures.append(StepFailure(entry.dagster_event.step_key or "", error.message.strip()))
     return failures
+
+
+# The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).
+DATA_DIR_TAG = "sftc/data_dir"
+UNFINISHED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+
+
+def fail_interrupted_runs(instance: dg.DagsterInstance, data_dir: str) -> list[str]:
+    """Mark failed every unfinished run of the chain (tagged with the assets it materializes) on `data_dir`.
+    Call it holding the data directory's lock: every run of the chain holds it while it runs, so an unfinished
+    one found then has died (killed, or its machine lost). Runs the daemon launched are its run monitoring's.
+    Returns their run ids."""
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=UNFINISHED, tags={DATA_DIR_TAG: data_dir}))
+    records = [record for record in records if ASSETS_TAG in record.dagster_run.tags]
+    for record in records:
+        instance.report_run_failed(record.dagster_run, "the process running it ended before the run did (killed or lost); marked failed by the next sftc run")
+    return [record.dagster_run.run_id for record in records]

@@ -1,21 +1,25 @@
 """Stand-in assets with the real chain's keys, partitions, dependencies and compute classes, for the
-orchestration tests: each writes one small file per partition (holding its run id) under the data dir,
-so tests see exactly which partitions a run replaced, in milliseconds instead of the toy chain's minutes.
-The real `validation_report` stage (asset and check) is used as it is.
+orchestration tests: each writes its real artifact paths (per partition) holding only its run id, with the
+marker the real writers leave, so tests see exactly which partitions a run replaced, in milliseconds
+instead of the toy chain's minutes. The real `validation_report` stage (asset and check) is used as it is.
 """
 
 import os
+import time
 
 import dagster as dg
 
 from sftc_assets.reports import assets as report_assets
+from sftc_core.io import atomic_dir, atomic_write_text
 from sftc_core.months import months_between
 from sftc_core.settings import Settings, load_settings
 from sftc_jobs.chain import Chain
 from sftc_jobs.location import build_definitions
 from sftc_jobs.sensors import asset_node_class
+from sftc_resources.metadata import config_hash
 from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import writing
 
 THESIS_MONTHS = ("2012-01", "2012-12")
 TEST_MONTHS = ("2012-09", "2012-12")
@@ -37,20 +41,31 @@ CHAIN = {
 DESIGN_ASSETS = frozenset(CHAIN) | {"validation_report"}
 
 
+def _is_file(target) -> bool:
+    return bool(target.suffix) and target.suffix != ".partial"
+
+
 def standin_file(data_dir, asset: str, partition: str | None):
-    return data_dir / asset / f"{partition or 'all'}.txt"
+    """The file holding the run id of the stand-in's last write: its first artifact, or a file inside it."""
+    target = load_settings(env={**os.environ, "SFTC_DATA_DIR": str(data_dir)}).artifacts_of(asset, partition)[0]
+    return target if _is_file(target) else target / "run.txt"
 
 
 def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str], settings: Settings, failing: set[str], version: str):
     def materialize(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         if name in failing:
             raise RuntimeError(f"{name} stand-in told to fail")
+        time.sleep(float(os.environ.get("SFTC_STANDIN_DELAY_S") or 0))  # lets tests run two chains at once
         partitions = context.partition_keys if partitions_def is not None else [None]
-        for partition in partitions:
-            path = standin_file(settings.data_dir, name, partition)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(context.run_id)
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(settings.data_dir / name)), "rows": len(partitions)})
+        targets = [t for partition in partitions for t in settings.artifacts_of(name, partition)]
+        with writing(settings, name, targets) as stamp:
+            for target in targets:
+                if _is_file(target):
+                    atomic_write_text(target, context.run_id, stamp)
+                else:
+                    with atomic_dir(target, stamp) as staging:
+                        (staging / "run.txt").write_text(context.run_id)
+        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(targets[0])), "rows": len(partitions)})
 
     materialize.__name__ = name
     return dg.asset(
@@ -58,14 +73,14 @@ def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run() if partitions_def is not None else None,
         deps=deps,
-        code_version=version,
+        code_version=f"{version}-{config_hash(settings, name)}",  # the real assets' rule: code and the settings read
         **asset_placement(compute_class, settings),
     )(materialize)
 
 
 def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = None):
-    """A stage `defs(settings)` of stand-in chain assets (code version "1" unless `code_versions` says
-    otherwise) and a passing check."""
+    """A stage `defs(settings)` of stand-in chain assets (code "1" unless `code_versions` says otherwise, with
+    the hash of the settings each real asset reads) and a passing check."""
 
     def defs(settings: Settings) -> dg.Definitions:
         partitions = {"theses": month_partitions(months_between(*THESIS_MONTHS)), "test": month_partitions(months_between(*TEST_MONTHS)), None: None}
@@ -76,7 +91,7 @@ def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = No
 
         @dg.asset_check(asset="thesis_jsonl", description="stand-in: the month's file exists")
         def accepted_plus_rejected_equals_read() -> dg.AssetCheckResult:
-            return dg.AssetCheckResult(passed=(settings.data_dir / "thesis_jsonl").is_dir())
+            return dg.AssetCheckResult(passed=settings.paths.jsonl.is_dir())
 
         return dg.Definitions(assets=assets, asset_checks=[accepted_plus_rejected_equals_read])
 

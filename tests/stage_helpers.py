@@ -23,3 +23,11 @@ def stage_definitions(stage: Callable[[Settings], dg.Definitions], settings: Set
     """A stage's assets and checks for `dg.materialize`, built from `settings` (default: the environment's)."""
     defs = stage(settings or load_settings())
     return [*defs.assets, *(defs.asset_checks or ())]
+
+
+def mark_as_written(asset: str, *targets, settings: Settings | None = None) -> None:
+    """Mark files a test wrote in place of an upstream asset as that asset would have (its marker, its settings)."""
+    from sftc_resources.metadata import stamp
+
+    for target in targets:
+        stamp(settings or load_settings(), asset)(target, target)

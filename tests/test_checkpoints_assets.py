@@ -16,7 +16,7 @@ import torch
 from checkpoints_helpers import awkward_checkpoint, write_checkpoint
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
-from stage_helpers import settings_with, stage_definitions
+from stage_helpers import mark_as_written, settings_with, stage_definitions
 
 from sftc_assets.checkpoints import assets
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
@@ -38,6 +38,7 @@ def _write_hf_splits(data_dir: Path) -> None:
     rows = [{"instruction": "You are an equity analyst.", "input": line["input"], "output": line["output"]} for line in LINES]
     splits = {"train": rows[:12], "validation": rows[12:15], "test": rows[15:]}
     DatasetDict({name: Dataset.from_list(part) for name, part in splits.items()}).save_to_disk(str(data_dir / "hf_splits"))
+    mark_as_written("hf_splits", data_dir / "hf_splits")
 
 
 def test_toy_chain_materializes_with_every_check_passing(data_dir):
@@ -68,6 +69,7 @@ def test_toy_chain_materializes_with_every_check_passing(data_dir):
 
 def test_gpu_gate_refuses_a_checkpoint_over_the_cpu_limit_before_any_work(data_dir):
     make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", [line["input"] for line in LINES], fp8=True)
+    mark_as_written("base_checkpoint", data_dir / "checkpoints" / "base_fp8")
     with dg.instance_for_test() as instance:
         # The toy settings with a CPU limit below the toy checkpoint's size: the gate must refuse.
         small_cpu_limit = settings_with(compute={"cpu_max_checkpoint_bytes": 1000})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import dagster as dg
-from stage_helpers import stage_definitions
+from stage_helpers import mark_as_written, settings_with, stage_definitions
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -15,33 +16,54 @@ from sftc_assets.theses.parser import parse_corpus
 from sftc_assets.theses.sample_corpus import write_sample_corpus
 from sftc_core.configs import CorpusConfig, load_sft_config
 from sftc_core.paths import ArtifactPaths
+from sftc_core.settings import load_settings
 
 SPECIAL_TOKENS_CHECK = dg.AssetCheckKey(dg.AssetKey("nemo_jsonl"), "special_tokens_in_every_line")
 
 
 def write_monthly_jsonl(data_dir: Path) -> int:
-    """The toy window's records as thesis_jsonl lays them out: data/jsonl/YYYY-MM.jsonl (+ a rejects file)."""
+    """The toy window's records as thesis_jsonl leaves them: data/jsonl/YYYY-MM.jsonl and .rejects.jsonl for
+    every month of the profile (a rejects line in one), marked as thesis_jsonl's."""
     config = CorpusConfig(source="sample", tickers=["AAPL", "IBM"], per_month=3, seed=1, horizon_days=5)
     write_sample_corpus(data_dir / "raw_xml", "2010-01", "2012-12", config)
     records = parse_corpus(data_dir / "raw_xml").records
     paths = ArtifactPaths(data_dir)
     paths.jsonl.mkdir(parents=True)
-    for month in sorted({r["as_of_date"][:7] for r in records}):
+    for month in load_settings().thesis_months:
         rows = [r for r in records if r["as_of_date"].startswith(month)]
         paths.jsonl_month(month).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    paths.rejects_month("2010-01").write_text(json.dumps({"source_file": "x.xml", "index": None, "reason": "malformed_xml"}) + "\n")
+        rejects = [{"source_file": "x.xml", "index": None, "reason": "malformed_xml"}] if month == "2010-01" else []
+        paths.rejects_month(month).write_text("".join(json.dumps(r) + "\n" for r in rejects), encoding="utf-8")
+        mark_as_written("thesis_jsonl", paths.jsonl_month(month), paths.rejects_month(month))
     return len(records)
 
 
-def materialize(data_dir: Path, instance: dg.DagsterInstance, selection: list[str] | None = None) -> dg.ExecuteInJobResult:
-    return dg.materialize(stage_definitions(assets.defs), instance=instance, selection=selection)
+def write_tokenizer(paths: ArtifactPaths) -> None:
+    """A word-level tokenizer of the train split's texts where base_checkpoint keeps its tokenizer, marked as its."""
+    texts = nemo_export.training_texts(paths.hf_splits, load_sft_config())
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>", *load_sft_config().special_tokens]))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(str(paths.base_checkpoint))
+    mark_as_written("base_checkpoint", paths.base_checkpoint)
+
+
+def materialize(data_dir: Path, instance: dg.DagsterInstance, selection: list[str] | None = None, raise_on_error: bool = True) -> dg.ExecuteInJobResult:
+    return dg.materialize(stage_definitions(assets.defs), instance=instance, selection=selection, raise_on_error=raise_on_error)
 
 
 def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
     total = write_monthly_jsonl(data_dir)
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize(data_dir, instance)
+    result = materialize(data_dir, instance, selection=["hf_splits"])
     assert result.success
+    # nemo_jsonl reads base_checkpoint's tokenizer: without it, it refuses to run and names what to build.
+    refused = materialize(data_dir, instance, selection=["nemo_jsonl"], raise_on_error=False)
+    assert not refused.success
+    failure = refused.failure_data_for_node("nemo_jsonl").user_failure_data.description
+    assert "base_fp8 is missing (re-materialize base_checkpoint)" in failure
+    write_tokenizer(ArtifactPaths(data_dir))
+    nemo = materialize(data_dir, instance, selection=["nemo_jsonl"])
 
     splits_meta = result.asset_materializations_for_node("hf_splits")[0].metadata
     counts = {name: splits_meta[f"{name}_count"].value for name in ("train", "validation", "test")}
@@ -53,36 +75,33 @@ def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
     assert "2012-09-01" <= test_first and test_last <= "2012-12-31"
     assert "<action>" in splits_meta["preview"].value and splits_meta["git_commit"].value
 
-    nemo_meta = result.asset_materializations_for_node("nemo_jsonl")[0].metadata
+    nemo_meta = nemo.asset_materializations_for_node("nemo_jsonl")[0].metadata
     assert [nemo_meta[f"{n}_lines"].value for n in ("train", "validation", "test")] == list(counts.values())
-    assert nemo_meta["token_stats"].value == f"not measured: no tokenizer at {data_dir / 'checkpoints' / 'base_fp8'}"
+    assert nemo_meta["total_tokens_max"].value > nemo_meta["prompt_tokens_p95"].value > 0
+    assert nemo_meta["truncated"].value == 0 and nemo_meta["token_stats"].value["special_tokens_not_single"] == []
     assert "### Response:" in nemo_meta["preview"].value
 
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    checks = {e.check_name: e.passed for e in [*result.get_asset_check_evaluations(), *nemo.get_asset_check_evaluations()]}
     assert checks == {"splits_disjoint_and_ordered": True, "special_tokens_in_every_line": True}
 
 
-def test_token_stats_appear_once_base_checkpoint_has_a_tokenizer_and_checks_catch_bad_files(data_dir):
+def test_without_a_reachable_tokenizer_the_lines_are_written_unmeasured_and_checks_catch_bad_files(data_dir, tmp_path, monkeypatch):
+    """The full profile's release may sit on the GPU nodes only: nemo_jsonl then says it did not measure."""
     write_monthly_jsonl(data_dir)
+    monkeypatch.setenv("SFTC_PROFILE", "full")
+    settings = settings_with(partitions={"start": "2010-01", "end": "2012-12"}, model={"base_checkpoint_path": str(tmp_path / "unreachable")})
+    settings = settings.model_copy(update={"train_start_date": dt.date(2010, 1, 1), "train_end_date": dt.date(2012, 4, 30), "test_start_date": dt.date(2012, 9, 1), "test_end_date": dt.date(2012, 12, 31)})
     instance = dg.DagsterInstance.ephemeral()
-    assert materialize(data_dir, instance).success
-    paths = ArtifactPaths(data_dir)
-    texts = [line for name in nemo_export.NEMO_FILES.values() for line in (paths.nemo_jsonl / name).read_text().splitlines()]
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>", *load_sft_config().special_tokens]))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(str(paths.base_checkpoint))
-
-    result = materialize(data_dir, instance, selection=["nemo_jsonl"])
+    result = dg.materialize(stage_definitions(assets.defs, settings), instance=instance)
     meta = result.asset_materializations_for_node("nemo_jsonl")[0].metadata
-    assert meta["total_tokens_max"].value > meta["prompt_tokens_p95"].value > 0
-    assert meta["truncated"].value == 0 and meta["token_stats"].value["special_tokens_not_single"] == []
+    assert meta["token_stats"].value == f"not measured: no tokenizer at {tmp_path / 'unreachable'}"
+    paths = ArtifactPaths(data_dir)
 
     # A damaged file fails the check (without rerunning the asset).
     training = paths.nemo_jsonl / "training.jsonl"
     training.write_text(training.read_text() + '{"input": "x", "output": "no tags"}\n')
     check_only = dg.materialize(
-        stage_definitions(assets.defs),
+        stage_definitions(assets.defs, settings),
         instance=instance,
         selection=dg.AssetSelection.checks(SPECIAL_TOKENS_CHECK),
         raise_on_error=False,  # a failed blocking check fails the run

@@ -210,7 +210,7 @@ def test_sftc_evaluate_reports_a_missing_model(data_dir, capsys):
 
 def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, toy_model):
     import dagster as dg
-    from stage_helpers import stage_definitions
+    from stage_helpers import mark_as_written, stage_definitions
 
     from sftc_assets.evaluation import assets
     from sftc_assets.evaluation.assets import EvalRunConfig
@@ -218,6 +218,8 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
 
     shutil.copytree(toy_model, data_dir / "models" / "sft")
     _save_splits(data_dir / "hf_splits", RECORDS)
+    mark_as_written("sft_model", data_dir / "models" / "sft")
+    mark_as_written("hf_splits", data_dir / "hf_splits")
     result = dg.materialize(
         stage_definitions(assets.defs),
         partition_key="2012-10",
@@ -234,4 +236,4 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "eval_parse_rate"
     assert check.passed == (materialization.metadata["parse_rate"].value >= 0.5)
-    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == ["2012-10.csv"]
+    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", "2012-10.csv"]  # the month and its marker

@@ -17,8 +17,8 @@ from sftc_core.configs import (
     load_sft_config,
     load_yaml_model,
 )
-from sftc_core.manifest import config_hash, run_manifest
 from sftc_core.settings import load_settings
+from sftc_resources.metadata import config_hash, manifest_metadata
 
 
 def test_defaults_come_from_the_toy_profile(tmp_path):
@@ -128,13 +128,14 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         io.read_jsonl(path)
 
 
-def test_run_manifest_tracks_config_bytes(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("a: 1\n")
-    first = config_hash([cfg])
-    cfg.write_text("a: 2\n")
-    assert config_hash([cfg]) != first
-    manifest = run_manifest([cfg])
-    assert set(manifest) >= {"git_commit", "git_dirty", "config_hash", "packages"}
-    assert manifest["packages"]["dagster"] != "not installed"
+def test_manifest_tracks_the_settings_read_and_the_code(tmp_path):
+    """The config hash follows exactly the settings an asset reads: another training end date changes
+    hf_splits' hash, not the backtest's; the manifest carries git state, the settings and package versions."""
+    settings = load_settings(env={}, dotenv_path=tmp_path / "none")
+    later = load_settings(env={"TRAIN_END_DATE": "2012-03-30"}, dotenv_path=tmp_path / "none")
+    assert config_hash(settings, "hf_splits") != config_hash(later, "hf_splits")
+    assert config_hash(settings, "backtest_report") == config_hash(later, "backtest_report")
+    manifest = manifest_metadata(later, "hf_splits")["run_manifest"].value
+    assert set(manifest) >= {"git_commit", "git_dirty", "config_hash", "settings", "packages"}
+    assert manifest["settings"]["train_end_date"] == "2012-03-30" and manifest["packages"]["dagster"] != "not installed"
     json.dumps(manifest)

@@ -15,9 +15,12 @@ from dagster_k8s import K8sRunLauncher
 from sftc_core.configs import ConfigError, load_cluster_config
 from sftc_core.settings import load_settings
 from sftc_resources.routing import NODE_TAG
+from sftc_resources.run_history import DATA_DIR_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_RUN_LIMIT = {"key": NODE_TAG, "value": "gpu", "limit": 1}
+DATA_DIR_LIMIT = {"key": DATA_DIR_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+RUN_LIMITS = [GPU_RUN_LIMIT, DATA_DIR_LIMIT]
 DEPLOY_ENV = {
     "DAGSTER_PG_HOST": "postgres",
     "DAGSTER_PG_PORT": "5432",
@@ -44,13 +47,13 @@ def test_deploy_dagster_yaml_is_a_valid_instance_and_k8s_launcher_config(tmp_pat
     assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
     result = validate_config(K8sRunLauncher.config_type(), launcher["config"])
     assert result.success, [e.message for e in result.errors]
-    assert config["concurrency"]["runs"]["tag_concurrency_limits"] == [GPU_RUN_LIMIT]
+    assert config["concurrency"]["runs"]["tag_concurrency_limits"] == RUN_LIMITS
     assert config["concurrency"]["pools"]["default_limit"] == 1
 
 
 def test_local_instance_has_the_same_gpu_limits(tmp_path):
     config = _instance_config(REPO_ROOT / "configs" / "dagster.yaml", tmp_path)
-    assert config["concurrency"]["runs"]["tag_concurrency_limits"] == [GPU_RUN_LIMIT]
+    assert config["concurrency"]["runs"]["tag_concurrency_limits"] == RUN_LIMITS
     assert config["concurrency"]["pools"]["default_limit"] == 1
 
 
@@ -68,7 +71,7 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
     queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert queue["tagConcurrencyLimits"] == [GPU_RUN_LIMIT]
+    assert queue["tagConcurrencyLimits"] == RUN_LIMITS
     assert values["additionalInstanceConfig"]["concurrency"]["pools"]["default_limit"] == 1
 
 

@@ -15,6 +15,7 @@ from bokeh_sampledata import stocks
 
 from sftc_assets.theses import sample_corpus
 from sftc_assets.theses.parser import parse_corpus
+from sftc_core.artifacts import is_marker
 from sftc_core.configs import CorpusConfig
 from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
@@ -24,7 +25,8 @@ ORDER = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The theses written (their markers record when they were written, not what)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not is_marker(p)}
 
 
 def theses_in(root: Path) -> list[dict]:

@@ -82,7 +82,10 @@ def test_unwritable_output_exits_2_and_keeps_the_previous_files(corpus, tmp_path
     out = tmp_path / "o.jsonl"
     out.write_text("previous\n")
     (tmp_path / "o.rejects.jsonl").mkdir()  # a directory where the rejects file should go
+    # Not written by sftc: refused unless --force; forced, the write itself fails and keeps the previous file.
     assert main(["xml-to-jsonl", "--input-dir", str(corpus), "--output", str(out)]) == 2
+    assert "is a file that sftc did not write" in capsys.readouterr().err
+    assert main(["xml-to-jsonl", "--input-dir", str(corpus), "--output", str(out), "--force"]) == 2
     assert "cannot write" in capsys.readouterr().err
     assert out.read_text() == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o.", ".o."))) == ["o.jsonl", "o.rejects.jsonl"]

@@ -30,6 +30,7 @@ from sftc_assets.training.hf_backend import (
     run_training,
     target_loss_sum,
     train_step,
+    work_dir,
 )
 from sftc_core.configs import load_profile, load_sft_config
 from sftc_core.threads import torch_threads
@@ -259,7 +260,8 @@ def test_resume_after_a_kill_gives_the_same_losses(reference_run, toy_inputs, tm
 
     with pytest.raises(Killed):
         run_training(model_dir, data_dir, output, short_training(), SFT, EVALUATION, on_step=kill_at_step_7)
-    assert latest_checkpoint(output).name == "step-4" and not (output / "metrics.json").exists()
+    # The run works beside OUTPUT: killed, it leaves its checkpoints there and no OUTPUT at all.
+    assert latest_checkpoint(work_dir(output)).name == "step-4" and not output.exists()
     resumed = run_training(model_dir, data_dir, output, short_training(), SFT, EVALUATION, resume=True)
     assert resumed.metrics["resumed_from_step"] == 4
     reference = read_csv(reference_run.output_dir / "training.csv")
@@ -340,7 +342,7 @@ def test_cli_refuses_a_foreign_output_directory(toy_inputs, tmp_path, capsys):
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
     rc = sftc_main(["train", "--model", str(toy_inputs[0]), "--data", str(toy_inputs[1]), "--output", str(output), "--max-steps", "1"])
-    assert rc == 2 and "not empty and not a training output" in capsys.readouterr().err
+    assert rc == 2 and "is a non-empty directory that sftc did not write" in capsys.readouterr().err
     assert (output / "notes.txt").read_text() == "keep me"
 
 

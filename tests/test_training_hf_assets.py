@@ -7,7 +7,7 @@ import shutil
 
 import dagster as dg
 import pytest
-from stage_helpers import settings_with, stage_definitions
+from stage_helpers import mark_as_written, settings_with, stage_definitions
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets
@@ -26,6 +26,8 @@ def chain_data(data_dir, toy_inputs):
     model_dir, nemo_dir = toy_inputs
     shutil.copytree(model_dir, data_dir / "checkpoints" / "bf16")
     shutil.copytree(nemo_dir, data_dir / "nemo_jsonl")
+    mark_as_written("bf16_checkpoint", data_dir / "checkpoints" / "bf16")
+    mark_as_written("nemo_jsonl", data_dir / "nemo_jsonl")
     return data_dir
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from stage_helpers import stage_definitions
+from stage_helpers import mark_as_written, stage_definitions
 from training_nemo_helpers import (
     ONE_GPU,
     nemo_run_paths,
@@ -405,6 +405,8 @@ def pipes_env(data_dir, monkeypatch):
     paths = ArtifactPaths(data_dir)
     write_hf_checkpoint(paths.bf16_checkpoint)
     write_nemo_jsonl(paths.nemo_jsonl)
+    mark_as_written("bf16_checkpoint", paths.bf16_checkpoint)
+    mark_as_written("nemo_jsonl", paths.nemo_jsonl)
     return paths
 
 
@@ -455,6 +457,7 @@ def test_nemo_model_gate_stops_before_any_work(pipes_env, monkeypatch):
 
 def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
     write_hf_checkpoint(pipes_env.bf16_checkpoint, {**toy_hf_config(), "quantization_config": {"quant_method": "fp8"}})
+    mark_as_written("bf16_checkpoint", pipes_env.bf16_checkpoint)
     dry_run = {"ops": {"nemo_model": {"config": {"dry_run": True}}}}
     with dg.instance_for_test() as instance:
         result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance, raise_on_error=False)
@@ -468,7 +471,8 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
 def _sft_model_nemo_branch(context: dg.AssetExecutionContext, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient):
     """What the sft_model asset does for backend nemo, reduced to the call (the real asset lives in assets.py)."""
     settings = load_settings().model_copy(update={"finetune": load_finetune_config(context.run.tags["finetune_config"])})
-    plan = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, dry_run=True)
+    config = nemo_runner.run_config(settings.finetune, dry_run=True)
+    plan = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, config, dry_run=True)
     return dg.MaterializeResult(metadata={"planned": dg.MetadataValue.json(plan)})
 
 

@@ -9,6 +9,7 @@ from sftc_core.text import markdown_table
 from sftc_resources import prices as price_sources
 from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import data_version, writing
 
 GROUP = "evaluation"
 
@@ -24,7 +25,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=[dg.AssetDep("eval_csv", partition_mapping=dg.AllPartitionMapping())],
         group_name=GROUP,
-        code_version=code_version(portfolio, report, price_sources),
+        code_version=code_version("backtest_report", settings, portfolio, report, price_sources),
         kinds={"pandas", "html"},
         description="Classification, signal and portfolio figures over the whole test window (every eval_csv month), with a "
         "per-month table: metrics.json, report.md, report.html, equity_curve.png, confusion.png under data/backtest/.",
@@ -36,7 +37,10 @@ def defs(settings: Settings) -> dg.Definitions:
             context.log.warning("eval_csv has no file yet for %s; the report covers the other months", ", ".join(months_missing))
         if not files:
             raise dg.Failure(f"no eval_csv month under {paths.eval_dir}; materialize eval_csv first", allow_retries=False)
-        figures = report.run_backtest(files, paths.backtest, price_sources.price_source_from_settings(settings), settings.backtest, settings.prices.calendar)
+        present = [m for m in settings.test_months if m not in months_missing]
+        with writing(settings, "backtest_report", [paths.backtest], inputs=[("eval_csv", present)]) as stamp:
+            source = price_sources.price_source_from_settings(settings)
+            figures = report.run_backtest(files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp)
         pf, bm = figures["portfolio"], figures["benchmark"]
         headline = {name: figures[name] for name in report.HEADLINE}
         series = {f"portfolio_{k}": pf.get(k) for k in ("cumulative_return", "sharpe", "max_drawdown", "turnover")}
@@ -55,8 +59,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 "equity_curve": image_markdown(paths.backtest / "equity_curve.png", "equity curve"),
                 "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
                 "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
-                **manifest_metadata("backtest_config.yaml", "eval_config.yaml"),
-            }
+                **manifest_metadata(settings, "backtest_report"),
+            },
+            data_version=data_version([paths.backtest]),
         )
 
     @dg.asset_check(asset=backtest_report, description="The five report files exist, figures lie in their ranges, counts add up to the eval rows.")

@@ -1,7 +1,7 @@
 """The backtest report: eval CSV(s) in, metrics.json, report.md, report.html, equity_curve.png, confusion.png out.
 
-Everything is computed in memory first and the five files are then written one by one atomically, so a bad
-input leaves the previous report untouched.
+Everything is computed in memory first and the five files are then written into a directory beside the
+report that replaces it whole, so a bad input leaves the previous report untouched.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sftc_assets.backtest.portfolio import (
 )
 from sftc_assets.evaluation.results import read_eval_csv
 from sftc_core.configs import BacktestConfig
-from sftc_core.io import atomic_write_bytes, atomic_write_text
+from sftc_core.io import BeforeSwap, atomic_dir
 from sftc_core.market import PriceSource
 from sftc_core.metrics import (
     UNPARSED_NAME,
@@ -243,8 +243,11 @@ def plot_confusion(metrics: dict) -> bytes:
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS") -> dict:
-    """Read the eval CSV(s), compute every figure, write the five report files; returns the metrics."""
+def run_backtest(
+    eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS", stamp: BeforeSwap | None = None
+) -> dict:
+    """Read the eval CSV(s), compute every figure, write the five report files (the directory replaced whole);
+    returns the metrics."""
     frame = read_eval_csv(eval_path)
     if frame.empty:
         raise ValueError(f"{eval_path}: no rows to backtest (the eval CSV files hold only headers)")
@@ -252,11 +255,11 @@ def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSou
     images = {"equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")), "confusion.png": plot_confusion(metrics)}
     texts = {"metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
              "report.md": render_markdown(metrics), "report.html": render_html(metrics, images)}
-    report_dir = Path(report_dir)
-    for name, text in texts.items():
-        atomic_write_text(report_dir / name, text)
-    for name, data in images.items():
-        atomic_write_bytes(report_dir / name, data)
+    with atomic_dir(report_dir, stamp) as staging:
+        for name, text in texts.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        for name, data in images.items():
+            (staging / name).write_bytes(data)
     return metrics
 
 

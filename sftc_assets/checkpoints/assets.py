@@ -14,6 +14,7 @@ from sftc_core.text import format_bytes, markdown_table
 from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
+from sftc_resources.writes import data_version, writing
 
 GROUP = "checkpoints"
 SHORT_HASH = 12
@@ -33,7 +34,7 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
         name="base_checkpoint",
         deps=["hf_splits"],
         group_name=GROUP,
-        code_version=code_version(toy_model, nemo_export),
+        code_version=code_version("base_checkpoint", settings, toy_model, nemo_export),
         kinds={"pytorch", "huggingface"},
         description="The tiny DeepSeek-V3 in the FP8 release layout (sharded, float8_e4m3fn + _scale_inv, index, "
         "quantization_config), with a BPE tokenizer trained on the train split's prompts and targets.",
@@ -42,8 +43,9 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
     def base_checkpoint(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         paths, model = settings.paths, settings.profile.model
         # The train split only: the tokenizer must not learn from the test window.
-        texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
-        summary = toy_model.make_toy_checkpoint(paths.base_checkpoint, texts, seed=model.seed, fp8=True, vocab_size=model.vocab_size)
+        with writing(settings, "base_checkpoint", [paths.base_checkpoint], inputs=[("hf_splits", None)]) as stamp:
+            texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
+            summary = toy_model.make_toy_checkpoint(paths.base_checkpoint, texts, seed=model.seed, fp8=True, vocab_size=model.vocab_size, stamp=stamp)
         context.log.info("toy FP8 checkpoint: %s", summary)
         return dg.MaterializeResult(
             metadata={
@@ -58,8 +60,9 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
                 "tokenizer_vocab": summary["tokenizer_vocab"],
                 "corpus_texts": summary["corpus_texts"],
                 "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-                **manifest_metadata(),
-            }
+                **manifest_metadata(settings, "base_checkpoint"),
+            },
+            data_version=data_version([paths.base_checkpoint]),
         )
 
     return base_checkpoint
@@ -97,7 +100,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=[base_checkpoint],
         group_name=GROUP,
-        code_version=code_version(convert),
+        code_version=code_version("bf16_checkpoint", settings, convert),
         kinds={"pytorch", "huggingface"},
         description="The BF16 checkpoint converted from base_checkpoint (Triton kernel on GPU, the same math in torch on "
         "CPU), with config.json free of quantization_config, the tokenizer and the generation config.",
@@ -105,9 +108,10 @@ def defs(settings: Settings) -> dg.Definitions:
     )
     def bf16_checkpoint(context: dg.AssetExecutionContext, gpu: GpuResource) -> dg.MaterializeResult:
         paths, source = settings.paths, settings.base_checkpoint_dir
-        plan = convert.plan_conversion(source)  # a bad checkpoint fails here, before the gate and before any work
-        device = gpu.choose_device("bf16_checkpoint", plan.input_bytes, settings.profile.compute.cpu_max_checkpoint_bytes)
-        summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device)
+        with writing(settings, "bf16_checkpoint", [paths.bf16_checkpoint], inputs=[("base_checkpoint", None)]) as stamp:
+            plan = convert.plan_conversion(source)  # a bad checkpoint fails here, before the gate and before any work
+            device = gpu.choose_device("bf16_checkpoint", plan.input_bytes, settings.profile.compute.cpu_max_checkpoint_bytes)
+            summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device, stamp=stamp)
         context.log.info("conversion: %s", {k: v for k, v in summary.items() if k != "shard_sha256"})
         rows = [{**row, "sha256": summary["shard_sha256"][row["shard"]][:SHORT_HASH]} for row in verify.shard_table(paths.bf16_checkpoint)]
         return dg.MaterializeResult(
@@ -126,8 +130,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 "gb_per_s": summary["gb_per_s"],
                 "shard_table": _table(rows),
                 "gpu": gpu.probe().describe(),
-                **manifest_metadata(),
-            }
+                **manifest_metadata(settings, "bf16_checkpoint"),
+            },
+            data_version=data_version([paths.bf16_checkpoint]),
         )
 
     @dg.multi_asset_check(

@@ -44,7 +44,7 @@ from sftc_assets.checkpoints.safetensors_io import (
     read_tensor,
     tensor_bytes,
 )
-from sftc_core.io import atomic_write_json, replace_dir
+from sftc_core.io import BeforeSwap, atomic_write_json, normalise_modes, replace_dir
 from sftc_core.threads import torch_threads
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,9 @@ def staging_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.partial"
 
 
-def convert_fp8_checkpoint(source: Path | str, output: Path | str, *, device: Device = "auto", progress: bool = True) -> dict:
+def convert_fp8_checkpoint(
+    source: Path | str, output: Path | str, *, device: Device = "auto", progress: bool = True, stamp: BeforeSwap | None = None
+) -> dict:
     """Convert the FP8 checkpoint `source` into a BF16 checkpoint at `output` (replaced whole when done).
 
     Returns a summary: shards (converted / resumed), tensors, bytes, seconds, GB/s, device and method.
@@ -283,6 +285,9 @@ def convert_fp8_checkpoint(source: Path | str, output: Path | str, *, device: De
     atomic_write_json(staging / INDEX_NAME, {"metadata": {"total_size": plan.total_size}, "weight_map": plan.weight_map})
     _copy_side_files(plan, staging)
     (staging / STATE_NAME).unlink()
+    normalise_modes(staging)
+    if stamp is not None:
+        stamp(staging, output)
     replace_dir(staging, output)
 
     converted_bytes = sum(s.input_bytes for s in todo)

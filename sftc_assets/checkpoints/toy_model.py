@@ -29,7 +29,7 @@ from sftc_assets.checkpoints.safetensors_io import (
     SAFETENSORS_METADATA,
     SINGLE_FILE_NAME,
 )
-from sftc_core.io import atomic_dir, read_jsonl
+from sftc_core.io import BeforeSwap, atomic_dir, read_jsonl
 
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
@@ -169,7 +169,7 @@ def _plan_shards(state: dict[str, torch.Tensor], shards: int) -> list[list[str]]
 
 
 def make_toy_checkpoint(
-    out_dir: Path | str, corpus_texts: list[str], *, seed: int = 0, fp8: bool = False, vocab_size: int = 1024
+    out_dir: Path | str, corpus_texts: list[str], *, seed: int = 0, fp8: bool = False, vocab_size: int = 1024, stamp: BeforeSwap | None = None
 ) -> dict:
     """Build the toy DeepSeek-V3 and its tokenizer into `out_dir` (replaced whole, atomically).
 
@@ -200,7 +200,7 @@ def make_toy_checkpoint(
 
     out_dir = Path(out_dir)
     weight_map: dict[str, str] = {}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, stamp) as tmp:
         if fp8:
             plan = _plan_shards(state, FP8_SHARDS)
             for number, names in enumerate(plan, start=1):

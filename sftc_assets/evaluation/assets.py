@@ -12,6 +12,7 @@ from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.partitions import month_partitions
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import writing
 
 GROUP = "evaluation"
 PREVIEW_ROWS = 5
@@ -39,27 +40,13 @@ def _month_figures(frame) -> dict:
 def defs(settings: Settings) -> dg.Definitions:
     paths = settings.paths
 
-    @dg.asset(
-        partitions_def=month_partitions(settings.test_months),
-        deps=["sft_model", "hf_splits"],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=GROUP,
-        # The price source decides the forward returns: its code is part of this asset's.
-        code_version=code_version(evaluate, results, price_sources),
-        kinds={"pytorch", "csv"},
-        check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
-        description="Per month of the test window: greedy answers of sft_model to the test theses, the parsed action and the "
-        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/.",
-        **asset_placement("auto", settings),
-    )
-    def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
-        months = list(context.partition_keys)
+    def _evaluate_months(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource, months: list[str], stamp) -> tuple:
+        """Answer the months' test theses and write one eval CSV a month; (figures by month, frames, device)."""
         device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
         records = evaluate.load_test_records(paths.hf_splits, months=months)
         context.log.info("%d test theses in %s on %s", len(records), ", ".join(months), device)
         model, tokenizer = evaluate.load_model(paths.sft_model, device) if len(records) else (None, None)
         source = price_sources.price_source_from_settings(settings)
-
         by_month, frames = {}, []
         for month in months:
             month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
@@ -70,12 +57,32 @@ def defs(settings: Settings) -> dg.Definitions:
                 calendar=settings.prices.calendar,
                 cpu_threads=settings.profile.evaluation.cpu_threads,
             )  # fmt: skip
-            results.write_eval_csv(frame, paths.eval_month(month))
+            results.write_eval_csv(frame, paths.eval_month(month), stamp)
             by_month[month] = _month_figures(frame)
             frames.append(frame)
             context.log.info("%s: %s", month, by_month[month])
+        return by_month, frames, device
 
+    @dg.asset(
+        partitions_def=month_partitions(settings.test_months),
+        deps=["sft_model", "hf_splits"],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        # The price source decides the forward returns: its code is part of this asset's.
+        code_version=code_version("eval_csv", settings, evaluate, results, price_sources),
+        kinds={"pytorch", "csv"},
+        check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
+        description="Per month of the test window: greedy answers of sft_model to the test theses, the parsed action and the "
+        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/.",
+        **asset_placement("auto", settings),
+    )
+    def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
+        months = list(context.partition_keys)
+        targets = [t for month in months for t in settings.artifacts_of("eval_csv", month)]
+        with writing(settings, "eval_csv", targets, inputs=[("sft_model", None), ("hf_splits", None)]) as stamp:
+            by_month, frames, device = _evaluate_months(context, config, gpu, months, stamp)
         min_parse_rate = settings.eval_config.min_parse_rate
+
         low = {m: f["parse_rate"] for m, f in by_month.items() if f["rows"] and f["parse_rate"] < min_parse_rate}
         total = sum(f["rows"] for f in by_month.values())
         check = dg.AssetCheckResult(
@@ -98,7 +105,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "device": device,
                 "by_month": dg.MetadataValue.md(markdown_table([{"month": m, **f} for m, f in by_month.items()])),
                 "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata("eval_config.yaml", "sft_config.yaml"),
+                **manifest_metadata(settings, "eval_csv"),
             },
             check_results=[check],
         )

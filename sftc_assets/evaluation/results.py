@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sftc_core.io import atomic_path
+from sftc_core.io import BeforeSwap, atomic_path
 from sftc_core.market import RETURN_STATUSES
 from sftc_core.target_format import ACTIONS
 
@@ -43,13 +43,13 @@ def _iso_dates(values: pd.Series) -> pd.Series:
     return dates.dt.strftime("%Y-%m-%d").fillna("")
 
 
-def write_eval_csv(frame: pd.DataFrame, path: Path | str) -> Path:
+def write_eval_csv(frame: pd.DataFrame, path: Path | str, stamp: BeforeSwap | None = None) -> Path:
     """UTF-8, header, EVAL_COLUMNS in order, minimal quoting (raw_output keeps its newlines inside quotes)."""
     out = frame.loc[:, list(EVAL_COLUMNS)].copy()
     out["parse_ok"] = np.where(out["parse_ok"].astype(bool), "true", "false")
     for column in ("as_of_date", "entry_date", "exit_date"):
         out[column] = _iso_dates(out[column])
-    with atomic_path(path) as tmp:
+    with atomic_path(path, stamp) as tmp:
         out.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n", quoting=csv.QUOTE_MINIMAL, na_rep="")
     return Path(path)
 
@@ -124,6 +124,7 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
         return parsed
 
     check("id", (raw["id"] == "").to_numpy(), "is empty; every row needs an id")
+    check("id", raw["id"].duplicated().to_numpy(), "appears on an earlier row too; one row per test thesis")
     check("ticker", (raw["ticker"] == "").to_numpy(), "is empty; every row needs a ticker")
     check("true_action", ~raw["true_action"].isin(ACTIONS).to_numpy(), f"is not an action ({', '.join(ACTIONS)})")
     check("predicted_action", ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(), f"is not an action ({', '.join(ACTIONS)}) or empty")

@@ -12,6 +12,7 @@ from sftc_core.settings import Settings
 from sftc_resources import run_history
 from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import input_problems, writing
 
 GROUP = "reports"
 # Manifest keys every asset carries: they belong in the report's environment, not in each stage's figures.
@@ -56,8 +57,9 @@ def _materializations(instance: dg.DagsterInstance, key: dg.AssetKey, runs: list
     return [record for record in records if record.run_id in run_ids]
 
 
-def stage_outcome(instance: dg.DagsterInstance, asset: str, runs: list[dg.RunRecord] | None) -> validation.StageOutcome:
-    """`runs`: the runs of this validation (None: the run of the asset's latest materialization)."""
+def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, runs: list[dg.RunRecord] | None) -> validation.StageOutcome:
+    """`runs`: the runs of this validation (None: the run of the asset's latest materialization). A stage
+    whose files are missing or changed since sftc wrote them fails, whatever its runs said."""
     key = dg.AssetKey(asset)
     if runs is None:
         latest = instance.get_latest_materialization_event(key)
@@ -81,6 +83,8 @@ def stage_outcome(instance: dg.DagsterInstance, asset: str, runs: list[dg.RunRec
     if len(runs) == 1 and latest is None and not errors:
         errors.append(f"run {runs[0].dagster_run.run_id} ended {runs[0].dagster_run.status.value} without materializing it")
     partitions = sorted({m.partition_key for m in materializations if m.partition_key})
+    if latest is not None:
+        errors += input_problems(settings, [(asset, partitions or None)])
     return validation.StageOutcome(
         asset=asset,
         materialized=latest is not None,
@@ -97,7 +101,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=["backtest_report"],
         group_name=GROUP,
-        code_version=code_version(validation),
+        code_version=code_version("validation_report", settings, validation),
         kinds={"markdown", "json"},
         description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the environment, "
         "what a CPU cannot test, and whether the chain is ready for GPU deployment.",
@@ -110,7 +114,7 @@ def defs(settings: Settings) -> dg.Definitions:
             if validation_id
             else None
         )
-        stages = [stage_outcome(context.instance, asset, runs) for asset in validation.CHAIN_STAGES]
+        stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
         report = validation.build_report(
             stages,
             environment=validation.environment_summary(settings.profile_name, settings.train_backend),
@@ -118,7 +122,8 @@ def defs(settings: Settings) -> dg.Definitions:
             generated_at=dt.datetime.now(dt.timezone.utc),
             validation_run=validation_id,
         )
-        md_path, json_path = validation.write_report(report, settings.paths.reports)
+        with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
+            md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)
         context.log.info("validation report %s: ready for GPU %s", md_path, "YES" if report["ready_for_gpu"] else "NO")
         return dg.MaterializeResult(
             metadata={
@@ -129,7 +134,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "stages_failed": report["failed"],
                 "stages_not_run": report["not_run"],
                 "report": dg.MetadataValue.md(validation.render_markdown(report)),
-                **manifest_metadata(),
+                **manifest_metadata(settings, "validation_report"),
             }
         )
 

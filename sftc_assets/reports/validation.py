@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sftc_core.io import atomic_write_json, atomic_write_text
+from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
 from sftc_core.text import markdown_table
 
@@ -190,8 +190,8 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, reports_dir: Path) -> tuple[Path, Path]:
-    """`validation_report.md` and its JSON twin, each written atomically."""
-    md_path = atomic_write_text(reports_dir / "validation_report.md", render_markdown(report))
-    json_path = atomic_write_json(reports_dir / "validation_report.json", report)
+def write_report(report: dict, reports_dir: Path, stamp: BeforeSwap | None = None) -> tuple[Path, Path]:
+    """`validation_report.md` and its JSON twin, each written atomically (with `stamp`'s marker)."""
+    md_path = atomic_write_text(reports_dir / "validation_report.md", render_markdown(report), stamp)
+    json_path = atomic_write_json(reports_dir / "validation_report.json", report, stamp)
     return md_path, json_path

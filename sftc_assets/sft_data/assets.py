@@ -10,6 +10,7 @@ from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
 from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import data_version, writing
 
 GROUP = "data"
 PREVIEW_ROWS = 3
@@ -29,13 +30,14 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=[dg.AssetDep("thesis_jsonl", partition_mapping=dg.AllPartitionMapping())],
         group_name=GROUP,
-        code_version=code_version(splits),
+        code_version=code_version("hf_splits", settings, splits),
         kinds={"huggingface", "python"},
         description="Every thesis record split by as_of_date into train / validation / test, embargoed (datasets.DatasetDict).",
         **asset_placement("cpu", settings),
     )
     def hf_splits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        summary = splits.build_dataset(paths.jsonl, paths.hf_splits, settings.sft, date_bounds=settings.date_bounds)
+        with writing(settings, "hf_splits", [paths.hf_splits], inputs=[("thesis_jsonl", settings.thesis_months)]) as stamp:
+            summary = splits.build_dataset(paths.jsonl, paths.hf_splits, settings.sft, date_bounds=settings.date_bounds, stamp=stamp)
         context.log.info("splits %s from %d records", summary["counts"], summary["records"])
         dataset = splits.load_splits(paths.hf_splits)
         tables = [
@@ -58,8 +60,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 "max_label_span_days": summary["max_label_span_days"],
                 "actions": dg.MetadataValue.json(summary["actions"]),
                 "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata("sft_config.yaml"),
-            }
+                **manifest_metadata(settings, "hf_splits"),
+            },
+            data_version=data_version([paths.hf_splits]),
         )
 
     @dg.asset_check(asset=hf_splits, blocking=True, description="No id in two splits; each split ends more than the embargo before the next begins.")
@@ -71,7 +74,7 @@ def defs(settings: Settings) -> dg.Definitions:
         # The token lengths are measured with base_checkpoint's tokenizer: it is an input like the splits.
         deps=[hf_splits, "base_checkpoint"],
         group_name=GROUP,
-        code_version=code_version(nemo_export),
+        code_version=code_version("nemo_jsonl", settings, nemo_export),
         kinds={"json", "python"},
         description="training / validation / test JSONL for NeMo: {input: rendered prompt, output: target}, with the "
         "token lengths of prompts and targets under base_checkpoint's tokenizer.",
@@ -83,7 +86,8 @@ def defs(settings: Settings) -> dg.Definitions:
             # The full profile's release may sit on the GPU nodes' volume only: the files are written, the lengths not measured.
             context.log.warning("%s: no tokenizer here; token lengths not measured", tokenizer_dir)
             tokenizer_dir = None
-        summary = nemo_export.export_nemo(paths.hf_splits, paths.nemo_jsonl, settings.sft, tokenizer_path=tokenizer_dir)
+        with writing(settings, "nemo_jsonl", [paths.nemo_jsonl], inputs=[("hf_splits", None), ("base_checkpoint", None)]) as stamp:
+            summary = nemo_export.export_nemo(paths.hf_splits, paths.nemo_jsonl, settings.sft, tokenizer_path=tokenizer_dir, stamp=stamp)
         context.log.info("NeMo lines %s, tokenizer %s", summary["counts"], tokenizer_dir)
         first = read_jsonl(split_file(paths.nemo_jsonl, "train"))[:1]
         preview = "\n\n".join(f"**input**\n\n```\n{row['input']}\n```\n\n**output**\n\n```\n{row['output']}\n```" for row in first)
@@ -105,8 +109,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 **{f"{name}_lines": count for name, count in summary["counts"].items()},
                 **token_metadata,
                 "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata("sft_config.yaml"),
-            }
+                **manifest_metadata(settings, "nemo_jsonl"),
+            },
+            data_version=data_version([paths.nemo_jsonl]),
         )
 
     @dg.asset_check(asset=nemo_jsonl, blocking=True, description="Every line parses as {input, output} and the output carries every special token.")

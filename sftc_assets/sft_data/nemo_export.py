@@ -15,7 +15,7 @@ import numpy as np
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_assets.sft_data.splits import SPLITS, load_splits
 from sftc_core.configs import SftConfig
-from sftc_core.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+from sftc_core.io import BeforeSwap, atomic_dir, atomic_write_json, atomic_write_jsonl
 from sftc_core.nemo_format import NEMO_FILES, file_problems
 
 SUMMARY_FILE = "export_summary.json"
@@ -86,6 +86,7 @@ def export_nemo(
     sft_config: SftConfig,
     max_samples: int | None = None,
     tokenizer_path: Path | str | None = None,
+    stamp: BeforeSwap | None = None,
 ) -> dict:
     """Write the three NeMo files and `export_summary.json` into `output_dir` atomically; returns the summary.
 
@@ -104,7 +105,7 @@ def export_nemo(
         "tokenizer": str(tokenizer_path) if tokenizer is not None else None,
         "token_stats": token_stats(tokenizer, pairs, sft_config.max_seq_length, sft_config.special_tokens) if tokenizer is not None else None,
     }
-    with atomic_dir(output_dir) as staging:
+    with atomic_dir(output_dir, stamp) as staging:
         for name in SPLITS:
             atomic_write_jsonl(staging / NEMO_FILES[name], pairs[name])
             _, problems = file_problems(staging / NEMO_FILES[name], sft_config.special_tokens)

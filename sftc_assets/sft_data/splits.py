@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 
 from sftc_assets.sft_data.prompts import build_example
 from sftc_assets.theses.schema import record_problems
 from sftc_core.configs import SftConfig
-from sftc_core.io import atomic_dir, atomic_write_json, iter_jsonl
+from sftc_core.io import BeforeSwap, atomic_dir, atomic_write_json, iter_jsonl
 from sftc_core.market import session_window
 
 SPLITS = ("train", "validation", "test")
@@ -293,6 +294,7 @@ def build_dataset(
     test_days: int | None = None,
     embargo_days: int | None = None,
     min_samples: int | None = None,
+    stamp: BeforeSwap | None = None,
 ) -> dict:
     """Read the records, split them, and save the DatasetDict with `split_summary.json` into `out_dir` atomically.
 
@@ -319,7 +321,7 @@ def build_dataset(
         plan = plan_by_dates(*date_bounds, embargo)
     dataset, summary = build_splits(records, plan, sft_config, minimum)
     summary["input_files"] = files
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, stamp) as staging:
         dataset.save_to_disk(str(staging))
         atomic_write_json(staging / SUMMARY_FILE, summary)
     return summary
@@ -333,11 +335,37 @@ def load_splits(dataset_dir: Path | str) -> DatasetDict:
     dataset_dir = Path(dataset_dir)
     if not (dataset_dir / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits (sftc build-dataset) or pass the right directory")
-    dataset = load_from_disk(str(dataset_dir))
+    try:
+        dataset = load_from_disk(str(dataset_dir))
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        culprit = _unreadable_file(dataset_dir) or f"{type(exc).__name__}: {exc}; rebuild it with `sftc build-dataset` (the hf_splits asset)"
+        raise ValueError(f"the saved DatasetDict {dataset_dir} cannot be read: {culprit}") from None
     missing = [name for name in SPLITS if name not in dataset]
     if missing:
         raise ValueError(f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); rebuild it with `sftc build-dataset`")
     return dataset
+
+
+def _unreadable_file(dataset_dir: Path) -> str | None:
+    """Which file of a saved DatasetDict cannot be read, why, and the fix (None if each reads): the error names it."""
+    for path in sorted(dataset_dir.rglob("*")):
+        if path.suffix not in (".json", ".arrow") or not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read() if path.suffix == ".json" else None
+        except OSError as exc:
+            return f"{path}: {exc.strerror}; give this user read access to it"
+        try:
+            if data is not None:
+                json.loads(data)
+            else:
+                with pa.memory_map(str(path)) as source:
+                    pa.ipc.open_stream(source).read_all()
+        except (ValueError, pa.ArrowException) as exc:
+            what = "not valid JSON" if data is not None else "truncated or not an Arrow stream"
+            return f"{path}: {what} ({exc}); rebuild it with `sftc build-dataset` (the hf_splits asset)"
+    return None
 
 
 def load_summary(dataset_dir: Path | str) -> dict:

@@ -10,6 +10,7 @@ from sftc_core.text import markdown_table
 from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import asset_placement
+from sftc_resources.writes import writing
 
 GROUP = "data"
 PREVIEW_RECORDS = 5
@@ -45,7 +46,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        code_version=code_version(sample_corpus, layout),
+        code_version=code_version("raw_xml", settings, sample_corpus, layout),
         kinds={"xml"},
         description="Thesis XML files of a month under raw_xml/YYYY/MM/: generated from sample prices in the toy "
         "profile, observed (external files) in the full profile.",
@@ -57,11 +58,14 @@ def defs(settings: Settings) -> dg.Definitions:
         corpus = settings.profile.corpus
         months = list(context.partition_keys)
         rows = []
-        for month in months:
-            row = {"month": month}
-            if corpus.source == "sample":  # the writer replaces exactly that month's directory, atomically
-                row["theses"] = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus)["theses"]
-            rows.append({**row, **layout.observe_month(paths.raw_xml_month(month))})
+        # Observed theses (the full profile) are the user's files: nothing is written, nothing locked.
+        targets = [t for month in months for t in settings.artifacts_of("raw_xml", month)]
+        with writing(settings, "raw_xml", targets) as stamp:
+            for month in months:
+                row = {"month": month}
+                if corpus.source == "sample":  # the writer replaces exactly that month's directory, atomically
+                    row["theses"] = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus, stamp)["theses"]
+                rows.append({**row, **layout.observe_month(paths.raw_xml_month(month))})
         context.log.info("raw_xml %s: %s files (%s)", f"{months[0]}..{months[-1]}", sum(r["files"] for r in rows), corpus.source)
         return dg.MaterializeResult(
             metadata={
@@ -72,7 +76,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "bytes": sum(r["bytes"] for r in rows),
                 **({"theses_written": sum(r["theses"] for r in rows)} if corpus.source == "sample" else {}),
                 "per_month": dg.MetadataValue.md(markdown_table(rows)),
-                **manifest_metadata(),
+                **manifest_metadata(settings, "raw_xml"),
             }
         )
 
@@ -80,7 +84,7 @@ def defs(settings: Settings) -> dg.Definitions:
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["raw_xml"],
-        code_version=code_version(parser, schema, layout),
+        code_version=code_version("thesis_jsonl", settings, parser, schema, layout),
         kinds={"json", "python"},
         check_specs=[
             dg.AssetCheckSpec(COUNTS_CHECK, asset="thesis_jsonl", blocking=True, description="every thesis read is one record line or one reject line"),
@@ -94,12 +98,14 @@ def defs(settings: Settings) -> dg.Definitions:
     def thesis_jsonl(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         paths = settings.paths
         months = list(context.partition_keys)
-        # The whole tree, so a thesis duplicating one of an earlier month is caught; only these months are written.
-        corpus = parser.parse_corpus(paths.raw_xml)
-        by_month = corpus.by_month()
-        written = {m: by_month.get(m, parser.ParseResult()) for m in months}
-        for month, result in written.items():
-            parser.write_jsonl_outputs(result, paths.jsonl_month(month), paths.rejects_month(month))
+        targets = [t for month in months for t in settings.artifacts_of("thesis_jsonl", month)]
+        with writing(settings, "thesis_jsonl", targets, inputs=[("raw_xml", settings.thesis_months)]) as stamp:
+            # The whole tree, so a thesis duplicating one of an earlier month is caught; only these months are written.
+            corpus = parser.parse_corpus(paths.raw_xml)
+            by_month = corpus.by_month()
+            written = {m: by_month.get(m, parser.ParseResult()) for m in months}
+            for month, result in written.items():
+                parser.write_jsonl_outputs(result, paths.jsonl_month(month), paths.rejects_month(month), stamp)
         partition_months = set(settings.thesis_months)
         homeless = [o.reject or o.record for m, r in by_month.items() if m not in partition_months for o in r.outcomes]
         if homeless:
@@ -134,7 +140,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "corpus_read": len(corpus.outcomes),
                 "not_in_any_partition": len(homeless),
                 "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
-                **manifest_metadata(),
+                **manifest_metadata(settings, "thesis_jsonl"),
             },
             check_results=_check_results({row["month"]: row["read"] for row in per_month}, paths),
         )

@@ -28,6 +28,7 @@ import functools
 import math
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import NamedTuple
 
 from lxml import etree
 
-from sftc_assets.theses.layout import month_of_file, thesis_files
+from sftc_assets.theses.layout import CorpusError, month_of_file, thesis_files
 from sftc_assets.theses.schema import (
     HORIZON_DEFAULT,
     HORIZON_MAX,
@@ -46,10 +47,11 @@ from sftc_assets.theses.schema import (
     TICKER_PATTERN,
     calendar_date,
 )
-from sftc_core.io import atomic_path, atomic_write_jsonl
+from sftc_core.io import BeforeSwap, atomic_path, atomic_write_jsonl
 from sftc_core.target_format import ACTIONS
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
+_MAX_DEPTH = 256  # libxml2's limit without XML_PARSE_HUGE
 _READ_CHUNK = 1 << 20
 _READ_AHEAD_FILES, _READ_AHEAD_BYTES = 256, 4 << 20
 
@@ -65,10 +67,6 @@ _ENCODING_ERRORS = {
     etree.ErrorTypes.ERR_UNSUPPORTED_ENCODING,
     etree.ErrorTypes.ERR_UNKNOWN_ENCODING,
 }
-
-
-class CorpusError(ValueError):
-    """The corpus as a whole cannot be read (no files, an unreadable file): the run stops, nothing is written."""
 
 
 class _ExternalReadRefused(Exception):
@@ -319,9 +317,12 @@ def _reject(source_file: str, index: int | None, field_name: str | None, reason:
 
 def _read_capped(path: str, limit: int) -> bytes | None:
     """The bytes of the file, or None when it holds more than `limit` bytes (then it is not read)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put in place after the listing must not hang the parse
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorpusError(f"{path}: not a regular file (a FIFO, socket or device named *.xml); remove it from the input tree")
+        size = info.st_size
         if size > limit:
             return None
         data = os.read(fd, size + 1)  # a regular file gives all of it in one read
@@ -372,6 +373,8 @@ def _load_root(data: bytes | None, source_file: str, parser: etree.XMLParser, ma
         if exc.code in _ENCODING_ERRORS:
             detail = f"{exc.msg}; save the file as UTF-8 or name its encoding in the XML declaration"
             return None, _reject(source_file, None, None, "bad_encoding", detail)
+        if "Excessive depth" in exc.msg:  # libxml2 would lift the limit with XML_PARSE_HUGE, which we never set
+            return None, _reject(source_file, None, None, "malformed_xml", f"elements nested deeper than {_MAX_DEPTH} levels; a thesis file needs a handful: flatten it")
         return None, _reject(source_file, None, None, "malformed_xml", f"not well-formed XML: {exc.msg}")
     except _ExternalReadRefused:
         return None, _reject(source_file, None, None, "forbidden_xml", "refers to an external resource; theses must be self-contained")
@@ -490,13 +493,13 @@ def parse_corpus(input_dir: Path | str, *, months: Iterable[str] | None = None, 
     return corpus.result if months is None else corpus.result.for_months(months)
 
 
-def write_jsonl_outputs(result: ParseResult, output: Path | str, rejects: Path | str) -> tuple[int, int]:
-    """Write the records and the reject lines; returns (records, rejects) written.
+def write_jsonl_outputs(result: ParseResult, output: Path | str, rejects: Path | str, stamp: BeforeSwap | None = None) -> tuple[int, int]:
+    """Write the records and the reject lines (each with `stamp`'s marker); returns (records, rejects) written.
 
     Both are complete before either is renamed into place, and the records only after the rejects,
     so a failure leaves the previous pair untouched (or at worst a new rejects file beside old records).
     """
-    with atomic_path(output) as records_tmp, atomic_path(rejects) as rejects_tmp:
+    with atomic_path(output, stamp) as records_tmp, atomic_path(rejects, stamp) as rejects_tmp:
         return atomic_write_jsonl(records_tmp, result.records), atomic_write_jsonl(rejects_tmp, result.rejects)
 
 

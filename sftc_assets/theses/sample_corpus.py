@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from sftc_core.configs import CorpusConfig
-from sftc_core.io import atomic_dir
+from sftc_core.io import BeforeSwap, atomic_dir
 from sftc_core.market import (
     UnknownTickerError,
     forward_returns,
     load_sample_prices,
     trading_sessions,
 )
+from sftc_core.paths import month_dir
 
 # Actions from the lowest forward-return quintile to the highest.
 ACTIONS_BY_QUINTILE = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
@@ -264,7 +265,7 @@ def _month_files(ticker_index: int, month: str, theses: list[SampleThesis]) -> d
     return {f"{ticker}-{month}.xml": _xml_bytes(root)}
 
 
-def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: CorpusConfig) -> dict:
+def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None) -> dict:
     """Write exactly `month`'s (YYYY-MM) thesis files under `out_root/YYYY/MM/`, replacing that directory whole.
 
     Returns `month`, `files`, `theses`, and counts per `tickers` and per `actions`. A month outside the price
@@ -280,7 +281,7 @@ def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: C
         files.update(_month_files(index, month, theses))
         per_ticker[ticker] += len(theses)
         per_action.update(t.action for t in theses)
-    with atomic_dir(Path(out_root) / f"{period:%Y}" / f"{period:%m}") as staging:
+    with atomic_dir(month_dir(out_root, month), stamp) as staging:
         for name, data in sorted(files.items()):
             (staging / name).write_bytes(data)
     return {
@@ -292,14 +293,14 @@ def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: C
     }
 
 
-def write_sample_corpus(out_root: Path | str, start_month: str, end_month: str, corpus_config: CorpusConfig) -> dict:
+def write_sample_corpus(out_root: Path | str, start_month: str, end_month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None) -> dict:
     """Every month from `start_month` to `end_month` (YYYY-MM, inclusive) through `write_sample_corpus_month`."""
     months = pd.period_range(start_month, end_month, freq="M")
     if len(months) == 0:
         raise ValueError(f"the corpus months {start_month}..{end_month} are empty: the end is before the start")
     for ticker in corpus_config.tickers:
         sample_ticker_table(ticker.upper(), corpus_config.horizon_days)  # an unknown ticker fails before any month is written
-    results = [write_sample_corpus_month(out_root, f"{m:%Y-%m}", corpus_config) for m in months]
+    results = [write_sample_corpus_month(out_root, f"{m:%Y-%m}", corpus_config, stamp) for m in months]
     actions = Counter()
     for result in results:
         actions.update(result["actions"])

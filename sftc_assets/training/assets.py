@@ -15,6 +15,8 @@ import dagster as dg
 
 from sftc_assets.training import hf_backend, nemo_entry, nemo_runner, preflight
 from sftc_assets.training.nemo_runner import EntryStep
+from sftc_core.artifacts import Stamp
+from sftc_core.configs import FinetuneConfig
 from sftc_core.io import read_jsonl
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
@@ -22,10 +24,10 @@ from sftc_resources.metadata import code_version, image_markdown, manifest_metad
 from sftc_resources.nemo_launch import launch_step
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
+from sftc_resources.writes import data_version, writing
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"
-NEMO_CONFIG_FILES = ("nemo/finetune.yaml",)
 # The NeMo import builds the model through Megatron on one device.
 IMPORT_GPUS = 1
 
@@ -75,10 +77,10 @@ def run_nemo_finetune_via_pipes(
     pipes_client: dg.PipesSubprocessClient,
     gpu: GpuResource,
     settings: Settings,
+    config: FinetuneConfig,
     *,
-    max_steps: int | None = None,
-    smoke_test: bool = False,
     dry_run: bool = False,
+    stamp: Stamp | None = None,
 ) -> dict:
     """The `sft_model` asset's nemo branch: gate, fine-tune, merge, export to data/models/sft through Pipes.
 
@@ -86,7 +88,6 @@ def run_nemo_finetune_via_pipes(
     final_train_loss, tokens_per_s); on a dry run, the planned recipe instead and nothing is written.
     loss_curve.png, training.csv and val.csv lie beside the HF weights.
     """
-    config = nemo_runner.run_config(settings.finetune, max_steps, smoke_test, dry_run)
     _gate(gpu, settings, "sft_model", config.gpus_per_node)
 
     def execute(step: EntryStep) -> dict | None:
@@ -95,7 +96,7 @@ def run_nemo_finetune_via_pipes(
 
     paths = settings.paths
     result = nemo_runner.nemo_finetune(
-        execute, _python(settings), config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run
+        execute, _python(settings), config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp
     )
     if dry_run:
         return _require_plan(result)
@@ -106,7 +107,7 @@ def run_nemo_finetune_via_pipes(
 # --- the Hugging Face backend ---------------------------------------------------------------------
 
 
-def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource) -> dict:
+def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource, stamp: Stamp) -> dict:
     paths = settings.paths
     device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
 
@@ -126,6 +127,7 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
         resume=config.resume,
         device=device,
         on_step=log_progress,
+        stamp=stamp,
     )
     return result.metrics
 
@@ -141,7 +143,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=["bf16_checkpoint"],
         group_name=GROUP,
-        code_version=code_version(nemo_runner, nemo_entry),
+        code_version=code_version("nemo_model", settings, nemo_runner, nemo_entry),
         kinds={"nvidia", "pytorch"},
         description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), run in the NeMo environment through Dagster Pipes.",
         **asset_placement("gpu", settings),
@@ -151,12 +153,15 @@ def defs(settings: Settings) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         _gate(gpu, settings, "nemo_model", IMPORT_GPUS)
         step = nemo_runner.import_step(_python(settings), paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
-        invocation = launch_step(context, pipes_subprocess_client, settings, step, IMPORT_GPUS)
+        with writing(settings, "nemo_model", [paths.nemo_model], inputs=[("bf16_checkpoint", None)]) as stamp:
+            invocation = launch_step(context, pipes_subprocess_client, settings, step, IMPORT_GPUS)
+            if not config.dry_run:
+                stamp(paths.nemo_model, paths.nemo_model)  # the NeMo process wrote it (atomically); marked once it is there
         if config.dry_run:
             # Pipes makes a materialization mandatory; this one says plainly that nothing was written.
             plan = _require_plan(_plan_from(invocation))
             return dg.MaterializeResult(
-                metadata={"dry_run": True, "planned": dg.MetadataValue.json(plan), "written": "nothing (dry run)", **manifest_metadata(*NEMO_CONFIG_FILES)}
+                metadata={"dry_run": True, "planned": dg.MetadataValue.json(plan), "written": "nothing (dry run)", **manifest_metadata(settings, "nemo_model")}
             )
         reported = invocation.get_materialize_result()
         return dg.MaterializeResult(
@@ -165,8 +170,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 "dry_run": False,
                 "path": dg.MetadataValue.path(str(paths.nemo_model)),
                 "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-                **manifest_metadata(*NEMO_CONFIG_FILES),
-            }
+                **manifest_metadata(settings, "nemo_model"),
+            },
+            data_version=data_version([paths.nemo_model]),
         )
 
     nemo_backend = settings.train_backend == "nemo"
@@ -175,7 +181,7 @@ def defs(settings: Settings) -> dg.Definitions:
         # The NeMo backend fine-tunes the imported checkpoint; the HF backend starts from the BF16 one.
         deps=["bf16_checkpoint", "nemo_jsonl", *([nemo_model] if nemo_backend else [])],
         group_name=GROUP,
-        code_version=code_version(nemo_runner, nemo_entry) if nemo_backend else code_version(hf_backend),
+        code_version=code_version("sft_model", settings, *((nemo_runner, nemo_entry) if nemo_backend else (hf_backend,))),
         kinds={"pytorch", "huggingface"},
         description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
         "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
@@ -184,11 +190,15 @@ def defs(settings: Settings) -> dg.Definitions:
     def sft_model(
         context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient
     ) -> dg.MaterializeResult:
-        if nemo_backend:
-            # NeMo resumes from its own checkpoints under the work dir, so `resume` needs no flag there.
-            metrics = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, max_steps=config.max_steps, smoke_test=config.smoke_test)
-        else:
-            metrics = _train_hf(context, config, settings, gpu)
+        # A config the run cannot take is refused first, before the inputs are even looked at.
+        finetune = nemo_runner.run_config(settings.finetune, config.max_steps, config.smoke_test) if nemo_backend else None
+        inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), *([("nemo_model", None)] if nemo_backend else [])]
+        with writing(settings, "sft_model", [paths.sft_model], inputs) as stamp:
+            if nemo_backend:
+                # NeMo resumes from its own checkpoints under the work dir, so `resume` needs no flag there.
+                metrics = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, finetune, stamp=stamp)
+            else:
+                metrics = _train_hf(context, config, settings, gpu, stamp)
         output = paths.sft_model
         val_rows = [{"step": r["step"], "val_loss": f"{float(r['val_loss']):.4f}"} for r in _csv_rows(output / "val.csv")]
         generations = read_jsonl(output / "val_generations.jsonl") if (output / "val_generations.jsonl").is_file() else []
@@ -210,8 +220,9 @@ def defs(settings: Settings) -> dg.Definitions:
                 "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
                 "generations": dg.MetadataValue.md(markdown_table(generations, ["expected", "predicted", "output"], max_cell=160)),
                 "metrics": dg.MetadataValue.json(metrics),
-                **manifest_metadata("sft_config.yaml", *(NEMO_CONFIG_FILES if nemo_backend else ())),
-            }
+                **manifest_metadata(settings, "sft_model"),
+            },
+            data_version=data_version([output]),
         )
 
     @dg.asset_check(

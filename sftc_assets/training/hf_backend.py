@@ -2,8 +2,10 @@
 
 Loads the BF16 checkpoint, adds the SFT special tokens (new embedding rows = mean of the old rows), trains on the
 NeMo JSONL pairs with answer-only loss (AdamW, warmup + cosine, clipping, accumulation, optional LoRA), and writes
-the fine-tuned HF checkpoint with training.csv, val.csv, metrics.json and loss_curve.png. Checkpoints under
-OUTPUT/checkpoints/step-N hold everything a killed run needs to continue with the same losses (`resume=True`).
+the fine-tuned HF checkpoint with training.csv, val.csv, metrics.json and loss_curve.png. A run works in a hidden
+directory beside OUTPUT (`.OUTPUT.partial`) and replaces OUTPUT only when complete, so the last good model and
+its checkpoints stay until then. Checkpoints under checkpoints/step-N hold everything a killed run needs to
+continue with the same losses (`resume=True`: the interrupted run's, else the finished OUTPUT's).
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ import io
 import json
 import logging
 import math
-import os
+import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -39,11 +40,14 @@ from sftc_assets.training.data import (
 from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
 from sftc_core.io import (
+    BeforeSwap,
     atomic_dir,
     atomic_path,
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    normalise_modes,
+    replace_dir,
 )
 from sftc_core.nemo_format import split_file
 from sftc_core.target_format import TargetFormat
@@ -345,41 +349,43 @@ def plot_loss_curve(path: Path, train_rows: list[dict], val_rows: list[dict]) ->
     return path
 
 
-def _publish_model(model, tokenizer, output_dir: Path) -> None:
-    """Model and tokenizer at the top of OUTPUT: staged in a hidden directory, then each file renamed in."""
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        for path in staging.iterdir():
-            os.replace(path, output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def work_dir(output_dir: Path) -> Path:
+    """Where a run trains before its output is complete: a hidden sibling of OUTPUT (same filesystem: one rename)."""
+    return output_dir.parent / f".{output_dir.name}.partial"
 
 
-def _prepare_output(output_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None after clearing a previous run's files for a fresh start."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(output_dir) if resume else None
+def _prepare_work_dir(output_dir: Path, resume: bool) -> tuple[Path, Path | None]:
+    """The run's work directory and the checkpoint to resume from: the interrupted run's latest, else the
+    finished OUTPUT's (copied in); a fresh run starts from an empty work directory. OUTPUT is not touched."""
+    work = work_dir(output_dir)
+    checkpoint = latest_checkpoint(work) if resume else None
+    finished = latest_checkpoint(output_dir) if resume and checkpoint is None else None
+    if finished is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(finished, work / CHECKPOINTS_DIR / finished.name)
+        checkpoint = latest_checkpoint(work)
     if resume and checkpoint is None:
         log.info("%s: no checkpoint to resume from; starting at step 0", output_dir)
-    if checkpoint is not None:
-        return checkpoint
-    entries = list(output_dir.iterdir())
-    if entries and not ((output_dir / CHECKPOINTS_DIR).is_dir() or (output_dir / "metrics.json").is_file()):
-        raise ValueError(f"{output_dir}: not empty and not a training output; choose an empty or new --output DIR")
-    for path in entries:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    return None
+    if checkpoint is None:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, checkpoint
+
+
+def _publish(work: Path, output_dir: Path, stamp: BeforeSwap | None) -> None:
+    """The finished work directory becomes OUTPUT in one rename (with its marker)."""
+    normalise_modes(work)
+    if stamp is not None:
+        stamp(work, output_dir)
+    replace_dir(work, output_dir)
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 
 def _resolve_device(device: str | None) -> torch.device:
+    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -410,6 +416,7 @@ def _run_training(
     resume: bool = False,
     device: str | None = None,
     on_step: Callable[[dict], None] | None = None,
+    stamp: BeforeSwap | None = None,
 ) -> TrainResult:
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
     steps = SMOKE_STEPS if smoke_test else (max_steps or training.max_steps)
@@ -429,7 +436,7 @@ def _run_training(
     optimizer, scheduler = _optimizer(model, training, steps)
     stream = BatchStream([len(e.input_ids) for e in train_set.examples], training.batch_size, training.seed)
 
-    checkpoint = _prepare_output(output_dir, resume)
+    work, checkpoint = _prepare_work_dir(output_dir, resume)
     state = {"plan": plan.as_dict(), "train_rows": [], "val_rows": [], "train_seconds": 0.0, "train_tokens": 0}
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, scheduler, plan)
@@ -467,19 +474,20 @@ def _run_training(
         if step % training.eval_every == 0 or step == steps:
             report["val_loss"] = validate(step)
         if step % training.save_every == 0 or step == steps:
-            save_checkpoint(output_dir, step, model, optimizer, scheduler, stream, state)
-            _prune_checkpoints(output_dir, training.keep_checkpoints)
-            _write_logs(output_dir, state["train_rows"], state["val_rows"])
+            save_checkpoint(work, step, model, optimizer, scheduler, stream, state)
+            _prune_checkpoints(work, training.keep_checkpoints)
+            _write_logs(work, state["train_rows"], state["val_rows"])
         if on_step is not None:
             on_step(report)
 
     model.eval()
     parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, sft.target_format, smoke_test)
     final_model = model.merge_and_unload() if lora else model
-    _publish_model(final_model, tokenizer, output_dir)
-    _write_logs(output_dir, state["train_rows"], state["val_rows"])
-    plot_loss_curve(output_dir / "loss_curve.png", state["train_rows"], state["val_rows"])
-    atomic_write_jsonl(output_dir / "val_generations.jsonl", parse.pop("preview"))
+    final_model.save_pretrained(work)
+    tokenizer.save_pretrained(work)
+    _write_logs(work, state["train_rows"], state["val_rows"])
+    plot_loss_curve(work / "loss_curve.png", state["train_rows"], state["val_rows"])
+    atomic_write_jsonl(work / "val_generations.jsonl", parse.pop("preview"))
     val_losses = [r["val_loss"] for r in state["val_rows"]]
     metrics = {
         "backend": "hf",
@@ -505,7 +513,8 @@ def _run_training(
         "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
         **parse,
     }
-    atomic_write_json(output_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    atomic_write_json(work / "metrics.json", metrics)
+    _publish(work, output_dir, stamp)
     log.info("trained %d steps: val loss %.4f -> %.4f, parse rate %s", steps, metrics["initial_val_loss"], metrics["final_val_loss"], metrics["parse_rate"])
     return TrainResult(output_dir, metrics, state["train_rows"], state["val_rows"])
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sftc_assets.training.nemo_config import NEMO_DATA_FILES, NemoRunPaths
 from sftc_core.configs import PROJECT_ROOT, ConfigError, FinetuneConfig, with_max_steps
-from sftc_core.io import atomic_dir
+from sftc_core.io import BeforeSwap, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ def nemo_finetune(
     dataset_root: Path,
     output: Path,
     dry_run: bool = False,
+    stamp: BeforeSwap | None = None,
 ) -> dict | None:
     """Fine-tune, merge and export to HF at `output` (training.csv, val.csv, metrics.json, loss_curve.png beside
     the weights, all appearing at once); returns metrics.json, or the plan on a dry run. The entry reads the
@@ -183,7 +184,7 @@ def nemo_finetune(
         (step,) = finetune_steps(python, config, config.source, paths, config.max_steps, dry_run=True)
         return execute(step)
     staged = stage_dataset(dataset_root, work_dir)
-    with atomic_dir(output) as staging:
+    with atomic_dir(output, stamp) as staging:
         paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), staged, staging, work_dir)
         for step in finetune_steps(python, config, config.source, paths, config.max_steps):
             execute(step)
@@ -206,7 +207,8 @@ def run_nemo_training(
     max_steps: int | None = None,
     smoke_test: bool = False,
     dry_run: bool = False,
+    stamp: BeforeSwap | None = None,
 ) -> dict:
     """`sftc train --backend nemo` on this node: see `nemo_finetune`."""
     config = run_config(config, max_steps, smoke_test, dry_run)
-    return nemo_finetune(run_subprocess, require_interpreter(python), config, hf_checkpoint, nemo_checkpoint, dataset_root, output, dry_run)
+    return nemo_finetune(run_subprocess, require_interpreter(python), config, hf_checkpoint, nemo_checkpoint, dataset_root, output, dry_run, stamp)

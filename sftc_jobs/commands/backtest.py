@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sftc_core.configs import load_backtest_config
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers) -> None:
@@ -20,6 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-csv", type=Path, required=True, help="an eval CSV, or a directory of them")
     parser.add_argument("--report", type=Path, required=True, help="directory for the report files")
     parser.add_argument("--config", type=Path, help="scores, cost_bps, risk-free rate (default: configs/backtest_config.yaml)")
+    add_force(parser)
     parser.set_defaults(func=run_backtest_command)
 
 
@@ -28,7 +30,8 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_resources.prices import price_source_from_settings
 
     config = load_backtest_config(args.config) if args.config else settings.backtest
-    metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, settings.prices.calendar)
+    with writing_output(args, [args.report], inputs=[args.eval_csv], option="--report") as stamp:
+        metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, settings.prices.calendar, stamp)
     keys = ("cumulative_return", "cagr", "sharpe", "max_drawdown")
     summary = {
         "report": str(args.report),

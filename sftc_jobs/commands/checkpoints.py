@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
     toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
+    add_force(toy)
     toy.set_defaults(func=_make_toy_checkpoint)
 
     convert = subparsers.add_parser("convert-fp8", help="FP8 (block-scaled) -> BF16 checkpoint, streamed and resumable")
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--output", required=True, type=Path, help="BF16 checkpoint directory (replaced when done)")
     convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar (logs and the summary only)")
+    add_force(convert)
     convert.set_defaults(func=_convert_fp8)
 
     preflight = subparsers.add_parser("preflight", help="GPU readiness checklist of this node")
@@ -40,14 +43,17 @@ def _make_toy_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
     from sftc_assets.sft_data.nemo_export import training_texts
 
-    texts = corpus_texts_from(args.corpus) if args.corpus else training_texts(settings.paths.hf_splits, settings.sft)
-    summary = make_toy_checkpoint(
-        args.out,
-        texts,
-        seed=settings.profile.model.seed if args.seed is None else args.seed,
-        fp8=args.fp8,
-        vocab_size=settings.profile.model.vocab_size if args.vocab_size is None else args.vocab_size,
-    )
+    corpus = args.corpus or settings.paths.hf_splits
+    with writing_output(args, [args.out], inputs=[corpus], option="--out") as stamp:
+        texts = corpus_texts_from(args.corpus) if args.corpus else training_texts(corpus, settings.sft)
+        summary = make_toy_checkpoint(
+            args.out,
+            texts,
+            seed=settings.profile.model.seed if args.seed is None else args.seed,
+            fp8=args.fp8,
+            vocab_size=settings.profile.model.vocab_size if args.vocab_size is None else args.vocab_size,
+            stamp=stamp,
+        )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -55,7 +61,8 @@ def _make_toy_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 
-    summary = convert_fp8_checkpoint(args.source, args.output, device=args.device, progress=not args.no_progress)
+    with writing_output(args, [args.output], inputs=[args.source]) as stamp:
+        summary = convert_fp8_checkpoint(args.source, args.output, device=args.device, progress=not args.no_progress, stamp=stamp)
     print(json.dumps({k: v for k, v in summary.items() if k != "shard_sha256"}, indent=2))
     return 0
 

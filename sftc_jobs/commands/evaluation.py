@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def _months(text: str) -> list[str]:
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=_positive, help="default: the profile's evaluation.max_new_tokens")
     parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add_force(parser)
     parser.set_defaults(func=run_evaluate)
 
 
@@ -53,8 +55,9 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_resources.prices import price_source_from_settings
 
     paths = settings.paths
-    records = load_test_records(args.dataset or paths.hf_splits, months=args.months, max_samples=args.max_samples)
-    model, tokenizer = load_model(args.model or paths.sft_model, args.device)
+    dataset, model_dir = args.dataset or paths.hf_splits, args.model or paths.sft_model
+    records = load_test_records(dataset, months=args.months, max_samples=args.max_samples)
+    model, tokenizer = load_model(model_dir, args.device)
     frame = evaluate_records(
         model, tokenizer, records, price_source_from_settings(settings), settings.sft,
         max_new_tokens=args.max_new_tokens or settings.profile.evaluation.max_new_tokens,
@@ -62,7 +65,8 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         calendar=settings.prices.calendar,
         cpu_threads=settings.profile.evaluation.cpu_threads,
     )  # fmt: skip
-    write_eval_csv(frame, args.results)
+    with writing_output(args, [args.results], inputs=[model_dir, dataset], option="--results") as stamp:
+        write_eval_csv(frame, args.results, stamp)
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))
     summary = {k: figures[k] for k in ("rows", "parse_rate", "accuracy", "mcc")}
     print(json.dumps({"results": str(args.results), **summary, "return_status": frame["return_status"].value_counts().to_dict()}, indent=2))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sftc_core.configs import load_finetune_config
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers) -> None:
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output", type=Path, help="NeMo checkpoint directory (default: <data dir>/checkpoints/nemo)")
     parser.add_argument("--config", type=Path, help="NeMo fine-tune config, for nemo_python (default: configs/nemo/finetune.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; NeMo is not imported")
+    add_force(parser)
     parser.set_defaults(func=run_import_nemo)
 
 
@@ -33,8 +35,12 @@ def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
     if args.config:
         settings = settings.model_copy(update={"finetune": load_finetune_config(args.config)})
     paths = settings.paths
+    model, output = args.model or paths.bf16_checkpoint, args.output or paths.nemo_model
     try:
-        result = run_nemo_import(settings.nemo_python, args.model or paths.bf16_checkpoint, args.output or paths.nemo_model, args.dry_run)
+        with writing_output(args, [output], inputs=[model]) as stamp:
+            result = run_nemo_import(settings.nemo_python, model, output, args.dry_run)
+            if not args.dry_run:
+                stamp(output, output)  # the NeMo process wrote it (atomically); marked once it is there
     except NemoEntryError as exc:
         print(f"sftc import-nemo: error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--test-days", type=int, help="split by days: test = the last N days of the data")
     build.add_argument("--embargo-days", type=int, help="calendar days dropped before each later split (default: sft_config splits.embargo_days)")
     build.add_argument("--min-samples", type=int, help="fewest records a split may have (default: sft_config splits.min_samples)")
+    add_force(build)
     build.set_defaults(func=_build_dataset)
 
     export = subparsers.add_parser(
@@ -37,22 +39,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenizer = export.add_mutually_exclusive_group()
     tokenizer.add_argument("--tokenizer", type=Path, help="a local tokenizer directory: report token lengths and truncations")
     tokenizer.add_argument("--skip-tokenizer", action="store_true", help="no token statistics (the default without --tokenizer)")
+    add_force(export)
     export.set_defaults(func=_export_nemo)
 
 
 def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.sft_data.splits import build_dataset
 
-    summary = build_dataset(
-        args.jsonl,
-        args.out_dir,
-        settings.sft,
-        date_bounds=settings.date_bounds,
-        validation_days=args.validation_days,
-        test_days=args.test_days,
-        embargo_days=args.embargo_days,
-        min_samples=args.min_samples,
-    )
+    with writing_output(args, [args.out_dir], inputs=[args.jsonl], option="--out-dir") as stamp:
+        summary = build_dataset(
+            args.jsonl,
+            args.out_dir,
+            settings.sft,
+            date_bounds=settings.date_bounds,
+            validation_days=args.validation_days,
+            test_days=args.test_days,
+            embargo_days=args.embargo_days,
+            min_samples=args.min_samples,
+            stamp=stamp,
+        )
     ranges = summary["date_ranges"]
     for name, count in summary["counts"].items():
         print(f"{name}: {count} records, {ranges[name]['first']}..{ranges[name]['last']}")
@@ -66,6 +71,7 @@ def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
 def _export_nemo(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.sft_data.nemo_export import export_nemo
 
-    summary = export_nemo(args.dataset_dir, args.output_dir, settings.sft, max_samples=args.max_samples, tokenizer_path=args.tokenizer)
+    with writing_output(args, [args.output_dir], inputs=[args.dataset_dir, args.tokenizer], option="--output-dir") as stamp:
+        summary = export_nemo(args.dataset_dir, args.output_dir, settings.sft, max_samples=args.max_samples, tokenizer_path=args.tokenizer, stamp=stamp)
     print(json.dumps({k: summary[k] for k in ("counts", "token_stats")}, indent=2))
     return 0

@@ -13,6 +13,7 @@ from sftc_assets.theses.parser import (
     write_jsonl_outputs,
 )
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def default_rejects_path(output: Path) -> Path:
@@ -25,11 +26,12 @@ def xml_to_jsonl(args: argparse.Namespace, settings: Settings) -> int:
     rejects = args.rejects or default_rejects_path(args.output)
     if rejects.absolute() == args.output.absolute():
         raise CorpusError(f"--rejects {rejects} is the same file as --output; give another path")
-    result = parse_corpus(args.input_dir)
-    try:
-        write_jsonl_outputs(result, args.output, rejects)
-    except OSError as exc:
-        raise CorpusError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from exc
+    with writing_output(args, [args.output, rejects], inputs=[args.input_dir]) as stamp:
+        result = parse_corpus(args.input_dir)
+        try:
+            write_jsonl_outputs(result, args.output, rejects, stamp)
+        except OSError as exc:
+            raise CorpusError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from exc
     print(summary_line(result, args.output))
     return 0
 
@@ -44,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     xml.add_argument("--input-dir", required=True, type=Path, help="root of the XML tree (any depth)")
     xml.add_argument("--output", required=True, type=Path, help="accepted records, one JSON object a line")
     xml.add_argument("--rejects", type=Path, help="reject lines (default: OUTPUT with .rejects.jsonl for .jsonl)")
+    add_force(xml)
     xml.set_defaults(func=xml_to_jsonl)
 
     sample = subparsers.add_parser(
@@ -58,17 +61,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2012, 12, 31), help="last date YYYY-MM-DD (its whole month)")
     sample.add_argument("--per-month", type=int, help="theses per ticker and month")
     sample.add_argument("--seed", type=int)
+    add_force(sample)
     sample.set_defaults(func=make_sample_corpus)
 
 
 def make_sample_corpus(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.theses.sample_corpus import write_sample_corpus
+    from sftc_core.months import months_between
+    from sftc_core.paths import month_dir
 
     base = settings.profile.corpus
     overrides = {"tickers": args.tickers, "per_month": args.per_month, "seed": args.seed}
     config = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if not config.tickers or config.per_month < 1:
         raise ValueError(f"make-sample-corpus needs --tickers and --per-month >= 1 (the {settings.profile_name} profile has none)")
-    result = write_sample_corpus(args.out, f"{args.start:%Y-%m}", f"{args.end:%Y-%m}", config)
+    first, last = f"{args.start:%Y-%m}", f"{args.end:%Y-%m}"
+    with writing_output(args, [month_dir(args.out, month) for month in months_between(first, last)], option="--out") as stamp:
+        result = write_sample_corpus(args.out, first, last, config, stamp)
     print(f"{result['theses']} theses in {result['files']} files over {result['months']} months -> {args.out} (actions: {result['actions']})")
     return 0

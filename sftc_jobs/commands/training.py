@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sftc_core.configs import load_sft_config
 from sftc_core.settings import Settings
+from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under OUTPUT/checkpoints")
     parser.add_argument("--device", default="auto", help="hf backend: auto (CUDA when present), cpu, cuda, cuda:N")
+    add_force(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -41,37 +43,40 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     output = args.output or paths.sft_model
     model = args.model or paths.bf16_checkpoint
     data = args.data or paths.nemo_jsonl
-    if (args.backend or settings.train_backend) == "nemo":
-        return _train_nemo(args, settings, model, data, output)
+    with writing_output(args, [output], inputs=[model, data]) as stamp:
+        if (args.backend or settings.train_backend) == "nemo":
+            return _train_nemo(args, settings, model, data, output, stamp)
 
-    from sftc_assets.training.hf_backend import (
-        run_training,  # torch and transformers load only for training
-    )
+        from sftc_assets.training.hf_backend import (
+            run_training,  # torch and transformers load only for training
+        )
 
-    result = run_training(
-        model,
-        data,
-        output,
-        settings.profile.training,
-        settings.sft,
-        settings.profile.evaluation,
-        max_steps=args.max_steps,
-        smoke_test=args.smoke_test,
-        resume=args.resume,
-        device=args.device,
-    )
+        result = run_training(
+            model,
+            data,
+            output,
+            settings.profile.training,
+            settings.sft,
+            settings.profile.evaluation,
+            max_steps=args.max_steps,
+            smoke_test=args.smoke_test,
+            resume=args.resume,
+            device=args.device,
+            stamp=stamp,
+        )
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 
 
-def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path) -> int:
+def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp) -> int:
     """The NeMo backend: import, fine-tune, merge and export in NeMo's own environment (configs/nemo/finetune.yaml)."""
     from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_training
 
     try:
         metrics = run_nemo_training(
-            settings.nemo_python, settings.finetune, model, settings.paths.nemo_model, data, output, max_steps=args.max_steps, smoke_test=args.smoke_test
-        )
+            settings.nemo_python, settings.finetune, model, settings.paths.nemo_model, data, output,
+            max_steps=args.max_steps, smoke_test=args.smoke_test, stamp=stamp,
+        )  # fmt: skip
     except NemoEntryError as exc:
         print(f"sftc train: error: {exc}", file=sys.stderr)
         return 2
