@@ -1,10 +1,11 @@
-"""The training assets: `nemo_model` (the BF16 checkpoint imported into NeMo, through Dagster Pipes) and `sft_model`
-(the fine-tuned HF checkpoint under data/models/sft/: the Hugging Face backend here, or NeMo in its own environment),
-their checks, and the GPU preflight of the node.
+"""The training assets: `nemo_model` (the BF16 checkpoint imported into NeMo) and `sft_model` (the fine-tuned HF
+checkpoint under data/models/sft/: the Hugging Face backend, or NeMo in its own environment), their checks, and the
+GPU preflight of the node.
 
-The NeMo steps run nemo_entry through the launcher of configs/nemo/finetune.yaml (sftc_resources/nemo_launch.py);
-with `launcher: subprocess` the GPU gate (resource "gpu") checks this node first, with `launcher: k8s` the pod's
-GPU request is the gate (Kubernetes schedules it only where the GPUs are).
+Both start their steps through the launcher of the profile's `launch:` section (local | slurm | k8s;
+sftc_resources/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
+The GPU gate checks the target: this node's GPUs for `local`, the Slurm partition's (sinfo) for `slurm`, the node
+pool for `k8s` (Kubernetes schedules the pods only where their GPU request fits).
 """
 
 import csv
@@ -13,31 +14,35 @@ from pathlib import Path
 
 import dagster as dg
 
-from sftc_assets.training import hf_backend, nemo_entry, nemo_runner, preflight
-from sftc_assets.training.nemo_runner import EntryStep
+from sftc_assets.training import hf_backend, hf_entry, hf_launch, nemo_entry, nemo_runner, preflight
 from sftc_core.io import read_jsonl
+from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
+from sftc_resources.launchers import jobs, targets
+from sftc_resources.launchers.pipes import launch_step
+from sftc_resources.launchers.plan import Launch, LaunchError
 from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
-from sftc_resources.nemo_launch import launch_step
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"
 NEMO_CONFIG_FILES = ("nemo/finetune.yaml",)
-# The NeMo import builds the model through Megatron on one device.
-IMPORT_GPUS = 1
+# Run tags that override the profile's launch for one run (the nightly validation sets them where Slurm is present).
+LAUNCHER_TAG, NODES_TAG, PROCS_TAG = "sftc/launcher", "sftc/launch_nodes", "sftc/launch_procs_per_node"
 
 
 class TrainRunConfig(dg.Config):
-    """Launchpad overrides, as `sftc train`'s flags; None = the profile's."""
+    """Launchpad overrides, as `sftc train`'s flags; None = the profile's (or the run's sftc/launcher tags)."""
 
     max_steps: int | None = None
     smoke_test: bool = False
     """10 steps on a few samples: the first run on a new node."""
-    resume: bool = False
-    """Continue from the latest checkpoint under data/models/sft/checkpoints (same settings only)."""
+    launcher: str | None = None
+    """local | slurm | k8s"""
+    nodes: int | None = None
+    procs_per_node: int | None = None
 
 
 class NemoRunConfig(dg.Config):
@@ -59,25 +64,49 @@ def _require_plan(plan: dict | None) -> dict:
     return plan
 
 
-def _gate(gpu: GpuResource, settings: Settings, asset: str, count: int) -> None:
-    """Fails at once, before any work, on a node without the GPUs (subprocess launcher: the work runs here)."""
-    if settings.finetune.launcher == "subprocess":
-        gpu.require_gpus(asset, count, settings.finetune.gpu_memory_bytes)
+def launch_for(context: dg.AssetExecutionContext, settings: Settings, launcher: str | None = None) -> Launch:
+    """The profile's launch, or the launcher the run config or the run's tags ask for."""
+    return Launch.from_settings(settings, launcher or context.run.tags.get(LAUNCHER_TAG))
 
 
-def _python(settings: Settings) -> Path:
-    # In the NeMo image the interpreter is `python` on PATH (nemo_launch.k8s_argv); locally it must exist.
-    return nemo_runner.require_interpreter(settings.nemo_python) if settings.finetune.launcher == "subprocess" else Path("python")
+def _tag_int(context: dg.AssetExecutionContext, tag: str) -> int | None:
+    value = context.run.tags.get(tag)
+    return int(value) if value else None
+
+
+def _gate(gpu: GpuResource, launch: Launch, step: EntryStep, asset: str, memory_bytes: int) -> None:
+    """Fails at once, before any work, when the target cannot hold the step: this node's GPUs (local), the
+    partition's (slurm, sinfo) or the node pool's (k8s)."""
+    try:
+        jobs.refuse_unlaunchable([step], launch)
+    except LaunchError as exc:
+        raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from None
+    if not step.gpus_per_node or step.dry_run:
+        return
+    if launch.launcher == "local":
+        gpu.require_gpus(asset, step.gpus_per_node, memory_bytes)
+        return
+    check = targets.check_target(step, launch)
+    if not check.ok:
+        raise dg.Failure(description=f"{asset}: {check.found} ({check.needed})", metadata={"target": dg.MetadataValue.json(check.as_dict())}, allow_retries=False)
+
+
+def _require_nemo_here(launch: Launch, settings: Settings) -> None:
+    # a local launch runs the NeMo interpreter of this node; on a cluster it lives in the nodes' environment
+    if launch.launcher == "local":
+        nemo_runner.require_interpreter(settings.nemo_python)
 
 
 def run_nemo_finetune_via_pipes(
     context: dg.AssetExecutionContext,
-    pipes_client: dg.PipesSubprocessClient,
     gpu: GpuResource,
     settings: Settings,
     *,
+    launch: Launch | None = None,
     max_steps: int | None = None,
     smoke_test: bool = False,
+    nodes: int | None = None,
+    procs_per_node: int | None = None,
     dry_run: bool = False,
 ) -> dict:
     """The `sft_model` asset's nemo branch: gate, fine-tune, merge, export to data/models/sft through Pipes.
@@ -86,17 +115,19 @@ def run_nemo_finetune_via_pipes(
     final_train_loss, tokens_per_s); on a dry run, the planned recipe instead and nothing is written.
     loss_curve.png, training.csv and val.csv lie beside the HF weights.
     """
-    config = nemo_runner.run_config(settings.finetune, max_steps, smoke_test, dry_run)
-    _gate(gpu, settings, "sft_model", config.gpus_per_node)
+    launch = launch or launch_for(context, settings)
+    config = nemo_runner.run_config(settings.finetune, max_steps, smoke_test, nodes, procs_per_node)
+    paths = settings.paths
+    for step in nemo_runner.planned_steps(config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model):
+        _gate(gpu, launch, step, "sft_model", config.gpu_memory_bytes)
+    _require_nemo_here(launch, settings)
 
     def execute(step: EntryStep) -> dict | None:
-        invocation = launch_step(context, pipes_client, settings, step, config.gpus_per_node)
-        return _plan_from(invocation) if step.argv[-1] == "--dry-run" else None
+        # a dry run only checks inputs and plans: on this node, whatever the launcher
+        invocation, _ = launch_step(context, step, Launch.from_settings(settings, "local") if step.dry_run else launch)
+        return _plan_from(invocation) if step.dry_run else None
 
-    paths = settings.paths
-    result = nemo_runner.nemo_finetune(
-        execute, _python(settings), config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run
-    )
+    result = nemo_runner.nemo_finetune(execute, config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run)
     if dry_run:
         return _require_plan(result)
     context.log.info("nemo fine-tune: %s", json.dumps({k: result.get(k) for k in ("steps", "final_val_loss", "best_val_loss")}))
@@ -107,27 +138,27 @@ def run_nemo_finetune_via_pipes(
 
 
 def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource) -> dict:
+    """The fine-tune launched as a job (every node a torchrun agent): trains in data/models/sft_hf, resuming from its
+    last checkpoint on a retry, and only a finished run replaces data/models/sft."""
     paths = settings.paths
-    device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
-
-    def log_progress(row: dict) -> None:
-        if "val_loss" in row:
-            context.log.info("step %d: training loss %.4f, validation loss %.4f, %.0f tokens/s", row["step"], row["loss"], row["val_loss"], row["tokens_per_s"])
-
-    result = hf_backend.run_training(
-        paths.bf16_checkpoint,
-        paths.nemo_jsonl,
-        paths.sft_model,
-        settings.profile.training,
-        settings.sft,
-        settings.profile.evaluation,
-        max_steps=config.max_steps,
-        smoke_test=config.smoke_test,
-        resume=config.resume,
-        device=device,
-        on_step=log_progress,
-    )
-    return result.metrics
+    launch = launch_for(context, settings, config.launcher)
+    shape = settings.profile.launch
+    nodes = config.nodes or _tag_int(context, NODES_TAG) or shape.nodes
+    procs = config.procs_per_node or _tag_int(context, PROCS_TAG) or shape.procs_per_node
+    if launch.launcher == "local":  # the node is this one: its GPUs decide the device
+        device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
+    else:
+        device = "cuda" if shape.gpus_per_node else "cpu"
+    work_dir = hf_launch.work_dir_for(paths.sft_model)
+    step = hf_launch.training_step(
+        paths.bf16_checkpoint, paths.nemo_jsonl, work_dir, settings.profile.training, settings.sft, settings.profile.evaluation,
+        nodes=nodes, procs_per_node=procs, gpus_per_node=shape.gpus_per_node if device == "cuda" else 0,
+        max_steps=config.max_steps, smoke_test=config.smoke_test, device=device,
+    )  # fmt: skip
+    _gate(gpu, launch, step, "sft_model", 0)
+    _, outcome = launch_step(context, step, launch)
+    metrics = hf_launch.publish(work_dir, paths.sft_model)
+    return {**metrics, "job_dir": str(outcome.job_dir), "job_log": str(outcome.log_path)}
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -141,17 +172,19 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=["bf16_checkpoint"],
         group_name=GROUP,
-        code_version=code_version(nemo_runner, nemo_entry),
+        code_version=code_version(nemo_runner, nemo_entry, targets),
         kinds={"nvidia", "pytorch"},
         description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), run in the NeMo environment through Dagster Pipes.",
         **asset_placement("gpu", settings),
     )
-    def nemo_model(
-        context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient
-    ) -> dg.MaterializeResult:
-        _gate(gpu, settings, "nemo_model", IMPORT_GPUS)
-        step = nemo_runner.import_step(_python(settings), paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
-        invocation = launch_step(context, pipes_subprocess_client, settings, step, IMPORT_GPUS)
+    def nemo_model(context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
+        launch = launch_for(context, settings)
+        step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
+        if step.dry_run:
+            launch = Launch.from_settings(settings, "local")
+        _gate(gpu, launch, step, "nemo_model", settings.finetune.gpu_memory_bytes)
+        _require_nemo_here(launch, settings)
+        invocation, outcome = launch_step(context, step, launch)
         if config.dry_run:
             # Pipes makes a materialization mandatory; this one says plainly that nothing was written.
             plan = _require_plan(_plan_from(invocation))
@@ -163,6 +196,7 @@ def defs(settings: Settings) -> dg.Definitions:
             metadata={
                 **(reported.metadata or {}),
                 "dry_run": False,
+                **outcome.as_metadata(),
                 "path": dg.MetadataValue.path(str(paths.nemo_model)),
                 "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
                 **manifest_metadata(*NEMO_CONFIG_FILES),
@@ -175,18 +209,21 @@ def defs(settings: Settings) -> dg.Definitions:
         # The NeMo backend fine-tunes the imported checkpoint; the HF backend starts from the BF16 one.
         deps=["bf16_checkpoint", "nemo_jsonl", *([nemo_model] if nemo_backend else [])],
         group_name=GROUP,
-        code_version=code_version(nemo_runner, nemo_entry) if nemo_backend else code_version(hf_backend),
+        code_version=code_version(nemo_runner, nemo_entry, targets) if nemo_backend else code_version(hf_backend, hf_entry, hf_launch, targets),
         kinds={"pytorch", "huggingface"},
         description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
         "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
         **asset_placement("auto", settings),
+        # a job the cluster lost (preempted, a failed node) is started again; it resumes from its last checkpoint
+        retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60) if settings.profile.launch.max_retries else None,
     )
-    def sft_model(
-        context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient
-    ) -> dg.MaterializeResult:
+    def sft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         if nemo_backend:
-            # NeMo resumes from its own checkpoints under the work dir, so `resume` needs no flag there.
-            metrics = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, max_steps=config.max_steps, smoke_test=config.smoke_test)
+            # NeMo resumes from its own checkpoints under the work dir (the recipe's resume_if_exists).
+            metrics = run_nemo_finetune_via_pipes(
+                context, gpu, settings, launch=launch_for(context, settings, config.launcher), max_steps=config.max_steps,
+                smoke_test=config.smoke_test, nodes=config.nodes, procs_per_node=config.procs_per_node,
+            )  # fmt: skip
         else:
             metrics = _train_hf(context, config, settings, gpu)
         output = paths.sft_model
@@ -198,6 +235,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
                 "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
                 "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
+                "launcher", "nodes", "world_size", "slurm_job_id", "job_log",
             )
             if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
         }  # fmt: skip
