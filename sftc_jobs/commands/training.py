@@ -1,6 +1,6 @@
 """`sftc train`: fine-tune the BF16 checkpoint on the NeMo JSONL pairs (the `sft_model` asset's logic).
 
-On this node in one process by default (the profile's `launch:` says local, 1 x 1); with `--launcher slurm|k8s`,
+On this node in one process by default (the profile's `launch:` says local, 1 x 1); with `--launcher local|slurm|k8s`,
 `--nodes N` or `--procs-per-node P` (or a profile that says so) the fine-tune is launched as a job whose every node
 runs the same entry under torchrun, as the asset launches it (sftc_resources/launchers/). `--dry-run` prints the
 plan: the sbatch script, the JobSet manifest or the local command, and each node's torchrun command.
@@ -59,7 +59,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     shape = settings.profile.launch
     launcher = args.launcher or shape.launcher
     nodes, procs = args.nodes or shape.nodes, args.procs_per_node or shape.procs_per_node
-    if launcher == "local" and nodes * procs == 1 and not args.dry_run:
+    # no launcher asked for and one process on this node: run it here, in this process
+    if args.launcher is None and launcher == "local" and nodes * procs == 1 and not args.dry_run:
         return _train_here(args, settings, model, data, output)
     return _launch_hf(args, settings, model, data, output, launcher, nodes, procs)
 
