@@ -44,7 +44,6 @@ def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: st
     """Force the whole toy chain, then always the report; True when every run succeeded."""
     keys = [key for key in chain_keys(chain) if key != VALIDATION_REPORT]
     tags = {VALIDATION_RUN_TAG: validation_id, **nightly_launch_tags(chain.settings)}
-    log.info(f"fine-tune launcher for this validation: {tags.get(LAUNCHER_TAG, chain.settings.profile.launch.launcher)}")
     result = materialize_chain(chain, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
     report = materialize_chain(chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
     return result.success and report.success
