@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres ui rerun bench clean
+.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres test-slurm ui rerun bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-gpu: setup
 # missing and starts a throwaway server on 127.0.0.1 for the tests.
 test-postgres: setup
 	bash .ci/with_postgres $(PY) -m pytest -m postgres
+
+# A real 2-node fine-tune: .ci/with_slurm installs Debian's slurm-wlm and munge when missing and starts a
+# throwaway two-node Slurm on this machine for the tests.
+test-slurm: setup
+	bash .ci/with_slurm $(PY) -m pytest -m slurm
 
 # Headless Chromium against the web UI (Debian's chromium, installed when missing).
 test-browser: setup

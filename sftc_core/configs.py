@@ -148,6 +148,32 @@ class EvaluationConfig(Strict):
     cpu_threads: int | None = Field(default=None, gt=0)
 
 
+Launcher = Literal["local", "slurm", "k8s"]
+_SLURM_TIME = r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$"
+
+
+class NightlyLaunchConfig(Strict):
+    """The nightly cpu_validation's fine-tune where Slurm is present: a multi-node job on the local Slurm."""
+
+    nodes: int = Field(default=2, ge=1)
+    procs_per_node: int = Field(default=1, ge=1)
+
+
+class LaunchConfig(Strict):
+    """How the long steps start (the Hugging Face fine-tune; NeMo's import, fine-tune, export): `sftc train --launcher`,
+    `--nodes`, `--procs-per-node` override it. The NeMo fine-tune takes its nodes and GPUs from configs/nemo/finetune.yaml."""
+
+    launcher: Launcher = "local"
+    nodes: int = Field(default=1, ge=1)
+    procs_per_node: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(default=0, ge=0)
+    # Slurm's --time (D-HH:MM:SS or HH:MM:SS); on Kubernetes the JobSet's activeDeadlineSeconds.
+    time_limit: str = Field(default="04:00:00", pattern=_SLURM_TIME)
+    # Automatic retries of a job that the cluster lost (PREEMPTED, NODE_FAIL, BOOT_FAIL); each resumes from the last checkpoint.
+    max_retries: int = Field(default=0, ge=0)
+    nightly_slurm: NightlyLaunchConfig | None = None
+
+
 class ProfileConfig(Strict):
     name: Literal["toy", "full"]
     partitions: PartitionsConfig
@@ -158,6 +184,7 @@ class ProfileConfig(Strict):
     compute: ComputeConfig
     training: TrainingConfig
     evaluation: EvaluationConfig
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
 
 # --- configs/sft_config.yaml ------------------------------------------------------------------
@@ -250,20 +277,10 @@ class ParallelismConfig(Strict):
     layers_in_last_pipeline_stage: int | None = Field(default=None, ge=1)
 
 
-class K8sLaunchConfig(Strict):
-    image: str = Field(min_length=1)
-    namespace: str = Field(min_length=1)
-    data_volume_claim: str = Field(min_length=1)
-    data_mount_path: str = Field(pattern=r"^/")
-    shm_size: str = Field(pattern=r"^[0-9]+(Mi|Gi)$")
-
-
 class FinetuneConfig(Strict):
     recipe: Literal["deepseek_v3"]
     peft: Literal["lora", "none"]
     nemo_python: str = ".venv-nemo/bin/python"
-    launcher: Literal["subprocess", "k8s"] = "subprocess"
-    k8s: K8sLaunchConfig | None = None
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=1)
     gpu_memory_gb: float = Field(gt=0)
@@ -337,8 +354,6 @@ def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
         problems.append(("warmup_steps", f"{config.warmup_steps} must be below max_steps {config.max_steps}"))
     if config.min_learning_rate > config.learning_rate:
         problems.append(("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}"))
-    if config.launcher == "k8s" and config.k8s is None:
-        problems.append(("k8s", "launcher k8s needs the k8s: section (image, namespace, data_volume_claim, data_mount_path, shm_size)"))
     return problems
 
 
@@ -347,6 +362,14 @@ def _checked(config: FinetuneConfig, where: Path | str) -> FinetuneConfig:
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(f"field '{field}': {message}" for field, message in problems))
     return config
+
+
+def with_nodes(config: FinetuneConfig, nodes: int | None, gpus_per_node: int | None) -> FinetuneConfig:
+    """The config on another job shape (--nodes, --procs-per-node), checked against the parallel layout again."""
+    update = {k: v for k, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node)) if v is not None}
+    if not update:
+        return config
+    return _checked(config.model_copy(update=update), f"{config.source} with " + ", ".join(f"{k}={v}" for k, v in update.items()))
 
 
 def with_max_steps(config: FinetuneConfig, max_steps: int) -> FinetuneConfig:
@@ -391,8 +414,53 @@ class NodePools(Strict):
     gpu: NodePool
 
 
+class SlurmEnvironment(Strict):
+    """One Python environment on the Slurm nodes: an interpreter path (null: the same path as on the submitting
+    node, a shared filesystem) and, with pyxis/enroot, the container image it lives in."""
+
+    python: str | None = None
+    container_image: str | None = None
+
+
+class SlurmConfig(Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # Exported into every task: a cluster's NCCL settings, proxies, module paths.
+    env: dict[str, str] = Field(default_factory=dict)
+    # Shell lines run before srun on the first node (module load ..., source ...).
+    setup: list[str] = Field(default_factory=list)
+    # More #SBATCH directives, as sbatch's long options (e.g. "--exclusive", "--mem=0").
+    sbatch_options: list[str] = Field(default_factory=list)
+    # pyxis: host:container mounts; the data directory must be at the same path inside.
+    container_mounts: list[str] = Field(default_factory=list)
+    environments: dict[Literal["sftc", "nemo"], SlurmEnvironment] = Field(default_factory=dict)
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    # The c10d rendezvous port on the first node is this plus the job id modulo 1000 (two jobs on a node do not clash).
+    rendezvous_base_port: int = Field(default=29500, ge=1024, le=64000)
+    poll_seconds: float = Field(default=5.0, gt=0)
+
+
+class KubernetesConfig(Strict):
+    """Where multi-node JobSets run: namespace, images per environment, the shared data volume."""
+
+    namespace: str = Field(default="sftc", min_length=1)
+    # An image per environment: `sftc` holds this repository with its .venv packages, `nemo` the NeMo container + sftc.
+    images: dict[Literal["sftc", "nemo"], str] = Field(default_factory=dict)
+    # A ReadWriteMany claim holding the data directory, mounted at the same path as SFTC_DATA_DIR in the Dagster pods.
+    data_volume_claim: str = Field(default="sftc-data", min_length=1)
+    data_mount_path: str = Field(default="/data", pattern=r"^/")
+    # NeMo's data loaders share tensors through /dev/shm; the default 64 MiB is far too small.
+    shm_size: str = Field(default="64Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    service_account: str | None = None
+    rendezvous_port: int = Field(default=29500, ge=1024, le=65535)
+    poll_seconds: float = Field(default=10.0, gt=0)
+
+
 class ClusterConfig(Strict):
     node_pools: NodePools
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class ArtifactPaths:
         return self.root / "models" / "sft"
 
     @property
+    def launch(self) -> Path:
+        """Launched jobs: one folder each (sbatch script or manifest, logs, Pipes messages), on the shared filesystem."""
+        return self.root / "launch"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 

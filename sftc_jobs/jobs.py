@@ -13,7 +13,10 @@ materialized last, reads what this validation did, and says PASS/FAIL per stage.
 import dagster as dg
 
 from sftc_assets.reports.validation import VALIDATION_RUN_TAG
+from sftc_assets.training.assets import LAUNCHER_TAG, NODES_TAG, PROCS_TAG
+from sftc_core.settings import Settings
 from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
+from sftc_resources.launchers.slurm import slurm_available
 from sftc_resources.routing import node_tags
 from sftc_resources.run_history import DATA_DIR_TAG
 
@@ -29,10 +32,19 @@ def chain_keys(chain: Chain, *, include_nemo: bool = False) -> list[dg.AssetKey]
     return toposorted_keys(assets, set(assets) - excluded)
 
 
+def nightly_launch_tags(settings: Settings) -> dict[str, str]:
+    """Where Slurm answers, the validation's fine-tune is a multi-node Slurm job (the profile's launch.nightly_slurm):
+    the launch path of the real fine-tune, proven on CPU. Without Slurm, the profile's launcher (the report says which)."""
+    nightly = settings.profile.launch.nightly_slurm
+    if nightly is None or not slurm_available():
+        return {}
+    return {LAUNCHER_TAG: "slurm", NODES_TAG: str(nightly.nodes), PROCS_TAG: str(nightly.procs_per_node)}
+
+
 def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: str, log) -> bool:
     """Force the whole toy chain, then always the report; True when every run succeeded."""
     keys = [key for key in chain_keys(chain) if key != VALIDATION_REPORT]
-    tags = {VALIDATION_RUN_TAG: validation_id}
+    tags = {VALIDATION_RUN_TAG: validation_id, **nightly_launch_tags(chain.settings)}
     result = materialize_chain(chain, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
     report = materialize_chain(chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
     return result.success and report.success

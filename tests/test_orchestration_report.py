@@ -70,3 +70,20 @@ def test_markdown_and_json_twin(tmp_path):
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))
     assert render_markdown(report) == markdown
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["validation_report.json", "validation_report.md"]
+
+
+def test_report_says_which_launcher_ran_the_fine_tune():
+    import datetime as dt
+
+    from sftc_assets.reports.validation import StageOutcome, build_report, render_markdown
+
+    def report(figures: dict, slurm_present: bool) -> str:
+        stage = StageOutcome("sft_model", True, figures=figures)
+        env = {"python": "3", "platform": "p", "cpu_count": 2, "cuda_available": False, "profile": "toy", "train_backend": "hf", "packages": {}}
+        built = build_report([stage], environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None, slurm_present=slurm_present)
+        return render_markdown(built)
+
+    on_slurm = report({"launcher": "slurm", "nodes": 2, "world_size": 2, "slurm_job_id": "9"}, True)
+    assert "- Fine-tune launch: `slurm` launcher, 2 node(s), world size 2, Slurm job 9" in on_slurm
+    local = report({"launcher": "local", "nodes": 1, "world_size": 1}, False)
+    assert "`local` launcher, 1 node(s), world size 1; no Slurm on this node (sinfo did not answer)" in local

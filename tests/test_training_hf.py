@@ -347,11 +347,11 @@ def test_cli_refuses_a_foreign_output_directory(toy_inputs, tmp_path, capsys):
 
 
 def test_cli_nemo_backend_goes_to_the_nemo_runner(data_dir, capsys, monkeypatch):
-    """TRAIN_BACKEND=nemo takes the NeMo path, whose config check (one node of GPUs here) refuses the 5-node default."""
+    """TRAIN_BACKEND=nemo takes the NeMo path, whose 5-node default the local launcher (one node) refuses up front."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
     assert sftc_main(["train"]) == 2
     err = capsys.readouterr().err
-    assert "finetune.yaml: field 'nodes' = 5" in err
+    assert "finetune: the local launcher runs one node, the step asks for 5; use --launcher slurm or k8s" in err
     assert not (data_dir / "models").exists()
 
 

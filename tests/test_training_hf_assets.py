@@ -80,12 +80,12 @@ def test_gpu_gate_refuses_before_any_work(chain_data):
 
 
 def test_nemo_backend_is_gated_before_any_work(chain_data, monkeypatch):
-    """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (one node of GPUs) stop it before NeMo starts."""
+    """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (the local launcher has one node) stop it before NeMo starts."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
     result = materialize(load_settings(), raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
-    assert "finetune.yaml: field 'nodes' = 5" in failure.message + str(failure.cause)
+    assert "sft_model: finetune: the local launcher runs one node, the step asks for 5" in failure.message
     assert not (chain_data / "models").exists()
 
 

@@ -47,8 +47,8 @@ from sftc_core.gpu import GpuDevice, GpuProbe
 from sftc_core.nemo_format import NemoDataError
 from sftc_core.paths import ArtifactPaths
 from sftc_core.settings import load_settings
-from sftc_jobs.commands import nemo as nemo_commands
-from sftc_resources import nemo_launch
+from sftc_jobs.cli import main as sftc_main
+from sftc_resources.launchers.local import local_argv
 from sftc_resources.resources import GpuResource
 
 # --- configs/nemo/finetune.yaml ----------------------------------------------------------------
@@ -86,7 +86,6 @@ def _parallel(**changes) -> dict:
         ({"min_learning_rate": 1.0}, "field 'min_learning_rate': 1.0 must not exceed learning_rate 0.0001"),
         ({"peft": "qlora"}, "field 'peft'"),
         ({"gpus_per_node": 0}, "field 'gpus_per_node'"),
-        ({"launcher": "k8s", "k8s": None}, "field 'k8s': launcher k8s needs the k8s: section"),
         ({"lora": {"dim": 8, "alpha": 16, "dropout": 0.0, "target_modules": []}}, "field 'lora.target_modules'"),
     ],
 )
@@ -227,13 +226,7 @@ def test_entry_bad_input_exits_2_with_a_clear_message(tmp_path):
 
 
 def _sftc(*argv: str) -> int:
-    """The `sftc` parser with this stage's NeMo commands registered, as sftc_jobs.cli builds it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="sftc")
-    nemo_commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args, load_settings())
+    return sftc_main(list(argv))
 
 
 def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
@@ -243,9 +236,9 @@ def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
     assert _sftc("import-nemo", "--dry-run") == 0
     printed = json.loads(capfd.readouterr().out)
     assert printed == json.loads(json.dumps(nemo_entry.plan_import(paths.bf16_checkpoint, paths.nemo_model)))
-    assert _sftc("import-nemo", "--dry-run", "--model", str(data_dir / "missing")) == 1
+    assert _sftc("import-nemo", "--dry-run", "--model", str(data_dir / "missing")) == 2
     err = capfd.readouterr().err
-    assert "materialize bf16_checkpoint first" in err and "sftc import-nemo: error: nemo_entry import failed with exit code 2" in err
+    assert "materialize bf16_checkpoint first" in err and "sftc import-nemo: error: local job" in err and "(import) ended FAILED, exit code 2" in err
     assert not paths.nemo_model.exists()
 
 
@@ -254,15 +247,17 @@ def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
 
 def test_steps_use_torchrun_per_gpu_then_one_export_process(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, "gpus_per_node": 4, "global_batch_size": 8}))
-    python = Path("/opt/nemo/bin/python")
+    python = "/opt/nemo/bin/python"
     paths = nemo_run_paths(tmp_path)
-    finetune, export = nemo_runner.finetune_steps(python, config, tmp_path / "ft.yaml", paths, max_steps=10)
-    assert finetune.argv[:5] == [str(python), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
-    assert finetune.argv[5:8] == ["-m", nemo_runner.ENTRY_MODULE, "finetune"]
-    assert finetune.argv[finetune.argv.index("--max-steps") + 1] == "10"
-    assert export.argv[:4] == [str(python), "-m", nemo_runner.ENTRY_MODULE, "export"]
-    (dry,) = nemo_runner.finetune_steps(python, config, tmp_path / "ft.yaml", paths, dry_run=True)
-    assert dry.argv[0] == str(python) and dry.argv[-1] == "--dry-run"
+    finetune, export = nemo_runner.finetune_steps(config, tmp_path / "ft.yaml", paths, max_steps=10)
+    assert (finetune.environment, finetune.distributed, finetune.nodes, finetune.procs_per_node, finetune.gpus_per_node) == ("nemo", True, 1, 4, 4)
+    argv = local_argv(finetune, python)
+    assert argv[:4] == [python, "-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=4" in argv
+    assert argv[argv.index("-m", 3) : argv.index("-m", 3) + 3] == ["-m", nemo_runner.ENTRY_MODULE, "finetune"]
+    assert finetune.args[finetune.args.index("--max-steps") + 1] == "10"
+    assert local_argv(export, python)[:4] == [python, "-m", nemo_runner.ENTRY_MODULE, "export"] and not export.distributed
+    (dry,) = nemo_runner.finetune_steps(config, tmp_path / "ft.yaml", paths, dry_run=True)
+    assert dry.dry_run and not dry.distributed and dry.gpus_per_node == 0 and local_argv(dry, python)[-1] == "--dry-run"
 
 
 def test_interpreter_from_env_then_config_and_a_clear_error_when_missing(tmp_path):
@@ -273,24 +268,14 @@ def test_interpreter_from_env_then_config_and_a_clear_error_when_missing(tmp_pat
         nemo_runner.require_interpreter(tmp_path / "python")
 
 
-def test_a_real_run_must_fit_one_node():
-    with pytest.raises(ConfigError, match="field 'nodes' = 5"):
-        nemo_runner.run_config(load_finetune_config(FINETUNE_CONFIG_PATH))
-    assert nemo_runner.run_config(load_finetune_config(FINETUNE_CONFIG_PATH), dry_run=True).nodes == 5
-
-
-def test_k8s_pod_spec_asks_for_the_gpus_on_the_gpu_pool():
-    settings = load_settings(env={})
-    config = settings.finetune
-    spec = nemo_launch.k8s_pod_spec(settings, gpus=8)
-    container = spec["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8" == container["resources"]["requests"]["nvidia.com/gpu"]
-    assert spec["node_selector"]["sftc.dev/node-pool"] == "gpu"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == config.k8s.data_volume_claim
-    assert {"name": "dshm", "mount_path": "/dev/shm"} in container["volume_mounts"]
-    step = nemo_runner.import_step(Path("/x/bin/python"), Path("/data/bf16"), Path("/data/nemo"))
-    assert nemo_launch.k8s_argv(step)[:3] == ["python", "-m", nemo_runner.ENTRY_MODULE]
+def test_the_shipped_five_node_layout_runs_as_five_nodes_and_other_shapes_are_checked_again():
+    config = nemo_runner.run_config(load_finetune_config(FINETUNE_CONFIG_PATH))
+    paths = nemo_run_paths(Path("/data"))
+    finetune, export = nemo_runner.finetune_steps(config, FINETUNE_CONFIG_PATH, paths)
+    assert (finetune.nodes, finetune.procs_per_node, finetune.world_size) == (5, 8, 40) and export.world_size == 1
+    assert nemo_runner.run_config(config, nodes=10).world_size == 80  # TP 8 x PP 5 divides 80: data-parallel 2
+    with pytest.raises(ConfigError, match=r"nodes=3.*tensor \* pipeline \* context = 8\*5\*1 = 40 must divide"):
+        nemo_runner.run_config(config, nodes=3)
 
 
 # --- the export's pieces that need no NeMo --------------------------------------------------------
@@ -339,7 +324,7 @@ def test_last_checkpoint_prefers_the_last_link(tmp_path):
 
 def _stand_in_for_nemo(step: nemo_runner.EntryStep) -> None:
     """Writes what `nemo_entry export` writes (HF files, CSVs, metrics.json); finetune writes its work dir."""
-    argv = step.argv
+    argv = step.args
     if step.name == "export":
         out = Path(argv[argv.index("--output") + 1])
         (out / "config.json").write_text("{}")
@@ -358,10 +343,10 @@ def test_runner_stages_data_and_publishes_the_output_whole(tmp_path):
         assert not paths.output_dir.exists()  # nothing appears under the final name until the end
         _stand_in_for_nemo(step)
 
-    metrics = nemo_runner.nemo_finetune(execute, Path("/nemo/python"), config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
+    metrics = nemo_runner.nemo_finetune(execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
     assert metrics == {"backend": "nemo", "steps": 3}
     assert [s.name for s in seen] == ["finetune", "export"]
-    staged = Path(seen[0].argv[seen[0].argv.index("--data") + 1])
+    staged = Path(seen[0].args[seen[0].args.index("--data") + 1])
     assert staged == paths.work_dir / "dataset" and (staged / "training.jsonl").read_text() == (paths.dataset_root / "training.jsonl").read_text()
     assert (paths.output_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert {p.name for p in paths.output_dir.iterdir()} == {"config.json", "training.csv", "val.csv", "metrics.json", "loss_curve.png"}
@@ -379,7 +364,7 @@ def test_runner_leaves_no_partial_output_when_a_step_fails(tmp_path):
             raise RuntimeError("nemo_entry export failed with exit code 1")
 
     with pytest.raises(RuntimeError, match="export failed"):
-        nemo_runner.nemo_finetune(execute, Path("/nemo/python"), config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
+        nemo_runner.nemo_finetune(execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
     assert not paths.output_dir.exists()
     assert not [p for p in paths.output_dir.parent.iterdir() if p.name.startswith(".sft")]
 
@@ -411,7 +396,7 @@ def pipes_env(data_dir, monkeypatch):
 
 
 def _resources(paths: ArtifactPaths, gpu: GpuResource) -> dict:
-    return {"gpu": gpu, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    return {"gpu": gpu}
 
 
 def nemo_model() -> list:
@@ -468,11 +453,10 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
 
 
 @dg.asset(name="sft_model")
-def _sft_model_nemo_branch(context: dg.AssetExecutionContext, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient):
+def _sft_model_nemo_branch(context: dg.AssetExecutionContext, gpu: GpuResource):
     """What the sft_model asset does for backend nemo, reduced to the call (the real asset lives in assets.py)."""
     settings = load_settings().model_copy(update={"finetune": load_finetune_config(context.run.tags["finetune_config"])})
-    config = nemo_runner.run_config(settings.finetune, dry_run=True)
-    plan = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, config, dry_run=True)
+    plan = run_nemo_finetune_via_pipes(context, gpu, settings, nemo_runner.run_config(settings.finetune), dry_run=True)
     return dg.MaterializeResult(metadata={"planned": dg.MetadataValue.json(plan)})
 
 

@@ -30,6 +30,7 @@ from training_nemo_helpers import (  # noqa: E402
 from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
 from sftc_assets.training.nemo_config import NemoRunPaths, plan_recipe
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
+from sftc_resources.launchers.local import local_argv  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -128,13 +129,13 @@ def test_toy_model_import_ten_steps_merge_and_export(tmp_path):
 
     hf = write_toy_model(tmp_path / "bf16")
     config_path = write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, gpu_memory_gb=8)
-    config = nemo_runner.load_run_config(config_path, smoke_test=True)
-    python, env = Path(sys.executable), {**os.environ, **nemo_runner.entry_env()}
+    config = nemo_runner.run_config(load_finetune_config(config_path), smoke_test=True)
+    python, env = sys.executable, {**os.environ, **nemo_runner.entry_env()}
     out, work = tmp_path / "sft", tmp_path / "sft_nemo"
     paths = NemoRunPaths(hf, tmp_path / "nemo", nemo_runner.stage_dataset(write_nemo_jsonl(tmp_path / "d", lines=32), work), out, work)
-    steps = [nemo_runner.import_step(python, hf, paths.nemo_checkpoint), *nemo_runner.finetune_steps(python, config, config_path, paths, config.max_steps)]
+    steps = [nemo_runner.import_step(hf, paths.nemo_checkpoint), *nemo_runner.finetune_steps(config, config_path, paths, config.max_steps)]
     for step in steps:
-        done = subprocess.run(step.argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run(local_argv(step, python), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, f"{step.name}: {done.stderr[-4000:]}"
 
     assert (paths.nemo_checkpoint / "context").is_dir() and (paths.nemo_checkpoint / "weights").is_dir()

@@ -10,6 +10,7 @@ from sftc_assets.reports import validation
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_resources import run_history
+from sftc_resources.launchers.slurm import slurm_available
 from sftc_resources.metadata import code_version, manifest_metadata
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import input_problems, writing
@@ -121,6 +122,7 @@ def defs(settings: Settings) -> dg.Definitions:
             git=git_state(),
             generated_at=dt.datetime.now(dt.timezone.utc),
             validation_run=validation_id,
+            slurm_present=slurm_available(),
         )
         with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
             md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)

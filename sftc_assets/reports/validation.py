@@ -107,6 +107,23 @@ def _reasons(stages: list[StageOutcome]) -> list[str]:
     return reasons
 
 
+def fine_tune_launch(stages: list[StageOutcome], slurm_present: bool) -> dict:
+    """How sft_model's fine-tune was launched (its metadata), and whether this node had Slurm to launch it on."""
+    figures = next((stage.figures for stage in stages if stage.asset == "sft_model"), {})
+    keys = ("launcher", "nodes", "world_size", "slurm_job_id")
+    return {**{key: figures[key] for key in keys if key in figures}, "slurm_present": slurm_present}
+
+
+def _launch_line(launch: dict) -> str:
+    if "launcher" not in launch:
+        return "- Fine-tune launch: unknown (sft_model did not report one)"
+    job = f", Slurm job {launch['slurm_job_id']}" if launch.get("slurm_job_id") else ""
+    line = f"- Fine-tune launch: `{launch['launcher']}` launcher, {launch.get('nodes', '?')} node(s), world size {launch.get('world_size', '?')}{job}"
+    if launch["launcher"] != "slurm":
+        line += "; Slurm present on this node, but not used" if launch["slurm_present"] else "; no Slurm on this node (sinfo did not answer), so not a multi-node job"
+    return line
+
+
 def build_report(
     stages: list[StageOutcome],
     *,
@@ -114,6 +131,7 @@ def build_report(
     git: dict,
     generated_at: dt.datetime,
     validation_run: str | None,
+    slurm_present: bool = False,
 ) -> dict:
     reasons = _reasons(stages)
     ready = not reasons and bool(stages)
@@ -125,6 +143,7 @@ def build_report(
         "git_commit": git.get("git_commit", "unknown"),
         "git_dirty": git.get("git_dirty"),
         "environment": environment,
+        "fine_tune_launch": fine_tune_launch(stages, slurm_present),
         "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
         "passed": sum(stage.status == PASS for stage in stages),
         "failed": sum(stage.status == FAIL for stage in stages),
@@ -155,6 +174,7 @@ def render_markdown(report: dict) -> str:
         f"- Validation run: `{report['validation_run'] or 'none (latest materializations)'}`",
         f"- Environment: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
         f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
+        _launch_line(report["fine_tune_launch"]),
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         f"## Stages: {report['passed']} passed, {report['failed']} failed, {report['not_run']} not run",

@@ -1,10 +1,11 @@
-"""The training assets: `nemo_model` (the BF16 checkpoint imported into NeMo, through Dagster Pipes) and `sft_model`
-(the fine-tuned HF checkpoint under data/models/sft/: the Hugging Face backend here, or NeMo in its own environment),
-their checks, and the GPU preflight of the node.
+"""The training assets: `nemo_model` (the BF16 checkpoint imported into NeMo) and `sft_model` (the fine-tuned HF
+checkpoint under data/models/sft/: the Hugging Face backend, or NeMo in its own environment), their checks, and the
+GPU preflight of the node.
 
-The NeMo steps run nemo_entry through the launcher of configs/nemo/finetune.yaml (sftc_resources/nemo_launch.py);
-with `launcher: subprocess` the GPU gate (resource "gpu") checks this node first, with `launcher: k8s` the pod's
-GPU request is the gate (Kubernetes schedules it only where the GPUs are).
+Both start their steps through the launcher of the profile's `launch:` section (local | slurm | k8s;
+sftc_resources/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
+The GPU gate checks the target: this node's GPUs for `local`, the Slurm partition's (sinfo) for `slurm`, the node
+pool for `k8s` (Kubernetes schedules the pods only where their GPU request fits).
 """
 
 import csv
@@ -13,33 +14,37 @@ from pathlib import Path
 
 import dagster as dg
 
-from sftc_assets.training import hf_backend, nemo_entry, nemo_runner, preflight
-from sftc_assets.training.nemo_runner import EntryStep
+from sftc_assets.training import hf_backend, hf_entry, hf_launch, nemo_entry, nemo_runner, preflight
 from sftc_core.artifacts import Stamp
 from sftc_core.configs import FinetuneConfig
 from sftc_core.io import read_jsonl
+from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
+from sftc_resources.launchers import jobs, targets
+from sftc_resources.launchers.pipes import launch_step
+from sftc_resources.launchers.plan import Launch, LaunchError
 from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
-from sftc_resources.nemo_launch import launch_step
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
 from sftc_resources.writes import data_version, writing
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"
-# The NeMo import builds the model through Megatron on one device.
-IMPORT_GPUS = 1
+# Run tags that override the profile's launch for one run (the nightly validation sets them where Slurm is present).
+LAUNCHER_TAG, NODES_TAG, PROCS_TAG = "sftc/launcher", "sftc/launch_nodes", "sftc/launch_procs_per_node"
 
 
 class TrainRunConfig(dg.Config):
-    """Launchpad overrides, as `sftc train`'s flags; None = the profile's."""
+    """Launchpad overrides, as `sftc train`'s flags; None = the profile's (or the run's sftc/launcher tags)."""
 
     max_steps: int | None = None
     smoke_test: bool = False
     """10 steps on a few samples: the first run on a new node."""
-    resume: bool = False
-    """Continue from the latest checkpoint under data/models/sft/checkpoints (same settings only)."""
+    launcher: str | None = None
+    """local | slurm | k8s"""
+    nodes: int | None = None
+    procs_per_node: int | None = None
 
 
 class NemoRunConfig(dg.Config):
@@ -61,24 +66,54 @@ def _require_plan(plan: dict | None) -> dict:
     return plan
 
 
-def _gate(gpu: GpuResource, settings: Settings, asset: str, count: int) -> None:
-    """Fails at once, before any work, on a node without the GPUs (subprocess launcher: the work runs here)."""
-    if settings.finetune.launcher == "subprocess":
-        gpu.require_gpus(asset, count, settings.finetune.gpu_memory_bytes)
+def launch_for(context: dg.AssetExecutionContext, settings: Settings, launcher: str | None = None) -> Launch:
+    """The profile's launch, or the launcher the run config or the run's tags ask for."""
+    return Launch.from_settings(settings, launcher or context.run.tags.get(LAUNCHER_TAG))
 
 
-def _python(settings: Settings) -> Path:
-    # In the NeMo image the interpreter is `python` on PATH (nemo_launch.k8s_argv); locally it must exist.
-    return nemo_runner.require_interpreter(settings.nemo_python) if settings.finetune.launcher == "subprocess" else Path("python")
+def _tag_int(context: dg.AssetExecutionContext, tag: str) -> int | None:
+    value = context.run.tags.get(tag)
+    return int(value) if value else None
+
+
+def _gate(gpu: GpuResource, launch: Launch, step: EntryStep, asset: str, memory_bytes: int) -> None:
+    """Fails at once, before any work, when the target cannot hold the step: this node's GPUs (local), the
+    partition's (slurm, sinfo) or the node pool's (k8s)."""
+    try:
+        jobs.refuse_unlaunchable([step], launch)
+    except LaunchError as exc:
+        raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from None
+    if not step.gpus_per_node or step.dry_run:
+        return
+    if launch.launcher == "local":
+        gpu.require_gpus(asset, step.gpus_per_node, memory_bytes)
+        return
+    check = targets.check_target(step, launch)
+    if not check.ok:
+        raise dg.Failure(description=f"{asset}: {check.found} ({check.needed})", metadata={"target": dg.MetadataValue.json(check.as_dict())}, allow_retries=False)
+
+
+def _require_nemo_here(launch: Launch, settings: Settings) -> None:
+    # a local launch runs the NeMo interpreter of this node; on a cluster it lives in the nodes' environment
+    if launch.launcher == "local":
+        nemo_runner.require_interpreter(settings.nemo_python)
+
+
+def gate_nemo_finetune(gpu: GpuResource, launch: Launch, config: FinetuneConfig, settings: Settings) -> None:
+    """Fails when the launch target cannot hold the fine-tune's steps, or NeMo is not where a local launch needs it."""
+    paths = settings.paths
+    for step in nemo_runner.planned_steps(config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model):
+        _gate(gpu, launch, step, "sft_model", config.gpu_memory_bytes)
+    _require_nemo_here(launch, settings)
 
 
 def run_nemo_finetune_via_pipes(
     context: dg.AssetExecutionContext,
-    pipes_client: dg.PipesSubprocessClient,
     gpu: GpuResource,
     settings: Settings,
     config: FinetuneConfig,
     *,
+    launch: Launch | None = None,
     dry_run: bool = False,
     stamp: Stamp | None = None,
 ) -> dict:
@@ -88,16 +123,16 @@ def run_nemo_finetune_via_pipes(
     final_train_loss, tokens_per_s); on a dry run, the planned recipe instead and nothing is written.
     loss_curve.png, training.csv and val.csv lie beside the HF weights.
     """
-    _gate(gpu, settings, "sft_model", config.gpus_per_node)
+    launch = launch or launch_for(context, settings)
+    paths = settings.paths
+    gate_nemo_finetune(gpu, launch, config, settings)
 
     def execute(step: EntryStep) -> dict | None:
-        invocation = launch_step(context, pipes_client, settings, step, config.gpus_per_node)
-        return _plan_from(invocation) if step.argv[-1] == "--dry-run" else None
+        # a dry run only checks inputs and plans: on this node, whatever the launcher
+        invocation, _ = launch_step(context, step, Launch.from_settings(settings, "local") if step.dry_run else launch)
+        return _plan_from(invocation) if step.dry_run else None
 
-    paths = settings.paths
-    result = nemo_runner.nemo_finetune(
-        execute, _python(settings), config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp
-    )
+    result = nemo_runner.nemo_finetune(execute, config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp)
     if dry_run:
         return _require_plan(result)
     context.log.info("nemo fine-tune: %s", json.dumps({k: result.get(k) for k in ("steps", "final_val_loss", "best_val_loss")}))
@@ -108,28 +143,25 @@ def run_nemo_finetune_via_pipes(
 
 
 def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource, stamp: Stamp) -> dict:
+    """The fine-tune launched as a job (every node a torchrun agent): trains beside data/models/sft, resuming from its
+    last checkpoint on a retry, and only a finished run replaces data/models/sft (with `stamp`'s marker)."""
     paths = settings.paths
-    device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
-
-    def log_progress(row: dict) -> None:
-        if "val_loss" in row:
-            context.log.info("step %d: training loss %.4f, validation loss %.4f, %.0f tokens/s", row["step"], row["loss"], row["val_loss"], row["tokens_per_s"])
-
-    result = hf_backend.run_training(
-        paths.bf16_checkpoint,
-        paths.nemo_jsonl,
-        paths.sft_model,
-        settings.profile.training,
-        settings.sft,
-        settings.profile.evaluation,
-        max_steps=config.max_steps,
-        smoke_test=config.smoke_test,
-        resume=config.resume,
-        device=device,
-        on_step=log_progress,
-        stamp=stamp,
-    )
-    return result.metrics
+    launch = launch_for(context, settings, config.launcher)
+    shape = settings.profile.launch
+    nodes = config.nodes or _tag_int(context, NODES_TAG) or shape.nodes
+    procs = config.procs_per_node or _tag_int(context, PROCS_TAG) or shape.procs_per_node
+    if launch.launcher == "local":  # the node is this one: its GPUs decide the device
+        device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
+    else:
+        device = "cuda" if shape.gpus_per_node else "cpu"
+    step = hf_launch.training_step(
+        paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, settings.profile.training, settings.sft, settings.profile.evaluation,
+        nodes=nodes, procs_per_node=procs, gpus_per_node=shape.gpus_per_node if device == "cuda" else 0,
+        max_steps=config.max_steps, smoke_test=config.smoke_test, device=device, stamp=stamp,
+    )  # fmt: skip
+    _gate(gpu, launch, step, "sft_model", 0)
+    _, outcome = launch_step(context, step, launch)
+    return {**hf_launch.finished_metrics(paths.sft_model), "job_dir": str(outcome.job_dir), "job_log": str(outcome.log_path)}
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -143,18 +175,20 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=["bf16_checkpoint"],
         group_name=GROUP,
-        code_version=code_version("nemo_model", settings, nemo_runner, nemo_entry),
+        code_version=code_version("nemo_model", settings, nemo_runner, nemo_entry, targets),
         kinds={"nvidia", "pytorch"},
         description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), run in the NeMo environment through Dagster Pipes.",
         **asset_placement("gpu", settings),
     )
-    def nemo_model(
-        context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient
-    ) -> dg.MaterializeResult:
-        _gate(gpu, settings, "nemo_model", IMPORT_GPUS)
-        step = nemo_runner.import_step(_python(settings), paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
+    def nemo_model(context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
+        launch = launch_for(context, settings)
+        step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
+        if step.dry_run:
+            launch = Launch.from_settings(settings, "local")
+        _gate(gpu, launch, step, "nemo_model", settings.finetune.gpu_memory_bytes)
+        _require_nemo_here(launch, settings)
         with writing(settings, "nemo_model", [paths.nemo_model], inputs=[("bf16_checkpoint", None)]) as stamp:
-            invocation = launch_step(context, pipes_subprocess_client, settings, step, IMPORT_GPUS)
+            invocation, outcome = launch_step(context, step, launch)
             if not config.dry_run:
                 stamp(paths.nemo_model, paths.nemo_model)  # the NeMo process wrote it (atomically); marked once it is there
         if config.dry_run:
@@ -168,6 +202,7 @@ def defs(settings: Settings) -> dg.Definitions:
             metadata={
                 **(reported.metadata or {}),
                 "dry_run": False,
+                **outcome.as_metadata(),
                 "path": dg.MetadataValue.path(str(paths.nemo_model)),
                 "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
                 **manifest_metadata(settings, "nemo_model"),
@@ -181,22 +216,25 @@ def defs(settings: Settings) -> dg.Definitions:
         # The NeMo backend fine-tunes the imported checkpoint; the HF backend starts from the BF16 one.
         deps=["bf16_checkpoint", "nemo_jsonl", *([nemo_model] if nemo_backend else [])],
         group_name=GROUP,
-        code_version=code_version("sft_model", settings, *((nemo_runner, nemo_entry) if nemo_backend else (hf_backend,))),
+        code_version=code_version("sft_model", settings, *((nemo_runner, nemo_entry, targets) if nemo_backend else (hf_backend, hf_entry, hf_launch, targets))),
         kinds={"pytorch", "huggingface"},
         description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
         "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
         **asset_placement("auto", settings),
+        # a job the cluster lost (preempted, a failed node) is started again; it resumes from its last checkpoint
+        retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60) if settings.profile.launch.max_retries else None,
     )
-    def sft_model(
-        context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource, pipes_subprocess_client: dg.PipesSubprocessClient
-    ) -> dg.MaterializeResult:
-        # A config the run cannot take is refused first, before the inputs are even looked at.
-        finetune = nemo_runner.run_config(settings.finetune, config.max_steps, config.smoke_test) if nemo_backend else None
+    def sft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
+        # A config or a target the run cannot take is refused first, before the inputs are even looked at.
+        launch = launch_for(context, settings, config.launcher)
+        if nemo_backend:
+            finetune = nemo_runner.run_config(settings.finetune, config.max_steps, config.smoke_test, config.nodes, config.procs_per_node)
+            gate_nemo_finetune(gpu, launch, finetune, settings)
         inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), *([("nemo_model", None)] if nemo_backend else [])]
         with writing(settings, "sft_model", [paths.sft_model], inputs) as stamp:
             if nemo_backend:
-                # NeMo resumes from its own checkpoints under the work dir, so `resume` needs no flag there.
-                metrics = run_nemo_finetune_via_pipes(context, pipes_subprocess_client, gpu, settings, finetune, stamp=stamp)
+                # NeMo resumes from its own checkpoints under the work dir (the recipe's resume_if_exists).
+                metrics = run_nemo_finetune_via_pipes(context, gpu, settings, finetune, launch=launch, stamp=stamp)
             else:
                 metrics = _train_hf(context, config, settings, gpu, stamp)
         output = paths.sft_model
@@ -208,6 +246,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
                 "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
                 "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
+                "launcher", "nodes", "world_size", "slurm_job_id", "job_log",
             )
             if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
         }  # fmt: skip

@@ -1,11 +1,16 @@
-"""The Hugging Face training backend: one readable loop (nanoGPT style), CPU or GPU.
+"""The Hugging Face training backend: one readable loop (nanoGPT style), CPU or GPU, one process or many.
 
 Loads the BF16 checkpoint, adds the SFT special tokens (new embedding rows = mean of the old rows), trains on the
 NeMo JSONL pairs with answer-only loss (AdamW, warmup + cosine, clipping, accumulation, optional LoRA), and writes
 the fine-tuned HF checkpoint with training.csv, val.csv, metrics.json and loss_curve.png. A run works in a hidden
 directory beside OUTPUT (`.OUTPUT.partial`) and replaces OUTPUT only when complete, so the last good model and
 its checkpoints stay until then. Checkpoints under checkpoints/step-N hold everything a killed run needs to
-continue with the same losses (`resume=True`: the interrupted run's, else the finished OUTPUT's).
+continue with the same losses (`resume=True`: the interrupted run's, else the finished OUTPUT's; "auto": the
+interrupted run's when it is of the same settings and inputs, as a retried job wants).
+
+Under torchrun (WORLD_SIZE > 1) the loop is data-parallel (DDP over gloo on CPU, NCCL on GPU): every rank draws the
+same global batches in the same order and trains on its share of each, the loss is normalised by the global target
+count, so the run follows the 1-process trajectory; rank 0 alone writes checkpoints, logs, metrics and the model.
 """
 
 from __future__ import annotations
@@ -15,21 +20,26 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftc_assets.training.data import (
+    IGNORE_INDEX,
     BatchStream,
     Example,
     collate,
@@ -49,6 +59,7 @@ from sftc_core.io import (
     normalise_modes,
     replace_dir,
 )
+from sftc_core.launch import launch_record
 from sftc_core.nemo_format import split_file
 from sftc_core.target_format import TargetFormat
 from sftc_core.threads import torch_threads
@@ -60,6 +71,7 @@ TRAINING_CSV_COLUMNS = ("step", "loss", "lr", "tokens_per_s")
 # --smoke-test: the first run on a new node proves the path end to end, not learning.
 SMOKE_STEPS, SMOKE_TRAIN_SAMPLES, SMOKE_VAL_SAMPLES, SMOKE_NEW_TOKENS = 10, 16, 8, 16
 GENERATIONS_PREVIEW = 5
+Resume = bool | Literal["auto"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,8 @@ class RunPlan:
     max_seq_length: int
     special_tokens: tuple[str, ...]
     smoke_test: bool
+    # Fingerprints of the model and data the run reads: a checkpoint of other inputs is not resumed.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -79,6 +93,7 @@ class RunPlan:
             "max_seq_length": self.max_seq_length,
             "special_tokens": list(self.special_tokens),
             "smoke_test": self.smoke_test,
+            "inputs": dict(self.inputs),
         }
 
 
@@ -88,6 +103,27 @@ class TrainResult:
     metrics: dict
     train_rows: list[dict] = field(default_factory=list)
     val_rows: list[dict] = field(default_factory=list)
+
+
+# --- data parallelism ----------------------------------------------------------------------------
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def all_sum(*values: float) -> list[float]:
+    """The values summed over the ranks (themselves in one process)."""
+    if not dist.is_initialized():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
 
 
 # --- pieces with their own tests ---------------------------------------------------------------
@@ -217,27 +253,37 @@ def _logits(model, batch: dict[str, torch.Tensor], device: torch.device) -> torc
 
 @torch.no_grad()
 def validation_loss(model, examples: list[Example], batch_size: int, pad_token_id: int, device: torch.device) -> float:
-    """Mean cross-entropy per target token over the whole validation set."""
+    """Mean cross-entropy per target token over the whole validation set (each rank takes its share of the batches)."""
+    rank, world = rank_and_world()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch_examples in sequential_batches(examples, batch_size):
+    for batch_examples in sequential_batches(examples, batch_size)[rank::world]:
         batch = {k: v.to(device) for k, v in collate(batch_examples, pad_token_id).items()}
         total += target_loss_sum(_logits(model, batch, device), batch["labels"]).item()
         count += int((batch["labels"][:, 1:] != -100).sum())
     model.train(was_training)
+    total, count = all_sum(total, count)
     return total / count
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[dict], trainable: list, max_grad_norm: float, device) -> float:
-    """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss per target token."""
-    target_count = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
+    """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss per target token.
+
+    Data-parallel, `model` is the DDP wrapper and `micro_batches` this rank's shares: the target count is the global
+    one and DDP averages gradients over the ranks, so each rank's loss is scaled by the world size."""
+    _, world = rank_and_world()
+    (target_count,) = all_sum(sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches))
     step_loss = 0.0
-    for batch in micro_batches:
-        # normalise by the step's target count so accumulation equals one large batch
-        loss = target_loss_sum(_logits(model, batch, device), batch["labels"]) / target_count
-        loss.backward()
-        step_loss += loss.item()
+    for i, batch in enumerate(micro_batches):
+        # gradients are exchanged once per step, on the last micro-batch
+        sync = nullcontext() if i == len(micro_batches) - 1 or world == 1 else model.no_sync()
+        with sync:
+            # normalise by the step's target count so accumulation (and data parallelism) equals one large batch
+            loss = target_loss_sum(_logits(model, batch, device), batch["labels"]) * world / target_count
+            loss.backward()
+        step_loss += loss.item() / world
+    (step_loss,) = all_sum(step_loss)
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     optimizer.step()
     scheduler.step()
@@ -354,22 +400,34 @@ def work_dir(output_dir: Path) -> Path:
     return output_dir.parent / f".{output_dir.name}.partial"
 
 
-def _prepare_work_dir(output_dir: Path, resume: bool) -> tuple[Path, Path | None]:
-    """The run's work directory and the checkpoint to resume from: the interrupted run's latest, else the
-    finished OUTPUT's (copied in); a fresh run starts from an empty work directory. OUTPUT is not touched."""
+def _plan_of(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["plan"]
+
+
+def _prepare_work_dir(output_dir: Path, resume: Resume, plan: RunPlan) -> tuple[Path, Path | None]:
+    """The run's work directory and the checkpoint to resume from: the interrupted run's latest (for "auto" only
+    when it is of this plan), else with `resume=True` the finished OUTPUT's (copied in); a fresh run starts from
+    an empty work directory. OUTPUT is not touched. Every rank decides alike from what is on disk; rank 0 alone
+    changes it, the others wait for it."""
+    rank, _ = rank_and_world()
     work = work_dir(output_dir)
     checkpoint = latest_checkpoint(work) if resume else None
-    finished = latest_checkpoint(output_dir) if resume and checkpoint is None else None
-    if finished is not None:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(finished, work / CHECKPOINTS_DIR / finished.name)
-        checkpoint = latest_checkpoint(work)
-    if resume and checkpoint is None:
+    if resume == "auto" and checkpoint is not None and _plan_of(checkpoint) != plan.as_dict():
+        log.info("%s: the latest checkpoint is of other settings or inputs; starting at step 0", checkpoint)
+        checkpoint = None
+    finished = latest_checkpoint(output_dir) if resume is True and checkpoint is None else None
+    if resume and checkpoint is None and finished is None:
         log.info("%s: no checkpoint to resume from; starting at step 0", output_dir)
-    if checkpoint is None:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    return work, checkpoint
+    _barrier()  # every rank has looked before rank 0 changes anything
+    if rank == 0:
+        if finished is not None:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(finished, work / CHECKPOINTS_DIR / finished.name)
+        elif checkpoint is None:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    return work, (work / CHECKPOINTS_DIR / finished.name if finished is not None else checkpoint)
 
 
 def _publish(work: Path, output_dir: Path, stamp: BeforeSwap | None) -> None:
@@ -380,26 +438,63 @@ def _publish(work: Path, output_dir: Path, stamp: BeforeSwap | None) -> None:
     replace_dir(work, output_dir)
 
 
+def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
+    """sha256 of the training and validation files and the model's config; name and size of its weights
+    (hashing hundreds of GB for a resume check would cost more than it protects)."""
+    import hashlib
+
+    def digest(path: Path) -> str:
+        sha = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+        return sha.hexdigest()
+
+    prints = {f"data/{path.name}": digest(path) for path in (split_file(data_dir, "train"), split_file(data_dir, "validation"))}
+    prints["model/config.json"] = digest(Path(model_dir) / "config.json")
+    prints["model/weights"] = ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(Path(model_dir).glob("*.safetensors")))
+    return prints
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
 def _resolve_device(device: str | None) -> torch.device:
     if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    # torchrun gives each process of a node its GPU by LOCAL_RANK
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this node; use --device cpu")
-    return torch.device(device)
+    return torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+
+
+@contextmanager
+def process_group(device: torch.device):
+    """The torch.distributed group of a torchrun launch (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs; else nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def run_training(model_dir: Path, data_dir: Path, output_dir: Path, training: TrainingConfig, sft: SftConfig, evaluation: EvaluationConfig, **options) -> TrainResult:
     """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
 
-    Options (keywords of `_run_training`): max_steps, smoke_test, resume, device (None or "auto": CUDA when present,
-    "cpu", "cuda[:N]") and on_step, called with each training.csv row (plus `val_loss` on validation steps).
+    Options (keywords of `_run_training`): max_steps, smoke_test, resume (True: continue from the latest checkpoint,
+    refusing other settings; "auto": continue when it is of the same settings and inputs, else start over), device
+    (None or "auto": CUDA when present, "cpu", "cuda[:N]") and on_step, called on rank 0 with each training.csv row
+    (plus `val_loss` on validation steps). Under torchrun every rank calls it; the metrics come back on rank 0.
     """
-    with torch_threads(training.cpu_threads):
+    with torch_threads(training.cpu_threads), process_group(_resolve_device(options.get("device"))):
         return _run_training(model_dir, data_dir, output_dir, training, sft, evaluation, **options)
 
 
@@ -413,30 +508,34 @@ def _run_training(
     *,
     max_steps: int | None = None,
     smoke_test: bool = False,
-    resume: bool = False,
+    resume: Resume = False,
     device: str | None = None,
     on_step: Callable[[dict], None] | None = None,
     stamp: BeforeSwap | None = None,
 ) -> TrainResult:
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
+    rank, world = rank_and_world()
     steps = SMOKE_STEPS if smoke_test else (max_steps or training.max_steps)
-    plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)
     torch_device = _resolve_device(device)
     # inputs are read and checked before anything under OUTPUT changes
     train_pairs = load_pairs(split_file(data_dir, "train"))
     val_pairs = load_pairs(split_file(data_dir, "validation"))
     if smoke_test:
         train_pairs, val_pairs = train_pairs[:SMOKE_TRAIN_SAMPLES], val_pairs[:SMOKE_VAL_SAMPLES]
+    plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)
 
     torch.manual_seed(training.seed)
     model, tokenizer, new_ids, lora = load_model_and_tokenizer(model_dir, plan, torch_device)
+    plan = replace(plan, inputs=input_fingerprints(model_dir, data_dir))  # the model dir is known to be one now
     train_set = tokenize_split(tokenizer, train_pairs, sft.max_seq_length)
     val_set = tokenize_split(tokenizer, val_pairs, sft.max_seq_length)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer(model, training, steps)
     stream = BatchStream([len(e.input_ids) for e in train_set.examples], training.batch_size, training.seed)
 
-    work, checkpoint = _prepare_work_dir(output_dir, resume)
+    # DDP finds the experts no token was routed to in a step: their gradients stay unset, as in one process
+    ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    work, checkpoint = _prepare_work_dir(output_dir, resume, plan)
     state = {"plan": plan.as_dict(), "train_rows": [], "val_rows": [], "train_seconds": 0.0, "train_tokens": 0}
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, scheduler, plan)
@@ -449,7 +548,8 @@ def _run_training(
     def validate(step: int) -> float:
         loss = validation_loss(model, val_set.examples, training.batch_size, pad_id, torch_device)
         state["val_rows"].append({"step": step, "val_loss": loss})
-        log.info("step %d: validation loss %.4f", step, loss)
+        if rank == 0:
+            log.info("step %d: validation loss %.4f", step, loss)
         return loss
 
     if start_step == 0:
@@ -457,14 +557,16 @@ def _run_training(
     model.train()
     for step in range(start_step + 1, steps + 1):
         started = time.perf_counter()  # tokens/s counts batch assembly too, not only the model
+        # every rank draws the same global batches and takes its share of each
         indices = [stream.next() for _ in range(training.gradient_accumulation_steps)]
         micro_batches = [
-            {k: v.to(torch_device) for k, v in collate([train_set.examples[i] for i in batch], pad_id).items()}
+            {k: v.to(torch_device) for k, v in _share_batch(train_set.examples, batch, rank, world, pad_id).items()}
             for batch in indices
         ]
-        tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
+        (tokens,) = all_sum(sum(len(train_set.examples[i].input_ids) for batch in indices for i in batch[rank::world]))
+        tokens = int(tokens)
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device)
+        loss = train_step(ddp_model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device)
         seconds = time.perf_counter() - started
         state["train_seconds"] += seconds
         state["train_tokens"] += tokens
@@ -473,14 +575,17 @@ def _run_training(
         report = dict(row)
         if step % training.eval_every == 0 or step == steps:
             report["val_loss"] = validate(step)
-        if step % training.save_every == 0 or step == steps:
+        if rank == 0 and (step % training.save_every == 0 or step == steps):
             save_checkpoint(work, step, model, optimizer, scheduler, stream, state)
             _prune_checkpoints(work, training.keep_checkpoints)
             _write_logs(work, state["train_rows"], state["val_rows"])
-        if on_step is not None:
+        if on_step is not None and rank == 0:
             on_step(report)
 
     model.eval()
+    if rank != 0:
+        _barrier()  # rank 0 checks generation and publishes
+        return TrainResult(output_dir, {}, state["train_rows"], state["val_rows"])
     parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, sft.target_format, smoke_test)
     final_model = model.merge_and_unload() if lora else model
     final_model.save_pretrained(work)
@@ -512,11 +617,24 @@ def _run_training(
         "train_seconds": round(state["train_seconds"], 3),
         "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
         **parse,
+        **launch_record(),
     }
     atomic_write_json(work / "metrics.json", metrics)
     _publish(work, output_dir, stamp)
+    _barrier()
     log.info("trained %d steps: val loss %.4f -> %.4f, parse rate %s", steps, metrics["initial_val_loss"], metrics["final_val_loss"], metrics["parse_rate"])
     return TrainResult(output_dir, metrics, state["train_rows"], state["val_rows"])
+
+
+def _share_batch(examples: list[Example], batch: list[int], rank: int, world: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """This rank's share of a global batch, collated; a rank whose share is empty (a batch smaller than the world)
+    runs one example with every label masked: DDP needs each rank's backward, and it adds no target and no gradient."""
+    share = batch[rank::world]
+    if share:
+        return collate([examples[i] for i in share], pad_id)
+    empty = collate([examples[batch[0]]], pad_id)
+    empty["labels"].fill_(IGNORE_INDEX)
+    return empty
 
 
 def _parse_check(

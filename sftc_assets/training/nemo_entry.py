@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from dagster_pipes import PipesContext, open_dagster_pipes
+from dagster_pipes import PipesContext
 
 from sftc_assets.training.nemo_config import (
     NemoRunPaths,
@@ -36,6 +36,7 @@ from sftc_assets.training.nemo_config import (
     plan_recipe,
     read_hf_config,
 )
+from sftc_assets.training.pipes_entry import global_rank, open_pipes
 from sftc_core.configs import load_finetune_config, with_max_steps
 from sftc_core.io import atomic_dir, atomic_write_csv, atomic_write_json
 
@@ -45,18 +46,6 @@ log = logging.getLogger("sftc.nemo_entry")
 FINETUNE_RESULT = "finetune_result.json"
 TRAINING_CSV_COLUMNS = ("step", "loss", "lr", "tokens_per_s")
 VAL_CSV_COLUMNS = ("step", "val_loss")
-
-
-def _global_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def open_pipes() -> PipesContext:
-    """The Pipes context on global rank 0; other torchrun ranks get the no-op context (one writer per channel)."""
-    if _global_rank() != 0:
-        for var in ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"):
-            os.environ.pop(var, None)
-    return open_dagster_pipes()
 
 
 # --- import: BF16 HF checkpoint -> NeMo checkpoint (the nemo_model asset) ------------------------
@@ -197,7 +186,7 @@ def run_finetune(plan: dict, pipes: PipesContext) -> dict:
     pipes.log.info(f"fine-tuning with {plan['factory']} on {plan['world_size']} GPUs (data-parallel {plan['data_parallel_size']})")
     started = time.monotonic()
     exp_dir = fdl.build(recipe)()  # llm.finetune(...) with every argument bound; returns the experiment dir
-    if _global_rank() != 0:
+    if global_rank() != 0:
         return {}
     work_dir = Path(plan["factory_kwargs"]["dir"])
     result = {
@@ -371,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             # NeMo prints progress (rich consoles) to stdout; our stdout carries the result JSON only.
             with contextlib.redirect_stdout(sys.stderr):
                 result = RUNNERS[args.command](plan, pipes)
-            if _global_rank() == 0:
+            if global_rank() == 0:
                 print(json.dumps(result, indent=2, sort_keys=True, default=str))
             return 0
     except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError: a clear message, no traceback

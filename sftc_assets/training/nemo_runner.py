@@ -1,9 +1,10 @@
-"""Our side of the NeMo backend (no Dagster): the command lines that run nemo_entry in the NeMo environment.
+"""Our side of the NeMo backend (no Dagster): the steps that run nemo_entry in the NeMo environment.
 
-The NeMo environment has its own interpreter (`Settings.nemo_python`: env SFTC_NEMO_PYTHON, else `nemo_python`
-in configs/nemo/finetune.yaml, default .venv-nemo/bin/python). The same `EntryStep`s are run by the `sftc`
-command (plain subprocesses, `run_nemo_import` / `run_nemo_training`) and by the assets (Dagster Pipes, through
-sftc_resources/nemo_launch.py): the caller hands in how a step is executed.
+The steps are `EntryStep`s of the "nemo" environment (its interpreter: `Settings.nemo_python`, env
+SFTC_NEMO_PYTHON, else `nemo_python` in configs/nemo/finetune.yaml; its image on a cluster). The fine-tune is
+distributed: every one of `nodes` nodes runs it under torchrun with one process per GPU. The same steps are run
+by the `sftc` command and by the assets (with Dagster Pipes) through the launchers of sftc_resources/launchers/:
+the caller hands in how a step is executed.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_assets.training.nemo_config import NEMO_DATA_FILES, NemoRunPaths
-from sftc_core.configs import PROJECT_ROOT, ConfigError, FinetuneConfig, with_max_steps
+from sftc_core.configs import PROJECT_ROOT, FinetuneConfig, with_max_steps, with_nodes
 from sftc_core.io import BeforeSwap, atomic_dir
+from sftc_core.launch import EntryStep
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +27,8 @@ ENTRY_MODULE = "sftc_assets.training.nemo_entry"
 SMOKE_TEST_STEPS = 10
 
 
-class NemoEntryError(RuntimeError):
-    """nemo_entry exited non-zero; its own message (file, field, fix) went to stderr before this."""
-
-
-@dataclass(frozen=True)
-class EntryStep:
-    """One run of nemo_entry: `argv` starts with the NeMo interpreter."""
-
-    name: str  # import | finetune | export
-    argv: list[str]
+# The NeMo import builds the model through Megatron on one device.
+IMPORT_GPUS = 1
 
 
 def require_interpreter(python: Path) -> Path:
@@ -58,13 +49,14 @@ def entry_env(project_root: Path | str = PROJECT_ROOT) -> dict[str, str]:
     }
 
 
-def _entry(python: Path, command: str, args: list[str], dry_run: bool, nproc: int = 1) -> EntryStep:
-    launcher = [str(python), "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [str(python)]
-    return EntryStep(command, [*launcher, "-m", ENTRY_MODULE, command, *args, *(["--dry-run"] if dry_run else [])])
+def _entry(command: str, args: list[str], dry_run: bool, **shape) -> EntryStep:
+    """A dry run checks inputs and plans: one process, no GPUs, whatever the step's real shape."""
+    shape = {} if dry_run else shape
+    return EntryStep(command, ENTRY_MODULE, (command, *args, *(["--dry-run"] if dry_run else [])), "nemo", **shape)
 
 
-def import_step(python: Path, hf_checkpoint: Path, output: Path, dry_run: bool = False) -> EntryStep:
-    return _entry(python, "import", ["--hf-checkpoint", str(hf_checkpoint), "--output", str(output)], dry_run)
+def import_step(hf_checkpoint: Path, output: Path, dry_run: bool = False) -> EntryStep:
+    return _entry("import", ["--hf-checkpoint", str(hf_checkpoint), "--output", str(output)], dry_run, gpus_per_node=IMPORT_GPUS)
 
 
 def nemo_work_dir(output: Path) -> Path:
@@ -73,24 +65,15 @@ def nemo_work_dir(output: Path) -> Path:
     return output.with_name(f"{output.name}_nemo")
 
 
-def require_one_node(config: FinetuneConfig) -> None:
-    if config.nodes != 1:
-        raise ConfigError(
-            f"{config.source}: field 'nodes' = {config.nodes}: Dagster's launchers here (subprocess, k8s) start one node "
-            f"of {config.gpus_per_node} GPUs; run a multi-node fine-tune with a multi-node job launcher, or set nodes: 1 "
-            "with a parallelism that fits one node"
-        )
-
-
 def finetune_steps(
-    python: Path,
     config: FinetuneConfig,
     config_path: Path | str,
     paths: NemoRunPaths,
     max_steps: int | None = None,
     dry_run: bool = False,
 ) -> list[EntryStep]:
-    """finetune (torchrun, one process per GPU) then export (one process); a dry run plans the fine-tune only."""
+    """finetune (on every node, torchrun with one process per GPU) then export (one process); a dry run plans the
+    fine-tune only."""
     args = [
         "--config", str(config_path),
         "--hf-checkpoint", str(paths.hf_checkpoint),
@@ -101,10 +84,11 @@ def finetune_steps(
     ]  # fmt: skip
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
-    steps = [_entry(python, "finetune", args, dry_run, nproc=1 if dry_run else config.gpus_per_node)]
+    shape = {"nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node, "distributed": True}
+    steps = [_entry("finetune", args, dry_run, **shape)]
     if not dry_run:
         export_args = ["--hf-checkpoint", str(paths.hf_checkpoint), "--work-dir", str(paths.work_dir), "--output", str(paths.output_dir)]
-        steps.append(_entry(python, "export", export_args, dry_run=False))
+        steps.append(_entry("export", export_args, dry_run=False))
     return steps
 
 
@@ -140,32 +124,23 @@ def add_loss_curve(output_dir: Path) -> Path:
     return plot_loss_curve(Path(output_dir) / "loss_curve.png", train_rows, val_rows)
 
 
-# Runs one step and returns the entry's JSON result (or None where the launcher does not hand stdout back).
+# Runs one step and returns the entry's result of a dry run (the plan); None for the others.
 Execute = Callable[[EntryStep], "dict | None"]
 
 
-def run_subprocess(step: EntryStep) -> dict:
-    """The `sftc` command's launcher: stderr (logs) streams through, stdout is the entry's JSON."""
-    log.info("running %s", " ".join(step.argv))
-    completed = subprocess.run(step.argv, cwd=PROJECT_ROOT, env={**os.environ, **entry_env()}, stdout=subprocess.PIPE, text=True)
-    if completed.returncode != 0:
-        raise NemoEntryError(f"nemo_entry {step.name} failed with exit code {completed.returncode} (its error is above)")
-    return json.loads(completed.stdout)
-
-
-def run_config(config: FinetuneConfig, max_steps: int | None = None, smoke_test: bool = False, dry_run: bool = False) -> FinetuneConfig:
-    """The fine-tune config with --max-steps / --smoke-test applied; a real run must fit one node."""
+def run_config(
+    config: FinetuneConfig, max_steps: int | None = None, smoke_test: bool = False, nodes: int | None = None, gpus_per_node: int | None = None
+) -> FinetuneConfig:
+    """The fine-tune config with --max-steps / --smoke-test and another job shape (--nodes, --procs-per-node) applied,
+    each checked against the parallel layout."""
     max_steps = SMOKE_TEST_STEPS if smoke_test else max_steps
     if max_steps is not None:
         config = with_max_steps(config, max_steps)
-    if not dry_run:
-        require_one_node(config)
-    return config
+    return with_nodes(config, nodes, gpus_per_node)
 
 
 def nemo_finetune(
     execute: Execute,
-    python: Path,
     config: FinetuneConfig,
     hf_checkpoint: Path,
     nemo_checkpoint: Path,
@@ -181,34 +156,19 @@ def nemo_finetune(
     work_dir = nemo_work_dir(output)
     if dry_run:
         paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), Path(dataset_root), output, work_dir)
-        (step,) = finetune_steps(python, config, config.source, paths, config.max_steps, dry_run=True)
+        (step,) = finetune_steps(config, config.source, paths, config.max_steps, dry_run=True)
         return execute(step)
     staged = stage_dataset(dataset_root, work_dir)
     with atomic_dir(output, stamp) as staging:
         paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), staged, staging, work_dir)
-        for step in finetune_steps(python, config, config.source, paths, config.max_steps):
+        for step in finetune_steps(config, config.source, paths, config.max_steps):
             execute(step)
         add_loss_curve(staging)
         return json.loads((staging / "metrics.json").read_text(encoding="utf-8"))
 
 
-def run_nemo_import(python: Path, hf_checkpoint: Path, output: Path, dry_run: bool = False) -> dict:
-    """`sftc import-nemo`: BF16 HF checkpoint -> NeMo checkpoint; returns the entry's summary (the plan on a dry run)."""
-    return run_subprocess(import_step(require_interpreter(python), hf_checkpoint, output, dry_run))
-
-
-def run_nemo_training(
-    python: Path,
-    config: FinetuneConfig,
-    hf_checkpoint: Path,
-    nemo_checkpoint: Path,
-    dataset_root: Path,
-    output: Path,
-    max_steps: int | None = None,
-    smoke_test: bool = False,
-    dry_run: bool = False,
-    stamp: BeforeSwap | None = None,
-) -> dict:
-    """`sftc train --backend nemo` on this node: see `nemo_finetune`."""
-    config = run_config(config, max_steps, smoke_test, dry_run)
-    return nemo_finetune(run_subprocess, require_interpreter(python), config, hf_checkpoint, nemo_checkpoint, dataset_root, output, dry_run, stamp)
+def planned_steps(config: FinetuneConfig, hf_checkpoint: Path, nemo_checkpoint: Path, dataset_root: Path, output: Path) -> list[EntryStep]:
+    """The steps a fine-tune will launch (finetune on every node, then export), as `sftc train --dry-run` shows them."""
+    output = Path(output)
+    paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), nemo_work_dir(output) / "dataset", output, nemo_work_dir(output))
+    return finetune_steps(config, config.source, paths, config.max_steps)

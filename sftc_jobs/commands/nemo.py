@@ -30,19 +30,27 @@ def register(subparsers) -> None:
 
 
 def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
-    from sftc_assets.training.nemo_runner import NemoEntryError, run_nemo_import
+    """The import as a one-process job of the profile's launcher (a dry run checks the inputs here)."""
+    from sftc_assets.training.nemo_runner import import_step, require_interpreter
+    from sftc_resources.launchers.jobs import run_for_result
+    from sftc_resources.launchers.plan import Launch
 
     if args.config:
         settings = settings.model_copy(update={"finetune": load_finetune_config(args.config)})
     paths = settings.paths
     model, output = args.model or paths.bf16_checkpoint, args.output or paths.nemo_model
-    try:
-        with writing_output(args, [output], inputs=[model]) as stamp:
-            result = run_nemo_import(settings.nemo_python, model, output, args.dry_run)
-            if not args.dry_run:
-                stamp(output, output)  # the NeMo process wrote it (atomically); marked once it is there
-    except NemoEntryError as exc:
-        print(f"sftc import-nemo: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
+    launch = Launch.from_settings(settings)
+    if launch.launcher == "local" or args.dry_run:
+        require_interpreter(settings.nemo_python)
+    # A launch that fails (the job's state, its log) ends in the command line's one-line error.
+    with writing_output(args, [output], inputs=[model]) as stamp:
+        result = run_for_result(import_step(model, output, args.dry_run), launch, _to_stderr)
+        if not args.dry_run:
+            stamp(output, output)  # the NeMo process wrote it (atomically); marked once it is there
+    print(json.dumps(result if result is not None else {"output": str(output)}, indent=2))
     return 0
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()

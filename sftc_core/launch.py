@@ -1,0 +1,58 @@
+"""What a launched step is, whatever starts it, and what a launched process knows of its launch.
+
+A stage describes a step as an `EntryStep` (a module of ours with its arguments, the Python environment it needs
+and the job's shape); the launchers of sftc_resources/launchers/ decide how it starts (a subprocess here, an
+sbatch job, a JobSet) and set `SFTC_LAUNCHER` in its environment. torchrun sets the rest (RANK, WORLD_SIZE,
+GROUP_WORLD_SIZE = nodes), Slurm its SLURM_JOB_ID, so `launch_record` tells a training run how it ran.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+# sftc: this repository's .venv (or its image); nemo: the NeMo environment (.venv-nemo or the NeMo container).
+Environment = Literal["sftc", "nemo"]
+LAUNCHER_ENV = "SFTC_LAUNCHER"
+
+
+@dataclass(frozen=True)
+class EntryStep:
+    """One run of `python -m module *args` on `nodes` nodes; `distributed`: under torchrun with `procs_per_node`
+    processes on every node (a server or a one-process step is not)."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+    environment: Environment = "sftc"
+    nodes: int = 1
+    procs_per_node: int = 1
+    gpus_per_node: int = 0
+    distributed: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node if self.distributed else 1
+
+    @property
+    def dry_run(self) -> bool:
+        return "--dry-run" in self.args
+
+    def with_shape(self, nodes: int, procs_per_node: int, gpus_per_node: int) -> EntryStep:
+        return replace(self, nodes=nodes, procs_per_node=procs_per_node, gpus_per_node=gpus_per_node)
+
+
+def launch_record(environ: Mapping[str, str] | None = None) -> dict:
+    """How this process was launched: world_size, nodes, launcher, and slurm_job_id when Slurm ran it."""
+    env = os.environ if environ is None else environ
+    record = {
+        "launcher": env.get(LAUNCHER_ENV, "local"),
+        "world_size": int(env.get("WORLD_SIZE", "1")),
+        # torchrun's GROUP_WORLD_SIZE counts its agents, one per node.
+        "nodes": int(env.get("GROUP_WORLD_SIZE", "1")),
+    }
+    if "SLURM_JOB_ID" in env:
+        record["slurm_job_id"] = env["SLURM_JOB_ID"]
+    return record

@@ -1,0 +1,118 @@
+"""What a launch is made of: the launcher, the interpreters of each environment, the time limit, the cluster,
+and the command each node runs (the same entry under torchrun, c10d rendezvous on the first node).
+
+Plain data and functions: `sftc train --dry-run` prints them, the GPU plan (preflight) can read them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftc_assets.training.nemo_runner import entry_env
+from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher
+from sftc_core.launch import LAUNCHER_ENV, EntryStep, Environment
+from sftc_core.settings import Settings
+
+LAUNCHERS: tuple[Launcher, ...] = ("local", "slurm", "k8s")
+TORCHRUN = ("-m", "torch.distributed.run")
+
+
+class LaunchError(RuntimeError):
+    """A launched job did not succeed; the message names the launcher, the job, its state and its log."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and how steps start: one object per launch, built from the settings (and command-line overrides)."""
+
+    launcher: Launcher
+    pythons: dict[Environment, str]  # interpreters on this node, per environment
+    time_limit: str
+    max_retries: int
+    cluster: ClusterConfig
+    data_dir: Path
+    project_root: Path = PROJECT_ROOT
+
+    @classmethod
+    def from_settings(cls, settings: Settings, launcher: Launcher | None = None) -> Launch:
+        launcher = launcher or settings.profile.launch.launcher
+        if launcher not in LAUNCHERS:
+            raise ConfigError(f"launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+        return cls(
+            launcher=launcher,
+            pythons={"sftc": sys.executable, "nemo": str(settings.nemo_python)},
+            time_limit=settings.profile.launch.time_limit,
+            max_retries=settings.profile.launch.max_retries,
+            cluster=settings.cluster,
+            data_dir=settings.data_dir,
+        )
+
+    def job_env(self, step: EntryStep) -> dict[str, str]:
+        """Variables every process of the step gets (no secrets: nothing of the settings' API key)."""
+        return {**entry_env(self.project_root), LAUNCHER_ENV: self.launcher, "SFTC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun_argv(step: EntryStep, python: str, rendezvous: str, rendezvous_id: str) -> list[str]:
+    """The command of one node: a torchrun agent with `procs_per_node` workers, c10d rendezvous at `rendezvous`."""
+    return [
+        python, *TORCHRUN,
+        f"--nnodes={step.nodes}", f"--nproc-per-node={step.procs_per_node}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={rendezvous}", f"--rdzv-id={rendezvous_id}",
+        "--max-restarts=0",  # a failed rank fails the job; the retry resumes from the checkpoint
+        "-m", step.module, *step.args,
+    ]  # fmt: skip
+
+
+def single_argv(step: EntryStep, python: str) -> list[str]:
+    return [python, "-m", step.module, *step.args]
+
+
+def shell_line(argv: list[str]) -> str:
+    """argv quoted for a shell, except words that are shell variables meant to expand ($head_addr:$port)."""
+    return " ".join(word if word.startswith(("--rdzv-endpoint=$", "--rdzv-id=$")) else shlex.quote(word) for word in argv)
+
+
+def describe(step: EntryStep) -> str:
+    shape = f"{step.nodes} node(s) x {step.procs_per_node} process(es)" if step.distributed else "one process"
+    gpus = f", {step.gpus_per_node} GPU(s) per node" if step.gpus_per_node else ""
+    return f"{step.name} ({step.module}): {shape}{gpus}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state in its launcher's words (Slurm's COMPLETED, FAILED, ...; a JobSet's or a process's likewise)."""
+
+    state: str
+    done: bool = False
+    ok: bool = False
+    exit_code: int | None = None
+    reason: str = ""
+    retryable: bool = False
+
+
+class LogTail:
+    """What a log file gained since the last read (the file may not exist yet: a pending job has written nothing)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = Path(path), 0
+
+    def read(self) -> str:
+        if not self.path.is_file():
+            return ""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+    def last_lines(self, count: int = 20) -> str:
+        if not self.path.is_file():
+            return "(no log written)"
+        return "\n".join(self.path.read_text(encoding="utf-8", errors="replace").splitlines()[-count:])

@@ -1,0 +1,236 @@
+"""The `slurm` launcher: a thin layer over Slurm's own commands (sbatch --parsable, scontrol/sacct, scancel, sinfo).
+
+The sbatch script is rendered from the launch and the step: one task per node, each a torchrun agent with one
+process per GPU (c10d rendezvous on the first node's address, a port from the job id), containers through
+pyxis/enroot (`srun --container-image`) when the environment has an image. The log is one file in the job dir on
+the shared filesystem; a requeued job (preemption) appends to it and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftc_core.launch import EntryStep
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, single_argv, torchrun_argv
+
+# Slurm's job states (squeue(1) "JOB STATE CODES"): still going, or how it ended and what that means.
+ACTIVE_STATES = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})  # fmt: skip
+END_STATES = {
+    "COMPLETED": "every task exited 0",
+    "FAILED": "a task exited non-zero (one rank failing ends them all: srun --kill-on-bad-exit)",
+    "TIMEOUT": "it reached its time limit (launch.time_limit in the profile); a retry resumes from the last checkpoint",
+    "PREEMPTED": "the scheduler preempted it; a retry resumes from the last checkpoint",
+    "NODE_FAIL": "one of its nodes failed; a retry resumes from the last checkpoint",
+    "BOOT_FAIL": "a node failed to boot",
+    "OUT_OF_MEMORY": "a task ran out of host memory (raise --mem in slurm.sbatch_options, or lower the batch size)",
+    "CANCELLED": "it was cancelled (scancel, an administrator, or the Dagster run was terminated)",
+    "DEADLINE": "it missed its deadline",
+    "REVOKED": "a federated sibling ran it",
+    "SPECIAL_EXIT": "it ended in Slurm's special exit state",
+}
+# Lost through no fault of the step: worth the automatic retries of launch.max_retries.
+RETRYABLE_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
+COMMAND_TIMEOUT_S = 60
+
+
+def status_of(state: str, exit_code: int | None = None) -> JobStatus:
+    """Slurm's state word (e.g. "CANCELLED by 0", "NODE_FAIL") as a JobStatus with its meaning."""
+    word = state.split()[0].rstrip("+") if state.strip() else "UNKNOWN"
+    if word in ACTIVE_STATES:
+        return JobStatus(word)
+    if word == "COMPLETED":
+        return JobStatus(word, done=True, ok=True, exit_code=exit_code)
+    reason = END_STATES.get(word, "an end state sftc does not know")
+    return JobStatus(word, done=True, exit_code=exit_code, reason=reason, retryable=word in RETRYABLE_STATES)
+
+
+def rendezvous_port(launch: Launch) -> str:
+    return f"$(({launch.cluster.slurm.rendezvous_base_port} + SLURM_JOB_ID % 1000))"
+
+
+def node_python(step: EntryStep, launch: Launch) -> str:
+    """The interpreter on the nodes: the environment's configured one, `python` inside its image, else this node's path."""
+    env = launch.cluster.slurm.environments.get(step.environment)
+    if env and env.python:
+        return env.python
+    if env and env.container_image:
+        return "python"
+    return launch.pythons[step.environment]
+
+
+def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str | None = None) -> str:
+    """The batch script of `step`: directives from the launch and cluster.yaml's slurm section, then one srun."""
+    slurm = launch.cluster.slurm
+    job_dir = Path(job_dir)
+    name = job_name or f"sftc-{step.name}"
+    directives = [
+        f"--job-name={name}",
+        f"--nodes={step.nodes}",
+        "--ntasks-per-node=1",
+        f"--time={launch.time_limit}",
+        f"--output={job_dir / 'slurm-%j.log'}",
+        "--open-mode=append",  # a requeued job (preemption) continues the same log
+        "--requeue",
+        f"--chdir={launch.project_root}",
+    ]
+    if step.gpus_per_node:
+        directives.append(f"--gpus-per-node={step.gpus_per_node}")
+    if slurm.cpus_per_task:
+        directives.append(f"--cpus-per-task={slurm.cpus_per_task}")
+    directives += [f"--{key}={value}" for key, value in (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos)) if value]
+    directives += slurm.sbatch_options
+
+    env = {**launch.job_env(step), **slurm.env}
+    environment = slurm.environments.get(step.environment)
+    image = environment.container_image if environment else None
+    if image:
+        env["PYTHONPATH"] = "/app"  # the images hold this repository at /app (deploy/slurm.md)
+    python = node_python(step, launch)
+    srun = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"] if step.distributed else ["srun", "--nodes=1", "--ntasks=1"]
+    if image:
+        srun += [f"--container-image={image}", "--no-container-mount-home"]
+        if slurm.container_mounts:
+            srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
+    command = torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID") if step.distributed else single_argv(step, python)
+
+    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    lines += slurm.setup
+    lines += [
+        # the first node hosts the c10d rendezvous; its address from Slurm (node names need not resolve in DNS)
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "head_addr=$(scontrol show node \"$head_node\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')",
+        f"rdzv_port={rendezvous_port(launch)}",
+        'echo "sftc: Slurm job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, rendezvous $head_addr:$rdzv_port"',
+        shell_line(srun + command),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, **kwargs)
+    except FileNotFoundError:
+        raise LaunchError(f"{argv[0]}: not found; the slurm launcher needs Slurm's commands on this node (a login or submit node)") from None
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"{' '.join(argv)}: no answer in {COMMAND_TIMEOUT_S} s; is slurmctld up?") from None
+
+
+def slurm_available() -> bool:
+    """Slurm's commands are here and the controller answers (the nightly validation then launches through it)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return _run(["sinfo", "-h", "-o", "%P"]).returncode == 0
+    except LaunchError:
+        return False
+
+
+def submit(script: Path, env: dict[str, str]) -> str:
+    """sbatch --parsable; returns the job id."""
+    done = _run(["sbatch", "--parsable", str(script)], env={**os.environ, **env})
+    if done.returncode != 0:
+        raise LaunchError(f"sbatch {script} refused the job: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip().split(";")[0]
+
+
+def query(job_id: str) -> JobStatus:
+    """The job's state: scontrol while the controller holds it, sacct (accounting) after it has left."""
+    done = _run(["scontrol", "show", "job", "-o", job_id])
+    if done.returncode == 0 and "JobState=" in done.stdout:
+        fields = dict(re.findall(r"(\w+)=(\S+)", done.stdout))
+        return status_of(fields["JobState"], _exit_code(fields.get("ExitCode")))
+    done = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode"])
+    if done.returncode == 0 and done.stdout.strip():
+        state, _, code = done.stdout.strip().splitlines()[0].partition("|")
+        return status_of(state, _exit_code(code))
+    raise LaunchError(f"Slurm job {job_id}: neither scontrol nor sacct knows it ({done.stderr.strip()})")
+
+
+def _exit_code(text: str | None) -> int | None:
+    return int(text.split(":")[0]) if text and text.split(":")[0].isdigit() else None
+
+
+def cancel(job_id: str) -> None:
+    _run(["scancel", job_id])
+
+
+def job_hosts(job_id: str) -> list[str]:
+    done = _run(["scontrol", "show", "job", "-o", job_id])
+    nodelist = dict(re.findall(r"(\w+)=(\S+)", done.stdout)).get("NodeList", "")
+    if not nodelist or nodelist == "(null)":
+        return []
+    return _run(["scontrol", "show", "hostnames", nodelist]).stdout.split()
+
+
+class SlurmJob:
+    """A submitted sbatch job: its id, state, log, hosts; cancel is scancel."""
+
+    launcher = "slurm"
+
+    def __init__(self, step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str], job_name: str | None = None):
+        self.step, self.job_dir = step, Path(job_dir)
+        self.script = self.job_dir / "job.sbatch"
+        self.script.write_text(render_sbatch(step, launch, job_dir, job_name), encoding="utf-8")
+        # Pipes' bootstrap variables travel in sbatch's environment (--export=ALL), not in the script file.
+        self.id = submit(self.script, env)
+        self.log_path = self.job_dir / f"slurm-{self.id}.log"
+        self.tail = LogTail(self.log_path)
+
+    def poll(self) -> JobStatus:
+        return query(self.id)
+
+    def read_log(self) -> str:
+        return self.tail.read()
+
+    def hosts(self) -> list[str]:
+        return job_hosts(self.id)
+
+    def cancel(self) -> None:
+        cancel(self.id)
+
+
+# --- the target's GPUs (the GPU gate checks the partition, not the submitting node) ---------------
+
+
+@dataclass(frozen=True)
+class PartitionNode:
+    name: str
+    gpus: int
+    state: str
+
+
+def parse_gres_gpus(gres: str) -> int:
+    """GPUs in a node's GRES string: "gpu:h100:8(S:0-1)", "gpu:8", "gpu:a100:4,gpu:h100:4" -> 8, 8, 8."""
+    return sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[\w.-]+)?:(\d+)", gres))
+
+
+def partition_nodes(partition: str | None) -> list[PartitionNode]:
+    """The partition's nodes with their GPUs and states, from sinfo (the default partition when None)."""
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t", *(["-p", partition] if partition else [])]
+    done = _run(argv)
+    if done.returncode != 0:
+        raise LaunchError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    nodes = {}
+    for line in done.stdout.strip().splitlines():
+        name, gres, state = line.split("|")
+        nodes[name] = PartitionNode(name, parse_gres_gpus(gres), state)
+    return list(nodes.values())
+
+
+def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None) -> str | None:
+    """Why the partition cannot hold the step (too few nodes with its GPUs per node), or None."""
+    usable = [n for n in nodes if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))]
+    if len(usable) >= step.nodes:
+        return None
+    where = f"partition {partition}" if partition else "the default partition"
+    return f"{step.name} needs {step.nodes} node(s) with {step.gpus_per_node} GPU(s) each; {where} has {len(usable)} usable of {len(nodes)}"
