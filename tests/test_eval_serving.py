@@ -179,16 +179,22 @@ def test_a_server_that_exits_at_start_fails_with_its_exit_code_and_log(tmp_path)
             pass
 
 
-def test_the_server_is_stopped_when_the_evaluation_fails_and_its_death_is_named(tmp_path):
+@pytest.mark.parametrize("ending", [RuntimeError("evaluation failed"), KeyboardInterrupt()])  # a failure, a cancel
+def test_the_server_is_stopped_when_the_evaluation_fails_or_is_cancelled(tmp_path, ending):
     port = servers.free_port()
     plan = local_plan(port, (sys.executable, "-c", HEALTHY, str(port)))
-    with pytest.raises(RuntimeError, match="evaluation failed"):
+    with pytest.raises(type(ending)):
         with servers.serve(plan, servers.LocalLauncher(tmp_path), startup_timeout_s=30) as running:
             assert requests.get(f"{running.url}/health", timeout=5).status_code == 200
-            raise RuntimeError("evaluation failed")
+            raise ending
     assert running.process.poll() is not None
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_an_endpoint_failure_while_the_server_is_dead_names_its_death(tmp_path):
+    port = servers.free_port()
+    plan = local_plan(port, (sys.executable, "-c", HEALTHY, str(port)))
     with pytest.raises(EndpointError, match=r"the transformers server had died: pid \d+ ended \(killed by signal 9\)"):
         with servers.serve(plan, servers.LocalLauncher(tmp_path), startup_timeout_s=30) as running:
             running.process.kill()
@@ -358,3 +364,23 @@ def test_sftc_evaluate_dry_run_prints_the_plan_in_the_full_profile(data_dir, mon
     assert "parallelism: tensor 8 x pipeline 4, expert parallel on" in out and out.count("vllm serve ") == 4
     assert sftc(["evaluate", "--dry-run", "--endpoint", "http://gpu-node:8000"]) == 0
     assert "http://gpu-node:8000 (already running: no server is started)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("  concurrency: 4\n", "  concurrency: 4\n  endpoint: localhost:8000\n",
+         r"field 'evaluation.endpoint': String should match pattern .* \(got 'localhost:8000'\)"),
+        ("  concurrency: 4\n", "  concurrency: 0\n", r"field 'evaluation.concurrency': Input should be greater than 0 \(got 0\)"),
+        ("  server: transformers\n", "  server: triton\n", r"field 'evaluation.server': Input should be 'transformers', 'vllm', 'sglang' or 'none'"),
+    ],
+)
+def test_a_bad_evaluation_setting_names_the_file_the_field_and_the_form(tmp_path, old, new, message):
+    from sftc_core.configs import CONFIG_DIR, ConfigError
+
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    toy = config_dir / "profiles" / "toy.yaml"
+    toy.write_text(toy.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"toy\.yaml: " + message):
+        load_settings(env={}, config_dir=config_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 from sftc_assets.evaluation.completions import Completion, CompletionsClient, Decoding, EndpointError, Progress, answer_all
 from sftc_assets.evaluation.servers import (
     SERVED_NAME,
+    SERVERS,
     LocalLauncher,
     ServerLauncher,
     free_port,
@@ -28,6 +29,7 @@ from sftc_assets.evaluation.servers import (
     transformers_plan,
 )
 from sftc_assets.training.generate import generate_greedy
+from sftc_core.configs import ConfigError
 from sftc_core.settings import Settings
 from sftc_core.threads import torch_threads
 
@@ -198,6 +200,8 @@ def open_answers(
     `server` (transformers on this node, vllm / sglang through `launcher`), stopped afterwards; else (`server`
     "none") the checkpoint loaded in this process. `device` is where a local server or the fallback runs."""
     client_config = settings.eval_config.client
+    if server not in SERVERS:
+        raise ConfigError(f"server {server!r}: expected one of {', '.join(SERVERS)}")
     if endpoint:
         client = CompletionsClient(endpoint, client_config, settings.eval_api_key)
         model, owner = _served_model(client, served_model)

@@ -44,6 +44,8 @@ from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 
 Engine = Literal["transformers", "vllm", "sglang"]
+# Who may answer when no endpoint is given: a server of these engines, or `none` (the in-process fallback).
+SERVERS = ("transformers", "vllm", "sglang", "none")
 HEALTH_PATH = "/health"
 # The name vLLM serves the model (or the adapter) under; SGLang addresses an adapter as base:adapter.
 SERVED_NAME = "sft"

@@ -9,9 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from sftc_assets.evaluation.servers import SERVERS  # requests and the settings only: --help stays light
 from sftc_core.settings import Settings
-
-SERVERS = ("transformers", "vllm", "sglang", "none")
 
 
 def _months(text: str) -> list[str]:
