@@ -9,6 +9,7 @@ fail on cue; the engine's own behaviour is tested against the real `transformers
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -200,6 +201,42 @@ def test_an_endpoint_failure_while_the_server_is_dead_names_its_death(tmp_path):
             running.process.kill()
             running.process.wait()
             CompletionsClient(running.url, FAST.model_copy(update={"max_retries": 0})).complete(decoding(), "x")
+
+
+def test_a_killed_run_leaves_no_server_behind(tmp_path):
+    """SIGKILL gives the run no time to stop its server: the kernel's parent-death signal does."""
+    import dataclasses
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    port = servers.free_port()
+    plan = dataclasses.asdict(local_plan(port, (sys.executable, "-c", HEALTHY, str(port))))
+    run = subprocess.Popen([sys.executable, "-c", (
+        "import json, sys, time\n"
+        "from sftc_assets.evaluation import servers\n"
+        f"plan = json.loads({json.dumps(json.dumps(plan))})\n"
+        "plan['commands'] = tuple(tuple(c) for c in plan['commands'])\n"
+        f"server = servers.LocalLauncher({str(tmp_path)!r}).start(servers.ServerPlan(**plan))\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())  # fmt: skip
+    server_pid = int(run.stdout.readline())
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(server_pid, os.WNOHANG)
+        time.sleep(0.1)
+    else:
+        os.killpg(server_pid, signal.SIGKILL)
+        pytest.fail(f"server pid {server_pid} outlived its killed parent")
 
 
 def test_a_multi_node_plan_is_not_started_on_this_node(tmp_path):

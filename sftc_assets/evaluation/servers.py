@@ -245,10 +245,14 @@ class ServerLauncher(Protocol):
     def start(self, plan: ServerPlan) -> RunningServer: ...
 
 
-def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when this process dies, even by SIGKILL, so no orphan keeps the port and GPUs.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _dies_with_parent():
+    """For Popen's preexec_fn on Linux: the server gets SIGTERM when this process dies, even by SIGKILL, so no orphan
+    keeps the port and the GPUs. libc is loaded here, in the parent: the forked child only makes the call."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class LocalProcess:
@@ -299,7 +303,7 @@ class LocalLauncher:
         with open(log_path, "w", encoding="utf-8") as log_file:
             process = subprocess.Popen(
                 plan.commands[0], env={**os.environ, **plan.env}, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_dies_with_parent(),
             )  # fmt: skip
         return LocalProcess(process, f"http://127.0.0.1:{plan.port}", log_path)
 
