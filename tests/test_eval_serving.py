@@ -120,6 +120,10 @@ def test_the_api_key_is_a_bearer_token_and_appears_in_no_message():
         server.script(*[Fault(500)] * 4)
         with pytest.raises(EndpointError) as failure:
             client.complete(decoding(), "Ticker: AAPL")
+        server.script(Fault(401, body='{"error": "invalid key"}'))
+        with pytest.raises(EndpointError, match=r"HTTP 401 .*invalid key.*; check SFTC_EVAL_API_KEY"):
+            client.complete(decoding(), "Ticker: AAPL")  # refused, not retried
+    assert len(server.completions()) == 1 + 4 + 1
     assert {s.authorization for s in server.seen} == {f"Bearer {key}"}
     assert key not in str(failure.value) and key not in repr(client.__dict__)
 

@@ -126,7 +126,7 @@ class CompletionsClient:
                 self._local.session.headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
         return self._local.session
 
-    def _request(self, method: str, path: str, body: dict | None = None, what: str = "") -> dict:
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         """The JSON object of a 200, after the retries; EndpointError otherwise."""
         url = f"{self.url}{path}"
         attempts = self.config.max_retries + 1
@@ -152,12 +152,13 @@ class CompletionsClient:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     problem = f"HTTP {response.status_code} ({_excerpt(response)})"
                 else:
-                    raise EndpointError(f"{url}: HTTP {response.status_code} ({_excerpt(response)}){what}")
+                    hint = "; check SFTC_EVAL_API_KEY" if response.status_code in (401, 403) else ""
+                    raise EndpointError(f"{url}: HTTP {response.status_code} ({_excerpt(response)}){hint}")
             if attempt < attempts - 1:
                 wait_s = backoff_seconds(attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after)
                 log.warning("%s: %s; retry %d/%d in %.1f s", url, problem, attempt + 1, self.config.max_retries, wait_s)
                 self._sleep(wait_s)
-        raise EndpointError(f"{url}: still failing after {attempts} attempt(s), last: {problem}{what}")
+        raise EndpointError(f"{url}: still failing after {attempts} attempt(s), last: {problem}")
 
     def models(self) -> list[dict]:
         """The entries of GET /v1/models (`id`, `owned_by`, ...)."""
