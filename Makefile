@@ -79,6 +79,7 @@ bench: setup
 	$(PY) bench/convert_fp8.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/backtest.py
+	$(PY) bench/eval_server.py
 
 clean:
 	rm -rf data/raw_xml data/jsonl data/hf_splits data/nemo_jsonl data/checkpoints data/models data/eval data/backtest data/reports data/prices .dagster_home

@@ -141,11 +141,35 @@ class TrainingConfig(Strict):
     parse_check_samples: int = Field(default=64, ge=0)
 
 
+class ServingConfig(Strict):
+    """The GPU nodes a server for the full model is planned on (`sftc evaluate --dry-run` prints the plan)."""
+
+    gpus_per_node: int = Field(default=8, ge=1)
+    gpu_memory_gb: float = Field(default=80, gt=0)
+    # The weights may fill this share of the GPUs' memory; the rest is the KV cache and activations.
+    max_weight_fraction: float = Field(default=0.75, gt=0, le=1)
+    # The engine versions the plan was checked against (their LoRA support for DeepSeek-V3 differs by version).
+    vllm_version: str = "0.33.0"
+    sglang_version: str = "0.5.23"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
 class EvaluationConfig(Strict):
     max_new_tokens: int = Field(gt=0)
+    # Prompts per batch of the in-process fallback (`server: none`).
     batch_size: int = Field(gt=0)
     # torch threads for generation on CPU (None: torch's default); on a busy 2-core node 1 beats 2.
     cpu_threads: int | None = Field(default=None, gt=0)
+    # Who answers when no endpoint is given: a server started for the run (transformers serve on a CPU,
+    # vLLM or SGLang on GPU nodes), or `none`: the in-process generate, a fallback.
+    server: Literal["transformers", "vllm", "sglang", "none"] = "transformers"
+    # An OpenAI-compatible server someone already runs (http://host:port, with or without /v1).
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    # The model name to request when the endpoint lists several (GET /v1/models); None: its only one.
+    served_model: str | None = None
+    # Completion requests in flight at once.
+    concurrency: int = Field(default=8, gt=0)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 Launcher = Literal["local", "slurm", "k8s"]
@@ -241,9 +265,23 @@ class PricesConfig(Strict):
     max_retry_after_seconds: float = Field(default=120.0, ge=0)
 
 
+class EndpointClientConfig(Strict):
+    """The completions client: each request's timeout, its retries, and how long a started server may take to come up."""
+
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    startup_timeout_seconds: float = Field(default=1800.0, gt=0)
+    seed: int = 0
+    # Progress lines in the log (the command line also draws a bar).
+    progress_every_seconds: float = Field(default=10.0, gt=0)
+
+
 class EvalConfig(Strict):
     min_parse_rate: float = Field(ge=0, le=1)
     prices: PricesConfig = PricesConfig()
+    client: EndpointClientConfig = EndpointClientConfig()
 
 
 # --- configs/backtest_config.yaml -------------------------------------------------------------

@@ -7,11 +7,20 @@ Plain functions (`probe_gpus`, `choose_device`, `require_gpus`) serve the comman
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from sftc_core.text import format_bytes
+
+
+def check_device(device: str) -> str:
+    """A `--device` value as the commands take it: auto (CUDA when present), cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
 
 # Runs the FP8 kernel on a CUDA device and says whether it matched the torch math, and why not.
 Fp8Check = Callable[[int], tuple[bool, str]]

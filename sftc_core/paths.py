@@ -71,6 +71,19 @@ class ArtifactPaths:
         return self.eval_dir / f"{month}.csv"
 
     @property
+    def eval_staging_dir(self) -> Path:
+        return self.eval_dir / ".staging"
+
+    def eval_staging(self, month: str) -> Path:
+        """The month's answers so far, while its CSV is not written (resumable evaluation)."""
+        return self.eval_staging_dir / f"{month}.jsonl"
+
+    @property
+    def server_logs(self) -> Path:
+        """Logs of the servers a run starts (transformers serve, vLLM, SGLang), one file per server."""
+        return self.root / "logs" / "servers"
+
+    @property
     def prices(self) -> Path:
         return self.root / "prices"
 

@@ -77,6 +77,8 @@ class Settings(Strict):
     # Where a Kubernetes deployment places work: one pod per run, or one pod per step (SFTC_K8S_PLACEMENT).
     k8s_placement: Placement = "run"
     eodhd_api_key: Secret | None = None
+    # SFTC_EVAL_API_KEY: the bearer token of an evaluation endpoint that asks for one.
+    eval_api_key: Secret | None = None
 
     @property
     def profile_name(self) -> str:
@@ -139,7 +141,7 @@ class Settings(Strict):
 
 ENV_VARS = (
     "EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE",
-    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_K8S_PLACEMENT",
+    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY",
 )  # fmt: skip
 
 
@@ -189,7 +191,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
             "TRAIN_START_DATE <= TRAIN_END_DATE < TEST_START_DATE must hold, got "
             f"{parsed['train_start_date']}, {parsed['train_end_date']}, {parsed['test_start_date']}"
         )
-    key = values.get("EODHD_API_KEY")
+    key, eval_key = values.get("EODHD_API_KEY"), values.get("SFTC_EVAL_API_KEY")
     return Settings(
         profile=profile,
         sft=load_sft_config(Path(config_dir) / "sft_config.yaml"),
@@ -203,5 +205,6 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
         k8s_placement=placement,
         eodhd_api_key=Secret(key) if key else None,
+        eval_api_key=Secret(eval_key) if eval_key else None,
         **parsed,
     )

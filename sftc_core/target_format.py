@@ -13,7 +13,10 @@ Reading the action, the first match wins:
    `<action>BUY` at the end of a cut-off output counts too). A later, conflicting tag is ignored: the format
    ends at the first closing action tag, so anything after it is the model running on past its answer;
 2. the first label `Action: …` (`Action: strong buy`, `**Action:** SELL`, `action = hold`);
-3. an output that is nothing but an action (`STRONG-SELL`, ` buy. `).
+3. an output that is nothing but an action (`STRONG-SELL`, ` buy. `);
+4. only for an output whose server stripped the tags (`tags_stripped`: servers decode with special tokens skipped,
+   so `<reasoning>R</reasoning><support>P</support><action>BUY</action>` arrives as `RPBUY`): the action as the
+   format writes it (upper case, canonical) at the very end, where `</action>` was.
 Otherwise None. An action word must stand alone: "BUY" inside "BUYBACK", "BUYER" or "BUY_BACK" never counts.
 """
 
@@ -36,6 +39,8 @@ _TAG = re.compile(r"<([A-Za-z_][A-Za-z0-9_\-]*)>")
 _ACTION_WORD = r"(?<![A-Za-z0-9_])(strong[\s_\-]*buy|strong[\s_\-]*sell|buy|sell|hold)(?![A-Za-z0-9_])"
 _LABELLED = re.compile(r"(?<![A-Za-z0-9_])action\W{0,3}?\s*[:=]\s*[*`\"']*\s*" + _ACTION_WORD, re.IGNORECASE)
 _ONLY = re.compile(r"^[\s*`\"'.!:\-]*" + _ACTION_WORD + r"[\s*`\"'.!]*$", re.IGNORECASE)
+# No word boundary before it: with the tags gone the action follows the support text directly ("…average" + "SELL").
+_STRIPPED_TAIL = re.compile("(" + "|".join(ACTIONS) + r")\s*$")
 
 
 def normalise_action(word: str) -> str:
@@ -109,11 +114,13 @@ class TargetFormat:
     def _tagged(self) -> re.Pattern:
         return re.compile(re.escape(self.action[0]) + r"\s*" + _ACTION_WORD, re.IGNORECASE)
 
-    def parse_action(self, text: str | None) -> str | None:
-        """The canonical action (`STRONG_BUY`, `BUY`, `HOLD`, `SELL`, `STRONG_SELL`) in `text`, or None."""
+    def parse_action(self, text: str | None, tags_stripped: bool = False) -> str | None:
+        """The canonical action (`STRONG_BUY`, `BUY`, `HOLD`, `SELL`, `STRONG_SELL`) in `text`, or None.
+
+        `tags_stripped`: the text came from a server that decoded without the special tokens (rule 4 above)."""
         if not text:
             return None
-        for pattern in (self._tagged, _LABELLED, _ONLY):
+        for pattern in (self._tagged, _LABELLED, _ONLY, *((_STRIPPED_TAIL,) if tags_stripped else ())):
             match = pattern.search(text)
             if match:
                 return normalise_action(match.group(1))

@@ -8,7 +8,6 @@ record, exception message and cached file.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import random
 import re
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import requests
 
 from sftc_core.configs import ConfigError, PricesConfig
+from sftc_core.http_retry import RETRIED_STATUS, backoff_seconds, retry_after_seconds
 from sftc_core.io import atomic_path
 from sftc_core.market import (
     PRICE_COLUMNS,
@@ -157,22 +157,6 @@ def eodhd_symbol(ticker: str, exchange: str = "US") -> str:
     return f"{ticker.replace('.', '-')}.{exchange}"
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
 def _body_excerpt(response: requests.Response, secret: Secret, limit: int = 200) -> str:
     """The start of an error body as one plain line: HTML tags stripped, the key masked."""
     text = response.text or ""
@@ -190,8 +174,6 @@ class EodhdClient:
     408/429/5xx, timeouts and connection errors are retried with jittered exponential backoff (a Retry-After
     header sets the least wait); 401/403 are auth errors, 402 a spent quota, 404 an unknown symbol.
     """
-
-    RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
     def __init__(
         self,
@@ -214,9 +196,7 @@ class EodhdClient:
         self.session.close()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.config.max_backoff_seconds, self.config.backoff_seconds * 2**attempt)
-        jittered = self._rng.uniform(ceiling / 2, ceiling)  # jitter spreads retries of parallel runs
-        return max(jittered, retry_after or 0.0)
+        return backoff_seconds(attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after)
 
     def fetch_eod(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         url = f"{self.config.eodhd_base_url.rstrip('/')}/eod/{symbol}"
@@ -241,9 +221,9 @@ class EodhdClient:
                     raise EodhdQuotaError(f"EODHD {shown}: HTTP 402, the daily API quota is spent ({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan")
                 if status == 404:
                     raise UnknownTickerError(f"EODHD does not know symbol {symbol} (HTTP 404 from {shown}: {_body_excerpt(response, self._key)})")
-                if status not in self.RETRIED_STATUS:
+                if status not in RETRIED_STATUS:
                     raise EodhdResponseError(f"EODHD {shown}: HTTP {status} ({_body_excerpt(response, self._key)})")
-                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 problem = f"HTTP {status} ({_body_excerpt(response, self._key)})"
                 if status == 429 and retry_after is not None and retry_after > self.config.max_retry_after_seconds:
                     raise EodhdQuotaError(f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s (more than {self.config.max_retry_after_seconds:.0f} s); retry later")

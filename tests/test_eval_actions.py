@@ -83,3 +83,23 @@ def test_the_configured_tags_drive_both_the_target_and_the_parse():
 def test_tags_that_do_not_pair_are_refused(tokens):
     with pytest.raises(ValueError, match="reasoning, support and action|three different tags|not a pair"):
         TargetFormat.from_special_tokens(tokens)
+
+
+@pytest.mark.parametrize(
+    ("stripped", "expected"),
+    [
+        # transformers serve's text for "<reasoning>…</reasoning><support>…</support><action>SELL</action>" (seen on the toy).
+        ("The trend is up.Return over 5 sessions +1.8%; 5-day volume -11% vs the 60-day averageSTRONG_SELL", "STRONG_SELL"),
+        ("IBM drifts.Close 190; RSI 55HOLD", "HOLD"),
+        ("Close 101.2BUY \n", "BUY"),  # a digit before the action: no word boundary once the tags are gone
+        ("Sellers left.Close 1SELL", "SELL"),
+    ],
+)
+def test_a_tag_stripped_output_is_read_from_its_end(stripped, expected):
+    assert parse_action(stripped, tags_stripped=True) == expected
+    assert parse_action(stripped) is None  # only a server known to strip the tags gets the end-of-text rule
+
+
+@pytest.mark.parametrize("stripped", ["The trend is up.Close 1", "Close 1buy", "STRONG_BUY is what others say.Close 1", ""])
+def test_a_tag_stripped_output_without_an_action_at_its_end_is_none(stripped):
+    assert parse_action(stripped, tags_stripped=True) is None

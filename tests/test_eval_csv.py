@@ -79,10 +79,10 @@ def test_the_file_is_the_spec_format(tmp_path, source):
 
 
 def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
-    """evaluate_records generates with `cpu_threads` torch threads, and gives the previous count back."""
+    """The in-process fallback generates with `cpu_threads` torch threads, and gives the previous count back."""
     import torch
 
-    from sftc_assets.evaluation import evaluate
+    from sftc_assets.evaluation import answers, evaluate
 
     seen = []
 
@@ -90,10 +90,11 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
         seen.append(torch.get_num_threads())  # a stand-in for the model: only the thread count is under test
         return OUTPUTS[: len(prompts)]
 
-    monkeypatch.setattr(evaluate, "generate_greedy", fake_generate)
+    monkeypatch.setattr(answers, "generate_greedy", fake_generate)
     before = torch.get_num_threads()
     target = 1 if before != 1 else 2
-    frame = evaluate.evaluate_records(None, None, RECORDS, source, load_sft_config(), max_new_tokens=4, batch_size=2, cpu_threads=target)
+    in_process = answers.InProcessAnswers(None, None, max_new_tokens=4, batch_size=2, cpu_threads=target, about={})
+    frame = evaluate.evaluate_records(RECORDS, in_process, source, load_sft_config())
     assert seen == [target] and torch.get_num_threads() == before
     predicted = dict(zip(frame["id"], frame["predicted_action"].fillna("")))
     assert predicted == {"MSFT-2012-10-26-0": "SELL", "AAPL-2012-10-26-1": "BUY", "ZZZ-2012-09-14-2": "",

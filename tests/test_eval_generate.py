@@ -90,7 +90,7 @@ def test_empty_and_bad_arguments():
 
 @pytest.mark.gpu
 def test_load_model_on_cuda_generates_deterministically(toy_dir):
-    from sftc_assets.evaluation.eval_csv import load_model
+    from sftc_assets.evaluation.answers import load_model
 
     model, tokenizer = load_model(toy_dir, "cuda")
     assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16

@@ -1,5 +1,5 @@
-"""EODHD_API_KEY never leaves the process: with the key set to a sentinel, the chain runs through a Dagster
-instance on disk, then every file under DAGSTER_HOME (SQLite event log, compute logs), the data dir
+"""EODHD_API_KEY and SFTC_EVAL_API_KEY are written nowhere: with the keys set to a sentinel, the chain runs through
+a Dagster instance on disk, then every file under DAGSTER_HOME (SQLite event log, compute logs), the data dir
 (artifacts, reports) and logs/ is searched for it. Fast: the data half of the chain. Slow: the whole
 toy chain with `sftc run` twice and `sftc rerun`, as `make run` does."""
 
@@ -37,7 +37,8 @@ def sentinel_env(tmp_path, monkeypatch):
     home.mkdir()
     data.mkdir()
     shutil.copy(REPO_ROOT / "configs" / "dagster.yaml", home / "dagster.yaml")
-    env = {"EODHD_API_KEY": sentinel, "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    # The evaluation endpoint's key too: the toy's eval goes through transformers serve, which gets it as a bearer token.
+    env = {"EODHD_API_KEY": sentinel, "SFTC_EVAL_API_KEY": sentinel, "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for name in ("TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE"):

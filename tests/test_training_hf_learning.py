@@ -12,13 +12,8 @@ import json
 
 import pytest
 
-from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
-from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.sft_data.nemo_export import NEMO_FILES, export_nemo
-from sftc_assets.sft_data.splits import build_dataset
-from sftc_assets.theses.parser import parse_corpus, write_jsonl_outputs
-from sftc_assets.theses.sample_corpus import write_sample_corpus
-from sftc_core.configs import load_sft_config
+from toy_chain_helpers import build_toy_chain_until_bf16
+
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
 
@@ -26,16 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_toy_profile_training_learns_the_format(data_dir, capsys):
-    settings, sft = load_settings(), load_sft_config()
+    settings = load_settings()
     profile = settings.profile
-    write_sample_corpus(data_dir / "raw_xml", profile.partitions.start, profile.partitions.end, profile.corpus)
-    write_jsonl_outputs(parse_corpus(data_dir / "raw_xml"), data_dir / "jsonl" / "all.jsonl", data_dir / "rejects.jsonl")
-    bounds = (settings.train_start_date, settings.train_end_date, settings.test_start_date, settings.test_end_date)
-    build_dataset(data_dir / "jsonl", data_dir / "hf_splits", sft, date_bounds=bounds)
-    export_nemo(data_dir / "hf_splits", data_dir / "nemo_jsonl", sft)
-    texts = corpus_texts_from(data_dir / "nemo_jsonl" / NEMO_FILES["train"])
-    make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", texts, seed=profile.model.seed, fp8=True, vocab_size=profile.model.vocab_size)
-    convert_fp8_checkpoint(data_dir / "checkpoints" / "base_fp8", data_dir / "checkpoints" / "bf16", device="cpu", progress=False)
+    build_toy_chain_until_bf16(data_dir, settings)
 
     assert sftc_main(["train"]) == 0  # every default: the profile's training section, data/ paths
     metrics = json.loads(capsys.readouterr().out)

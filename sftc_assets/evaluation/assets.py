@@ -1,9 +1,16 @@
-"""The `eval_csv` asset: per month of the test window, the fine-tuned model's answers and forward returns."""
+"""The `eval_csv` asset: per month of the test window, the fine-tuned model's answers and forward returns.
+
+The answers come from an OpenAI-compatible server (answers.open_answers): the profile's or the run's endpoint,
+else a server started for the run and stopped after it (transformers serve for the toy on this node, vLLM or
+SGLang on GPU nodes), else (`server: none`) the in-process generate.
+"""
+
+import contextlib
 
 import dagster as dg
 import pandas as pd
 
-from sftc_assets.evaluation import evaluate, results
+from sftc_assets.evaluation import answers, completions, evaluate, results, servers
 from sftc_core.metrics import classification_metrics
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
@@ -24,6 +31,11 @@ class EvalRunConfig(dg.Config):
 
     max_new_tokens: int | None = None
     batch_size: int | None = None
+    endpoint: str | None = None
+    """An OpenAI-compatible server already running (http://host:port); no server is started."""
+    server: str | None = None
+    """transformers | vllm | sglang | none (the in-process fallback)."""
+    concurrency: int | None = None
 
 
 def _month_figures(frame) -> dict:
@@ -37,31 +49,62 @@ def _month_figures(frame) -> dict:
     }
 
 
+def _answered_by(answerer) -> dict:
+    """Which model, engine, engine version and settings answered: metadata people compare runs by."""
+    if answerer is None:
+        return {}
+    about = answerer.about
+    return {
+        "engine": f"{about['engine']} {about['engine_version']}",
+        "served_model": about.get("served_model") or about.get("model_dir", ""),
+        "special_tokens": about.get("decoding", {}).get("special_tokens", "kept (decoded in process)"),
+        "answered_by": dg.MetadataValue.json(about),
+    }
+
+
 def defs(settings: Settings) -> dg.Definitions:
     paths = settings.paths
 
+    def _device(gpu: GpuResource, endpoint: str | None, server: str) -> str:
+        """Where this node's share of the answering runs; the GPU gate fails at once when the node lacks it."""
+        if endpoint:
+            return "remote (the endpoint's)"
+        if server in ("transformers", "none"):
+            return gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
+        plan = servers.gpu_plan(settings, server)
+        if plan.nodes == 1:
+            gpu.require_gpus("eval_csv", plan.gpus_per_node, plan.gpu_memory_bytes)
+        return plan.hardware
+
     def _evaluate_months(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource, months: list[str], stamp) -> tuple:
-        """Answer the months' test theses and write one eval CSV a month; (figures by month, frames, device)."""
-        device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
+        """Answer the months' test theses and write one eval CSV a month; (figures by month, frames, device, who answered)."""
+        evaluation = settings.profile.evaluation
+        endpoint, server = config.endpoint or evaluation.endpoint, config.server or evaluation.server
         records = evaluate.load_test_records(paths.hf_splits, months=months)
-        context.log.info("%d test theses in %s on %s", len(records), ", ".join(months), device)
-        model, tokenizer = evaluate.load_model(paths.sft_model, device) if len(records) else (None, None)
+        device = _device(gpu, endpoint, server) if len(records) else "none needed"
+        context.log.info("%d test theses in %s; %s", len(records), ", ".join(months), f"endpoint {endpoint}" if endpoint else f"server {server} on {device}")
         source = price_sources.price_source_from_settings(settings)
         by_month, frames = {}, []
-        for month in months:
-            month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
-            frame = evaluate.evaluate_records(
-                model, tokenizer, month_records, source, settings.sft,
-                max_new_tokens=config.max_new_tokens or settings.profile.evaluation.max_new_tokens,
-                batch_size=config.batch_size or settings.profile.evaluation.batch_size,
-                calendar=settings.prices.calendar,
-                cpu_threads=settings.profile.evaluation.cpu_threads,
-            )  # fmt: skip
-            results.write_eval_csv(frame, paths.eval_month(month), stamp)
-            by_month[month] = _month_figures(frame)
-            frames.append(frame)
-            context.log.info("%s: %s", month, by_month[month])
-        return by_month, frames, device
+        answering = answers.open_answers(
+            settings, server=server, endpoint=endpoint, model_dir=paths.sft_model, device=device,
+            max_new_tokens=config.max_new_tokens or evaluation.max_new_tokens, batch_size=config.batch_size or evaluation.batch_size,
+            concurrency=config.concurrency or evaluation.concurrency, served_model=evaluation.served_model,
+        ) if len(records) else contextlib.nullcontext()  # fmt: skip
+        try:
+            with answering as answerer:
+                for month in months:
+                    month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
+                    progress = completions.every(settings.eval_config.client.progress_every_seconds, lambda p, m=month: context.log.info("%s: %s", m, p.line()))
+                    frame = evaluate.evaluate_to_csv(month_records, answerer, source, settings.sft, paths.eval_month(month),
+                                                     staging=paths.eval_staging(month), calendar=settings.prices.calendar,
+                                                     on_progress=progress, stamp=stamp)  # fmt: skip
+                    by_month[month] = _month_figures(frame)
+                    frames.append(frame)
+                    context.log.info("%s: %s", month, by_month[month])
+        except (completions.EndpointError, servers.ServerError) as exc:
+            # The months before it are written; the failing month's answers so far stay staged for the re-run.
+            raise dg.Failure(f"eval_csv: {exc}; answers received are kept under {paths.eval_staging_dir} and a re-run resumes", allow_retries=False) from exc
+        return by_month, frames, device, _answered_by(answerer)
 
     @dg.asset(
         partitions_def=month_partitions(settings.test_months),
@@ -69,18 +112,22 @@ def defs(settings: Settings) -> dg.Definitions:
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP,
         # The price source decides the forward returns: its code is part of this asset's.
-        code_version=code_version("eval_csv", settings, evaluate, results, price_sources),
+        code_version=code_version("eval_csv", settings, evaluate, answers, results, price_sources),
         kinds={"pytorch", "csv"},
         check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
-        description="Per month of the test window: greedy answers of sft_model to the test theses, the parsed action and the "
-        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/.",
+        description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
+        "server (transformers serve for the toy, vLLM/SGLang on GPU nodes, or evaluation.endpoint), the parsed action and the "
+        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
         **asset_placement("auto", settings),
     )
     def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         months = list(context.partition_keys)
         targets = [t for month in months for t in settings.artifacts_of("eval_csv", month)]
-        with writing(settings, "eval_csv", targets, inputs=[("sft_model", None), ("hf_splits", None)]) as stamp:
-            by_month, frames, device = _evaluate_months(context, config, gpu, months, stamp)
+        # A server someone else runs answers for the model: then sft_model's files are not read here.
+        served_elsewhere = bool(config.endpoint or settings.profile.evaluation.endpoint)
+        inputs = [("hf_splits", None), *([] if served_elsewhere else [("sft_model", None)])]
+        with writing(settings, "eval_csv", targets, inputs=inputs) as stamp:
+            by_month, frames, device, answered_by = _evaluate_months(context, config, gpu, months, stamp)
         min_parse_rate = settings.eval_config.min_parse_rate
 
         low = {m: f["parse_rate"] for m, f in by_month.items() if f["rows"] and f["parse_rate"] < min_parse_rate}
@@ -103,6 +150,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "dagster/row_count": total,
                 **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
                 "device": device,
+                **answered_by,
                 "by_month": dg.MetadataValue.md(markdown_table([{"month": m, **f} for m, f in by_month.items()])),
                 "preview": dg.MetadataValue.md(preview),
                 **manifest_metadata(settings, "eval_csv"),

@@ -1,26 +1,27 @@
-"""From the test split to the rows of the eval CSV: the test theses, the model's greedy answers, the parsed action
-and the forward return (spec/eval-and-backtest.md).
+"""From the test split to the rows of the eval CSV: the test theses, the model's answers, the parsed action and
+the forward return (spec/eval-and-backtest.md).
 
 `evaluate_records` is the one path from test records to the CSV frame (the `sftc evaluate` command and the
-`eval_csv` asset both call it); results.py writes and reads the file.
+`eval_csv` asset both call it); the answers come from answers.py (a served endpoint, or the in-process
+fallback); results.py writes and reads the file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sftc_assets.evaluation.results import SORT_KEYS
+from sftc_assets.evaluation.answers import AnswerStaging
+from sftc_assets.evaluation.completions import Progress
+from sftc_assets.evaluation.results import SORT_KEYS, write_eval_csv
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_assets.sft_data.splits import load_splits
-from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import SftConfig
+from sftc_core.io import BeforeSwap
 from sftc_core.market import (
     PriceSource,
     forward_returns,
@@ -28,9 +29,6 @@ from sftc_core.market import (
     session_window,
 )
 from sftc_core.target_format import TargetFormat
-from sftc_core.threads import torch_threads
-
-log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ("id", "ticker", "as_of_date", "action", "horizon_days", "instruction", "input", "output")
 
@@ -77,11 +75,13 @@ def label_forward_returns(records: pd.DataFrame, source: PriceSource, calendar: 
     return pd.concat(parts).loc[records.index]
 
 
-def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.DataFrame, target: TargetFormat) -> pd.DataFrame:
-    """The eval CSV's rows as a frame (typed: dates as datetime64, forward_return float), sorted per the spec."""
+def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.DataFrame, target: TargetFormat,
+                     tags_stripped: bool = False) -> pd.DataFrame:  # fmt: skip
+    """The eval CSV's rows as a frame (typed: dates as datetime64, forward_return float), sorted per the spec.
+    `tags_stripped`: the outputs came from a server that decoded without the special tokens."""
     if len(outputs) != len(records):
         raise ValueError(f"{len(outputs)} model outputs for {len(records)} records")
-    predicted = [target.parse_action(text) for text in outputs]
+    predicted = [target.parse_action(text, tags_stripped) for text in outputs]
     frame = pd.DataFrame(
         {
             "id": records["id"].astype(str).to_numpy(),
@@ -101,34 +101,27 @@ def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.D
     return frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
-def evaluate_records(model, tokenizer, records: pd.DataFrame, source: PriceSource, sft_config: SftConfig, *,
-                     max_new_tokens: int, batch_size: int, calendar: str = "XNYS", cpu_threads: int | None = None) -> pd.DataFrame:
-    """Generate greedily for each record's prompt, parse the action, label the forward return."""
-    prompts = [render_prompt(i, x, sft_config) for i, x in zip(records["instruction"], records["input"])]
-    log.info("generating for %d test theses (batch %d, up to %d new tokens)", len(prompts), batch_size, max_new_tokens)
-    with torch_threads(cpu_threads):
-        outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-    return build_eval_frame(records, outputs, label_forward_returns(records, source, calendar), sft_config.target_format)
+def test_prompts(records: pd.DataFrame, sft_config: SftConfig) -> list[str]:
+    """The exact text the model was trained to answer (the NeMo `input`), one per record."""
+    return [render_prompt(i, x, sft_config) for i, x in zip(records["instruction"], records["input"])]
 
 
-def load_model(model_dir: Path | str, device: str = "cpu"):
-    """The fine-tuned HF checkpoint and its tokenizer on `device` (auto, cpu, cuda, cuda:N): float32 on a CPU
-    (bf16 matmuls are slow there), bf16 on GPU, spread over the visible GPUs for plain "cuda"."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, *, calendar: str = "XNYS",
+                     staging: Path | None = None, on_progress: Callable[[Progress], None] | None = None) -> pd.DataFrame:  # fmt: skip
+    """The model's answer to each record's prompt (`answers`: answers.ServedAnswers or InProcessAnswers, staged
+    under `staging`; None when there are no records), the parsed action and the forward return."""
+    outputs = answers.answer(test_prompts(records, sft_config), staging, on_progress) if len(records) else []
+    labels = label_forward_returns(records, source, calendar)
+    return build_eval_frame(records, outputs, labels, sft_config.target_format, bool(answers and answers.tags_stripped))
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this node; use --device cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if device == "cpu":
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto" if device == "cuda" else device)
-    return model, tokenizer
+
+def evaluate_to_csv(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, csv_path: Path, *,
+                    staging: Path | None = None, calendar: str = "XNYS", on_progress: Callable[[Progress], None] | None = None,
+                    stamp: BeforeSwap | None = None) -> pd.DataFrame:  # fmt: skip
+    """evaluate_records, then the CSV written whole (atomically, with `stamp`'s marker) and the staged answers
+    dropped: a run interrupted before this point resumes from the staging file."""
+    frame = evaluate_records(records, answers, source, sft_config, calendar=calendar, staging=staging, on_progress=on_progress)
+    write_eval_csv(frame, csv_path, stamp)
+    if staging is not None:
+        AnswerStaging(staging).discard()
+    return frame

@@ -43,6 +43,8 @@ NOT_TESTABLE_ON_CPU = (
     "The NeMo import of the BF16 checkpoint (nemo_model) and NeMo fine-tuning: sft_model ran the Hugging Face backend.",
     "bf16 autocast, tensor / pipeline / expert parallelism across GPUs, and GPU memory at the full DeepSeek-V3 size.",
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
+    "vLLM / SGLang serving DeepSeek-V3: eval_csv ran the same completions client against transformers serve; "
+    "`sftc evaluate --dry-run` in the full profile prints the GPU serving plan.",
 )
 
 

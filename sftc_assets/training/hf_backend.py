@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from sftc_assets.training.data import (
 )
 from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_core.gpu import check_device
 from sftc_core.io import (
     BeforeSwap,
     atomic_dir,
@@ -460,8 +460,8 @@ def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
 
 
 def _resolve_device(device: str | None) -> torch.device:
-    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device is not None:
+        check_device(device)
     # torchrun gives each process of a node its GPU by LOCAL_RANK
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device in (None, "auto"):

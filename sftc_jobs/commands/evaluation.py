@@ -1,4 +1,5 @@
-"""`sftc evaluate`: greedy generation over the test split, action parsing, forward returns, the eval CSV."""
+"""`sftc evaluate`: the test split's prompts answered by an OpenAI-compatible server (or in process, the fallback),
+action extraction and forward returns, the eval CSV; `--dry-run` prints the serving plan."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import json
 import re
 from pathlib import Path
 
+from sftc_assets.evaluation.servers import (
+    SERVERS,  # requests and the settings only: --help stays light
+)
+from sftc_core.gpu import check_device
 from sftc_core.settings import Settings
 from sftc_jobs.commands.outputs import add_force, writing_output
 
@@ -25,49 +30,102 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _url(text: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise argparse.ArgumentTypeError(f"expected the server's URL, e.g. http://127.0.0.1:8000 (with or without /v1), got {text!r}")
+    return text
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate the fine-tuned model on the test split and write the eval CSV",
-        description="Greedy generation over the test split's prompts, action extraction and forward returns "
-        "(spec/eval-and-backtest.md); prices from the profile's price source.",
+        description="The test split's prompts through an OpenAI-compatible /v1/completions server (greedy, stop at the "
+        "closing action tag), action extraction and forward returns (spec/eval-and-backtest.md); prices from the "
+        "profile's price source. Without --endpoint a server is started for the run (the profile's evaluation.server) "
+        "and stopped after it. Interrupted, it resumes from the answers staged beside --results.",
     )
     parser.add_argument("--model", type=Path, help="fine-tuned HF checkpoint (default: <data dir>/models/sft)")
     parser.add_argument("--dataset", type=Path, help="hf_splits DatasetDict directory (default: <data dir>/hf_splits)")
-    parser.add_argument("--results", type=Path, required=True, help="eval CSV to write")
+    parser.add_argument("--results", type=Path, help="eval CSV to write (required unless --dry-run)")
+    parser.add_argument("--endpoint", type=_url, help="an OpenAI-compatible server already running (default: the profile's evaluation.endpoint)")
+    parser.add_argument("--server", choices=SERVERS, help="the server to start without an endpoint; none = in-process generate, "
+                        "the fallback (default: the profile's evaluation.server)")  # fmt: skip
+    parser.add_argument("--served-model", help="model name to request when the endpoint serves several (GET /v1/models)")
+    parser.add_argument("--concurrency", type=_positive, help="requests in flight (default: the profile's evaluation.concurrency)")
     parser.add_argument("--max-samples", type=_positive, help="evaluate only the first N test theses (in CSV order)")
-    parser.add_argument("--batch-size", type=_positive, help="generation batch size (default: the profile's evaluation.batch_size)")
-    parser.add_argument("--max-new-tokens", type=_positive, help="default: the profile's evaluation.max_new_tokens")
+    parser.add_argument("--batch-size", type=_positive, help="batch size of --server none (default: the profile's evaluation.batch_size)")
+    parser.add_argument("--max-new-tokens", type=_positive, help="max_tokens of each answer (default: the profile's evaluation.max_new_tokens)")
     parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--dry-run", action="store_true", help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit")
     add_force(parser)
     parser.set_defaults(func=run_evaluate)
 
 
+def _plan_text(args: argparse.Namespace, settings: Settings, server: str, endpoint: str | None) -> str:
+    from sftc_assets.evaluation.servers import gpu_plan, transformers_plan
+
+    model_dir = args.model or settings.paths.sft_model
+    if endpoint:
+        return f"endpoint:    {endpoint} (already running: no server is started)"
+    if server == "none":
+        return f"no server:   {model_dir} loaded in this process, batched generate (the fallback)"
+    if server == "transformers":
+        plan = transformers_plan(model_dir, device="cpu" if args.device == "auto" else args.device, port=8000,
+                                 seed=settings.eval_config.client.seed, cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
+    else:
+        plan = gpu_plan(settings, server, args.model)
+    return plan.render()
+
+
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from sftc_assets.evaluation.evaluate import (
-        evaluate_records,
-        load_model,
-        load_test_records,
-    )
-    from sftc_assets.evaluation.results import write_eval_csv
+    check_device(args.device)
+    evaluation = settings.profile.evaluation
+    endpoint, server = args.endpoint or evaluation.endpoint, args.server or evaluation.server
+    if args.dry_run:
+        print(_plan_text(args, settings, server, endpoint))
+        return 0
+    if args.results is None:
+        raise ValueError("--results CSV is required (or --dry-run to print the serving plan)")
+
+    from tqdm import tqdm
+
+    from sftc_assets.evaluation.answers import open_answers
+    from sftc_assets.evaluation.completions import EndpointError
+    from sftc_assets.evaluation.evaluate import evaluate_to_csv, load_test_records
+    from sftc_assets.evaluation.servers import ServerError
     from sftc_core.metrics import classification_metrics
     from sftc_resources.prices import price_source_from_settings
 
     paths = settings.paths
     dataset, model_dir = args.dataset or paths.hf_splits, args.model or paths.sft_model
     records = load_test_records(dataset, months=args.months, max_samples=args.max_samples)
-    model, tokenizer = load_model(model_dir, args.device)
-    frame = evaluate_records(
-        model, tokenizer, records, price_source_from_settings(settings), settings.sft,
-        max_new_tokens=args.max_new_tokens or settings.profile.evaluation.max_new_tokens,
-        batch_size=args.batch_size or settings.profile.evaluation.batch_size,
-        calendar=settings.prices.calendar,
-        cpu_threads=settings.profile.evaluation.cpu_threads,
-    )  # fmt: skip
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    staging = args.results.with_name(f".{args.results.name}.staging.jsonl")
     with writing_output(args, [args.results], inputs=[model_dir, dataset], option="--results") as stamp:
-        write_eval_csv(frame, args.results, stamp)
+        try:
+            answering = open_answers(settings, server=server, endpoint=endpoint, model_dir=model_dir, device=device,
+                                     max_new_tokens=args.max_new_tokens or evaluation.max_new_tokens,
+                                     batch_size=args.batch_size or evaluation.batch_size, concurrency=args.concurrency or evaluation.concurrency,
+                                     served_model=args.served_model or evaluation.served_model)  # fmt: skip
+            with answering as answers, tqdm(total=len(records), unit="row", desc="evaluate", dynamic_ncols=True) as bar:
+
+                def progress(p) -> None:
+                    bar.n = p.done
+                    bar.set_postfix_str(f"{p.resumed} resumed" if p.resumed else "", refresh=True)
+
+                frame = evaluate_to_csv(records, answers, price_source_from_settings(settings), settings.sft, args.results,
+                                        staging=staging, calendar=settings.prices.calendar, on_progress=progress, stamp=stamp)  # fmt: skip
+        except (EndpointError, ServerError) as exc:
+            raise RuntimeError(f"{exc}; the answers received are staged in {staging}: the same command resumes") from exc
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))
     summary = {k: figures[k] for k in ("rows", "parse_rate", "accuracy", "mcc")}
-    print(json.dumps({"results": str(args.results), **summary, "return_status": frame["return_status"].value_counts().to_dict()}, indent=2))
+    answered_by = {k: answers.about[k] for k in ("engine", "engine_version") if k in answers.about}
+    print(json.dumps({"results": str(args.results), **summary, "return_status": frame["return_status"].value_counts().to_dict(),
+                      "answered_by": answered_by}, indent=2))  # fmt: skip
     return 0

@@ -1,0 +1,44 @@
+"""The toy chain's fine-tuned model evaluated both ways: through `transformers serve` (the default) and in process
+(`--server none`). Slow (a few CPU minutes: the chain's data, the toy fine-tune, two evaluations of the test window).
+
+The served path must give the in-process greedy path's action on at least 95% of the test theses. Where they may
+differ: the server answers one prompt at a time without padding while the fallback batches left-padded prompts
+(float32 either way, so the logits agree to rounding), the server stops at </action> while the fallback stops at
+EOS (after </action> in the trained format), and the server returns the text without the special tokens, whose
+action is read from the end of what remains.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from toy_chain_helpers import build_toy_chain_until_bf16
+
+from sftc_assets.evaluation.results import EVAL_COLUMNS, read_eval_csv
+from sftc_core.settings import load_settings
+from sftc_jobs.cli import main as sftc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(1800)
+def test_served_toy_eval_matches_the_in_process_greedy_path(data_dir, capsys):
+    build_toy_chain_until_bf16(data_dir, load_settings())
+    assert sftc(["train"]) == 0
+    capsys.readouterr()
+    assert sftc(["evaluate", "--results", str(data_dir / "served.csv")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["answered_by"]["engine"] == "transformers"
+    assert sftc(["evaluate", "--server", "none", "--results", str(data_dir / "in_process.csv")]) == 0
+    capsys.readouterr()
+
+    assert (data_dir / "served.csv").read_text(encoding="utf-8").splitlines()[0] == ",".join(EVAL_COLUMNS)
+    served, local = read_eval_csv(data_dir / "served.csv"), read_eval_csv(data_dir / "in_process.csv")  # the spec's reader
+    assert served["id"].tolist() == local["id"].tolist() and len(served) >= 100
+    agree = (served["predicted_action"] == local["predicted_action"]).mean()
+    print(f"{len(served)} test theses: actions agree on {agree:.1%}; parse rate served {served['parse_ok'].mean():.1%}, "
+          f"in process {local['parse_ok'].mean():.1%}")  # fmt: skip
+    assert agree >= 0.95
+    assert served["parse_ok"].mean() >= 0.9
+    assert not served["raw_output"].str.contains("<action>").any() and local["raw_output"].str.contains("<action>").all()
