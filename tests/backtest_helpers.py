@@ -1,4 +1,5 @@
-"""Eval CSVs written by hand (not by our writer), for the backtest tests and the error tests."""
+"""Eval CSVs written by hand (not by our writer: its own quoting, sessions and returns from the package's raw
+lists), for the backtest tests and the error tests. The columns are the contract's (EVAL_COLUMNS)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,8 @@ import csv
 import numpy as np
 from bokeh_sampledata import stocks
 
+from sftc_assets.evaluation.results import EVAL_COLUMNS
 from sftc_core.target_format import ACTIONS
-
-COLUMNS = [
-    "id",
-    "ticker",
-    "as_of_date",
-    "true_action",
-    "predicted_action",
-    "parse_ok",
-    "raw_output",
-    "horizon_days",
-    "entry_date",
-    "exit_date",
-    "forward_return",
-    "return_status",
-]
 
 
 def hand_rows(count: int = 60, seed: int = 4) -> list[dict]:
@@ -36,40 +23,22 @@ def hand_rows(count: int = 60, seed: int = 4) -> list[dict]:
         k = start + int(rng.integers(0, 70))
         as_of, entry, exit_ = raw["date"][k - 1], raw["date"][k], raw["date"][k + 5]
         true = ACTIONS[int(rng.integers(0, 5))]
-        predicted = (
-            true
-            if rng.random() < 0.6
-            else ("" if rng.random() < 0.3 else ACTIONS[int(rng.integers(0, 5))])
-        )
+        predicted = true if rng.random() < 0.6 else ("" if rng.random() < 0.3 else ACTIONS[int(rng.integers(0, 5))])
         known = ticker != "ZZZ"
-        rows.append(
-            {
-                "id": f"t{i}",
-                "ticker": ticker,
-                "as_of_date": as_of,
-                "true_action": true,
-                "predicted_action": predicted,
-                "parse_ok": "true" if predicted else "false",
-                "raw_output": f'<reasoning>thinking, "quoted"\nline two</reasoning><action>{predicted or "??"}</action>',
-                "horizon_days": "5",
-                "entry_date": entry,
-                "exit_date": exit_,
-                "forward_return": repr(
-                    raw["adj_close"][k + 5] / raw["adj_close"][k] - 1
-                )
-                if known
-                else "",
-                "return_status": "ok" if known else "unknown_ticker",
-            }
-        )
+        rows.append({
+            "id": f"t{i}", "ticker": ticker, "as_of_date": as_of, "true_action": true, "predicted_action": predicted,
+            "parse_ok": "true" if predicted else "false",
+            "raw_output": f"<reasoning>thinking, \"quoted\"\nline two</reasoning><action>{predicted or '??'}</action>",
+            "horizon_days": "5", "entry_date": entry, "exit_date": exit_,
+            "forward_return": repr(raw["adj_close"][k + 5] / raw["adj_close"][k] - 1) if known else "",
+            "return_status": "ok" if known else "unknown_ticker",
+        })
     return rows
 
 
 def write_hand_csv(path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(
-            fh, fieldnames=COLUMNS, quoting=csv.QUOTE_ALL
-        )  # not our quoting style
+        writer = csv.DictWriter(fh, fieldnames=EVAL_COLUMNS, quoting=csv.QUOTE_ALL)  # not our quoting style
         writer.writeheader()
         writer.writerows(rows)

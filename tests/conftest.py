@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,15 @@ def data_dir(tmp_path: Path, monkeypatch) -> Path:
     for var in ("EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def cli_chain(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """The command-line chain on a small corpus (tests/safety_helpers.py), built once per module that asks for it."""
+    from safety_helpers import build_cli_chain
+
+    cwd = os.getcwd()
+    try:
+        yield build_cli_chain(tmp_path_factory.mktemp("cli-chain"))
+    finally:
+        os.chdir(cwd)

@@ -19,87 +19,33 @@ from sftc_jobs.cli import main as sftc
 def test_backtest_gives_the_spec_figures_on_a_hand_written_csv(data_dir, capsys):
     rows = hand_rows()
     write_hand_csv(data_dir / "in" / "eval.csv", rows)
-    assert (
-        sftc(
-            [
-                "backtest",
-                "--eval-csv",
-                str(data_dir / "in" / "eval.csv"),
-                "--report",
-                str(data_dir / "report"),
-            ]
-        )
-        == 0
-    )
-    assert sorted(p.name for p in (data_dir / "report").iterdir()) == sorted(
-        [*REPORT_FILES, DIR_MARKER]
-    )  # the report and its marker
+    assert sftc(["backtest", "--eval-csv", str(data_dir / "in" / "eval.csv"), "--report", str(data_dir / "report")]) == 0
+    assert sorted(p.name for p in (data_dir / "report").iterdir()) == sorted([*REPORT_FILES, DIR_MARKER])  # the report and its marker
     metrics = json.loads((data_dir / "report" / "metrics.json").read_text())
 
     true = [r["true_action"] for r in rows]
     predicted = [r["predicted_action"] for r in rows]
     assert metrics["accuracy"] == pytest.approx(accuracy_score(true, predicted))
-    assert metrics["macro_f1"] == pytest.approx(
-        f1_score(
-            true, predicted, labels=list(ACTIONS), average="macro", zero_division=0
-        )
-    )
+    assert metrics["macro_f1"] == pytest.approx(f1_score(true, predicted, labels=list(ACTIONS), average="macro", zero_division=0))
     assert metrics["mcc"] == pytest.approx(matthews_corrcoef(true, predicted))
-    scores = {
-        "STRONG_BUY": 1,
-        "BUY": 0.5,
-        "HOLD": 0,
-        "SELL": -0.5,
-        "STRONG_SELL": -1,
-        "": 0,
-    }
+    scores = {"STRONG_BUY": 1, "BUY": 0.5, "HOLD": 0, "SELL": -0.5, "STRONG_SELL": -1, "": 0}
     with_return = [r for r in rows if r["forward_return"]]
-    ic = spearmanr(
-        [scores[r["predicted_action"]] for r in with_return],
-        [float(r["forward_return"]) for r in with_return],
-    ).statistic
+    ic = spearmanr([scores[r["predicted_action"]] for r in with_return], [float(r["forward_return"]) for r in with_return]).statistic
     assert metrics["ic"] == pytest.approx(ic)
-    for key in (
-        "directional_accuracy",
-        "parse_rate",
-        "majority_baseline_accuracy",
-        "long_short_spread",
-        "mean_return_by_action",
-        "confusion_matrix",
-    ):
+    for key in ("directional_accuracy", "parse_rate", "majority_baseline_accuracy", "long_short_spread", "mean_return_by_action", "confusion_matrix"):
         assert key in metrics
     for side in ("portfolio", "benchmark"):
-        for key in (
-            "cumulative_return",
-            "cagr",
-            "annualised_volatility",
-            "sharpe",
-            "sortino",
-            "max_drawdown",
-            "calmar",
-            "hit_rate",
-            "turnover",
-        ):
+        for key in ("cumulative_return", "cagr", "annualised_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover"):
             assert isinstance(metrics[side][key], float), (side, key)
-    assert metrics["portfolio"]["missing_by_reason"][
-        "return_status_unknown_ticker"
-    ] == sum(
-        1 for r in rows if r["ticker"] == "ZZZ" and scores[r["predicted_action"]] != 0
-    )
-    assert [m["month"] for m in metrics["per_month"]] == [
-        "2012-09",
-        "2012-10",
-        "2012-11",
-        "2012-12",
-    ]
+    assert metrics["portfolio"]["missing_by_reason"]["return_status_unknown_ticker"] == sum(
+        1 for r in rows if r["ticker"] == "ZZZ" and scores[r["predicted_action"]] != 0)
+    assert [m["month"] for m in metrics["per_month"]] == ["2012-09", "2012-10", "2012-11", "2012-12"]
     assert sum(m["rows"] for m in metrics["per_month"]) == len(rows)
     report = (data_dir / "report" / "report.md").read_text()
     assert "Missing prices:" in report and "## Per month" in report
     html = (data_dir / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
-    assert (data_dir / "report" / "equity_curve.png").read_bytes()[
-        :8
-    ] == b"\x89PNG\r\n\x1a\n"
+    assert (data_dir / "report" / "equity_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sanity_problems(data_dir / "report", len(rows)) == []
     assert '"rows": 60' in capsys.readouterr().out
 
@@ -107,100 +53,42 @@ def test_backtest_gives_the_spec_figures_on_a_hand_written_csv(data_dir, capsys)
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (
-            {"true_action": "ACCUMULATE"},
-            "row 3, column true_action: 'ACCUMULATE' is not an action",
-        ),
-        (
-            {"as_of_date": "2012/10/01"},
-            "row 3, column as_of_date: '2012/10/01' is not a date",
-        ),
-        (
-            {"forward_return": "n/a"},
-            "row 3, column forward_return: 'n/a' is not a number",
-        ),
+        ({"true_action": "ACCUMULATE"}, "row 3, column true_action: 'ACCUMULATE' is not an action"),
+        ({"as_of_date": "2012/10/01"}, "row 3, column as_of_date: '2012/10/01' is not a date"),
+        ({"forward_return": "n/a"}, "row 3, column forward_return: 'n/a' is not a number"),
     ],
 )
 def test_bad_input_is_named_and_leaves_no_report(data_dir, capsys, change, message):
     rows = hand_rows(8)
     rows[2] = {**rows[2], **change}
     write_hand_csv(data_dir / "bad.csv", rows)
-    assert (
-        sftc(
-            [
-                "backtest",
-                "--eval-csv",
-                str(data_dir / "bad.csv"),
-                "--report",
-                str(data_dir / "report"),
-            ]
-        )
-        == 2
-    )
+    assert sftc(["backtest", "--eval-csv", str(data_dir / "bad.csv"), "--report", str(data_dir / "report")]) == 2
     assert message in capsys.readouterr().err
     assert not (data_dir / "report").exists()
 
 
 def test_missing_columns_are_named(data_dir, capsys):
     write_hand_csv(data_dir / "bad.csv", hand_rows(4))
-    frame = pd.read_csv(data_dir / "bad.csv", dtype=str, keep_default_na=False).drop(
-        columns=["exit_date", "return_status"]
-    )
+    frame = pd.read_csv(data_dir / "bad.csv", dtype=str, keep_default_na=False).drop(columns=["exit_date", "return_status"])
     frame.to_csv(data_dir / "bad.csv", index=False)
-    assert (
-        sftc(
-            [
-                "backtest",
-                "--eval-csv",
-                str(data_dir / "bad.csv"),
-                "--report",
-                str(data_dir / "report"),
-            ]
-        )
-        == 2
-    )
+    assert sftc(["backtest", "--eval-csv", str(data_dir / "bad.csv"), "--report", str(data_dir / "report")]) == 2
     assert "missing column(s) exit_date, return_status" in capsys.readouterr().err
 
 
 def test_all_prices_missing_still_reports_classification_and_says_why(data_dir):
-    rows = [
-        {**r, "ticker": "ZZZ", "forward_return": "", "return_status": "unknown_ticker"}
-        for r in hand_rows(12)
-    ]
+    rows = [{**r, "ticker": "ZZZ", "forward_return": "", "return_status": "unknown_ticker"} for r in hand_rows(12)]
     write_hand_csv(data_dir / "eval.csv", rows)
-    assert (
-        sftc(
-            [
-                "backtest",
-                "--eval-csv",
-                str(data_dir / "eval.csv"),
-                "--report",
-                str(data_dir / "report"),
-            ]
-        )
-        == 0
-    )
+    assert sftc(["backtest", "--eval-csv", str(data_dir / "eval.csv"), "--report", str(data_dir / "report")]) == 0
     metrics = json.loads((data_dir / "report" / "metrics.json").read_text())
     assert metrics["accuracy"] is not None and metrics["ic"] is None
-    assert (
-        metrics["portfolio"]["available"] is False
-        and metrics["portfolio"]["missing_positions"] > 0
-    )
+    assert metrics["portfolio"]["available"] is False and metrics["portfolio"]["missing_positions"] > 0
     assert "Portfolio: not computed" in (data_dir / "report" / "report.md").read_text()
     assert sanity_problems(data_dir / "report", len(rows)) == []
 
 
 def test_sanity_finds_broken_reports(data_dir):
     write_hand_csv(data_dir / "eval.csv", hand_rows(12))
-    sftc(
-        [
-            "backtest",
-            "--eval-csv",
-            str(data_dir / "eval.csv"),
-            "--report",
-            str(data_dir / "report"),
-        ]
-    )
+    sftc(["backtest", "--eval-csv", str(data_dir / "eval.csv"), "--report", str(data_dir / "report")])
     metrics_path = data_dir / "report" / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["accuracy"] = 1.5
@@ -221,43 +109,17 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     from sftc_assets.backtest import assets
 
     rows = hand_rows(40)
-    for month in (
-        "2012-09",
-        "2012-10",
-        "2012-11",
-    ):  # 2012-12 not materialized yet: reported, not fatal
-        write_hand_csv(
-            data_dir / "eval" / f"{month}.csv",
-            sorted(
-                (r for r in rows if r["as_of_date"].startswith(month)),
-                key=lambda r: r["as_of_date"],
-            ),
-        )
-    write_hand_csv(
-        data_dir / "eval" / "2011-01.csv", hand_rows(3)
-    )  # outside the test window: ignored
-    mark_as_written(
-        "eval_csv",
-        *(
-            data_dir / "eval" / f"{month}.csv"
-            for month in ("2012-09", "2012-10", "2012-11")
-        ),
-    )
+    for month in ("2012-09", "2012-10", "2012-11"):  # 2012-12 not materialized yet: reported, not fatal
+        write_hand_csv(data_dir / "eval" / f"{month}.csv", sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: r["as_of_date"]))
+    write_hand_csv(data_dir / "eval" / "2011-01.csv", hand_rows(3))  # outside the test window: ignored
+    mark_as_written("eval_csv", *(data_dir / "eval" / f"{month}.csv" for month in ("2012-09", "2012-10", "2012-11")))
     result = dg.materialize(stage_definitions(assets.defs))
     assert result.success
     (materialization,) = result.asset_materializations_for_node("backtest_report")
     metadata = materialization.metadata
-    expected_rows = sum(
-        1 for r in rows if r["as_of_date"][:7] in ("2012-09", "2012-10", "2012-11")
-    )
-    assert (
-        metadata["rows"].value == expected_rows
-        and metadata["months_missing"].value == "2012-12"
-    )
+    expected_rows = sum(1 for r in rows if r["as_of_date"][:7] in ("2012-09", "2012-10", "2012-11"))
+    assert metadata["rows"].value == expected_rows and metadata["months_missing"].value == "2012-12"
     assert "data:image/png;base64," in metadata["equity_curve"].value
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "backtest_sanity" and check.passed
-    assert (
-        json.loads((data_dir / "backtest" / "metrics.json").read_text())["rows"]
-        == expected_rows
-    )
+    assert json.loads((data_dir / "backtest" / "metrics.json").read_text())["rows"] == expected_rows

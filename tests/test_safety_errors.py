@@ -9,21 +9,12 @@ import shutil
 
 import pytest
 from backtest_helpers import hand_rows, write_hand_csv
-from safety_helpers import build_cli_chain, sftc_process
+from safety_helpers import sftc_process
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    cwd = os.getcwd()
-    try:
-        yield build_cli_chain(tmp_path_factory.mktemp("cli-chain"))
-    finally:
-        os.chdir(cwd)
-
-
-def _copy(chain, name, tmp_path):
+def _copy(cli_chain, name, tmp_path):
     copy = tmp_path / name
-    (shutil.copytree if chain[name].is_dir() else shutil.copy2)(chain[name], copy)
+    (shutil.copytree if cli_chain[name].is_dir() else shutil.copy2)(cli_chain[name], copy)
     return copy
 
 
@@ -43,8 +34,8 @@ def _log_text(cwd, log_file) -> str:
     return (cwd / log_file).read_text(encoding="utf-8")
 
 
-def test_an_unreadable_shard(chain, tmp_path):
-    source = _copy(chain, "fp8", tmp_path)
+def test_an_unreadable_shard(cli_chain, tmp_path):
+    source = _copy(cli_chain, "fp8", tmp_path)
     shard = source / "model-00002-of-00004.safetensors"
     shard.chmod(0)
     done = sftc_process(["convert-fp8", "--source", source, "--output", tmp_path / "bf16", "--no-progress"], cwd=tmp_path)
@@ -53,8 +44,8 @@ def test_an_unreadable_shard(chain, tmp_path):
     assert not (tmp_path / "bf16").exists()
 
 
-def test_an_unreadable_jsonl(chain, tmp_path):
-    records = _copy(chain, "records.jsonl", tmp_path)
+def test_an_unreadable_jsonl(cli_chain, tmp_path):
+    records = _copy(cli_chain, "records.jsonl", tmp_path)
     records.chmod(0)
     done = sftc_process(["build-dataset", "--jsonl", records, "--out-dir", tmp_path / "splits", "--test-days", "90", "--validation-days", "60"], cwd=tmp_path)
     _fails_in_one_line(done, f"{records}: Permission denied")
@@ -69,14 +60,14 @@ def test_an_unreadable_jsonl(chain, tmp_path):
     ],
     ids=["unreadable-arrow", "corrupt-dataset-dict", "truncated-arrow"],
 )
-def test_a_damaged_dataset_names_the_file(chain, tmp_path, damage, expected):
-    splits = _copy(chain, "splits", tmp_path)
+def test_a_damaged_dataset_names_the_file(cli_chain, tmp_path, damage, expected):
+    splits = _copy(cli_chain, "splits", tmp_path)
     damage(splits)
     done = sftc_process(["export-nemo", "--dataset-dir", splits, "--output-dir", tmp_path / "nemo", "--skip-tokenizer"], cwd=tmp_path)
     _fails_in_one_line(done, f"the saved DatasetDict {splits} cannot be read", *expected)
 
 
-def test_an_unreadable_eval_csv_and_a_broken_price_file(chain, tmp_path, monkeypatch):
+def test_an_unreadable_eval_csv_and_a_broken_price_file(cli_chain, tmp_path, monkeypatch):
     data = tmp_path / "data"
     eval_csv = tmp_path / "eval.csv"
     write_hand_csv(eval_csv, hand_rows())
@@ -93,15 +84,15 @@ def test_an_unreadable_eval_csv_and_a_broken_price_file(chain, tmp_path, monkeyp
     assert not (tmp_path / "report").exists()
 
 
-def test_a_bogus_device(chain, tmp_path):
-    done = sftc_process(["train", "--model", chain["bf16"], "--data", chain["nemo"], "--output", tmp_path / "sft", "--device", "bogus"], cwd=tmp_path)
+def test_a_bogus_device(cli_chain, tmp_path):
+    done = sftc_process(["train", "--model", cli_chain["bf16"], "--data", cli_chain["nemo"], "--output", tmp_path / "sft", "--device", "bogus"], cwd=tmp_path)
     _fails_in_one_line(done, "--device 'bogus': expected auto, cpu, cuda or cuda:N")
     assert not (tmp_path / "sft").exists()
 
 
-def test_an_output_where_a_file_is(chain, tmp_path):
+def test_an_output_where_a_file_is(cli_chain, tmp_path):
     taken = tmp_path / "bf16"
     taken.write_text("a file of mine\n")
-    done = sftc_process(["convert-fp8", "--source", chain["fp8"], "--output", taken, "--no-progress"], cwd=tmp_path)
+    done = sftc_process(["convert-fp8", "--source", cli_chain["fp8"], "--output", taken, "--no-progress"], cwd=tmp_path)
     _fails_in_one_line(done, f"--output {taken} is a file that sftc did not write", "--force")
     assert taken.read_text() == "a file of mine\n"
