@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
-from stage_helpers import mark_as_written, settings_with, stage_definitions
-from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
+from stage_helpers import settings_with, stage_definitions
+from training_hf_helpers import build_toy_inputs, one_intra_op_thread, place_as_upstream  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets, hf_backend
 from sftc_core.settings import load_settings
@@ -68,11 +67,7 @@ def _kill_rank_one_after_a_checkpoint(work_dir: Path, killed: dict, timeout_s: f
 
 
 def test_sft_model_two_node_job_fails_when_a_rank_dies_and_its_retry_resumes(toy_inputs, data_dir):
-    model, data = toy_inputs
-    shutil.copytree(model, data_dir / "checkpoints" / "bf16")
-    shutil.copytree(data, data_dir / "nemo_jsonl")
-    mark_as_written("bf16_checkpoint", data_dir / "checkpoints" / "bf16")
-    mark_as_written("nemo_jsonl", data_dir / "nemo_jsonl")
+    place_as_upstream(data_dir, *toy_inputs)
     settings = settings_with(training={"batch_size": 4, "max_steps": 160, "save_every": 10, "eval_every": 40, "parse_check_samples": 2})
     run_config = dg.RunConfig({"sft_model": assets.TrainRunConfig(launcher="slurm", nodes=2, procs_per_node=1)})
     resources = {"gpu": GpuResource(check_triton=False)}

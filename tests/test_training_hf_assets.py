@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import dagster as dg
 import pytest
-from stage_helpers import mark_as_written, settings_with, stage_definitions
-from training_hf_helpers import build_toy_inputs, one_intra_op_thread  # noqa: F401 (autouse fixture)
+from stage_helpers import settings_with, stage_definitions
+from training_hf_helpers import build_toy_inputs, one_intra_op_thread, place_as_upstream  # noqa: F401 (autouse fixture)
 
 from sftc_assets.training import assets
 from sftc_core.settings import load_settings
@@ -23,12 +22,7 @@ def toy_inputs(tmp_path_factory):
 @pytest.fixture
 def chain_data(data_dir, toy_inputs):
     """data_dir holding bf16_checkpoint and nemo_jsonl as the upstream assets leave them."""
-    model_dir, nemo_dir = toy_inputs
-    shutil.copytree(model_dir, data_dir / "checkpoints" / "bf16")
-    shutil.copytree(nemo_dir, data_dir / "nemo_jsonl")
-    mark_as_written("bf16_checkpoint", data_dir / "checkpoints" / "bf16")
-    mark_as_written("nemo_jsonl", data_dir / "nemo_jsonl")
-    return data_dir
+    return place_as_upstream(data_dir, *toy_inputs)
 
 
 RESOURCES = {"gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}

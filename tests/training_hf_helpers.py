@@ -85,3 +85,16 @@ def build_toy_inputs(root: Path, train: int = 48, validation: int = 8) -> tuple[
     model_dir = root / "bf16"
     make_toy_checkpoint(model_dir, corpus_texts_from(data_dir), seed=0)
     return model_dir, data_dir
+
+
+def place_as_upstream(data_dir: Path, model_dir: Path, nemo_dir: Path) -> Path:
+    """data_dir holding bf16_checkpoint and nemo_jsonl as the upstream assets leave them (copied, marked as theirs)."""
+    import shutil
+
+    from stage_helpers import mark_as_written
+
+    shutil.copytree(model_dir, data_dir / "checkpoints" / "bf16")
+    shutil.copytree(nemo_dir, data_dir / "nemo_jsonl")
+    mark_as_written("bf16_checkpoint", data_dir / "checkpoints" / "bf16")
+    mark_as_written("nemo_jsonl", data_dir / "nemo_jsonl")
+    return data_dir
