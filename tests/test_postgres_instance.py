@@ -66,5 +66,8 @@ def test_chain_materializes_into_postgres_and_a_second_pass_redoes_nothing(data_
     assert second.runs == [] and set(second.up_to_date) == set(keys)
     # The deployment's limits are live on this instance.
     concurrency = instance.get_concurrency_config()
-    assert concurrency.run_queue_config.tag_concurrency_limits == [{"key": "sftc/node", "value": "gpu", "limit": 1}]
+    assert concurrency.run_queue_config.tag_concurrency_limits == [
+        {"key": "sftc/node", "value": "gpu", "limit": 1},
+        {"key": "sftc/data_dir", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},  # one writer per data directory
+    ]
     assert concurrency.pool_config.default_pool_limit == 1
