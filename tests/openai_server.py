@@ -58,6 +58,7 @@ class ScriptedServer:
         self.answered = 0
         self.in_flight = self.max_in_flight = 0
         self._die_after: int | None = None
+        self.dead = False  # once it has died, no request gets an answer, even one accepted before the socket closed
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
@@ -103,7 +104,14 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _hang_up_if_dead(self) -> bool:
+                if server.dead:
+                    self.close_connection = True  # no status line: the client sees the connection drop
+                return server.dead
+
             def do_GET(self) -> None:
+                if self._hang_up_if_dead():
+                    return
                 server.seen.append(Seen(self.path, None, self.headers.get("Authorization")))
                 if self.path == "/health":
                     self._send(200, {"status": "ok"})
@@ -115,6 +123,8 @@ class ScriptedServer:
                     self._send(404, {"detail": "not found"})
 
             def do_POST(self) -> None:
+                if self._hang_up_if_dead():
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.seen.append(Seen(self.path, body, self.headers.get("Authorization")))
                 if server.refuse_skip_special_tokens and "skip_special_tokens" in body:
@@ -131,14 +141,17 @@ class ScriptedServer:
                         return self._send(200, fault.body)
                     keep = body.get("skip_special_tokens") is False
                     text = answer(body["prompt"], keep)
+                    with server._lock:  # counted (and dead) before the answer leaves: the client's next request finds it so
+                        counted = body.get("max_tokens", 0) > 1
+                        server.answered += counted
+                        dying = counted and server._die_after is not None and server.answered >= server._die_after
+                        if dying:
+                            server._die_after, server.dead = None, True
                     self._send(200, {"object": "text_completion", "model": body["model"], "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+                    if dying:
+                        threading.Thread(target=server.close, daemon=True).start()
                 finally:
                     with server._lock:
                         server.in_flight -= 1
-                        if body.get("max_tokens", 0) > 1 and fault.status == 200 and fault.body is None:
-                            server.answered += 1
-                            if server._die_after is not None and server.answered >= server._die_after:
-                                server._die_after = None
-                                threading.Thread(target=server.close, daemon=True).start()
 
         return Handler
