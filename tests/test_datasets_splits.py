@@ -8,7 +8,7 @@ from pathlib import Path
 
 import exchange_calendars as xcals
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,10 +78,11 @@ def test_split_property(corpus, by_days, validation_days, test_days):
     else:
         plan = splits.plan_by_dates(*bounds, embargo)
     result = splits.assign(rows, plan)
+    splits.purge(result)
 
     placed = [r["id"] for name in splits.SPLITS for r in result.splits[name]]
     assert len(placed) == len(set(placed)), "no record in two splits"
-    assert len(placed) + sum(result.dropped_by_embargo.values()) + sum(result.outside.values()) == len(rows)
+    assert len(placed) + sum(result.purged.values()) + sum(result.dropped_by_embargo.values()) + sum(result.outside.values()) == len(rows)
     for name in splits.SPLITS:
         window = plan.windows[name]
         assert all(window.start <= dt.date.fromisoformat(r["as_of_date"]) <= window.end for r in result.splits[name])
@@ -91,29 +92,29 @@ def test_split_property(corpus, by_days, validation_days, test_days):
         gap = dt.date.fromisoformat(later[0]["as_of_date"]) - dt.date.fromisoformat(earlier[-1]["as_of_date"])
         assert gap.days > embargo
 
-    leaking = [
-        (r, name)
-        for name, next_name in zip(splits.SPLITS, splits.SPLITS[1:])
-        for r in result.splits[name]
-        if label_end(r["as_of_date"], r["horizon_days"]) >= plan.windows[next_name].start
-    ]
-    if leaking:
-        with pytest.raises(splits.SplitError, match="Raise --embargo-days"):
-            splits.check_label_leaks(result, plan)
-    else:
-        figures = splits.check_label_leaks(result, plan)
-        spans = [(label_end(r["as_of_date"], r["horizon_days"]) - dt.date.fromisoformat(r["as_of_date"])).days for name in splits.SPLITS[:2] for r in result.splits[name]]
-        assert figures["max_label_span_days"] == max(spans, default=0)
+    # Whatever the embargo: no kept label reaches a later split, and only such labels were purged.
+    windowed = splits.assign(rows, plan)
+    for index, name in enumerate(splits.SPLITS):
+        later = [dt.date.fromisoformat(result.splits[n][0]["as_of_date"]) for n in splits.SPLITS[index + 1 :] if result.splits[n]]
+        kept = {r["id"] for r in result.splits[name]}
+        for r in windowed.splits[name]:
+            reaches = bool(later) and label_end(r["as_of_date"], r["horizon_days"]) >= min(later)
+            assert (r["id"] not in kept) == reaches, (name, r)
+        assert result.purged.get(name, 0) == len(windowed.splits[name]) - len(kept)
 
 
-def test_the_embargo_named_in_a_leak_error_is_enough():
+def test_a_short_embargo_purges_exactly_the_labels_that_reach_the_next_split():
     rows = session_records("2010-01-01", "2010-12-31")
     plan = splits.plan_by_dates(*BOUNDS, 2)
-    with pytest.raises(splits.SplitError, match=r"at least (\d+)") as info:
-        splits.check_label_leaks(splits.assign(rows, plan), plan)
-    needed = int(info.value.args[0].rsplit("at least ", 1)[1].split(",")[0])
-    fixed = splits.plan_by_dates(*BOUNDS, needed)
-    assert splits.check_label_leaks(splits.assign(rows, fixed), fixed)["max_label_span_days"] <= needed
+    result = splits.assign(rows, plan)
+    splits.purge(result)
+    # Train ends 2010-06-30; validation starts 2010-07-03, its first session 2010-07-06 (July 5 is a holiday).
+    # A 5-session label as of 2010-06-24 enters 06-25 and exits 07-02; as of 06-25 it enters 06-28 and exits 07-06.
+    assert label_end("2010-06-24", 5) == dt.date(2010, 7, 2) and label_end("2010-06-25", 5) == dt.date(2010, 7, 6)
+    assert [r["as_of_date"] for r in result.splits["train"]][-2:] == ["2010-06-24", "2010-06-24"]
+    assert result.purged["train"] == 4 * 2  # June 25, 28, 29 and 30, both tickers
+    summary = splits.build_splits(rows, plan, SFT, 1)[1]
+    assert summary["purged"] == result.purged and summary["last_label_exit"]["train"] == "2010-07-02"
 
 
 # --- building and saving --------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_build_by_dates_saves_splits_and_summary(jsonl_dir, tmp_path):
     assert set(dataset) == set(splits.SPLITS)
     assert {"id", "ticker", "as_of_date", "action", "horizon_days", "instruction", "input", "output"} <= set(dataset["train"].column_names)
     assert json.loads((out / splits.SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
-    total = sum(summary["counts"].values()) + sum(summary["dropped_by_embargo"].values()) + sum(summary["outside_windows"].values())
+    total = sum(summary["counts"].values()) + sum(summary["purged"].values()) + sum(summary["dropped_by_embargo"].values()) + sum(summary["outside_windows"].values())
     assert total == summary["records"] == len(session_records("2009-12-01", "2011-01-31"))
     assert summary["outside_windows"]["before"] > 0 and summary["outside_windows"]["after"] > 0
     assert summary["dropped_by_embargo"]["validation"] > 0 and summary["dropped_by_embargo"]["test"] > 0
@@ -220,6 +221,20 @@ def test_split_problems_sees_a_tampered_dataset(jsonl_dir, tmp_path):
     assert len(problems) == 2 and "the embargo is 400" in problems[0]
 
 
+def test_split_problems_sees_a_label_reaching_the_next_split(jsonl_dir, tmp_path):
+    out = tmp_path / "hf"
+    summary = splits.build_dataset(jsonl_dir, out, SFT, date_bounds=BOUNDS, embargo_days=0)
+    assert summary["purged"]["train"] > 0 and splits.split_problems(out) == []
+    dataset = load_from_disk(str(out))
+    # Put back a record the purge took out: the last train session's label ends after validation begins.
+    leaked = dict(dataset["train"][-1]) | {"id": "leak", "as_of_date": "2010-06-30"}
+    tampered = DatasetDict({**dataset, "train": concatenate_datasets([dataset["train"], Dataset.from_list([leaked], features=dataset["train"].features)])})
+    tampered.save_to_disk(str(tmp_path / "tampered"))
+    (tmp_path / "tampered" / splits.SUMMARY_FILE).write_text((out / splits.SUMMARY_FILE).read_text())
+    problems = splits.split_problems(tmp_path / "tampered")
+    assert len(problems) == 1 and "1 train label(s) reach 2010-07-01" in problems[0] and "'leak'" in problems[0], problems
+
+
 def test_cli_build_dataset(jsonl_dir, tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setenv("TRAIN_START_DATE", "2010-01-01")
     monkeypatch.setenv("TRAIN_END_DATE", "2010-06-30")
@@ -227,6 +242,10 @@ def test_cli_build_dataset(jsonl_dir, tmp_path, data_dir, capsys, monkeypatch):
     assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf")]) == 0
     out = capsys.readouterr().out
     assert "train: " in out and "validation: " in out and f"dropped by the {load_sft_config().splits.embargo_days}-day embargo" in out
+    # An embargo shorter than the labels: the purge keeps the splits leak-free.
+    assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf7"), "--embargo-days", "7"]) == 0
+    assert "purged (labels reaching a later split): " in capsys.readouterr().out
+    assert splits.split_problems(tmp_path / "hf7") == [] and sum(splits.load_summary(tmp_path / "hf7")["purged"].values()) > 0
     assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf2"), "--embargo-days", "40"]) == 2
     assert "'validation'" in capsys.readouterr().err
     assert sftc(["build-dataset", "--jsonl", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "hf3")]) == 2

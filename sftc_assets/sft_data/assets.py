@@ -32,7 +32,8 @@ def defs(settings: Settings) -> dg.Definitions:
         group_name=GROUP,
         code_version=code_version("hf_splits", settings, splits),
         kinds={"huggingface", "python"},
-        description="Every thesis record split by as_of_date into train / validation / test, embargoed (datasets.DatasetDict).",
+        description="Every thesis record split by as_of_date into train / validation / test (datasets.DatasetDict): records whose "
+        "label window reaches a later split purged, then the embargo dropped before each later split.",
         **asset_placement("cpu", settings),
     )
     def hf_splits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -55,6 +56,8 @@ def defs(settings: Settings) -> dg.Definitions:
                 **{f"{name}_count": count for name, count in summary["counts"].items()},
                 **{f"{name}_dates": f"{ranges[name]['first']}..{ranges[name]['last']}" for name in splits.SPLITS},
                 "embargo_days": summary["embargo_days"],
+                "purged": sum(summary["purged"].values()),
+                **{f"purged_from_{name}": count for name, count in summary["purged"].items()},
                 "dropped_by_embargo": sum(summary["dropped_by_embargo"].values()),
                 "outside_windows": sum(summary["outside_windows"].values()),
                 "max_label_span_days": summary["max_label_span_days"],
@@ -65,7 +68,8 @@ def defs(settings: Settings) -> dg.Definitions:
             data_version=data_version([paths.hf_splits]),
         )
 
-    @dg.asset_check(asset=hf_splits, blocking=True, description="No id in two splits; each split ends more than the embargo before the next begins.")
+    @dg.asset_check(asset=hf_splits, blocking=True, description="No id in two splits; each split ends more than the embargo before the next begins; "
+                    "no label window (entry to exit session, recomputed from the calendar) reaches a later split.")
     def splits_disjoint_and_ordered() -> dg.AssetCheckResult:
         problems = splits.split_problems(paths.hf_splits)
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20]), "problem_count": len(problems)})

@@ -7,12 +7,13 @@ Two ways to set the windows (all dates inclusive, by `as_of_date`):
 - by days (`validation_days`, `test_days`): test = the last `test_days` calendar days of the data, validation =
   the `validation_days` before it less the embargo, train = everything earlier less the embargo.
 
-The embargo is `embargo_days` calendar days dropped before the start of each later split. Every record is
-accounted for: in a split, dropped by the embargo (counted against the split it precedes), or outside every
-window (before the first, after the last). Labels must not reach into the next split: a record whose label
-window (`as_of_date` to the exit session of spec/eval-and-backtest.md, XNYS, `horizon_days` sessions after
-the entry) ends on or after the next split's first day is an error that names the embargo needed, rather
-than a warning or a silent drop: a leak would flatter every metric downstream.
+Purge, then embargo (spec/eval-and-backtest.md, "Splits"): a record's label window runs from its entry
+session to its exit session (XNYS: the first session after `as_of_date`, then `horizon_days` sessions). A
+record of an earlier split whose label window reaches the first `as_of_date` of a later split (exit on or after
+it) is purged from the earlier split, so no training label overlaps validation or test whatever the embargo.
+The embargo is `embargo_days` calendar days dropped before the start of each later split, on top. Every record
+is accounted for: in a split, purged (counted against the split it was purged from), dropped by the embargo
+(counted against the split it precedes), or outside every window (before the first, after the last).
 """
 
 from __future__ import annotations
@@ -164,12 +165,14 @@ class Assignment:
     splits: dict[str, list[dict]]
     dropped_by_embargo: dict[str, int]  # keyed by the split the dropped records precede
     outside: dict[str, int]  # "before" the first window, "after" the last
+    purged: dict[str, int]  # keyed by the split the records were purged from
 
 
 def assign(records: Iterable[dict], plan: SplitPlan) -> Assignment:
-    """Place every record in a split, in an embargo gap, or outside the windows; splits sorted by (date, ticker, id)."""
+    """Place every record in a split, in an embargo gap, or outside the windows; splits sorted by (date, ticker, id).
+    Nothing is purged yet (`purge`)."""
     windows = [(name, plan.windows[name]) for name in SPLITS]
-    result = Assignment({name: [] for name in SPLITS}, {name: 0 for name in SPLITS[1:]}, {"before": 0, "after": 0})
+    result = Assignment({name: [] for name in SPLITS}, {name: 0 for name in SPLITS[1:]}, {"before": 0, "after": 0}, {name: 0 for name in SPLITS[:-1]})
     for record in records:
         day = dt.date.fromisoformat(record["as_of_date"])
         for index, (name, window) in enumerate(windows):
@@ -194,41 +197,49 @@ def calendar_days_bound(horizon_days: int) -> int:
     return -(-(horizon_days + 1) * 7 // 5) + 4
 
 
-def label_spans(records: list[dict]) -> list[int]:
-    """Calendar days from each record's as_of_date to its label's exit session (XNYS).
+def label_exits(as_of_dates: list[str], horizons: list[int]) -> list[dt.date]:
+    """The exit session of each label window (XNYS, spec/eval-and-backtest.md).
 
-    Outside the exchange calendar (before 1990, or over a year ahead) the conservative `calendar_days_bound`.
+    Outside the exchange calendar (before 1990, or over a year ahead) as_of_date + the conservative `calendar_days_bound`.
     """
-    if not records:
+    if not as_of_dates:
         return []
-    _, exits = session_window([r["as_of_date"] for r in records], [r["horizon_days"] for r in records])
+    _, exits = session_window(as_of_dates, horizons)
     return [
-        calendar_days_bound(r["horizon_days"]) if np.isnat(e) else (dt.date.fromisoformat(str(e)[:10]) - dt.date.fromisoformat(r["as_of_date"])).days
-        for r, e in zip(records, exits)
+        dt.date.fromisoformat(day) + dt.timedelta(days=calendar_days_bound(h)) if np.isnat(e) else dt.date.fromisoformat(str(e)[:10])
+        for day, h, e in zip(as_of_dates, horizons, exits)
     ]
 
 
-def check_label_leaks(assignment: Assignment, plan: SplitPlan) -> dict:
-    """Raise SplitError when a label ends on or after the next split's first day; returns the longest label span."""
-    longest = 0
-    for name, next_name in zip(SPLITS, SPLITS[1:]):
-        next_start = plan.windows[next_name].start
+def _record_exits(rows: list[dict]) -> list[dt.date]:
+    return label_exits([r["as_of_date"] for r in rows], [r["horizon_days"] for r in rows])
+
+
+def purge(assignment: Assignment) -> None:
+    """Drop from each split the records whose label window reaches the first as_of_date of a later split.
+
+    From the last split back, so a split's first date is the one it keeps.
+    """
+    later_start: dt.date | None = None  # the first as_of_date of every later split
+    for name in reversed(SPLITS):
         rows = assignment.splits[name]
-        leaks = []
-        for record, span in zip(rows, label_spans(rows)):
-            longest = max(longest, span)
-            if dt.date.fromisoformat(record["as_of_date"]) + dt.timedelta(days=span) >= next_start:
-                leaks.append((record, span))
-        if leaks:
-            record, span = leaks[0]
-            end = dt.date.fromisoformat(record["as_of_date"]) + dt.timedelta(days=span)
-            raise SplitError(
-                f"{len(leaks)} {name} record(s) have labels reaching into {next_name} (which starts {next_start}): "
-                f"e.g. {record['id']!r} as of {record['as_of_date']} with horizon {record['horizon_days']} sessions ends {end}. "
-                f"Raise --embargo-days (splits.embargo_days in configs/sft_config.yaml, now {plan.embargo_days}) "
-                f"to at least {max(s for _, s in leaks)}, the calendar span of those labels"
-            )
-    return {"max_label_span_days": longest}
+        if later_start is not None:
+            kept = [r for r, exit_ in zip(rows, _record_exits(rows)) if exit_ < later_start]
+            assignment.purged[name] = len(rows) - len(kept)
+            assignment.splits[name] = rows = kept
+        if rows:
+            first = dt.date.fromisoformat(rows[0]["as_of_date"])
+            later_start = first if later_start is None else min(first, later_start)
+
+
+def label_figures(assignment: Assignment) -> dict:
+    """The last label exit of each split and the longest label window in calendar days (as_of to exit)."""
+    last_exit, longest = {}, 0
+    for name, rows in assignment.splits.items():
+        exits = _record_exits(rows)
+        last_exit[name] = max(exits).isoformat() if exits else None
+        longest = max([longest, *((e - dt.date.fromisoformat(r["as_of_date"])).days for r, e in zip(rows, exits))])
+    return {"last_label_exit": last_exit, "max_label_span_days": longest}
 
 
 def check_sizes(assignment: Assignment, plan: SplitPlan, total: int, min_samples: int) -> None:
@@ -261,8 +272,8 @@ def _date_range(rows: list[dict]) -> dict:
 
 def build_splits(records: list[dict], plan: SplitPlan, sft_config: SftConfig, min_samples: int) -> tuple[DatasetDict, dict]:
     assignment = assign(records, plan)
+    purge(assignment)
     check_sizes(assignment, plan, len(records), min_samples)
-    leak_figures = check_label_leaks(assignment, plan)
     dataset = DatasetDict(
         {name: Dataset.from_dict(_rows(rows, sft_config), features=FEATURES) for name, rows in assignment.splits.items()}
     )
@@ -275,12 +286,13 @@ def build_splits(records: list[dict], plan: SplitPlan, sft_config: SftConfig, mi
         "counts": {name: len(rows) for name, rows in assignment.splits.items()},
         "date_ranges": {name: _date_range(rows) for name, rows in assignment.splits.items()},
         "actions": {name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in assignment.splits.items()},
+        "purged": assignment.purged,
         "dropped_by_embargo": assignment.dropped_by_embargo,
         "outside_windows": assignment.outside,
-        **leak_figures,
+        **label_figures(assignment),
     }
-    accounted = sum(summary["counts"].values()) + sum(assignment.dropped_by_embargo.values()) + sum(assignment.outside.values())
-    assert accounted == len(records), "every record is in a split, an embargo gap or outside the windows"
+    accounted = sum(summary["counts"].values()) + sum(assignment.purged.values()) + sum(assignment.dropped_by_embargo.values()) + sum(assignment.outside.values())
+    assert accounted == len(records), "every record is in a split, purged, in an embargo gap or outside the windows"
     return dataset, summary
 
 
@@ -377,7 +389,8 @@ def load_summary(dataset_dir: Path | str) -> dict:
 
 
 def split_problems(dataset_dir: Path | str) -> list[str]:
-    """Leakage check of saved splits: no id in two splits, each split ends before the next begins, gap > embargo."""
+    """Leakage check of saved splits: no id in two splits; each split ends more than the embargo before the next
+    begins; no label window (recomputed from the calendar) reaches the first as_of_date of a later split."""
     dataset = load_splits(dataset_dir)
     embargo = load_summary(dataset_dir)["embargo_days"]
     problems = []
@@ -395,4 +408,18 @@ def split_problems(dataset_dir: Path | str) -> list[str]:
         last, first = dt.date.fromisoformat(max(dates)), dt.date.fromisoformat(min(next_dates))
         if (first - last).days <= embargo:
             problems.append(f"{name} ends {last} and {next_name} begins {first}: {(first - last).days} day(s) apart, the embargo is {embargo}")
+    for index, name in enumerate(SPLITS[:-1]):
+        later = [min(dataset[n]["as_of_date"]) for n in SPLITS[index + 1 :] if len(dataset[n])]
+        if not later:
+            continue
+        later_start = dt.date.fromisoformat(min(later))
+        split = dataset[name]
+        exits = label_exits(list(split["as_of_date"]), list(split["horizon_days"]))
+        leaks = [i for i, exit_ in enumerate(exits) if exit_ >= later_start]
+        if leaks:
+            row = split[leaks[0]]
+            problems.append(
+                f"{len(leaks)} {name} label(s) reach {later_start}, the first as_of_date after {name}: e.g. {row['id']!r} "
+                f"as of {row['as_of_date']}, horizon {row['horizon_days']} sessions, exits {exits[leaks[0]]}"
+            )
     return problems

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build-dataset",
         help="split thesis records by time into train/validation/test (a datasets.DatasetDict)",
         description="Without --validation-days/--test-days the windows come from TRAIN_START_DATE, TRAIN_END_DATE, "
-        "TEST_START_DATE and the profile's test end. Exit 2 on bad input or a split that would come out empty.",
+        "TEST_START_DATE and the profile's test end. Records whose label window reaches a later split are purged, then "
+        "the embargo is dropped before each later split. Exit 2 on bad input or a split that would come out empty.",
     )
     build.add_argument("--jsonl", required=True, type=Path, help="a records JSONL file, or a directory of monthly *.jsonl")
     build.add_argument("--out-dir", required=True, type=Path, help="where the DatasetDict goes (replaced whole)")
@@ -61,7 +62,9 @@ def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
     ranges = summary["date_ranges"]
     for name, count in summary["counts"].items():
         print(f"{name}: {count} records, {ranges[name]['first']}..{ranges[name]['last']}")
+    purged = summary["purged"]
     print(
+        f"purged (labels reaching a later split): {sum(purged.values())} ({', '.join(f'{k} {v}' for k, v in purged.items())}), "
         f"dropped by the {summary['embargo_days']}-day embargo: {sum(summary['dropped_by_embargo'].values())}, "
         f"outside the windows: {sum(summary['outside_windows'].values())}, of {summary['records']} records -> {args.out_dir}"
     )
