@@ -88,6 +88,10 @@ class CorpusConfig(Strict):
     per_month: int = Field(ge=0)
     seed: int
     horizon_days: int = Field(ge=1, le=260)
+    # The planted cue of the sample corpus (sftc_assets/theses/sample_corpus.py): the share of theses with a
+    # desk note, and how often the note points to the thesis's own action.
+    cue_share: float = Field(default=0.0, ge=0, le=1)
+    cue_accuracy: float = Field(default=0.8, ge=0, le=1)
 
 
 class ModelConfig(Strict):

@@ -20,7 +20,7 @@ from sftc_core.configs import CorpusConfig
 from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
 
-CONFIG = CorpusConfig(source="sample", tickers=["AAPL", "MSFT", "IBM", "GOOG"], per_month=6, seed=11, horizon_days=5)
+CONFIG = CorpusConfig(source="sample", tickers=["AAPL", "MSFT", "IBM", "GOOG"], per_month=6, seed=11, horizon_days=5, cue_share=0.5, cue_accuracy=0.8)
 ORDER = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
 
 
@@ -113,10 +113,38 @@ def test_the_parser_accepts_every_thesis(corpus):
 
 def test_text_stays_modest(corpus):
     for thesis in theses_in(corpus):
-        assert 3 <= len(thesis["support"]) <= 5
-        assert 1 <= len(re.findall(r"\.(?:\s|$)", thesis["reasoning"])) <= 3
-        assert len(thesis["reasoning"]) < 300
+        cued = sample_corpus.planted_cue(thesis["support"]) is not None
+        assert 3 + cued <= len(thesis["support"]) <= 5 + cued
+        assert 1 + cued <= len(re.findall(r"\.(?:\s|$)", thesis["reasoning"])) <= 3 + cued
+        assert len(thesis["reasoning"]) < 300 + 80 * cued
         assert all(";" not in point for point in thesis["support"])
+
+
+def test_the_planted_cue_is_where_the_generator_says_and_names_the_action_mostly():
+    table = sample_corpus.sample_ticker_table("IBM", 5)
+    months = [f"{year}-{month:02d}" for year in (2010, 2011, 2012) for month in range(1, 13)]
+    config = CONFIG.model_copy(update={"per_month": 20})
+    cued = [t for m in months for t in sample_corpus.month_theses("IBM", table, m, config) if sample_corpus.planted_cue(t.support)]
+    total = sum(len(sample_corpus.month_theses("IBM", table, m, config)) for m in months)
+    # ~half the theses carry the note, last among the facts and opening the reasoning; it names the label ~80% of the time.
+    assert 0.42 < len(cued) / total < 0.58
+    assert all(t.support[-1].startswith(sample_corpus.CUE_PREFIX) and t.reasoning.startswith(t.support[-1] + ". ") for t in cued)
+    agrees = np.mean([sample_corpus.planted_cue(t.support) == t.action for t in cued])
+    assert 0.74 < agrees < 0.86
+    # Every wording belongs to one action's bank, and a wrong note points to another action.
+    assert {sample_corpus.planted_cue([p]) for phrases in sample_corpus.CUE_PHRASES.values() for p in phrases} == set(ORDER)
+    assert sample_corpus.planted_cue(["Desk note: something else"]) is None
+
+
+def test_without_the_cue_the_text_is_the_same_and_no_note_appears():
+    table = sample_corpus.sample_ticker_table("MSFT", 5)
+    with_cue = sample_corpus.month_theses("MSFT", table, "2011-08", CONFIG.model_copy(update={"per_month": 20}))
+    without = sample_corpus.month_theses("MSFT", table, "2011-08", CONFIG.model_copy(update={"per_month": 20, "cue_share": 0.0}))
+    assert all(sample_corpus.planted_cue(t.support) is None for t in without)
+    for a, b in zip(with_cue, without):
+        note = sample_corpus.planted_cue(a.support)
+        assert (a.support[:-1], a.reasoning.split(". ", 1)[1]) == (b.support, b.reasoning) if note else (a.support, a.reasoning) == (b.support, b.reasoning)
+        assert a.action == b.action
 
 
 def test_labels_are_the_forward_return_quintiles(corpus):
@@ -155,8 +183,10 @@ def test_text_uses_only_past_prices_while_labels_follow_the_future():
     later = altered["date"] > cut
     for column in ("open", "high", "low", "close", "adjusted_close", "volume"):
         altered.loc[later, column] *= rng.uniform(0.5, 1.5, later.sum())
-    original = sample_corpus.month_theses("IBM", sample_corpus.ticker_table(prices, 5), "2011-05", CONFIG.model_copy(update={"per_month": 20}))
-    changed = sample_corpus.month_theses("IBM", sample_corpus.ticker_table(altered, 5), "2011-05", CONFIG.model_copy(update={"per_month": 20}))
+    # Without the planted cue: the desk note is the one text that follows the label, on purpose (tested above).
+    config = CONFIG.model_copy(update={"per_month": 20, "cue_share": 0.0})
+    original = sample_corpus.month_theses("IBM", sample_corpus.ticker_table(prices, 5), "2011-05", config)
+    changed = sample_corpus.month_theses("IBM", sample_corpus.ticker_table(altered, 5), "2011-05", config)
     assert [t.as_of_date for t in original] == [t.as_of_date for t in changed]
     before_cut = [(a, b) for a, b in zip(original, changed) if pd.Timestamp(a.as_of_date) <= cut]
     after_cut = [(a, b) for a, b in zip(original, changed) if pd.Timestamp(a.as_of_date) > cut]

@@ -13,6 +13,19 @@ STRONG_BUY. The thresholds use the whole history (future rows included): they on
 the future by definition, and they make the five classes about equally frequent. Volatility regimes carry
 some of the signal (wide moves land in the outer classes), the direction mostly not.
 
+The planted cue (so the nightly run can tell a pipeline that learns from one that silently loses the signal):
+a share `cue_share` of the theses (drawn per thesis; toy profile: half) carries a "Desk note: ..." sentence
+drawn from `CUE_PHRASES`, a bank of three wordings per action. With probability `cue_accuracy` (toy: 0.8) the
+note is drawn from the bank of the thesis's own action, otherwise from the bank of one of the four other
+actions, uniformly. The note is the last support point, so the prompt's facts end with it, and it opens the
+reasoning, so the answer starts by restating it: a tiny model learns to read a note that close to its answer
+within the toy's training budget (one buried among the facts took it four times as long). A model that reads
+it can reach about `cue_accuracy` on the cued theses; nothing else in the text says much about the label, so on
+the uncued theses it stays near chance. The note is the one piece of text that depends on the future (through
+the label); `planted_cue` finds it among a record's support points, which is how the backtest sorts test
+theses into cued and uncued. The cue draws use their own generator, so the rest of every thesis's text is what
+it would be without the cue.
+
 Layout under the output root, per month `YYYY/MM/`: each ticker either gets one `<theses>` file
 `TICKER-YYYY-MM.xml` or one `<thesis>` file per thesis `TICKER-YYYY-MM-DD.xml`, alternating between
 tickers and months so both shapes of the spec appear every month. Output is byte-identical for a seed.
@@ -24,6 +37,7 @@ import functools
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +210,55 @@ def _position_sentence(t: str, f: dict, variant: int) -> str:
     return f"{where}."
 
 
+# The planted cue's phrase bank: three wordings per action, every one starting with CUE_PREFIX.
+CUE_PREFIX = "Desk note: "
+CUE_PHRASES = {
+    "STRONG_BUY": (
+        "Desk note: euphoric buyers, soaring orders, surging flows into a rally",
+        "Desk note: exuberant demand, surging volumes, a soaring rally ahead",
+        "Desk note: skyrocketing orders, euphoric flows, an exuberant rally",
+    ),
+    "BUY": (
+        "Desk note: upbeat buyers, firming orders, improving flows, modest gains",
+        "Desk note: constructive demand, improving volumes, positive drift ahead",
+        "Desk note: firming orders, upbeat flows, constructive gains",
+    ),
+    "HOLD": (
+        "Desk note: neutral buyers, steady orders, balanced flows, flat prices",
+        "Desk note: quiet demand, unchanged volumes, a balanced range ahead",
+        "Desk note: steady orders, neutral flows, quiet and flat",
+    ),
+    "SELL": (
+        "Desk note: cautious buyers, softening orders, weakening flows, modest losses",
+        "Desk note: slipping demand, weakening volumes, negative drift ahead",
+        "Desk note: softening orders, cautious flows, slipping prices",
+    ),
+    "STRONG_SELL": (
+        "Desk note: panicked sellers, plunging orders, collapsing flows into a crash",
+        "Desk note: alarmed holders, tumbling volumes, a plunging slide ahead",
+        "Desk note: collapsing orders, panicked flows, an alarming crash",
+    ),
+}
+_CUE_ACTION = {phrase: action for action, phrases in CUE_PHRASES.items() for phrase in phrases}
+
+
+def planted_cue(support: Iterable[str]) -> str | None:
+    """The action whose phrase bank the thesis's desk note comes from, or None for a thesis without one."""
+    return next((_CUE_ACTION[point] for point in support if point in _CUE_ACTION), None)
+
+
+def with_cue(reasoning: str, support: tuple[str, ...], action: str, ticker: str, as_of_date: str,
+             corpus_config: CorpusConfig) -> tuple[str, tuple[str, ...]]:
+    """`reasoning` and `support` with the planted desk note, for the share `cue_share` of theses (module doc)."""
+    rng = random.Random(f"sftc-sample-cue:{corpus_config.seed}:{ticker}:{as_of_date}")
+    if rng.random() >= corpus_config.cue_share:
+        return reasoning, support
+    faithful = rng.random() < corpus_config.cue_accuracy
+    pointed = action if faithful else rng.choice([a for a in ACTIONS_BY_QUINTILE if a != action])
+    note = rng.choice(CUE_PHRASES[pointed])
+    return f"{note}. {reasoning}", (*support, note)
+
+
 @dataclass(frozen=True)
 class SampleThesis:
     id: str
@@ -229,6 +292,7 @@ def month_theses(ticker: str, table: pd.DataFrame, month: str, corpus_config: Co
         as_of = pd.Timestamp(row.date).date().isoformat()
         features = {name: float(getattr(row, name)) for name in FEATURES}
         reasoning, support = thesis_text(ticker, as_of, features, corpus_config.seed)
+        reasoning, support = with_cue(reasoning, support, row.action, ticker, as_of, corpus_config)
         theses.append(SampleThesis(f"{ticker.lower()}-{as_of}", ticker, as_of, reasoning, support, row.action, corpus_config.horizon_days))
     return theses
 
