@@ -23,7 +23,7 @@ UNPARSED = ""
 UNPARSED_NAME = "UNPARSED"  # how reports and JSON keys name the empty label
 
 
-def _none_if_nan(value: float) -> float | None:
+def none_if_nan(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
@@ -55,17 +55,22 @@ def confusion_counts(true_codes: np.ndarray, predicted_codes: np.ndarray) -> np.
     return np.bincount(true_codes * size + predicted_codes, minlength=size * size).reshape(size, size)
 
 
-def matthews_from_confusion(counts: np.ndarray) -> float | None:
-    """Multiclass Matthews correlation (Gorodkin's R_K, as scikit-learn computes it); 0 when undefined."""
+def matthews_from_confusions(counts: np.ndarray) -> np.ndarray:
+    """Multiclass Matthews correlation (Gorodkin's R_K, as scikit-learn computes it) of each K x K confusion matrix
+    of `counts` (..., K, K); 0 where undefined, NaN where a matrix counts no rows."""
     c = counts.astype("float64")
-    total = c.sum()
-    if total == 0:
-        return None
-    correct = np.trace(c)
-    true_sum, pred_sum = c.sum(axis=1), c.sum(axis=0)
-    cov = correct * total - pred_sum @ true_sum
-    denominator = math.sqrt((total**2 - pred_sum @ pred_sum) * (total**2 - true_sum @ true_sum))
-    return 0.0 if denominator == 0 else float(cov / denominator)
+    total = c.sum(axis=(-2, -1))
+    correct = np.trace(c, axis1=-2, axis2=-1)
+    true_sum, pred_sum = c.sum(axis=-1), c.sum(axis=-2)
+    cov = correct * total - (pred_sum * true_sum).sum(axis=-1)
+    denominator = np.sqrt((total**2 - (pred_sum**2).sum(axis=-1)) * (total**2 - (true_sum**2).sum(axis=-1)))
+    mcc = np.divide(cov, denominator, out=np.zeros_like(cov), where=denominator > 0)
+    return np.where(total > 0, mcc, np.nan)
+
+
+def matthews_from_confusion(counts: np.ndarray) -> float | None:
+    """`matthews_from_confusions` of one matrix; None when it counts no rows."""
+    return none_if_nan(float(matthews_from_confusions(counts)))
 
 
 def classification_metrics(true, predicted) -> dict:
@@ -85,7 +90,7 @@ def classification_from_codes(true_codes: np.ndarray, predicted_codes: np.ndarra
     f1 = np.divide(2 * tp, denominator, out=np.zeros(len(ACTIONS)), where=denominator > 0)
     return {
         "rows": int(n),
-        "accuracy": _none_if_nan(tp.sum() / n) if n else None,
+        "accuracy": none_if_nan(tp.sum() / n) if n else None,
         "macro_f1": float(f1.mean()) if n else None,
         "mcc": matthews_from_confusion(counts),
         "parse_rate": float(1.0 - counts[:, -1].sum() / n) if n else None,
@@ -98,29 +103,98 @@ def classification_from_codes(true_codes: np.ndarray, predicted_codes: np.ndarra
     }
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties sharing their average rank (one sort; scores have 6 values, returns many ties)."""
-    n = len(values)
-    order = np.argsort(values)
-    ordered = values[order]
-    starts_group = np.ones(n, dtype=bool)
-    starts_group[1:] = ordered[1:] != ordered[:-1]
-    starts = np.flatnonzero(starts_group)
-    ends = np.append(starts[1:], n)
-    ranks = np.empty(n)
-    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(starts_group) - 1]  # mean of ranks start+1..end
-    return ranks
+def _tie_groups(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per value, the index of its group of equal values in ascending order (NaN: the group after the last), and
+    the number of groups of finite values."""
+    finite = np.isfinite(values)
+    distinct, inverse = np.unique(values[finite], return_inverse=True)
+    groups = np.full(len(values), len(distinct), dtype=np.int64)
+    groups[finite] = inverse
+    return groups, len(distinct)
+
+
+def _per_row_counts(keys: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """bincount of each row of `keys` (c x k ids in 0..size, `size` meaning none): c x size."""
+    c = keys.shape[0]
+    flat = (keys + (size + 1) * np.arange(c)[:, None]).ravel()
+    counts = np.bincount(flat, weights=None if weights is None else weights.ravel(), minlength=c * (size + 1))
+    return counts.reshape(c, size + 1)[:, :size]
+
+
+def drawn_spearman(x: np.ndarray, y: np.ndarray):
+    """A function of drawn rows giving the Spearman rank correlation of x with y over them, one value per draw.
+
+    It takes `rows` (c x k row indices, one resample or permutation per row of the array) and optionally `x_rows`
+    (x read from other rows than y: a permutation of x), and pairs x[x_rows[b, j]] with y[rows[b, j]] where y is
+    finite; ties share their average rank; NaN under 2 pairs or with a constant side. The values are grouped once,
+    so a draw costs a few passes over its rows and no sort.
+    """
+    x_groups, nx = _tie_groups(np.asarray(x, dtype="float64"))
+    y_groups, ny = _tie_groups(np.asarray(y, dtype="float64"))
+
+    def of(rows: np.ndarray, x_rows: np.ndarray | None = None) -> np.ndarray:
+        gy = y_groups[rows]
+        gx = np.where(gy < ny, x_groups[rows if x_rows is None else x_rows], nx)  # a pair without y counts nowhere
+        count_x, count_y = _per_row_counts(gx, nx), _per_row_counts(gy, ny)
+        pairs = count_y.sum(axis=1)
+        mean_rank = ((pairs + 1) / 2)[:, None]
+        # A tie group of count G after C pairs holds the ranks C+1..C+G: their mean is C + (G + 1) / 2.
+        rank_x = np.cumsum(count_x, axis=1) - (count_x - 1) / 2 - mean_rank
+        rank_y = np.cumsum(count_y, axis=1) - (count_y - 1) / 2 - mean_rank
+        rank_y_of_pair = np.take_along_axis(np.concatenate([rank_y, np.zeros((len(rows), 1))], axis=1), gy, axis=1)
+        cross = _per_row_counts(gx, nx, rank_y_of_pair)  # per x group, the sum of its pairs' centred y ranks
+        cov = (rank_x * cross).sum(axis=1)
+        var_x, var_y = (count_x * rank_x * rank_x).sum(axis=1), (count_y * rank_y * rank_y).sum(axis=1)
+        denominator = np.sqrt(var_x * var_y)
+        rho = np.divide(cov, denominator, out=np.full(len(rows), np.nan), where=denominator > 1e-9 * np.maximum(pairs, 1) ** 3)
+        return np.where(pairs >= 2, rho, np.nan)
+
+    return of
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     """Spearman rank correlation (average ranks for ties); None with fewer than 2 rows or a constant side."""
-    if len(x) < 2:
-        return None
-    rx, ry = average_ranks(np.asarray(x, dtype="float64")), average_ranks(np.asarray(y, dtype="float64"))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    # Elementwise sums, not BLAS dot products: no thread pool to wake on a busy machine.
-    denominator = math.sqrt(float((rx * rx).sum()) * float((ry * ry).sum()))
-    return None if denominator == 0 else float((rx * ry).sum() / denominator)
+    return none_if_nan(float(drawn_spearman(x, y)(np.arange(len(x))[None])[0]))
+
+
+def drawn_classification(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray):
+    """A function of drawn rows (`rows`, c x k, and optionally `predicted_rows`: the predictions and their scores
+    read from other rows, a permutation) giving accuracy, Matthews correlation and directional accuracy per draw."""
+    size = len(LABELS)
+    score_sign = np.sign(score).astype(np.int64)
+    return_sign = np.where(np.isfinite(forward_return), np.sign(np.nan_to_num(forward_return)), 2).astype(np.int64)  # 2: no return
+
+    def kind(score_signs: np.ndarray, return_signs: np.ndarray) -> np.ndarray:
+        """0: no direction (a zero score or no return), 1: a directional miss, 2: a hit."""
+        directional = (score_signs != 0) & (return_signs != 2)
+        return np.where(directional, 1 + (score_signs == return_signs), 0)
+
+    key_of_row = (true_codes * size + predicted_codes) * 3 + kind(score_sign, return_sign)  # one gather per bootstrap draw
+
+    def of(rows: np.ndarray, predicted_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if predicted_rows is None:
+            keys = key_of_row[rows]
+        else:
+            keys = (true_codes[rows] * size + predicted_codes[predicted_rows]) * 3 + kind(score_sign[predicted_rows], return_sign[rows])
+        counts = _per_row_counts(keys, size * size * 3).reshape(len(rows), size, size, 3)
+        confusion = counts.sum(axis=3)
+        total = confusion.sum(axis=(1, 2))
+        correct = np.trace(confusion[:, : len(ACTIONS), : len(ACTIONS)], axis1=1, axis2=2)
+        hits, directional_rows = counts[..., 2].sum(axis=(1, 2)), counts[..., 1:].sum(axis=(1, 2, 3))
+        return {
+            "accuracy": np.divide(correct, total, out=np.full(len(rows), np.nan), where=total > 0),
+            "mcc": matthews_from_confusions(confusion),
+            "directional_accuracy": np.divide(hits, directional_rows, out=np.full(len(rows), np.nan), where=directional_rows > 0),
+        }
+
+    return of
+
+
+def directional_accuracy(score: np.ndarray, forward_return: np.ndarray) -> float | None:
+    """Share of the rows with a non-zero score and a return whose score has the return's sign; None without such rows."""
+    codes = np.zeros(len(score), dtype=np.int64)
+    figures = drawn_classification(codes, codes, np.asarray(score, dtype="float64"), forward_return)(np.arange(len(score))[None])
+    return none_if_nan(float(figures["directional_accuracy"][0]))
 
 
 def signal_metrics(predicted, score: np.ndarray, forward_return: np.ndarray) -> dict:
@@ -139,14 +213,13 @@ def signal_from_codes(predicted_codes: np.ndarray, score: np.ndarray, forward_re
         for i, label in enumerate(LABELS)
     }
     longs, shorts = r[s > 0], r[s < 0]
-    directional = s != 0
     return {
         "rows_with_return": int(has_return.sum()),
         "ic": spearman(s, r),
         "mean_return_by_action": mean_by_action,
         "long_short_spread": float(longs.mean() - shorts.mean()) if len(longs) and len(shorts) else None,
-        "directional_accuracy": float((np.sign(s[directional]) == np.sign(r[directional])).mean()) if directional.any() else None,
-        "directional_rows": int(directional.sum()),
+        "directional_accuracy": directional_accuracy(s, r),
+        "directional_rows": int((s != 0).sum()),
     }
 
 
@@ -162,6 +235,7 @@ def series_metrics(daily: np.ndarray, periods_per_year: int = 252, risk_free_rat
     cagr = float(equity[-1] ** (periods_per_year / n) - 1.0) if equity[-1] > 0 else -1.0
     excess = r - risk_free_rate / periods_per_year
     std = float(r.std(ddof=1)) if n > 1 else float("nan")
+    sharpe = float(sharpe_ratios(r[None], np.ones((1, n), dtype=bool), periods_per_year, risk_free_rate)[0])
     downside = math.sqrt(float(np.mean(np.minimum(excess, 0.0) ** 2)))
     running_max = np.maximum.accumulate(np.concatenate(([1.0], equity)))
     max_drawdown = float(np.min(np.concatenate(([1.0], equity)) / running_max - 1.0))
@@ -170,10 +244,23 @@ def series_metrics(daily: np.ndarray, periods_per_year: int = 252, risk_free_rat
         "days": int(n),
         "cumulative_return": cumulative,
         "cagr": cagr,
-        "annualised_volatility": _none_if_nan(std * math.sqrt(periods_per_year)),
-        "sharpe": _none_if_nan(excess.mean() / std * math.sqrt(periods_per_year)) if std and math.isfinite(std) else None,
-        "sortino": _none_if_nan(excess.mean() / downside * math.sqrt(periods_per_year)) if downside > 0 else None,
+        "annualised_volatility": none_if_nan(std * math.sqrt(periods_per_year)),
+        "sharpe": none_if_nan(sharpe),
+        "sortino": none_if_nan(excess.mean() / downside * math.sqrt(periods_per_year)) if downside > 0 else None,
         "max_drawdown": max_drawdown,
-        "calmar": _none_if_nan(cagr / abs(max_drawdown)) if max_drawdown < 0 else None,
+        "calmar": none_if_nan(cagr / abs(max_drawdown)) if max_drawdown < 0 else None,
         "hit_rate": float((hit_days > 0).mean()) if len(hit_days) else None,
     }
+
+
+def sharpe_ratios(daily: np.ndarray, days: np.ndarray, periods_per_year: int = 252, risk_free_rate: float = 0.0) -> np.ndarray:
+    """Annualised Sharpe ratio of each row of `daily` (c x D) over its days where `days` (c x D, bool) holds: mean
+    excess return over the sample standard deviation (ddof 1) times sqrt(periods_per_year); NaN where undefined."""
+    count = days.sum(axis=1)
+    safe = np.maximum(count, 1)
+    mean = np.where(days, daily, 0.0).sum(axis=1) / safe
+    deviation = np.where(days, daily - mean[:, None], 0.0)
+    std = np.sqrt((deviation * deviation).sum(axis=1) / np.maximum(count - 1, 1))
+    excess = mean - risk_free_rate / periods_per_year
+    defined = (count > 1) & (std > 1e-15)
+    return np.where(defined, excess / np.where(defined, std, 1.0) * math.sqrt(periods_per_year), np.nan)

@@ -29,7 +29,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
     "nemo_model": (),
     "sft_model": ("train_backend", "profile.training", "profile.evaluation", "sft"),
     "eval_csv": ("profile.evaluation", "profile.price_source", "eval_config.prices", "sft.prompt", "sft.special_tokens"),
-    "backtest_report": ("backtest", "profile.price_source", "eval_config.prices", "test_start_date", "test_end_date"),
+    "backtest_report": ("backtest", "profile.price_source", "eval_config.prices", "test_start_date", "test_end_date", "profile.corpus"),
     "validation_report": (),
 }
 

@@ -104,7 +104,7 @@ def test_sanity_finds_broken_reports(data_dir):
 
 def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     import dagster as dg
-    from stage_helpers import mark_as_written, stage_definitions
+    from stage_helpers import mark_as_written, settings_with, stage_definitions
 
     from sftc_assets.backtest import assets
 
@@ -113,7 +113,8 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
         write_hand_csv(data_dir / "eval" / f"{month}.csv", sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: r["as_of_date"]))
     write_hand_csv(data_dir / "eval" / "2011-01.csv", hand_rows(3))  # outside the test window: ignored
     mark_as_written("eval_csv", *(data_dir / "eval" / f"{month}.csv" for month in ("2012-09", "2012-10", "2012-11")))
-    result = dg.materialize(stage_definitions(assets.defs))
+    # Hand-written rows carry no planted cue: the toy settings without one (tests/test_backtest_planted_cue.py has it).
+    result = dg.materialize(stage_definitions(assets.defs, settings_with(corpus={"cue_share": 0.0})))
     assert result.success
     (materialization,) = result.asset_materializations_for_node("backtest_report")
     metadata = materialization.metadata

@@ -6,6 +6,7 @@ import json
 
 import dagster as dg
 import pytest
+from datasets import load_from_disk
 from stage_helpers import settings_with, stage_definitions
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread, place_as_upstream  # noqa: F401 (autouse fixture)
 
@@ -58,6 +59,12 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     assert metadata["device"].value == "cpu" and metadata["backend"].value == "hf"
     assert metadata["loss_curve"].value.startswith("![training and validation loss](data:image/png;base64,")
     assert "| step | val_loss |" in metadata["validation_losses"].value
+    # Each sample generation beside the id and ticker of its validation thesis (the first two validation rows).
+    generations = metadata["generations"].value
+    assert generations.startswith("| id | ticker | expected | predicted | output |")
+    validation = load_from_disk(str(chain_data / "hf_splits"))["validation"]
+    for row in validation.select(range(2)):
+        assert f"| {row['id']} | {row['ticker']} | {row['action']} |" in generations
     assert "git_commit" in metadata and "config_hash" in metadata
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "validation_loss_decreased" and check.passed

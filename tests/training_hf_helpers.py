@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
 
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
 from sftc_assets.sft_data.prompts import build_example, render_prompt
+from sftc_assets.sft_data.splits import FEATURES
 from sftc_core.configs import load_sft_config
 from sftc_core.io import atomic_write_jsonl
 
@@ -79,22 +81,39 @@ def write_nemo_jsonl(data_dir: Path, train: int, validation: int, seed: int = 0)
     return data_dir
 
 
+def write_hf_splits(dataset_dir: Path, train: int, validation: int, seed: int = 0) -> Path:
+    """The hf_splits the NeMo lines of `write_nemo_jsonl` come from: line N of a split's file is row N here."""
+    sft = load_sft_config()
+    rows = [
+        record | build_example(record, sft) | {"id": f"{record['ticker'].lower()}-{record['as_of_date']}", "confidence": None, "source_file": "synthetic"}
+        for record in synthetic_records(train + validation, seed)
+    ]
+    parts = {"train": rows[:train], "validation": rows[train:], "test": rows[train:]}
+    DatasetDict({name: Dataset.from_list(part, features=FEATURES) for name, part in parts.items()}).save_to_disk(str(dataset_dir))
+    return dataset_dir
+
+
 def build_toy_inputs(root: Path, train: int = 48, validation: int = 8) -> tuple[Path, Path]:
-    """(model_dir, data_dir): NeMo JSONL and the toy checkpoint whose tokenizer was trained on it."""
+    """(model_dir, data_dir): NeMo JSONL and the toy checkpoint whose tokenizer was trained on it; the hf_splits
+    they come from beside them (root / "hf_splits")."""
     data_dir = write_nemo_jsonl(root / "nemo_jsonl", train, validation)
+    write_hf_splits(root / "hf_splits", train, validation)
     model_dir = root / "bf16"
     make_toy_checkpoint(model_dir, corpus_texts_from(data_dir), seed=0)
     return model_dir, data_dir
 
 
 def place_as_upstream(data_dir: Path, model_dir: Path, nemo_dir: Path) -> Path:
-    """data_dir holding bf16_checkpoint and nemo_jsonl as the upstream assets leave them (copied, marked as theirs)."""
+    """data_dir holding bf16_checkpoint, nemo_jsonl and the hf_splits they come from (beside nemo_dir, see
+    build_toy_inputs) as the upstream assets leave them (copied, marked as theirs)."""
     import shutil
 
     from stage_helpers import mark_as_written
 
     shutil.copytree(model_dir, data_dir / "checkpoints" / "bf16")
     shutil.copytree(nemo_dir, data_dir / "nemo_jsonl")
+    shutil.copytree(nemo_dir.parent / "hf_splits", data_dir / "hf_splits")
     mark_as_written("bf16_checkpoint", data_dir / "checkpoints" / "bf16")
     mark_as_written("nemo_jsonl", data_dir / "nemo_jsonl")
+    mark_as_written("hf_splits", data_dir / "hf_splits")
     return data_dir

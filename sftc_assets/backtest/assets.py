@@ -1,4 +1,7 @@
-"""The `backtest_report` asset (every eval_csv month at once) and its `backtest_sanity` check."""
+"""The `backtest_report` asset (every eval_csv month at once), its `backtest_sanity` check and, on the toy corpus,
+`planted_cue_recovered`: the signal planted in the sample theses must come through the whole chain."""
+
+import json
 
 import dagster as dg
 
@@ -22,13 +25,19 @@ def defs(settings: Settings) -> dg.Definitions:
         months = settings.test_months
         return [paths.eval_month(m) for m in months if paths.eval_month(m).is_file()], [m for m in months if not paths.eval_month(m).is_file()]
 
+    corpus = settings.profile.corpus
+    sample_corpus = corpus.source == "sample"
+    # The toy corpus plants a desk note in some theses: the test split's support points say which.
+    planted = sample_corpus and corpus.cue_share > 0
+
     @dg.asset(
-        deps=[dg.AssetDep("eval_csv", partition_mapping=dg.AllPartitionMapping())],
+        deps=[dg.AssetDep("eval_csv", partition_mapping=dg.AllPartitionMapping()), *(["hf_splits"] if planted else [])],
         group_name=GROUP,
         code_version=code_version("backtest_report", settings, portfolio, report, price_sources),
         kinds={"pandas", "html"},
-        description="Classification, signal and portfolio figures over the whole test window (every eval_csv month), with a "
-        "per-month table: metrics.json, report.md, report.html, equity_curve.png, confusion.png under data/backtest/.",
+        description="Classification, signal and portfolio figures over the whole test window (every eval_csv month) with bootstrap "
+        "intervals, permutation p-values, the trivial baselines and a per-month table: metrics.json, report.md, report.html, "
+        "equity_curve.png, confusion.png under data/backtest/.",
         **asset_placement("cpu", settings),
     )
     def backtest_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -38,13 +47,19 @@ def defs(settings: Settings) -> dg.Definitions:
         if not files:
             raise dg.Failure(f"no eval_csv month under {paths.eval_dir}; materialize eval_csv first", allow_retries=False)
         present = [m for m in settings.test_months if m not in months_missing]
-        with writing(settings, "backtest_report", [paths.backtest], inputs=[("eval_csv", present)]) as stamp:
+        inputs = [("eval_csv", present), *([("hf_splits", None)] if planted else [])]
+        with writing(settings, "backtest_report", [paths.backtest], inputs=inputs) as stamp:
+            cues = report.test_split_cues(paths.hf_splits) if planted else None
             source = price_sources.price_source_from_settings(settings)
-            figures = report.run_backtest(files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp)
-        pf, bm = figures["portfolio"], figures["benchmark"]
+            figures = report.run_backtest(files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp,
+                                          sample_corpus=sample_corpus, cues=cues)
+        pf, bm, baselines = figures["portfolio"], figures["benchmark"], figures["baselines"]
         headline = {name: figures[name] for name in report.HEADLINE}
         series = {f"portfolio_{k}": pf.get(k) for k in ("cumulative_return", "sharpe", "max_drawdown", "turnover")}
         series |= {f"benchmark_{k}": bm.get(k) for k in ("cumulative_return", "sharpe", "max_drawdown")}
+        series |= {f"{side}_{k}": baselines[side].get(k) for side in report.BASELINE_BOOKS for k in ("directional_accuracy", "sharpe", "cumulative_return")}
+        intervals = {f"{name}_ci95": report.interval_text(name, interval) for name, interval in figures["ci95"].items()}
+        p_values = {f"p_value_{name}": value for name, value in figures["p_values"].items()}
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(paths.backtest)),
@@ -52,7 +67,12 @@ def defs(settings: Settings) -> dg.Definitions:
                 "months": len(figures["per_month"]),
                 "months_missing": ", ".join(months_missing) or "none",
                 "window": f"{figures['first_as_of_date']}..{figures['last_as_of_date']}",
-                **{k: v for k, v in {**headline, **series}.items() if v is not None},
+                "verdict": figures["verdict"]["sentence"],
+                "evidence_of_skill": figures["verdict"]["skill"],
+                **{k: v for k, v in {**headline, **series, **p_values}.items() if v is not None},
+                **intervals,
+                "annualised_from_sessions": figures["annualised_from_sessions"] or 0,
+                **(cue_metadata(figures["planted_cue"]) if planted else {}),
                 "portfolio_positions": pf["positions"],
                 "portfolio_missing_positions": pf["missing_positions"],
                 "per_month": dg.MetadataValue.md(markdown_table([{k: report.fmt(k, v) if k != "month" else v for k, v in m.items()} for m in figures["per_month"]])),
@@ -71,4 +91,34 @@ def defs(settings: Settings) -> dg.Definitions:
         problems = report.sanity_problems(paths.backtest, expected)
         return dg.AssetCheckResult(passed=not problems, metadata={"problem_count": len(problems), "problems": dg.MetadataValue.json(problems)})
 
-    return dg.Definitions(assets=[backtest_report], asset_checks=[backtest_sanity])
+    # Not blocking: its only downstream asset is validation_report, which must run to say NO (a blocked run of
+    # `sftc run` would leave the previous report, and its YES, in place).
+    @dg.asset_check(
+        asset=backtest_report,
+        description="The toy model recovered the cue planted in the sample theses: accuracy on the cued test theses with its 95% "
+        f"interval above their majority baseline, and the accuracy's permutation p-value below {report.CUE_P_VALUE:g}.",
+    )
+    def planted_cue_recovered() -> dg.AssetCheckResult:
+        path = paths.backtest / "metrics.json"
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if "planted_cue" not in metrics:
+            return dg.AssetCheckResult(passed=False, description=f"{path} has no planted_cue figures: materialize backtest_report")
+        recovered, sentence = report.cue_verdict(metrics)
+        return dg.AssetCheckResult(passed=recovered, severity=dg.AssetCheckSeverity.ERROR, description=sentence,
+                                   metadata=cue_metadata(metrics["planted_cue"]) | {"p_value_accuracy": metrics["p_values"]["accuracy"] or 1.0})
+
+    return dg.Definitions(assets=[backtest_report], asset_checks=[backtest_sanity, *([planted_cue_recovered] if planted else [])])
+
+
+def cue_metadata(cue: dict) -> dict:
+    """The planted-cue figures as metadata: cued and uncued accuracy with their intervals and baselines."""
+    metadata = {"cued_rows": cue["cued_rows"], "uncued_rows": cue["uncued_rows"]}
+    for key in ("cue_agrees_with_label", "follows_cue"):
+        if cue[key] is not None:
+            metadata[key] = round(cue[key], 4)
+    for subset in ("cued", "uncued"):
+        figures = cue[subset]
+        metadata[f"{subset}_accuracy"] = report.fmt("accuracy", figures["accuracy"])
+        metadata[f"{subset}_accuracy_ci95"] = report.interval_text("accuracy", figures["ci95"])
+        metadata[f"{subset}_majority_baseline"] = report.fmt("accuracy", figures["majority_baseline_accuracy"])
+    return metadata

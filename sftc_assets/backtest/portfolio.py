@@ -33,6 +33,23 @@ class PortfolioResult:
     missing_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Positions:
+    """The eval rows that can be positions (a forward return, a ticker the source knows, prices on the entry and
+    exit sessions) on one grid of sessions, from the first entry to the last exit of the rows with a return."""
+
+    row: np.ndarray  # the frame row of each position
+    entry_idx: np.ndarray  # session index of the entry close
+    exit_idx: np.ndarray
+    ticker_code: np.ndarray
+    tickers: list[str]
+    sessions: np.ndarray  # datetime64[ns]
+    raw_prices: np.ndarray  # sessions x tickers, NaN where the source has no price
+    daily_returns: np.ndarray  # sessions x tickers, closes carried forward over gaps
+    not_a_position: np.ndarray  # per frame row: "" for a position, else why it is none
+    unknown_tickers: frozenset[str]
+
+
 def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
     """Adjusted closes, sessions x tickers, NaN where the source has no price on that session."""
     matrix = np.full((len(sessions), len(tickers)), np.nan)
@@ -50,6 +67,92 @@ def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
+    """Prices of every row with return_status ok, loaded once; `frame` is read_eval_csv's."""
+    status_ok = (frame["return_status"] == "ok").to_numpy()
+    reason = np.where(status_ok, "", "return_status_" + frame["return_status"].astype(str).to_numpy()).astype(object)
+    rows = np.flatnonzero(status_ok)
+    entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
+    exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
+    codes, tickers = pd.factorize(frame["ticker"].to_numpy()[rows], sort=True)
+    tickers = [str(t) for t in tickers]
+    if not len(rows):
+        none = np.zeros(0, dtype=np.int64)
+        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), np.zeros((0, 0)), np.zeros((0, 0)), reason, frozenset())
+
+    all_sessions = trading_sessions(calendar).to_numpy()
+    sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
+    book = load_price_book(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
+    raw = _price_matrix(book, tickers, sessions)
+    last = len(sessions) - 1
+    entry_idx, exit_idx = np.searchsorted(sessions, entry), np.searchsorted(sessions, exit_)
+    is_session = (sessions[np.minimum(entry_idx, last)] == entry) & (sessions[np.minimum(exit_idx, last)] == exit_)
+    known = np.array([t not in book.unknown for t in tickers])[codes]
+    priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
+    for name, bad in (("unknown_ticker_at_source", ~known), ("entry_or_exit_not_a_session", known & ~is_session),
+                      ("no_price_at_source", known & is_session & ~priced)):
+        reason[rows[bad]] = name
+    valid = known & is_session & priced
+    prices = pd.DataFrame(raw).ffill().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        daily_returns = np.zeros_like(prices)
+        daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
+    return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
+                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, frozenset(book.unknown))
+
+
+@dataclass(frozen=True)
+class BookSeries:
+    """Daily series of c books on the sessions grid (c x sessions); book b runs over the sessions after
+    `start[b]` (its first entry's close) up to `end[b]` (its last exit), `days` marks them."""
+
+    book_return: np.ndarray
+    gross_return: np.ndarray
+    gross_exposure: np.ndarray
+    traded: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    @property
+    def days(self) -> np.ndarray:
+        index = np.arange(self.book_return.shape[1])
+        return (index > self.start[:, None]) & (index <= self.end[:, None])
+
+
+def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> BookSeries:
+    """The books of the weight vectors in `weights` (c x positions: a score each, or a score times the number of
+    times a bootstrap resample drew the row), vectorised over books and positions.
+
+    Open weight per (session, ticker): +w from the first holding day (the session after entry), -w after the
+    exit day, then a cumulative sum; the book's return is the open weights' P&L over their gross exposure.
+    """
+    c = weights.shape[0]
+    n_days, n_tickers = positions.raw_prices.shape
+    first_day, exit_idx, codes = positions.entry_idx + 1, positions.exit_idx, positions.ticker_code
+    book = np.arange(c)[:, None] * (n_days + 1)  # each book's own block of days
+
+    def per_day(days: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return np.bincount((book + days).ravel(), weights=values.ravel(), minlength=c * (n_days + 1)).reshape(c, n_days + 1)
+
+    cells = ((book + first_day) * n_tickers + codes).ravel(), ((book + exit_idx + 1) * n_tickers + codes).ravel()
+    size = c * (n_days + 1) * n_tickers
+    delta = np.bincount(cells[0], weights=weights.ravel(), minlength=size) - np.bincount(cells[1], weights=weights.ravel(), minlength=size)
+    open_weight = np.cumsum(delta.reshape(c, n_days + 1, n_tickers), axis=1)[:, :n_days]
+    magnitude = np.abs(weights)
+    gross = np.cumsum(per_day(first_day, magnitude) - per_day(exit_idx + 1, magnitude), axis=1)[:, :n_days]
+    traded = (per_day(first_day, magnitude) + per_day(exit_idx, magnitude))[:, :n_days]
+    gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
+    pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
+    invested = gross > 0
+    safe_gross = np.where(invested, gross, 1.0)
+    gross_return = np.where(invested, pnl / safe_gross, 0.0)
+    traded_share = np.where(invested, traded / safe_gross, 0.0)
+    active = weights != 0
+    start = np.where(active, positions.entry_idx, n_days).min(axis=1, initial=n_days)
+    end = np.where(active, exit_idx, -1).max(axis=1, initial=-1)
+    return BookSeries(gross_return - cost_bps / 1e4 * traded_share, gross_return, gross, traded_share, start, end)
+
+
 def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict:
     return {"available": False, "reason": reason, "positions": 0, "rows_scored_zero": scored_zero,
             "missing_positions": sum(missing.values()), "missing_by_reason": missing}
@@ -58,94 +161,57 @@ def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict
 def backtest_portfolio(
     frame: pd.DataFrame,
     score: np.ndarray,
-    source: PriceSource,
+    source: PriceSource | Positions,
     *,
     cost_bps: float = 5.0,
     calendar: str = "XNYS",
     periods_per_year: int = 252,
     risk_free_rate: float = 0.0,
 ) -> PortfolioResult:
-    """`frame` is read_eval_csv's (entry_date, exit_date, ticker, return_status); `score` the weight per row."""
+    """`frame` is read_eval_csv's (entry_date, exit_date, ticker, return_status); `score` the weight per row;
+    `source` a price source, or the rows' `load_positions` when several books share them."""
+    positions = source if isinstance(source, Positions) else load_positions(frame, source, calendar)
     weighted = score != 0
     scored_zero = int((~weighted).sum())
-    status_ok = (frame["return_status"] == "ok").to_numpy()
-    no_return = frame["return_status"][weighted & ~status_ok].value_counts()
-    missing: dict[str, int] = {f"return_status_{reason}": int(count) for reason, count in sorted(no_return.items())}
-    candidate = weighted & status_ok
+    reasons = pd.Series(positions.not_a_position[weighted & (positions.not_a_position != "")]).value_counts()
+    status_first = sorted(reasons.items(), key=lambda item: (not item[0].startswith("return_status_"), item[0]))
+    missing: dict[str, int] = {str(reason): int(count) for reason, count in status_first}
     empty_daily = pd.DataFrame(columns=["book_return", "gross_return", "benchmark_return", "gross_exposure", "traded"])
+    candidate = weighted & (frame["return_status"] == "ok").to_numpy()
     if not candidate.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-
-    entry = frame["entry_date"].to_numpy()[candidate].astype("datetime64[ns]")
-    exit_ = frame["exit_date"].to_numpy()[candidate].astype("datetime64[ns]")
-    weight = score[candidate].astype("float64")
-    ticker_codes, tickers = pd.factorize(frame["ticker"][candidate], sort=True)
-    tickers = [str(t) for t in tickers]
-
-    all_sessions = trading_sessions(calendar).to_numpy()
-    sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
-    book = load_price_book(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
-    raw = _price_matrix(book, tickers, sessions)
-
-    # A position needs its entry and exit to be sessions with a price at the source.
-    entry_idx = np.searchsorted(sessions, entry)
-    exit_idx = np.searchsorted(sessions, exit_)
-    is_session = (sessions[np.minimum(entry_idx, len(sessions) - 1)] == entry) & (sessions[np.minimum(exit_idx, len(sessions) - 1)] == exit_)
-    known = np.array([t not in book.unknown for t in tickers])[ticker_codes]
-    priced = np.isfinite(raw[np.minimum(entry_idx, len(sessions) - 1), ticker_codes]) & np.isfinite(raw[np.minimum(exit_idx, len(sessions) - 1), ticker_codes])
-    for reason, bad in (("unknown_ticker_at_source", ~known), ("entry_or_exit_not_a_session", known & ~is_session),
-                        ("no_price_at_source", known & is_session & ~priced)):
-        if bad.any():
-            missing[reason] = int(bad.sum())
-    valid = known & is_session & priced
-    missing_tickers = sorted(book.unknown)
-    if not valid.any():
+    candidate_tickers = set(frame["ticker"].to_numpy()[candidate])
+    missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
+    weight = score[positions.row].astype("float64")
+    if not (weight != 0).any():
         reason = "the price source has no prices for any position"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
                                {"available": False, "reason": reason}, missing)
 
-    entry_idx, exit_idx, weight, codes = entry_idx[valid], exit_idx[valid], weight[valid], ticker_codes[valid]
-    n_days, n_tickers = len(sessions), len(tickers)
-    prices = pd.DataFrame(raw).ffill().to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        daily_returns = np.zeros_like(prices)
-        daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
-    daily_returns = np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0)
+    series = book_series(positions, weight[None], cost_bps)
+    start, end = int(series.start[0]), int(series.end[0])
+    window = slice(start + 1, end + 1)  # the first session is the close of the first entry: nothing is held over it
+    sessions = positions.sessions[start : end + 1]
 
-    # Open weight per (session, ticker): +w from the first holding day, -w after the exit day; then cumsum.
-    first_day = entry_idx + 1
-    cells = (n_days + 1) * n_tickers
-    delta = np.bincount(first_day * n_tickers + codes, weights=weight, minlength=cells)
-    delta -= np.bincount((exit_idx + 1) * n_tickers + codes, weights=weight, minlength=cells)
-    open_weight = np.cumsum(delta.reshape(n_days + 1, n_tickers), axis=0)[:n_days]
-    magnitude = np.abs(weight)
-    gross = np.cumsum(np.bincount(first_day, weights=magnitude, minlength=n_days + 1)
-                      - np.bincount(exit_idx + 1, weights=magnitude, minlength=n_days + 1))[:n_days]
-    traded = (np.bincount(first_day, weights=magnitude, minlength=n_days + 1) + np.bincount(exit_idx, weights=magnitude, minlength=n_days + 1))[:n_days]
-    gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
-    pnl = np.einsum("dk,dk->d", open_weight, daily_returns)
-    invested = gross > 0
-    safe_gross = np.where(invested, gross, 1.0)
-    gross_return = np.where(invested, pnl / safe_gross, 0.0)
-    traded_share = np.where(invested, traded / safe_gross, 0.0)
-    book_return = gross_return - cost_bps / 1e4 * traded_share
-
-    # Benchmark: equal weights at the close of the first session, held; tickers without a price then are left out.
+    # Benchmark: equal weights at the close of the first entry, held; tickers without a price then are left out.
+    tickers = [t for t in positions.tickers if t in candidate_tickers and t not in positions.unknown_tickers]
+    columns = [positions.tickers.index(t) for t in tickers]
+    raw = positions.raw_prices[start : end + 1][:, columns]
     held = np.isfinite(raw[0])
-    benchmark_equity = np.nanmean(prices[:, held] / raw[0, held], axis=1) if held.any() else np.ones(n_days)
-    benchmark_return = np.zeros(n_days)
-    benchmark_return[1:] = benchmark_equity[1:] / benchmark_equity[:-1] - 1.0
+    prices = pd.DataFrame(raw).ffill().to_numpy()
+    benchmark_equity = np.nanmean(prices[:, held] / raw[0, held], axis=1) if held.any() else np.ones(len(sessions))
+    benchmark_return = benchmark_equity[1:] / benchmark_equity[:-1] - 1.0
 
     daily = pd.DataFrame(
-        {"book_return": book_return, "gross_return": gross_return, "benchmark_return": benchmark_return,
-         "gross_exposure": gross, "traded": traded_share},
-        index=pd.DatetimeIndex(sessions, name="session"),
-    ).iloc[1:]  # the first session is the close of the first entry: nothing is held over it
+        {"book_return": series.book_return[0, window], "gross_return": series.gross_return[0, window], "benchmark_return": benchmark_return,
+         "gross_exposure": series.gross_exposure[0, window], "traded": series.traded[0, window]},
+        index=pd.DatetimeIndex(sessions[1:], name="session"),
+    )
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
     portfolio = {
         "available": True,
-        "positions": int(valid.sum()),
+        "positions": int((weight != 0).sum()),
         "rows_scored_zero": scored_zero,
         "missing_positions": sum(missing.values()),
         "missing_by_reason": missing,

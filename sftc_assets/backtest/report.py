@@ -7,54 +7,126 @@ report that replaces it whole, so a bad input leaves the previous report untouch
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sftc_assets.backtest import uncertainty
 from sftc_assets.backtest.portfolio import (
     PortfolioResult,
     backtest_portfolio,
+    load_positions,
     monthly_returns,
 )
 from sftc_assets.evaluation.results import read_eval_csv
+from sftc_assets.sft_data.splits import load_splits
+from sftc_assets.theses.sample_corpus import planted_cue
 from sftc_core.configs import BacktestConfig
 from sftc_core.io import BeforeSwap, atomic_dir
 from sftc_core.market import PriceSource
 from sftc_core.metrics import (
     UNPARSED_NAME,
     classification_from_codes,
+    directional_accuracy,
     label_codes,
     scores_from_codes,
     signal_from_codes,
+    drawn_classification,
 )
 from sftc_core.target_format import ACTIONS
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html", "equity_curve.png", "confusion.png")
 HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")
 SERIES_FIGURES = ("cumulative_return", "cagr", "annualised_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover")
+ANNUALISED_FIGURES = ("cagr", "annualised_volatility", "sharpe", "sortino", "calmar")
 PERCENT_FIGURES = {"accuracy", "macro_f1", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "long_short_spread",
                    "cumulative_return", "cagr", "annualised_volatility", "max_drawdown", "hit_rate", "turnover", "portfolio_return",
-                   "benchmark_return", "mean_return"}
+                   "benchmark_return", "mean_return", "follows_cue", "cue_agrees_with_label"}
+# The evidence of skill (spec): accuracy's interval above the majority baseline and a permutation p-value under this.
+SKILL_P_VALUE = 0.05
+# The planted cue of the toy corpus must come through far more clearly than "some skill".
+CUE_P_VALUE = 0.01
+BASELINE_BOOKS = {"always_long": 1.0, "always_short": -1.0}
 
 
-def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS") -> tuple[dict, PortfolioResult]:
-    """All figures of the spec over `frame` (read_eval_csv's), plus a per-month table by month of as_of_date."""
+def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
+                     cues: Mapping[str, str] | None = None) -> tuple[dict, PortfolioResult]:
+    """All figures of the spec over `frame` (read_eval_csv's), with their intervals, p-values and baselines, and a
+    per-month table by month of as_of_date. `cues`: thesis id -> the action its planted desk note points to (the toy
+    corpus, sample_corpus.py); the report then shows how the cued and the uncued theses fared apart."""
     true = label_codes(frame["true_action"])
     predicted = label_codes(frame["predicted_action"])
     forward = frame["forward_return"].to_numpy(dtype="float64")
     score = scores_from_codes(predicted, config.scores)
     classification = classification_from_codes(true, predicted)
     signal = signal_from_codes(predicted, score, forward)
-    result = backtest_portfolio(frame, score, source, cost_bps=config.cost_bps, calendar=calendar,
-                                periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
+    positions = load_positions(frame, source, calendar)
+    backtest = functools.partial(backtest_portfolio, frame, source=positions, cost_bps=config.cost_bps,
+                                 periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
+    result = backtest(score)
+
+    has_portfolio = result.portfolio["available"]
+    figures_of = uncertainty.eval_figures(true, predicted, score, forward, positions if has_portfolio else None, config)
+    ci95 = uncertainty.bootstrap_intervals(len(frame), config.bootstrap_resamples, config.seed, figures_of, uncertainty.book_cells(positions))
+    ci95 = {name: ci95.get(name) for name in uncertainty.CI_FIGURES}
+    observed = {"accuracy": classification["accuracy"], "ic": signal["ic"]}
+    p_values = uncertainty.permutation_p_values(len(frame), config.permutations, config.seed, observed,
+                                                uncertainty.shuffled_figures(true, predicted, score, forward))
+
+    baselines = {"majority": {"action": classification["majority_class"], "accuracy": classification["majority_baseline_accuracy"]}}
+    for name, side in BASELINE_BOOKS.items():
+        book = backtest(np.full(len(frame), side)).portfolio
+        baselines[name] = {
+            "score": side,
+            "directional_accuracy": directional_accuracy(np.full(len(frame), side), forward),
+            "ic": None,  # a constant score has no rank correlation
+            **{k: book.get(k) for k in (*SERIES_FIGURES, "days")},
+        }
+    baselines["buy_and_hold"] = {k: result.benchmark.get(k) for k in (*SERIES_FIGURES, "days")}
+
+    metrics = {
+        "rows": int(len(frame)),
+        "first_as_of_date": frame["as_of_date"].min().date().isoformat() if len(frame) else None,
+        "last_as_of_date": frame["as_of_date"].max().date().isoformat() if len(frame) else None,
+        "files": sorted(frame["source_file"].unique().tolist()) if "source_file" in frame else [],
+        "price_source": source.name,
+        "calendar": calendar,
+        "horizon_days": sorted(int(h) for h in frame["horizon_days"].unique()),
+        "config": config.model_dump(),
+        "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items())},
+        **classification,
+        **signal,
+        "ci95": ci95,
+        "p_values": p_values,
+        "baselines": baselines,
+        "annualised_from_sessions": result.portfolio.get("days"),
+        "uncertainty": {"method": "percentile bootstrap over theses; permutation of predicted actions",
+                        "resamples": config.bootstrap_resamples, "permutations": config.permutations, "seed": config.seed},
+        "portfolio": result.portfolio,
+        "benchmark": result.benchmark,
+        "per_month": _per_month(frame, true, predicted, score, forward, result),
+    }
+    metrics["verdict"] = skill_verdict(metrics)
+    if cues is not None:
+        cue = frame["id"].map(cues).fillna("").to_numpy(dtype=object)
+        metrics["planted_cue"] = planted_cue_figures(true, predicted, cue, config)
+        metrics["planted_cue"]["recovered"], metrics["planted_cue"]["verdict"] = cue_verdict(metrics)
+    return _json_safe(metrics), result
+
+
+def _per_month(frame: pd.DataFrame, true: np.ndarray, predicted: np.ndarray, score: np.ndarray, forward: np.ndarray,
+               result: PortfolioResult) -> list[dict]:
+    """The figures per month of as_of_date, each beside the count it is computed over."""
     book_by_month = monthly_returns(result.daily, "book_return")
     benchmark_by_month = monthly_returns(result.daily, "benchmark_return")
-
+    sessions_by_month = result.daily.index.strftime("%Y-%m").value_counts().to_dict() if not result.daily.empty else {}
     # Rows grouped by month of as_of_date with one stable sort, not a mask per month.
     month_of_row = frame["as_of_date"].to_numpy().astype("datetime64[M]")
     months, month_index = np.unique(month_of_row, return_inverse=True)
@@ -67,27 +139,77 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
         s = signal_from_codes(predicted[rows], score[rows], forward[rows])
         per_month.append({
             "month": str(month), "rows": c["rows"], "parse_rate": c["parse_rate"], "accuracy": c["accuracy"], "macro_f1": c["macro_f1"],
-            "mcc": c["mcc"], "ic": s["ic"], "directional_accuracy": s["directional_accuracy"], "long_short_spread": s["long_short_spread"],
+            "mcc": c["mcc"], "rows_with_return": s["rows_with_return"], "ic": s["ic"], "directional_rows": s["directional_rows"],
+            "directional_accuracy": s["directional_accuracy"], "long_short_spread": s["long_short_spread"],
+            "sessions": int(sessions_by_month.get(str(month), 0)),
             "portfolio_return": book_by_month.get(str(month)), "benchmark_return": benchmark_by_month.get(str(month)),
         })
-    statuses = frame["return_status"].value_counts()
-    as_of = frame["as_of_date"]
-    metrics = {
-        "rows": int(len(frame)),
-        "first_as_of_date": as_of.min().date().isoformat() if len(frame) else None,
-        "last_as_of_date": as_of.max().date().isoformat() if len(frame) else None,
-        "files": sorted(frame["source_file"].unique().tolist()) if "source_file" in frame else [],
-        "price_source": source.name,
-        "calendar": calendar,
-        "config": config.model_dump(),
-        "return_status_counts": {str(s): int(n) for s, n in sorted(statuses.items())},
-        **classification,
-        **signal,
-        "portfolio": result.portfolio,
-        "benchmark": result.benchmark,
-        "per_month": per_month,
+    return per_month
+
+
+def _accuracy_with_uncertainty(true: np.ndarray, predicted: np.ndarray, config: BacktestConfig) -> dict:
+    """Accuracy of a subset of rows with its bootstrap interval, majority baseline and permutation p-value."""
+    figures = classification_from_codes(true, predicted)
+    classification = drawn_classification(true, predicted, np.zeros(len(true)), np.full(len(true), np.nan))
+    return {
+        "rows": figures["rows"],
+        "accuracy": figures["accuracy"],
+        "ci95": uncertainty.bootstrap_intervals(len(true), config.bootstrap_resamples, config.seed,
+                                                lambda drawn: {"accuracy": classification(drawn)["accuracy"]}).get("accuracy"),
+        "p_value": uncertainty.permutation_p_values(len(true), config.permutations, config.seed, {"accuracy": figures["accuracy"]},
+                                                    lambda rows, shuffled: {"accuracy": classification(rows, shuffled)["accuracy"]})["accuracy"],
+        "majority_baseline_accuracy": figures["majority_baseline_accuracy"],
+        "majority_class": figures["majority_class"],
     }
-    return _json_safe(metrics), result
+
+
+def planted_cue_figures(true: np.ndarray, predicted: np.ndarray, cue: np.ndarray, config: BacktestConfig) -> dict:
+    """The cued and the uncued theses apart: accuracy with its interval, p-value and majority baseline; how often the
+    prediction is the action the cue points to, and how often the cue is right (the best a cue reader can do)."""
+    cued = cue != ""
+    cue_codes = label_codes(np.where(cued, cue, ""))
+    return {
+        "cued_rows": int(cued.sum()),
+        "uncued_rows": int((~cued).sum()),
+        "cue_agrees_with_label": float((cue_codes[cued] == true[cued]).mean()) if cued.any() else None,
+        "follows_cue": float((cue_codes[cued] == predicted[cued]).mean()) if cued.any() else None,
+        "cued": _accuracy_with_uncertainty(true[cued], predicted[cued], config),
+        "uncued": _accuracy_with_uncertainty(true[~cued], predicted[~cued], config),
+    }
+
+
+def interval_text(name: str, interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"{fmt(name, interval[0])} to {fmt(name, interval[1])}"
+
+
+def skill_verdict(metrics: dict) -> dict:
+    """Whether the evidence shows skill (spec): accuracy's interval above the majority baseline and p < 0.05."""
+    accuracy, interval, p = metrics["accuracy"], metrics["ci95"]["accuracy"], metrics["p_values"]["accuracy"]
+    majority = metrics["baselines"]["majority"]
+    above = interval is not None and majority["accuracy"] is not None and interval[0] > majority["accuracy"]
+    significant = p is not None and p < SKILL_P_VALUE
+    skill = above and significant
+    figures = (f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) against the majority baseline "
+               f"{fmt('accuracy', majority['accuracy'])} (always {majority['action']}), permutation p = {fmt('p', p)}")
+    if skill:
+        return {"skill": True, "sentence": f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}."}
+    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {SKILL_P_VALUE:g}"])]
+    return {"skill": False, "sentence": f"No evidence of skill: {figures}; {' and '.join(why)}."}
+
+
+def cue_verdict(metrics: dict) -> tuple[bool, str]:
+    """Whether the model recovered the toy corpus's planted cue: accuracy on the cued theses with its interval above
+    their majority baseline, and the overall accuracy's permutation p-value under CUE_P_VALUE."""
+    cued, p = metrics["planted_cue"]["cued"], metrics["p_values"]["accuracy"]
+    interval, majority = cued["ci95"], cued["majority_baseline_accuracy"]
+    above = interval is not None and majority is not None and interval[0] > majority
+    significant = p is not None and p < CUE_P_VALUE
+    figures = (f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} (95% CI {interval_text('accuracy', interval)}) "
+               f"against their majority baseline {fmt('accuracy', majority)}, overall permutation p = {fmt('p', p)}")
+    if above and significant:
+        return True, f"The planted cue came through: {figures}."
+    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {CUE_P_VALUE:g}"])]
+    return False, f"The planted cue did not come through: {figures}; {' and '.join(why)}."
 
 
 def _json_safe(value):
@@ -113,43 +235,103 @@ def fmt(name: str, value) -> str:
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
+    if name == "p":
+        return f"{value:.4f}"
     return f"{value * 100:.2f}%" if name in PERCENT_FIGURES else f"{value:.3f}"
+
+
+# What the figures people read most are, in one line each (the report's "Definitions").
+DEFINITIONS = (
+    "accuracy: share of theses whose predicted action is the true action (an unparsed output counts as wrong); "
+    "the majority baseline always predicts the most common true action of these theses.",
+    "directional accuracy: share of the theses with a non-zero score and a forward return whose score has the return's "
+    "sign; always long / always short score every thesis +1 / -1.",
+    "IC (information coefficient): Spearman rank correlation of the predicted score (STRONG_BUY +1 ... STRONG_SELL -1) "
+    "with the forward return, over the theses with a return.",
+    "hit rate: share of the sessions with open positions on which the book's return was positive.",
+    "95% CI: percentile bootstrap over the theses (resampled with replacement; the portfolio rebuilt on each resample). "
+    "p: one-sided permutation test, the predicted actions shuffled across theses (true actions and returns kept).",
+)
+
+
+def _baseline_text(metrics: dict, name: str) -> str:
+    baselines = metrics["baselines"]
+    if name == "accuracy":
+        return f"majority (always {baselines['majority']['action']}) {fmt('accuracy', baselines['majority']['accuracy'])}"
+    if name == "directional_accuracy":
+        return "; ".join(f"{label} {fmt(name, baselines[key]['directional_accuracy'])}" for key, label in (("always_long", "always long"), ("always_short", "always short")))
+    if name == "ic":
+        return "0 = no information (undefined for always long / short: a constant score has no ranks)"
+    if name == "mcc":
+        return "0 (no information)"
+    return ""
 
 
 def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report, shared by the Markdown and the HTML."""
-    pf, bm = metrics["portfolio"], metrics["benchmark"]
-    headline = [[name, fmt(name, metrics[name])] for name in HEADLINE]
+    pf, bm, baselines, ci = metrics["portfolio"], metrics["benchmark"], metrics["baselines"], metrics["ci95"]
+    headline = [[name, fmt(name, metrics[name]), interval_text(name, ci.get(name)) if name in ci else "",
+                 fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "", _baseline_text(metrics, name)]
+                for name in HEADLINE]
     by_action = [[label, fmt("mean_return", v["mean_return"]), fmt("rows", v["rows"])] for label, v in metrics["mean_return_by_action"].items()]
-    series = [[name, fmt(name, pf.get(name)), fmt(name, bm.get(name))] for name in SERIES_FIGURES]
+    series = [[name, fmt(name, pf.get(name)), interval_text(name, ci.get(name)) if name in ci else "",
+               fmt(name, baselines["always_long"].get(name)), fmt(name, baselines["always_short"].get(name)), fmt(name, bm.get(name))]
+              for name in SERIES_FIGURES]
     confusion = [[a, *[str(v) for v in row], str(metrics["unparsed_by_true_action"][a])] for a, row in zip(ACTIONS, metrics["confusion_matrix"])]
     month_columns = list(metrics["per_month"][0]) if metrics["per_month"] else ["month"]
     months = [[fmt(c, m[c]) if c != "month" else m[c] for c in month_columns] for m in metrics["per_month"]]
-    return [
-        ("Classification and signal", ["figure", "value"], headline),
+    tables = [
+        ("Classification and signal", ["figure", "value", "95% CI", "p", "baseline"], headline),
         ("Mean forward return by predicted action", ["predicted action", "mean return", "rows"], by_action),
-        ("Portfolio against the equal-weight buy-and-hold benchmark", ["figure", "portfolio", "benchmark"], series),
+        ("Portfolio against the baselines", ["figure", "portfolio", "95% CI", "always long", "always short", "equal-weight buy-and-hold"], series),
         ("Confusion matrix (rows: true action, columns: predicted)", ["true \\ predicted", *ACTIONS, UNPARSED_NAME], confusion),
-        ("Per month (by month of as_of_date; portfolio and benchmark over that month's sessions)", month_columns, months),
+        ("Per month (by month of as_of_date; each figure over the count beside it; portfolio and benchmark over that month's sessions)",
+         month_columns, months),
     ]
+    cue = metrics.get("planted_cue")
+    if cue:
+        subsets = [[label, fmt("rows", cue[key]["rows"]), fmt("accuracy", cue[key]["accuracy"]), interval_text("accuracy", cue[key]["ci95"]),
+                    fmt("p", cue[key]["p_value"]), f"always {cue[key]['majority_class']} {fmt('accuracy', cue[key]['majority_baseline_accuracy'])}"]
+                   for key, label in (("cued", "with the desk note"), ("uncued", "without"))]
+        tables.insert(1, ("Planted cue (toy corpus): theses with and without the desk note", ["theses", "rows", "accuracy", "95% CI", "p", "majority baseline"], subsets))
+    return tables
 
 
 def _summary_lines(metrics: dict) -> list[str]:
     pf = metrics["portfolio"]
+    horizons = ", ".join(str(h) for h in metrics["horizon_days"])
     lines = [
-        f"{metrics['rows']:,} theses from {metrics['first_as_of_date']} to {metrics['last_as_of_date']}, "
+        f"{metrics['rows']:,} theses from {metrics['first_as_of_date']} to {metrics['last_as_of_date']}, horizon {horizons} sessions, "
         f"prices from the {metrics['price_source']} source on the {metrics['calendar']} calendar.",
         "Return status: " + ", ".join(f"{k} {v:,}" for k, v in metrics["return_status_counts"].items()) + ".",
     ]
     if pf["available"]:
         lines.append(f"Portfolio: {pf['positions']:,} positions from {pf['start']} to {pf['end']}, costs {pf['cost_bps']:g} bp a side; "
                      f"{pf['rows_scored_zero']:,} rows scored 0 (HOLD or unparsed) hold nothing.")
+        sessions = metrics["annualised_from_sessions"]
+        if sessions is not None and sessions < metrics["config"]["periods_per_year"]:
+            lines.append(f"CAGR, volatility, Sharpe, Sortino and Calmar are annualised from {sessions} sessions, under a year "
+                         f"({metrics['config']['periods_per_year']}): read them as the pace of a short window, not as a year's result.")
     else:
         lines.append(f"Portfolio: not computed: {pf['reason']}.")
     if pf["missing_positions"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in pf["missing_by_reason"].items())
         tickers = f" Tickers the price source does not know: {', '.join(pf.get('missing_tickers') or [])}." if pf.get("missing_tickers") else ""
         lines.append(f"Missing prices: {pf['missing_positions']:,} scored rows left out of the portfolio ({reasons}).{tickers}")
+    u = metrics["uncertainty"]
+    lines.append(f"Intervals from {u['resamples']:,} bootstrap resamples, p-values from {u['permutations']:,} permutations, seed {u['seed']}.")
+    return lines
+
+
+def _headline_lines(metrics: dict) -> list[str]:
+    """What a reader must see first: the toy caveat, whether there is evidence of skill, whether the cue came through."""
+    lines = []
+    if metrics.get("sample_corpus"):
+        lines.append("Toy corpus: these theses were generated from sample prices, half with a planted desk note "
+                     "(sftc_assets/theses/sample_corpus.py). The figures test the plumbing, not a strategy.")
+    lines.append(metrics["verdict"]["sentence"])
+    if metrics.get("planted_cue"):
+        lines.append(metrics["planted_cue"]["verdict"])
     return lines
 
 
@@ -157,10 +339,11 @@ def render_markdown(metrics: dict) -> str:
     def row(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    parts = ["# Backtest report", "", *_summary_lines(metrics), "", "![equity curve](equity_curve.png)", ""]
+    parts = ["# Backtest report", "", *[f"**{line}**" for line in _headline_lines(metrics)], "", *_summary_lines(metrics), "",
+             "![equity curve](equity_curve.png)", ""]
     for title, header, rows in _tables(metrics):
         parts += [f"## {title}", "", row(header), "|" + "---|" * len(header), *[row(r) for r in rows], ""]
-    parts += ["![confusion matrix](confusion.png)", ""]
+    parts += ["![confusion matrix](confusion.png)", "", "## Definitions", "", *[f"- {line}" for line in DEFINITIONS], ""]
     return "\n".join(parts)
 
 
@@ -169,13 +352,15 @@ def render_html(metrics: dict, images: dict[str, bytes]) -> str:
     def image(name: str, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
-    body = [f"<p>{html.escape(line)}</p>" for line in _summary_lines(metrics)]
+    body = [f"<p><strong>{html.escape(line)}</strong></p>" for line in _headline_lines(metrics)]
+    body += [f"<p>{html.escape(line)}</p>" for line in _summary_lines(metrics)]
     body.append(image("equity_curve.png", "equity curve"))
     for title, header, rows in _tables(metrics):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
         body.append(f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
     body.append(image("confusion.png", "confusion matrix"))
+    body.append("<h2>Definitions</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in DEFINITIONS) + "</ul>")
     style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
     return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Backtest report</title><style>{style}</style></head><body><h1>Backtest report</h1>{''.join(body)}</body></html>\n"
 
@@ -243,15 +428,19 @@ def plot_confusion(metrics: dict) -> bytes:
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def run_backtest(
-    eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS", stamp: BeforeSwap | None = None
-) -> dict:
+def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
+                 stamp: BeforeSwap | None = None, *, sample_corpus: bool = False, cues: Mapping[str, str] | None = None) -> dict:
     """Read the eval CSV(s), compute every figure, write the five report files (the directory replaced whole);
-    returns the metrics."""
+    returns the metrics.
+
+    `sample_corpus`: the theses are the toy profile's generated ones (the report says its figures test the plumbing);
+    `cues`: thesis id -> the action of its planted desk note (`test_split_cues`), for the planted-cue figures.
+    """
     frame = read_eval_csv(eval_path)
     if frame.empty:
         raise ValueError(f"{eval_path}: no rows to backtest (the eval CSV files hold only headers)")
-    metrics, result = compute_backtest(frame, source, config, calendar)
+    metrics, result = compute_backtest(frame, source, config, calendar, cues)
+    metrics["sample_corpus"] = sample_corpus
     images = {"equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")), "confusion.png": plot_confusion(metrics)}
     texts = {"metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
              "report.md": render_markdown(metrics), "report.html": render_html(metrics, images)}
@@ -262,6 +451,12 @@ def run_backtest(
             (staging / name).write_bytes(data)
     return metrics
 
+
+def test_split_cues(dataset_dir: Path | str) -> dict[str, str]:
+    """Thesis id -> the action its planted desk note points to, for the test theses of the hf_splits at `dataset_dir`
+    that carry one (sample_corpus.planted_cue on their support points, as the generator wrote them)."""
+    test = load_splits(dataset_dir)["test"].select_columns(["id", "support"])
+    return {row["id"]: cue for row in test if (cue := planted_cue(row["support"])) is not None}
 
 
 def sanity_problems(report_dir: Path | str, expected_rows: int | None = None) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from sftc_assets.sft_data import splits
 from sftc_assets.training import hf_backend, hf_entry, hf_launch, nemo_entry, nemo_runner, preflight
 from sftc_core.artifacts import Stamp
 from sftc_core.configs import FinetuneConfig
@@ -164,6 +165,12 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
     return {**hf_launch.finished_metrics(paths.sft_model), "job_dir": str(outcome.job_dir), "job_log": str(outcome.log_path)}
 
 
+def with_ids(generations: list[dict], dataset_dir: Path) -> list[dict]:
+    """The sample generations with the id and ticker of their validation thesis, so a reader sees a wrong ticker."""
+    validation = splits.load_splits(dataset_dir)["validation"]
+    return [{"id": validation[g["line"] - 1]["id"], "ticker": validation[g["line"] - 1]["ticker"], **g} for g in generations]
+
+
 def _csv_rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -214,7 +221,8 @@ def defs(settings: Settings) -> dg.Definitions:
 
     @dg.asset(
         # The NeMo backend fine-tunes the imported checkpoint; the HF backend starts from the BF16 one.
-        deps=["bf16_checkpoint", "nemo_jsonl", *([nemo_model] if nemo_backend else [])],
+        # hf_splits: the id and ticker of each sample generation (validation.jsonl line N is validation row N).
+        deps=["bf16_checkpoint", "nemo_jsonl", "hf_splits", *([nemo_model] if nemo_backend else [])],
         group_name=GROUP,
         code_version=code_version("sft_model", settings, *((nemo_runner, nemo_entry, targets) if nemo_backend else (hf_backend, hf_entry, hf_launch, targets))),
         kinds={"pytorch", "huggingface"},
@@ -230,7 +238,7 @@ def defs(settings: Settings) -> dg.Definitions:
         if nemo_backend:
             finetune = nemo_runner.run_config(settings.finetune, config.max_steps, config.smoke_test, config.nodes, config.procs_per_node)
             gate_nemo_finetune(gpu, launch, finetune, settings)
-        inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), *([("nemo_model", None)] if nemo_backend else [])]
+        inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), ("hf_splits", None), *([("nemo_model", None)] if nemo_backend else [])]
         with writing(settings, "sft_model", [paths.sft_model], inputs) as stamp:
             if nemo_backend:
                 # NeMo resumes from its own checkpoints under the work dir (the recipe's resume_if_exists).
@@ -239,7 +247,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 metrics = _train_hf(context, config, settings, gpu, stamp)
         output = paths.sft_model
         val_rows = [{"step": r["step"], "val_loss": f"{float(r['val_loss']):.4f}"} for r in _csv_rows(output / "val.csv")]
-        generations = read_jsonl(output / "val_generations.jsonl") if (output / "val_generations.jsonl").is_file() else []
+        generations = with_ids(read_jsonl(output / "val_generations.jsonl"), paths.hf_splits) if (output / "val_generations.jsonl").is_file() else []
         figures = {
             key: metrics[key]
             for key in (
@@ -257,7 +265,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 **figures,
                 "loss_curve": image_markdown(output / "loss_curve.png", "training and validation loss"),
                 "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
-                "generations": dg.MetadataValue.md(markdown_table(generations, ["expected", "predicted", "output"], max_cell=160)),
+                "generations": dg.MetadataValue.md(markdown_table(generations, ["id", "ticker", "expected", "predicted", "output"], max_cell=160)),
                 "metrics": dg.MetadataValue.json(metrics),
                 **manifest_metadata(settings, "sft_model"),
             },

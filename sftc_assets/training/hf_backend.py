@@ -650,7 +650,7 @@ def _parse_check(
     actions = [target.parse_action(text) for text in texts]
     ok = sum(action is not None for action in actions)
     preview = [
-        {"expected": target.parse_action(pair["output"]), "predicted": action, "output": text}
-        for pair, text, action in zip(pairs, texts, actions)
+        {"line": line, "expected": target.parse_action(pair["output"]), "predicted": action, "output": text}
+        for line, (pair, text, action) in enumerate(zip(pairs, texts, actions), start=1)  # line of validation.jsonl
     ][:GENERATIONS_PREVIEW]
     return {"parse_rate": ok / len(prompts), "parse_checked": len(prompts), "parse_ok": ok, "preview": preview}
