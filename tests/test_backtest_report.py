@@ -93,12 +93,16 @@ def test_sanity_finds_broken_reports(data_dir):
     metrics = json.loads(metrics_path.read_text())
     metrics["accuracy"] = 1.5
     metrics["portfolio"]["max_drawdown"] = 0.2
+    metrics["ci95"]["accuracy"] = [0.6, 0.4]
+    metrics["p_values"]["ic"] = 1.2
     metrics_path.write_text(json.dumps(metrics))
     (data_dir / "report" / "confusion.png").unlink()
     problems = sanity_problems(data_dir / "report", 13)
     assert "confusion.png is missing" in problems
     assert any(p.startswith("accuracy = 1.5") for p in problems)
     assert any(p.startswith("portfolio.max_drawdown = 0.2") for p in problems)
+    assert "ci95.accuracy = [0.6, 0.4]: the low end is above the high end" in problems
+    assert any(p.startswith("p_values.ic = 1.2") for p in problems)
     assert any("eval CSVs hold 13" in p for p in problems)
 
 

@@ -497,4 +497,9 @@ def sanity_problems(report_dir: Path | str, expected_rows: int | None = None) ->
                 problems.append(f"{side} has no days")
     if metrics["portfolio"].get("turnover") is not None and metrics["portfolio"]["turnover"] < 0:
         problems.append("portfolio.turnover is negative")
+    for name, interval in metrics.get("ci95", {}).items():
+        if interval is not None and not interval[0] <= interval[1]:
+            problems.append(f"ci95.{name} = {interval}: the low end is above the high end")
+    for name, p in metrics.get("p_values", {}).items():
+        within(f"p_values.{name}", p, 0.0, 1.0)
     return problems

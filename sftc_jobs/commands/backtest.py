@@ -16,11 +16,13 @@ def register(subparsers) -> None:
         "backtest",
         help="backtest eval CSV(s): metrics.json, report.md/.html, equity_curve.png, confusion.png",
         description="Classification, signal and portfolio figures of spec/eval-and-backtest.md over an eval CSV "
-        "or a directory of them (the eval_csv partitions); prices from the profile's price source.",
+        "or a directory of them (the eval_csv partitions), with bootstrap intervals, permutation p-values, the trivial "
+        "baselines and a verdict on skill; prices from the profile's price source.",
     )
     parser.add_argument("--eval-csv", type=Path, required=True, help="an eval CSV, or a directory of them")
     parser.add_argument("--report", type=Path, required=True, help="directory for the report files")
-    parser.add_argument("--config", type=Path, help="scores, cost_bps, risk-free rate (default: configs/backtest_config.yaml)")
+    parser.add_argument("--config", type=Path, help="scores, cost_bps, risk-free rate, bootstrap resamples, permutations, seed "
+                        "(default: configs/backtest_config.yaml)")
     add_force(parser)
     parser.set_defaults(func=run_backtest_command)
 
@@ -36,7 +38,10 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
     summary = {
         "report": str(args.report),
         "rows": metrics["rows"],
+        "verdict": metrics["verdict"]["sentence"],
         **{k: metrics[k] for k in HEADLINE},
+        "ci95": metrics["ci95"],
+        "p_values": metrics["p_values"],
         "portfolio": {k: metrics["portfolio"].get(k) for k in ("available", "positions", "missing_positions", *keys)},
         "benchmark": {k: metrics["benchmark"].get(k) for k in keys},
     }
