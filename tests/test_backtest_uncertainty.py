@@ -89,10 +89,12 @@ def test_p_values_count_the_permutations_that_reach_the_observed_figure(frame):
     reached = {"accuracy": 0, "ic": 0}
     with_return = np.isfinite(forward)
     for size in uncertainty._chunks(400, len(frame)):
-        for order in rng.permuted(np.broadcast_to(np.arange(len(frame)), (size, len(frame))), axis=1):
+        for order in uncertainty.shuffled_rows(rng, size, len(frame)):
             reached["accuracy"] += accuracy_score(frame["true_action"], frame["predicted_action"].to_numpy()[order]) >= observed["accuracy"] - 1e-12
             reached["ic"] += spearmanr(score[order][with_return], forward[with_return]).statistic >= observed["ic"] - 1e-12
     assert p == {name: pytest.approx((1 + reached[name]) / 401) for name in reached}
+    orders = uncertainty.shuffled_rows(np.random.default_rng(0), 50, 7)
+    assert (np.sort(orders, axis=1) == np.arange(7)).all() and len({tuple(o) for o in orders}) > 40  # permutations, varied
     assert p["accuracy"] < 0.01  # most of these predictions are right by construction
     # A prediction that is the truth itself: no permutation does as well, p is the smallest possible.
     perfect = uncertainty.shuffled_figures(true, true, score, forward)

