@@ -120,7 +120,7 @@ def test_the_check_exists_only_where_a_cue_is_planted(data_dir):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the toy chain with a real fine-tune: minutes on 2 shared cores
-def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir, tmp_path, monkeypatch):
+def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir):
     """The planted fault: the training targets' actions shuffled across theses (a misaligned join) after nemo_jsonl,
     then the real fine-tune, evaluation and backtest through the instance. The model cannot learn the note, the check
     fails, and the validation report says NO for that reason."""
@@ -128,12 +128,11 @@ def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir, tm
     from sftc_jobs.jobs import chain_keys
     from sftc_jobs.location import build_definitions
 
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     settings = load_settings()
     chain = Chain.of(build_definitions(settings), settings)
     keys = chain_keys(chain)
     data_half = [k for k in keys if k.to_user_string() in ("raw_xml", "thesis_jsonl", "hf_splits", "base_checkpoint", "nemo_jsonl", "bf16_checkpoint")]
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with dg.instance_for_test() as instance:
         assert materialize_chain(chain, instance, data_half).success
         training = settings.paths.nemo_jsonl / "training.jsonl"
         lines = [json.loads(line) for line in training.read_text().splitlines()]
@@ -141,6 +140,7 @@ def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir, tm
         random.Random(0).shuffle(actions)
         training.write_text("".join(json.dumps({**line, "output": line["output"].rsplit("<action>", 1)[0] + "<action>" + action}) + "\n"
                                     for line, action in zip(lines, actions)))
+        mark_as_written("nemo_jsonl", settings.paths.nemo_jsonl, settings=settings)  # as a nemo_jsonl with that bug would write it
         result = materialize_chain(chain, instance, [k for k in keys if k not in data_half])
         assert result.success
     metrics = json.loads((data_dir / "backtest" / "metrics.json").read_text())

@@ -130,7 +130,8 @@ def test_the_report_puts_intervals_p_values_and_baselines_beside_the_figures(dat
     report = (data_dir / "report" / "report.md").read_text()
     low, high = metrics["ci95"]["accuracy"]
     assert f"| accuracy | {metrics['accuracy'] * 100:.2f}% | {low * 100:.2f}% to {high * 100:.2f}% | {metrics['p_values']['accuracy']:.4f} | majority (always " in report
-    assert "| sharpe | " in report and "| always long | always short | equal-weight buy-and-hold |" in report
+    assert f"| sharpe (annualised from {metrics['annualised_from_sessions']} sessions) | " in report
+    assert "| cumulative_return | " in report and "| always long | always short | equal-weight buy-and-hold |" in report
     assert metrics["verdict"]["sentence"] in report
     assert f"annualised from {metrics['annualised_from_sessions']} sessions, under a year" in report
     assert "IC (information coefficient): Spearman rank correlation" in report and "hit rate: share of the sessions" in report

@@ -274,7 +274,13 @@ def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                  fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "", _baseline_text(metrics, name)]
                 for name in HEADLINE]
     by_action = [[label, fmt("mean_return", v["mean_return"]), fmt("rows", v["rows"])] for label, v in metrics["mean_return_by_action"].items()]
-    series = [[name, fmt(name, pf.get(name)), interval_text(name, ci.get(name)) if name in ci else "",
+    sessions = metrics["annualised_from_sessions"]
+    short = sessions is not None and sessions < metrics["config"]["periods_per_year"]
+
+    def series_label(name: str) -> str:  # the spec: say so beside the annualised figures of a window under a year
+        return f"{name} (annualised from {sessions} sessions)" if short and name in ANNUALISED_FIGURES else name
+
+    series = [[series_label(name), fmt(name, pf.get(name)), interval_text(name, ci.get(name)) if name in ci else "",
                fmt(name, baselines["always_long"].get(name)), fmt(name, baselines["always_short"].get(name)), fmt(name, bm.get(name))]
               for name in SERIES_FIGURES]
     confusion = [[a, *[str(v) for v in row], str(metrics["unparsed_by_true_action"][a])] for a, row in zip(ACTIONS, metrics["confusion_matrix"])]
