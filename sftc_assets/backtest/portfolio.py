@@ -50,8 +50,13 @@ class Positions:
     sessions: np.ndarray  # datetime64[ns]
     raw_prices: np.ndarray  # sessions x tickers, NaN where the source has no price
     daily_returns: np.ndarray  # sessions x tickers, closes carried forward over gaps
-    not_a_position: np.ndarray  # per frame row: "" for a position, else why it is none
+    not_a_position: np.ndarray  # per frame row: an index into `reasons`, 0 for a position
+    reasons: tuple[str, ...]  # why a row is no position ("" first: it is one)
     unknown_tickers: frozenset[str]
+
+
+# Why a row with a forward return is still no position, in the order they are checked.
+PRICE_REASONS = ("unknown_ticker_at_source", "entry_or_exit_not_a_session", "no_price_at_source")
 
 
 def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
@@ -73,8 +78,10 @@ def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
 
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
     """Prices of every row with return_status ok, loaded once; `frame` is read_eval_csv's."""
-    status_ok = (frame["return_status"] == "ok").to_numpy()
-    reason = np.where(status_ok, "", "return_status_" + frame["return_status"].astype(str).to_numpy()).astype(object)
+    status_codes, statuses = pd.factorize(frame["return_status"].to_numpy())
+    reasons = ("", *(f"return_status_{s}" for s in statuses if s != "ok"), *PRICE_REASONS)
+    reason = np.array([reasons.index(f"return_status_{s}") if s != "ok" else 0 for s in statuses], dtype=np.int64)[status_codes]
+    status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
     exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
@@ -82,7 +89,7 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     tickers = [str(t) for t in tickers]
     if not len(rows):
         none = np.zeros(0, dtype=np.int64)
-        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), np.zeros((0, 0)), np.zeros((0, 0)), reason, frozenset())
+        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), np.zeros((0, 0)), np.zeros((0, 0)), reason, reasons, frozenset())
 
     all_sessions = trading_sessions(calendar).to_numpy()
     sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
@@ -93,16 +100,15 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     is_session = (sessions[np.minimum(entry_idx, last)] == entry) & (sessions[np.minimum(exit_idx, last)] == exit_)
     known = np.array([t not in book.unknown for t in tickers])[codes]
     priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
-    for name, bad in (("unknown_ticker_at_source", ~known), ("entry_or_exit_not_a_session", known & ~is_session),
-                      ("no_price_at_source", known & is_session & ~priced)):
-        reason[rows[bad]] = name
+    for name, bad in zip(PRICE_REASONS, (~known, known & ~is_session, known & is_session & ~priced)):
+        reason[rows[bad]] = reasons.index(name)
     valid = known & is_session & priced
     prices = pd.DataFrame(raw).ffill().to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         daily_returns = np.zeros_like(prices)
         daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
     return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
-                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, frozenset(book.unknown))
+                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, reasons, frozenset(book.unknown))
 
 
 @dataclass(frozen=True)
@@ -173,13 +179,29 @@ def backtest_portfolio(
     risk_free_rate: float = 0.0,
 ) -> PortfolioResult:
     """`frame` is read_eval_csv's (entry_date, exit_date, ticker, return_status); `score` the weight per row;
-    `source` a price source, or the rows' `load_positions` when several books share them."""
+    `source` a price source, or the rows' `load_positions`."""
+    return backtest_portfolios(frame, [score], source, cost_bps=cost_bps, calendar=calendar, periods_per_year=periods_per_year,
+                               risk_free_rate=risk_free_rate)[0]
+
+
+def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: PriceSource | Positions, *, cost_bps: float = 5.0,
+                        calendar: str = "XNYS", periods_per_year: int = 252, risk_free_rate: float = 0.0) -> list[PortfolioResult]:
+    """`backtest_portfolio` of several score vectors over the same rows (the model's, always long, always short):
+    the prices loaded once, the books built in one pass."""
     positions = source if isinstance(source, Positions) else load_positions(frame, source, calendar)
+    series = book_series(positions, np.stack([score[positions.row] for score in scores]).astype("float64"), cost_bps)
+    return [_portfolio_result(frame, score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
+            for book, score in enumerate(scores)]
+
+
+def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positions, series: BookSeries, book: int,
+                      cost_bps: float, periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
+    """The figures of book `book` of `series`, whose weights are `score` on the positions."""
     weighted = score != 0
     scored_zero = int((~weighted).sum())
-    reasons = pd.Series(positions.not_a_position[weighted & (positions.not_a_position != "")]).value_counts()
-    status_first = sorted(reasons.items(), key=lambda item: (not item[0].startswith("return_status_"), item[0]))
-    missing: dict[str, int] = {str(reason): int(count) for reason, count in status_first}
+    counts = np.bincount(positions.not_a_position[weighted], minlength=len(positions.reasons))
+    found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
+    missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
     empty_daily = pd.DataFrame(columns=["book_return", "gross_return", "benchmark_return", "gross_exposure", "traded"])
     candidate = weighted & (frame["return_status"] == "ok").to_numpy()
     if not candidate.any():
@@ -193,8 +215,7 @@ def backtest_portfolio(
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
                                {"available": False, "reason": reason}, missing)
 
-    series = book_series(positions, weight[None], cost_bps)
-    start, end = int(series.start[0]), int(series.end[0])
+    start, end = int(series.start[book]), int(series.end[book])
     window = slice(start + 1, end + 1)  # the first session is the close of the first entry: nothing is held over it
     sessions = positions.sessions[start : end + 1]
 
@@ -208,8 +229,8 @@ def backtest_portfolio(
     benchmark_return = benchmark_equity[1:] / benchmark_equity[:-1] - 1.0
 
     daily = pd.DataFrame(
-        {"book_return": series.book_return[0, window], "gross_return": series.gross_return[0, window], "benchmark_return": benchmark_return,
-         "gross_exposure": series.gross_exposure[0, window], "traded": series.traded[0, window]},
+        {"book_return": series.book_return[book, window], "gross_return": series.gross_return[book, window], "benchmark_return": benchmark_return,
+         "gross_exposure": series.gross_exposure[book, window], "traded": series.traded[book, window]},
         index=pd.DatetimeIndex(sessions[1:], name="session"),
     )
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
