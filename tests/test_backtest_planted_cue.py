@@ -7,13 +7,13 @@ own desk notes), so the check and the report are tested without training a model
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 
 import dagster as dg
 import numpy as np
 import pytest
+from backtest_helpers import write_hand_csv
 from bokeh_sampledata import stocks
 from stage_helpers import mark_as_written, settings_with, stage_definitions
 
@@ -24,8 +24,6 @@ from sftc_assets.theses.sample_corpus import CUE_PHRASES
 from sftc_core.settings import load_settings
 from sftc_core.target_format import ACTIONS
 
-COLUMNS = ["id", "ticker", "as_of_date", "true_action", "predicted_action", "parse_ok", "raw_output", "horizon_days",
-           "entry_date", "exit_date", "forward_return", "return_status"]
 TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
 
 
@@ -59,12 +57,9 @@ def _write_inputs(data_dir, settings, predicted: list[str], rows: list[dict]) ->
     mark_as_written("hf_splits", settings.paths.hf_splits, settings=settings)
     for row, action in zip(rows, predicted):
         row |= {"predicted_action": action, "parse_ok": "true", "raw_output": f"<action>{action}</action>"}
-    (data_dir / "eval").mkdir()
     for month in ("2012-09", "2012-10", "2012-11", "2012-12"):
-        with open(data_dir / "eval" / f"{month}.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: (r["as_of_date"], r["ticker"])))
+        in_month = sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: (r["as_of_date"], r["ticker"]))
+        write_hand_csv(data_dir / "eval" / f"{month}.csv", [{k: v for k, v in r.items() if k != "cue"} for r in in_month])
         mark_as_written("eval_csv", data_dir / "eval" / f"{month}.csv", settings=settings)
 
 
