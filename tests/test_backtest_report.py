@@ -127,4 +127,13 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     assert "data:image/png;base64," in metadata["equity_curve"].value
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "backtest_sanity" and check.passed
-    assert json.loads((data_dir / "backtest" / "metrics.json").read_text())["rows"] == expected_rows
+    metrics = json.loads((data_dir / "backtest" / "metrics.json").read_text())
+    assert metrics["rows"] == expected_rows
+    # The figures people act on carry their uncertainty, baselines, horizon and sessions in the metadata too.
+    assert metadata["verdict"].value == metrics["verdict"]["sentence"] and metadata["evidence_of_skill"].value == metrics["verdict"]["skill"]
+    low, high = metrics["ci95"]["accuracy"]
+    assert metadata["accuracy_ci95"].value == f"{low * 100:.2f}% to {high * 100:.2f}%"
+    assert metadata["p_value_accuracy"].value == metrics["p_values"]["accuracy"] and metadata["p_value_ic"].value == metrics["p_values"]["ic"]
+    assert metadata["always_short_directional_accuracy"].value == metrics["baselines"]["always_short"]["directional_accuracy"]
+    assert metadata["majority_baseline_accuracy"].value == metrics["baselines"]["majority"]["accuracy"]
+    assert metadata["horizon_sessions"].value == "5" and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]

@@ -67,6 +67,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "months": len(figures["per_month"]),
                 "months_missing": ", ".join(months_missing) or "none",
                 "window": f"{figures['first_as_of_date']}..{figures['last_as_of_date']}",
+                "horizon_sessions": ", ".join(str(h) for h in figures["horizon_days"]),
                 "verdict": figures["verdict"]["sentence"],
                 "evidence_of_skill": figures["verdict"]["skill"],
                 **{k: v for k, v in {**headline, **series, **p_values}.items() if v is not None},
