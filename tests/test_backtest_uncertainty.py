@@ -123,10 +123,12 @@ def test_baselines_and_the_verdict(frame, source):
     assert not no_skill["skill"] and "p is not below 0.05" in no_skill["sentence"]
 
 
-def test_the_report_puts_intervals_p_values_and_baselines_beside_the_figures(data_dir):
+def test_the_report_puts_intervals_p_values_and_baselines_beside_the_figures(data_dir, capsys):
     write_hand_csv(data_dir / "eval.csv", hand_rows(60))
     assert sftc(["backtest", "--eval-csv", str(data_dir / "eval.csv"), "--report", str(data_dir / "report")]) == 0
     metrics = json.loads((data_dir / "report" / "metrics.json").read_text())
+    printed = json.loads(capsys.readouterr().out)  # the command's summary carries the verdict and the uncertainty too
+    assert printed["verdict"] == metrics["verdict"]["sentence"] and printed["ci95"] == metrics["ci95"] and printed["p_values"] == metrics["p_values"]
     report = (data_dir / "report" / "report.md").read_text()
     low, high = metrics["ci95"]["accuracy"]
     assert f"| accuracy | {metrics['accuracy'] * 100:.2f}% | {low * 100:.2f}% to {high * 100:.2f}% | {metrics['p_values']['accuracy']:.4f} | majority (always " in report
