@@ -86,7 +86,7 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
 
     seen = []
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=None):
         seen.append(torch.get_num_threads())  # a stand-in for the model: only the thread count is under test
         return OUTPUTS[: len(prompts)]
 

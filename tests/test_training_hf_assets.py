@@ -53,7 +53,9 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     metadata = event.materialization.metadata
     metrics = json.loads((chain_data / "models" / "sft" / "metrics.json").read_text())
     assert metadata["steps"].value == metrics["steps"] == 10
-    assert metadata["final_val_loss"].value == pytest.approx(metrics["final_val_loss"])
+    # metrics.json keeps the exact figure; the metadata shows it to 3 significant digits
+    assert metadata["final_val_loss"].value == pytest.approx(metrics["final_val_loss"], rel=5e-3)
+    assert len(repr(metadata["final_val_loss"].value).replace(".", "").lstrip("0")) <= 3
     assert metadata["best_val_loss"].value <= metadata["initial_val_loss"].value
     assert metadata["tokens_per_s"].value > 0 and metadata["parse_checked"].value == 2 and 0 <= metadata["parse_rate"].value <= 1
     assert metadata["device"].value == "cpu" and metadata["backend"].value == "hf"
