@@ -8,8 +8,9 @@ import ast
 import base64
 import hashlib
 import json
-from pathlib import Path
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
@@ -120,8 +121,19 @@ def manifest_metadata(settings: Settings, asset: str) -> dict:
     }
 
 
+# A date (or a range of them) filling a Markdown table cell: the web UI squeezes wide tables and would break it
+# at a hyphen ("2012-" over "09"); non-breaking hyphens keep it on one line.
+_TABLE_DATE = re.compile(r"(?<=\| )\d{4}-\d{2}(?:-\d{2})?(?:\.\.\d{4}-\d{2}(?:-\d{2})?)?(?= \|)")
+NON_BREAKING_HYPHEN = "\u2011"
+
+
+def unbroken_dates(markdown: str) -> str:
+    return _TABLE_DATE.sub(lambda match: match.group().replace("-", NON_BREAKING_HYPHEN), markdown)
+
+
 def rounded(value):
-    """Floats to 3 significant digits, inside JSON blocks too; counts, text and the rest as they are."""
+    """Floats to 3 significant digits, inside JSON blocks too; dates in Markdown tables kept whole; counts, text
+    and the rest as they are."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, float):
@@ -130,6 +142,8 @@ def rounded(value):
         return dg.MetadataValue.float(round_significant(value.value)) if value.value is not None else value
     if isinstance(value, dg.JsonMetadataValue):
         return dg.MetadataValue.json(rounded(value.data))
+    if isinstance(value, dg.MarkdownMetadataValue) and value.value is not None:
+        return dg.MetadataValue.md(unbroken_dates(value.value))
     if isinstance(value, dg.MetadataValue):  # paths, Markdown, text: as they are (some are tuples inside)
         return value
     if isinstance(value, Mapping):
@@ -140,8 +154,8 @@ def rounded(value):
 
 
 def for_people(figures: Mapping[str, object]) -> dict:
-    """What every asset's figures pass through before they become metadata: floats to 3 significant digits, and a
-    JSON block without the figures already shown above it."""
+    """What every asset's figures pass through before they become metadata: floats to 3 significant digits, dates
+    in tables that do not wrap, and a JSON block without the figures already shown above it."""
     shown = {name: rounded(value) for name, value in figures.items()}
     scalars = {name: value for name, value in shown.items() if isinstance(value, (bool, int, float, str))}
     for name, value in shown.items():

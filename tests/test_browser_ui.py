@@ -22,6 +22,7 @@ from sftc_core.io import read_jsonl
 from sftc_core.settings import load_settings
 from sftc_jobs.chain import Chain, materialize_chain
 from sftc_jobs.location import build_definitions
+from sftc_resources.metadata import NON_BREAKING_HYPHEN
 
 pytestmark = pytest.mark.browser
 
@@ -54,9 +55,9 @@ def chromium(profile_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def page_text(dom: str) -> list[str]:
-    """The texts of a dumped page, one per element, as a person reads them."""
+    """The texts of a dumped page, one per element, as a person reads them (a non-breaking hyphen as a hyphen)."""
     body = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.S)
-    return [html.unescape(text.strip()) for text in re.split(r"<[^>]+>", body) if text.strip()]
+    return [html.unescape(text.strip()).replace(NON_BREAKING_HYPHEN, "-") for text in re.split(r"<[^>]+>", body) if text.strip()]
 
 
 def visible(server, tmp_path: Path, path: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 
 import datasets
@@ -231,6 +232,8 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
         raise_on_error=True,
     )
     assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(re.match(r"eval_csv 2012-10: 2/2 rows \(100%\), [\d.]+ rows/s, in [\d.]+ s", m) for m in messages), messages  # progress in the run's log
     written = read_eval_csv(data_dir / "eval" / "2012-10.csv")
     assert written["id"].tolist() == ["AAPL-2012-10-26-1", "MSFT-2012-10-26-0"]
     # Each month's materialization, read back from the instance, describes that month only.

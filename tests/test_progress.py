@@ -99,3 +99,9 @@ def test_shares_durations_and_rounding():
     assert (format_share(0.2890625), format_share(1.0), format_share(-0.066), format_share(None)) == ("28.9%", "100%", "-6.6%", "n/a")
     assert [format_duration(s) for s in (0.04, 45.2, 200, 3725)] == ["0.0 s", "45 s", "3 min 20 s", "1 h 02 min"]
     assert (round_significant(0.1542028985507246), round_significant(14555.3), round_significant(0.0)) == (0.154, 14600.0, 0.0)
+
+
+def test_a_table_cell_without_a_value_is_empty():
+    from sftc_core.text import markdown_table
+
+    assert markdown_table([{"id": "a", "confidence": None}, {"id": "b", "confidence": 0.7}]).splitlines()[2:] == ["| a |  |", "| b | 0.7 |"]
