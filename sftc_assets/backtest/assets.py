@@ -18,12 +18,14 @@ GROUP = "backtest"
 
 
 def _summary(figures: dict) -> str:
-    """`accuracy 28.9% (majority 27.3%), Sharpe 1.56, return 8.52% (benchmark -6.6%)`."""
+    """`accuracy 28.9% (95% CI 21.1% to 36.7%, majority 27.3%), Sharpe 1.56, return 8.52% (benchmark -6.6%); no evidence of skill`."""
     pf, bm = figures["portfolio"], figures["benchmark"]
     return (
-        f"accuracy {report.fmt('accuracy', figures['accuracy'])} (majority {report.fmt('accuracy', figures['majority_baseline_accuracy'])}), "
+        f"accuracy {report.fmt('accuracy', figures['accuracy'])} (95% CI {report.interval_text('accuracy', figures['ci95'].get('accuracy'))}, "
+        f"majority {report.fmt('accuracy', figures['majority_baseline_accuracy'])}), "
         f"Sharpe {report.fmt('sharpe', pf.get('sharpe'))}, return {report.fmt('cumulative_return', pf.get('cumulative_return'))} "
-        f"(benchmark {report.fmt('cumulative_return', bm.get('cumulative_return'))})"
+        f"(benchmark {report.fmt('cumulative_return', bm.get('cumulative_return'))}); "
+        + ("evidence of skill" if figures["verdict"]["skill"] else "no evidence of skill")
     )
 
 
