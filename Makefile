@@ -22,7 +22,7 @@ setup: $(STAMP)
 
 # The main job: the whole toy chain through the Dagster instance in .dagster_home.
 run: setup
-	$(VENV)/bin/sftc run
+	@$(VENV)/bin/sftc run
 
 test: setup
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""The figures of spec/eval-and-backtest.md: classification, signal and daily-series metrics (numpy, vectorised).
+"""The figures of docs/eval-and-backtest.md: classification, signal and daily-series metrics (numpy, vectorised).
 
 Conventions the spec leaves open, fixed here:
 - an unparsed prediction is the label "" (as scikit-learn would see an empty string);

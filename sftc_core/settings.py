@@ -37,7 +37,8 @@ from sftc_core.configs import (
 from sftc_core.months import months_between
 from sftc_core.paths import ArtifactPaths
 
-Placement = Literal["run", "step"]
+# Where Kubernetes places work: nowhere (one machine, the default), one pod per run, or one pod per step.
+Placement = Literal["none", "run", "step"]
 
 
 class Secret:
@@ -74,8 +75,10 @@ class Settings(Strict):
     data_dir: Path
     # SFTC_NEMO_PYTHON: the NeMo environment's interpreter, over finetune.yaml's nemo_python.
     nemo_python_override: Path | None = None
-    # Where a Kubernetes deployment places work: one pod per run, or one pod per step (SFTC_K8S_PLACEMENT).
-    k8s_placement: Placement = "run"
+    # Where a Kubernetes deployment places work (SFTC_K8S_PLACEMENT): none (not on Kubernetes), run or step.
+    k8s_placement: Placement = "none"
+    # SFTC_AUTOMATION=off: the automation sensors and the nightly schedule start stopped (the web UI runs nothing by itself).
+    automation: bool = True
     eodhd_api_key: Secret | None = None
     # SFTC_EVAL_API_KEY: the bearer token of an evaluation endpoint that asks for one.
     eval_api_key: Secret | None = None
@@ -141,7 +144,7 @@ class Settings(Strict):
 
 ENV_VARS = (
     "EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE",
-    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY",
+    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY", "SFTC_AUTOMATION",
 )  # fmt: skip
 
 
@@ -174,7 +177,9 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
 
     profile = load_profile(_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), ("toy", "full")), config_dir)
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))
-    placement = _choice("SFTC_K8S_PLACEMENT", values.get("SFTC_K8S_PLACEMENT", "run"), ("run", "step"), " (one pod per run, or one pod per step)")
+    placement = _choice(
+        "SFTC_K8S_PLACEMENT", values.get("SFTC_K8S_PLACEMENT", "none"), ("none", "run", "step"), " (not on Kubernetes, one pod per run, or one pod per step)"
+    )
     dates = {
         "train_start_date": values.get("TRAIN_START_DATE"),
         "train_end_date": values.get("TRAIN_END_DATE"),
@@ -204,6 +209,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         data_dir=Path(values.get("SFTC_DATA_DIR", "data")).absolute(),
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
         k8s_placement=placement,
+        automation=_choice("SFTC_AUTOMATION", values.get("SFTC_AUTOMATION", "on"), ("on", "off"), " (off: sensors and schedule start stopped)") == "on",
         eodhd_api_key=Secret(key) if key else None,
         eval_api_key=Secret(eval_key) if eval_key else None,
         **parsed,

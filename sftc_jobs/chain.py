@@ -5,11 +5,14 @@ test-window months of `eval_csv`, and the unpartitioned assets between them), so
 whole chain. This module cuts the chain into segments of one partitions definition each, in dependency
 order, and runs each segment with `dg.materialize` into the instance: the partitions of a segment go in
 one run per contiguous range (a single-run backfill, which the partitioned assets declare; the range tags
-are the ones Dagster's own backfills set, as its maintainers show for launching ranges from code).
+are the ones Dagster's own backfills set, as its maintainers show for launching ranges from code). A run is
+what `dg.materialize` builds (an asset job over the selection, executed in process), with sftc's logger in
+place of Dagster's console logger (sftc_jobs/chain_log.py): one line per asset as it starts and ends.
 Before each segment it asks the instance and the files what is needed: missing, materialized by other code
 or other settings (the `dagster/code_version` tag of the latest materialization: code and settings hash),
 older than one of its inputs, or with files missing or changed since sftc wrote them (their markers); so a
-second pass redoes nothing, and nothing stale passes for fresh. Public Dagster API only: asset specs, `dg.materialize`, `fetch_materializations`.
+second pass redoes nothing, and nothing stale passes for fresh. Public Dagster API only: asset specs,
+`dg.Definitions` / `define_asset_job` / `execute_in_process`, `fetch_materializations`.
 `sftc run`, `sftc rerun` and the `cpu_validation` job all go through `materialize_chain`.
 """
 
@@ -25,13 +28,17 @@ from sftc_assets.reports.validation import ASSETS_TAG
 from sftc_core import locks
 from sftc_core.artifacts import integrity_problems
 from sftc_core.settings import Settings
-from sftc_resources.routing import NODE_TAG, node_tags
+from sftc_jobs.chain_log import RunReport, chain_logger
+from sftc_resources.routing import NODE_TAG
 from sftc_resources.run_history import DATA_DIR_TAG, fail_interrupted_runs
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 CODE_VERSION_TAG = "dagster/code_version"
 ALL_PARTITIONS = "*"
+# The job name `dg.materialize` gives its runs: the web UI shows them as asset materializations.
+CHAIN_JOB = "__ephemeral_asset_job__"
+CHAIN_LOGGER = "sftc_chain"
 
 # Partition keys an asset needs in a run: {None} for an unpartitioned asset that needs it, empty for none.
 Needed = dict[dg.AssetKey, set[str | None]]
@@ -91,6 +98,11 @@ class ChainRun:
     keys: tuple[dg.AssetKey, ...]
     partition_range: tuple[str, str] | None
     success: bool
+    # The failed step's block for people: the asset, its partitions, the cause in the project's words.
+    failure: str | None = None
+    # What the run materialized before it ended (all of `keys` when it succeeded), and the asset that failed.
+    materialized: frozenset[dg.AssetKey] = frozenset()
+    failed_asset: str | None = None
 
 
 @dataclass
@@ -252,6 +264,18 @@ def materialize_chain(
         return _materialize_segments(chain, instance, keys, forced or {}, tags or {}, log)
 
 
+def _execute(chain: Chain, instance: dg.DagsterInstance, keys, partition_key: str | None, tags: dict, report: RunReport) -> dg.ExecuteInProcessResult:
+    """What `dg.materialize(selection=keys)` does, with the chain's logger as the run's only logger (a job's loggers
+    are active when its run config names them)."""
+    defs = dg.Definitions(
+        assets=chain.definitions, resources=chain.resources, jobs=[dg.define_asset_job(CHAIN_JOB, selection=list(keys))],
+        loggers={CHAIN_LOGGER: chain_logger(report)},
+    )  # fmt: skip
+    return defs.resolve_job_def(CHAIN_JOB).execute_in_process(
+        run_config={"loggers": {CHAIN_LOGGER: {}}}, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    )
+
+
 def _materialize_segments(chain: Chain, instance: dg.DagsterInstance, keys, forced, tags, log) -> ChainResult:
     assets = chain.assets
     result = ChainResult()
@@ -261,25 +285,21 @@ def _materialize_segments(chain: Chain, instance: dg.DagsterInstance, keys, forc
         for run_keys, span in _runs_for_segment(segment, needed):
             # A run holding any GPU asset goes to a GPU node.
             node = "gpu" if any(assets[key].node == "gpu" for key in run_keys) else "cpu"
-            run_tags = {
-                **node_tags(node, chain.settings.cluster),
-                **tags,
-                ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys),
-                DATA_DIR_TAG: str(chain.settings.data_dir),
-            }
+            # Runs of the chain execute in this process: no pod to place, only the node for people and the queue.
+            run_tags = {NODE_TAG: node, **tags, ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys), DATA_DIR_TAG: str(chain.settings.data_dir)}
             partition_key = None
             if span is not None and span[0] == span[1]:
                 partition_key = span[0]
             elif span is not None:
                 run_tags.update({RANGE_START_TAG: span[0], RANGE_END_TAG: span[1]})
             names = ", ".join(key.to_user_string() for key in run_keys)
-            log.info("materializing %s%s on the %s node", names, f" [{span[0]}..{span[1]}]" if span else "", node)
-            outcome = dg.materialize(
-                chain.definitions, instance=instance, resources=chain.resources, selection=list(run_keys),
-                partition_key=partition_key, tags=run_tags, raise_on_error=False,
-            )  # fmt: skip
-            result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success))
+            months = "" if span is None else f" for {span[0]}" if span[0] == span[1] else f" for {span[0]}..{span[1]}"
+            log.info("run on the %s node: %s%s", node, names, months)
+            report = RunReport(log, run_keys, span)
+            outcome = _execute(chain, instance, run_keys, partition_key, run_tags, report)
+            failure = None if outcome.success else report.failure or f"FAILED: {names}{months}, before any step began"
+            materialized = frozenset(event.asset_key for event in outcome.get_asset_materialization_events())
+            result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success, failure, materialized, report.failed_asset))
             if not outcome.success:
-                log.error("run %s failed (%s): see its logs in the web UI", outcome.run_id, names)
                 return result
     return result

@@ -8,14 +8,12 @@ Each module of sftc_jobs/commands/ registers its subcommands and imports the sta
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import errno
-import logging
 import os
 import sys
-from pathlib import Path
 
 from sftc_core.configs import ConfigError
+from sftc_core.progress import terminal_bars
 from sftc_core.settings import load_settings
 from sftc_jobs.commands import (
     backtest,
@@ -27,49 +25,14 @@ from sftc_jobs.commands import (
     theses,
     training,
 )
+from sftc_jobs.terminal import log_traceback, setup_logging
 
 COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain)
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted (a caller may swap it, as pytest does)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-# Tracebacks go to the log file only; the terminal gets the one-line error.
-_TRACEBACKS = logging.getLogger("sftc.traceback")
-_TRACEBACKS.propagate = False
-
-
-def setup_logging(verbose: bool = False, log_dir: Path = Path("logs")) -> Path | None:
-    """Console and a dated file under logs/ (the CLI's counterpart of Dagster's logger); returns the file."""
-    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
-    log_file = log_dir / f"sftc-{dt.date.today():%Y%m%d}.log"
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    except OSError:
-        log_file = None  # a read-only working directory still gets console logs
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-    _TRACEBACKS.handlers = handlers[1:] + (handlers[:1] if verbose else []) or [logging.NullHandler()]
-    return log_file
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftc", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal too, at debug level: Dagster's event stream, libraries' logs and warnings (otherwise in logs/)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -79,14 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_file = setup_logging(args.verbose)
+    args.log_file = log_file = setup_logging(args.verbose)
     try:
-        return int(args.func(args, load_settings()) or 0)
+        with terminal_bars():  # long work shows a bar on this terminal (a line now and then on a pipe)
+            return int(args.func(args, load_settings()) or 0)
     except KeyboardInterrupt:
         print(f"sftc {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # every failure ends in one line; the traceback goes to the log file
-        _TRACEBACKS.error("sftc %s failed", args.command, exc_info=True)
+        log_traceback("sftc %s failed", args.command)
         print(f"sftc {args.command}: error: {_one_line(exc)}" + (f" (details: {log_file})" if log_file else ""), file=sys.stderr)
         return 2
 

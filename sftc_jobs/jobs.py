@@ -10,6 +10,8 @@ proves the code works today, not that nothing changed). Whatever fails, `validat
 materialized last, reads what this validation did, and says PASS/FAIL per stage.
 """
 
+import logging
+
 import dagster as dg
 
 from sftc_assets.reports.validation import VALIDATION_RUN_TAG
@@ -17,7 +19,7 @@ from sftc_assets.training.assets import LAUNCHER_TAG, NODES_TAG, PROCS_TAG
 from sftc_core.settings import Settings
 from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
 from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.routing import node_tags
+from sftc_resources.routing import run_tags
 from sftc_resources.run_history import DATA_DIR_TAG
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")
@@ -47,13 +49,15 @@ def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: st
     tags = {VALIDATION_RUN_TAG: validation_id, **nightly_launch_tags(chain.settings)}
     result = materialize_chain(chain, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
     report = materialize_chain(chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
+    for failed in filter(None, (result.failed_run, report.failed_run)):
+        (log or logging.getLogger(__name__)).error("%s\n  run %s", failed.failure, failed.run_id)
     return result.success and report.success
 
 
 def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
     """The job over `chain`: the op closes over the code location's own assets, nothing is imported again."""
     settings = chain.settings
-    cpu = {**node_tags("cpu", settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
+    cpu = {**run_tags("cpu", settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
 
     @dg.op(tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
     def validate_toy_chain(context: dg.OpExecutionContext) -> None:

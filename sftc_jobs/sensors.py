@@ -2,11 +2,12 @@
 
 Dagster refuses two automation-condition sensors targeting the same asset, so the split is static per
 profile: each materializable asset belongs to exactly one sensor, chosen by the node class its compute class
-resolves to in this profile (the `sftc/node` asset tag of `asset_placement`). Each sensor adds its node's
-run tags (`sftc/node`, `dagster-k8s/config`), so the Kubernetes run launcher places every run it emits
-on the right node pool. The sensors run in the code server (`use_user_code_server=True`), which lets
-them apply one default condition to every asset that declares none and lets tests evaluate them with
-`build_sensor_context`.
+resolves to in this profile (the `sftc/node` asset tag of `asset_placement`): its target reads
+`tag:"sftc/node"="cpu"` in the web UI. Each sensor adds its node's run tags (`sftc/node`, and
+`dagster-k8s/config` where Kubernetes places runs), so the run launcher puts every run it emits on the right
+node pool. The condition, `missing_or_stale()`, sits on each automated asset itself (`automated`, applied
+by the code location), so the asset's page shows it. The sensors run in the code server
+(`use_user_code_server=True`), which lets tests evaluate them with `build_sensor_context`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 from sftc_core.settings import Settings
-from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, automated_run_tags
+from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, run_tags
 from sftc_resources.run_history import DATA_DIR_TAG
 
 AC = dg.AutomationCondition
@@ -57,6 +58,12 @@ def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.SourceAsset]) -
     return groups
 
 
+def automated(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """The asset with `missing_or_stale()` as its automation condition (an asset no sensor targets must not carry
+    one: Dagster would give it a default sensor of its own)."""
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=missing_or_stale()), [assets_def])[0]
+
+
 def automation_sensors(
     assets: Sequence[dg.AssetsDefinition | dg.SourceAsset],
     settings: Settings,
@@ -65,24 +72,26 @@ def automation_sensors(
     excluded: Iterable[dg.AssetKey] = (),
     minimum_interval_seconds: int = 30,
 ) -> list[dg.AutomationConditionSensorDefinition]:
-    """One automation sensor per node class over that class's assets (minus `excluded`); `running` ones start on."""
+    """One automation sensor per node class over that class's assets (minus `excluded`); `running` ones start on.
+    The assets carry their condition (`automated`); assets and checks without one are not evaluated."""
     running, excluded = set(running), set(excluded)
     sensors = []
     for node, keys in keys_by_node_class(assets).items():
-        keys = [key for key in keys if key not in excluded]
+        target = dg.AssetSelection.tag(NODE_TAG, node)
+        if excluded & set(keys):
+            target = target - dg.AssetSelection.assets(*sorted(excluded & set(keys), key=lambda k: k.to_user_string()))
         with warnings.catch_warnings():
-            # use_user_code_server and default_condition are beta parameters, chosen on purpose (see the module doc).
+            # use_user_code_server is a beta parameter, chosen on purpose (see the module doc).
             warnings.simplefilter("ignore", dg.BetaWarning)
             sensor = dg.AutomationConditionSensorDefinition(
                 SENSOR_NAMES[node],
-                # Checks run inside the runs of their assets; the sensor decides for assets only.
-                target=dg.AssetSelection.assets(*keys).without_checks(),
-                run_tags={**automated_run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
-                default_condition=missing_or_stale(),
+                target=target,
+                run_tags={**run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
                 use_user_code_server=True,
                 default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,
                 minimum_interval_seconds=minimum_interval_seconds,
-                description=f"Materializes what is missing or stale among the {node.upper()}-node assets, in runs tagged {NODE_TAG}={node}.",
+                description=f"Materializes what is missing or stale among the {node.upper()}-node assets (tag {NODE_TAG}={node}), in runs "
+                f"tagged {NODE_TAG}={node}. Stop it here, or start the web UI with SFTC_AUTOMATION=off, to keep it from running anything.",
             )
         sensors.append(sensor)
     return sensors

@@ -1,5 +1,6 @@
 """What every assets module shares: versions (code and settings), the run manifest as metadata, the stamp
-that marks what an asset writes, Markdown and plots."""
+that marks what an asset writes, figures for people (rounded, one line of summary, per partition), Markdown and
+plots."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import ast
 import base64
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +19,10 @@ from sftc_core.artifacts import Stamp
 from sftc_core.configs import PROJECT_ROOT
 from sftc_core.manifest import git_state, package_versions
 from sftc_core.settings import Settings
+from sftc_core.text import round_significant
+
+# The log record attribute carrying an asset's one-line summary (report_summary): `sftc run` prints it.
+SUMMARY_EXTRA = "sftc_summary"
 
 # What each asset's output depends on among the settings (dotted fields of Settings). A change to any of them
 # enters the asset's code version, so exactly that asset is stale (and what reads it, through its inputs).
@@ -112,6 +119,64 @@ def manifest_metadata(settings: Settings, asset: str) -> dict:
         "config_hash": manifest["config_hash"],
         "run_manifest": dg.MetadataValue.json(manifest),
     }
+
+
+# A date (or a range of them) filling a Markdown table cell: the web UI squeezes wide tables and would break it
+# at a hyphen ("2012-" over "09"); non-breaking hyphens keep it on one line.
+_TABLE_DATE = re.compile(r"(?<=\| )\d{4}-\d{2}(?:-\d{2})?(?:\.\.\d{4}-\d{2}(?:-\d{2})?)?(?= \|)")
+NON_BREAKING_HYPHEN = "\u2011"
+
+
+def unbroken_dates(markdown: str) -> str:
+    return _TABLE_DATE.sub(lambda match: match.group().replace("-", NON_BREAKING_HYPHEN), markdown)
+
+
+def rounded(value):
+    """Floats to 3 significant digits, inside JSON blocks too; dates in Markdown tables kept whole; counts, text
+    and the rest as they are."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return round_significant(value)
+    if isinstance(value, dg.FloatMetadataValue):
+        return dg.MetadataValue.float(round_significant(value.value)) if value.value is not None else value
+    if isinstance(value, dg.JsonMetadataValue):
+        return dg.MetadataValue.json(rounded(value.data))
+    if isinstance(value, dg.MarkdownMetadataValue) and value.value is not None:
+        return dg.MetadataValue.md(unbroken_dates(value.value))
+    if isinstance(value, dg.MetadataValue):  # paths, Markdown, text: as they are (some are tuples inside)
+        return value
+    if isinstance(value, Mapping):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item) for item in value]
+    return value
+
+
+def for_people(figures: Mapping[str, object]) -> dict:
+    """What every asset's figures pass through before they become metadata: floats to 3 significant digits, dates
+    in tables that do not wrap, and a JSON block without the figures already shown above it."""
+    shown = {name: rounded(value) for name, value in figures.items()}
+    scalars = {name: value for name, value in shown.items() if isinstance(value, (bool, int, float, str))}
+    for name, value in shown.items():
+        if isinstance(value, dg.JsonMetadataValue) and isinstance(value.data, dict):
+            shown[name] = dg.MetadataValue.json({k: v for k, v in value.data.items() if k not in scalars or scalars[k] != v})
+    return shown
+
+
+def asset_metadata(settings: Settings, asset: str, figures: Mapping[str, object]) -> dict:
+    """An asset's materialization metadata: its figures for people, then the run manifest (exact, not rounded)."""
+    return {**for_people(figures), **manifest_metadata(settings, asset)}
+
+
+def partition_metadata(context: dg.AssetExecutionContext, partition: str, figures: Mapping[str, object]) -> None:
+    """Figures of one partition of a run over several, on that partition's own materialization."""
+    context.add_asset_metadata(for_people(figures), partition_key=partition)
+
+
+def report_summary(context: dg.AssetExecutionContext, asset: str, text: str) -> None:
+    """The asset's key figures in one line: in the run's log, and at the end of the line `sftc run` prints for it."""
+    context.log.info(f"{asset}: {text}", extra={SUMMARY_EXTRA: text})
 
 
 def image_markdown(png_path: Path, alt: str) -> dg.MetadataValue:

@@ -4,8 +4,9 @@ Every asset declares a compute class: `cpu`, `gpu`, or `auto` (GPU when the prof
 bigger than what a CPU may handle: the toy model's work is CPU work). The node class becomes the asset
 tag `sftc/node` (the graph, the catalog and the sensors read it), the same op tag, and a
 `dagster-k8s/config` tag (node selector, tolerations, resources, `nvidia.com/gpu` limits) built from
-configs/cluster.yaml, read by the Kubernetes run launcher (run tags) and the step-per-pod executor (op
-tags). No Dagster here: the tags are plain strings.
+configs/cluster.yaml, read by the step-per-pod executor (op tags) and by the Kubernetes run launcher (run tags:
+only where SFTC_K8S_PLACEMENT says Kubernetes places the runs; elsewhere a run carries `sftc/node` alone).
+No Dagster here: the tags are plain strings.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 
 from sftc_core.configs import ClusterConfig, NodePool, ProfileConfig
 from sftc_core.settings import Placement, Settings
+from sftc_core.text import format_bytes
 
 ComputeClass = Literal["cpu", "gpu", "auto"]
 NodeClass = Literal["cpu", "gpu"]
@@ -63,13 +65,27 @@ def node_tags(node: NodeClass, cluster: ClusterConfig) -> dict[str, str]:
     return {NODE_TAG: node, K8S_CONFIG_TAG: json.dumps(k8s_config(node, cluster), sort_keys=True)}
 
 
-def automated_run_tags(node: NodeClass, placement: Placement, cluster: ClusterConfig) -> dict[str, str]:
-    """Run tags for automated runs of one node class. With a pod per step, the run's own pod only
-    orchestrates: it stays on the CPU pool (dagster-k8s gives step pods the op tags, not the run's),
-    while `sftc/node` still feeds the run queue's GPU limit."""
+def run_tags(node: NodeClass, placement: Placement, cluster: ClusterConfig) -> dict[str, str]:
+    """Run tags for the runs of one node class that a run launcher starts (sensors, the schedule, the nightly job):
+    `sftc/node` first, for people and the run queue; `dagster-k8s/config` only where Kubernetes places the runs.
+    With a pod per step, the run's own pod only orchestrates: it stays on the CPU pool (dagster-k8s gives step
+    pods the op tags, not the run's), while `sftc/node` still feeds the run queue's GPU limit."""
+    if placement == "none":
+        return {NODE_TAG: node}
     if placement == "step":
         return {**node_tags("cpu", cluster), NODE_TAG: node}
     return node_tags(node, cluster)
+
+
+def node_sentence(compute_class: ComputeClass, profile: ProfileConfig) -> str:
+    """Where an asset runs, in words, for its description in the web UI."""
+    node = node_class(compute_class, profile)
+    where = "the CPU node" if node == "cpu" else "a GPU node"
+    if compute_class != "auto":
+        return f"Runs on {where} (compute class {compute_class})."
+    size, limit = profile.compute.expected_checkpoint_bytes, profile.compute.cpu_max_checkpoint_bytes
+    checkpoint = f"this profile's checkpoint is {format_bytes(size)}" if size is not None else "this profile does not say how big its checkpoint is"
+    return f"Runs on {where} in the {profile.name} profile (compute class auto: a GPU node above a {format_bytes(limit)} checkpoint; {checkpoint})."
 
 
 def asset_placement(compute_class: ComputeClass, settings: Settings) -> dict:

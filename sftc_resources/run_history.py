@@ -30,14 +30,24 @@ def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.Asse
     return [entry.dagster_event.event_specific_data for entry in _records(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
 
 
+def failure_message(error) -> str:
+    """The message of the exception at the root of a step's error (Dagster's SerializableErrorInfo), without
+    Dagster's "error occurred while executing" wrappers and without the class name of a `dg.Failure`."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    return message.split(": ", 1)[1] if error.cls_name in _OWN_WORDS and ": " in message else message
+
+
+# Exceptions whose message is the project's own sentence: shown without their class name.
+_OWN_WORDS = {"Failure", "ValueError", "RuntimeError", "OSError", "FileNotFoundError", "ConfigError", "OutputError", "LaunchError", "CorpusError"}
+
+
 def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[StepFailure]:
-    failures = []
-    for entry in _records(instance, run_id, dg.DagsterEventType.STEP_FAILURE):
-        error = entry.dagster_event.event_specific_data.error
-        while error.cause is not None:
-            error = error.cause
-        failures.append(StepFailure(entry.dagster_event.step_key or "", error.message.strip()))
-    return failures
+    return [
+        StepFailure(entry.dagster_event.step_key or "", failure_message(entry.dagster_event.event_specific_data.error))
+        for entry in _records(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
+    ]
 
 
 # The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).

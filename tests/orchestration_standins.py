@@ -16,7 +16,7 @@ from sftc_core.settings import Settings, load_settings
 from sftc_jobs.chain import Chain
 from sftc_jobs.location import build_definitions
 from sftc_jobs.sensors import asset_node_class
-from sftc_resources.metadata import config_hash
+from sftc_resources.metadata import config_hash, partition_metadata
 from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import writing
@@ -65,7 +65,11 @@ def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str
                 else:
                     with atomic_dir(target, stamp) as staging:
                         (staging / "run.txt").write_text(context.run_id)
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(targets[0])), "rows": len(partitions)})
+        if partitions_def is None:
+            return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(targets[0])), "rows": 1})
+        for partition in partitions:  # as the real assets do: each partition's own figures on its materialization
+            partition_metadata(context, partition, {"path": dg.MetadataValue.path(str(settings.artifacts_of(name, partition)[0])), "rows": 1})
+        return dg.MaterializeResult()
 
     materialize.__name__ = name
     return dg.asset(

@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from sftc_assets.backtest.report import REPORT_FILES, sanity_problems
 from sftc_core.artifacts import DIR_MARKER
 from sftc_core.target_format import ACTIONS
+from sftc_core.text import format_share
 from sftc_jobs.cli import main as sftc
 
 
@@ -132,8 +133,10 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     # The figures people act on carry their uncertainty, baselines, horizon and sessions in the metadata too.
     assert metadata["verdict"].value == metrics["verdict"]["sentence"] and metadata["evidence_of_skill"].value == metrics["verdict"]["skill"]
     low, high = metrics["ci95"]["accuracy"]
-    assert metadata["accuracy_ci95"].value == f"{low * 100:.2f}% to {high * 100:.2f}%"
-    assert metadata["p_value_accuracy"].value == metrics["p_values"]["accuracy"] and metadata["p_value_ic"].value == metrics["p_values"]["ic"]
-    assert metadata["always_short_directional_accuracy"].value == metrics["baselines"]["always_short"]["directional_accuracy"]
-    assert metadata["majority_baseline_accuracy"].value == metrics["baselines"]["majority"]["accuracy"]
+    assert metadata["accuracy_ci95"].value == f"{format_share(low)} to {format_share(high)}"
+    # metadata figures to 3 significant digits; metrics.json keeps them exact
+    assert metadata["p_value_accuracy"].value == pytest.approx(metrics["p_values"]["accuracy"], rel=5e-3)
+    assert metadata["p_value_ic"].value == pytest.approx(metrics["p_values"]["ic"], rel=5e-3)
+    assert metadata["always_short_directional_accuracy"].value == pytest.approx(metrics["baselines"]["always_short"]["directional_accuracy"], rel=5e-3)
+    assert metadata["majority_baseline_accuracy"].value == pytest.approx(metrics["baselines"]["majority"]["accuracy"], rel=5e-3)
     assert metadata["horizon_sessions"].value == "5" and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]

@@ -19,6 +19,7 @@ from sftc_assets.backtest.report import compute_backtest, skill_verdict
 from sftc_assets.evaluation.results import read_eval_csv
 from sftc_core.configs import load_backtest_config
 from sftc_core.metrics import label_codes, scores_from_codes
+from sftc_core.text import format_share
 from sftc_jobs.cli import main as sftc
 from sftc_resources.prices import LocalPriceSource
 
@@ -116,7 +117,7 @@ def test_baselines_and_the_verdict(frame, source):
     assert metrics["uncertainty"] == {"method": "percentile bootstrap over theses; permutation of predicted actions",
                                       "resamples": 500, "permutations": 500, "seed": 0}
     # Mostly right by construction against a third for the majority: skill; the interval moved onto the baseline: none.
-    assert metrics["verdict"]["skill"] and metrics["verdict"]["sentence"].startswith(f"Evidence of skill: accuracy {metrics['accuracy'] * 100:.2f}% (95% CI ")
+    assert metrics["verdict"]["skill"] and metrics["verdict"]["sentence"].startswith(f"Evidence of skill: accuracy {format_share(metrics['accuracy'])} (95% CI ")
     no_skill = skill_verdict({**metrics, "ci95": {**metrics["ci95"], "accuracy": [0.2, 0.7]}})
     assert not no_skill["skill"] and "the interval does not lie above the baseline" in no_skill["sentence"]
     no_skill = skill_verdict({**metrics, "p_values": {**metrics["p_values"], "accuracy": 0.2}})
@@ -131,7 +132,7 @@ def test_the_report_puts_intervals_p_values_and_baselines_beside_the_figures(dat
     assert printed["verdict"] == metrics["verdict"]["sentence"] and printed["ci95"] == metrics["ci95"] and printed["p_values"] == metrics["p_values"]
     report = (data_dir / "report" / "report.md").read_text()
     low, high = metrics["ci95"]["accuracy"]
-    assert f"| accuracy | {metrics['accuracy'] * 100:.2f}% | {low * 100:.2f}% to {high * 100:.2f}% | {metrics['p_values']['accuracy']:.4f} | majority (always " in report
+    assert f"| accuracy | {format_share(metrics['accuracy'])} | {format_share(low)} to {format_share(high)} | {metrics['p_values']['accuracy']:.4f} | majority (always " in report
     assert f"| sharpe (annualised from {metrics['annualised_from_sessions']} sessions) | " in report
     assert "| cumulative_return | " in report and "| always long | always short | equal-weight buy-and-hold |" in report
     assert metrics["verdict"]["sentence"] in report

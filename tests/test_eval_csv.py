@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 
 import datasets
@@ -86,7 +87,7 @@ def test_generation_runs_on_the_configured_cpu_threads(source, monkeypatch):
 
     seen = []
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch=None):
         seen.append(torch.get_num_threads())  # a stand-in for the model: only the thread count is under test
         return OUTPUTS[: len(prompts)]
 
@@ -221,20 +222,33 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     _save_splits(data_dir / "hf_splits", RECORDS)
     mark_as_written("sft_model", data_dir / "models" / "sft")
     mark_as_written("hf_splits", data_dir / "hf_splits")
-    result = dg.materialize(
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(  # two months in one run, as `sftc run` does
         stage_definitions(assets.defs),
-        partition_key="2012-10",
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "2012-10", "dagster/asset_partition_range_end": "2012-11"},
         resources={"gpu": GpuResource(check_triton=False)},
         run_config=dg.RunConfig({"eval_csv": EvalRunConfig(max_new_tokens=4)}),
         raise_on_error=True,
     )
     assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(re.match(r"eval_csv 2012-10: 2/2 rows \(100%\), [\d.]+ rows/s, in [\d.]+ s", m) for m in messages), messages  # progress in the run's log
     written = read_eval_csv(data_dir / "eval" / "2012-10.csv")
     assert written["id"].tolist() == ["AAPL-2012-10-26-1", "MSFT-2012-10-26-0"]
-    (materialization,) = result.asset_materializations_for_node("eval_csv")
-    assert materialization.partition == "2012-10"
-    assert materialization.metadata["rows"].value == 2 and materialization.metadata["device"].value == "cpu"
+    # Each month's materialization, read back from the instance, describes that month only.
+    for month, ids in {"2012-10": ["AAPL-2012-10-26-1", "MSFT-2012-10-26-0"], "2012-11": ["AAPL-2012-11-21-3"]}.items():
+        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("eval_csv"), asset_partitions=[month]), limit=5).records
+        metadata = record.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == metadata["rows"].value == len(ids) == len(read_eval_csv(data_dir / "eval" / f"{month}.csv"))
+        assert metadata["path"].value == str(data_dir / "eval" / f"{month}.csv") and metadata["device"].value == "cpu"
+        preview = metadata["preview"].value
+        assert all(i in preview for i in ids) and "2012-09" not in preview and ("2012-11" in preview) == (month == "2012-11")
+        check_line = metadata["check eval_parse_rate"].value
+        assert check_line == "passed" if metadata["parse_rate"].value >= 0.5 else check_line.startswith("FAILED: parse rate ")
+        assert metadata["parse_rate"].value == read_eval_csv(data_dir / "eval" / f"{month}.csv")["parse_ok"].mean()
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "eval_parse_rate"
-    assert check.passed == (materialization.metadata["parse_rate"].value >= 0.5)
-    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", "2012-10.csv"]  # the month and its marker
+    rates = {m: instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("eval_csv"), asset_partitions=[m]), limit=1).records[0].asset_materialization.metadata["parse_rate"].value for m in ("2012-10", "2012-11")}
+    assert check.passed == all(rate >= 0.5 for rate in rates.values())
+    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", ".2012-11.csv.sftc.json", "2012-10.csv", "2012-11.csv"]

@@ -76,7 +76,7 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
 
 
 def test_placement_mode_is_validated():
-    assert load_settings(env={}).k8s_placement == "run"
+    assert load_settings(env={}).k8s_placement == "none"  # one machine unless a deployment says otherwise
     assert load_settings(env={"SFTC_K8S_PLACEMENT": "STEP"}).k8s_placement == "step"
     with pytest.raises(ConfigError, match="SFTC_K8S_PLACEMENT='pod'"):
         load_settings(env={"SFTC_K8S_PLACEMENT": "pod"})

@@ -64,7 +64,7 @@ def test_markdown_and_json_twin(tmp_path):
     assert "**Ready for GPU deployment: NO**" in markdown
     assert "- sft_model failed: step sft_model failed: out of memory" in markdown
     assert "| thesis_jsonl | PASS | 2 (2012-01..2012-02) | accepted_plus_rejected_equals_read PASS |" in markdown
-    assert "- parse_rate: 0.9877" in markdown and "- accepted: 64" in markdown
+    assert "- parse_rate: 0.988" in markdown and "- accepted: 64" in markdown
     assert "## Not tested without a GPU" in markdown and "nemo_model" in markdown
     assert "Commit: `abc123`" in markdown and "2026-01-02T02:00:05+00:00" in markdown
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))

@@ -22,6 +22,7 @@ from sftc_resources.routing import (
     asset_placement,
     node_class,
     node_tags,
+    run_tags,
 )
 
 
@@ -88,6 +89,15 @@ def test_run_tags_are_strings_dagster_k8s_accepts():
     tags = node_tags("gpu", load_cluster_config())
     assert all(isinstance(v, str) for v in tags.values())
     assert json.loads(tags[K8S_CONFIG_TAG])["container_config"]["resources"]["limits"][GPU_RESOURCE]
+
+
+def test_run_tags_carry_the_kubernetes_blob_only_where_kubernetes_places_runs():
+    cluster = load_cluster_config()
+    assert run_tags("gpu", "none", cluster) == {NODE_TAG: "gpu"}
+    assert run_tags("gpu", "run", cluster) == node_tags("gpu", cluster)
+    # a pod per step: the run's own pod orchestrates on the CPU pool, the queue still sees a GPU run
+    step = run_tags("gpu", "step", cluster)
+    assert step[NODE_TAG] == "gpu" and step[K8S_CONFIG_TAG] == node_tags("cpu", cluster)[K8S_CONFIG_TAG]
 
 
 def test_cluster_config_errors_name_file_and_field(tmp_path):

@@ -6,6 +6,7 @@ toy chain with `sftc run` twice and `sftc rerun`, as `make run` does."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,13 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
     first = _sftc(["run"], env, tmp_path)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     data = Path(env["SFTC_DATA_DIR"])
-    assert f"Validation report: {data / 'reports' / 'validation_report.md'}\n" in first.stdout
+    shown = data.relative_to(tmp_path) if data.is_relative_to(tmp_path) else data  # paths inside the working directory: relative
+    assert f"Validation report: {shown / 'reports' / 'validation_report.md'} (ready for GPU: YES)\n" in first.stdout
+    # What a person reads on the terminal: a line per run and per asset start and end, progress, the table; no
+    # Dagster event, no traceback (those are in the log file). Progress lines come every 30 s, however slow the machine.
+    terminal = (first.stdout + first.stderr).splitlines()
+    progress = [line for line in terminal if re.match(r"(training|eval_csv \d{4}-\d{2}|parsing theses|raw_xml: writing theses): ", line)]
+    assert len(terminal) - len(progress) <= 50 and not any("DEBUG" in line or "Traceback" in line for line in terminal), "\n".join(terminal)
     assert "Ready for GPU deployment: YES" in (data / "reports" / "validation_report.md").read_text()
     assert (data / "backtest" / "report.md").is_file()
 
@@ -106,6 +113,7 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
     assert second.returncode == 0, second.stderr[-4000:]
     rows = [line for line in second.stdout.splitlines() if line.startswith("| ") and "asset" not in line]
     assert rows and all("| up to date |" in row for row in rows), second.stdout
+    assert len((second.stdout + second.stderr).splitlines()) <= 20, second.stdout + second.stderr
 
     outside, inside = data / "jsonl" / "2012-06.jsonl", data / "jsonl" / "2012-10.jsonl"
     outside_mtime, inside_mtime = outside.stat().st_mtime_ns, inside.stat().st_mtime_ns

@@ -79,6 +79,18 @@ def test_a_range_of_months_in_one_run_matches_month_by_month(data_dir, external_
         data_dir, instance, tags={"dagster/asset_partition_range_start": "2012-01", "dagster/asset_partition_range_end": "2012-03"}
     )
     assert set(metadata_of(ranged, "thesis_jsonl")) == {"2012-01", "2012-02", "2012-03"}
+    # Each month's materialization, read back from the instance, carries that month's own figures.
+    def stored(asset: str, month: str) -> dict:
+        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[month]), limit=5).records
+        return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+    january, february = stored("thesis_jsonl", "2012-01"), stored("thesis_jsonl", "2012-02")
+    assert (january["dagster/row_count"], january["read"], january["rejected"]) == (2, 3, 1)
+    assert (february["dagster/row_count"], february["read"], february["rejected"]) == (1, 3, 2)
+    assert "MSFT-2012-01-11" in january["preview"] and "IBM-2012-02-02" not in january["preview"]
+    assert january["path"] == str(paths.jsonl_month("2012-01")) and january[f"check {COUNTS_CHECK}"] == "passed"
+    assert stored("thesis_jsonl", "2012-03")["dagster/row_count"] == 0
+    assert [stored("raw_xml", m)["files"] for m in ("2012-01", "2012-02", "2012-03")] == [1, 3, 0]
     assert len(ranged.get_asset_materialization_events()) == 6  # one run: three months of both assets
     assert read_jsonl(paths.jsonl_month("2012-03")) == [] and read_jsonl(paths.rejects_month("2012-03")) == []
     def data_files() -> dict:  # the records and rejects (their markers and locks record when, not what)

@@ -1,4 +1,4 @@
-"""The thesis XML parser against spec/thesis-xml.md: shapes, fields, rejects, duplicates, security,
+"""The thesis XML parser against docs/thesis-xml.md: shapes, fields, rejects, duplicates, security,
 encodings, size limit, determinism, monthly grouping, and the committed sample corpus."""
 
 from __future__ import annotations

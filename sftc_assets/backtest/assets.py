@@ -10,11 +10,23 @@ from sftc_assets.evaluation import results
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
 from sftc_resources import prices as price_sources
-from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
+from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import data_version, writing
 
-GROUP = "evaluation"
+GROUP = "backtest"
+
+
+def _summary(figures: dict) -> str:
+    """`accuracy 28.9% (95% CI 21.1% to 36.7%, majority 27.3%), Sharpe 1.56, return 8.52% (benchmark -6.6%); no evidence of skill`."""
+    pf, bm = figures["portfolio"], figures["benchmark"]
+    return (
+        f"accuracy {report.fmt('accuracy', figures['accuracy'])} (95% CI {report.interval_text('accuracy', figures['ci95'].get('accuracy'))}, "
+        f"majority {report.fmt('accuracy', figures['majority_baseline_accuracy'])}), "
+        f"Sharpe {report.fmt('sharpe', pf.get('sharpe'))}, return {report.fmt('cumulative_return', pf.get('cumulative_return'))} "
+        f"(benchmark {report.fmt('cumulative_return', bm.get('cumulative_return'))}); "
+        + ("evidence of skill" if figures["verdict"]["skill"] else "no evidence of skill")
+    )
 
 
 def defs(settings: Settings) -> dg.Definitions:
@@ -54,6 +66,7 @@ def defs(settings: Settings) -> dg.Definitions:
             figures = report.run_backtest(files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp,
                                           sample_corpus=sample_corpus, cues=cues)
         pf, bm, baselines = figures["portfolio"], figures["benchmark"], figures["baselines"]
+        report_summary(context, "backtest_report", _summary(figures))
         headline = {name: figures[name] for name in report.HEADLINE}
         series = {f"portfolio_{k}": pf.get(k) for k in ("cumulative_return", "sharpe", "max_drawdown", "turnover")}
         series |= {f"benchmark_{k}": bm.get(k) for k in ("cumulative_return", "sharpe", "max_drawdown")}
@@ -61,7 +74,7 @@ def defs(settings: Settings) -> dg.Definitions:
         intervals = {f"{name}_ci95": report.interval_text(name, interval) for name, interval in figures["ci95"].items()}
         p_values = {f"p_value_{name}": value for name, value in figures["p_values"].items()}
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "backtest_report", {
                 "path": dg.MetadataValue.path(str(paths.backtest)),
                 "rows": figures["rows"],
                 "months": len(figures["per_month"]),
@@ -80,8 +93,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "equity_curve": image_markdown(paths.backtest / "equity_curve.png", "equity curve"),
                 "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
                 "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
-                **manifest_metadata(settings, "backtest_report"),
-            },
+            }),  # fmt: skip
             data_version=data_version([paths.backtest]),
         )
 

@@ -1,4 +1,4 @@
-"""The portfolio backtest of spec/eval-and-backtest.md, vectorised over positions.
+"""The portfolio backtest of docs/eval-and-backtest.md, vectorised over positions.
 
 Each thesis with a non-zero score is a position from the close of entry_date to the close of exit_date with
 signed weight = score. On each session the book returns the weighted mean of the open positions' daily

@@ -40,6 +40,7 @@ from sftc_core.metrics import (
     drawn_classification,
 )
 from sftc_core.target_format import ACTIONS
+from sftc_core.text import format_number, format_share
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html", "equity_curve.png", "confusion.png")
 HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")
@@ -228,15 +229,12 @@ def _json_safe(value):
 
 
 def fmt(name: str, value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if name == "p":
+    """A figure for people: 3 significant digits, a percentage for shares and returns, a p-value to 4 decimals."""
+    if name == "p" and isinstance(value, float):
         return f"{value:.4f}"
-    return f"{value * 100:.2f}%" if name in PERCENT_FIGURES else f"{value:.3f}"
+    if isinstance(value, float) and name in PERCENT_FIGURES:
+        return format_share(value)
+    return format_number(value)
 
 
 # What the figures people read most are, in one line each (the report's "Definitions").

@@ -1,4 +1,4 @@
-"""Intervals, permutation tests and baselines beside the backtest's figures (spec/eval-and-backtest.md, v2).
+"""Intervals, permutation tests and baselines beside the backtest's figures (docs/eval-and-backtest.md).
 
 - Bootstrap (`bootstrap_intervals`): each resample draws the test theses (rows) with replacement; every figure is
   computed over the rows drawn (a row drawn twice counts twice, and is a position of twice its weight when the

@@ -10,8 +10,8 @@ from sftc_assets.checkpoints import convert, toy_model, verify
 from sftc_assets.sft_data import nemo_export
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_core.settings import Settings
-from sftc_core.text import format_bytes, markdown_table
-from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_core.text import format_bytes, format_number, markdown_table
+from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
 from sftc_resources.writes import data_version, writing
@@ -47,8 +47,9 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
             texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
             summary = toy_model.make_toy_checkpoint(paths.base_checkpoint, texts, seed=model.seed, fp8=True, vocab_size=model.vocab_size, stamp=stamp)
         context.log.info("toy FP8 checkpoint: %s", summary)
+        report_summary(context, "base_checkpoint", f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards, {format_bytes(summary['total_bytes'])}")
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "base_checkpoint", {
                 "path": dg.MetadataValue.path(summary["path"]),
                 "parameters": summary["parameters"],
                 "tensors": summary["tensors"],
@@ -60,8 +61,7 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
                 "tokenizer_vocab": summary["tokenizer_vocab"],
                 "corpus_texts": summary["corpus_texts"],
                 "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-                **manifest_metadata(settings, "base_checkpoint"),
-            },
+            }),  # fmt: skip
             data_version=data_version([paths.base_checkpoint]),
         )
 
@@ -111,11 +111,15 @@ def defs(settings: Settings) -> dg.Definitions:
         with writing(settings, "bf16_checkpoint", [paths.bf16_checkpoint], inputs=[("base_checkpoint", None)]) as stamp:
             plan = convert.plan_conversion(source)  # a bad checkpoint fails here, before the gate and before any work
             device = gpu.choose_device("bf16_checkpoint", plan.input_bytes, settings.profile.compute.cpu_max_checkpoint_bytes)
-            summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device, stamp=stamp)
+            summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device, stamp=stamp, progress_log=context.log.info)
         context.log.info("conversion: %s", {k: v for k, v in summary.items() if k != "shard_sha256"})
+        report_summary(
+            context, "bf16_checkpoint",
+            f"{summary['dequantized_tensors']} FP8 tensors dequantized, {format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])} on {summary['device']}/{summary['method']}",
+        )  # fmt: skip
         rows = [{**row, "sha256": summary["shard_sha256"][row["shard"]][:SHORT_HASH]} for row in verify.shard_table(paths.bf16_checkpoint)]
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "bf16_checkpoint", {
                 "path": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
                 "device": summary["device"],
                 "method": summary["method"],
@@ -130,8 +134,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "gb_per_s": summary["gb_per_s"],
                 "shard_table": _table(rows),
                 "gpu": gpu.probe().describe(),
-                **manifest_metadata(settings, "bf16_checkpoint"),
-            },
+            }),  # fmt: skip
             data_version=data_version([paths.bf16_checkpoint]),
         )
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import torch
-from tqdm import tqdm
 
 from sftc_assets.checkpoints.fp8 import (
     FP8_BLOCK,
@@ -45,6 +44,7 @@ from sftc_assets.checkpoints.safetensors_io import (
     tensor_bytes,
 )
 from sftc_core.io import BeforeSwap, atomic_write_json, normalise_modes, replace_dir
+from sftc_core.progress import BYTES, Tracker
 from sftc_core.threads import torch_threads
 
 logger = logging.getLogger(__name__)
@@ -251,11 +251,13 @@ def staging_dir(output: Path) -> Path:
 
 
 def convert_fp8_checkpoint(
-    source: Path | str, output: Path | str, *, device: Device = "auto", progress: bool = True, stamp: BeforeSwap | None = None
+    source: Path | str, output: Path | str, *, device: Device = "auto", progress: bool = True, stamp: BeforeSwap | None = None,
+    progress_log: Callable[[str], None] | None = None,
 ) -> dict:
     """Convert the FP8 checkpoint `source` into a BF16 checkpoint at `output` (replaced whole when done).
 
-    Returns a summary: shards (converted / resumed), tensors, bytes, seconds, GB/s, device and method.
+    Returns a summary: shards (converted / resumed), tensors, bytes, seconds, GB/s, device and method. Progress
+    over the bytes: a bar on a command's terminal (unless `progress` is False), a line now and then to `progress_log`.
     """
     source, output = Path(source), Path(output)
     if output.resolve() == source.resolve():
@@ -269,14 +271,8 @@ def convert_fp8_checkpoint(
     todo = [s for s in plan.shards if s.filename not in done]
     started = time.perf_counter()
     # One core computes while the writer thread writes and hashes: more OpenMP workers would only fight it.
-    with torch_threads(1 if device_used == "cpu" else None), tqdm(
-        total=sum(s.input_bytes for s in todo),
-        unit="B",
-        unit_scale=True,
-        desc=f"convert-fp8 {device_used}/{method}",
-        disable=not progress,
-        mininterval=1.0,
-    ) as bar:
+    total = sum(s.input_bytes for s in todo)
+    with torch_threads(1 if device_used == "cpu" else None), Tracker(f"convert-fp8 {device_used}/{method}", total, BYTES, log=progress_log, bar=progress) as bar:
         for shard in todo:
             done[shard.filename] = _convert_shard(shard, staging, dequantize, bar, delay)
             atomic_write_json(staging / STATE_NAME, {"fingerprint": plan.fingerprint, "done": done})
@@ -362,7 +358,7 @@ def _header_matches(path: Path, shard: PlannedShard) -> bool:
     return [TensorSpec(t.name, t.dtype, t.shape) for t in written.values()] == [t.output for t in shard.tensors]
 
 
-def _convert_shard(shard: PlannedShard, staging: Path, dequantize: Dequantize, bar: tqdm, delay: float) -> dict:
+def _convert_shard(shard: PlannedShard, staging: Path, dequantize: Dequantize, bar: Tracker, delay: float) -> dict:
     final = staging / shard.filename
     tmp = staging / f".{shard.filename}.tmp"
     files: dict[Path, BinaryIO] = {}
@@ -388,7 +384,7 @@ def _convert_shard(shard: PlannedShard, staging: Path, dequantize: Dequantize, b
                             writer.write(tensor_bytes(block))
                     if writer.written - before != tensor.output.nbytes:
                         raise CheckpointError(f"{tensor.source_path}: tensor {tensor.output.name} gave {writer.written - before} bytes, expected {tensor.output.nbytes}")
-                    bar.update(tensor.input_bytes)
+                    bar.advance(tensor.input_bytes)
                     if delay:
                         time.sleep(delay)
             fh.flush()

@@ -13,8 +13,7 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sftc_assets.evaluation.completions import (
@@ -22,7 +21,7 @@ from sftc_assets.evaluation.completions import (
     CompletionsClient,
     Decoding,
     EndpointError,
-    Progress,
+    OnProgress,
     answer_all,
 )
 from sftc_assets.evaluation.servers import (
@@ -110,7 +109,7 @@ class ServedAnswers:
     def tags_stripped(self) -> bool:
         return not self.decoding.keep_special_tokens
 
-    def answer(self, prompts: Sequence[str], staging: Path | None, on_progress: Callable[[Progress], None] | None = None) -> list[str]:
+    def answer(self, prompts: Sequence[str], staging: Path | None, on_progress: OnProgress | None = None) -> list[str]:
         keys = [request_key(self.fingerprint, self.decoding.body(p)) for p in prompts]
         store = AnswerStaging(staging) if staging is not None else None
         answered = store.load() if store is not None else {}
@@ -138,14 +137,11 @@ class InProcessAnswers:
         self.max_new_tokens, self.batch_size, self.cpu_threads = max_new_tokens, batch_size, cpu_threads
         self.about = {**about, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
-    def answer(self, prompts: Sequence[str], staging: Path | None = None, on_progress: Callable[[Progress], None] | None = None) -> list[str]:
+    def answer(self, prompts: Sequence[str], staging: Path | None = None, on_progress: OnProgress | None = None) -> list[str]:
         log.info("generating in process for %d prompts (batch %d, up to %d new tokens)", len(prompts), self.batch_size, self.max_new_tokens)
-        start = time.monotonic()
+        on_batch = (lambda done: on_progress(done, len(prompts), 0)) if on_progress else None
         with torch_threads(self.cpu_threads):
-            texts = generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        if on_progress:
-            on_progress(Progress(len(prompts), len(prompts), time.monotonic() - start))
-        return texts
+            return generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, on_batch)
 
 
 def load_model(model_dir: Path | str, device: str = "cpu"):

@@ -12,10 +12,11 @@ import pandas as pd
 
 from sftc_assets.evaluation import answers, completions, evaluate, results, servers
 from sftc_core.metrics import classification_metrics
+from sftc_core.progress import reporting
 from sftc_core.settings import Settings
-from sftc_core.text import markdown_table
+from sftc_core.text import format_number, format_share, markdown_table
 from sftc_resources import prices as price_sources
-from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
 from sftc_resources.partitions import month_partitions
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement
@@ -94,13 +95,13 @@ def defs(settings: Settings) -> dg.Definitions:
             with answering as answerer:
                 for month in months:
                     month_records = records[records["as_of_date"].str[:7] == month].reset_index(drop=True)
-                    progress = completions.every(settings.eval_config.client.progress_every_seconds, lambda p, m=month: context.log.info("%s: %s", m, p.line()))
-                    frame = evaluate.evaluate_to_csv(month_records, answerer, source, settings.sft, paths.eval_month(month),
-                                                     staging=paths.eval_staging(month), calendar=settings.prices.calendar,
-                                                     on_progress=progress, stamp=stamp)  # fmt: skip
+                    every_s = settings.eval_config.client.progress_every_seconds
+                    with reporting(f"eval_csv {month}", "row", log=context.log.info, every_s=every_s) as report:
+                        frame = evaluate.evaluate_to_csv(month_records, answerer, source, settings.sft, paths.eval_month(month),
+                                                         staging=paths.eval_staging(month), calendar=settings.prices.calendar,
+                                                         on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp)  # fmt: skip
                     by_month[month] = _month_figures(frame)
                     frames.append(frame)
-                    context.log.info("%s: %s", month, by_month[month])
         except (completions.EndpointError, servers.ServerError) as exc:
             # The months before it are written; the failing month's answers so far stay staged for the re-run.
             raise dg.Failure(f"eval_csv: {exc}; answers received are kept under {paths.eval_staging_dir} and a re-run resumes", allow_retries=False) from exc
@@ -117,7 +118,7 @@ def defs(settings: Settings) -> dg.Definitions:
         check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
         description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
         "server (transformers serve for the toy, vLLM/SGLang on GPU nodes, or evaluation.endpoint), the parsed action and the "
-        "forward return (spec/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
+        "forward return (docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
         **asset_placement("auto", settings),
     )
     def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
@@ -136,26 +137,24 @@ def defs(settings: Settings) -> dg.Definitions:
             check_name=PARSE_RATE_CHECK,
             passed=not low,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=f"months below a parse rate of {min_parse_rate:.0%}: {', '.join(low)}" if low else None,
+            description=f"months below a parse rate of {format_share(min_parse_rate)}: {', '.join(low)}" if low else None,
             metadata={"min_parse_rate": min_parse_rate, "parse_rate_by_month": dg.MetadataValue.json({m: f["parse_rate"] for m, f in by_month.items()})},
         )
-        head = next((f for f in frames if len(f)), frames[0]).head(PREVIEW_ROWS)
-        preview = markdown_table(head.astype(str).to_dict("records"), ["id", "true_action", "predicted_action", "forward_return", "return_status", "raw_output"])
-        single = by_month[months[0]] if len(months) == 1 else None
-        figures = single or _month_figures(pd.concat(frames, ignore_index=True))
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(paths.eval_month(months[0]) if len(months) == 1 else paths.eval_dir)),
-                "months": ", ".join(months),
-                "dagster/row_count": total,
+        preview_columns = ["id", "true_action", "predicted_action", "forward_return", "return_status", "raw_output"]
+        for month, frame in zip(months, frames):
+            figures = by_month[month]
+            rate_check = "passed" if month not in low else f"FAILED: parse rate {format_share(figures['parse_rate'])} < {format_share(min_parse_rate)}"
+            partition_metadata(context, month, {
+                "path": dg.MetadataValue.path(str(paths.eval_month(month))),
+                "dagster/row_count": figures["rows"],
                 **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
-                "device": device,
-                **answered_by,
-                "by_month": dg.MetadataValue.md(markdown_table([{"month": m, **f} for m, f in by_month.items()])),
-                "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata(settings, "eval_csv"),
-            },
-            check_results=[check],
-        )
+                f"check {PARSE_RATE_CHECK}": rate_check if figures["rows"] else "no rows",
+                "preview": dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS).astype(str).to_dict("records"), preview_columns)),
+            })  # fmt: skip
+        window = _month_figures(pd.concat(frames, ignore_index=True))
+        rates = f", parse rate {format_share(window['parse_rate'])}, accuracy {format_share(window['accuracy'])}" if window["rows"] else ""
+        report_summary(context, "eval_csv", f"{format_number(total)} rows{rates}")
+        # What answered holds for every month of the run; each month's figures are on its own partition.
+        return dg.MaterializeResult(metadata=asset_metadata(settings, "eval_csv", {"device": device, **answered_by}), check_results=[check])
 
     return dg.Definitions(assets=[eval_csv])

@@ -65,40 +65,8 @@ class Completion:
     finish_reason: str | None
 
 
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    elapsed_s: float
-    resumed: int = 0
-
-    @property
-    def rows_per_s(self) -> float:
-        answered = self.done - self.resumed
-        return answered / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        rate = self.rows_per_s
-        return (self.total - self.done) / rate if rate > 0 else None
-
-    def line(self) -> str:
-        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
-        resumed = f" ({self.resumed} resumed)" if self.resumed else ""
-        return f"{self.done}/{self.total} rows{resumed}, {self.rows_per_s:.2f} rows/s{eta}"
-
-
-def every(seconds: float, report: Callable[[Progress], None]) -> Callable[[Progress], None]:
-    """`report` at most once per `seconds`, and for the last row (progress lines in a log)."""
-    last = [-float("inf")]
-
-    def throttled(progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.done == progress.total or now - last[0] >= seconds:
-            last[0] = now
-            report(progress)
-
-    return throttled
+# on_progress(done, total, resumed): rows answered of the total, of which `resumed` were staged before this run.
+OnProgress = Callable[[int, int, int], None]
 
 
 def base_url(url: str) -> str:
@@ -210,7 +178,7 @@ def answer_all(
     prompts: Mapping[str, str],
     concurrency: int,
     on_answer: Callable[[str, Completion], None],
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: OnProgress | None = None,
     resumed: int = 0,
     total: int | None = None,
 ) -> None:
@@ -221,9 +189,9 @@ def answer_all(
     count towards the progress of `total`.
     """
     total = total if total is not None else len(prompts) + resumed
-    start, done = time.monotonic(), resumed
+    done = resumed
     if on_progress:
-        on_progress(Progress(done, total, 0.0, resumed))
+        on_progress(done, total, resumed)
     todo = iter(prompts.items())
     keys: dict[Future, str] = {}
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="completions") as pool:
@@ -254,7 +222,7 @@ def answer_all(
                 on_answer(key, future.result())
                 done += 1
                 if on_progress:
-                    on_progress(Progress(done, total, time.monotonic() - start, resumed))
+                    on_progress(done, total, resumed)
                 if not failed:
                     submit_next()
     if error is not None:

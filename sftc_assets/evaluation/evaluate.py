@@ -1,5 +1,5 @@
 """From the test split to the rows of the eval CSV: the test theses, the model's answers, the parsed action and
-the forward return (spec/eval-and-backtest.md).
+the forward return (docs/eval-and-backtest.md).
 
 `evaluate_records` is the one path from test records to the CSV frame (the `sftc evaluate` command and the
 `eval_csv` asset both call it); the answers come from answers.py (a served endpoint, or the in-process
@@ -9,14 +9,14 @@ fallback); results.py writes and reads the file.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sftc_assets.evaluation.answers import AnswerStaging
-from sftc_assets.evaluation.completions import Progress
+from sftc_assets.evaluation.completions import OnProgress
 from sftc_assets.evaluation.results import SORT_KEYS, write_eval_csv
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_assets.sft_data.splits import load_splits
@@ -107,7 +107,7 @@ def test_prompts(records: pd.DataFrame, sft_config: SftConfig) -> list[str]:
 
 
 def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, *, calendar: str = "XNYS",
-                     staging: Path | None = None, on_progress: Callable[[Progress], None] | None = None) -> pd.DataFrame:  # fmt: skip
+                     staging: Path | None = None, on_progress: OnProgress | None = None) -> pd.DataFrame:  # fmt: skip
     """The model's answer to each record's prompt (`answers`: answers.ServedAnswers or InProcessAnswers, staged
     under `staging`; None when there are no records), the parsed action and the forward return."""
     outputs = answers.answer(test_prompts(records, sft_config), staging, on_progress) if len(records) else []
@@ -116,7 +116,7 @@ def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_co
 
 
 def evaluate_to_csv(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, csv_path: Path, *,
-                    staging: Path | None = None, calendar: str = "XNYS", on_progress: Callable[[Progress], None] | None = None,
+                    staging: Path | None = None, calendar: str = "XNYS", on_progress: OnProgress | None = None,
                     stamp: BeforeSwap | None = None) -> pd.DataFrame:  # fmt: skip
     """evaluate_records, then the CSV written whole (atomically, with `stamp`'s marker) and the staged answers
     dropped: a run interrupted before this point resumes from the staging file."""

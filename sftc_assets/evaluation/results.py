@@ -1,4 +1,4 @@
-"""The evaluation CSV (spec/eval-and-backtest.md): one row per test thesis with the model's answer and the
+"""The evaluation CSV (docs/eval-and-backtest.md): one row per test thesis with the model's answer and the
 forward return. `write_eval_csv` is the one writer, `read_eval_csv` the one reader (the backtest uses it),
 strict about the format: a bad value is an error naming the file, the row and the column.
 """

@@ -11,7 +11,7 @@ from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import input_problems, writing
 
@@ -31,6 +31,25 @@ def _figures(metadata: dict) -> dict:
             figures[name.removeprefix("dagster/")] = value.value
         elif isinstance(value, dg.TextMetadataValue) and len(value.value) <= _MAX_TEXT_FIGURE:
             figures[name] = value.value
+    return figures
+
+
+def _window_figures(materializations: list[dg.EventLogRecord]) -> dict:
+    """The figures of a stage over every partition: each partition's latest materialization (newest first in
+    `materializations`), counts summed, other figures kept where every partition agrees."""
+    latest: dict[str | None, dict] = {}
+    for record in materializations:
+        latest.setdefault(record.partition_key, _figures(dict(record.asset_materialization.metadata)))
+    if len(latest) <= 1:
+        return next(iter(latest.values()), {})
+    parts = list(latest.values())
+    figures = {}
+    for name in dict.fromkeys(name for part in parts for name in part):
+        values = [part.get(name) for part in parts]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            figures[name] = sum(values)
+        elif all(v == values[0] for v in values):
+            figures[name] = values[0]
     return figures
 
 
@@ -92,7 +111,7 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
         partitions=partitions,
         materialized_at=dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).isoformat(timespec="seconds") if latest else None,
         run_id=latest.run_id if latest else None,
-        figures=_figures(dict(latest.asset_materialization.metadata)) if latest else {},
+        figures=_window_figures(materializations),
         checks=_checks(evaluations),
         error="; ".join(errors) or None,
     )
@@ -127,8 +146,9 @@ def defs(settings: Settings) -> dg.Definitions:
         with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
             md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)
         context.log.info("validation report %s: ready for GPU %s", md_path, "YES" if report["ready_for_gpu"] else "NO")
+        report_summary(context, "validation_report", f"ready for GPU: {'YES' if report['ready_for_gpu'] else 'NO'} ({report['passed']} stages passed, {report['failed']} failed, {report['not_run']} not run)")
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "validation_report", {
                 "path": dg.MetadataValue.path(str(md_path)),
                 "json_path": dg.MetadataValue.path(str(json_path)),
                 "ready_for_gpu": report["ready_for_gpu"],
@@ -136,8 +156,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "stages_failed": report["failed"],
                 "stages_not_run": report["not_run"],
                 "report": dg.MetadataValue.md(validation.render_markdown(report)),
-                **manifest_metadata(settings, "validation_report"),
-            }
+            })  # fmt: skip
         )
 
     @dg.asset_check(asset=validation_report, description="The report says the toy chain is ready for GPU deployment.")

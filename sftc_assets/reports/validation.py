@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
-from sftc_core.text import markdown_table
+from sftc_core.text import format_number, markdown_table
 
 # The toy chain in dependency order (asset keys of the design); the NeMo import is the one GPU-only asset.
 CHAIN_STAGES = (
@@ -158,7 +158,7 @@ def build_report(
 
 
 def _figure_text(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return format_number(value) if isinstance(value, float) else str(value)
 
 
 def render_markdown(report: dict) -> str:

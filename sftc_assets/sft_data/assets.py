@@ -1,23 +1,34 @@
 """The fine-tuning data assets: `hf_splits` (time splits of every thesis record) and `nemo_jsonl` (the NeMo files,
 with token lengths measured by base_checkpoint's tokenizer)."""
 
+from collections import Counter
+
 import dagster as dg
 
 from sftc_assets.sft_data import nemo_export, splits
 from sftc_core.io import read_jsonl
 from sftc_core.nemo_format import NEMO_FILES, file_problems, split_file
 from sftc_core.settings import Settings
-from sftc_core.text import markdown_table
-from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_core.text import format_number, markdown_table
+from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import data_version, writing
 
-GROUP = "data"
+GROUP = "sft_data"
 PREVIEW_ROWS = 3
 
 
 def _preview(rows: list[dict], columns: list[str]) -> str:
     return markdown_table([{c: row[c] for c in columns} for row in rows], columns, max_cell=120)
+
+
+def _records_by_month(dataset) -> list[dict]:
+    """Records per month of as_of_date in each split."""
+    by_month: dict[str, dict] = {}
+    for name in splits.SPLITS:
+        for month, count in sorted(Counter(date[:7] for date in dataset[name]["as_of_date"]).items()):
+            by_month.setdefault(month, {"month": month, **dict.fromkeys(splits.SPLITS, 0)})[name] = count
+    return [by_month[month] for month in sorted(by_month)]
 
 
 def _has_tokenizer(checkpoint_dir) -> bool:
@@ -48,23 +59,28 @@ def defs(settings: Settings) -> dg.Definitions:
         # The target in a code block: its tags would be taken for HTML in a table.
         preview = "\n\n".join([*tables, f"**first train target**\n\n```\n{dataset['train'][0]['output']}\n```"])
         ranges = summary["date_ranges"]
+        counts = summary["counts"]
+        dropped, purged = sum(summary["dropped_by_embargo"].values()), sum(summary["purged"].values())
+        report_summary(context, "hf_splits", ", ".join(f"{name} {format_number(counts[name])}" for name in splits.SPLITS)
+                       + f" ({format_number(purged)} purged, {format_number(dropped)} embargoed)")  # fmt: skip
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "hf_splits", {
                 "path": dg.MetadataValue.path(str(paths.hf_splits)),
                 "records": summary["records"],
                 "dagster/row_count": sum(summary["counts"].values()),
                 **{f"{name}_count": count for name, count in summary["counts"].items()},
                 **{f"{name}_dates": f"{ranges[name]['first']}..{ranges[name]['last']}" for name in splits.SPLITS},
                 "embargo_days": summary["embargo_days"],
-                "purged": sum(summary["purged"].values()),
+                "purged": purged,
                 **{f"purged_from_{name}": count for name, count in summary["purged"].items()},
-                "dropped_by_embargo": sum(summary["dropped_by_embargo"].values()),
+                "dropped_by_embargo": dropped,
                 "outside_windows": sum(summary["outside_windows"].values()),
                 "max_label_span_days": summary["max_label_span_days"],
                 "actions": dg.MetadataValue.json(summary["actions"]),
+                # The whole window at a glance: what each month of thesis_jsonl became.
+                "records_by_month": dg.MetadataValue.md(markdown_table(_records_by_month(dataset))),
                 "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata(settings, "hf_splits"),
-            },
+            }),  # fmt: skip
             data_version=data_version([paths.hf_splits]),
         )
 
@@ -93,9 +109,12 @@ def defs(settings: Settings) -> dg.Definitions:
         with writing(settings, "nemo_jsonl", [paths.nemo_jsonl], inputs=[("hf_splits", None), ("base_checkpoint", None)]) as stamp:
             summary = nemo_export.export_nemo(paths.hf_splits, paths.nemo_jsonl, settings.sft, tokenizer_path=tokenizer_dir, stamp=stamp)
         context.log.info("NeMo lines %s, tokenizer %s", summary["counts"], tokenizer_dir)
+        lines = sum(summary["counts"].values())
+        stats = summary["token_stats"]
+        tokens = f"; prompts p95 {format_number(stats['prompt']['p95'])} tokens, {stats['truncated']} truncated" if stats else "; token lengths not measured"
+        report_summary(context, "nemo_jsonl", f"{format_number(lines)} lines{tokens}")
         first = read_jsonl(split_file(paths.nemo_jsonl, "train"))[:1]
         preview = "\n\n".join(f"**input**\n\n```\n{row['input']}\n```\n\n**output**\n\n```\n{row['output']}\n```" for row in first)
-        stats = summary["token_stats"]
         token_metadata = (
             {
                 "prompt_tokens_p95": stats["prompt"]["p95"],
@@ -107,14 +126,13 @@ def defs(settings: Settings) -> dg.Definitions:
             else {"token_stats": f"not measured: no tokenizer at {settings.base_checkpoint_dir}"}
         )
         return dg.MaterializeResult(
-            metadata={
+            metadata=asset_metadata(settings, "nemo_jsonl", {
                 "path": dg.MetadataValue.path(str(paths.nemo_jsonl)),
-                "dagster/row_count": sum(summary["counts"].values()),
+                "dagster/row_count": lines,
                 **{f"{name}_lines": count for name, count in summary["counts"].items()},
                 **token_metadata,
                 "preview": dg.MetadataValue.md(preview),
-                **manifest_metadata(settings, "nemo_jsonl"),
-            },
+            }),  # fmt: skip
             data_version=data_version([paths.nemo_jsonl]),
         )
 

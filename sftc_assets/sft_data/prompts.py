@@ -42,7 +42,7 @@ def build_input(record: Mapping, sft_config: SftConfig) -> str:
 
 
 def build_example(record: Mapping, sft_config: SftConfig) -> dict[str, str]:
-    """A thesis record (spec/thesis-xml.md) as `{instruction, input, output}`."""
+    """A thesis record (docs/thesis-xml.md) as `{instruction, input, output}`."""
     return {
         "instruction": sft_config.prompt.instruction,
         "input": build_input(record, sft_config),

@@ -7,7 +7,7 @@ Two ways to set the windows (all dates inclusive, by `as_of_date`):
 - by days (`validation_days`, `test_days`): test = the last `test_days` calendar days of the data, validation =
   the `validation_days` before it less the embargo, train = everything earlier less the embargo.
 
-Purge, then embargo (spec/eval-and-backtest.md, "Splits"): a record's label window runs from its entry
+Purge, then embargo (docs/eval-and-backtest.md, "Splits"): a record's label window runs from its entry
 session to its exit session (XNYS: the first session after `as_of_date`, then `horizon_days` sessions). A
 record of an earlier split whose label window reaches the first `as_of_date` of a later split (exit on or after
 it) is purged from the earlier split, so no training label overlaps validation or test whatever the embargo.
@@ -105,7 +105,7 @@ def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
             if problems:
                 raise ValueError(
                     f"{file}:{lineno}: not a thesis record: {'; '.join(problems)} "
-                    "(record lines are written by `sftc xml-to-jsonl`, spec/thesis-xml.md)"
+                    "(record lines are written by `sftc xml-to-jsonl`, docs/thesis-xml.md)"
                 )
             where = f"{file}:{lineno}"
             if row["id"] in seen:
@@ -198,7 +198,7 @@ def calendar_days_bound(horizon_days: int) -> int:
 
 
 def label_exits(as_of_dates: list[str], horizons: list[int]) -> list[dt.date]:
-    """The exit session of each label window (XNYS, spec/eval-and-backtest.md).
+    """The exit session of each label window (XNYS, docs/eval-and-backtest.md).
 
     Outside the exchange calendar (before 1990, or over a year ahead) as_of_date + the conservative `calendar_days_bound`.
     """

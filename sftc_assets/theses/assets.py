@@ -5,28 +5,37 @@ import dagster as dg
 from sftc_assets.theses import layout, parser, sample_corpus, schema
 from sftc_core.io import read_jsonl
 from sftc_core.paths import ArtifactPaths
+from sftc_core.progress import Tracker
 from sftc_core.settings import Settings
-from sftc_core.text import markdown_table
-from sftc_resources.metadata import code_version, manifest_metadata
+from sftc_core.text import format_number, markdown_table
+from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
 from sftc_resources.partitions import month_partitions
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import writing
 
-GROUP = "data"
+GROUP = "theses"
 PREVIEW_RECORDS = 5
 COUNTS_CHECK = "accepted_plus_rejected_equals_read"
 SCHEMA_CHECK = "jsonl_schema"
 
 
-def _check_results(month_reads: dict[str, int], paths: ArtifactPaths) -> list[dg.AssetCheckResult]:
-    """Both checks re-read the files just written: line counts against the parse, and every line's schema."""
-    count_rows, problems = [], []
+def _check_results(month_reads: dict[str, int], paths: ArtifactPaths) -> tuple[list[dg.AssetCheckResult], dict[str, dict]]:
+    """Both checks re-read the files just written: line counts against the parse, and every line's schema. Also
+    each month's outcome, for its partition's metadata."""
+    count_rows, problems, by_month = [], [], {}
     for month, read in month_reads.items():
         records, rejects = read_jsonl(paths.jsonl_month(month)), read_jsonl(paths.rejects_month(month))
-        count_rows.append({"month": month, "read": read, "record_lines": len(records), "reject_lines": len(rejects)})
-        problems += [f"{month}: {p}" for p in schema.month_problems(records, rejects, month)]
+        row = {"month": month, "read": read, "record_lines": len(records), "reject_lines": len(rejects)}
+        count_rows.append(row)
+        month_problems = schema.month_problems(records, rejects, month)
+        problems += [f"{month}: {p}" for p in month_problems]
+        counted = row["record_lines"] + row["reject_lines"] == read
+        by_month[month] = {
+            f"check {COUNTS_CHECK}": "passed" if counted else f"FAILED: {row['record_lines']} + {row['reject_lines']} lines for {read} read",
+            f"check {SCHEMA_CHECK}": "passed" if not month_problems else f"FAILED: {len(month_problems)} problems, e.g. {month_problems[0]}",
+        }
     mismatched = [r for r in count_rows if r["record_lines"] + r["reject_lines"] != r["read"]]
-    return [
+    checks = [
         dg.AssetCheckResult(
             check_name=COUNTS_CHECK,
             passed=not mismatched,
@@ -38,6 +47,11 @@ def _check_results(month_reads: dict[str, int], paths: ArtifactPaths) -> list[dg
             metadata={"problems": len(problems), "first_problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "_(none)_")},
         ),
     ]
+    return checks, by_month
+
+
+def _span(months: list[str]) -> str:
+    return months[0] if len(months) == 1 else f"{months[0]}..{months[-1]}"
 
 
 def defs(settings: Settings) -> dg.Definitions:
@@ -60,25 +74,20 @@ def defs(settings: Settings) -> dg.Definitions:
         rows = []
         # Observed theses (the full profile) are the user's files: nothing is written, nothing locked.
         targets = [t for month in months for t in settings.artifacts_of("raw_xml", month)]
-        with writing(settings, "raw_xml", targets) as stamp:
+        task = "raw_xml: writing theses" if corpus.source == "sample" else "raw_xml: looking at the files"
+        with writing(settings, "raw_xml", targets) as stamp, Tracker(task, len(months), "month", log=context.log.info) as progress:
             for month in months:
                 row = {"month": month}
                 if corpus.source == "sample":  # the writer replaces exactly that month's directory, atomically
-                    row["theses"] = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus, stamp)["theses"]
+                    row["theses_written"] = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus, stamp)["theses"]
                 rows.append({**row, **layout.observe_month(paths.raw_xml_month(month))})
-        context.log.info("raw_xml %s: %s files (%s)", f"{months[0]}..{months[-1]}", sum(r["files"] for r in rows), corpus.source)
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(paths.raw_xml)),
-                "source": corpus.source,
-                "months": f"{months[0]}..{months[-1]}",
-                "files": sum(r["files"] for r in rows),
-                "bytes": sum(r["bytes"] for r in rows),
-                **({"theses_written": sum(r["theses"] for r in rows)} if corpus.source == "sample" else {}),
-                "per_month": dg.MetadataValue.md(markdown_table(rows)),
-                **manifest_metadata(settings, "raw_xml"),
-            }
-        )
+                progress.advance()
+        for row in rows:
+            partition_metadata(context, row["month"], {"path": dg.MetadataValue.path(str(paths.raw_xml_month(row["month"]))), **{k: v for k, v in row.items() if k != "month"}})
+        files = sum(r["files"] for r in rows)
+        written = f", {format_number(sum(r['theses_written'] for r in rows))} theses written" if corpus.source == "sample" else " (observed)"
+        report_summary(context, "raw_xml", f"{format_number(files)} files{written}")
+        return dg.MaterializeResult(metadata=asset_metadata(settings, "raw_xml", {"source": corpus.source}))
 
     @dg.asset(
         partitions_def=partitions,
@@ -88,10 +97,10 @@ def defs(settings: Settings) -> dg.Definitions:
         kinds={"json", "python"},
         check_specs=[
             dg.AssetCheckSpec(COUNTS_CHECK, asset="thesis_jsonl", blocking=True, description="every thesis read is one record line or one reject line"),
-            dg.AssetCheckSpec(SCHEMA_CHECK, asset="thesis_jsonl", blocking=True, description="every line follows spec/thesis-xml.md; records sorted, ids unique"),
+            dg.AssetCheckSpec(SCHEMA_CHECK, asset="thesis_jsonl", blocking=True, description="every line follows docs/thesis-xml.md; records sorted, ids unique"),
         ],
         description="Validated thesis records of a month (jsonl/YYYY-MM.jsonl) and its reject lines (YYYY-MM.rejects.jsonl), "
-        "per spec/thesis-xml.md. Duplicates are judged against the whole raw_xml tree.",
+        "per docs/thesis-xml.md. Duplicates are judged against the whole raw_xml tree.",
         group_name=GROUP,
         **asset_placement("cpu", settings),
     )
@@ -101,7 +110,7 @@ def defs(settings: Settings) -> dg.Definitions:
         targets = [t for month in months for t in settings.artifacts_of("thesis_jsonl", month)]
         with writing(settings, "thesis_jsonl", targets, inputs=[("raw_xml", settings.thesis_months)]) as stamp:
             # The whole tree, so a thesis duplicating one of an earlier month is caught; only these months are written.
-            corpus = parser.parse_corpus(paths.raw_xml)
+            corpus = parser.parse_corpus(paths.raw_xml, progress_log=context.log.info)
             by_month = corpus.by_month()
             written = {m: by_month.get(m, parser.ParseResult()) for m in months}
             for month, result in written.items():
@@ -115,34 +124,30 @@ def defs(settings: Settings) -> dg.Definitions:
                 len(homeless), min(partition_months), max(partition_months), sorted({row["source_file"] for row in homeless})[:5],
             )  # fmt: skip
 
-        requested = corpus.for_months(months)
-        counts, records = requested.counts(), requested.records
-        context.log.info("%s..%s: %s", months[0], months[-1], parser.summary_line(requested, paths.jsonl))
-        per_month = []
-        for month, result in written.items():
-            month_counts = result.counts()
-            per_month.append({"month": month, **{k: month_counts[k] for k in ("files", "read", "accepted", "rejected")}})
-        reasons = [{"reason": reason, "count": n} for reason, n in counts["reject_reasons"].items()]
+        checks, check_outcomes = _check_results({m: r.counts()["read"] for m, r in written.items()}, paths)
         preview_columns = ["id", "ticker", "as_of_date", "action", "horizon_days", "confidence", "reasoning"]
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(paths.jsonl)),
-                "months": f"{months[0]}..{months[-1]}",
-                "files": counts["files"],
-                "read": counts["read"],
-                "accepted": counts["accepted"],
-                "rejected": counts["rejected"],
+        for month, result in written.items():
+            counts, records = result.counts(), result.records
+            reasons = [{"reason": reason, "count": n} for reason, n in counts["reject_reasons"].items()]
+            partition_metadata(context, month, {
+                "path": dg.MetadataValue.path(str(paths.jsonl_month(month))),
+                "rejects_path": dg.MetadataValue.path(str(paths.rejects_month(month))),
+                **{k: counts[k] for k in ("files", "read", "accepted", "rejected")},
                 "dagster/row_count": counts["accepted"],
                 "date_range": f"{records[0]['as_of_date']}..{records[-1]['as_of_date']}" if records else "none",
                 "reject_reasons": dg.MetadataValue.md(markdown_table(reasons)),
                 "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
-                "per_month": dg.MetadataValue.md(markdown_table(per_month)),
-                "corpus_read": len(corpus.outcomes),
-                "not_in_any_partition": len(homeless),
                 "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
-                **manifest_metadata(settings, "thesis_jsonl"),
-            },
-            check_results=_check_results({row["month"]: row["read"] for row in per_month}, paths),
+                **check_outcomes[month],
+            })  # fmt: skip
+        requested = corpus.for_months(months)
+        context.log.info("%s: %s", _span(months), parser.summary_line(requested, paths.jsonl))
+        counts = requested.counts()
+        report_summary(context, "thesis_jsonl", f"{format_number(counts['accepted'])} accepted, {format_number(counts['rejected'])} rejected of {format_number(counts['read'])} read")
+        return dg.MaterializeResult(
+            # Figures of the whole tree the parse read, true of every partition it wrote.
+            metadata=asset_metadata(settings, "thesis_jsonl", {"corpus_read": len(corpus.outcomes), "not_in_any_partition": len(homeless)}),
+            check_results=checks,
         )
 
     return dg.Definitions(assets=[raw_xml, thesis_jsonl])

@@ -1,4 +1,4 @@
-"""Thesis XML files (spec/thesis-xml.md) to accepted records and reject lines.
+"""Thesis XML files (docs/thesis-xml.md) to accepted records and reject lines.
 
 Every `<thesis>` of every file ends as exactly one accepted record or one reject line; a file that
 cannot be read at all is one reject line. Where the spec is silent (data/samples/README.md lists it):
@@ -48,6 +48,7 @@ from sftc_assets.theses.schema import (
     calendar_date,
 )
 from sftc_core.io import BeforeSwap, atomic_path, atomic_write_jsonl
+from sftc_core.progress import Tracker
 from sftc_core.target_format import ACTIONS
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -474,11 +475,14 @@ class _Corpus:
         return f"{source_file} index {index}"
 
 
-def parse_corpus(input_dir: Path | str, *, months: Iterable[str] | None = None, max_file_bytes: int = MAX_FILE_BYTES) -> ParseResult:
+def parse_corpus(
+    input_dir: Path | str, *, months: Iterable[str] | None = None, max_file_bytes: int = MAX_FILE_BYTES, progress_log: Callable[[str], None] | None = None
+) -> ParseResult:
     """Parse every `*.xml` under `input_dir` (any depth) in sorted path order.
 
     Duplicates are judged across the whole corpus; `months` then keeps only the outcomes of those
-    months (YYYY-MM). No `.xml` file at all is a CorpusError, as is a missing directory.
+    months (YYYY-MM). No `.xml` file at all is a CorpusError, as is a missing directory. Progress over the
+    files goes to `progress_log` now and then (and to a bar on a command's terminal).
     """
     root = Path(input_dir)
     if not root.is_dir():
@@ -488,8 +492,10 @@ def parse_corpus(input_dir: Path | str, *, months: Iterable[str] | None = None, 
         raise CorpusError(f"no .xml files under {root} (searched at any depth, hidden names skipped)")
     corpus = _Corpus(max_file_bytes)
     root_prefix = os.path.join(root, "")  # joined once: a string concatenation per file is all that is left
-    for batch in _read_ahead(root_prefix, files, max_file_bytes):
-        corpus.add_files(batch)
+    with Tracker("parsing theses", len(files), "file", log=progress_log) as progress:
+        for batch in _read_ahead(root_prefix, files, max_file_bytes):
+            corpus.add_files(batch)
+            progress.advance(len(batch))
     return corpus.result if months is None else corpus.result.for_months(months)
 
 

@@ -1,11 +1,11 @@
-"""The toy profile's thesis corpus, written as XML (spec/thesis-xml.md) from real daily prices.
+"""The toy profile's thesis corpus, written as XML (docs/thesis-xml.md) from real daily prices.
 
 Text: the reasoning and the support points describe only what was known at the close of `as_of_date`
 (trailing returns, volatility, drawdown from the 52-week high, price against moving averages, volume
 trend), worded from several templates picked by a random generator seeded with (seed, ticker, date).
 Changing prices after `as_of_date` never changes a thesis's text.
 
-Label: the action is the forward return of spec/eval-and-backtest.md (`sftc_core.market.forward_returns`,
+Label: the action is the forward return of docs/eval-and-backtest.md (`sftc_core.market.forward_returns`,
 entry the first XNYS session after `as_of_date`, exit `horizon_days` sessions later) placed among the
 ticker's quintiles: the 20/40/60/80 % quantiles of that forward return over every session of the ticker's
 whole price history. Below q20 is STRONG_SELL, [q20, q40) SELL, [q40, q60) HOLD, [q60, q80) BUY, from q80 up
@@ -37,7 +37,7 @@ import functools
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from sftc_core.market import (
     trading_sessions,
 )
 from sftc_core.paths import month_dir
+from sftc_core.progress import Tracker
 
 # Actions from the lowest forward-return quintile to the highest.
 ACTIONS_BY_QUINTILE = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
@@ -357,14 +358,22 @@ def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: C
     }
 
 
-def write_sample_corpus(out_root: Path | str, start_month: str, end_month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None) -> dict:
-    """Every month from `start_month` to `end_month` (YYYY-MM, inclusive) through `write_sample_corpus_month`."""
+def write_sample_corpus(
+    out_root: Path | str, start_month: str, end_month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None,
+    progress_log: Callable[[str], None] | None = None,
+) -> dict:
+    """Every month from `start_month` to `end_month` (YYYY-MM, inclusive) through `write_sample_corpus_month`;
+    progress over the months to `progress_log` now and then (and to a bar on a command's terminal)."""
     months = pd.period_range(start_month, end_month, freq="M")
     if len(months) == 0:
         raise ValueError(f"the corpus months {start_month}..{end_month} are empty: the end is before the start")
     for ticker in corpus_config.tickers:
         sample_ticker_table(ticker.upper(), corpus_config.horizon_days)  # an unknown ticker fails before any month is written
-    results = [write_sample_corpus_month(out_root, f"{m:%Y-%m}", corpus_config, stamp) for m in months]
+    results = []
+    with Tracker("writing theses", len(months), "month", log=progress_log) as progress:
+        for month in months:
+            results.append(write_sample_corpus_month(out_root, f"{month:%Y-%m}", corpus_config, stamp))
+            progress.advance()
     actions = Counter()
     for result in results:
         actions.update(result["actions"])

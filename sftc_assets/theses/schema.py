@@ -1,4 +1,4 @@
-"""The accepted record and the reject line of spec/thesis-xml.md: field rules in one place.
+"""The accepted record and the reject line of docs/thesis-xml.md: field rules in one place.
 
 The parser normalises with these rules; `record_problems` / `reject_problems` re-check lines already
 written (the asset's schema check, and any stage that reads the JSONL).

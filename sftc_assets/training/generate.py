@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,8 +17,10 @@ def _left_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tu
     return input_ids.to(device), attention_mask.to(device)
 
 
-def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """The new text for each prompt, in the order of `prompts`.
+def generate_greedy(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int, on_batch: Callable[[int], None] | None = None
+) -> list[str]:
+    """The new text for each prompt, in the order of `prompts`; `on_batch(prompts done)` after each batch.
 
     Prompts are encoded as training encodes them (`tokenizer(prompt)`, BOS included), padded on the left,
     batched by length (less padding), decoded greedily until EOS or `max_new_tokens`. The text keeps the
@@ -54,6 +56,8 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
                     if eos_id in row:
                         row = row[: row.index(eos_id)]
                     texts[index] = tokenizer.decode([t for t in row if t != pad_id], skip_special_tokens=False)
+                if on_batch is not None:
+                    on_batch(start + len(batch))
     finally:
         model.train(was_training)
     return texts

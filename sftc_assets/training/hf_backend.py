@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +61,7 @@ from sftc_core.io import (
 )
 from sftc_core.launch import launch_record
 from sftc_core.nemo_format import split_file
+from sftc_core.progress import reporting
 from sftc_core.target_format import TargetFormat
 from sftc_core.threads import torch_threads
 
@@ -459,6 +460,20 @@ def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+@contextmanager
+def training_progress(log: Callable[[str], None] | None) -> Iterator[Callable[[dict], None]]:
+    """An `on_step` for run_training: the steps as progress (step, loss, learning rate, tokens/s, ETA) on a
+    command's terminal and now and then to `log`."""
+    with reporting("training", "step", log=log) as report:
+
+        def on_step(row: dict) -> None:
+            figures = {"loss": row["loss"], "lr": row["lr"], "tokens/s": row["tokens_per_s"], **({"val loss": row["val_loss"]} if "val_loss" in row else {})}
+            # the first step reported tells where a resumed run began
+            report(row["step"], row["max_steps"], initial=row["step"] - 1, **figures)
+
+        yield on_step
+
+
 def _resolve_device(device: str | None) -> torch.device:
     if device is not None:
         check_device(device)
@@ -492,7 +507,8 @@ def run_training(model_dir: Path, data_dir: Path, output_dir: Path, training: Tr
     Options (keywords of `_run_training`): max_steps, smoke_test, resume (True: continue from the latest checkpoint,
     refusing other settings; "auto": continue when it is of the same settings and inputs, else start over), device
     (None or "auto": CUDA when present, "cpu", "cuda[:N]") and on_step, called on rank 0 with each training.csv row
-    (plus `val_loss` on validation steps). Under torchrun every rank calls it; the metrics come back on rank 0.
+    (plus `max_steps`, and `val_loss` on validation steps: `training_progress` turns them into progress). Under
+    torchrun every rank calls it; the metrics come back on rank 0.
     """
     with torch_threads(training.cpu_threads), process_group(_resolve_device(options.get("device"))):
         return _run_training(model_dir, data_dir, output_dir, training, sft, evaluation, **options)
@@ -572,7 +588,7 @@ def _run_training(
         state["train_tokens"] += tokens
         row = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": round(tokens / seconds, 1)}
         state["train_rows"].append(row)
-        report = dict(row)
+        report = {**row, "max_steps": steps}
         if step % training.eval_every == 0 or step == steps:
             report["val_loss"] = validate(step)
         if rank == 0 and (step % training.save_every == 0 or step == steps):

@@ -14,14 +14,19 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from sftc_assets.training.hf_backend import run_training
+from sftc_assets.training.hf_backend import run_training, training_progress
 from sftc_assets.training.pipes_entry import global_rank, open_pipes
 from sftc_core.artifacts import Stamp
 from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_core.text import format_number
 
 RESUME = {"auto": "auto", "yes": True, "no": False}
+# Rank 0's training steps as Pipes messages {"kind": "progress", step, max_steps, loss, lr, tokens_per_s[, val_loss]}.
+PROGRESS_MESSAGE = "progress"
+PROGRESS_MESSAGE_EVERY_S = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"hf_entry: error: {args.run_settings}: {exc}", file=sys.stderr)
         return 2
-    with open_pipes() as pipes:
+    with open_pipes() as pipes, training_progress(logging.getLogger("sftc.training").info) as progress:
+        last_sent = [-float("inf")]
 
         def report(row: dict) -> None:
+            progress(row)  # the job log's progress lines
+            now = time.monotonic()
+            # The launching side's bar and Dagster log follow these; one a second is plenty for a bar.
+            if now - last_sent[0] >= PROGRESS_MESSAGE_EVERY_S or row["step"] == row["max_steps"] or "val_loss" in row:
+                last_sent[0] = now
+                pipes.report_custom_message({"kind": PROGRESS_MESSAGE, **row})
             if "val_loss" in row:
-                pipes.log.info(f"step {row['step']}: training loss {row['loss']:.4f}, validation loss {row['val_loss']:.4f}, {row['tokens_per_s']:.0f} tokens/s")
-                pipes.report_custom_message({"kind": "val", **row})
+                pipes.log.info(f"step {row['step']}: training loss {format_number(row['loss'])}, validation loss {format_number(row['val_loss'])}, {format_number(row['tokens_per_s'])} tokens/s")
 
         try:
             result = run_training(

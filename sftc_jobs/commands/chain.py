@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from sftc_core.configs import CONFIG_DIR
@@ -91,25 +92,52 @@ def window_forced(chain, keys: list, months: list[str]) -> dict:
 
 
 def _artifact_location(asset: str, metadata: dict, paths: ArtifactPaths) -> str:
-    if "path" in metadata:
-        return str(metadata["path"].value)
+    """Where the asset's files are: its directory under the data dir (of all its partitions), else the path it recorded."""
     location = getattr(paths, _ARTIFACT_ATTRIBUTE.get(asset, asset), None)
-    return str(location) if isinstance(location, Path) else ""
+    if isinstance(location, Path):
+        return _shown_path(location)
+    return _shown_path(Path(str(metadata["path"].value))) if "path" in metadata else ""
+
+
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it: shorter rows, the same path to type."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _checks_cell(evaluations: list) -> str:
+    """`2/2 passed`, `1 of 3 failed: eval_parse_rate`, `1 warning: gpu_preflight`, or empty for an asset without checks."""
+    if not evaluations:
+        return ""
+    failed = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"})
+    warned = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value != "ERROR"})
+    if failed:
+        return f"{len(failed)} of {len(evaluations)} failed: {', '.join(failed)}"
+    if warned:
+        return f"{len(warned)} warning{'s' * (len(warned) > 1)}: {', '.join(warned)}"
+    return f"{len(evaluations)}/{len(evaluations)} passed"
 
 
 def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> str:
-    """One row per asset: what this pass did, its partitions, when it was last materialized, where its files are."""
+    """One row per asset: what this pass did, its partitions, its checks (in the run of its latest materialization),
+    when it was last materialized, where its files are."""
     import datetime as dt
 
     import dagster as dg
+
+    from sftc_resources.run_history import check_evaluations
 
     assets = chain.assets
     done: dict = {}
     for run in result.runs:
         for key in run.keys:
             span = f" {run.partition_range[0]}..{run.partition_range[1]}" if run.partition_range else ""
-            done.setdefault(key, []).append(("materialized" if run.success else "FAILED") + span)
+            what = "materialized" if key in run.materialized else "FAILED" if key.to_user_string() == run.failed_asset else "not reached"
+            done.setdefault(key, []).append(what + span)
     rows = []
+    evaluations_of_run: dict[str, list] = {}
     for key in keys:
         asset = key.to_user_string()
         latest = instance.get_latest_materialization_event(key)
@@ -118,48 +146,74 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
         partitions_def = assets[key].partitions_def
         partitions = []
         if partitions_def is not None:
-            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def)
+            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def) or {}  # None: never materialized
             partitions = sorted(p for p, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED)
+        checks = ""
+        if latest is not None:
+            if latest.run_id not in evaluations_of_run:
+                evaluations_of_run[latest.run_id] = check_evaluations(instance, latest.run_id)
+            checks = _checks_cell([e for e in evaluations_of_run[latest.run_id] if e.asset_key == key])
         rows.append(
             {
                 "asset": asset,
                 "this run": this_pass,
                 "partitions": f"{len(partitions)} ({partitions[0]}..{partitions[-1]})" if partitions else "",
-                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if latest else "never",
+                "checks": checks,
+                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if latest else "never",
                 "files": _artifact_location(asset, metadata, paths),
             }
         )
     return markdown_table(rows, max_cell=120)
 
 
-def _materialize(settings: Settings, forced_for) -> int:
+def _materialize(args: argparse.Namespace, settings: Settings, forced_for) -> int:
     import logging
 
     from sftc_jobs.chain import Chain, materialize_chain
     from sftc_jobs.jobs import chain_keys
     from sftc_jobs.location import build_definitions
+    from sftc_jobs.terminal import reserved_terminal
 
-    chain = Chain.of(build_definitions(settings), settings)
-    instance = open_instance()
-    keys = chain_keys(chain, include_nemo=settings.train_backend == "nemo")
-    forced = forced_for(chain, keys)
-    result = materialize_chain(chain, instance, keys, forced=forced, tags={LAUNCHED_BY_TAG: "sftc"}, log=logging.getLogger("sftc.run"))
+    log_file = getattr(args, "log_file", None)
+    say = logging.getLogger("sftc.run")
+    print(f"sftc {args.command}: {settings.profile_name} profile, data in {_shown_path(settings.data_dir)}"
+          + (f"; Dagster's event stream and details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr, flush=True)  # fmt: skip
+    with reserved_terminal(log_file, say, verbose=args.verbose):
+        chain = Chain.of(build_definitions(settings), settings)
+        instance = open_instance()
+        keys = chain_keys(chain, include_nemo=settings.train_backend == "nemo")
+        forced = forced_for(chain, keys)
+        result = materialize_chain(chain, instance, keys, forced=forced, tags={LAUNCHED_BY_TAG: "sftc"}, log=say)
     paths = settings.paths
+    if not result.runs:
+        print("nothing to do: every asset is up to date (code, settings, inputs and files unchanged)")
     print(summary_table(instance, chain, keys, result, paths))
-    print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (make ui shows these runs)")
-    for name, path in (("Validation report", paths.reports / "validation_report.md"), ("Backtest report", paths.backtest / "report.md")):
-        print(f"{name}: {path}" + ("" if path.is_file() else " (not written)"))
+    report_html, validation = paths.backtest / "report.html", paths.reports / "validation_report.md"
+    print(f"Backtest report: {report_html.absolute().as_uri() if report_html.is_file() else 'not written'}")
+    print(f"Validation report: {_shown_path(validation) if validation.is_file() else 'not written'}{_readiness(paths)}")
+    print(f"Dagster instance: {_shown_path(Path(os.environ['DAGSTER_HOME']))} (`make ui` shows these runs)")
     if not result.success:
         failed = result.failed_run
-        print(f"\nFAILED: run {failed.run_id} ({', '.join(k.to_user_string() for k in failed.keys)}); its logs are in the web UI")
+        print(f"\n{failed.failure}\n  run {failed.run_id}" + (f"; details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr)
         return 1
     return 0
 
 
+def _readiness(paths: ArtifactPaths) -> str:
+    """` (ready for GPU: YES)` from the report's JSON twin, when there is one."""
+    import json
+
+    twin = paths.reports / "validation_report.json"
+    try:
+        return f" (ready for GPU: {'YES' if json.loads(twin.read_text(encoding='utf-8'))['ready_for_gpu'] else 'NO'})"
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    return _materialize(settings, lambda chain, keys: {})
+    return _materialize(args, settings, lambda chain, keys: {})
 
 
 def _rerun(args: argparse.Namespace, settings: Settings) -> int:
     months = window_months(args.first, args.last)
-    return _materialize(settings, lambda chain, keys: window_forced(chain, keys, months))
+    return _materialize(args, settings, lambda chain, keys: window_forced(chain, keys, months))

@@ -11,7 +11,13 @@ from sftc_jobs.commands.outputs import add_force, writing_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    toy = subparsers.add_parser("make-toy-checkpoint", help="build the tiny DeepSeek-V3 and its tokenizer")
+    toy = subparsers.add_parser(
+        "make-toy-checkpoint",
+        help="build the tiny DeepSeek-V3 and its tokenizer",
+        description="A DeepSeek-V3 of the real architecture and tensor names at toy size (the profile's model section), "
+        "with a BPE tokenizer trained on --corpus and the special tokens of configs/sft_config.yaml; --fp8 writes it in "
+        "the release layout (sharded safetensors, FP8 weights with their block scales), as convert-fp8 reads the real one.",
+    )
     toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
     toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
     toy.add_argument(
@@ -25,7 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_force(toy)
     toy.set_defaults(func=_make_toy_checkpoint)
 
-    convert = subparsers.add_parser("convert-fp8", help="FP8 (block-scaled) -> BF16 checkpoint, streamed and resumable")
+    convert = subparsers.add_parser(
+        "convert-fp8",
+        help="FP8 (block-scaled) -> BF16 checkpoint, streamed and resumable",
+        description="Every FP8 weight times its 128x128 block scale, shard by shard (Triton on CUDA, the same math in torch "
+        "on the CPU), the other tensors and files copied; interrupted, it resumes from the shards done. The output "
+        "replaces --output whole when complete; a progress bar on the terminal unless --no-progress.",
+    )
     convert.add_argument("--source", required=True, type=Path, help="FP8 checkpoint directory (HF layout)")
     convert.add_argument("--output", required=True, type=Path, help="BF16 checkpoint directory (replaced when done)")
     convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
@@ -33,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_force(convert)
     convert.set_defaults(func=_convert_fp8)
 
-    preflight = subparsers.add_parser("preflight", help="GPU readiness checklist of this node")
+    preflight = subparsers.add_parser(
+        "preflight",
+        help="GPU readiness checklist of this node",
+        description="What the profile's GPU work needs, checked on this node: one row per check. Exit 1 when a required check fails.",
+    )
     preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
     preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
     preflight.set_defaults(func=_preflight)

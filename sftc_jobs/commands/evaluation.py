@@ -41,7 +41,7 @@ def register(subparsers) -> None:
         "evaluate",
         help="evaluate the fine-tuned model on the test split and write the eval CSV",
         description="The test split's prompts through an OpenAI-compatible /v1/completions server (greedy, stop at the "
-        "closing action tag), action extraction and forward returns (spec/eval-and-backtest.md); prices from the "
+        "closing action tag), action extraction and forward returns (docs/eval-and-backtest.md); prices from the "
         "profile's price source. Without --endpoint a server is started for the run (the profile's evaluation.server) "
         "and stopped after it. Interrupted, it resumes from the answers staged beside --results.",
     )
@@ -89,13 +89,12 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.results is None:
         raise ValueError("--results CSV is required (or --dry-run to print the serving plan)")
 
-    from tqdm import tqdm
-
     from sftc_assets.evaluation.answers import open_answers
     from sftc_assets.evaluation.completions import EndpointError
     from sftc_assets.evaluation.evaluate import evaluate_to_csv, load_test_records
     from sftc_assets.evaluation.servers import ServerError
     from sftc_core.metrics import classification_metrics
+    from sftc_core.progress import reporting
     from sftc_resources.prices import price_source_from_settings
 
     paths = settings.paths
@@ -113,14 +112,10 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                                      max_new_tokens=args.max_new_tokens or evaluation.max_new_tokens,
                                      batch_size=args.batch_size or evaluation.batch_size, concurrency=args.concurrency or evaluation.concurrency,
                                      served_model=args.served_model or evaluation.served_model)  # fmt: skip
-            with answering as answers, tqdm(total=len(records), unit="row", desc="evaluate", dynamic_ncols=True) as bar:
-
-                def progress(p) -> None:
-                    bar.n = p.done
-                    bar.set_postfix_str(f"{p.resumed} resumed" if p.resumed else "", refresh=True)
-
+            with answering as answers, reporting("evaluate", "row") as report:
                 frame = evaluate_to_csv(records, answers, price_source_from_settings(settings), settings.sft, args.results,
-                                        staging=staging, calendar=settings.prices.calendar, on_progress=progress, stamp=stamp)  # fmt: skip
+                                        staging=staging, calendar=settings.prices.calendar,
+                                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp)  # fmt: skip
         except (EndpointError, ServerError) as exc:
             raise RuntimeError(f"{exc}; the answers received are staged in {staging}: the same command resumes") from exc
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export-nemo",
         help="write the splits as NeMo JSONL (training/validation/test.jsonl) with the prompt template",
+        description="One line {input, output} per record of each split, the prompt of configs/sft_config.yaml as input and "
+        "the target (the special tokens around the action) as output; with --tokenizer, token lengths and truncations "
+        "are measured against the profile's max_seq_length. Exit 2 on bad input.",
     )
     export.add_argument("--dataset-dir", required=True, type=Path, help="a DatasetDict from build-dataset")
     export.add_argument("--output-dir", required=True, type=Path, help="where the JSONL files go (replaced whole)")

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     xml = subparsers.add_parser(
         "xml-to-jsonl",
         help="validate thesis XML files into accepted records and reject lines (JSONL)",
-        description="Parse every *.xml under --input-dir (spec/thesis-xml.md). Exit 0 whatever was rejected; "
+        description="Parse every *.xml under --input-dir (docs/thesis-xml.md). Exit 0 whatever was rejected; "
         "2 when the input cannot be read or the output cannot be written.",
     )
     xml.add_argument("--input-dir", required=True, type=Path, help="root of the XML tree (any depth)")

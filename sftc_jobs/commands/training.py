@@ -71,14 +71,18 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
-    from sftc_assets.training.hf_backend import (
-        run_training,  # torch and transformers load only for training
+    import logging
+
+    from sftc_assets.training.hf_backend import (  # torch and transformers load only for training
+        run_training,
+        training_progress,
     )
 
-    result = run_training(
-        model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
-        max_steps=args.max_steps, smoke_test=args.smoke_test, resume=args.resume, device=args.device, stamp=stamp,
-    )  # fmt: skip
+    with training_progress(logging.getLogger("sftc.training").info) as progress:
+        result = run_training(
+            model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
+            max_steps=args.max_steps, smoke_test=args.smoke_test, resume=args.resume, device=args.device, stamp=stamp, on_step=progress,
+        )  # fmt: skip
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 

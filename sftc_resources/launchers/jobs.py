@@ -76,15 +76,17 @@ def start(step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str] | 
     return K8sJob(step, launch, job_dir, env, jobset_name(step, job_dir.name.rsplit("-", 1)[-1]))
 
 
-def watch(job: Job, on_output: Callable[[str], None], poll_seconds: float) -> JobStatus:
-    """Poll until the job ends, handing each new piece of its log to `on_output`; any interruption (Ctrl-C, a
-    terminated Dagster run) cancels the job before it propagates."""
+def watch(job: Job, on_output: Callable[[str], None], poll_seconds: float, on_poll: Callable[[], None] | None = None) -> JobStatus:
+    """Poll until the job ends, handing each new piece of its log to `on_output` (and calling `on_poll` at every
+    poll); any interruption (Ctrl-C, a terminated Dagster run) cancels the job before it propagates."""
     try:
         while True:
             status = job.poll()
             text = job.read_log()
             if text:
                 on_output(text)
+            if on_poll is not None:
+                on_poll()
             if status.done:
                 return status
             time.sleep(poll_seconds)
@@ -98,14 +100,17 @@ def poll_seconds(launch: Launch) -> float:
     return {"local": LOCAL_POLL_SECONDS, "slurm": launch.cluster.slurm.poll_seconds, "k8s": launch.cluster.kubernetes.poll_seconds}[launch.launcher]
 
 
-def run(step: EntryStep, launch: Launch, on_output: Callable[[str], None], env: dict[str, str] | None = None, job_dir: Path | None = None) -> JobOutcome:
+def run(
+    step: EntryStep, launch: Launch, on_output: Callable[[str], None], env: dict[str, str] | None = None, job_dir: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> JobOutcome:
     """Start the step, watch it to its end; a job that did not succeed raises LaunchError naming it."""
     refuse_unlaunchable([step], launch)
     job_dir = job_dir or new_job_dir(launch, step)
     log.info("launching %s with the %s launcher (job dir %s)", describe(step), launch.launcher, job_dir)
     job = start(step, launch, job_dir, env)
     log.info("%s job %s started; log %s", job.launcher, job.id, job.log_path)
-    status = watch(job, on_output, poll_seconds(launch))
+    status = watch(job, on_output, poll_seconds(launch), on_poll)
     outcome = JobOutcome(job.launcher, job.id, status, job.log_path, job_dir)
     if not status.ok:
         raise LaunchError(failure_message(step, outcome), retryable=status.retryable)

@@ -8,6 +8,7 @@ killed) before the step ends.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -21,14 +22,25 @@ def _to_stderr(text: str) -> None:
     sys.stderr.flush()
 
 
-def launch_step(context: dg.AssetExecutionContext, step: EntryStep, launch: Launch) -> tuple[dg.PipesClientCompletedInvocation, jobs.JobOutcome]:
+def launch_step(
+    context: dg.AssetExecutionContext, step: EntryStep, launch: Launch, on_message: Callable[[object], None] | None = None
+) -> tuple[dg.PipesClientCompletedInvocation, jobs.JobOutcome]:
     """Run `step` to its end through Pipes; a job that did not succeed is a dg.Failure naming the job, its state
-    and its log (retried by the asset's policy only when the cluster lost it: preemption, a failed node)."""
+    and its log (retried by the asset's policy only when the cluster lost it: preemption, a failed node).
+    `on_message` gets each custom message of the job as it arrives (progress, while the job runs)."""
     job_dir = jobs.new_job_dir(launch, step)
     reader = dg.PipesFileMessageReader(str(job_dir / "pipes_messages.jsonl"), cleanup_file=False)
     with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(), message_reader=reader, extras={"step": step.name}) as session:
+        seen = [0]
+
+        def new_messages() -> None:
+            messages = session.get_custom_messages()
+            for message in messages[seen[0] :]:
+                on_message(message)
+            seen[0] = len(messages)
+
         try:
-            outcome = jobs.run(step, launch, _to_stderr, env=session.get_bootstrap_env_vars(), job_dir=job_dir)
+            outcome = jobs.run(step, launch, _to_stderr, env=session.get_bootstrap_env_vars(), job_dir=job_dir, on_poll=new_messages if on_message else None)
         except LaunchError as exc:
             raise dg.Failure(description=str(exc), metadata={"launcher": launch.launcher, "job_dir": dg.MetadataValue.path(str(job_dir))}, allow_retries=exc.retryable) from None
     context.log.info(f"{outcome.launcher} job {outcome.job_id} ({step.name}) {outcome.status.state}; log {outcome.log_path}")
