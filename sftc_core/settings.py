@@ -38,6 +38,7 @@ from sftc_core.months import months_between
 from sftc_core.paths import ArtifactPaths
 
 Placement = Literal["run", "step"]
+PROFILE_NAMES = ("toy", "full")
 
 
 class Secret:
@@ -61,6 +62,8 @@ class Settings(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     profile: ProfileConfig
+    # Every profile, validated at load: the GPU plan of the full profile is checked from the toy one too.
+    profiles: dict[str, ProfileConfig]
     sft: SftConfig
     eval_config: EvalConfig
     backtest: BacktestConfig
@@ -72,6 +75,8 @@ class Settings(Strict):
     test_start_date: dt.date
     test_end_date: dt.date
     data_dir: Path
+    # Where the config files were read from (error messages name them; the GPU plan reads the reference model config).
+    config_dir: Path = CONFIG_DIR
     # SFTC_NEMO_PYTHON: the NeMo environment's interpreter, over finetune.yaml's nemo_python.
     nemo_python_override: Path | None = None
     # Where a Kubernetes deployment places work: one pod per run, or one pod per step (SFTC_K8S_PLACEMENT).
@@ -83,6 +88,11 @@ class Settings(Strict):
     @property
     def profile_name(self) -> str:
         return self.profile.name
+
+    @property
+    def full_profile(self) -> ProfileConfig:
+        """The profile of the GPU run that the GPU plan speaks of."""
+        return self.profiles["full"]
 
     @property
     def nemo_python(self) -> Path:
@@ -172,7 +182,8 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
     values.update({k: environ[k] for k in ENV_VARS if k in environ})
     values = {k: v.strip() for k, v in values.items() if v is not None and v.strip() != ""}
 
-    profile = load_profile(_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), ("toy", "full")), config_dir)
+    profiles = {name: load_profile(name, config_dir) for name in PROFILE_NAMES}
+    profile = profiles[_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), PROFILE_NAMES)]
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))
     placement = _choice("SFTC_K8S_PLACEMENT", values.get("SFTC_K8S_PLACEMENT", "run"), ("run", "step"), " (one pod per run, or one pod per step)")
     dates = {
@@ -194,6 +205,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
     key, eval_key = values.get("EODHD_API_KEY"), values.get("SFTC_EVAL_API_KEY")
     return Settings(
         profile=profile,
+        profiles=profiles,
         sft=load_sft_config(Path(config_dir) / "sft_config.yaml"),
         eval_config=load_eval_config(Path(config_dir) / "eval_config.yaml"),
         backtest=load_backtest_config(Path(config_dir) / "backtest_config.yaml"),
@@ -202,6 +214,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         train_backend=backend,
         test_end_date=max(profile.dates.test_end, parsed["test_start_date"]),
         data_dir=Path(values.get("SFTC_DATA_DIR", "data")).absolute(),
+        config_dir=Path(config_dir),
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
         k8s_placement=placement,
         eodhd_api_key=Secret(key) if key else None,
