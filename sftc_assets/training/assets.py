@@ -25,6 +25,7 @@ from sftc_core.text import markdown_table
 from sftc_resources.launchers import jobs, targets
 from sftc_resources.launchers.pipes import launch_step
 from sftc_resources.launchers.plan import Launch, LaunchError
+from sftc_resources.launchers.plan_checks import LAUNCH_PLAN_CHECK
 from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
@@ -298,18 +299,21 @@ def defs(settings: Settings) -> dg.Definitions:
 
     @dg.asset_check(
         asset="bf16_checkpoint",
-        description="`sftc preflight` on the node: GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, disk, "
-        "NeMo importable (GPU items required in the full profile only). A warning, not a block: the GPU gate blocks.",
+        description="`sftc preflight`: this node's GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, the base "
+        "checkpoint and disk (GPU items required in the full profile only), then the GPU plan of the full profile (the "
+        "validation report's list). A warning, not a block: the GPU gate blocks.",
         **check_placement("auto", settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:
-        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=nemo_backend)
+        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_plan=LAUNCH_PLAN_CHECK)
+        rows = [{k: v for k, v in check.as_dict().items() if k != "details"} for check in report.checks]
         return dg.AssetCheckResult(
             passed=report.ready,
             severity=dg.AssetCheckSeverity.WARN,
+            description=None if report.ready else "; ".join(check.line for check in report.failures),
             metadata={
                 "ready": report.ready,
-                "checklist": dg.MetadataValue.md(markdown_table(report.as_dict()["items"], max_cell=160)),
+                "checklist": dg.MetadataValue.md(markdown_table(rows, ["name", "scope", "status", "found", "fix"], max_cell=200)),
                 "report": dg.MetadataValue.json(report.as_dict()),
             },
         )

@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_force(convert)
     convert.set_defaults(func=_convert_fp8)
 
-    preflight = subparsers.add_parser("preflight", help="GPU readiness checklist of this node")
+    preflight = subparsers.add_parser(
+        "preflight",
+        help="GPU readiness: this node's GPUs, checkpoint and disk, and the GPU plan of the full profile (the validation report's list)",
+    )
     preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
     preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
     preflight.set_defaults(func=_preflight)
@@ -70,6 +73,6 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
 def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.training.preflight import run_preflight
 
-    report = run_preflight(settings, check_nemo=not args.no_nemo)
+    report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ready else 1
