@@ -237,4 +237,7 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "eval_parse_rate"
     assert check.passed == (materialization.metadata["parse_rate"].value >= 0.5)
+    # The untrained toy writes no action within 4 tokens: the check names the budget that cut it, and where it is set.
+    assert not check.passed and "2 of 2 unparsed outputs were cut at the generation budget before </action>" in check.description
+    assert "evaluation.max_new_tokens 4 in" in check.description and "profiles/toy.yaml" in check.description
     assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", "2012-10.csv"]  # the month and its marker

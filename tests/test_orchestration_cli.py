@@ -55,3 +55,14 @@ def test_rerun_refuses_a_bad_window(data_dir, tmp_path, monkeypatch, capsys, sta
     assert "--from '2012-13': expected a month written YYYY-MM" in capsys.readouterr().err
     assert main(["rerun", "--from", "2030-01", "--to", "2030-02"]) == 2
     assert "no monthly partition of this profile lies in that window" in capsys.readouterr().err
+
+
+def test_a_failed_run_prints_its_first_error(data_dir, tmp_path, monkeypatch, capsys):
+    """`sftc run` stops at the first failed run and says what failed there, not only that it did."""
+    monkeypatch.setattr(location, "STAGES", tuple(standin_stages(failing=("sft_model",))))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert main(["run"]) == 1
+    out = capsys.readouterr().out
+    failed = out[out.index("\nFAILED: run "):]
+    assert "(hf_splits, base_checkpoint, bf16_checkpoint, nemo_jsonl, sft_model)" in failed
+    assert "  sft_model: RuntimeError: sft_model stand-in told to fail" in failed

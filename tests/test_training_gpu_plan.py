@@ -18,7 +18,8 @@ from sftc_assets.checkpoints.convert import plan_conversion
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.training import memory
 from sftc_assets.training.architecture import architecture_of
-from sftc_assets.training.gpu_plan import build_gpu_plan, first_unseen_date
+from sftc_assets.training.gpu_plan import build_gpu_plan
+from sftc_core.market import first_unseen_date
 from sftc_assets.training.nemo_config import lora_target_problems
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS, TARGET_CLUSTER
 from sftc_core.configs import CONFIG_DIR, load_finetune_config

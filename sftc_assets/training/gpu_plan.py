@@ -33,7 +33,7 @@ from sftc_assets.training.nemo_config import (
 from sftc_assets.training.nemo_runner import entry_env
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check
 from sftc_core.configs import ConfigError, ProfileConfig, profile_path, reference_config_path
-from sftc_core.market import session_window
+from sftc_core.market import first_unseen_date
 from sftc_core.nemo_format import NEMO_FILES, NemoDataError, read_pairs
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
@@ -325,12 +325,6 @@ def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path
 
 
 # --- the base model's knowledge -------------------------------------------------------------------
-
-
-def first_unseen_date(cutoff: dt.date, horizon_days: int, calendar: str = "XNYS") -> dt.date:
-    """The first as-of date whose label window starts after the base model's cutoff plus the label horizon."""
-    _, exit_ = session_window([cutoff], [horizon_days], calendar)
-    return exit_[0].astype("datetime64[D]").item() + dt.timedelta(days=1)
 
 
 def _knowledge_cutoff(inputs: _Inputs, calendar: str) -> Check:

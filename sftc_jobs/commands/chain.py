@@ -118,7 +118,8 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
         partitions_def = assets[key].partitions_def
         partitions = []
         if partitions_def is not None:
-            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def)
+            # None for an asset never materialized (a run failed before it)
+            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def) or {}
             partitions = sorted(p for p, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED)
         rows.append(
             {
@@ -152,8 +153,19 @@ def _materialize(settings: Settings, forced_for) -> int:
     if not result.success:
         failed = result.failed_run
         print(f"\nFAILED: run {failed.run_id} ({', '.join(k.to_user_string() for k in failed.keys)}); its logs are in the web UI")
+        for line in failure_lines(instance, failed.run_id):
+            print(f"  {line}")
         return 1
     return 0
+
+
+def failure_lines(instance, run_id: str) -> list[str]:
+    """The first errors of a failed run, as they name their cause: failed steps, then failed blocking checks."""
+    from sftc_resources import run_history
+
+    lines = [f"{f.step_key}: {f.message}" for f in run_history.step_failures(instance, run_id)]
+    lines += [f"check {e.check_name} failed: {e.description}" for e in run_history.check_evaluations(instance, run_id) if not e.passed and e.description]
+    return lines
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
