@@ -648,9 +648,7 @@ class ClusterConfig(Strict):
 
 
 def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> ProfileConfig:
-    profile = load_yaml_model(profile_path(name, config_dir), ProfileConfig)
-    reference_config_path(profile, config_dir)
-    return profile
+    return load_yaml_model(profile_path(name, config_dir), ProfileConfig)
 
 
 def profile_path(name: str, config_dir: Path = CONFIG_DIR) -> Path:
@@ -672,7 +670,7 @@ def read_model_config(path: Path | str) -> dict:
 
 
 def reference_config_path(profile: ProfileConfig, config_dir: Path = CONFIG_DIR) -> Path | None:
-    """The profile's `model.reference_config`, relative to the config directory; checked to be a config.json."""
+    """The profile's `model.reference_config`, relative to the config directory (None: the profile names none)."""
     if profile.model.reference_config is None:
         return None
     path = Path(config_dir) / profile.model.reference_config
@@ -681,7 +679,6 @@ def reference_config_path(profile: ProfileConfig, config_dir: Path = CONFIG_DIR)
             f"{profile_path(profile.name, config_dir)}: field 'model.reference_config': {profile.model.reference_config!r} "
             f"is not a file under {config_dir}; expected a config.json such as models/deepseek-v3.json"
         )
-    read_model_config(path)
     return path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from sftc_core.configs import (
     CONFIG_DIR,
@@ -33,6 +33,8 @@ from sftc_core.configs import (
     load_finetune_config,
     load_profile,
     load_sft_config,
+    read_model_config,
+    reference_config_path,
 )
 from sftc_core.months import months_between
 from sftc_core.paths import ArtifactPaths
@@ -64,6 +66,8 @@ class Settings(Strict):
     profile: ProfileConfig
     # Every profile, validated at load: the GPU plan of the full profile is checked from the toy one too.
     profiles: dict[str, ProfileConfig]
+    # The reference config.json of each profile's base model (model.reference_config), read and checked at load.
+    reference_models: dict[str, dict] = Field(default_factory=dict)
     sft: SftConfig
     eval_config: EvalConfig
     backtest: BacktestConfig
@@ -203,9 +207,11 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
             f"{parsed['train_start_date']}, {parsed['train_end_date']}, {parsed['test_start_date']}"
         )
     key, eval_key = values.get("EODHD_API_KEY"), values.get("SFTC_EVAL_API_KEY")
+    references = {name: reference_config_path(p, config_dir) for name, p in profiles.items()}
     return Settings(
         profile=profile,
         profiles=profiles,
+        reference_models={name: read_model_config(path) for name, path in references.items() if path is not None},
         sft=load_sft_config(Path(config_dir) / "sft_config.yaml"),
         eval_config=load_eval_config(Path(config_dir) / "eval_config.yaml"),
         backtest=load_backtest_config(Path(config_dir) / "backtest_config.yaml"),

@@ -22,10 +22,14 @@ from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.market import first_unseen_date
 from sftc_assets.training.nemo_config import lora_target_problems
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS, TARGET_CLUSTER
-from sftc_core.configs import CONFIG_DIR, load_finetune_config
+from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_config
 from sftc_core.settings import load_settings
 
 REFERENCE = CONFIG_DIR / "models" / "deepseek-v3.json"
+
+
+def reference_architecture():
+    return architecture_of(None, read_model_config(REFERENCE), str(REFERENCE))
 
 
 def _checks(plan) -> dict:
@@ -43,7 +47,7 @@ def with_data(data_dir):
 
 
 def test_the_reference_config_is_deepseek_v3_as_released():
-    arch = architecture_of(None, REFERENCE)
+    arch = reference_architecture()
     assert (arch.layers, arch.dense_layers, arch.experts, arch.shared_experts, arch.experts_per_token) == (61, 3, 256, 1, 8)
     assert (arch.heads, arch.hidden, arch.q_lora_rank, arch.kv_lora_rank, arch.vocab, arch.mtp_layers) == (128, 7168, 1536, 512, 129280, 1)
     # The release's README_WEIGHTS.md: 671B parameters in the main model, 11.5B more in the MTP module, 0.9B embedding.
@@ -58,7 +62,7 @@ def test_parameter_counts_match_a_real_checkpoints_headers(tmp_path, fp8):
     """The formulas per part against the tensors of a real (toy) DeepSeek-V3 checkpoint, read from its headers."""
     checkpoint = tmp_path / "ckpt"
     make_toy_checkpoint(checkpoint, ["buy hold sell " * 40, "margins and momentum " * 40], fp8=fp8, vocab_size=300)
-    arch = architecture_of(checkpoint, REFERENCE)  # reachable: the checkpoint wins over the reference
+    arch = architecture_of(checkpoint, read_model_config(REFERENCE))  # reachable: the checkpoint wins over the reference
     assert "safetensors headers" in arch.source and arch.layers == 3
     assert arch.counted_params == arch.checkpoint_params == arch.main_params
     tensor_bytes = sum(f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in checkpoint.glob("*.safetensors"))
@@ -69,7 +73,7 @@ def test_parameter_counts_match_a_real_checkpoints_headers(tmp_path, fp8):
 
 
 def test_nemos_five_node_lora_recipe_fits_80gb_and_full_finetuning_on_it_does_not():
-    arch, lora = architecture_of(None, REFERENCE), load_finetune_config()  # the shipped config is NeMo's LoRA recipe
+    arch, lora = reference_architecture(), load_finetune_config()  # the shipped config is NeMo's LoRA recipe
     assert (lora.nodes, lora.parallelism.tensor, lora.parallelism.pipeline, lora.gpu_memory_gb) == (5, 8, 5, 80)
     fits = memory.gpu_memory(arch, lora)
     assert fits.fits and fits.needed_bytes > 0.5 * fits.available_bytes  # fits, and not by an estimate that forgot half the model
@@ -82,7 +86,7 @@ def test_nemos_five_node_lora_recipe_fits_80gb_and_full_finetuning_on_it_does_no
 
 
 def test_the_estimate_follows_sequence_length_recompute_and_pipeline():
-    arch, config = architecture_of(None, REFERENCE), load_finetune_config()
+    arch, config = reference_architecture(), load_finetune_config()
 
     def term(cfg, name: str) -> int:
         return next(t.bytes for t in memory.gpu_memory(arch, cfg).terms if t.name == name)
@@ -98,7 +102,7 @@ def test_the_estimate_follows_sequence_length_recompute_and_pipeline():
 
 
 def test_host_ram_and_disk_against_the_cluster():
-    arch, config = architecture_of(None, REFERENCE), load_finetune_config()
+    arch, config = reference_architecture(), load_finetune_config()
     ram = memory.import_host_memory(arch, 2 * 10**12, "2 TB")
     assert 1.2e12 <= ram.needed_bytes <= 1.7e12 and ram.fits  # the anchors: 1.2 to 1.6 TB for the 671B model
     assert not memory.import_host_memory(arch, 1024 * 2**30, "1Ti").fits
@@ -234,5 +238,7 @@ def test_no_cluster_configuration_is_not_checked_with_the_reason(data_dir, tmp_p
     assert check.status == NOT_CHECKED and "no Kubernetes configuration" in check.found
 
 
-def test_the_reference_config_under_configs_is_the_one_the_profile_names():
-    assert Path(CONFIG_DIR / load_settings().full_profile.model.reference_config) == REFERENCE
+def test_the_reference_config_is_read_at_load_as_the_profile_names_it():
+    settings = load_settings()
+    assert Path(CONFIG_DIR / settings.full_profile.model.reference_config) == REFERENCE
+    assert settings.reference_models == {"full": read_model_config(REFERENCE)}

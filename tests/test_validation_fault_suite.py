@@ -161,3 +161,19 @@ def test_the_faults_of_the_issue_are_named_by_their_plan_check(tmp_path, name):
     """The three mistakes that passed the nightly validation with YES before the GPU plan was checked."""
     caught, said = outcome(tmp_path, FAULTS[name])
     assert caught and said.startswith("GPU plan: ")
+
+
+def test_a_fault_planted_after_a_yes_makes_the_report_stale(tmp_path):
+    """The report's code version carries the settings the GPU plan reads (the reference model config included):
+    `sftc run` redoes the report after an edit instead of keeping the old YES as up to date."""
+    from sftc_assets.reports import assets as report_assets
+
+    def version(config_dir: Path) -> str:
+        settings = load_settings(env={}, dotenv_path=tmp_path / "none", config_dir=config_dir)
+        (report,) = report_assets.defs(settings).assets
+        return report.code_versions_by_key[next(iter(report.keys))]
+
+    shipped = version(config_clone(tmp_path / "a"))
+    assert version(config_clone(tmp_path / "b")) == shipped  # the same files, the same version
+    assert version(_plant(tmp_path / "c", FAULTS["transformers' attention names as LoRA targets"])) != shipped
+    assert version(_plant(tmp_path / "d", FAULTS["a reference config without its layer count"])) != shipped

@@ -106,6 +106,7 @@ def defs(settings: Settings) -> dg.Definitions:
         # The GPU plan measures the NeMo JSONL against the sequence length and the answer budget.
         deps=["backtest_report", "nemo_jsonl"],
         group_name=GROUP,
+        # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
         code_version=code_version("validation_report", settings, validation, gpu_plan),
         kinds={"markdown", "json"},
         description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the GPU plan of the "

@@ -172,8 +172,9 @@ class Architecture:
         )
 
 
-def architecture_of(checkpoint: Path | None, reference_config: Path | None) -> Architecture:
-    """The checkpoint's architecture where its directory is reachable (headers only), else the reference config's."""
+def architecture_of(checkpoint: Path | None, reference: dict | None, reference_source: str = "the reference config") -> Architecture:
+    """The checkpoint's architecture where its directory is reachable (headers only), else the reference config's
+    (`reference`: its parsed config.json, read from `reference_source`)."""
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint)
         weight_map, headers = read_checkpoint_headers(checkpoint)  # CheckpointError names the shard or tensor that is wrong
@@ -182,7 +183,7 @@ def architecture_of(checkpoint: Path | None, reference_config: Path | None) -> A
         bf16_bytes = plan_conversion(checkpoint).total_size if fp8 else sum(t.nbytes for t in tensors)
         hf_config = read_model_config(checkpoint / "config.json")
         return Architecture.from_hf_config(hf_config, f"{checkpoint} (config.json and safetensors headers)", sum(t.numel for t in tensors), bf16_bytes)
-    if reference_config is None:
+    if reference is None:
         where = f"{checkpoint} is not reachable from this node and " if checkpoint else ""
         raise ConfigError(f"{where}the profile names no model.reference_config; set it to a config.json under configs/ (models/deepseek-v3.json)")
-    return Architecture.from_hf_config(read_model_config(reference_config), f"{reference_config} (reference config of the release)")
+    return Architecture.from_hf_config(reference, f"{reference_source} (reference config of the release)")

@@ -124,7 +124,8 @@ def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | N
     checkpoint = Path(model.base_checkpoint_path) if model.base_checkpoint_path else None
     needed = "DeepSeek-V3's architecture: the checkpoint's config.json and headers, else model.reference_config"
     try:
-        arch = architecture_of(checkpoint, reference_config_path(inputs.profile, settings.config_dir))
+        reference = reference_config_path(inputs.profile, settings.config_dir)
+        arch = architecture_of(checkpoint, settings.reference_models.get(inputs.profile.name), str(reference))
     except (ConfigError, CheckpointError) as exc:
         return None, Check("model architecture", GPU_PLAN, FAIL, needed, str(exc), f"fix the file named, or model.reference_config / model.base_checkpoint_path in {inputs.profile_file}")
     details = [f"read from {arch.source}"]
