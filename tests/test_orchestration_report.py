@@ -46,7 +46,7 @@ def test_ready_only_when_every_stage_passes_and_the_reasons_say_why_not():
     ok = _report([StageOutcome("raw_xml", materialized=True), StageOutcome("sft_model", materialized=True)])
     assert ok["ready_for_gpu"] is True and ok["passed"] == 2
     assert ok["reasons"][0] == "all 2 stages of the toy chain passed with their checks on CPU"
-    assert "1 of 2 checks passed, none failed" in ok["reasons"][1]  # NOT CHECKED is listed, not counted against
+    assert "1 of 2 checks passed, none failed (launch plan NOT CHECKED: see below)" in ok["reasons"][1]  # named, not counted against
 
     bad = _report(
         [

@@ -153,6 +153,25 @@ def test_a_reachable_checkpoint_is_read_from_its_headers_and_tokenizer(tmp_path,
     assert f"with the model's tokenizer ({checkpoint})" in checks["sequence length"].details[0]
 
 
+def test_the_tags_are_text_to_the_base_tokenizer_and_one_token_each_once_registered(tmp_path):
+    """The two backends' readings of the format's tags: NeMo tokenizes them with the imported checkpoint's own
+    tokenizer, as text that decodes back to the tag (the parser reads it); the Hugging Face backend registers them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftc_assets.training.hf_backend import add_special_tokens
+
+    checkpoint = tmp_path / "ckpt"
+    make_toy_checkpoint(checkpoint, ["<reasoning>up</reasoning><support>a</support><action>BUY</action> " * 40], vocab_size=300)
+    tags = list(load_settings().sft.special_tokens)
+    base = AutoTokenizer.from_pretrained(checkpoint)
+    for tag in tags:
+        ids = base(tag, add_special_tokens=False)["input_ids"]
+        assert len(ids) > 1 and base.decode(ids) == tag
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert len(add_special_tokens(model, base, tags)) == len(tags)
+    assert all(len(base(tag, add_special_tokens=False)["input_ids"]) == 1 for tag in tags)
+
+
 def test_lora_targets_must_be_nemos_module_names():
     assert lora_target_problems(["linear_q_down_proj", "*.layers.0.*.linear_proj", "linear_fc1"]) == []
     problems = lora_target_problems(["q_a_proj", "linear_qkv", "attn"])

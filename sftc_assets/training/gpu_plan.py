@@ -251,7 +251,7 @@ def _token_counter(inputs: _Inputs) -> tuple[Callable[[str, bool], int], str]:
         def count(text: str, prompt: bool) -> int:
             return len(tokenizer(text, add_special_tokens=prompt)["input_ids"]) + (0 if prompt else eos)
 
-        return count, f"with the model's tokenizer ({path})"
+        return count, f"counted with the model's tokenizer ({path})"
     return (lambda text, prompt: len(text.encode("utf-8")) + 1), f"estimated: {BYTES_BOUND}, plus BOS / EOS"
 
 
@@ -284,7 +284,7 @@ def _sequence_length(settings: Settings, inputs: _Inputs, rows: list[tuple[int, 
     needed = (f"training examples within {field} {limit} of the {inputs.backend} backend (at most {MAX_CUT_SHARE:.0%} cut), "
               "every answer whole (its <action> last)")
     found = f"{longer} of {train} training examples ({longer / train:.1%}) longer than {limit} tokens; the longest {longest}"
-    details = (f"counted {how}", f"{cut} when an example is too long", f"answers longer than {field} alone (their action lost): {lose_action}")
+    details = (f"tokens {how}", f"{cut} when an example is too long", f"answers longer than {field} alone (their action lost): {lose_action}")
     if lose_action:
         return Check("sequence length", GPU_PLAN, FAIL, needed, found + f"; {lose_action} answer(s) would lose their action",
                      f"raise {field} in {where} to at least {max(a for _, a in rows)}", details)
