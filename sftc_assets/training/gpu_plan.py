@@ -57,7 +57,6 @@ LAUNCHERS_PENDING = (
 @dataclass(frozen=True)
 class GpuPlan:
     checks: tuple[Check, ...]
-    architecture: Architecture | None
 
     @property
     def passed(self) -> bool:
@@ -113,7 +112,7 @@ def build_gpu_plan(settings: Settings, *, launch_plan: LaunchPlanCheck | None = 
         nemo_environment_check(settings, check_nemo),
         _target_cluster(settings, arch),
     ]  # fmt: skip
-    return GpuPlan(tuple(checks), arch)
+    return GpuPlan(tuple(checks))
 
 
 # --- the model ------------------------------------------------------------------------------------
