@@ -176,8 +176,11 @@ def test_preflight_json_and_the_report_list_the_same_gpu_plan(data_dir, instance
 
     assert run_validation(standin_chain(), instance, "validation-3", log=None)
     report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
-    assert sftc_main(["preflight", "--json"]) == 0
+    code = sftc_main(["preflight", "--json"])
     preflight = json.loads(capsys.readouterr().out)
+    # The stand-ins' files are no checkpoint: this node's item says so; the plan's verdict is the report's.
+    assert code == (0 if preflight["ready"] else 1)
+    assert {c["name"] for c in preflight["checks"] if c["status"] == "FAIL"} <= {"base checkpoint"}
     plan_items = [c for c in preflight["checks"] if c["scope"] != "this node"]
     assert plan_items == report["gpu_plan"]["checks"]
     assert [c["name"] for c in plan_items][:3] == ["model architecture", "parallel layout", "GPU memory"]
