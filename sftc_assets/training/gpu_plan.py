@@ -159,8 +159,8 @@ def _layout(settings: Settings, arch: Architecture) -> Check:
     )  # fmt: skip
     needed = "layers per stage adding up to the model's, heads divisible by tensor, experts by expert parallelism"
     if problems:
-        fix = "; ".join(f"{field} {message}" for field, message in problems)
-        return Check("parallel layout", GPU_PLAN, FAIL, needed, fix, f"change parallelism in {config.source}", details)
+        wrong = "; ".join(f"{field} {message}" for field, message in problems)
+        return Check("parallel layout", GPU_PLAN, FAIL, needed, wrong, f"change parallelism in {config.source}", details)
     found = f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, stages {'/'.join(map(str, stages))}"
     return Check("parallel layout", GPU_PLAN, PASS, needed, found, details=details)
 
