@@ -111,7 +111,7 @@ def test_report_says_which_launcher_ran_the_fine_tune():
     def report(figures: dict, slurm_present: bool) -> str:
         stage = StageOutcome("sft_model", True, figures=figures)
         env = {"python": "3", "platform": "p", "cpu_count": 2, "cuda_available": False, "profile": "toy", "train_backend": "hf", "packages": {}}
-        built = build_report([stage], environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None, slurm_present=slurm_present)
+        built = build_report([stage], gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None, slurm_present=slurm_present)
         return render_markdown(built)
 
     on_slurm = report({"launcher": "slurm", "nodes": 2, "world_size": 2, "slurm_job_id": "9"}, True)

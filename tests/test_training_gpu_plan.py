@@ -1,15 +1,12 @@
 """The GPU plan checked on CPU: the architecture from the release's reference config or a real checkpoint's headers,
-the memory estimator against published layouts, the plan's checks on the shipped configs, LoRA names, the knowledge
-cutoff, and the target cluster asked over real HTTP (a Kubernetes API on 127.0.0.1)."""
+the memory estimator against published layouts, the plan's checks on the shipped configs, LoRA names and the
+knowledge cutoff. (The launcher layer's items: test_launchers_plan_checks.py.)"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from config_helpers import config_clone, edit_yaml, write_nemo_data
@@ -24,6 +21,7 @@ from sftc_assets.training.nemo_config import lora_target_problems
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS, TARGET_CLUSTER
 from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_config
 from sftc_core.settings import load_settings
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
 REFERENCE = CONFIG_DIR / "models" / "deepseek-v3.json"
 
@@ -116,13 +114,13 @@ def test_host_ram_and_disk_against_the_cluster():
 
 
 def test_the_shipped_plan_holds_and_shows_its_arithmetic(with_data):
-    plan = build_gpu_plan(load_settings(), check_nemo=False)
+    plan = build_gpu_plan(load_settings(), check_nemo=False, launch_checks=gpu_plan_launch_checks)
     checks = _checks(plan)
     assert plan.passed, [c.line for c in plan.checks if c.status == FAIL]
     for name in ("model architecture", "parallel layout", "GPU memory", "host RAM", "data volume", "batch arithmetic", "LoRA targets",
-                 "sequence length", "answer length", "special tokens", "knowledge cutoff"):  # fmt: skip
+                 "sequence length", "answer length", "special tokens", "knowledge cutoff", "launch plan"):  # fmt: skip
         assert checks[name].status == PASS, checks[name].line
-    assert checks["launch plan"].status == NOT_CHECKED and "issue 10" in checks["launch plan"].found
+    assert "#SBATCH --nodes=5" in checks["launch plan"].details  # the full profile's Slurm job, rendered
     assert checks["target cluster"].scope == TARGET_CLUSTER and checks["target cluster"].status == NOT_CHECKED
     assert any(line.startswith("bf16 weights: ") for line in checks["GPU memory"].details)
     assert any(line.startswith("total: ") for line in checks["data volume"].details)
@@ -183,78 +181,6 @@ def test_the_first_unseen_date_counts_trading_sessions():
     # DeepSeek-V3's cutoff 2024-12-26 (Thursday): entry 12-27, five sessions on (New Year's Day closed) exit 2025-01-06.
     assert first_unseen_date(dt.date(2024, 12, 26), 5) == dt.date(2025, 1, 7)
     assert first_unseen_date(dt.date(2024, 12, 26), 1) == dt.date(2024, 12, 31)
-
-
-# --- the target cluster over real HTTP ---------------------------------------------------------------
-
-
-class _KubernetesApi(BaseHTTPRequestHandler):
-    """GET /api/v1/nodes with a labelSelector, as the Kubernetes API answers it."""
-
-    nodes: list[dict] = []
-
-    def do_GET(self):  # noqa: N802 (the handler's API)
-        url = urlparse(self.path)
-        if url.path != "/api/v1/nodes":
-            self.send_error(404)
-            return
-        wanted = dict(pair.split("=", 1) for pair in parse_qs(url.query).get("labelSelector", [""])[0].split(",") if pair)
-        items = [n for n in self.nodes if wanted.items() <= n["metadata"]["labels"].items()]
-        body = json.dumps({"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def _node(name: str, labels: dict, gpus: int, memory: str) -> dict:
-    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "memory": memory, "cpu": "224"}}}
-
-
-@pytest.fixture
-def kubernetes_api(tmp_path, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KubernetesApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "test", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))  # fmt: skip
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    yield _KubernetesApi
-    server.shutdown()
-
-
-def _k8s_settings():
-    settings = load_settings()
-    return settings.model_copy(update={"finetune": settings.finetune.model_copy(update={"launcher": "k8s"})})
-
-
-def test_the_kubernetes_api_is_asked_for_the_gpu_pool(data_dir, kubernetes_api):
-    settings = _k8s_settings()
-    labels = dict(settings.cluster.node_pools.gpu.node_selector)
-    kubernetes_api.nodes = [_node(f"gpu-{i}", labels, 8, "2113536Mi") for i in range(5)] + [_node("cpu-0", {"sftc.dev/node-pool": "cpu"}, 0, "64Gi")]
-    check = _checks(build_gpu_plan(settings, check_nemo=False))["target cluster"]
-    assert check.status == PASS and "5 of 5 node(s)" in check.found and "kubeconfig" in check.found
-
-    kubernetes_api.nodes = kubernetes_api.nodes[:3] + [_node("gpu-small", labels, 8, "512Gi")]  # too little memory for the import
-    check = _checks(build_gpu_plan(settings, check_nemo=False))["target cluster"]
-    assert check.status == FAIL and "3 of 4 node(s)" in check.found and "nodes in" in check.fix
-
-
-def test_no_cluster_configuration_is_not_checked_with_the_reason(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    check = _checks(build_gpu_plan(_k8s_settings(), check_nemo=False))["target cluster"]
-    assert check.status == NOT_CHECKED and "no Kubernetes configuration" in check.found
 
 
 def test_the_reference_config_is_read_at_load_as_the_profile_names_it():

@@ -2,7 +2,7 @@
 clone of configs/, each counted caught when the first error at load or a failed GPU-plan check names the field.
 
 Classes: config values, cross-field dates, parallelism and batch arithmetic, module names, memory / RAM / disk
-sizing, sequence length, special tokens, knowledge cutoff, the model config. The faults that only show while the
+sizing, sequence length, special tokens, knowledge cutoff, the launch plan, the model config. The faults that only show while the
 toy chain runs (a divergent learning rate, answers cut by max_new_tokens) run the real chain in
 tests/test_validation_fault_suite_chain.py (slow).
 """
@@ -20,6 +20,7 @@ from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.checks import FAIL
 from sftc_core.configs import ConfigError
 from sftc_core.settings import load_settings
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
 GOAL = 0.95
 
@@ -31,6 +32,7 @@ class Fault:
     change: object  # change(raw) on the parsed file (or on the JSON for .json)
     names: str  # the field the error or the failed check must name
     env: tuple = ()
+    also: tuple = ()  # (file, change) planted with it: a mistake that needs two files to show
 
 
 def _set(*path_and_value):
@@ -103,6 +105,10 @@ FAULTS = {
     "a test window the base model may have seen": Fault("knowledge cutoff", "profiles/full.yaml", _many(_set("dates", "train_end", "2023-12-31"), _set("dates", "test_start", "2024-07-01")), "dates.test_start"),
     "a test window starting inside the label horizon": Fault("knowledge cutoff", "profiles/full.yaml", _set("dates", "test_start", "2025-01-02"), "dates.test_start"),
     "no knowledge cutoff for a pretrained model": Fault("knowledge cutoff", "profiles/full.yaml", _set("model", "knowledge_cutoff", None), "model.knowledge_cutoff"),
+    # the launch plan
+    "the five-node fine-tune on the local launcher": Fault("launch plan", "profiles/full.yaml", _set("launch", "launcher", "local"), "launch.launcher"),
+    "JobSets without a NeMo image": Fault("launch plan", "cluster.yaml", _set("kubernetes", "images", {"sftc": "registry.example.com/sftc/sftc:latest"}), "kubernetes.images.nemo",
+                                          also=(("profiles/full.yaml", _set("launch", "launcher", "k8s")),)),
     # the model config
     "a reference config without its layer count": Fault("model config", "models/deepseek-v3.json", lambda r: r.pop("num_hidden_layers"), "num_hidden_layers"),
     "a vocabulary that is not the model's": Fault("model config", "profiles/full.yaml", _set("model", "vocab_size", 128000), "model.vocab_size"),
@@ -111,13 +117,14 @@ FAULTS = {
 
 def _plant(tmp_path: Path, fault: Fault) -> Path:
     config_dir = config_clone(tmp_path)
-    path = config_dir / fault.file
-    if path.suffix == ".json":
-        raw = json.loads(path.read_text())
-        fault.change(raw)
-        path.write_text(json.dumps(raw))
-    else:
-        edit_yaml(path, fault.change)
+    for file, change in ((fault.file, fault.change), *fault.also):
+        path = config_dir / file
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text())
+            change(raw)
+            path.write_text(json.dumps(raw))
+        else:
+            edit_yaml(path, change)
     return config_dir
 
 
@@ -133,7 +140,7 @@ def outcome(tmp_path: Path, fault: Fault) -> tuple[bool, str]:
         message = str(exc)
         file = config_dir / fault.file if not fault.file.startswith("models/") else config_dir
         return str(file) in message and fault.names in message, f"at load: {message}"
-    failed = [c for c in build_gpu_plan(settings, check_nemo=False).checks if c.status == FAIL]
+    failed = [c for c in build_gpu_plan(settings, check_nemo=False, launch_checks=gpu_plan_launch_checks).checks if c.status == FAIL]
     text = " | ".join(f"{c.name}: {c.found}. Fix: {c.fix}" for c in failed)
     return bool(failed) and fault.names in text, f"GPU plan: {text or 'no check failed'}"
 

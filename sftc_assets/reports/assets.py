@@ -14,7 +14,7 @@ from sftc_core.settings import Settings
 from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
 from sftc_resources.metadata import code_version, manifest_metadata
-from sftc_resources.launchers.plan_checks import LAUNCH_PLAN_CHECK
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import input_problems, writing
 
@@ -122,7 +122,7 @@ def defs(settings: Settings) -> dg.Definitions:
             else None
         )
         stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
-        plan = gpu_plan.build_gpu_plan(settings, launch_plan=LAUNCH_PLAN_CHECK)
+        plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
         report = validation.build_report(
             stages,
             gpu_plan=list(plan.checks),

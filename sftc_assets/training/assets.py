@@ -25,7 +25,7 @@ from sftc_core.text import markdown_table
 from sftc_resources.launchers import jobs, targets
 from sftc_resources.launchers.pipes import launch_step
 from sftc_resources.launchers.plan import Launch, LaunchError
-from sftc_resources.launchers.plan_checks import LAUNCH_PLAN_CHECK
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 from sftc_resources.metadata import code_version, image_markdown, manifest_metadata
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
@@ -336,7 +336,7 @@ def defs(settings: Settings) -> dg.Definitions:
         **check_placement("auto", settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:
-        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_plan=LAUNCH_PLAN_CHECK)
+        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_checks=gpu_plan_launch_checks)
         rows = [{k: v for k, v in check.as_dict().items() if k != "details"} for check in report.checks]
         return dg.AssetCheckResult(
             passed=report.ready,

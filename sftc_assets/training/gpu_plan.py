@@ -45,13 +45,9 @@ TAG = re.compile(r"</?[A-Za-z_][A-Za-z0-9_\-]*>")
 # of them loses the response cue (the Hugging Face backend loses the prompt's start).
 MAX_CUT_SHARE = 0.05
 BYTES_BOUND = "at most one token per UTF-8 byte (DeepSeek-V3's tokenizer is byte-level BPE), the model's tokenizer not being reachable here"
-# The seam for the multi-node launchers (issue 10): renders the sbatch script or manifest of the GPU run and
-# validates it, as a Check. Until they land on main nothing renders one.
-LaunchPlanCheck = Callable[[Settings], Check]
-LAUNCHERS_PENDING = (
-    "no multi-node launcher renders a job yet: the sbatch / Kubernetes job launchers (issue 10) are not on main; "
-    "today's launchers start one node"
-)
+# The launcher layer's items ("launch plan", "target cluster"): it renders the GPU run's job and asks its cluster
+# (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in.
+LaunchChecks = Callable[[Settings, "Architecture | None"], list[Check]]
 
 
 @dataclass(frozen=True)
@@ -89,8 +85,8 @@ def _inputs(settings: Settings) -> _Inputs:
     )
 
 
-def build_gpu_plan(settings: Settings, *, launch_plan: LaunchPlanCheck | None = None, check_nemo: bool = True) -> GpuPlan:
-    """Every check of the GPU plan; `launch_plan` renders the multi-node job (None: not available yet)."""
+def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = None, check_nemo: bool = True) -> GpuPlan:
+    """Every check of the GPU plan; `launch_checks` renders the GPU run's job and asks its cluster (None: both not checked)."""
     inputs = _inputs(settings)
     arch, arch_check = _architecture(settings, inputs)
     checks = [arch_check]
@@ -107,10 +103,11 @@ def build_gpu_plan(settings: Settings, *, launch_plan: LaunchPlanCheck | None = 
         _lora_targets(settings),
         *_data_checks(settings, inputs),
         _knowledge_cutoff(inputs, settings.prices.calendar),
-        launch_plan(settings) if launch_plan else Check("launch plan", GPU_PLAN, NOT_CHECKED, "the rendered sbatch script or Kubernetes job", LAUNCHERS_PENDING,
-                                                        "lands with the multi-node launchers (issue 10): pass their renderer to build_gpu_plan"),
         nemo_environment_check(settings, check_nemo),
-        _target_cluster(settings, arch),
+        *(launch_checks(settings, arch) if launch_checks else [
+            Check("launch plan", GPU_PLAN, NOT_CHECKED, "the GPU run's job rendered by its launcher", "the launcher layer was not handed to the plan"),
+            Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
+        ]),
     ]  # fmt: skip
     return GpuPlan(tuple(checks))
 
@@ -358,27 +355,23 @@ def _nemo_import(python: str, modified: float, timeout_s: float) -> tuple[bool, 
 
 
 def nemo_environment_check(settings: Settings, check_nemo: bool = True, timeout_s: float = 300) -> Check:
-    config = settings.finetune
-    if config.launcher == "k8s":
-        image = config.k8s.image if config.k8s else "no image"
+    """The NeMo environment the GPU run's launcher will use, named, and where it can be reached here, imported."""
+    launcher = settings.full_profile.launch.launcher
+    cluster = settings.cluster
+    image = cluster.kubernetes.images.get("nemo") if launcher == "k8s" else None
+    on_slurm = cluster.slurm.environments.get("nemo") if launcher == "slurm" else None
+    image = image or (on_slurm.container_image if on_slurm else None)
+    if image:
         return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, f"`{NEMO_IMPORT}` in the image {image}",
-                     f"image {image} (launcher k8s): pulled by the GPU node, not reachable from here")
-    python = settings.nemo_python
-    needed = f"`{NEMO_IMPORT}` in {python} (launcher subprocess: the interpreter of the node that runs the step)"
+                     f"image {image} (launcher {launcher}): pulled by the GPU nodes, not from here")  # fmt: skip
+    if launcher == "k8s":
+        return Check("NeMo environment", GPU_PLAN, FAIL, "an image for the NeMo steps", "configs/cluster.yaml names no kubernetes.images.nemo",
+                     "set kubernetes.images.nemo in configs/cluster.yaml (deploy/nemo-k8s.md)")  # fmt: skip
+    python = Path(on_slurm.python) if on_slurm and on_slurm.python else settings.nemo_python
+    needed = f"`{NEMO_IMPORT}` in {python} (launcher {launcher}: the same path on the node that runs the step)"
     if not python.is_file():
         return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, needed, f"{python} is not on this node", "make .venv-nemo (or set SFTC_NEMO_PYTHON) on the GPU node")
     if not check_nemo:
         return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, needed, f"{python} present, import not tried (--no-nemo)")
     ok, said = _nemo_import(str(python), python.stat().st_mtime, timeout_s)
     return Check("NeMo environment", GPU_PLAN, PASS if ok else FAIL, needed, said, "" if ok else f"repair {python} (make .venv-nemo, requirements-nemo.txt)")
-
-
-def _target_cluster(settings: Settings, arch: Architecture | None) -> Check:
-    config = settings.finetune
-    needed = f"{config.nodes} GPU node(s) of the gpu pool with {config.gpus_per_node} GPUs each"
-    if config.launcher != "k8s":
-        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
-                     "launcher subprocess: the step runs on whichever node materializes it, so there is no cluster to ask; `sftc preflight` on that node checks its GPUs")
-    from sftc_assets.training.cluster import kubernetes_gpu_nodes
-
-    return kubernetes_gpu_nodes(settings, needed, arch)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sftc_assets.checkpoints.convert import plan_conversion, triton_fp8_check
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
-from sftc_assets.training.gpu_plan import GpuPlan, LaunchPlanCheck, build_gpu_plan
+from sftc_assets.training.gpu_plan import GpuPlan, LaunchChecks, build_gpu_plan
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS, THIS_NODE, WARN, Check, checks_table, failures
 from sftc_core.configs import FinetuneConfig
 from sftc_core.gpu import GpuGateError, GpuProbe, probe_gpus, require_gpus
@@ -48,7 +48,7 @@ def run_preflight(
     require_gpu: bool = True,
     check_nemo: bool = True,
     probe: GpuProbe | None = None,
-    launch_plan: LaunchPlanCheck | None = None,
+    launch_checks: LaunchChecks | None = None,
 ) -> PreflightReport:
     """The checklist. `require_gpu=False` (the toy profile's CPU node) leaves this node's GPU items unchecked."""
     finetune = settings.finetune  # validated when the settings were loaded: a broken file never gets this far
@@ -59,7 +59,7 @@ def run_preflight(
     else:
         checks.append(Check("gpu", THIS_NODE, NOT_CHECKED, "not required (CPU node of the toy profile)", "not probed"))
     checks += _checkpoint_checks(settings)
-    plan = build_gpu_plan(settings, launch_plan=launch_plan, check_nemo=check_nemo)
+    plan = build_gpu_plan(settings, launch_checks=launch_checks, check_nemo=check_nemo)
     return PreflightReport((*checks, *plan.checks), require_gpu, plan)
 
 

@@ -72,7 +72,8 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
 
 def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.training.preflight import run_preflight
+    from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
-    report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo)
+    report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ready else 1
