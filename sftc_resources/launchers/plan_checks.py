@@ -58,15 +58,17 @@ def launch_plan_check(settings: Settings, steps: list[EntryStep], launch: Launch
     except LaunchError as exc:
         return Check("launch plan", GPU_PLAN, FAIL, needed, str(exc), f"set launch.launcher: slurm or k8s in {profile_file} (configs/cluster.yaml says where)")
     problems = [problem for step, plan in zip(steps, plans) for problem in _rendered_problems(step, plan)]
-    details = tuple(
-        line
-        for plan in plans
-        for line in (f"{plan['step']}: {plan.get('per_node_command') or plan.get('command', '')}", *_directives(plan))
-    )
+    details = tuple(line for plan in plans for line in (_headline(plan), *_directives(plan)))
     if problems:
         return Check("launch plan", GPU_PLAN, FAIL, needed, "; ".join(problems), "fix the slurm: / kubernetes: section of configs/cluster.yaml", details)
     kinds = {"slurm": "sbatch script", "k8s": "JobSet manifest", "local": "command line"}
     return Check("launch plan", GPU_PLAN, PASS, needed, f"{len(plans)} step(s) rendered as {kinds[launch.launcher]}s: " + ", ".join(p["step"] for p in plans), details=details)
+
+
+def _headline(plan: dict) -> str:
+    """The step and, where it has one, the command each node runs."""
+    command = plan.get("per_node_command") or plan.get("command")
+    return f"{plan['step']}: {command}" if command else plan["step"]
 
 
 def _directives(plan: dict) -> list[str]:
