@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from sftc_assets.training import memory
+from sftc_assets.training.architecture import architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS
 from sftc_core.settings import Settings, load_settings
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_core.launch import EntryStep
+from sftc_core.text import format_bytes
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
+from sftc_resources.launchers import slurm
+from sftc_resources.launchers.slurm import render_sbatch, slurm_available
 
 
 def with_plan_launcher(settings: Settings, launcher: str, **cluster_sections) -> Settings:
@@ -73,6 +80,43 @@ def test_slurm_is_asked_only_for_a_named_partition_and_where_sinfo_answers(data_
     monkeypatch.setenv("PATH", str(tmp_path))  # bash, and no sinfo
     check = _target(with_plan_launcher(load_settings(), "slurm", slurm={"partition": "gpu"}))
     assert check.status == NOT_CHECKED and "sinfo does not answer on this node: partition gpu not asked" in check.found
+
+
+def _sinfo(*fields: str) -> str:
+    return subprocess.run(["sinfo", "-h", *fields], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not slurm_available(), reason="no Slurm answers sinfo here: .ci/with_slurm starts a local one")
+def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(data_dir):
+    """Against the Slurm that answers here (.ci/with_slurm: partition ci, two CPU nodes): its nodes hold neither the
+    fine-tune's GPUs nor the import's host memory, and a partition time limit below launch.time_limit is named."""
+    partition = _sinfo("-o", "%P").splitlines()[0].rstrip("*")
+    settings = with_plan_launcher(load_settings(), "slurm", slurm={"partition": partition})
+    reference = settings.reference_models["full"]
+    ram = memory.import_host_memory(architecture_of(None, reference), None, "").needed_bytes
+    check = _target(settings)
+    assert check.status == FAIL
+    assert f"finetune needs 5 node(s) with 8 GPU(s) and {format_bytes(ram)} of memory each; partition {partition} has 0 usable of" in check.found
+    assert all(f"{node}: 0 GPU(s), " in check.found for node in _sinfo("-N", "-o", "%N").split())  # each node with its memory
+    assert "slurm.partition in configs/cluster.yaml" in check.fix
+    assert "; sbatch --test-only: error: Invalid generic resource (gres) specification" in check.found  # Slurm's own word: no GPUs here
+    nodes = len(_sinfo("-N", "-o", "%N").split())
+    fits = f"#!/bin/bash\n#SBATCH --nodes={nodes}\n#SBATCH --time={settings.full_profile.launch.time_limit}\nsrun hostname\n"
+    starts, said = slurm.sbatch_test_only(fits, partition)
+    assert starts and said.startswith("Job ") and f"in partition {partition}" in said  # nothing submitted
+    assert not _sinfo("-o", "%A").startswith("1/")  # no job allocated
+    spaced = render_sbatch(EntryStep("probe", "sftc_core.launch", ()), plan_launch(settings), data_dir / "a b" / "launch")
+    assert slurm.sbatch_test_only(spaced, partition)[0]  # the quoted directive is read whole
+    if "sftc-ci" not in subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout:
+        return  # a real cluster: its partitions are not ours to change
+    limit = settings.full_profile.launch.time_limit
+    subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=00:30:00"], check=True)
+    try:
+        check = _target(settings)
+        assert f"launch.time_limit {limit} is longer than partition {partition}'s time limit of 00:30:00: Slurm refuses the job" in check.found
+    finally:
+        subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=INFINITE"], check=True)
 
 
 class _KubernetesApi(BaseHTTPRequestHandler):

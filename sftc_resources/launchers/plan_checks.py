@@ -112,9 +112,18 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, ar
                          "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
         if not slurm.slurm_available():
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"sinfo does not answer on this node: partition {partition} not asked")
-        found = targets.check_target(step, launch)
-        return Check("target cluster", TARGET_CLUSTER, PASS if found.ok else FAIL, needed, found.found,
-                     "" if found.ok else f"a partition with the nodes (slurm.partition in configs/cluster.yaml), or fewer nodes in {settings.finetune.source}")  # fmt: skip
+        ram = _import_ram(arch)
+        found = targets.check_target(step, launch, ram)
+        try:
+            job_dir = launch.data_dir / "launch" / f"{step.name}-test-only"  # a path as a submission has one (sbatch reads it)
+            starts, said = slurm.sbatch_test_only(jobs.render_plan(step, launch, job_dir)["sbatch_script"], partition)
+        except LaunchError as exc:  # not rendered (see launch plan) or sbatch not answering
+            starts, said = False, str(exc)
+        fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
+               f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")  # fmt: skip
+        needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
+        ok = found.ok and starts
+        return Check("target cluster", TARGET_CLUSTER, PASS if ok else FAIL, needed, f"{found.found}; sbatch --test-only: {said}", "" if ok else fix)
     return kubernetes_gpu_nodes(settings, step, needed, arch)
 
 
@@ -139,17 +148,24 @@ def kubernetes_gpu_nodes(settings: Settings, step: EntryStep, needed: str, arch:
         nodes = client.CoreV1Api().list_node(label_selector=selector, _request_timeout=API_TIMEOUT_S).items
     except Exception as exc:  # the client raises its own ApiException and urllib3's network errors alike
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"the Kubernetes API named by {where} did not answer: {exc}".splitlines()[0])
-    ram = memory.import_host_memory(arch, None, "").needed_bytes if arch else 0
+    ram = _import_ram(arch)
     usable = [
         node.metadata.name
         for node in nodes
         if int((node.status.allocatable or {}).get(GPU_RESOURCE, "0")) >= step.gpus_per_node
         and quantity_bytes((node.status.allocatable or {}).get("memory", "0")) >= ram
     ]
-    found = f"{len(usable)} of {len(nodes)} node(s) matching {selector or 'any label'} have {step.gpus_per_node} {GPU_RESOURCE}" + (
-        f" and {format_bytes(ram)} of memory for the import" if ram else ""
-    )
+    found = f"{len(usable)} of {len(nodes)} node(s) matching {selector or 'any label'} have {step.gpus_per_node} {GPU_RESOURCE}" + _with_ram(ram)
     if len(usable) < step.nodes:
         return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found,
                      f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")  # fmt: skip
     return Check("target cluster", TARGET_CLUSTER, PASS, needed, found + f" ({where})")
+
+
+def _import_ram(arch: Architecture | None) -> int:
+    """Host memory each GPU node needs for the NeMo import (0 where the architecture is unknown: not asked)."""
+    return memory.import_host_memory(arch, None, "").needed_bytes if arch else 0
+
+
+def _with_ram(ram: int) -> str:
+    return f" and {format_bytes(ram)} of memory for the import" if ram else ""
