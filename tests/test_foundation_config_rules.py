@@ -37,7 +37,7 @@ FAULTS = {
     "partitions reversed": ("profiles/toy.yaml", lambda r: r["partitions"].update(start="2013-01"), ["field 'partitions.end'", "end 2012-12 comes before start 2013-01"]),
     "dates outside the partitions": ("profiles/toy.yaml", lambda r: r["partitions"].update(end="2012-10"),
                                      ["reach outside partitions.start..partitions.end 2010-01..2012-10", "cover the months 2010-01..2012-12"]),
-    "warmup as long as training": ("profiles/toy.yaml", lambda r: r["training"].update(warmup_steps=300), ["field 'training.warmup_steps'", "warmup_steps 300 must be below max_steps 300"]),
+    "warmup as long as training": ("profiles/toy.yaml", lambda r: r["training"].update(warmup_steps=1200, max_steps=1200), ["field 'training.warmup_steps'", "warmup_steps 1200 must be below max_steps 1200"]),
     "a learning rate that is no step size": ("profiles/toy.yaml", lambda r: r["training"].update(learning_rate=3.0),
                                              ["field 'training.learning_rate'", "3.0 is not a learning rate", "(got 3.0)"]),
     "parse-rate threshold outside [0, 1]": ("eval_config.yaml", lambda r: r.update(min_parse_rate=50), ["eval_config.yaml", "field 'min_parse_rate'", "(got 50)"]),

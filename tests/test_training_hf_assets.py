@@ -109,7 +109,8 @@ def test_a_climbing_training_loss_fails_its_check_naming_the_learning_rate_and_i
     (output / "training.csv").write_text(rows)
     result = check()
     assert not result.passed
-    assert "training.learning_rate 0.003 (warmup_steps 20, max_grad_norm 1) in" in result.description
+    training = load_settings().profile.training
+    assert f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm:g}) in" in result.description
     assert "configs/profiles/toy.yaml is likely too high" in result.description and "mean of steps 6..10" in result.description
     (output / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{7.0 - 0.2 * i},0.003,1.0\n" for i in range(12)))
     assert check().passed

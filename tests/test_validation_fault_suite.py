@@ -74,7 +74,7 @@ FAULTS = {
     "test window ends before it starts": Fault("cross-field dates", "profiles/full.yaml", _set("dates", "test_end", "2025-01-31"), "dates.test_end"),
     "partitions reversed": Fault("cross-field dates", "profiles/toy.yaml", _set("partitions", "end", "2009-12"), "partitions.end"),
     "test window past the partitions": Fault("cross-field dates", "profiles/full.yaml", _set("dates", "test_end", "2026-06-30"), "partitions.end"),
-    "warmup as long as the training": Fault("cross-field dates", "profiles/toy.yaml", _set("training", "warmup_steps", 300), "training.warmup_steps"),
+    "warmup as long as the training": Fault("cross-field dates", "profiles/toy.yaml", lambda r: r["training"].update(warmup_steps=r["training"]["max_steps"]), "training.warmup_steps"),
     # parallelism and batch arithmetic
     "4 nodes for TP 8 x PP 5": Fault("parallelism", "nemo/finetune.yaml", _set("nodes", 4), "parallelism"),
     "global batch not a multiple of the data-parallel size": Fault("parallelism", "nemo/finetune.yaml", _many(_set("nodes", 10), _set("global_batch_size", 127)), "global_batch_size"),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from config_helpers import edit_yaml
 
 pytestmark = pytest.mark.slow
@@ -40,12 +41,14 @@ def sftc_run(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_a_climbing_loss_stops_the_chain_at_the_fine_tune_naming_the_learning_rate(tmp_path):
     root = clone(tmp_path)
-    edit_yaml(root / "configs" / "profiles" / "toy.yaml", lambda raw: raw["training"].update(learning_rate=0.5))
+    toy = root / "configs" / "profiles" / "toy.yaml"
+    edit_yaml(toy, lambda raw: raw["training"].update(learning_rate=0.5))
+    training = yaml.safe_load(toy.read_text())["training"]
     done = sftc_run(root, tmp_path)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     failure = done.stdout[done.stdout.index("\nFAILED: run "):]
     assert "check training_loss_stable failed: the training loss climbed to" in failure
-    assert f"training.learning_rate 0.5 (warmup_steps 20, max_grad_norm 1) in {root / 'configs' / 'profiles' / 'toy.yaml'} is likely too high" in failure
+    assert f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high" in failure
     assert not (tmp_path / "data" / "eval").exists()  # stopped there: no evaluation of a model that did not learn
 
 
