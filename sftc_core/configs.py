@@ -7,17 +7,20 @@ must divide the GPUs, tags that must pair) are checked here too, so a wrong conf
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,8 +54,9 @@ def load_yaml_model(path: Path | str, model: type[BaseModel]) -> Any:
         return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}"
-            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
+            f"field '{'.'.join(str(p) for p in err['loc']) or '(across fields)'}': {err['msg'].removeprefix('Value error, ')}"
+            # A rule across fields already names its values; the input would be the whole section.
+            + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], (dict, list)) else "")
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
@@ -74,12 +78,48 @@ class PartitionsConfig(Strict):
             raise ValueError(f"expected a month written YYYY-MM, got {value!r}")
         return value
 
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: str, info: ValidationInfo) -> str:
+        start = info.data.get("start")
+        if start is not None and value < start:
+            raise ValueError(f"end {value} comes before start {start}; expected start <= end (months YYYY-MM)")
+        return value
+
 
 class DatesConfig(Strict):
     train_start: dt.date
     train_end: dt.date
     test_start: dt.date
     test_end: dt.date
+
+    # Each date checked against the one before it (fields validate in this order).
+    @field_validator("train_end")
+    @classmethod
+    def _training_window(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("train_start")
+        if start is not None and value < start:
+            raise ValueError(f"the training window ends before it starts: train_end {value} < train_start {start}")
+        return value
+
+    @field_validator("test_start")
+    @classmethod
+    def _after_training(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start, end = info.data.get("train_start"), info.data.get("train_end")
+        if end is not None and value <= end:
+            raise ValueError(
+                f"test_start {value} lies inside the training window {start}..{end}; "
+                "expected a test_start after train_end (with room for validation and the embargo between them)"
+            )
+        return value
+
+    @field_validator("test_end")
+    @classmethod
+    def _test_window(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("test_start")
+        if start is not None and value < start:
+            raise ValueError(f"the test window ends before it starts: test_end {value} < test_start {start}")
+        return value
 
 
 class CorpusConfig(Strict):
@@ -99,6 +139,10 @@ class ModelConfig(Strict):
     seed: int = 0
     vocab_size: int = Field(gt=0)
     base_checkpoint_path: str | None = None
+    # The architecture where the checkpoint is not reachable (the GPU plan on a CPU node): a config.json under configs/.
+    reference_config: str | None = None
+    # The last day the base model's pretraining data may cover: the test window must start after it plus the label horizon.
+    knowledge_cutoff: dt.date | None = None
 
 
 class ComputeConfig(Strict):
@@ -143,6 +187,21 @@ class TrainingConfig(Strict):
     cpu_threads: int | None = Field(default=None, gt=0)
     # Validation prompts generated greedily after training to measure the parse rate (0: skip).
     parse_check_samples: int = Field(default=64, ge=0)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _adam_step(cls, value: float) -> float:
+        if value >= 1:
+            raise ValueError(f"{value} is not a learning rate for AdamW (the step size in weight units); expected a value below 1, e.g. 3.0e-3")
+        return value
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_inside(cls, value: int, info: ValidationInfo) -> int:
+        steps = info.data.get("max_steps")
+        if steps is not None and value >= steps:
+            raise ValueError(f"warmup_steps {value} must be below max_steps {steps}")
+        return value
 
 
 class ServingConfig(Strict):
@@ -213,6 +272,16 @@ class ProfileConfig(Strict):
     training: TrainingConfig
     evaluation: EvaluationConfig
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _dates_inside_partitions(self) -> ProfileConfig:
+        first, last = f"{self.dates.train_start:%Y-%m}", f"{self.dates.test_end:%Y-%m}"
+        if first < self.partitions.start or last > self.partitions.end:
+            raise ValueError(
+                f"dates.train_start..dates.test_end {self.dates.train_start}..{self.dates.test_end} reach outside "
+                f"partitions.start..partitions.end {self.partitions.start}..{self.partitions.end}; expected the partitions to cover the months {first}..{last}"
+            )
+        return self
 
 
 # --- configs/sft_config.yaml ------------------------------------------------------------------
@@ -301,11 +370,25 @@ class BacktestConfig(Strict):
     permutations: int = Field(default=2000, ge=0)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _five_actions(self) -> BacktestConfig:
-        if set(self.scores) != set(ACTIONS):
-            raise ValueError(f"scores must give exactly the actions {', '.join(ACTIONS)}, got {', '.join(self.scores)}")
-        return self
+    @field_validator("risk_free_rate")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not -1 < value < 1:
+            raise ValueError(f"{value} is not an annual rate written as a fraction; expected e.g. 0.05 for 5%")
+        return value
+
+    @field_validator("scores")
+    @classmethod
+    def _five_actions(cls, scores: dict[str, float]) -> dict[str, float]:
+        if set(scores) != set(ACTIONS):
+            raise ValueError(f"scores must give exactly the actions {', '.join(ACTIONS)}, got {', '.join(scores)}")
+        values = [scores[action] for action in ACTIONS]
+        if any(abs(v) > 1 for v in values) or values != sorted(values, reverse=True):
+            raise ValueError(
+                "scores must run from STRONG_BUY down to STRONG_SELL within [-1, 1] (signed position weights), got "
+                + ", ".join(f"{a} {v:g}" for a, v in zip(ACTIONS, values))
+            )
+        return scores
 
 
 # --- configs/nemo/finetune.yaml ---------------------------------------------------------------
@@ -335,6 +418,8 @@ class FinetuneConfig(Strict):
     micro_batch_size: int = Field(ge=1)
     global_batch_size: int = Field(ge=1)
     packed_sequence: bool = False
+    # Activation recompute: none (NeMo's recipe) or full (each layer keeps only its input and recomputes the rest).
+    recompute: Literal["none", "full"] = "none"
     learning_rate: float = Field(gt=0)
     min_learning_rate: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(ge=0)
@@ -398,6 +483,8 @@ def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
         problems.append(("seq_length", f"{config.seq_length} must be a multiple of parallelism.tensor = {p.tensor} with sequence_parallel"))
     if config.warmup_steps >= config.max_steps:
         problems.append(("warmup_steps", f"{config.warmup_steps} must be below max_steps {config.max_steps}"))
+    if config.val_check_interval > config.max_steps:
+        problems.append(("val_check_interval", f"{config.val_check_interval} exceeds max_steps {config.max_steps}: the run would never validate"))
     if config.min_learning_rate > config.learning_rate:
         problems.append(("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}"))
     return problems
@@ -448,11 +535,49 @@ class ContainerResources(Strict):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+# The extended resource Kubernetes schedules GPUs by (NVIDIA's device plugin).
+GPU_RESOURCE = "nvidia.com/gpu"
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+                   "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}  # fmt: skip
+
+
+def quantity_bytes(text: str) -> int:
+    """A Kubernetes quantity of bytes (`512Gi`, `2Ti`, `1.5T`) as a number of bytes."""
+    match = _QUANTITY.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; expected a Kubernetes quantity such as 512Gi, 2Ti or 500G")
+    return int(float(match[1]) * _QUANTITY_UNITS[match[2]])
+
+
+def _size(value: str) -> str:
+    quantity_bytes(value)
+    return value
+
+
+Size = Annotated[str, AfterValidator(_size)]
+
+
 class NodePool(Strict):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     resources: ContainerResources = Field(default_factory=ContainerResources)
     gpus: int = Field(default=0, ge=0)
+    # Host RAM of one node of the pool (a Kubernetes quantity): the GPU plan's host-RAM check reads it.
+    node_memory: Size | None = None
+
+    @model_validator(mode="after")
+    def _limit_fits_node(self) -> NodePool:
+        limit = self.resources.limits.get("memory")
+        if limit is not None and self.node_memory is not None and quantity_bytes(limit) > quantity_bytes(self.node_memory):
+            raise ValueError(f"resources.limits.memory {limit} exceeds node_memory {self.node_memory}: no node could give it")
+        return self
+
+    @property
+    def usable_memory_bytes(self) -> int | None:
+        """What a step's pod may use: the node's RAM, capped by the pod's memory limit."""
+        sizes = [quantity_bytes(v) for v in (self.node_memory, self.resources.limits.get("memory")) if v is not None]
+        return min(sizes) if sizes else None
 
 
 class NodePools(Strict):
@@ -503,17 +628,58 @@ class KubernetesConfig(Strict):
     poll_seconds: float = Field(default=10.0, gt=0)
 
 
+class StorageConfig(Strict):
+    # Size of the volume behind SFTC_DATA_DIR on the GPU nodes (kubernetes.data_volume_claim, or the shared filesystem under Slurm), a Kubernetes quantity.
+    data_volume: Size
+
+    @property
+    def data_volume_bytes(self) -> int:
+        return quantity_bytes(self.data_volume)
+
+
 class ClusterConfig(Strict):
     node_pools: NodePools
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    storage: StorageConfig | None = None
 
 
 # --- loading ----------------------------------------------------------------------------------
 
 
 def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> ProfileConfig:
-    return load_yaml_model(Path(config_dir) / "profiles" / f"{name}.yaml", ProfileConfig)
+    return load_yaml_model(profile_path(name, config_dir), ProfileConfig)
+
+
+def profile_path(name: str, config_dir: Path = CONFIG_DIR) -> Path:
+    return Path(config_dir) / "profiles" / f"{name}.yaml"
+
+
+def read_model_config(path: Path | str) -> dict:
+    """A model's config.json (a JSON object), or ConfigError naming the file."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model config not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    return config
+
+
+def reference_config_path(profile: ProfileConfig, config_dir: Path = CONFIG_DIR) -> Path | None:
+    """The profile's `model.reference_config`, relative to the config directory (None: the profile names none)."""
+    if profile.model.reference_config is None:
+        return None
+    path = Path(config_dir) / profile.model.reference_config
+    if not path.is_file():
+        raise ConfigError(
+            f"{profile_path(profile.name, config_dir)}: field 'model.reference_config': {profile.model.reference_config!r} "
+            f"is not a file under {config_dir}; expected a config.json such as models/deepseek-v3.json"
+        )
+    return path
 
 
 def load_sft_config(path: Path | str | None = None) -> SftConfig:

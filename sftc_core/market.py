@@ -126,6 +126,13 @@ def session_window(as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Seq
     return entry, exit_
 
 
+def first_unseen_date(cutoff: dt.date, horizon_days: int, calendar: str = "XNYS") -> dt.date:
+    """The first as-of date after a model's knowledge cutoff plus the label horizon: the day after the exit session
+    of a thesis written on the cutoff day (theses before it may have outcomes the model has read about)."""
+    _, exit_ = session_window([cutoff], [horizon_days], calendar)
+    return exit_[0].astype("datetime64[D]").item() + dt.timedelta(days=1)
+
+
 def forward_returns(prices: pd.DataFrame | None, as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray,
                     calendar: str = "XNYS") -> pd.DataFrame:
     """Vectorised `forward_return`: columns entry_date, exit_date (datetime64, NaT when unknown), forward_return

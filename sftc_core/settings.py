@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from sftc_core.configs import (
     CONFIG_DIR,
@@ -33,12 +33,15 @@ from sftc_core.configs import (
     load_finetune_config,
     load_profile,
     load_sft_config,
+    read_model_config,
+    reference_config_path,
 )
 from sftc_core.months import months_between
 from sftc_core.paths import ArtifactPaths
 
 # Where Kubernetes places work: nowhere (one machine, the default), one pod per run, or one pod per step.
 Placement = Literal["none", "run", "step"]
+PROFILE_NAMES = ("toy", "full")
 
 
 class Secret:
@@ -62,6 +65,10 @@ class Settings(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     profile: ProfileConfig
+    # Every profile, validated at load: the GPU plan of the full profile is checked from the toy one too.
+    profiles: dict[str, ProfileConfig]
+    # The reference config.json of each profile's base model (model.reference_config), read and checked at load.
+    reference_models: dict[str, dict] = Field(default_factory=dict)
     sft: SftConfig
     eval_config: EvalConfig
     backtest: BacktestConfig
@@ -73,6 +80,8 @@ class Settings(Strict):
     test_start_date: dt.date
     test_end_date: dt.date
     data_dir: Path
+    # Where the config files were read from (error messages name them; the GPU plan reads the reference model config).
+    config_dir: Path = CONFIG_DIR
     # SFTC_NEMO_PYTHON: the NeMo environment's interpreter, over finetune.yaml's nemo_python.
     nemo_python_override: Path | None = None
     # Where a Kubernetes deployment places work (SFTC_K8S_PLACEMENT): none (not on Kubernetes), run or step.
@@ -86,6 +95,11 @@ class Settings(Strict):
     @property
     def profile_name(self) -> str:
         return self.profile.name
+
+    @property
+    def full_profile(self) -> ProfileConfig:
+        """The profile of the GPU run that the GPU plan speaks of."""
+        return self.profiles["full"]
 
     @property
     def nemo_python(self) -> Path:
@@ -175,7 +189,8 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
     values.update({k: environ[k] for k in ENV_VARS if k in environ})
     values = {k: v.strip() for k, v in values.items() if v is not None and v.strip() != ""}
 
-    profile = load_profile(_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), ("toy", "full")), config_dir)
+    profiles = {name: load_profile(name, config_dir) for name in PROFILE_NAMES}
+    profile = profiles[_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), PROFILE_NAMES)]
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))
     placement = _choice(
         "SFTC_K8S_PLACEMENT", values.get("SFTC_K8S_PLACEMENT", "none"), ("none", "run", "step"), " (not on Kubernetes, one pod per run, or one pod per step)"
@@ -197,8 +212,11 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
             f"{parsed['train_start_date']}, {parsed['train_end_date']}, {parsed['test_start_date']}"
         )
     key, eval_key = values.get("EODHD_API_KEY"), values.get("SFTC_EVAL_API_KEY")
+    references = {name: reference_config_path(p, config_dir) for name, p in profiles.items()}
     return Settings(
         profile=profile,
+        profiles=profiles,
+        reference_models={name: read_model_config(path) for name, path in references.items() if path is not None},
         sft=load_sft_config(Path(config_dir) / "sft_config.yaml"),
         eval_config=load_eval_config(Path(config_dir) / "eval_config.yaml"),
         backtest=load_backtest_config(Path(config_dir) / "backtest_config.yaml"),
@@ -207,6 +225,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         train_backend=backend,
         test_end_date=max(profile.dates.test_end, parsed["test_start_date"]),
         data_dir=Path(values.get("SFTC_DATA_DIR", "data")).absolute(),
+        config_dir=Path(config_dir),
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
         k8s_placement=placement,
         automation=_choice("SFTC_AUTOMATION", values.get("SFTC_AUTOMATION", "on"), ("on", "off"), " (off: sensors and schedule start stopped)") == "on",

@@ -35,6 +35,8 @@ class RunReport:
         self.summaries: dict[str, str] = {}
         self.failure: str | None = None
         self.failed_asset: str | None = None
+        # A blocking check's own words name the cause; Dagster's step failure only says that it failed.
+        self.failed_checks: list[str] = []
 
     def handle(self, record: logging.LogRecord) -> None:
         step = (getattr(record, META, None) or {}).get("step_key") or ""
@@ -58,6 +60,8 @@ class RunReport:
             if not evaluation.passed:
                 severity = "warning" if evaluation.severity == dg.AssetCheckSeverity.WARN else "FAILED"
                 detail = f": {evaluation.description}" if evaluation.description else ""
+                if evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                    self.failed_checks.append(f"check {evaluation.check_name} failed{detail}")
                 self.log.warning("  check %s of %s %s%s", evaluation.check_name, evaluation.asset_key.to_user_string(), severity, detail)
         elif kind == dg.DagsterEventType.STEP_FAILURE:
             seconds = record.created - self.started.get(step, record.created)
@@ -66,6 +70,7 @@ class RunReport:
             what = asset if asset == step else f"{asset} (its check step {step})"
             cause = failure_message(event.event_specific_data.error)
             self.failure = f"FAILED: {what}{self.partitions} (after {format_duration(seconds)})\n  cause: {cause}"
+            self.failure += "".join(f"\n  {line}" for line in self.failed_checks)
             self.log.error("  %s%s FAILED after %s", asset, self.partitions, format_duration(seconds))
 
 

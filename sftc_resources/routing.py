@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from sftc_core.configs import ClusterConfig, NodePool, ProfileConfig
+from sftc_core.configs import GPU_RESOURCE, ClusterConfig, NodePool, ProfileConfig
 from sftc_core.settings import Placement, Settings
 from sftc_core.text import format_bytes
 
@@ -25,7 +25,6 @@ NODE_CLASSES: tuple[NodeClass, ...] = ("cpu", "gpu")
 NODE_TAG = "sftc/node"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_POOL = "gpu"
-GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def auto_node_class(profile: ProfileConfig) -> NodeClass:

@@ -140,3 +140,28 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     assert metadata["always_short_directional_accuracy"].value == pytest.approx(metrics["baselines"]["always_short"]["directional_accuracy"], rel=5e-3)
     assert metadata["majority_baseline_accuracy"].value == pytest.approx(metrics["baselines"]["majority"]["accuracy"], rel=5e-3)
     assert metadata["horizon_sessions"].value == "5" and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]
+
+
+def test_a_window_straddling_the_knowledge_cutoff_is_reported_on_both_sides(data_dir):
+    """The theses whose outcomes the base model may have read about are reported apart from the unseen ones."""
+    from sftc_assets.backtest.report import run_backtest
+    from sftc_core.configs import BacktestConfig, load_backtest_config
+    from sftc_resources.prices import LocalPriceSource
+
+    source = LocalPriceSource(data_dir / "prices", sample_fallback=True)
+    rows = hand_rows()
+    write_hand_csv(data_dir / "in" / "eval.csv", rows)
+    config: BacktestConfig = load_backtest_config()
+    boundary = pd.Timestamp("2012-10-15")
+    metrics = run_backtest(data_dir / "in" / "eval.csv", data_dir / "report", source, config, unseen_from=boundary.date())
+    sides = metrics["knowledge_cutoff"]["sides"]
+    before, after = (sides[k] for k in sorted(sides))  # "before ..." sorts ahead of "from ..."
+    assert metrics["knowledge_cutoff"]["unseen_from"] == "2012-10-15"
+    seen = [r for r in rows if pd.Timestamp(r["as_of_date"]) < boundary]
+    assert before["rows"] == len(seen) and after["rows"] == len(rows) - len(seen) and 0 < len(seen) < len(rows)
+    assert before["accuracy"] == pytest.approx(accuracy_score([r["true_action"] for r in seen], [r["predicted_action"] for r in seen]))
+    report = (data_dir / "report" / "report.md").read_text()
+    assert "## The two sides of the base model's knowledge cutoff" in report and "(outcomes the model may know)" in report
+
+    unsplit = run_backtest(data_dir / "in" / "eval.csv", data_dir / "report2", source, config, unseen_from=pd.Timestamp("2012-01-01").date())
+    assert unsplit["knowledge_cutoff"] is None  # the whole window after the cutoff: one report, no sides

@@ -251,4 +251,8 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     assert check.check_name == "eval_parse_rate"
     rates = {m: instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("eval_csv"), asset_partitions=[m]), limit=1).records[0].asset_materialization.metadata["parse_rate"].value for m in ("2012-10", "2012-11")}
     assert check.passed == all(rate >= 0.5 for rate in rates.values())
+    # The untrained toy writes no action within 4 tokens: the check names the budget that cut it, and where it is set.
+    unparsed = sum(int((~read_eval_csv(data_dir / "eval" / f"{m}.csv")["parse_ok"]).sum()) for m in rates)
+    assert not check.passed and f"{unparsed} of {unparsed} unparsed outputs were cut at the generation budget before </action>" in check.description
+    assert "evaluation.max_new_tokens 4 in" in check.description and "profiles/toy.yaml" in check.description
     assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", ".2012-11.csv.sftc.json", "2012-10.csv", "2012-11.csv"]

@@ -22,7 +22,7 @@ from sftc_core.configs import load_finetune_config
 from sftc_core.launch import EntryStep, launch_record
 from sftc_jobs.cli import main as sftc_main
 from sftc_resources.launchers import jobs, k8s, slurm
-from sftc_resources.launchers.plan import LaunchError
+from sftc_resources.launchers.plan import LaunchError, time_seconds
 from sftc_resources.launchers.slurm import PartitionNode
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "jobset-v1alpha2.json").read_text())
@@ -55,6 +55,14 @@ def test_sbatch_script_of_nemos_five_by_eight_layout(tmp_path):
     assert "-m sftc_assets.training.nemo_entry finetune" in srun
     assert "module load cuda/12.4" in script and "export SFTC_LAUNCHER=slurm" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # a valid shell script
+
+
+def test_a_path_with_a_space_is_quoted_in_its_directive(tmp_path):
+    """sbatch ends an unquoted #SBATCH value at the first space ("Invalid directive"): a data directory with one."""
+    job_dir = tmp_path / "sftc data" / "launch"
+    script = slurm.render_sbatch(nemo_finetune_step(), launch_of("slurm"), job_dir)
+    assert f'#SBATCH --output="{job_dir / "slurm-%j.log"}"\n' in script and "#SBATCH --nodes=5\n" in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
 def test_sbatch_with_a_container_runs_python_of_the_image_through_pyxis(tmp_path):
@@ -93,6 +101,30 @@ def test_gres_gpus_and_partition_capacity():
     nodes = [PartitionNode(f"n{i}", 8, "idle") for i in range(4)] + [PartitionNode("n9", 8, "drain")]
     assert slurm.gpu_capacity_problem(step, nodes, "gpu") == "finetune needs 5 node(s) with 8 GPU(s) each; partition gpu has 4 usable of 5"
     assert slurm.gpu_capacity_problem(step, [*nodes, PartitionNode("n5", 8, "mix")], "gpu") is None
+
+
+def test_partition_capacity_counts_host_memory_where_sinfo_gives_it():
+    step, tib = nemo_finetune_step(), 1 << 40
+    nodes = [PartitionNode(f"n{i}", 8, "idle", memory_bytes=2 * tib) for i in range(4)] + [PartitionNode("n4", 8, "idle", memory_bytes=tib)]
+    assert slurm.gpu_capacity_problem(step, nodes, "gpu", memory_bytes=tib) is None
+    problem = slurm.gpu_capacity_problem(step, nodes, "gpu", memory_bytes=int(1.5 * tib))
+    assert problem == "finetune needs 5 node(s) with 8 GPU(s) and 1.5 TiB of memory each; partition gpu has 4 usable of 5"
+    unknown = [PartitionNode(f"n{i}", 8, "idle") for i in range(5)]  # sinfo without memory: not held against the nodes
+    assert slurm.gpu_capacity_problem(step, unknown, "gpu", memory_bytes=2 * tib) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 1800), ("30:15", 1815), ("04:00:00", 14400), ("1-00:00:00", 86400), ("2-12", 216000), ("1-02:30", 95400), ("infinite", None), ("UNLIMITED", None),
+])  # fmt: skip
+def test_slurm_times_in_every_form_sinfo_and_sbatch_write(text, seconds):
+    assert time_seconds(text) == seconds
+
+
+def test_a_time_limit_longer_than_the_partitions_is_named():
+    nodes = [PartitionNode("n0", 8, "idle", time_limit_s=2 * 86400), PartitionNode("n1", 8, "idle", time_limit_s=2 * 86400)]
+    assert slurm.time_limit_problem("1-12:00:00", nodes, "gpu") is None
+    assert slurm.time_limit_problem("3-00:00:00", nodes, "gpu") == "launch.time_limit 3-00:00:00 is longer than partition gpu's time limit of 2-00:00:00: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+    assert slurm.time_limit_problem("30-00:00:00", [PartitionNode("n0", 8, "idle")], None) is None  # infinite
 
 
 def test_failure_message_names_the_job_its_state_and_the_log(tmp_path):

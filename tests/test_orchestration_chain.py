@@ -165,8 +165,25 @@ def test_validation_report_ready_when_every_stage_passes(data_dir, instance):
     assert len(thesis["partitions"]) == 12 and thesis["figures"]["rows"] == 12
     markdown = (data_dir / "reports" / "validation_report.md").read_text()
     assert "Ready for GPU deployment: YES" in markdown and "nemo_model" in markdown
+    assert "## Part 1, the toy chain: PASS" in markdown and "## Part 2, the GPU plan of the full profile: PASS" in markdown
+    assert "### GPU memory: PASS" in markdown and "### data volume: PASS" in markdown  # the arithmetic is shown
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"sftc/validation_run": "validation-1"}))
     assert len(runs) == 5  # four chain segments and the report
+
+
+def test_preflight_json_and_the_report_list_the_same_gpu_plan(data_dir, instance, capsys):
+    from sftc_jobs.cli import main as sftc_main
+
+    assert run_validation(standin_chain(), instance, "validation-3", log=None)
+    report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
+    code = sftc_main(["preflight", "--json"])
+    preflight = json.loads(capsys.readouterr().out)
+    # The stand-ins' files are no checkpoint: this node's item says so; the plan's verdict is the report's.
+    assert code == (0 if preflight["ready"] else 1)
+    assert {c["name"] for c in preflight["checks"] if c["status"] == "FAIL"} <= {"base checkpoint"}
+    plan_items = [c for c in preflight["checks"] if c["scope"] != "this node"]
+    assert plan_items == report["gpu_plan"]["checks"]
+    assert [c["name"] for c in plan_items][:3] == ["model architecture", "parallel layout", "GPU memory"]
 
 
 def test_validation_report_says_no_and_why_when_a_stage_fails(data_dir, instance):
@@ -175,8 +192,9 @@ def test_validation_report_says_no_and_why_when_a_stage_fails(data_dir, instance
     status = {s["asset"]: s["status"] for s in report["stages"]}
     assert status["hf_splits"] == "PASS"
     assert status["sft_model"] == "FAIL" and status["eval_csv"] == "NOT RUN" and status["backtest_report"] == "NOT RUN"
-    assert report["ready_for_gpu"] is False
+    assert report["ready_for_gpu"] is False and report["toy_chain"]["passed"] is False and report["gpu_plan"]["passed"] is True
     assert any("sft_model failed" in reason and "told to fail" in reason for reason in report["reasons"])
+    assert "eval_csv was not materialized (downstream of sft_model)" in report["reasons"]
     assert "Ready for GPU deployment: NO" in (data_dir / "reports" / "validation_report.md").read_text()
     check = instance.get_latest_materialization_event(K("validation_report"))
     assert check.asset_materialization.metadata["ready_for_gpu"].value is False

@@ -89,6 +89,38 @@ def test_truncation_cuts_the_prompt_from_the_left_and_is_counted(toy_inputs, tok
     assert cut.target_tokens == target_len
     split = tokenize_split(tokenizer, pairs, max_seq_length=limit)
     assert split.truncated == 3 and all(len(e.input_ids) <= limit for e in split.examples)
+    answers = [len(tokenizer(p["output"], add_special_tokens=False)["input_ids"]) + 1 for p in pairs]
+    assert split.longest_answer == max(answers) and split.answers_cut == sum(n > limit for n in answers)
+    assert tokenize_split(tokenizer, pairs, max_seq_length=max(answers) - 1).answers_cut == sum(n == max(answers) for n in answers) >= 1
+
+
+def test_answers_that_would_lose_their_action_stop_the_run_before_training(toy_inputs, tmp_path):
+    short = SFT.model_copy(update={"max_seq_length": 16})
+    with pytest.raises(ValueError, match=r"training answers are longer than max_seq_length 16 \(configs/sft_config.yaml\).*raise max_seq_length to at least"):
+        run_training(*toy_inputs, tmp_path / "out", short_training(), short, EVALUATION)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_and_names_the_cause(toy_inputs, tmp_path):
+    """An infinite weight gives a non-finite loss at the first step: the run stops there and blames the weights,
+    not the learning rate (no update has happened yet)."""
+    model_dir = Path(shutil.copytree(toy_inputs[0], tmp_path / "model"))
+    state = load_file(model_dir / "model.safetensors")
+    state["model.norm.weight"] = torch.full_like(state["model.norm.weight"], float("inf"))
+    from safetensors.torch import save_file
+
+    save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(hf_backend.TrainingDivergedError, match=r"step 1: the training loss is (nan|inf), before any update, so the weights or the data are: check .*model"):
+        run_training(model_dir, toy_inputs[1], tmp_path / "out", short_training(), SFT, EVALUATION)
+
+
+def test_a_loss_climbing_above_its_start_is_found_and_a_falling_one_is_not():
+    assert hf_backend.loss_rise([7.0, 6.9, 6.8, 6.6, 6.5, 6.3, 6.0, 5.8, 5.5, 5.1, 4.9, 4.6]) is None
+    noisy = [7.0, 6.4, 5.0, 5.5, 5.9, 5.8, 7.5, 6.6, 6.2, 6.4, 7.6, 7.2]  # what a learning rate of 0.5 gave the toy model
+    rise = hf_backend.loss_rise(noisy)
+    assert rise is not None and rise["step"] == 10 and rise["average"] > rise["start"] * 1.05
+    assert hf_backend.loss_rise([7.0] * 5 + [float("nan")] * 5)["step"] == 10
+    assert hf_backend.loss_rise([7.0, 6.0]) is None  # too short to say
 
 
 def test_collate_pads_right_with_masked_labels(toy_inputs, tokenizer):

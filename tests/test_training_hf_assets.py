@@ -75,9 +75,9 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     for row in validation.select(range(2)):
         assert f"| {row['id']} | {row['ticker']} | {row['action']} |" in generations
     assert "git_commit" in metadata and "config_hash" in metadata
-    (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "validation_loss_decreased" and check.passed
-    assert check.metadata["relative_drop"].value > 0
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"validation_loss_decreased", "training_loss_stable"} and all(c.passed for c in checks.values())
+    assert checks["validation_loss_decreased"].metadata["relative_drop"].value > 0
 
 
 def test_gpu_gate_refuses_before_any_work(chain_data):
@@ -108,3 +108,18 @@ def test_check_fails_when_validation_loss_did_not_fall(data_dir):
     assert not result.passed and "2.0000 -> 2.5000" in result.description
     (output / "metrics.json").unlink()
     assert not check().passed
+
+
+def test_a_climbing_training_loss_fails_its_check_naming_the_learning_rate_and_its_file(data_dir):
+    output = data_dir / "models" / "sft"
+    output.mkdir(parents=True)
+    (check,) = [c for c in assets.defs(load_settings()).asset_checks if c.check_key.name == assets.STABLE_LOSS_CHECK]
+    rows = "step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{loss},0.5,1.0\n" for i, loss in enumerate([7.0, 6.4, 5.0, 5.5, 5.9, 5.8, 7.5, 6.6, 6.2, 6.4, 7.6]))
+    (output / "training.csv").write_text(rows)
+    result = check()
+    assert not result.passed
+    training = load_settings().profile.training
+    assert f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm:g}) in" in result.description
+    assert "configs/profiles/toy.yaml is likely too high" in result.description and "mean of steps 6..10" in result.description
+    (output / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{7.0 - 0.2 * i},0.003,1.0\n" for i in range(12)))
+    assert check().passed

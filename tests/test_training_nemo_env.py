@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from training_nemo_helpers import (  # noqa: E402
 )
 
 from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
-from sftc_assets.training.nemo_config import NemoRunPaths, plan_recipe
+from sftc_assets.training.nemo_config import NEMO_LINEAR_MODULES, NemoRunPaths, lora_target_problems, plan_recipe
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 from sftc_resources.launchers.local import local_argv  # noqa: E402
 
@@ -57,7 +57,47 @@ def test_shipped_config_is_nemos_lora_recipe():
     assert recipe.log.ckpt.every_n_train_steps == config.checkpoint_every_n_steps
     assert list(recipe.peft.target_modules) == config.lora.target_modules
     lora = fdl.build(recipe.peft)
-    assert (lora.dim, lora.alpha, lora.dropout) == (config.lora.dim, config.lora.alpha, config.lora.dropout)
+    assert (lora.dim, lora.alpha, lora.dropout) == (config.lora.rank, config.lora.alpha, config.lora.dropout)
+
+
+def _linear_module_names(spec) -> set[str]:
+    """The names of the Linear submodules anywhere in a Megatron ModuleSpec tree (what LoRA's target_modules match)."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.spec_utils import ModuleSpec
+
+    names = set()
+
+    def walk(node, name):
+        if isinstance(node, ModuleSpec):
+            walk(node.module, name)
+            if node.submodules is not None:
+                walk(node.submodules, name)
+        elif isinstance(node, type) and issubclass(node, (ColumnParallelLinear, RowParallelLinear)):
+            names.add(name)
+        elif is_dataclass(node) and not isinstance(node, type):
+            for f in fields(node):
+                walk(getattr(node, f.name), f.name)
+        elif isinstance(node, (list, tuple)):  # the block's layer specs
+            for item in node:
+                walk(item, name)
+
+    walk(spec, "")
+    return names
+
+
+def test_lora_target_names_are_the_linear_modules_of_nemos_deepseek_v3():
+    """NEMO_LINEAR_MODULES, which the GPU plan checks lora.target_modules against, read from NeMo 2.7.3 itself: the
+    DeepSeek-V3 layer spec Megatron builds the model from. The local spec (the Transformer Engine one needs CUDA names
+    the same submodules), with the routed experts as separate Linears (TE groups them under the same names)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
+    config = llm.DeepSeekV3Config(moe_grouped_gemm=False)
+    names = _linear_module_names(get_gpt_decoder_block_spec(config, use_transformer_engine=False, pp_rank=0))
+    # MLASelfAttention builds linear_q_proj only without a q_lora_rank (DeepSeek-V2-Lite); V3 has one.
+    assert config.q_lora_rank == 1536 and "linear_q_proj" in names
+    assert names - {"linear_q_proj"} == set(NEMO_LINEAR_MODULES)
+    assert set(llm.deepseek_v3.finetune_recipe(peft_scheme="lora").peft.target_modules) <= set(NEMO_LINEAR_MODULES)
+    assert lora_target_problems(list(load_finetune_config().lora.target_modules)) == []
 
 
 def test_plan_applied_to_the_real_recipe_builds_its_objects(tmp_path):
@@ -78,7 +118,7 @@ def test_plan_applied_to_the_real_recipe_builds_its_objects(tmp_path):
     optim = fdl.build(recipe.optim)
     assert optim.config.lr == 3e-4 and optim.lr_scheduler.warmup_steps == config.warmup_steps
     lora = fdl.build(recipe.peft)
-    assert lora.dim == config.lora.dim and list(lora.target_modules) == config.lora.target_modules
+    assert lora.dim == config.lora.rank and list(lora.target_modules) == config.lora.target_modules
     assert recipe.trainer.max_steps == config.max_steps and recipe.trainer.devices == 1
     assert recipe.log.ckpt.every_n_train_steps == config.checkpoint_every_n_steps
     assert recipe.log.log_dir == str(paths.work_dir)
@@ -96,6 +136,15 @@ def test_plan_model_config_matches_nemos_importer(tmp_path):
     assert mapped <= {f.name for f in fields(imported)}
     assert {name: getattr(model_config, name) for name in mapped} == {name: getattr(imported, name) for name in mapped}
     assert imported.moe_router_score_function == model_config.moe_router_score_function == "sigmoid"
+
+
+def test_full_recompute_reaches_the_recipes_model_config(tmp_path):
+    """recompute: full (which the GPU plan's memory estimate follows) is Megatron's uniform full recompute in the recipe."""
+    config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, recompute="full"))
+    model = nemo_entry.build_recipe(plan_recipe(config, nemo_run_paths(tmp_path))).model.config
+    assert (model.recompute_granularity, model.recompute_method, model.recompute_num_layers) == ("full", "uniform", 1)
+    shipped = nemo_entry.build_recipe(plan_recipe(load_finetune_config(write_finetune_yaml(tmp_path / "none.yaml", **ONE_GPU)), nemo_run_paths(tmp_path)))
+    assert shipped.model.config.recompute_granularity is None  # the recipe's own default, as the estimate assumes
 
 
 def test_full_sft_plan_leaves_the_recipe_without_peft(tmp_path):

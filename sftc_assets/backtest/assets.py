@@ -64,7 +64,7 @@ def defs(settings: Settings) -> dg.Definitions:
             cues = report.test_split_cues(paths.hf_splits) if planted else None
             source = price_sources.price_source_from_settings(settings)
             figures = report.run_backtest(files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp,
-                                          sample_corpus=sample_corpus, cues=cues)
+                                          sample_corpus=sample_corpus, cues=cues, unseen_from=report.first_unseen(settings.profile, settings.prices.calendar))
         pf, bm, baselines = figures["portfolio"], figures["benchmark"], figures["baselines"]
         report_summary(context, "backtest_report", _summary(figures))
         headline = {name: figures[name] for name in report.HEADLINE}

@@ -7,6 +7,7 @@ report that replaces it whole, so a bad input leaves the previous report untouch
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 import json
@@ -27,9 +28,9 @@ from sftc_assets.backtest.portfolio import (
 from sftc_assets.evaluation.results import read_eval_csv
 from sftc_assets.sft_data.splits import load_splits
 from sftc_assets.theses.sample_corpus import planted_cue
-from sftc_core.configs import BacktestConfig
+from sftc_core.configs import BacktestConfig, ProfileConfig
 from sftc_core.io import BeforeSwap, atomic_dir
-from sftc_core.market import PriceSource
+from sftc_core.market import PriceSource, first_unseen_date
 from sftc_core.metrics import (
     UNPARSED_NAME,
     classification_from_codes,
@@ -43,6 +44,8 @@ from sftc_core.target_format import ACTIONS
 from sftc_core.text import format_number, format_share
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html", "equity_curve.png", "confusion.png")
+# Figures shown for each side of the base model's knowledge cutoff when the test window straddles it.
+CUTOFF_FIGURES = ("rows", "parse_rate", "accuracy", "mcc", "directional_accuracy", "ic")
 HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")
 SERIES_FIGURES = ("cumulative_return", "cagr", "annualised_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover")
 ANNUALISED_FIGURES = ("cagr", "annualised_volatility", "sharpe", "sortino", "calmar")
@@ -212,6 +215,29 @@ def cue_verdict(metrics: dict) -> tuple[bool, str]:
     return False, f"The planted cue did not come through: {figures}; {' and '.join(why)}."
 
 
+def first_unseen(profile: ProfileConfig, calendar: str = "XNYS") -> dt.date | None:
+    """The first as-of date past the profile's base model's knowledge cutoff plus the label horizon (None: no cutoff)."""
+    cutoff = profile.model.knowledge_cutoff
+    return first_unseen_date(cutoff, profile.corpus.horizon_days, calendar) if cutoff else None
+
+
+def cutoff_sides(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str, unseen_from: dt.date | None) -> dict | None:
+    """The figures of the theses the base model may have seen the outcome of (as-of before `unseen_from`: its
+    knowledge cutoff plus the label horizon) apart from the rest; None when no thesis lies before it."""
+    if unseen_from is None:
+        return None
+    seen = (frame["as_of_date"] < pd.Timestamp(unseen_from)).to_numpy()
+    if not seen.any():
+        return None
+    sides = {}
+    for label, mask in ((f"before {unseen_from} (outcomes the model may know)", seen), (f"from {unseen_from} (unseen)", ~seen)):
+        if mask.any():
+            figures, _ = compute_backtest(frame[mask].reset_index(drop=True), source, config, calendar)
+            sides[label] = {**{k: figures[k] for k in CUTOFF_FIGURES}, "sharpe": figures["portfolio"].get("sharpe"),
+                            "cumulative_return": figures["portfolio"].get("cumulative_return")}  # fmt: skip
+    return {"unseen_from": unseen_from.isoformat(), "sides": sides}
+
+
 def _json_safe(value):
     """NaN and infinities become null: metrics.json stays strict JSON."""
     if isinstance(value, dict):
@@ -297,6 +323,11 @@ def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     fmt("p", cue[key]["p_value"]), f"always {cue[key]['majority_class']} {fmt('accuracy', cue[key]['majority_baseline_accuracy'])}"]
                    for key, label in (("cued", "with the desk note"), ("uncued", "without"))]
         tables.insert(1, ("Planted cue (toy corpus): theses with and without the desk note", ["theses", "rows", "accuracy", "95% CI", "p", "majority baseline"], subsets))
+    cutoff = metrics.get("knowledge_cutoff")
+    if cutoff:
+        names = [*CUTOFF_FIGURES, "sharpe", "cumulative_return"]
+        rows = [[side, *[fmt(n, figures[n]) for n in names]] for side, figures in cutoff["sides"].items()]
+        tables.insert(1, ("The two sides of the base model's knowledge cutoff (the test window straddles it)", ["theses", *names], rows))
     return tables
 
 
@@ -432,18 +463,22 @@ def plot_confusion(metrics: dict) -> bytes:
 
 
 def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
-                 stamp: BeforeSwap | None = None, *, sample_corpus: bool = False, cues: Mapping[str, str] | None = None) -> dict:
+                 stamp: BeforeSwap | None = None, *, sample_corpus: bool = False, cues: Mapping[str, str] | None = None,
+                 unseen_from: dt.date | None = None) -> dict:
     """Read the eval CSV(s), compute every figure, write the five report files (the directory replaced whole);
     returns the metrics.
 
     `sample_corpus`: the theses are the toy profile's generated ones (the report says its figures test the plumbing);
-    `cues`: thesis id -> the action of its planted desk note (`test_split_cues`), for the planted-cue figures.
+    `cues`: thesis id -> the action of its planted desk note (`test_split_cues`), for the planted-cue figures;
+    `unseen_from`: the first as-of date past the base model's knowledge cutoff; a window that starts before it is
+    also reported on each side of it.
     """
     frame = read_eval_csv(eval_path)
     if frame.empty:
         raise ValueError(f"{eval_path}: no rows to backtest (the eval CSV files hold only headers)")
     metrics, result = compute_backtest(frame, source, config, calendar, cues)
     metrics["sample_corpus"] = sample_corpus
+    metrics["knowledge_cutoff"] = _json_safe(cutoff_sides(frame, source, config, calendar, unseen_from))
     images = {"equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")), "confusion.png": plot_confusion(metrics)}
     texts = {"metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
              "report.md": render_markdown(metrics), "report.html": render_html(metrics, images)}

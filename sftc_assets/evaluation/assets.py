@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from sftc_assets.evaluation import answers, completions, evaluate, results, servers
+from sftc_core.configs import profile_path
 from sftc_core.metrics import classification_metrics
 from sftc_core.progress import reporting
 from sftc_core.settings import Settings
@@ -124,6 +125,7 @@ def defs(settings: Settings) -> dg.Definitions:
     def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         months = list(context.partition_keys)
         targets = [t for month in months for t in settings.artifacts_of("eval_csv", month)]
+        max_new_tokens = config.max_new_tokens or settings.profile.evaluation.max_new_tokens
         # A server someone else runs answers for the model: then sft_model's files are not read here.
         served_elsewhere = bool(config.endpoint or settings.profile.evaluation.endpoint)
         inputs = [("hf_splits", None), *([] if served_elsewhere else [("sft_model", None)])]
@@ -133,11 +135,26 @@ def defs(settings: Settings) -> dg.Definitions:
 
         low = {m: f["parse_rate"] for m, f in by_month.items() if f["rows"] and f["parse_rate"] < min_parse_rate}
         total = sum(f["rows"] for f in by_month.values())
+        description = None
+        if low:
+            description = f"months below a parse rate of {min_parse_rate:.0%} (eval_config.yaml min_parse_rate): " + ", ".join(f"{m} ({r:.0%})" for m, r in low.items())
+            unparsed = [text for frame in frames for text, ok in zip(frame["raw_output"], frame["parse_ok"]) if not ok]
+            cut = evaluate.cut_at_budget(unparsed, paths.sft_model, max_new_tokens, settings.sft.target_format)
+            if cut:
+                description += (
+                    f"; {cut} of {len(unparsed)} unparsed outputs were cut at the generation budget before "
+                    f"{settings.sft.target_format.action[1]}: evaluation.max_new_tokens {max_new_tokens} in "
+                    f"{profile_path(settings.profile_name, settings.config_dir)} is shorter than the answers; raise it"
+                )
+            elif cut is None:
+                description += f"; served from elsewhere: whether evaluation.max_new_tokens {max_new_tokens} cut them is not known here"
+            else:
+                description += "; the outputs end on their own without an action: look at sft_model (its parse_rate and losses) first"
         check = dg.AssetCheckResult(
             check_name=PARSE_RATE_CHECK,
             passed=not low,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=f"months below a parse rate of {format_share(min_parse_rate)}: {', '.join(low)}" if low else None,
+            description=description,
             metadata={"min_parse_rate": min_parse_rate, "parse_rate_by_month": dg.MetadataValue.json({m: f["parse_rate"] for m, f in by_month.items()})},
         )
         preview_columns = ["id", "true_action", "predicted_action", "forward_return", "return_status", "raw_output"]

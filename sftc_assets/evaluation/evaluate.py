@@ -125,3 +125,18 @@ def evaluate_to_csv(records: pd.DataFrame, answers, source: PriceSource, sft_con
     if staging is not None:
         AnswerStaging(staging).discard()
     return frame
+
+
+def cut_at_budget(outputs: Sequence[str], model_dir: Path, max_new_tokens: int, target: TargetFormat) -> int | None:
+    """Outputs that stop before the closing action tag having used the whole generation budget (cut, not finished),
+    counted with the model's tokenizer; None where the model's files are not on this node (served elsewhere)."""
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        return None
+    from sftc_assets.sft_data.nemo_export import load_local_tokenizer
+
+    tokenizer, closing = load_local_tokenizer(model_dir), target.action[1]
+    # Decoding and encoding again may merge a token or two: within 2 of the budget counts as the budget.
+    return sum(
+        1 for text in outputs
+        if closing not in text and len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 2
+    )  # fmt: skip

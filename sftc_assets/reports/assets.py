@@ -1,5 +1,6 @@
 """`validation_report`: what the latest CPU validation (or, outside one, the latest materializations) did
-to each stage of the toy chain, read from the Dagster instance, written as Markdown beside a JSON twin."""
+to each stage of the toy chain, read from the Dagster instance, and the GPU plan of the full profile checked
+against this data directory's NeMo JSONL, written as Markdown beside a JSON twin."""
 
 import datetime as dt
 import json
@@ -7,10 +8,12 @@ import json
 import dagster as dg
 
 from sftc_assets.reports import validation
+from sftc_assets.training import gpu_plan
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import input_problems, writing
@@ -119,12 +122,15 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
 
 def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
-        deps=["backtest_report"],
+        # The GPU plan measures the NeMo JSONL against the sequence length and the answer budget.
+        deps=["backtest_report", "nemo_jsonl"],
         group_name=GROUP,
-        code_version=code_version("validation_report", settings, validation),
+        # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
+        code_version=code_version("validation_report", settings, validation, gpu_plan),
         kinds={"markdown", "json"},
-        description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the environment, "
-        "what a CPU cannot test, and whether the chain is ready for GPU deployment.",
+        description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the GPU plan of the "
+        "full profile (layout, memory, host RAM, disk, data, cutoff, launch), the environment, what a CPU cannot test, and "
+        "whether the GPU run is ready: YES only when both parts pass.",
         **asset_placement("cpu", settings),
     )
     def validation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -135,8 +141,10 @@ def defs(settings: Settings) -> dg.Definitions:
             else None
         )
         stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
+        plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
         report = validation.build_report(
             stages,
+            gpu_plan=list(plan.checks),
             environment=validation.environment_summary(settings.profile_name, settings.train_backend),
             git=git_state(),
             generated_at=dt.datetime.now(dt.timezone.utc),
@@ -155,11 +163,13 @@ def defs(settings: Settings) -> dg.Definitions:
                 "stages_passed": report["passed"],
                 "stages_failed": report["failed"],
                 "stages_not_run": report["not_run"],
+                "gpu_plan_passed": report["gpu_plan"]["passed"],
+                "gpu_plan_failed_checks": ", ".join(c["name"] for c in report["gpu_plan"]["checks"] if c["status"] == "FAIL") or "none",
                 "report": dg.MetadataValue.md(validation.render_markdown(report)),
             })  # fmt: skip
         )
 
-    @dg.asset_check(asset=validation_report, description="The report says the toy chain is ready for GPU deployment.")
+    @dg.asset_check(asset=validation_report, description="The report says the GPU run is ready: the toy chain and the GPU plan both pass.")
     def ready_for_gpu_deployment() -> dg.AssetCheckResult:
         report = json.loads((settings.paths.reports / "validation_report.json").read_text(encoding="utf-8"))
         return dg.AssetCheckResult(passed=bool(report["ready_for_gpu"]), metadata={"reasons": dg.MetadataValue.json(report["reasons"])})

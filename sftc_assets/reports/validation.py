@@ -1,7 +1,9 @@
-"""The CPU validation report: each stage of the toy chain PASS/FAIL with its checks and figures, the
-environment, what a CPU cannot test, and "Ready for GPU deployment: YES/NO" with the reasons.
+"""The CPU validation report in two parts: the toy chain (each stage PASS / FAIL / NOT RUN with its checks and
+figures, the first failing stage named as the cause) and the GPU plan of the full profile (each check PASS / FAIL /
+NOT CHECKED with its reason, fix and arithmetic: the list `sftc preflight` prints). "Ready for GPU deployment: YES"
+only when both pass; the environment and what a CPU cannot test beside them.
 
-No Dagster here: the asset gathers stage outcomes from the instance and hands them to `build_report`.
+No Dagster here: the asset gathers stage outcomes from the instance, builds the GPU plan and hands both to `build_report`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sftc_core.checks import FAIL as CHECK_FAIL
+from sftc_core.checks import PASS as CHECK_PASS
+from sftc_core.checks import Check
 from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
 from sftc_core.text import format_number, markdown_table
@@ -37,11 +42,11 @@ ASSETS_TAG = "sftc/assets"
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
 
-# What a CPU node cannot prove, whatever the toy chain did.
+# What a CPU node cannot prove, whatever the toy chain and the GPU plan say.
 NOT_TESTABLE_ON_CPU = (
     "The Triton FP8 -> BF16 kernel: bf16_checkpoint ran the bit-identical torch path on CPU instead.",
     "The NeMo import of the BF16 checkpoint (nemo_model) and NeMo fine-tuning: sft_model ran the Hugging Face backend.",
-    "bf16 autocast, tensor / pipeline / expert parallelism across GPUs, and GPU memory at the full DeepSeek-V3 size.",
+    "bf16 autocast and tensor / pipeline / expert parallelism across GPUs: the GPU plan estimates their memory, it does not run them.",
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
     "vLLM / SGLang serving DeepSeek-V3: eval_csv ran the same completions client against transformers serve; "
     "`sftc evaluate --dry-run` in the full profile prints the GPU serving plan.",
@@ -98,14 +103,16 @@ def environment_summary(profile_name: str, train_backend: str) -> dict:
 
 
 def _reasons(stages: list[StageOutcome]) -> list[str]:
-    reasons = []
+    """Why the toy chain did not pass: the first failing stage is the cause, later failures and gaps follow from it."""
+    reasons, cause = [], None
     for stage in stages:
         if stage.status == FAIL:
-            failed = [c.name for c in stage.checks if not c.passed and c.severity == "ERROR"]
-            what = stage.error or f"check(s) failed: {', '.join(failed)}"
-            reasons.append(f"{stage.asset} failed: {what}")
+            failed = [f"{c.name}" + (f" ({c.description})" if c.description else "") for c in stage.checks if not c.passed and c.severity == "ERROR"]
+            what = stage.error or f"check(s) failed: {'; '.join(failed)}"
+            reasons.append(f"{stage.asset} failed: {what}" if cause is None else f"{stage.asset} failed after {cause} (look there first): {what}")
+            cause = cause or stage.asset
         elif stage.status == NOT_RUN:
-            reasons.append(f"{stage.asset} was not materialized")
+            reasons.append(f"{stage.asset} was not materialized" + (f" (downstream of {cause})" if cause else ""))
     return reasons
 
 
@@ -129,16 +136,29 @@ def _launch_line(launch: dict) -> str:
 def build_report(
     stages: list[StageOutcome],
     *,
+    gpu_plan: list[Check],
     environment: dict,
     git: dict,
     generated_at: dt.datetime,
     validation_run: str | None,
     slurm_present: bool = False,
 ) -> dict:
-    reasons = _reasons(stages)
-    ready = not reasons and bool(stages)
+    """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed."""
+    toy_reasons = _reasons(stages)
+    toy_passed = not toy_reasons and bool(stages)
+    if not stages:
+        toy_reasons = ["no stage of the toy chain was found"]
+    plan_failures = [check for check in gpu_plan if check.status == CHECK_FAIL]
+    plan_reasons = [f"GPU plan: {check.name} failed: {check.found}" + (f". Fix: {check.fix}" if check.fix else "") for check in plan_failures]
+    ready = toy_passed and not plan_failures
+    reasons = toy_reasons + plan_reasons
     if ready:
-        reasons = [f"all {len(stages)} stages of the toy chain passed with their checks on CPU"]
+        others = [f"{c.name} {c.status}" for c in gpu_plan if c.status != CHECK_PASS]
+        reasons = [
+            f"all {len(stages)} stages of the toy chain passed with their checks on CPU",
+            f"the GPU plan of the full profile holds: {len(gpu_plan) - len(others)} of {len(gpu_plan)} checks passed, none failed"
+            + (f" ({', '.join(others)}: see below)" if others else ""),
+        ]
     return {
         "generated_at": generated_at.isoformat(timespec="seconds"),
         "validation_run": validation_run,
@@ -146,10 +166,12 @@ def build_report(
         "git_dirty": git.get("git_dirty"),
         "environment": environment,
         "fine_tune_launch": fine_tune_launch(stages, slurm_present),
+        "toy_chain": {"passed": toy_passed, "reasons": [] if toy_passed else toy_reasons},
         "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
         "passed": sum(stage.status == PASS for stage in stages),
         "failed": sum(stage.status == FAIL for stage in stages),
         "not_run": sum(stage.status == NOT_RUN for stage in stages),
+        "gpu_plan": {"passed": not plan_failures, "checks": [check.as_dict() for check in gpu_plan]},
         "gpu_only_stages": list(GPU_ONLY_STAGES),
         "not_testable_on_cpu": list(NOT_TESTABLE_ON_CPU),
         "ready_for_gpu": ready,
@@ -161,9 +183,14 @@ def _figure_text(value: object) -> str:
     return format_number(value) if isinstance(value, float) else str(value)
 
 
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     verdict = "YES" if report["ready_for_gpu"] else "NO"
+    plan = [Check.from_dict(check) for check in report["gpu_plan"]["checks"]]
     lines = [
         "# CPU validation report",
         "",
@@ -179,7 +206,8 @@ def render_markdown(report: dict) -> str:
         _launch_line(report["fine_tune_launch"]),
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
-        f"## Stages: {report['passed']} passed, {report['failed']} failed, {report['not_run']} not run",
+        f"## Part 1, the toy chain: {_verdict(report['toy_chain']['passed'])} "
+        f"({report['passed']} passed, {report['failed']} failed, {report['not_run']} not run)",
         "",
     ]
     summary_rows = [
@@ -202,6 +230,19 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else ""))
         lines += [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
         lines.append("")
+    counts = {status: sum(c.status == status for c in plan) for status in ("PASS", "FAIL", "WARN", "NOT CHECKED")}
+    lines += [
+        f"## Part 2, the GPU plan of the full profile: {_verdict(report['gpu_plan']['passed'])} "
+        f"({', '.join(f'{n} {status.lower()}' for status, n in counts.items() if n)})",
+        "",
+        "The same checks as `sftc preflight` (which adds the checks of the node it runs on).",
+        "",
+        markdown_table([{"check": c.name, "scope": c.scope, "status": c.status, "found": c.found, "fix": c.fix if c.status != "PASS" else ""} for c in plan], max_cell=400),
+        "",
+    ]
+    for check in plan:
+        if check.details:
+            lines += [f"### {check.name}: {check.status}", "", f"Needed: {check.needed}.", "", *[f"- {line}" for line in check.details], ""]
     lines += [
         "## Not tested without a GPU",
         "",

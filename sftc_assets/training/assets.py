@@ -17,7 +17,7 @@ import dagster as dg
 from sftc_assets.sft_data import splits
 from sftc_assets.training import hf_backend, hf_entry, hf_launch, nemo_entry, nemo_runner, preflight
 from sftc_core.artifacts import Stamp
-from sftc_core.configs import FinetuneConfig
+from sftc_core.configs import FinetuneConfig, profile_path
 from sftc_core.io import read_jsonl
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
@@ -25,6 +25,7 @@ from sftc_core.text import format_number, format_share, markdown_table
 from sftc_resources.launchers import jobs, targets
 from sftc_resources.launchers.pipes import launch_step
 from sftc_resources.launchers.plan import Launch, LaunchError
+from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
 from sftc_resources.resources import GpuResource
 from sftc_resources.routing import asset_placement, check_placement
@@ -32,6 +33,7 @@ from sftc_resources.writes import data_version, writing
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"
+STABLE_LOSS_CHECK = "training_loss_stable"
 # Run tags that override the profile's launch for one run (the nightly validation sets them where Slurm is present).
 LAUNCHER_TAG, NODES_TAG, PROCS_TAG = "sftc/launcher", "sftc/launch_nodes", "sftc/launch_procs_per_node"
 
@@ -285,6 +287,14 @@ def defs(settings: Settings) -> dg.Definitions:
             data_version=data_version([output]),
         )
 
+    def learning_rate_setting() -> str:
+        """The setting that drives the step size of this backend, named as a person would fix it."""
+        if nemo_backend:
+            return f"learning_rate {settings.finetune.learning_rate:g} (warmup_steps {settings.finetune.warmup_steps}) in {settings.finetune.source}"
+        training = settings.profile.training
+        return (f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
+                f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")  # fmt: skip
+
     @dg.asset_check(
         asset=sft_model,
         blocking=True,
@@ -299,7 +309,7 @@ def defs(settings: Settings) -> dg.Definitions:
         initial, final = metrics["initial_val_loss"], metrics["final_val_loss"]
         return dg.AssetCheckResult(
             passed=final < initial,
-            description=None if final < initial else f"validation loss did not fall: {initial:.4f} -> {final:.4f}",
+            description=None if final < initial else f"validation loss did not fall: {initial:.4f} -> {final:.4f}; check {learning_rate_setting()} and the data",
             metadata={
                 "initial_val_loss": initial,
                 "final_val_loss": final,
@@ -310,21 +320,46 @@ def defs(settings: Settings) -> dg.Definitions:
         )
 
     @dg.asset_check(
+        asset=sft_model,
+        blocking=True,
+        description="The training loss never climbs above where it started (moving average over 5 steps, 5% tolerance): "
+        "a loss that rises or turns non-finite means a learning rate too high, named in the failure.",
+        **check_placement("auto", settings),
+    )
+    def training_loss_stable() -> dg.AssetCheckResult:
+        path = paths.sft_model / "training.csv"
+        if not path.is_file():
+            return dg.AssetCheckResult(passed=False, description=f"{path} is missing: sft_model has not finished a run")
+        losses = [float(r["loss"]) for r in _csv_rows(path) if r["loss"] not in ("", None)]
+        rise = hf_backend.loss_rise(losses)
+        if rise is None:
+            return dg.AssetCheckResult(passed=True, metadata={"steps": len(losses), "first_loss": round(losses[0], 4), "max_loss": round(max(losses), 4)})
+        return dg.AssetCheckResult(
+            passed=False,
+            description=f"the training loss climbed to {rise['average']:.4f} (mean of steps {rise['step'] - rise['window'] + 1}..{rise['step']}) "
+            f"from {rise['start']:.4f} at the start: {learning_rate_setting()} is likely too high; lower it",
+            metadata={"step": rise["step"], "rolling_loss": round(rise["average"], 4), "start_loss": round(rise["start"], 4)},
+        )
+
+    @dg.asset_check(
         asset="bf16_checkpoint",
-        description="`sftc preflight` on the node: GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, disk, "
-        "NeMo importable (GPU items required in the full profile only). A warning, not a block: the GPU gate blocks.",
+        description="`sftc preflight`: this node's GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, the base "
+        "checkpoint and disk (GPU items required in the full profile only), then the GPU plan of the full profile (the "
+        "validation report's list). A warning, not a block: the GPU gate blocks.",
         **check_placement("auto", settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:
-        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=nemo_backend)
+        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_checks=gpu_plan_launch_checks)
+        rows = [{k: v for k, v in check.as_dict().items() if k != "details"} for check in report.checks]
         return dg.AssetCheckResult(
             passed=report.ready,
             severity=dg.AssetCheckSeverity.WARN,
+            description=None if report.ready else "; ".join(check.line for check in report.failures),
             metadata={
                 "ready": report.ready,
-                "checklist": dg.MetadataValue.md(markdown_table(report.as_dict()["items"], max_cell=160)),
+                "checklist": dg.MetadataValue.md(markdown_table(rows, ["name", "scope", "status", "found", "fix"], max_cell=200)),
                 "report": dg.MetadataValue.json(report.as_dict()),
             },
         )
 
-    return dg.Definitions(assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, gpu_preflight])
+    return dg.Definitions(assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, training_loss_stable, gpu_preflight])

@@ -34,6 +34,8 @@ class Example:
 class TokenizedSplit:
     examples: list[Example]
     truncated: int
+    answers_cut: int = 0  # answers (target + EOS) longer than max_seq_length alone: their end, the action, is lost
+    longest_answer: int = 0
 
 
 def load_pairs(path: Path) -> list[dict[str, str]]:
@@ -63,12 +65,13 @@ def tokenize_pair(tokenizer, prompt: str, target: str, max_seq_length: int) -> t
 
 
 def tokenize_split(tokenizer, pairs: list[dict[str, str]], max_seq_length: int) -> TokenizedSplit:
-    examples, truncated = [], 0
+    examples, truncated, answers = [], 0, []
     for pair in pairs:
         example, cut = tokenize_pair(tokenizer, pair["input"], pair["output"], max_seq_length)
         examples.append(example)
         truncated += cut
-    return TokenizedSplit(examples=examples, truncated=truncated)
+        answers.append(len(tokenizer(pair["output"], add_special_tokens=False)["input_ids"]) + 1)
+    return TokenizedSplit(examples, truncated, sum(1 for n in answers if n > max_seq_length), max(answers, default=0))
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -163,6 +163,24 @@ def add_special_tokens(model, tokenizer, tokens: list[str]) -> list[int]:
     return new_ids
 
 
+class TrainingDivergedError(ValueError):
+    """The loss turned non-finite: the message names the learning-rate settings that drove it there."""
+
+
+def loss_rise(losses: list[float], window: int = 5, tolerance: float = 0.05) -> dict | None:
+    """Where the training loss climbed above where it started (its moving average over `window` steps more than
+    `tolerance` above the first window's), the step and both averages: the signature of a learning rate too high
+    for the model. None when it never did."""
+    if len(losses) < 2 * window:
+        return None
+    start = sum(losses[:window]) / window
+    for end in range(2 * window, len(losses) + 1):
+        average = sum(losses[end - window : end]) / window
+        if not math.isfinite(average) or average > start * (1 + tolerance):
+            return {"step": end, "average": average, "start": start, "window": window}
+    return None
+
+
 def target_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross-entropy over target positions (labels -100 elsewhere)."""
     return F.cross_entropy(
@@ -545,6 +563,12 @@ def _run_training(
     plan = replace(plan, inputs=input_fingerprints(model_dir, data_dir))  # the model dir is known to be one now
     train_set = tokenize_split(tokenizer, train_pairs, sft.max_seq_length)
     val_set = tokenize_split(tokenizer, val_pairs, sft.max_seq_length)
+    if train_set.answers_cut:
+        raise ValueError(
+            f"{train_set.answers_cut} of {len(train_pairs)} training answers are longer than max_seq_length {sft.max_seq_length} "
+            f"(configs/sft_config.yaml) on their own: cut there, they would lose their action; raise max_seq_length to at least "
+            f"{train_set.longest_answer + 1} before training"
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer(model, training, steps)
     stream = BatchStream([len(e.input_ids) for e in train_set.examples], training.batch_size, training.seed)
@@ -583,6 +607,15 @@ def _run_training(
         tokens = int(tokens)
         lr = scheduler.get_last_lr()[0]
         loss = train_step(ddp_model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device)
+        if not math.isfinite(loss):
+            # The first step's loss comes before any update: the weights or the data are broken, not the step size.
+            cause = (
+                f"before any update, so the weights or the data are: check {model_dir} (bf16_checkpoint's finite-tensor check)"
+                if step == start_step + 1
+                else f"training.learning_rate {training.learning_rate} of the profile (warmup_steps {training.warmup_steps}, "
+                f"max_grad_norm {training.max_grad_norm}) is too high for this model; lower it"
+            )
+            raise TrainingDivergedError(f"step {step}: the training loss is {loss}, {cause}")
         seconds = time.perf_counter() - started
         state["train_seconds"] += seconds
         state["train_tokens"] += tokens

@@ -21,6 +21,39 @@ FINETUNE_CONFIG_PATH = CONFIG_DIR / "nemo" / "finetune.yaml"
 NEMO_DATA_FILES = tuple(NEMO_FILES.values())
 RECIPE_FACTORIES = {"deepseek_v3": "nemo.collections.llm.recipes.deepseek_v3.finetune_recipe"}
 
+# The Linear modules of a DeepSeek-V3 layer in NeMo 2.7.3 (Megatron's names, which llm.peft.LoRA's target_modules
+# match; a name that matches nothing adds no adapter, silently): MLASelfAttention's linear_q_down_proj,
+# linear_q_up_proj, linear_kv_down_proj, linear_kv_up_proj and linear_proj (linear_q_proj only exists without a
+# q_lora_rank, as in V2-Lite), then linear_fc1 / linear_fc2 of the dense MLP, the shared and the routed experts.
+# tests/test_training_nemo_env.py reads the list from NeMo's own DeepSeek-V3 layer spec.
+NEMO_LINEAR_MODULES = (
+    "linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj", "linear_kv_up_proj", "linear_proj", "linear_fc1", "linear_fc2",
+)  # fmt: skip
+# transformers' names of the same weights (HFDeepSeekImporter.convert_state maps them), for the fix of a wrong target.
+HF_TO_NEMO_MODULES = {
+    "q_a_proj": "linear_q_down_proj", "q_b_proj": "linear_q_up_proj", "q_proj": "linear_q_up_proj",
+    "kv_a_proj_with_mqa": "linear_kv_down_proj", "kv_b_proj": "linear_kv_up_proj", "o_proj": "linear_proj",
+    "gate_proj": "linear_fc1", "up_proj": "linear_fc1", "down_proj": "linear_fc2", "linear_qkv": None,
+}  # fmt: skip
+
+
+def lora_target_problems(targets: list[str]) -> list[str]:
+    """What is wrong with each LoRA target that names no Linear module of NeMo's DeepSeek-V3 (a wildcard pattern
+    such as `*.layers.0.*.linear_proj` counts by its last part)."""
+    problems = []
+    for target in targets:
+        leaf = target.rsplit(".", 1)[-1]
+        if leaf in NEMO_LINEAR_MODULES:
+            continue
+        nemo_name = HF_TO_NEMO_MODULES.get(leaf)
+        hint = (
+            f"that is the transformers name; NeMo calls it {nemo_name}" if nemo_name
+            else "DeepSeek-V3 has no fused QKV projection (MLA)" if leaf == "linear_qkv"
+            else "not a module of NeMo's DeepSeek-V3"
+        )
+        problems.append(f"{target!r} ({hint})")
+    return problems
+
 
 @dataclass(frozen=True)
 class NemoRunPaths:
@@ -134,31 +167,52 @@ def model_config_from_hf(hf_config: dict, config_path: Path | str = "config.json
     }
 
 
-def _check_model_fits(config: FinetuneConfig, model_config: dict, config_path: Path) -> None:
+def stage_layers(config: FinetuneConfig, num_layers: int) -> list[int] | None:
+    """Transformer layers on each pipeline stage, first to last; None when the split does not add up."""
     p = config.parallelism
+    first, last = p.layers_in_first_pipeline_stage, p.layers_in_last_pipeline_stage
+    if p.pipeline > num_layers:
+        return None
+    middle_stages = p.pipeline - (first is not None) - (last is not None)
+    middle_layers = num_layers - (first or 0) - (last or 0)
+    if middle_layers < 0 or (middle_stages and middle_layers % middle_stages) or (not middle_stages and middle_layers):
+        return None
+    middle = [middle_layers // middle_stages] * middle_stages if middle_stages else []
+    return ([first] if first is not None else []) + middle + ([last] if last is not None else [])
+
+
+def model_fit_problems(config: FinetuneConfig, model_config: dict) -> list[tuple[str, str]]:
+    """(field, what is wrong) where the layout cannot take the model: experts, heads and layers must divide."""
+    p = config.parallelism
+    problems = []
     experts = model_config["num_moe_experts"]
     if experts % p.expert:
-        raise ConfigError(f"{config.source}: field 'parallelism.expert' = {p.expert} must divide the model's {experts} routed experts ({config_path})")
+        problems.append(("parallelism.expert", f"= {p.expert} must divide the model's {experts} routed experts"))
     heads = model_config["num_attention_heads"]
     if heads % p.tensor:
-        raise ConfigError(f"{config.source}: field 'parallelism.tensor' = {p.tensor} must divide the model's {heads} attention heads ({config_path})")
+        problems.append(("parallelism.tensor", f"= {p.tensor} must divide the model's {heads} attention heads"))
     layers = model_config["num_layers"]
-    if p.pipeline > layers:
-        raise ConfigError(f"{config.source}: field 'parallelism.pipeline' = {p.pipeline} exceeds the model's {layers} layers ({config_path})")
     first, last = p.layers_in_first_pipeline_stage, p.layers_in_last_pipeline_stage
-    if first is not None or last is not None:
-        middle_stages = p.pipeline - (first is not None) - (last is not None)
-        middle_layers = layers - (first or 0) - (last or 0)
-        if middle_layers < 0 or (middle_stages and middle_layers % middle_stages) or (not middle_stages and middle_layers):
-            raise ConfigError(
-                f"{config.source}: fields 'parallelism.layers_in_first/last_pipeline_stage' = {first}/{last} leave "
-                f"{middle_layers} of the model's {layers} layers for {middle_stages} middle stages; they must split evenly ({config_path})"
-            )
-    elif layers % p.pipeline:
-        raise ConfigError(
-            f"{config.source}: field 'parallelism.pipeline' = {p.pipeline} must divide the model's {layers} layers, "
-            f"or set layers_in_first/last_pipeline_stage ({config_path})"
-        )
+    if p.pipeline > layers:
+        problems.append(("parallelism.pipeline", f"= {p.pipeline} exceeds the model's {layers} layers"))
+    elif stage_layers(config, layers) is None:
+        if first is None and last is None:
+            problems.append(("parallelism.pipeline", f"= {p.pipeline} must divide the model's {layers} layers, or set layers_in_first/last_pipeline_stage"))
+        else:
+            middle_stages = p.pipeline - (first is not None) - (last is not None)
+            middle_layers = layers - (first or 0) - (last or 0)
+            problems.append((
+                "parallelism.layers_in_first/last_pipeline_stage",
+                f"= {first}/{last} leave {middle_layers} of the model's {layers} layers for {middle_stages} middle stages; "
+                "they must split evenly",
+            ))
+    return problems
+
+
+def _check_model_fits(config: FinetuneConfig, model_config: dict, config_path: Path) -> None:
+    problems = model_fit_problems(config, model_config)
+    if problems:
+        raise ConfigError(f"{config.source}: " + "; ".join(f"field '{field}' {message}" for field, message in problems) + f" ({config_path})")
 
 
 def plan_recipe(config: FinetuneConfig, paths: NemoRunPaths, name: str = "sftc") -> dict:
@@ -215,6 +269,8 @@ def plan_recipe(config: FinetuneConfig, paths: NemoRunPaths, name: str = "sftc")
             "global_batch_size": config.global_batch_size,
             "seed": config.seed,
         },
+        # recipe.model.config's recompute fields (Megatron's full, uniform recompute of every layer).
+        "recompute": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1} if config.recompute == "full" else {},
         "optimizer": {"lr": config.learning_rate, "min_lr": config.min_learning_rate},
         "scheduler": {"warmup_steps": config.warmup_steps, "min_lr": config.min_learning_rate},
         "checkpoint": {"every_n_train_steps": config.checkpoint_every_n_steps},

@@ -101,7 +101,7 @@ def build_recipe(plan: dict):
     recipe = llm.deepseek_v3.finetune_recipe(**plan["factory_kwargs"])
     # The recipe restores nemo://<hub id> from NEMO_HOME; we restore the imported checkpoint by path.
     recipe.resume.restore_config.path = plan["restore_path"]
-    for key, value in plan["model_config"].items():
+    for key, value in {**plan["model_config"], **plan["recompute"]}.items():
         setattr(recipe.model.config, key, value)
     for key, value in plan["trainer"].items():
         setattr(recipe.trainer, key, value)

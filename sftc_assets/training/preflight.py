@@ -1,60 +1,45 @@
-"""`sftc preflight`: is this node ready for the GPU stages? CUDA, devices and memory against
-configs/nemo/finetune.yaml, Triton's FP8 kernel, the base checkpoint, free disk for what the chain will
-write, and NeMo importable in its own environment. The same report serves the command and an asset check.
+"""`sftc preflight`: is this node ready for the GPU stages, and does the GPU plan hold? This node's CUDA, devices and
+memory against configs/nemo/finetune.yaml, Triton's FP8 kernel, the base checkpoint and free disk for what the chain
+will write; then the GPU plan of the full profile (gpu_plan.py), which any node can check. Every item says which
+machine it speaks of; the same report serves the command, the `gpu_preflight` asset check and the validation report.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from sftc_assets.checkpoints.convert import plan_conversion, triton_fp8_check
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
-from sftc_assets.training.nemo_runner import entry_env
+from sftc_assets.training.gpu_plan import GpuPlan, LaunchChecks, build_gpu_plan
+from sftc_core.checks import FAIL, NOT_CHECKED, PASS, THIS_NODE, WARN, Check, checks_table, failures
 from sftc_core.configs import FinetuneConfig
 from sftc_core.gpu import GpuGateError, GpuProbe, probe_gpus, require_gpus
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 
-Status = Literal["pass", "fail", "warn", "skip"]
-NEMO_IMPORT = "import nemo.collections.llm"
-
-
-@dataclass(frozen=True)
-class PreflightItem:
-    check: str
-    status: Status
-    needed: str
-    found: str
-
 
 @dataclass(frozen=True)
 class PreflightReport:
-    items: tuple[PreflightItem, ...]
+    checks: tuple[Check, ...]
     require_gpu: bool
+    plan: GpuPlan
 
     @property
     def ready(self) -> bool:
-        return not any(item.status == "fail" for item in self.items)
+        return not failures(self.checks)
 
     @property
-    def failures(self) -> list[PreflightItem]:
-        return [item for item in self.items if item.status == "fail"]
+    def failures(self) -> list[Check]:
+        return failures(self.checks)
 
     def as_dict(self) -> dict:
-        return {"ready": self.ready, "require_gpu": self.require_gpu, "items": [asdict(item) for item in self.items]}
+        return {"ready": self.ready, "require_gpu": self.require_gpu, "checks": [check.as_dict() for check in self.checks]}
 
     def table(self) -> str:
-        rows = [("check", "status", "needed", "found"), *((i.check, i.status.upper(), i.needed, i.found) for i in self.items)]
-        widths = [max(len(row[c]) for row in rows) for c in range(3)]
-        lines = ["  ".join([*(row[c].ljust(widths[c]) for c in range(3)), row[3]]) for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        verdict = "READY" if self.ready else "NOT READY: " + ", ".join(item.check for item in self.failures)
-        return "\n".join([*lines, "", verdict])
+        verdict = "READY" if self.ready else "NOT READY: " + ", ".join(f"{c.name} ({c.scope})" for c in self.failures)
+        return "\n".join([checks_table(self.checks), "", verdict])
 
 
 def run_preflight(
@@ -63,74 +48,71 @@ def run_preflight(
     require_gpu: bool = True,
     check_nemo: bool = True,
     probe: GpuProbe | None = None,
-    nemo_timeout_s: float = 300,
+    launch_checks: LaunchChecks | None = None,
 ) -> PreflightReport:
-    """The checklist. `require_gpu=False` (the toy profile's CPU node) marks the GPU and NeMo items as not required."""
+    """The checklist. `require_gpu=False` (the toy profile's CPU node) leaves this node's GPU items unchecked."""
     finetune = settings.finetune  # validated when the settings were loaded: a broken file never gets this far
     found = f"{finetune.nodes} node(s) x {finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)}, peft {finetune.peft}"
-    items = [PreflightItem("finetune config", "pass", f"a valid {finetune.source}", found)]
-
+    checks = [Check("finetune config", THIS_NODE, PASS, f"a valid {finetune.source}", found)]
     if require_gpu:
-        probe = probe or probe_gpus(fp8_check=triton_fp8_check)
-        items += _gpu_items(probe, finetune)
+        checks += _gpu_checks(probe or probe_gpus(fp8_check=triton_fp8_check), finetune)
     else:
-        items.append(PreflightItem("gpu", "skip", "not required (CPU node of the toy profile)", "not probed"))
-
-    items += _checkpoint_items(settings)
-
-    if not check_nemo or not require_gpu:
-        items.append(PreflightItem("nemo", "skip", NEMO_IMPORT, "not checked"))
-    else:
-        items.append(_nemo_item(settings.nemo_python, nemo_timeout_s))
-    return PreflightReport(tuple(items), require_gpu)
+        checks.append(Check("gpu", THIS_NODE, NOT_CHECKED, "not required (CPU node of the toy profile)", "not probed"))
+    checks += _checkpoint_checks(settings)
+    plan = build_gpu_plan(settings, launch_checks=launch_checks, check_nemo=check_nemo)
+    return PreflightReport((*checks, *plan.checks), require_gpu, plan)
 
 
-def _gpu_items(probe: GpuProbe, finetune: FinetuneConfig) -> list[PreflightItem]:
-    items = [PreflightItem("cuda", "pass" if probe.cuda_available else "fail", "CUDA available to torch", probe.describe())]
+def _gpu_checks(probe: GpuProbe, finetune: FinetuneConfig) -> list[Check]:
+    checks = [Check("cuda", THIS_NODE, PASS if probe.cuda_available else FAIL, "CUDA available to torch", probe.describe(),
+                    "" if probe.cuda_available else "run on a GPU node (the gpu pool, tag sftc/node=gpu)")]  # fmt: skip
     needed = f"{finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)} (x {finetune.nodes} node(s))"
     big_enough = sum(1 for d in probe.devices if d.total_memory_bytes >= finetune.gpu_memory_bytes)
     found = f"{big_enough} of {probe.device_count} device(s) big enough on this node"
     try:
         require_gpus("sft_model (nemo)", finetune.gpus_per_node, finetune.gpu_memory_bytes, probe)
-        items.append(PreflightItem("gpus", "pass", needed, found))
+        checks.append(Check("gpus", THIS_NODE, PASS, needed, found))
     except GpuGateError:
-        items.append(PreflightItem("gpus", "fail", needed, found))
-    fp8 = "pass" if probe.triton_fp8 else ("warn" if probe.cuda_available else "skip")  # no CUDA already fails above
-    items.append(PreflightItem("triton fp8", fp8, "Triton FP8 kernel (else torch on the GPU, slower)", probe.triton_detail))
-    return items
+        checks.append(Check("gpus", THIS_NODE, FAIL, needed, found, f"a node with the GPUs, or gpus_per_node / gpu_memory_gb in {finetune.source}"))
+    fp8 = PASS if probe.triton_fp8 else (WARN if probe.cuda_available else NOT_CHECKED)  # no CUDA already fails above
+    checks.append(Check("triton fp8", THIS_NODE, fp8, "Triton FP8 kernel (else torch on the GPU, slower)", probe.triton_detail,
+                        "" if fp8 == PASS else "pip install -e '.[gpu]' on the GPU node"))  # fmt: skip
+    return checks
 
 
-def _checkpoint_items(settings: Settings) -> list[PreflightItem]:
+def _checkpoint_checks(settings: Settings) -> list[Check]:
     """The base checkpoint, checked as the conversion will check it, and disk for the BF16 copy (and NeMo's)."""
     paths = settings.paths
     base = settings.base_checkpoint_dir
-    items = []
+    needed = f"a block-FP8 checkpoint at {base}"
+    checks = []
     if base.is_dir():
         try:
             plan = plan_conversion(base)
         except CheckpointError as exc:
-            items.append(PreflightItem("base checkpoint", "fail", f"a block-FP8 checkpoint at {base}", str(exc)))
+            checks.append(Check("base checkpoint", THIS_NODE, FAIL, needed, str(exc), "download the missing or broken files again"))
             bf16_bytes = None
         else:
             bf16_bytes = plan.total_size
-            items.append(PreflightItem("base checkpoint", "pass", f"a block-FP8 checkpoint at {base}", f"{len(plan.shards)} shard(s), BF16 size {format_bytes(bf16_bytes)}"))
+            checks.append(Check("base checkpoint", THIS_NODE, PASS, needed, f"{len(plan.shards)} shard(s), BF16 size {format_bytes(bf16_bytes)}"))
     else:
         toy = settings.profile.model.kind == "toy"
         found = f"{base} not there" + (" (the base_checkpoint asset builds it)" if toy else "")
-        items.append(PreflightItem("base checkpoint", "warn" if toy else "fail", f"a block-FP8 checkpoint at {base}", found))
+        checks.append(Check("base checkpoint", THIS_NODE, WARN if toy else FAIL, needed, found, "" if toy else "download the release to model.base_checkpoint_path"))
         expected = settings.profile.compute.expected_checkpoint_bytes
         bf16_bytes = 2 * expected if expected else None  # FP8 weights double in BF16: an upper bound
 
     if bf16_bytes is None:
-        items.append(PreflightItem("disk", "skip", "free space for the BF16 checkpoint", "size unknown"))
-        return items
+        checks.append(Check("disk", THIS_NODE, NOT_CHECKED, "free space for the BF16 checkpoint", "size unknown"))
+        return checks
     copies = (0 if paths.bf16_checkpoint.is_dir() else 1) + (1 if settings.train_backend == "nemo" else 0)
-    needed = copies * bf16_bytes
+    needed_bytes = copies * bf16_bytes
     where = _existing_parent(settings.data_dir)
     free = shutil.disk_usage(where).free
-    what = f"{format_bytes(needed)} ({copies} x BF16 size: conversion" + (", NeMo import" if settings.train_backend == "nemo" else "") + ")"
-    items.append(PreflightItem("disk", "pass" if free >= needed else "fail", what, f"{format_bytes(free)} free at {where}"))
-    return items
+    what = f"{format_bytes(needed_bytes)} ({copies} x BF16 size: conversion" + (", NeMo import" if settings.train_backend == "nemo" else "") + ")"
+    ok = free >= needed_bytes
+    checks.append(Check("disk", THIS_NODE, PASS if ok else FAIL, what, f"{format_bytes(free)} free at {where}", "" if ok else f"free space at {where} or point SFTC_DATA_DIR elsewhere"))
+    return checks
 
 
 def _existing_parent(path: Path) -> Path:
@@ -138,23 +120,3 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
-
-
-def _nemo_item(python: Path, timeout_s: float) -> PreflightItem:
-    needed = f"`{NEMO_IMPORT}` in {python}"
-    if not python.is_file():
-        return PreflightItem("nemo", "fail", needed, f"{python} not found (make .venv-nemo, or set SFTC_NEMO_PYTHON)")
-    try:
-        done = subprocess.run(
-            [str(python), "-c", f"{NEMO_IMPORT}; import nemo; print(nemo.__version__)"],
-            env={**os.environ, **entry_env()},
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-    except subprocess.TimeoutExpired:
-        return PreflightItem("nemo", "fail", needed, f"import took longer than {timeout_s:.0f} s")
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return PreflightItem("nemo", "fail", needed, f"exit {done.returncode}: {last}")
-    return PreflightItem("nemo", "pass", needed, f"NeMo {done.stdout.strip().splitlines()[-1]}")

@@ -28,12 +28,14 @@ def register(subparsers) -> None:
 
 
 def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
-    from sftc_assets.backtest.report import HEADLINE, run_backtest
+    from sftc_assets.backtest.report import HEADLINE, first_unseen, run_backtest
     from sftc_resources.prices import price_source_from_settings
 
     config = load_backtest_config(args.config) if args.config else settings.backtest
+    calendar = settings.prices.calendar
     with writing_output(args, [args.report], inputs=[args.eval_csv], option="--report") as stamp:
-        metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, settings.prices.calendar, stamp)
+        metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, calendar, stamp,
+                               unseen_from=first_unseen(settings.profile, calendar))
     keys = ("cumulative_return", "cagr", "sharpe", "max_drawdown")
     summary = {
         "report": str(args.report),

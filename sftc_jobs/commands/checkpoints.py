@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     preflight = subparsers.add_parser(
         "preflight",
-        help="GPU readiness checklist of this node",
-        description="What the profile's GPU work needs, checked on this node: one row per check. Exit 1 when a required check fails.",
+        help="GPU readiness: this node's GPUs, checkpoint and disk, and the GPU plan of the full profile (the validation report's list)",
+        description="What the profile's GPU work needs, checked on this node, then the full profile's GPU plan (the validation report's list): one row per check. Exit 1 when a required check fails.",
     )
     preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
     preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
@@ -85,7 +85,8 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
 
 def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.training.preflight import run_preflight
+    from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
-    report = run_preflight(settings, check_nemo=not args.no_nemo)
+    report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ready else 1

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, describe, single_argv, torchrun_argv
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, describe, single_argv, time_seconds, torchrun_argv
 from sftc_resources.routing import GPU_RESOURCE, k8s_config
 
 GROUP, VERSION, PLURAL, KIND = "jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet"
@@ -27,12 +27,6 @@ def jobset_name(step: EntryStep, suffix: str) -> str:
     """A DNS-1035 label short enough for the pods' hostnames (<name>-node-0-0 under 63 characters)."""
     raw = f"sftc-{step.name}-{suffix}".lower()
     return re.sub(r"[^a-z0-9-]+", "-", raw)[:40].strip("-")
-
-
-def _seconds(time_limit: str) -> int:
-    days, _, clock = time_limit.rpartition("-")
-    hours, minutes, seconds = (int(part) for part in clock.split(":"))
-    return (int(days) if days else 0) * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
 def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str] | None = None) -> dict:
@@ -95,7 +89,7 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
                             "completions": step.nodes,
                             "completionMode": "Indexed",
                             "backoffLimit": 0,
-                            "activeDeadlineSeconds": _seconds(launch.time_limit),
+                            "activeDeadlineSeconds": time_seconds(launch.time_limit),
                             "template": {"metadata": {"labels": {"sftc.dev/step": step.name}}, "spec": pod_spec},
                         }
                     },

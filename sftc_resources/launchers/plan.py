@@ -85,6 +85,22 @@ def describe(step: EntryStep) -> str:
     return f"{step.name} ({step.module}): {shape}{gpus}"
 
 
+def time_seconds(text: str) -> int | None:
+    """A Slurm time ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours[:minutes[:seconds]]") in
+    seconds; None for "infinite" / "UNLIMITED" (no limit)."""
+    if text.strip().lower() in ("infinite", "unlimited"):
+        return None
+    days, dash, clock = text.strip().rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    if dash:  # after days the clock starts at hours
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """A job's state in its launcher's words (Slurm's COMPLETED, FAILED, ...; a JobSet's or a process's likewise)."""

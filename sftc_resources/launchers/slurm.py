@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, single_argv, torchrun_argv
+from sftc_core.text import format_bytes
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, single_argv, time_seconds, torchrun_argv
 
 # Slurm's job states (squeue(1) "JOB STATE CODES"): still going, or how it ended and what that means.
 ACTIVE_STATES = frozenset({
@@ -67,6 +68,12 @@ def node_python(step: EntryStep, launch: Launch) -> str:
     return launch.pythons[step.environment]
 
 
+def _directive(option: str) -> str:
+    """An #SBATCH option with its value in double quotes where it holds a space (sbatch ends an unquoted value there)."""
+    key, equals, value = option.partition("=")
+    return f'{key}="{value}"' if equals and any(c.isspace() for c in value) and not value.startswith('"') else option
+
+
 def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str | None = None) -> str:
     """The batch script of `step`: directives from the launch and cluster.yaml's slurm section, then one srun."""
     slurm = launch.cluster.slurm
@@ -102,7 +109,7 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
             srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
     command = torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID") if step.distributed else single_argv(step, python)
 
-    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
+    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     lines += slurm.setup
     lines += [
@@ -207,6 +214,8 @@ class PartitionNode:
     name: str
     gpus: int
     state: str
+    memory_bytes: int | None = None  # the node's RealMemory (sinfo %m), None where sinfo does not say
+    time_limit_s: int | None = None  # its partition's MaxTime (sinfo %l), None: infinite
 
 
 def parse_gres_gpus(gres: str) -> int:
@@ -214,23 +223,64 @@ def parse_gres_gpus(gres: str) -> int:
     return sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[\w.-]+)?:(\d+)", gres))
 
 
+def _memory_bytes(text: str) -> int | None:
+    """sinfo's %m: megabytes (MiB), with a "+" where the nodes of a line differ."""
+    digits = re.match(r"\d+", text.strip())
+    return int(digits.group()) << 20 if digits else None
+
+
+def _time_limit(text: str) -> int | None:
+    try:
+        return time_seconds(text)
+    except ValueError:  # "n/a" and the like: not known, so no limit the plan can hold against the job
+        return None
+
+
 def partition_nodes(partition: str | None) -> list[PartitionNode]:
-    """The partition's nodes with their GPUs and states, from sinfo (the default partition when None)."""
-    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t", *(["-p", partition] if partition else [])]
+    """The partition's nodes with their GPUs, states, memory and time limit, from sinfo (the default partition when None)."""
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l", *(["-p", partition] if partition else [])]
     done = _run(argv)
     if done.returncode != 0:
         raise LaunchError(f"{' '.join(argv)}: {done.stderr.strip()}")
     nodes = {}
     for line in done.stdout.strip().splitlines():
-        name, gres, state = line.split("|")
-        nodes[name] = PartitionNode(name, parse_gres_gpus(gres), state)
+        name, gres, state, memory, limit = line.split("|")
+        nodes[name] = PartitionNode(name, parse_gres_gpus(gres), state, _memory_bytes(memory), _time_limit(limit))
     return list(nodes.values())
 
 
-def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None) -> str | None:
-    """Why the partition cannot hold the step (too few nodes with its GPUs per node), or None."""
-    usable = [n for n in nodes if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))]
+def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None, memory_bytes: int = 0) -> str | None:
+    """Why the partition cannot hold the step (too few up nodes with its GPUs and, where asked, `memory_bytes` of
+    host memory), or None."""
+    usable = [
+        n for n in nodes
+        if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))
+        and (n.memory_bytes is None or n.memory_bytes >= memory_bytes)
+    ]  # fmt: skip
     if len(usable) >= step.nodes:
         return None
     where = f"partition {partition}" if partition else "the default partition"
-    return f"{step.name} needs {step.nodes} node(s) with {step.gpus_per_node} GPU(s) each; {where} has {len(usable)} usable of {len(nodes)}"
+    memory = f" and {format_bytes(memory_bytes)} of memory" if memory_bytes else ""
+    return f"{step.name} needs {step.nodes} node(s) with {step.gpus_per_node} GPU(s){memory} each; {where} has {len(usable)} usable of {len(nodes)}"
+
+
+def time_limit_problem(time_limit: str, nodes: list[PartitionNode], partition: str | None) -> str | None:
+    """Why Slurm would not start the job for its --time (longer than the partition's MaxTime), or None."""
+    limits = [n.time_limit_s for n in nodes if n.time_limit_s is not None]
+    wanted = time_seconds(time_limit)
+    if not limits or wanted <= min(limits):
+        return None
+    where = f"partition {partition}" if partition else "the default partition"
+    return f"launch.time_limit {time_limit} is longer than {where}'s time limit of {_clock(min(limits))}: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+
+
+def sbatch_test_only(script: str, partition: str | None) -> tuple[bool, str]:
+    """Slurm's own verdict on a rendered job, nothing submitted (sbatch --test-only): where and when it would start, or why not."""
+    done = _run(["sbatch", "--test-only", *([f"--partition={partition}"] if partition else [])], input=script)
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    return done.returncode == 0, (said[-1].removeprefix("sbatch: ") if said else f"exit {done.returncode}")
+
+
+def _clock(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    return (f"{days}-" if days else "") + f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"

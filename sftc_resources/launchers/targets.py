@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from sftc_core.gpu import probe_gpus
 from sftc_core.launch import EntryStep
+from sftc_core.text import format_bytes
 from sftc_resources.launchers import slurm
 from sftc_resources.launchers.plan import Launch, LaunchError
 
@@ -28,7 +29,8 @@ def needed(step: EntryStep) -> str:
     return f"{step.nodes} node(s) x {step.gpus_per_node} GPU(s)"
 
 
-def check_target(step: EntryStep, launch: Launch) -> TargetCheck:
+def check_target(step: EntryStep, launch: Launch, host_memory_bytes: int = 0) -> TargetCheck:
+    """`host_memory_bytes`: what each node must also hold in host memory (the GPU plan asks for the NeMo import's)."""
     if launch.launcher == "local":
         probe = probe_gpus()
         return TargetCheck("local", step.nodes == 1 and probe.device_count >= step.gpus_per_node, needed(step), f"this node: {probe.describe()}")
@@ -38,9 +40,10 @@ def check_target(step: EntryStep, launch: Launch) -> TargetCheck:
             nodes = slurm.partition_nodes(partition)
         except LaunchError as exc:
             return TargetCheck("slurm", False, needed(step), str(exc))
-        problem = slurm.gpu_capacity_problem(step, nodes, partition)
-        summary = ", ".join(f"{n.name}: {n.gpus} GPU(s) {n.state}" for n in nodes[:8]) + (" ..." if len(nodes) > 8 else "")
-        return TargetCheck("slurm", problem is None, needed(step), problem or f"{len(nodes)} node(s): {summary}")
+        problems = [p for p in (slurm.gpu_capacity_problem(step, nodes, partition, host_memory_bytes), slurm.time_limit_problem(launch.time_limit, nodes, partition)) if p]
+        summary = ", ".join(f"{n.name}: {n.gpus} GPU(s)" + (f", {format_bytes(n.memory_bytes)}" if n.memory_bytes else "") + f" {n.state}" for n in nodes[:8])
+        found = f"{len(nodes)} node(s): {summary}" + (" ..." if len(nodes) > 8 else "")
+        return TargetCheck("slurm", not problems, needed(step), "; ".join(problems) + f" ({found})" if problems else found)
     pool = launch.cluster.node_pools.gpu
     ok = pool.gpus >= step.gpus_per_node
     found = f"node pool gpu (selector {pool.node_selector}): {pool.gpus} GPU(s) per node in configs/cluster.yaml"

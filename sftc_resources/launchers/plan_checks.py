@@ -1,0 +1,171 @@
+"""The GPU plan's items that need the launcher layer: the full profile's fine-tune rendered with its launcher (the
+sbatch script, the JobSet manifest or the local command) and checked against the plan's shape, and the target
+cluster asked where it is configured and reachable (sinfo for the named Slurm partition, the Kubernetes API for
+the GPU node pool). NOT CHECKED, with the reason, otherwise.
+
+Plain functions (no Dagster): `sftc preflight`, the gpu_preflight check and the validation report hand
+`gpu_plan_launch_checks` to `build_gpu_plan`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from sftc_assets.training import memory, nemo_runner
+from sftc_assets.training.architecture import Architecture
+from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, Check
+from sftc_core.configs import GPU_RESOURCE, profile_path, quantity_bytes
+from sftc_core.launch import EntryStep
+from sftc_core.settings import Settings
+from sftc_core.text import format_bytes
+from sftc_resources.launchers import jobs, slurm, targets
+from sftc_resources.launchers.plan import Launch, LaunchError
+
+API_TIMEOUT_S = 10
+
+
+def plan_launch(settings: Settings) -> Launch:
+    """The launch of the full profile's GPU run (its launcher, time limit and retries), as seen from this node."""
+    launch = settings.full_profile.launch
+    return Launch(
+        launcher=launch.launcher,
+        pythons={"sftc": sys.executable, "nemo": str(settings.nemo_python)},
+        time_limit=launch.time_limit,
+        max_retries=launch.max_retries,
+        cluster=settings.cluster,
+        data_dir=settings.data_dir,
+    )
+
+
+def gpu_plan_launch_checks(settings: Settings, arch: Architecture | None) -> list[Check]:
+    """["launch plan", "target cluster"] of the full profile's NeMo fine-tune."""
+    paths = settings.paths
+    steps = nemo_runner.planned_steps(settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model)
+    launch = plan_launch(settings)
+    return [launch_plan_check(settings, steps, launch), target_cluster_check(settings, steps[0], launch, arch)]
+
+
+def launch_plan_check(settings: Settings, steps: list[EntryStep], launch: Launch) -> Check:
+    profile_file = profile_path(settings.full_profile.name, settings.config_dir)
+    finetune = steps[0]
+    needed = f"the {launch.launcher} launcher starting {jobs.describe(finetune)} (launch.launcher of {profile_file})"
+    try:
+        jobs.refuse_unlaunchable(steps, launch)
+        plans = [jobs.render_plan(step, launch) for step in steps]
+    except LaunchError as exc:
+        return Check("launch plan", GPU_PLAN, FAIL, needed, str(exc), f"set launch.launcher: slurm or k8s in {profile_file} (configs/cluster.yaml says where)")
+    problems = [problem for step, plan in zip(steps, plans) for problem in _rendered_problems(step, plan)]
+    details = tuple(line for plan in plans for line in (_headline(plan), *_directives(plan)))
+    if problems:
+        return Check("launch plan", GPU_PLAN, FAIL, needed, "; ".join(problems), "fix the slurm: / kubernetes: section of configs/cluster.yaml", details)
+    kinds = {"slurm": "sbatch script", "k8s": "JobSet manifest", "local": "command line"}
+    return Check("launch plan", GPU_PLAN, PASS, needed, f"{len(plans)} step(s) rendered as {kinds[launch.launcher]}s: " + ", ".join(p["step"] for p in plans), details=details)
+
+
+def _headline(plan: dict) -> str:
+    """The step and, where it has one, the command each node runs."""
+    command = plan.get("per_node_command") or plan.get("command")
+    return f"{plan['step']}: {command}" if command else plan["step"]
+
+
+def _directives(plan: dict) -> list[str]:
+    script = plan.get("sbatch_script", "")
+    return [line for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def _rendered_problems(step: EntryStep, plan: dict) -> list[str]:
+    """What in a rendered job disagrees with the step's shape (nodes, GPUs per node), or does not parse."""
+    problems = []
+    if "sbatch_script" in plan:
+        script = plan["sbatch_script"]
+        for directive in [f"--nodes={step.nodes}", *([f"--gpus-per-node={step.gpus_per_node}"] if step.gpus_per_node else [])]:
+            if f"#SBATCH {directive}\n" not in script:
+                problems.append(f"{step.name}: the sbatch script lacks #SBATCH {directive}")
+        bash = shutil.which("bash")
+        syntax = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True) if bash else None
+        if syntax is not None and syntax.returncode:
+            problems.append(f"{step.name}: the sbatch script does not parse: {syntax.stderr.strip().splitlines()[-1]}")
+    if "manifest" in plan:
+        job = plan["manifest"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+        container = job["template"]["spec"]["containers"][0]
+        if job["parallelism"] != step.nodes or job["completions"] != step.nodes:
+            problems.append(f"{step.name}: the JobSet runs {job['parallelism']} pod(s), the step needs {step.nodes}")
+        gpus = container["resources"].get("limits", {}).get(GPU_RESOURCE)
+        if step.gpus_per_node and gpus != str(step.gpus_per_node):
+            problems.append(f"{step.name}: the pods ask for {gpus} {GPU_RESOURCE}, the step needs {step.gpus_per_node}")
+    return problems
+
+
+def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, arch: Architecture | None) -> Check:
+    needed = f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each where the {launch.launcher} launcher runs the fine-tune"
+    if launch.launcher == "local":
+        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
+                     "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs")  # fmt: skip
+    if launch.launcher == "slurm":
+        partition = settings.cluster.slurm.partition
+        if partition is None:
+            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
+                         "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
+                         "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
+        if not slurm.slurm_available():
+            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"sinfo does not answer on this node: partition {partition} not asked")
+        ram = _import_ram(arch)
+        found = targets.check_target(step, launch, ram)
+        try:
+            job_dir = launch.data_dir / "launch" / f"{step.name}-test-only"  # a path as a submission has one (sbatch reads it)
+            starts, said = slurm.sbatch_test_only(jobs.render_plan(step, launch, job_dir)["sbatch_script"], partition)
+        except LaunchError as exc:  # not rendered (see launch plan) or sbatch not answering
+            starts, said = False, str(exc)
+        fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
+               f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")  # fmt: skip
+        needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
+        ok = found.ok and starts
+        return Check("target cluster", TARGET_CLUSTER, PASS if ok else FAIL, needed, f"{found.found}; sbatch --test-only: {said}", "" if ok else fix)
+    return kubernetes_gpu_nodes(settings, step, needed, arch)
+
+
+def kubernetes_gpu_nodes(settings: Settings, step: EntryStep, needed: str, arch: Architecture | None) -> Check:
+    """Nodes of the GPU pool with the GPUs (and, the architecture known, the host memory of the import) the step needs."""
+    from kubernetes import client, config  # the Kubernetes client comes with dagster-k8s
+
+    try:
+        try:
+            config.load_incluster_config()
+            where = "the in-cluster service account"
+        except config.ConfigException:
+            # Read KUBECONFIG now: the client fixes its default path when it is first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG", "~/.kube/config"))
+            where = "the kubeconfig"
+    except (config.ConfigException, OSError) as exc:
+        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"no Kubernetes configuration here ({exc})",
+                     "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")  # fmt: skip
+    pool = settings.cluster.node_pools.gpu
+    selector = ",".join(f"{key}={value}" for key, value in pool.node_selector.items())
+    try:
+        nodes = client.CoreV1Api().list_node(label_selector=selector, _request_timeout=API_TIMEOUT_S).items
+    except Exception as exc:  # the client raises its own ApiException and urllib3's network errors alike
+        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"the Kubernetes API named by {where} did not answer: {exc}".splitlines()[0])
+    ram = _import_ram(arch)
+    usable = [
+        node.metadata.name
+        for node in nodes
+        if int((node.status.allocatable or {}).get(GPU_RESOURCE, "0")) >= step.gpus_per_node
+        and quantity_bytes((node.status.allocatable or {}).get("memory", "0")) >= ram
+    ]
+    found = f"{len(usable)} of {len(nodes)} node(s) matching {selector or 'any label'} have {step.gpus_per_node} {GPU_RESOURCE}" + _with_ram(ram)
+    if len(usable) < step.nodes:
+        return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found,
+                     f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")  # fmt: skip
+    return Check("target cluster", TARGET_CLUSTER, PASS, needed, found + f" ({where})")
+
+
+def _import_ram(arch: Architecture | None) -> int:
+    """Host memory each GPU node needs for the NeMo import (0 where the architecture is unknown: not asked)."""
+    return memory.import_host_memory(arch, None, "").needed_bytes if arch else 0
+
+
+def _with_ram(ram: int) -> str:
+    return f" and {format_bytes(ram)} of memory for the import" if ram else ""
