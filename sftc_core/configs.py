@@ -637,11 +637,35 @@ class StorageConfig(Strict):
         return quantity_bytes(self.data_volume)
 
 
+class RateConfig(Strict):
+    """A throughput the cost estimate rests on, with where the figure comes from."""
+
+    value: float = Field(gt=0)
+    source: str = Field(min_length=1)
+    # true: a published figure for this model; false: a value set here, flagged as such wherever it is shown.
+    published: bool = False
+
+
+class EstimateConfig(Strict):
+    """What the GPU run will cost (sftc_core/cost.py): the price of a GPU-hour and the rates the phases run at."""
+
+    gpu_hour_price: float = Field(ge=0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    price_source: str = Field(min_length=1)
+    # The real figures are expected within this factor of the estimate, either way.
+    uncertainty_factor: float = Field(default=2.0, ge=1)
+    finetune_tokens_per_s_per_gpu: RateConfig
+    storage_gb_per_s_per_node: RateConfig
+    generation_tokens_per_s_per_gpu: RateConfig
+
+
 class ClusterConfig(Strict):
     node_pools: NodePools
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     storage: StorageConfig | None = None
+    # None: no estimate (the commands and the report say so).
+    estimate: EstimateConfig | None = None
 
 
 # --- loading ----------------------------------------------------------------------------------
