@@ -84,6 +84,7 @@ bench: setup
 	$(PY) bench/backtest.py
 	$(PY) bench/eval_server.py
 	$(PY) bench/gpu_plan.py
+	$(PY) bench/summary.py
 
 clean:
 	rm -rf data/raw_xml data/jsonl data/hf_splits data/nemo_jsonl data/checkpoints data/models data/eval data/backtest data/reports data/prices .dagster_home

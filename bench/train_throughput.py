@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import Measurement, add_results_option, record
 
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
 from sftc_assets.sft_data.prompts import build_example, render_prompt
@@ -104,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    add_results_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -127,6 +129,7 @@ def main() -> None:
     print(f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, {sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)")
     print(f"tokens/s: ours {ours_rate:.0f}, bare torch loop {bare_rate:.0f}")
     print(f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, median per step {statistics.median(ratios):.3f} (goal >= 0.9)")
+    record("train_throughput", [Measurement("run_training tokens/s", ours_rate, "bare torch loop", bare_rate, "tokens/s", ">= 0.9")], args.results)
 
 
 if __name__ == "__main__":
