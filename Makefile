@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres test-slurm ui rerun bench clean
+.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres test-slurm gpu-check ui rerun bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test-slow: setup
 test-gpu: setup
 	$(PY) -m pip install -q -e '.[gpu]'
 	$(PY) -m pytest -m gpu
+
+# On a GPU node: what only a GPU can prove, each step within its limit and against the result in configs/gpu_check.yaml
+# (10 minutes on one GPU); writes data/reports/gpu_check.{md,json}, exits 1 on any FAIL. DRY_RUN=1 lists the steps.
+gpu-check: setup
+	$(PY) -m pip install -q -e '.[gpu]'
+	$(VENV)/bin/sftc gpu-check $(if $(DRY_RUN),--dry-run)
 
 # Materializations against a real PostgreSQL: .ci/with_postgres installs Debian's postgresql when
 # missing and starts a throwaway server on 127.0.0.1 for the tests.

@@ -22,13 +22,14 @@ from sftc_jobs.commands import (
     chain,
     checkpoints,
     evaluation,
+    gpu_check,
     nemo,
     sft_data,
     theses,
     training,
 )
 
-COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain)
+COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain, gpu_check)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

@@ -164,10 +164,14 @@ def _nodes_needed(weight_bytes: int, serving) -> int:
     return serving_nodes(weight_bytes, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction)
 
 
-def gpu_plan(settings: Settings, engine: Literal["vllm", "sglang"], model_dir: Path | None = None) -> ServerPlan:
+def gpu_plan(
+    settings: Settings, engine: Literal["vllm", "sglang"], model_dir: Path | None = None, *, gpus_per_node: int | None = None, port: int | None = None
+) -> ServerPlan:
     """vLLM or SGLang for the full model: the adapter on the FP8 base where the engine applies all of it, else
-    the merged BF16 checkpoint; nodes from the weights' size, TP over each node's GPUs, experts in parallel."""
+    the merged BF16 checkpoint; nodes from the weights' size, TP over each node's GPUs, experts in parallel.
+    `gpus_per_node` and `port` replace the profile's (`sftc gpu-check` serves the toy on one GPU, on a free port)."""
     serving = settings.profile.evaluation.serving
+    serving = serving.model_copy(update={k: v for k, v in (("gpus_per_node", gpus_per_node), ("port", port)) if v is not None})
     model_dir = Path(model_dir or settings.paths.sft_model)
     base = settings.base_checkpoint_dir
     adapter, reason = _adapter_choice(engine, model_dir)
