@@ -211,3 +211,49 @@ def test_the_hf_step_on_cpu_trains_the_toy_and_judges_it(tmp_path):
     metrics = json.loads((context.hf_model / "metrics.json").read_text())
     strict = settings.gpu_check.hf_cuda.model_copy(update={"max_val_loss_ratio": result.figures["val_loss_ratio"] / 2})
     assert gpu_steps.judge_training(metrics, strict, context.hf_model).status == FAIL  # the same run against a bound it does not reach
+
+
+def _stand_in_for_nemo(tuned: Path, losses: list[float]):
+    """The NeMo entry's steps stood in for (NeMo builds its model through Megatron on a GPU): the import writes a NeMo
+    checkpoint's layout, the export what `nemo_entry export` writes, with the weights of `tuned` as the merged model."""
+    import shutil
+
+    def execute(step):
+        out = Path(step.args[step.args.index("--output") + 1])
+        if step.name == "import":
+            (out / "context").mkdir(parents=True)
+            (out / "weights").mkdir()
+        elif step.name == "export":
+            for path in tuned.iterdir():
+                if path.suffix in (".safetensors", ".json") and path.name not in ("metrics.json",) or path.name == "tokenizer.json":
+                    shutil.copy2(path, out / path.name)
+            (out / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{loss},0.001,10\n" for i, loss in enumerate(losses)))
+            (out / "val.csv").write_text("step,val_loss\n0,7.0\n")
+            (out / "metrics.json").write_text(json.dumps({"backend": "nemo", "steps": len(losses)}))
+
+    return execute
+
+
+@pytest.mark.slow
+def test_the_nemo_step_judges_the_import_the_losses_and_the_export(tmp_path, monkeypatch):
+    """The nemo step's own work on the CPU with NeMo stood in for: its toy config, the import's layout, the training
+    losses by quarter, the export's tensors and its validation loss against the base model's, the test answers."""
+    fake = tmp_path / "nemo-python"
+    fake.write_text("#!/bin/sh\necho 2.7.3\n")  # answers the version probe as NeMo's interpreter would
+    fake.chmod(0o755)
+    settings = _settings(nemo={"steps": 8, "test_prompts": 2}, hf_cuda={"max_steps": 40})
+    toy = settings.profile.model_copy(update={"training": settings.profile.training.model_copy(update={"parse_check_samples": 0, "eval_every": 40})})
+    settings = settings.model_copy(update={"profile": toy, "nemo_python_override": fake})
+    context = StepContext(settings, tmp_path / "work", device="cpu")
+    assert gpu_steps.toy_inputs(context).status == PASS
+    gpu_steps.hf_cuda(context)  # a model that learned: what a merged fine-tune looks like
+    falling, flat = [7.0, 6.5, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5], [5.0] * 8
+    good = gpu_steps.nemo(StepContext(settings, context.work_dir, _stand_in_for_nemo(context.hf_model, falling), device="cpu"))
+    assert good.status == PASS, good.figure
+    figures = good.figures
+    assert figures["nemo"] == "2.7.3" and (figures["first_quarter_loss"], figures["last_quarter_loss"]) == (6.75, 2.75)
+    assert figures["export_val_loss"] < figures["base_val_loss"] and figures["lora_tensors_left"] == 0 and figures["exported_tensors"] > 0
+    assert (context.work_dir / "nemo" / "sft" / "loss_curve.png").is_file()
+    # the base weights exported unchanged (a merge that lost the fine-tune), and a loss that did not fall: both fail
+    untouched = gpu_steps.nemo(StepContext(settings, context.work_dir, _stand_in_for_nemo(context.toy.model_dir, flat), device="cpu"))
+    assert untouched.status == FAIL and untouched.figures["export_val_loss"] == pytest.approx(untouched.figures["base_val_loss"], rel=1e-3)

@@ -310,6 +310,7 @@ def nemo(ctx: StepContext) -> StepResult:
     if ctx.execute is None:
         raise ValueError("the nemo step needs a launcher to run the NeMo entry (execute)")
     toy, root = ctx.toy, ctx.work_dir / "nemo"
+    shutil.rmtree(root, ignore_errors=True)  # NeMo resumes from checkpoints it finds in its work dir: start afresh
     config = load_finetune_config(toy_finetune_yaml(ctx.settings, root / "finetune.yaml"))
     checkpoint, output = root / "checkpoint", root / "sft"
     started = time.monotonic()
@@ -320,7 +321,10 @@ def nemo(ctx: StepContext) -> StepResult:
     losses = [row["loss"] for row in read_loss_rows(output)[0]]
     quarter = max(1, len(losses) // 4)
     first, last = statistics.mean(losses[:quarter]), statistics.mean(losses[-quarter:])
-    names = [name for file in sorted(output.glob("*.safetensors")) for name in safe_open(str(file), "pt").keys()]
+    names = []
+    for file in sorted(output.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as shard:
+            names += list(shard.keys())
     lora_left = [name for name in names if "lora" in name.lower() or ".adapter" in name]
     base_loss = _validation_loss(toy.model_dir, toy.data_dir, ctx.settings, ctx.device)
     tuned_loss = _validation_loss(output, toy.data_dir, ctx.settings, ctx.device)
