@@ -19,6 +19,7 @@ from sftc_core.configs import ConfigError
 from sftc_core.settings import load_settings
 from sftc_jobs.commands import (
     backtest,
+    bundle,
     chain,
     checkpoints,
     evaluation,
@@ -29,7 +30,7 @@ from sftc_jobs.commands import (
     training,
 )
 
-COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain, gpu_check)
+COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain, gpu_check, bundle)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

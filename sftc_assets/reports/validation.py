@@ -51,6 +51,7 @@ NOT_TESTABLE_ON_CPU = (
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
     "vLLM / SGLang serving DeepSeek-V3: eval_csv ran the same completions client against transformers serve; "
     "`sftc evaluate --dry-run` in the full profile prints the GPU serving plan.",
+    "`sftc gpu-check` on a GPU node proves these in ten minutes, each step against the result in configs/gpu_check.yaml.",
 )
 
 
