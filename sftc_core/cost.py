@@ -239,7 +239,9 @@ def summary_lines(estimate: dict) -> list[str]:
     lines = [
         f"GPU run: {_h(estimate['gpu_hours'])} GPU-hours, {_h(estimate['wall_hours'])} h wall clock, "
         f"{_money(estimate['cost'], currency)} at {estimate['price_per_gpu_hour']:g} {currency} per GPU-hour ({kind}; "
-        f"range {_money(low, currency)} .. {_money(high, currency)}: x{estimate['uncertainty_factor']:g} either way)",
+        f"range {_money(low, currency)} .. {_money(high, currency)}: x{estimate['uncertainty_factor']:g} either way)"
+        # A total without a phase must say so, or it reads as the whole run's.
+        + "".join(f"; without the {reason.split(':')[0]}, not estimated" for reason in estimate["not_estimated"]),
         f"price: {estimate['price_source']}",
     ]
     for phase in estimate["phases"]:

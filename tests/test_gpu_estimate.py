@@ -57,6 +57,7 @@ def test_evaluation_and_validation_are_counted_from_this_data_directory(data_dir
     before = gpu_run_estimate(settings)
     assert _phase(before, "evaluation").wall_hours is None and "test.jsonl" in before.unknown[0]
     assert any("validation: not counted" in line for line in _phase(before, "fine-tune").basis)
+    assert summary_lines(before.as_dict())[0].endswith("; without the evaluation, not estimated")
 
     _write_jsonl(settings.paths.nemo_jsonl / "test.jsonl", 1000)
     _write_jsonl(settings.paths.nemo_jsonl / "validation.jsonl", 300)
@@ -65,7 +66,7 @@ def test_evaluation_and_validation_are_counted_from_this_data_directory(data_dir
     serving, rates = settings.full_profile.evaluation.serving, settings.cluster.estimate
     generate_h = 1000 * settings.full_profile.evaluation.max_new_tokens / (rates.generation_tokens_per_s_per_gpu.value * evaluation.gpus) / 3600
     assert evaluation.gpus % serving.gpus_per_node == 0 and evaluation.wall_hours > generate_h
-    assert after.unknown == []
+    assert after.unknown == [] and "not estimated" not in summary_lines(after.as_dict())[0]
     finetune = _phase(after, "fine-tune")
     assert finetune.wall_hours > _phase(before, "fine-tune").wall_hours  # 300 prompts = 3 batches of 128, every 30 steps
     assert any("33 run(s) x 3 batch(es)" in line for line in finetune.basis)
