@@ -66,3 +66,11 @@ def test_a_bench_script_writes_its_rows_and_the_summary_prints_them(tmp_path):
     assert float(rows[0]["ratio"]) == pytest.approx(float(rows[0]["value"]) / float(rows[0]["baseline_value"]), rel=1e-3)
     shown = subprocess.run([sys.executable, str(BENCH / "summary.py"), "--results", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "parse_corpus throughput" in shown.stdout and rows[0]["ratio"] in shown.stdout
+
+
+def test_every_bench_script_leaves_a_record():
+    """A new bench script takes --results and appends its rows like the others (record.py), or make bench's summary misses it."""
+    scripts = sorted(p for p in BENCH.glob("*.py") if p.name not in ("record.py", "summary.py"))
+    assert len(scripts) >= 5
+    silent = [p.name for p in scripts if "add_results_option(" not in (text := p.read_text()) or "record(" not in text]
+    assert silent == []
