@@ -231,6 +231,10 @@ def _h(value: float | None) -> str:
     return "?" if value is None else f"{value:,.1f}"
 
 
+def _ratio(value: float | None, prefix: str) -> str:
+    return "no estimate to compare" if value is None else f"{prefix}{value:.2f}"
+
+
 def summary_lines(estimate: dict) -> list[str]:
     """The estimate (its JSON, as `as_dict` gives it) for people: totals with their range, one line per phase, the rates."""
     currency = estimate["currency"]
@@ -248,7 +252,7 @@ def summary_lines(estimate: dict) -> list[str]:
         line = f"- {phase['name']}: {phase['gpus']} GPUs x {_h(phase['wall_hours'])} h = {_h(phase['gpu_hours'])} GPU-h, {_money(phase['cost'], currency) or '?'}"
         if "measured" in phase:
             m = phase["measured"]
-            line += f"; measured {m['gpus']} GPUs x {_h(m['wall_hours'])} h = {_h(m['gpu_hours'])} GPU-h (measured / estimated {m['ratio']:.2f})"
+            line += f"; measured {m['gpus']} GPUs x {_h(m['wall_hours'])} h = {_h(m['gpu_hours'])} GPU-h ({_ratio(m['ratio'], 'measured / estimated ')})"
         if phase.get("unknown"):
             line += f" (not estimated: {phase['unknown']})"
         lines.append(line)
@@ -268,7 +272,7 @@ def markdown(estimate: dict) -> list[str]:
         row = {"phase": phase["name"], "GPUs": phase["gpus"], "wall h": _h(phase["wall_hours"]), "GPU-h": _h(phase["gpu_hours"]),
                "cost": _money(phase["cost"], currency) or "not estimated"}  # fmt: skip
         m = phase.get("measured")
-        row["measured GPU-h"] = f"{_h(m['gpu_hours'])} (x{m['ratio']:.2f} the estimate)" if m else ""
+        row["measured GPU-h"] = f"{_h(m['gpu_hours'])} ({_ratio(m['ratio'], 'x')}{'' if m['ratio'] is None else ' the estimate'})" if m else ""
         rows.append(row)
     lines = [f"**{summary}**", "", f"- {price}", "", markdown_table(rows, max_cell=200), ""]
     for phase in estimate["phases"]:

@@ -7,7 +7,9 @@ import datetime as dt
 import json
 import shutil
 
+import dagster as dg
 import pytest
+from orchestration_standins import standin_chain
 
 from sftc_assets.reports import validation
 from sftc_assets.training.estimate import NOT_CONFIGURED, gpu_run_estimate, measured_from
@@ -15,7 +17,9 @@ from sftc_assets.training.gpu_plan import full_architecture
 from sftc_core.configs import CONFIG_DIR, ConfigError, with_max_steps, with_nodes
 from sftc_core.cost import GB, summary_lines
 from sftc_core.settings import load_settings
+from sftc_jobs.chain import materialize_chain
 from sftc_jobs.cli import main
+from sftc_resources import run_history
 
 
 def _settings(data_dir, **env):
@@ -119,6 +123,14 @@ def test_a_real_run_replaces_the_estimate_with_the_ratio(data_dir):
     phase = next(p for p in data["phases"] if p["name"] == "fine-tune")
     assert phase["measured"]["ratio"] == pytest.approx(run.ratio, rel=1e-3)
     assert "measured / estimated" in "\n".join(summary_lines(data))
+    # The NeMo import's step on a node of the gpu pool, the evaluation's steps on the serving GPUs; an evaluation the
+    # estimate could not size (no test prompts counted) is shown measured, with nothing to compare it to.
+    steps = measured_from(estimate, {"nemo_model": {"step_seconds": 1800.0}, "eval_csv": {"step_seconds": 7200.0}}, node_gpus=8)
+    assert _phase(steps, "import").measured_gpu_hours == pytest.approx(4.0) and _phase(steps, "import").ratio is not None
+    evaluation = _phase(steps, "evaluation")
+    assert evaluation.measured_gpu_hours == pytest.approx(2 * evaluation.gpus) and evaluation.ratio is None
+    shown = "\n".join(summary_lines(steps.as_dict()))
+    assert f"measured {evaluation.gpus} GPUs x 2.0 h = {2 * evaluation.gpus:.1f} GPU-h (no estimate to compare)" in shown
     # a CPU conversion (the toy's) is not the GPU run's
     cpu = measured_from(estimate, {"bf16_checkpoint": {"seconds": 10.0, "device": "cpu"}}, node_gpus=8)
     assert cpu.as_dict()["measured"] is False
@@ -162,3 +174,18 @@ def test_validation_report_carries_the_estimate_as_gpu_plan_estimate(data_dir, t
     text = md.read_text()
     assert "### What the GPU run will cost" in text and "| fine-tune | 40 |" in text and "configured, not measured" in text
     assert NOT_CONFIGURED.split(":")[0] not in text
+
+
+def test_the_full_profile_s_report_puts_the_import_step_s_time_beside_its_estimate(data_dir, tmp_path, monkeypatch):
+    """nemo_model (a stand-in with the real key: NeMo's import needs GPUs) materialized with the real report in the full
+    profile: its step's wall time is the import's measured hours; the evaluation stays estimated, its test months unwritten."""
+    monkeypatch.setenv("SFTC_STANDIN_DELAY_S", "0.3")
+    with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
+        (run,) = materialize_chain(standin_chain("full", "nemo"), instance, [dg.AssetKey("nemo_model"), dg.AssetKey("validation_report")]).runs
+        seconds = run_history.step_seconds(instance, run.run_id, "nemo_model")
+    phases = {p["name"]: p for p in json.loads((data_dir / "reports" / "validation_report.json").read_text())["gpu_plan"]["estimate"]["phases"]}
+    measured = phases["import"]["measured"]
+    assert seconds >= 0.3 and measured["wall_hours"] == pytest.approx(seconds / 3600, rel=1e-3) and measured["gpus"] == 8
+    assert measured["ratio"] == pytest.approx(seconds / 3600 / phases["import"]["wall_hours"], rel=1e-2)
+    assert "measured" not in phases["evaluation"] and "measured" not in phases["fine-tune"]
+    assert "measured where a run gave them" in (data_dir / "reports" / "validation_report.md").read_text()

@@ -126,7 +126,10 @@ def defs(settings: Settings) -> dg.Definitions:
         plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
         estimate = gpu_estimate.gpu_run_estimate(settings)
         if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
-            estimate = gpu_estimate.measured_from(estimate, {s.asset: s.figures for s in stages}, settings.cluster.node_pools.gpu.gpus)
+            figures = {s.asset: dict(s.figures) for s in stages}
+            for asset, partitions in (("nemo_model", None), ("eval_csv", settings.test_months)):
+                figures.setdefault(asset, {})["step_seconds"] = run_history.latest_step_seconds(context.instance, asset, partitions)
+            estimate = gpu_estimate.measured_from(estimate, figures, settings.cluster.node_pools.gpu.gpus)
         report = validation.build_report(
             stages,
             gpu_plan=list(plan.checks),

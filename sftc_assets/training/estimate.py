@@ -103,14 +103,20 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None)
 
 
 def measured_from(estimate: Estimate, figures: dict[str, dict], node_gpus: int) -> Estimate:
-    """The estimate with what a real GPU run measured: `figures` per asset (its materialization's figures), sft_model's
-    train_seconds on world_size GPUs and bf16_checkpoint's conversion seconds on a node of `node_gpus`."""
+    """The estimate with what a real GPU run measured: `figures` per asset (its materialization's figures, and
+    `step_seconds`: the wall time of the steps that wrote it): sft_model's train_seconds on world_size GPUs,
+    bf16_checkpoint's conversion seconds and nemo_model's step (the NeMo import) on a node of `node_gpus`, and the
+    eval_csv steps of the test months on the serving GPUs the estimate counted."""
     sft = figures.get("sft_model", {})
     if sft.get("train_seconds") and sft.get("world_size"):
         estimate = estimate.measured("fine-tune", sft["train_seconds"] / 3600, int(sft["world_size"]))
     conversion = figures.get("bf16_checkpoint", {})
     if conversion.get("seconds") and str(conversion.get("device", "")).startswith("cuda"):
         estimate = estimate.measured("conversion", conversion["seconds"] / 3600, node_gpus)
+    if seconds := figures.get("nemo_model", {}).get("step_seconds"):
+        estimate = estimate.measured("import", seconds / 3600, node_gpus)
+    if seconds := figures.get("eval_csv", {}).get("step_seconds"):
+        estimate = estimate.measured("evaluation", seconds / 3600)
     return estimate
 
 
