@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from record import Measurement, add_results_option, record
 
 from sftc_assets.backtest import uncertainty
 from sftc_assets.backtest.portfolio import backtest_portfolio, load_positions
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--uncertainty-rows", type=int, default=100_000)
     parser.add_argument("--loop-resamples", type=int, default=5)
+    add_results_option(parser)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     sessions = trading_sessions("XNYS")
@@ -138,6 +140,11 @@ def main() -> None:
               f"{'ok' if total / read <= GOAL else 'ABOVE BUDGET'}")
         per_resample = bootstrap / max(config.bootstrap_resamples, 1)
         print(f"plain loop: {loop * 1e3:.1f} ms a resample; vectorised bootstrap {loop / per_resample:.1f}x faster")
+        record("backtest", [
+            Measurement("run_backtest time", backtest, "pandas read_csv + dates", read, "s", f"<= {GOAL:g}"),
+            Measurement("uncertainty time", total, f"pandas read_csv of the {args.rows:,}-row CSV", read, "s", f"<= {GOAL:g}"),
+            Measurement("bootstrap resample time", per_resample, "a plain loop's resample", loop, "s"),
+        ], args.results)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import Measurement, add_results_option, record
+
 from sftc_assets.evaluation.answers import InProcessAnswers, ServedAnswers, load_model
 from sftc_assets.evaluation.completions import CompletionsClient, Decoding
 from sftc_assets.evaluation.evaluate import load_test_records, test_prompts
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4", help="requests in flight, comma-separated")
     parser.add_argument("--model", type=Path, help="default: <data dir>/models/sft")
     parser.add_argument("--dataset", type=Path, help="default: <data dir>/hf_splits")
+    add_results_option(parser)
     args = parser.parse_args()
     settings = load_settings()
     evaluation, client_config = settings.profile.evaluation, settings.eval_config.client
@@ -51,22 +54,30 @@ def main() -> None:
         client = CompletionsClient(running.url, client_config)
         decoding = client.negotiate_special_tokens(Decoding(plan.served_model, evaluation.max_new_tokens, (settings.sft.target_format.action[1],), client_config.seed))
         ratios: dict[int, list[float]] = {n: [] for n in levels}
+        rates: dict[int | None, list[float]] = {n: [] for n in [None, *levels]}  # None: in process
         for round_ in range(1, args.rounds + 1):
             start = time.perf_counter()
             expected = local.answer(prompts)
             local_rate = len(prompts) / (time.perf_counter() - start)
+            rates[None].append(local_rate)
             line = [f"round {round_}: in process {local_rate:6.1f} rows/s"]
             for n in levels:
                 served = ServedAnswers(client, decoding, n, "bench", {})
                 start = time.perf_counter()
                 texts = served.answer(prompts, staging=None)
                 rate = len(prompts) / (time.perf_counter() - start)
+                rates[n].append(rate)
                 ratios[n].append(rate / local_rate)
                 agree = sum(parse(a) == parse(b, served.tags_stripped) for a, b in zip(expected, texts)) / len(prompts)
                 line.append(f"served N={n} {rate:6.1f} rows/s (x{rate / local_rate:.2f}, actions agree {agree:.0%})")
             print("; ".join(line))
     for n, values in ratios.items():
         print(f"served / in process, N={n}: median x{statistics.median(values):.2f} over {len(values)} rounds ({', '.join(f'{v:.2f}' for v in values)})")
+    local_median = statistics.median(rates[None])
+    record("eval_server", [
+        Measurement(f"served rows/s, {n} in flight", statistics.median(rates[n]), "in-process generate", local_median, "rows/s (median of rounds)")
+        for n in levels
+    ], args.results)  # fmt: skip
 
 
 if __name__ == "__main__":

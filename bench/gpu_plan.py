@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from config_helpers import write_nemo_data  # noqa: E402 (the export's shape, shared with the tests)
+from record import Measurement, add_results_option, record  # noqa: E402
 
 from sftc_assets.training.gpu_plan import build_gpu_plan  # noqa: E402
 from sftc_core.nemo_format import NEMO_FILES, read_pairs  # noqa: E402
@@ -38,6 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=20_000, help="lines per NeMo JSONL file (the toy chain writes ~1,000)")
     parser.add_argument("--repeats", type=int, default=3)
+    add_results_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -49,6 +51,7 @@ def main() -> int:
     ratio = plan / read
     print(f"GPU plan over 2 x {args.lines:,} NeMo lines: {plan * 1000:.0f} ms; reading them: {read * 1000:.0f} ms; "
           f"plan / read = {ratio:.2f}x (goal <= {GOAL:g}x) {'OK' if ratio <= GOAL else 'OVER'}")  # fmt: skip
+    record("gpu_plan", [Measurement("build_gpu_plan time", plan, "read_pairs of the same files", read, "s", f"<= {GOAL:g}")], args.results)
     return 0
 
 

@@ -17,7 +17,6 @@ of each and ours / bare, over all counted steps and as the median of the per-ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import statistics
 import tempfile
@@ -25,43 +24,19 @@ import time
 from pathlib import Path
 
 import torch
+from record import Measurement, add_results_option, record
 
 from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.sft_data.prompts import build_example, render_prompt
-from sftc_assets.theses.sample_corpus import month_theses, sample_ticker_table
-from sftc_assets.training.data import (
-    BatchStream,
-    collate,
-    load_pairs,
-    split_path,
-    tokenize_split,
-)
+from sftc_assets.training.data import BatchStream, collate, load_pairs, tokenize_split
 from sftc_assets.training.hf_backend import (
     RunPlan,
     load_model_and_tokenizer,
     run_training,
     target_loss_sum,
 )
+from sftc_assets.training.toy_inputs import write_pairs
 from sftc_core.configs import load_profile, load_sft_config
-from sftc_core.io import atomic_write_jsonl
-
-
-def write_pairs(data_dir: Path, months: list[str]) -> None:
-    """NeMo pairs of the toy profile's sample theses for `months` (train) and one month more (validation)."""
-    profile, sft = load_profile("toy"), load_sft_config()
-    tables = {t: sample_ticker_table(t, profile.corpus.horizon_days) for t in profile.corpus.tickers}
-
-    def pairs(month: str) -> list[dict]:
-        rows = []
-        for ticker, table in tables.items():
-            for thesis in month_theses(ticker, table, month, profile.corpus):
-                record = {**dataclasses.asdict(thesis), "support": list(thesis.support)}
-                example = build_example(record, sft)
-                rows.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
-        return rows
-
-    atomic_write_jsonl(split_path(data_dir, "train"), [row for month in months[:-1] for row in pairs(month)])
-    atomic_write_jsonl(split_path(data_dir, "validation"), pairs(months[-1]))
+from sftc_core.nemo_format import split_file
 
 
 def load_like_run_training(model_dir: Path, data_dir: Path, training, sft, steps: int):
@@ -69,7 +44,7 @@ def load_like_run_training(model_dir: Path, data_dir: Path, training, sft, steps
     torch.manual_seed(training.seed)
     plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), False)
     model, tokenizer, _, _ = load_model_and_tokenizer(model_dir, plan, torch.device("cpu"))
-    examples = tokenize_split(tokenizer, load_pairs(split_path(data_dir, "train")), sft.max_seq_length).examples
+    examples = tokenize_split(tokenizer, load_pairs(split_file(data_dir, "train")), sft.max_seq_length).examples
     stream = BatchStream([len(e.input_ids) for e in examples], training.batch_size, training.seed)
     batches = [[examples[i] for i in stream.next()] for _ in range(steps)]
     return model, tokenizer.pad_token_id, batches
@@ -104,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    add_results_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -114,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sftc-bench-train-") as tmp:
         root = Path(tmp)
         data_dir, model_dir = root / "nemo_jsonl", root / "bf16"
-        write_pairs(data_dir, ["2010-03", "2010-04", "2010-05", "2010-06", "2010-07"])
+        write_pairs(data_dir, profile, sft, {"train": ["2010-03", "2010-04", "2010-05", "2010-06"], "validation": ["2010-07"]})
         make_toy_checkpoint(model_dir, corpus_texts_from(data_dir), seed=0)
         model, pad_token_id, batches = load_like_run_training(model_dir, data_dir, training, sft, args.steps)
         interleaved = InterleavedBareLoop(model, pad_token_id, batches, training.learning_rate)
@@ -127,6 +103,7 @@ def main() -> None:
     print(f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, {sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)")
     print(f"tokens/s: ours {ours_rate:.0f}, bare torch loop {bare_rate:.0f}")
     print(f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, median per step {statistics.median(ratios):.3f} (goal >= 0.9)")
+    record("train_throughput", [Measurement("run_training tokens/s", ours_rate, "bare torch loop", bare_rate, "tokens/s", ">= 0.9")], args.results)
 
 
 if __name__ == "__main__":

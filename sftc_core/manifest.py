@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 from sftc_core.configs import PROJECT_ROOT
 
@@ -32,3 +35,19 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    """Which machine a figure was measured on: host, architecture, CPU model and count."""
+    return f"{platform.node()} ({platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs)"

@@ -23,6 +23,7 @@ from sftc_core.configs import (
     ConfigError,
     EvalConfig,
     FinetuneConfig,
+    GpuCheckConfig,
     PricesConfig,
     ProfileConfig,
     SftConfig,
@@ -31,6 +32,7 @@ from sftc_core.configs import (
     load_cluster_config,
     load_eval_config,
     load_finetune_config,
+    load_gpu_check_config,
     load_profile,
     load_sft_config,
     read_model_config,
@@ -74,6 +76,7 @@ class Settings(Strict):
     backtest: BacktestConfig
     finetune: FinetuneConfig
     cluster: ClusterConfig
+    gpu_check: GpuCheckConfig
     train_backend: Literal["hf", "nemo"]
     train_start_date: dt.date
     train_end_date: dt.date
@@ -222,6 +225,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         backtest=load_backtest_config(Path(config_dir) / "backtest_config.yaml"),
         finetune=load_finetune_config(Path(config_dir) / "nemo" / "finetune.yaml"),
         cluster=load_cluster_config(Path(config_dir) / "cluster.yaml"),
+        gpu_check=load_gpu_check_config(Path(config_dir) / "gpu_check.yaml"),
         train_backend=backend,
         test_end_date=max(profile.dates.test_end, parsed["test_start_date"]),
         data_dir=Path(values.get("SFTC_DATA_DIR", "data")).absolute(),

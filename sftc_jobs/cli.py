@@ -17,9 +17,11 @@ from sftc_core.progress import terminal_bars
 from sftc_core.settings import load_settings
 from sftc_jobs.commands import (
     backtest,
+    bundle,
     chain,
     checkpoints,
     evaluation,
+    gpu_check,
     nemo,
     sft_data,
     theses,
@@ -27,7 +29,7 @@ from sftc_jobs.commands import (
 )
 from sftc_jobs.terminal import log_traceback, setup_logging
 
-COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain)
+COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, backtest, chain, gpu_check, bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
     "eval_csv": ("profile.evaluation", "profile.price_source", "eval_config.prices", "sft.prompt", "sft.special_tokens"),
     "backtest_report": ("backtest", "profile.price_source", "eval_config.prices", "test_start_date", "test_end_date", "profile.corpus",
                         "profile.model.knowledge_cutoff"),
-    # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py) and the backend and dates it may take from here.
+    # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py), its cost (estimate.py) and the backend and dates it may take from here.
     "validation_report": ("profiles", "reference_models", "finetune", "cluster", "sft.special_tokens", "sft.max_seq_length", "eval_config.prices", "train_backend",
                           "test_start_date", "test_end_date", "nemo_python_override"),
 }

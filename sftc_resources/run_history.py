@@ -2,7 +2,7 @@
 steps), and runs that died marked as failed.
 
 The one module that calls `DagsterInstance` methods outside Dagster's documented API: `get_records_for_run`
-(no documented query returns a run's check evaluations or step failures) and `report_run_failed` (no
+(no documented query returns a run's check evaluations, step failures or step times) and `report_run_failed` (no
 documented call ends a run whose process died outside a run launcher). tests/test_run_history.py pins what
 they do, so a Dagster upgrade that changes them fails there, not silently in the report or `sftc run`.
 """
@@ -48,6 +48,28 @@ def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[StepFailure
         StepFailure(entry.dagster_event.step_key or "", failure_message(entry.dagster_event.event_specific_data.error))
         for entry in _records(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
     ]
+
+
+def step_seconds(instance: dg.DagsterInstance, run_id: str, step_key: str) -> float | None:
+    """Wall seconds of a run's step, from its start to its success (None: it did not run or did not succeed)."""
+    starts = [e.timestamp for e in _records(instance, run_id, dg.DagsterEventType.STEP_START) if e.step_key == step_key]
+    ends = [e.timestamp for e in _records(instance, run_id, dg.DagsterEventType.STEP_SUCCESS) if e.step_key == step_key]
+    return ends[-1] - starts[0] if starts and ends else None
+
+
+def latest_step_seconds(instance: dg.DagsterInstance, asset: str, partitions: list[str] | None = None) -> float | None:
+    """Wall seconds of the steps that wrote the asset's latest materialization (of each partition: each run's step
+    counted once); None when one is missing."""
+    key = dg.AssetKey(asset)
+    if partitions is None:
+        events = [instance.get_latest_materialization_event(key)]
+    else:
+        events = [next(iter(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1).records), None)
+                  for p in partitions]  # fmt: skip
+    if not events or None in events:
+        return None
+    seconds = [step_seconds(instance, run_id, asset) for run_id in {event.run_id for event in events}]
+    return None if None in seconds else sum(seconds)
 
 
 # The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).

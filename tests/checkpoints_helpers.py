@@ -10,23 +10,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from sftc_assets.checkpoints.fp8 import random_fp8, random_scale  # noqa: F401  (the tests import them from here too)
+
 BLOCK = 128
-FP8_NAN_BITS = (0x7F, 0xFF)  # e4m3fn has no infinity; S.1111.111 is NaN
-
-
-def random_fp8(shape: tuple[int, int], generator: torch.Generator, nan: bool = False) -> torch.Tensor:
-    """Uniform over the e4m3fn bit patterns (subnormals, ±0 and ±448 included), NaN only when asked."""
-    bits = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
-    if not nan:
-        bits[(bits == FP8_NAN_BITS[0]) | (bits == FP8_NAN_BITS[1])] = 0x7E  # 448
-    return bits.view(torch.float8_e4m3fn)
-
-
-def random_scale(weight_shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """Positive float32 scales over many binades (2**-24 .. 2**8), as real amax/448 scales spread."""
-    grid = (-(-weight_shape[0] // BLOCK), -(-weight_shape[1] // BLOCK))
-    exponents = torch.randint(-24, 9, grid, generator=generator).float()
-    return (torch.rand(grid, generator=generator) + 0.5) * torch.pow(2.0, exponents)
 
 
 def write_checkpoint(

@@ -54,6 +54,7 @@ step("export-nemo", "--dataset-dir", f"{out}/splits", "--output-dir", f"{out}/ne
 step("make-toy-checkpoint", "--out", f"{out}/fp8", "--fp8", "--corpus", f"{out}/nemo")
 step("convert-fp8", "--source", f"{out}/fp8", "--output", f"{out}/bf16", "--no-progress")
 step("preflight", "--no-nemo", codes=(0, 1))  # 1: not ready for GPU work, as on this CPU node
+step("gpu-check", "--dry-run")
 print("no dagster")
 """
 

@@ -1,6 +1,7 @@
 """The Triton kernel's block indexing, masks and scale lookup, run by Triton's CPU interpreter (no GPU needed).
 
-Skipped where triton is not installed (it is the `gpu` extra). The interpreter downcasts float32 -> bf16 by
+`make test` installs triton (the `gpu` extra) where its wheel exists, so this runs on every CPU run; it skips where
+triton is not installed. The interpreter downcasts float32 -> bf16 by
 truncation where the GPU rounds to nearest even, so this proves which scale every element gets, not the
 rounding: the bit-exact rounding is tests/test_gpu_kernel.py's job on a GPU.
 """

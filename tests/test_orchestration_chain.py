@@ -167,6 +167,8 @@ def test_validation_report_ready_when_every_stage_passes(data_dir, instance):
     assert "Ready for GPU deployment: YES" in markdown and "nemo_model" in markdown
     assert "## Part 1, the toy chain: PASS" in markdown and "## Part 2, the GPU plan of the full profile: PASS" in markdown
     assert "### GPU memory: PASS" in markdown and "### data volume: PASS" in markdown  # the arithmetic is shown
+    estimate = report["gpu_plan"]["estimate"]  # what the full profile's GPU run will cost, shown beside the verdict
+    assert estimate["gpu_hours"] > 0 and estimate["cost"] > 0 and "## What the GPU run will cost" in markdown
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"sftc/validation_run": "validation-1"}))
     assert len(runs) == 5  # four chain segments and the report
 

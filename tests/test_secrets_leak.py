@@ -5,11 +5,13 @@ toy chain with `sftc run` twice and `sftc rerun`, as `make run` does."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -123,3 +125,17 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
     assert "materialized 2012-10..2012-11" in rerun.stdout
 
     assert files_containing(roots, sentinel) == []
+    report = (data / "reports" / "validation_report.md").read_text()
+    assert "## What the GPU run will cost" in report and " GPU-hours, " in report  # the full profile's GPU run, estimated
+
+    # The bundle for the reviewer and the GPU team: the chain's reports, eval CSVs and manifests, and no key.
+    bundled = _sftc(["bundle", "--out", str(tmp_path / "bundle.tar.gz")], env, tmp_path)
+    assert bundled.returncode == 0, bundled.stderr[-4000:]
+    with tarfile.open(tmp_path / "bundle.tar.gz", "r:gz") as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    assert not [name for name, data in members.items() if sentinel.encode() in data]
+    assert {"reports/validation_report.md", "backtest/report.md", "eval/2012-09.csv", "run_manifests.json", "artifacts.json"} <= set(members)
+    assert not [name for name in members if name.endswith((".safetensors", ".bin", ".env"))]
+    manifests = json.loads(members["run_manifests.json"])
+    assert {row["asset"] for row in manifests} >= {"sft_model", "eval_csv", "validation_report"}
+    assert all(row["run_manifest"]["git_commit"] for row in manifests)

@@ -29,6 +29,7 @@ from sftc_assets.evaluation.servers import (
     SERVERS,
     LocalLauncher,
     ServerLauncher,
+    ServerPlan,
     free_port,
     gpu_plan,
     serve,
@@ -199,10 +200,11 @@ def open_answers(
     concurrency: int,
     served_model: str | None = None,
     launcher: ServerLauncher | None = None,
+    plan: ServerPlan | None = None,
 ) -> Iterator[ServedAnswers | InProcessAnswers]:
     """Who answers, for as long as the block runs: the server at `endpoint`; else a server started from the plan of
-    `server` (transformers on this node, vllm / sglang through `launcher`), stopped afterwards; else (`server`
-    "none") the checkpoint loaded in this process. `device` is where a local server or the fallback runs."""
+    `server` (transformers on this node, vllm / sglang through `launcher`; `plan` when given), stopped afterwards;
+    else (`server` "none") the checkpoint loaded in this process. `device` is where a local server or the fallback runs."""
     client_config = settings.eval_config.client
     if server not in SERVERS:
         raise ConfigError(f"server {server!r}: expected one of {', '.join(SERVERS)}")
@@ -224,9 +226,9 @@ def open_answers(
                  "model_dir": str(model_dir), "device": str(next(model.parameters()).device)}  # fmt: skip
         yield InProcessAnswers(model, tokenizer, max_new_tokens, batch_size, settings.profile.evaluation.cpu_threads, about)
         return
-    if server == "transformers":
+    if plan is None and server == "transformers":
         plan = transformers_plan(model_dir, device=device, port=free_port(), seed=client_config.seed, cpu_threads=settings.profile.evaluation.cpu_threads)
-    else:
+    elif plan is None:
         plan = gpu_plan(settings, server, model_dir)
     launcher = launcher or LocalLauncher(settings.paths.server_logs)
     with serve(plan, launcher, client_config.startup_timeout_seconds) as running:

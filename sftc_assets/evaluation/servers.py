@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import os
 import signal
 import socket
@@ -40,6 +39,7 @@ import requests
 
 from sftc_assets.evaluation.completions import EndpointError
 from sftc_core.configs import ConfigError
+from sftc_core.cost import serving_nodes
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 
@@ -161,16 +161,17 @@ def _adapter_choice(engine: Engine, model_dir: Path) -> tuple[Path | None, str]:
 
 
 def _nodes_needed(weight_bytes: int, serving) -> int:
-    """Nodes whose GPUs hold the weights within max_weight_fraction, rounded up to a power of two (TP within a
-    node, the node count as pipeline stages or TP groups, the 256 experts dividing evenly)."""
-    per_node = serving.gpus_per_node * serving.gpu_memory_gb * 1e9 * serving.max_weight_fraction
-    return 2 ** math.ceil(math.log2(max(1.0, weight_bytes / per_node)))
+    return serving_nodes(weight_bytes, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction)
 
 
-def gpu_plan(settings: Settings, engine: Literal["vllm", "sglang"], model_dir: Path | None = None) -> ServerPlan:
+def gpu_plan(
+    settings: Settings, engine: Literal["vllm", "sglang"], model_dir: Path | None = None, *, gpus_per_node: int | None = None, port: int | None = None
+) -> ServerPlan:
     """vLLM or SGLang for the full model: the adapter on the FP8 base where the engine applies all of it, else
-    the merged BF16 checkpoint; nodes from the weights' size, TP over each node's GPUs, experts in parallel."""
+    the merged BF16 checkpoint; nodes from the weights' size, TP over each node's GPUs, experts in parallel.
+    `gpus_per_node` and `port` replace the profile's (`sftc gpu-check` serves the toy on one GPU, on a free port)."""
     serving = settings.profile.evaluation.serving
+    serving = serving.model_copy(update={k: v for k, v in (("gpus_per_node", gpus_per_node), ("port", port)) if v is not None})
     model_dir = Path(model_dir or settings.paths.sft_model)
     base = settings.base_checkpoint_dir
     adapter, reason = _adapter_choice(engine, model_dir)

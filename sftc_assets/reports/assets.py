@@ -8,6 +8,7 @@ import json
 import dagster as dg
 
 from sftc_assets.reports import validation
+from sftc_assets.training import estimate as gpu_estimate
 from sftc_assets.training import gpu_plan
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
@@ -126,7 +127,7 @@ def defs(settings: Settings) -> dg.Definitions:
         deps=["backtest_report", "nemo_jsonl"],
         group_name=GROUP,
         # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
-        code_version=code_version("validation_report", settings, validation, gpu_plan),
+        code_version=code_version("validation_report", settings, validation, gpu_plan, gpu_estimate),
         kinds={"markdown", "json"},
         description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the GPU plan of the "
         "full profile (layout, memory, host RAM, disk, data, cutoff, launch), the environment, what a CPU cannot test, and "
@@ -142,6 +143,12 @@ def defs(settings: Settings) -> dg.Definitions:
         )
         stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
         plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
+        estimate = gpu_estimate.gpu_run_estimate(settings)
+        if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
+            figures = {s.asset: dict(s.figures) for s in stages}
+            for asset, partitions in (("nemo_model", None), ("eval_csv", settings.test_months)):
+                figures.setdefault(asset, {})["step_seconds"] = run_history.latest_step_seconds(context.instance, asset, partitions)
+            estimate = gpu_estimate.measured_from(estimate, figures, settings.cluster.node_pools.gpu.gpus)
         report = validation.build_report(
             stages,
             gpu_plan=list(plan.checks),
@@ -150,6 +157,7 @@ def defs(settings: Settings) -> dg.Definitions:
             generated_at=dt.datetime.now(dt.timezone.utc),
             validation_run=validation_id,
             slurm_present=slurm_available(),
+            estimate=estimate.as_dict() if estimate is not None else None,
         )
         with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
             md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)
@@ -165,6 +173,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "stages_not_run": report["not_run"],
                 "gpu_plan_passed": report["gpu_plan"]["passed"],
                 "gpu_plan_failed_checks": ", ".join(c["name"] for c in report["gpu_plan"]["checks"] if c["status"] == "FAIL") or "none",
+                **({"gpu_run_gpu_hours": estimate.gpu_hours, "gpu_run_cost": f"{estimate.cost:,.0f} {estimate.currency}"} if estimate else {}),
                 "report": dg.MetadataValue.md(validation.render_markdown(report)),
             })  # fmt: skip
         )

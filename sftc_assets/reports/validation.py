@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sftc_core import cost
 from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import PASS as CHECK_PASS
 from sftc_core.checks import Check
@@ -50,6 +51,7 @@ NOT_TESTABLE_ON_CPU = (
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
     "vLLM / SGLang serving DeepSeek-V3: eval_csv ran the same completions client against transformers serve; "
     "`sftc evaluate --dry-run` in the full profile prints the GPU serving plan.",
+    "`sftc gpu-check` on a GPU node proves these in ten minutes, each step against the result in configs/gpu_check.yaml.",
 )
 
 
@@ -142,8 +144,10 @@ def build_report(
     generated_at: dt.datetime,
     validation_run: str | None,
     slurm_present: bool = False,
+    estimate: dict | None = None,
 ) -> dict:
-    """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed."""
+    """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed; `estimate`:
+    what the full profile's GPU run will cost (sftc_core/cost.py's JSON), measured where a run gave it."""
     toy_reasons = _reasons(stages)
     toy_passed = not toy_reasons and bool(stages)
     if not stages:
@@ -171,7 +175,7 @@ def build_report(
         "passed": sum(stage.status == PASS for stage in stages),
         "failed": sum(stage.status == FAIL for stage in stages),
         "not_run": sum(stage.status == NOT_RUN for stage in stages),
-        "gpu_plan": {"passed": not plan_failures, "checks": [check.as_dict() for check in gpu_plan]},
+        "gpu_plan": {"passed": not plan_failures, "checks": [check.as_dict() for check in gpu_plan], "estimate": estimate},
         "gpu_only_stages": list(GPU_ONLY_STAGES),
         "not_testable_on_cpu": list(NOT_TESTABLE_ON_CPU),
         "ready_for_gpu": ready,
@@ -243,6 +247,8 @@ def render_markdown(report: dict) -> str:
     for check in plan:
         if check.details:
             lines += [f"### {check.name}: {check.status}", "", f"Needed: {check.needed}.", "", *[f"- {line}" for line in check.details], ""]
+    estimate = report["gpu_plan"].get("estimate")
+    lines += ["### What the GPU run will cost", "", *(cost.markdown(estimate) if estimate else ["No estimate: configs/cluster.yaml has no `estimate:` section."]), ""]
     lines += [
         "## Not tested without a GPU",
         "",

@@ -115,6 +115,12 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
 # --- the model ------------------------------------------------------------------------------------
 
 
+def full_architecture(settings: Settings) -> Architecture | None:
+    """The full profile's model as the plan reads it (None: unreadable, the plan's `model architecture` check says why);
+    the GPU run's cost estimate sizes its checkpoints by it."""
+    return _architecture(settings, _inputs(settings))[0]
+
+
 def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | None, Check]:
     model = inputs.profile.model
     checkpoint = Path(model.base_checkpoint_path) if model.base_checkpoint_path else None

@@ -37,9 +37,10 @@ class PreflightReport:
     def as_dict(self) -> dict:
         return {"ready": self.ready, "require_gpu": self.require_gpu, "checks": [check.as_dict() for check in self.checks]}
 
-    def table(self) -> str:
+    def table(self, appendix: str = "") -> str:
+        """The checks, then `appendix` (the command's cost estimate), the verdict last."""
         verdict = "READY" if self.ready else "NOT READY: " + ", ".join(f"{c.name} ({c.scope})" for c in self.failures)
-        return "\n".join([checks_table(self.checks), "", verdict])
+        return "\n".join([checks_table(self.checks), *(["", appendix] if appendix else []), "", verdict])
 
 
 def run_preflight(

@@ -47,8 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     preflight = subparsers.add_parser(
         "preflight",
-        help="GPU readiness: this node's GPUs, checkpoint and disk, and the GPU plan of the full profile (the validation report's list)",
-        description="What the profile's GPU work needs, checked on this node, then the full profile's GPU plan (the validation report's list): one row per check. Exit 1 when a required check fails.",
+        help="GPU readiness: this node's GPUs, checkpoint and disk, the GPU plan of the full profile (the validation report's list), and what the GPU run will cost",
+        description="This node's CUDA, GPUs, Triton FP8 kernel, base checkpoint and disk against configs/nemo/finetune.yaml, the GPU "
+        "plan of the full profile (the validation report's checks), then the estimate of its GPU run: GPU-hours, wall-clock hours "
+        "and cost per phase at the price and rates of configs/cluster.yaml (`estimate:`). Exit 1 when a check fails.",
     )
     preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
     preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
@@ -84,9 +86,14 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _preflight(args: argparse.Namespace, settings: Settings) -> int:
+    from sftc_assets.training.estimate import estimate_text, gpu_run_estimate
     from sftc_assets.training.preflight import run_preflight
     from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
     report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    estimate = gpu_run_estimate(settings)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "gpu_plan": {"estimate": estimate.as_dict() if estimate else None}}, indent=2))
+    else:
+        print(report.table(f"What the GPU run will cost (configs/nemo/finetune.yaml, rates in configs/cluster.yaml):\n{estimate_text(estimate, '  ')}"))
     return 0 if report.ready else 1

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--launcher", choices=("local", "slurm", "k8s"), help="how the job starts (default: the profile's launch.launcher)")
     parser.add_argument("--nodes", type=int, metavar="N", help="nodes of the job (default: the profile's; nemo: configs/nemo/finetune.yaml)")
     parser.add_argument("--procs-per-node", type=int, metavar="P", help="torchrun processes per node (nemo: GPUs per node)")
-    parser.add_argument("--dry-run", action="store_true", help="print the launch plan (sbatch script, JobSet manifest, per-node command); start nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the launch plan (sbatch script, JobSet manifest, per-node command) and, for the "
+                        "NeMo backend, what the run will cost (GPU-hours, wall-clock hours, money per phase); start nothing")
     add_force(parser)
     parser.set_defaults(func=run_train)
 
@@ -102,6 +103,7 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
     )  # fmt: skip
     if args.dry_run:
         print(jobs.plan_text([step], launch))
+        print("# the cost estimate is the NeMo backend's GPU run: sftc train --backend nemo --dry-run")
         return 0
     outcome = jobs.run(step, launch, _to_stderr)
     metrics = hf_launch.finished_metrics(output)
@@ -124,7 +126,10 @@ def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data:
     launch = Launch.from_settings(settings, args.launcher)
     steps = nemo_runner.planned_steps(config, model, settings.paths.nemo_model, data, output)
     if args.dry_run:
+        from sftc_assets.training.estimate import estimate_text, gpu_run_estimate
+
         print(jobs.plan_text(steps, launch))
+        print(f"# --- what this GPU run will cost (the rates: configs/cluster.yaml, estimate:) ---\n{estimate_text(gpu_run_estimate(settings, config), '# ')}")
         return 0
     jobs.refuse_unlaunchable(steps, launch)
     if launch.launcher == "local":
