@@ -5,6 +5,7 @@ table and JSON, the report's Markdown and JSON, the asset check's metadata.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -42,18 +43,27 @@ def failures(checks: list[Check] | tuple[Check, ...]) -> list[Check]:
     return [check for check in checks if check.status == FAIL]
 
 
-def checks_table(checks: list[Check] | tuple[Check, ...]) -> str:
-    """A plain-text table: check, scope, status, found (needed and the fix below each row that did not pass)."""
+def checks_table(checks: list[Check] | tuple[Check, ...], width: int = 110) -> str:
+    """A plain-text table: check, scope, status, found (needed and the fix below each row that did not pass); the
+    text columns wrap within `width` characters so that a row stays readable in a terminal."""
     rows = [("check", "scope", "status", "found"), *((c.name, c.scope, c.status, c.found) for c in checks)]
     widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    pad = " " * (sum(widths) + 6)
+
+    def wrapped(text: str, lead: str = "") -> list[str]:
+        # A hanging indent under the text's own start; long words (paths) are kept whole.
+        lines = textwrap.wrap(text, max(30, width - len(pad) - len(lead)), break_long_words=False, break_on_hyphens=False) or [""]
+        return [lead + lines[0], *(" " * len(lead) + line for line in lines[1:])]
+
     lines = []
     for index, row in enumerate(rows):
-        lines.append("  ".join([*(row[c].ljust(widths[c]) for c in range(3)), row[3]]))
+        found, *more = wrapped(row[3])
+        lines.append("  ".join([*(row[c].ljust(widths[c]) for c in range(3)), found]))
+        lines += [pad + line for line in more]
         check = checks[index - 1] if index else None
         if check is not None and check.status not in (PASS,):
-            pad = " " * (sum(widths) + 6)
-            lines.append(f"{pad}needed: {check.needed}")
+            lines += [pad + line for line in wrapped(check.needed, "needed: ")]
             if check.fix:
-                lines.append(f"{pad}fix: {check.fix}")
-    lines.insert(1, "-" * max(len(line) for line in lines[:1]))
+                lines += [pad + line for line in wrapped(check.fix, "fix: ")]
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)

@@ -104,3 +104,23 @@ def test_cli_prints_json_and_exits_nonzero_when_not_ready(data_dir, capsys, monk
     full = json.loads(capsys.readouterr().out)
     failed = {(c["name"], c["scope"]) for c in full["checks"] if c["status"] == "FAIL"}
     assert ("cuda", "this node") in failed and all(scope == "this node" for _, scope in failed)
+
+
+def test_the_table_wraps_long_rows_under_their_own_column_and_loses_no_word():
+    from sftc_core.checks import FAIL, PASS, Check, checks_table
+
+    long_found = " ".join(f"word{i}" for i in range(60))
+    long_fix = "set slurm.partition in configs/cluster.yaml to the GPU partition " * 4
+    checks = [Check("short", THIS_NODE, PASS, "a", "fine"), Check("long one", GPU_PLAN, FAIL, "b " * 50, long_found, long_fix)]
+    table = checks_table(checks, width=80)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 80 and len(lines) > 6  # wrapped, not cut
+    column = lines[0].index("found")
+    rows = [line for line in lines[2:] if not line[:column].strip()]  # continuation lines start in the found column
+    assert rows and all(line[column:].strip() for line in rows)
+    start = next(i for i, line in enumerate(lines) if line.startswith("long one"))
+    needed = next(i for i, line in enumerate(lines) if line[column:].startswith("needed: "))
+    assert needed - start > 1 and all(line[column] != " " for line in lines[start + 1 : needed])  # found's own lines
+    words = " ".join(line[column:] for line in lines[2:]).split()
+    assert words[words.index("fine") + 1 : words.index("fine") + 61] == long_found.split()  # every word, in order
+    assert " ".join(words).count("set slurm.partition in configs/cluster.yaml") == 4
