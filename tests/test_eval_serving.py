@@ -102,8 +102,9 @@ def test_a_malformed_completion_is_an_error_naming_the_endpoint_and_a_torn_body_
 
 def test_requests_in_flight_are_bounded_and_every_prompt_is_answered_once():
     texts = [f"Ticker: {t} #{i}" for i, t in enumerate(TICKERS * 3)]
+    # Each answer takes long enough that three requests overlap even when a loaded machine starts threads late.
     with ScriptedServer() as server:
-        server.script(*[Fault(delay=0.15)] * len(texts))
+        server.script(*[Fault(delay=0.4)] * len(texts))
         got, seen = {}, []
         completions.answer_all(CompletionsClient(server.url, FAST), decoding(), dict(enumerate(texts)), 3,
                                lambda key, c: got.__setitem__(key, c.text), lambda *p: seen.append(p))  # fmt: skip
