@@ -205,14 +205,16 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def reporting(task: str, unit: str, *, log: Callable[[str], None] | None = None, every_s: float = DEFAULT_EVERY_S) -> Iterator[Callable[..., None]]:
+def reporting(task: str, unit: str, *, log: Callable[[str], None] | None = None, every_s: float = DEFAULT_EVERY_S,
+              clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[..., None]]:
     """For work that tells its total with its first report: yields `report(done, total, initial=0, **figures)`,
-    the tracker made at the first call (`initial`: what a resumed run found done), closed at the end."""
+    the tracker made at the first call (`initial`: what a resumed run found done), closed at the end; `clock`: when
+    the reported work happened (Tracker's)."""
     trackers: list[Tracker] = []
 
     def report(done: float, total: float | None, initial: float = 0, **figures: object) -> None:
         if not trackers:
-            trackers.append(Tracker(task, total, unit, log=log, every_s=every_s, initial=initial))
+            trackers.append(Tracker(task, total, unit, log=log, every_s=every_s, initial=initial, clock=clock))
         trackers[0].update(done, **figures)
 
     try:

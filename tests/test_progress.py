@@ -105,3 +105,15 @@ def test_a_table_cell_without_a_value_is_empty():
     from sftc_core.text import markdown_table
 
     assert markdown_table([{"id": "a", "confidence": None}, {"id": "b", "confidence": 0.7}]).splitlines()[2:] == ["| a |  |", "| b | 0.7 |"]
+
+
+def test_training_rows_that_arrive_together_are_timed_by_when_their_steps_ended():
+    """A launched job's rows reach the launching side in batches (Pipes messages): the rate is the job's, not the batch's."""
+    from sftc_assets.training.hf_backend import training_progress
+
+    lines = []
+    rows = [{"step": s, "max_steps": 4, "loss": 1.0, "lr": 1e-3, "tokens_per_s": 100.0, "time": 5000.0 + 2 * s} for s in range(1, 5)]
+    with training_progress(lines.append) as on_step:
+        for row in rows:  # all at once, as one poll of the message reader hands them over
+            on_step(row)
+    assert lines == ["training: 4/4 steps (100%), loss 1, lr 0.001, 100 tokens/s, 0.667 steps/s, in 6.0 s"]  # 4 steps, 6 s from step 1's end

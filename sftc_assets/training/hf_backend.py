@@ -482,9 +482,12 @@ def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
 def training_progress(log: Callable[[str], None] | None) -> Iterator[Callable[[dict], None]]:
     """An `on_step` for run_training: the steps as progress (step, loss, learning rate, tokens/s, ETA) on a
     command's terminal and now and then to `log`."""
-    with reporting("training", "step", log=log) as report:
+    # A launched job's rows reach the launching side in batches: the time a step ended, not its arrival, makes the rate.
+    step_ended = [time.time()]
+    with reporting("training", "step", log=log, clock=lambda: step_ended[0]) as report:
 
         def on_step(row: dict) -> None:
+            step_ended[0] = row.get("time", time.time())
             figures = {"loss": row["loss"], "lr": row["lr"], "tokens/s": row["tokens_per_s"], **({"val loss": row["val_loss"]} if "val_loss" in row else {})}
             # the first step reported tells where a resumed run began
             report(row["step"], row["max_steps"], initial=row["step"] - 1, **figures)
@@ -621,7 +624,7 @@ def _run_training(
         state["train_tokens"] += tokens
         row = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": round(tokens / seconds, 1)}
         state["train_rows"].append(row)
-        report = {**row, "max_steps": steps}
+        report = {**row, "max_steps": steps, "time": time.time()}
         if step % training.eval_every == 0 or step == steps:
             report["val_loss"] = validate(step)
         if rank == 0 and (step % training.save_every == 0 or step == steps):
