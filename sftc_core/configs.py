@@ -94,12 +94,13 @@ class DatesConfig(Strict):
     test_end: dt.date
 
     # Each date checked against the one before it (fields validate in this order).
-    @field_validator("train_end")
+    @field_validator("train_end", "test_end")
     @classmethod
-    def _training_window(cls, value: dt.date, info: ValidationInfo) -> dt.date:
-        start = info.data.get("train_start")
+    def _window_ends_after_it_starts(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        window, start_field = ("training", "train_start") if info.field_name == "train_end" else ("test", "test_start")
+        start = info.data.get(start_field)
         if start is not None and value < start:
-            raise ValueError(f"the training window ends before it starts: train_end {value} < train_start {start}")
+            raise ValueError(f"the {window} window ends before it starts: {info.field_name} {value} < {start_field} {start}")
         return value
 
     @field_validator("test_start")
@@ -111,14 +112,6 @@ class DatesConfig(Strict):
                 f"test_start {value} lies inside the training window {start}..{end}; "
                 "expected a test_start after train_end (with room for validation and the embargo between them)"
             )
-        return value
-
-    @field_validator("test_end")
-    @classmethod
-    def _test_window(cls, value: dt.date, info: ValidationInfo) -> dt.date:
-        start = info.data.get("test_start")
-        if start is not None and value < start:
-            raise ValueError(f"the test window ends before it starts: test_end {value} < test_start {start}")
         return value
 
 
