@@ -113,7 +113,7 @@ def _tie_groups(values: np.ndarray) -> tuple[np.ndarray, int]:
     return groups, len(distinct)
 
 
-def _per_row_counts(keys: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+def per_row_counts(keys: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
     """bincount of each row of `keys` (c x k ids in 0..size, `size` meaning none): c x size."""
     c = keys.shape[0]
     flat = (keys + (size + 1) * np.arange(c)[:, None]).ravel()
@@ -135,14 +135,14 @@ def drawn_spearman(x: np.ndarray, y: np.ndarray):
     def of(rows: np.ndarray, x_rows: np.ndarray | None = None) -> np.ndarray:
         gy = y_groups[rows]
         gx = np.where(gy < ny, x_groups[rows if x_rows is None else x_rows], nx)  # a pair without y counts nowhere
-        count_x, count_y = _per_row_counts(gx, nx), _per_row_counts(gy, ny)
+        count_x, count_y = per_row_counts(gx, nx), per_row_counts(gy, ny)
         pairs = count_y.sum(axis=1)
         mean_rank = ((pairs + 1) / 2)[:, None]
         # A tie group of count G after C pairs holds the ranks C+1..C+G: their mean is C + (G + 1) / 2.
         rank_x = np.cumsum(count_x, axis=1) - (count_x - 1) / 2 - mean_rank
         rank_y = np.cumsum(count_y, axis=1) - (count_y - 1) / 2 - mean_rank
         rank_y_of_pair = np.take_along_axis(np.concatenate([rank_y, np.zeros((len(rows), 1))], axis=1), gy, axis=1)
-        cross = _per_row_counts(gx, nx, rank_y_of_pair)  # per x group, the sum of its pairs' centred y ranks
+        cross = per_row_counts(gx, nx, rank_y_of_pair)  # per x group, the sum of its pairs' centred y ranks
         cov = (rank_x * cross).sum(axis=1)
         var_x, var_y = (count_x * rank_x * rank_x).sum(axis=1), (count_y * rank_y * rank_y).sum(axis=1)
         denominator = np.sqrt(var_x * var_y)
@@ -176,7 +176,7 @@ def drawn_classification(true_codes: np.ndarray, predicted_codes: np.ndarray, sc
             keys = key_of_row[rows]
         else:
             keys = (true_codes[rows] * size + predicted_codes[predicted_rows]) * 3 + kind(score_sign[predicted_rows], return_sign[rows])
-        counts = _per_row_counts(keys, size * size * 3).reshape(len(rows), size, size, 3)
+        counts = per_row_counts(keys, size * size * 3).reshape(len(rows), size, size, 3)
         confusion = counts.sum(axis=3)
         total = confusion.sum(axis=(1, 2))
         correct = np.trace(confusion[:, : len(ACTIONS), : len(ACTIONS)], axis1=1, axis2=2)

@@ -185,19 +185,25 @@ def interval_text(name: str, interval: list[float] | None) -> str:
     return "n/a" if interval is None else f"{fmt(name, interval[0])} to {fmt(name, interval[1])}"
 
 
+def beats_baseline(interval: list[float] | None, baseline: float | None, p: float | None, threshold: float) -> tuple[bool, str]:
+    """The evidence rule of the spec: an interval above its baseline and a p-value below `threshold`; where it
+    fails, why, in words."""
+    above = interval is not None and baseline is not None and interval[0] > baseline
+    significant = p is not None and p < threshold
+    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {threshold:g}"])]
+    return above and significant, " and ".join(why)
+
+
 def skill_verdict(metrics: dict) -> dict:
     """Whether the evidence shows skill (spec): accuracy's interval above the majority baseline and p < 0.05."""
     accuracy, interval, p = metrics["accuracy"], metrics["ci95"]["accuracy"], metrics["p_values"]["accuracy"]
     majority = metrics["baselines"]["majority"]
-    above = interval is not None and majority["accuracy"] is not None and interval[0] > majority["accuracy"]
-    significant = p is not None and p < SKILL_P_VALUE
-    skill = above and significant
+    skill, why = beats_baseline(interval, majority["accuracy"], p, SKILL_P_VALUE)
     figures = (f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) against the majority baseline "
                f"{fmt('accuracy', majority['accuracy'])} (always {majority['action']}), permutation p = {fmt('p', p)}")
     if skill:
         return {"skill": True, "sentence": f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}."}
-    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {SKILL_P_VALUE:g}"])]
-    return {"skill": False, "sentence": f"No evidence of skill: {figures}; {' and '.join(why)}."}
+    return {"skill": False, "sentence": f"No evidence of skill: {figures}; {why}."}
 
 
 def cue_verdict(metrics: dict) -> tuple[bool, str]:
@@ -205,14 +211,12 @@ def cue_verdict(metrics: dict) -> tuple[bool, str]:
     their majority baseline, and the overall accuracy's permutation p-value under CUE_P_VALUE."""
     cued, p = metrics["planted_cue"]["cued"], metrics["p_values"]["accuracy"]
     interval, majority = cued["ci95"], cued["majority_baseline_accuracy"]
-    above = interval is not None and majority is not None and interval[0] > majority
-    significant = p is not None and p < CUE_P_VALUE
+    recovered, why = beats_baseline(interval, majority, p, CUE_P_VALUE)
     figures = (f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} (95% CI {interval_text('accuracy', interval)}) "
                f"against their majority baseline {fmt('accuracy', majority)}, overall permutation p = {fmt('p', p)}")
-    if above and significant:
+    if recovered:
         return True, f"The planted cue came through: {figures}."
-    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {CUE_P_VALUE:g}"])]
-    return False, f"The planted cue did not come through: {figures}; {' and '.join(why)}."
+    return False, f"The planted cue did not come through: {figures}; {why}."
 
 
 def first_unseen(profile: ProfileConfig, calendar: str = "XNYS") -> dt.date | None:

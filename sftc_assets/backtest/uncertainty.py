@@ -21,7 +21,7 @@ import numpy as np
 
 from sftc_assets.backtest.portfolio import Positions, book_series
 from sftc_core.configs import BacktestConfig
-from sftc_core.metrics import drawn_classification, drawn_spearman, sharpe_ratios
+from sftc_core.metrics import drawn_classification, drawn_spearman, per_row_counts, sharpe_ratios
 
 CI_FIGURES = ("accuracy", "mcc", "ic", "directional_accuracy", "sharpe")
 P_VALUE_FIGURES = ("accuracy", "ic")
@@ -96,9 +96,8 @@ def eval_figures(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.
     def figures(drawn: np.ndarray) -> dict[str, np.ndarray]:
         result = {**classification(drawn), "ic": ic(drawn)}
         if positions is not None:
-            offsets = (len(weight) + 1) * np.arange(len(drawn))[:, None]
-            times = np.bincount((position_of_row[drawn] + offsets).ravel(), minlength=len(drawn) * (len(weight) + 1))
-            book = book_series(positions, times.reshape(len(drawn), -1)[:, :-1] * weight, config.cost_bps)
+            times = per_row_counts(position_of_row[drawn], len(weight))  # how often each resample drew each position
+            book = book_series(positions, times * weight, config.cost_bps)
             result["sharpe"] = sharpe_ratios(book.book_return, book.days, config.periods_per_year, config.risk_free_rate)
         return result
 
