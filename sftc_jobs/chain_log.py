@@ -16,10 +16,11 @@ from collections.abc import Sequence
 import dagster as dg
 
 from sftc_core.text import format_duration
+from sftc_jobs import terminal
 from sftc_resources.metadata import SUMMARY_EXTRA
 from sftc_resources.run_history import failure_message
 
-DAGSTER_EVENTS = logging.getLogger("sftc.dagster")
+DAGSTER_EVENTS = logging.getLogger(terminal.DAGSTER_EVENTS)  # the logger the terminal keeps off the screen
 EVENT = "dagster_event"
 META = "dagster_meta"
 

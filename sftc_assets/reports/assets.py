@@ -10,6 +10,7 @@ import dagster as dg
 from sftc_assets.reports import validation
 from sftc_assets.training import estimate as gpu_estimate
 from sftc_assets.training import gpu_plan
+from sftc_core.checks import failures
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_resources import run_history
@@ -172,7 +173,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "stages_failed": report["failed"],
                 "stages_not_run": report["not_run"],
                 "gpu_plan_passed": report["gpu_plan"]["passed"],
-                "gpu_plan_failed_checks": ", ".join(c["name"] for c in report["gpu_plan"]["checks"] if c["status"] == "FAIL") or "none",
+                "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
                 **({"gpu_run_gpu_hours": estimate.gpu_hours, "gpu_run_cost": f"{estimate.cost:,.0f} {estimate.currency}"} if estimate else {}),
                 "report": dg.MetadataValue.md(validation.render_markdown(report)),
             })  # fmt: skip

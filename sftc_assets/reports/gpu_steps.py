@@ -33,6 +33,7 @@ from sftc_assets.training.nemo_runner import entry_env, import_step, nemo_finetu
 from sftc_assets.training.toy_inputs import ToyInputs, build_toy_inputs
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 from sftc_core.gpu import probe_gpus
+from sftc_core.text import round_significant
 from sftc_core.io import atomic_write_json
 from sftc_core.launch import EntryStep
 from sftc_core.nemo_format import split_file
@@ -79,10 +80,6 @@ class StepContext:
 
 def _verdict(ok: bool) -> str:
     return PASS if ok else FAIL
-
-
-def _significant(value: float, digits: int = 4) -> float:
-    return float(f"{value:.{digits}g}")
 
 
 # --- cuda -----------------------------------------------------------------------------------------
@@ -164,7 +161,7 @@ def copy_ratio(dequant: Callable, weight, scale, repeats: int) -> dict:
     kernel_s = median_seconds(lambda: dequant(weight, scale), repeats, weight.device)
     copy_s = median_seconds(lambda: target.copy_(source), repeats, weight.device)
     kernel, copy = moved / kernel_s / 1e9, 2 * source.numel() / copy_s / 1e9
-    return {"bytes_moved": moved, "kernel_gb_per_s": _significant(kernel), "copy_gb_per_s": _significant(copy), "ratio": _significant(kernel / copy)}
+    return {"bytes_moved": moved, "kernel_gb_per_s": round_significant(kernel, 4), "copy_gb_per_s": round_significant(copy, 4), "ratio": round_significant(kernel / copy, 4)}
 
 
 def exact_on_shapes(dequant: Callable, shapes: list[tuple[int, int]], device: str) -> list[dict]:

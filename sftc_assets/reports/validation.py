@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sftc_core import cost
-from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import PASS as CHECK_PASS
-from sftc_core.checks import Check
+from sftc_core.checks import Check, failures
 from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
 from sftc_core.text import format_number, markdown_table
@@ -152,7 +151,7 @@ def build_report(
     toy_passed = not toy_reasons and bool(stages)
     if not stages:
         toy_reasons = ["no stage of the toy chain was found"]
-    plan_failures = [check for check in gpu_plan if check.status == CHECK_FAIL]
+    plan_failures = failures(gpu_plan)
     plan_reasons = [f"GPU plan: {check.name} failed: {check.found}" + (f". Fix: {check.fix}" if check.fix else "") for check in plan_failures]
     ready = toy_passed and not plan_failures
     reasons = toy_reasons + plan_reasons

@@ -109,14 +109,10 @@ def _one_step(args: argparse.Namespace, settings: Settings) -> int:
         launch = Launch.from_settings(settings, "local")  # one node: the toy's NeMo run through the launcher layer
 
         def execute(step):
-            return jobs.run(step, launch, _to_stderr)
+            return jobs.run(step, launch)
 
     toy = settings.model_copy(update={"profile": settings.profiles["toy"]})
     stop_on_sigterm()
     run_step_here(args.step, StepContext(toy, args.work_dir, execute), args.result)
     return 0
 
-
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()

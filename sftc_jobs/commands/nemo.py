@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from sftc_core.configs import load_finetune_config
@@ -44,13 +43,9 @@ def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
         require_interpreter(settings.nemo_python)
     # A launch that fails (the job's state, its log) ends in the command line's one-line error.
     with writing_output(args, [output], inputs=[model]) as stamp:
-        result = run_for_result(import_step(model, output, args.dry_run), launch, _to_stderr)
+        result = run_for_result(import_step(model, output, args.dry_run), launch)
         if not args.dry_run:
             stamp(output, output)  # the NeMo process wrote it (atomically); marked once it is there
     print(json.dumps(result if result is not None else {"output": str(output)}, indent=2))
     return 0
 
-
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()

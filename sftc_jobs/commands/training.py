@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from sftc_core.artifacts import Stamp
@@ -105,15 +104,11 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
         print(jobs.plan_text([step], launch))
         print("# the cost estimate is the NeMo backend's GPU run: sftc train --backend nemo --dry-run")
         return 0
-    outcome = jobs.run(step, launch, _to_stderr)
+    outcome = jobs.run(step, launch)
     metrics = hf_launch.finished_metrics(output)
     print(json.dumps({"output": str(output), "job_id": outcome.job_id, "job_log": str(outcome.log_path), **metrics}, indent=2))
     return 0
 
-
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()
 
 
 def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
@@ -136,7 +131,7 @@ def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data:
         nemo_runner.require_interpreter(settings.nemo_python)
 
     def execute(step):
-        return jobs.run_for_result(step, launch, _to_stderr)
+        return jobs.run_for_result(step, launch)
 
     metrics = nemo_runner.nemo_finetune(execute, config, model, settings.paths.nemo_model, data, output, stamp=stamp)
     print(json.dumps({"output": str(output), **metrics}, indent=2))

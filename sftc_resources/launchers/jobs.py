@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,8 +101,14 @@ def poll_seconds(launch: Launch) -> float:
     return {"local": LOCAL_POLL_SECONDS, "slurm": launch.cluster.slurm.poll_seconds, "k8s": launch.cluster.kubernetes.poll_seconds}[launch.launcher]
 
 
+def to_stderr(text: str) -> None:
+    """Where a job's log goes by default: this process's stderr, as it comes (the job's own progress stays live)."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def run(
-    step: EntryStep, launch: Launch, on_output: Callable[[str], None], env: dict[str, str] | None = None, job_dir: Path | None = None,
+    step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr, env: dict[str, str] | None = None, job_dir: Path | None = None,
     on_poll: Callable[[], None] | None = None,
 ) -> JobOutcome:
     """Start the step, watch it to its end; a job that did not succeed raises LaunchError naming it."""
@@ -125,7 +132,7 @@ def failure_message(step: EntryStep, outcome: JobOutcome) -> str:
     )
 
 
-def run_for_result(step: EntryStep, launch: Launch, on_output: Callable[[str], None]) -> dict | None:
+def run_for_result(step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr) -> dict | None:
     """`run` for the command line's NeMo steps: a dry run checks inputs on this node and returns the entry's JSON."""
     if not step.dry_run:
         run(step, launch, on_output)

@@ -7,7 +7,6 @@ killed) before the step ends.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import dagster as dg
@@ -15,11 +14,6 @@ import dagster as dg
 from sftc_core.launch import EntryStep
 from sftc_resources.launchers import jobs
 from sftc_resources.launchers.plan import Launch, LaunchError
-
-
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()
 
 
 def launch_step(
@@ -40,7 +34,7 @@ def launch_step(
             seen[0] = len(messages)
 
         try:
-            outcome = jobs.run(step, launch, _to_stderr, env=session.get_bootstrap_env_vars(), job_dir=job_dir, on_poll=new_messages if on_message else None)
+            outcome = jobs.run(step, launch, env=session.get_bootstrap_env_vars(), job_dir=job_dir, on_poll=new_messages if on_message else None)
         except LaunchError as exc:
             raise dg.Failure(description=str(exc), metadata={"launcher": launch.launcher, "job_dir": dg.MetadataValue.path(str(job_dir))}, allow_retries=exc.retryable) from None
     context.log.info(f"{outcome.launcher} job {outcome.job_id} ({step.name}) {outcome.status.state}; log {outcome.log_path}")
