@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 # sftc: this repository's .venv (or its image); nemo: the NeMo environment (.venv-nemo or the NeMo container).
@@ -39,9 +39,6 @@ class EntryStep:
     @property
     def dry_run(self) -> bool:
         return "--dry-run" in self.args
-
-    def with_shape(self, nodes: int, procs_per_node: int, gpus_per_node: int) -> EntryStep:
-        return replace(self, nodes=nodes, procs_per_node=procs_per_node, gpus_per_node=gpus_per_node)
 
 
 def launch_record(environ: Mapping[str, str] | None = None) -> dict:

@@ -19,8 +19,7 @@ from sftc_assets.training.assets import LAUNCHER_TAG, NODES_TAG, PROCS_TAG
 from sftc_core.settings import Settings
 from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
 from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.routing import run_tags
-from sftc_resources.run_history import DATA_DIR_TAG
+from sftc_resources.routing import launched_run_tags
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")
 # The NeMo import needs NeMo and GPUs: the one asset a CPU validation leaves out.
@@ -57,7 +56,7 @@ def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: st
 def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
     """The job over `chain`: the op closes over the code location's own assets, nothing is imported again."""
     settings = chain.settings
-    cpu = {**run_tags("cpu", settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
+    cpu = launched_run_tags("cpu", settings)
 
     @dg.op(tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
     def validate_toy_chain(context: dg.OpExecutionContext) -> None:

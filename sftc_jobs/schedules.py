@@ -5,8 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from sftc_core.settings import Settings
-from sftc_resources.routing import run_tags
-from sftc_resources.run_history import DATA_DIR_TAG
+from sftc_resources.routing import launched_run_tags
 
 
 def nightly_cpu_validation_schedule(job: dg.JobDefinition, settings: Settings, running: bool) -> dg.ScheduleDefinition:
@@ -16,7 +15,7 @@ def nightly_cpu_validation_schedule(job: dg.JobDefinition, settings: Settings, r
         job=job,
         cron_schedule="0 2 * * *",
         execution_timezone="UTC",
-        tags={**run_tags("cpu", settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
+        tags=launched_run_tags("cpu", settings),
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
         description="Every night at 02:00 UTC: the toy chain end to end on a CPU node, its checks, and validation_report.",
     )

@@ -18,8 +18,7 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 from sftc_core.settings import Settings
-from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, run_tags
-from sftc_resources.run_history import DATA_DIR_TAG
+from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, launched_run_tags
 
 AC = dg.AutomationCondition
 
@@ -86,7 +85,7 @@ def automation_sensors(
             sensor = dg.AutomationConditionSensorDefinition(
                 SENSOR_NAMES[node],
                 target=target,
-                run_tags={**run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)},
+                run_tags=launched_run_tags(node, settings),
                 use_user_code_server=True,
                 default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,
                 minimum_interval_seconds=minimum_interval_seconds,

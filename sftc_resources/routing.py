@@ -23,6 +23,8 @@ NodeClass = Literal["cpu", "gpu"]
 NODE_CLASSES: tuple[NodeClass, ...] = ("cpu", "gpu")
 
 NODE_TAG = "sftc/node"
+# The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).
+DATA_DIR_TAG = "sftc/data_dir"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_POOL = "gpu"
 
@@ -74,6 +76,12 @@ def run_tags(node: NodeClass, placement: Placement, cluster: ClusterConfig) -> d
     if placement == "step":
         return {**node_tags("cpu", cluster), NODE_TAG: node}
     return node_tags(node, cluster)
+
+
+def launched_run_tags(node: NodeClass, settings: Settings) -> dict[str, str]:
+    """`run_tags` plus the data directory (the run queue's limit and the interrupted-run sweep read it): the tags of
+    every run the sensors, the schedule and the nightly job start."""
+    return {**run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
 
 
 def node_sentence(compute_class: ComputeClass, profile: ProfileConfig) -> str:

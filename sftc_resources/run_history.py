@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from sftc_assets.reports.validation import ASSETS_TAG
+from sftc_resources.routing import DATA_DIR_TAG
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,6 @@ def latest_step_seconds(instance: dg.DagsterInstance, asset: str, partitions: li
     return None if None in seconds else sum(seconds)
 
 
-# The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).
-DATA_DIR_TAG = "sftc/data_dir"
 UNFINISHED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
 
 

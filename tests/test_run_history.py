@@ -10,7 +10,7 @@ import dagster as dg
 
 from sftc_assets.reports.validation import ASSETS_TAG
 from sftc_resources import run_history
-from sftc_resources.run_history import DATA_DIR_TAG
+from sftc_resources.routing import DATA_DIR_TAG
 
 
 @dg.asset

@@ -126,9 +126,10 @@ def run_nemo_finetune_via_pipes(
     final_train_loss, tokens_per_s); on a dry run, the planned recipe instead and nothing is written.
     loss_curve.png, training.csv and val.csv lie beside the HF weights.
     """
-    launch = launch or launch_for(context, settings)
+    if launch is None:  # a caller that brings its launch has gated it already
+        launch = launch_for(context, settings)
+        gate_nemo_finetune(gpu, launch, config, settings)
     paths = settings.paths
-    gate_nemo_finetune(gpu, launch, config, settings)
 
     def execute(step: EntryStep) -> dict | None:
         # a dry run only checks inputs and plans: on this node, whatever the launcher

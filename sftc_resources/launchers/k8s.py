@@ -8,12 +8,13 @@ as on Slurm, with c10d rendezvous at the first pod's stable DNS name (<jobset>-n
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, describe, single_argv, time_seconds, torchrun_argv
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, single_argv, time_seconds, torchrun_argv
 from sftc_resources.routing import GPU_RESOURCE, k8s_config
 
 GROUP, VERSION, PLURAL, KIND = "jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet"
@@ -99,8 +100,17 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     }
 
 
-def manifest_comment(step: EntryStep) -> str:
-    return f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/k8s.py)"
+def load_kube_config() -> str:
+    """Point the Kubernetes client at the cluster: the in-cluster service account, else the kubeconfig KUBECONFIG
+    names now (the client fixes its default path when it is first imported); says which."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+        return "the in-cluster service account"
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG", "~/.kube/config"))
+        return "the kubeconfig"
 
 
 def status_of(jobset: dict) -> JobStatus:
@@ -122,13 +132,10 @@ class K8sJob:
     launcher = "k8s"
 
     def __init__(self, step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str], name: str, api_client=None):
-        from kubernetes import client, config  # the kubernetes client loads only where a JobSet is created
+        from kubernetes import client  # the kubernetes client loads only where a JobSet is created
 
         if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
+            load_kube_config()
         self.namespace = launch.cluster.kubernetes.namespace
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_assets.training.nemo_runner import entry_env
-from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher
+from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher, ProfileConfig
 from sftc_core.launch import LAUNCHER_ENV, EntryStep, Environment
 from sftc_core.settings import Settings
 
@@ -41,15 +41,17 @@ class Launch:
     project_root: Path = PROJECT_ROOT
 
     @classmethod
-    def from_settings(cls, settings: Settings, launcher: Launcher | None = None) -> Launch:
-        launcher = launcher or settings.profile.launch.launcher
+    def from_settings(cls, settings: Settings, launcher: Launcher | None = None, profile: ProfileConfig | None = None) -> Launch:
+        """The launch of `profile` (the settings' own unless given: the GPU plan asks for the full profile's)."""
+        config = (profile or settings.profile).launch
+        launcher = launcher or config.launcher
         if launcher not in LAUNCHERS:
             raise ConfigError(f"launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
         return cls(
             launcher=launcher,
             pythons={"sftc": sys.executable, "nemo": str(settings.nemo_python)},
-            time_limit=settings.profile.launch.time_limit,
-            max_retries=settings.profile.launch.max_retries,
+            time_limit=config.time_limit,
+            max_retries=config.max_retries,
             cluster=settings.cluster,
             data_dir=settings.data_dir,
         )

@@ -9,10 +9,8 @@ Plain functions (no Dagster): `sftc preflight`, the gpu_preflight check and the 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 
 from sftc_assets.training import memory, nemo_runner
 from sftc_assets.training.architecture import Architecture
@@ -21,7 +19,7 @@ from sftc_core.configs import GPU_RESOURCE, profile_path, quantity_bytes
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import jobs, slurm, targets
+from sftc_resources.launchers import jobs, k8s, slurm, targets
 from sftc_resources.launchers.plan import Launch, LaunchError
 
 API_TIMEOUT_S = 10
@@ -29,15 +27,7 @@ API_TIMEOUT_S = 10
 
 def plan_launch(settings: Settings) -> Launch:
     """The launch of the full profile's GPU run (its launcher, time limit and retries), as seen from this node."""
-    launch = settings.full_profile.launch
-    return Launch(
-        launcher=launch.launcher,
-        pythons={"sftc": sys.executable, "nemo": str(settings.nemo_python)},
-        time_limit=launch.time_limit,
-        max_retries=launch.max_retries,
-        cluster=settings.cluster,
-        data_dir=settings.data_dir,
-    )
+    return Launch.from_settings(settings, profile=settings.full_profile)
 
 
 def gpu_plan_launch_checks(settings: Settings, arch: Architecture | None) -> list[Check]:
@@ -132,13 +122,7 @@ def kubernetes_gpu_nodes(settings: Settings, step: EntryStep, needed: str, arch:
     from kubernetes import client, config  # the Kubernetes client comes with dagster-k8s
 
     try:
-        try:
-            config.load_incluster_config()
-            where = "the in-cluster service account"
-        except config.ConfigException:
-            # Read KUBECONFIG now: the client fixes its default path when it is first imported.
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG", "~/.kube/config"))
-            where = "the kubeconfig"
+        where = k8s.load_kube_config()  # the same cluster a JobSet would be created in
     except (config.ConfigException, OSError) as exc:
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"no Kubernetes configuration here ({exc})",
                      "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")  # fmt: skip
