@@ -31,7 +31,7 @@ from sftc_assets.training.nemo_config import (
     stage_layers,
 )
 from sftc_assets.training.nemo_runner import entry_env
-from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check
+from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check, failures
 from sftc_core.configs import ConfigError, ProfileConfig, profile_path, reference_config_path
 from sftc_core.market import first_unseen_date
 from sftc_core.nemo_format import NEMO_FILES, NemoDataError, read_pairs
@@ -56,7 +56,7 @@ class GpuPlan:
 
     @property
     def passed(self) -> bool:
-        return not any(check.status == FAIL for check in self.checks)
+        return not failures(self.checks)
 
     def as_dict(self) -> dict:
         return {"passed": self.passed, "checks": [check.as_dict() for check in self.checks]}

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sftc_assets.checkpoints.safetensors_io import file_sha256
 from sftc_assets.training.data import (
     IGNORE_INDEX,
     BatchStream,
@@ -460,17 +461,8 @@ def _publish(work: Path, output_dir: Path, stamp: BeforeSwap | None) -> None:
 def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
     """sha256 of the training and validation files and the model's config; name and size of its weights
     (hashing hundreds of GB for a resume check would cost more than it protects)."""
-    import hashlib
-
-    def digest(path: Path) -> str:
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(block)
-        return sha.hexdigest()
-
-    prints = {f"data/{path.name}": digest(path) for path in (split_file(data_dir, "train"), split_file(data_dir, "validation"))}
-    prints["model/config.json"] = digest(Path(model_dir) / "config.json")
+    prints = {f"data/{path.name}": file_sha256(path) for path in (split_file(data_dir, "train"), split_file(data_dir, "validation"))}
+    prints["model/config.json"] = file_sha256(Path(model_dir) / "config.json")
     prints["model/weights"] = ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(Path(model_dir).glob("*.safetensors")))
     return prints
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, torchrun_argv
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line
 
 log = logging.getLogger(__name__)
 LOCAL_POLL_SECONDS = 0.5
@@ -158,11 +158,11 @@ def render_plan(step: EntryStep, launch: Launch, job_dir: Path | None = None) ->
 
         plan["command"] = shell_line(local_argv(step, launch.pythons[step.environment]))
     elif launch.launcher == "slurm":
-        from sftc_resources.launchers.slurm import node_python, render_sbatch
+        from sftc_resources.launchers.slurm import node_argv, render_sbatch
 
         plan["sbatch_script"] = render_sbatch(step, launch, job_dir)
         if step.distributed:
-            plan["per_node_command"] = shell_line(torchrun_argv(step, node_python(step, launch), "$head_addr:$rdzv_port", "$SLURM_JOB_ID"))
+            plan["per_node_command"] = shell_line(node_argv(step, launch))
     else:
         from sftc_resources.launchers.k8s import jobset_name, render_jobset
 

@@ -74,6 +74,12 @@ def _directive(option: str) -> str:
     return f'{key}="{value}"' if equals and any(c.isspace() for c in value) and not value.startswith('"') else option
 
 
+def node_argv(step: EntryStep, launch: Launch) -> list[str]:
+    """What srun starts on each node: a torchrun agent rendezvousing at the first node, or the one process."""
+    python = node_python(step, launch)
+    return torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID") if step.distributed else single_argv(step, python)
+
+
 def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str | None = None) -> str:
     """The batch script of `step`: directives from the launch and cluster.yaml's slurm section, then one srun."""
     slurm = launch.cluster.slurm
@@ -101,13 +107,12 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
     image = environment.container_image if environment else None
     if image:
         env["PYTHONPATH"] = "/app"  # the images hold this repository at /app (deploy/slurm.md)
-    python = node_python(step, launch)
     srun = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"] if step.distributed else ["srun", "--nodes=1", "--ntasks=1"]
     if image:
         srun += [f"--container-image={image}", "--no-container-mount-home"]
         if slurm.container_mounts:
             srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
-    command = torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID") if step.distributed else single_argv(step, python)
+    command = node_argv(step, launch)
 
     lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
