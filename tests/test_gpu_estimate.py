@@ -13,7 +13,7 @@ from orchestration_standins import standin_chain
 
 from sftc_assets.reports import validation
 from sftc_assets.training.estimate import NOT_CONFIGURED, gpu_run_estimate, measured_from
-from sftc_assets.training.gpu_plan import full_architecture
+from sftc_assets.training.gpu_plan import build_gpu_plan, full_architecture
 from sftc_core.configs import CONFIG_DIR, ConfigError, with_max_steps, with_nodes
 from sftc_core.cost import GB, summary_lines
 from sftc_core.settings import load_settings
@@ -93,6 +93,12 @@ def test_conversion_import_and_export_move_the_release_through_storage(data_dir)
     blind = gpu_run_estimate(settings.model_copy(update={"reference_models": {}}))
     assert _phase(blind, "import").wall_hours == pytest.approx(4 * fp8 / (storage * GB) / 3600)
     assert any("twice the FP8 release" in line for line in _phase(blind, "import").basis)
+    # A plan already built lends its architecture: the same estimate without reading the model again.
+    plan = build_gpu_plan(settings)
+    assert plan.architecture == full_architecture(settings)
+    assert gpu_run_estimate(settings, plan=plan).as_dict() == estimate.as_dict()
+    blind_plan = build_gpu_plan(settings.model_copy(update={"reference_models": {}}))
+    assert blind_plan.architecture is None and _phase(gpu_run_estimate(settings, plan=blind_plan), "import").wall_hours == _phase(blind, "import").wall_hours
 
 
 def test_every_rate_names_its_source_and_a_configured_one_is_flagged(data_dir):

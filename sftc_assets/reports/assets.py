@@ -144,7 +144,7 @@ def defs(settings: Settings) -> dg.Definitions:
         )
         stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
         plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
-        estimate = gpu_estimate.gpu_run_estimate(settings)
+        estimate = gpu_estimate.gpu_run_estimate(settings, plan=plan)
         if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
             figures = {s.asset: dict(s.figures) for s in stages}
             for asset, partitions in (("nemo_model", None), ("eval_csv", settings.test_months)):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sftc_assets.training.gpu_plan import full_architecture
+from sftc_assets.training.gpu_plan import GpuPlan, full_architecture
 from sftc_core.configs import FinetuneConfig, ProfileConfig
 from sftc_core.cost import Estimate, Rate, finetune_phase, generation_phase, serving_nodes, summary_lines, transfer_phase
 from sftc_core.nemo_format import NEMO_FILES
@@ -33,10 +33,11 @@ def release_bytes(profile: ProfileConfig) -> tuple[float, str]:
     return float(profile.compute.expected_checkpoint_bytes), f"compute.expected_checkpoint_bytes of the {profile.name} profile"
 
 
-def bf16_bytes(settings: Settings, fp8: float) -> tuple[float, str]:
-    """(bytes of the BF16 checkpoint, where the figure comes from): the GPU plan's architecture of the full profile,
-    else twice the FP8 release (an upper bound: the release keeps norms and embeddings in BF16)."""
-    arch = full_architecture(settings)
+def bf16_bytes(settings: Settings, fp8: float, plan: GpuPlan | None = None) -> tuple[float, str]:
+    """(bytes of the BF16 checkpoint, where the figure comes from): the GPU plan's architecture of the full profile
+    (`plan`'s, where the caller built one, else read here), else twice the FP8 release (an upper bound: the release
+    keeps norms and embeddings in BF16)."""
+    arch = plan.architecture if plan is not None else full_architecture(settings)
     if arch is None:
         return 2 * fp8, "twice the FP8 release (the GPU plan could not read the model architecture)"
     return float(arch.bf16_checkpoint_bytes), f"the GPU plan's model architecture, {arch.source}"
@@ -54,9 +55,10 @@ def _layout(config: FinetuneConfig) -> str:
     return f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, peft {config.peft}"
 
 
-def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None) -> Estimate | None:
+def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None, plan: GpuPlan | None = None) -> Estimate | None:
     """The estimate of the full profile's GPU run (with `finetune` instead of configs/nemo/finetune.yaml: the config of
-    a command line); None when configs/cluster.yaml has no `estimate:` section."""
+    a command line; `plan`: the GPU plan already built, so its model is not read again); None when configs/cluster.yaml
+    has no `estimate:` section."""
     config = settings.cluster.estimate
     if config is None:
         return None
@@ -71,7 +73,7 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None)
                            config.generation_tokens_per_s_per_gpu.published),
     }  # fmt: skip
     fp8, fp8_from = release_bytes(full)
-    bf16, bf16_from = bf16_bytes(settings, fp8)
+    bf16, bf16_from = bf16_bytes(settings, fp8, plan)
     node_gpus = settings.cluster.node_pools.gpu.gpus
     nemo_jsonl = settings.paths.nemo_jsonl
     validation_pairs = _line_count(nemo_jsonl / NEMO_FILES["validation"])

@@ -53,6 +53,8 @@ LaunchChecks = Callable[[Settings, "Architecture | None"], list[Check]]
 @dataclass(frozen=True)
 class GpuPlan:
     checks: tuple[Check, ...]
+    # The full profile's model as the plan read it (None: unreadable): the cost estimate sizes the checkpoints by it.
+    architecture: Architecture | None = None
 
     @property
     def passed(self) -> bool:
@@ -109,7 +111,7 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
             Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
         ]),
     ]  # fmt: skip
-    return GpuPlan(tuple(checks))
+    return GpuPlan(tuple(checks), arch)
 
 
 # --- the model ------------------------------------------------------------------------------------

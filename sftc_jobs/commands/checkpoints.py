@@ -91,7 +91,7 @@ def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 
     report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
-    estimate = gpu_run_estimate(settings)
+    estimate = gpu_run_estimate(settings, plan=report.plan)
     if args.json:
         print(json.dumps({**report.as_dict(), "gpu_plan": {"estimate": estimate.as_dict() if estimate else None}}, indent=2))
     else:
