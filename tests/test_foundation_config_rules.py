@@ -49,6 +49,17 @@ FAULTS = {
     "a node memory that is no size": ("cluster.yaml", lambda r: r["node_pools"]["gpu"].update(node_memory="2 TB"), ["cluster.yaml", "'2 TB' is not a size"]),
     "a pod limit above the node": ("cluster.yaml", lambda r: r["node_pools"]["gpu"].update(node_memory="1Ti"),
                                    ["resources.limits.memory 1900Gi exceeds node_memory 1Ti"]),
+    "an input template without the thesis's facts": (
+        "sft_config.yaml", lambda r: r["prompt"].update(input_template="{ticker} on {as_of_date} for {horizon_days}"),
+        ["field 'prompt'", "prompt.input_template leaves out {facts} (the record's support)",
+         "add {facts} to prompt.input_template, or name it in prompt.omit_fields"]),
+    "a template slot no record fills": (
+        "sft_config.yaml", lambda r: r["prompt"].update(input_template=r["prompt"]["input_template"] + "\n{sector}"),
+        ["prompt.input_template has the slot {sector}, which nothing fills",
+         "{ticker}, {as_of_date}, {horizon_days}, {facts}"]),
+    "a field omitted that the template carries": (
+        "sft_config.yaml", lambda r: r["prompt"].update(omit_fields={"ticker": "one ticker only"}),
+        ["prompt.omit_fields says {ticker} is left out ('one ticker only'), but prompt.input_template carries it"]),
     "a reference config that is not there": ("profiles/full.yaml", lambda r: r["model"].update(reference_config="models/deepseek-v4.json"),
                                              ["field 'model.reference_config'", "'models/deepseek-v4.json' is not a file"]),
 }  # fmt: skip

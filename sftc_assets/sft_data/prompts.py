@@ -6,9 +6,10 @@ from `prompt.*`, the target through the configured tags (sftc_core.target_format
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
-from sftc_core.configs import ConfigError, SftConfig
+from sftc_core.configs import PROMPT_SLOTS, ConfigError, SftConfig
 
 
 def format_facts(support: Sequence[str]) -> str:
@@ -32,13 +33,17 @@ def render_prompt(instruction: str, input_text: str, sft_config: SftConfig) -> s
 
 
 def build_input(record: Mapping, sft_config: SftConfig) -> str:
-    values = {
-        "ticker": record["ticker"],
-        "as_of_date": record["as_of_date"],
-        "horizon_days": record["horizon_days"],
-        "facts": format_facts(record["support"]),
-    }
+    values = {slot: record[field] for slot, field in PROMPT_SLOTS.items()} | {"facts": format_facts(record["support"])}
     return _fill(sft_config.prompt.input_template, "prompt.input_template", values)
+
+
+def prompt_pattern(sft_config: SftConfig) -> re.Pattern:
+    """What every prompt rendered by these templates looks like: their text, each filled slot any text (for the GPU
+    plan, which checks that the NeMo JSONL's prompts came from the configured templates)."""
+    marker = "\x00slot\x00"
+    input_text = sft_config.prompt.input_template.format_map(dict.fromkeys(PROMPT_SLOTS, marker))
+    parts = render_prompt(sft_config.prompt.instruction, input_text, sft_config).split(marker)
+    return re.compile("(.*?)".join(map(re.escape, parts)), re.DOTALL)
 
 
 def build_example(record: Mapping, sft_config: SftConfig) -> dict[str, str]:
