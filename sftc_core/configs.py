@@ -144,6 +144,12 @@ class ComputeConfig(Strict):
     # Size of the profile's base checkpoint, known before it exists: `auto` assets route to a GPU node above the CPU limit.
     expected_checkpoint_bytes: int | None = Field(default=None, gt=0)
 
+    @property
+    def auto_node(self) -> Literal["cpu", "gpu"]:
+        """Where `auto` assets run: GPU when the declared checkpoint is more than a CPU may handle (unknown: GPU)."""
+        size = self.expected_checkpoint_bytes
+        return "cpu" if size is not None and size <= self.cpu_max_checkpoint_bytes else "gpu"
+
 
 class LoraConfig(Strict):
     """LoRA adapters, for both backends (peft's `r` and NeMo's `dim` are the rank)."""

@@ -27,18 +27,20 @@ NODE_TAG = "sftc/node"
 DATA_DIR_TAG = "sftc/data_dir"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_POOL = "gpu"
-
-
-def auto_node_class(profile: ProfileConfig) -> NodeClass:
-    """GPU when the profile's checkpoint is bigger than a CPU may handle; an unknown size counts as big."""
-    size = profile.compute.expected_checkpoint_bytes
-    return "cpu" if size is not None and size <= profile.compute.cpu_max_checkpoint_bytes else "gpu"
+# The compute class of each asset that may need a GPU (every other asset is cpu work): the assets' placement and the GPU
+# plan's routing rows both read it here.
+COMPUTE_CLASSES: dict[str, ComputeClass] = {
+    "bf16_checkpoint": "auto",
+    "nemo_model": "gpu",
+    "sft_model": "auto",
+    "eval_csv": "auto",
+}
 
 
 def node_class(compute_class: ComputeClass, profile: ProfileConfig) -> NodeClass:
     """`auto` is decided by the profile's checkpoint size (CPU work at toy sizes, GPU work in the full profile)."""
     if compute_class == "auto":
-        return auto_node_class(profile)
+        return profile.compute.auto_node
     if compute_class not in NODE_CLASSES:
         raise ValueError(f"compute class {compute_class!r}: expected one of cpu, gpu, auto")
     return compute_class
@@ -84,15 +86,20 @@ def launched_run_tags(node: NodeClass, settings: Settings) -> dict[str, str]:
     return {**run_tags(node, settings.k8s_placement, settings.cluster), DATA_DIR_TAG: str(settings.data_dir)}
 
 
-def node_sentence(compute_class: ComputeClass, profile: ProfileConfig) -> str:
-    """Where an asset runs, in words, for its description in the web UI."""
-    node = node_class(compute_class, profile)
-    where = "the CPU node" if node == "cpu" else "a GPU node"
+def node_reason(compute_class: ComputeClass, profile: ProfileConfig) -> str:
+    """Why an asset runs where it does: its compute class, for `auto` the profile's checkpoint against the CPU limit."""
     if compute_class != "auto":
-        return f"Runs on {where} (compute class {compute_class})."
+        return f"compute class {compute_class}"
     size, limit = profile.compute.expected_checkpoint_bytes, profile.compute.cpu_max_checkpoint_bytes
     checkpoint = f"this profile's checkpoint is {format_bytes(size)}" if size is not None else "this profile does not say how big its checkpoint is"
-    return f"Runs on {where} in the {profile.name} profile (compute class auto: a GPU node above a {format_bytes(limit)} checkpoint; {checkpoint})."
+    return f"compute class auto: a GPU node above a {format_bytes(limit)} checkpoint; {checkpoint}"
+
+
+def node_sentence(compute_class: ComputeClass, profile: ProfileConfig) -> str:
+    """Where an asset runs, in words, for its description in the web UI."""
+    where = "the CPU node" if node_class(compute_class, profile) == "cpu" else "a GPU node"
+    in_profile = f" in the {profile.name} profile" if compute_class == "auto" else ""
+    return f"Runs on {where}{in_profile} ({node_reason(compute_class, profile)})."
 
 
 def asset_placement(compute_class: ComputeClass, settings: Settings) -> dict:

@@ -13,7 +13,7 @@ from sftc_core.settings import Settings
 from sftc_core.text import format_bytes, format_number, markdown_table
 from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.resources import GpuResource
-from sftc_resources.routing import asset_placement, check_placement
+from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
 from sftc_resources.writes import data_version, writing
 
 GROUP = "checkpoints"
@@ -104,7 +104,7 @@ def defs(settings: Settings) -> dg.Definitions:
         kinds={"pytorch", "huggingface"},
         description="The BF16 checkpoint converted from base_checkpoint (Triton kernel on GPU, the same math in torch on "
         "CPU), with config.json free of quantization_config, the tokenizer and the generation config.",
-        **asset_placement("auto", settings),
+        **asset_placement(COMPUTE_CLASSES["bf16_checkpoint"], settings),
     )
     def bf16_checkpoint(context: dg.AssetExecutionContext, gpu: GpuResource) -> dg.MaterializeResult:
         paths, source = settings.paths, settings.base_checkpoint_dir
@@ -141,7 +141,7 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.multi_asset_check(
         specs=[dg.AssetCheckSpec(name, asset=bf16_checkpoint, blocking=True, description=text) for name, text in _SCAN_CHECKS.items()],
         description="One pass over bf16_checkpoint: scale tensors, finiteness, shapes against the config.",
-        **check_placement("auto", settings),
+        **check_placement(COMPUTE_CLASSES["bf16_checkpoint"], settings),
     )
     def bf16_checkpoint_scan():
         scan = verify.scan_checkpoint(settings.paths.bf16_checkpoint)
@@ -172,7 +172,7 @@ def defs(settings: Settings) -> dg.Definitions:
         blocking=True,
         description="Toy profile: loads with transformers' from_pretrained and generates tokens greedily "
         "(skipped in the full profile, where loading is the training stage's GPU work).",
-        **check_placement("auto", settings),
+        **check_placement(COMPUTE_CLASSES["bf16_checkpoint"], settings),
     )
     def loads_and_generates() -> dg.AssetCheckResult:
         if settings.profile.model.kind != "toy":

@@ -20,7 +20,7 @@ from sftc_resources import prices as price_sources
 from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
 from sftc_resources.partitions import month_partitions
 from sftc_resources.resources import GpuResource
-from sftc_resources.routing import asset_placement
+from sftc_resources.routing import COMPUTE_CLASSES, asset_placement
 from sftc_resources.writes import writing
 
 GROUP = "evaluation"
@@ -120,7 +120,7 @@ def defs(settings: Settings) -> dg.Definitions:
         description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
         "server (transformers serve for the toy, vLLM/SGLang on GPU nodes, or evaluation.endpoint), the parsed action and the "
         "forward return (docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
-        **asset_placement("auto", settings),
+        **asset_placement(COMPUTE_CLASSES["eval_csv"], settings),
     )
     def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         months = list(context.partition_keys)

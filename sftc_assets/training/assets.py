@@ -28,7 +28,7 @@ from sftc_resources.launchers.plan import Launch, LaunchError
 from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
 from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
 from sftc_resources.resources import GpuResource
-from sftc_resources.routing import asset_placement, check_placement
+from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
 from sftc_resources.writes import data_version, writing
 
 GROUP = "training"
@@ -200,7 +200,7 @@ def defs(settings: Settings) -> dg.Definitions:
         code_version=code_version("nemo_model", settings, nemo_runner, nemo_entry, targets),
         kinds={"nvidia", "pytorch"},
         description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), run in the NeMo environment through Dagster Pipes.",
-        **asset_placement("gpu", settings),
+        **asset_placement(COMPUTE_CLASSES["nemo_model"], settings),
     )
     def nemo_model(context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         launch = launch_for(context, settings)
@@ -243,7 +243,7 @@ def defs(settings: Settings) -> dg.Definitions:
         kinds={"pytorch", "huggingface"},
         description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
         "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
-        **asset_placement("auto", settings),
+        **asset_placement(COMPUTE_CLASSES["sft_model"], settings),
         # a job the cluster lost (preempted, a failed node) is started again; it resumes from its last checkpoint
         retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60) if settings.profile.launch.max_retries else None,
     )
@@ -300,7 +300,7 @@ def defs(settings: Settings) -> dg.Definitions:
         asset=sft_model,
         blocking=True,
         description="The validation loss at the end of training is below its value before the first step (metrics.json).",
-        **check_placement("auto", settings),
+        **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def validation_loss_decreased() -> dg.AssetCheckResult:
         path = paths.sft_model / "metrics.json"
@@ -325,7 +325,7 @@ def defs(settings: Settings) -> dg.Definitions:
         blocking=True,
         description="The training loss never climbs above where it started (moving average over 5 steps, 5% tolerance): "
         "a loss that rises or turns non-finite means a learning rate too high, named in the failure.",
-        **check_placement("auto", settings),
+        **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def training_loss_stable() -> dg.AssetCheckResult:
         path = paths.sft_model / "training.csv"
@@ -347,7 +347,7 @@ def defs(settings: Settings) -> dg.Definitions:
         description="`sftc preflight`: this node's GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, the base "
         "checkpoint and disk (GPU items required in the full profile only), then the GPU plan of the full profile (the "
         "validation report's list). A warning, not a block: the GPU gate blocks.",
-        **check_placement("auto", settings),
+        **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:
         report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_checks=gpu_plan_launch_checks)
