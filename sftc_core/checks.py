@@ -11,8 +11,9 @@ from typing import Literal
 
 Status = Literal["PASS", "FAIL", "WARN", "NOT CHECKED"]
 PASS, FAIL, WARN, NOT_CHECKED = "PASS", "FAIL", "WARN", "NOT CHECKED"
-# Which machine a check speaks of: the node running it, the planned GPU run (known on any node), or the cluster.
-THIS_NODE, GPU_PLAN, TARGET_CLUSTER = "this node", "GPU plan", "target cluster"
+# Which machine a check speaks of: the node running it, the planned GPU run (known on any node), the cluster, or the
+# toy profile's chain (the nightly CPU run that rehearses the GPU run).
+THIS_NODE, GPU_PLAN, TARGET_CLUSTER, TOY_CHAIN = "this node", "GPU plan", "target cluster", "toy chain"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
                         "profile.model.knowledge_cutoff"),
     # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py), its cost (estimate.py) and the backend and dates it may take from here.
     "validation_report": ("profiles", "reference_models", "finetune", "cluster", "sft.special_tokens", "sft.max_seq_length", "eval_config.prices", "train_backend",
-                          "test_start_date", "test_end_date", "nemo_python_override"),
+                          "test_start_date", "test_end_date", "nemo_python_override", "sft.prompt"),
 }
 
 

@@ -12,7 +12,7 @@ from checkpoints_helpers import awkward_checkpoint
 
 from sftc_assets.checkpoints.convert import plan_conversion
 from sftc_assets.training.preflight import run_preflight
-from sftc_core.checks import GPU_PLAN, TARGET_CLUSTER, THIS_NODE
+from sftc_core.checks import GPU_PLAN, TARGET_CLUSTER, THIS_NODE, TOY_CHAIN
 from sftc_core.gpu import GpuDevice, GpuProbe
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
@@ -48,7 +48,7 @@ def test_ready_node_passes_every_item(data_dir, fake_nemo):
     assert status == {"finetune config": "PASS", "cuda": "PASS", "gpus": "PASS", "triton fp8": "PASS", "base checkpoint": "PASS", "disk": "PASS"}
     items = {item.name: item for item in report.checks}
     assert items["NeMo environment"].status == "PASS" and "NeMo 2.7.3" in items["NeMo environment"].found
-    assert {c.scope for c in report.checks} == {THIS_NODE, GPU_PLAN, TARGET_CLUSTER}
+    assert {c.scope for c in report.checks} == {THIS_NODE, GPU_PLAN, TARGET_CLUSTER, TOY_CHAIN}
     assert report.checks[len(status):] == report.plan.checks  # this node's items, then the GPU plan's
     from sftc_core.gpu import format_bytes
 

@@ -4,6 +4,7 @@ configured and reachable (a Kubernetes API over real HTTP on 127.0.0.1; sinfo wh
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -13,16 +14,18 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from sftc_assets.reports.validation import build_report, environment_summary, render_markdown
 from sftc_assets.training import memory
 from sftc_assets.training.architecture import architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
-from sftc_core.checks import FAIL, NOT_CHECKED, PASS
+from sftc_core.checks import FAIL, NOT_CHECKED, PASS, WARN
 from sftc_core.settings import Settings, load_settings
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
 from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
 from sftc_resources.launchers import slurm
 from sftc_resources.launchers.slurm import render_sbatch, slurm_available
+from sftc_resources.routing import COMPUTE_CLASSES
 
 
 def with_plan_launcher(settings: Settings, launcher: str, **cluster_sections) -> Settings:
@@ -45,6 +48,38 @@ def test_without_the_launcher_layer_both_items_say_so(data_dir):
     checks = {c.name: c for c in build_gpu_plan(load_settings(), check_nemo=False).checks}
     assert {checks[n].status for n in ("launch plan", "target cluster")} == {NOT_CHECKED}
     assert "not handed to the plan" in checks["launch plan"].found
+
+
+def test_each_gpu_asset_of_the_shipped_full_profile_is_routed_to_a_gpu_node_and_the_report_shows_it(data_dir):
+    plan = build_gpu_plan(load_settings(), check_nemo=False, launch_checks=gpu_plan_launch_checks)
+    rows = {asset: next(c for c in plan.checks if c.name == f"routing: {asset}") for asset in COMPUTE_CLASSES}
+    assert list(rows) == ["bf16_checkpoint", "nemo_model", "sft_model", "eval_csv"]  # conversion to evaluation
+    for row in rows.values():
+        assert row.found.startswith("gpu node (compute class ") and row.needed.startswith("a GPU node for "), row.line
+    conversion, nemo_import, finetune, evaluation = rows.values()
+    assert "this profile's checkpoint is 641.7 GiB" in conversion.found and "its own Dagster step" in conversion.found
+    assert nemo_import.found.startswith("gpu node (compute class gpu); started by the slurm launcher (launch.launcher)")
+    assert "import (sftc_assets.training.nemo_entry)" in nemo_import.found
+    assert "started by the slurm launcher (launch.launcher): finetune" in finetune.found
+    assert "5 node(s) x 8 process(es), 8 GPU(s) per node" in finetune.found
+    assert [row.status for row in rows.values()] == [PASS, PASS, PASS, WARN]
+    # No launcher here starts a server across nodes: the evaluation's row says so, with the way around it.
+    assert "vllm on 4 node(s) x 8 GPU(s)" in evaluation.found and "evaluation.endpoint" in evaluation.fix
+    when = dt.datetime(2026, 1, 2)
+    environment = environment_summary("toy", "hf")
+    report = build_report([], gpu_plan=list(plan.checks), environment=environment, git={}, generated_at=when,
+                          validation_run=None)
+    table = next(line for line in render_markdown(report).splitlines() if line.startswith("| routing: sft_model |"))
+    assert table.startswith("| routing: sft_model | GPU plan | PASS | gpu node (compute class auto")
+
+
+def test_an_endpoint_that_answers_needs_no_server_started(data_dir):
+    settings = load_settings()
+    full = settings.full_profile
+    evaluation = full.evaluation.model_copy(update={"endpoint": "http://serving.example:8000"})
+    profiles = {**settings.profiles, "full": full.model_copy(update={"evaluation": evaluation})}
+    row = _checks(settings.model_copy(update={"profiles": profiles}))["routing: eval_csv"]
+    assert row.status == PASS and "nothing: evaluation.endpoint http://serving.example:8000 answers" in row.found
 
 
 def test_the_shipped_slurm_job_is_rendered_with_its_nodes_and_gpus(data_dir):

@@ -13,6 +13,8 @@ import dagster as dg
 import pytest
 from orchestration_standins import DESIGN_ASSETS
 
+from sftc_core.settings import load_settings
+from sftc_core.text import format_bytes
 from sftc_resources.routing import K8S_CONFIG_TAG, NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -77,13 +79,14 @@ def test_the_web_ui_shows_stages_node_classes_and_automation(defs):
         assert spec.description.endswith(")."), name
         assert ("Runs on the CPU node" if node == "cpu" else "Runs on a GPU node") in spec.description, name
         assert (spec.automation_condition is None) == (name == "nemo_model"), name
-    assert "compute class auto: a GPU node above a 1.9 GiB checkpoint; this profile's checkpoint is 4.8 MiB" in specs["sft_model"].description
+    toy_size = format_bytes(load_settings(env={}).profile.compute.expected_checkpoint_bytes)
+    auto = f"compute class auto: a GPU node above a 1.9 GiB checkpoint; this profile's checkpoint is {toy_size}"
+    assert auto in specs["sft_model"].description
     targets = {sensor.name: str(sensor.asset_selection) for sensor in defs.sensors}
     assert targets == {"automation_cpu_node": 'tag:"sftc/node"="cpu"', "automation_gpu_node": 'tag:"sftc/node"="gpu" and not key:"nemo_model"'}
 
 
 def test_sftc_automation_off_starts_every_sensor_and_the_schedule_stopped():
-    from sftc_core.settings import load_settings
     from sftc_jobs.location import build_definitions
 
     defs = build_definitions(load_settings(env={"SFTC_AUTOMATION": "off"}))

@@ -14,14 +14,16 @@ from config_helpers import config_clone, edit_yaml, write_nemo_data
 from sftc_assets.checkpoints.convert import plan_conversion
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.training import memory
-from sftc_assets.training.architecture import architecture_of
+from sftc_assets.training.architecture import Architecture, architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.market import first_unseen_date
 from sftc_assets.training.nemo_config import lora_target_problems
-from sftc_core.checks import FAIL, NOT_CHECKED, PASS, TARGET_CLUSTER
+from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN
 from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_config
 from sftc_core.settings import load_settings
+from sftc_core.text import format_bytes
 from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_resources.routing import COMPUTE_CLASSES
 
 REFERENCE = CONFIG_DIR / "models" / "deepseek-v3.json"
 
@@ -53,6 +55,8 @@ def test_the_reference_config_is_deepseek_v3_as_released():
     assert abs(arch.mtp_unique_params / 11.5e9 - 1) < 0.02
     assert round(arch.embedding_params / 1e9, 1) == round(arch.head_params / 1e9, 1) == 0.9
     assert "671.0B parameters" in arch.summary()
+    # The FP8 release's tensors as the config implies them: about 689 GB (full.yaml's size, from the release).
+    assert abs(arch.checkpoint_size()[0] / 689e9 - 1) < 0.002 and arch.fp8_block == 128 and arch.max_positions == 163840
 
 
 @pytest.mark.parametrize("fp8", [True, False])
@@ -65,6 +69,11 @@ def test_parameter_counts_match_a_real_checkpoints_headers(tmp_path, fp8):
     assert arch.counted_params == arch.checkpoint_params == arch.main_params
     tensor_bytes = sum(f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in checkpoint.glob("*.safetensors"))
     assert arch.bf16_checkpoint_bytes == (plan_conversion(checkpoint).total_size if fp8 else tensor_bytes)
+    # The size the GPU plan derives from a config alone (the release's, where its checkpoint is not reachable) is the
+    # bytes the writer stored, FP8 weights, scales of awkward block grids and the FP32 router bias included.
+    assert arch.checkpoint_size() == (tensor_bytes, f"counted in the safetensors headers of {arch.source}")
+    from_config = Architecture.from_hf_config(read_model_config(checkpoint / "config.json"), "its config")
+    assert from_config.checkpoint_size()[0] == tensor_bytes
 
 
 # --- the memory estimator -------------------------------------------------------------------------
@@ -127,6 +136,95 @@ def test_the_shipped_plan_holds_and_shows_its_arithmetic(with_data):
     assert "13 + 12 + 12 + 12 + 12 = 61" in " ".join(checks["parallel layout"].details)
     assert "at most one token per UTF-8 byte" in " ".join(checks["sequence length"].details)
     assert json.loads(json.dumps(plan.as_dict()))["passed"] is True
+
+
+def test_the_shipped_sizes_agree_with_the_models_and_the_prompts_with_the_templates(with_data):
+    checks = _checks(build_gpu_plan(load_settings(), check_nemo=False))
+    derived = reference_architecture().checkpoint_size()[0]
+    full, toy = checks["declared sizes"], checks["declared sizes (toy)"]
+    assert full.status == toy.status == PASS and (full.scope, toy.scope) == (GPU_PLAN, TOY_CHAIN)
+    declared = load_settings().full_profile.compute.expected_checkpoint_bytes
+    both = f"declared {format_bytes(declared)} ({declared:,} B), derived {format_bytes(derived)} ({derived:,} B)"
+    assert both in full.found and full.found.endswith("routing uses the declared size: the auto assets on gpu nodes")
+    assert toy.found.endswith("the auto assets on cpu nodes") and "toy_config(vocab_size=1024)" in toy.details[0]
+    assert "seq_length: 2,048 tokens" in full.details
+    assert "positions: 163,840 (max_position_embeddings of the model)" in full.details
+    node = checks["GPU node"]
+    assert node.status == PASS and node.found == "8 GPUs of 80 GB per node, as every step asks"
+    prompt = checks["prompt fields"]
+    assert prompt.status == PASS and prompt.found == (
+        "prompt.input_template carries {ticker}, {as_of_date}, {horizon_days}, {facts}; none left out; "
+        "all 80 training and validation prompts follow the templates"
+    )
+    assert "support -> {facts} of prompt.input_template" in prompt.details
+    assert any(line.startswith("confidence -> not in the prompt: ") for line in prompt.details)
+
+
+def _planted(tmp_path, data_dir, file: str, change) -> dict:
+    """The GPU plan's checks by name on a clone of configs/ with `change` made to `file` (and the clone's path)."""
+    config_dir = config_clone(tmp_path)
+    edit_yaml(config_dir / file, change)
+    settings = load_settings(env={"SFTC_DATA_DIR": str(data_dir)}, dotenv_path=tmp_path / "none", config_dir=config_dir)
+    plan = build_gpu_plan(settings, check_nemo=False, launch_checks=gpu_plan_launch_checks)
+    return {"config_dir": config_dir, **_checks(plan)}
+
+
+def _declare(size: int):
+    return lambda raw: raw["compute"].update(expected_checkpoint_bytes=size)
+
+
+def test_a_toy_sized_checkpoint_in_the_full_profile_is_refused_naming_both_numbers_and_routing(tmp_path, data_dir):
+    checks = _planted(tmp_path, data_dir, "profiles/full.yaml", _declare(5_000_000))
+    derived = reference_architecture().checkpoint_size()[0]
+    sizes = checks["declared sizes"]
+    assert sizes.status == FAIL and "beyond 1.5x" in sizes.found
+    assert f"declared 4.8 MiB (5,000,000 B), derived {format_bytes(derived)} ({derived:,} B)" in sizes.found
+    assert "routing uses the declared size: the auto assets on cpu nodes" in sizes.found
+    full_file = checks["config_dir"] / "profiles" / "full.yaml"
+    assert sizes.fix == f"set compute.expected_checkpoint_bytes: {derived} in {full_file}"
+    # The GPU assets routed by that number land on CPU nodes: each row fails with the same fix; the import stays on GPU.
+    routing = {asset: checks[f"routing: {asset}"] for asset in COMPUTE_CLASSES}
+    assert [row.status for row in routing.values()] == [FAIL, PASS, FAIL, FAIL]  # conversion, import, fine-tune, eval
+    assert routing["sft_model"].found.startswith("cpu node (compute class auto: a GPU node above a 1.9 GiB checkpoint; "
+                                                 "this profile's checkpoint is 4.8 MiB)")  # fmt: skip
+    assert routing["sft_model"].fix == sizes.fix
+
+
+def test_the_toy_profile_is_checked_against_the_toy_it_built(tmp_path, data_dir):
+    """Where the toy runs here, its declared size meets the checkpoint base_checkpoint wrote (its headers)."""
+    texts = ["buy hold sell " * 40, "Ticker AAPL margins " * 40]
+    make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", texts, fp8=True, vocab_size=1024)
+    toy = _planted(tmp_path, data_dir, "profiles/toy.yaml", _declare(5_000_000))["declared sizes (toy)"]
+    assert toy.status == FAIL and "11.1x above the derived" in toy.found
+    assert "counted in the safetensors headers of" in toy.details[0]
+    assert toy.fix.startswith("set compute.expected_checkpoint_bytes: 449100 in ")
+    assert toy.fix.endswith("profiles/toy.yaml")
+
+
+def test_sequences_beyond_the_models_positions_and_a_gpu_node_asked_too_much_fail(tmp_path, data_dir):
+    longer = _planted(tmp_path / "a", data_dir, "sft_config.yaml", lambda r: r.update(max_seq_length=4096))
+    toy = longer["declared sizes (toy)"]
+    assert toy.status == FAIL and "max_seq_length 4,096 tokens exceed the model's 2,048 positions" in toy.found
+    assert "lower max_seq_length in " in toy.fix and "sft_config.yaml to fit 2,048 positions" in toy.fix
+    bigger = {"gpus_per_node": 16, "gpu_memory_gb": 141}
+    node = _planted(tmp_path / "b", data_dir, "profiles/full.yaml", lambda r: r["evaluation"]["serving"].update(bigger))
+    node = node["GPU node"]
+    assert node.status == FAIL and "evaluation.serving.gpus_per_node of " in node.found
+    assert "16 > node_pools.gpu.gpus 8" in node.found
+    assert "the GPUs' memory differs" in node.found and "evaluation.serving.gpu_memory_gb of" in node.found
+
+
+def test_prompts_exported_by_other_templates_are_named(tmp_path, data_dir):
+    write_nemo_data(data_dir / "nemo_jsonl", load_settings().sft)
+
+    def reworded(raw):
+        raw["prompt"]["input_template"] = raw["prompt"]["input_template"].replace("Ticker:", "Symbol:")
+
+    prompt = _planted(tmp_path, data_dir, "sft_config.yaml", reworded)["prompt fields"]
+    assert prompt.status == FAIL and "but 80 of 80 prompts in " in prompt.found
+    assert "(the first: line 1 of training.jsonl)" in prompt.found
+    assert prompt.fix.startswith("re-export nemo_jsonl (sftc export-nemo) after changing prompt.instruction, ")
+    assert "prompt.input_template" in prompt.fix
 
 
 def test_without_data_the_data_checks_say_not_checked(data_dir):

@@ -2,7 +2,8 @@
 clone of configs/, each counted caught when the first error at load or a failed GPU-plan check names the field.
 
 Classes: config values, cross-field dates, parallelism and batch arithmetic, module names, memory / RAM / disk
-sizing, sequence length, special tokens, knowledge cutoff, the launch plan, the model config. The faults that only show while the
+sizing, sequence length, special tokens, knowledge cutoff, the launch plan, the model config, the prompt's fields
+against the records, declared sizes against the model and where each GPU asset runs. The faults that only show while the
 toy chain runs (a divergent learning rate, answers cut by max_new_tokens) run the real chain in
 tests/test_validation_fault_suite_chain.py (slow).
 """
@@ -109,6 +110,39 @@ FAULTS = {
     "the five-node fine-tune on the local launcher": Fault("launch plan", "profiles/full.yaml", _set("launch", "launcher", "local"), "launch.launcher"),
     "JobSets without a NeMo image": Fault("launch plan", "cluster.yaml", _set("kubernetes", "images", {"sftc": "registry.example.com/sftc/sftc:latest"}), "kubernetes.images.nemo",
                                           also=(("profiles/full.yaml", _set("launch", "launcher", "k8s")),)),
+    # the prompt against the records (#25)
+    "an input template without the thesis's facts": Fault(
+        "prompt fields", "sft_config.yaml",
+        _set("prompt", "input_template", "{ticker} on {as_of_date} for {horizon_days}"), "prompt.input_template"),
+    "a template slot no record fills": Fault(
+        "prompt fields", "sft_config.yaml",
+        _set("prompt", "input_template", "{sector} {ticker} {as_of_date} {horizon_days} {facts}"),
+        "prompt.input_template"),
+    "a field left out that the template still carries": Fault(
+        "prompt fields", "sft_config.yaml",
+        _set("prompt", "omit_fields", {"horizon_days": "all theses are 5-day ones"}), "prompt.omit_fields"),
+    "the input template reworded, data not re-exported": Fault(
+        "prompt fields", "sft_config.yaml",
+        lambda r: r["prompt"].update(input_template=r["prompt"]["input_template"].replace("Ticker", "Name")),
+        "prompt.input_template"),
+    # declared sizes against the model, and where each GPU asset runs (#25)
+    "a toy-sized checkpoint in the full profile": Fault(
+        "declared sizes", "profiles/full.yaml",
+        _set("compute", "expected_checkpoint_bytes", 5_000_000), "compute.expected_checkpoint_bytes"),
+    "the BF16 size declared for the FP8 release": Fault(
+        "declared sizes", "profiles/full.yaml",
+        _set("compute", "expected_checkpoint_bytes", 1_377_000_000_000), "compute.expected_checkpoint_bytes"),
+    "a CPU limit above the release": Fault(
+        "declared sizes", "profiles/full.yaml",
+        _set("compute", "cpu_max_checkpoint_bytes", 10**12), "compute.cpu_max_checkpoint_bytes"),
+    "the toy declared at the full model's size": Fault(
+        "declared sizes", "profiles/toy.yaml",
+        _set("compute", "expected_checkpoint_bytes", 689 * 10**9), "compute.expected_checkpoint_bytes"),
+    "sequences longer than the toy model's positions": Fault(
+        "declared sizes", "sft_config.yaml", _set("max_seq_length", 4096), "max_seq_length"),
+    "a serving plan on 16-GPU nodes of an 8-GPU pool": Fault(
+        "declared sizes", "profiles/full.yaml",
+        _set("evaluation", "serving", "gpus_per_node", 16), "evaluation.serving.gpus_per_node"),
     # the model config
     "a reference config without its layer count": Fault("model config", "models/deepseek-v3.json", lambda r: r.pop("num_hidden_layers"), "num_hidden_layers"),
     "a vocabulary that is not the model's": Fault("model config", "profiles/full.yaml", _set("model", "vocab_size", 128000), "model.vocab_size"),

@@ -15,7 +15,7 @@ from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_resources.launchers import plan_checks
 from sftc_resources.metadata import asset_metadata, code_version, report_summary
 from sftc_resources.routing import asset_placement
 from sftc_resources.writes import input_problems, writing
@@ -128,7 +128,7 @@ def defs(settings: Settings) -> dg.Definitions:
         deps=["backtest_report", "nemo_jsonl"],
         group_name=GROUP,
         # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
-        code_version=code_version("validation_report", settings, validation, gpu_plan, gpu_estimate),
+        code_version=code_version("validation_report", settings, validation, gpu_plan, gpu_estimate, plan_checks),
         kinds={"markdown", "json"},
         description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the GPU plan of the "
         "full profile (layout, memory, host RAM, disk, data, cutoff, launch), the environment, what a CPU cannot test, and "
@@ -143,7 +143,7 @@ def defs(settings: Settings) -> dg.Definitions:
             else None
         )
         stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
-        plan = gpu_plan.build_gpu_plan(settings, launch_checks=gpu_plan_launch_checks)
+        plan = gpu_plan.build_gpu_plan(settings, launch_checks=plan_checks.gpu_plan_launch_checks)
         estimate = gpu_estimate.gpu_run_estimate(settings, plan=plan)
         if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
             figures = {s.asset: dict(s.figures) for s in stages}

@@ -6,16 +6,22 @@ DeepSeek-V3 exactly (the toy checkpoint's headers are the test), so the GPU plan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_assets.checkpoints.convert import FP8_NAMES, plan_conversion
-from sftc_assets.checkpoints.fp8 import SCALE_SUFFIX
+from sftc_assets.checkpoints.fp8 import FP8_BLOCK, SCALE_SUFFIX, scale_grid
 from sftc_assets.checkpoints.safetensors_io import read_checkpoint_headers
 from sftc_assets.training.nemo_config import model_config_from_hf
 from sftc_core.configs import ConfigError, read_model_config
 
 BF16_BYTES = 2
+FP32_BYTES = 4
+
+
+def _count(number: int) -> str:
+    return f"{number / 1e9:.2f}B" if number >= 1e8 else f"{number:,}"
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,23 @@ class Architecture:
     mtp_layers: int
     router_bias: bool  # noaux_tc routing keeps a per-expert score bias
     tied_embeddings: bool
-    # Read from the checkpoint's headers where it is reachable: its parameters and the exact size of its BF16 conversion.
+    # The side of the square blocks the FP8 weights are scaled by (quantization_config; None: not quantized).
+    fp8_block: int | None = None
+    max_positions: int | None = None  # max_position_embeddings: the longest sequence the model is built for
+    # Read from the checkpoint's headers where it is reachable: its parameters, the bytes of its tensors as stored, and
+    # the exact size of its BF16 conversion.
     counted_params: int | None = None
+    counted_bytes: int | None = None
     checkpoint_bf16_bytes: int | None = None
 
     @classmethod
-    def from_hf_config(cls, hf_config: dict, source: str, counted_params: int | None = None, checkpoint_bf16_bytes: int | None = None) -> Architecture:
+    def from_hf_config(
+        cls, hf_config: dict, source: str, counted_params: int | None = None, checkpoint_bf16_bytes: int | None = None,
+        counted_bytes: int | None = None,
+    ) -> Architecture:
         model_config_from_hf(hf_config, source)  # the fields NeMo's importer needs, or a ConfigError naming them
+        quantization = hf_config.get("quantization_config") or {}
+        fp8 = quantization.get("quant_method") == "fp8"
         return cls(
             source=source,
             layers=hf_config["num_hidden_layers"],
@@ -68,7 +84,10 @@ class Architecture:
             mtp_layers=hf_config.get("num_nextn_predict_layers", 0) or 0,
             router_bias=hf_config.get("topk_method") == "noaux_tc",
             tied_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+            fp8_block=int((quantization.get("weight_block_size") or [FP8_BLOCK])[0]) if fp8 else None,
+            max_positions=hf_config.get("max_position_embeddings"),
             counted_params=counted_params,
+            counted_bytes=counted_bytes,
             checkpoint_bf16_bytes=checkpoint_bf16_bytes,
         )
 
@@ -145,6 +164,42 @@ class Architecture:
     def bf16_checkpoint_bytes(self) -> int:
         return self.checkpoint_bf16_bytes or self.checkpoint_params * BF16_BYTES
 
+    def fp8_linear_shapes(self, dense: bool) -> list[tuple[int, int]]:
+        """(rows, columns) of one layer's weights DeepSeek ships in FP8 (fp8.QUANTIZED_LINEARS): the MLA projections and
+        the gate, up and down projections of every MLP (in a MoE layer each routed expert and the shared ones)."""
+        h = self.hidden
+        shapes = [(self.q_lora_rank, h), (self.heads * self.qk_head, self.q_lora_rank)] if self.q_lora_rank else []
+        shapes += [
+            (self.kv_lora_rank + self.qk_rope, h),
+            (self.heads * (self.qk_nope + self.v_head), self.kv_lora_rank),
+            (h, self.heads * self.v_head),
+        ]
+        widths = [self.ffn] if dense else [self.moe_ffn] * self.experts
+        if not dense and self.shared_experts:
+            widths.append(self.moe_ffn * self.shared_experts)
+        return shapes + [shape for width in widths for shape in ((width, h), (width, h), (h, width))]
+
+    def checkpoint_size(self) -> tuple[int, str]:
+        """(bytes of the checkpoint's tensors as stored, how that is known): counted in its headers where they were
+        read, else computed from the config: BF16 but the FP32 router bias, with a quantization_config the FP8 weights
+        at one byte and an FP32 scale per block (the release's layout, the toy's too)."""
+        if self.counted_bytes is not None:
+            return self.counted_bytes, f"counted in the safetensors headers of {self.source}"
+        fp8 = scales = 0
+        if self.fp8_block:
+            layers = range(self.layers + self.mtp_layers)  # the MTP layers are MoE layers
+            shapes = [shape for i in layers for shape in self.fp8_linear_shapes(i < self.dense_layers)]
+            fp8 = sum(rows * cols for rows, cols in shapes)
+            scales = sum(math.prod(scale_grid(shape, self.fp8_block)) for shape in shapes)
+        biases = (self.moe_layers + self.mtp_layers) * self.experts if self.router_bias else 0
+        wider = FP32_BYTES - BF16_BYTES
+        size = (self.checkpoint_params - fp8) * BF16_BYTES + fp8 + scales * FP32_BYTES + biases * wider
+        how = f"{_count(self.checkpoint_params - fp8)} parameters x {BF16_BYTES} B"
+        if self.fp8_block:
+            how += f" + {_count(fp8)} FP8 weights x 1 B + {_count(scales)} block scales x {FP32_BYTES} B"
+        how += f" + {_count(biases)} FP32 router biases x {wider} B more" if biases else ""
+        return size, f"computed from {self.source}: {how}"
+
     def lora_linear_shapes(self, dense: bool) -> dict[str, list[tuple[int, int]]]:
         """(in, out) of every Linear a NeMo LoRA target name covers in one dense or MoE layer (routed experts one each)."""
         h = self.hidden
@@ -178,11 +233,15 @@ def architecture_of(checkpoint: Path | None, reference: dict | None, reference_s
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint)
         weight_map, headers = read_checkpoint_headers(checkpoint)  # CheckpointError names the shard or tensor that is wrong
-        tensors = [headers[shard].tensors[name] for name, shard in weight_map.items() if not name.endswith(SCALE_SUFFIX)]
+        stored = [headers[shard].tensors[name] for name, shard in weight_map.items()]
+        tensors = [t for t in stored if not t.name.endswith(SCALE_SUFFIX)]
         fp8 = any(t.dtype in FP8_NAMES for t in tensors)
         bf16_bytes = plan_conversion(checkpoint).total_size if fp8 else sum(t.nbytes for t in tensors)
         hf_config = read_model_config(checkpoint / "config.json")
-        return Architecture.from_hf_config(hf_config, f"{checkpoint} (config.json and safetensors headers)", sum(t.numel for t in tensors), bf16_bytes)
+        source = f"{checkpoint} (config.json and safetensors headers)"
+        counted = sum(t.numel for t in tensors)
+        stored_bytes = sum(t.nbytes for t in stored)
+        return Architecture.from_hf_config(hf_config, source, counted, bf16_bytes, counted_bytes=stored_bytes)
     if reference is None:
         where = f"{checkpoint} is not reachable from this node and " if checkpoint else ""
         raise ConfigError(f"{where}the profile names no model.reference_config; set it to a config.json under configs/ (models/deepseek-v3.json)")

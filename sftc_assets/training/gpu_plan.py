@@ -2,11 +2,13 @@
 
 Against the base model's architecture (`architecture.py`: the checkpoint's headers where reachable, else the
 release's reference config): the NeMo layout (layers per pipeline stage, heads, experts, batch arithmetic), LoRA
-target names, memory per GPU, host RAM for the import and disk on the data volume (`memory.py`), the data
+target names, memory per GPU, host RAM for the import and disk on the data volume (`memory.py`), the sizes the
+profiles declare (the checkpoint size routing reads, the toy's against the toy model too; the sequences against the
+model's positions; one GPU node in every file), the prompts against the templates and the records' fields, the data
 against the sequence length and the answer budget, the special tokens, the knowledge cutoff against the test
-window, the launch plan, the NeMo environment and the target cluster. Every item is a `Check` (sftc_core/checks.py)
-saying which machine it speaks of; `sftc preflight`, the `gpu_preflight` asset check and the validation report
-show the same list.
+window, where each GPU asset runs, the launch plan, the NeMo environment and the target cluster. Every item is a
+`Check` (sftc_core/checks.py) saying which machine it speaks of; `sftc preflight`, the `gpu_preflight` asset check
+and the validation report show the same list.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftc_assets.checkpoints.fp8 import QUANTIZATION_CONFIG
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
+from sftc_assets.checkpoints.toy_model import toy_config
 from sftc_assets.sft_data.nemo_export import load_local_tokenizer
+from sftc_assets.sft_data.prompts import prompt_pattern
 from sftc_assets.training import memory
 from sftc_assets.training.architecture import Architecture, architecture_of
 from sftc_assets.training.nemo_config import (
@@ -31,12 +36,19 @@ from sftc_assets.training.nemo_config import (
     stage_layers,
 )
 from sftc_assets.training.nemo_runner import entry_env
-from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check, failures
-from sftc_core.configs import ConfigError, ProfileConfig, profile_path, reference_config_path
+from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN, WARN, Check, failures
+from sftc_core.configs import (
+    NOT_IN_PROMPT,
+    PROMPT_SLOTS,
+    ConfigError,
+    ProfileConfig,
+    profile_path,
+    reference_config_path,
+)
 from sftc_core.market import first_unseen_date
 from sftc_core.nemo_format import NEMO_FILES, NemoDataError, read_pairs
 from sftc_core.settings import Settings
-from sftc_core.text import format_bytes
+from sftc_core.text import format_bytes, format_number
 
 NEMO_IMPORT = "import nemo.collections.llm"
 TAG = re.compile(r"</?[A-Za-z_][A-Za-z0-9_\-]*>")
@@ -45,6 +57,9 @@ TAG = re.compile(r"</?[A-Za-z_][A-Za-z0-9_\-]*>")
 # of them loses the response cue (the Hugging Face backend loses the prompt's start).
 MAX_CUT_SHARE = 0.05
 BYTES_BOUND = "at most one token per UTF-8 byte (DeepSeek-V3's tokenizer is byte-level BPE), the model's tokenizer not being reachable here"
+# A declared size may differ from the one derived from the model by this factor either way: GiB written for GB (1.07x)
+# passes; the BF16 size written for the FP8 release (about 2x) or another model's number does not.
+SIZE_FACTOR = 1.5
 # The launcher layer's items ("launch plan", "target cluster"): it renders the GPU run's job and asks its cluster
 # (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in.
 LaunchChecks = Callable[[Settings, "Architecture | None"], list[Check]]
@@ -75,6 +90,12 @@ class _Inputs:
     backend: str
 
 
+def plan_backend(settings: Settings) -> str:
+    """The GPU run's training backend: this environment's where the full profile is the active one, else its own."""
+    full = settings.full_profile
+    return settings.train_backend if settings.profile_name == full.name else full.training.backend
+
+
 def _inputs(settings: Settings) -> _Inputs:
     profile = settings.full_profile
     active = settings.profile_name == profile.name
@@ -83,7 +104,7 @@ def _inputs(settings: Settings) -> _Inputs:
         profile_file=profile_path(profile.name, settings.config_dir),
         test_start=settings.test_start_date if active else profile.dates.test_start,
         test_end=settings.test_end_date if active else profile.dates.test_end,
-        backend=settings.train_backend if active else profile.training.backend,
+        backend=plan_backend(settings),
     )
 
 
@@ -101,6 +122,9 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
     else:
         checks += [_layout(settings, arch), _gpu_memory(settings, arch), _host_ram(settings, arch), _data_volume(settings, arch)]
     checks += [
+        _full_sizes(settings, inputs, arch),
+        _toy_sizes(settings),
+        _gpu_node(settings, inputs),
         _batch(settings),
         _lora_targets(settings),
         *_data_checks(settings, inputs),
@@ -145,6 +169,134 @@ def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | N
     if checkpoint is not None and not checkpoint.is_dir():
         details.append(f"the checkpoint {checkpoint} is not reachable from this node: the reference config stands in for it")
     return arch, Check("model architecture", GPU_PLAN, PASS, needed, arch.summary(), details=tuple(details))
+
+
+# --- declared sizes against the model -------------------------------------------------------------
+
+SequenceSetting = tuple[str, int, "Path | str"]  # a setting, its tokens, its file
+
+
+def _declared_sizes(
+    name: str, scope: str, profile: ProfileConfig, profile_file: Path, arch: Architecture,
+    sequences: list[SequenceSetting],
+) -> Check:
+    """compute.expected_checkpoint_bytes, the size routing reads, against the checkpoint's size derived from the model;
+    the sequences the profile trains and serves against the positions the model is built for."""
+    compute = profile.compute
+    declared, limit = compute.expected_checkpoint_bytes, compute.cpu_max_checkpoint_bytes
+    derived, how = arch.checkpoint_size()
+    routed, needs = compute.auto_node, "gpu" if derived > limit else "cpu"
+    needed = (
+        f"compute.expected_checkpoint_bytes (what routing reads) within {SIZE_FACTOR:g}x of the checkpoint's size "
+        "derived from the model, on its side of compute.cpu_max_checkpoint_bytes; the sequences within the model's "
+        "positions"
+    )
+    shown = f"{format_bytes(declared)} ({declared:,} B)" if declared is not None else "not set"
+    found = f"declared {shown}, derived {format_bytes(derived)} ({derived:,} B)"
+    problems, fixes = [], []
+    if declared is not None and max(declared, derived) > SIZE_FACTOR * min(declared, derived):
+        side = "below" if declared < derived else "above"
+        apart = max(declared, derived) / min(declared, derived)
+        problems.append(f"the declared size is {format_number(apart)}x {side} the derived, beyond {SIZE_FACTOR:g}x")
+    if routed != needs:
+        problems.append(
+            f"routing puts the auto assets (conversion, fine-tune, evaluation) on {routed} nodes, but a "
+            f"{format_bytes(derived)} checkpoint is {needs} work (gpu above {format_bytes(limit)})"
+        )
+    if problems:
+        fixes.append(f"set compute.expected_checkpoint_bytes: {derived} in {profile_file}")
+    found += f"; routing uses the declared size: the auto assets on {routed} nodes"
+    positions = arch.max_positions
+    for setting, tokens, where in sequences:
+        if positions is not None and tokens > positions:
+            problems.append(f"{setting} {tokens:,} tokens exceed the model's {positions:,} positions")
+            fixes.append(f"lower {setting.split(' + ')[0]} in {where} to fit {positions:,} positions")
+    details = (
+        f"derived: {format_bytes(derived)}, {how}",
+        f"routing: compute class auto runs on a GPU node above compute.cpu_max_checkpoint_bytes "
+        f"{format_bytes(limit)} of {profile_file}; it reads compute.expected_checkpoint_bytes (known before the "
+        "checkpoint exists)",
+        f"positions: {positions:,} (max_position_embeddings of the model)" if positions else "positions: not given",
+        *(f"{setting}: {tokens:,} tokens" for setting, tokens, _ in sequences),
+    )
+    if problems:
+        return Check(name, scope, FAIL, needed, f"{found}: " + "; ".join(problems), "; ".join(fixes), details)
+    if declared is None:
+        fix = (
+            f"set compute.expected_checkpoint_bytes: {derived} in {profile_file} (the cost estimate and the serving "
+            "plan read it where the checkpoint is not on this node)"
+        )
+        return Check(name, scope, WARN, needed, found + " (an unknown size counts as big)", fix, details)
+    return Check(name, scope, PASS, needed, found, details=details)
+
+
+def _sequences(settings: Settings, profile: ProfileConfig, backend: str) -> list[SequenceSetting]:
+    """The sequences a profile trains (its backend's length) and serves (a prompt with its answer budget)."""
+    sft_file = settings.config_dir / "sft_config.yaml"
+    if backend == "nemo":
+        training = ("seq_length", settings.finetune.seq_length, settings.finetune.source)
+    else:
+        training = ("max_seq_length", settings.sft.max_seq_length, sft_file)
+    serving = settings.sft.max_seq_length + profile.evaluation.max_new_tokens
+    return [training, ("max_seq_length + evaluation.max_new_tokens", serving, sft_file)]
+
+
+def _full_sizes(settings: Settings, inputs: _Inputs, arch: Architecture | None) -> Check:
+    if arch is None:
+        return Check("declared sizes", GPU_PLAN, NOT_CHECKED, "the declared sizes against the model",
+                     "the model's architecture is unknown (see model architecture)")  # fmt: skip
+    sequences = _sequences(settings, inputs.profile, inputs.backend)
+    return _declared_sizes("declared sizes", GPU_PLAN, inputs.profile, inputs.profile_file, arch, sequences)
+
+
+def _toy_sizes(settings: Settings) -> Check:
+    """The toy profile's declared sizes against the toy model: the checkpoint in this data directory where the toy
+    profile runs here, else toy_config() at the profile's vocabulary in the FP8 layout base_checkpoint writes."""
+    toy = settings.profiles["toy"]
+    toy_file = profile_path(toy.name, settings.config_dir)
+    if toy.model.kind != "toy":
+        return Check("declared sizes (toy)", TOY_CHAIN, NOT_CHECKED, "the toy profile's sizes against the toy model",
+                     f"model.kind {toy.model.kind} in {toy_file}: no toy model to derive sizes from")  # fmt: skip
+    built = settings.paths.base_checkpoint
+    try:
+        arch = architecture_of(built, None) if settings.profile_name == toy.name and built.is_dir() else None
+    except (ConfigError, CheckpointError):
+        arch = None  # a broken build is base_checkpoint's failure to report; the toy's config stands in here
+    if arch is None:
+        config = {**toy_config(toy.model.vocab_size).to_dict(), "quantization_config": dict(QUANTIZATION_CONFIG)}
+        source = f"toy_config(vocab_size={toy.model.vocab_size}) of sftc_assets/checkpoints/toy_model.py"
+        arch = Architecture.from_hf_config(config, source)
+    sequences = _sequences(settings, toy, toy.training.backend)
+    return _declared_sizes("declared sizes (toy)", TOY_CHAIN, toy, toy_file, arch, sequences)
+
+
+def _gpu_node(settings: Settings, inputs: _Inputs) -> Check:
+    """One GPU node, described in several files: its GPUs in configs/cluster.yaml, what the NeMo fine-tune, the serving
+    plan and the launch ask of each node, and the memory of its GPUs."""
+    finetune, full, pool = settings.finetune, inputs.profile, settings.cluster.node_pools.gpu.gpus
+    asked = {
+        f"gpus_per_node of {finetune.source}": finetune.gpus_per_node,
+        f"evaluation.serving.gpus_per_node of {inputs.profile_file}": full.evaluation.serving.gpus_per_node,
+        f"launch.gpus_per_node of {inputs.profile_file}": full.launch.gpus_per_node,
+    }
+    memory_gb = {
+        f"gpu_memory_gb of {finetune.source}": finetune.gpu_memory_gb,
+        f"evaluation.serving.gpu_memory_gb of {inputs.profile_file}": full.evaluation.serving.gpu_memory_gb,
+    }
+    needed = "no step asking a node for more GPUs than node_pools.gpu.gpus of configs/cluster.yaml; one GPU memory"
+    details = (
+        f"node_pools.gpu.gpus of configs/cluster.yaml: {pool}",
+        *(f"{where}: {count}" for where, count in asked.items()),
+        *(f"{where}: {gb:g} GB" for where, gb in memory_gb.items()),
+    )
+    problems = [f"{where} {count} > node_pools.gpu.gpus {pool}" for where, count in asked.items() if count > pool]
+    if len(set(memory_gb.values())) > 1:
+        problems.append("the GPUs' memory differs: " + ", ".join(f"{where} {gb:g}" for where, gb in memory_gb.items()))
+    if problems:
+        fix = "make the numbers agree with the GPU nodes (node_pools.gpu.gpus of configs/cluster.yaml: GPUs per node)"
+        return Check("GPU node", GPU_PLAN, FAIL, needed, "; ".join(problems), fix, details)
+    found = f"{pool} GPUs of {finetune.gpu_memory_gb:g} GB per node, as every step asks"
+    return Check("GPU node", GPU_PLAN, PASS, needed, found, details=details)
 
 
 def _layout(settings: Settings, arch: Architecture) -> Check:
@@ -262,17 +414,62 @@ def _token_counter(inputs: _Inputs) -> tuple[Callable[[str, bool], int], str]:
 def _data_checks(settings: Settings, inputs: _Inputs) -> list[Check]:
     names = ("sequence length", "answer length", "special tokens")
     root = settings.paths.nemo_jsonl
+    data = "the NeMo JSONL of this data directory"
     try:
         pairs = {split: read_pairs(root / NEMO_FILES[split]) for split in ("train", "validation")}
     except FileNotFoundError as exc:
-        return [Check(name, GPU_PLAN, NOT_CHECKED, "the NeMo JSONL of this data directory", str(exc).split(";")[0] + ": nothing to measure yet",
-                      "materialize nemo_jsonl (sftc export-nemo), then check again") for name in names]  # fmt: skip
+        missing = str(exc).split(";")[0] + ": nothing to measure yet"
+        fix = "materialize nemo_jsonl (sftc export-nemo), then check again"
+        not_yet = [Check(name, GPU_PLAN, NOT_CHECKED, data, missing, fix) for name in names]
+        return [_prompt_fields(settings, None, missing), *not_yet]
     except NemoDataError as exc:
-        return [Check(name, GPU_PLAN, FAIL, "the NeMo JSONL of this data directory", str(exc), "re-export nemo_jsonl (sftc export-nemo)") for name in names]
+        fix = "re-export nemo_jsonl (sftc export-nemo)"
+        return [Check(name, GPU_PLAN, FAIL, data, str(exc), fix) for name in ("prompt fields", *names)]
     count, how = _token_counter(inputs)
     rows = [(count(p["input"], True), count(p["output"], False)) for split in pairs.values() for p in split]
     train = len(pairs["train"])
-    return [_sequence_length(settings, inputs, rows, train, how), _answer_length(inputs, rows, how), _special_tokens(settings, pairs, root)]
+    return [
+        _prompt_fields(settings, pairs, str(root)),
+        _sequence_length(settings, inputs, rows, train, how),
+        _answer_length(inputs, rows, how),
+        _special_tokens(settings, pairs, root),
+    ]
+
+
+def _prompt_fields(settings: Settings, pairs: dict[str, list[dict]] | None, data: str) -> Check:
+    """The record's fields the prompt carries (the templates were checked against them at load), and the NeMo JSONL's
+    prompts against the templates: a template edited after the export leaves prompts of another shape."""
+    prompt, sft_file = settings.sft.prompt, settings.config_dir / "sft_config.yaml"
+    carried = prompt.carried_slots
+    needed = (
+        f"every record field the prompt is meant to carry in prompt.input_template of {sft_file} (or in "
+        "prompt.omit_fields with its reason); the NeMo JSONL's prompts rendered by these templates"
+    )
+    details = (
+        *(f"{field} -> {{{slot}}} of prompt.input_template" for slot, field in PROMPT_SLOTS.items() if slot in carried),
+        *(f"{PROMPT_SLOTS[slot]} -> left out (omit_fields.{slot}): {why}" for slot, why in prompt.omit_fields.items()),
+        *(f"{field} -> not in the prompt: {why}" for field, why in NOT_IN_PROMPT.items()),
+    )
+    found = f"prompt.input_template carries {', '.join('{' + slot + '}' for slot in carried)}"
+    found += f"; left out on purpose: {', '.join(prompt.omit_fields)}" if prompt.omit_fields else "; none left out"
+    if pairs is None:
+        return Check("prompt fields", GPU_PLAN, PASS, needed, f"{found}; no prompts yet ({data})", details=details)
+    pattern = prompt_pattern(settings.sft)
+    rows = [(split, line, pair["input"]) for split, of_split in pairs.items() for line, pair in enumerate(of_split, 1)]
+    strangers = [(split, line) for split, line, text in rows if not pattern.fullmatch(text)]
+    if strangers:
+        split, line = strangers[0]
+        found += (
+            f"; but {len(strangers):,} of {len(rows):,} prompts in {data} do not follow the templates (the first: "
+            f"line {line} of {NEMO_FILES[split]})"
+        )
+        fix = (
+            "re-export nemo_jsonl (sftc export-nemo) after changing prompt.instruction, prompt.input_template or "
+            f"prompt.template in {sft_file}, or set them back"
+        )
+        return Check("prompt fields", GPU_PLAN, FAIL, needed, found, fix, details)
+    found += f"; all {len(rows):,} training and validation prompts follow the templates"
+    return Check("prompt fields", GPU_PLAN, PASS, needed, found, details=details)
 
 
 def _sequence_length(settings: Settings, inputs: _Inputs, rows: list[tuple[int, int]], train: int, how: str) -> Check:

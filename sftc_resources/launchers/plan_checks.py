@@ -12,15 +12,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from sftc_assets.training import memory, nemo_runner
+from sftc_assets.training import hf_launch, memory, nemo_runner
 from sftc_assets.training.architecture import Architecture
-from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, Check
+from sftc_assets.training.gpu_plan import plan_backend
+from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check
 from sftc_core.configs import GPU_RESOURCE, profile_path, quantity_bytes
+from sftc_core.cost import serving_nodes
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 from sftc_resources.launchers import jobs, k8s, slurm, targets
 from sftc_resources.launchers.plan import Launch, LaunchError
+from sftc_resources.routing import COMPUTE_CLASSES, node_class, node_reason
 
 API_TIMEOUT_S = 10
 
@@ -31,11 +34,89 @@ def plan_launch(settings: Settings) -> Launch:
 
 
 def gpu_plan_launch_checks(settings: Settings, arch: Architecture | None) -> list[Check]:
-    """["launch plan", "target cluster"] of the full profile's NeMo fine-tune."""
+    """Where each GPU asset of the full profile runs ("routing: <asset>"), then "launch plan" and "target cluster" of
+    its NeMo fine-tune."""
     paths = settings.paths
     steps = nemo_runner.planned_steps(settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model)
     launch = plan_launch(settings)
-    return [launch_plan_check(settings, steps, launch), target_cluster_check(settings, steps[0], launch, arch)]
+    return [
+        *routing_checks(settings, arch, launch, steps[0]),
+        launch_plan_check(settings, steps, launch),
+        target_cluster_check(settings, steps[0], launch, arch),
+    ]
+
+
+# What each GPU asset does with the full profile's model, for people.
+GPU_WORK = {
+    "bf16_checkpoint": "the FP8 -> BF16 conversion",
+    "nemo_model": "the NeMo import",
+    "sft_model": "the fine-tune",
+    "eval_csv": "the evaluation's serving",
+}
+
+
+def routing_checks(settings: Settings, arch: Architecture | None, launch: Launch, finetune: EntryStep) -> list[Check]:
+    """A row per GPU asset of the full profile, the GPU run: its node class (its compute class, for `auto` the declared
+    checkpoint size), why, and what starts its work. One routed to a CPU node fails, naming the setting to change."""
+    full = settings.full_profile
+    compute, profile_file = full.compute, profile_path(full.name, settings.config_dir)
+    size = arch.checkpoint_size()[0] if arch is not None else None
+    model = f"the {format_bytes(size)} model" if size is not None else "the full profile's model"
+    if size is not None and size <= compute.cpu_max_checkpoint_bytes:
+        fix = f"lower compute.cpu_max_checkpoint_bytes in {profile_file} below {model}'s {size:,} B"
+    else:
+        fix = f"set compute.expected_checkpoint_bytes: {size or 'the checkpoint size'} in {profile_file}"
+    starters = _starters(settings, arch, launch, finetune)
+    checks = []
+    for asset, compute_class in COMPUTE_CLASSES.items():
+        node = node_class(compute_class, full)
+        status, started, asset_fix = starters[asset]
+        if node == "cpu":
+            status, asset_fix = FAIL, fix
+        found = f"{node} node ({node_reason(compute_class, full)}); started by {started}"
+        needed = f"a GPU node for {GPU_WORK[asset]} of {model}"
+        checks.append(Check(f"routing: {asset}", GPU_PLAN, status, needed, found, asset_fix))
+    return checks
+
+
+def _starters(settings: Settings, arch: Architecture | None, launch: Launch, finetune: EntryStep) -> dict[str, tuple]:
+    """asset -> (status, what starts its work, the fix where that cannot start it) in the full profile."""
+    full, paths = settings.full_profile, settings.paths
+    by_launcher = f"the {launch.launcher} launcher (launch.launcher)"
+    if plan_backend(settings) == "hf":
+        shape = full.launch
+        finetune = hf_launch.training_step(
+            paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, full.training, settings.sft, full.evaluation,
+            nodes=shape.nodes, procs_per_node=shape.procs_per_node, gpus_per_node=shape.gpus_per_node, write=False,
+        )  # fmt: skip
+    import_step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model)
+    return {
+        "bf16_checkpoint": (PASS, "its own Dagster step (no launcher: the run placed on that node converts)", ""),
+        "nemo_model": (PASS, f"{by_launcher}: {jobs.describe(import_step)}", ""),
+        "sft_model": (PASS, f"{by_launcher}: {jobs.describe(finetune)}", ""),
+        "eval_csv": _serving_starter(settings, arch),
+    }
+
+
+def _serving_starter(settings: Settings, arch: Architecture | None) -> tuple[str, str, str]:
+    """What answers the evaluation's prompts: an endpoint, the step itself, or a server it starts, on as many GPU nodes
+    as hold the merged BF16 fine-tune (as the cost estimate counts them; `sftc evaluate --dry-run` shows the plan)."""
+    evaluation = settings.full_profile.evaluation
+    if evaluation.endpoint:
+        return PASS, f"nothing: evaluation.endpoint {evaluation.endpoint} answers (a server already running)", ""
+    if evaluation.server in ("transformers", "none"):
+        return PASS, f"the eval_csv step itself ({evaluation.server}, on its node)", ""
+    serving = evaluation.serving
+    declared = settings.full_profile.compute.expected_checkpoint_bytes or 0
+    weights = arch.bf16_checkpoint_bytes if arch is not None else 2 * declared
+    nodes = serving_nodes(weights, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction)
+    shape = f"{nodes} node(s) x {serving.gpus_per_node} GPU(s)"
+    started = f"the eval_csv step: {evaluation.server} on {shape} for the {format_bytes(weights)} merged fine-tune"
+    if nodes == 1:
+        return PASS, started + ", a child process on its node", ""
+    # The evaluation's one server launcher (servers.LocalLauncher) starts one-node plans only.
+    fix = "start the server from `sftc evaluate --dry-run` on the GPU nodes and set evaluation.endpoint to it"
+    return WARN, started + ": a multi-node server, which no launcher here starts yet (the step stops at its start)", fix
 
 
 def launch_plan_check(settings: Settings, steps: list[EntryStep], launch: Launch) -> Check:
