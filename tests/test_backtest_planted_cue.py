@@ -13,7 +13,7 @@ import random
 import dagster as dg
 import numpy as np
 import pytest
-from backtest_helpers import write_hand_csv
+from backtest_helpers import cued_records, write_hand_csv, write_training_pairs
 from bokeh_sampledata import stocks
 from stage_helpers import mark_as_written, settings_with, stage_definitions
 
@@ -94,6 +94,7 @@ def test_scrambled_predictions_fail_the_check_and_the_validation_report_says_no(
     following = [r["cue"] or rng.choice(ACTIONS) for r in rows]
     scrambled = list(np.random.default_rng(1).permutation(following))  # the same predictions, on the wrong theses
     _write_inputs(data_dir, settings, scrambled, rows)
+    write_training_pairs(settings.paths.nemo_jsonl, cued_records(), settings.sft)  # what a model would have read
     result = _materialize(settings)
     assert result.success  # the check does not block: validation_report still runs and says why
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
@@ -104,6 +105,11 @@ def test_scrambled_predictions_fail_the_check_and_the_validation_report_says_no(
     assert backtest["status"] == "FAIL" and report["ready_for_gpu"] is False
     # The failed check is named with its description (the validation report names the cause).
     assert any(r.startswith("backtest_report failed: check(s) failed: planted_cue_recovered (") for r in report["reasons"]), report["reasons"]
+    # Its preconditions in the training data hold, so they are not the cause; the other stages did not run here.
+    assert report["reasons"][-1] == (
+        "planted_cue_recovered's preconditions hold: the cue reaches the prompts, the labels are not scrambled; "
+        "not checked: the splits are ordered, training converged: none of those checked names the cause"
+    )
     assert "Ready for GPU deployment: NO" in (data_dir / "reports" / "validation_report.md").read_text()
 
 
@@ -143,5 +149,7 @@ def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir):
     assert metrics["planted_cue"]["recovered"] is False, metrics["planted_cue"]
     report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
     assert report["ready_for_gpu"] is False
-    (reason,) = report["reasons"]
+    reason, cause = report["reasons"]
     assert reason.startswith("backtest_report failed: check(s) failed: planted_cue_recovered ("), report["reasons"]
+    # The cause is named, not only the symptom: the training targets' actions no longer follow their notes.
+    assert cause.startswith("planted_cue_recovered's preconditions that do not hold: the labels are not"), cause

@@ -5,19 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from backtest_helpers import cued_records, write_training_pairs
+
 from sftc_assets.reports.validation import (
     FAIL,
     NOT_RUN,
     PASS,
+    STAGE_PRECONDITIONS,
     CheckOutcome,
     StageOutcome,
     build_report,
+    canary_preconditions,
     render_markdown,
     write_report,
 )
 
 from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import GPU_PLAN, NOT_CHECKED, Check
+from sftc_core.configs import PromptConfig, load_sft_config
 
 NOW = dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.timezone.utc)
 PLAN_OK = [
@@ -29,8 +34,9 @@ ENV = {"python": "3.11", "platform": "Linux", "cpu_count": 2, "cuda_available": 
 GIT = {"git_commit": "abc123", "git_dirty": False}
 
 
-def _report(stages, plan=PLAN_OK):
-    return build_report(stages, gpu_plan=plan, environment=ENV, git=GIT, generated_at=NOW, validation_run="run-1")
+def _report(stages, plan=PLAN_OK, canary=None):
+    return build_report(stages, gpu_plan=plan, environment=ENV, git=GIT, generated_at=NOW, validation_run="run-1",
+                        canary=canary)
 
 
 def test_status_of_a_stage():
@@ -118,3 +124,71 @@ def test_report_says_which_launcher_ran_the_fine_tune():
     assert "- Fine-tune launch: `slurm` launcher, 2 node(s), world size 2, Slurm job 9" in on_slurm
     local = report({"launcher": "local", "nodes": 1, "world_size": 1}, False)
     assert "`local` launcher, 1 node(s), world size 1; no Slurm on this node (sinfo did not answer)" in local
+
+
+SFT = load_sft_config()
+
+
+def _canary_stages(cue_passed: bool = False, loss_decreased: bool = True) -> list[StageOutcome]:
+    """A validation whose splits and fine-tune passed their checks (or not) and whose backtest ran the canary."""
+    verdict = "The planted cue did not come through: accuracy on the 64 cued theses 26.6% (95% CI 15.6% to 37.5%)"
+    loss = [CheckOutcome("training_loss_stable", True), CheckOutcome("validation_loss_decreased", loss_decreased)]
+    cue = CheckOutcome("planted_cue_recovered", passed=cue_passed, description="" if cue_passed else verdict)
+    return [
+        StageOutcome("hf_splits", materialized=True, checks=[CheckOutcome("splits_disjoint_and_ordered", passed=True)]),
+        StageOutcome("sft_model", True, figures={"initial_val_loss": 6.93, "final_val_loss": 0.462}, checks=loss),
+        StageOutcome("backtest_report", True, figures={"cue_agrees_with_label": 0.78, "cued_rows": 64}, checks=[cue]),
+    ]
+
+
+def test_a_failed_canary_names_the_precondition_that_does_not_hold(tmp_path):
+    without_facts = {"input_template": "{ticker} on {as_of_date} for {horizon_days}", "omit_fields": {"facts": "none"}}
+    omitted = SFT.prompt.model_dump() | without_facts
+    write_training_pairs(tmp_path, cued_records(), SFT.model_copy(update={"prompt": PromptConfig(**omitted)}))
+    stages = _canary_stages()
+    canary = canary_preconditions(stages, tmp_path, SFT.target_format)
+    assert [(c.name, c.status) for c in canary] == [
+        ("the cue reaches the prompts", "FAIL"),
+        ("the labels are not scrambled", "PASS"),
+        ("the splits are ordered", "PASS"),
+        ("training converged", "PASS"),
+    ]
+    report = _report(stages, canary=canary)
+    assert report["reasons"][0].startswith("backtest_report failed: check(s) failed: planted_cue_recovered (The")
+    cause = report["reasons"][1]
+    assert cause.startswith("planted_cue_recovered's preconditions that do not hold: the cue reaches the prompts: 0 of")
+    assert "Fix: put {facts} back in prompt.input_template" in cause
+    markdown = render_markdown(report)
+    assert "  - precondition, the cue reaches the prompts: FAIL: 0 of the 89 training pairs" in markdown
+    converged = "  - precondition, training converged: PASS: validation loss 6.93 -> 0.462; training_loss_stable PASS"
+    assert converged in markdown
+    assert report["planted_cue_preconditions"] == [c.as_dict() for c in canary]
+
+
+def test_when_every_precondition_holds_the_report_says_where_the_cause_lies(tmp_path):
+    write_training_pairs(tmp_path, cued_records(), SFT)
+    stages = _canary_stages()
+    report = _report(stages, canary=canary_preconditions(stages, tmp_path, SFT.target_format))
+    assert report["reasons"][1] == (
+        "planted_cue_recovered's preconditions hold: the cue reaches the prompts, the labels are not scrambled, the "
+        "splits are ordered, training converged: the cause lies in what the model learnt from them, or in the "
+        "evaluation"
+    )
+    # A fine-tune whose loss did not fall is named; a canary that passed asks for nothing.
+    failed = canary_preconditions(_canary_stages(loss_decreased=False), tmp_path, SFT.target_format)
+    assert [c.status for c in failed if c.name == "training converged"] == ["FAIL"]
+    assert canary_preconditions(_canary_stages(cue_passed=True), tmp_path, SFT.target_format) is None
+    missing = canary_preconditions(stages, tmp_path / "none", SFT.target_format)
+    assert [c.status for c in missing[:2]] == [NOT_CHECKED, NOT_CHECKED]
+
+
+def test_the_stage_checks_the_canary_reads_are_the_chains_own():
+    from sftc_core.settings import load_settings
+    from sftc_jobs.location import build_definitions
+
+    defs = build_definitions(load_settings(env={}))
+    keys = [key for assets_def in defs.assets for key in getattr(assets_def, "check_keys", ())]
+    keys += [key for check_def in defs.asset_checks for key in check_def.check_keys]
+    checks = {(key.asset_key.to_user_string(), key.name) for key in keys}
+    for asset, names in STAGE_PRECONDITIONS.values():
+        assert {(asset, name) for name in names} <= checks, (asset, names)

@@ -159,6 +159,7 @@ def defs(settings: Settings) -> dg.Definitions:
             validation_run=validation_id,
             slurm_present=slurm_available(),
             estimate=estimate.as_dict() if estimate is not None else None,
+            canary=validation.canary_preconditions(stages, settings.paths.nemo_jsonl, settings.sft.target_format),
         )
         with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
             md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)

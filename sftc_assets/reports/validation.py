@@ -15,11 +15,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sftc_assets.backtest import cue_preconditions
 from sftc_core import cost
+from sftc_core.checks import FAIL as CHECK_FAIL
+from sftc_core.checks import NOT_CHECKED, TOY_CHAIN, Check, failures
 from sftc_core.checks import PASS as CHECK_PASS
-from sftc_core.checks import Check, failures
 from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
+from sftc_core.nemo_format import NemoDataError
+from sftc_core.target_format import TargetFormat
 from sftc_core.text import format_number, markdown_table
 
 # The toy chain in dependency order (asset keys of the design); the NeMo import is the one GPU-only asset.
@@ -41,6 +45,13 @@ VALIDATION_RUN_TAG = "sftc/validation_run"
 ASSETS_TAG = "sftc/assets"
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
+# The toy chain's canary: the signal planted in the sample theses must come through (backtest_report's check).
+CANARY = "planted_cue_recovered"
+# Its preconditions that the stages' own checks decide: (stage, its checks that must have passed).
+STAGE_PRECONDITIONS = {
+    "the splits are ordered": ("hf_splits", ("splits_disjoint_and_ordered",)),
+    "training converged": ("sft_model", ("validation_loss_decreased", "training_loss_stable")),
+}
 
 # What a CPU node cannot prove, whatever the toy chain and the GPU plan say.
 NOT_TESTABLE_ON_CPU = (
@@ -117,6 +128,65 @@ def _reasons(stages: list[StageOutcome]) -> list[str]:
     return reasons
 
 
+def _stage(stages: list[StageOutcome], asset: str) -> StageOutcome | None:
+    return next((stage for stage in stages if stage.asset == asset), None)
+
+
+def canary_preconditions(stages: list[StageOutcome], nemo_dir: Path, target_format: TargetFormat) -> list[Check] | None:
+    """When planted_cue_recovered failed, which of its preconditions hold: the cue reaches the training prompts, the
+    labels are not scrambled (the NeMo JSONL, and the backtest's test theses), the splits are ordered and training
+    converged (the stages' checks). None when it did not fail."""
+    backtest = _stage(stages, "backtest_report")
+    if backtest is None or not any(check.name == CANARY and not check.passed for check in backtest.checks):
+        return None
+    try:
+        cues, missing = cue_preconditions.training_cues(nemo_dir, target_format), ""
+    except (FileNotFoundError, NemoDataError) as exc:
+        cues, missing = None, str(exc)
+    figures = backtest.figures
+    test = (figures["cue_agrees_with_label"], figures["cued_rows"]) if "cue_agrees_with_label" in figures else None
+    data = cue_preconditions.data_preconditions(cues, test, missing)
+    return [*data, *(_stage_precondition(stages, name) for name in STAGE_PRECONDITIONS)]
+
+
+def _stage_precondition(stages: list[StageOutcome], name: str) -> Check:
+    asset, names = STAGE_PRECONDITIONS[name]
+    needed = f"{asset}'s checks {' and '.join(names)} passed"
+    stage = _stage(stages, asset)
+    outcomes = [check for check in (stage.checks if stage else []) if check.name in names]
+    if not outcomes:
+        found = f"{asset} has no outcome of {' or '.join(names)} in this validation"
+        return Check(name, TOY_CHAIN, NOT_CHECKED, needed, found)
+    figures = stage.figures
+    loss = ""
+    if "final_val_loss" in figures:
+        first, last = (format_number(figures[key]) for key in ("initial_val_loss", "final_val_loss"))
+        loss = f"validation loss {first} -> {last}; "
+    said = [f"{c.name} {'PASS' if c.passed else 'FAIL'}" + (f" ({c.description})" if c.description else "")
+            for c in outcomes]
+    found = loss + ", ".join(said)
+    if all(check.passed for check in outcomes) and len(outcomes) == len(names):
+        return Check(name, TOY_CHAIN, CHECK_PASS, needed, found)
+    status = NOT_CHECKED if all(check.passed for check in outcomes) else CHECK_FAIL
+    return Check(name, TOY_CHAIN, status, needed, found, f"see {asset}'s failed check above")
+
+
+def _canary_reason(preconditions: list[Check]) -> str:
+    """One line naming the cause of a failed canary where a precondition names it, or saying that none does."""
+    broken = [check for check in preconditions if check.status == CHECK_FAIL]
+    if broken:
+        named = [f"{check.name}: {check.found}" + (f". Fix: {check.fix}" if check.fix else "") for check in broken]
+        return f"{CANARY}'s preconditions that do not hold: " + "; ".join(named)
+    held = [check.name for check in preconditions if check.status == CHECK_PASS]
+    unknown = [check.name for check in preconditions if check.status != CHECK_PASS]
+    parts = [f"hold: {', '.join(held)}"] if held else []
+    parts += [f"not checked: {', '.join(unknown)}"] if unknown else []
+    cause = "none of those checked names the cause"
+    if not unknown:
+        cause = "the cause lies in what the model learnt from them, or in the evaluation"
+    return f"{CANARY}'s preconditions {'; '.join(parts)}: {cause}"
+
+
 def fine_tune_launch(stages: list[StageOutcome], slurm_present: bool) -> dict:
     """How sft_model's fine-tune was launched (its metadata), and whether this node had Slurm to launch it on."""
     figures = next((stage.figures for stage in stages if stage.asset == "sft_model"), {})
@@ -144,10 +214,12 @@ def build_report(
     validation_run: str | None,
     slurm_present: bool = False,
     estimate: dict | None = None,
+    canary: list[Check] | None = None,
 ) -> dict:
     """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed; `estimate`:
-    what the full profile's GPU run will cost (sftc_core/cost.py's JSON), measured where a run gave it."""
-    toy_reasons = _reasons(stages)
+    what the full profile's GPU run will cost (sftc_core/cost.py's JSON), measured where a run gave it; `canary`: the
+    preconditions of a failed planted-cue check (`canary_preconditions`)."""
+    toy_reasons = _reasons(stages) + ([_canary_reason(canary)] if canary else [])
     toy_passed = not toy_reasons and bool(stages)
     if not stages:
         toy_reasons = ["no stage of the toy chain was found"]
@@ -171,6 +243,7 @@ def build_report(
         "fine_tune_launch": fine_tune_launch(stages, slurm_present),
         "toy_chain": {"passed": toy_passed, "reasons": [] if toy_passed else toy_reasons},
         "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
+        "planted_cue_preconditions": [check.as_dict() for check in canary] if canary else None,
         "passed": sum(stage.status == PASS for stage in stages),
         "failed": sum(stage.status == FAIL for stage in stages),
         "not_run": sum(stage.status == NOT_RUN for stage in stages),
@@ -231,6 +304,8 @@ def render_markdown(report: dict) -> str:
         for check in stage["checks"]:
             mark = "PASS" if check["passed"] else f"FAIL ({check['severity']})"
             lines.append(f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else ""))
+            if check["name"] == CANARY and report.get("planted_cue_preconditions"):
+                lines += [_precondition_line(Check.from_dict(c)) for c in report["planted_cue_preconditions"]]
         lines += [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
         lines.append("")
     counts = {status: sum(c.status == status for c in plan) for status in ("PASS", "FAIL", "WARN", "NOT CHECKED")}
@@ -256,6 +331,11 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _precondition_line(check: Check) -> str:
+    fix = f". Fix: {check.fix}" if check.status == CHECK_FAIL else ""
+    return f"  - precondition, {check.name}: {check.status}: {check.found}{fix}"
 
 
 def write_report(report: dict, reports_dir: Path, stamp: BeforeSwap | None = None) -> tuple[Path, Path]:
