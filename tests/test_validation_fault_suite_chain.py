@@ -6,6 +6,7 @@ The config faults of every other class: test_validation_fault_suite.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,3 +66,19 @@ def test_a_short_generation_budget_and_a_plan_fault_flip_the_report_to_no_with_t
     assert "evaluation.max_new_tokens 8 in" in reasons and "is shorter than the answers; raise it" in reasons
     assert "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' (that is the transformers name; NeMo calls it linear_q_down_proj)" in reasons
     assert "## Part 1, the toy chain: FAIL" in report and "## Part 2, the GPU plan of the full profile: FAIL" in report
+
+
+def test_a_prompt_without_the_facts_fails_the_canary_naming_the_template(tmp_path):
+    """The facts left out of the prompt on purpose (the load accepts an omission with its reason): the model never
+    sees the desk note, the planted cue does not come through, and the report names the precondition that broke."""
+    root = clone(tmp_path)
+    without_facts = {"input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nHorizon: {horizon_days} trading days",
+                     "omit_fields": {"facts": "to see what the model makes of the date alone"}}  # fmt: skip
+    edit_yaml(root / "configs" / "sft_config.yaml", lambda raw: raw["prompt"].update(without_facts))
+    done = sftc_run(root, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the chain ran; the report judges it
+    report = json.loads((tmp_path / "data" / "reports" / "validation_report.json").read_text())
+    assert report["ready_for_gpu"] is False
+    cause = next(reason for reason in report["reasons"] if reason.startswith("planted_cue_recovered's preconditions"))
+    assert cause.startswith("planted_cue_recovered's preconditions that do not hold: the cue reaches the prompts: 0 of")
+    assert "Fix: put {facts} back in prompt.input_template" in cause

@@ -124,8 +124,9 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
 
 def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
-        # The GPU plan measures the NeMo JSONL against the sequence length and the answer budget.
-        deps=["backtest_report", "nemo_jsonl"],
+        # The GPU plan measures the NeMo JSONL against the sequence length and the answer budget (and the planted cue's
+        # preconditions read it), and sizes the toy's base_checkpoint from its headers.
+        deps=["backtest_report", "nemo_jsonl", "base_checkpoint"],
         group_name=GROUP,
         # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
         code_version=code_version("validation_report", settings, validation, gpu_plan, gpu_estimate, plan_checks),

@@ -1,6 +1,7 @@
 """The CPU validation report in two parts: the toy chain (each stage PASS / FAIL / NOT RUN with its checks and
-figures, the first failing stage named as the cause) and the GPU plan of the full profile (each check PASS / FAIL /
-NOT CHECKED with its reason, fix and arithmetic: the list `sftc preflight` prints). "Ready for GPU deployment: YES"
+figures, the first failing stage named as the cause, and a failed planted-cue check with which of its preconditions
+hold) and the GPU plan of the full profile (each check PASS / FAIL / NOT CHECKED with its reason, fix and
+arithmetic: the list `sftc preflight` prints). "Ready for GPU deployment: YES"
 only when both pass; the environment and what a CPU cannot test beside them.
 
 No Dagster here: the asset gathers stage outcomes from the instance, builds the GPU plan and hands both to `build_report`.
@@ -165,10 +166,9 @@ def _stage_precondition(stages: list[StageOutcome], name: str) -> Check:
     said = [f"{c.name} {'PASS' if c.passed else 'FAIL'}" + (f" ({c.description})" if c.description else "")
             for c in outcomes]
     found = loss + ", ".join(said)
-    if all(check.passed for check in outcomes) and len(outcomes) == len(names):
-        return Check(name, TOY_CHAIN, CHECK_PASS, needed, found)
-    status = NOT_CHECKED if all(check.passed for check in outcomes) else CHECK_FAIL
-    return Check(name, TOY_CHAIN, status, needed, found, f"see {asset}'s failed check above")
+    if not all(check.passed for check in outcomes):
+        return Check(name, TOY_CHAIN, CHECK_FAIL, needed, found, f"see {asset}'s failed check above")
+    return Check(name, TOY_CHAIN, CHECK_PASS if len(outcomes) == len(names) else NOT_CHECKED, needed, found)
 
 
 def _canary_reason(preconditions: list[Check]) -> str:
