@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sftc_core.market import PriceSource, load_price_book, trading_sessions
+from sftc_core.market import AdjustedCloses, PriceSource, load_adjusted_closes, trading_sessions
 from sftc_core.metrics import series_metrics
 
 
@@ -59,20 +59,16 @@ class Positions:
 PRICE_REASONS = ("unknown_ticker_at_source", "entry_or_exit_not_a_session", "no_price_at_source")
 
 
-def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
-    """Adjusted closes, sessions x tickers, NaN where the source has no price on that session."""
+def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
+    """Adjusted closes, sessions x tickers, NaN where the source has no price on that session (or none above 0)."""
     matrix = np.full((len(sessions), len(tickers)), np.nan)
-    for k, ticker in enumerate(tickers):
-        frame = book.get(ticker)
-        if frame is None or frame.empty:
-            continue
-        dates = frame["date"].to_numpy().astype("datetime64[ns]")
-        adjusted = frame["adjusted_close"].to_numpy(dtype="float64")
-        idx = np.searchsorted(dates, sessions)
-        found = idx < len(dates)
-        found[found] = dates[idx[found]] == sessions[found]
-        values = np.where(found, adjusted[np.minimum(idx, len(dates) - 1)], np.nan)
-        matrix[:, k] = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    position = {t: k for k, t in enumerate(tickers)}
+    column_of = np.array([position[t] for t in closes.tickers], dtype=np.int64)
+    row = np.searchsorted(sessions, closes.dates)
+    on_session = row < len(sessions)
+    on_session[on_session] = sessions[row[on_session]] == closes.dates[on_session]
+    usable = on_session & np.isfinite(closes.closes) & (closes.closes > 0)
+    matrix[row[usable], column_of[closes.ticker_index[usable]]] = closes.closes[usable]
     return matrix
 
 
@@ -93,12 +89,12 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
 
     all_sessions = trading_sessions(calendar).to_numpy()
     sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
-    book = load_price_book(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
-    raw = _price_matrix(book, tickers, sessions)
+    closes = load_adjusted_closes(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
+    raw = _price_matrix(closes, tickers, sessions)
     last = len(sessions) - 1
     entry_idx, exit_idx = np.searchsorted(sessions, entry), np.searchsorted(sessions, exit_)
     is_session = (sessions[np.minimum(entry_idx, last)] == entry) & (sessions[np.minimum(exit_idx, last)] == exit_)
-    known = np.array([t not in book.unknown for t in tickers])[codes]
+    known = np.array([t not in closes.unknown for t in tickers])[codes]
     priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
     for name, bad in zip(PRICE_REASONS, (~known, known & ~is_session, known & is_session & ~priced)):
         reason[rows[bad]] = reasons.index(name)
@@ -108,7 +104,7 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
         daily_returns = np.zeros_like(prices)
         daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
     return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
-                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, reasons, frozenset(book.unknown))
+                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, reasons, frozenset(closes.unknown))
 
 
 @dataclass(frozen=True)
