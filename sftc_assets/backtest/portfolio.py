@@ -11,9 +11,9 @@ the last close forward, so a position's compounded daily returns equal exit/entr
 prices the source lacks are left out and counted by reason. The benchmark is an equal-weight buy-and-hold
 of the positions' tickers from the close of the first entry to the last exit, without costs.
 
-Prices are loaded once per eval frame (`load_positions`); `book_series` then builds the books of many weight
-vectors at once (the model's scores, always long / short, a bootstrap resample's rows drawn twice weighing twice),
-each over its own window.
+Prices are loaded once per eval frame (`load_positions`); `book_series` then builds the books of several weight
+vectors at once (the model's scores, always long, always short), each over its own window; `daily_book` lays their
+daily series side by side (daily_returns.csv).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sftc_core.metrics import series_metrics
 class PortfolioResult:
     """The daily series (index: sessions after the first entry) and the figures of the book and the benchmark."""
 
-    daily: pd.DataFrame  # columns: book_return, gross_return, benchmark_return, gross_exposure, traded
+    daily: pd.DataFrame  # columns: DAILY_COLUMNS
     portfolio: dict
     benchmark: dict
     missing_by_reason: dict[str, int] = field(default_factory=dict)
@@ -55,6 +55,8 @@ class Positions:
     unknown_tickers: frozenset[str]
 
 
+# The daily series of a book (PortfolioResult.daily), per session of its window.
+DAILY_COLUMNS = ("book_return", "gross_return", "benchmark_return", "gross_exposure", "open_positions", "traded")
 # Why a row with a forward return is still no position, in the order they are checked.
 PRICE_REASONS = ("unknown_ticker_at_source", "entry_or_exit_not_a_session", "no_price_at_source")
 
@@ -115,6 +117,7 @@ class BookSeries:
     book_return: np.ndarray
     gross_return: np.ndarray
     gross_exposure: np.ndarray
+    open_positions: np.ndarray
     traded: np.ndarray
     start: np.ndarray
     end: np.ndarray
@@ -126,8 +129,7 @@ class BookSeries:
 
 
 def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> BookSeries:
-    """The books of the weight vectors in `weights` (c x positions: a score each, or a score times the number of
-    times a bootstrap resample drew the row), vectorised over books and positions.
+    """The books of the weight vectors in `weights` (c x positions: a score each), vectorised over books and positions.
 
     Open weight per (session, ticker): +w from the first holding day (the session after entry), -w after the
     exit day, then a cumulative sum; the book's return is the open weights' P&L over their gross exposure.
@@ -146,6 +148,9 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     open_weight = np.cumsum(per_cell((first_day, exit_idx + 1), (weights, -weights), n_tickers, codes), axis=1)[:, :n_days]
     magnitude = np.abs(weights)
     gross = np.cumsum(per_cell((first_day, exit_idx + 1), (magnitude, -magnitude))[..., 0], axis=1)[:, :n_days]
+    held = (weights != 0).astype("float64")
+    opened = np.cumsum(per_cell((first_day, exit_idx + 1), (held, -held))[..., 0], axis=1)[:, :n_days]
+    open_positions = np.rint(opened).astype(np.int64)
     traded = per_cell((first_day, exit_idx), (magnitude, magnitude))[:, :n_days, 0]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
@@ -156,7 +161,8 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     active = weights != 0
     start = np.where(active, positions.entry_idx, n_days).min(axis=1, initial=n_days)
     end = np.where(active, exit_idx, -1).max(axis=1, initial=-1)
-    return BookSeries(gross_return - cost_bps / 1e4 * traded_share, gross_return, gross, traded_share, start, end)
+    book_return = gross_return - cost_bps / 1e4 * traded_share
+    return BookSeries(book_return, gross_return, gross, open_positions, traded_share, start, end)
 
 
 def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict:
@@ -198,7 +204,7 @@ def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positio
     counts = np.bincount(positions.not_a_position[weighted], minlength=len(positions.reasons))
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
     missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
-    empty_daily = pd.DataFrame(columns=["book_return", "gross_return", "benchmark_return", "gross_exposure", "traded"])
+    empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
     candidate = weighted & (frame["return_status"] == "ok").to_numpy()
     if not candidate.any():
         reason = "no row has both a non-zero score and a forward return"
@@ -226,7 +232,8 @@ def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positio
 
     daily = pd.DataFrame(
         {"book_return": series.book_return[book, window], "gross_return": series.gross_return[book, window], "benchmark_return": benchmark_return,
-         "gross_exposure": series.gross_exposure[book, window], "traded": series.traded[book, window]},
+         "gross_exposure": series.gross_exposure[book, window], "open_positions": series.open_positions[book, window],
+         "traded": series.traded[book, window]},
         index=pd.DatetimeIndex(sessions[1:], name="session"),
     )
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
@@ -268,3 +275,15 @@ def monthly_returns(daily: pd.DataFrame, column: str) -> dict[str, float]:
     grouped = (1.0 + daily[column]).groupby(daily.index.strftime("%Y-%m")).prod() - 1.0
     return {month: float(value) for month, value in grouped.items()}
 
+
+def daily_book(result: PortfolioResult, baselines: dict[str, PortfolioResult]) -> pd.DataFrame:
+    """The daily series people take into their own tools (daily_returns.csv): a row per session of any book's window
+    with the model's book (its return net of costs, gross exposure, open positions), the benchmark and each baseline
+    book's return (`<name>_return`). A cell is empty on a session outside its book's window, so each column's
+    non-empty values are the series its figures in the report come from."""
+    columns = {name: result.daily[name]
+               for name in ("book_return", "gross_exposure", "open_positions", "benchmark_return")}
+    columns |= {f"{name}_return": book.daily["book_return"] for name, book in baselines.items()}
+    frame = pd.DataFrame(columns).astype({"open_positions": "Int64"})
+    frame.index.name = "date"
+    return frame
