@@ -51,6 +51,7 @@ class Positions:
     raw_prices: np.ndarray  # sessions x tickers, NaN where the source has no price
     daily_returns: np.ndarray  # sessions x tickers, closes carried forward over gaps
     not_a_position: np.ndarray  # per frame row: an index into `reasons`, 0 for a position
+    ticker_of_row: np.ndarray  # per frame row with return_status ok: its ticker's index in `tickers`; -1 for the others
     reasons: tuple[str, ...]  # why a row is no position ("" first: it is one)
     unknown_tickers: frozenset[str]
 
@@ -76,18 +77,25 @@ def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarr
 
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
     """Prices of every row with return_status ok, loaded once; `frame` is read_eval_csv's."""
-    status_codes, statuses = pd.factorize(frame["return_status"].to_numpy())
+    # Text columns factorized as they are (Arrow strings): never turned into a million Python strings.
+    status_codes, statuses = pd.factorize(frame["return_status"])
     reasons = ("", *(f"return_status_{s}" for s in statuses if s != "ok"), *PRICE_REASONS)
     reason = np.array([reasons.index(f"return_status_{s}") if s != "ok" else 0 for s in statuses], dtype=np.int64)[status_codes]
     status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
     exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
-    codes, tickers = pd.factorize(frame["ticker"].to_numpy()[rows], sort=True)
-    tickers = [str(t) for t in tickers]
+    ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
+    used = np.unique(ticker_codes[rows])  # the tickers of the rows with a return
+    tickers = [str(all_tickers[u]) for u in used]
+    codes = np.searchsorted(used, ticker_codes[rows])
+    ticker_of_row = np.full(len(frame), -1, dtype=np.int64)
+    ticker_of_row[rows] = codes
     if not len(rows):
         none = np.zeros(0, dtype=np.int64)
-        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), np.zeros((0, 0)), np.zeros((0, 0)), reason, reasons, frozenset())
+        no_prices = np.zeros((0, 0))
+        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), no_prices, no_prices, reason,
+                         ticker_of_row, reasons, frozenset())
 
     all_sessions = trading_sessions(calendar).to_numpy()
     sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
@@ -106,7 +114,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
         daily_returns = np.zeros_like(prices)
         daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
     return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
-                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, reasons, frozenset(closes.unknown))
+                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, ticker_of_row, reasons,
+                     frozenset(closes.unknown))
 
 
 @dataclass(frozen=True)
@@ -134,24 +143,27 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     Open weight per (session, ticker): +w from the first holding day (the session after entry), -w after the
     exit day, then a cumulative sum; the book's return is the open weights' P&L over their gross exposure.
     """
-    c = weights.shape[0]
     n_days, n_tickers = positions.raw_prices.shape
     first_day, exit_idx, codes = positions.entry_idx + 1, positions.exit_idx, positions.ticker_code
-    book = np.arange(c)[:, None] * (n_days + 1)  # each book's own block of days
+    # The events' keys are the same for every book: only the weights differ, so each book is one bincount over them.
+    opens_and_closes = np.concatenate([first_day, exit_idx + 1])
+    cells = opens_and_closes * n_tickers + np.concatenate([codes, codes])
+    trades = np.concatenate([first_day, exit_idx])
 
-    def per_cell(days: tuple[np.ndarray, np.ndarray], values: tuple[np.ndarray, np.ndarray], tickers: int = 1, ticker=0) -> np.ndarray:
-        """Sum of `values` per (book, day, ticker) cell over two kinds of events, in one bincount: c x days+1 x tickers."""
-        keys = np.concatenate([((book + d) * tickers + ticker).ravel() for d in days])
-        totals = np.bincount(keys, weights=np.concatenate([v.ravel() for v in values]), minlength=c * (n_days + 1) * tickers)
-        return totals.reshape(c, n_days + 1, tickers)
+    def per_day(keys: np.ndarray, values: np.ndarray, cells_a_day: int = 1) -> np.ndarray:
+        """Sum of each book's `values` (c x events) per key: c x days+1 x cells_a_day."""
+        totals = [np.bincount(keys, weights=v, minlength=(n_days + 1) * cells_a_day) for v in values]
+        return np.stack(totals).reshape(len(values), n_days + 1, cells_a_day)
 
-    open_weight = np.cumsum(per_cell((first_day, exit_idx + 1), (weights, -weights), n_tickers, codes), axis=1)[:, :n_days]
+    def while_open(values: np.ndarray, keys: np.ndarray = opens_and_closes, cells_a_day: int = 1) -> np.ndarray:
+        """Per day (and cell), the sum of `values` over the positions open that day (+ on the first, - after exit)."""
+        return np.cumsum(per_day(keys, np.concatenate([values, -values], axis=1), cells_a_day), axis=1)[:, :n_days]
+
+    open_weight = while_open(weights, cells, n_tickers)
     magnitude = np.abs(weights)
-    gross = np.cumsum(per_cell((first_day, exit_idx + 1), (magnitude, -magnitude))[..., 0], axis=1)[:, :n_days]
-    held = (weights != 0).astype("float64")
-    opened = np.cumsum(per_cell((first_day, exit_idx + 1), (held, -held))[..., 0], axis=1)[:, :n_days]
-    open_positions = np.rint(opened).astype(np.int64)
-    traded = per_cell((first_day, exit_idx), (magnitude, magnitude))[:, :n_days, 0]
+    gross = while_open(magnitude)[..., 0]
+    open_positions = np.rint(while_open((weights != 0).astype("float64"))[..., 0]).astype(np.int64)
+    traded = per_day(trades, np.concatenate([magnitude, magnitude], axis=1))[:, :n_days, 0]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
     invested = gross > 0
@@ -192,12 +204,12 @@ def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: P
     the prices loaded once, the books built in one pass."""
     positions = source if isinstance(source, Positions) else load_positions(frame, source, calendar)
     series = book_series(positions, np.stack([score[positions.row] for score in scores]).astype("float64"), cost_bps)
-    return [_portfolio_result(frame, score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
+    return [_portfolio_result(score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
             for book, score in enumerate(scores)]
 
 
-def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positions, series: BookSeries, book: int,
-                      cost_bps: float, periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
+def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSeries, book: int, cost_bps: float,
+                      periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
     """The figures of book `book` of `series`, whose weights are `score` on the positions."""
     weighted = score != 0
     scored_zero = int((~weighted).sum())
@@ -205,11 +217,11 @@ def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positio
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
     missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
     empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
-    candidate = weighted & (frame["return_status"] == "ok").to_numpy()
+    candidate = weighted & (positions.ticker_of_row >= 0)
     if not candidate.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-    candidate_tickers = set(frame["ticker"].to_numpy()[candidate])
+    candidate_tickers = {positions.tickers[code] for code in np.unique(positions.ticker_of_row[candidate])}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
     weight = score[positions.row].astype("float64")
     if not (weight != 0).any():
