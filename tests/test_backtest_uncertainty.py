@@ -150,6 +150,9 @@ def test_the_ic_above_the_fisher_rows_by_its_normal_limits():
     shuffled = np.array([spearmanr(score[rng.permutation(n)], forward).statistic for _ in range(1000)])
     p_plain = (1 + (shuffled >= ic).sum()) / 1001
     assert 0.01 < p < 0.5 and p == pytest.approx(p_plain, abs=4 * math.sqrt(2 * p * (1 - p) / 1000))
+    not_drawn = CONFIG.model_copy(update={"bootstrap_resamples": 0, "permutations": 0})  # the config's "not computed"
+    nothing = (None, uncertainty.FISHER_Z, None, uncertainty.NORMAL_LIMIT)
+    assert uncertainty.ic_uncertainty(score, forward, ic, not_drawn) == nothing
 
 
 def _autocorrelated_returns(sessions: int, seed: int) -> np.ndarray:

@@ -133,12 +133,13 @@ def ic_uncertainty(score: np.ndarray, forward_return: np.ndarray, ic: float | No
     has_return = np.isfinite(forward_return)
     x, y = score[has_return], forward_return[has_return]
     n = len(y)
-    if n > FISHER_ROWS:
+    if n > FISHER_ROWS:  # 0 resamples or permutations: not computed, as for the draws they stand in for
         if ic is None:
             return None, FISHER_Z, None, NORMAL_LIMIT
         z, spread = math.atanh(min(max(ic, -1 + 1e-15), 1 - 1e-15)), Z_95 * SPEARMAN_FISHER_FACTOR / math.sqrt(n - 3)
-        p = 1.0 - NormalDist().cdf(ic * math.sqrt(n - 1))
-        return [math.tanh(z - spread), math.tanh(z + spread)], FISHER_Z, p, NORMAL_LIMIT
+        interval = [math.tanh(z - spread), math.tanh(z + spread)] if config.bootstrap_resamples > 0 else None
+        p = 1.0 - NormalDist().cdf(ic * math.sqrt(n - 1)) if config.permutations > 0 else None
+        return interval, FISHER_Z, p, NORMAL_LIMIT
     if n < 2:
         return None, ROW_BOOTSTRAP, None, SHUFFLES
     of = drawn_spearman(x, y)
