@@ -221,7 +221,8 @@ def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSerie
     if not candidate.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-    candidate_tickers = {positions.tickers[code] for code in np.unique(positions.ticker_of_row[candidate])}
+    held_by_ticker = np.bincount(positions.ticker_of_row[candidate], minlength=len(positions.tickers))
+    candidate_tickers = {positions.tickers[code] for code in np.flatnonzero(held_by_ticker)}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
     weight = score[positions.row].astype("float64")
     if not (weight != 0).any():
