@@ -191,3 +191,20 @@ def test_the_one_scan_names_a_bad_file_as_get_prices_does(tmp_path):
     load_sample_prices("IBM").drop(columns=["adjusted_close"]).to_parquet(tmp_path / "BAD.parquet", index=False)
     with pytest.raises(PriceDataError, match=r"BAD.parquet: missing price column\(s\) adjusted_close"):
         load_adjusted_closes(LocalPriceSource(tmp_path), ["AAPL", "BAD"], dt.date(2012, 1, 1), dt.date(2012, 1, 31))
+
+
+def test_a_source_without_the_one_scan_is_asked_per_ticker(tmp_path):
+    """EODHD and any other source offer only get_prices: load_adjusted_closes asks it ticker by ticker, same closes."""
+    fill_sample_prices(tmp_path, ["AAPL", "IBM"])
+    local = LocalPriceSource(tmp_path)
+
+    class OneByOne:
+        name = "one-by-one"
+        get_prices = staticmethod(local.get_prices)
+
+    start, end = dt.date(2012, 3, 1), dt.date(2012, 6, 30)
+    asked = load_adjusted_closes(OneByOne(), ["IBM", "AAPL", "ZZZ"], start, end)
+    scanned = load_adjusted_closes(local, ["IBM", "AAPL", "ZZZ"], start, end)
+    assert asked.tickers == scanned.tickers == ("AAPL", "IBM") and list(asked.unknown) == ["ZZZ"]
+    for got, expected in zip(_closes_of(asked).values(), _closes_of(scanned).values()):
+        pd.testing.assert_series_equal(got, expected)
