@@ -30,7 +30,6 @@ from sftc_core.target_format import ACTIONS
 from sftc_core.text import format_number
 
 CI_FIGURES = ("accuracy", "mcc", "ic", "directional_accuracy", "sharpe")
-P_VALUE_FIGURES = ("accuracy", "ic")
 CELL_FIGURES = ("accuracy", "mcc", "directional_accuracy")
 # Above this many rows with a return, the IC's interval and p-value come from their normal limits (spec v3).
 FISHER_ROWS = 5000
