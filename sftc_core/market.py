@@ -194,6 +194,8 @@ class PriceSource(Protocol):
     """Daily prices of one ticker between two dates (inclusive), as `normalise_prices` gives them.
 
     Raises UnknownTickerError when the source does not know the ticker, PriceDataError when it cannot answer.
+    A source that can read many tickers at once also offers `read_adjusted_closes(tickers, start, end)`
+    (`load_adjusted_closes` uses it).
     """
 
     name: str
@@ -224,3 +226,47 @@ def load_price_book(source: PriceSource, tickers: Iterable[str], start: dt.date,
             unknown[ticker] = str(exc)
     return PriceBook(frames, unknown)
 
+
+@dataclass(frozen=True)
+class AdjustedCloses:
+    """The adjusted closes of several tickers as one long table, a row per ticker and date (sorted by ticker, then
+    date; one row a date); `unknown`: an error text per ticker the source does not know."""
+
+    tickers: tuple[str, ...]  # the known tickers, sorted
+    ticker_index: np.ndarray  # per row, its ticker's index in `tickers`
+    dates: np.ndarray  # datetime64[ns], midnight
+    closes: np.ndarray  # float64
+    unknown: dict[str, str]
+
+    @classmethod
+    def from_columns(cls, tickers: Iterable[str], ticker_index: np.ndarray, dates: np.ndarray, closes: np.ndarray,
+                     unknown: dict[str, str], start: dt.date, end: dt.date) -> AdjustedCloses:
+        """From rows in any order: those from `start` to `end` kept, sorted, the last row of a repeated date kept
+        (as `normalise_prices` keeps it)."""
+        days = dates.astype("datetime64[D]").astype("datetime64[ns]")
+        within = (days >= np.datetime64(start, "ns")) & (days <= np.datetime64(end, "ns"))
+        index, days, closes = ticker_index[within], days[within], closes[within]
+        order = np.lexsort((days, index))  # stable: rows of a repeated date keep their order
+        index, days, closes = index[order], days[order], closes[order]
+        last = np.ones(len(days), dtype=bool)
+        last[:-1] = (index[1:] != index[:-1]) | (days[1:] != days[:-1])
+        return cls(tuple(tickers), index[last], days[last], closes[last], unknown)
+
+    @classmethod
+    def from_book(cls, book: PriceBook, start: dt.date, end: dt.date) -> AdjustedCloses:
+        tickers = sorted(book.frames)
+        frames = [book.frames[t] for t in tickers]
+        index = np.repeat(np.arange(len(tickers)), [len(f) for f in frames])
+        dates = [np.zeros(0, "datetime64[ns]"), *(f["date"].to_numpy(dtype="datetime64[ns]") for f in frames)]
+        closes = [np.zeros(0), *(f["adjusted_close"].to_numpy(dtype="float64") for f in frames)]
+        return cls.from_columns(tickers, index, np.concatenate(dates), np.concatenate(closes), dict(book.unknown),
+                                start, end)
+
+
+def load_adjusted_closes(source: PriceSource, tickers: Iterable[str], start: dt.date, end: dt.date) -> AdjustedCloses:
+    """The adjusted closes of every ticker from `start` to `end`: in one pass where the source offers it (the local
+    files), else a `get_prices` call per ticker (`load_price_book`)."""
+    read_many = getattr(source, "read_adjusted_closes", None)
+    if read_many is not None:
+        return read_many(tickers, start, end)
+    return AdjustedCloses.from_book(load_price_book(source, tickers, start, end), start, end)

@@ -157,44 +157,46 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return none_if_nan(float(drawn_spearman(x, y)(np.arange(len(x))[None])[0]))
 
 
-def drawn_classification(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray):
-    """A function of drawn rows (`rows`, c x k, and optionally `predicted_rows`: the predictions and their scores
-    read from other rows, a permutation) giving accuracy, Matthews correlation and directional accuracy per draw."""
+# Per (true, predicted) pair of labels three cells: no direction (a zero score or no return), a directional miss, a hit.
+DIRECTION_KINDS = 3
+CELLS = len(LABELS) * len(LABELS) * DIRECTION_KINDS
+
+
+def classification_cells(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray,
+                         forward_return: np.ndarray) -> np.ndarray:
+    """Each row's cell (0..CELLS-1) of the table of true label x predicted label x direction kind: every
+    classification figure is a function of the table's counts, so a row bootstrap can draw the counts instead."""
     size = len(LABELS)
     score_sign = np.sign(score).astype(np.int64)
-    return_sign = np.where(np.isfinite(forward_return), np.sign(np.nan_to_num(forward_return)), 2).astype(np.int64)  # 2: no return
+    has_return = np.isfinite(forward_return)
+    return_sign = np.sign(np.nan_to_num(forward_return)).astype(np.int64)
+    directional = (score_sign != 0) & has_return
+    kind = np.where(directional, 1 + (score_sign == return_sign), 0)
+    return (true_codes * size + predicted_codes) * DIRECTION_KINDS + kind
 
-    def kind(score_signs: np.ndarray, return_signs: np.ndarray) -> np.ndarray:
-        """0: no direction (a zero score or no return), 1: a directional miss, 2: a hit."""
-        directional = (score_signs != 0) & (return_signs != 2)
-        return np.where(directional, 1 + (score_signs == return_signs), 0)
 
-    key_of_row = (true_codes * size + predicted_codes) * 3 + kind(score_sign, return_sign)  # one gather per bootstrap draw
-
-    def of(rows: np.ndarray, predicted_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        if predicted_rows is None:
-            keys = key_of_row[rows]
-        else:
-            keys = (true_codes[rows] * size + predicted_codes[predicted_rows]) * 3 + kind(score_sign[predicted_rows], return_sign[rows])
-        counts = per_row_counts(keys, size * size * 3).reshape(len(rows), size, size, 3)
-        confusion = counts.sum(axis=3)
-        total = confusion.sum(axis=(1, 2))
-        correct = np.trace(confusion[:, : len(ACTIONS), : len(ACTIONS)], axis1=1, axis2=2)
-        hits, directional_rows = counts[..., 2].sum(axis=(1, 2)), counts[..., 1:].sum(axis=(1, 2, 3))
-        return {
-            "accuracy": np.divide(correct, total, out=np.full(len(rows), np.nan), where=total > 0),
-            "mcc": matthews_from_confusions(confusion),
-            "directional_accuracy": np.divide(hits, directional_rows, out=np.full(len(rows), np.nan), where=directional_rows > 0),
-        }
-
-    return of
+def cell_figures(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, Matthews correlation and directional accuracy of each table of counts (..., CELLS), NaN where a
+    figure counts no rows."""
+    size = len(LABELS)
+    cells = counts.reshape(*counts.shape[:-1], size, size, DIRECTION_KINDS)
+    confusion = cells.sum(axis=-1)
+    total = confusion.sum(axis=(-2, -1))
+    correct = np.trace(confusion[..., : len(ACTIONS), : len(ACTIONS)], axis1=-2, axis2=-1)
+    hits, directional_rows = cells[..., 2].sum(axis=(-2, -1)), cells[..., 1:].sum(axis=(-3, -2, -1))
+    return {
+        "accuracy": np.divide(correct, total, out=np.full(total.shape, np.nan), where=total > 0),
+        "mcc": matthews_from_confusions(confusion),
+        "directional_accuracy": np.divide(hits, directional_rows, out=np.full(total.shape, np.nan),
+                                          where=directional_rows > 0),
+    }
 
 
 def directional_accuracy(score: np.ndarray, forward_return: np.ndarray) -> float | None:
     """Share of the rows with a non-zero score and a return whose score has the return's sign; None without such rows."""
     codes = np.zeros(len(score), dtype=np.int64)
-    figures = drawn_classification(codes, codes, np.asarray(score, dtype="float64"), forward_return)(np.arange(len(score))[None])
-    return none_if_nan(float(figures["directional_accuracy"][0]))
+    cells = classification_cells(codes, codes, np.asarray(score, dtype="float64"), forward_return)
+    return none_if_nan(float(cell_figures(np.bincount(cells, minlength=CELLS))["directional_accuracy"]))
 
 
 def signal_metrics(predicted, score: np.ndarray, forward_return: np.ndarray) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import requests
 
@@ -26,6 +27,7 @@ from sftc_core.http_retry import RETRIED_STATUS, backoff_seconds, retry_after_se
 from sftc_core.io import atomic_path
 from sftc_core.market import (
     PRICE_COLUMNS,
+    AdjustedCloses,
     PriceDataError,
     PriceSource,
     UnknownTickerError,
@@ -71,7 +73,8 @@ def _safe_file_name(ticker: str) -> str:
 
 
 class LocalPriceSource:
-    """Per-ticker files under `root`: `<TICKER>.parquet` or `<TICKER>.csv` with PRICE_COLUMNS.
+    """Per-ticker files under `root`: `<TICKER>.parquet` or `<TICKER>.csv` with PRICE_COLUMNS; `read_adjusted_closes`
+    reads the closes of many tickers in one scan (the backtest's way in).
 
     With `sample_fallback` (the toy profile), a missing file for a ticker of bokeh-sampledata is written first.
     """
@@ -89,18 +92,73 @@ class LocalPriceSource:
                 return self.root / f"{stem}{suffix}"
         return None
 
-    def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+    def _file(self, ticker: str) -> Path:
+        """The ticker's price file (the sample's written first where allowed); UnknownTickerError if there is none."""
         path = self.path_for(ticker)
         if path is None and self.sample_fallback and ticker.upper() in sample_tickers():
             path = write_price_file(self.root / f"{_safe_file_name(ticker)}.parquet", load_sample_prices(ticker))
         if path is None:
             hint = " or add the ticker to the sample corpus" if self.sample_fallback else ""
             raise UnknownTickerError(f"no price file for ticker {ticker!r} under {self.root} (expected {_safe_file_name(ticker)}.parquet or .csv{hint})")
+        return path
+
+    def read_adjusted_closes(self, tickers: Iterable[str], start: dt.date, end: dt.date) -> AdjustedCloses:
+        """The adjusted closes of many tickers at once: the Parquet files laid out as `write_price_file` writes them
+        read in one scan of one pyarrow dataset; any other file (CSV, other column types) through `get_prices`,
+        which names what is wrong with it. An unknown ticker is recorded, as `load_price_book` does."""
+        files, unknown = {}, {}
+        for ticker in sorted(set(tickers)):
+            try:
+                files[ticker] = self._file(ticker)
+            except UnknownTickerError as exc:
+                log.warning("prices: %s", exc)
+                unknown[ticker] = str(exc)
+        known = sorted(files)
+        scanned = {t for t in known if files[t].suffix == ".parquet" and _scannable(files[t])}
+        index, dates, closes = [np.zeros(0, dtype=np.int64)], [np.zeros(0, "datetime64[ns]")], [np.zeros(0)]
+        for i, ticker in enumerate(known):
+            if ticker not in scanned:
+                frame = self.get_prices(ticker, start, end)
+                index.append(np.full(len(frame), i))
+                dates.append(frame["date"].to_numpy(dtype="datetime64[ns]"))
+                closes.append(frame["adjusted_close"].to_numpy(dtype="float64"))
+        if scanned:
+            in_scan = [i for i, t in enumerate(known) if t in scanned]
+            dataset = ds.dataset([str(files[known[i]]) for i in in_scan], format="parquet", schema=SCANNED_SCHEMA)
+            ticker_of_file = dict(zip(dataset.files, in_scan))  # the dataset's own spelling of each path
+            for tagged in dataset.scanner(columns=list(SCANNED_SCHEMA.names)).scan_batches():
+                batch = tagged.record_batch
+                index.append(np.full(batch.num_rows, ticker_of_file[tagged.fragment.path]))
+                dates.append(batch.column("date").to_numpy(zero_copy_only=False))
+                closes.append(batch.column("adjusted_close").to_numpy(zero_copy_only=False))
+        columns = (np.concatenate(index), np.concatenate(dates), np.concatenate(closes))
+        return AdjustedCloses.from_columns(known, *columns, unknown, start, end)
+
+    def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+        path = self._file(ticker)
         try:
             raw = pq.ParquetFile(path).read(use_threads=False).to_pandas() if path.suffix == ".parquet" else pd.read_csv(path)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise PriceDataError(f"{path}: cannot read the price file ({exc}); rewrite it with columns {', '.join(PRICE_COLUMNS)}") from None
         return _between(normalise_prices(raw, str(path)), start, end)
+
+
+# The columns a scan of many price files reads, as write_price_file writes them.
+SCANNED_SCHEMA = pa.schema([("date", pa.timestamp("ns")), ("adjusted_close", pa.float64())])
+
+
+def _scannable(path: Path) -> bool:
+    """Whether a Parquet price file can join the one scan: every price column there, dates as naive timestamps and
+    numeric closes; another file is read on its own, and its error names it."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return False
+    if any(name not in schema.names for name in PRICE_COLUMNS):
+        return False
+    date, close = schema.field("date").type, schema.field("adjusted_close").type
+    numeric = pa.types.is_floating(close) or pa.types.is_integer(close)
+    return pa.types.is_timestamp(date) and date.tz is None and numeric
 
 
 def write_price_file(path: Path, prices: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:

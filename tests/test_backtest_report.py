@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -49,6 +50,45 @@ def test_backtest_gives_the_spec_figures_on_a_hand_written_csv(data_dir, capsys)
     assert (data_dir / "report" / "equity_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sanity_problems(data_dir / "report", len(rows)) == []
     assert '"rows": 60' in capsys.readouterr().out
+
+
+def _series_figures(daily: pd.Series) -> dict[str, float]:
+    """Sharpe, maximum drawdown and cumulative return of a daily series, as a quant computes them from the file."""
+    equity = (1 + daily).cumprod()
+    drawdown = min((equity / equity.cummax().clip(lower=1.0) - 1).min(), 0.0)  # equity starts at 1
+    sharpe = daily.mean() / daily.std() * math.sqrt(252)
+    return {"sharpe": sharpe, "max_drawdown": drawdown, "cumulative_return": equity.iloc[-1] - 1}
+
+
+def test_daily_returns_csv_reproduces_the_reports_figures(data_dir):
+    rows = hand_rows()
+    write_hand_csv(data_dir / "in" / "eval.csv", rows)
+    eval_csv, report_dir = data_dir / "in" / "eval.csv", data_dir / "report"
+    assert sftc(["backtest", "--eval-csv", str(eval_csv), "--report", str(report_dir)]) == 0
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    daily = pd.read_csv(report_dir / "daily_returns.csv", index_col="date", parse_dates=["date"])
+    assert list(daily.columns) == ["book_return", "gross_exposure", "open_positions", "benchmark_return",
+                                   "always_long_return", "always_short_return"]
+    assert daily.index.is_monotonic_increasing and daily.index.is_unique
+    baselines = metrics["baselines"]
+    books = {"book_return": metrics["portfolio"], "benchmark_return": metrics["benchmark"],
+             "always_long_return": baselines["always_long"], "always_short_return": baselines["always_short"]}
+    for column, figures in books.items():
+        series = daily[column].dropna()
+        assert len(series) == figures["days"], column
+        for name, value in _series_figures(series).items():
+            assert value == pytest.approx(figures[name], rel=1e-12, abs=1e-15), (column, name)
+    book = daily.dropna(subset=["book_return"])
+    assert str(book.index[0].date()) > metrics["portfolio"]["start"]  # the first entry's close: nothing held over it
+    assert str(book.index[-1].date()) == metrics["portfolio"]["end"]
+    # Open positions and exposure: every scored row with prices is open from the session after its entry to its exit.
+    scores = {"STRONG_BUY": 1, "BUY": 0.5, "HOLD": 0, "SELL": -0.5, "STRONG_SELL": -1, "": 0}
+    held = [(pd.Timestamp(r["entry_date"]), pd.Timestamp(r["exit_date"]), abs(scores[r["predicted_action"]]))
+            for r in rows if r["return_status"] == "ok" and scores[r["predicted_action"]]]
+    for day, session in book.iterrows():
+        open_now = [weight for entry, exit_, weight in held if entry < day <= exit_]
+        assert session["open_positions"] == len(open_now) and session["gross_exposure"] == pytest.approx(sum(open_now))
+    assert metrics["portfolio"]["invested_days"] == int((book["open_positions"] > 0).sum())
 
 
 @pytest.mark.parametrize(
@@ -140,6 +180,11 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     assert metadata["always_short_directional_accuracy"].value == pytest.approx(metrics["baselines"]["always_short"]["directional_accuracy"], rel=5e-3)
     assert metadata["majority_baseline_accuracy"].value == pytest.approx(metrics["baselines"]["majority"]["accuracy"], rel=5e-3)
     assert metadata["horizon_sessions"].value == "5" and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]
+    methods = metadata["interval_methods"].value
+    assert methods.startswith("accuracy, mcc, directional_accuracy: multinomial; ic: row bootstrap; "
+                              "sharpe: stationary block bootstrap (mean block ")
+    assert metadata["p_value_methods"].value == "accuracy: permutation (multivariate hypergeometric); ic: permutation"
+    assert metadata["daily_returns"].value == str(data_dir / "backtest" / "daily_returns.csv")
 
 
 def test_a_window_straddling_the_knowledge_cutoff_is_reported_on_both_sides(data_dir):

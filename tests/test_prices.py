@@ -11,10 +11,12 @@ import pytest
 from bokeh_sampledata import stocks
 
 from sftc_core.market import (
+    AdjustedCloses,
     PriceDataError,
     UnknownTickerError,
     forward_return,
     forward_returns,
+    load_adjusted_closes,
     load_sample_prices,
 )
 from sftc_core.settings import load_settings
@@ -148,3 +150,61 @@ def test_toy_settings_give_the_local_source_under_their_data_dir(data_dir):
     assert isinstance(source, LocalPriceSource) and source.root == data_dir / "prices" and source.sample_fallback
     other = price_source_from_settings(load_settings(env={"SFTC_DATA_DIR": str(data_dir / "other")}))
     assert other.root == data_dir / "other" / "prices"
+
+
+def _closes_of(closes: AdjustedCloses) -> dict[str, pd.Series]:
+    return {t: pd.Series(closes.closes[closes.ticker_index == i], index=closes.dates[closes.ticker_index == i])
+            for i, t in enumerate(closes.tickers)}
+
+
+def test_many_tickers_are_read_in_one_scan_with_what_get_prices_gives(tmp_path, monkeypatch):
+    """The backtest reads the run's price files in one pass: the files laid out as write_price_file writes them in
+    one pyarrow scan (get_prices not called for them), the others one by one; the closes are the same either way."""
+    fill_sample_prices(tmp_path, ["AAPL", "MSFT"])
+    micro = load_sample_prices("IBM").astype({"date": "datetime64[us]"})
+    micro["adjusted_close"] = micro["adjusted_close"].round().astype("int64")  # whole-dollar closes, microsecond dates
+    micro.to_parquet(tmp_path / "IBM.parquet", index=False)
+    shuffled = load_sample_prices("GOOG").sample(frac=1.0, random_state=0)  # unsorted, one date twice
+    unsorted = pd.concat([shuffled, shuffled.iloc[:1].assign(adjusted_close=1.0)])
+    unsorted.assign(date=unsorted["date"].dt.strftime("%Y-%m-%d")).to_csv(tmp_path / "GOOG.csv", index=False)
+    source = LocalPriceSource(tmp_path, sample_fallback=True)  # FB: no file yet, written from the sample
+    start, end = dt.date(2012, 1, 1), dt.date(2012, 12, 31)
+    apart = {t: source.get_prices(t, start, end) for t in ("AAPL", "FB", "GOOG", "IBM", "MSFT")}
+    read_apart, get_prices = [], LocalPriceSource.get_prices
+
+    def counted(self, ticker, first, last):
+        read_apart.append(ticker)
+        return get_prices(self, ticker, first, last)
+
+    monkeypatch.setattr(LocalPriceSource, "get_prices", counted)
+    closes = load_adjusted_closes(source, ["MSFT", "GOOG", "ZZZ", "IBM", "AAPL", "FB", "MSFT"], start, end)
+    assert read_apart == ["GOOG"]  # the CSV; every Parquet file in the one scan
+    assert closes.tickers == ("AAPL", "FB", "GOOG", "IBM", "MSFT") and list(closes.unknown) == ["ZZZ"]
+    for ticker, series in _closes_of(closes).items():
+        expected = apart[ticker].set_index("date")["adjusted_close"]
+        pd.testing.assert_series_equal(series, expected, check_names=False, check_index_type=False, check_freq=False)
+    assert _closes_of(closes)["GOOG"].index.is_unique and closes.dates.dtype == np.dtype("datetime64[ns]")
+
+
+def test_the_one_scan_names_a_bad_file_as_get_prices_does(tmp_path):
+    fill_sample_prices(tmp_path, ["AAPL"])
+    load_sample_prices("IBM").drop(columns=["adjusted_close"]).to_parquet(tmp_path / "BAD.parquet", index=False)
+    with pytest.raises(PriceDataError, match=r"BAD.parquet: missing price column\(s\) adjusted_close"):
+        load_adjusted_closes(LocalPriceSource(tmp_path), ["AAPL", "BAD"], dt.date(2012, 1, 1), dt.date(2012, 1, 31))
+
+
+def test_a_source_without_the_one_scan_is_asked_per_ticker(tmp_path):
+    """EODHD and any other source offer only get_prices: load_adjusted_closes asks it ticker by ticker, same closes."""
+    fill_sample_prices(tmp_path, ["AAPL", "IBM"])
+    local = LocalPriceSource(tmp_path)
+
+    class OneByOne:
+        name = "one-by-one"
+        get_prices = staticmethod(local.get_prices)
+
+    start, end = dt.date(2012, 3, 1), dt.date(2012, 6, 30)
+    asked = load_adjusted_closes(OneByOne(), ["IBM", "AAPL", "ZZZ"], start, end)
+    scanned = load_adjusted_closes(local, ["IBM", "AAPL", "ZZZ"], start, end)
+    assert asked.tickers == scanned.tickers == ("AAPL", "IBM") and list(asked.unknown) == ["ZZZ"]
+    for got, expected in zip(_closes_of(asked).values(), _closes_of(scanned).values()):
+        pd.testing.assert_series_equal(got, expected)

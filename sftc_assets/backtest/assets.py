@@ -5,8 +5,9 @@ import json
 
 import dagster as dg
 
-from sftc_assets.backtest import portfolio, report
+from sftc_assets.backtest import portfolio, report, uncertainty
 from sftc_assets.evaluation import results
+from sftc_core import metrics as figure_definitions
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
 from sftc_resources import prices as price_sources
@@ -45,11 +46,14 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=[dg.AssetDep("eval_csv", partition_mapping=dg.AllPartitionMapping()), *(["hf_splits"] if planted else [])],
         group_name=GROUP,
-        code_version=code_version("backtest_report", settings, portfolio, report, price_sources),
+        code_version=code_version("backtest_report", settings, portfolio, report, uncertainty, figure_definitions,
+                                  price_sources),
         kinds={"pandas", "html"},
-        description="Classification, signal and portfolio figures over the whole test window (every eval_csv month) with bootstrap "
-        "intervals, permutation p-values, the trivial baselines and a per-month table: metrics.json, report.md, report.html, "
-        "equity_curve.png, confusion.png under data/backtest/.",
+        description="Classification, signal and portfolio figures over the whole test window (every eval_csv month) "
+        "with 95% intervals (multinomial, row bootstrap or Fisher z; the Sharpe ratio's from a stationary block "
+        "bootstrap of the daily book), permutation p-values, the trivial baselines and a per-month table: "
+        "metrics.json, daily_returns.csv (the daily book), report.md, report.html, equity_curve.png, confusion.png "
+        "under data/backtest/.",
         **asset_placement("cpu", settings),
     )
     def backtest_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -85,6 +89,8 @@ def defs(settings: Settings) -> dg.Definitions:
                 "evidence_of_skill": figures["verdict"]["skill"],
                 **{k: v for k, v in {**headline, **series, **p_values}.items() if v is not None},
                 **intervals,
+                "interval_methods": report.methods_text(figures["ci95_methods"]),
+                "p_value_methods": report.methods_text(figures["p_value_methods"]),
                 "annualised_from_sessions": figures["annualised_from_sessions"] or 0,
                 **(cue_metadata(figures["planted_cue"]) if planted else {}),
                 "portfolio_positions": pf["positions"],
@@ -93,11 +99,13 @@ def defs(settings: Settings) -> dg.Definitions:
                 "equity_curve": image_markdown(paths.backtest / "equity_curve.png", "equity curve"),
                 "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
                 "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
+                "daily_returns": dg.MetadataValue.path(str(paths.backtest / "daily_returns.csv")),
             }),  # fmt: skip
             data_version=data_version([paths.backtest]),
         )
 
-    @dg.asset_check(asset=backtest_report, description="The five report files exist, figures lie in their ranges, counts add up to the eval rows.")
+    @dg.asset_check(asset=backtest_report, description="The six report files exist, figures lie in their ranges, "
+                    "counts add up to the eval rows.")
     def backtest_sanity() -> dg.AssetCheckResult:
         files, _ = partition_files()
         expected = len(results.read_eval_csv(files)) if files else None

@@ -11,9 +11,9 @@ the last close forward, so a position's compounded daily returns equal exit/entr
 prices the source lacks are left out and counted by reason. The benchmark is an equal-weight buy-and-hold
 of the positions' tickers from the close of the first entry to the last exit, without costs.
 
-Prices are loaded once per eval frame (`load_positions`); `book_series` then builds the books of many weight
-vectors at once (the model's scores, always long / short, a bootstrap resample's rows drawn twice weighing twice),
-each over its own window.
+Prices are loaded once per eval frame (`load_positions`); `book_series` then builds the books of several weight
+vectors at once (the model's scores, always long, always short), each over its own window; `daily_book` lays their
+daily series side by side (daily_returns.csv).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sftc_core.market import PriceSource, load_price_book, trading_sessions
+from sftc_core.market import AdjustedCloses, PriceSource, load_adjusted_closes, trading_sessions
 from sftc_core.metrics import series_metrics
 
 
@@ -31,7 +31,7 @@ from sftc_core.metrics import series_metrics
 class PortfolioResult:
     """The daily series (index: sessions after the first entry) and the figures of the book and the benchmark."""
 
-    daily: pd.DataFrame  # columns: book_return, gross_return, benchmark_return, gross_exposure, traded
+    daily: pd.DataFrame  # columns: DAILY_COLUMNS
     portfolio: dict
     benchmark: dict
     missing_by_reason: dict[str, int] = field(default_factory=dict)
@@ -51,54 +51,60 @@ class Positions:
     raw_prices: np.ndarray  # sessions x tickers, NaN where the source has no price
     daily_returns: np.ndarray  # sessions x tickers, closes carried forward over gaps
     not_a_position: np.ndarray  # per frame row: an index into `reasons`, 0 for a position
+    ticker_of_row: np.ndarray  # per frame row with return_status ok: its ticker's index in `tickers`; -1 for the others
     reasons: tuple[str, ...]  # why a row is no position ("" first: it is one)
     unknown_tickers: frozenset[str]
 
 
+# The daily series of a book (PortfolioResult.daily), per session of its window.
+DAILY_COLUMNS = ("book_return", "gross_return", "benchmark_return", "gross_exposure", "open_positions", "traded")
 # Why a row with a forward return is still no position, in the order they are checked.
 PRICE_REASONS = ("unknown_ticker_at_source", "entry_or_exit_not_a_session", "no_price_at_source")
 
 
-def _price_matrix(book, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
-    """Adjusted closes, sessions x tickers, NaN where the source has no price on that session."""
+def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarray) -> np.ndarray:
+    """Adjusted closes, sessions x tickers, NaN where the source has no price on that session (or none above 0)."""
     matrix = np.full((len(sessions), len(tickers)), np.nan)
-    for k, ticker in enumerate(tickers):
-        frame = book.get(ticker)
-        if frame is None or frame.empty:
-            continue
-        dates = frame["date"].to_numpy().astype("datetime64[ns]")
-        adjusted = frame["adjusted_close"].to_numpy(dtype="float64")
-        idx = np.searchsorted(dates, sessions)
-        found = idx < len(dates)
-        found[found] = dates[idx[found]] == sessions[found]
-        values = np.where(found, adjusted[np.minimum(idx, len(dates) - 1)], np.nan)
-        matrix[:, k] = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    position = {t: k for k, t in enumerate(tickers)}
+    column_of = np.array([position[t] for t in closes.tickers], dtype=np.int64)
+    row = np.searchsorted(sessions, closes.dates)
+    on_session = row < len(sessions)
+    on_session[on_session] = sessions[row[on_session]] == closes.dates[on_session]
+    usable = on_session & np.isfinite(closes.closes) & (closes.closes > 0)
+    matrix[row[usable], column_of[closes.ticker_index[usable]]] = closes.closes[usable]
     return matrix
 
 
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
     """Prices of every row with return_status ok, loaded once; `frame` is read_eval_csv's."""
-    status_codes, statuses = pd.factorize(frame["return_status"].to_numpy())
+    # Text columns factorized as they are (Arrow strings): never turned into a million Python strings.
+    status_codes, statuses = pd.factorize(frame["return_status"])
     reasons = ("", *(f"return_status_{s}" for s in statuses if s != "ok"), *PRICE_REASONS)
     reason = np.array([reasons.index(f"return_status_{s}") if s != "ok" else 0 for s in statuses], dtype=np.int64)[status_codes]
     status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
     exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
-    codes, tickers = pd.factorize(frame["ticker"].to_numpy()[rows], sort=True)
-    tickers = [str(t) for t in tickers]
+    ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
+    used = np.unique(ticker_codes[rows])  # the tickers of the rows with a return
+    tickers = [str(all_tickers[u]) for u in used]
+    codes = np.searchsorted(used, ticker_codes[rows])
+    ticker_of_row = np.full(len(frame), -1, dtype=np.int64)
+    ticker_of_row[rows] = codes
     if not len(rows):
         none = np.zeros(0, dtype=np.int64)
-        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), np.zeros((0, 0)), np.zeros((0, 0)), reason, reasons, frozenset())
+        no_prices = np.zeros((0, 0))
+        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), no_prices, no_prices, reason,
+                         ticker_of_row, reasons, frozenset())
 
     all_sessions = trading_sessions(calendar).to_numpy()
     sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
-    book = load_price_book(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
-    raw = _price_matrix(book, tickers, sessions)
+    closes = load_adjusted_closes(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
+    raw = _price_matrix(closes, tickers, sessions)
     last = len(sessions) - 1
     entry_idx, exit_idx = np.searchsorted(sessions, entry), np.searchsorted(sessions, exit_)
     is_session = (sessions[np.minimum(entry_idx, last)] == entry) & (sessions[np.minimum(exit_idx, last)] == exit_)
-    known = np.array([t not in book.unknown for t in tickers])[codes]
+    known = np.array([t not in closes.unknown for t in tickers])[codes]
     priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
     for name, bad in zip(PRICE_REASONS, (~known, known & ~is_session, known & is_session & ~priced)):
         reason[rows[bad]] = reasons.index(name)
@@ -108,7 +114,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
         daily_returns = np.zeros_like(prices)
         daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
     return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
-                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, reasons, frozenset(book.unknown))
+                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, ticker_of_row, reasons,
+                     frozenset(closes.unknown))
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class BookSeries:
     book_return: np.ndarray
     gross_return: np.ndarray
     gross_exposure: np.ndarray
+    open_positions: np.ndarray
     traded: np.ndarray
     start: np.ndarray
     end: np.ndarray
@@ -130,27 +138,32 @@ class BookSeries:
 
 
 def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> BookSeries:
-    """The books of the weight vectors in `weights` (c x positions: a score each, or a score times the number of
-    times a bootstrap resample drew the row), vectorised over books and positions.
+    """The books of the weight vectors in `weights` (c x positions: a score each), vectorised over books and positions.
 
     Open weight per (session, ticker): +w from the first holding day (the session after entry), -w after the
     exit day, then a cumulative sum; the book's return is the open weights' P&L over their gross exposure.
     """
-    c = weights.shape[0]
     n_days, n_tickers = positions.raw_prices.shape
     first_day, exit_idx, codes = positions.entry_idx + 1, positions.exit_idx, positions.ticker_code
-    book = np.arange(c)[:, None] * (n_days + 1)  # each book's own block of days
+    # The events' keys are the same for every book: only the weights differ, so each book is one bincount over them.
+    opens_and_closes = np.concatenate([first_day, exit_idx + 1])
+    cells = opens_and_closes * n_tickers + np.concatenate([codes, codes])
+    trades = np.concatenate([first_day, exit_idx])
 
-    def per_cell(days: tuple[np.ndarray, np.ndarray], values: tuple[np.ndarray, np.ndarray], tickers: int = 1, ticker=0) -> np.ndarray:
-        """Sum of `values` per (book, day, ticker) cell over two kinds of events, in one bincount: c x days+1 x tickers."""
-        keys = np.concatenate([((book + d) * tickers + ticker).ravel() for d in days])
-        totals = np.bincount(keys, weights=np.concatenate([v.ravel() for v in values]), minlength=c * (n_days + 1) * tickers)
-        return totals.reshape(c, n_days + 1, tickers)
+    def per_day(keys: np.ndarray, values: np.ndarray, cells_a_day: int = 1) -> np.ndarray:
+        """Sum of each book's `values` (c x events) per key: c x days+1 x cells_a_day."""
+        totals = [np.bincount(keys, weights=v, minlength=(n_days + 1) * cells_a_day) for v in values]
+        return np.stack(totals).reshape(len(values), n_days + 1, cells_a_day)
 
-    open_weight = np.cumsum(per_cell((first_day, exit_idx + 1), (weights, -weights), n_tickers, codes), axis=1)[:, :n_days]
+    def while_open(values: np.ndarray, keys: np.ndarray = opens_and_closes, cells_a_day: int = 1) -> np.ndarray:
+        """Per day (and cell), the sum of `values` over the positions open that day (+ on the first, - after exit)."""
+        return np.cumsum(per_day(keys, np.concatenate([values, -values], axis=1), cells_a_day), axis=1)[:, :n_days]
+
+    open_weight = while_open(weights, cells, n_tickers)
     magnitude = np.abs(weights)
-    gross = np.cumsum(per_cell((first_day, exit_idx + 1), (magnitude, -magnitude))[..., 0], axis=1)[:, :n_days]
-    traded = per_cell((first_day, exit_idx), (magnitude, magnitude))[:, :n_days, 0]
+    gross = while_open(magnitude)[..., 0]
+    open_positions = np.rint(while_open((weights != 0).astype("float64"))[..., 0]).astype(np.int64)
+    traded = per_day(trades, np.concatenate([magnitude, magnitude], axis=1))[:, :n_days, 0]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
     invested = gross > 0
@@ -160,7 +173,8 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     active = weights != 0
     start = np.where(active, positions.entry_idx, n_days).min(axis=1, initial=n_days)
     end = np.where(active, exit_idx, -1).max(axis=1, initial=-1)
-    return BookSeries(gross_return - cost_bps / 1e4 * traded_share, gross_return, gross, traded_share, start, end)
+    book_return = gross_return - cost_bps / 1e4 * traded_share
+    return BookSeries(book_return, gross_return, gross, open_positions, traded_share, start, end)
 
 
 def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict:
@@ -190,24 +204,25 @@ def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: P
     the prices loaded once, the books built in one pass."""
     positions = source if isinstance(source, Positions) else load_positions(frame, source, calendar)
     series = book_series(positions, np.stack([score[positions.row] for score in scores]).astype("float64"), cost_bps)
-    return [_portfolio_result(frame, score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
+    return [_portfolio_result(score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
             for book, score in enumerate(scores)]
 
 
-def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positions, series: BookSeries, book: int,
-                      cost_bps: float, periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
+def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSeries, book: int, cost_bps: float,
+                      periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
     """The figures of book `book` of `series`, whose weights are `score` on the positions."""
     weighted = score != 0
     scored_zero = int((~weighted).sum())
     counts = np.bincount(positions.not_a_position[weighted], minlength=len(positions.reasons))
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
     missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
-    empty_daily = pd.DataFrame(columns=["book_return", "gross_return", "benchmark_return", "gross_exposure", "traded"])
-    candidate = weighted & (frame["return_status"] == "ok").to_numpy()
+    empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
+    candidate = weighted & (positions.ticker_of_row >= 0)
     if not candidate.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-    candidate_tickers = set(frame["ticker"].to_numpy()[candidate])
+    held_by_ticker = np.bincount(positions.ticker_of_row[candidate], minlength=len(positions.tickers))
+    candidate_tickers = {positions.tickers[code] for code in np.flatnonzero(held_by_ticker)}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
     weight = score[positions.row].astype("float64")
     if not (weight != 0).any():
@@ -230,7 +245,8 @@ def _portfolio_result(frame: pd.DataFrame, score: np.ndarray, positions: Positio
 
     daily = pd.DataFrame(
         {"book_return": series.book_return[book, window], "gross_return": series.gross_return[book, window], "benchmark_return": benchmark_return,
-         "gross_exposure": series.gross_exposure[book, window], "traded": series.traded[book, window]},
+         "gross_exposure": series.gross_exposure[book, window], "open_positions": series.open_positions[book, window],
+         "traded": series.traded[book, window]},
         index=pd.DatetimeIndex(sessions[1:], name="session"),
     )
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
@@ -272,3 +288,15 @@ def monthly_returns(daily: pd.DataFrame, column: str) -> dict[str, float]:
     grouped = (1.0 + daily[column]).groupby(daily.index.strftime("%Y-%m")).prod() - 1.0
     return {month: float(value) for month, value in grouped.items()}
 
+
+def daily_book(result: PortfolioResult, baselines: dict[str, PortfolioResult]) -> pd.DataFrame:
+    """The daily series people take into their own tools (daily_returns.csv): a row per session of any book's window
+    with the model's book (its return net of costs, gross exposure, open positions), the benchmark and each baseline
+    book's return (`<name>_return`). A cell is empty on a session outside its book's window, so each column's
+    non-empty values are the series its figures in the report come from."""
+    columns = {name: result.daily[name]
+               for name in ("book_return", "gross_exposure", "open_positions", "benchmark_return")}
+    columns |= {f"{name}_return": book.daily["book_return"] for name, book in baselines.items()}
+    frame = pd.DataFrame(columns).astype({"open_positions": "Int64"})
+    frame.index.name = "date"
+    return frame

@@ -1,6 +1,7 @@
-"""The backtest report: eval CSV(s) in, metrics.json, report.md, report.html, equity_curve.png, confusion.png out.
+"""The backtest report: eval CSV(s) in, metrics.json, daily_returns.csv, report.md, report.html, equity_curve.png,
+confusion.png out.
 
-Everything is computed in memory first and the five files are then written into a directory beside the
+Everything is computed in memory first and the six files are then written into a directory beside the
 report that replaces it whole, so a bad input leaves the previous report untouched.
 """
 
@@ -22,6 +23,7 @@ from sftc_assets.backtest import uncertainty
 from sftc_assets.backtest.portfolio import (
     PortfolioResult,
     backtest_portfolios,
+    daily_book,
     load_positions,
     monthly_returns,
 )
@@ -33,17 +35,17 @@ from sftc_core.io import BeforeSwap, atomic_dir
 from sftc_core.market import PriceSource, first_unseen_date
 from sftc_core.metrics import (
     UNPARSED_NAME,
+    classification_cells,
     classification_from_codes,
     directional_accuracy,
     label_codes,
     scores_from_codes,
     signal_from_codes,
-    drawn_classification,
 )
 from sftc_core.target_format import ACTIONS
 from sftc_core.text import format_number, format_share
 
-REPORT_FILES = ("metrics.json", "report.md", "report.html", "equity_curve.png", "confusion.png")
+REPORT_FILES = ("metrics.json", "daily_returns.csv", "report.md", "report.html", "equity_curve.png", "confusion.png")
 # Figures shown for each side of the base model's knowledge cutoff when the test window straddles it.
 CUTOFF_FIGURES = ("rows", "parse_rate", "accuracy", "mcc", "directional_accuracy", "ic")
 HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")
@@ -60,10 +62,11 @@ BASELINE_BOOKS = {"always_long": 1.0, "always_short": -1.0}
 
 
 def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
-                     cues: Mapping[str, str] | None = None) -> tuple[dict, PortfolioResult]:
+                     cues: Mapping[str, str] | None = None) -> tuple[dict, PortfolioResult, pd.DataFrame]:
     """All figures of the spec over `frame` (read_eval_csv's), with their intervals, p-values and baselines, and a
-    per-month table by month of as_of_date. `cues`: thesis id -> the action its planted desk note points to (the toy
-    corpus, sample_corpus.py); the report then shows how the cued and the uncued theses fared apart."""
+    per-month table by month of as_of_date; beside them the model's book and the daily series of every book
+    (portfolio.daily_book). `cues`: thesis id -> the action its planted desk note points to (the toy corpus,
+    sample_corpus.py); the report then shows how the cued and the uncued theses fared apart."""
     true = label_codes(frame["true_action"])
     predicted = label_codes(frame["predicted_action"])
     forward = frame["forward_return"].to_numpy(dtype="float64")
@@ -76,13 +79,8 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
                                                   cost_bps=config.cost_bps, periods_per_year=config.periods_per_year,
                                                   risk_free_rate=config.risk_free_rate)
 
-    has_portfolio = result.portfolio["available"]
-    figures_of = uncertainty.eval_figures(true, predicted, score, forward, positions if has_portfolio else None, config)
-    ci95 = uncertainty.bootstrap_intervals(len(frame), config.bootstrap_resamples, config.seed, figures_of, uncertainty.book_cells(positions))
-    ci95 = {name: ci95.get(name) for name in uncertainty.CI_FIGURES}
-    observed = {"accuracy": classification["accuracy"], "ic": signal["ic"]}
-    p_values = uncertainty.permutation_p_values(len(frame), config.permutations, config.seed, observed,
-                                                uncertainty.shuffled_figures(true, predicted, score, forward))
+    daily = result.daily["book_return"].to_numpy(dtype="float64") if result.portfolio["available"] else None
+    drawn = uncertainty.uncertainty(true, predicted, score, forward, signal["ic"], daily, config)
 
     baselines = {"majority": {"action": classification["majority_class"], "accuracy": classification["majority_baseline_accuracy"]}}
     for (name, side), book in zip(BASELINE_BOOKS.items(), (r.portfolio for r in baseline_books)):
@@ -106,12 +104,14 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
         "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items())},
         **classification,
         **signal,
-        "ci95": ci95,
-        "p_values": p_values,
+        "ci95": drawn.ci95,
+        "ci95_methods": drawn.ci95_methods,
+        "p_values": drawn.p_values,
+        "p_value_methods": drawn.p_value_methods,
         "baselines": baselines,
         "annualised_from_sessions": result.portfolio.get("days"),
-        "uncertainty": {"method": "percentile bootstrap over theses; permutation of predicted actions",
-                        "resamples": config.bootstrap_resamples, "permutations": config.permutations, "seed": config.seed},
+        "uncertainty": {"resamples": config.bootstrap_resamples, "permutations": config.permutations,
+                        "seed": config.seed, "sharpe_mean_block_sessions": drawn.sharpe_mean_block_sessions},
         "portfolio": result.portfolio,
         "benchmark": result.benchmark,
         "per_month": _per_month(frame, true, predicted, score, forward, result),
@@ -121,7 +121,7 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
         cue = frame["id"].map(cues).fillna("").to_numpy(dtype=object)
         metrics["planted_cue"] = planted_cue_figures(true, predicted, cue, config)
         metrics["planted_cue"]["recovered"], metrics["planted_cue"]["verdict"] = cue_verdict(metrics)
-    return _json_safe(metrics), result
+    return _json_safe(metrics), result, daily_book(result, dict(zip(BASELINE_BOOKS, baseline_books)))
 
 
 def _per_month(frame: pd.DataFrame, true: np.ndarray, predicted: np.ndarray, score: np.ndarray, forward: np.ndarray,
@@ -151,16 +151,14 @@ def _per_month(frame: pd.DataFrame, true: np.ndarray, predicted: np.ndarray, sco
 
 
 def _accuracy_with_uncertainty(true: np.ndarray, predicted: np.ndarray, config: BacktestConfig) -> dict:
-    """Accuracy of a subset of rows with its bootstrap interval, majority baseline and permutation p-value."""
+    """Accuracy of a subset of rows with its interval (multinomial), majority baseline and permutation p-value."""
     figures = classification_from_codes(true, predicted)
-    classification = drawn_classification(true, predicted, np.zeros(len(true)), np.full(len(true), np.nan))
+    cells = classification_cells(true, predicted, np.zeros(len(true)), np.full(len(true), np.nan))
     return {
         "rows": figures["rows"],
         "accuracy": figures["accuracy"],
-        "ci95": uncertainty.bootstrap_intervals(len(true), config.bootstrap_resamples, config.seed,
-                                                lambda drawn: {"accuracy": classification(drawn)["accuracy"]}).get("accuracy"),
-        "p_value": uncertainty.permutation_p_values(len(true), config.permutations, config.seed, {"accuracy": figures["accuracy"]},
-                                                    lambda rows, shuffled: {"accuracy": classification(rows, shuffled)["accuracy"]})["accuracy"],
+        "ci95": uncertainty.multinomial_intervals(cells, config.bootstrap_resamples, config.seed)["accuracy"],
+        "p_value": uncertainty.accuracy_p_value(true, predicted, config.permutations, config.seed),
         "majority_baseline_accuracy": figures["majority_baseline_accuracy"],
         "majority_class": figures["majority_class"],
     }
@@ -179,6 +177,14 @@ def planted_cue_figures(true: np.ndarray, predicted: np.ndarray, cue: np.ndarray
         "cued": _accuracy_with_uncertainty(true[cued], predicted[cued], config),
         "uncued": _accuracy_with_uncertainty(true[~cued], predicted[~cued], config),
     }
+
+
+def methods_text(methods: Mapping[str, str]) -> str:
+    """`accuracy, mcc: multinomial; ic: Fisher z`: the figures grouped by the method behind them."""
+    by_method: dict[str, list[str]] = {}
+    for name, method in methods.items():
+        by_method.setdefault(method, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {method}" for method, names in by_method.items())
 
 
 def interval_text(name: str, interval: list[float] | None) -> str:
@@ -236,7 +242,7 @@ def cutoff_sides(frame: pd.DataFrame, source: PriceSource, config: BacktestConfi
     sides = {}
     for label, mask in ((f"before {unseen_from} (outcomes the model may know)", seen), (f"from {unseen_from} (unseen)", ~seen)):
         if mask.any():
-            figures, _ = compute_backtest(frame[mask].reset_index(drop=True), source, config, calendar)
+            figures = compute_backtest(frame[mask].reset_index(drop=True), source, config, calendar)[0]
             sides[label] = {**{k: figures[k] for k in CUTOFF_FIGURES}, "sharpe": figures["portfolio"].get("sharpe"),
                             "cumulative_return": figures["portfolio"].get("cumulative_return")}  # fmt: skip
     return {"unseen_from": unseen_from.isoformat(), "sides": sides}
@@ -276,8 +282,13 @@ DEFINITIONS = (
     "IC (information coefficient): Spearman rank correlation of the predicted score (STRONG_BUY +1 ... STRONG_SELL -1) "
     "with the forward return, over the theses with a return.",
     "hit rate: share of the sessions with open positions on which the book's return was positive.",
-    "95% CI: percentile bootstrap over the theses (resampled with replacement; the portfolio rebuilt on each resample). "
-    "p: one-sided permutation test, the predicted actions shuffled across theses (true actions and returns kept).",
+    "95% CI: percentiles of a bootstrap. Multinomial: the theses resampled with replacement, drawn as the counts of "
+    "the confusion table's cells; row bootstrap: the theses with a return resampled; stationary block bootstrap: the "
+    "book's daily returns resampled in blocks of random length (their mean beside it), as positions span sessions; "
+    "Fisher z: the normal interval of the IC's Fisher transform (over 5,000 theses with a return).",
+    "p: one-sided permutation test, the predicted actions shuffled across theses (true actions and returns kept), "
+    "drawn as confusion tables with both margins fixed (multivariate hypergeometric) for accuracy; for the IC over "
+    "5,000 theses with a return, the normal limit of the shuffles.",
 )
 
 
@@ -297,8 +308,11 @@ def _baseline_text(metrics: dict, name: str) -> str:
 def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report, shared by the Markdown and the HTML."""
     pf, bm, baselines, ci = metrics["portfolio"], metrics["benchmark"], metrics["baselines"], metrics["ci95"]
+    ci_methods, p_methods = metrics["ci95_methods"], metrics["p_value_methods"]
     headline = [[name, fmt(name, metrics[name]), interval_text(name, ci.get(name)) if name in ci else "",
-                 fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "", _baseline_text(metrics, name)]
+                 ci_methods.get(name, ""),
+                 fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "",
+                 p_methods.get(name, ""), _baseline_text(metrics, name)]
                 for name in HEADLINE]
     by_action = [[label, fmt("mean_return", v["mean_return"]), fmt("rows", v["rows"])] for label, v in metrics["mean_return_by_action"].items()]
     sessions = metrics["annualised_from_sessions"]
@@ -308,15 +322,19 @@ def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         return f"{name} (annualised from {sessions} sessions)" if short and name in ANNUALISED_FIGURES else name
 
     series = [[series_label(name), fmt(name, pf.get(name)), interval_text(name, ci.get(name)) if name in ci else "",
-               fmt(name, baselines["always_long"].get(name)), fmt(name, baselines["always_short"].get(name)), fmt(name, bm.get(name))]
+               ci_methods.get(name, ""), fmt(name, baselines["always_long"].get(name)),
+               fmt(name, baselines["always_short"].get(name)), fmt(name, bm.get(name))]
               for name in SERIES_FIGURES]
     confusion = [[a, *[str(v) for v in row], str(metrics["unparsed_by_true_action"][a])] for a, row in zip(ACTIONS, metrics["confusion_matrix"])]
     month_columns = list(metrics["per_month"][0]) if metrics["per_month"] else ["month"]
     months = [[fmt(c, m[c]) if c != "month" else m[c] for c in month_columns] for m in metrics["per_month"]]
     tables = [
-        ("Classification and signal", ["figure", "value", "95% CI", "p", "baseline"], headline),
+        ("Classification and signal", ["figure", "value", "95% CI", "CI method", "p", "p method", "baseline"],
+         headline),
         ("Mean forward return by predicted action", ["predicted action", "mean return", "rows"], by_action),
-        ("Portfolio against the baselines", ["figure", "portfolio", "95% CI", "always long", "always short", "equal-weight buy-and-hold"], series),
+        ("Portfolio against the baselines",
+         ["figure", "portfolio", "95% CI", "CI method", "always long", "always short", "equal-weight buy-and-hold"],
+         series),
         ("Confusion matrix (rows: true action, columns: predicted)", ["true \\ predicted", *ACTIONS, UNPARSED_NAME], confusion),
         ("Per month (by month of as_of_date; each figure over the count beside it; portfolio and benchmark over that month's sessions)",
          month_columns, months),
@@ -357,7 +375,9 @@ def _summary_lines(metrics: dict) -> list[str]:
         tickers = f" Tickers the price source does not know: {', '.join(pf.get('missing_tickers') or [])}." if pf.get("missing_tickers") else ""
         lines.append(f"Missing prices: {pf['missing_positions']:,} scored rows left out of the portfolio ({reasons}).{tickers}")
     u = metrics["uncertainty"]
-    lines.append(f"Intervals from {u['resamples']:,} bootstrap resamples, p-values from {u['permutations']:,} permutations, seed {u['seed']}.")
+    lines.append(f"Intervals from {u['resamples']:,} bootstrap resamples ({methods_text(metrics['ci95_methods'])}), "
+                 f"p-values from {u['permutations']:,} permutations ({methods_text(metrics['p_value_methods'])}), "
+                 f"seed {u['seed']}.")
     return lines
 
 
@@ -469,7 +489,7 @@ def plot_confusion(metrics: dict) -> bytes:
 def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
                  stamp: BeforeSwap | None = None, *, sample_corpus: bool = False, cues: Mapping[str, str] | None = None,
                  unseen_from: dt.date | None = None) -> dict:
-    """Read the eval CSV(s), compute every figure, write the five report files (the directory replaced whole);
+    """Read the eval CSV(s), compute every figure, write the six report files (the directory replaced whole);
     returns the metrics.
 
     `sample_corpus`: the theses are the toy profile's generated ones (the report says its figures test the plumbing);
@@ -480,11 +500,12 @@ def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSou
     frame = read_eval_csv(eval_path)
     if frame.empty:
         raise ValueError(f"{eval_path}: no rows to backtest (the eval CSV files hold only headers)")
-    metrics, result = compute_backtest(frame, source, config, calendar, cues)
+    metrics, result, daily = compute_backtest(frame, source, config, calendar, cues)
     metrics["sample_corpus"] = sample_corpus
     metrics["knowledge_cutoff"] = _json_safe(cutoff_sides(frame, source, config, calendar, unseen_from))
     images = {"equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")), "confusion.png": plot_confusion(metrics)}
     texts = {"metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
+             "daily_returns.csv": daily.to_csv(date_format="%Y-%m-%d", lineterminator="\n"),
              "report.md": render_markdown(metrics), "report.html": render_html(metrics, images)}
     with atomic_dir(report_dir, stamp) as staging:
         for name, text in texts.items():

@@ -14,7 +14,7 @@ from sftc_jobs.commands.outputs import add_force, writing_output
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "backtest",
-        help="backtest eval CSV(s): metrics.json, report.md/.html, equity_curve.png, confusion.png",
+        help="backtest eval CSV(s): metrics.json, daily_returns.csv, report.md/.html, equity_curve.png, confusion.png",
         description="Classification, signal and portfolio figures of docs/eval-and-backtest.md over an eval CSV "
         "or a directory of them (the eval_csv partitions), with bootstrap intervals, permutation p-values, the trivial "
         "baselines and a verdict on skill; prices from the profile's price source.",
