@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes_api import node, pod
 from launch_helpers import launch_of
 
-from sftc_core.configs import ConfigError, load_profile
+from sftc_assets.training import nemo_runner
+from sftc_core.configs import ConfigError, load_finetune_config, load_profile
 from sftc_core.launch import EntryStep
 from sftc_core.settings import load_settings
-from sftc_resources.launchers import jobs, k8s, slurm
+from sftc_resources.launchers import jobs, k8s, slurm, targets
 from sftc_resources.launchers.plan import LaunchError
 
 GPU_LABELS = dict(load_settings().cluster.node_pools.gpu.node_selector)
@@ -96,6 +98,22 @@ def test_req_node_not_avail_fails_only_for_nodes_the_cluster_does_not_have():
     gone = slurm.pending_reason("ReqNodeNotAvail, UnavailableNodes:node[7-8]", gpu_step(), launch, lambda _: missing)
     assert not gone.clears and "do not exist: node7, node8" in gone.meaning
     assert "--nodelist in slurm.sbatch_options" in gone.fix
+
+
+def test_the_fix_names_where_the_steps_shape_is_set():
+    launch = launch_of("slurm")
+    paths = (Path("/data") / name for name in ("bf16", "nemo", "jsonl", "sft"))
+    finetune, _ = nemo_runner.planned_steps(load_finetune_config(), *paths)
+    assert "its 5 node(s) x 8 GPU(s) come from nodes and gpus_per_node in " in targets.refusal_fix(finetune, launch)
+    assert "configs/nemo/finetune.yaml (sftc train --nodes overrides)" in targets.refusal_fix(finetune, launch)
+    imported = targets.refusal_fix(nemo_runner.import_step(Path("/data/bf16"), Path("/data/nemo")), launch)
+    assert "its 1 node(s) x 1 GPU(s) come from NeMo's import (nemo_runner.IMPORT_GPUS, not a setting)" in imported
+    assert "its 2 node(s) x 8 GPU(s) come from sftc train --nodes, or launch.nodes and launch.gpus_per_node in " in (
+        targets.refusal_fix(gpu_step(), launch)
+    )
+    assert "; slurm.partition, account, qos or sbatch_options in configs/cluster.yaml" in (
+        targets.refusal_fix(gpu_step(), launch)
+    )
 
 
 # --- Kubernetes' scheduling events ----------------------------------------------------------------

@@ -149,6 +149,19 @@ def test_sftc_train_on_more_nodes_than_the_partition_has_stops_before_submitting
     assert not list((data_dir / "launch").glob("finetune-*/slurm-*.log"))  # nothing submitted
 
 
+def test_sftc_import_nemo_on_a_partition_without_gpus_stops_before_submitting(data_dir, capsys, monkeypatch):
+    """The full profile's import asks for a GPU; this partition has none: Slurm says so before anything is queued."""
+    monkeypatch.setenv("SFTC_PROFILE", "full")
+    (data_dir / "bf16").mkdir()
+    assert sftc_main(["import-nemo", "--model", str(data_dir / "bf16"), "--output", str(data_dir / "nemo")]) == 2
+    err = capsys.readouterr().err
+    assert "import not submitted: the slurm cluster would not start import" in err
+    assert "import needs 1 node(s) with 1 GPU(s) each; the default partition has 0 usable of" in err
+    assert "sbatch --test-only: error: Invalid generic resource (gres) specification" in err  # Slurm's own words
+    assert "its 1 node(s) x 1 GPU(s) come from NeMo's import (nemo_runner.IMPORT_GPUS, not a setting)" in err
+    assert not (data_dir / "nemo").exists()
+
+
 @pytest.fixture
 def throwaway_partition():
     """The default partition of .ci/with_slurm's cluster (ClusterName sftc-ci), which a test may limit and fill;

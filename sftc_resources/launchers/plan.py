@@ -95,10 +95,9 @@ def describe(step: EntryStep) -> str:
 
 def shape_source(step: EntryStep, launch: Launch) -> str:
     """Where the job's shape is set, for the fix of a job the cluster cannot take."""
-    return (
-        f"its {step.nodes} node(s) x {step.gpus_per_node} GPU(s) come from sftc train --nodes, or launch.nodes and "
-        f"launch.gpus_per_node in {launch.profile_file} (for NeMo: nodes, gpus_per_node in configs/nemo/finetune.yaml)"
-    )
+    profile = f"sftc train --nodes, or launch.nodes and launch.gpus_per_node in {launch.profile_file}"
+    where = step.shape_source or profile
+    return f"its {step.nodes} node(s) x {step.gpus_per_node} GPU(s) come from {where}"
 
 
 def time_seconds(text: str) -> int | None:

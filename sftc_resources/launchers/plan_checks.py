@@ -19,7 +19,7 @@ from sftc_core.configs import GPU_RESOURCE, profile_path
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import jobs, slurm, targets
+from sftc_resources.launchers import jobs, targets
 from sftc_resources.launchers.plan import Launch, LaunchError
 
 
@@ -98,11 +98,11 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, ar
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
                          "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
                          "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
-        if not slurm.slurm_available():
-            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"sinfo does not answer on this node: partition {partition} not asked")
         ram = _import_ram(arch)
         # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
         found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-test-only", ram)
+        if not found.checked:
+            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found)
         fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
                f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")  # fmt: skip
         needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"

@@ -61,6 +61,11 @@ def admit(step: EntryStep, launch: Launch, job_dir: Path, host_memory_bytes: int
     allocatable GPUs and memory against the pods' requests (and `host_memory_bytes`, where the plan asks more).
     `local`: not asked here (the GPU gate probes this node)."""
     if launch.launcher == "slurm":
+        if not slurm.slurm_available():  # then sbatch says why it cannot submit either
+            partition = launch.cluster.slurm.partition
+            asked = f"partition {partition}" if partition else "the cluster"
+            said = f"sinfo does not answer on this node: {asked} not asked"
+            return TargetCheck("slurm", True, needed(step), said, checked=False)
         found = check_target(step, launch, host_memory_bytes)
         try:
             script = slurm.render_sbatch(step, launch, job_dir)
