@@ -179,22 +179,23 @@ def throwaway_partition():
 # reason (PartitionNodeLimit, PartitionTimeLimit) from its next scheduling pass on (seen: 3 s later); the launcher
 # acts on whichever it sees first, and both name the fix.
 @pytest.mark.parametrize(
-    "limit, nodes, reasons, fix",
+    "limit, nodes, refused, reasons, fix",
     [
-        ("MaxNodes=1", 2, ("PartitionConfig", "PartitionNodeLimit"), "its 2 node(s) x 0 GPU(s) come from sftc train"),
-        ("MaxTime=00:10:00", 1, ("PartitionConfig", "PartitionTimeLimit"), "launch.time_limit"),
-        (None, 3, ("PartitionConfig",), "ask for less: its 3 node(s) x 0 GPU(s)"),
+        ("MaxNodes=1", 2, "gives a job at most 1 (MaxNodes", ("PartitionConfig", "PartitionNodeLimit"), "its 2 node"),
+        ("MaxTime=00:10:00", 1, "time limit of 00:10:00", ("PartitionConfig", "PartitionTimeLimit"), "time_limit"),
+        (None, 3, "has 2 usable of 2", ("PartitionConfig",), "ask for less: its 3 node(s) x 0 GPU(s)"),
     ],
 )
 def test_a_job_forced_past_the_check_is_cancelled_on_a_reason_that_never_clears(
-    throwaway_partition, data_dir, limit, nodes, reasons, fix
+    throwaway_partition, data_dir, limit, nodes, refused, reasons, fix
 ):
     if limit:
         subprocess.run(["scontrol", "update", f"PartitionName={throwaway_partition}", limit], check=True)
     step = EntryStep("probe", "platform", (), nodes=nodes)
     launch = launch_of("slurm", env={"SFTC_DATA_DIR": str(data_dir)}, poll_seconds=0.5)
-    with pytest.raises(LaunchError, match="probe not submitted: the slurm cluster would not start"):
+    with pytest.raises(LaunchError, match="probe not submitted: the slurm cluster would not start") as before:
         jobs.run(step, launch, lambda text: None)  # what every launch does first
+    assert refused in str(before.value)
     job = jobs.start(step, launch, jobs.new_job_dir(launch, step))  # submitted directly, past the check
     lines: list[str] = []
     started = time.monotonic()

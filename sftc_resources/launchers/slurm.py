@@ -342,6 +342,7 @@ class PartitionNode:
     state: str
     memory_bytes: int | None = None  # the node's RealMemory (sinfo %m), None where sinfo does not say
     time_limit_s: int | None = None  # its partition's MaxTime (sinfo %l), None: infinite
+    max_nodes: int | None = None  # the most nodes its partition gives one job (MaxNodes, sinfo %s), None: no limit
 
 
 def parse_gres_gpus(gres: str) -> int:
@@ -371,14 +372,17 @@ def default_partition() -> str | None:
 def partition_nodes(partition: str | None) -> list[PartitionNode]:
     """The partition's nodes with their GPUs, states, memory and time limit, from sinfo (the default partition when None)."""
     partition = partition or default_partition()
-    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l", *(["-p", partition] if partition else [])]
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l|%s", *(["-p", partition] if partition else [])]
     done = _run(argv)
     if done.returncode != 0:
         raise LaunchError(f"{' '.join(argv)}: {done.stderr.strip()}")
     nodes = {}
     for line in done.stdout.strip().splitlines():
-        name, gres, state, memory, limit = line.split("|")
-        nodes[name] = PartitionNode(name, parse_gres_gpus(gres), state, _memory_bytes(memory), _time_limit(limit))
+        name, gres, state, memory, limit, job_size = line.split("|")
+        largest = job_size.rpartition("-")[2]  # "1-infinite", "2-4", or "1" where the least and most are one
+        max_nodes = int(largest) if largest.isdigit() else None
+        gpus, memory_bytes = parse_gres_gpus(gres), _memory_bytes(memory)
+        nodes[name] = PartitionNode(name, gpus, state, memory_bytes, _time_limit(limit), max_nodes)
     return list(nodes.values())
 
 
@@ -405,6 +409,15 @@ def time_limit_problem(time_limit: str, nodes: list[PartitionNode], partition: s
         return None
     where = f"partition {partition}" if partition else "the default partition"
     return f"launch.time_limit {time_limit} is longer than {where}'s time limit of {_clock(min(limits))}: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+
+
+def node_limit_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None) -> str | None:
+    """Why Slurm would hold the job for its node count (more than the partition's MaxNodes), or None."""
+    limits = [n.max_nodes for n in nodes if n.max_nodes is not None]
+    if not limits or step.nodes <= min(limits):
+        return None
+    where = f"partition {partition}" if partition else "the default partition"
+    return f"{step.name} asks for {step.nodes} node(s), {where} gives a job at most {min(limits)} (MaxNodes)"
 
 
 def sbatch_test_only(script: str, partition: str | None) -> tuple[bool, str]:

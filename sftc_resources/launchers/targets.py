@@ -45,7 +45,12 @@ def check_target(step: EntryStep, launch: Launch, host_memory_bytes: int = 0) ->
             nodes = slurm.partition_nodes(partition)
         except LaunchError as exc:
             return TargetCheck("slurm", False, needed(step), str(exc))
-        problems = [p for p in (slurm.gpu_capacity_problem(step, nodes, partition, host_memory_bytes), slurm.time_limit_problem(launch.time_limit, nodes, partition)) if p]
+        problems = [
+            slurm.gpu_capacity_problem(step, nodes, partition, host_memory_bytes),
+            slurm.node_limit_problem(step, nodes, partition),
+            slurm.time_limit_problem(launch.time_limit, nodes, partition),
+        ]
+        problems = [problem for problem in problems if problem]
         summary = ", ".join(f"{n.name}: {n.gpus} GPU(s)" + (f", {format_bytes(n.memory_bytes)}" if n.memory_bytes else "") + f" {n.state}" for n in nodes[:8])
         found = f"{len(nodes)} node(s): {summary}" + (" ..." if len(nodes) > 8 else "")
         return TargetCheck("slurm", not problems, needed(step), "; ".join(problems) + f" ({found})" if problems else found)
