@@ -258,7 +258,16 @@ class LaunchConfig(Strict):
     time_limit: str = Field(default="04:00:00", pattern=_SLURM_TIME)
     # Automatic retries of a job that the cluster lost (PREEMPTED, NODE_FAIL, BOOT_FAIL); each resumes from the last checkpoint.
     max_retries: int = Field(default=0, ge=0)
+    # How long a submitted job may wait to start (as time_limit) before it is cancelled; null: as long as it takes.
+    max_pending: str | None = Field(default=None, pattern=_SLURM_TIME)
     nightly_slurm: NightlyLaunchConfig | None = None
+
+    @field_validator("max_pending")
+    @classmethod
+    def _some_wait(cls, value: str | None) -> str | None:
+        if value is not None and set(value) <= set("0:-"):
+            raise ValueError(f"{value!r} allows no wait at all; expected a positive time such as 01:00:00, or null")
+        return value
 
 
 class ProfileConfig(Strict):

@@ -31,6 +31,8 @@ class EntryStep:
     procs_per_node: int = 1
     gpus_per_node: int = 0
     distributed: bool = False
+    # where nodes and gpus_per_node are set, for the fix of a job a cluster cannot take ("": the profile's launch:)
+    shape_source: str = ""
 
     @property
     def world_size(self) -> int:

@@ -46,3 +46,11 @@ def cli_chain(tmp_path_factory) -> Iterator[dict[str, Path]]:
         yield build_cli_chain(tmp_path_factory.mktemp("cli-chain"))
     finally:
         os.chdir(cwd)
+
+
+@pytest.fixture
+def kubernetes_cluster(tmp_path: Path, monkeypatch):
+    """A stand-in Kubernetes API on 127.0.0.1 that KUBECONFIG names (tests/kubernetes_api.py)."""
+    from kubernetes_api import serve
+
+    yield from serve(tmp_path, monkeypatch)

@@ -127,6 +127,15 @@ def test_a_time_limit_longer_than_the_partitions_is_named():
     assert slurm.time_limit_problem("30-00:00:00", [PartitionNode("n0", 8, "idle")], None) is None  # infinite
 
 
+def test_a_node_count_above_the_partitions_max_nodes_is_named():
+    step = nemo_finetune_step()
+    limited = [PartitionNode(f"n{i}", 8, "idle", max_nodes=4) for i in range(8)]
+    problem = slurm.node_limit_problem(step, limited, "gpu")
+    assert problem == "finetune asks for 5 node(s), partition gpu gives a job at most 4 (MaxNodes)"
+    unlimited = [PartitionNode(f"n{i}", 8, "idle") for i in range(8)]
+    assert slurm.node_limit_problem(step, unlimited, "gpu") is None
+
+
 def test_failure_message_names_the_job_its_state_and_the_log(tmp_path):
     log = tmp_path / "slurm-42.log"
     log.write_text("step 1\nRuntimeError: rank 1 died\n")

@@ -5,14 +5,11 @@ configured and reachable (a Kubernetes API over real HTTP on 127.0.0.1; sinfo wh
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
+from kubernetes_api import node
 
 from sftc_assets.reports.validation import build_report, environment_summary, render_markdown
 from sftc_assets.training import memory
@@ -154,62 +151,19 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
         subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=INFINITE"], check=True)
 
 
-class _KubernetesApi(BaseHTTPRequestHandler):
-    """GET /api/v1/nodes with a labelSelector, as the Kubernetes API answers it."""
-
-    nodes: list[dict] = []
-
-    def do_GET(self):  # noqa: N802 (the handler's API)
-        url = urlparse(self.path)
-        if url.path != "/api/v1/nodes":
-            self.send_error(404)
-            return
-        wanted = dict(pair.split("=", 1) for pair in parse_qs(url.query).get("labelSelector", [""])[0].split(",") if pair)
-        items = [n for n in self.nodes if wanted.items() <= n["metadata"]["labels"].items()]
-        body = json.dumps({"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def _node(name: str, labels: dict, gpus: int, memory: str) -> dict:
-    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "memory": memory, "cpu": "224"}}}
-
-
-@pytest.fixture
-def kubernetes_api(tmp_path, monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KubernetesApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "test", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))  # fmt: skip
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    yield _KubernetesApi
-    server.shutdown()
-
-
 def _k8s_settings():
     return with_plan_launcher(load_settings(), "k8s")
 
 
-def test_the_kubernetes_api_is_asked_for_the_gpu_pool(data_dir, kubernetes_api):
+def test_the_kubernetes_api_is_asked_for_the_gpu_pool(data_dir, kubernetes_cluster):
     settings = _k8s_settings()
     labels = dict(settings.cluster.node_pools.gpu.node_selector)
-    kubernetes_api.nodes = [_node(f"gpu-{i}", labels, 8, "2113536Mi") for i in range(5)] + [_node("cpu-0", {"sftc.dev/node-pool": "cpu"}, 0, "64Gi")]
+    gpu_nodes = [node(f"gpu-{i}", labels, 8, "2113536Mi") for i in range(5)]
+    kubernetes_cluster.nodes = [*gpu_nodes, node("cpu-0", {"sftc.dev/node-pool": "cpu"}, 0, "64Gi")]
     check = _target(settings)
     assert check.status == PASS and "5 of 5 node(s)" in check.found and "kubeconfig" in check.found
 
-    kubernetes_api.nodes = kubernetes_api.nodes[:3] + [_node("gpu-small", labels, 8, "512Gi")]  # too little memory for the import
+    kubernetes_cluster.nodes = [*gpu_nodes[:3], node("gpu-small", labels, 8, "512Gi")]  # too little memory to import
     check = _target(settings)
     assert check.status == FAIL and "3 of 4 node(s)" in check.found and "nodes in" in check.fix
 

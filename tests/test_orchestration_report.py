@@ -120,8 +120,10 @@ def test_report_says_which_launcher_ran_the_fine_tune():
         built = build_report([stage], gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None, slurm_present=slurm_present)
         return render_markdown(built)
 
-    on_slurm = report({"launcher": "slurm", "nodes": 2, "world_size": 2, "slurm_job_id": "9"}, True)
-    assert "- Fine-tune launch: `slurm` launcher, 2 node(s), world size 2, Slurm job 9" in on_slurm
+    waited = {"pending_s": 84.0, "pending_reason": "Priority, Resources"}
+    on_slurm = report({"launcher": "slurm", "nodes": 2, "world_size": 2, "slurm_job_id": "9", **waited}, True)
+    assert "- Fine-tune launch: `slurm` launcher, 2 node(s), world size 2, Slurm job 9; started after 1 min" in on_slurm
+    assert "1 min 24 s pending (Priority, Resources) (to within one poll of its state)" in on_slurm
     local = report({"launcher": "local", "nodes": 1, "world_size": 1}, False)
     assert "`local` launcher, 1 node(s), world size 1; no Slurm on this node (sinfo did not answer)" in local
 

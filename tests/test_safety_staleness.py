@@ -72,6 +72,18 @@ def test_a_setting_changes_the_version_of_exactly_the_assets_reading_it(data_dir
     assert _changed(embargo, cost) == {"backtest_report"}
 
 
+def test_a_bound_on_the_wait_to_start_makes_no_artifact_stale(data_dir, configs):
+    """launch.max_pending says how long a job may wait, not what it makes: sft_model and nemo_model keep their
+    versions; the validation report, which reads every profile whole for the GPU plan, is the one redone."""
+    env = {"SFTC_DATA_DIR": str(data_dir)}
+    base = _code_versions(load_settings(env=env, dotenv_path=data_dir / "none", config_dir=configs))
+    toy = configs / "profiles" / "toy.yaml"
+    toy.write_text(toy.read_text().replace("max_pending: null", 'max_pending: "01:00:00"'))
+    bounded = load_settings(env=env, dotenv_path=data_dir / "none", config_dir=configs)
+    assert bounded.profile.launch.max_pending == "01:00:00"
+    assert _changed(base, _code_versions(bounded)) == {"validation_report"}
+
+
 @pytest.fixture
 def instance(tmp_path):
     with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path / "dagster_home")) as instance:

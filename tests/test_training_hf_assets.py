@@ -56,8 +56,13 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     # The launched job's steps come back as progress in the run's log: the last one with the whole run's figures.
     (done,) = [m for m in messages if m.startswith("training: 10/10 steps (100%)")]
     assert re.search(r", loss [\d.]+, lr [\d.e-]+, [\d,.]+ tokens/s, val loss [\d.]+, [\d.]+ steps/s, in [\d.]+ (s|min)", done), done
+    # and how the job came to run: submitted, then started (a local process waits for nothing)
+    (submitted,) = [m for m in messages if re.fullmatch(r"local job \d+ \(finetune\) submitted; log .+/job\.log", m)]
+    job = submitted.split()[2]
+    assert messages.index(submitted) < messages.index(f"local job {job} (finetune) started on 127.0.0.1")
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
+    assert 0 <= metadata["pending_s"].value < 5 and "pending_reason" not in metadata
     metrics = json.loads((chain_data / "models" / "sft" / "metrics.json").read_text())
     assert metadata["steps"].value == metrics["steps"] == 10
     # metrics.json keeps the exact figure; the metadata shows it to 3 significant digits

@@ -25,7 +25,7 @@ from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
 from sftc_core.nemo_format import NemoDataError
 from sftc_core.target_format import TargetFormat
-from sftc_core.text import format_number, markdown_table
+from sftc_core.text import format_duration, format_number, markdown_table
 
 # The toy chain in dependency order (asset keys of the design); the NeMo import is the one GPU-only asset.
 CHAIN_STAGES = (
@@ -190,7 +190,7 @@ def _canary_reason(preconditions: list[Check]) -> str:
 def fine_tune_launch(stages: list[StageOutcome], slurm_present: bool) -> dict:
     """How sft_model's fine-tune was launched (its metadata), and whether this node had Slurm to launch it on."""
     figures = next((stage.figures for stage in stages if stage.asset == "sft_model"), {})
-    keys = ("launcher", "nodes", "world_size", "slurm_job_id")
+    keys = ("launcher", "nodes", "world_size", "slurm_job_id", "pending_s", "pending_reason")
     return {**{key: figures[key] for key in keys if key in figures}, "slurm_present": slurm_present}
 
 
@@ -199,6 +199,9 @@ def _launch_line(launch: dict) -> str:
         return "- Fine-tune launch: unknown (sft_model did not report one)"
     job = f", Slurm job {launch['slurm_job_id']}" if launch.get("slurm_job_id") else ""
     line = f"- Fine-tune launch: `{launch['launcher']}` launcher, {launch.get('nodes', '?')} node(s), world size {launch.get('world_size', '?')}{job}"
+    if "pending_s" in launch:
+        why = f" ({launch['pending_reason']})" if launch.get("pending_reason") else ""
+        line += f"; started after {format_duration(launch['pending_s'])} pending{why} (to within one poll of its state)"
     if launch["launcher"] != "slurm":
         line += "; Slurm present on this node, but not used" if launch["slurm_present"] else "; no Slurm on this node (sinfo did not answer), so not a multi-node job"
     return line

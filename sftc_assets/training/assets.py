@@ -130,17 +130,20 @@ def run_nemo_finetune_via_pipes(
         launch = launch_for(context, settings)
         gate_nemo_finetune(gpu, launch, config, settings)
     paths = settings.paths
+    waits: dict[str, dict] = {}  # each launched step's wait to start
 
     def execute(step: EntryStep) -> dict | None:
         # a dry run only checks inputs and plans: on this node, whatever the launcher
-        invocation, _ = launch_step(context, step, Launch.from_settings(settings, "local") if step.dry_run else launch)
+        here = Launch.from_settings(settings, "local") if step.dry_run else launch
+        invocation, outcome = launch_step(context, step, here)
+        waits[step.name] = outcome.pending()
         return _plan_from(invocation) if step.dry_run else None
 
     result = nemo_runner.nemo_finetune(execute, config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp)
     if dry_run:
         return _require_plan(result)
     context.log.info("nemo fine-tune: %s", json.dumps({k: result.get(k) for k in ("steps", "final_val_loss", "best_val_loss")}))
-    return result
+    return {**result, **waits.get("finetune", {})}
 
 
 # --- the Hugging Face backend ---------------------------------------------------------------------
@@ -171,7 +174,8 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
                 progress(message)
 
         _, outcome = launch_step(context, step, launch, on_message)
-    return {**hf_launch.finished_metrics(paths.sft_model), "job_dir": str(outcome.job_dir), "job_log": str(outcome.log_path)}
+    job = {"job_dir": str(outcome.job_dir), "job_log": str(outcome.log_path), **outcome.pending()}
+    return {**hf_launch.finished_metrics(paths.sft_model), **job}
 
 
 def with_ids(generations: list[dict], dataset_dir: Path) -> list[dict]:
@@ -270,7 +274,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
                 "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
                 "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
-                "launcher", "nodes", "world_size", "slurm_job_id", "job_log",
+                "launcher", "nodes", "world_size", "slurm_job_id", "job_log", "pending_s", "pending_reason",
             )
             if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
         }  # fmt: skip

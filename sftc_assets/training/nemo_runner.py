@@ -56,7 +56,9 @@ def _entry(command: str, args: list[str], dry_run: bool, **shape) -> EntryStep:
 
 
 def import_step(hf_checkpoint: Path, output: Path, dry_run: bool = False) -> EntryStep:
-    return _entry("import", ["--hf-checkpoint", str(hf_checkpoint), "--output", str(output)], dry_run, gpus_per_node=IMPORT_GPUS)
+    args = ["--hf-checkpoint", str(hf_checkpoint), "--output", str(output)]
+    fixed = "NeMo's import (nemo_runner.IMPORT_GPUS, not a setting)"
+    return _entry("import", args, dry_run, gpus_per_node=IMPORT_GPUS, shape_source=fixed)
 
 
 def nemo_work_dir(output: Path) -> Path:
@@ -84,7 +86,10 @@ def finetune_steps(
     ]  # fmt: skip
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
-    shape = {"nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node, "distributed": True}
+    shape = {
+        "nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node,
+        "distributed": True, "shape_source": f"nodes and gpus_per_node in {config_path} (sftc train --nodes overrides)",
+    }  # fmt: skip
     steps = [_entry("finetune", args, dry_run, **shape)]
     if not dry_run:
         export_args = ["--hf-checkpoint", str(paths.hf_checkpoint), "--work-dir", str(paths.work_dir), "--output", str(paths.output_dir)]

@@ -106,7 +106,8 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
         return 0
     outcome = jobs.run(step, launch)
     metrics = hf_launch.finished_metrics(output)
-    print(json.dumps({"output": str(output), "job_id": outcome.job_id, "job_log": str(outcome.log_path), **metrics}, indent=2))
+    job = {"job_id": outcome.job_id, "job_log": str(outcome.log_path), **outcome.pending()}
+    print(json.dumps({"output": str(output), **job, **metrics}, indent=2))
     return 0
 
 

@@ -2,6 +2,10 @@
 
 The same driver serves the `sftc` command (log to stderr) and the assets (pipes.py adds Dagster Pipes around it),
 and a long-running job (a server): `start` returns the job, whose `hosts()` say where it runs.
+
+Before it submits, `run` asks the cluster whether it would start the job (targets.admit: the preflight's check);
+while the job waits, `Startup` says why ("pending: Resources"), cancels it on a reason that never clears or past
+launch.max_pending, and says "started on <nodes>" only once it runs.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from pathlib import Path
 from typing import Protocol
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line
+from sftc_core.text import format_duration
+from sftc_resources.launchers import targets
+from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, time_seconds
 
 log = logging.getLogger(__name__)
 LOCAL_POLL_SECONDS = 0.5
+# A job still waiting says so again this often (and at every new reason), with the time so far.
+PENDING_LINE_EVERY_S = 60.0
 
 
 class Job(Protocol):
@@ -41,9 +49,17 @@ class JobOutcome:
     status: JobStatus
     log_path: Path
     job_dir: Path
+    pending_s: float = 0.0  # from submission to the first poll that saw it run, within one poll interval
+    pending_reason: str = ""  # the reasons it waited for, in order ("" when it started at its first poll)
+
+    def pending(self) -> dict:
+        """How long it waited to start, and why (left out when it had no reason to wait)."""
+        reason = {"pending_reason": self.pending_reason} if self.pending_reason else {}
+        return {"pending_s": round(self.pending_s, 1), **reason}
 
     def as_metadata(self) -> dict:
-        return {"launcher": self.launcher, "job_id": self.job_id, "state": self.status.state, "log": str(self.log_path)}
+        job = {"launcher": self.launcher, "job_id": self.job_id, "state": self.status.state, "log": str(self.log_path)}
+        return {**job, **self.pending()}
 
 
 def new_job_dir(launch: Launch, step: EntryStep) -> Path:
@@ -77,12 +93,18 @@ def start(step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str] | 
     return K8sJob(step, launch, job_dir, env, jobset_name(step, job_dir.name.rsplit("-", 1)[-1]))
 
 
-def watch(job: Job, on_output: Callable[[str], None], poll_seconds: float, on_poll: Callable[[], None] | None = None) -> JobStatus:
-    """Poll until the job ends, handing each new piece of its log to `on_output` (and calling `on_poll` at every
-    poll); any interruption (Ctrl-C, a terminated Dagster run) cancels the job before it propagates."""
+def watch(
+    job: Job, on_output: Callable[[str], None], poll_seconds: float, on_poll: Callable[[], None] | None = None,
+    on_status: Callable[[JobStatus], None] | None = None,
+) -> JobStatus:
+    """Poll until the job ends, handing each status to `on_status` and each new piece of its log to `on_output` (and
+    calling `on_poll` at every poll); any interruption (Ctrl-C, a terminated Dagster run, `on_status` giving up on a
+    job that cannot start) cancels the job before it propagates."""
     try:
         while True:
             status = job.poll()
+            if on_status is not None:
+                on_status(status)
             text = job.read_log()
             if text:
                 on_output(text)
@@ -91,8 +113,9 @@ def watch(job: Job, on_output: Callable[[str], None], poll_seconds: float, on_po
             if status.done:
                 return status
             time.sleep(poll_seconds)
-    except BaseException:
-        log.warning("%s job %s interrupted: cancelling it", job.launcher, job.id)
+    except BaseException as exc:
+        why = "cannot start" if isinstance(exc, LaunchError) else "interrupted"
+        log.warning("%s job %s %s: cancelling it", job.launcher, job.id, why)
         job.cancel()
         raise
 
@@ -107,18 +130,99 @@ def to_stderr(text: str) -> None:
     sys.stderr.flush()
 
 
+def tell(line: str, on_line: Callable[[str], None] | None, level: int = logging.INFO) -> None:
+    """A line about a job's start, to this module's log and to `on_line` (a Dagster run's log) where given."""
+    log.log(level, line)
+    if on_line is not None:
+        on_line(line)
+
+
+class Startup:
+    """How a submitted job comes to run, said as it happens (to the log and `on_line`): "submitted", then "pending:
+    <reason>" at each new reason and every PENDING_LINE_EVERY_S with the time so far, then "started on <nodes>"
+    once it runs. A reason that never clears, or a wait longer than launch.max_pending, ends the wait with a
+    LaunchError naming the reason and its fix (`watch` cancels the job)."""
+
+    def __init__(self, job: Job, step: EntryStep, launch: Launch, on_line: Callable[[str], None] | None = None):
+        self.job, self.step, self.launch, self.on_line = job, step, launch, on_line
+        self.max_pending_s = time_seconds(launch.max_pending) if launch.max_pending else None
+        self.name = f"{job.launcher} job {job.id} ({step.name})"
+        self.pending_s = 0.0
+        self.reasons: list[str] = []  # each reason it waited for, once, in order
+        self._wait_began: float | None = time.monotonic()  # None while it runs (a requeued job waits again)
+        self._said: tuple[str, float] | None = None
+        tell(f"{self.name} submitted; log {job.log_path}", on_line)
+
+    def observe(self, status: JobStatus) -> None:
+        now = time.monotonic()
+        if status.waiting is None:
+            if self._wait_began is not None:
+                self.pending_s += now - self._wait_began
+                if status.nodes or not status.done:  # a job that ended before this poll names the nodes it ran on
+                    waited = f" after {format_duration(self.pending_s)} pending" if self.reasons else ""
+                    tell(f"{self.name} started on {status.nodes or ', '.join(self.job.hosts())}{waited}", self.on_line)
+            self._wait_began = None
+            return
+        self._wait_began = self._wait_began if self._wait_began is not None else now
+        waited = now - self._wait_began
+        waiting = status.waiting
+        if waiting.reason not in (*self.reasons, "None"):  # None: the scheduler has not looked yet, no reason
+            self.reasons.append(waiting.reason)
+        if self._said is None or self._said[0] != waiting.reason or now - self._said[1] >= PENDING_LINE_EVERY_S:
+            meaning = f" ({waiting.meaning})" if waiting.meaning else ""
+            tell(f"{self.name} pending: {waiting.reason}{meaning}, {format_duration(waited)} so far", self.on_line)
+            self._said = (waiting.reason, now)
+        if not waiting.clears:
+            raise LaunchError(
+                f"{self.name} cannot start: pending {waiting.reason}, {waiting.meaning}; a reason that never clears, "
+                f"so it is cancelled after {format_duration(waited)}. To change: {waiting.fix}"
+            )
+        if self.max_pending_s is not None and waited > self.max_pending_s:
+            reasons = ", ".join(self.reasons) or "no reason given"
+            raise LaunchError(
+                f"{self.name} waited {format_duration(waited)} to start ({reasons}), "
+                f"longer than launch.max_pending {self.launch.max_pending} in {self.launch.profile_file}: cancelled. "
+                f"Raise it, or ask for less ({describe(self.step)})"
+            )
+
+
+def admit(step: EntryStep, launch: Launch, job_dir: Path, on_line: Callable[[str], None] | None = None) -> None:
+    """The preflight's target-cluster check, before anything is submitted: a cluster that would not start the job
+    is a LaunchError in its own words (sinfo, sbatch --test-only, the Kubernetes API) with what to change."""
+    if launch.launcher == "local":
+        return
+    check = targets.admit(step, launch, job_dir)
+    if not check.checked:
+        line = f"{launch.launcher}: {step.name} goes without the cluster's word first: {check.found}"
+        tell(line, on_line, logging.WARNING)
+    elif not check.ok:
+        raise LaunchError(
+            f"{step.name} not submitted: the {launch.launcher} cluster would not start {describe(step)}: "
+            f"{check.found}. To change: {targets.refusal_fix(step, launch)}"
+        )
+
+
 def run(
     step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr, env: dict[str, str] | None = None, job_dir: Path | None = None,
-    on_poll: Callable[[], None] | None = None,
+    on_poll: Callable[[], None] | None = None, on_line: Callable[[str], None] | None = None,
 ) -> JobOutcome:
-    """Start the step, watch it to its end; a job that did not succeed raises LaunchError naming it."""
+    """Ask the cluster, submit the step, watch it to its end; a job that could not start or did not succeed
+    raises LaunchError naming it. `on_line` gets what the log gets of its start (a Dagster run's log)."""
     refuse_unlaunchable([step], launch)
     job_dir = job_dir or new_job_dir(launch, step)
-    log.info("launching %s with the %s launcher (job dir %s)", describe(step), launch.launcher, job_dir)
-    job = start(step, launch, job_dir, env)
-    log.info("%s job %s started; log %s", job.launcher, job.id, job.log_path)
-    status = watch(job, on_output, poll_seconds(launch), on_poll)
-    outcome = JobOutcome(job.launcher, job.id, status, job.log_path, job_dir)
+    admit(step, launch, job_dir, on_line)
+    return follow(start(step, launch, job_dir, env), step, launch, on_output, on_poll, on_line)
+
+
+def follow(
+    job: Job, step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr,
+    on_poll: Callable[[], None] | None = None, on_line: Callable[[str], None] | None = None,
+) -> JobOutcome:
+    """Watch a submitted job to its end, saying how it comes to start (Startup); its job dir holds its log."""
+    startup = Startup(job, step, launch, on_line)
+    status = watch(job, on_output, poll_seconds(launch), on_poll, startup.observe)
+    reasons = ", ".join(startup.reasons)
+    outcome = JobOutcome(job.launcher, job.id, status, job.log_path, job.log_path.parent, startup.pending_s, reasons)
     if not status.ok:
         raise LaunchError(failure_message(step, outcome), retryable=status.retryable)
     return outcome

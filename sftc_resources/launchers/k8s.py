@@ -8,20 +8,34 @@ as on Slurm, with c10d rendezvous at the first pod's stable DNS name (<jobset>-n
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
+from sftc_core.configs import NodePool, quantity_bytes
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, single_argv, time_seconds, torchrun_argv
-from sftc_resources.routing import GPU_RESOURCE, k8s_config
+from sftc_resources.launchers.plan import (
+    CLUSTER_FILE,
+    JobStatus,
+    Launch,
+    LaunchError,
+    Waiting,
+    shape_source,
+    single_argv,
+    time_seconds,
+    torchrun_argv,
+)
+from sftc_resources.routing import GPU_RESOURCE, NodeClass, k8s_config
 
 GROUP, VERSION, PLURAL, KIND = "jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet"
 REPLICATED_JOB = "node"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 CONTAINER = "step"
+API_TIMEOUT_S = 10
 
 
 def jobset_name(step: EntryStep, suffix: str) -> str:
@@ -100,6 +114,101 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     }
 
 
+def pool_of(step: EntryStep) -> NodeClass:
+    """The node pool a step's pods go to: the GPU pool when it asks for GPUs."""
+    return "gpu" if step.gpus_per_node else "cpu"
+
+
+@dataclass(frozen=True)
+class PoolNode:
+    """A node of a pool as the API reports it: what a pod may be given there (status.allocatable)."""
+
+    name: str
+    gpus: int
+    memory_bytes: int
+
+
+def node_selector_text(pool: NodePool) -> str:
+    return ",".join(f"{key}={value}" for key, value in pool.node_selector.items())
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """The nodes of a step's pool, and those that could hold one of its pods were they idle."""
+
+    nodes: list[PoolNode]
+    usable: list[str]
+    memory_bytes: int  # what each pod needs: its memory request, or more where the plan asks it
+
+
+def pool_capacity(core, step: EntryStep, launch: Launch, memory_bytes: int = 0) -> PoolCapacity:
+    """The nodes carrying the labels of the step's pool (`core`: a CoreV1Api), and which of them have the GPUs and
+    memory its pods request allocatable (node_pools.<pool>.resources.requests.memory, at least `memory_bytes`)."""
+    pool = getattr(launch.cluster.node_pools, pool_of(step))
+    memory_bytes = max(memory_bytes, quantity_bytes(pool.resources.requests.get("memory", "0")))
+    nodes = []
+    for node in core.list_node(label_selector=node_selector_text(pool), _request_timeout=API_TIMEOUT_S).items:
+        allocatable = node.status.allocatable or {}
+        gpus, memory = int(allocatable.get(GPU_RESOURCE, "0")), quantity_bytes(allocatable.get("memory", "0"))
+        nodes.append(PoolNode(node.metadata.name, gpus, memory))
+    usable = [node.name for node in nodes if node.gpus >= step.gpus_per_node and node.memory_bytes >= memory_bytes]
+    return PoolCapacity(nodes, usable, memory_bytes)
+
+
+# The scheduler's FailedScheduling message: "0/5 nodes are available: 3 Insufficient nvidia.com/gpu, 2 node(s) had
+# untolerated taint {dedicated: gpu}. preemption: ..."; each count a reason that held those nodes back.
+_UNSCHEDULABLE = re.compile(r"0/\d+ nodes are available: (.*?)(?:\. preemption:.*|\.)?$", re.S)
+_MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
+
+
+def scheduling_waiting(message: str, step: EntryStep, launch: Launch, pool_holds_pods: bool | None) -> Waiting:
+    """A pod the scheduler could place on no node, as a Waiting. It never clears when every node is held back for
+    good: a missing data volume claim, the pool's labels or taints, or resources no node of the pool has
+    (`pool_holds_pods` False: its allocatable is below the request; None: not known, so not held permanent)."""
+    pool = f"node_pools.{pool_of(step)}"
+    claim = _MISSING_CLAIM.search(message)
+    if claim:
+        namespace = launch.cluster.kubernetes.namespace
+        fix = f"create it in namespace {namespace}, or set kubernetes.data_volume_claim in {CLUSTER_FILE}"
+        return Waiting("Unschedulable", f"its data volume claim {claim.group(1)} does not exist", clears=False, fix=fix)
+    said = message.split(". preemption:")[0].strip()
+    parsed = _UNSCHEDULABLE.match(message.strip())
+    if not parsed:
+        return Waiting("Unschedulable", said or "the scheduler has not placed it yet")
+    fixes = {}
+    for held_back in re.split(r",\s*(?=\d+ )", parsed.group(1)):
+        if "didn't match Pod's node affinity/selector" in held_back:
+            fixes["labels"] = f"set {pool}.node_selector in {CLUSTER_FILE} to labels of the nodes (kubectl get nodes)"
+        elif "untolerated taint" in held_back:
+            fixes["taints"] = f"add the taint to {pool}.tolerations in {CLUSTER_FILE} (kubectl describe node shows it)"
+        elif "Insufficient" in held_back and pool_holds_pods is False:
+            shape = shape_source(step, launch)
+            fixes["size"] = f"no node of the pool can hold a pod: {shape}; or lower {pool}.resources in {CLUSTER_FILE}"
+        else:
+            return Waiting("Unschedulable", said)  # busy, cordoned, or not known to be for good: it may clear
+    return Waiting("Unschedulable", said, clears=False, fix="; ".join(fixes.values()))
+
+
+def container_waiting(reason: str, message: str, step: EntryStep) -> Waiting:
+    """A scheduled pod whose container has not started (ContainerCreating, ImagePullBackOff): an image name that
+    cannot be pulled at all never clears."""
+    fix = f"set kubernetes.images.{step.environment} in {CLUSTER_FILE} to an image the nodes can pull"
+    never = reason in ("InvalidImageName", "ErrImageNeverPull")
+    return Waiting(reason, message or "its container is being created", clears=not never, fix=fix)
+
+
+def api_error_text(exc: Exception) -> str:
+    """An API error in one line: the status, its reason and the server's message (a 403's names what is forbidden)."""
+    status, reason, body = (getattr(exc, name, None) for name in ("status", "reason", "body"))
+    if status is None:
+        return str(exc).splitlines()[0]  # urllib3's network errors
+    try:
+        message = json.loads(body or "{}").get("message", "")
+    except ValueError:
+        message = ""
+    return f"{status} {reason}" + (f": {message}" if message else "")
+
+
 def load_kube_config() -> str:
     """Point the Kubernetes client at the cluster: the in-cluster service account, else the kubeconfig KUBECONFIG
     names now (the client fixes its default path when it is first imported); says which."""
@@ -136,6 +245,7 @@ class K8sJob:
 
         if api_client is None:
             load_kube_config()
+        self.step, self.launch = step, launch
         self.namespace = launch.cluster.kubernetes.namespace
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -146,7 +256,41 @@ class K8sJob:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.manifest)
 
     def poll(self) -> JobStatus:
-        return status_of(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name))
+        """The JobSet's state; before it ends, whether all its pods run (and where) or why they wait: the scheduler's
+        FailedScheduling event of a pod it could not place, or the container's waiting reason of a placed one."""
+        status = status_of(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name))
+        if status.done:
+            return status
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{JOBSET_NAME_LABEL}={self.name}").items
+        waiting = [pod for pod in pods if pod.status.phase == "Pending"]
+        if waiting:
+            return replace(status, state="Pending", waiting=self._why_waiting(waiting[0]))
+        if len(pods) < self.step.nodes:
+            created = Waiting("NoPods", f"{len(pods)} of {self.step.nodes} pod(s) created so far")
+            return replace(status, state="Pending", waiting=created)
+        return replace(status, nodes=", ".join(sorted({pod.spec.node_name for pod in pods if pod.spec.node_name})))
+
+    def _why_waiting(self, pod) -> Waiting:
+        if pod.spec.node_name:  # placed: its container has not started
+            states = [c.state.waiting for c in pod.status.container_statuses or [] if c.state and c.state.waiting]
+            if not states:
+                return Waiting("ContainerCreating")
+            return container_waiting(states[0].reason, states[0].message or "", self.step)
+        selector = f"involvedObject.name={pod.metadata.name},reason=FailedScheduling"
+        events = self.core.list_namespaced_event(self.namespace, field_selector=selector).items
+        latest = max(events, key=lambda event: event.last_timestamp or event.metadata.creation_timestamp, default=None)
+        conditions = [c.message for c in pod.status.conditions or [] if (c.type, c.status) == ("PodScheduled", "False")]
+        message = latest.message if latest is not None else next(iter(conditions), "") or ""
+        holds = self.pool_holds_pods if "Insufficient" in message else None  # asked only where it matters
+        return scheduling_waiting(message, self.step, self.launch, holds)
+
+    @cached_property
+    def pool_holds_pods(self) -> bool | None:
+        """Whether enough nodes of the pool could give the pods what they request, were they idle (None: not known)."""
+        try:
+            return len(pool_capacity(self.core, self.step, self.launch).usable) >= self.step.nodes
+        except Exception:  # listing nodes may be forbidden to the job's account: then not known
+            return None
 
     def _rank0_pod(self) -> str | None:
         selector = f"{JOBSET_NAME_LABEL}={self.name},{COMPLETION_INDEX_LABEL}=0"

@@ -34,7 +34,8 @@ def launch_step(
             seen[0] = len(messages)
 
         try:
-            outcome = jobs.run(step, launch, env=session.get_bootstrap_env_vars(), job_dir=job_dir, on_poll=new_messages if on_message else None)
+            env, on_poll = session.get_bootstrap_env_vars(), new_messages if on_message else None
+            outcome = jobs.run(step, launch, env=env, job_dir=job_dir, on_poll=on_poll, on_line=context.log.info)
         except LaunchError as exc:
             raise dg.Failure(description=str(exc), metadata={"launcher": launch.launcher, "job_dir": dg.MetadataValue.path(str(job_dir))}, allow_retries=exc.retryable) from None
     context.log.info(f"{outcome.launcher} job {outcome.job_id} ({step.name}) {outcome.status.state}; log {outcome.log_path}")

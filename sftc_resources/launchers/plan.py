@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_assets.training.nemo_runner import entry_env
-from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher, ProfileConfig
+from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher, ProfileConfig, profile_path
 from sftc_core.launch import LAUNCHER_ENV, EntryStep, Environment
 from sftc_core.settings import Settings
 
 LAUNCHERS: tuple[Launcher, ...] = ("local", "slurm", "k8s")
 TORCHRUN = ("-m", "torch.distributed.run")
+CLUSTER_FILE = "configs/cluster.yaml"  # where the slurm:, kubernetes: and node_pools: sections are, named in fixes
 
 
 class LaunchError(RuntimeError):
@@ -39,11 +40,14 @@ class Launch:
     cluster: ClusterConfig
     data_dir: Path
     project_root: Path = PROJECT_ROOT
+    max_pending: str | None = None  # how long a submitted job may wait to start (launch.max_pending); None: unbounded
+    profile_file: Path | None = None  # where launch.* is set, named in the fixes of a job that cannot start
 
     @classmethod
     def from_settings(cls, settings: Settings, launcher: Launcher | None = None, profile: ProfileConfig | None = None) -> Launch:
         """The launch of `profile` (the settings' own unless given: the GPU plan asks for the full profile's)."""
-        config = (profile or settings.profile).launch
+        profile = profile or settings.profile
+        config = profile.launch
         launcher = launcher or config.launcher
         if launcher not in LAUNCHERS:
             raise ConfigError(f"launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
@@ -54,6 +58,8 @@ class Launch:
             max_retries=config.max_retries,
             cluster=settings.cluster,
             data_dir=settings.data_dir,
+            max_pending=config.max_pending,
+            profile_file=profile_path(profile.name, settings.config_dir),
         )
 
     def job_env(self, step: EntryStep) -> dict[str, str]:
@@ -87,6 +93,13 @@ def describe(step: EntryStep) -> str:
     return f"{step.name} ({step.module}): {shape}{gpus}"
 
 
+def shape_source(step: EntryStep, launch: Launch) -> str:
+    """Where the job's shape is set, for the fix of a job the cluster cannot take."""
+    profile = f"sftc train --nodes, or launch.nodes and launch.gpus_per_node in {launch.profile_file}"
+    where = step.shape_source or profile
+    return f"its {step.nodes} node(s) x {step.gpus_per_node} GPU(s) come from {where}"
+
+
 def time_seconds(text: str) -> int | None:
     """A Slurm time ("minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours[:minutes[:seconds]]") in
     seconds; None for "infinite" / "UNLIMITED" (no limit)."""
@@ -104,8 +117,20 @@ def time_seconds(text: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Why a submitted job has not started, in its launcher's words (Slurm's reason code, Kubernetes' scheduling
+    event), whether that clears by itself (Resources, Priority) or never does (PartitionNodeLimit), and the fix."""
+
+    reason: str
+    meaning: str = ""
+    clears: bool = True
+    fix: str = ""
+
+
+@dataclass(frozen=True)
 class JobStatus:
-    """A job's state in its launcher's words (Slurm's COMPLETED, FAILED, ...; a JobSet's or a process's likewise)."""
+    """A job's state in its launcher's words (Slurm's COMPLETED, FAILED, ...; a JobSet's or a process's likewise):
+    `waiting` while it is queued and not started, `nodes` where it runs once it does."""
 
     state: str
     done: bool = False
@@ -113,6 +138,8 @@ class JobStatus:
     exit_code: int | None = None
     reason: str = ""
     retryable: bool = False
+    waiting: Waiting | None = None
+    nodes: str = ""
 
 
 class LogTail:

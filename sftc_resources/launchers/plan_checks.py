@@ -16,16 +16,14 @@ from sftc_assets.training import hf_launch, memory, nemo_runner
 from sftc_assets.training.architecture import Architecture
 from sftc_assets.training.gpu_plan import plan_backend
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check
-from sftc_core.configs import GPU_RESOURCE, profile_path, quantity_bytes
+from sftc_core.configs import GPU_RESOURCE, profile_path
 from sftc_core.cost import serving_nodes
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import jobs, k8s, slurm, targets
+from sftc_resources.launchers import jobs, targets
 from sftc_resources.launchers.plan import Launch, LaunchError
 from sftc_resources.routing import COMPUTE_CLASSES, node_class, node_reason
-
-API_TIMEOUT_S = 10
 
 
 def plan_launch(settings: Settings) -> Launch:
@@ -181,50 +179,33 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, ar
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
                          "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
                          "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
-        if not slurm.slurm_available():
-            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"sinfo does not answer on this node: partition {partition} not asked")
         ram = _import_ram(arch)
-        found = targets.check_target(step, launch, ram)
-        try:
-            job_dir = launch.data_dir / "launch" / f"{step.name}-test-only"  # a path as a submission has one (sbatch reads it)
-            starts, said = slurm.sbatch_test_only(jobs.render_plan(step, launch, job_dir)["sbatch_script"], partition)
-        except LaunchError as exc:  # not rendered (see launch plan) or sbatch not answering
-            starts, said = False, str(exc)
+        # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
+        found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-test-only", ram)
+        if not found.checked:
+            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found)
         fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
                f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")  # fmt: skip
         needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
-        ok = found.ok and starts
-        return Check("target cluster", TARGET_CLUSTER, PASS if ok else FAIL, needed, f"{found.found}; sbatch --test-only: {said}", "" if ok else fix)
-    return kubernetes_gpu_nodes(settings, step, needed, arch)
+        if found.ok:
+            return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
+        return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found, fix)
+    return kubernetes_gpu_nodes(settings, step, launch, needed, arch)
 
 
-def kubernetes_gpu_nodes(settings: Settings, step: EntryStep, needed: str, arch: Architecture | None) -> Check:
-    """Nodes of the GPU pool with the GPUs (and, the architecture known, the host memory of the import) the step needs."""
-    from kubernetes import client, config  # the Kubernetes client comes with dagster-k8s
-
-    try:
-        where = k8s.load_kube_config()  # the same cluster a JobSet would be created in
-    except (config.ConfigException, OSError) as exc:
-        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"no Kubernetes configuration here ({exc})",
+def kubernetes_gpu_nodes(
+    settings: Settings, step: EntryStep, launch: Launch, needed: str, arch: Architecture | None
+) -> Check:
+    """Nodes of the GPU pool with the GPUs and memory (the pods' request; the architecture known, the import's host
+    memory) the step needs: the check every launch runs first."""
+    found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-plan", _import_ram(arch))
+    if not found.checked:
+        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found,
                      "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")  # fmt: skip
-    pool = settings.cluster.node_pools.gpu
-    selector = ",".join(f"{key}={value}" for key, value in pool.node_selector.items())
-    try:
-        nodes = client.CoreV1Api().list_node(label_selector=selector, _request_timeout=API_TIMEOUT_S).items
-    except Exception as exc:  # the client raises its own ApiException and urllib3's network errors alike
-        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, f"the Kubernetes API named by {where} did not answer: {exc}".splitlines()[0])
-    ram = _import_ram(arch)
-    usable = [
-        node.metadata.name
-        for node in nodes
-        if int((node.status.allocatable or {}).get(GPU_RESOURCE, "0")) >= step.gpus_per_node
-        and quantity_bytes((node.status.allocatable or {}).get("memory", "0")) >= ram
-    ]
-    found = f"{len(usable)} of {len(nodes)} node(s) matching {selector or 'any label'} have {step.gpus_per_node} {GPU_RESOURCE}" + _with_ram(ram)
-    if len(usable) < step.nodes:
-        return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found,
+    if not found.ok:
+        return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found,
                      f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")  # fmt: skip
-    return Check("target cluster", TARGET_CLUSTER, PASS, needed, found + f" ({where})")
+    return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
 
 
 def _import_ram(arch: Architecture | None) -> int:

@@ -13,12 +13,26 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, single_argv, time_seconds, torchrun_argv
+from sftc_resources.launchers.plan import (
+    CLUSTER_FILE,
+    JobStatus,
+    Launch,
+    LaunchError,
+    LogTail,
+    Waiting,
+    describe,
+    shape_source,
+    shell_line,
+    single_argv,
+    time_seconds,
+    torchrun_argv,
+)
 
 # Slurm's job states (squeue(1) "JOB STATE CODES"): still going, or how it ended and what that means.
 ACTIVE_STATES = frozenset({
@@ -40,7 +54,28 @@ END_STATES = {
 }
 # Lost through no fault of the step: worth the automatic retries of launch.max_retries.
 RETRYABLE_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
+# Active but not started: the job holds no nodes yet (CONFIGURING: they are being allocated and booted).
+WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"})
 COMMAND_TIMEOUT_S = 60
+
+# Why a job pends (Slurm's job reason codes, squeue's REASON) where the reason clears by itself: what it means.
+CLEARING_REASONS = {
+    "None": "the scheduler has not looked at it yet",
+    "Priority": "jobs of higher priority are ahead of it",
+    "Resources": "the nodes it needs are busy with other jobs",
+    "BeginTime": "its start time has not come yet",
+    "Dependency": "it waits for another job to end",
+    "JobHeldUser": "it is held (scontrol release lets it go)",
+    "JobHeldAdmin": "an administrator holds it",
+    "NodeDown": "a node it needs is down",
+    "Reservation": "it waits for its advanced reservation",
+    "PartitionDown": "its partition is down until an administrator brings it up",
+    "PartitionInactive": "its partition is inactive until an administrator brings it up",
+    "CONFIGURING": "its nodes are being allocated and booted",
+}
+# Per-job limits of a QOS or an association (AssocMaxNodesPerJob, QOSMaxWallDurationPerJobLimit, QOSMinGRES...): the
+# job asks for more than any one job may, so it never starts; aggregate limits (QOSGrp*, AssocGrp*, *PerUser) clear.
+PER_JOB_LIMIT = re.compile(r"^(?:(?:QOS|Assoc)Max\w*PerJob|QOSMin)\w*$")
 
 
 def status_of(state: str, exit_code: int | None = None) -> JobStatus:
@@ -156,11 +191,21 @@ def submit(script: Path, env: dict[str, str]) -> str:
 
 
 def query(job_id: str) -> JobStatus:
-    """The job's state: scontrol while the controller holds it, sacct (accounting) after it has left."""
+    """The job's state: scontrol while the controller holds it (with Slurm's reason while it waits, its nodes once it
+    runs), sacct (accounting) after it has left."""
     done = _run(["scontrol", "show", "job", "-o", job_id])
     if done.returncode == 0 and "JobState=" in done.stdout:
         fields = dict(re.findall(r"(\w+)=(\S+)", done.stdout))
-        return status_of(fields["JobState"], _exit_code(fields.get("ExitCode")))
+        nodes = fields.get("NodeList", "")
+        status = status_of(fields["JobState"], _exit_code(fields.get("ExitCode")))
+        status = replace(status, nodes="" if nodes == "(null)" else nodes)
+        if status.done:
+            return status
+        # scontrol writes the reason's spaces as underscores (ReqNodeNotAvail,_UnavailableNodes:node3)
+        reason = fields.get("Reason", "None").replace("_", " ")
+        if reason == "None" and status.state != "PENDING":
+            reason = status.state  # CONFIGURING, REQUEUED: the state says why it has not started
+        return replace(status, reason=reason)
     done = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode"])
     if done.returncode == 0 and done.stdout.strip():
         state, _, code = done.stdout.strip().splitlines()[0].partition("|")
@@ -174,6 +219,79 @@ def _exit_code(text: str | None) -> int | None:
 
 def cancel(job_id: str) -> None:
     _run(["scancel", job_id])
+
+
+def pending_reason(
+    reason: str, step: EntryStep, launch: Launch, unknown_nodes: Callable[[str], list[str]] | None = None
+) -> Waiting:
+    """Slurm's reason for a pending job as a Waiting: what it means, whether it clears by itself, and what to change
+    (and where) when it never does. `unknown_nodes` names, of a Slurm node list, the nodes the cluster lacks."""
+    code, _, detail = reason.partition(",")
+    if " " in code:  # a sentence, not a code ("Nodes required for job are DOWN, DRAINED or reserved ..."): as it is
+        return Waiting(reason)
+    slurm = launch.cluster.slurm
+    partition = f"partition {slurm.partition}" if slurm.partition else "the default partition"
+    shape = shape_source(step, launch)
+    options = f"slurm.sbatch_options of {CLUSTER_FILE}"
+    elsewhere = f"or name a partition that takes it (slurm.partition in {CLUSTER_FILE})"
+    never = {
+        "PartitionNodeLimit": (
+            f"it asks for more nodes than {partition} allows",
+            f"ask for fewer: {shape}; {elsewhere}",
+        ),
+        # what Slurm 22.05 says at submission of a job over any of the partition's limits, before the precise reason
+        "PartitionConfig": (
+            f"it asks for more than {partition} allows: nodes, time, or CPUs, memory or GPUs per node",
+            f"ask for less: {shape}; launch.time_limit {launch.time_limit} in {launch.profile_file}; "
+            f"slurm.cpus_per_task and slurm.sbatch_options in {CLUSTER_FILE} (scontrol show partition: its limits); "
+            f"{elsewhere}",
+        ),
+        "PartitionTimeLimit": (
+            f"its time limit {launch.time_limit} is above {partition}'s",
+            f"lower launch.time_limit in {launch.profile_file} (sinfo -o '%P %l' lists the limits), {elsewhere}",
+        ),
+        "InvalidAccount": (
+            f"account {slurm.account} is not one it may use",
+            f"set slurm.account in {CLUSTER_FILE} to one of yours (sacctmgr show assoc user=$USER)",
+        ),
+        "InvalidQOS": (
+            f"QOS {slurm.qos} is not one it may use",
+            f"set slurm.qos in {CLUSTER_FILE} to one of yours (sacctmgr show assoc user=$USER format=qos)",
+        ),
+        "AccountNotAllowed": (
+            f"{partition} does not admit account {slurm.account}",
+            f"set slurm.account or slurm.partition in {CLUSTER_FILE}",
+        ),
+        "BadConstraints": ("its constraints match no node", f"fix --constraint in {options}"),
+        "DependencyNeverSatisfied": ("a job it depends on ended the wrong way", f"fix --dependency in {options}"),
+        # per-job limits of a QOS or an association: see PER_JOB_LIMIT
+        "PerJobLimit": (
+            f"it asks for more than one job may (QOS {slurm.qos or 'default'}, account {slurm.account or 'default'})",
+            f"ask for less ({shape}; launch.time_limit {launch.time_limit}), or set another slurm.qos or slurm.account "
+            f"in {CLUSTER_FILE}",
+        ),
+    }
+    limit = "PerJobLimit" if PER_JOB_LIMIT.match(code) else code
+    if limit in never:
+        meaning, fix = never[limit]
+        return Waiting(code, meaning, clears=False, fix=fix)
+    if code == "ReqNodeNotAvail":
+        names = detail.strip().removeprefix("UnavailableNodes:")
+        missing = (unknown_nodes or _unknown_nodes)(names) if names else []
+        if missing:
+            fix = f"remove them from --nodelist in {options} (sinfo -N lists the nodes)"
+            return Waiting(code, f"it asks for nodes that do not exist: {', '.join(missing)}", clears=False, fix=fix)
+        return Waiting(code, f"nodes it asks for are down, drained or reserved ({names or 'unnamed'}); they may return")
+    if code.startswith(("AssocGrp", "QOSGrp")) or code.endswith(("PerUser", "PerUserLimit", "PerAccount")):
+        return Waiting(code, "an aggregate limit of its account or QOS is reached; it starts as other jobs end")
+    return Waiting(code, CLEARING_REASONS.get(code, "see squeue(1), JOB REASON CODES; sftc keeps waiting"))
+
+
+def _unknown_nodes(names: str) -> list[str]:
+    """Of a Slurm node list (node[3-4]), the nodes the cluster does not have (sinfo -N lists those it has)."""
+    wanted = _run(["scontrol", "show", "hostnames", names]).stdout.split()
+    known = set(_run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split())
+    return [name for name in wanted if name not in known]
 
 
 def job_hosts(job_id: str) -> list[str]:
@@ -190,7 +308,7 @@ class SlurmJob:
     launcher = "slurm"
 
     def __init__(self, step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str], job_name: str | None = None):
-        self.step, self.job_dir = step, Path(job_dir)
+        self.step, self.launch, self.job_dir = step, launch, Path(job_dir)
         self.script = self.job_dir / "job.sbatch"
         self.script.write_text(render_sbatch(step, launch, job_dir, job_name), encoding="utf-8")
         # Pipes' bootstrap variables travel in sbatch's environment (--export=ALL), not in the script file.
@@ -199,7 +317,10 @@ class SlurmJob:
         self.tail = LogTail(self.log_path)
 
     def poll(self) -> JobStatus:
-        return query(self.id)
+        status = query(self.id)
+        if status.state in WAITING_STATES:
+            return replace(status, waiting=pending_reason(status.reason, self.step, self.launch))
+        return status
 
     def read_log(self) -> str:
         return self.tail.read()
@@ -221,6 +342,7 @@ class PartitionNode:
     state: str
     memory_bytes: int | None = None  # the node's RealMemory (sinfo %m), None where sinfo does not say
     time_limit_s: int | None = None  # its partition's MaxTime (sinfo %l), None: infinite
+    max_nodes: int | None = None  # the most nodes its partition gives one job (MaxNodes, sinfo %s), None: no limit
 
 
 def parse_gres_gpus(gres: str) -> int:
@@ -241,16 +363,26 @@ def _time_limit(text: str) -> int | None:
         return None
 
 
+def default_partition() -> str | None:
+    """The partition a job without --partition goes to (sinfo marks it with a *), None where there is none."""
+    done = _run(["sinfo", "-h", "-o", "%P"])
+    return next((name.rstrip("*") for name in done.stdout.split() if name.endswith("*")), None)
+
+
 def partition_nodes(partition: str | None) -> list[PartitionNode]:
     """The partition's nodes with their GPUs, states, memory and time limit, from sinfo (the default partition when None)."""
-    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l", *(["-p", partition] if partition else [])]
+    partition = partition or default_partition()
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l|%s", *(["-p", partition] if partition else [])]
     done = _run(argv)
     if done.returncode != 0:
         raise LaunchError(f"{' '.join(argv)}: {done.stderr.strip()}")
     nodes = {}
     for line in done.stdout.strip().splitlines():
-        name, gres, state, memory, limit = line.split("|")
-        nodes[name] = PartitionNode(name, parse_gres_gpus(gres), state, _memory_bytes(memory), _time_limit(limit))
+        name, gres, state, memory, limit, job_size = line.split("|")
+        largest = job_size.rpartition("-")[2]  # "1-infinite", "2-4", or "1" where the least and most are one
+        max_nodes = int(largest) if largest.isdigit() else None
+        gpus, memory_bytes = parse_gres_gpus(gres), _memory_bytes(memory)
+        nodes[name] = PartitionNode(name, gpus, state, memory_bytes, _time_limit(limit), max_nodes)
     return list(nodes.values())
 
 
@@ -277,6 +409,15 @@ def time_limit_problem(time_limit: str, nodes: list[PartitionNode], partition: s
         return None
     where = f"partition {partition}" if partition else "the default partition"
     return f"launch.time_limit {time_limit} is longer than {where}'s time limit of {_clock(min(limits))}: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+
+
+def node_limit_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None) -> str | None:
+    """Why Slurm would hold the job for its node count (more than the partition's MaxNodes), or None."""
+    limits = [n.max_nodes for n in nodes if n.max_nodes is not None]
+    if not limits or step.nodes <= min(limits):
+        return None
+    where = f"partition {partition}" if partition else "the default partition"
+    return f"{step.name} asks for {step.nodes} node(s), {where} gives a job at most {min(limits)} (MaxNodes)"
 
 
 def sbatch_test_only(script: str, partition: str | None) -> tuple[bool, str]:
