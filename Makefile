@@ -8,7 +8,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check ui rerun bench clean
+.PHONY: setup run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
+	ui rerun bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -186,7 +186,8 @@ def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
     save_file({n: t for n, t in fp8.items() if n not in refused and n.removesuffix("_scale_inv") not in refused},
               tmp_path / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
     (tmp_path / "config.json").write_bytes((toy["fp8"] / "config.json").read_bytes())
-    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=FineGrainedFP8Config(dequantize=True), dtype=torch.bfloat16)
+    dequantize = FineGrainedFP8Config(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=dequantize, dtype=torch.bfloat16)
     theirs = model.state_dict()
     ours = _tensors(toy["converted"])
     config = json.loads((toy["converted"] / "config.json").read_text())
@@ -246,8 +247,9 @@ def test_toy_has_the_release_mla_width_group_routing_and_a_dense_layer_first(toy
     config = json.loads((toy["fp8"] / "config.json").read_text())
     assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (512, 64)  # vLLM's CPU MLA kernel: 576 only
     assert 1 < config["n_group"] and 1 <= config["topk_group"] < config["n_group"]
-    assert config["n_routed_experts"] % config["n_group"] == 0 and config["num_experts_per_tok"] <= config["topk_group"] * (
-        config["n_routed_experts"] // config["n_group"])
+    per_group = config["n_routed_experts"] // config["n_group"]
+    assert config["n_routed_experts"] % config["n_group"] == 0
+    assert config["num_experts_per_tok"] <= config["topk_group"] * per_group
     assert 1 <= config["first_k_dense_replace"] < config["num_hidden_layers"]
     assert config["architectures"] == ["DeepseekV3ForCausalLM"] and config["num_nextn_predict_layers"] == 1
     assert config["hidden_size"] <= 64 and toy["summary"]["mtp_parameters"] > 0  # the other sizes stay tiny
@@ -259,13 +261,14 @@ def test_the_mtp_layer_is_written_as_the_release_writes_it(toy):
     names = {n.removeprefix(mtp + ".") for n in tensors if n.startswith(mtp + ".")}
     assert {"enorm.weight", "hnorm.weight", "eh_proj.weight", "embed_tokens.weight", "shared_head.norm.weight",
             "shared_head.head.weight"} <= names  # fmt: skip
-    # a full decoder layer inside it, FP8 with its scales like every other layer's linears; the MoE block after the dense ones
+    # a full decoder layer inside it, FP8 with its scales as every layer's linears; a MoE block
     for part in ("self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight", "mlp.experts.7.down_proj.weight",
                  "mlp.shared_experts.up_proj.weight"):  # fmt: skip
         assert tensors[f"{mtp}.{part}"].dtype == torch.float8_e4m3fn and f"{mtp}.{part}_scale_inv" in tensors
     assert tuple(tensors[f"{mtp}.self_attn.kv_a_proj_with_mqa.weight"].shape) == (576, 64)  # 4.5 blocks of 128 rows
-    assert tensors[f"{mtp}.eh_proj.weight"].dtype == torch.bfloat16 and tuple(tensors[f"{mtp}.eh_proj.weight"].shape) == (64, 128)
-    assert torch.equal(tensors[f"{mtp}.embed_tokens.weight"], tensors["model.embed_tokens.weight"])  # shared with the model
+    eh_proj = tensors[f"{mtp}.eh_proj.weight"]
+    assert eh_proj.dtype == torch.bfloat16 and tuple(eh_proj.shape) == (64, 128)
+    assert torch.equal(tensors[f"{mtp}.embed_tokens.weight"], tensors["model.embed_tokens.weight"])  # shared
     assert torch.equal(tensors[f"{mtp}.shared_head.head.weight"], tensors["lm_head.weight"])
 
 
@@ -294,7 +297,8 @@ def test_transformers_loads_the_release_layout_ignoring_its_mtp_layer(toy, tmp_p
     from transformers import AutoModelForCausalLM
 
     with_mtp = AutoModelForCausalLM.from_pretrained(toy["converted"], dtype=torch.float32)
-    without = AutoModelForCausalLM.from_pretrained(_without_mtp(toy["converted"], tmp_path / "no-mtp"), dtype=torch.float32)
+    no_mtp = _without_mtp(toy["converted"], tmp_path / "no-mtp")
+    without = AutoModelForCausalLM.from_pretrained(no_mtp, dtype=torch.float32)
     assert with_mtp.config.num_nextn_predict_layers == 1 and len(with_mtp.model.layers) == 3  # no MTP module is built
     ids = torch.tensor([[0, 5, 9, 17, 33]])
     with torch.no_grad():

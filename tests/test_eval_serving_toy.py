@@ -47,4 +47,5 @@ def test_served_toy_eval_matches_the_in_process_greedy_path(data_dir, capsys):
           f"in process {local['parse_ok'].mean():.1%}")  # fmt: skip
     assert agree >= 0.95
     assert served["parse_ok"].mean() >= 0.9
-    assert served["raw_output"].str.contains("<action>").mean() >= 0.9 and local["raw_output"].str.contains("<action>").all()
+    assert served["raw_output"].str.contains("<action>").mean() >= 0.9  # vLLM keeps the tags
+    assert local["raw_output"].str.contains("<action>").all()

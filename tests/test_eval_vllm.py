@@ -35,7 +35,7 @@ NEW_TOKENS = 12
 def vllm_version() -> str:
     installed = installed_vllm(load_settings().vllm_python)
     if installed is None:
-        pytest.skip(f"no vLLM at {load_settings().vllm_python}: make .venv-vllm (make test builds it) or set SFTC_VLLM_PYTHON")
+        pytest.skip(f"no vLLM at {load_settings().vllm_python}: make .venv-vllm (make test does), or SFTC_VLLM_PYTHON")
     return installed[1]
 
 
@@ -50,21 +50,23 @@ def release_toy(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-def test_vllm_serves_the_toy_and_answers_a_month_as_the_in_process_greedy_path(vllm_version, release_toy, data_dir, capsys):
+def test_vllm_serves_the_toy_and_answers_a_month_as_the_in_process_greedy_path(vllm_version, release_toy, data_dir,
+                                                                               capsys):  # fmt: skip
     assert any(name.startswith("model.layers.3.") for name in load_weight_map(release_toy))  # the MTP layer is there
     save_splits(data_dir / "splits", records(8))
-    common = ["--dataset", str(data_dir / "splits"), "--model", str(release_toy), "--months", "2012-10", "--max-new-tokens", str(NEW_TOKENS)]
-    assert sftc(["evaluate", "--server", "vllm", "--device", "cpu", "--results", str(data_dir / "vllm.csv"), *common]) == 0
+    common = ["--dataset", str(data_dir / "splits"), "--model", str(release_toy), "--months", "2012-10",
+              "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu"]  # fmt: skip
+    assert sftc(["evaluate", "--server", "vllm", "--results", str(data_dir / "vllm.csv"), *common]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["answered_by"] == {"engine": "vllm", "engine_version": vllm_version} and summary["rows"] == 8
-    assert sftc(["evaluate", "--server", "none", "--device", "cpu", "--results", str(data_dir / "local.csv"), *common]) == 0
+    assert sftc(["evaluate", "--server", "none", "--results", str(data_dir / "local.csv"), *common]) == 0
 
     served, local = read_eval_csv(data_dir / "vllm.csv"), read_eval_csv(data_dir / "local.csv")
     assert served["id"].tolist() == local["id"].tolist() and set(served["ticker"]) == set(TICKERS)
     assert served["raw_output"].str.len().min() > 0
     same = (served["raw_output"] == local["raw_output"]).mean()
-    print(f"vLLM {vllm_version} (float32) against in-process greedy (float32): {same:.0%} of {len(served)} answers identical")
-    assert same >= 7 / 8  # one answer may part where two logits of the untrained model tie to rounding (8 of 8 measured)
+    print(f"vLLM {vllm_version} (float32) against in-process greedy (float32): {same:.0%} of {len(served)} identical")
+    assert same >= 7 / 8  # an answer may part where two logits of the untrained model tie to rounding (8 of 8 measured)
 
     (log,) = (data_dir / "logs" / "servers").glob("vllm-*.log")  # the server's own log
     text = log.read_text(encoding="utf-8", errors="replace")

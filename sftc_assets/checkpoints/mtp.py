@@ -54,7 +54,8 @@ def carry_mtp_layers(base: Path | str, model_dir: Path | str) -> int:
             tensors[name] = read_tensor(fh, headers[source_map[key]].tensors[key])
     save_file(tensors, model_dir / MTP_SHARD, metadata=SAFETENSORS_METADATA)
     weight_map = {**model_map, **dict.fromkeys(tensors, MTP_SHARD)}
-    total = sum(h.tensors[n].nbytes for s, h in model_headers.items() for n in h.tensors) + sum(t.nbytes for t in tensors.values())
+    total = sum(t.nbytes for h in model_headers.values() for t in h.tensors.values())
+    total += sum(t.nbytes for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (model_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return len(tensors)

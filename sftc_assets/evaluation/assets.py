@@ -71,7 +71,8 @@ def defs(settings: Settings) -> dg.Definitions:
         """Where this node's share of the answering runs; the GPU gate fails at once when the node lacks it."""
         if endpoint:
             return "remote (the endpoint's)"
-        device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
+        cpu_max = settings.profile.compute.cpu_max_checkpoint_bytes
+        device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, cpu_max, "sft_model")
         if device == "cpu" or server in ("transformers", "none"):
             return device  # vLLM's CPU build serves a checkpoint within the profile's CPU limit on a node without GPUs
         plan = servers.gpu_plan(settings, server)
@@ -119,7 +120,8 @@ def defs(settings: Settings) -> dg.Definitions:
         kinds={"pytorch", "csv"},
         check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
         description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
-        "server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; transformers serve; or evaluation.endpoint), the parsed action and the "
+        "server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; transformers serve; or "
+        "evaluation.endpoint), the parsed action and the "
         "forward return (docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
         **asset_placement("auto", settings),
     )

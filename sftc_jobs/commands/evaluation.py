@@ -57,8 +57,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=_positive, help="batch size of --server none (default: the profile's evaluation.batch_size)")
     parser.add_argument("--max-new-tokens", type=_positive, help="max_tokens of each answer (default: the profile's evaluation.max_new_tokens)")
     parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
-    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA when present, else this CPU for a "
-                        "checkpoint within the profile's CPU limit), cpu, cuda, cuda:N")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA "
+                        "when present, else this CPU for a checkpoint within the profile's CPU limit), cpu, cuda, "
+                        "cuda:N")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit")
     add_force(parser)
     parser.set_defaults(func=run_evaluate)
@@ -71,7 +72,8 @@ def _plan_text(settings: Settings, server: str, endpoint: str | None, model_dir:
         return f"endpoint:    {endpoint} (already running: no server is started)"
     if server == "none":
         return f"no server:   {model_dir} loaded in this process, batched generate (the fallback)"
-    return server_plan(settings, server, model_dir, device=device, port=settings.profile.evaluation.serving.port).render()
+    port = settings.profile.evaluation.serving.port
+    return server_plan(settings, server, model_dir, device=device, port=port).render()
 
 
 def _device(requested: str, settings: Settings, model_dir: Path) -> str:
@@ -84,7 +86,8 @@ def _device(requested: str, settings: Settings, model_dir: Path) -> str:
     if torch.cuda.is_available():
         return "cuda"
     compute = settings.profile.compute
-    size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or compute.expected_checkpoint_bytes or 0
+    size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    size = size or compute.expected_checkpoint_bytes or 0
     return "cpu" if size <= compute.cpu_max_checkpoint_bytes else "cuda"
 
 
