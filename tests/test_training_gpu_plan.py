@@ -62,7 +62,8 @@ def test_parameter_counts_match_a_real_checkpoints_headers(tmp_path, fp8):
     make_toy_checkpoint(checkpoint, ["buy hold sell " * 40, "margins and momentum " * 40], fp8=fp8, vocab_size=300)
     arch = architecture_of(checkpoint, read_model_config(REFERENCE))  # reachable: the checkpoint wins over the reference
     assert "safetensors headers" in arch.source and arch.layers == 3
-    assert arch.counted_params == arch.checkpoint_params == arch.main_params
+    assert arch.counted_params == arch.checkpoint_params  # the MTP layer's tensors too, by the release's formula
+    assert arch.mtp_layers == 1 and arch.checkpoint_params > arch.main_params + arch.mtp_unique_params
     tensor_bytes = sum(f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in checkpoint.glob("*.safetensors"))
     assert arch.bf16_checkpoint_bytes == (plan_conversion(checkpoint).total_size if fp8 else tensor_bytes)
 
