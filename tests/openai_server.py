@@ -50,9 +50,11 @@ class Seen:
 class ScriptedServer:
     """`with ScriptedServer() as server:`; `server.url` is the endpoint."""
 
-    def __init__(self, port: int = 0, refuse_skip_special_tokens: bool = False, model: str = "sft"):
+    def __init__(self, port: int = 0, refuse_skip_special_tokens: bool = False, model: str = "sft",
+                 lists_models: bool = True):  # fmt: skip
         self.refuse_skip_special_tokens = refuse_skip_special_tokens
         self.model = model
+        self.lists_models = lists_models  # False: /v1/models lists none, as transformers serve before a model is loaded
         self.faults: deque[Fault] = deque()
         self.seen: list[Seen] = []
         self.answered = 0
@@ -116,7 +118,9 @@ class ScriptedServer:
                 if self.path == "/health":
                     self._send(200, {"status": "ok"})
                 elif self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "scripted"}]})
+                    listed = [{"id": server.model, "object": "model", "owned_by": "scripted"}]
+                    listed = listed if server.lists_models else []
+                    self._send(200, {"object": "list", "data": listed})
                 elif self.path == "/version":
                     self._send(200, {"version": "1.0-test"})
                 else:

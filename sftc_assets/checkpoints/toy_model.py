@@ -8,6 +8,7 @@ layout of the DeepSeek-V3 release: the linear weights DeepSeek quantizes as floa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
@@ -40,7 +41,10 @@ FP8_SHARDS = 4
 
 
 def toy_config(vocab_size: int = 1024):
-    """DeepSeek-V3's architecture at toy size: MLA with small LoRA ranks, one dense layer, then two MoE layers."""
+    """DeepSeek-V3's architecture at toy size, with the release's shape wherever a kernel or a loader depends on it:
+    the MLA latent 512 + 64 wide (vLLM's CPU MLA kernel takes no other width), experts routed within groups
+    (8 experts in 4 groups, the best 2 groups, 2 experts a token), one dense layer before two MoE layers, and one
+    multi-token-prediction layer announced (`num_nextn_predict_layers`, written as `model.layers.3.*`)."""
     from transformers import DeepseekV3Config
 
     return DeepseekV3Config(
@@ -53,16 +57,16 @@ def toy_config(vocab_size: int = 1024):
         num_attention_heads=4,
         num_key_value_heads=4,
         q_lora_rank=48,
-        kv_lora_rank=32,
+        kv_lora_rank=512,  # the release's: kv_a_proj_with_mqa is 576 rows, 4.5 FP8 blocks
         qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
+        qk_rope_head_dim=64,  # the release's
         v_head_dim=16,
-        n_routed_experts=4,
+        n_routed_experts=8,
         num_experts_per_tok=2,
         n_shared_experts=1,
-        n_group=1,
-        topk_group=1,
-        num_mtp_layers=0,  # no multi-token-prediction layer is written, so the config must not announce one
+        n_group=4,
+        topk_group=2,
+        num_mtp_layers=1,  # written to config.json as the release's num_nextn_predict_layers
         # Keys of the release's config.json that transformers' class omits but NeMo's importer reads.
         scoring_func="sigmoid",
         topk_method="noaux_tc",
@@ -175,7 +179,7 @@ def make_toy_checkpoint(
 
     Deterministic: the same corpus, seed and options give byte-identical files.
     """
-    from transformers import DeepseekV3ForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     if not corpus_texts:
         raise ValueError("corpus_texts is empty: the toy tokenizer needs text (e.g. corpus_texts_from(nemo_jsonl dir))")
@@ -184,13 +188,14 @@ def make_toy_checkpoint(
 
     tokenizer = train_tokenizer(corpus_texts, vocab_size)
     config = toy_config(vocab_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DeepseekV3ForCausalLM(config)
-    parameters = sum(p.numel() for p in model.parameters())
-    state = _per_expert_state_dict(model)
+    state = _model_and_mtp_state(config, seed)
+    mtp_prefix = f"model.layers.{config.num_hidden_layers}."
+    mtp_parameters = sum(t.numel() for name, t in state.items() if name.startswith(mtp_prefix))
+    parameters = sum(t.numel() for t in state.values()) - mtp_parameters
 
     config_dict = config.to_dict()
+    # As the release's config.json: servers pick the model class (and vLLM its runner) by the architecture.
+    config_dict["architectures"] = ["DeepseekV3ForCausalLM"]
     config_dict["dtype"] = "bfloat16"
     if fp8:
         state = _fp8_state_dict(state)
@@ -223,6 +228,7 @@ def make_toy_checkpoint(
         "fp8": fp8,
         "seed": seed,
         "parameters": parameters,
+        "mtp_parameters": mtp_parameters,
         "tensors": len(state),
         "quantized_tensors": sum(1 for t in state.values() if t.dtype == torch.float8_e4m3fn),
         "shards": len(plan),
@@ -235,6 +241,32 @@ def make_toy_checkpoint(
         "tokenizer_vocab": tokenizer.get_vocab_size(),
         "corpus_texts": len(corpus_texts),
     }
+
+
+def _model_and_mtp_state(config, seed: int) -> dict[str, torch.Tensor]:
+    """The model's tensors and its multi-token-prediction layer's, named as the release names them.
+
+    transformers builds no MTP module, so the model is built one decoder layer deeper: that last layer (a MoE layer,
+    FP8 like the others) becomes the MTP layer's, beside the release's enorm, hnorm, eh_proj (BF16 in the release,
+    as vLLM's DeepSeekMultiTokenPredictorLayer loads it) and shared_head; its embed_tokens and shared_head.head are
+    copies of the model's own, which the MTP module shares (DeepSeek-V3 report, section 2.2)."""
+    from transformers import DeepseekV3ForCausalLM
+
+    deeper = copy.deepcopy(config)
+    deeper.num_hidden_layers = config.num_hidden_layers + config.num_nextn_predict_layers
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = _per_expert_state_dict(DeepseekV3ForCausalLM(deeper))
+        hidden = config.hidden_size
+        for layer in range(config.num_hidden_layers, deeper.num_hidden_layers):
+            prefix = f"model.layers.{layer}"
+            state[f"{prefix}.enorm.weight"] = torch.ones(hidden)
+            state[f"{prefix}.hnorm.weight"] = torch.ones(hidden)
+            state[f"{prefix}.eh_proj.weight"] = torch.randn(hidden, 2 * hidden) * config.initializer_range
+            state[f"{prefix}.embed_tokens.weight"] = state["model.embed_tokens.weight"].clone()
+            state[f"{prefix}.shared_head.norm.weight"] = torch.ones(hidden)
+            state[f"{prefix}.shared_head.head.weight"] = state["lm_head.weight"].clone()
+    return state
 
 
 def _per_expert_state_dict(model) -> dict[str, torch.Tensor]:

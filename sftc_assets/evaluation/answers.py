@@ -30,10 +30,8 @@ from sftc_assets.evaluation.servers import (
     LocalLauncher,
     ServerLauncher,
     ServerPlan,
-    free_port,
-    gpu_plan,
     serve,
-    transformers_plan,
+    server_plan,
 )
 from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import ConfigError
@@ -167,17 +165,21 @@ def load_model(model_dir: Path | str, device: str = "cpu"):
 
 
 def _served_model(client: CompletionsClient, wanted: str | None) -> tuple[str, str | None]:
-    """(the model name to request, who the server says owns it) from GET /v1/models."""
+    """(the model name to request, who the server says owns it) from GET /v1/models. A named model is requested as
+    named: a server that loads models on request (transformers serve) lists none it has not loaded yet."""
     models = client.models()
     names = [m["id"] for m in models]
     if wanted is None and len(models) == 1:
         wanted = names[0]
     elif wanted is None and SERVED_NAME in names:
         wanted = SERVED_NAME
-    if wanted not in names:
+    elif wanted is None:
         raise EndpointError(f"{client.url}/v1/models lists {', '.join(names) or 'no model'}; "
                             f"name the fine-tuned one with --served-model (profile: evaluation.served_model)")  # fmt: skip
-    return wanted, next(m.get("owned_by") for m in models if m["id"] == wanted)
+    if wanted not in names:
+        log.warning("%s/v1/models lists %s, not %r: requesting it as named (a server that loads models on request "
+                    "lists none before)", client.url, ", ".join(names) or "no model", wanted)  # fmt: skip
+    return wanted, next((m.get("owned_by") for m in models if m["id"] == wanted), None)
 
 
 def _served(client: CompletionsClient, settings: Settings, model: str, max_new_tokens: int, concurrency: int,
@@ -203,8 +205,9 @@ def open_answers(
     plan: ServerPlan | None = None,
 ) -> Iterator[ServedAnswers | InProcessAnswers]:
     """Who answers, for as long as the block runs: the server at `endpoint`; else a server started from the plan of
-    `server` (transformers on this node, vllm / sglang through `launcher`; `plan` when given), stopped afterwards;
-    else (`server` "none") the checkpoint loaded in this process. `device` is where a local server or the fallback runs."""
+    `server` (servers.server_plan: on this node's CPU for `device` cpu, else the GPU plan; `plan` when given) through
+    `launcher`, stopped afterwards; else (`server` "none") the checkpoint loaded in this process. `device` is where a
+    local server or the fallback runs."""
     client_config = settings.eval_config.client
     if server not in SERVERS:
         raise ConfigError(f"server {server!r}: expected one of {', '.join(SERVERS)}")
@@ -226,10 +229,7 @@ def open_answers(
                  "model_dir": str(model_dir), "device": str(next(model.parameters()).device)}  # fmt: skip
         yield InProcessAnswers(model, tokenizer, max_new_tokens, batch_size, settings.profile.evaluation.cpu_threads, about)
         return
-    if plan is None and server == "transformers":
-        plan = transformers_plan(model_dir, device=device, port=free_port(), seed=client_config.seed, cpu_threads=settings.profile.evaluation.cpu_threads)
-    elif plan is None:
-        plan = gpu_plan(settings, server, model_dir)
+    plan = plan or server_plan(settings, server, model_dir, device=device)
     launcher = launcher or LocalLauncher(settings.paths.server_logs)
     with serve(plan, launcher, client_config.startup_timeout_seconds) as running:
         client = CompletionsClient(running.url, client_config, settings.eval_api_key)

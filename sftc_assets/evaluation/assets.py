@@ -1,8 +1,8 @@
 """The `eval_csv` asset: per month of the test window, the fine-tuned model's answers and forward returns.
 
 The answers come from an OpenAI-compatible server (answers.open_answers): the profile's or the run's endpoint,
-else a server started for the run and stopped after it (transformers serve for the toy on this node, vLLM or
-SGLang on GPU nodes), else (`server: none`) the in-process generate.
+else a server started for the run and stopped after it (vLLM's CPU build for the toy on this node, vLLM or SGLang
+on GPU nodes, transformers serve as a fallback), else (`server: none`) the in-process generate.
 """
 
 import contextlib
@@ -71,8 +71,10 @@ def defs(settings: Settings) -> dg.Definitions:
         """Where this node's share of the answering runs; the GPU gate fails at once when the node lacks it."""
         if endpoint:
             return "remote (the endpoint's)"
-        if server in ("transformers", "none"):
-            return gpu.device_for_checkpoint("eval_csv", paths.sft_model, settings.profile.compute.cpu_max_checkpoint_bytes, "sft_model")
+        cpu_max = settings.profile.compute.cpu_max_checkpoint_bytes
+        device = gpu.device_for_checkpoint("eval_csv", paths.sft_model, cpu_max, "sft_model")
+        if device == "cpu" or server in ("transformers", "none"):
+            return device  # vLLM's CPU build serves a checkpoint within the profile's CPU limit on a node without GPUs
         plan = servers.gpu_plan(settings, server)
         if plan.nodes == 1:
             gpu.require_gpus("eval_csv", plan.gpus_per_node, plan.gpu_memory_bytes)
@@ -118,7 +120,8 @@ def defs(settings: Settings) -> dg.Definitions:
         kinds={"pytorch", "csv"},
         check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
         description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
-        "server (transformers serve for the toy, vLLM/SGLang on GPU nodes, or evaluation.endpoint), the parsed action and the "
+        "server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; transformers serve; or "
+        "evaluation.endpoint), the parsed action and the "
         "forward return (docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
         **asset_placement(COMPUTE_CLASSES["eval_csv"], settings),
     )

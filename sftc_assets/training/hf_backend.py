@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.safetensors_io import file_sha256
 from sftc_assets.training.data import (
     IGNORE_INDEX,
@@ -633,6 +634,7 @@ def _run_training(
     parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, sft.target_format, smoke_test)
     final_model = model.merge_and_unload() if lora else model
     final_model.save_pretrained(work)
+    carry_mtp_layers(model_dir, work)  # transformers drops the MTP layer: the base's goes back, as the release lays it
     tokenizer.save_pretrained(work)
     _write_logs(work, state["train_rows"], state["val_rows"])
     plot_loss_curve(work / "loss_curve.png", state["train_rows"], state["val_rows"])

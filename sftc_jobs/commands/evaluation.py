@@ -57,34 +57,48 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=_positive, help="batch size of --server none (default: the profile's evaluation.batch_size)")
     parser.add_argument("--max-new-tokens", type=_positive, help="max_tokens of each answer (default: the profile's evaluation.max_new_tokens)")
     parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
-    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA "
+                        "when present, else this CPU for a checkpoint within the profile's CPU limit), cpu, cuda, "
+                        "cuda:N")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit")
     add_force(parser)
     parser.set_defaults(func=run_evaluate)
 
 
-def _plan_text(args: argparse.Namespace, settings: Settings, server: str, endpoint: str | None) -> str:
-    from sftc_assets.evaluation.servers import gpu_plan, transformers_plan
+def _plan_text(settings: Settings, server: str, endpoint: str | None, model_dir: Path, device: str) -> str:
+    from sftc_assets.evaluation.servers import server_plan
 
-    model_dir = args.model or settings.paths.sft_model
     if endpoint:
         return f"endpoint:    {endpoint} (already running: no server is started)"
     if server == "none":
         return f"no server:   {model_dir} loaded in this process, batched generate (the fallback)"
-    if server == "transformers":
-        plan = transformers_plan(model_dir, device="cpu" if args.device == "auto" else args.device, port=8000,
-                                 seed=settings.eval_config.client.seed, cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
-    else:
-        plan = gpu_plan(settings, server, args.model)
-    return plan.render()
+    port = settings.profile.evaluation.serving.port
+    return server_plan(settings, server, model_dir, device=device, port=port).render()
+
+
+def _device(requested: str, settings: Settings, model_dir: Path) -> str:
+    """`--device auto`: CUDA where torch sees it, else this CPU for a checkpoint within the profile's CPU limit (the
+    toy); a bigger one is planned on GPU nodes (`sftc evaluate --dry-run` on a CPU node prints the GPU plan)."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    compute = settings.profile.compute
+    size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    size = size or compute.expected_checkpoint_bytes or 0
+    return "cpu" if size <= compute.cpu_max_checkpoint_bytes else "cuda"
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     check_device(args.device)
     evaluation = settings.profile.evaluation
     endpoint, server = args.endpoint or evaluation.endpoint, args.server or evaluation.server
+    model_dir = args.model or settings.paths.sft_model
+    device = _device(args.device, settings, model_dir)
     if args.dry_run:
-        print(_plan_text(args, settings, server, endpoint))
+        print(_plan_text(settings, server, endpoint, model_dir, device))
         return 0
     if args.results is None:
         raise ValueError("--results CSV is required (or --dry-run to print the serving plan)")
@@ -98,13 +112,8 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_resources.prices import price_source_from_settings
 
     paths = settings.paths
-    dataset, model_dir = args.dataset or paths.hf_splits, args.model or paths.sft_model
+    dataset = args.dataset or paths.hf_splits
     records = load_test_records(dataset, months=args.months, max_samples=args.max_samples)
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     staging = args.results.with_name(f".{args.results.name}.staging.jsonl")
     with writing_output(args, [args.results], inputs=[model_dir, dataset], option="--results") as stamp:
         try:
