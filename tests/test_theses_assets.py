@@ -9,9 +9,9 @@ import pytest
 from stage_helpers import settings_with, stage_definitions
 from theses_helpers import thesis, write
 
-from sftc_assets.theses import assets
+from sftc_assets.theses import assets, parser
 from sftc_assets.theses.assets import COUNTS_CHECK, SCHEMA_CHECK
-from sftc_core.io import read_jsonl
+from sftc_core.io import atomic_write_jsonl, read_jsonl
 from sftc_core.paths import ArtifactPaths
 
 
@@ -104,8 +104,6 @@ def test_a_range_of_months_in_one_run_matches_month_by_month(data_dir, external_
 
 def test_the_counts_check_fails_when_a_written_line_is_lost(data_dir, external_corpus, monkeypatch):
     """The checks read the files back: a writer that drops a line must fail the counts check."""
-    from sftc_assets.theses import parser
-
     real_write = parser.write_jsonl_outputs
 
     def lossy_write(result, output, rejects, stamp=None):
@@ -127,3 +125,26 @@ def test_toy_profile_generates_and_parses_a_sample_month(data_dir):
     records = read_jsonl(paths.jsonl_month("2011-06"))
     assert len(records) == raw_meta["theses_written"] and read_jsonl(paths.rejects_month("2011-06")) == []
     assert {r["as_of_date"][:7] for r in records} == {"2011-06"}
+
+
+def test_the_checks_of_thesis_jsonl_called_directly_read_the_files_back(tmp_path):
+    paths = ArtifactPaths(tmp_path)
+    theses = thesis(ticker="AAPL", as_of_date="2012-01-10") + thesis(ticker="MSFT", as_of_date="2012-01-11")
+    write(paths.raw_xml, "2012/01/a.xml", f"<theses>{theses}</theses>")
+    january = parser.parse_corpus(paths.raw_xml).by_month()["2012-01"]
+    parser.write_jsonl_outputs(january, paths.jsonl_month("2012-01"), paths.rejects_month("2012-01"))
+    checks, by_month = assets.check_thesis_jsonl({"2012-01": 2}, paths)
+    assert [(c.check_name, c.passed) for c in checks] == [(COUNTS_CHECK, True), (SCHEMA_CHECK, True)]
+    assert by_month == {"2012-01": {f"check {COUNTS_CHECK}": "passed", f"check {SCHEMA_CHECK}": "passed"}}
+
+    # one thesis more read than lines written, and a record that lost its ticker
+    records = read_jsonl(paths.jsonl_month("2012-01"))
+    del records[1]["ticker"]
+    atomic_write_jsonl(paths.jsonl_month("2012-01"), records)
+    checks, by_month = assets.check_thesis_jsonl({"2012-01": 3}, paths)
+    assert [(c.check_name, c.passed) for c in checks] == [(COUNTS_CHECK, False), (SCHEMA_CHECK, False)]
+    assert by_month["2012-01"][f"check {COUNTS_CHECK}"] == "FAILED: 2 + 0 lines for 3 read"
+    problems = checks[1].metadata["problems"].value
+    assert problems > 0
+    assert by_month["2012-01"][f"check {SCHEMA_CHECK}"].startswith(f"FAILED: {problems} problems, e.g. record line 2")
+    assert "2012-01: record line 2" in checks[1].metadata["first_problems"].value

@@ -19,9 +19,11 @@ COUNTS_CHECK = "accepted_plus_rejected_equals_read"
 SCHEMA_CHECK = "jsonl_schema"
 
 
-def _check_results(month_reads: dict[str, int], paths: ArtifactPaths) -> tuple[list[dg.AssetCheckResult], dict[str, dict]]:
-    """Both checks re-read the files just written: line counts against the parse, and every line's schema. Also
-    each month's outcome, for its partition's metadata."""
+def check_thesis_jsonl(
+    month_reads: dict[str, int], paths: ArtifactPaths
+) -> tuple[list[dg.AssetCheckResult], dict[str, dict]]:
+    """Both checks of thesis_jsonl re-read the files just written: line counts against the parse, and every line's
+    schema. Also each month's outcome, for its partition's metadata."""
     count_rows, problems, by_month = [], [], {}
     for month, read in month_reads.items():
         records, rejects = read_jsonl(paths.jsonl_month(month)), read_jsonl(paths.rejects_month(month))
@@ -54,6 +56,88 @@ def _span(months: list[str]) -> str:
     return months[0] if len(months) == 1 else f"{months[0]}..{months[-1]}"
 
 
+def materialize_raw_xml(context: dg.AssetExecutionContext, settings: Settings) -> dg.MaterializeResult:
+    paths = settings.paths
+    corpus = settings.profile.corpus
+    months = list(context.partition_keys)
+    rows = []
+    # Observed theses (the full profile) are the user's files: nothing is written, nothing locked.
+    targets = [t for month in months for t in settings.artifacts_of("raw_xml", month)]
+    task = "raw_xml: writing theses" if corpus.source == "sample" else "raw_xml: looking at the files"
+    with (
+        writing(settings, "raw_xml", targets) as stamp,
+        Tracker(task, len(months), "month", log=context.log.info) as progress,
+    ):
+        for month in months:
+            row = {"month": month}
+            if corpus.source == "sample":  # the writer replaces exactly that month's directory, atomically
+                sample = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus, stamp)
+                row["theses_written"] = sample["theses"]
+            rows.append({**row, **layout.observe_month(paths.raw_xml_month(month))})
+            progress.advance()
+    for row in rows:
+        path = dg.MetadataValue.path(str(paths.raw_xml_month(row["month"])))
+        partition_metadata(context, row["month"], {"path": path, **{k: v for k, v in row.items() if k != "month"}})
+    files = sum(r["files"] for r in rows)
+    if corpus.source == "sample":
+        written = f", {format_number(sum(r['theses_written'] for r in rows))} theses written"
+    else:
+        written = " (observed)"
+    report_summary(context, "raw_xml", f"{format_number(files)} files{written}")
+    return dg.MaterializeResult(metadata=asset_metadata(settings, "raw_xml", {"source": corpus.source}))
+
+
+def materialize_thesis_jsonl(context: dg.AssetExecutionContext, settings: Settings) -> dg.MaterializeResult:
+    paths = settings.paths
+    months = list(context.partition_keys)
+    targets = [t for month in months for t in settings.artifacts_of("thesis_jsonl", month)]
+    with writing(settings, "thesis_jsonl", targets, inputs=[("raw_xml", settings.thesis_months)]) as stamp:
+        # The whole tree, so a thesis duplicating one of an earlier month is caught; only these months are written.
+        corpus = parser.parse_corpus(paths.raw_xml, progress_log=context.log.info)
+        by_month = corpus.by_month()
+        written = {m: by_month.get(m, parser.ParseResult()) for m in months}
+        for month, result in written.items():
+            parser.write_jsonl_outputs(result, paths.jsonl_month(month), paths.rejects_month(month), stamp)
+    partition_months = set(settings.thesis_months)
+    homeless = [o.reject or o.record for m, r in by_month.items() if m not in partition_months for o in r.outcomes]
+    if homeless:
+        context.log.warning(
+            "%d theses are in no partition: their month (of the as_of_date, else of the YYYY/MM/ directory) is none "
+            "or outside %s..%s; e.g. %s",
+            len(homeless), min(partition_months), max(partition_months),
+            sorted({row["source_file"] for row in homeless})[:5],
+        )  # fmt: skip
+
+    checks, check_outcomes = check_thesis_jsonl({m: r.counts()["read"] for m, r in written.items()}, paths)
+    preview_columns = ["id", "ticker", "as_of_date", "action", "horizon_days", "confidence", "reasoning"]
+    for month, result in written.items():
+        counts, records = result.counts(), result.records
+        reasons = [{"reason": reason, "count": n} for reason, n in counts["reject_reasons"].items()]
+        partition_metadata(context, month, {
+            "path": dg.MetadataValue.path(str(paths.jsonl_month(month))),
+            "rejects_path": dg.MetadataValue.path(str(paths.rejects_month(month))),
+            **{k: counts[k] for k in ("files", "read", "accepted", "rejected")},
+            "dagster/row_count": counts["accepted"],
+            "date_range": f"{records[0]['as_of_date']}..{records[-1]['as_of_date']}" if records else "none",
+            "reject_reasons": dg.MetadataValue.md(markdown_table(reasons)),
+            "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
+            "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
+            **check_outcomes[month],
+        })  # fmt: skip
+    requested = corpus.for_months(months)
+    context.log.info("%s: %s", _span(months), parser.summary_line(requested, paths.jsonl))
+    counts = requested.counts()
+    accepted, rejected, read = (format_number(counts[k]) for k in ("accepted", "rejected", "read"))
+    report_summary(context, "thesis_jsonl", f"{accepted} accepted, {rejected} rejected of {read} read")
+    return dg.MaterializeResult(
+        # Figures of the whole tree the parse read, true of every partition it wrote.
+        metadata=asset_metadata(
+            settings, "thesis_jsonl", {"corpus_read": len(corpus.outcomes), "not_in_any_partition": len(homeless)}
+        ),
+        check_results=checks,
+    )
+
+
 def defs(settings: Settings) -> dg.Definitions:
     partitions = month_partitions(settings.thesis_months)
 
@@ -68,26 +152,7 @@ def defs(settings: Settings) -> dg.Definitions:
         **asset_placement("cpu", settings),
     )
     def raw_xml(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        paths = settings.paths
-        corpus = settings.profile.corpus
-        months = list(context.partition_keys)
-        rows = []
-        # Observed theses (the full profile) are the user's files: nothing is written, nothing locked.
-        targets = [t for month in months for t in settings.artifacts_of("raw_xml", month)]
-        task = "raw_xml: writing theses" if corpus.source == "sample" else "raw_xml: looking at the files"
-        with writing(settings, "raw_xml", targets) as stamp, Tracker(task, len(months), "month", log=context.log.info) as progress:
-            for month in months:
-                row = {"month": month}
-                if corpus.source == "sample":  # the writer replaces exactly that month's directory, atomically
-                    row["theses_written"] = sample_corpus.write_sample_corpus_month(paths.raw_xml, month, corpus, stamp)["theses"]
-                rows.append({**row, **layout.observe_month(paths.raw_xml_month(month))})
-                progress.advance()
-        for row in rows:
-            partition_metadata(context, row["month"], {"path": dg.MetadataValue.path(str(paths.raw_xml_month(row["month"]))), **{k: v for k, v in row.items() if k != "month"}})
-        files = sum(r["files"] for r in rows)
-        written = f", {format_number(sum(r['theses_written'] for r in rows))} theses written" if corpus.source == "sample" else " (observed)"
-        report_summary(context, "raw_xml", f"{format_number(files)} files{written}")
-        return dg.MaterializeResult(metadata=asset_metadata(settings, "raw_xml", {"source": corpus.source}))
+        return materialize_raw_xml(context, settings)
 
     @dg.asset(
         partitions_def=partitions,
@@ -105,49 +170,6 @@ def defs(settings: Settings) -> dg.Definitions:
         **asset_placement("cpu", settings),
     )
     def thesis_jsonl(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        paths = settings.paths
-        months = list(context.partition_keys)
-        targets = [t for month in months for t in settings.artifacts_of("thesis_jsonl", month)]
-        with writing(settings, "thesis_jsonl", targets, inputs=[("raw_xml", settings.thesis_months)]) as stamp:
-            # The whole tree, so a thesis duplicating one of an earlier month is caught; only these months are written.
-            corpus = parser.parse_corpus(paths.raw_xml, progress_log=context.log.info)
-            by_month = corpus.by_month()
-            written = {m: by_month.get(m, parser.ParseResult()) for m in months}
-            for month, result in written.items():
-                parser.write_jsonl_outputs(result, paths.jsonl_month(month), paths.rejects_month(month), stamp)
-        partition_months = set(settings.thesis_months)
-        homeless = [o.reject or o.record for m, r in by_month.items() if m not in partition_months for o in r.outcomes]
-        if homeless:
-            context.log.warning(
-                "%d theses are in no partition: their month (of the as_of_date, else of the YYYY/MM/ directory) is none "
-                "or outside %s..%s; e.g. %s",
-                len(homeless), min(partition_months), max(partition_months), sorted({row["source_file"] for row in homeless})[:5],
-            )  # fmt: skip
-
-        checks, check_outcomes = _check_results({m: r.counts()["read"] for m, r in written.items()}, paths)
-        preview_columns = ["id", "ticker", "as_of_date", "action", "horizon_days", "confidence", "reasoning"]
-        for month, result in written.items():
-            counts, records = result.counts(), result.records
-            reasons = [{"reason": reason, "count": n} for reason, n in counts["reject_reasons"].items()]
-            partition_metadata(context, month, {
-                "path": dg.MetadataValue.path(str(paths.jsonl_month(month))),
-                "rejects_path": dg.MetadataValue.path(str(paths.rejects_month(month))),
-                **{k: counts[k] for k in ("files", "read", "accepted", "rejected")},
-                "dagster/row_count": counts["accepted"],
-                "date_range": f"{records[0]['as_of_date']}..{records[-1]['as_of_date']}" if records else "none",
-                "reject_reasons": dg.MetadataValue.md(markdown_table(reasons)),
-                "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
-                "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
-                **check_outcomes[month],
-            })  # fmt: skip
-        requested = corpus.for_months(months)
-        context.log.info("%s: %s", _span(months), parser.summary_line(requested, paths.jsonl))
-        counts = requested.counts()
-        report_summary(context, "thesis_jsonl", f"{format_number(counts['accepted'])} accepted, {format_number(counts['rejected'])} rejected of {format_number(counts['read'])} read")
-        return dg.MaterializeResult(
-            # Figures of the whole tree the parse read, true of every partition it wrote.
-            metadata=asset_metadata(settings, "thesis_jsonl", {"corpus_read": len(corpus.outcomes), "not_in_any_partition": len(homeless)}),
-            check_results=checks,
-        )
+        return materialize_thesis_jsonl(context, settings)
 
     return dg.Definitions(assets=[raw_xml, thesis_jsonl])
