@@ -11,10 +11,11 @@ from stage_helpers import mark_as_written, settings_with, stage_definitions
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sftc_assets.sft_data import assets, nemo_export
+from sftc_assets.sft_data import assets, nemo_export, splits
 from sftc_assets.theses.parser import parse_corpus
 from sftc_assets.theses.sample_corpus import write_sample_corpus
 from sftc_core.configs import CorpusConfig, load_sft_config
+from sftc_core.nemo_format import NEMO_FILES
 from sftc_core.paths import ArtifactPaths
 from sftc_core.settings import load_settings
 
@@ -109,3 +110,30 @@ def test_without_a_reachable_tokenizer_the_lines_are_written_unmeasured_and_chec
     assert not check_only.success
     evaluation = check_only.get_asset_check_evaluations()[0]
     assert not evaluation.passed and evaluation.metadata["problem_count"].value == 1
+
+
+def test_the_splits_check_called_directly_reads_the_saved_splits(data_dir):
+    write_monthly_jsonl(data_dir)
+    paths, settings = ArtifactPaths(data_dir), load_settings()
+    splits.build_dataset(paths.jsonl, paths.hf_splits, settings.sft, date_bounds=settings.date_bounds)
+    result = assets.check_splits_disjoint_and_ordered(paths.hf_splits)
+    assert result.passed and result.metadata["problem_count"].value == 0
+    # an embargo longer than the gaps between the splits: both gaps are named
+    summary = json.loads((paths.hf_splits / splits.SUMMARY_FILE).read_text())
+    (paths.hf_splits / splits.SUMMARY_FILE).write_text(json.dumps({**summary, "embargo_days": 400}))
+    result = assets.check_splits_disjoint_and_ordered(paths.hf_splits)
+    assert not result.passed and result.metadata["problem_count"].value == 2
+    assert all("the embargo is 400" in problem for problem in result.metadata["problems"].value)
+
+
+def test_the_special_tokens_check_called_directly_names_the_line_without_them(tmp_path):
+    tokens = load_sft_config().special_tokens
+    for name in NEMO_FILES.values():
+        (tmp_path / name).write_text(json.dumps({"input": "prompt", "output": " ".join(tokens)}) + "\n")
+    result = assets.check_special_tokens_in_every_line(tmp_path, tokens)
+    assert result.passed and (result.metadata["lines"].value, result.metadata["problem_count"].value) == (3, 0)
+    with open(tmp_path / NEMO_FILES["validation"], "a") as fh:
+        fh.write(json.dumps({"input": "prompt", "output": "no tags"}) + "\n")
+    result = assets.check_special_tokens_in_every_line(tmp_path, tokens)
+    assert not result.passed and (result.metadata["lines"].value, result.metadata["problem_count"].value) == (4, 1)
+    assert result.metadata["problems"].value[0].startswith(f"{tmp_path / NEMO_FILES['validation']}:2: ")
