@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 
@@ -12,7 +13,8 @@ from datasets import load_from_disk
 from stage_helpers import settings_with, stage_definitions
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread, place_as_upstream  # noqa: F401 (autouse fixture)
 
-from sftc_assets.training import assets
+from sftc_assets.training import assets, preflight
+from sftc_core.checks import FAIL, THIS_NODE, Check
 from sftc_core.settings import load_settings
 from sftc_resources.resources import GpuResource
 
@@ -128,3 +130,53 @@ def test_a_climbing_training_loss_fails_its_check_naming_the_learning_rate_and_i
     assert "configs/profiles/toy.yaml is likely too high" in result.description and "mean of steps 6..10" in result.description
     (output / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{7.0 - 0.2 * i},0.003,1.0\n" for i in range(12)))
     assert check().passed
+
+
+def write_metrics(model_dir, initial: float, final: float) -> None:
+    figures = {"initial_val_loss": initial, "final_val_loss": final, "best_val_loss": min(initial, final), "steps": 5}
+    (model_dir / "metrics.json").write_text(json.dumps(figures))
+
+
+def test_the_validation_loss_check_called_directly_names_each_backends_learning_rate(tmp_path):
+    settings = load_settings(env={})
+    assert not assets.check_validation_loss_decreased(tmp_path, settings).passed  # no metrics.json: no finished run
+    write_metrics(tmp_path, 2.0, 1.5)
+    result = assets.check_validation_loss_decreased(tmp_path, settings)
+    assert result.passed and result.description is None and result.metadata["relative_drop"].value == 0.25
+    write_metrics(tmp_path, 2.0, float("nan"))
+    result = assets.check_validation_loss_decreased(tmp_path, settings)
+    assert not result.passed and "2.0000 -> nan; check training.learning_rate " in result.description
+    finetune = settings.finetune
+    result = assets.check_validation_loss_decreased(tmp_path, settings.model_copy(update={"train_backend": "nemo"}))
+    setting = f"learning_rate {finetune.learning_rate:g} (warmup_steps {finetune.warmup_steps}) in {finetune.source}"
+    assert f"check {setting} and the data" in result.description
+
+
+def write_losses(model_dir, losses: list[float]) -> None:
+    rows = "".join(f"{step},{loss},0.003,1.0\n" for step, loss in enumerate(losses, start=1))
+    (model_dir / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + rows)
+
+
+def test_the_training_loss_check_called_directly_finds_the_climb(tmp_path):
+    settings = load_settings(env={})
+    assert not assets.check_training_loss_stable(tmp_path, settings).passed  # no training.csv: no finished run
+    write_losses(tmp_path, [7.0 - 0.2 * i for i in range(12)])
+    result = assets.check_training_loss_stable(tmp_path, settings)
+    assert result.passed and result.metadata["steps"].value == 12 and result.metadata["max_loss"].value == 7.0
+    write_losses(tmp_path, [7.0, 6.8, 6.9, 7.0, 7.2, 7.6, 8.0, 8.4, 8.8, 9.2])
+    result = assets.check_training_loss_stable(tmp_path, settings)
+    assert not result.passed and "is likely too high; lower it" in result.description
+    assert result.metadata["rolling_loss"].value > 7.0 * 1.05 and result.metadata["start_loss"].value > 6.8
+
+
+def test_the_gpu_preflight_check_called_directly_warns_with_each_failed_item(data_dir):
+    settings = load_settings()
+    passed = assets.check_gpu_preflight(settings)  # the toy profile on this CPU node: no GPU item required
+    assert passed.passed and passed.metadata["ready"].value
+    assert "| gpu | this node | NOT CHECKED |" in passed.metadata["checklist"].value
+    report = preflight.run_preflight(settings, require_gpu=False)
+    short = Check("gpus", THIS_NODE, FAIL, "8 GPU(s) x 80 GiB", "0 of 0 device(s)", "a node with the GPUs")
+    warned = assets.preflight_result(dataclasses.replace(report, checks=(*report.checks, short)))
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert warned.description == short.line and not warned.metadata["ready"].value
+    assert warned.metadata["report"].value["checks"][-1] == short.as_dict()

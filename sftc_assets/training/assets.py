@@ -195,6 +195,166 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def materialize_nemo_model(
+    context: dg.AssetExecutionContext, settings: Settings, config: NemoRunConfig, gpu: GpuResource
+) -> dg.MaterializeResult:
+    paths = settings.paths
+    launch = launch_for(context, settings)
+    step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
+    if step.dry_run:
+        launch = Launch.from_settings(settings, "local")
+    _gate(gpu, launch, step, "nemo_model", settings.finetune.gpu_memory_bytes)
+    _require_nemo_here(launch, settings)
+    with writing(settings, "nemo_model", [paths.nemo_model], inputs=[("bf16_checkpoint", None)]) as stamp:
+        invocation, outcome = launch_step(context, step, launch)
+        if not config.dry_run:
+            stamp(paths.nemo_model, paths.nemo_model)  # the NeMo process wrote it (atomically); marked once it is there
+    if config.dry_run:
+        # Pipes makes a materialization mandatory; this one says plainly that nothing was written.
+        plan = _require_plan(_plan_from(invocation))
+        planned = {"dry_run": True, "planned": dg.MetadataValue.json(plan), "written": "nothing (dry run)"}
+        return dg.MaterializeResult(metadata=asset_metadata(settings, "nemo_model", planned))
+    reported = invocation.get_materialize_result()
+    report_summary(context, "nemo_model", f"imported into NeMo by {outcome.launcher} job {outcome.job_id}")
+    return dg.MaterializeResult(
+        metadata=asset_metadata(settings, "nemo_model", {
+            **(reported.metadata or {}),
+            "dry_run": False,
+            **outcome.as_metadata(),
+            "path": dg.MetadataValue.path(str(paths.nemo_model)),
+            "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
+        }),  # fmt: skip
+        data_version=data_version([paths.nemo_model]),
+    )
+
+
+def materialize_sft_model(
+    context: dg.AssetExecutionContext, settings: Settings, config: TrainRunConfig, gpu: GpuResource
+) -> dg.MaterializeResult:
+    paths = settings.paths
+    nemo_backend = settings.train_backend == "nemo"
+    # A config or a target the run cannot take is refused first, before the inputs are even looked at.
+    launch = launch_for(context, settings, config.launcher)
+    if nemo_backend:
+        finetune = nemo_runner.run_config(
+            settings.finetune, config.max_steps, config.smoke_test, config.nodes, config.procs_per_node
+        )
+        gate_nemo_finetune(gpu, launch, finetune, settings)
+    inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), ("hf_splits", None)]
+    inputs += [("nemo_model", None)] if nemo_backend else []
+    with writing(settings, "sft_model", [paths.sft_model], inputs) as stamp:
+        if nemo_backend:
+            # NeMo resumes from its own checkpoints under the work dir (the recipe's resume_if_exists).
+            metrics = run_nemo_finetune_via_pipes(context, gpu, settings, finetune, launch=launch, stamp=stamp)
+        else:
+            metrics = _train_hf(context, config, settings, gpu, stamp)
+    output = paths.sft_model
+    report_summary(context, "sft_model", _training_summary(metrics))
+    val_rows = [{"step": r["step"], "val_loss": f"{float(r['val_loss']):.4f}"} for r in _csv_rows(output / "val.csv")]
+    generations_file = output / "val_generations.jsonl"
+    generations = with_ids(read_jsonl(generations_file), paths.hf_splits) if generations_file.is_file() else []
+    figures = {
+        key: metrics[key]
+        for key in (
+            "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
+            "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
+            "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
+            "launcher", "nodes", "world_size", "slurm_job_id", "job_log", "pending_s", "pending_reason",
+        )
+        if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
+    }  # fmt: skip
+    generation_columns = ["id", "ticker", "expected", "predicted", "output"]
+    return dg.MaterializeResult(
+        metadata=asset_metadata(settings, "sft_model", {
+            "path": dg.MetadataValue.path(str(output)),
+            "backend": settings.train_backend,
+            **figures,
+            "loss_curve": image_markdown(output / "loss_curve.png", "training and validation loss"),
+            "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
+            "generations": dg.MetadataValue.md(markdown_table(generations, generation_columns, max_cell=160)),
+            # the rest of metrics.json: what the figures above do not show already
+            "metrics": dg.MetadataValue.json(metrics),
+        }),  # fmt: skip
+        data_version=data_version([output]),
+    )
+
+
+def _learning_rate_setting(settings: Settings) -> str:
+    """The setting that drives the step size of this backend, named as a person would fix it."""
+    if settings.train_backend == "nemo":
+        finetune = settings.finetune
+        return f"learning_rate {finetune.learning_rate:g} (warmup_steps {finetune.warmup_steps}) in {finetune.source}"
+    training = settings.profile.training
+    return (f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
+            f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")  # fmt: skip
+
+
+def check_validation_loss_decreased(model_dir: Path, settings: Settings) -> dg.AssetCheckResult:
+    path = model_dir / "metrics.json"
+    if not path.is_file():
+        return dg.AssetCheckResult(passed=False, description=f"{path} is missing: sft_model has not finished a run")
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    initial, final = metrics["initial_val_loss"], metrics["final_val_loss"]
+    passed, description = final < initial, None  # a NaN loss did not fall
+    if not passed:
+        setting = _learning_rate_setting(settings)
+        description = f"validation loss did not fall: {initial:.4f} -> {final:.4f}; check {setting} and the data"
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=description,
+        metadata={
+            "initial_val_loss": initial,
+            "final_val_loss": final,
+            "best_val_loss": metrics["best_val_loss"],
+            "relative_drop": round(1 - final / initial, 4),
+            "steps": metrics["steps"],
+        },
+    )
+
+
+def check_training_loss_stable(model_dir: Path, settings: Settings) -> dg.AssetCheckResult:
+    path = model_dir / "training.csv"
+    if not path.is_file():
+        return dg.AssetCheckResult(passed=False, description=f"{path} is missing: sft_model has not finished a run")
+    losses = [float(r["loss"]) for r in _csv_rows(path) if r["loss"] not in ("", None)]
+    rise = hf_backend.loss_rise(losses)
+    if rise is None:
+        figures = {"steps": len(losses), "first_loss": round(losses[0], 4), "max_loss": round(max(losses), 4)}
+        return dg.AssetCheckResult(passed=True, metadata=figures)
+    figures = {"step": rise["step"], "rolling_loss": round(rise["average"], 4), "start_loss": round(rise["start"], 4)}
+    return dg.AssetCheckResult(
+        passed=False,
+        description=f"the training loss climbed to {rise['average']:.4f} "
+        f"(mean of steps {rise['step'] - rise['window'] + 1}..{rise['step']}) "
+        f"from {rise['start']:.4f} at the start: {_learning_rate_setting(settings)} is likely too high; lower it",
+        metadata=figures,
+    )
+
+
+def check_gpu_preflight(settings: Settings) -> dg.AssetCheckResult:
+    # This node's GPU items are required where the GPU run is: the full profile.
+    report = preflight.run_preflight(
+        settings, require_gpu=settings.profile_name == "full", launch_checks=gpu_plan_launch_checks
+    )
+    return preflight_result(report)
+
+
+def preflight_result(report: preflight.PreflightReport) -> dg.AssetCheckResult:
+    """`sftc preflight`'s report as the check's result: a warning naming each failed item, the checklist in a table."""
+    rows = [{k: v for k, v in check.as_dict().items() if k != "details"} for check in report.checks]
+    columns = ["name", "scope", "status", "found", "fix"]
+    return dg.AssetCheckResult(
+        passed=report.ready,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if report.ready else "; ".join(check.line for check in report.failures),
+        metadata={
+            "ready": report.ready,
+            "checklist": dg.MetadataValue.md(markdown_table(rows, columns, max_cell=200)),
+            "report": dg.MetadataValue.json(report.as_dict()),
+        },
+    )
+
+
 def defs(settings: Settings) -> dg.Definitions:
     paths = settings.paths
 
@@ -207,34 +367,7 @@ def defs(settings: Settings) -> dg.Definitions:
         **asset_placement(COMPUTE_CLASSES["nemo_model"], settings),
     )
     def nemo_model(context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
-        launch = launch_for(context, settings)
-        step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model, dry_run=config.dry_run)
-        if step.dry_run:
-            launch = Launch.from_settings(settings, "local")
-        _gate(gpu, launch, step, "nemo_model", settings.finetune.gpu_memory_bytes)
-        _require_nemo_here(launch, settings)
-        with writing(settings, "nemo_model", [paths.nemo_model], inputs=[("bf16_checkpoint", None)]) as stamp:
-            invocation, outcome = launch_step(context, step, launch)
-            if not config.dry_run:
-                stamp(paths.nemo_model, paths.nemo_model)  # the NeMo process wrote it (atomically); marked once it is there
-        if config.dry_run:
-            # Pipes makes a materialization mandatory; this one says plainly that nothing was written.
-            plan = _require_plan(_plan_from(invocation))
-            return dg.MaterializeResult(
-                metadata=asset_metadata(settings, "nemo_model", {"dry_run": True, "planned": dg.MetadataValue.json(plan), "written": "nothing (dry run)"})
-            )
-        reported = invocation.get_materialize_result()
-        report_summary(context, "nemo_model", f"imported into NeMo by {outcome.launcher} job {outcome.job_id}")
-        return dg.MaterializeResult(
-            metadata=asset_metadata(settings, "nemo_model", {
-                **(reported.metadata or {}),
-                "dry_run": False,
-                **outcome.as_metadata(),
-                "path": dg.MetadataValue.path(str(paths.nemo_model)),
-                "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-            }),  # fmt: skip
-            data_version=data_version([paths.nemo_model]),
-        )
+        return materialize_nemo_model(context, settings, config, gpu)
 
     nemo_backend = settings.train_backend == "nemo"
 
@@ -252,53 +385,7 @@ def defs(settings: Settings) -> dg.Definitions:
         retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60) if settings.profile.launch.max_retries else None,
     )
     def sft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
-        # A config or a target the run cannot take is refused first, before the inputs are even looked at.
-        launch = launch_for(context, settings, config.launcher)
-        if nemo_backend:
-            finetune = nemo_runner.run_config(settings.finetune, config.max_steps, config.smoke_test, config.nodes, config.procs_per_node)
-            gate_nemo_finetune(gpu, launch, finetune, settings)
-        inputs = [("bf16_checkpoint", None), ("nemo_jsonl", None), ("hf_splits", None), *([("nemo_model", None)] if nemo_backend else [])]
-        with writing(settings, "sft_model", [paths.sft_model], inputs) as stamp:
-            if nemo_backend:
-                # NeMo resumes from its own checkpoints under the work dir (the recipe's resume_if_exists).
-                metrics = run_nemo_finetune_via_pipes(context, gpu, settings, finetune, launch=launch, stamp=stamp)
-            else:
-                metrics = _train_hf(context, config, settings, gpu, stamp)
-        output = paths.sft_model
-        report_summary(context, "sft_model", _training_summary(metrics))
-        val_rows = [{"step": r["step"], "val_loss": f"{float(r['val_loss']):.4f}"} for r in _csv_rows(output / "val.csv")]
-        generations = with_ids(read_jsonl(output / "val_generations.jsonl"), paths.hf_splits) if (output / "val_generations.jsonl").is_file() else []
-        figures = {
-            key: metrics[key]
-            for key in (
-                "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
-                "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
-                "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
-                "launcher", "nodes", "world_size", "slurm_job_id", "job_log", "pending_s", "pending_reason",
-            )
-            if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
-        }  # fmt: skip
-        return dg.MaterializeResult(
-            metadata=asset_metadata(settings, "sft_model", {
-                "path": dg.MetadataValue.path(str(output)),
-                "backend": settings.train_backend,
-                **figures,
-                "loss_curve": image_markdown(output / "loss_curve.png", "training and validation loss"),
-                "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
-                "generations": dg.MetadataValue.md(markdown_table(generations, ["id", "ticker", "expected", "predicted", "output"], max_cell=160)),
-                # the rest of metrics.json: what the figures above do not show already
-                "metrics": dg.MetadataValue.json(metrics),
-            }),  # fmt: skip
-            data_version=data_version([output]),
-        )
-
-    def learning_rate_setting() -> str:
-        """The setting that drives the step size of this backend, named as a person would fix it."""
-        if nemo_backend:
-            return f"learning_rate {settings.finetune.learning_rate:g} (warmup_steps {settings.finetune.warmup_steps}) in {settings.finetune.source}"
-        training = settings.profile.training
-        return (f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
-                f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")  # fmt: skip
+        return materialize_sft_model(context, settings, config, gpu)
 
     @dg.asset_check(
         asset=sft_model,
@@ -307,22 +394,7 @@ def defs(settings: Settings) -> dg.Definitions:
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def validation_loss_decreased() -> dg.AssetCheckResult:
-        path = paths.sft_model / "metrics.json"
-        if not path.is_file():
-            return dg.AssetCheckResult(passed=False, description=f"{path} is missing: sft_model has not finished a run")
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        initial, final = metrics["initial_val_loss"], metrics["final_val_loss"]
-        return dg.AssetCheckResult(
-            passed=final < initial,
-            description=None if final < initial else f"validation loss did not fall: {initial:.4f} -> {final:.4f}; check {learning_rate_setting()} and the data",
-            metadata={
-                "initial_val_loss": initial,
-                "final_val_loss": final,
-                "best_val_loss": metrics["best_val_loss"],
-                "relative_drop": round(1 - final / initial, 4),
-                "steps": metrics["steps"],
-            },
-        )
+        return check_validation_loss_decreased(paths.sft_model, settings)
 
     @dg.asset_check(
         asset=sft_model,
@@ -332,19 +404,7 @@ def defs(settings: Settings) -> dg.Definitions:
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def training_loss_stable() -> dg.AssetCheckResult:
-        path = paths.sft_model / "training.csv"
-        if not path.is_file():
-            return dg.AssetCheckResult(passed=False, description=f"{path} is missing: sft_model has not finished a run")
-        losses = [float(r["loss"]) for r in _csv_rows(path) if r["loss"] not in ("", None)]
-        rise = hf_backend.loss_rise(losses)
-        if rise is None:
-            return dg.AssetCheckResult(passed=True, metadata={"steps": len(losses), "first_loss": round(losses[0], 4), "max_loss": round(max(losses), 4)})
-        return dg.AssetCheckResult(
-            passed=False,
-            description=f"the training loss climbed to {rise['average']:.4f} (mean of steps {rise['step'] - rise['window'] + 1}..{rise['step']}) "
-            f"from {rise['start']:.4f} at the start: {learning_rate_setting()} is likely too high; lower it",
-            metadata={"step": rise["step"], "rolling_loss": round(rise["average"], 4), "start_loss": round(rise["start"], 4)},
-        )
+        return check_training_loss_stable(paths.sft_model, settings)
 
     @dg.asset_check(
         asset="bf16_checkpoint",
@@ -354,17 +414,6 @@ def defs(settings: Settings) -> dg.Definitions:
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:
-        report = preflight.run_preflight(settings, require_gpu=settings.profile_name == "full", launch_checks=gpu_plan_launch_checks)
-        rows = [{k: v for k, v in check.as_dict().items() if k != "details"} for check in report.checks]
-        return dg.AssetCheckResult(
-            passed=report.ready,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=None if report.ready else "; ".join(check.line for check in report.failures),
-            metadata={
-                "ready": report.ready,
-                "checklist": dg.MetadataValue.md(markdown_table(rows, ["name", "scope", "status", "found", "fix"], max_cell=200)),
-                "report": dg.MetadataValue.json(report.as_dict()),
-            },
-        )
+        return check_gpu_preflight(settings)
 
     return dg.Definitions(assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, training_loss_stable, gpu_preflight])
