@@ -258,3 +258,28 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
     assert not check.passed and f"{unparsed} of {unparsed} unparsed outputs were cut at the generation budget before </action>" in check.description
     assert "evaluation.max_new_tokens 2 in" in check.description and "profiles/toy.yaml" in check.description
     assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", ".2012-11.csv.sftc.json", "2012-10.csv", "2012-11.csv"]
+
+
+def test_the_parse_rate_check_called_directly_says_whether_the_budget_cut_the_answers(data_dir, toy_model):
+    from sftc_assets.evaluation import assets
+    from sftc_core.settings import load_settings
+
+    settings = load_settings()
+    minimum = settings.eval_config.min_parse_rate
+    ok, empty = {"rows": 2, "parse_rate": 1.0}, {"rows": 0, "parse_rate": None}
+    result = assets.check_eval_parse_rate({"2012-10": ok, "2012-11": empty}, [], settings, max_new_tokens=8)
+    assert result.passed and result.description is None and result.metadata["min_parse_rate"].value == minimum
+
+    low = {"2012-10": ok, "2012-11": {"rows": 4, "parse_rate": minimum / 2}}
+    unparsed = pd.DataFrame({"raw_output": ["<action>BUY</action>", "no idea", "x"], "parse_ok": [True, False, False]})
+    result = assets.check_eval_parse_rate(low, [unparsed], settings, max_new_tokens=8)
+    assert not result.passed and result.description.startswith(f"months below a parse rate of {minimum:.0%} ")
+    assert f"2012-11 ({minimum / 2:.0%})" in result.description and "2012-10" not in result.description
+    assert "served from elsewhere" in result.description  # no sft_model here to count the tokens with
+
+    shutil.copytree(toy_model, data_dir / "models" / "sft")
+    result = assets.check_eval_parse_rate(low, [unparsed], settings, max_new_tokens=40)
+    assert "the outputs end on their own without an action" in result.description
+    result = assets.check_eval_parse_rate(low, [unparsed], settings, max_new_tokens=2)
+    assert "; 2 of 2 unparsed outputs were cut at the generation budget before </action>" in result.description
+    assert "evaluation.max_new_tokens 2 in" in result.description and "profiles/toy.yaml" in result.description
