@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from backtest_helpers import hand_rows, write_hand_csv
@@ -210,3 +211,40 @@ def test_a_window_straddling_the_knowledge_cutoff_is_reported_on_both_sides(data
 
     unsplit = run_backtest(data_dir / "in" / "eval.csv", data_dir / "report2", source, config, unseen_from=pd.Timestamp("2012-01-01").date())
     assert unsplit["knowledge_cutoff"] is None  # the whole window after the cutoff: one report, no sides
+
+
+def test_the_sanity_check_called_directly_counts_the_eval_rows_it_was_given(data_dir):
+    from sftc_assets.backtest.assets import check_backtest_sanity
+
+    september = data_dir / "eval" / "2012-09.csv"
+    write_hand_csv(september, hand_rows(12))
+    assert sftc(["backtest", "--eval-csv", str(september), "--report", str(data_dir / "report")]) == 0
+    result = check_backtest_sanity(data_dir / "report", [september])
+    assert result.passed and result.metadata["problem_count"].value == 0
+    write_hand_csv(data_dir / "eval" / "2012-10.csv", hand_rows(3))  # a month the report was not written from
+    result = check_backtest_sanity(data_dir / "report", [september, data_dir / "eval" / "2012-10.csv"])
+    assert not result.passed and any("eval CSVs hold" in p for p in result.metadata["problems"].value)
+
+
+def test_the_planted_cue_check_called_directly_reads_the_verdict_of_the_report(tmp_path):
+    from sftc_assets.backtest.assets import check_planted_cue_recovered
+    from sftc_assets.backtest.report import cue_verdict, planted_cue_figures
+    from sftc_core.configs import load_backtest_config
+    from sftc_core.metrics import label_codes
+
+    missing = check_planted_cue_recovered(tmp_path)
+    assert not missing.passed
+    assert missing.description == f"{tmp_path / 'metrics.json'} has no planted_cue figures: materialize backtest_report"
+    rng = np.random.default_rng(0)
+    true = rng.choice(ACTIONS, 400)
+    cue = np.where(rng.random(400) < 0.5, true, "")
+    following, scrambled = np.where(cue != "", cue, rng.choice(ACTIONS, 400)), rng.permutation(true)
+    for predicted, p_value in ((following, 0.001), (scrambled, 0.4)):
+        figures = planted_cue_figures(label_codes(true), label_codes(predicted), cue, load_backtest_config())
+        metrics = {"planted_cue": figures, "p_values": {"accuracy": p_value}}
+        figures["recovered"], figures["verdict"] = cue_verdict(metrics)
+        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        result = check_planted_cue_recovered(tmp_path)
+        assert result.passed == figures["recovered"] == (p_value < 0.01) and result.description == figures["verdict"]
+        assert result.metadata["cued_rows"].value == (cue != "").sum()
+        assert result.metadata["p_value_accuracy"].value == p_value
