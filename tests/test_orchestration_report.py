@@ -1,4 +1,5 @@
-"""The validation report's verdicts and files, from stage outcomes and GPU-plan checks alone (no Dagster)."""
+"""The validation report's verdicts and files, from stage outcomes and GPU-plan checks alone (no Dagster run), and
+the `ready_for_gpu_deployment` check that reads its verdict."""
 
 from __future__ import annotations
 
@@ -215,3 +216,18 @@ def test_report_says_which_engine_answered_the_evaluation_and_what_that_rehearse
     assert "- Evaluation served by: transformers 5.25.0, not the GPU run's engine (vLLM)" in fallback
     assert "its serving code was not rehearsed" in fallback
     assert "- Evaluation served by: unknown" in report([StageOutcome("raw_xml", True)])
+
+
+def test_the_ready_check_called_directly_reads_the_reports_verdict_and_reasons(tmp_path):
+    from sftc_assets.reports.assets import check_ready_for_gpu_deployment
+
+    passed = StageOutcome("thesis_jsonl", materialized=True, checks=[CheckOutcome("jsonl_schema", passed=True)])
+    ready = _report([passed])
+    write_report(ready, tmp_path)
+    result = check_ready_for_gpu_deployment(tmp_path)
+    assert ready["ready_for_gpu"] and result.passed and result.metadata["reasons"].value == ready["reasons"]
+    report = _report([passed, StageOutcome("sft_model", materialized=False, error="out of memory")], PLAN_BAD)
+    write_report(report, tmp_path)
+    result = check_ready_for_gpu_deployment(tmp_path)
+    assert not result.passed and result.metadata["reasons"].value == report["reasons"]
+    assert any("out of memory" in reason for reason in report["reasons"])

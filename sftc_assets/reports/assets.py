@@ -4,6 +4,7 @@ against this data directory's NeMo JSONL, written as Markdown beside a JSON twin
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -122,6 +123,64 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
     )
 
 
+def materialize_validation_report(context: dg.AssetExecutionContext, settings: Settings) -> dg.MaterializeResult:
+    validation_id = context.run.tags.get(validation.VALIDATION_RUN_TAG)
+    runs = None
+    if validation_id:
+        this_validation = dg.RunsFilter(tags={validation.VALIDATION_RUN_TAG: validation_id})
+        runs = list(context.instance.get_run_records(filters=this_validation))
+    stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
+    plan = gpu_plan.build_gpu_plan(settings, launch_checks=plan_checks.gpu_plan_launch_checks)
+    estimate = gpu_estimate.gpu_run_estimate(settings, plan=plan)
+    if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
+        figures = {s.asset: dict(s.figures) for s in stages}
+        for asset, partitions in (("nemo_model", None), ("eval_csv", settings.test_months)):
+            seconds = run_history.latest_step_seconds(context.instance, asset, partitions)
+            figures.setdefault(asset, {})["step_seconds"] = seconds
+        estimate = gpu_estimate.measured_from(estimate, figures, settings.cluster.node_pools.gpu.gpus)
+    report = validation.build_report(
+        stages,
+        gpu_plan=list(plan.checks),
+        environment=validation.environment_summary(settings.profile_name, settings.train_backend),
+        git=git_state(),
+        generated_at=dt.datetime.now(dt.timezone.utc),
+        validation_run=validation_id,
+        slurm_present=slurm_available(),
+        estimate=estimate.as_dict() if estimate is not None else None,
+        canary=validation.canary_preconditions(stages, settings.paths.nemo_jsonl, settings.sft.target_format),
+    )
+    with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
+        md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)
+    ready = "YES" if report["ready_for_gpu"] else "NO"
+    context.log.info("validation report %s: ready for GPU %s", md_path, ready)
+    stages_line = f"{report['passed']} stages passed, {report['failed']} failed, {report['not_run']} not run"
+    report_summary(context, "validation_report", f"ready for GPU: {ready} ({stages_line})")
+    if estimate:
+        cost = {"gpu_run_gpu_hours": estimate.gpu_hours, "gpu_run_cost": f"{estimate.cost:,.0f} {estimate.currency}"}
+    else:
+        cost = {}
+    return dg.MaterializeResult(
+        metadata=asset_metadata(settings, "validation_report", {
+            "path": dg.MetadataValue.path(str(md_path)),
+            "json_path": dg.MetadataValue.path(str(json_path)),
+            "ready_for_gpu": report["ready_for_gpu"],
+            "stages_passed": report["passed"],
+            "stages_failed": report["failed"],
+            "stages_not_run": report["not_run"],
+            "gpu_plan_passed": report["gpu_plan"]["passed"],
+            "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
+            **cost,
+            "report": dg.MetadataValue.md(validation.render_markdown(report)),
+        })  # fmt: skip
+    )
+
+
+def check_ready_for_gpu_deployment(reports_dir: Path) -> dg.AssetCheckResult:
+    report = json.loads((reports_dir / "validation_report.json").read_text(encoding="utf-8"))
+    reasons = dg.MetadataValue.json(report["reasons"])
+    return dg.AssetCheckResult(passed=bool(report["ready_for_gpu"]), metadata={"reasons": reasons})
+
+
 def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         # The GPU plan measures the NeMo JSONL against the sequence length and the answer budget (and the planted cue's
@@ -137,53 +196,10 @@ def defs(settings: Settings) -> dg.Definitions:
         **asset_placement("cpu", settings),
     )
     def validation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        validation_id = context.run.tags.get(validation.VALIDATION_RUN_TAG)
-        runs = (
-            list(context.instance.get_run_records(filters=dg.RunsFilter(tags={validation.VALIDATION_RUN_TAG: validation_id})))
-            if validation_id
-            else None
-        )
-        stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
-        plan = gpu_plan.build_gpu_plan(settings, launch_checks=plan_checks.gpu_plan_launch_checks)
-        estimate = gpu_estimate.gpu_run_estimate(settings, plan=plan)
-        if estimate is not None and settings.profile_name == "full":  # only the full profile's runs are the GPU run
-            figures = {s.asset: dict(s.figures) for s in stages}
-            for asset, partitions in (("nemo_model", None), ("eval_csv", settings.test_months)):
-                figures.setdefault(asset, {})["step_seconds"] = run_history.latest_step_seconds(context.instance, asset, partitions)
-            estimate = gpu_estimate.measured_from(estimate, figures, settings.cluster.node_pools.gpu.gpus)
-        report = validation.build_report(
-            stages,
-            gpu_plan=list(plan.checks),
-            environment=validation.environment_summary(settings.profile_name, settings.train_backend),
-            git=git_state(),
-            generated_at=dt.datetime.now(dt.timezone.utc),
-            validation_run=validation_id,
-            slurm_present=slurm_available(),
-            estimate=estimate.as_dict() if estimate is not None else None,
-            canary=validation.canary_preconditions(stages, settings.paths.nemo_jsonl, settings.sft.target_format),
-        )
-        with writing(settings, "validation_report", settings.artifacts_of("validation_report")) as stamp:
-            md_path, json_path = validation.write_report(report, settings.paths.reports, stamp)
-        context.log.info("validation report %s: ready for GPU %s", md_path, "YES" if report["ready_for_gpu"] else "NO")
-        report_summary(context, "validation_report", f"ready for GPU: {'YES' if report['ready_for_gpu'] else 'NO'} ({report['passed']} stages passed, {report['failed']} failed, {report['not_run']} not run)")
-        return dg.MaterializeResult(
-            metadata=asset_metadata(settings, "validation_report", {
-                "path": dg.MetadataValue.path(str(md_path)),
-                "json_path": dg.MetadataValue.path(str(json_path)),
-                "ready_for_gpu": report["ready_for_gpu"],
-                "stages_passed": report["passed"],
-                "stages_failed": report["failed"],
-                "stages_not_run": report["not_run"],
-                "gpu_plan_passed": report["gpu_plan"]["passed"],
-                "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
-                **({"gpu_run_gpu_hours": estimate.gpu_hours, "gpu_run_cost": f"{estimate.cost:,.0f} {estimate.currency}"} if estimate else {}),
-                "report": dg.MetadataValue.md(validation.render_markdown(report)),
-            })  # fmt: skip
-        )
+        return materialize_validation_report(context, settings)
 
     @dg.asset_check(asset=validation_report, description="The report says the GPU run is ready: the toy chain and the GPU plan both pass.")
     def ready_for_gpu_deployment() -> dg.AssetCheckResult:
-        report = json.loads((settings.paths.reports / "validation_report.json").read_text(encoding="utf-8"))
-        return dg.AssetCheckResult(passed=bool(report["ready_for_gpu"]), metadata={"reasons": dg.MetadataValue.json(report["reasons"])})
+        return check_ready_for_gpu_deployment(settings.paths.reports)
 
     return dg.Definitions(assets=[validation_report], asset_checks=[ready_for_gpu_deployment])
