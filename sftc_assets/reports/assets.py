@@ -17,7 +17,7 @@ from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
 from sftc_resources.launchers import plan_checks
 from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.routing import asset_placement
+from sftc_resources.routing import ASSETS_TAG, VALIDATION_RUN_TAG, asset_placement
 from sftc_resources.writes import input_problems, writing
 
 GROUP = "reports"
@@ -92,7 +92,7 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
         runs = [record] if record else []
     else:
         # A run of `dg.materialize` records no asset selection: the chain names its assets in a tag.
-        runs = [run for run in runs if asset in run.dagster_run.tags.get(validation.ASSETS_TAG, "").split(",")]
+        runs = [run for run in runs if asset in run.dagster_run.tags.get(ASSETS_TAG, "").split(",")]
     materializations = _materializations(instance, key, runs)
     evaluations, errors = [], []
     for record in runs:
@@ -137,9 +137,9 @@ def defs(settings: Settings) -> dg.Definitions:
         **asset_placement("cpu", settings),
     )
     def validation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        validation_id = context.run.tags.get(validation.VALIDATION_RUN_TAG)
+        validation_id = context.run.tags.get(VALIDATION_RUN_TAG)
         runs = (
-            list(context.instance.get_run_records(filters=dg.RunsFilter(tags={validation.VALIDATION_RUN_TAG: validation_id})))
+            list(context.instance.get_run_records(filters=dg.RunsFilter(tags={VALIDATION_RUN_TAG: validation_id})))
             if validation_id
             else None
         )
