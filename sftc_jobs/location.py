@@ -11,6 +11,7 @@ import dagster as dg
 
 from sftc_assets.backtest import assets as backtest_assets
 from sftc_assets.checkpoints import assets as checkpoint_assets
+from sftc_assets.checkpoints.convert import triton_fp8_check
 from sftc_assets.evaluation import assets as evaluation_assets
 from sftc_assets.reports import assets as report_assets
 from sftc_assets.sft_data import assets as sft_data_assets
@@ -36,7 +37,15 @@ STAGES: tuple[StageDefs, ...] = (
     backtest_assets.defs,
     report_assets.defs,
 )
-RESOURCES = {"gpu": GpuResource(), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+
+class NodeGpus(GpuResource):
+    """The code location's GPU resource: its probe runs the FP8 conversion's Triton kernel on a CUDA node."""
+
+    fp8_check = staticmethod(triton_fp8_check)
+
+
+RESOURCES = {"gpu": NodeGpus(), "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def step_executor(placement: Placement) -> dg.ExecutorDefinition | None:

@@ -1,7 +1,7 @@
 """The two price sources behind `sftc_core.market.PriceSource`: EODHD over HTTP (with a Parquet cache) and local
 per-ticker files, and the choice between them from the settings. Plain Python for the command line and the
 assets (no Dagster); the evaluation and the backtest are handed a source.
-The EODHD key is a `Secret`: it is revealed only where a request is sent, and redacted from every URL, log
+The EODHD key is a `pydantic.SecretStr`: it is revealed only where a request is sent, and redacted from every URL, log
 record, exception message and cached file.
 """
 
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import requests
+from pydantic import SecretStr
 
 from sftc_core.configs import ConfigError, PricesConfig
 from sftc_core.http_retry import RETRIED_STATUS, backoff_seconds, retry_after_seconds
@@ -36,7 +37,7 @@ from sftc_core.market import (
     normalise_prices,
     sample_tickers,
 )
-from sftc_core.settings import Secret, Settings
+from sftc_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,11 @@ def fill_sample_prices(root: Path | str, tickers: Iterable[str]) -> list[Path]:
 _TOKEN_IN_TEXT = re.compile(r"(api_token=)[^&\s'\"]*")
 
 
-def redact(text: str, secret: Secret | None = None) -> str:
+def redact(text: str, secret: SecretStr | None = None) -> str:
     """Mask `api_token=...` in URLs and, if given, the secret's value anywhere in `text`."""
     text = _TOKEN_IN_TEXT.sub(r"\1***", text)
-    if secret is not None and secret.reveal():
-        text = text.replace(secret.reveal(), "***")
+    if secret is not None and secret.get_secret_value():
+        text = text.replace(secret.get_secret_value(), "***")
     return text
 
 
@@ -215,7 +216,7 @@ def eodhd_symbol(ticker: str, exchange: str = "US") -> str:
     return f"{ticker.replace('.', '-')}.{exchange}"
 
 
-def _body_excerpt(response: requests.Response, secret: Secret, limit: int = 200) -> str:
+def _body_excerpt(response: requests.Response, secret: SecretStr, limit: int = 200) -> str:
     """The start of an error body as one plain line: HTML tags stripped, the key masked."""
     text = response.text or ""
     if "<" in text and ">" in text:
@@ -235,13 +236,13 @@ class EodhdClient:
 
     def __init__(
         self,
-        api_key: Secret,
+        api_key: SecretStr,
         config: PricesConfig = PricesConfig(),
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
-        if not isinstance(api_key, Secret) or not api_key.reveal():
+        if not isinstance(api_key, SecretStr) or not api_key.get_secret_value():
             raise ConfigError("EODHD_API_KEY: the EODHD source needs a key (set EODHD_API_KEY in .env)")
         self._key = api_key
         self.config = config
@@ -259,7 +260,7 @@ class EodhdClient:
     def fetch_eod(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         url = f"{self.config.eodhd_base_url.rstrip('/')}/eod/{symbol}"
         shown = f"{url}?api_token=***&fmt=json&from={start}&to={end}"
-        params = {"api_token": self._key.reveal(), "fmt": "json", "from": start.isoformat(), "to": end.isoformat()}
+        params = {"api_token": self._key.get_secret_value(), "fmt": "json", "from": start.isoformat(), "to": end.isoformat()}
         attempts = self.config.max_retries + 1
         problem = ""
         for attempt in range(attempts):

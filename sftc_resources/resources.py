@@ -6,13 +6,13 @@ edge, so an asset's placement and its body always agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from sftc_assets.checkpoints.convert import triton_fp8_check
 from sftc_core.gpu import (
     GpuGateError,
     GpuProbe,
@@ -26,12 +26,15 @@ class GpuResource(dg.ConfigurableResource):
     """The node's GPUs (resource key "gpu"): probed once per run, refusals as dg.Failure before any work."""
 
     check_triton: bool = True
+    # The FP8 kernel's self-test the probe runs on a CUDA node: stage code, so the definitions hand it in (their
+    # subclass in sftc_jobs/location.py); without one the probe reports Triton as not asked.
+    fp8_check: ClassVar[Callable[[], bool] | None] = None
 
     _probe: GpuProbe | None = PrivateAttr(default=None)
 
     def probe(self) -> GpuProbe:
         if self._probe is None:
-            self._probe = probe_gpus(fp8_check=triton_fp8_check if self.check_triton else None)
+            self._probe = probe_gpus(fp8_check=self.fp8_check if self.check_triton else None)
         return self._probe
 
     def choose_device(self, asset: str, checkpoint_bytes: int, cpu_max_bytes: int) -> Literal["cuda", "cpu"]:

@@ -25,6 +25,10 @@ NODE_CLASSES: tuple[NodeClass, ...] = ("cpu", "gpu")
 NODE_TAG = "sftc/node"
 # The data directory a chain run writes: one run per data directory at a time (the lock, the run queue's limit).
 DATA_DIR_TAG = "sftc/data_dir"
+# Tag on every run of the chain: the assets it materializes, comma-separated (the validation report finds them by it).
+ASSETS_TAG = "sftc/assets"
+# Tag on every run of one `cpu_validation`: its value is the id of the validation's own run.
+VALIDATION_RUN_TAG = "sftc/validation_run"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_POOL = "gpu"
 # The compute class of each asset that may need a GPU (every other asset is cpu work): the assets' placement and the GPU

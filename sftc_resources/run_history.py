@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from sftc_assets.reports.validation import ASSETS_TAG
-from sftc_resources.routing import DATA_DIR_TAG
+from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
-from sftc_assets.training.nemo_runner import entry_env
+from sftc_core.launch import entry_env
 from sftc_core.settings import load_settings
 
 pytestmark = pytest.mark.nemo

@@ -22,6 +22,7 @@ import requests
 import torch
 from openai_server import Fault, ScriptedServer, action_for, answer
 from stage_helpers import mark_as_written, settings_with, stage_definitions
+from pydantic import SecretStr
 
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.evaluation import answers, assets, completions, servers
@@ -31,7 +32,7 @@ from sftc_assets.sft_data.prompts import build_example, render_prompt
 from sftc_assets.training.generate import generate_greedy
 from sftc_assets.training.hf_backend import add_special_tokens
 from sftc_core.configs import EndpointClientConfig, load_sft_config
-from sftc_core.settings import Secret, load_settings
+from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc
 from sftc_resources.resources import GpuResource
 
@@ -116,7 +117,7 @@ def test_requests_in_flight_are_bounded_and_every_prompt_is_answered_once():
 def test_the_api_key_is_a_bearer_token_and_appears_in_no_message():
     key = "sk-sftc-test-key-0123"
     with ScriptedServer() as server:
-        client = CompletionsClient(server.url, FAST, api_key=Secret(key), sleep=lambda s: None)
+        client = CompletionsClient(server.url, FAST, api_key=SecretStr(key), sleep=lambda s: None)
         client.complete(decoding(), "Ticker: AAPL")
         server.script(*[Fault(500)] * 4)
         with pytest.raises(EndpointError) as failure:

@@ -58,7 +58,7 @@ def test_wrong_settings_name_the_variable_and_the_form(tmp_path, env, names):
 
 def test_the_key_never_prints(tmp_path):
     settings = load_settings(env={"EODHD_API_KEY": "sentinel-key-123"}, dotenv_path=tmp_path / "none")
-    assert settings.eodhd_api_key.reveal() == "sentinel-key-123"
+    assert settings.eodhd_api_key.get_secret_value() == "sentinel-key-123"
     assert "sentinel-key-123" not in repr(settings)
     assert "sentinel-key-123" not in str(settings.eodhd_api_key)
 

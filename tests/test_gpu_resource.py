@@ -15,6 +15,7 @@ from sftc_core.gpu import (
     require_gpus,
 )
 from sftc_core.text import format_bytes
+from sftc_jobs.location import NodeGpus
 from sftc_resources import resources
 from sftc_resources.resources import GpuResource
 
@@ -67,7 +68,7 @@ def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
         return NO_GPU
 
     monkeypatch.setattr(resources, "probe_gpus", fake_probe)
-    resource = GpuResource()
+    resource = NodeGpus()  # the code location's: the definitions hand it the Triton kernel's self-test
     assert resource.choose_device("bf16_checkpoint", 1000, 2000) == "cpu"
     with pytest.raises(dg.Failure) as info:
         resource.choose_device("bf16_checkpoint", 3000, 2000)
@@ -76,6 +77,7 @@ def test_gpu_resource_fails_with_dagster_failure_before_work(monkeypatch):
     with pytest.raises(dg.Failure, match="needs 8 CUDA GPU"):
         resource.require_gpus("sft_model", 8, 80 * GIB)
     assert calls == [True]  # probed once per resource instance, the Triton kernel asked
+    assert GpuResource().probe() is NO_GPU and calls == [True, False]  # without the definitions' check: not asked
 
 
 def test_gpu_resource_in_an_asset_stops_the_run_before_the_body(monkeypatch):

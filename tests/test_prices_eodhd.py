@@ -10,6 +10,7 @@ import traceback
 import pandas as pd
 import pytest
 from eodhd_server import HTML_ERROR, FakeEodhd, malformed, slow, status
+from pydantic import SecretStr
 
 from sftc_core.configs import PricesConfig
 from sftc_core.market import (
@@ -18,7 +19,7 @@ from sftc_core.market import (
     load_price_book,
     load_sample_prices,
 )
-from sftc_core.settings import Secret, load_settings
+from sftc_core.settings import load_settings
 from sftc_resources.prices import (
     EodhdAuthError,
     EodhdClient,
@@ -56,7 +57,7 @@ class SleepRecorder:
 
 def _client(server, key: str = SENTINEL, **overrides) -> tuple[EodhdClient, SleepRecorder]:
     sleep = SleepRecorder()
-    return EodhdClient(Secret(key), _config(server, **overrides), sleep=sleep, rng=random.Random(0)), sleep
+    return EodhdClient(SecretStr(key), _config(server, **overrides), sleep=sleep, rng=random.Random(0)), sleep
 
 
 def _all_text(exc: BaseException) -> str:
@@ -202,7 +203,7 @@ def test_the_key_never_reaches_logs_messages_or_files(server, tmp_path, caplog, 
     with pytest.raises(EodhdAuthError) as refused:
         source.get_prices("IBM", START, END)
     # A connection error: requests puts the whole URL, key included, into its message.
-    dead = EodhdClient(Secret(SENTINEL), PricesConfig(eodhd_base_url="http://127.0.0.1:9", max_retries=0, timeout_seconds=1))
+    dead = EodhdClient(SecretStr(SENTINEL), PricesConfig(eodhd_base_url="http://127.0.0.1:9", max_retries=0, timeout_seconds=1))
     with pytest.raises(EodhdUnavailableError) as unreachable:
         dead.fetch_eod("AAPL.US", START, END)
 
@@ -214,7 +215,7 @@ def test_the_key_never_reaches_logs_messages_or_files(server, tmp_path, caplog, 
     assert "ConnectionError" in str(unreachable.value)
     files = list((tmp_path / "cache").rglob("*"))
     assert files and all(SENTINEL.encode() not in f.read_bytes() for f in files if f.is_file())
-    assert SENTINEL not in repr(client.config) and SENTINEL not in repr(Secret(SENTINEL))
+    assert SENTINEL not in repr(client.config) and SENTINEL not in repr(SecretStr(SENTINEL))
 
 
 def test_cache_serves_repeats_and_extends_incrementally(server, tmp_path):

@@ -8,9 +8,8 @@ import time
 
 import dagster as dg
 
-from sftc_assets.reports.validation import ASSETS_TAG
 from sftc_resources import run_history
-from sftc_resources.routing import DATA_DIR_TAG
+from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG
 
 
 @dg.asset

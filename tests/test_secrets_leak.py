@@ -62,7 +62,7 @@ def test_settings_hold_the_key_but_never_show_it(sentinel_env):
 
     sentinel, _, _ = sentinel_env
     settings = load_settings()
-    assert settings.eodhd_api_key.reveal() == sentinel  # the test would prove nothing without the key loaded
+    assert settings.eodhd_api_key.get_secret_value() == sentinel  # the test would prove nothing without the key loaded
     for shown in (repr(settings), str(settings), repr(settings.model_dump()), repr(manifest_metadata(settings, "hf_splits"))):
         assert sentinel not in shown
 

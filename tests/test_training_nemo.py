@@ -44,6 +44,7 @@ from sftc_core.configs import (
     with_max_steps,
 )
 from sftc_core.gpu import GpuDevice, GpuProbe
+from sftc_core.launch import entry_env
 from sftc_core.nemo_format import NemoDataError
 from sftc_core.paths import ArtifactPaths
 from sftc_core.settings import load_settings
@@ -198,7 +199,7 @@ def test_dataset_check_counts_lines_and_names_bad_ones(tmp_path):
 def _entry(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sftc_assets.training.nemo_entry", *args],
-        cwd=PROJECT_ROOT, env={**nemo_runner.entry_env(), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, env={**entry_env(), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
     )
 
 

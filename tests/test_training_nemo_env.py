@@ -30,6 +30,7 @@ from training_nemo_helpers import (  # noqa: E402
 from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
 from sftc_assets.training.nemo_config import NEMO_LINEAR_MODULES, NemoRunPaths, lora_target_problems, plan_recipe
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
+from sftc_core.launch import entry_env
 from sftc_resources.launchers.local import local_argv  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -162,7 +163,7 @@ def test_entry_dry_run_in_the_nemo_env_imports_no_nemo(tmp_path):
     )
     done = subprocess.run(
         [sys.executable, "-c", probe, "import", "--hf-checkpoint", str(paths.hf_checkpoint), "--output", str(paths.nemo_checkpoint), "--dry-run"],
-        cwd=PROJECT_ROOT, env={**os.environ, **nemo_runner.entry_env()}, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, env={**os.environ, **entry_env()}, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "NEMO_NOT_LOADED" in done.stderr
@@ -179,7 +180,7 @@ def test_toy_model_import_ten_steps_merge_and_export(tmp_path):
     hf = write_toy_model(tmp_path / "bf16")
     config_path = write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, gpu_memory_gb=8)
     config = nemo_runner.run_config(load_finetune_config(config_path), smoke_test=True)
-    python, env = sys.executable, {**os.environ, **nemo_runner.entry_env()}
+    python, env = sys.executable, {**os.environ, **entry_env()}
     out, work = tmp_path / "sft", tmp_path / "sft_nemo"
     paths = NemoRunPaths(hf, tmp_path / "nemo", nemo_runner.stage_dataset(write_nemo_jsonl(tmp_path / "d", lines=32), work), out, work)
     steps = [nemo_runner.import_step(hf, paths.nemo_checkpoint), *nemo_runner.finetune_steps(config, config_path, paths, config.max_steps)]

@@ -23,10 +23,10 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import requests
+from pydantic import SecretStr
 
 from sftc_core.configs import EndpointClientConfig
 from sftc_core.http_retry import RETRIED_STATUS, backoff_seconds, retry_after_seconds
-from sftc_core.settings import Secret
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,11 @@ def base_url(url: str) -> str:
 class CompletionsClient:
     """Requests to one server, each on its thread's own HTTP session (a requests.Session is not thread-safe)."""
 
-    def __init__(self, url: str, config: EndpointClientConfig, api_key: Secret | None = None,
+    def __init__(self, url: str, config: EndpointClientConfig, api_key: SecretStr | None = None,
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):  # fmt: skip
         self.url = base_url(url)
         self.config = config
-        self._api_key = api_key  # a Secret: revealed only into the sessions' headers
+        self._api_key = api_key  # a SecretStr: revealed only into the sessions' headers
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._local = threading.local()
@@ -90,8 +90,8 @@ class CompletionsClient:
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
-            if self._api_key is not None and self._api_key.reveal():
-                self._local.session.headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+            if self._api_key is not None and self._api_key.get_secret_value():
+                self._local.session.headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return self._local.session
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:

@@ -18,7 +18,7 @@ from sftc_resources import run_history
 from sftc_resources.launchers.slurm import slurm_available
 from sftc_resources.launchers import plan_checks
 from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.routing import asset_placement
+from sftc_resources.routing import ASSETS_TAG, VALIDATION_RUN_TAG, asset_placement
 from sftc_resources.writes import input_problems, writing
 
 GROUP = "reports"
@@ -93,7 +93,7 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
         runs = [record] if record else []
     else:
         # A run of `dg.materialize` records no asset selection: the chain names its assets in a tag.
-        runs = [run for run in runs if asset in run.dagster_run.tags.get(validation.ASSETS_TAG, "").split(",")]
+        runs = [run for run in runs if asset in run.dagster_run.tags.get(ASSETS_TAG, "").split(",")]
     materializations = _materializations(instance, key, runs)
     evaluations, errors = [], []
     for record in runs:
@@ -124,10 +124,10 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
 
 
 def materialize_validation_report(context: dg.AssetExecutionContext, settings: Settings) -> dg.MaterializeResult:
-    validation_id = context.run.tags.get(validation.VALIDATION_RUN_TAG)
+    validation_id = context.run.tags.get(VALIDATION_RUN_TAG)
     runs = None
     if validation_id:
-        this_validation = dg.RunsFilter(tags={validation.VALIDATION_RUN_TAG: validation_id})
+        this_validation = dg.RunsFilter(tags={VALIDATION_RUN_TAG: validation_id})
         runs = list(context.instance.get_run_records(filters=this_validation))
     stages = [stage_outcome(context.instance, settings, asset, runs) for asset in validation.CHAIN_STAGES]
     plan = gpu_plan.build_gpu_plan(settings, launch_checks=plan_checks.gpu_plan_launch_checks)

@@ -131,7 +131,7 @@ def _refusal(name: str, data: bytes, secrets: dict[str, str]) -> str | None:
 def write_bundle(out: Path, contents: Contents, settings: Settings, git: dict, stamp: BeforeSwap | None = None) -> dict:
     """Write the archive (atomically, with `stamp`'s marker); returns its manifest."""
     kind = format_of(out)
-    secrets = {variable: secret.reveal() for name, variable in SECRET_FIELDS.items() if (secret := getattr(settings, name)) is not None}
+    secrets = {variable: secret.get_secret_value() for name, variable in SECRET_FIELDS.items() if (secret := getattr(settings, name)) is not None}
     members: dict[str, bytes] = {}
     left_out = []
     for path, name in contents.files:

@@ -29,13 +29,13 @@ from sftc_assets.evaluation.answers import load_model, open_answers
 from sftc_assets.evaluation.servers import free_port, gpu_plan, installed_vllm
 from sftc_assets.training.data import load_pairs, tokenize_split
 from sftc_assets.training.generate import generate_greedy
-from sftc_assets.training.nemo_runner import entry_env, import_step, nemo_finetune, read_loss_rows
+from sftc_assets.training.nemo_runner import import_step, nemo_finetune, read_loss_rows
 from sftc_assets.training.toy_inputs import ToyInputs, build_toy_inputs
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 from sftc_core.gpu import probe_gpus
 from sftc_core.text import round_significant
 from sftc_core.io import atomic_write_json
-from sftc_core.launch import EntryStep
+from sftc_core.launch import EntryStep, entry_env
 from sftc_core.nemo_format import split_file
 from sftc_core.settings import Settings
 

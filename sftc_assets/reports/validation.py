@@ -40,10 +40,6 @@ CHAIN_STAGES = (
     "backtest_report",
 )
 GPU_ONLY_STAGES = ("nemo_model",)
-# Tag on every run of one `cpu_validation`: its value is the id of the validation's own run.
-VALIDATION_RUN_TAG = "sftc/validation_run"
-# Tag on every run of the chain: the assets it materializes, comma-separated.
-ASSETS_TAG = "sftc/assets"
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
 # The toy chain's canary: the signal planted in the sample theses must come through (backtest_report's check).

@@ -27,7 +27,7 @@ from sftc_assets.checkpoints.safetensors_io import CheckpointError
 from sftc_assets.checkpoints.toy_model import toy_config
 from sftc_assets.sft_data.nemo_export import load_local_tokenizer
 from sftc_assets.sft_data.prompts import prompt_pattern
-from sftc_assets.training import memory
+from sftc_assets.training import hf_launch, memory, nemo_runner
 from sftc_assets.training.architecture import Architecture, architecture_of
 from sftc_assets.training.nemo_config import (
     NEMO_LINEAR_MODULES,
@@ -35,7 +35,6 @@ from sftc_assets.training.nemo_config import (
     model_fit_problems,
     stage_layers,
 )
-from sftc_assets.training.nemo_runner import entry_env
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN, WARN, Check, failures
 from sftc_core.configs import (
     NOT_IN_PROMPT,
@@ -45,6 +44,7 @@ from sftc_core.configs import (
     profile_path,
     reference_config_path,
 )
+from sftc_core.launch import PlannedRun, entry_env
 from sftc_core.market import first_unseen_date
 from sftc_core.nemo_format import NEMO_FILES, NemoDataError, read_pairs
 from sftc_core.settings import Settings
@@ -60,9 +60,10 @@ BYTES_BOUND = "at most one token per UTF-8 byte (DeepSeek-V3's tokenizer is byte
 # A declared size may differ from the one derived from the model by this factor either way: GiB written for GB (1.07x)
 # passes; the BF16 size written for the FP8 release (about 2x) or another model's number does not.
 SIZE_FACTOR = 1.5
-# The launcher layer's items ("launch plan", "target cluster"): it renders the GPU run's job and asks its cluster
-# (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in.
-LaunchChecks = Callable[[Settings, "Architecture | None"], list[Check]]
+# The launcher layer's items ("routing: <asset>", "launch plan", "target cluster"): it renders the GPU run's job and
+# asks its cluster (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in, and the plan
+# hands it the run as planned here.
+LaunchChecks = Callable[[Settings, PlannedRun], list[Check]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,27 @@ def plan_backend(settings: Settings) -> str:
     """The GPU run's training backend: this environment's where the full profile is the active one, else its own."""
     full = settings.full_profile
     return settings.train_backend if settings.profile_name == full.name else full.training.backend
+
+
+def planned_run(settings: Settings, arch: Architecture | None) -> PlannedRun:
+    """The full profile's GPU run: its NeMo steps, the fine-tune of its backend, the import, and their sizes."""
+    full, paths = settings.full_profile, settings.paths
+    nemo_steps = nemo_runner.planned_steps(settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model)
+    finetune = nemo_steps[0]
+    if plan_backend(settings) == "hf":
+        shape = full.launch
+        finetune = hf_launch.training_step(
+            paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, full.training, settings.sft, full.evaluation,
+            nodes=shape.nodes, procs_per_node=shape.procs_per_node, gpus_per_node=shape.gpus_per_node, write=False,
+        )
+    return PlannedRun(
+        nemo_steps=tuple(nemo_steps),
+        finetune=finetune,
+        import_step=nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model),
+        checkpoint_bytes=arch.checkpoint_size()[0] if arch is not None else None,
+        bf16_bytes=arch.bf16_checkpoint_bytes if arch is not None else None,
+        import_host_bytes=memory.import_host_memory(arch, None, "").needed_bytes if arch is not None else 0,
+    )
 
 
 def _inputs(settings: Settings) -> _Inputs:
@@ -130,7 +152,7 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
         *_data_checks(settings, inputs),
         _knowledge_cutoff(inputs, settings.prices.calendar),
         nemo_environment_check(settings, check_nemo),
-        *(launch_checks(settings, arch) if launch_checks else [
+        *(launch_checks(settings, planned_run(settings, arch)) if launch_checks else [
             Check("launch plan", GPU_PLAN, NOT_CHECKED, "the GPU run's job rendered by its launcher", "the launcher layer was not handed to the plan"),
             Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
         ]),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sftc_assets.training.nemo_config import NEMO_DATA_FILES, NemoRunPaths
-from sftc_core.configs import PROJECT_ROOT, FinetuneConfig, with_max_steps, with_nodes
+from sftc_core.configs import FinetuneConfig, with_max_steps, with_nodes
 from sftc_core.io import BeforeSwap, atomic_dir
 from sftc_core.launch import EntryStep
 
@@ -38,15 +38,6 @@ def require_interpreter(python: Path) -> Path:
             "(requirements-nemo.txt), or point SFTC_NEMO_PYTHON / nemo_python in configs/nemo/finetune.yaml at one"
         )
     return Path(python)
-
-
-def entry_env(project_root: Path | str = PROJECT_ROOT) -> dict[str, str]:
-    """Variables the entry needs: the repository on PYTHONPATH (only it: .venv's packages must not leak in)."""
-    return {
-        "PYTHONPATH": str(project_root),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
 
 
 def _entry(command: str, args: list[str], dry_run: bool, **shape) -> EntryStep:

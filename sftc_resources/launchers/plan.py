@@ -11,9 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftc_assets.training.nemo_runner import entry_env
 from sftc_core.configs import PROJECT_ROOT, ClusterConfig, ConfigError, Launcher, ProfileConfig, profile_path
-from sftc_core.launch import LAUNCHER_ENV, EntryStep, Environment
+from sftc_core.launch import LAUNCHER_ENV, EntryStep, Environment, entry_env
 from sftc_core.settings import Settings
 
 LAUNCHERS: tuple[Launcher, ...] = ("local", "slurm", "k8s")

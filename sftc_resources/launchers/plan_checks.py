@@ -12,13 +12,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from sftc_assets.training import hf_launch, memory, nemo_runner
-from sftc_assets.training.architecture import Architecture
-from sftc_assets.training.gpu_plan import plan_backend
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, WARN, Check
 from sftc_core.configs import GPU_RESOURCE, profile_path
 from sftc_core.cost import serving_nodes
-from sftc_core.launch import EntryStep
+from sftc_core.launch import EntryStep, PlannedRun
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 from sftc_resources.launchers import jobs, targets
@@ -31,16 +28,14 @@ def plan_launch(settings: Settings) -> Launch:
     return Launch.from_settings(settings, profile=settings.full_profile)
 
 
-def gpu_plan_launch_checks(settings: Settings, arch: Architecture | None) -> list[Check]:
+def gpu_plan_launch_checks(settings: Settings, run: PlannedRun) -> list[Check]:
     """Where each GPU asset of the full profile runs ("routing: <asset>"), then "launch plan" and "target cluster" of
     its NeMo fine-tune."""
-    paths = settings.paths
-    steps = nemo_runner.planned_steps(settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model)
     launch = plan_launch(settings)
     return [
-        *routing_checks(settings, arch, launch, steps[0]),
-        launch_plan_check(settings, steps, launch),
-        target_cluster_check(settings, steps[0], launch, arch),
+        *routing_checks(settings, run, launch),
+        launch_plan_check(settings, list(run.nemo_steps), launch),
+        target_cluster_check(settings, run.nemo_steps[0], launch, run.import_host_bytes),
     ]
 
 
@@ -53,18 +48,18 @@ GPU_WORK = {
 }
 
 
-def routing_checks(settings: Settings, arch: Architecture | None, launch: Launch, finetune: EntryStep) -> list[Check]:
+def routing_checks(settings: Settings, run: PlannedRun, launch: Launch) -> list[Check]:
     """A row per GPU asset of the full profile, the GPU run: its node class (its compute class, for `auto` the declared
     checkpoint size), why, and what starts its work. One routed to a CPU node fails, naming the setting to change."""
     full = settings.full_profile
     compute, profile_file = full.compute, profile_path(full.name, settings.config_dir)
-    size = arch.checkpoint_size()[0] if arch is not None else None
+    size = run.checkpoint_bytes
     model = f"the {format_bytes(size)} model" if size is not None else "the full profile's model"
     if size is not None and size <= compute.cpu_max_checkpoint_bytes:
         fix = f"lower compute.cpu_max_checkpoint_bytes in {profile_file} below {model}'s {size:,} B"
     else:
         fix = f"set compute.expected_checkpoint_bytes: {size or 'the checkpoint size'} in {profile_file}"
-    starters = _starters(settings, arch, launch, finetune)
+    starters = _starters(settings, run, launch)
     checks = []
     for asset, compute_class in COMPUTE_CLASSES.items():
         node = node_class(compute_class, full)
@@ -77,26 +72,18 @@ def routing_checks(settings: Settings, arch: Architecture | None, launch: Launch
     return checks
 
 
-def _starters(settings: Settings, arch: Architecture | None, launch: Launch, finetune: EntryStep) -> dict[str, tuple]:
+def _starters(settings: Settings, run: PlannedRun, launch: Launch) -> dict[str, tuple]:
     """asset -> (status, what starts its work, the fix where that cannot start it) in the full profile."""
-    full, paths = settings.full_profile, settings.paths
     by_launcher = f"the {launch.launcher} launcher (launch.launcher)"
-    if plan_backend(settings) == "hf":
-        shape = full.launch
-        finetune = hf_launch.training_step(
-            paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, full.training, settings.sft, full.evaluation,
-            nodes=shape.nodes, procs_per_node=shape.procs_per_node, gpus_per_node=shape.gpus_per_node, write=False,
-        )  # fmt: skip
-    import_step = nemo_runner.import_step(paths.bf16_checkpoint, paths.nemo_model)
     return {
         "bf16_checkpoint": (PASS, "its own Dagster step (no launcher: the run placed on that node converts)", ""),
-        "nemo_model": (PASS, f"{by_launcher}: {jobs.describe(import_step)}", ""),
-        "sft_model": (PASS, f"{by_launcher}: {jobs.describe(finetune)}", ""),
-        "eval_csv": _serving_starter(settings, arch),
+        "nemo_model": (PASS, f"{by_launcher}: {jobs.describe(run.import_step)}", ""),
+        "sft_model": (PASS, f"{by_launcher}: {jobs.describe(run.finetune)}", ""),
+        "eval_csv": _serving_starter(settings, run.bf16_bytes),
     }
 
 
-def _serving_starter(settings: Settings, arch: Architecture | None) -> tuple[str, str, str]:
+def _serving_starter(settings: Settings, bf16_bytes: int | None) -> tuple[str, str, str]:
     """What answers the evaluation's prompts: an endpoint, the step itself, or a server it starts, on as many GPU nodes
     as hold the merged BF16 fine-tune (as the cost estimate counts them; `sftc evaluate --dry-run` shows the plan)."""
     evaluation = settings.full_profile.evaluation
@@ -106,7 +93,7 @@ def _serving_starter(settings: Settings, arch: Architecture | None) -> tuple[str
         return PASS, f"the eval_csv step itself ({evaluation.server}, on its node)", ""
     serving = evaluation.serving
     declared = settings.full_profile.compute.expected_checkpoint_bytes or 0
-    weights = arch.bf16_checkpoint_bytes if arch is not None else 2 * declared
+    weights = bf16_bytes if bf16_bytes is not None else 2 * declared
     nodes = serving_nodes(weights, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction)
     shape = f"{nodes} node(s) x {serving.gpus_per_node} GPU(s)"
     started = f"the eval_csv step: {evaluation.server} on {shape} for the {format_bytes(weights)} merged fine-tune"
@@ -168,7 +155,7 @@ def _rendered_problems(step: EntryStep, plan: dict) -> list[str]:
     return problems
 
 
-def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, arch: Architecture | None) -> Check:
+def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, import_host_bytes: int) -> Check:
     needed = f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each where the {launch.launcher} launcher runs the fine-tune"
     if launch.launcher == "local":
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
@@ -179,7 +166,7 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, ar
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
                          "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
                          "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
-        ram = _import_ram(arch)
+        ram = import_host_bytes
         # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
         found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-test-only", ram)
         if not found.checked:
@@ -190,15 +177,15 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, ar
         if found.ok:
             return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
         return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found, fix)
-    return kubernetes_gpu_nodes(settings, step, launch, needed, arch)
+    return kubernetes_gpu_nodes(settings, step, launch, needed, import_host_bytes)
 
 
 def kubernetes_gpu_nodes(
-    settings: Settings, step: EntryStep, launch: Launch, needed: str, arch: Architecture | None
+    settings: Settings, step: EntryStep, launch: Launch, needed: str, import_host_bytes: int
 ) -> Check:
     """Nodes of the GPU pool with the GPUs and memory (the pods' request; the architecture known, the import's host
     memory) the step needs: the check every launch runs first."""
-    found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-plan", _import_ram(arch))
+    found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-plan", import_host_bytes)
     if not found.checked:
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found,
                      "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")  # fmt: skip
@@ -206,11 +193,6 @@ def kubernetes_gpu_nodes(
         return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found,
                      f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")  # fmt: skip
     return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
-
-
-def _import_ram(arch: Architecture | None) -> int:
-    """Host memory each GPU node needs for the NeMo import (0 where the architecture is unknown: not asked)."""
-    return memory.import_host_memory(arch, None, "").needed_bytes if arch else 0
 
 
 def _with_ram(ram: int) -> str:
