@@ -129,6 +129,7 @@ def _valid_csv(tmp_path, source) -> str:
         (lambda t: t.replace("2012-11-23,2012-11-28", "23/11/2012,2012-11-28"), r"row 4, column entry_date: '23/11/2012'"),
         (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
         (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
+        (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"), r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
         (lambda t: t.replace(",,unknown_ticker", ",,ok"), r"row 1, column forward_return: .* is empty but return_status is ok"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "2012-11-21,2012-11-28"), r"row 4, column entry_date: .* not after as_of_date"),
         (lambda t: t.replace(",STRONG_BUY,true,", ",STRONG_BUY,yes,"), r"row 4, column parse_ok: 'yes' must be true or false"),
@@ -149,6 +150,20 @@ def _bad_return(text: str) -> str:
     """The MSFT row (data row 3) with forward_return 'abc'."""
     lines = [line.rsplit(",", 2)[0] + ",abc,ok" if line.startswith("MSFT-") else line for line in text.split("\n")]
     return "\n".join(lines)
+
+
+@pytest.mark.parametrize("prefix", ["", "thesis-2012-10-26-", "thèse-"])
+def test_a_repeated_id_is_found_wherever_the_ids_differ(tmp_path, source, prefix):
+    """The id check compares whole ids, short or long (ids that share their first 8 or 16 bytes), ASCII or not."""
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
+    frame = pd.concat([frame] * 400, ignore_index=True)
+    frame["id"] = [f"{prefix}{i}" for i in range(len(frame))]
+    write_eval_csv(frame, tmp_path / "distinct.csv")
+    assert read_eval_csv(tmp_path / "distinct.csv")["id"].tolist() == frame["id"].tolist()
+    frame.loc[1500, "id"] = f"{prefix}1234"
+    write_eval_csv(frame, tmp_path / "repeated.csv")
+    with pytest.raises(ValueError, match=rf"repeated\.csv: row 1501, column id: '{prefix}1234' appears on an earlier row too"):
+        read_eval_csv(tmp_path / "repeated.csv")
 
 
 def test_a_directory_reads_every_month_in_order(tmp_path, source):

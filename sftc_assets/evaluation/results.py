@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sftc_core.io import BeforeSwap, atomic_path
 from sftc_core.market import RETURN_STATUSES
@@ -91,11 +93,14 @@ def read_eval_csv(path: Path | str | Sequence[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def _days(text: pd.Series) -> pd.Series:
-    """YYYY-MM-DD strings to datetime64[ns] (NaT where not a date); parsed once per distinct value."""
-    codes, uniques = pd.factorize(text)
+def _days(text: pd.Series, required: bool) -> tuple[pd.Series, np.ndarray]:
+    """YYYY-MM-DD strings to datetime64[ns] (NaT where not a date), parsed once per distinct value; and the rows
+    whose text is not such a date (nor empty, unless `required`)."""
+    codes, uniques = pd.factorize(text)  # a missing value (a short row) has code -1: the last entry appended below
     parsed = pd.to_datetime(pd.Series(uniques, dtype=object), format="%Y-%m-%d", errors="coerce").to_numpy().astype("datetime64[ns]")
-    return pd.Series(np.where(codes >= 0, parsed[np.maximum(codes, 0)], np.datetime64("NaT", "ns")), index=text.index)
+    bad = np.isnat(parsed) & ((np.asarray(uniques, dtype=object) != "") | required)
+    days = np.append(parsed, np.datetime64("NaT", "ns"))[codes]
+    return pd.Series(days, index=text.index), np.append(bad, True)[codes]
 
 
 def _numbers(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -105,6 +110,27 @@ def _numbers(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
         return values, (np.isinf(values) & values.notna()).to_numpy()
     values = pd.to_numeric(column, errors="coerce").astype("float64")
     return values, ((values.isna() & column.notna()) | np.isinf(values)).to_numpy()
+
+
+def _surely_distinct(text: pd.Series) -> bool:
+    """True when no value of `text` repeats; False when one may (a repeat, a rare key collision, a missing or non-ASCII
+    value): then look exactly. Cheaper than hashing a million strings: each value padded with NULs to whole 8-byte
+    words, its words mixed into one 64-bit key, the keys sorted; distinct keys are distinct values."""
+    values = pa.array(text)
+    values = (values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values).cast(pa.large_string())
+    if len(values) < 2 or values.null_count:
+        return len(values) < 2
+    width = 8 * max(1, -(-pc.max(pc.binary_length(values)).as_py() // 8))
+    padded = pc.utf8_rpad(values, width=width, padding="\0")  # pads characters: a non-ASCII value comes out wider
+    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64, count=len(padded) + 1, offset=8 * padded.offset)
+    if offsets[-1] - offsets[0] != len(padded) * width:
+        return False
+    words = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(np.uint64).reshape(len(padded), -1)
+    keys = words[:, 0].copy()
+    for column in range(1, words.shape[1]):
+        keys = keys * np.uint64(0x9E3779B97F4A7C15) ^ words[:, column]  # wraps modulo 2**64
+    keys.sort()
+    return not (keys[1:] == keys[:-1]).any()
 
 
 def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
@@ -119,12 +145,13 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"{file}: row {row + 1}, column {column}: {'(empty)' if pd.isna(value) else repr(value)} {expected}")
 
     def dates(column: str, required: bool) -> pd.Series:
-        parsed = _days(raw[column])
-        check(column, (parsed.isna() & ((raw[column] != "") | required)).to_numpy(), "is not a date written YYYY-MM-DD" + ("" if required else " (or empty)"))
+        parsed, bad = _days(raw[column], required)
+        check(column, bad, "is not a date written YYYY-MM-DD" + ("" if required else " (or empty)"))
         return parsed
 
     check("id", (raw["id"] == "").to_numpy(), "is empty; every row needs an id")
-    check("id", raw["id"].duplicated().to_numpy(), "appears on an earlier row too; one row per test thesis")
+    if not _surely_distinct(raw["id"]):  # the exact (slower) look only where a repeat is possible
+        check("id", raw["id"].duplicated().to_numpy(), "appears on an earlier row too; one row per test thesis")
     check("ticker", (raw["ticker"] == "").to_numpy(), "is empty; every row needs a ticker")
     check("true_action", ~raw["true_action"].isin(ACTIONS).to_numpy(), f"is not an action ({', '.join(ACTIONS)})")
     check("predicted_action", ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(), f"is not an action ({', '.join(ACTIONS)}) or empty")
