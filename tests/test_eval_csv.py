@@ -130,6 +130,10 @@ def _valid_csv(tmp_path, source) -> str:
         (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
         (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
         (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"), r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
+        (lambda t: _bad_return(t, "nan"), r"row 3, column forward_return: 'nan' is not a number"),
+        (lambda t: t.replace("</action>,5,", "</action>,0x5,"), r"row 3, column horizon_days: '0x5' is not a whole number"),
+        (lambda t: _on_msft_row(t, lambda line: line + ",extra"), r"row 3 has 13 fields, the header 12 \('MSFT-2012-10-26-0,"),
+        (lambda t: t.replace(",,unknown_ticker", ",unknown_ticker"), r"row 1 has 11 fields, the header 12"),
         (lambda t: t.replace(",,unknown_ticker", ",,ok"), r"row 1, column forward_return: .* is empty but return_status is ok"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "2012-11-21,2012-11-28"), r"row 4, column entry_date: .* not after as_of_date"),
         (lambda t: t.replace(",STRONG_BUY,true,", ",STRONG_BUY,yes,"), r"row 4, column parse_ok: 'yes' must be true or false"),
@@ -142,14 +146,33 @@ def test_bad_input_names_file_row_and_column(tmp_path, source, edit, message):
     assert changed != text
     bad = tmp_path / "bad.csv"
     bad.write_text(changed, encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.csv: " + message):
-        read_eval_csv(bad)
+    for raw_output in (True, False):  # the backtest's read, without the model's text, is as strict
+        with pytest.raises(ValueError, match=r"bad\.csv: " + message):
+            read_eval_csv(bad, raw_output=raw_output)
 
 
-def _bad_return(text: str) -> str:
-    """The MSFT row (data row 3) with forward_return 'abc'."""
-    lines = [line.rsplit(",", 2)[0] + ",abc,ok" if line.startswith("MSFT-") else line for line in text.split("\n")]
-    return "\n".join(lines)
+def _on_msft_row(text: str, edit) -> str:
+    """`edit` applied to the MSFT row (data row 3, after a row whose quoted raw_output holds a newline)."""
+    return "\n".join(edit(line) if line.startswith("MSFT-") else line for line in text.split("\n"))
+
+
+def _bad_return(text: str, value: str = "abc") -> str:
+    """The MSFT row with forward_return `value`."""
+    return _on_msft_row(text, lambda line: line.rsplit(",", 2)[0] + f",{value},ok")
+
+
+def test_text_stays_text_and_the_backtest_leaves_the_model_text_out(tmp_path, source):
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
+    frame.loc[frame["ticker"] == "ZZZ", ["id", "ticker"]] = ["007", "NA"]  # an id that looks like a number, a ticker like a gap
+    path = write_eval_csv(frame, tmp_path / "eval.csv")
+    whole, lean = read_eval_csv(path), read_eval_csv(path, raw_output=False)
+    assert (whole["id"].iloc[0], whole["ticker"].iloc[0]) == ("007", "NA")
+    pd.testing.assert_frame_equal(lean, whole.drop(columns="raw_output"))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a spreadsheet saves it
+    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "bom.csv").drop(columns="source_file"), whole.drop(columns="source_file"))
+    (tmp_path / "no_text.csv").write_text(pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="raw_output").to_csv(index=False))
+    with pytest.raises(ValueError, match=r"no_text\.csv: missing column\(s\) raw_output"):
+        read_eval_csv(tmp_path / "no_text.csv", raw_output=False)
 
 
 @pytest.mark.parametrize("prefix", ["", "thesis-2012-10-26-", "thèse-"])

@@ -108,7 +108,7 @@ def defs(settings: Settings) -> dg.Definitions:
                     "counts add up to the eval rows.")
     def backtest_sanity() -> dg.AssetCheckResult:
         files, _ = partition_files()
-        expected = len(results.read_eval_csv(files)) if files else None
+        expected = len(results.read_eval_csv(files, raw_output=False)) if files else None
         problems = report.sanity_problems(paths.backtest, expected)
         return dg.AssetCheckResult(passed=not problems, metadata={"problem_count": len(problems), "problems": dg.MetadataValue.json(problems)})
 

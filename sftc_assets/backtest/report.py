@@ -499,7 +499,7 @@ def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSou
     `unseen_from`: the first as-of date past the base model's knowledge cutoff; a window that starts before it is
     also reported on each side of it.
     """
-    frame = read_eval_csv(eval_path)
+    frame = read_eval_csv(eval_path, raw_output=False)  # the model's text is no figure of the backtest
     if frame.empty:
         raise ValueError(f"{eval_path}: no rows to backtest (the eval CSV files hold only headers)")
     metrics, result, daily = compute_backtest(frame, source, config, calendar, cues)
