@@ -19,6 +19,7 @@ daily series side by side (daily_returns.csv).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,11 @@ class Positions:
     ticker_of_row: np.ndarray  # per frame row with return_status ok: its ticker's index in `tickers`; -1 for the others
     reasons: tuple[str, ...]  # why a row is no position ("" first: it is one)
     unknown_tickers: frozenset[str]
+
+    @cached_property
+    def reason_and_ticker(self) -> np.ndarray:
+        """Per frame row, one key for (not_a_position, ticker_of_row + 1): a book's rows counted by both in one pass."""
+        return self.not_a_position * (len(self.tickers) + 1) + self.ticker_of_row + 1
 
 
 # The daily series of a book (PortfolioResult.daily), per session of its window.
@@ -220,21 +226,22 @@ def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: P
 def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSeries, book: int, cost_bps: float,
                       periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
     """The figures of book `book` of `series`, whose weights are `score` on the positions."""
-    weighted = score != 0
-    scored_zero = int((~weighted).sum())
-    counts = np.bincount(positions.not_a_position[weighted], minlength=len(positions.reasons))
+    # The rows with a non-zero score by why they are no position (0: they are one) and by ticker (0: no return), in one
+    # count.
+    by_reason_and_ticker = np.bincount(positions.reason_and_ticker, weights=score != 0,
+                                       minlength=len(positions.reasons) * (len(positions.tickers) + 1))
+    by_reason_and_ticker = by_reason_and_ticker.reshape(len(positions.reasons), -1).round().astype(np.int64)
+    counts, held_by_ticker = by_reason_and_ticker.sum(axis=1), by_reason_and_ticker[:, 1:].sum(axis=0)
+    scored_zero = len(score) - int(counts.sum())
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
     missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
     empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
-    candidate = weighted & (positions.ticker_of_row >= 0)
-    if not candidate.any():
+    if not held_by_ticker.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-    held_by_ticker = np.bincount(positions.ticker_of_row[candidate], minlength=len(positions.tickers))
     candidate_tickers = {positions.tickers[code] for code in np.flatnonzero(held_by_ticker)}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
-    weight = score[positions.row].astype("float64")
-    if not (weight != 0).any():
+    if not counts[0]:  # no weighted row is a position
         reason = "the price source has no prices for any position"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
                                {"available": False, "reason": reason}, missing)
@@ -261,7 +268,7 @@ def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSerie
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
     portfolio = {
         "available": True,
-        "positions": int((weight != 0).sum()),
+        "positions": int(counts[0]),
         "rows_scored_zero": scored_zero,
         "missing_positions": sum(missing.values()),
         "missing_by_reason": missing,
