@@ -106,7 +106,8 @@ def _read_text(file: Path, columns: list[str]) -> pd.DataFrame:
         bad_rows.append(row)
         return "error"
 
-    convert = pa_csv.ConvertOptions(include_columns=columns, column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False)
+    convert = pa_csv.ConvertOptions(include_columns=columns, column_types=dict.fromkeys(columns, pa.large_string()),
+                                    strings_can_be_null=False)  # large_string: the type pandas keeps text in (no cast)
     parse = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row)
     for threads in (True, False):  # a bad file is read again on one thread: only that one numbers its rows
         try:
