@@ -127,6 +127,8 @@ def _valid_csv(tmp_path, source) -> str:
         (lambda t: t.replace(",STRONG_BUY,STRONG_BUY,", ",STRONG_BUY,MOON,"), r"row 4, column predicted_action: 'MOON'"),
         (lambda t: t.replace("2012-11-21,", "2012-11-31,"), r"row 4, column as_of_date: '2012-11-31' is not a date"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "23/11/2012,2012-11-28"), r"row 4, column entry_date: '23/11/2012'"),
+        (lambda t: t.replace("2012-11-23,2012-11-28", "1600-11-23,2012-11-28"), r"row 4, column entry_date: '1600-11-23' is not a date"),
+        (lambda t: _bad_return(t, "NA"), r"row 3, column forward_return: 'NA' is not a number"),
         (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
         (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
         (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"), r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
@@ -168,8 +170,12 @@ def test_text_stays_text_and_the_backtest_leaves_the_model_text_out(tmp_path, so
     whole, lean = read_eval_csv(path), read_eval_csv(path, raw_output=False)
     assert (whole["id"].iloc[0], whole["ticker"].iloc[0]) == ("007", "NA")
     pd.testing.assert_frame_equal(lean, whole.drop(columns="raw_output"))
-    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a spreadsheet saves it
-    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "bom.csv").drop(columns="source_file"), whole.drop(columns="source_file"))
+    # As a spreadsheet may save it: a byte-order mark, a date without its leading zero and a horizon with spaces (read
+    # as the pandas reader read them).
+    lenient = b"\xef\xbb\xbf" + path.read_bytes().replace(b"2012-09-14,", b"2012-9-14,").replace(b",5,2012-09-17,", b", 5 ,2012-09-17,")
+    assert lenient.count(b"2012-9-14,") == lenient.count(b", 5 ,") == 1
+    (tmp_path / "lenient.csv").write_bytes(lenient)
+    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "lenient.csv").drop(columns="source_file"), whole.drop(columns="source_file"))
     (tmp_path / "no_text.csv").write_text(pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="raw_output").to_csv(index=False))
     with pytest.raises(ValueError, match=r"no_text\.csv: missing column\(s\) raw_output"):
         read_eval_csv(tmp_path / "no_text.csv", raw_output=False)

@@ -122,13 +122,19 @@ def _read_text(file: Path, columns: list[str]) -> pd.DataFrame:
                          f"({row.text[:80]!r}); a value with a comma, a quote or a newline must be quoted") from None
 
 
+# The days a datetime64[ns] holds.
+NS_DAYS = (np.datetime64(pd.Timestamp.min.ceil("D").date()), np.datetime64(pd.Timestamp.max.floor("D").date()))
+
+
 def _days(text: pd.Series, required: bool) -> tuple[pd.Series, np.ndarray]:
     """YYYY-MM-DD strings to datetime64[ns] (NaT where not a date), parsed once per distinct value; and the rows
     whose text is not such a date (nor empty, unless `required`)."""
     codes, uniques = pd.factorize(text)
-    parsed = pd.to_datetime(pd.Series(uniques, dtype=object), format="%Y-%m-%d", errors="coerce").to_numpy().astype("datetime64[ns]")
-    bad = np.isnat(parsed) & ((np.asarray(uniques, dtype=object) != "") | required)
-    return pd.Series(parsed[codes], index=text.index), bad[codes]
+    parsed = pd.to_datetime(pd.Series(uniques, dtype=object), format="%Y-%m-%d", errors="coerce").to_numpy()
+    held = (parsed >= NS_DAYS[0]) & (parsed <= NS_DAYS[1])  # pandas parses 1600-01-01 too, in a unit ns cannot hold
+    bad = ~held & ((np.asarray(uniques, dtype=object) != "") | required)
+    days = np.where(held, parsed, np.datetime64("NaT")).astype("datetime64[ns]")
+    return pd.Series(days[codes], index=text.index), bad[codes]
 
 
 def _numbers(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
