@@ -113,7 +113,11 @@ def _read_text(file: Path, columns: list[str]) -> pd.DataFrame:
     convert = pa_csv.ConvertOptions(include_columns=columns, column_types=dict.fromkeys(columns, pa.large_string()),
                                     strings_can_be_null=False)  # large_string: the type pandas keeps text in (no cast)
     try:
-        return pa_csv.read_csv(file, read_options=read, parse_options=parse, convert_options=convert).to_pandas()
+        # The system allocator: after a parse of this size pyarrow's default pool (mimalloc) left the process's next
+        # pandas.read_csv a fifth slower (measured on the bench's 1M rows: 0.39-0.46 s against 0.30-0.33 s).
+        table = pa_csv.read_csv(file, read_options=read, parse_options=parse, convert_options=convert,
+                                memory_pool=pa.system_memory_pool())
+        return table.to_pandas()
     except pa.ArrowInvalid as exc:
         if not bad_rows:
             raise unreadable(str(exc)) from None
