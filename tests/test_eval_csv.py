@@ -127,14 +127,16 @@ def _valid_csv(tmp_path, source) -> str:
         (lambda t: t.replace(",STRONG_BUY,STRONG_BUY,", ",STRONG_BUY,MOON,"), r"row 4, column predicted_action: 'MOON'"),
         (lambda t: t.replace("2012-11-21,", "2012-11-31,"), r"row 4, column as_of_date: '2012-11-31' is not a date"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "23/11/2012,2012-11-28"), r"row 4, column entry_date: '23/11/2012'"),
-        (lambda t: t.replace("2012-11-23,2012-11-28", "1600-11-23,2012-11-28"), r"row 4, column entry_date: '1600-11-23' is not a date"),
+        (lambda t: t.replace("2012-11-23,2012-11-28", "1600-11-23,2012-11-28"),
+         r"row 4, column entry_date: '1600-11-23' is not a date"),
         (lambda t: _bad_return(t, "NA"), r"row 3, column forward_return: 'NA' is not a number"),
         (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
         (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
-        (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"), r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
+        (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"),
+         r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
         (lambda t: _bad_return(t, "nan"), r"row 3, column forward_return: 'nan' is not a number"),
-        (lambda t: t.replace("</action>,5,", "</action>,0x5,"), r"row 3, column horizon_days: '0x5' is not a whole number"),
-        (lambda t: _on_msft_row(t, lambda line: line + ",extra"), r"row 3 has 13 fields, the header 12 \('MSFT-2012-10-26-0,"),
+        (lambda t: t.replace("</action>,5,", "</action>,0x5,"), r"row 3, column horizon_days: '0x5' is not a whole"),
+        (lambda t: _on_msft_row(t, lambda line: line + ",extra"), r"row 3 has 13 fields, the header 12 \('MSFT-"),
         (lambda t: t.replace(",,unknown_ticker", ",unknown_ticker"), r"row 1 has 11 fields, the header 12"),
         (lambda t: t.replace(",,unknown_ticker", ",,ok"), r"row 1, column forward_return: .* is empty but return_status is ok"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "2012-11-21,2012-11-28"), r"row 4, column entry_date: .* not after as_of_date"),
@@ -165,18 +167,20 @@ def _bad_return(text: str, value: str = "abc") -> str:
 
 def test_text_stays_text_and_the_backtest_leaves_the_model_text_out(tmp_path, source):
     frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
-    frame.loc[frame["ticker"] == "ZZZ", ["id", "ticker"]] = ["007", "NA"]  # an id that looks like a number, a ticker like a gap
+    frame.loc[frame["ticker"] == "ZZZ", ["id", "ticker"]] = ["007", "NA"]  # like a number, like a gap
     path = write_eval_csv(frame, tmp_path / "eval.csv")
     whole, lean = read_eval_csv(path), read_eval_csv(path, raw_output=False)
     assert (whole["id"].iloc[0], whole["ticker"].iloc[0]) == ("007", "NA")
     pd.testing.assert_frame_equal(lean, whole.drop(columns="raw_output"))
     # As a spreadsheet may save it: a byte-order mark, a date without its leading zero and a horizon with spaces (read
     # as the pandas reader read them).
-    lenient = b"\xef\xbb\xbf" + path.read_bytes().replace(b"2012-09-14,", b"2012-9-14,").replace(b",5,2012-09-17,", b", 5 ,2012-09-17,")
+    lenient = path.read_bytes().replace(b"2012-09-14,", b"2012-9-14,").replace(b",5,2012-09-17,", b", 5 ,2012-09-17,")
     assert lenient.count(b"2012-9-14,") == lenient.count(b", 5 ,") == 1
-    (tmp_path / "lenient.csv").write_bytes(lenient)
-    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "lenient.csv").drop(columns="source_file"), whole.drop(columns="source_file"))
-    (tmp_path / "no_text.csv").write_text(pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="raw_output").to_csv(index=False))
+    (tmp_path / "lenient.csv").write_bytes(b"\xef\xbb\xbf" + lenient)
+    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "lenient.csv").drop(columns="source_file"),
+                                  whole.drop(columns="source_file"))
+    without_text = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="raw_output")
+    (tmp_path / "no_text.csv").write_text(without_text.to_csv(index=False))
     with pytest.raises(ValueError, match=r"no_text\.csv: missing column\(s\) raw_output"):
         read_eval_csv(tmp_path / "no_text.csv", raw_output=False)
 
@@ -191,7 +195,7 @@ def test_a_repeated_id_is_found_wherever_the_ids_differ(tmp_path, source, prefix
     assert read_eval_csv(tmp_path / "distinct.csv")["id"].tolist() == frame["id"].tolist()
     frame.loc[1500, "id"] = f"{prefix}1234"
     write_eval_csv(frame, tmp_path / "repeated.csv")
-    with pytest.raises(ValueError, match=rf"repeated\.csv: row 1501, column id: '{prefix}1234' appears on an earlier row too"):
+    with pytest.raises(ValueError, match=rf"repeated\.csv: row 1501, column id: '{prefix}1234' appears on an earlier"):
         read_eval_csv(tmp_path / "repeated.csv")
 
 

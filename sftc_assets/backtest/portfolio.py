@@ -100,7 +100,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
     exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
     ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
-    used = np.flatnonzero(np.bincount(ticker_codes[rows], minlength=len(all_tickers)))  # the tickers of the rows with a return
+    # The tickers of the rows with a return, and each row's among them.
+    used = np.flatnonzero(np.bincount(ticker_codes[rows], minlength=len(all_tickers)))
     tickers = [str(all_tickers[u]) for u in used]
     code_of_used = np.zeros(len(all_tickers), dtype=np.int64)
     code_of_used[used] = np.arange(len(used))
@@ -118,7 +119,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     closes = load_adjusted_closes(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
     raw = _price_matrix(closes, tickers, sessions)
     last = len(sessions) - 1
-    (entry_idx, entry_on_session), (exit_idx, exit_on_session) = _session_index(sessions, entry), _session_index(sessions, exit_)
+    entry_idx, entry_on_session = _session_index(sessions, entry)
+    exit_idx, exit_on_session = _session_index(sessions, exit_)
     is_session = entry_on_session & exit_on_session
     known = np.array([t not in closes.unknown for t in tickers])[codes]
     priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
@@ -162,7 +164,8 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     n_days, n_tickers = positions.raw_prices.shape
     size = (n_days + 1) * n_tickers
     # Each event keyed by its (session, ticker) cell, the same keys for every book: a book is a few bincounts over them.
-    opens, closes, exits = (day * n_tickers + positions.ticker_code for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx))
+    opens, closes, exits = (day * n_tickers + positions.ticker_code
+                            for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx))
 
     def per_cell(keys: np.ndarray, value: np.ndarray) -> np.ndarray:
         return np.bincount(keys, weights=value, minlength=size).reshape(n_days + 1, n_tickers)
@@ -178,7 +181,8 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     magnitude, held = np.abs(weights), active.astype("float64")
     opened = per_day(opens, magnitude)
     gross = np.cumsum(opened - per_day(closes, magnitude), axis=1)[:, :n_days]
-    open_positions = np.rint(np.cumsum(per_day(opens, held) - per_day(closes, held), axis=1)[:, :n_days]).astype(np.int64)
+    open_positions = np.cumsum(per_day(opens, held) - per_day(closes, held), axis=1)[:, :n_days]
+    open_positions = np.rint(open_positions).astype(np.int64)
     traded = (opened + per_day(exits, magnitude))[:, :n_days]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)

@@ -122,8 +122,9 @@ def _read_text(file: Path, columns: list[str]) -> pd.DataFrame:
         if not bad_rows:
             raise unreadable(str(exc)) from None
         row = bad_rows[0]
-        raise ValueError(f"{file}: row {row.number - 1} has {row.actual_columns} fields, the header {row.expected_columns} "
-                         f"({row.text[:80]!r}); a value with a comma, a quote or a newline must be quoted") from None
+        raise ValueError(f"{file}: row {row.number - 1} has {row.actual_columns} fields, the header "
+                         f"{row.expected_columns} ({row.text[:80]!r}); a value with a comma, a quote or a newline must "
+                         "be quoted") from None
 
 
 # The days a datetime64[ns] holds.
@@ -165,7 +166,8 @@ def _surely_distinct(text: pd.Series) -> bool:
     offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64, count=len(padded) + 1, offset=8 * padded.offset)
     if offsets[-1] - offsets[0] != len(padded) * width:
         return False
-    words = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(np.uint64).reshape(len(padded), -1)
+    data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    words = data.view(np.uint64).reshape(len(padded), -1)
     keys = words[:, 0].copy()
     for column in range(1, words.shape[1]):
         keys = keys * np.uint64(0x9E3779B97F4A7C15) ^ words[:, column]  # wraps modulo 2**64
@@ -180,7 +182,8 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             value = raw[column].iloc[row]
-            raise ValueError(f"{file}: row {row + 1}, column {column}: {'(empty)' if value == '' else repr(value)} {expected}")
+            shown = "(empty)" if value == "" else repr(value)
+            raise ValueError(f"{file}: row {row + 1}, column {column}: {shown} {expected}")
 
     def dates(column: str, required: bool) -> pd.Series:
         parsed, bad = _days(raw[column], required)
