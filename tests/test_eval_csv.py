@@ -204,9 +204,11 @@ def test_a_directory_reads_every_month_in_order(tmp_path, source):
     months = frame["as_of_date"].str[:7]
     for month in months.unique():
         write_eval_csv(frame[months == month], tmp_path / "eval" / f"{month}.csv")
+    write_eval_csv(frame.iloc[:0], tmp_path / "eval" / "2012-12.csv")  # a month without theses: the header only
     back = read_eval_csv(tmp_path / "eval")
     assert back["id"].tolist() == frame["id"].tolist()
     assert back["source_file"].tolist() == [f"{m}.csv" for m in months]
+    assert back.dtypes.to_dict() == read_eval_csv(tmp_path / "eval" / "2012-10.csv").dtypes.to_dict()
     with pytest.raises(FileNotFoundError, match="no \\*.csv eval files"):
         read_eval_csv(tmp_path / "prices")
 

@@ -78,8 +78,7 @@ def read_eval_csv(path: Path | str | Sequence[Path], *, raw_output: bool = True)
     if not files:
         raise FileNotFoundError("no eval CSV files given (materialize eval_csv first)")
     columns = [c for c in EVAL_COLUMNS if raw_output or c != "raw_output"]
-    frames = [_validated(file, _read_text(file, columns)) for file in files]
-    frames = [f for f in frames if len(f)] or frames[:1]  # a header-only month would turn text columns into object
+    frames = [_validated(file, _read_text(file, columns)) for file in files]  # a header-only month: typed, no rows
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
