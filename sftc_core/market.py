@@ -246,8 +246,10 @@ class AdjustedCloses:
         days = dates.astype("datetime64[D]").astype("datetime64[ns]")
         within = (days >= np.datetime64(start, "ns")) & (days <= np.datetime64(end, "ns"))
         index, days, closes = ticker_index[within], days[within], closes[within]
-        order = np.lexsort((days, index))  # stable: rows of a repeated date keep their order
-        index, days, closes = index[order], days[order], closes[order]
+        in_order = (index[1:] > index[:-1]) | ((index[1:] == index[:-1]) & (days[1:] >= days[:-1]))
+        if not in_order.all():  # a scan's rows come sorted already: the sort only where they do not
+            order = np.lexsort((days, index))  # stable: rows of a repeated date keep their order
+            index, days, closes = index[order], days[order], closes[order]
         last = np.ones(len(days), dtype=bool)
         last[:-1] = (index[1:] != index[:-1]) | (days[1:] != days[:-1])
         return cls(tuple(tickers), index[last], days[last], closes[last], unknown)

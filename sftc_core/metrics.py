@@ -162,17 +162,20 @@ DIRECTION_KINDS = 3
 CELLS = len(LABELS) * len(LABELS) * DIRECTION_KINDS
 
 
+def direction_kinds(score: np.ndarray, forward_return: np.ndarray) -> np.ndarray:
+    """Per row: 0 no direction (a zero score or no return), 1 a directional miss, 2 a hit (the score has the return's
+    sign)."""
+    score_sign = np.sign(score)
+    directional = (score_sign != 0) & np.isfinite(forward_return)
+    return np.where(directional, 1 + (score_sign == np.sign(forward_return)), 0)
+
+
 def classification_cells(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray,
                          forward_return: np.ndarray) -> np.ndarray:
     """Each row's cell (0..CELLS-1) of the table of true label x predicted label x direction kind: every
     classification figure is a function of the table's counts, so a row bootstrap can draw the counts instead."""
     size = len(LABELS)
-    score_sign = np.sign(score).astype(np.int64)
-    has_return = np.isfinite(forward_return)
-    return_sign = np.sign(np.nan_to_num(forward_return)).astype(np.int64)
-    directional = (score_sign != 0) & has_return
-    kind = np.where(directional, 1 + (score_sign == return_sign), 0)
-    return (true_codes * size + predicted_codes) * DIRECTION_KINDS + kind
+    return (true_codes * size + predicted_codes) * DIRECTION_KINDS + direction_kinds(score, forward_return)
 
 
 def cell_figures(counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -194,9 +197,9 @@ def cell_figures(counts: np.ndarray) -> dict[str, np.ndarray]:
 
 def directional_accuracy(score: np.ndarray, forward_return: np.ndarray) -> float | None:
     """Share of the rows with a non-zero score and a return whose score has the return's sign; None without such rows."""
-    codes = np.zeros(len(score), dtype=np.int64)
-    cells = classification_cells(codes, codes, np.asarray(score, dtype="float64"), forward_return)
-    return none_if_nan(float(cell_figures(np.bincount(cells, minlength=CELLS))["directional_accuracy"]))
+    kinds = direction_kinds(np.asarray(score, dtype="float64"), forward_return)
+    directional_rows = np.count_nonzero(kinds)
+    return float(np.count_nonzero(kinds == 2) / directional_rows) if directional_rows else None
 
 
 def signal_metrics(predicted, score: np.ndarray, forward_return: np.ndarray) -> dict:

@@ -127,8 +127,17 @@ def _valid_csv(tmp_path, source) -> str:
         (lambda t: t.replace(",STRONG_BUY,STRONG_BUY,", ",STRONG_BUY,MOON,"), r"row 4, column predicted_action: 'MOON'"),
         (lambda t: t.replace("2012-11-21,", "2012-11-31,"), r"row 4, column as_of_date: '2012-11-31' is not a date"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "23/11/2012,2012-11-28"), r"row 4, column entry_date: '23/11/2012'"),
+        (lambda t: t.replace("2012-11-23,2012-11-28", "1600-11-23,2012-11-28"),
+         r"row 4, column entry_date: '1600-11-23' is not a date"),
+        (lambda t: _bad_return(t, "NA"), r"row 3, column forward_return: 'NA' is not a number"),
         (lambda t: t.replace(",unknown_ticker", ",delisted"), r"row 1, column return_status: 'delisted'"),
         (lambda t: _bad_return(t), r"row 3, column forward_return: 'abc' is not a number"),
+        (lambda t: t.replace("MSFT-2012-10-26-0,", "AAPL-2012-10-26-1,"),
+         r"row 3, column id: 'AAPL-2012-10-26-1' appears on an earlier row"),
+        (lambda t: _bad_return(t, "nan"), r"row 3, column forward_return: 'nan' is not a number"),
+        (lambda t: t.replace("</action>,5,", "</action>,0x5,"), r"row 3, column horizon_days: '0x5' is not a whole"),
+        (lambda t: _on_msft_row(t, lambda line: line + ",extra"), r"row 3 has 13 fields, the header 12 \('MSFT-"),
+        (lambda t: t.replace(",,unknown_ticker", ",unknown_ticker"), r"row 1 has 11 fields, the header 12"),
         (lambda t: t.replace(",,unknown_ticker", ",,ok"), r"row 1, column forward_return: .* is empty but return_status is ok"),
         (lambda t: t.replace("2012-11-23,2012-11-28", "2012-11-21,2012-11-28"), r"row 4, column entry_date: .* not after as_of_date"),
         (lambda t: t.replace(",STRONG_BUY,true,", ",STRONG_BUY,yes,"), r"row 4, column parse_ok: 'yes' must be true or false"),
@@ -141,14 +150,53 @@ def test_bad_input_names_file_row_and_column(tmp_path, source, edit, message):
     assert changed != text
     bad = tmp_path / "bad.csv"
     bad.write_text(changed, encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.csv: " + message):
-        read_eval_csv(bad)
+    for raw_output in (True, False):  # the backtest's read, without the model's text, is as strict
+        with pytest.raises(ValueError, match=r"bad\.csv: " + message):
+            read_eval_csv(bad, raw_output=raw_output)
 
 
-def _bad_return(text: str) -> str:
-    """The MSFT row (data row 3) with forward_return 'abc'."""
-    lines = [line.rsplit(",", 2)[0] + ",abc,ok" if line.startswith("MSFT-") else line for line in text.split("\n")]
-    return "\n".join(lines)
+def _on_msft_row(text: str, edit) -> str:
+    """`edit` applied to the MSFT row (data row 3, after a row whose quoted raw_output holds a newline)."""
+    return "\n".join(edit(line) if line.startswith("MSFT-") else line for line in text.split("\n"))
+
+
+def _bad_return(text: str, value: str = "abc") -> str:
+    """The MSFT row with forward_return `value`."""
+    return _on_msft_row(text, lambda line: line.rsplit(",", 2)[0] + f",{value},ok")
+
+
+def test_text_stays_text_and_the_backtest_leaves_the_model_text_out(tmp_path, source):
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
+    frame.loc[frame["ticker"] == "ZZZ", ["id", "ticker"]] = ["007", "NA"]  # like a number, like a gap
+    path = write_eval_csv(frame, tmp_path / "eval.csv")
+    whole, lean = read_eval_csv(path), read_eval_csv(path, raw_output=False)
+    assert (whole["id"].iloc[0], whole["ticker"].iloc[0]) == ("007", "NA")
+    pd.testing.assert_frame_equal(lean, whole.drop(columns="raw_output"))
+    # As a spreadsheet may save it: a byte-order mark, a date without its leading zero and a horizon with spaces (read
+    # as the pandas reader read them).
+    lenient = path.read_bytes().replace(b"2012-09-14,", b"2012-9-14,").replace(b",5,2012-09-17,", b", 5 ,2012-09-17,")
+    assert lenient.count(b"2012-9-14,") == lenient.count(b", 5 ,") == 1
+    (tmp_path / "lenient.csv").write_bytes(b"\xef\xbb\xbf" + lenient)
+    pd.testing.assert_frame_equal(read_eval_csv(tmp_path / "lenient.csv").drop(columns="source_file"),
+                                  whole.drop(columns="source_file"))
+    without_text = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="raw_output")
+    (tmp_path / "no_text.csv").write_text(without_text.to_csv(index=False))
+    with pytest.raises(ValueError, match=r"no_text\.csv: missing column\(s\) raw_output"):
+        read_eval_csv(tmp_path / "no_text.csv", raw_output=False)
+
+
+@pytest.mark.parametrize("prefix", ["", "thesis-2012-10-26-", "thèse-"])
+def test_a_repeated_id_is_found_wherever_the_ids_differ(tmp_path, source, prefix):
+    """The id check compares whole ids, short or long (ids that share their first 8 or 16 bytes), ASCII or not."""
+    frame = build_eval_frame(RECORDS, OUTPUTS, label_forward_returns(RECORDS, source), load_sft_config().target_format)
+    frame = pd.concat([frame] * 400, ignore_index=True)
+    frame["id"] = [f"{prefix}{i}" for i in range(len(frame))]
+    write_eval_csv(frame, tmp_path / "distinct.csv")
+    assert read_eval_csv(tmp_path / "distinct.csv")["id"].tolist() == frame["id"].tolist()
+    frame.loc[1500, "id"] = f"{prefix}1234"
+    write_eval_csv(frame, tmp_path / "repeated.csv")
+    with pytest.raises(ValueError, match=rf"repeated\.csv: row 1501, column id: '{prefix}1234' appears on an earlier"):
+        read_eval_csv(tmp_path / "repeated.csv")
 
 
 def test_a_directory_reads_every_month_in_order(tmp_path, source):
@@ -156,9 +204,11 @@ def test_a_directory_reads_every_month_in_order(tmp_path, source):
     months = frame["as_of_date"].str[:7]
     for month in months.unique():
         write_eval_csv(frame[months == month], tmp_path / "eval" / f"{month}.csv")
+    write_eval_csv(frame.iloc[:0], tmp_path / "eval" / "2012-12.csv")  # a month without theses: the header only
     back = read_eval_csv(tmp_path / "eval")
     assert back["id"].tolist() == frame["id"].tolist()
     assert back["source_file"].tolist() == [f"{m}.csv" for m in months]
+    assert back.dtypes.to_dict() == read_eval_csv(tmp_path / "eval" / "2012-10.csv").dtypes.to_dict()
     with pytest.raises(FileNotFoundError, match="no \\*.csv eval files"):
         read_eval_csv(tmp_path / "prices")
 

@@ -103,7 +103,7 @@ def materialize_backtest_report(context: dg.AssetExecutionContext, settings: Set
 
 def check_backtest_sanity(backtest_dir: Path, files: list[Path]) -> dg.AssetCheckResult:
     """The report under `backtest_dir` against the eval CSVs `files` it was written from."""
-    expected = len(results.read_eval_csv(files)) if files else None
+    expected = len(results.read_eval_csv(files, raw_output=False)) if files else None
     problems = report.sanity_problems(backtest_dir, expected)
     metadata = {"problem_count": len(problems), "problems": dg.MetadataValue.json(problems)}
     return dg.AssetCheckResult(passed=not problems, metadata=metadata)

@@ -19,6 +19,7 @@ daily series side by side (daily_returns.csv).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,11 @@ class Positions:
     reasons: tuple[str, ...]  # why a row is no position ("" first: it is one)
     unknown_tickers: frozenset[str]
 
+    @cached_property
+    def reason_and_ticker(self) -> np.ndarray:
+        """Per frame row, one key for (not_a_position, ticker_of_row + 1): a book's rows counted by both in one pass."""
+        return self.not_a_position * (len(self.tickers) + 1) + self.ticker_of_row + 1
+
 
 # The daily series of a book (PortfolioResult.daily), per session of its window.
 DAILY_COLUMNS = ("book_return", "gross_return", "benchmark_return", "gross_exposure", "open_positions", "traded")
@@ -75,6 +81,14 @@ def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarr
     return matrix
 
 
+def _session_index(sessions: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per day (none NaT), its index in `sessions` (sorted; where it would go when it is none) and whether it is that
+    session; each distinct day looked up once."""
+    codes, distinct = pd.factorize(days)
+    index = np.searchsorted(sessions, distinct)
+    return index[codes], (sessions[np.minimum(index, len(sessions) - 1)] == distinct)[codes]
+
+
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
     """Prices of every row with return_status ok, loaded once; `frame` is read_eval_csv's."""
     # Text columns factorized as they are (Arrow strings): never turned into a million Python strings.
@@ -86,9 +100,12 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
     exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
     ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
-    used = np.unique(ticker_codes[rows])  # the tickers of the rows with a return
+    # The tickers of the rows with a return, and each row's among them.
+    used = np.flatnonzero(np.bincount(ticker_codes[rows], minlength=len(all_tickers)))
     tickers = [str(all_tickers[u]) for u in used]
-    codes = np.searchsorted(used, ticker_codes[rows])
+    code_of_used = np.zeros(len(all_tickers), dtype=np.int64)
+    code_of_used[used] = np.arange(len(used))
+    codes = code_of_used[ticker_codes[rows]]
     ticker_of_row = np.full(len(frame), -1, dtype=np.int64)
     ticker_of_row[rows] = codes
     if not len(rows):
@@ -102,8 +119,9 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     closes = load_adjusted_closes(source, tickers, pd.Timestamp(sessions[0]).date(), pd.Timestamp(sessions[-1]).date())
     raw = _price_matrix(closes, tickers, sessions)
     last = len(sessions) - 1
-    entry_idx, exit_idx = np.searchsorted(sessions, entry), np.searchsorted(sessions, exit_)
-    is_session = (sessions[np.minimum(entry_idx, last)] == entry) & (sessions[np.minimum(exit_idx, last)] == exit_)
+    entry_idx, entry_on_session = _session_index(sessions, entry)
+    exit_idx, exit_on_session = _session_index(sessions, exit_)
+    is_session = entry_on_session & exit_on_session
     known = np.array([t not in closes.unknown for t in tickers])[codes]
     priced = np.isfinite(raw[np.minimum(entry_idx, last), codes]) & np.isfinite(raw[np.minimum(exit_idx, last), codes])
     for name, bad in zip(PRICE_REASONS, (~known, known & ~is_session, known & is_session & ~priced)):
@@ -144,35 +162,36 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     exit day, then a cumulative sum; the book's return is the open weights' P&L over their gross exposure.
     """
     n_days, n_tickers = positions.raw_prices.shape
-    first_day, exit_idx, codes = positions.entry_idx + 1, positions.exit_idx, positions.ticker_code
-    # The events' keys are the same for every book: only the weights differ, so each book is one bincount over them.
-    opens_and_closes = np.concatenate([first_day, exit_idx + 1])
-    cells = opens_and_closes * n_tickers + np.concatenate([codes, codes])
-    trades = np.concatenate([first_day, exit_idx])
+    size = (n_days + 1) * n_tickers
+    # Each event keyed by its (session, ticker) cell, the same keys for every book: a book is a few bincounts over them.
+    opens, closes, exits = (day * n_tickers + positions.ticker_code
+                            for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx))
 
-    def per_day(keys: np.ndarray, values: np.ndarray, cells_a_day: int = 1) -> np.ndarray:
-        """Sum of each book's `values` (c x events) per key: c x days+1 x cells_a_day."""
-        totals = [np.bincount(keys, weights=v, minlength=(n_days + 1) * cells_a_day) for v in values]
-        return np.stack(totals).reshape(len(values), n_days + 1, cells_a_day)
+    def per_cell(keys: np.ndarray, value: np.ndarray) -> np.ndarray:
+        return np.bincount(keys, weights=value, minlength=size).reshape(n_days + 1, n_tickers)
 
-    def while_open(values: np.ndarray, keys: np.ndarray = opens_and_closes, cells_a_day: int = 1) -> np.ndarray:
-        """Per day (and cell), the sum of `values` over the positions open that day (+ on the first, - after exit)."""
-        return np.cumsum(per_day(keys, np.concatenate([values, -values], axis=1), cells_a_day), axis=1)[:, :n_days]
+    def per_day(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Sum of each book's `values` (c x positions) per session of `keys` (c x days+1), counted per cell and summed
+        after: a bincount into one bin per session runs slower (each addition waits for the last one to its bin)."""
+        return np.stack([per_cell(keys, value).sum(axis=1) for value in values])
 
-    open_weight = while_open(weights, cells, n_tickers)
-    magnitude = np.abs(weights)
-    gross = while_open(magnitude)[..., 0]
-    open_positions = np.rint(while_open((weights != 0).astype("float64"))[..., 0]).astype(np.int64)
-    traded = per_day(trades, np.concatenate([magnitude, magnitude], axis=1))[:, :n_days, 0]
+    # Open weight per (session, ticker): +w from the first holding day, -w after the exit day, cumulated over sessions.
+    open_weight = np.stack([np.cumsum(per_cell(opens, w) - per_cell(closes, w), axis=0)[:n_days] for w in weights])
+    active = weights != 0
+    magnitude, held = np.abs(weights), active.astype("float64")
+    opened = per_day(opens, magnitude)
+    gross = np.cumsum(opened - per_day(closes, magnitude), axis=1)[:, :n_days]
+    open_positions = np.cumsum(per_day(opens, held) - per_day(closes, held), axis=1)[:, :n_days]
+    open_positions = np.rint(open_positions).astype(np.int64)
+    traded = (opened + per_day(exits, magnitude))[:, :n_days]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
     invested = gross > 0
     safe_gross = np.where(invested, gross, 1.0)
     gross_return = np.where(invested, pnl / safe_gross, 0.0)
     traded_share = np.where(invested, traded / safe_gross, 0.0)
-    active = weights != 0
     start = np.where(active, positions.entry_idx, n_days).min(axis=1, initial=n_days)
-    end = np.where(active, exit_idx, -1).max(axis=1, initial=-1)
+    end = np.where(active, positions.exit_idx, -1).max(axis=1, initial=-1)
     book_return = gross_return - cost_bps / 1e4 * traded_share
     return BookSeries(book_return, gross_return, gross, open_positions, traded_share, start, end)
 
@@ -211,21 +230,22 @@ def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: P
 def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSeries, book: int, cost_bps: float,
                       periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
     """The figures of book `book` of `series`, whose weights are `score` on the positions."""
-    weighted = score != 0
-    scored_zero = int((~weighted).sum())
-    counts = np.bincount(positions.not_a_position[weighted], minlength=len(positions.reasons))
+    # The rows with a non-zero score by why they are no position (0: they are one) and by ticker (0: no return), in one
+    # count.
+    by_reason_and_ticker = np.bincount(positions.reason_and_ticker, weights=score != 0,
+                                       minlength=len(positions.reasons) * (len(positions.tickers) + 1))
+    by_reason_and_ticker = by_reason_and_ticker.reshape(len(positions.reasons), -1).round().astype(np.int64)
+    counts, held_by_ticker = by_reason_and_ticker.sum(axis=1), by_reason_and_ticker[:, 1:].sum(axis=0)
+    scored_zero = len(score) - int(counts.sum())
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
     missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
     empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
-    candidate = weighted & (positions.ticker_of_row >= 0)
-    if not candidate.any():
+    if not held_by_ticker.any():
         reason = "no row has both a non-zero score and a forward return"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
-    held_by_ticker = np.bincount(positions.ticker_of_row[candidate], minlength=len(positions.tickers))
     candidate_tickers = {positions.tickers[code] for code in np.flatnonzero(held_by_ticker)}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
-    weight = score[positions.row].astype("float64")
-    if not (weight != 0).any():
+    if not counts[0]:  # no weighted row is a position
         reason = "the price source has no prices for any position"
         return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
                                {"available": False, "reason": reason}, missing)
@@ -252,7 +272,7 @@ def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSerie
     figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
     portfolio = {
         "available": True,
-        "positions": int((weight != 0).sum()),
+        "positions": int(counts[0]),
         "rows_scored_zero": scored_zero,
         "missing_positions": sum(missing.values()),
         "missing_by_reason": missing,
