@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from config_helpers import config_clone, edit_yaml, write_nemo_data
 
 from sftc_assets.checkpoints.convert import plan_conversion
@@ -250,23 +251,28 @@ def test_a_reachable_checkpoint_is_read_from_its_headers_and_tokenizer(tmp_path,
     assert f"with the model's tokenizer ({checkpoint})" in checks["sequence length"].details[0]
 
 
-def test_the_tags_are_text_to_the_base_tokenizer_and_one_token_each_once_registered(tmp_path):
-    """The two backends' readings of the format's tags: NeMo tokenizes them with the imported checkpoint's own
-    tokenizer, as text that decodes back to the tag (the parser reads it); the Hugging Face backend registers them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refused(tmp_path):
+    """One rule (sftc_core/target_format.py): the tags are what the model's own tokenizer makes of their text, for
+    NeMo and for the Hugging Face backend alike (nothing added); a tokenizer that holds a tag as a token of its own fails."""
+    from transformers import AutoTokenizer
 
-    from sftc_assets.training.hf_backend import add_special_tokens
+    from sftc_assets.training.hf_backend import RunPlan, load_model_and_tokenizer
 
     checkpoint = tmp_path / "ckpt"
     make_toy_checkpoint(checkpoint, ["<reasoning>up</reasoning><support>a</support><action>BUY</action> " * 40], vocab_size=300)
-    tags = list(load_settings().sft.special_tokens)
+    settings = load_settings()
+    tags = list(settings.sft.special_tokens)
     base = AutoTokenizer.from_pretrained(checkpoint)
     for tag in tags:
         ids = base(tag, add_special_tokens=False)["input_ids"]
         assert len(ids) > 1 and base.decode(ids) == tag
-    model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    assert len(add_special_tokens(model, base, tags)) == len(tags)
-    assert all(len(base(tag, add_special_tokens=False)["input_ids"]) == 1 for tag in tags)
+    plan = RunPlan(settings.profile.training.model_copy(update={"peft": "lora"}), 1, settings.sft.max_seq_length, False)
+    model, tokenizer, lora = load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
+    assert lora and len(tokenizer) == len(base) and model.get_input_embeddings().weight.shape[0] == 300  # nothing added
+    base.add_special_tokens({"extra_special_tokens": tags[-2:]})
+    base.save_pretrained(checkpoint)
+    with pytest.raises(ValueError, match=r"holds </action>, <action> as tokens of its own"):
+        load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
 
 
 def test_lora_targets_must_be_nemos_module_names():
