@@ -129,10 +129,31 @@ class CorpusConfig(Strict):
     cue_accuracy: float = Field(default=0.8, ge=0, le=1)
 
 
+class PretrainingConfig(Strict):
+    """The toy base's causal-LM pretraining on the training window's prompt text (sftc_assets/checkpoints/pretrain.py)."""
+
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    # Tokens per sequence: the prompts are packed end to end (BOS prompt EOS) and cut at this length.
+    sequence_length: int = Field(ge=2)
+    learning_rate: float = Field(gt=0, lt=1)
+    warmup_steps: int = Field(ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    cpu_threads: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside(self) -> PretrainingConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below steps {self.steps}")
+        return self
+
+
 class ModelConfig(Strict):
     kind: Literal["toy", "external"]
     seed: int = 0
     vocab_size: int = Field(gt=0)
+    # The toy base is pretrained before it is quantized (None: left at its random initialisation).
+    pretraining: PretrainingConfig | None = None
     base_checkpoint_path: str | None = None
     # The architecture where the checkpoint is not reachable (the GPU plan on a CPU node): a config.json under configs/.
     reference_config: str | None = None
