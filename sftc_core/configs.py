@@ -130,7 +130,7 @@ class CorpusConfig(Strict):
 
 
 class PretrainingConfig(Strict):
-    """The toy base's causal-LM pretraining on the training window's prompt text (sftc_assets/checkpoints/pretrain.py)."""
+    """The toy base's causal-LM pretraining on the training window's prompt side (checkpoints/pretrain.py)."""
 
     steps: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -919,7 +919,8 @@ def recipe_lora(training: TrainingConfig, finetune: FinetuneConfig, where: Path 
         targets = hf_targets(list(finetune.lora.target_modules), f"{finetune.source}: field 'lora.target_modules'")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    overrides = training.lora_overrides.model_dump(exclude={"reason"}, exclude_none=True) if training.lora_overrides else {}
+    stated = training.lora_overrides
+    overrides = stated.model_dump(exclude={"reason"}, exclude_none=True) if stated is not None else {}
     lora = finetune.lora.model_copy(update={**overrides, "target_modules": targets})
     return training.model_copy(update={"lora": lora})
 

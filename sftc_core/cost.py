@@ -183,12 +183,15 @@ def finetune_phase(
     gpus = nodes * gpus_per_node
     if example_tokens is None:
         tokens_per_step = global_batch_size * seq_length
-        per_step = f"global batch {global_batch_size} x sequence length {seq_length} = {tokens_per_step:,} (padded: an upper bound)"
+        per_step = f"global batch {global_batch_size} x sequence length {seq_length} = {tokens_per_step:,}"
+        per_step += " (padded: an upper bound)"
     else:
         mean, counted = example_tokens
         tokens_per_step = round(global_batch_size * mean)
-        per_step = (f"global batch {global_batch_size} x {mean:,.1f} tokens per training example = {tokens_per_step:,} ({counted}; "
-                    f"padded to sequence length {seq_length}: {global_batch_size * seq_length:,})")
+        per_step = (
+            f"global batch {global_batch_size} x {mean:,.1f} tokens per training example = {tokens_per_step:,} "
+            f"({counted}; padded to sequence length {seq_length}: {global_batch_size * seq_length:,})"
+        )
     train_s = tokens_per_step * steps / (finetune.value * gpus)
     load_s = checkpoint_bytes / (storage.value * GB * nodes)
     basis = [

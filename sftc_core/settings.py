@@ -205,8 +205,10 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
 
     finetune = load_finetune_config(Path(config_dir) / "nemo" / "finetune.yaml")
     profiles = {name: load_profile(name, config_dir) for name in PROFILE_NAMES}
+    # the Hugging Face backend's LoRA is the recipe's: filled in here, at the edge, for every profile
     profiles = {
-        name: p.model_copy(update={"training": recipe_lora(p.training, finetune, profile_path(name, config_dir))}) for name, p in profiles.items()
+        name: p.model_copy(update={"training": recipe_lora(p.training, finetune, profile_path(name, config_dir))})
+        for name, p in profiles.items()
     }
     profile = profiles[_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), PROFILE_NAMES)]
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))

@@ -132,14 +132,16 @@ class TargetFormat:
 
 
 
-def tags_as_text(encode: Callable[[str], list[int]], added_tokens: Collection[str], tags: Sequence[str], tokenizer: str) -> dict[str, int]:
+def tags_as_text(
+    encode: Callable[[str], list[int]], added_tokens: Collection[str], tags: Sequence[str], tokenizer: str
+) -> dict[str, int]:
     """The one rule for the tags (module doc): {tag: how many tokens its text takes} under a tokenizer's `encode`
     (text without special tokens -> ids); ValueError naming the tag when the tokenizer holds it as a token of its own
     (`added_tokens`), which a server decoding without special tokens would drop."""
     added = sorted(set(tags) & set(added_tokens))
     if added:
         raise ValueError(
-            f"{tokenizer}: the tokenizer holds {', '.join(added)} as tokens of its own; the tags must be text to the model's "
-            "tokenizer (sftc_core/target_format.py): use a tokenizer without them (the base checkpoint's)"
+            f"{tokenizer}: the tokenizer holds {', '.join(added)} as tokens of its own; the tags must be text to the "
+            "model's tokenizer (sftc_core/target_format.py): use a tokenizer without them (the base checkpoint's)"
         )
     return {tag: len(encode(tag)) for tag in tags}

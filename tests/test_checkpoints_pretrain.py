@@ -34,27 +34,39 @@ def test_the_pretraining_reads_the_prompt_side_of_the_train_split_and_no_answer(
     train = load_from_disk(str(splits))["train"]
     assert texts[0::2] == [render_prompt(r["instruction"], r["input"], SFT) for r in train]
     first = train[0]
-    assert texts[1] == (f"<thesis><ticker>{first['ticker']}</ticker><as_of_date>{first['as_of_date']}</as_of_date><support>"
-                        + "".join(f"<point>{p}</point>" for p in first["support"]) + "</support><horizon_days>5</horizon_days></thesis>")
+    assert texts[1] == (
+        f"<thesis><ticker>{first['ticker']}</ticker><as_of_date>{first['as_of_date']}</as_of_date><support>"
+        + "".join(f"<point>{p}</point>" for p in first["support"])
+        + "</support><horizon_days>5</horizon_days></thesis>"
+    )
     text = "\n".join(texts)
     for record in train:
-        assert record["output"] not in text and record["reasoning"] not in text and record["action"] not in text.replace("STRONG_BUY, BUY, HOLD, SELL, STRONG_SELL", "")
+        assert (
+            record["output"] not in text
+            and record["reasoning"] not in text
+            and record["action"] not in text.replace("STRONG_BUY, BUY, HOLD, SELL, STRONG_SELL", "")
+        )
     # the answer's own parts stay the fine-tune's to teach (<support> is also the corpus's XML element for the facts)
     assert not any(tag in text for tag in ("<reasoning>", "</reasoning>", "<action>", "</action>"))
 
 
 @pytest.mark.parametrize("late", [dt.date(2010, 2, 1), dt.date(2009, 12, 31)])
 def test_a_record_planted_outside_the_training_window_stops_the_pretraining(splits, tmp_path, late):
-    """A train split that holds a record dated after the window (or before it) is never read: the build stops, naming it."""
+    """A train split holding a record dated outside the window is never read: the build stops, naming it."""
     dataset = load_from_disk(str(splits))
-    planted = dict(dataset["train"][0]) | {"id": "planted-late", "as_of_date": late.isoformat(), "input": "Ticker: LATE\nFacts:\n- from the future"}
+    planted = dict(dataset["train"][0]) | {
+        "id": "planted-late",
+        "as_of_date": late.isoformat(),
+        "input": "Ticker: LATE\nFacts:\n- from the future",
+    }
     rows = [*dataset["train"].to_list(), planted]
     path = tmp_path / "planted"
-    DatasetDict({"train": Dataset.from_list(rows, features=dataset["train"].features), "validation": dataset["validation"],
-                 "test": dataset["test"]}).save_to_disk(str(path))  # fmt: skip
-    with pytest.raises(ValueError, match=rf"1 record\(s\) dated outside the training window 2010-01-01..2010-01-31 \(first: planted-late of {late}\)"):
+    parts = {"train": Dataset.from_list(rows, features=dataset["train"].features)}
+    DatasetDict({**parts, "validation": dataset["validation"], "test": dataset["test"]}).save_to_disk(str(path))
+    window = r"1 record\(s\) dated outside the training window 2010-01-01..2010-01-31"
+    with pytest.raises(ValueError, match=rf"{window} \(first: planted-late of {late}\)"):
         pretrain.pretraining_texts(path, SFT, *WINDOW)
-    # the same window minus the late day: what the window ends on decides, not the split's name
+    # without the planted record the same split is read whole: a prompt and its XML per record
     assert len(pretrain.pretraining_texts(splits, SFT, *WINDOW)) == 2 * 20
 
 
@@ -71,13 +83,20 @@ def test_the_base_learns_the_prompts_and_the_same_inputs_give_the_same_bytes(spl
     make_toy_base(tmp_path / "b", texts, prompts, model, fp8=False)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     make_toy_checkpoint(tmp_path / "random", texts, seed=model.seed)
-    random, trained = load_file(tmp_path / "random" / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")
-    assert set(random) == set(trained) and not torch.equal(random["model.embed_tokens.weight"], trained["model.embed_tokens.weight"])
+    random, trained = (
+        load_file(tmp_path / "random" / "model.safetensors"),
+        load_file(tmp_path / "a" / "model.safetensors"),
+    )
+    assert set(random) == set(trained) and not torch.equal(
+        random["model.embed_tokens.weight"], trained["model.embed_tokens.weight"]
+    )
     assert (tmp_path / "random" / "tokenizer.json").read_bytes() == (tmp_path / "a" / "tokenizer.json").read_bytes()
 
 
 def test_packing_cuts_the_stream_into_whole_rows_and_refuses_too_little_text():
     rows = pretrain.packed_sequences([[0, 5, 6, 7], [0, 8, 9], [0, 10]], 4)
     assert rows.tolist() == [[0, 5, 6, 7], [0, 8, 9, 0]]  # the tail [10] shorter than a row is left out
-    with pytest.raises(ValueError, match=r"3 pretraining tokens do not fill one sequence of 4; lower model.pretraining.sequence_length"):
+    with pytest.raises(
+        ValueError, match=r"3 pretraining tokens do not fill one sequence of 4; lower model.pretraining.sequence_length"
+    ):
         pretrain.packed_sequences([[0, 1, 2]], 4)

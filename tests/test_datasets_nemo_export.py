@@ -95,12 +95,14 @@ def test_token_statistics_with_a_local_tokenizer(dataset_dir, tmp_path):
     assert stats["truncated"] == sum(1 for t in total if t > limit) > 0
     assert sum(stats["truncated_by_split"].values()) == stats["truncated"]
     # the tags are text: each takes what the tokenizer makes of it (the whitespace pre-tokenizer splits < reasoning >)
-    assert stats["tag_tokens"] == {tag: len(raw.encode(tag).ids) for tag in SFT.special_tokens} and min(stats["tag_tokens"].values()) > 1
+    assert stats["tag_tokens"] == {tag: len(raw.encode(tag).ids) for tag in SFT.special_tokens}
+    assert min(stats["tag_tokens"].values()) > 1
 
 
 def test_a_tokenizer_that_holds_the_tags_as_tokens_of_its_own_is_refused(dataset_dir, tmp_path):
     make_tokenizer(tmp_path / "tok", ["reasoning support action Ticker"], SFT.special_tokens)
-    with pytest.raises(ValueError, match=r"the tokenizer holds </action>, </reasoning>, </support>, <action>, <reasoning>, <support> as tokens of its own"):
+    held = "</action>, </reasoning>, </support>, <action>, <reasoning>, <support>"
+    with pytest.raises(ValueError, match=rf"the tokenizer holds {held} as tokens of its own"):
         nemo_export.export_nemo(dataset_dir, tmp_path / "nemo", SFT, max_samples=2, tokenizer_path=tmp_path / "tok")
     assert not (tmp_path / "nemo").exists()
 

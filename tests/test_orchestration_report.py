@@ -127,6 +127,9 @@ def test_report_says_which_launcher_ran_the_fine_tune():
     local = report({"launcher": "local", "nodes": 1, "world_size": 1}, False)
     assert "`local` launcher, 1 node(s), world size 1; no Slurm on this node (sinfo did not answer)" in local
     assert "- Fine-tune method: unknown (sft_model did not report one)" in local
+    # and whether it was the GPU recipe's LoRA or a full fine-tune
+    assert "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA" in report({"peft": "none"}, False)
+    assert "- Fine-tune method: LoRA on the GPU recipe's targets" in report({"peft": "lora"}, False)
 
 
 SFT = load_sft_config()
@@ -217,18 +220,3 @@ def test_report_says_which_engine_answered_the_evaluation_and_what_that_rehearse
     assert "its serving code was not rehearsed" in fallback
     assert "- Evaluation served by: unknown" in report([StageOutcome("raw_xml", True)])
 
-
-def test_report_says_whether_the_fine_tune_was_the_recipes_lora():
-    import datetime as dt
-
-    from sftc_assets.reports.validation import StageOutcome, build_report, render_markdown
-
-    def method(peft: str) -> str:
-        stage = StageOutcome("sft_model", True, figures={"peft": peft})
-        env = {"python": "3", "platform": "p", "cpu_count": 2, "cuda_available": False, "profile": "toy", "train_backend": "hf", "packages": {}}
-        built = build_report([stage], gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None)
-        assert built["fine_tune_method"] == peft
-        return next(line for line in render_markdown(built).splitlines() if line.startswith("- Fine-tune method:"))
-
-    assert "a full fine-tune, not the GPU recipe's LoRA" in method("none") and "docs/toy-recipe.md" in method("none")
-    assert method("lora").startswith("- Fine-tune method: LoRA on the GPU recipe's targets")

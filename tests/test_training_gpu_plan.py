@@ -252,12 +252,13 @@ def test_a_reachable_checkpoint_is_read_from_its_headers_and_tokenizer(tmp_path,
     assert "safetensors headers" in checks["model architecture"].details[0]
     # The shipped 5-stage pipeline cannot split this model's 3 layers: the plan says so against the model it read.
     assert checks["parallel layout"].status == FAIL and "exceeds the model's 3 layers" in checks["parallel layout"].found
-    assert checks["sequence length"].details[0] == f"tokens counted with the checkpoint's own tokenizer ({checkpoint / 'tokenizer.json'})"
+    own = checkpoint / "tokenizer.json"
+    assert checks["sequence length"].details[0] == f"tokens counted with the checkpoint's own tokenizer ({own})"
 
 
 def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refused(tmp_path):
     """One rule (sftc_core/target_format.py): the tags are what the model's own tokenizer makes of their text, for
-    NeMo and for the Hugging Face backend alike (nothing added); a tokenizer that holds a tag as a token of its own fails."""
+    NeMo and for the Hugging Face backend alike (nothing added); a tokenizer holding a tag as its own token fails."""
     from transformers import AutoTokenizer
 
     from sftc_assets.training.hf_backend import RunPlan, load_model_and_tokenizer
@@ -270,7 +271,8 @@ def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refus
     for tag in tags:
         ids = base(tag, add_special_tokens=False)["input_ids"]
         assert len(ids) > 1 and base.decode(ids) == tag
-    plan = RunPlan(settings.profile.training.model_copy(update={"peft": "lora"}), 1, settings.sft.max_seq_length, False)
+    lora_training = settings.profile.training.model_copy(update={"peft": "lora"})
+    plan = RunPlan(lora_training, 1, settings.sft.max_seq_length, False)
     model, tokenizer, lora = load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
     assert lora and len(tokenizer) == len(base) and model.get_input_embeddings().weight.shape[0] == 300  # nothing added
     base.add_special_tokens({"extra_special_tokens": tags[-2:]})
@@ -286,9 +288,11 @@ def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package():
     assert (tokenizer.token_to_id("<｜begin▁of▁sentence｜>"), tokenizer.token_to_id("<｜end▁of▁sentence｜>")) == (0, 1)
     added = tokenizer.get_added_tokens_decoder()
     # 128,000 BPE tokens (BOS, EOS and pad among them, ids 0-2), then 815 added ones: ids up to 128,814 of 129,280 rows.
-    assert tokenizer.get_vocab_size(with_added_tokens=False) == 128_000 and sorted(i for i in added if i >= 128_000) == list(range(128_000, 128_815))
+    assert tokenizer.get_vocab_size(with_added_tokens=False) == 128_000
+    assert sorted(i for i in added if i >= 128_000) == list(range(128_000, 128_815))
     counter = token_counter(None)
-    assert counter.tags(["<action>", "</action>"]) == {"<action>": 3, "</action>": 3}  # '<' 'action' '>', '</' 'action' '>'
+    # '<' 'action' '>' and '</' 'action' '>'
+    assert counter.tags(["<action>", "</action>"]) == {"<action>": 3, "</action>": 3}
     assert counter.prompt("Hello") == 2 and counter.answer("Hello") == 2  # BOS + "Hello", "Hello" + EOS
 
 
@@ -296,21 +300,28 @@ def test_the_sequence_length_check_counts_what_tokenizing_the_nemo_jsonl_gives(w
     settings = load_settings()
     plan = build_gpu_plan(settings, check_nemo=False)
     tokenizer = Tokenizer.from_file(str(packaged_tokenizer_path()))
-    rows = [
-        (1 + len(tokenizer.encode(pair["input"], add_special_tokens=False).ids), len(tokenizer.encode(pair["output"], add_special_tokens=False).ids) + 1)
-        for name in ("training.jsonl", "validation.jsonl") for pair in read_jsonl(with_data / "nemo_jsonl" / name)
-    ]  # fmt: skip
+    nemo = with_data / "nemo_jsonl"
+    pairs = [pair for name in ("training.jsonl", "validation.jsonl") for pair in read_jsonl(nemo / name)]
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    text_tokens = [(count(pair["input"]), count(pair["output"])) for pair in pairs]
+    rows = [(1 + prompt, answer + 1) for prompt, answer in text_tokens]  # BOS + prompt, answer + EOS
     assert plan.tokens.rows == tuple(rows) and plan.tokens.train == 40
     found = _checks(plan)["sequence length"].found
-    assert found.endswith(f"the longest {max(p + a for p, a in rows)}") and found.startswith("0 of 40 training examples")
+    longest = max(p + a for p, a in rows)
+    assert found.startswith("0 of 40 training examples") and found.endswith(f"the longest {longest}")
     assert f"answers up to {max(a for _, a in rows)} tokens" in _checks(plan)["answer length"].found
     # A seq_length under the longest example: the check counts the same examples over it.
     short = sorted(p + a for p, a in rows[:40])[20] // 8 * 8  # sequence parallel over tensor 8 takes multiples of 8
     config_dir = config_clone(with_data.parent)
     edit_yaml(config_dir / "nemo" / "finetune.yaml", lambda r: r.update(seq_length=short))
-    shorter = load_settings(env={"SFTC_DATA_DIR": str(with_data)}, dotenv_path=with_data / "none", config_dir=config_dir)
+    env = {"SFTC_DATA_DIR": str(with_data)}
+    shorter = load_settings(env=env, dotenv_path=with_data / "none", config_dir=config_dir)
     over = sum(1 for p, a in rows[:40] if p + a > short)
-    assert _checks(build_gpu_plan(shorter, check_nemo=False))["sequence length"].found.startswith(f"{over} of 40 training examples")
+    found = _checks(build_gpu_plan(shorter, check_nemo=False))["sequence length"].found
+    assert found.startswith(f"{over} of 40 training examples")
 
 
 def test_lora_targets_must_be_nemos_module_names():

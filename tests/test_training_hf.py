@@ -45,7 +45,8 @@ EVALUATION = PROFILE.evaluation.model_copy(update={"max_new_tokens": 24})
 def short_training(**changes):
     """The toy profile's training section scaled down to seconds, a full fine-tune unless `peft` says otherwise
     (the random-weight test model has no language for a LoRA to steer)."""
-    values = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4, "save_every": 4, "parse_check_samples": 2, "peft": "none"}
+    values = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4, "save_every": 4, "parse_check_samples": 2}
+    values["peft"] = "none"
     return TRAINING.model_copy(update={**values, **changes})
 
 
@@ -316,29 +317,38 @@ def test_lora_on_the_recipes_targets_writes_the_peft_adapter_beside_the_merged_m
     output = tmp_path / "lora"
     training = short_training(max_steps=4, peft="lora", learning_rate=1e-2, eval_every=4, save_every=4)
     result = run_training(*toy_inputs, output, training, SFT, EVALUATION)
-    assert result.metrics["peft"] == "lora" and result.metrics["lora_targets"] == ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
-    assert (result.metrics["lora_rank"], result.metrics["lora_alpha"]) == (load_finetune_config().lora.rank, load_finetune_config().lora.alpha)
+    metrics, recipe = result.metrics, load_finetune_config().lora
+    assert metrics["peft"] == "lora"
+    assert metrics["lora_targets"] == ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+    assert (metrics["lora_rank"], metrics["lora_alpha"]) == (recipe.rank, recipe.alpha)
     assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] / 3
     adapter = output / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert sorted(config["target_modules"]) == sorted(result.metrics["lora_targets"]) and config["r"] == 32 and not config.get("modules_to_save")
+    assert sorted(config["target_modules"]) == sorted(metrics["lora_targets"]) and config["r"] == recipe.rank
+    assert not config.get("modules_to_save")
     adapter_weights = load_file(adapter / "adapter_model.safetensors")
-    assert adapter_weights and all(".lora_A." in k or ".lora_B." in k for k in adapter_weights)  # adapters only, no embedding rows
+    # adapters only, no embedding rows
+    assert adapter_weights and all(".lora_A." in k or ".lora_B." in k for k in adapter_weights)
     merged = load_file(output / "model.safetensors")
     assert not [k for k in merged if "lora" in k]  # the served checkpoint is plain weights
     base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
-    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(tmp_path / "by_peft")  # the on-disk names
-    by_peft, before = load_file(tmp_path / "by_peft" / "model.safetensors"), load_file(toy_inputs[0] / "model.safetensors")
+    # saved, to compare the on-disk names (transformers fuses the experts in memory)
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(tmp_path / "by_peft")
+    by_peft = load_file(tmp_path / "by_peft" / "model.safetensors")
+    before = load_file(toy_inputs[0] / "model.safetensors")
     assert set(by_peft) == set(merged) == set(before)
     for name, tensor in merged.items():
         torch.testing.assert_close(by_peft[name], tensor, rtol=0, atol=0)
-    assert not torch.equal(merged["model.layers.0.self_attn.o_proj.weight"], before["model.layers.0.self_attn.o_proj.weight"].float())
-    assert torch.equal(merged["model.embed_tokens.weight"], before["model.embed_tokens.weight"].float())  # no embedding row trained
-    assert AutoTokenizer.from_pretrained(output).get_added_vocab() == AutoTokenizer.from_pretrained(toy_inputs[0]).get_added_vocab()
+    o_proj, embed = "model.layers.0.self_attn.o_proj.weight", "model.embed_tokens.weight"
+    assert not torch.equal(merged[o_proj], before[o_proj].float())
+    assert torch.equal(merged[embed], before[embed].float())  # no embedding row trained
+    added = AutoTokenizer.from_pretrained(toy_inputs[0]).get_added_vocab()
+    assert AutoTokenizer.from_pretrained(output).get_added_vocab() == added
 
 
 def test_a_misspelt_lora_target_fails_before_the_first_step_naming_it(toy_inputs, tmp_path):
-    training = short_training(peft="lora", lora=TRAINING.lora.model_copy(update={"target_modules": ["q_a_proj", "kv_b_prj"]}))
+    misspelt = TRAINING.lora.model_copy(update={"target_modules": ["q_a_proj", "kv_b_prj"]})
+    training = short_training(peft="lora", lora=misspelt)
     with pytest.raises(ValueError, match=r"LoRA target\(s\) kv_b_prj name no Linear module of the model") as failure:
         run_training(*toy_inputs, tmp_path / "sft", training, SFT, EVALUATION)
     assert "kv_b_proj" in str(failure.value)  # the model's names are listed beside it

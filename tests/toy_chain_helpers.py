@@ -25,5 +25,6 @@ def build_toy_chain_until_bf16(data_dir: Path, settings: Settings) -> None:
     build_dataset(data_dir / "jsonl", data_dir / "hf_splits", sft, date_bounds=bounds)
     export_nemo(data_dir / "hf_splits", data_dir / "nemo_jsonl", sft)
     prompts = pretraining_texts(data_dir / "hf_splits", sft, settings.train_start_date, settings.train_end_date)
-    make_toy_base(data_dir / "checkpoints" / "base_fp8", training_texts(data_dir / "hf_splits", sft), prompts, profile.model)
+    texts = training_texts(data_dir / "hf_splits", sft)
+    make_toy_base(data_dir / "checkpoints" / "base_fp8", texts, prompts, profile.model)
     convert_fp8_checkpoint(data_dir / "checkpoints" / "base_fp8", data_dir / "checkpoints" / "bf16", device="cpu", progress=False)

@@ -35,7 +35,7 @@ def _pretraining_figures(pretrained: dict | None, settings: Settings) -> dict:
     if pretrained is None:
         return {"pretraining": "none: random weights (profile model.pretraining is not set)"}
     return {
-        "pretraining_window": f"{settings.train_start_date}..{settings.train_end_date} (the train split's prompt side only)",
+        "pretraining_window": f"{settings.train_start_date}..{settings.train_end_date} (the train split's prompt side)",
         # per record of the window: its rendered prompt and its prompt-side XML
         "pretraining_documents": pretrained["documents"],
         "pretraining_steps": pretrained["steps"],
@@ -56,22 +56,28 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
         group_name=GROUP,
         code_version=code_version("base_checkpoint", settings, toy_model, pretrain, nemo_export),
         kinds={"pytorch", "huggingface"},
-        description="The tiny DeepSeek-V3, pretrained as a causal LM on the prompt side of the training window's theses "
-        "(the rendered prompts and their facts as the corpus's XML; never an answer, never a later window), in the FP8 release layout (sharded, float8_e4m3fn + _scale_inv, index, quantization_config), "
-        "with a BPE tokenizer trained on the train split's prompts and targets.",
+        description="The tiny DeepSeek-V3, pretrained as a causal LM on the prompt side of the training window's "
+        "theses (the rendered prompts and their facts as the corpus's XML; never an answer, never a later window), in "
+        "the FP8 release layout (sharded, float8_e4m3fn + _scale_inv, index, quantization_config), with a BPE "
+        "tokenizer trained on the train split's prompts and targets.",
         **asset_placement("cpu", settings),
     )
     def base_checkpoint(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         paths, model = settings.paths, settings.profile.model
         # The train split's prompts dated in the training window only: the base must not learn from a later window.
         with writing(settings, "base_checkpoint", [paths.base_checkpoint], inputs=[("hf_splits", None)]) as stamp:
-            prompts = pretrain.pretraining_texts(paths.hf_splits, settings.sft, settings.train_start_date, settings.train_end_date)
+            window = (settings.train_start_date, settings.train_end_date)
+            prompts = pretrain.pretraining_texts(paths.hf_splits, settings.sft, *window)
             texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
-            summary = toy_model.make_toy_base(paths.base_checkpoint, texts, prompts, model, log=context.log.info, stamp=stamp)
+            summary = toy_model.make_toy_base(paths.base_checkpoint, texts, prompts, model, log=context.log.info,
+                                              stamp=stamp)
         context.log.info("toy FP8 checkpoint: %s", summary)
         pretrained = summary["pretraining"]
-        report_summary(context, "base_checkpoint", f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards, {format_bytes(summary['total_bytes'])}"
-                       + (f", pretrained {pretrained['steps']} steps to loss {format_number(pretrained['final_loss'])}" if pretrained else ", random weights"))
+        size = f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards"
+        how = "random weights"
+        if pretrained:
+            how = f"pretrained {pretrained['steps']} steps to loss {format_number(pretrained['final_loss'])}"
+        report_summary(context, "base_checkpoint", f"{size}, {format_bytes(summary['total_bytes'])}, {how}")
         return dg.MaterializeResult(
             metadata=asset_metadata(settings, "base_checkpoint", {
                 "path": dg.MetadataValue.path(summary["path"]),

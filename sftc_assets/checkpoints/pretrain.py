@@ -50,12 +50,17 @@ def pretraining_texts(dataset_dir: Path | str, sft: SftConfig, train_start: dt.d
     ValueError naming the record when one is dated outside [train_start, train_end], so nothing past the training
     window is ever read."""
     split = load_splits(dataset_dir)["train"].select_columns([*PROMPT_SIDE, "id", "instruction", "input"])
-    outside = [(r["id"], r["as_of_date"]) for r in split if not train_start.isoformat() <= r["as_of_date"] <= train_end.isoformat()]
+    outside = [
+        (r["id"], r["as_of_date"])
+        for r in split
+        if not train_start.isoformat() <= r["as_of_date"] <= train_end.isoformat()
+    ]
     if outside:
         (first_id, first_date), count = outside[0], len(outside)
         raise ValueError(
-            f"{dataset_dir}: the train split holds {count} record(s) dated outside the training window {train_start}..{train_end} "
-            f"(first: {first_id} of {first_date}); the pretraining reads none of them: re-materialize hf_splits for these dates"
+            f"{dataset_dir}: the train split holds {count} record(s) dated outside the training window "
+            f"{train_start}..{train_end} (first: {first_id} of {first_date}); the pretraining reads none of them: "
+            "re-materialize hf_splits for these dates"
         )
     return [text for r in split for text in (render_prompt(r["instruction"], r["input"], sft), prompt_side_xml(r))]
 
@@ -65,20 +70,32 @@ def packed_sequences(documents: list[list[int]], sequence_length: int) -> torch.
     stream = [token for document in documents for token in document]
     rows = len(stream) // sequence_length
     if rows == 0:
-        raise ValueError(f"{len(stream)} pretraining tokens do not fill one sequence of {sequence_length}; lower model.pretraining.sequence_length")
+        raise ValueError(
+            f"{len(stream)} pretraining tokens do not fill one sequence of {sequence_length}; "
+            "lower model.pretraining.sequence_length"
+        )
     return torch.tensor(stream[: rows * sequence_length]).view(rows, sequence_length)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: PretrainingConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps - config.warmup_steps, eta_min=config.learning_rate * config.min_lr_ratio)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, config.steps - config.warmup_steps, eta_min=config.learning_rate * config.min_lr_ratio
+    )
     if not config.warmup_steps:
         return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / config.warmup_steps, total_iters=config.warmup_steps)
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / config.warmup_steps, total_iters=config.warmup_steps
+    )
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[config.warmup_steps])
 
 
 def pretrain(
-    model, documents: list[list[int]], bos_token_id: int, config: PretrainingConfig, seed: int, log: Callable[[str], None] | None = None
+    model,
+    documents: list[list[int]],
+    bos_token_id: int,
+    config: PretrainingConfig,
+    seed: int,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train `model` (in place) as a causal LM on `documents` (token ids, each opening with `bos_token_id`); returns
     the figures."""
@@ -90,7 +107,11 @@ def pretrain(
     order: list[int] = []
     started = time.perf_counter()
     model.train()
-    with torch_threads(config.cpu_threads), torch.random.fork_rng(devices=[]), Tracker("pretraining", config.steps, "step", log=log) as tracker:
+    with (
+        torch_threads(config.cpu_threads),
+        torch.random.fork_rng(devices=[]),
+        Tracker("pretraining", config.steps, "step", log=log) as tracker,
+    ):
         torch.manual_seed(seed)
         for step in range(1, config.steps + 1):
             while len(order) < config.batch_size:
@@ -98,9 +119,14 @@ def pretrain(
                 rng.shuffle(epoch)
                 order += epoch
             batch = sequences[[order.pop() for _ in range(config.batch_size)]]
-            loss = model(input_ids=batch, labels=batch.masked_fill(batch == bos_token_id, IGNORE_INDEX), use_cache=False).loss
+            loss = model(
+                input_ids=batch, labels=batch.masked_fill(batch == bos_token_id, IGNORE_INDEX), use_cache=False
+            ).loss
             if not math.isfinite(loss.item()):
-                raise ValueError(f"pretraining step {step}: the loss is {loss.item()}; lower model.pretraining.learning_rate {config.learning_rate:g}")
+                raise ValueError(
+                    f"pretraining step {step}: the loss is {loss.item()}; "
+                    f"lower model.pretraining.learning_rate {config.learning_rate:g}"
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -212,7 +212,8 @@ def make_toy_checkpoint(
     pretrained = None
     if pretraining is not None:
         bos = tokenizer.token_to_id(BOS_TOKEN)
-        documents = [[bos, *encoding.ids] for encoding in tokenizer.encode_batch(pretraining.texts, add_special_tokens=False)]
+        encoded = tokenizer.encode_batch(pretraining.texts, add_special_tokens=False)
+        documents = [[bos, *encoding.ids] for encoding in encoded]
         pretrained = pretrain(model, documents, bos, pretraining.config, seed, pretraining.log)
     state = _per_expert_state_dict(model)
     parameters = sum(t.numel() for t in state.values())
@@ -285,11 +286,13 @@ def _model_and_mtp_layers(config, seed: int) -> tuple:
 
     deeper = copy.deepcopy(config)
     deeper.num_hidden_layers = config.num_hidden_layers + config.num_nextn_predict_layers
-    mtp_prefixes = tuple(f"model.layers.{layer}." for layer in range(config.num_hidden_layers, deeper.num_hidden_layers))
+    mtp_layers = range(config.num_hidden_layers, deeper.num_hidden_layers)
+    mtp_prefixes = tuple(f"model.layers.{layer}." for layer in mtp_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         deeper_model = DeepseekV3ForCausalLM(deeper)
-        mtp_state = {name: t for name, t in _per_expert_state_dict(deeper_model).items() if name.startswith(mtp_prefixes)}
+        deeper_state = _per_expert_state_dict(deeper_model)
+        mtp_state = {name: t for name, t in deeper_state.items() if name.startswith(mtp_prefixes)}
         hidden = config.hidden_size
         for prefix in mtp_prefixes:
             mtp_state[f"{prefix}enorm.weight"] = torch.ones(hidden)
@@ -297,17 +300,27 @@ def _model_and_mtp_layers(config, seed: int) -> tuple:
             mtp_state[f"{prefix}eh_proj.weight"] = torch.randn(hidden, 2 * hidden) * config.initializer_range
             mtp_state[f"{prefix}shared_head.norm.weight"] = torch.ones(hidden)
         model = DeepseekV3ForCausalLM(config)
-    model.load_state_dict({name: t for name, t in deeper_model.state_dict().items() if not name.startswith(mtp_prefixes)})
+    shared = {name: t for name, t in deeper_model.state_dict().items() if not name.startswith(mtp_prefixes)}
+    model.load_state_dict(shared)
     return model, mtp_state
 
 
-def make_toy_base(out_dir: Path | str, corpus_texts: list[str], prompts: list[str], model: ModelConfig, *, fp8: bool = True,
-                  log: Callable[[str], None] | None = None, stamp: BeforeSwap | None = None) -> dict:
+def make_toy_base(
+    out_dir: Path | str,
+    corpus_texts: list[str],
+    prompts: list[str],
+    model: ModelConfig,
+    *,
+    fp8: bool = True,
+    log: Callable[[str], None] | None = None,
+    stamp: BeforeSwap | None = None,
+) -> dict:
     """The toy profile's base: its tokenizer trained on `corpus_texts` (the train split's prompts and targets: a
     tokenizer learns no label), its weights pretrained on the training window's `prompts` alone
     (pretrain.pretraining_texts) as `model.pretraining` sets, written in the FP8 release layout (`fp8`)."""
     pretraining = Pretraining(prompts, model.pretraining, log) if model.pretraining is not None else None
-    return make_toy_checkpoint(out_dir, corpus_texts, seed=model.seed, fp8=fp8, vocab_size=model.vocab_size, pretraining=pretraining, stamp=stamp)
+    options = {"seed": model.seed, "fp8": fp8, "vocab_size": model.vocab_size, "stamp": stamp}
+    return make_toy_checkpoint(out_dir, corpus_texts, pretraining=pretraining, **options)
 
 
 def _per_expert_state_dict(model) -> dict[str, torch.Tensor]:

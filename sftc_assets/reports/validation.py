@@ -218,10 +218,16 @@ def fine_tune_method(stages: list[StageOutcome]) -> str | None:
 
 def _method_line(peft: str | None) -> str:
     if peft == "lora":
-        return "- Fine-tune method: LoRA on the GPU recipe's targets (configs/nemo/finetune.yaml), adapter and merged model written"
+        return (
+            "- Fine-tune method: LoRA on the GPU recipe's targets (configs/nemo/finetune.yaml), adapter and merged "
+            "model written"
+        )
     if peft == "none":
-        return ("- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA (the toy's LoRA does not learn its planted cue in budget: "
-                "docs/toy-recipe.md); the LoRA path (targets, adapter, merge) is proven by tests/test_training_hf.py, not by this run")
+        return (
+            "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA (the toy's LoRA does not learn its "
+            "planted cue in budget: docs/toy-recipe.md); the LoRA path (targets, adapter, merge) is proven by "
+            "tests/test_training_hf.py, not by this run"
+        )
     return "- Fine-tune method: unknown (sft_model did not report one)"
 
 

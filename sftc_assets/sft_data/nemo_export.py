@@ -46,6 +46,15 @@ def load_local_tokenizer(path: Path | str):
         raise ValueError(f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer") from None
 
 
+def tag_tokens(tokenizer, tags: list[str]) -> dict[str, int]:
+    """The tokens each tag takes as text under a transformers tokenizer (the one rule: target_format.tags_as_text)."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return tags_as_text(encode, tokenizer.get_added_vocab(), tags, str(tokenizer.name_or_path))
+
+
 def _length_stats(lengths: list[int]) -> dict:
     values = np.asarray(lengths, dtype=np.float64)
     return {
@@ -69,8 +78,6 @@ def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length
         target += target_lengths
     if not prompt:
         return {}
-    tag_tokens = tags_as_text(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.get_added_vocab(), special_tokens,
-                              str(tokenizer.name_or_path))
     return {
         "prompt": _length_stats(prompt),
         "target": _length_stats(target),
@@ -79,7 +86,7 @@ def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length
         "truncated": sum(over.values()),
         "truncated_by_split": over,
         # The tags are text (sftc_core/target_format.py): the tokens each one takes.
-        "tag_tokens": tag_tokens,
+        "tag_tokens": tag_tokens(tokenizer, special_tokens),
     }
 
 

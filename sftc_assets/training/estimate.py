@@ -51,7 +51,8 @@ def _example_tokens(settings: Settings, finetune: FinetuneConfig, plan: GpuPlan 
     tokens = plan.tokens if plan is not None else nemo_tokens(settings)
     if tokens is None or not tokens.train:
         return None
-    return tokens.mean_train_example(finetune.seq_length), f"{tokens.train:,} training examples of {settings.paths.nemo_jsonl}, counted with {tokens.source}"
+    counted = f"{tokens.train:,} training examples of {settings.paths.nemo_jsonl}, counted with {tokens.source}"
+    return tokens.mean_train_example(finetune.seq_length), counted
 
 
 def _line_count(path: Path) -> int | None:

@@ -516,11 +516,12 @@ def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path
     try:
         per_tag = counter.tags(configured)
     except ValueError as exc:
-        return Check("special tokens", GPU_PLAN, FAIL, needed, str(exc), "use DeepSeek-V3's own tokenizer, without the tags added")
+        return Check("special tokens", GPU_PLAN, FAIL, needed, str(exc), "use DeepSeek-V3's own tokenizer")
     details = (
-        f"configured (special_tokens of {sft_file}): {', '.join(configured)}; the target format and the parser are built from them",
-        "both backends read them as text with the model's own tokenizer, no token added (under LoRA the embeddings and the "
-        "output layer stay frozen, so a new id could never be learned)",
+        f"configured (special_tokens of {sft_file}): {', '.join(configured)}; the target format and the parser are "
+        "built from them",
+        "both backends read them as text with the model's own tokenizer, no token added (under LoRA the embeddings "
+        "and the output layer stay frozen, so a new id could never be learned)",
         f"tokens per tag, counted with {counter.source}: " + ", ".join(f"{tag} {n}" for tag, n in per_tag.items()),
     )
     if strangers or missing:

@@ -40,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.safetensors_io import file_sha256
+from sftc_assets.sft_data.nemo_export import tag_tokens
 from sftc_assets.training.data import (
     IGNORE_INDEX,
     BatchStream,
@@ -50,7 +51,7 @@ from sftc_assets.training.data import (
     tokenize_split,
 )
 from sftc_assets.training.generate import generate_greedy
-from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_core.configs import EvaluationConfig, LoraConfig, SftConfig, TrainingConfig
 from sftc_core.gpu import check_device
 from sftc_core.io import (
     BeforeSwap,
@@ -66,7 +67,7 @@ from sftc_core.launch import launch_record
 from sftc_core.nemo_format import split_file
 from sftc_core.paths import ADAPTER_DIR
 from sftc_core.progress import reporting
-from sftc_core.target_format import TargetFormat, tags_as_text
+from sftc_core.target_format import TargetFormat
 from sftc_core.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.devic
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no EOS token; the target needs one to end on")
-    tags_as_text(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.get_added_vocab(), tags, str(model_dir))
+    tag_tokens(tokenizer, tags)  # the tags must be text to this tokenizer (ValueError naming them otherwise)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; generation batches need a pad id
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
@@ -221,13 +222,17 @@ def wrap_lora(model, training: TrainingConfig, model_dir: Path):
     import peft  # only LoRA runs need it
 
     if training.lora is None:
-        raise ValueError("training.lora is not set: the LoRA settings come from configs/nemo/finetune.yaml through load_settings (recipe_lora)")
+        raise ValueError(
+            "training.lora is not set: the LoRA settings come from configs/nemo/finetune.yaml through load_settings "
+            "(configs.recipe_lora)"
+        )
     linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     missing = [target for target in training.lora.target_modules if target not in linear]
     if missing:
         raise ValueError(
-            f"LoRA target(s) {', '.join(missing)} name no Linear module of the model in {model_dir} (it has {', '.join(sorted(linear))}); "
-            "fix lora.target_modules in configs/nemo/finetune.yaml or the name table in sftc_core/lora_targets.py"
+            f"LoRA target(s) {', '.join(missing)} name no Linear module of the model in {model_dir} "
+            f"(it has {', '.join(sorted(linear))}); fix lora.target_modules in configs/nemo/finetune.yaml or the name "
+            "table in sftc_core/lora_targets.py"
         )
     config = peft.LoraConfig(
         r=training.lora.rank,
@@ -237,6 +242,11 @@ def wrap_lora(model, training: TrainingConfig, model_dir: Path):
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, config)
+
+
+def _lora_figures(lora: LoraConfig) -> dict:
+    targets = list(lora.target_modules)
+    return {"lora_rank": lora.rank, "lora_alpha": lora.alpha, "lora_targets": targets, "adapter": ADAPTER_DIR}
 
 
 def _optimizer(model, training: TrainingConfig, plan_steps: int):
@@ -636,8 +646,7 @@ def _run_training(
         "resumed_from_step": resumed_from,
         "smoke_test": smoke_test,
         "peft": "lora" if lora else "none",
-        **({"lora_rank": training.lora.rank, "lora_alpha": training.lora.alpha, "lora_targets": list(training.lora.target_modules),
-            "adapter": ADAPTER_DIR} if lora else {}),
+        **(_lora_figures(training.lora) if lora else {}),
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         "train_examples": len(train_set.examples),

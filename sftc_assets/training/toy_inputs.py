@@ -55,7 +55,8 @@ def profile_months(profile: ProfileConfig, validation_months: int = 2) -> dict[s
 
 def build_toy_inputs(root: Path, profile: ProfileConfig, sft: SftConfig) -> dict:
     """The toy's NeMo JSONL under root/nemo_jsonl and its BF16 base under root/bf16 (`ToyInputs.at(root)`; tokenizer of
-    the training pairs, pretraining on their prompts, as base_checkpoint); returns the pairs per split and the base's summary."""
+    the training pairs, pretraining on their prompts, as base_checkpoint); returns the pairs per split and the base's
+    summary."""
     toy = ToyInputs.at(root)
     pairs = write_pairs(toy.data_dir, profile, sft, profile_months(profile))
     train = read_pairs(toy.data_dir / NEMO_FILES["train"])

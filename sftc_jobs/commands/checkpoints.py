@@ -15,10 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "make-toy-checkpoint",
         help="build the tiny DeepSeek-V3 and its tokenizer",
         description="A DeepSeek-V3 of the real architecture and tensor names at toy size (the profile's model section), "
-        "with a BPE tokenizer of the hf_splits train split and weights pretrained (model.pretraining) on its prompts dated in "
-        "the training window, as the base_checkpoint asset; with --corpus, the tokenizer of that corpus and random weights. "
-        "--fp8 writes it in the release layout (sharded safetensors, FP8 weights with their block scales), as convert-fp8 "
-        "reads the real one.",
+        "with a BPE tokenizer of the hf_splits train split and weights pretrained (model.pretraining) on the prompt "
+        "side of its records dated in the training window, as the base_checkpoint asset; with --corpus, the tokenizer "
+        "of that corpus and random weights. --fp8 writes it in the release layout (sharded safetensors, FP8 weights "
+        "with their block scales), as convert-fp8 reads the real one.",
     )
     toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
     toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--corpus",
         type=Path,
         default=None,
-        help="JSONL file or directory for the tokenizer, weights left random (default: the data dir's hf_splits, as the asset)",
+        help="JSONL file or directory for the tokenizer, weights left random (default: the data dir's hf_splits)",
     )
     toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
     toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
@@ -64,14 +64,17 @@ def _make_toy_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_base, make_toy_checkpoint
     from sftc_assets.sft_data.nemo_export import training_texts
 
-    model = settings.profile.model.model_copy(update={k: v for k, v in (("seed", args.seed), ("vocab_size", args.vocab_size)) if v is not None})
+    given = {"seed": args.seed, "vocab_size": args.vocab_size}
+    model = settings.profile.model.model_copy(update={k: v for k, v in given.items() if v is not None})
     corpus = args.corpus or settings.paths.hf_splits
     with writing_output(args, [args.out], inputs=[corpus], option="--out") as stamp:
         if args.corpus:
-            summary = make_toy_checkpoint(args.out, corpus_texts_from(corpus), seed=model.seed, fp8=args.fp8, vocab_size=model.vocab_size, stamp=stamp)
+            options = {"seed": model.seed, "fp8": args.fp8, "vocab_size": model.vocab_size, "stamp": stamp}
+            summary = make_toy_checkpoint(args.out, corpus_texts_from(corpus), **options)
         else:
             prompts = pretraining_texts(corpus, settings.sft, settings.train_start_date, settings.train_end_date)
-            summary = make_toy_base(args.out, training_texts(corpus, settings.sft), prompts, model, fp8=args.fp8, stamp=stamp)
+            texts = training_texts(corpus, settings.sft)
+            summary = make_toy_base(args.out, texts, prompts, model, fp8=args.fp8, stamp=stamp)
     print(json.dumps(summary, indent=2))
     return 0
 
