@@ -19,7 +19,7 @@ import datetime as dt
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -27,29 +27,37 @@ import torch
 
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_assets.sft_data.splits import load_splits
-from sftc_core.configs import PretrainingConfig, SftConfig
+from sftc_core.configs import PROMPT_SLOTS, PretrainingConfig, SftConfig
 from sftc_core.progress import Tracker
 from sftc_core.threads import torch_threads
 
 IGNORE_INDEX = -100  # transformers' label for "no loss here"
-# The fields a prompt shows (sftc_assets/sft_data/prompts.py): all the pretraining reads of a record.
-PROMPT_SIDE = ("ticker", "as_of_date", "horizon_days", "support")
+# The corpus's XML order of the fields a prompt may carry (docs/thesis-xml.md; sftc_core/configs.py PROMPT_SLOTS).
+XML_FIELDS = ("ticker", "as_of_date", "support", "horizon_days")
 # The loss reported as final: the mean of the last steps (one batch's loss is noisy).
 FINAL_LOSS_STEPS = 20
 
 
-def prompt_side_xml(record: dict) -> str:
-    """A record's prompt-side fields as the corpus's XML writes them: no reasoning, no action (docs/thesis-xml.md)."""
-    points = "".join(f"<point>{escape(point)}</point>" for point in record["support"])
-    return (f"<thesis><ticker>{escape(record['ticker'])}</ticker><as_of_date>{record['as_of_date']}</as_of_date>"
-            f"<support>{points}</support><horizon_days>{record['horizon_days']}</horizon_days></thesis>")  # fmt: skip
+def prompt_side_xml(record: dict, fields: Collection[str]) -> str:
+    """A record's `fields` (those its prompt carries) as the corpus's XML writes them: never the reasoning, the action
+    or a field the prompt leaves out on purpose (prompt.omit_fields)."""
+    elements = []
+    for field in (field for field in XML_FIELDS if field in fields):
+        if field == "support":
+            elements.append(
+                "<support>" + "".join(f"<point>{escape(point)}</point>" for point in record[field]) + "</support>"
+            )
+        else:
+            elements.append(f"<{field}>{escape(str(record[field]))}</{field}>")
+    return "<thesis>" + "".join(elements) + "</thesis>"
 
 
 def pretraining_texts(dataset_dir: Path | str, sft: SftConfig, train_start: dt.date, train_end: dt.date) -> list[str]:
-    """Per record of the train split of `dataset_dir` (hf_splits), its rendered prompt and its prompt-side XML;
-    ValueError naming the record when one is dated outside [train_start, train_end], so nothing past the training
-    window is ever read."""
-    split = load_splits(dataset_dir)["train"].select_columns([*PROMPT_SIDE, "id", "instruction", "input"])
+    """Per record of the train split of `dataset_dir` (hf_splits), its rendered prompt and the fields the prompt
+    carries as XML; ValueError naming the record when one is dated outside [train_start, train_end], so nothing past
+    the training window is ever read."""
+    fields = [PROMPT_SLOTS[slot] for slot in sft.prompt.carried_slots]
+    split = load_splits(dataset_dir)["train"].select_columns([*XML_FIELDS, "id", "instruction", "input"])
     outside = [
         (r["id"], r["as_of_date"])
         for r in split
@@ -62,7 +70,9 @@ def pretraining_texts(dataset_dir: Path | str, sft: SftConfig, train_start: dt.d
             f"{train_start}..{train_end} (first: {first_id} of {first_date}); the pretraining reads none of them: "
             "re-materialize hf_splits for these dates"
         )
-    return [text for r in split for text in (render_prompt(r["instruction"], r["input"], sft), prompt_side_xml(r))]
+    return [
+        text for r in split for text in (render_prompt(r["instruction"], r["input"], sft), prompt_side_xml(r, fields))
+    ]
 
 
 def packed_sequences(documents: list[list[int]], sequence_length: int) -> torch.Tensor:
