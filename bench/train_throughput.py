@@ -3,7 +3,7 @@
 Builds the toy inputs in a temp dir (sample-corpus theses from real prices -> NeMo pairs -> the toy
 DeepSeek-V3 with its tokenizer), then runs `run_training` for --steps steps with a bare torch loop
 interleaved step by step: after each of our steps, its `on_step` hook runs the bare loop's step on the same
-batch with a second copy of the model (loaded and extended the same way), so load from other processes on
+batch with a second copy of the model (loaded the same way), so load from other processes on
 the machine falls on both alike.
 - ours: the time between two hooks, i.e. one iteration of `run_training`'s loop (batch assembly, forward,
   backward, clipping, optimizer and scheduler steps, bookkeeping);

@@ -212,11 +212,11 @@ def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.devic
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lora:
-        model = wrap_lora(model, plan.training, model_dir)
+        model = _wrap_lora(model, plan.training, model_dir)
     return model, tokenizer, lora
 
 
-def wrap_lora(model, training: TrainingConfig, model_dir: Path):
+def _wrap_lora(model, training: TrainingConfig, model_dir: Path):
     """`model` with LoRA adapters on the targets of `training.lora` (the recipe's, in transformers' names); a target
     that names no Linear module of the model fails here, before step 1 (peft would skip it silently)."""
     import peft  # only LoRA runs need it
