@@ -915,12 +915,9 @@ def recipe_lora(training: TrainingConfig, finetune: FinetuneConfig, where: Path 
             f"{where}: field 'training.lora': the LoRA comes from {finetune.source}; write a value that must differ "
             "under training.lora_overrides with its reason"
         )
-    try:
-        targets = hf_targets(list(finetune.lora.target_modules), f"{finetune.source}: field 'lora.target_modules'")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     stated = training.lora_overrides
     overrides = stated.model_dump(exclude={"reason"}, exclude_none=True) if stated is not None else {}
+    targets = hf_targets(list(finetune.lora.target_modules))
     lora = finetune.lora.model_copy(update={**overrides, "target_modules": targets})
     return training.model_copy(update={"lora": lora})
 

@@ -29,15 +29,11 @@ def leaf(target: str) -> str:
     return target.rsplit(".", 1)[-1]
 
 
-def hf_targets(nemo_targets: list[str], where: str) -> list[str]:
-    """The Hugging Face names of NeMo LoRA targets, in order; ValueError naming the target and `where` it is set for a
-    name outside the table or a pattern (PEFT matches module names, not NeMo's wildcards)."""
+def hf_targets(nemo_targets: list[str]) -> list[str]:
+    """The Hugging Face names of NeMo LoRA targets, in order. A target outside the table (a pattern, a misspelling,
+    a transformers name) is kept as it is: the GPU plan's `LoRA targets` check names it for NeMo, and the Hugging Face
+    backend refuses it at load, before step 1, unless the model has a Linear module of that name."""
     names: list[str] = []
     for target in nemo_targets:
-        if target != leaf(target) or target not in NEMO_TO_HF_MODULES:
-            raise ValueError(
-                f"{where}: LoRA target {target!r} has no Hugging Face name in sftc_core/lora_targets.py; "
-                f"use one of {', '.join(NEMO_TO_HF_MODULES)} (plain names, no patterns)"
-            )
-        names += [name for name in NEMO_TO_HF_MODULES[target] if name not in names]
+        names += [name for name in NEMO_TO_HF_MODULES.get(target, (target,)) if name not in names]
     return names
