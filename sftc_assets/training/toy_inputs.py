@@ -1,6 +1,8 @@
 """The toy's inputs outside the chain: NeMo JSONL pairs of the sample theses (real prices, the project's own prompt
-and target format) and the toy DeepSeek-V3 base in BF16, pretrained on the training prompts as base_checkpoint is.
-For the benches and `sftc gpu-check`, which need the toy model and its data on a node where the chain has not run.
+and target format) and the toy DeepSeek-V3 in BF16 with its tokenizer trained on them. For the benches and
+`sftc gpu-check`, which need the toy model and its data on a node where the chain has not run. Its weights stay
+random: the GPU steps prove the GPU path, and the base's pretraining (base_checkpoint's CPU work) would take most of
+toy_inputs' time limit on a busy node.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftc_assets.checkpoints.toy_model import make_toy_base
+from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
 from sftc_assets.sft_data.prompts import build_example, render_prompt
 from sftc_assets.theses.sample_corpus import month_theses, sample_ticker_table
 from sftc_core.configs import ProfileConfig, SftConfig
 from sftc_core.io import atomic_write_jsonl
 from sftc_core.months import months_between
-from sftc_core.nemo_format import NEMO_FILES, read_pairs
+from sftc_core.nemo_format import NEMO_FILES
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,9 @@ def profile_months(profile: ProfileConfig, validation_months: int = 2) -> dict[s
 
 
 def build_toy_inputs(root: Path, profile: ProfileConfig, sft: SftConfig) -> dict:
-    """The toy's NeMo JSONL under root/nemo_jsonl and its BF16 base under root/bf16 (`ToyInputs.at(root)`; tokenizer of
-    the training pairs, pretraining on their prompts, as base_checkpoint); returns the pairs per split and the base's
-    summary."""
+    """The toy's NeMo JSONL under root/nemo_jsonl and its BF16 checkpoint under root/bf16 (`ToyInputs.at(root)`; the
+    tokenizer trained on the training pairs); returns the pairs per split and the checkpoint's summary."""
     toy = ToyInputs.at(root)
     pairs = write_pairs(toy.data_dir, profile, sft, profile_months(profile))
-    train = read_pairs(toy.data_dir / NEMO_FILES["train"])
-    texts = [text for pair in train for text in (pair["input"], pair["output"])]
-    summary = make_toy_base(toy.model_dir, texts, [pair["input"] for pair in train], profile.model, fp8=False)
+    summary = make_toy_checkpoint(toy.model_dir, corpus_texts_from(toy.data_dir / NEMO_FILES["train"]), seed=profile.model.seed, vocab_size=profile.model.vocab_size)
     return {"pairs": pairs, "checkpoint": summary}
