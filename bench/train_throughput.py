@@ -3,7 +3,7 @@
 Builds the toy inputs in a temp dir (sample-corpus theses from real prices -> NeMo pairs -> the toy
 DeepSeek-V3 with its tokenizer), then runs `run_training` for --steps steps with a bare torch loop
 interleaved step by step: after each of our steps, its `on_step` hook runs the bare loop's step on the same
-batch with a second copy of the model (loaded and extended the same way), so load from other processes on
+batch with a second copy of the model (loaded the same way), so load from other processes on
 the machine falls on both alike.
 - ours: the time between two hooks, i.e. one iteration of `run_training`'s loop (batch assembly, forward,
   backward, clipping, optimizer and scheduler steps, bookkeeping);
@@ -35,15 +35,15 @@ from sftc_assets.training.hf_backend import (
     target_loss_sum,
 )
 from sftc_assets.training.toy_inputs import write_pairs
-from sftc_core.configs import load_profile, load_sft_config
 from sftc_core.nemo_format import split_file
+from sftc_core.settings import load_settings
 
 
 def load_like_run_training(model_dir: Path, data_dir: Path, training, sft, steps: int):
     """The model and the batches, in order, that `run_training` starts with."""
     torch.manual_seed(training.seed)
-    plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), False)
-    model, tokenizer, _, _ = load_model_and_tokenizer(model_dir, plan, torch.device("cpu"))
+    plan = RunPlan(training, steps, sft.max_seq_length, False)
+    model, tokenizer, _ = load_model_and_tokenizer(model_dir, plan, torch.device("cpu"), list(sft.special_tokens))
     examples = tokenize_split(tokenizer, load_pairs(split_file(data_dir, "train")), sft.max_seq_length).examples
     stream = BatchStream([len(e.input_ids) for e in examples], training.batch_size, training.seed)
     batches = [[examples[i] for i in stream.next()] for _ in range(steps)]
@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    profile, sft = load_profile("toy"), load_sft_config()
+    settings = load_settings(env={"SFTC_PROFILE": "toy"})  # the toy's training section with the recipe's LoRA filled in
+    profile, sft = settings.profile, settings.sft
     training = profile.training.model_copy(
         update={"max_steps": args.steps, "batch_size": args.batch_size, "eval_every": args.steps, "save_every": args.steps, "parse_check_samples": 0}
     )

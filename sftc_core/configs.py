@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from sftc_core.lora_targets import hf_targets
 from sftc_core.target_format import ACTIONS, TargetFormat, tag_pairs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -128,10 +129,31 @@ class CorpusConfig(Strict):
     cue_accuracy: float = Field(default=0.8, ge=0, le=1)
 
 
+class PretrainingConfig(Strict):
+    """The toy base's causal-LM pretraining on the training window's prompt side (checkpoints/pretrain.py)."""
+
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    # Tokens per sequence: the prompts are packed end to end (BOS prompt EOS) and cut at this length.
+    sequence_length: int = Field(ge=2)
+    learning_rate: float = Field(gt=0, lt=1)
+    warmup_steps: int = Field(ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    cpu_threads: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside(self) -> PretrainingConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below steps {self.steps}")
+        return self
+
+
 class ModelConfig(Strict):
     kind: Literal["toy", "external"]
     seed: int = 0
     vocab_size: int = Field(gt=0)
+    # The toy base is pretrained before it is quantized (None: left at its random initialisation).
+    pretraining: PretrainingConfig | None = None
     base_checkpoint_path: str | None = None
     # The architecture where the checkpoint is not reachable (the GPU plan on a CPU node): a config.json under configs/.
     reference_config: str | None = None
@@ -152,16 +174,21 @@ class ComputeConfig(Strict):
 
 
 class LoraConfig(Strict):
-    """LoRA adapters, for both backends (peft's `r` and NeMo's `dim` are the rank)."""
+    """LoRA adapters (peft's `r` and NeMo's `dim` are the rank); module names of the backend that trains them."""
 
-    rank: int = Field(default=16, gt=0)
-    alpha: int = Field(default=32, gt=0)
+    rank: int = Field(gt=0)
+    alpha: int = Field(gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    # Module names of the backend: DeepSeek-V3's attention projections in transformers (as NeMo's LoRA default);
-    # experts are fused tensors, not Linear modules.
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], min_length=1
-    )
+    target_modules: list[str] = Field(min_length=1)
+
+
+class LoraOverrides(Strict):
+    """Where a profile's Hugging Face LoRA differs from the recipe's (configs/nemo/finetune.yaml), and why."""
+
+    rank: int | None = Field(default=None, gt=0)
+    alpha: int | None = Field(default=None, gt=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    reason: str = Field(min_length=1)
 
 
 class TrainingConfig(Strict):
@@ -181,7 +208,10 @@ class TrainingConfig(Strict):
     # auto: full fine-tune up to full_finetune_max_params parameters, LoRA above.
     peft: Literal["auto", "none", "lora"] = "auto"
     full_finetune_max_params: int = Field(default=1_000_000_000, gt=0)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    # The LoRA of the Hugging Face backend, in transformers' names: never written in a profile, the settings fill it
+    # with the recipe's (configs/nemo/finetune.yaml through sftc_core/lora_targets.py) and lora_overrides (recipe_lora).
+    lora: LoraConfig | None = None
+    lora_overrides: LoraOverrides | None = None
     keep_checkpoints: int = Field(default=2, gt=0)
     # Intra-op threads when training on CPU (None: torch's default, one per core).
     cpu_threads: int | None = Field(default=None, gt=0)
@@ -875,6 +905,21 @@ def load_finetune_config(path: Path | str | None = None) -> FinetuneConfig:
     config = load_yaml_model(path, FinetuneConfig)
     config._source = str(path)
     return _checked(config, path)
+
+
+def recipe_lora(training: TrainingConfig, finetune: FinetuneConfig, where: Path | str) -> TrainingConfig:
+    """`training` (of the profile file `where`) with the LoRA of the recipe in `finetune`: its rank, alpha, dropout
+    and targets in transformers' names, each value the profile states a reason for replaced (lora_overrides)."""
+    if training.lora is not None:
+        raise ConfigError(
+            f"{where}: field 'training.lora': the LoRA comes from {finetune.source}; write a value that must differ "
+            "under training.lora_overrides with its reason"
+        )
+    stated = training.lora_overrides
+    overrides = stated.model_dump(exclude={"reason"}, exclude_none=True) if stated is not None else {}
+    targets = hf_targets(list(finetune.lora.target_modules))
+    lora = finetune.lora.model_copy(update={**overrides, "target_modules": targets})
+    return training.model_copy(update={"lora": lora})
 
 
 def load_cluster_config(path: Path | str | None = None) -> ClusterConfig:

@@ -175,15 +175,27 @@ def finetune_phase(
     checkpoint_bytes: float,
     validation_runs: int,
     validation_batches: int | None,
+    example_tokens: tuple[float, str] | None = None,
 ) -> Phase:
-    """Tokens per step = global batch x sequence length (every sequence padded to it: an upper bound), over the
-    world's throughput; validation (forward only, a third of a training step) and the checkpoint load on top."""
+    """Tokens per step = global batch x the tokens of a training example (`example_tokens`: its mean and how it was
+    counted), else x the sequence length (every sequence padded to it: an upper bound), over the world's throughput;
+    validation (forward only, a third of a training step) and the checkpoint load on top."""
     gpus = nodes * gpus_per_node
-    tokens_per_step = global_batch_size * seq_length
+    if example_tokens is None:
+        tokens_per_step = global_batch_size * seq_length
+        per_step = f"global batch {global_batch_size} x sequence length {seq_length} = {tokens_per_step:,}"
+        per_step += " (padded: an upper bound)"
+    else:
+        mean, counted = example_tokens
+        tokens_per_step = round(global_batch_size * mean)
+        per_step = (
+            f"global batch {global_batch_size} x {mean:,.1f} tokens per training example = {tokens_per_step:,} "
+            f"({counted}; padded to sequence length {seq_length}: {global_batch_size * seq_length:,})"
+        )
     train_s = tokens_per_step * steps / (finetune.value * gpus)
     load_s = checkpoint_bytes / (storage.value * GB * nodes)
     basis = [
-        f"tokens per step = global batch {global_batch_size} x sequence length {seq_length} = {tokens_per_step:,} (padded: an upper bound)",
+        f"tokens per step = {per_step}",
         f"training: {steps:,} steps x {tokens_per_step:,} tokens / ({finetune.value:,.4g} tokens/s per GPU x {gpus} GPUs) = {train_s / 3600:.2f} h",
         f"layout: {layout}; {nodes} node(s) x {gpus_per_node} GPU(s) = {gpus} GPUs",
         f"loading the {checkpoint_bytes / GB:,.0f} GB checkpoint: {storage.value:g} GB/s on each of {nodes} node(s) = {load_s / 3600:.2f} h",

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The PEFT adapter (adapter_config.json, adapter_model.safetensors) beside a merged fine-tune: sft_model/adapter/.
+ADAPTER_DIR = "adapter"
+
 
 def month_dir(root: Path | str, month: str) -> Path:
     """`root/YYYY/MM` for `month` written YYYY-MM: how a tree of theses is laid out by month."""

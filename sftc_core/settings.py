@@ -35,7 +35,9 @@ from sftc_core.configs import (
     load_gpu_check_config,
     load_profile,
     load_sft_config,
+    profile_path,
     read_model_config,
+    recipe_lora,
     reference_config_path,
 )
 from sftc_core.months import months_between
@@ -184,7 +186,13 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
     values.update({k: environ[k] for k in ENV_VARS if k in environ})
     values = {k: v.strip() for k, v in values.items() if v is not None and v.strip() != ""}
 
+    finetune = load_finetune_config(Path(config_dir) / "nemo" / "finetune.yaml")
     profiles = {name: load_profile(name, config_dir) for name in PROFILE_NAMES}
+    # the Hugging Face backend's LoRA is the recipe's: filled in here, at the edge, for every profile
+    profiles = {
+        name: p.model_copy(update={"training": recipe_lora(p.training, finetune, profile_path(name, config_dir))})
+        for name, p in profiles.items()
+    }
     profile = profiles[_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), PROFILE_NAMES)]
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))
     placement = _choice(
@@ -215,7 +223,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         sft=load_sft_config(Path(config_dir) / "sft_config.yaml"),
         eval_config=load_eval_config(Path(config_dir) / "eval_config.yaml"),
         backtest=load_backtest_config(Path(config_dir) / "backtest_config.yaml"),
-        finetune=load_finetune_config(Path(config_dir) / "nemo" / "finetune.yaml"),
+        finetune=finetune,
         cluster=load_cluster_config(Path(config_dir) / "cluster.yaml"),
         gpu_check=load_gpu_check_config(Path(config_dir) / "gpu_check.yaml"),
         train_backend=backend,

@@ -18,13 +18,17 @@ Reading the action, the first match wins:
    so `<reasoning>R</reasoning><support>P</support><action>BUY</action>` arrives as `RPBUY`): the action as the
    format writes it (upper case, canonical) at the very end, where `</action>` was.
 Otherwise None. An action word must stand alone: "BUY" inside "BUYBACK", "BUYER" or "BUY_BACK" never counts.
+
+The tags are text (`tags_as_text`), for both backends: NeMo reads them with the model's own tokenizer and, under
+LoRA, the embeddings and the output layer stay frozen, so a token added for a tag could never be learned. No
+tokenizer gets them as tokens; each tag is the few ids its text makes.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 ACTIONS = ("STRONG_BUY", "BUY", "HOLD", "SELL", "STRONG_SELL")
@@ -126,3 +130,18 @@ class TargetFormat:
                 return normalise_action(match.group(1))
         return None
 
+
+
+def tags_as_text(
+    encode: Callable[[str], list[int]], added_tokens: Collection[str], tags: Sequence[str], tokenizer: str
+) -> dict[str, int]:
+    """The one rule for the tags (module doc): {tag: how many tokens its text takes} under a tokenizer's `encode`
+    (text without special tokens -> ids); ValueError naming the tag when the tokenizer holds it as a token of its own
+    (`added_tokens`), which a server decoding without special tokens would drop."""
+    added = sorted(set(tags) & set(added_tokens))
+    if added:
+        raise ValueError(
+            f"{tokenizer}: the tokenizer holds {', '.join(added)} as tokens of its own; the tags must be text to the "
+            "model's tokenizer (sftc_core/target_format.py): use a tokenizer without them (the base checkpoint's)"
+        )
+    return {tag: len(encode(tag)) for tag in tags}

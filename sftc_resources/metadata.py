@@ -30,7 +30,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
     "raw_xml": ("profile.corpus",),
     "thesis_jsonl": (),
     "hf_splits": ("train_start_date", "train_end_date", "test_start_date", "test_end_date", "sft.splits", "sft.prompt", "sft.special_tokens"),
-    "base_checkpoint": ("profile.model", "sft.prompt", "sft.special_tokens"),
+    "base_checkpoint": ("profile.model", "sft.prompt", "train_start_date", "train_end_date"),
     "nemo_jsonl": ("sft",),
     "bf16_checkpoint": (),
     "nemo_model": (),

@@ -26,8 +26,17 @@ def edit_yaml(path: Path, change) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-# About the toy corpus's answers: 250 to 520 bytes.
-REASONING = "The trend is up: the stock gained 10.2% over three months and holds above its 200-day average, with volume confirming."
+# As long as the toy corpus's pairs under DeepSeek-V3's tokenizer (~310 tokens on average, answers up to ~200).
+REASONING = (
+    "The trend is up: the stock gained 10.2% over three months and holds above its 200-day average, with volume "
+    "confirming. Price swings have calmed to 15% annualised. It remains 4% below its 52-week high."
+)
+FACTS = (
+    "60-session return +10.2%, 120-session return +15.6%",
+    "Realised volatility 15% (120-day: 17%)",
+    "Price +2.1% vs the 50-day average and +8.4% vs the 200-day average",
+    "5-day volume +15% vs the 60-day average",
+)
 
 
 def write_nemo_data(root: Path, sft: SftConfig, lines: int = 40, reasoning: str = REASONING) -> Path:
@@ -35,8 +44,9 @@ def write_nemo_data(root: Path, sft: SftConfig, lines: int = 40, reasoning: str 
     for split in NEMO_FILES.values():
         rows = []
         for i in range(lines):
+            support = [f"Return over 20 sessions +{i}.0%", *FACTS]
             record = {"ticker": f"T{i}", "as_of_date": "2012-01-03", "horizon_days": 5, "reasoning": reasoning,
-                      "support": [f"Return over 20 sessions +{i}.0%", "Volume above its average"], "action": "BUY" if i % 2 else "SELL"}  # fmt: skip
+                      "support": support, "action": "BUY" if i % 2 else "SELL"}  # fmt: skip
             example = build_example(record, sft)
             rows.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
         atomic_write_jsonl(root / split, rows)

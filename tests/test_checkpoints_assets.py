@@ -33,9 +33,17 @@ LINES = [
 ]
 
 
+# The toy profile's pretraining cut to seconds: the asset's path and metadata (its learning: test_checkpoints_pretrain).
+SHORT_PRETRAINING = {"steps": 12, "batch_size": 2, "sequence_length": 32, "learning_rate": 1e-2, "warmup_steps": 2}
+
+
 def _write_hf_splits(data_dir: Path) -> None:
-    """The splits base_checkpoint trains its tokenizer on (the train split), as hf_splits saves them."""
-    rows = [{"instruction": "You are an equity analyst.", "input": line["input"], "output": line["output"]} for line in LINES]
+    """The splits base_checkpoint builds its tokenizer and pretrains on (the train split), as hf_splits saves them."""
+    facts = {"ticker": "AAPL", "horizon_days": 5, "support": ["close up"], "instruction": "You are an equity analyst."}
+    rows = [
+        {**facts, "id": f"t{i}", "as_of_date": f"2010-02-{i + 1:02d}", "input": line["input"], "output": line["output"]}
+        for i, line in enumerate(LINES)
+    ]
     splits = {"train": rows[:12], "validation": rows[12:15], "test": rows[15:]}
     DatasetDict({name: Dataset.from_list(part) for name, part in splits.items()}).save_to_disk(str(data_dir / "hf_splits"))
     mark_as_written("hf_splits", data_dir / "hf_splits")
@@ -43,9 +51,12 @@ def _write_hf_splits(data_dir: Path) -> None:
 
 def test_toy_chain_materializes_with_every_check_passing(data_dir):
     _write_hf_splits(data_dir)
+    short = settings_with().profile.model.pretraining.model_copy(update=SHORT_PRETRAINING)
+    settings = settings_with(model={"pretraining": short})
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [*stage_definitions(assets.defs), *stage_definitions(training_assets.defs)],  # gpu_preflight lives with the training stage
+            # gpu_preflight lives with the training stage
+            [*stage_definitions(assets.defs, settings), *stage_definitions(training_assets.defs, settings)],
             instance=instance,
             resources={"gpu": GpuResource(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
             selection=["base_checkpoint", "bf16_checkpoint"],
@@ -54,6 +65,11 @@ def test_toy_chain_materializes_with_every_check_passing(data_dir):
         events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
         base, bf16 = events["base_checkpoint"], events["bf16_checkpoint"]
         assert base["shards"].value >= 3 and base["scales_in_other_shard"].value >= 1
+        keys = ("steps", "documents", "tokens", "initial_loss", "final_loss")
+        pretrained = {key: base[f"pretraining_{key}"].value for key in keys}
+        assert (pretrained["steps"], pretrained["documents"], pretrained["tokens"]) == (12, 2 * 12, 12 * 2 * 32)
+        assert base["pretraining_window"].value == "2010-01-01..2012-04-30 (the train split's prompt side)"
+        assert pretrained["final_loss"] < pretrained["initial_loss"] <= 1.05 * base["random_model_loss"].value
         assert base["fp8_tensors"].value == bf16["dequantized_tensors"].value > 0
         assert bf16["device"].value == "cpu" and bf16["method"].value == "torch" and bf16["shards_resumed"].value == 0
         assert "sha256" in bf16["shard_table"].value and "git_commit" in bf16

@@ -234,6 +234,7 @@ def test_cli_make_toy_checkpoint(tmp_path, data_dir, capsys):
     assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "cli"), "--fp8", "--corpus", str(corpus), "--seed", "3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["fp8"] and summary["seed"] == 3 and summary["shards"] >= 3
+    assert summary["pretraining"] is None  # --corpus: that corpus's tokenizer, random weights
     assert (tmp_path / "cli" / "model.safetensors.index.json").is_file()
     # without --corpus it reads the train split of the data dir's hf_splits (as the asset), and says so when there is none
     assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "none")]) == 2

@@ -44,7 +44,8 @@ def write_tokenizer(paths: ArtifactPaths) -> None:
     texts = nemo_export.training_texts(paths.hf_splits, load_sft_config())
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>", *load_sft_config().special_tokens]))
+    # the tags stay text: no special token of theirs
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]))
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(str(paths.base_checkpoint))
     mark_as_written("base_checkpoint", paths.base_checkpoint)
 
@@ -79,7 +80,8 @@ def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
     nemo_meta = nemo.asset_materializations_for_node("nemo_jsonl")[0].metadata
     assert [nemo_meta[f"{n}_lines"].value for n in ("train", "validation", "test")] == list(counts.values())
     assert nemo_meta["total_tokens_max"].value > nemo_meta["prompt_tokens_p95"].value > 0
-    assert nemo_meta["truncated"].value == 0 and nemo_meta["token_stats"].value["special_tokens_not_single"] == []
+    assert nemo_meta["truncated"].value == 0
+    assert set(nemo_meta["token_stats"].value["tag_tokens"]) == set(load_sft_config().special_tokens)
     assert "### Response:" in nemo_meta["preview"].value
 
     checks = {e.check_name: e.passed for e in [*result.get_asset_check_evaluations(), *nemo.get_asset_check_evaluations()]}

@@ -79,7 +79,7 @@ def test_max_samples_keeps_the_first_rows_of_each_split(dataset_dir, tmp_path):
 def test_token_statistics_with_a_local_tokenizer(dataset_dir, tmp_path):
     nemo_export.export_nemo(dataset_dir, tmp_path / "plain", SFT)
     pairs = [line for name in splits.SPLITS for line in read_lines(tmp_path / "plain" / nemo_export.NEMO_FILES[name])]
-    raw = make_tokenizer(tmp_path / "tok", [p["input"] + " " + p["output"] for p in pairs], SFT.special_tokens)
+    raw = make_tokenizer(tmp_path / "tok", [p["input"] + " " + p["output"] for p in pairs], [])
     # Counted independently with the raw tokenizer: the prompt as encoded, the target plus one EOS.
     prompt = [len(raw.encode(p["input"]).ids) for p in pairs]
     total = [a + len(raw.encode(p["output"]).ids) + 1 for a, p in zip(prompt, pairs)]
@@ -94,13 +94,17 @@ def test_token_statistics_with_a_local_tokenizer(dataset_dir, tmp_path):
     assert stats["prompt"]["min"] <= stats["prompt"]["p95"] <= stats["prompt"]["max"]
     assert stats["truncated"] == sum(1 for t in total if t > limit) > 0
     assert sum(stats["truncated_by_split"].values()) == stats["truncated"]
-    assert stats["special_tokens_not_single"] == []
+    # the tags are text: each takes what the tokenizer makes of it (the whitespace pre-tokenizer splits < reasoning >)
+    assert stats["tag_tokens"] == {tag: len(raw.encode(tag).ids) for tag in SFT.special_tokens}
+    assert min(stats["tag_tokens"].values()) > 1
 
 
-def test_a_tokenizer_that_splits_the_format_tokens_is_reported(dataset_dir, tmp_path):
-    make_tokenizer(tmp_path / "tok", ["reasoning support action Ticker"], [])
-    summary = nemo_export.export_nemo(dataset_dir, tmp_path / "nemo", SFT, max_samples=2, tokenizer_path=tmp_path / "tok")
-    assert summary["token_stats"]["special_tokens_not_single"] == sorted(SFT.special_tokens)
+def test_a_tokenizer_that_holds_the_tags_as_tokens_of_its_own_is_refused(dataset_dir, tmp_path):
+    make_tokenizer(tmp_path / "tok", ["reasoning support action Ticker"], SFT.special_tokens)
+    held = "</action>, </reasoning>, </support>, <action>, <reasoning>, <support>"
+    with pytest.raises(ValueError, match=rf"the tokenizer holds {held} as tokens of its own"):
+        nemo_export.export_nemo(dataset_dir, tmp_path / "nemo", SFT, max_samples=2, tokenizer_path=tmp_path / "tok")
+    assert not (tmp_path / "nemo").exists()
 
 
 def test_lines_without_the_special_tokens_fail_and_leave_nothing(tmp_path):

@@ -30,7 +30,6 @@ from sftc_assets.evaluation.completions import CompletionsClient, Decoding, Endp
 from sftc_assets.evaluation.results import EVAL_COLUMNS, read_eval_csv
 from sftc_assets.sft_data.prompts import build_example, render_prompt
 from sftc_assets.training.generate import generate_greedy
-from sftc_assets.training.hf_backend import add_special_tokens
 from sftc_core.configs import EndpointClientConfig, load_sft_config
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc
@@ -256,15 +255,16 @@ def test_a_multi_node_plan_is_not_started_on_this_node(tmp_path):
 
 @pytest.fixture(scope="module")
 def tagged_model(tmp_path_factory):
-    """The toy DeepSeek-V3 with the format's special tokens added (as the fine-tune adds them) and <action> made its
-    first answer, so the outputs carry a special token."""
+    """The toy DeepSeek-V3 with the format's tags added as special tokens and <action> made its first answer, so the
+    outputs carry a special token: what a server does to those (our fine-tunes keep the tags as text)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = tmp_path_factory.mktemp("tagged") / "model"
     frame = records(8)
     make_toy_checkpoint(path, [p + o for p, o in zip(prompts(frame), frame["output"])] * 5, seed=0, vocab_size=400)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
-    add_special_tokens(model, tokenizer, list(SFT.special_tokens))
+    tokenizer.add_special_tokens({"extra_special_tokens": list(SFT.special_tokens)})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     action_id = tokenizer.convert_tokens_to_ids("<action>")
     with torch.no_grad():
         model.lm_head.weight[action_id] = model.lm_head.weight.abs().max(dim=0).values * 4

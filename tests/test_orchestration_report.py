@@ -127,6 +127,10 @@ def test_report_says_which_launcher_ran_the_fine_tune():
     assert "1 min 24 s pending (Priority, Resources) (to within one poll of its state)" in on_slurm
     local = report({"launcher": "local", "nodes": 1, "world_size": 1}, False)
     assert "`local` launcher, 1 node(s), world size 1; no Slurm on this node (sinfo did not answer)" in local
+    assert "- Fine-tune method: unknown (sft_model did not report one)" in local
+    # and whether it was the GPU recipe's LoRA or a full fine-tune
+    assert "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA" in report({"peft": "none"}, False)
+    assert "- Fine-tune method: LoRA on the GPU recipe's targets" in report({"peft": "lora"}, False)
 
 
 SFT = load_sft_config()

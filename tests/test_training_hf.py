@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from training_hf_helpers import build_toy_inputs, one_intra_op_thread, write_nemo_jsonl  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sftc_assets.checkpoints.mtp import mtp_prefixes
 from sftc_assets.training import hf_backend
 from sftc_assets.training.data import (
     IGNORE_INDEX,
@@ -24,7 +25,6 @@ from sftc_assets.training.data import (
     tokenize_split,
 )
 from sftc_assets.training.hf_backend import (
-    add_special_tokens,
     latest_checkpoint,
     lr_factor,
     run_training,
@@ -32,19 +32,23 @@ from sftc_assets.training.hf_backend import (
     train_step,
     work_dir,
 )
-from sftc_core.configs import load_profile, load_sft_config
+from sftc_core.configs import load_finetune_config, load_profile, load_sft_config, profile_path, recipe_lora
 from sftc_core.threads import torch_threads
 from sftc_jobs.cli import main as sftc_main
 
 PROFILE = load_profile("toy")
+# The toy's training section as the settings hand it on: the recipe's LoRA (configs/nemo/finetune.yaml) filled in.
+TRAINING = recipe_lora(PROFILE.training, load_finetune_config(), profile_path("toy"))
 SFT = load_sft_config()
 EVALUATION = PROFILE.evaluation.model_copy(update={"max_new_tokens": 24})
 
 
 def short_training(**changes):
-    """The toy profile's training section scaled down to seconds."""
+    """The toy profile's training section scaled down to seconds, a full fine-tune unless `peft` says otherwise
+    (the random-weight test model has no language for a LoRA to steer)."""
     values = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4, "save_every": 4, "parse_check_samples": 2}
-    return PROFILE.training.model_copy(update={**values, **changes})
+    values["peft"] = "none"
+    return TRAINING.model_copy(update={**values, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -171,25 +175,6 @@ def test_batch_stream_resumes_at_its_position_across_epochs():
 # --- model pieces -------------------------------------------------------------------------------
 
 
-def test_new_special_tokens_get_the_mean_of_the_old_rows(toy_inputs):
-    tokenizer = AutoTokenizer.from_pretrained(toy_inputs[0])
-    model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
-    # a tokenizer that fills the matrix, so adding tokens must grow it
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    old_in = model.get_input_embeddings().weight.detach().clone()
-    old_out = model.get_output_embeddings().weight.detach().clone()
-    new_ids = add_special_tokens(model, tokenizer, SFT.special_tokens)
-    assert [tokenizer.convert_ids_to_tokens(i) for i in new_ids] == SFT.special_tokens
-    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == old_in.shape[0] + len(new_ids)
-    for new, old in ((model.get_input_embeddings().weight, old_in), (model.get_output_embeddings().weight, old_out)):
-        assert torch.equal(new[: old.shape[0]], old)
-        for i in new_ids:
-            torch.testing.assert_close(new[i], old.mean(dim=0))
-    # the tokens are atomic: the tag is one id, never split into bytes
-    assert tokenizer("<action>BUY</action>", add_special_tokens=False)["input_ids"][0] == tokenizer.convert_tokens_to_ids("<action>")
-    assert add_special_tokens(model, tokenizer, SFT.special_tokens) == []
-
-
 def test_target_loss_matches_the_models_own_shifted_loss(toy_inputs, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
     pairs = load_pairs(toy_inputs[1] / "training.jsonl")[:3]
@@ -254,7 +239,7 @@ def reference_run(toy_inputs, tmp_path_factory):
 def test_short_training_learns_and_writes_a_loadable_checkpoint(reference_run, toy_inputs):
     out, metrics = reference_run.output_dir, reference_run.metrics
     assert metrics["final_val_loss"] < 0.85 * metrics["initial_val_loss"]
-    assert metrics["steps"] == 12 and metrics["peft"] == "none" and metrics["added_special_tokens"] == len(SFT.special_tokens)
+    assert metrics["steps"] == 12 and metrics["peft"] == "none" and not (out / "adapter").exists()
     assert metrics["tokens_per_s"] > 0 and metrics["parse_checked"] == 2 and 0 <= metrics["parse_rate"] <= 1
     rows = read_csv(out / "training.csv")
     assert list(rows[0]) == ["step", "loss", "lr", "tokens_per_s"]
@@ -267,10 +252,10 @@ def test_short_training_learns_and_writes_a_loadable_checkpoint(reference_run, t
     assert [int(r["step"]) for r in read_csv(out / "val.csv")] == [0, 4, 8, 12]
     assert json.loads((out / "metrics.json").read_text())["final_val_loss"] == metrics["final_val_loss"]
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the published model is the trained one, with the special tokens, loadable by from_pretrained
+    # the published model is the trained one with the base's tokenizer (the tags stay text), loadable by from_pretrained
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert all(tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id for t in SFT.special_tokens)
-    assert len(tokenizer("<support>", add_special_tokens=False)["input_ids"]) == 1
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(toy_inputs[0]).get_vocab()
+    assert len(tokenizer("<support>", add_special_tokens=False)["input_ids"]) > 1
     trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
     assert not torch.equal(trained.get_input_embeddings().weight, base.get_input_embeddings().weight)
@@ -326,25 +311,51 @@ def test_resume_with_changed_settings_is_refused(reference_run, tmp_path, toy_in
     assert (output / "metrics.json").exists()  # nothing was cleared
 
 
-def test_lora_trains_adapters_and_new_token_rows_then_merges(toy_inputs, tmp_path):
+def test_lora_on_the_recipes_targets_writes_the_peft_adapter_beside_the_merged_model(toy_inputs, tmp_path):
+    """The adapter round trip: peft loads adapter/ onto the base, and merging it there gives the merged checkpoint."""
+    from peft import PeftModel
+
     output = tmp_path / "lora"
     training = short_training(max_steps=4, peft="lora", learning_rate=1e-2, eval_every=4, save_every=4)
     result = run_training(*toy_inputs, output, training, SFT, EVALUATION)
-    assert result.metrics["peft"] == "lora"
-    assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] / 5
-    assert result.metrics["final_val_loss"] < result.metrics["initial_val_loss"]
-    saved = load_file(output / "model.safetensors")
-    assert not [k for k in saved if "lora" in k or "trainable_tokens" in k]  # merged into plain weights
-    base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32).state_dict()
-    tokenizer = AutoTokenizer.from_pretrained(output)
-    new_ids = tokenizer.convert_tokens_to_ids(SFT.special_tokens)
-    embed = saved["model.embed_tokens.weight"]
-    old_ids = [i for i in range(embed.shape[0]) if i not in new_ids]
-    assert torch.equal(embed[old_ids], base["model.embed_tokens.weight"][old_ids])  # only the new rows moved
-    assert not torch.equal(embed[new_ids[0]], embed[new_ids[1]])  # they started equal (the mean) and trained apart
-    assert not torch.allclose(saved["model.layers.0.self_attn.o_proj.weight"], base["model.layers.0.self_attn.o_proj.weight"])
-    assert torch.equal(saved["model.layers.0.mlp.gate_proj.weight"], base["model.layers.0.mlp.gate_proj.weight"])
-    assert AutoModelForCausalLM.from_pretrained(output) is not None
+    metrics, recipe = result.metrics, load_finetune_config().lora
+    assert metrics["peft"] == "lora"
+    assert metrics["lora_targets"] == ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+    assert (metrics["lora_rank"], metrics["lora_alpha"]) == (recipe.rank, recipe.alpha)
+    assert 0 < result.metrics["trainable_params"] < result.metrics["total_params"] / 3
+    adapter = output / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == sorted(metrics["lora_targets"]) and config["r"] == recipe.rank
+    assert not config.get("modules_to_save")
+    adapter_weights = load_file(adapter / "adapter_model.safetensors")
+    # adapters only, no embedding rows
+    assert adapter_weights and all(".lora_A." in k or ".lora_B." in k for k in adapter_weights)
+    merged = load_file(output / "model.safetensors")
+    assert not [k for k in merged if "lora" in k]  # the served checkpoint is plain weights
+    base = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
+    # saved, to compare the on-disk names (transformers fuses the experts in memory)
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(tmp_path / "by_peft")
+    by_peft = load_file(tmp_path / "by_peft" / "model.safetensors")
+    before = load_file(toy_inputs[0] / "model.safetensors")
+    mtp = tuple(mtp_prefixes(json.loads((toy_inputs[0] / "config.json").read_text())))
+    # the MTP layer, which transformers does not build, is carried beside the merged model (model-mtp.safetensors)
+    assert set(by_peft) == set(merged) == {name for name in before if not name.startswith(mtp)}
+    for name, tensor in merged.items():
+        torch.testing.assert_close(by_peft[name], tensor, rtol=0, atol=0)
+    o_proj, embed = "model.layers.0.self_attn.o_proj.weight", "model.embed_tokens.weight"
+    assert not torch.equal(merged[o_proj], before[o_proj].float())
+    assert torch.equal(merged[embed], before[embed].float())  # no embedding row trained
+    added = AutoTokenizer.from_pretrained(toy_inputs[0]).get_added_vocab()
+    assert AutoTokenizer.from_pretrained(output).get_added_vocab() == added
+
+
+def test_a_misspelt_lora_target_fails_before_the_first_step_naming_it(toy_inputs, tmp_path):
+    misspelt = TRAINING.lora.model_copy(update={"target_modules": ["q_a_proj", "kv_b_prj"]})
+    training = short_training(peft="lora", lora=misspelt)
+    with pytest.raises(ValueError, match=r"LoRA target\(s\) kv_b_prj name no Linear module of the model") as failure:
+        run_training(*toy_inputs, tmp_path / "sft", training, SFT, EVALUATION)
+    assert "kv_b_proj" in str(failure.value)  # the model's names are listed beside it
+    assert not (tmp_path / "sft").exists() and not work_dir(tmp_path / "sft").exists()
 
 
 # --- the command line ---------------------------------------------------------------------------

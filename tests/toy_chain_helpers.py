@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
-from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
-from sftc_assets.sft_data.nemo_export import NEMO_FILES, export_nemo
+from sftc_assets.checkpoints.pretrain import pretraining_texts
+from sftc_assets.checkpoints.toy_model import make_toy_base
+from sftc_assets.sft_data.nemo_export import export_nemo, training_texts
 from sftc_assets.sft_data.splits import build_dataset
 from sftc_assets.theses.parser import parse_corpus, write_jsonl_outputs
 from sftc_assets.theses.sample_corpus import write_sample_corpus
@@ -23,6 +24,7 @@ def build_toy_chain_until_bf16(data_dir: Path, settings: Settings) -> None:
     bounds = (settings.train_start_date, settings.train_end_date, settings.test_start_date, settings.test_end_date)
     build_dataset(data_dir / "jsonl", data_dir / "hf_splits", sft, date_bounds=bounds)
     export_nemo(data_dir / "hf_splits", data_dir / "nemo_jsonl", sft)
-    texts = corpus_texts_from(data_dir / "nemo_jsonl" / NEMO_FILES["train"])
-    make_toy_checkpoint(data_dir / "checkpoints" / "base_fp8", texts, seed=profile.model.seed, fp8=True, vocab_size=profile.model.vocab_size)
+    prompts = pretraining_texts(data_dir / "hf_splits", sft, settings.train_start_date, settings.train_end_date)
+    texts = training_texts(data_dir / "hf_splits", sft)
+    make_toy_base(data_dir / "checkpoints" / "base_fp8", texts, prompts, profile.model)
     convert_fp8_checkpoint(data_dir / "checkpoints" / "base_fp8", data_dir / "checkpoints" / "bf16", device="cpu", progress=False)

@@ -3,10 +3,11 @@ path in the full one) and `bf16_checkpoint` (its BF16 conversion, gated by the G
 
 import hashlib
 import json
+import math
 
 import dagster as dg
 
-from sftc_assets.checkpoints import convert, toy_model, verify
+from sftc_assets.checkpoints import convert, pretrain, toy_model, verify
 from sftc_assets.sft_data import nemo_export
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_core.settings import Settings
@@ -29,25 +30,54 @@ def _table(rows: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table([{**r, "bytes": format_bytes(r["bytes"])} for r in rows]))
 
 
+def _pretraining_figures(pretrained: dict | None, settings: Settings) -> dict:
+    """The pretraining as people read it: its window, steps, tokens and losses, the random model's loss beside them."""
+    if pretrained is None:
+        return {"pretraining": "none: random weights (profile model.pretraining is not set)"}
+    return {
+        "pretraining_window": f"{settings.train_start_date}..{settings.train_end_date} (the train split's prompt side)",
+        # per record of the window: its rendered prompt and its prompt-side XML
+        "pretraining_documents": pretrained["documents"],
+        "pretraining_steps": pretrained["steps"],
+        "pretraining_tokens": pretrained["tokens"],
+        "pretraining_epochs": pretrained["epochs"],
+        "pretraining_initial_loss": pretrained["initial_loss"],
+        "pretraining_final_loss": pretrained["final_loss"],
+        # A model that knows nothing spreads its bets evenly over the vocabulary: loss ln(vocab) per token.
+        "random_model_loss": math.log(settings.profile.model.vocab_size),
+        "pretraining_seconds": pretrained["seconds"],
+    }
+
+
 def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         name="base_checkpoint",
         deps=["hf_splits"],
         group_name=GROUP,
-        code_version=code_version("base_checkpoint", settings, toy_model, nemo_export),
+        code_version=code_version("base_checkpoint", settings, toy_model, pretrain, nemo_export),
         kinds={"pytorch", "huggingface"},
-        description="The tiny DeepSeek-V3 in the FP8 release layout (sharded, float8_e4m3fn + _scale_inv, index, "
-        "quantization_config), with a BPE tokenizer trained on the train split's prompts and targets.",
+        description="The tiny DeepSeek-V3, pretrained as a causal LM on the prompt side of the training window's "
+        "theses (the rendered prompts and their facts as the corpus's XML; never an answer, never a later window), in "
+        "the FP8 release layout (sharded, float8_e4m3fn + _scale_inv, index, quantization_config), with a BPE "
+        "tokenizer trained on the train split's prompts and targets.",
         **asset_placement("cpu", settings),
     )
     def base_checkpoint(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         paths, model = settings.paths, settings.profile.model
-        # The train split only: the tokenizer must not learn from the test window.
+        # The train split's prompts dated in the training window only: the base must not learn from a later window.
         with writing(settings, "base_checkpoint", [paths.base_checkpoint], inputs=[("hf_splits", None)]) as stamp:
+            window = (settings.train_start_date, settings.train_end_date)
+            prompts = pretrain.pretraining_texts(paths.hf_splits, settings.sft, *window)
             texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
-            summary = toy_model.make_toy_checkpoint(paths.base_checkpoint, texts, seed=model.seed, fp8=True, vocab_size=model.vocab_size, stamp=stamp)
+            summary = toy_model.make_toy_base(paths.base_checkpoint, texts, prompts, model, log=context.log.info,
+                                              stamp=stamp)
         context.log.info("toy FP8 checkpoint: %s", summary)
-        report_summary(context, "base_checkpoint", f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards, {format_bytes(summary['total_bytes'])}")
+        pretrained = summary["pretraining"]
+        size = f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards"
+        how = "random weights"
+        if pretrained:
+            how = f"pretrained {pretrained['steps']} steps to loss {format_number(pretrained['final_loss'])}"
+        report_summary(context, "base_checkpoint", f"{size}, {format_bytes(summary['total_bytes'])}, {how}")
         return dg.MaterializeResult(
             metadata=asset_metadata(settings, "base_checkpoint", {
                 "path": dg.MetadataValue.path(summary["path"]),
@@ -60,6 +90,7 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
                 "size_bytes": summary["total_bytes"],
                 "tokenizer_vocab": summary["tokenizer_vocab"],
                 "corpus_texts": summary["corpus_texts"],
+                **_pretraining_figures(pretrained, settings),
                 "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
             }),  # fmt: skip
             data_version=data_version([paths.base_checkpoint]),

@@ -12,7 +12,8 @@ import copy
 import json
 import math
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,11 +26,13 @@ from sftc_assets.checkpoints.fp8 import (
     is_quantized_weight,
     quantize_fp8_blockwise,
 )
+from sftc_assets.checkpoints.pretrain import pretrain
 from sftc_assets.checkpoints.safetensors_io import (
     INDEX_NAME,
     SAFETENSORS_METADATA,
     SINGLE_FILE_NAME,
 )
+from sftc_core.configs import ModelConfig, PretrainingConfig
 from sftc_core.io import BeforeSwap, atomic_dir, read_jsonl
 
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
@@ -172,10 +175,27 @@ def _plan_shards(state: dict[str, torch.Tensor], shards: int) -> list[list[str]]
     return [names for names in plan if names]
 
 
+@dataclass(frozen=True)
+class Pretraining:
+    """What the toy base is pretrained on before it is written (sftc_assets/checkpoints/pretrain.py)."""
+
+    texts: list[str]
+    config: PretrainingConfig
+    log: Callable[[str], None] | None = None
+
+
 def make_toy_checkpoint(
-    out_dir: Path | str, corpus_texts: list[str], *, seed: int = 0, fp8: bool = False, vocab_size: int = 1024, stamp: BeforeSwap | None = None
+    out_dir: Path | str,
+    corpus_texts: list[str],
+    *,
+    seed: int = 0,
+    fp8: bool = False,
+    vocab_size: int = 1024,
+    pretraining: Pretraining | None = None,
+    stamp: BeforeSwap | None = None,
 ) -> dict:
-    """Build the toy DeepSeek-V3 and its tokenizer into `out_dir` (replaced whole, atomically).
+    """Build the toy DeepSeek-V3 and its tokenizer (trained on `corpus_texts`) into `out_dir` (replaced whole,
+    atomically); with `pretraining`, the weights are pretrained on its texts first (else left random).
 
     Deterministic: the same corpus, seed and options give byte-identical files.
     """
@@ -188,10 +208,21 @@ def make_toy_checkpoint(
 
     tokenizer = train_tokenizer(corpus_texts, vocab_size)
     config = toy_config(vocab_size)
-    state = _model_and_mtp_state(config, seed)
-    mtp_prefix = f"model.layers.{config.num_hidden_layers}."
-    mtp_parameters = sum(t.numel() for name, t in state.items() if name.startswith(mtp_prefix))
-    parameters = sum(t.numel() for t in state.values()) - mtp_parameters
+    model, mtp_state = _model_and_mtp_layers(config, seed)
+    pretrained = None
+    if pretraining is not None:
+        bos = tokenizer.token_to_id(BOS_TOKEN)
+        encoded = tokenizer.encode_batch(pretraining.texts, add_special_tokens=False)
+        documents = [[bos, *encoding.ids] for encoding in encoded]
+        pretrained = pretrain(model, documents, bos, pretraining.config, seed, pretraining.log)
+    state = _per_expert_state_dict(model)
+    parameters = sum(t.numel() for t in state.values())
+    for layer in range(config.num_hidden_layers, config.num_hidden_layers + config.num_nextn_predict_layers):
+        # The MTP module shares the model's embedding and output head (DeepSeek-V3 report, section 2.2): copies of them.
+        mtp_state[f"model.layers.{layer}.embed_tokens.weight"] = state["model.embed_tokens.weight"].clone()
+        mtp_state[f"model.layers.{layer}.shared_head.head.weight"] = state["lm_head.weight"].clone()
+    mtp_parameters = sum(t.numel() for t in mtp_state.values())
+    state.update(mtp_state)
 
     config_dict = config.to_dict()
     # As the release's config.json: servers pick the model class (and vLLM its runner) by the architecture.
@@ -240,33 +271,56 @@ def make_toy_checkpoint(
         "vocab_size": vocab_size,
         "tokenizer_vocab": tokenizer.get_vocab_size(),
         "corpus_texts": len(corpus_texts),
+        "pretraining": pretrained,
     }
 
 
-def _model_and_mtp_state(config, seed: int) -> dict[str, torch.Tensor]:
-    """The model's tensors and its multi-token-prediction layer's, named as the release names them.
+def _model_and_mtp_layers(config, seed: int) -> tuple:
+    """The model and its multi-token-prediction layers' own tensors, named as the release names them.
 
-    transformers builds no MTP module, so the model is built one decoder layer deeper: that last layer (a MoE layer,
+    transformers builds no MTP module, so a model one decoder layer deeper is built: its last layer (a MoE layer,
     FP8 like the others) becomes the MTP layer's, beside the release's enorm, hnorm, eh_proj (BF16 in the release,
-    as vLLM's DeepSeekMultiTokenPredictorLayer loads it) and shared_head; its embed_tokens and shared_head.head are
-    copies of the model's own, which the MTP module shares (DeepSeek-V3 report, section 2.2)."""
+    as vLLM's DeepSeekMultiTokenPredictorLayer loads it) and shared_head.norm; the model returned holds the deeper
+    one's other weights, so the MTP layer is the same whether the model is pretrained afterwards or not."""
     from transformers import DeepseekV3ForCausalLM
 
     deeper = copy.deepcopy(config)
     deeper.num_hidden_layers = config.num_hidden_layers + config.num_nextn_predict_layers
+    mtp_layers = range(config.num_hidden_layers, deeper.num_hidden_layers)
+    mtp_prefixes = tuple(f"model.layers.{layer}." for layer in mtp_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        state = _per_expert_state_dict(DeepseekV3ForCausalLM(deeper))
+        deeper_model = DeepseekV3ForCausalLM(deeper)
+        deeper_state = _per_expert_state_dict(deeper_model)
+        mtp_state = {name: t for name, t in deeper_state.items() if name.startswith(mtp_prefixes)}
         hidden = config.hidden_size
-        for layer in range(config.num_hidden_layers, deeper.num_hidden_layers):
-            prefix = f"model.layers.{layer}"
-            state[f"{prefix}.enorm.weight"] = torch.ones(hidden)
-            state[f"{prefix}.hnorm.weight"] = torch.ones(hidden)
-            state[f"{prefix}.eh_proj.weight"] = torch.randn(hidden, 2 * hidden) * config.initializer_range
-            state[f"{prefix}.embed_tokens.weight"] = state["model.embed_tokens.weight"].clone()
-            state[f"{prefix}.shared_head.norm.weight"] = torch.ones(hidden)
-            state[f"{prefix}.shared_head.head.weight"] = state["lm_head.weight"].clone()
-    return state
+        for prefix in mtp_prefixes:
+            mtp_state[f"{prefix}enorm.weight"] = torch.ones(hidden)
+            mtp_state[f"{prefix}hnorm.weight"] = torch.ones(hidden)
+            mtp_state[f"{prefix}eh_proj.weight"] = torch.randn(hidden, 2 * hidden) * config.initializer_range
+            mtp_state[f"{prefix}shared_head.norm.weight"] = torch.ones(hidden)
+        model = DeepseekV3ForCausalLM(config)
+    shared = {name: t for name, t in deeper_model.state_dict().items() if not name.startswith(mtp_prefixes)}
+    model.load_state_dict(shared)
+    return model, mtp_state
+
+
+def make_toy_base(
+    out_dir: Path | str,
+    corpus_texts: list[str],
+    prompts: list[str],
+    model: ModelConfig,
+    *,
+    fp8: bool = True,
+    log: Callable[[str], None] | None = None,
+    stamp: BeforeSwap | None = None,
+) -> dict:
+    """The toy profile's base: its tokenizer trained on `corpus_texts` (the train split's prompts and targets: a
+    tokenizer learns no label), its weights pretrained on the training window's `prompts` alone
+    (pretrain.pretraining_texts) as `model.pretraining` sets, written in the FP8 release layout (`fp8`)."""
+    pretraining = Pretraining(prompts, model.pretraining, log) if model.pretraining is not None else None
+    options = {"seed": model.seed, "fp8": fp8, "vocab_size": model.vocab_size, "stamp": stamp}
+    return make_toy_checkpoint(out_dir, corpus_texts, pretraining=pretraining, **options)
 
 
 def _per_expert_state_dict(model) -> dict[str, torch.Tensor]:

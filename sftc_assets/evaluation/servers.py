@@ -44,6 +44,7 @@ import requests
 from sftc_assets.evaluation.completions import EndpointError
 from sftc_core.configs import ConfigError
 from sftc_core.cost import serving_nodes
+from sftc_core.paths import ADAPTER_DIR
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
 
@@ -68,7 +69,6 @@ UNSERVABLE_LORA_TARGETS = {
     "vllm": {"kv_b_proj": "vLLM applies no LoRA on the MLA kv_b_proj (vllm-project/vllm#48974)"},
     "sglang": {name: "SGLang has no LoRA on MoE experts (sgl-project/sglang#9897)" for name in ("gate_proj", "up_proj", "down_proj")},
 }
-ADAPTER_DIR = "adapter"  # a PEFT adapter beside the merged checkpoint: sft_model/adapter/adapter_config.json
 
 
 class ServerError(RuntimeError):
@@ -244,8 +244,8 @@ def _adapter_choice(engine: Engine, model_dir: Path) -> tuple[Path | None, str]:
     config_path = model_dir / ADAPTER_DIR / "adapter_config.json"
     if not config_path.is_file():
         return None, (
-            "sft_model is merged: NeMo 2.7.3 exports DeepSeek only as a full 'hf' checkpoint (no 'hf-peft' exporter, "
-            "as Llama has), and the Hugging Face backend merges too (the special tokens it adds live in the embeddings)"
+            "sft_model is merged only: NeMo 2.7.3 exports DeepSeek as a full 'hf' checkpoint (no 'hf-peft' exporter, "
+            "as Llama has); the Hugging Face backend writes the adapter beside its merged checkpoint"
         )
     adapter = json.loads(config_path.read_text(encoding="utf-8"))
     if adapter.get("modules_to_save"):

@@ -207,6 +207,26 @@ def _serving_line(engine: str | None) -> str:
     return f"- Evaluation served by: {engine}, not the GPU run's engine (vLLM): its serving code was not rehearsed"
 
 
+def fine_tune_method(stages: list[StageOutcome]) -> str | None:
+    """sft_model's peft as its metadata reports it (lora | none), None when it reported none."""
+    return next((stage.figures.get("peft") for stage in stages if stage.asset == "sft_model"), None)
+
+
+def _method_line(peft: str | None) -> str:
+    if peft == "lora":
+        return (
+            "- Fine-tune method: LoRA on the GPU recipe's targets (configs/nemo/finetune.yaml), adapter and merged "
+            "model written"
+        )
+    if peft == "none":
+        return (
+            "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA (the toy's LoRA does not learn its "
+            "planted cue in budget: docs/toy-recipe.md); the LoRA path (targets, adapter, merge) is proven by "
+            "tests/test_training_hf.py, not by this run"
+        )
+    return "- Fine-tune method: unknown (sft_model did not report one)"
+
+
 def _launch_line(launch: dict) -> str:
     if "launcher" not in launch:
         return "- Fine-tune launch: unknown (sft_model did not report one)"
@@ -258,6 +278,7 @@ def build_report(
         "environment": environment,
         "fine_tune_launch": fine_tune_launch(stages, slurm_present),
         "evaluation_engine": evaluation_engine(stages),
+        "fine_tune_method": fine_tune_method(stages),
         "toy_chain": {"passed": toy_passed, "reasons": [] if toy_passed else toy_reasons},
         "stages": [{**asdict(stage), "status": stage.status} for stage in stages],
         "planted_cue_preconditions": [check.as_dict() for check in canary] if canary else None,
@@ -298,6 +319,7 @@ def render_markdown(report: dict) -> str:
         f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
         _launch_line(report["fine_tune_launch"]),
         _serving_line(report.get("evaluation_engine")),
+        _method_line(report["fine_tune_method"]),
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         f"## Part 1, the toy chain: {_verdict(report['toy_chain']['passed'])} "

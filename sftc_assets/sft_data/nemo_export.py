@@ -17,6 +17,7 @@ from sftc_assets.sft_data.splits import SPLITS, load_splits
 from sftc_core.configs import SftConfig
 from sftc_core.io import BeforeSwap, atomic_dir, atomic_write_json, atomic_write_jsonl
 from sftc_core.nemo_format import NEMO_FILES, file_problems
+from sftc_core.target_format import tags_as_text
 
 SUMMARY_FILE = "export_summary.json"
 
@@ -45,6 +46,15 @@ def load_local_tokenizer(path: Path | str):
         raise ValueError(f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer") from None
 
 
+def tag_tokens(tokenizer, tags: list[str]) -> dict[str, int]:
+    """The tokens each tag takes as text under a transformers tokenizer (the one rule: target_format.tags_as_text)."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return tags_as_text(encode, tokenizer.get_added_vocab(), tags, str(tokenizer.name_or_path))
+
+
 def _length_stats(lengths: list[int]) -> dict:
     values = np.asarray(lengths, dtype=np.float64)
     return {
@@ -56,7 +66,8 @@ def _length_stats(lengths: list[int]) -> dict:
 
 
 def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length: int, special_tokens: list[str]) -> dict:
-    """Token lengths of prompt, target and total (min/mean/p95/max) and the pairs over `max_seq_length`."""
+    """Token lengths of prompt, target and total (min/mean/p95/max), the pairs over `max_seq_length` and the tokens
+    each tag takes as text (ValueError when the tokenizer holds a tag as a token of its own)."""
     eos = 1 if tokenizer.eos_token_id is not None else 0
     prompt, target, over = [], [], {}
     for name, pairs in pairs_by_split.items():
@@ -67,7 +78,6 @@ def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length
         target += target_lengths
     if not prompt:
         return {}
-    split_tokens = {t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in special_tokens}
     return {
         "prompt": _length_stats(prompt),
         "target": _length_stats(target),
@@ -75,8 +85,8 @@ def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length
         "max_seq_length": max_seq_length,
         "truncated": sum(over.values()),
         "truncated_by_split": over,
-        # A format token the tokenizer splits in pieces is harder to learn and to stop on.
-        "special_tokens_not_single": sorted(t for t, n in split_tokens.items() if n != 1),
+        # The tags are text (sftc_core/target_format.py): the tokens each one takes.
+        "tag_tokens": tag_tokens(tokenizer, special_tokens),
     }
 
 

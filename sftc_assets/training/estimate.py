@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sftc_assets.training.gpu_plan import GpuPlan, full_architecture
+from sftc_assets.training.gpu_plan import GpuPlan, full_architecture, nemo_tokens
 from sftc_core.configs import FinetuneConfig, ProfileConfig
 from sftc_core.cost import Estimate, Rate, finetune_phase, generation_phase, serving_nodes, summary_lines, transfer_phase
 from sftc_core.nemo_format import NEMO_FILES
@@ -41,6 +41,18 @@ def bf16_bytes(settings: Settings, fp8: float, plan: GpuPlan | None = None) -> t
     if arch is None:
         return 2 * fp8, "twice the FP8 release (the GPU plan could not read the model architecture)"
     return float(arch.bf16_checkpoint_bytes), f"the GPU plan's model architecture, {arch.source}"
+
+
+def _example_tokens(settings: Settings, finetune: FinetuneConfig, plan: GpuPlan | None) -> tuple[float, str] | None:
+    """(mean tokens of a training example, how counted) from the GPU plan's counts of this data directory's NeMo JSONL
+    (`plan`'s, else counted here); None where packed sequences fill every row, or there is no data to count."""
+    if finetune.packed_sequence:
+        return None
+    tokens = plan.tokens if plan is not None else nemo_tokens(settings)
+    if tokens is None or not tokens.train:
+        return None
+    counted = f"{tokens.train:,} training examples of {settings.paths.nemo_jsonl}, counted with {tokens.source}"
+    return tokens.mean_train_example(finetune.seq_length), counted
 
 
 def _line_count(path: Path) -> int | None:
@@ -91,7 +103,7 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None,
             global_batch_size=finetune.global_batch_size, seq_length=finetune.seq_length, steps=finetune.max_steps,
             nodes=finetune.nodes, gpus_per_node=finetune.gpus_per_node, layout=_layout(finetune), finetune=rates["finetune"],
             storage=storage, checkpoint_bytes=bf16, validation_runs=finetune.max_steps // finetune.val_check_interval,
-            validation_batches=validation_batches,
+            validation_batches=validation_batches, example_tokens=_example_tokens(settings, finetune, plan),
         ),  # fmt: skip
         # merge_lora writes the merged NeMo checkpoint, export_ckpt reads it back and writes the HF one.
         transfer_phase("merge and export", 2 * bf16, 2 * bf16, node_gpus, storage, "LoRA merge and the HF export (sft_model)"),

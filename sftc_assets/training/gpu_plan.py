@@ -25,7 +25,6 @@ from pathlib import Path
 from sftc_assets.checkpoints.fp8 import QUANTIZATION_CONFIG
 from sftc_assets.checkpoints.safetensors_io import CheckpointError
 from sftc_assets.checkpoints.toy_model import toy_config
-from sftc_assets.sft_data.nemo_export import load_local_tokenizer
 from sftc_assets.sft_data.prompts import prompt_pattern
 from sftc_assets.training import hf_launch, memory, nemo_runner
 from sftc_assets.training.architecture import Architecture, architecture_of
@@ -35,6 +34,7 @@ from sftc_assets.training.nemo_config import (
     model_fit_problems,
     stage_layers,
 )
+from sftc_assets.training.token_counts import PairTokens, TokenCounter, nemo_pairs, pair_tokens, token_counter
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN, WARN, Check, failures
 from sftc_core.configs import (
     NOT_IN_PROMPT,
@@ -46,17 +46,15 @@ from sftc_core.configs import (
 )
 from sftc_core.launch import PlannedRun, entry_env
 from sftc_core.market import first_unseen_date
-from sftc_core.nemo_format import NEMO_FILES, NemoDataError, read_pairs
+from sftc_core.nemo_format import NEMO_FILES, NemoDataError
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes, format_number
 
 NEMO_IMPORT = "import nemo.collections.llm"
 TAG = re.compile(r"</?[A-Za-z_][A-Za-z0-9_\-]*>")
-# Without the model's tokenizer: a byte-level BPE token covers at least one byte, so UTF-8 bytes bound the tokens.
 # Training examples cut to the sequence length beyond this share fail the plan: NeMo cuts a prompt from its end, so each
 # of them loses the response cue (the Hugging Face backend loses the prompt's start).
 MAX_CUT_SHARE = 0.05
-BYTES_BOUND = "at most one token per UTF-8 byte (DeepSeek-V3's tokenizer is byte-level BPE), the model's tokenizer not being reachable here"
 # A declared size may differ from the one derived from the model by this factor either way: GiB written for GB (1.07x)
 # passes; the BF16 size written for the FP8 release (about 2x) or another model's number does not.
 SIZE_FACTOR = 1.5
@@ -71,6 +69,8 @@ class GpuPlan:
     checks: tuple[Check, ...]
     # The full profile's model as the plan read it (None: unreadable): the cost estimate sizes the checkpoints by it.
     architecture: Architecture | None = None
+    # The NeMo JSONL's token counts under DeepSeek-V3's tokenizer (None: no data yet): the estimate's tokens per step.
+    tokens: PairTokens | None = None
 
     @property
     def passed(self) -> bool:
@@ -143,13 +143,14 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
         )]  # fmt: skip
     else:
         checks += [_layout(settings, arch), _gpu_memory(settings, arch), _host_ram(settings, arch), _data_volume(settings, arch)]
+    data_checks, tokens = _data_checks(settings, inputs)
     checks += [
         _full_sizes(settings, inputs, arch),
         _toy_sizes(settings),
         _gpu_node(settings, inputs),
         _batch(settings),
         _lora_targets(settings),
-        *_data_checks(settings, inputs),
+        *data_checks,
         _knowledge_cutoff(inputs, settings.prices.calendar),
         nemo_environment_check(settings, check_nemo),
         *(launch_checks(settings, planned_run(settings, arch)) if launch_checks else [
@@ -157,7 +158,7 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
             Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
         ]),
     ]  # fmt: skip
-    return GpuPlan(tuple(checks), arch)
+    return GpuPlan(tuple(checks), arch, tokens)
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -419,43 +420,40 @@ def _data_volume(settings: Settings, arch: Architecture) -> Check:
 # --- the data -------------------------------------------------------------------------------------
 
 
-def _token_counter(inputs: _Inputs) -> tuple[Callable[[str, bool], int], str]:
-    """(count(text, is_prompt) -> tokens, how counted): the model's tokenizer where reachable, else the byte bound."""
-    path = inputs.profile.model.base_checkpoint_path
-    if path and (Path(path) / "tokenizer_config.json").is_file():
-        tokenizer = load_local_tokenizer(path)
-        eos = 1 if tokenizer.eos_token_id is not None else 0
-
-        def count(text: str, prompt: bool) -> int:
-            return len(tokenizer(text, add_special_tokens=prompt)["input_ids"]) + (0 if prompt else eos)
-
-        return count, f"counted with the model's tokenizer ({path})"
-    return (lambda text, prompt: len(text.encode("utf-8")) + 1), f"estimated: {BYTES_BOUND}, plus BOS / EOS"
+def nemo_tokens(settings: Settings) -> PairTokens | None:
+    """The token counts of this data directory's NeMo JSONL as the GPU plan takes them (None: no readable data yet)."""
+    inputs = _inputs(settings)
+    try:
+        pairs = nemo_pairs(settings.paths.nemo_jsonl)
+    except (FileNotFoundError, NemoDataError):
+        return None
+    return pair_tokens(pairs, token_counter(inputs.profile.model.base_checkpoint_path))
 
 
-def _data_checks(settings: Settings, inputs: _Inputs) -> list[Check]:
+def _data_checks(settings: Settings, inputs: _Inputs) -> tuple[list[Check], PairTokens | None]:
+    """The data's checks and its token counts under DeepSeek-V3's tokenizer (None: no NeMo JSONL to count)."""
     names = ("sequence length", "answer length", "special tokens")
     root = settings.paths.nemo_jsonl
     data = "the NeMo JSONL of this data directory"
     try:
-        pairs = {split: read_pairs(root / NEMO_FILES[split]) for split in ("train", "validation")}
+        pairs = nemo_pairs(root)
     except FileNotFoundError as exc:
         missing = str(exc).split(";")[0] + ": nothing to measure yet"
         fix = "materialize nemo_jsonl (sftc export-nemo), then check again"
         not_yet = [Check(name, GPU_PLAN, NOT_CHECKED, data, missing, fix) for name in names]
-        return [_prompt_fields(settings, None, missing), *not_yet]
+        return [_prompt_fields(settings, None, missing), *not_yet], None
     except NemoDataError as exc:
         fix = "re-export nemo_jsonl (sftc export-nemo)"
-        return [Check(name, GPU_PLAN, FAIL, data, str(exc), fix) for name in ("prompt fields", *names)]
-    count, how = _token_counter(inputs)
-    rows = [(count(p["input"], True), count(p["output"], False)) for split in pairs.values() for p in split]
-    train = len(pairs["train"])
-    return [
+        return [Check(name, GPU_PLAN, FAIL, data, str(exc), fix) for name in ("prompt fields", *names)], None
+    counter = token_counter(inputs.profile.model.base_checkpoint_path)
+    counts = pair_tokens(pairs, counter)
+    checks = [
         _prompt_fields(settings, pairs, str(root)),
-        _sequence_length(settings, inputs, rows, train, how),
-        _answer_length(inputs, rows, how),
-        _special_tokens(settings, pairs, root),
+        _sequence_length(settings, inputs, counts),
+        _answer_length(inputs, counts),
+        _special_tokens(settings, pairs, root, counter),
     ]
+    return checks, counts
 
 
 def _prompt_fields(settings: Settings, pairs: dict[str, list[dict]] | None, data: str) -> Check:
@@ -494,7 +492,8 @@ def _prompt_fields(settings: Settings, pairs: dict[str, list[dict]] | None, data
     return Check("prompt fields", GPU_PLAN, PASS, needed, found, details=details)
 
 
-def _sequence_length(settings: Settings, inputs: _Inputs, rows: list[tuple[int, int]], train: int, how: str) -> Check:
+def _sequence_length(settings: Settings, inputs: _Inputs, counts: PairTokens) -> Check:
+    rows, train = counts.rows, counts.train
     if inputs.backend == "nemo":
         limit, field, where = settings.finetune.seq_length, "seq_length", settings.finetune.source
         cut = "NeMo cuts the prompt from its end (the response cue goes first), then the answer's end"
@@ -507,7 +506,8 @@ def _sequence_length(settings: Settings, inputs: _Inputs, rows: list[tuple[int, 
     needed = (f"training examples within {field} {limit} of the {inputs.backend} backend (at most {MAX_CUT_SHARE:.0%} cut), "
               "every answer whole (its <action> last)")
     found = f"{longer} of {train} training examples ({longer / train:.1%}) longer than {limit} tokens; the longest {longest}"
-    details = (f"tokens {how}", f"{cut} when an example is too long", f"answers longer than {field} alone (their action lost): {lose_action}")
+    details = (f"tokens counted with {counts.source}", f"{cut} when an example is too long",
+               f"answers longer than {field} alone (their action lost): {lose_action}")
     if lose_action:
         return Check("sequence length", GPU_PLAN, FAIL, needed, found + f"; {lose_action} answer(s) would lose their action",
                      f"raise {field} in {where} to at least {max(a for _, a in rows)}", details)
@@ -517,29 +517,34 @@ def _sequence_length(settings: Settings, inputs: _Inputs, rows: list[tuple[int, 
     return Check("sequence length", GPU_PLAN, status, needed, found, f"raise {field} in {where} to {longest}" if longer else "", details)
 
 
-def _answer_length(inputs: _Inputs, rows: list[tuple[int, int]], how: str) -> Check:
+def _answer_length(inputs: _Inputs, counts: PairTokens) -> Check:
     limit = inputs.profile.evaluation.max_new_tokens
-    longest = max(answer for _, answer in rows)
+    longest = max(answer for _, answer in counts.rows)
     needed = f"evaluation.max_new_tokens {limit} of the {inputs.profile.name} profile above the longest answer, so no answer is cut before its action"
-    found = f"answers up to {longest} tokens" + (" (at most: one per byte)" if how.startswith("estimated") else "")
+    found = f"answers up to {longest} tokens (with EOS), counted with {counts.source}"
     if longest > limit:
         return Check("answer length", GPU_PLAN, FAIL, needed, found + f": generation would stop at {limit}, before </action>",
                      f"raise evaluation.max_new_tokens in {inputs.profile_file} to at least {longest}")
     return Check("answer length", GPU_PLAN, PASS, needed, found)
 
 
-def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path) -> Check:
+def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path, counter: TokenCounter) -> Check:
     configured = list(settings.sft.special_tokens)
     sft_file = settings.config_dir / "sft_config.yaml"
     used = sorted({tag for split in pairs.values() for p in split for tag in TAG.findall(p["output"])})
     strangers = [tag for tag in used if tag not in configured]
     missing = [tag for tag in configured if any(tag not in p["output"] for split in pairs.values() for p in split)]
     needed = "every tag of the answers a configured special token, each in every answer; both backends told how to read them"
+    try:
+        per_tag = counter.tags(configured)
+    except ValueError as exc:
+        return Check("special tokens", GPU_PLAN, FAIL, needed, str(exc), "use DeepSeek-V3's own tokenizer")
     details = (
-        f"configured (special_tokens of {sft_file}): {', '.join(configured)}; the target format and the parser are built from them",
-        "Hugging Face backend: added to the tokenizer as special tokens, one id each, their embedding rows trained",
-        "NeMo backend: read as text by the model's own tokenizer (a few tokens each): under LoRA the embedding and output "
-        "layer stay frozen, so new ids could never be learned; the parser reads the text either way",
+        f"configured (special_tokens of {sft_file}): {', '.join(configured)}; the target format and the parser are "
+        "built from them",
+        "both backends read them as text with the model's own tokenizer, no token added (under LoRA the embeddings "
+        "and the output layer stay frozen, so a new id could never be learned)",
+        f"tokens per tag, counted with {counter.source}: " + ", ".join(f"{tag} {n}" for tag, n in per_tag.items()),
     )
     if strangers or missing:
         found = f"{root} uses {', '.join(strangers) or 'no other tags'}" + (f" and lacks {', '.join(missing)} in some answers" if missing else "")

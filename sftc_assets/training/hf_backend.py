@@ -1,8 +1,9 @@
 """The Hugging Face training backend: one readable loop (nanoGPT style), CPU or GPU, one process or many.
 
-Loads the BF16 checkpoint, adds the SFT special tokens (new embedding rows = mean of the old rows), trains on the
-NeMo JSONL pairs with answer-only loss (AdamW, warmup + cosine, clipping, accumulation, optional LoRA), and writes
-the fine-tuned HF checkpoint with training.csv, val.csv, metrics.json and loss_curve.png. A run works in a hidden
+Loads the BF16 checkpoint (the tags are text to its tokenizer: nothing added, sftc_core/target_format.py), trains on
+the NeMo JSONL pairs with answer-only loss (AdamW, warmup + cosine, clipping, accumulation; LoRA on the recipe's
+targets, or a full fine-tune), and writes the fine-tuned HF checkpoint (merged) with, under LoRA, the adapter in the
+PEFT layout beside it (`adapter/`), training.csv, val.csv, metrics.json and loss_curve.png. A run works in a hidden
 directory beside OUTPUT (`.OUTPUT.partial`) and replaces OUTPUT only when complete, so the last good model and
 its checkpoints stay until then. Checkpoints under checkpoints/step-N hold everything a killed run needs to
 continue with the same losses (`resume=True`: the interrupted run's, else the finished OUTPUT's; "auto": the
@@ -39,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.safetensors_io import file_sha256
+from sftc_assets.sft_data.nemo_export import tag_tokens
 from sftc_assets.training.data import (
     IGNORE_INDEX,
     BatchStream,
@@ -49,7 +51,7 @@ from sftc_assets.training.data import (
     tokenize_split,
 )
 from sftc_assets.training.generate import generate_greedy
-from sftc_core.configs import EvaluationConfig, SftConfig, TrainingConfig
+from sftc_core.configs import EvaluationConfig, LoraConfig, SftConfig, TrainingConfig
 from sftc_core.gpu import check_device
 from sftc_core.io import (
     BeforeSwap,
@@ -63,6 +65,7 @@ from sftc_core.io import (
 )
 from sftc_core.launch import launch_record
 from sftc_core.nemo_format import split_file
+from sftc_core.paths import ADAPTER_DIR
 from sftc_core.progress import reporting
 from sftc_core.target_format import TargetFormat
 from sftc_core.threads import torch_threads
@@ -84,7 +87,6 @@ class RunPlan:
     training: TrainingConfig
     max_steps: int
     max_seq_length: int
-    special_tokens: tuple[str, ...]
     smoke_test: bool
     # Fingerprints of the model and data the run reads: a checkpoint of other inputs is not resumed.
     inputs: dict[str, str] = field(default_factory=dict)
@@ -94,7 +96,6 @@ class RunPlan:
             "training": self.training.model_dump(),
             "max_steps": self.max_steps,
             "max_seq_length": self.max_seq_length,
-            "special_tokens": list(self.special_tokens),
             "smoke_test": self.smoke_test,
             "inputs": dict(self.inputs),
         }
@@ -139,30 +140,6 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float)
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def add_special_tokens(model, tokenizer, tokens: list[str]) -> list[int]:
-    """Add `tokens` as extra special tokens; their input and output embedding rows become the mean of the old rows.
-
-    Returns the ids of the tokens that were new to the tokenizer.
-    """
-    before = len(tokenizer)
-    tokenizer.add_special_tokens({"extra_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
-    new_ids = list(range(before, len(tokenizer)))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; generation batches need a pad id
-    if not new_ids:
-        return new_ids
-    old_rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old_rows:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    keep = torch.ones(model.get_input_embeddings().weight.shape[0], dtype=torch.bool)
-    keep[new_ids] = False
-    keep[old_rows:] = False  # rows past the old matrix are fresh, not part of the mean
-    with torch.no_grad():
-        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
-            embedding.weight[new_ids] = embedding.weight[keep].mean(dim=0)
-    return new_ids
 
 
 class TrainingDivergedError(ValueError):
@@ -212,8 +189,8 @@ def _uses_lora(training: TrainingConfig, parameter_count: int) -> bool:
     return training.peft == "lora"
 
 
-def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.device):
-    """The checkpoint on `device` with the special tokens added, wrapped in LoRA when the plan asks for it."""
+def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.device, tags: list[str]):
+    """The checkpoint on `device`, its tokenizer reading the tags as text, wrapped in LoRA when the plan asks for it."""
     model_dir = Path(model_dir)
     for required in ("config.json", "tokenizer_config.json"):
         if not (model_dir / required).is_file():
@@ -228,28 +205,48 @@ def load_model_and_tokenizer(model_dir: Path, plan: RunPlan, device: torch.devic
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no EOS token; the target needs one to end on")
+    tag_tokens(tokenizer, tags)  # the tags must be text to this tokenizer (ValueError naming them otherwise)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; generation batches need a pad id
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    new_ids = add_special_tokens(model, tokenizer, list(plan.special_tokens))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lora:
-        model = _wrap_lora(model, plan.training, new_ids)
-    return model, tokenizer, new_ids, lora
+        model = _wrap_lora(model, plan.training, model_dir)
+    return model, tokenizer, lora
 
 
-def _wrap_lora(model, training: TrainingConfig, new_ids: list[int]):
+def _wrap_lora(model, training: TrainingConfig, model_dir: Path):
+    """`model` with LoRA adapters on the targets of `training.lora` (the recipe's, in transformers' names); a target
+    that names no Linear module of the model fails here, before step 1 (peft would skip it silently)."""
     import peft  # only LoRA runs need it
 
+    if training.lora is None:
+        raise ValueError(
+            "training.lora is not set: the LoRA settings come from configs/nemo/finetune.yaml through load_settings "
+            "(configs.recipe_lora)"
+        )
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = [target for target in training.lora.target_modules if target not in linear]
+    if missing:
+        raise ValueError(
+            f"LoRA target(s) {', '.join(missing)} name no Linear module of the model in {model_dir} "
+            f"(it has {', '.join(sorted(linear))}); fix lora.target_modules in configs/nemo/finetune.yaml or the name "
+            "table in sftc_core/lora_targets.py"
+        )
     config = peft.LoraConfig(
         r=training.lora.rank,
         lora_alpha=training.lora.alpha,
         lora_dropout=training.lora.dropout,
         target_modules=list(training.lora.target_modules),
-        # the added tokens' rows must learn; the rest of both embedding matrices stays frozen
-        trainable_token_indices={"embed_tokens": new_ids, "lm_head": new_ids} if new_ids else None,
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, config)
+
+
+def _lora_figures(lora: LoraConfig) -> dict:
+    targets = list(lora.target_modules)
+    return {"lora_rank": lora.rank, "lora_alpha": lora.alpha, "lora_targets": targets, "adapter": ADAPTER_DIR}
 
 
 def _optimizer(model, training: TrainingConfig, plan_steps: int):
@@ -552,10 +549,10 @@ def _run_training(
     val_pairs = load_pairs(split_file(data_dir, "validation"))
     if smoke_test:
         train_pairs, val_pairs = train_pairs[:SMOKE_TRAIN_SAMPLES], val_pairs[:SMOKE_VAL_SAMPLES]
-    plan = RunPlan(training, steps, sft.max_seq_length, tuple(sft.special_tokens), smoke_test)
+    plan = RunPlan(training, steps, sft.max_seq_length, smoke_test)
 
     torch.manual_seed(training.seed)
-    model, tokenizer, new_ids, lora = load_model_and_tokenizer(model_dir, plan, torch_device)
+    model, tokenizer, lora = load_model_and_tokenizer(model_dir, plan, torch_device, list(sft.special_tokens))
     plan = replace(plan, inputs=input_fingerprints(model_dir, data_dir))  # the model dir is known to be one now
     train_set = tokenize_split(tokenizer, train_pairs, sft.max_seq_length)
     val_set = tokenize_split(tokenizer, val_pairs, sft.max_seq_length)
@@ -632,8 +629,10 @@ def _run_training(
         _barrier()  # rank 0 checks generation and publishes
         return TrainResult(output_dir, {}, state["train_rows"], state["val_rows"])
     parse = _parse_check(model, tokenizer, val_pairs, training, evaluation, sft.target_format, smoke_test)
-    final_model = model.merge_and_unload() if lora else model
-    final_model.save_pretrained(work)
+    if lora:
+        model.save_pretrained(work / ADAPTER_DIR)  # the PEFT layout, before the merge folds the adapters into the base
+        model = model.merge_and_unload()
+    model.save_pretrained(work)
     carry_mtp_layers(model_dir, work)  # transformers drops the MTP layer: the base's goes back, as the release lays it
     tokenizer.save_pretrained(work)
     _write_logs(work, state["train_rows"], state["val_rows"])
@@ -647,9 +646,9 @@ def _run_training(
         "resumed_from_step": resumed_from,
         "smoke_test": smoke_test,
         "peft": "lora" if lora else "none",
+        **(_lora_figures(training.lora) if lora else {}),
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
-        "added_special_tokens": len(new_ids),
         "train_examples": len(train_set.examples),
         "val_examples": len(val_set.examples),
         "truncated_train_examples": train_set.truncated,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftc_core.configs import CONFIG_DIR, ConfigError, FinetuneConfig
+from sftc_core.lora_targets import HF_TO_NEMO_MODULES, NEMO_TO_HF_MODULES, leaf
 from sftc_core.nemo_format import NEMO_FILES, read_pairs
 
 FINETUNE_CONFIG_PATH = CONFIG_DIR / "nemo" / "finetune.yaml"
@@ -22,19 +23,10 @@ NEMO_DATA_FILES = tuple(NEMO_FILES.values())
 RECIPE_FACTORIES = {"deepseek_v3": "nemo.collections.llm.recipes.deepseek_v3.finetune_recipe"}
 
 # The Linear modules of a DeepSeek-V3 layer in NeMo 2.7.3 (Megatron's names, which llm.peft.LoRA's target_modules
-# match; a name that matches nothing adds no adapter, silently): MLASelfAttention's linear_q_down_proj,
-# linear_q_up_proj, linear_kv_down_proj, linear_kv_up_proj and linear_proj (linear_q_proj only exists without a
-# q_lora_rank, as in V2-Lite), then linear_fc1 / linear_fc2 of the dense MLP, the shared and the routed experts.
-# tests/test_training_nemo_env.py reads the list from NeMo's own DeepSeek-V3 layer spec.
-NEMO_LINEAR_MODULES = (
-    "linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj", "linear_kv_up_proj", "linear_proj", "linear_fc1", "linear_fc2",
-)  # fmt: skip
-# transformers' names of the same weights (HFDeepSeekImporter.convert_state maps them), for the fix of a wrong target.
-HF_TO_NEMO_MODULES = {
-    "q_a_proj": "linear_q_down_proj", "q_b_proj": "linear_q_up_proj", "q_proj": "linear_q_up_proj",
-    "kv_a_proj_with_mqa": "linear_kv_down_proj", "kv_b_proj": "linear_kv_up_proj", "o_proj": "linear_proj",
-    "gate_proj": "linear_fc1", "up_proj": "linear_fc1", "down_proj": "linear_fc2", "linear_qkv": None,
-}  # fmt: skip
+# match; a name that matches nothing adds no adapter, silently): the keys of the NeMo-to-HF name table (linear_q_proj
+# only exists without a q_lora_rank, as in V2-Lite). tests/test_training_nemo_env.py reads the list from NeMo's own
+# DeepSeek-V3 layer spec.
+NEMO_LINEAR_MODULES = tuple(NEMO_TO_HF_MODULES)
 
 
 def lora_target_problems(targets: list[str]) -> list[str]:
@@ -42,13 +34,13 @@ def lora_target_problems(targets: list[str]) -> list[str]:
     such as `*.layers.0.*.linear_proj` counts by its last part)."""
     problems = []
     for target in targets:
-        leaf = target.rsplit(".", 1)[-1]
-        if leaf in NEMO_LINEAR_MODULES:
+        name = leaf(target)
+        if name in NEMO_LINEAR_MODULES:
             continue
-        nemo_name = HF_TO_NEMO_MODULES.get(leaf)
+        nemo_name = HF_TO_NEMO_MODULES.get(name)
         hint = (
             f"that is the transformers name; NeMo calls it {nemo_name}" if nemo_name
-            else "DeepSeek-V3 has no fused QKV projection (MLA)" if leaf == "linear_qkv"
+            else "DeepSeek-V3 has no fused QKV projection (MLA)" if name == "linear_qkv"
             else "not a module of NeMo's DeepSeek-V3"
         )
         problems.append(f"{target!r} ({hint})")

@@ -1,6 +1,8 @@
 """The toy's inputs outside the chain: NeMo JSONL pairs of the sample theses (real prices, the project's own prompt
 and target format) and the toy DeepSeek-V3 in BF16 with its tokenizer trained on them. For the benches and
-`sftc gpu-check`, which need the toy model and its data on a node where the chain has not run.
+`sftc gpu-check`, which need the toy model and its data on a node where the chain has not run. Its weights stay
+random: the GPU steps prove the GPU path, and the base's pretraining (base_checkpoint's CPU work) would take most of
+toy_inputs' time limit on a busy node.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "make-toy-checkpoint",
         help="build the tiny DeepSeek-V3 and its tokenizer",
         description="A DeepSeek-V3 of the real architecture and tensor names at toy size (the profile's model section), "
-        "with a BPE tokenizer trained on --corpus and the special tokens of configs/sft_config.yaml; --fp8 writes it in "
-        "the release layout (sharded safetensors, FP8 weights with their block scales), as convert-fp8 reads the real one.",
+        "with a BPE tokenizer of the hf_splits train split and weights pretrained (model.pretraining) on the prompt "
+        "side of its records dated in the training window, as the base_checkpoint asset; with --corpus, the tokenizer "
+        "of that corpus and random weights. --fp8 writes it in the release layout (sharded safetensors, FP8 weights "
+        "with their block scales), as convert-fp8 reads the real one.",
     )
     toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
     toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--corpus",
         type=Path,
         default=None,
-        help="JSONL file or directory for the tokenizer (default: the train split of the data dir's hf_splits, as the asset)",
+        help="JSONL file or directory for the tokenizer, weights left random (default: the data dir's hf_splits)",
     )
     toy.add_argument("--seed", type=int, default=None, help="model init seed (default: the profile's model.seed)")
     toy.add_argument("--vocab-size", type=int, default=None, help="default: the profile's model.vocab_size")
@@ -58,20 +60,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_toy_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_checkpoint
+    from sftc_assets.checkpoints.pretrain import pretraining_texts
+    from sftc_assets.checkpoints.toy_model import corpus_texts_from, make_toy_base, make_toy_checkpoint
     from sftc_assets.sft_data.nemo_export import training_texts
 
+    given = {"seed": args.seed, "vocab_size": args.vocab_size}
+    model = settings.profile.model.model_copy(update={k: v for k, v in given.items() if v is not None})
     corpus = args.corpus or settings.paths.hf_splits
     with writing_output(args, [args.out], inputs=[corpus], option="--out") as stamp:
-        texts = corpus_texts_from(args.corpus) if args.corpus else training_texts(corpus, settings.sft)
-        summary = make_toy_checkpoint(
-            args.out,
-            texts,
-            seed=settings.profile.model.seed if args.seed is None else args.seed,
-            fp8=args.fp8,
-            vocab_size=settings.profile.model.vocab_size if args.vocab_size is None else args.vocab_size,
-            stamp=stamp,
-        )
+        if args.corpus:
+            options = {"seed": model.seed, "fp8": args.fp8, "vocab_size": model.vocab_size, "stamp": stamp}
+            summary = make_toy_checkpoint(args.out, corpus_texts_from(corpus), **options)
+        else:
+            prompts = pretraining_texts(corpus, settings.sft, settings.train_start_date, settings.train_end_date)
+            texts = training_texts(corpus, settings.sft)
+            summary = make_toy_base(args.out, texts, prompts, model, fp8=args.fp8, stamp=stamp)
     print(json.dumps(summary, indent=2))
     return 0
 
