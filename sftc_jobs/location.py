@@ -23,8 +23,8 @@ from sftc_jobs.chain import Chain
 from sftc_jobs.jobs import GPU_ONLY_ASSETS, cpu_validation_job
 from sftc_jobs.schedules import nightly_cpu_validation_schedule
 from sftc_jobs.sensors import automated, automation_sensors
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import NODE_TAG, node_sentence
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import NODE_TAG, node_sentence
 
 StageDefs = Callable[[Settings], dg.Definitions]
 # The pipeline's stages in order, each `defs(settings)`.

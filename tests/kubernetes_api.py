@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from sftc_resources.launchers.k8s import COMPLETION_INDEX_LABEL, CONTAINER, GROUP, JOBSET_NAME_LABEL, PLURAL, VERSION
+from sftc_platform.launchers.k8s import COMPLETION_INDEX_LABEL, CONTAINER, GROUP, JOBSET_NAME_LABEL, PLURAL, VERSION
 
 JOBSETS = f"/apis/{GROUP}/{VERSION}/namespaces/"
 

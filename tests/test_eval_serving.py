@@ -33,7 +33,7 @@ from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import EndpointClientConfig, load_sft_config
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc
-from sftc_resources.resources import GpuResource
+from sftc_platform.resources import GpuResource
 
 FAST = EndpointClientConfig(timeout_seconds=2, max_retries=3, backoff_seconds=0.01, max_backoff_seconds=0.05, startup_timeout_seconds=120)
 SFT = load_sft_config()

@@ -20,7 +20,7 @@ from sftc_core.cost import GB, summary_lines
 from sftc_core.settings import load_settings
 from sftc_jobs.chain import materialize_chain
 from sftc_jobs.cli import main
-from sftc_resources import run_history
+from sftc_platform import run_history
 
 
 def _settings(data_dir, **env):

@@ -21,9 +21,9 @@ from sftc_assets.training import nemo_runner
 from sftc_core.configs import load_finetune_config
 from sftc_core.launch import EntryStep, launch_record
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.launchers import jobs, k8s, slurm
-from sftc_resources.launchers.plan import LaunchError, time_seconds
-from sftc_resources.launchers.slurm import PartitionNode
+from sftc_platform.launchers import jobs, k8s, slurm
+from sftc_platform.launchers.plan import LaunchError, time_seconds
+from sftc_platform.launchers.slurm import PartitionNode
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "jobset-v1alpha2.json").read_text())
 

@@ -1,4 +1,4 @@
-"""What every asset's metadata passes through (sftc_resources/metadata.py): floats to 3 significant digits, inside
+"""What every asset's metadata passes through (sftc_platform/metadata.py): floats to 3 significant digits, inside
 JSON blocks too, a JSON block without the figures already shown above it, the run manifest exact; and the one-line
 summary that `sftc run` prints."""
 
@@ -8,7 +8,7 @@ import dagster as dg
 
 from sftc_core.settings import load_settings
 from sftc_core.text import markdown_table
-from sftc_resources.metadata import NON_BREAKING_HYPHEN, asset_metadata, for_people, manifest_metadata, report_summary
+from sftc_platform.metadata import NON_BREAKING_HYPHEN, asset_metadata, for_people, manifest_metadata, report_summary
 
 
 def test_floats_are_rounded_everywhere_counts_and_text_are_not():

@@ -15,7 +15,7 @@ from orchestration_standins import DESIGN_ASSETS
 
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
-from sftc_resources.routing import K8S_CONFIG_TAG, NODE_TAG
+from sftc_platform.routing import K8S_CONFIG_TAG, NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_confi
 from sftc_core.io import read_jsonl
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
-from sftc_resources.routing import COMPUTE_CLASSES
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.routing import COMPUTE_CLASSES
 
 REFERENCE = CONFIG_DIR / "models" / "deepseek-v3.json"
 

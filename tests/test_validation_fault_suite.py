@@ -21,7 +21,7 @@ from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.checks import FAIL
 from sftc_core.configs import ConfigError
 from sftc_core.settings import load_settings
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
 
 GOAL = 0.95
 

@@ -20,7 +20,7 @@ from config_helpers import edit_yaml
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLONED = ("sftc_core", "sftc_assets", "sftc_resources", "sftc_jobs", "configs", "pyproject.toml")
+CLONED = ("sftc_core", "sftc_assets", "sftc_platform", "sftc_jobs", "configs", "pyproject.toml")
 
 
 def clone(tmp_path: Path) -> Path:

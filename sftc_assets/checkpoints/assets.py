@@ -12,10 +12,10 @@ from sftc_assets.sft_data import nemo_export
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes, format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.metadata import asset_metadata, code_version, report_summary
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement, check_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "checkpoints"
 SHORT_HASH = 12

@@ -16,12 +16,12 @@ from sftc_core.metrics import classification_metrics
 from sftc_core.progress import reporting
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, format_share, markdown_table
-from sftc_resources import prices as price_sources
-from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
-from sftc_resources.partitions import month_partitions
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement
-from sftc_resources.writes import writing
+from sftc_platform import prices as price_sources
+from sftc_platform.metadata import asset_metadata, code_version, partition_metadata, report_summary
+from sftc_platform.partitions import month_partitions
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement
+from sftc_platform.writes import writing
 
 GROUP = "evaluation"
 PREVIEW_ROWS = 5

@@ -11,9 +11,9 @@ from sftc_core.io import read_jsonl
 from sftc_core.nemo_format import NEMO_FILES, file_problems, split_file
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.metadata import asset_metadata, code_version, report_summary
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "sft_data"
 PREVIEW_ROWS = 3

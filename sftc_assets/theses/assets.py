@@ -8,10 +8,10 @@ from sftc_core.paths import ArtifactPaths
 from sftc_core.progress import Tracker
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
-from sftc_resources.partitions import month_partitions
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import writing
+from sftc_platform.metadata import asset_metadata, code_version, partition_metadata, report_summary
+from sftc_platform.partitions import month_partitions
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import writing
 
 GROUP = "theses"
 PREVIEW_RECORDS = 5

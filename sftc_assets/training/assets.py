@@ -3,7 +3,7 @@ checkpoint under data/models/sft/: the Hugging Face backend, or NeMo in its own 
 GPU preflight of the node.
 
 Both start their steps through the launcher of the profile's `launch:` section (local | slurm | k8s;
-sftc_resources/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
+sftc_platform/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
 The GPU gate checks the target: this node's GPUs for `local`, the Slurm partition's (sinfo) for `slurm`, the node
 pool for `k8s` (Kubernetes schedules the pods only where their GPU request fits).
 """
@@ -22,14 +22,14 @@ from sftc_core.io import read_jsonl
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, format_share, markdown_table
-from sftc_resources.launchers import jobs, targets
-from sftc_resources.launchers.pipes import launch_step
-from sftc_resources.launchers.plan import Launch, LaunchError
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
-from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.launchers import jobs, targets
+from sftc_platform.launchers.pipes import launch_step
+from sftc_platform.launchers.plan import Launch, LaunchError
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.metadata import asset_metadata, code_version, image_markdown, report_summary
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement, check_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"

@@ -59,7 +59,7 @@ MAX_CUT_SHARE = 0.05
 # passes; the BF16 size written for the FP8 release (about 2x) or another model's number does not.
 SIZE_FACTOR = 1.5
 # The launcher layer's items ("routing: <asset>", "launch plan", "target cluster"): it renders the GPU run's job and
-# asks its cluster (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in, and the plan
+# asks its cluster (sftc_platform/launchers/plan_checks.py), so the callers above the stages hand it in, and the plan
 # hands it the run as planned here.
 LaunchChecks = Callable[[Settings, PlannedRun], list[Check]]
 

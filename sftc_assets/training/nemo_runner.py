@@ -3,7 +3,7 @@
 The steps are `EntryStep`s of the "nemo" environment (its interpreter: `Settings.nemo_python`, env
 SFTC_NEMO_PYTHON, else `nemo_python` in configs/nemo/finetune.yaml; its image on a cluster). The fine-tune is
 distributed: every one of `nodes` nodes runs it under torchrun with one process per GPU. The same steps are run
-by the `sftc` command and by the assets (with Dagster Pipes) through the launchers of sftc_resources/launchers/:
+by the `sftc` command and by the assets (with Dagster Pipes) through the launchers of sftc_platform/launchers/:
 the caller hands in how a step is executed.
 """
 

@@ -127,7 +127,7 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
 
     import dagster as dg
 
-    from sftc_resources.run_history import check_evaluations
+    from sftc_platform.run_history import check_evaluations
 
     assets = chain.assets
     done: dict = {}

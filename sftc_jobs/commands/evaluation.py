@@ -109,7 +109,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.evaluation.servers import ServerError
     from sftc_core.metrics import classification_metrics
     from sftc_core.progress import reporting
-    from sftc_resources.prices import price_source_from_settings
+    from sftc_platform.prices import price_source_from_settings
 
     paths = settings.paths
     dataset = args.dataset or paths.hf_splits

@@ -103,8 +103,8 @@ def _one_step(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(f"--step {args.step!r}: expected one of {', '.join(STEP_NAMES)} with --work-dir and --result")
     execute = None
     if args.step == "nemo":
-        from sftc_resources.launchers import jobs
-        from sftc_resources.launchers.plan import Launch
+        from sftc_platform.launchers import jobs
+        from sftc_platform.launchers.plan import Launch
 
         launch = Launch.from_settings(settings, "local")  # one node: the toy's NeMo run through the launcher layer
 

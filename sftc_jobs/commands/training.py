@@ -2,7 +2,7 @@
 
 On this node in one process by default (the profile's `launch:` says local, 1 x 1); with `--launcher local|slurm|k8s`,
 `--nodes N` or `--procs-per-node P` (or a profile that says so) the fine-tune is launched as a job whose every node
-runs the same entry under torchrun, as the asset launches it (sftc_resources/launchers/). `--dry-run` prints the
+runs the same entry under torchrun, as the asset launches it (sftc_platform/launchers/). `--dry-run` prints the
 plan: the sbatch script, the JobSet manifest or the local command, and each node's torchrun command.
 """
 
@@ -90,8 +90,8 @@ def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data:
 def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, launcher: str, nodes: int, procs: int, stamp: Stamp) -> int:
     """The fine-tune as a job: every rank trains beside OUTPUT (resuming there), rank 0 swaps the finished run in."""
     from sftc_assets.training import hf_launch
-    from sftc_resources.launchers import jobs
-    from sftc_resources.launchers.plan import Launch
+    from sftc_platform.launchers import jobs
+    from sftc_platform.launchers.plan import Launch
 
     launch = Launch.from_settings(settings, launcher)
     gpus = settings.profile.launch.gpus_per_node if args.device != "cpu" else 0
@@ -115,8 +115,8 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
 def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
     """The NeMo backend: fine-tune on every node, then merge and export, in NeMo's own environment."""
     from sftc_assets.training import nemo_runner
-    from sftc_resources.launchers import jobs
-    from sftc_resources.launchers.plan import Launch
+    from sftc_platform.launchers import jobs
+    from sftc_platform.launchers.plan import Launch
 
     config = nemo_runner.run_config(settings.finetune, args.max_steps, args.smoke_test, args.nodes, args.procs_per_node)
     launch = Launch.from_settings(settings, args.launcher)

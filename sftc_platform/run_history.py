@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG
+from sftc_platform.routing import ASSETS_TAG, DATA_DIR_TAG
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from sftc_core.cost import serving_nodes
 from sftc_core.launch import EntryStep, PlannedRun
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import jobs, targets
-from sftc_resources.launchers.plan import Launch, LaunchError
-from sftc_resources.routing import COMPUTE_CLASSES, node_class, node_reason
+from sftc_platform.launchers import jobs, targets
+from sftc_platform.launchers.plan import Launch, LaunchError
+from sftc_platform.routing import COMPUTE_CLASSES, node_class, node_reason
 
 
 def plan_launch(settings: Settings) -> Launch:

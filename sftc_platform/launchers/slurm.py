@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan import (
+from sftc_platform.launchers.plan import (
     CLUSTER_FILE,
     JobStatus,
     Launch,
@@ -149,7 +149,7 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
             srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
     command = node_argv(step, launch)
 
-    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
+    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_platform/launchers/slurm.py)", "set -euo pipefail"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     lines += slurm.setup
     lines += [
