@@ -106,7 +106,7 @@ def main() -> None:
         record("backtest", [
             Measurement("run_backtest time", plain, reference, read, "s", f"<= {GOAL:g}"),
             Measurement("run_backtest with every interval time", whole, reference, read, "s", f"<= {WHOLE_GOAL:g}"),
-        ], args.results)  # fmt: skip
+        ], args.results)
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ def _execute(chain: Chain, instance: dg.DagsterInstance, keys, partition_key: st
     defs = dg.Definitions(
         assets=chain.definitions, resources=chain.resources, jobs=[dg.define_asset_job(CHAIN_JOB, selection=list(keys))],
         loggers={CHAIN_LOGGER: chain_logger(report)},
-    )  # fmt: skip
+    )
     return defs.resolve_job_def(CHAIN_JOB).execute_in_process(
         run_config={"loggers": {CHAIN_LOGGER: {}}}, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
     )

@@ -82,7 +82,7 @@ def build_definitions(settings: Settings, stages: Sequence[StageDefs] | None = N
         definition if not isinstance(definition, dg.AssetsDefinition) else
         shown_with_its_node(definition if set(definition.keys) & set(not_automated) else automated(definition), settings.profile)
         for definition in stage_defs.assets
-    ]  # fmt: skip
+    ]
     checks = list(stage_defs.asset_checks or ())
     job = cpu_validation_job(Chain((*assets, *checks), RESOURCES, settings))
     toy = settings.profile_name == "toy"

@@ -115,7 +115,7 @@ def test_partition_capacity_counts_host_memory_where_sinfo_gives_it():
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("30", 1800), ("30:15", 1815), ("04:00:00", 14400), ("1-00:00:00", 86400), ("2-12", 216000), ("1-02:30", 95400), ("infinite", None), ("UNLIMITED", None),
-])  # fmt: skip
+])
 def test_slurm_times_in_every_form_sinfo_and_sbatch_write(text, seconds):
     assert time_seconds(text) == seconds
 

@@ -146,7 +146,7 @@ FAULTS = {
     # the model config
     "a reference config without its layer count": Fault("model config", "models/deepseek-v3.json", lambda r: r.pop("num_hidden_layers"), "num_hidden_layers"),
     "a vocabulary that is not the model's": Fault("model config", "profiles/full.yaml", _set("model", "vocab_size", 128000), "model.vocab_size"),
-}  # fmt: skip
+}
 
 
 def _plant(tmp_path: Path, fault: Fault) -> Path:

@@ -96,7 +96,7 @@ def materialize_backtest_report(context: dg.AssetExecutionContext, settings: Set
             "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
             "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
             "daily_returns": dg.MetadataValue.path(str(paths.backtest / "daily_returns.csv")),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.backtest]),
     )
 

@@ -92,7 +92,7 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
                 "corpus_texts": summary["corpus_texts"],
                 **_pretraining_figures(pretrained, settings),
                 "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-            }),  # fmt: skip
+            }),
             data_version=data_version([paths.base_checkpoint]),
         )
 
@@ -147,7 +147,7 @@ def defs(settings: Settings) -> dg.Definitions:
         report_summary(
             context, "bf16_checkpoint",
             f"{summary['dequantized_tensors']} FP8 tensors dequantized, {format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])} on {summary['device']}/{summary['method']}",
-        )  # fmt: skip
+        )
         rows = [{**row, "sha256": summary["shard_sha256"][row["shard"]][:SHORT_HASH]} for row in verify.shard_table(paths.bf16_checkpoint)]
         return dg.MaterializeResult(
             metadata=asset_metadata(settings, "bf16_checkpoint", {
@@ -165,7 +165,7 @@ def defs(settings: Settings) -> dg.Definitions:
                 "gb_per_s": summary["gb_per_s"],
                 "shard_table": _table(rows),
                 "gpu": gpu.probe().describe(),
-            }),  # fmt: skip
+            }),
             data_version=data_version([paths.bf16_checkpoint]),
         )
 

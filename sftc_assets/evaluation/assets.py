@@ -102,7 +102,7 @@ def _evaluate_months(
         max_new_tokens=config.max_new_tokens or evaluation.max_new_tokens,
         batch_size=config.batch_size or evaluation.batch_size,
         concurrency=config.concurrency or evaluation.concurrency, served_model=evaluation.served_model,
-    ) if len(records) else contextlib.nullcontext()  # fmt: skip
+    ) if len(records) else contextlib.nullcontext()
     try:
         with answering as answerer:
             for month in months:
@@ -113,7 +113,7 @@ def _evaluate_months(
                         month_records, answerer, source, settings.sft, paths.eval_month(month),
                         staging=paths.eval_staging(month), calendar=settings.prices.calendar,
                         on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp,
-                    )  # fmt: skip
+                    )
                 by_month[month] = _month_figures(frame)
                 frames.append(frame)
     except (completions.EndpointError, servers.ServerError) as exc:
@@ -196,7 +196,7 @@ def materialize_eval_csv(
             **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
             f"check {PARSE_RATE_CHECK}": rate_check if figures["rows"] else "no rows",
             "preview": dg.MetadataValue.md(preview),
-        })  # fmt: skip
+        })
     window = _month_figures(pd.concat(frames, ignore_index=True))
     rates = ""
     if window["rows"]:

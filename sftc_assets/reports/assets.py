@@ -171,7 +171,7 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
             "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
             **cost,
             "report": dg.MetadataValue.md(validation.render_markdown(report)),
-        })  # fmt: skip
+        })
     )
 
 

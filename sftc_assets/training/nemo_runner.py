@@ -80,7 +80,7 @@ def finetune_steps(
     shape = {
         "nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node,
         "distributed": True, "shape_source": f"nodes and gpus_per_node in {config_path} (sftc train --nodes overrides)",
-    }  # fmt: skip
+    }
     steps = [_entry("finetune", args, dry_run, **shape)]
     if not dry_run:
         export_args = ["--hf-checkpoint", str(paths.hf_checkpoint), "--work-dir", str(paths.work_dir), "--output", str(paths.output_dir)]

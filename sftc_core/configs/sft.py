@@ -69,7 +69,7 @@ def prompt_problems(prompt: PromptConfig) -> list[str]:
             problems.append(f"prompt.{field} is not a format string ({exc}); a slot is {{name}}, a brace {{{{ or }}}}")
             continue
         problems += [f"prompt.{field} has the slot {{{slot}}}, which nothing fills; its slots are {_slot_list(known)}"
-                     for slot in dict.fromkeys(slots[field]) if slot not in known]  # fmt: skip
+                     for slot in dict.fromkeys(slots[field]) if slot not in known]
     in_template = slots.get("template", TEMPLATE_SLOTS)
     problems += [f"prompt.template must contain {{{slot}}}" for slot in TEMPLATE_SLOTS if slot not in in_template]
     carried = slots.get("input_template", PROMPT_SLOTS)

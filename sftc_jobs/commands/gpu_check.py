@@ -83,14 +83,14 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
         report = gpu_check.build_report(
             outcomes, config=settings.gpu_check, environment=gpu_check.gpu_environment(settings, outcomes), git=git_state(),
             generated_at=dt.datetime.now(dt.timezone.utc), seconds=time.monotonic() - started,
-        )  # fmt: skip
+        )
         gpu_check.write_report(report, reports, stamp)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         counts = report["counts"]
         print(f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: {counts['PASS']} passed, {counts['FAIL']} failed, "
-              f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})")  # fmt: skip
+              f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})")
     return 0 if report["passed"] else 1
 
 

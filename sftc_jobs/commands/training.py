@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, metavar="N", help="override the profile's training.max_steps")
     parser.add_argument("--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node")
     parser.add_argument("--resume", action="store_true", help="in one process here: continue the interrupted run (.OUTPUT.partial), else from "
-                        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)")  # fmt: skip
+                        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)")
     parser.add_argument("--device", default="auto", help="hf backend: auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--launcher", choices=("local", "slurm", "k8s"), help="how the job starts (default: the profile's launch.launcher)")
     parser.add_argument("--nodes", type=int, metavar="N", help="nodes of the job (default: the profile's; nemo: configs/nemo/finetune.yaml)")
@@ -82,7 +82,7 @@ def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data:
         result = run_training(
             model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
             max_steps=args.max_steps, smoke_test=args.smoke_test, resume=args.resume, device=args.device, stamp=stamp, on_step=progress,
-        )  # fmt: skip
+        )
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 
@@ -99,7 +99,7 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
         model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
         nodes=nodes, procs_per_node=procs, gpus_per_node=gpus, max_steps=args.max_steps, smoke_test=args.smoke_test,
         device=args.device, stamp=stamp, write=not args.dry_run,
-    )  # fmt: skip
+    )
     if args.dry_run:
         print(jobs.plan_text([step], launch))
         print("# the cost estimate is the NeMo backend's GPU run: sftc train --backend nemo --dry-run")

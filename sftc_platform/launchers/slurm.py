@@ -38,7 +38,7 @@ from sftc_platform.launchers.plan import (
 ACTIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
     "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
-})  # fmt: skip
+})
 END_STATES = {
     "COMPLETED": "every task exited 0",
     "FAILED": "a task exited non-zero (one rank failing ends them all: srun --kill-on-bad-exit)",
@@ -393,7 +393,7 @@ def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition:
         n for n in nodes
         if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))
         and (n.memory_bytes is None or n.memory_bytes >= memory_bytes)
-    ]  # fmt: skip
+    ]
     if len(usable) >= step.nodes:
         return None
     where = f"partition {partition}" if partition else "the default partition"
