@@ -24,7 +24,7 @@ from sftc_assets.evaluation.results import write_eval_csv
 from sftc_core.configs import load_backtest_config
 from sftc_core.market import forward_returns, trading_sessions
 from sftc_core.target_format import ACTIONS
-from sftc_resources.prices import LocalPriceSource, write_price_file
+from sftc_platform.prices import LocalPriceSource, write_price_file
 
 GOAL = 3.0
 # The whole backtest, every interval and p-value included.
@@ -106,7 +106,7 @@ def main() -> None:
         record("backtest", [
             Measurement("run_backtest time", plain, reference, read, "s", f"<= {GOAL:g}"),
             Measurement("run_backtest with every interval time", whole, reference, read, "s", f"<= {WHOLE_GOAL:g}"),
-        ], args.results)  # fmt: skip
+        ], args.results)
 
 
 if __name__ == "__main__":

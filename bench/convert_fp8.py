@@ -160,7 +160,7 @@ def main() -> None:
             Measurement("convert_fp8_checkpoint wall time", ours_wall, "bare load, cast, save", bare_wall, "s", "<= 1.3"),
             Measurement("convert_fp8_checkpoint CPU time", ours_cpu, "bare load, cast, save", bare_cpu, "s", "<= 1.3"),
             Measurement("convert_fp8_checkpoint peak RSS", rss["ours"] / MIB, "3 x largest shard + 600 MiB", budget / MIB, "MiB", "<= 1.0"),
-        ], args.results)  # fmt: skip
+        ], args.results)
 
 
 if __name__ == "__main__":

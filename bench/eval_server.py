@@ -90,7 +90,7 @@ def main() -> None:
         Measurement(f"{engine} rows/s, {n} in flight", statistics.median(rates[engine, n]), "in-process generate",
                     local_median, "rows/s (median of rounds)", GOALS.get(engine, ""))
         for engine in ENGINES for n in levels
-    ], args.results)  # fmt: skip
+    ], args.results)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def main() -> None:
             Measurement("parse_corpus throughput", rate, "bare lxml parse", len(paths) / bare, "files/s (CPU)", ">= 0.7"),
             Measurement("parse_corpus vs the floor", rate, "read, hardened parse, visit", len(paths) / floor, "files/s (CPU)"),
             Measurement("parse_corpus vs lxml from bytes", rate, "bare lxml from bytes", len(paths) / bare_bytes, "files/s (CPU)"),
-        ], opts.results)  # fmt: skip
+        ], opts.results)
 
 
 if __name__ == "__main__":

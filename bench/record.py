@@ -76,7 +76,7 @@ def record(bench: str, measurements: list[Measurement], results_dir: Path = RESU
             "date": date, "commit": commit, "machine": machine, "bench": bench, "figure": m.figure, "value": f"{m.value:.6g}",
             "baseline": m.baseline, "baseline_value": f"{m.baseline_value:.6g}", "unit": m.unit, "ratio": f"{m.ratio:.4g}",
             "goal": m.goal, "meets_goal": "" if m.meets_goal is None else str(m.meets_goal).lower(),
-        }  # fmt: skip
+        }
         for m in measurements
     ]
     path = Path(results_dir) / f"{bench}.csv"

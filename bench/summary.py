@@ -35,7 +35,7 @@ def summary_table(rows: list[dict]) -> str:
             "": verdict.get(row["meets_goal"], row["meets_goal"]), "previous": row["previous"] or "-",
             "value": f"{row['value']} {row['unit']}", "baseline": f"{row['baseline']} {row['baseline_value']}",
             "date": row["date"], "commit": row["commit"], "machine": row["machine"],
-        }  # fmt: skip
+        }
         for row in rows
     ]
     return markdown_table(table, max_cell=60)

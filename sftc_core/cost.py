@@ -119,14 +119,14 @@ class Estimate:
             entry = {
                 "name": p.name, "gpus": p.gpus, "wall_hours": _round(p.wall_hours), "gpu_hours": _round(p.gpu_hours),
                 "cost": _round(None if p.gpu_hours is None else p.gpu_hours * price), "basis": list(p.basis), "rates": list(p.rates),
-            }  # fmt: skip
+            }
             if p.unknown:
                 entry["unknown"] = p.unknown
             if p.measured_wall_hours is not None:
                 entry["measured"] = {
                     "wall_hours": _round(p.measured_wall_hours), "gpus": p.measured_gpus or p.gpus, "gpu_hours": _round(p.measured_gpu_hours),
                     "cost": _round(p.measured_gpu_hours * price), "ratio": _round(p.ratio),
-                }  # fmt: skip
+                }
             phases.append(entry)
         measured = any(p.measured_wall_hours is not None for p in self.phases)
         return {
@@ -158,7 +158,7 @@ def transfer_phase(name: str, read_bytes: float, written_bytes: float, gpus: int
     """A step bound by the data volume (conversion, import, export): its bytes through the storage of one node."""
     seconds = (read_bytes + written_bytes) / (storage.value * GB)
     basis = (f"{what}: reads {read_bytes / GB:,.0f} GB and writes {written_bytes / GB:,.0f} GB at {storage.value:g} GB/s = {seconds / 3600:.2f} h on one node",
-             f"{gpus} GPU(s) held: the step takes a whole node of the gpu pool")  # fmt: skip
+             f"{gpus} GPU(s) held: the step takes a whole node of the gpu pool")
     return Phase(name, gpus, _hours(seconds), basis, ("storage",))
 
 
@@ -211,12 +211,12 @@ def finetune_phase(
 
 
 def generation_phase(*, prompts: int | None, tokens_per_prompt: int, nodes: int, gpus_per_node: int, generation: Rate, storage: Rate,
-                     weight_bytes: float, where: str) -> Phase:  # fmt: skip
+                     weight_bytes: float, where: str) -> Phase:
     """The evaluation: the server loads the weights on every node at once, then generates up to `tokens_per_prompt` per prompt."""
     gpus = nodes * gpus_per_node
     if prompts is None:
         return Phase("evaluation", gpus, None, (f"{nodes} node(s) x {gpus_per_node} GPU(s) serving",), ("generation", "storage"),
-                     unknown=f"the number of test prompts is unknown ({where} is not there): materialize nemo_jsonl")  # fmt: skip
+                     unknown=f"the number of test prompts is unknown ({where} is not there): materialize nemo_jsonl")
     load_s = weight_bytes / (storage.value * GB * nodes)
     tokens = prompts * tokens_per_prompt
     generate_s = tokens / (generation.value * gpus)
@@ -282,7 +282,7 @@ def markdown(estimate: dict) -> list[str]:
     rows = []
     for phase in estimate["phases"]:
         row = {"phase": phase["name"], "GPUs": phase["gpus"], "wall h": _h(phase["wall_hours"]), "GPU-h": _h(phase["gpu_hours"]),
-               "cost": _money(phase["cost"], currency) or "not estimated"}  # fmt: skip
+               "cost": _money(phase["cost"], currency) or "not estimated"}
         m = phase.get("measured")
         row["measured GPU-h"] = f"{_h(m['gpu_hours'])} ({_ratio(m['ratio'], 'x')}{'' if m['ratio'] is None else ' the estimate'})" if m else ""
         rows.append(row)

@@ -1,7 +1,7 @@
 """What the node's GPUs can do, and the gate that stops an asset at once, before any work, when it cannot.
 
 Plain functions (`probe_gpus`, `choose_device`, `require_gpus`) serve the command line, preflight and tests; the
-`GpuResource` (resource key "gpu", sftc_resources/resources.py) wraps them for assets and turns a refusal into
+`GpuResource` (resource key "gpu", sftc_platform/resources.py) wraps them for assets and turns a refusal into
 `dg.Failure`. Whether Triton's FP8 kernel works is asked of the checkpoints stage's kernel through `fp8_check`.
 """
 

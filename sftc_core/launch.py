@@ -1,7 +1,7 @@
 """What a launched step is, whatever starts it, and what a launched process knows of its launch.
 
 A stage describes a step as an `EntryStep` (a module of ours with its arguments, the Python environment it needs
-and the job's shape); the launchers of sftc_resources/launchers/ decide how it starts (a subprocess here, an
+and the job's shape); the launchers of sftc_platform/launchers/ decide how it starts (a subprocess here, an
 sbatch job, a JobSet) and set `SFTC_LAUNCHER` in its environment. torchrun sets the rest (RANK, WORLD_SIZE,
 GROUP_WORLD_SIZE = nodes), Slurm its SLURM_JOB_ID, so `launch_record` tells a training run how it ran.
 """

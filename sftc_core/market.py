@@ -1,6 +1,6 @@
 """Daily prices as frames, the exchange session calendar and forward returns (docs/eval-and-backtest.md), the
 sample prices that ship in a package, and the `PriceSource` interface the price sources (EODHD over HTTP, local
-per-ticker files: sftc_resources/prices.py) implement. The evaluation and the backtest take a source; they never
+per-ticker files: sftc_platform/prices.py) implement. The evaluation and the backtest take a source; they never
 build one.
 """
 

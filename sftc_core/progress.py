@@ -164,7 +164,7 @@ class Tracker:
             self._bar = tqdm(
                 total=total, initial=initial, desc=task, unit=unit, unit_scale=unit == BYTES, unit_divisor=1024 if unit == BYTES else 1000,
                 file=self._terminal.stream, dynamic_ncols=True, leave=self._terminal.leave, mininterval=0.2,
-            )  # fmt: skip
+            )
             _OPEN_BARS.append(self._terminal.stream)
 
     @property

@@ -156,7 +156,7 @@ ENV_VARS = (
     "EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE",
     "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_VLLM_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY",
     "SFTC_AUTOMATION",
-)  # fmt: skip
+)
 
 
 def _parse_date(var: str, value: str) -> dt.date:

@@ -28,8 +28,8 @@ from sftc_core import locks
 from sftc_core.artifacts import integrity_problems
 from sftc_core.settings import Settings
 from sftc_jobs.chain_log import RunReport, chain_logger
-from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG, NODE_TAG
-from sftc_resources.run_history import fail_interrupted_runs
+from sftc_platform.routing import ASSETS_TAG, DATA_DIR_TAG, NODE_TAG
+from sftc_platform.run_history import fail_interrupted_runs
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -269,7 +269,7 @@ def _execute(chain: Chain, instance: dg.DagsterInstance, keys, partition_key: st
     defs = dg.Definitions(
         assets=chain.definitions, resources=chain.resources, jobs=[dg.define_asset_job(CHAIN_JOB, selection=list(keys))],
         loggers={CHAIN_LOGGER: chain_logger(report)},
-    )  # fmt: skip
+    )
     return defs.resolve_job_def(CHAIN_JOB).execute_in_process(
         run_config={"loggers": {CHAIN_LOGGER: {}}}, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
     )

@@ -5,7 +5,7 @@ with the asset, the partitions, the cause in the project's own words, and where 
 The chain's runs carry `chain_logger(...)` as their only Dagster logger: each of its records goes to the Python
 logger `sftc.dagster` (the command's log file, the terminal with -v) and through `RunReport` to the chain's log
 (`sftc run`'s terminal; in `cpu_validation`, the op's Dagster log). An asset names its key figure with
-`sftc_resources.metadata.report_summary`.
+`sftc_platform.metadata.report_summary`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import dagster as dg
 
 from sftc_core.text import format_duration
 from sftc_jobs import terminal
-from sftc_resources.metadata import SUMMARY_EXTRA
-from sftc_resources.run_history import failure_message
+from sftc_platform.metadata import SUMMARY_EXTRA
+from sftc_platform.run_history import failure_message
 
 DAGSTER_EVENTS = logging.getLogger(terminal.DAGSTER_EVENTS)  # the logger the terminal keeps off the screen
 EVENT = "dagster_event"

@@ -17,8 +17,8 @@ import dagster as dg
 from sftc_assets.training.assets import LAUNCHER_TAG, NODES_TAG, PROCS_TAG
 from sftc_core.settings import Settings
 from sftc_jobs.chain import ALL_PARTITIONS, Chain, materialize_chain, toposorted_keys
-from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.routing import VALIDATION_RUN_TAG, launched_run_tags
+from sftc_platform.launchers.slurm import slurm_available
+from sftc_platform.routing import VALIDATION_RUN_TAG, launched_run_tags
 
 VALIDATION_REPORT = dg.AssetKey("validation_report")
 # The NeMo import needs NeMo and GPUs: the one asset a CPU validation leaves out.

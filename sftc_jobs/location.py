@@ -23,8 +23,8 @@ from sftc_jobs.chain import Chain
 from sftc_jobs.jobs import GPU_ONLY_ASSETS, cpu_validation_job
 from sftc_jobs.schedules import nightly_cpu_validation_schedule
 from sftc_jobs.sensors import automated, automation_sensors
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import NODE_TAG, node_sentence
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import NODE_TAG, node_sentence
 
 StageDefs = Callable[[Settings], dg.Definitions]
 # The pipeline's stages in order, each `defs(settings)`.
@@ -82,7 +82,7 @@ def build_definitions(settings: Settings, stages: Sequence[StageDefs] | None = N
         definition if not isinstance(definition, dg.AssetsDefinition) else
         shown_with_its_node(definition if set(definition.keys) & set(not_automated) else automated(definition), settings.profile)
         for definition in stage_defs.assets
-    ]  # fmt: skip
+    ]
     checks = list(stage_defs.asset_checks or ())
     job = cpu_validation_job(Chain((*assets, *checks), RESOURCES, settings))
     toy = settings.profile_name == "toy"

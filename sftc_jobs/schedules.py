@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from sftc_core.settings import Settings
-from sftc_resources.routing import launched_run_tags
+from sftc_platform.routing import launched_run_tags
 
 
 def nightly_cpu_validation_schedule(job: dg.JobDefinition, settings: Settings, running: bool) -> dg.ScheduleDefinition:

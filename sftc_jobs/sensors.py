@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 from sftc_core.settings import Settings
-from sftc_resources.routing import NODE_CLASSES, NODE_TAG, NodeClass, launched_run_tags
+from sftc_platform.routing import NODE_CLASSES, NODE_TAG, NodeClass, launched_run_tags
 
 AC = dg.AutomationCondition
 

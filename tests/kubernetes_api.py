@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from sftc_resources.launchers.k8s import COMPLETION_INDEX_LABEL, CONTAINER, GROUP, JOBSET_NAME_LABEL, PLURAL, VERSION
+from sftc_platform.launchers.k8s import COMPLETION_INDEX_LABEL, CONTAINER, GROUP, JOBSET_NAME_LABEL, PLURAL, VERSION
 
 JOBSETS = f"/apis/{GROUP}/{VERSION}/namespaces/"
 
@@ -124,7 +124,7 @@ class _Api(BaseHTTPRequestHandler):
                 e for e in cluster.events
                 if wanted.get("involvedObject.name", e["involvedObject"]["name"]) == e["involvedObject"]["name"]
                 and wanted.get("reason", e["reason"]) == e["reason"]
-            ]  # fmt: skip
+            ]
             self._send(200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
         elif parts[-1] == "log":
             self._send(200, "")
@@ -163,7 +163,7 @@ def serve(tmp_path: Path, monkeypatch) -> Iterator[StandinCluster]:
         "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
         "users": [{"name": "test", "user": {"token": "not-a-secret"}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))  # fmt: skip
+    }))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     yield cluster

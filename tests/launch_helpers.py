@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from sftc_core.configs import KubernetesConfig, SlurmConfig
 from sftc_core.settings import load_settings
-from sftc_resources.launchers.plan import Launch
+from sftc_platform.launchers.plan import Launch
 
 
 def launch_of(

@@ -51,7 +51,7 @@ class ScriptedServer:
     """`with ScriptedServer() as server:`; `server.url` is the endpoint."""
 
     def __init__(self, port: int = 0, refuse_skip_special_tokens: bool = False, model: str = "sft",
-                 lists_models: bool = True):  # fmt: skip
+                 lists_models: bool = True):
         self.refuse_skip_special_tokens = refuse_skip_special_tokens
         self.model = model
         self.lists_models = lists_models  # False: /v1/models lists none, as transformers serve before a model is loaded

@@ -16,10 +16,10 @@ from sftc_core.settings import Settings, load_settings
 from sftc_jobs.chain import Chain
 from sftc_jobs.location import build_definitions
 from sftc_jobs.sensors import asset_node_class
-from sftc_resources.metadata import config_hash, partition_metadata
-from sftc_resources.partitions import month_partitions
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import writing
+from sftc_platform.metadata import config_hash, partition_metadata
+from sftc_platform.partitions import month_partitions
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import writing
 
 THESIS_MONTHS = ("2012-01", "2012-12")
 TEST_MONTHS = ("2012-09", "2012-12")

@@ -27,7 +27,7 @@ def stage_definitions(stage: Callable[[Settings], dg.Definitions], settings: Set
 
 def mark_as_written(asset: str, *targets, settings: Settings | None = None) -> None:
     """Mark files a test wrote in place of an upstream asset as that asset would have (its marker, its settings)."""
-    from sftc_resources.metadata import stamp
+    from sftc_platform.metadata import stamp
 
     for target in targets:
         stamp(settings or load_settings(), asset)(target, target)

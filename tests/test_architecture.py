@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("sftc_core", "sftc_assets", "sftc_resources", "sftc_jobs")
+PACKAGES = ("sftc_core", "sftc_assets", "sftc_platform", "sftc_jobs")
 
 
 def _sources() -> dict[Path, str]:

@@ -10,7 +10,7 @@ from sftc_assets.backtest.portfolio import backtest_portfolio, monthly_returns
 from sftc_core.configs import load_backtest_config
 from sftc_core.market import trading_sessions
 from sftc_core.metrics import action_scores, series_metrics
-from sftc_resources.prices import LocalPriceSource, write_price_file
+from sftc_platform.prices import LocalPriceSource, write_price_file
 
 SCORES = load_backtest_config().scores
 COST = 5.0

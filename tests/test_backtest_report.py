@@ -192,7 +192,7 @@ def test_a_window_straddling_the_knowledge_cutoff_is_reported_on_both_sides(data
     """The theses whose outcomes the base model may have read about are reported apart from the unseen ones."""
     from sftc_assets.backtest.report import run_backtest
     from sftc_core.configs import BacktestConfig, load_backtest_config
-    from sftc_resources.prices import LocalPriceSource
+    from sftc_platform.prices import LocalPriceSource
 
     source = LocalPriceSource(data_dir / "prices", sample_fallback=True)
     rows = hand_rows()

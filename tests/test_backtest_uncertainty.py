@@ -23,7 +23,7 @@ from sftc_core.configs import load_backtest_config
 from sftc_core.metrics import CELLS, cell_figures, classification_cells, label_codes, scores_from_codes
 from sftc_core.text import format_share
 from sftc_jobs.cli import main as sftc
-from sftc_resources.prices import LocalPriceSource
+from sftc_platform.prices import LocalPriceSource
 
 CONFIG = load_backtest_config()
 

@@ -59,7 +59,7 @@ def test_summary_shows_the_latest_row_of_each_figure_and_the_ratio_before_it(tmp
 
 def test_a_bench_script_writes_its_rows_and_the_summary_prints_them(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "parse_xml.py"), "--files", "300", "--repeats", "1", "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(tmp_path / "parse_xml.csv")
     assert [row["figure"] for row in rows] == ["parse_corpus throughput", "parse_corpus vs the floor", "parse_corpus vs lxml from bytes"]

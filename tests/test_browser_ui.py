@@ -22,7 +22,7 @@ from sftc_core.io import read_jsonl
 from sftc_core.settings import load_settings
 from sftc_jobs.chain import Chain, materialize_chain
 from sftc_jobs.location import build_definitions
-from sftc_resources.metadata import NON_BREAKING_HYPHEN
+from sftc_platform.metadata import NON_BREAKING_HYPHEN
 
 pytestmark = pytest.mark.browser
 

@@ -42,7 +42,7 @@ def sentinel(data_dir, monkeypatch):
         "backtest/report.md": "# Backtest\n", "backtest/metrics.json": "{}\n",
         "eval/2012-09.csv": "id,ticker\n1,AAPL\n", "eval/.staging/2012-10.jsonl": "{}\n",
         "models/sft/metrics.json": '{"steps": 3}\n', "models/sft/training.csv": "step,loss\n1,2.0\n",
-    }  # fmt: skip
+    }
     for name, text in files.items():
         atomic_write_text(data_dir / name, text)
     (data_dir / "models" / "sft" / "model.safetensors").write_bytes(b"\x00" * 64)
@@ -60,7 +60,7 @@ def test_the_bundle_holds_what_a_reviewer_needs_with_their_hashes_and_no_secret(
     names = set(members)
     assert {"reports/validation_report.md", "reports/gpu_check.json", "gpu_check/logs/cuda.log", "backtest/report.md", "eval/2012-09.csv",
             "models/sft/metrics.json", "models/sft/training.csv", "configs/gpu_check.yaml", "configs/nemo/finetune.yaml", "settings.json",
-            "artifacts.json", "MANIFEST.json", "SHA256SUMS"} <= names  # fmt: skip
+            "artifacts.json", "MANIFEST.json", "SHA256SUMS"} <= names
     assert not [n for n in names if n.endswith(".safetensors") or n.endswith(".env") or "staging" in n or "checkpoints" in n]
     manifest = json.loads(members["MANIFEST.json"])
     listed = {f["path"]: f for f in manifest["files"]}

@@ -23,7 +23,7 @@ from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.checkpoints.verify import scan_checkpoint
 from sftc_assets.training import assets as training_assets
 from sftc_core.settings import load_settings
-from sftc_resources.resources import GpuResource
+from sftc_platform.resources import GpuResource
 
 LINES = [
     {

@@ -181,10 +181,10 @@ def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
 
     fp8 = _tensors(toy["fp8"])
     refused = {n for n, t in fp8.items() if t.dtype == torch.float8_e4m3fn
-               and any(side % math.ceil(side / 128) for side in t.shape)}  # fmt: skip
+               and any(side % math.ceil(side / 128) for side in t.shape)}
     assert {n.split(".")[-2] for n in refused} == {"q_b_proj", "kv_a_proj_with_mqa"}
     save_file({n: t for n, t in fp8.items() if n not in refused and n.removesuffix("_scale_inv") not in refused},
-              tmp_path / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
     (tmp_path / "config.json").write_bytes((toy["fp8"] / "config.json").read_bytes())
     dequantize = FineGrainedFP8Config(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=dequantize, dtype=torch.bfloat16)
@@ -261,10 +261,10 @@ def test_the_mtp_layer_is_written_as_the_release_writes_it(toy):
     mtp = f"model.layers.{config['num_hidden_layers']}"
     names = {n.removeprefix(mtp + ".") for n in tensors if n.startswith(mtp + ".")}
     assert {"enorm.weight", "hnorm.weight", "eh_proj.weight", "embed_tokens.weight", "shared_head.norm.weight",
-            "shared_head.head.weight"} <= names  # fmt: skip
+            "shared_head.head.weight"} <= names
     # a full decoder layer inside it, FP8 with its scales as every layer's linears; a MoE block
     for part in ("self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight", "mlp.experts.7.down_proj.weight",
-                 "mlp.shared_experts.up_proj.weight"):  # fmt: skip
+                 "mlp.shared_experts.up_proj.weight"):
         assert tensors[f"{mtp}.{part}"].dtype == torch.float8_e4m3fn and f"{mtp}.{part}_scale_inv" in tensors
     assert tuple(tensors[f"{mtp}.self_attn.kv_a_proj_with_mqa.weight"].shape) == (576, 64)  # 4.5 blocks of 128 rows
     eh_proj = tensors[f"{mtp}.eh_proj.weight"]

@@ -23,7 +23,7 @@ from sftc_assets.sft_data.prompts import build_example
 from sftc_core.configs import load_sft_config
 from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
-from sftc_resources.prices import LocalPriceSource
+from sftc_platform.prices import LocalPriceSource
 
 HEADER = ",".join(EVAL_COLUMNS)
 
@@ -266,7 +266,7 @@ def test_eval_csv_asset_writes_each_month_and_checks_the_parse_rate(data_dir, to
 
     from sftc_assets.evaluation import assets
     from sftc_assets.evaluation.assets import EvalRunConfig
-    from sftc_resources.resources import GpuResource
+    from sftc_platform.resources import GpuResource
 
     shutil.copytree(toy_model, data_dir / "models" / "sft")
     _save_splits(data_dir / "hf_splits", RECORDS)

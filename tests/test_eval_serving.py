@@ -33,7 +33,7 @@ from sftc_assets.training.generate import generate_greedy
 from sftc_core.configs import EndpointClientConfig, load_sft_config
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc
-from sftc_resources.resources import GpuResource
+from sftc_platform.resources import GpuResource
 
 FAST = EndpointClientConfig(timeout_seconds=2, max_retries=3, backoff_seconds=0.01, max_backoff_seconds=0.05, startup_timeout_seconds=120)
 SFT = load_sft_config()
@@ -107,7 +107,7 @@ def test_requests_in_flight_are_bounded_and_every_prompt_is_answered_once():
         server.script(*[Fault(delay=0.4)] * len(texts))
         got, seen = {}, []
         completions.answer_all(CompletionsClient(server.url, FAST), decoding(), dict(enumerate(texts)), 3,
-                               lambda key, c: got.__setitem__(key, c.text), lambda *p: seen.append(p))  # fmt: skip
+                               lambda key, c: got.__setitem__(key, c.text), lambda *p: seen.append(p))
     assert server.max_in_flight == 3  # parallel, and never more than asked
     assert got == {i: answer(t, True) for i, t in enumerate(texts)} and len(server.completions()) == len(texts)
     assert seen == [(done, len(texts), 0) for done in range(len(texts) + 1)]  # (done, total, resumed) as each answer arrives
@@ -175,7 +175,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def local_plan(port: int, argv: tuple[str, ...]) -> servers.ServerPlan:
     return servers.ServerPlan(engine="transformers", engine_version="test", served_model="m", weights="merged", weights_reason="test",
                               model_path="m", adapter_path=None, nodes=1, gpus_per_node=0, tensor_parallel=1, pipeline_parallel=1,
-                              expert_parallel=False, weight_bytes=0, gpu_memory_bytes=0, port=port, commands=(argv,))  # fmt: skip
+                              expert_parallel=False, weight_bytes=0, gpu_memory_bytes=0, port=port, commands=(argv,))
 
 
 def test_a_server_that_exits_at_start_fails_with_its_exit_code_and_log(tmp_path):
@@ -226,7 +226,7 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
         "plan['commands'] = tuple(tuple(c) for c in plan['commands'])\n"
         f"server = servers.LocalLauncher({str(tmp_path)!r}).start(servers.ServerPlan(**plan))\n"
         "print(server.process.pid, flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())  # fmt: skip
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     server_pid = int(run.stdout.readline())
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
@@ -343,7 +343,7 @@ def test_eval_csv_against_a_server_that_dies_fails_naming_it_and_the_rerun_resum
         settings = settings.model_copy(update={"eval_config": settings.eval_config.model_copy(update={"client": FAST})})
         first.die_after(2)
         failed = dg.materialize(stage_definitions(assets.defs, settings), partition_key="2012-10", resources={"gpu": GpuResource(check_triton=False)},
-                                raise_on_error=False)  # fmt: skip
+                                raise_on_error=False)
     assert not failed.success
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     assert f"127.0.0.1:{port}/v1/completions" in failure.event_specific_data.error.message

@@ -44,7 +44,7 @@ def test_served_toy_eval_matches_the_in_process_greedy_path(data_dir, capsys):
     assert served["id"].tolist() == local["id"].tolist() and len(served) >= 100
     agree = (served["predicted_action"] == local["predicted_action"]).mean()
     print(f"{len(served)} test theses: actions agree on {agree:.1%}; parse rate served {served['parse_ok'].mean():.1%}, "
-          f"in process {local['parse_ok'].mean():.1%}")  # fmt: skip
+          f"in process {local['parse_ok'].mean():.1%}")
     assert agree >= 0.95
     assert served["parse_ok"].mean() >= 0.9
     assert served["raw_output"].str.contains("<action>").mean() >= 0.9  # vLLM keeps the tags

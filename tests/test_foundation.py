@@ -18,7 +18,7 @@ from sftc_core.configs import (
     load_yaml_model,
 )
 from sftc_core.settings import load_settings
-from sftc_resources.metadata import config_hash, manifest_metadata
+from sftc_platform.metadata import config_hash, manifest_metadata
 
 
 def test_defaults_come_from_the_toy_profile(tmp_path):

@@ -62,7 +62,7 @@ FAULTS = {
         ["prompt.omit_fields says {ticker} is left out ('one ticker only'), but prompt.input_template carries it"]),
     "a reference config that is not there": ("profiles/full.yaml", lambda r: r["model"].update(reference_config="models/deepseek-v4.json"),
                                              ["field 'model.reference_config'", "'models/deepseek-v4.json' is not a file"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

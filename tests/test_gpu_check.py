@@ -127,7 +127,7 @@ def test_a_crash_is_the_step_s_failure_and_a_result_is_read_back(tmp_path):
     assert result.status == FAIL and result.figure == "the step's process ended (killed by signal 9) without a result"
     assert "about to crash" in result.details[0]
     writes = [sys.executable, "-c", "import sys; from sftc_assets.reports import gpu_steps as g; g.write_result(__import__('pathlib').Path(sys.argv[1]), g.StepResult('PASS', 'ok', {'n': 1}))",
-              str(tmp_path / "ok.json")]  # fmt: skip
+              str(tmp_path / "ok.json")]
     result, _ = gpu_check.run_child(writes, 60, tmp_path / "ok.log", tmp_path / "ok.json")
     assert (result.status, result.figure, result.figures) == (PASS, "ok", {"n": 1})
 
@@ -186,7 +186,7 @@ def test_the_report_names_each_step_its_figure_expected_value_and_time(tmp_path)
     step = gpu_check.STEPS[1]
     outcomes = [
         gpu_check.Outcome("cuda", PASS, "1 x H100", "at least 1", "CUDA works", 20, 2.5, {"devices": [{"name": "H100", "memory_gb": 80, "compute_capability": "9.0"}],
-                          "driver_version": "570.1", "torch_cuda": "12.8", "cudnn": 91000}, [], str(tmp_path / "cuda.log")),  # fmt: skip
+                          "driver_version": "570.1", "torch_cuda": "12.8", "cudnn": 91000}, [], str(tmp_path / "cuda.log")),
         gpu_check.Outcome.skipped(step, config, "needs triton"),
     ]
     environment = {"python": "3.11", "platform": "Linux", "cpu_count": 2, "packages": {"torch": "2.13"}, "gpu": outcomes[0].figures, "nemo": None, "serving_engine": None}

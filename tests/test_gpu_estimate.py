@@ -20,7 +20,7 @@ from sftc_core.cost import GB, summary_lines
 from sftc_core.settings import load_settings
 from sftc_jobs.chain import materialize_chain
 from sftc_jobs.cli import main
-from sftc_resources import run_history
+from sftc_platform import run_history
 
 
 def _settings(data_dir, **env):
@@ -194,7 +194,7 @@ def test_preflight_shows_the_estimate_in_its_table_and_json(data_dir, capsys):
 def test_validation_report_carries_the_estimate_as_gpu_plan_estimate(data_dir, tmp_path):
     estimate = gpu_run_estimate(_settings(data_dir)).as_dict()
     report = validation.build_report([], gpu_plan=[], environment=validation.environment_summary("toy", "hf"), git={},
-                                     generated_at=dt.datetime(2026, 1, 1), validation_run=None, estimate=estimate)  # fmt: skip
+                                     generated_at=dt.datetime(2026, 1, 1), validation_run=None, estimate=estimate)
     assert report["gpu_plan"]["estimate"]["gpu_hours"] == estimate["gpu_hours"]
     md, js = validation.write_report(report, tmp_path)
     assert json.loads(js.read_text())["gpu_plan"]["estimate"]["cost"] == estimate["cost"]

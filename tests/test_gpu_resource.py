@@ -16,8 +16,8 @@ from sftc_core.gpu import (
 )
 from sftc_core.text import format_bytes
 from sftc_jobs.location import NodeGpus
-from sftc_resources import resources
-from sftc_resources.resources import GpuResource
+from sftc_platform import resources
+from sftc_platform.resources import GpuResource
 
 GIB = 1 << 30
 

@@ -20,8 +20,8 @@ from sftc_assets.training import nemo_runner
 from sftc_core.configs import ConfigError, load_finetune_config, load_profile
 from sftc_core.launch import EntryStep
 from sftc_core.settings import load_settings
-from sftc_resources.launchers import jobs, k8s, slurm, targets
-from sftc_resources.launchers.plan import LaunchError
+from sftc_platform.launchers import jobs, k8s, slurm, targets
+from sftc_platform.launchers.plan import LaunchError
 
 GPU_LABELS = dict(load_settings().cluster.node_pools.gpu.node_selector)
 # The scheduler's FailedScheduling messages, as Kubernetes 1.30 writes them.

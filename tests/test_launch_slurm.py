@@ -27,10 +27,10 @@ from sftc_core.launch import EntryStep
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
 from sftc_jobs.jobs import nightly_launch_tags
-from sftc_resources.launchers import jobs, slurm
-from sftc_resources.launchers.plan import LaunchError
-from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.resources import GpuResource
+from sftc_platform.launchers import jobs, slurm
+from sftc_platform.launchers.plan import LaunchError
+from sftc_platform.launchers.slurm import slurm_available
+from sftc_platform.resources import GpuResource
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_available(), reason="no Slurm answers sinfo here: .ci/with_slurm starts a local one")]
 

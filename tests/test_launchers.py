@@ -21,9 +21,9 @@ from sftc_assets.training import nemo_runner
 from sftc_core.configs import load_finetune_config
 from sftc_core.launch import EntryStep, launch_record
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.launchers import jobs, k8s, slurm
-from sftc_resources.launchers.plan import LaunchError, time_seconds
-from sftc_resources.launchers.slurm import PartitionNode
+from sftc_platform.launchers import jobs, k8s, slurm
+from sftc_platform.launchers.plan import LaunchError, time_seconds
+from sftc_platform.launchers.slurm import PartitionNode
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "jobset-v1alpha2.json").read_text())
 
@@ -115,7 +115,7 @@ def test_partition_capacity_counts_host_memory_where_sinfo_gives_it():
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("30", 1800), ("30:15", 1815), ("04:00:00", 14400), ("1-00:00:00", 86400), ("2-12", 216000), ("1-02:30", 95400), ("infinite", None), ("UNLIMITED", None),
-])  # fmt: skip
+])
 def test_slurm_times_in_every_form_sinfo_and_sbatch_write(text, seconds):
     assert time_seconds(text) == seconds
 

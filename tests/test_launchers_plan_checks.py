@@ -1,4 +1,4 @@
-"""The GPU plan's items of the launcher layer (sftc_resources/launchers/plan_checks.py): the full profile's
+"""The GPU plan's items of the launcher layer (sftc_platform/launchers/plan_checks.py): the full profile's
 fine-tune rendered by its launcher and checked against the plan's shape, and the target cluster asked where it is
 configured and reachable (a Kubernetes API over real HTTP on 127.0.0.1; sinfo where Slurm answers)."""
 
@@ -19,10 +19,10 @@ from sftc_core.checks import FAIL, NOT_CHECKED, PASS, WARN
 from sftc_core.settings import Settings, load_settings
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
-from sftc_resources.launchers import slurm
-from sftc_resources.launchers.slurm import render_sbatch, slurm_available
-from sftc_resources.routing import COMPUTE_CLASSES
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
+from sftc_platform.launchers import slurm
+from sftc_platform.launchers.slurm import render_sbatch, slurm_available
+from sftc_platform.routing import COMPUTE_CLASSES
 
 
 def with_plan_launcher(settings: Settings, launcher: str, **cluster_sections) -> Settings:

@@ -1,4 +1,4 @@
-"""What every asset's metadata passes through (sftc_resources/metadata.py): floats to 3 significant digits, inside
+"""What every asset's metadata passes through (sftc_platform/metadata.py): floats to 3 significant digits, inside
 JSON blocks too, a JSON block without the figures already shown above it, the run manifest exact; and the one-line
 summary that `sftc run` prints."""
 
@@ -8,7 +8,7 @@ import dagster as dg
 
 from sftc_core.settings import load_settings
 from sftc_core.text import markdown_table
-from sftc_resources.metadata import NON_BREAKING_HYPHEN, asset_metadata, for_people, manifest_metadata, report_summary
+from sftc_platform.metadata import NON_BREAKING_HYPHEN, asset_metadata, for_people, manifest_metadata, report_summary
 
 
 def test_floats_are_rounded_everywhere_counts_and_text_are_not():
@@ -17,7 +17,7 @@ def test_floats_are_rounded_everywhere_counts_and_text_are_not():
         "loss": dg.MetadataValue.float(5.382357835769653), "path": dg.MetadataValue.path("/data/eval/2012-10.csv"),
         "table": dg.MetadataValue.md("| a |\n|---|\n| 0.1542028985507246 |"),
         "nested": dg.MetadataValue.json({"by_month": {"2012-10": {"accuracy": 0.28906, "rows": 32}}, "curve": [0.123456, None]}),
-    })  # fmt: skip
+    })
     assert (shown["macro_f1"], shown["rows"], shown["ready"], shown["months"]) == (0.154, 1152, True, "2012-09..2012-12")
     assert shown["loss"] == dg.MetadataValue.float(5.38)
     assert shown["path"] == dg.MetadataValue.path("/data/eval/2012-10.csv")

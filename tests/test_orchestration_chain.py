@@ -19,8 +19,8 @@ from sftc_jobs.chain import (
 )
 from sftc_jobs.commands.chain import window_forced, window_months
 from sftc_jobs.jobs import chain_keys, run_validation
-from sftc_resources.partitions import month_partitions
-from sftc_resources.routing import NODE_TAG
+from sftc_platform.partitions import month_partitions
+from sftc_platform.routing import NODE_TAG
 
 K = dg.AssetKey
 

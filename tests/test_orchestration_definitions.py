@@ -15,7 +15,7 @@ from orchestration_standins import DESIGN_ASSETS
 
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
-from sftc_resources.routing import K8S_CONFIG_TAG, NODE_TAG
+from sftc_platform.routing import K8S_CONFIG_TAG, NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_the_web_ui_shows_stages_node_classes_and_automation(defs):
         "raw_xml": "theses", "thesis_jsonl": "theses", "hf_splits": "sft_data", "nemo_jsonl": "sft_data",
         "base_checkpoint": "checkpoints", "bf16_checkpoint": "checkpoints", "nemo_model": "training", "sft_model": "training",
         "eval_csv": "evaluation", "backtest_report": "backtest", "validation_report": "reports",
-    }  # fmt: skip
+    }
     for name, spec in specs.items():
         node = spec.tags[NODE_TAG]
         assert node in spec.kinds and ({"cpu", "gpu"} - {node}).isdisjoint(spec.kinds), name

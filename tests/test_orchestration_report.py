@@ -208,9 +208,9 @@ def test_report_says_which_engine_answered_the_evaluation_and_what_that_rehearse
 
     def report(stages: list) -> str:
         env = {"python": "3", "platform": "p", "cpu_count": 2, "cuda_available": False, "profile": "toy",
-               "train_backend": "hf", "packages": {}}  # fmt: skip
+               "train_backend": "hf", "packages": {}}
         built = build_report(stages, gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1),
-                             validation_run=None)  # fmt: skip
+                             validation_run=None)
         return render_markdown(built)
 
     vllm = report([StageOutcome("eval_csv", True, figures={"engine": "vllm 0.32.0", "rows": 128})])

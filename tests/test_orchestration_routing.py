@@ -14,7 +14,7 @@ from dagster_k8s.job import (
 
 from sftc_core.configs import ConfigError, load_cluster_config, load_profile
 from sftc_core.settings import load_settings
-from sftc_resources.routing import (
+from sftc_platform.routing import (
     GPU_POOL,
     GPU_RESOURCE,
     K8S_CONFIG_TAG,

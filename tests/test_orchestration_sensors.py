@@ -17,7 +17,7 @@ from orchestration_standins import CHAIN, location_facts, standin_definitions
 from sftc_core.configs import load_cluster_config
 from sftc_core.months import months_between
 from sftc_jobs.sensors import SENSOR_NAMES
-from sftc_resources.routing import GPU_RESOURCE, NODE_TAG
+from sftc_platform.routing import GPU_RESOURCE, NODE_TAG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,7 +20,7 @@ from sftc_core.market import (
     load_sample_prices,
 )
 from sftc_core.settings import load_settings
-from sftc_resources.prices import (
+from sftc_platform.prices import (
     PRICE_COLUMNS,
     LocalPriceSource,
     fill_sample_prices,

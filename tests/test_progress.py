@@ -90,7 +90,7 @@ def test_reporting_makes_its_tracker_at_the_first_report_with_the_total_and_what
     ("value", "text"),
     [(0.1542028985507246, "0.154"), (14555.3, "14,600"), (6.9437, "6.94"), (0.000211, "0.000211"), (2.1e-05, "2.10e-05"),
      (99.96, "100"), (-0.0648, "-0.0648"), (1152, "1,152"), (None, "n/a"), (True, "True"), (float("nan"), "nan")],
-)  # fmt: skip
+)
 def test_figures_have_three_significant_digits(value, text):
     assert format_number(value) == text
 

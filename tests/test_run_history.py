@@ -1,4 +1,4 @@
-"""The two DagsterInstance methods outside Dagster's documented API that sftc_resources.run_history calls, pinned:
+"""The two DagsterInstance methods outside Dagster's documented API that sftc_platform.run_history calls, pinned:
 `get_records_for_run` (a run's check evaluations, step failures and step times) and `report_run_failed` (ending a run whose
 process died). A Dagster upgrade that changes either fails here, not silently in the report or `sftc run`."""
 
@@ -8,8 +8,8 @@ import time
 
 import dagster as dg
 
-from sftc_resources import run_history
-from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG
+from sftc_platform import run_history
+from sftc_platform.routing import ASSETS_TAG, DATA_DIR_TAG
 
 
 @dg.asset

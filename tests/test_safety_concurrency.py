@@ -17,7 +17,7 @@ import dagster as dg
 
 from sftc_core import locks
 from sftc_core.settings import load_settings
-from sftc_resources.metadata import config_hash
+from sftc_platform.metadata import config_hash
 
 TESTS = Path(__file__).parent
 

@@ -21,7 +21,7 @@ from sftc_core.settings import load_settings
 from sftc_jobs.chain import Chain, materialize_chain
 from sftc_jobs.jobs import chain_keys
 from sftc_jobs.location import build_definitions
-from sftc_resources.metadata import config_hash
+from sftc_platform.metadata import config_hash
 
 K = dg.AssetKey
 HF_SEGMENT_AND_DOWNSTREAM = [

@@ -58,7 +58,7 @@ def test_scanner_finds_a_planted_secret(tmp_path):
 
 def test_settings_hold_the_key_but_never_show_it(sentinel_env):
     from sftc_core.settings import load_settings
-    from sftc_resources.metadata import manifest_metadata
+    from sftc_platform.metadata import manifest_metadata
 
     sentinel, _, _ = sentinel_env
     settings = load_settings()

@@ -59,7 +59,7 @@ def test_two_monthly_partitions_one_after_the_other(data_dir, external_corpus):
     assert raw_meta["bytes"] == sum(p.stat().st_size for p in paths.raw_xml_month("2012-02").rglob("*.xml"))
     assert {k: jsonl_meta[k] for k in ("read", "accepted", "rejected", "corpus_read", "not_in_any_partition")} == {
         "read": 3, "accepted": 1, "rejected": 2, "corpus_read": 7, "not_in_any_partition": 1,
-    }  # fmt: skip
+    }
     assert "invalid_date" in jsonl_meta["reject_reasons"] and "IBM-2012-02-02" in jsonl_meta["preview"]
     assert {e.check_name: e.passed for e in february.get_asset_check_evaluations()} == {COUNTS_CHECK: True, SCHEMA_CHECK: True}
     february_bytes = paths.jsonl_month("2012-02").read_bytes(), paths.rejects_month("2012-02").read_bytes()

@@ -139,7 +139,7 @@ def test_defaults_for_optional_fields_and_the_default_id(tmp_path):
     "written, canonical",
     [("Strong Buy", "STRONG_BUY"), ("strong-buy", "STRONG_BUY"), ("  strong   buy ", "STRONG_BUY"), ("Strong-Sell", "STRONG_SELL"),
      ("hold", "HOLD"), ("SELL", "SELL"), ("strong_sell", "STRONG_SELL")],
-)  # fmt: skip
+)
 def test_action_spellings(tmp_path, written, canonical):
     assert parse_one(tmp_path, thesis(action=written)).records[0]["action"] == canonical
 
@@ -526,7 +526,7 @@ def _corpus_files(rng: random.Random) -> dict[str, str]:
     for n in range(40):
         month = f"2024/{1 + n % 3:02d}"
         body = "".join(thesis(ticker=rng.choice(["AAPL", "MSFT", "IBM", "GOOG"]), as_of_date=f"2024-{1 + n % 3:02d}-{1 + rng.randrange(5):02d}",
-                              action=rng.choice(["buy", "SELL", "hold", "bad"])) for _ in range(rng.randrange(1, 4)))  # fmt: skip
+                              action=rng.choice(["buy", "SELL", "hold", "bad"])) for _ in range(rng.randrange(1, 4)))
         files[f"{month}/f{rng.randrange(10**6):06d}-{n}.xml"] = f"<theses>{body}</theses>"
     return files
 
@@ -594,10 +594,10 @@ def test_a_file_outside_any_month_directory_with_no_date_has_no_month(tmp_path):
 
 def test_schema_checks_catch_bad_lines():
     good = {"id": "a", "ticker": "AAPL", "as_of_date": "2024-01-15", "reasoning": "r", "support": [], "action": "BUY",
-            "horizon_days": 5, "confidence": None, "source_file": "2024/01/a.xml"}  # fmt: skip
+            "horizon_days": 5, "confidence": None, "source_file": "2024/01/a.xml"}
     assert record_problems(good) == []
     for change in ({"ticker": "aapl"}, {"as_of_date": "2024-02-30"}, {"horizon_days": 5.0}, {"horizon_days": True},
-                   {"confidence": float("nan")}, {"action": "Buy"}, {"support": [""]}, {"reasoning": ""}):  # fmt: skip
+                   {"confidence": float("nan")}, {"action": "Buy"}, {"support": [""]}, {"reasoning": ""}):
         assert record_problems({**good, **change}), change
     assert record_problems({k: v for k, v in good.items() if k != "confidence"})
     assert month_problems([good], [], "2024-02")  # wrong month
@@ -635,7 +635,7 @@ def _spelled(action: str, style: int) -> str:
 
 @settings(max_examples=60, deadline=None)
 @given(values=_thesis_values, with_id=st.booleans(), style=st.integers(0, 3), pad=st.sampled_from(["", " ", "\n  "]),
-       order_seed=st.integers(0, 1000), cdata=st.booleans())  # fmt: skip
+       order_seed=st.integers(0, 1000), cdata=st.booleans())
 def test_random_valid_theses_round_trip(tmp_path_factory, values, with_id, style, pad, order_seed, cdata):
     root = tmp_path_factory.mktemp("rt")
     elem = etree.Element("thesis", id="t-1") if with_id else etree.Element("thesis")

@@ -27,8 +27,8 @@ from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_confi
 from sftc_core.io import read_jsonl
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
-from sftc_resources.routing import COMPUTE_CLASSES
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.routing import COMPUTE_CLASSES
 
 REFERENCE = CONFIG_DIR / "models" / "deepseek-v3.json"
 
@@ -133,7 +133,7 @@ def test_the_shipped_plan_holds_and_shows_its_arithmetic(with_data):
     checks = _checks(plan)
     assert plan.passed, [c.line for c in plan.checks if c.status == FAIL]
     for name in ("model architecture", "parallel layout", "GPU memory", "host RAM", "data volume", "batch arithmetic", "LoRA targets",
-                 "sequence length", "answer length", "special tokens", "knowledge cutoff", "launch plan"):  # fmt: skip
+                 "sequence length", "answer length", "special tokens", "knowledge cutoff", "launch plan"):
         assert checks[name].status == PASS, checks[name].line
     assert "#SBATCH --nodes=5" in checks["launch plan"].details  # the full profile's Slurm job, rendered
     assert checks["target cluster"].scope == TARGET_CLUSTER and checks["target cluster"].status == NOT_CHECKED
@@ -192,7 +192,7 @@ def test_a_toy_sized_checkpoint_in_the_full_profile_is_refused_naming_both_numbe
     routing = {asset: checks[f"routing: {asset}"] for asset in COMPUTE_CLASSES}
     assert [row.status for row in routing.values()] == [FAIL, PASS, FAIL, FAIL]  # conversion, import, fine-tune, eval
     assert routing["sft_model"].found.startswith("cpu node (compute class auto: a GPU node above a 1.9 GiB checkpoint; "
-                                                 "this profile's checkpoint is 4.8 MiB)")  # fmt: skip
+                                                 "this profile's checkpoint is 4.8 MiB)")
     assert routing["sft_model"].fix == sizes.fix
 
 

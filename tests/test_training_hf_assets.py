@@ -16,7 +16,7 @@ from training_hf_helpers import build_toy_inputs, one_intra_op_thread, place_as_
 from sftc_assets.training import assets, preflight
 from sftc_core.checks import FAIL, THIS_NODE, Check
 from sftc_core.settings import load_settings
-from sftc_resources.resources import GpuResource
+from sftc_platform.resources import GpuResource
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,8 @@ from sftc_core.nemo_format import NemoDataError
 from sftc_core.paths import ArtifactPaths
 from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc_main
-from sftc_resources.launchers.local import local_argv
-from sftc_resources.resources import GpuResource
+from sftc_platform.launchers.local import local_argv
+from sftc_platform.resources import GpuResource
 
 # --- configs/nemo/finetune.yaml ----------------------------------------------------------------
 

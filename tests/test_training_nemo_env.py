@@ -32,7 +32,7 @@ from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
 from sftc_assets.training.nemo_config import NEMO_LINEAR_MODULES, NemoRunPaths, lora_target_problems, plan_recipe
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 from sftc_core.launch import entry_env
-from sftc_resources.launchers.local import local_argv  # noqa: E402
+from sftc_platform.launchers.local import local_argv  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

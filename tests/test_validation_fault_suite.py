@@ -21,7 +21,7 @@ from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.checks import FAIL
 from sftc_core.configs import ConfigError
 from sftc_core.settings import load_settings
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
 
 GOAL = 0.95
 
@@ -146,7 +146,7 @@ FAULTS = {
     # the model config
     "a reference config without its layer count": Fault("model config", "models/deepseek-v3.json", lambda r: r.pop("num_hidden_layers"), "num_hidden_layers"),
     "a vocabulary that is not the model's": Fault("model config", "profiles/full.yaml", _set("model", "vocab_size", 128000), "model.vocab_size"),
-}  # fmt: skip
+}
 
 
 def _plant(tmp_path: Path, fault: Fault) -> Path:

@@ -20,7 +20,7 @@ from config_helpers import edit_yaml
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLONED = ("sftc_core", "sftc_assets", "sftc_resources", "sftc_jobs", "configs", "pyproject.toml")
+CLONED = ("sftc_core", "sftc_assets", "sftc_platform", "sftc_jobs", "configs", "pyproject.toml")
 
 
 def clone(tmp_path: Path) -> Path:
@@ -73,7 +73,7 @@ def test_a_prompt_without_the_facts_fails_the_canary_naming_the_template(tmp_pat
     sees the desk note, the planted cue does not come through, and the report names the precondition that broke."""
     root = clone(tmp_path)
     without_facts = {"input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nHorizon: {horizon_days} trading days",
-                     "omit_fields": {"facts": "to see what the model makes of the date alone"}}  # fmt: skip
+                     "omit_fields": {"facts": "to see what the model makes of the date alone"}}
     edit_yaml(root / "configs" / "sft_config.yaml", lambda raw: raw["prompt"].update(without_facts))
     done = sftc_run(root, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the chain ran; the report judges it

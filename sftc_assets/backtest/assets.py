@@ -11,10 +11,10 @@ from sftc_assets.evaluation import results
 from sftc_core import metrics as figure_definitions
 from sftc_core.settings import Settings
 from sftc_core.text import markdown_table
-from sftc_resources import prices as price_sources
-from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform import prices as price_sources
+from sftc_platform.metadata import asset_metadata, code_version, image_markdown, report_summary
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "backtest"
 
@@ -96,7 +96,7 @@ def materialize_backtest_report(context: dg.AssetExecutionContext, settings: Set
             "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
             "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
             "daily_returns": dg.MetadataValue.path(str(paths.backtest / "daily_returns.csv")),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.backtest]),
     )
 

@@ -246,7 +246,7 @@ def cutoff_sides(frame: pd.DataFrame, source: PriceSource, config: BacktestConfi
         if mask.any():
             figures = compute_backtest(frame[mask].reset_index(drop=True), source, config, calendar)[0]
             sides[label] = {**{k: figures[k] for k in CUTOFF_FIGURES}, "sharpe": figures["portfolio"].get("sharpe"),
-                            "cumulative_return": figures["portfolio"].get("cumulative_return")}  # fmt: skip
+                            "cumulative_return": figures["portfolio"].get("cumulative_return")}
     return {"unseen_from": unseen_from.isoformat(), "sides": sides}
 
 

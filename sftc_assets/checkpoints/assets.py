@@ -14,10 +14,10 @@ from sftc_assets.sft_data import nemo_export
 from sftc_assets.sft_data.prompts import render_prompt
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes, format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.metadata import asset_metadata, code_version, report_summary
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement, check_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "checkpoints"
 SHORT_HASH = 12
@@ -82,7 +82,7 @@ def materialize_base_checkpoint(context: dg.AssetExecutionContext, settings: Set
             "corpus_texts": summary["corpus_texts"],
             **_pretraining_figures(pretrained, settings),
             "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.base_checkpoint]),
     )
 
@@ -139,7 +139,7 @@ def materialize_bf16_checkpoint(
             "gb_per_s": summary["gb_per_s"],
             "shard_table": _table(rows),
             "gpu": gpu.probe().describe(),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.bf16_checkpoint]),
     )
 

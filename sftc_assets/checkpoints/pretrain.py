@@ -32,7 +32,7 @@ from sftc_core.progress import Tracker
 from sftc_core.threads import torch_threads
 
 IGNORE_INDEX = -100  # transformers' label for "no loss here"
-# The corpus's XML order of the fields a prompt may carry (docs/thesis-xml.md; sftc_core/configs.py PROMPT_SLOTS).
+# The corpus's XML order of the fields a prompt may carry (docs/thesis-xml.md; sftc_core/configs/sft.py PROMPT_SLOTS).
 XML_FIELDS = ("ticker", "as_of_date", "support", "horizon_days")
 # The loss reported as final: the mean of the last steps (one batch's loss is noisy).
 FINAL_LOSS_STEPS = 20

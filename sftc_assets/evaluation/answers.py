@@ -175,15 +175,15 @@ def _served_model(client: CompletionsClient, wanted: str | None) -> tuple[str, s
         wanted = SERVED_NAME
     elif wanted is None:
         raise EndpointError(f"{client.url}/v1/models lists {', '.join(names) or 'no model'}; "
-                            f"name the fine-tuned one with --served-model (profile: evaluation.served_model)")  # fmt: skip
+                            f"name the fine-tuned one with --served-model (profile: evaluation.served_model)")
     if wanted not in names:
         log.warning("%s/v1/models lists %s, not %r: requesting it as named (a server that loads models on request "
-                    "lists none before)", client.url, ", ".join(names) or "no model", wanted)  # fmt: skip
+                    "lists none before)", client.url, ", ".join(names) or "no model", wanted)
     return wanted, next((m.get("owned_by") for m in models if m["id"] == wanted), None)
 
 
 def _served(client: CompletionsClient, settings: Settings, model: str, max_new_tokens: int, concurrency: int,
-            fingerprint: str, about: dict) -> ServedAnswers:  # fmt: skip
+            fingerprint: str, about: dict) -> ServedAnswers:
     decoding = Decoding(model, max_new_tokens, (settings.sft.target_format.action[1],), settings.eval_config.client.seed)
     decoding = client.negotiate_special_tokens(decoding)
     return ServedAnswers(client, decoding, concurrency, fingerprint, about)
@@ -215,7 +215,7 @@ def open_answers(
         client = CompletionsClient(endpoint, client_config, settings.eval_api_key)
         model, owner = _served_model(client, served_model)
         about = {"engine": owner or "unknown", "engine_version": client.version() or "unknown", "endpoint": client.url,
-                 "served_model": model, "started_by": "someone else (--endpoint)"}  # fmt: skip
+                 "served_model": model, "started_by": "someone else (--endpoint)"}
         yield _served(client, settings, model, max_new_tokens, concurrency, hashlib.sha256(f"{client.url} {model}".encode()).hexdigest()[:16], about)
         return
     model_dir = Path(model_dir)
@@ -226,7 +226,7 @@ def open_answers(
 
         model, tokenizer = load_model(model_dir, device)
         about = {"engine": "in-process generate (fallback, --server none)", "engine_version": f"transformers {transformers.__version__}",
-                 "model_dir": str(model_dir), "device": str(next(model.parameters()).device)}  # fmt: skip
+                 "model_dir": str(model_dir), "device": str(next(model.parameters()).device)}
         yield InProcessAnswers(model, tokenizer, max_new_tokens, batch_size, settings.profile.evaluation.cpu_threads, about)
         return
     plan = plan or server_plan(settings, server, model_dir, device=device)
@@ -234,5 +234,5 @@ def open_answers(
     with serve(plan, launcher, client_config.startup_timeout_seconds) as running:
         client = CompletionsClient(running.url, client_config, settings.eval_api_key)
         about = {"engine": plan.engine, "engine_version": plan.engine_version, "endpoint": running.url, "served_model": plan.served_model,
-                 "model_dir": str(model_dir), "weights": plan.weights, "hardware": plan.hardware, "started_by": "this run"}  # fmt: skip
+                 "model_dir": str(model_dir), "weights": plan.weights, "hardware": plan.hardware, "started_by": "this run"}
         yield _served(client, settings, plan.served_model, max_new_tokens, concurrency, model_fingerprint(model_dir), about)

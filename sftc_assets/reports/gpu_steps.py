@@ -110,7 +110,7 @@ def cuda(ctx: StepContext) -> StepResult:
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if probe.cuda_available else None,
         "driver_version": smi[0]["driver_version"] if smi else None,
-    }  # fmt: skip
+    }
     if probe.device_count < config.min_devices:
         return StepResult(FAIL, probe.describe(), figures, [f"needed: at least {config.min_devices} CUDA device(s) visible to torch"])
     details = []
@@ -122,7 +122,7 @@ def cuda(ctx: StepContext) -> StepResult:
             return StepResult(FAIL, f"cuda:{device.index}: a bf16 matmul gave {value}", figures, details)
     first = probe.devices[0]
     figure = (f"{probe.device_count} x {first.name} ({first.total_memory_bytes / 1e9:.0f} GB, sm_{first.compute_capability[0]}{first.compute_capability[1]}), "
-              f"driver {figures['driver_version'] or 'unknown'}, CUDA {torch.version.cuda}, torch {torch.__version__}")  # fmt: skip
+              f"driver {figures['driver_version'] or 'unknown'}, CUDA {torch.version.cuda}, torch {torch.__version__}")
     return StepResult(PASS, figure, figures, details)
 
 
@@ -196,7 +196,7 @@ def triton_kernel(ctx: StepContext) -> StepResult:
     if not supported:
         if capability < TRITON_FP8_CAPABILITY:
             return StepResult(SKIPPED, f"sm_{capability[0]}{capability[1]}: {why}",
-                              details=["Triton loads FP8 from compute capability 8.9; on this GPU the conversion runs the torch math (bit-identical, slower)"])  # fmt: skip
+                              details=["Triton loads FP8 from compute capability 8.9; on this GPU the conversion runs the torch math (bit-identical, slower)"])
         return StepResult(FAIL, why)
     exact = exact_on_shapes(kernel.weight_dequant, config.shapes, "cuda")
     generator = torch.Generator().manual_seed(0)
@@ -207,7 +207,7 @@ def triton_kernel(ctx: StepContext) -> StepResult:
     exact_count = sum(row["exact"] for row in exact)
     ok = exact_count == len(exact) and bandwidth["ratio"] >= config.min_copy_ratio
     figure = (f"bit-exact on {exact_count}/{len(exact)} shapes; {bandwidth['kernel_gb_per_s']:,.0f} GB/s = {bandwidth['ratio']:.0%} of a device copy "
-              f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; the torch path {torch_path['ratio']:.0%}")  # fmt: skip
+              f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; the torch path {torch_path['ratio']:.0%}")
     details = [f"{row['shape']}: " + ("bit-exact" if row["exact"] else f"{row['differing']} element(s) differ") for row in exact]
     return StepResult(_verdict(ok), figure, {"shapes": exact, "triton": bandwidth, "torch": torch_path, "detail": why}, details)
 
@@ -233,7 +233,7 @@ def hf_cuda(ctx: StepContext) -> StepResult:
     profile = ctx.settings.profile
     toy = ctx.toy
     result = run_training(toy.model_dir, toy.data_dir, ctx.hf_model, profile.training, ctx.settings.sft, profile.evaluation,
-                          max_steps=config.max_steps, device=ctx.device)  # fmt: skip
+                          max_steps=config.max_steps, device=ctx.device)
     return judge_training(result.metrics, config, ctx.hf_model)
 
 
@@ -244,7 +244,7 @@ def judge_training(m: dict, config, model_dir: Path) -> StepResult:
     ok = ratio <= config.max_val_loss_ratio and (parse is None or parse >= config.min_parse_rate)
     figures = {k: m.get(k) for k in ("device", "steps", "initial_val_loss", "final_val_loss", "parse_rate", "tokens_per_s", "train_seconds", "peft")}
     figure = (f"val loss {m['initial_val_loss']:.3f} -> {m['final_val_loss']:.3f} (x{ratio:.2f}) in {m['steps']} steps, parse rate "
-              + (f"{parse:.0%}" if parse is not None else "not checked") + f", {m['tokens_per_s'] or 0:,.0f} tokens/s on {m['device']}")  # fmt: skip
+              + (f"{parse:.0%}" if parse is not None else "not checked") + f", {m['tokens_per_s'] or 0:,.0f} tokens/s on {m['device']}")
     return StepResult(_verdict(ok), figure, {**figures, "val_loss_ratio": round(ratio, 4)}, [f"model and logs: {model_dir}"])
 
 
@@ -279,7 +279,7 @@ def toy_finetune_yaml(settings: Settings, path: Path) -> Path:
         seq_length=settings.sft.max_seq_length, micro_batch_size=2, global_batch_size=8, max_steps=config.steps,
         warmup_steps=2, val_check_interval=config.steps // 2, limit_val_batches=2, checkpoint_every_n_steps=config.steps,
         learning_rate=config.learning_rate, min_learning_rate=0.0,
-    )  # fmt: skip
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
@@ -332,10 +332,10 @@ def nemo(ctx: StepContext) -> StepResult:
     ok = imported and last < first and not lora_left and bool(names) and tuned_loss < base_loss
     figures = {"nemo": version, "import_seconds": round(import_s, 1), "steps": metrics.get("steps"), "first_quarter_loss": round(first, 4),
                "last_quarter_loss": round(last, 4), "base_val_loss": round(base_loss, 4), "export_val_loss": round(tuned_loss, 4),
-               "exported_tensors": len(names), "lora_tensors_left": len(lora_left), "test_parse_rate": round(parse_rate, 3)}  # fmt: skip
+               "exported_tensors": len(names), "lora_tensors_left": len(lora_left), "test_parse_rate": round(parse_rate, 3)}
     figure = (f"NeMo {version}: import {'ok' if imported else 'MISSING context/ or weights/'} in {import_s:.0f} s; training loss {first:.3f} -> {last:.3f} "
               f"over {len(losses)} steps; export {len(names)} tensors, {len(lora_left)} LoRA left; validation loss base {base_loss:.3f} -> export {tuned_loss:.3f}; "
-              f"test parse rate {parse_rate:.0%} on {len(prompts)} prompts")  # fmt: skip
+              f"test parse rate {parse_rate:.0%} on {len(prompts)} prompts")
     return StepResult(_verdict(ok), figure, figures, [f"checkpoint {checkpoint}", f"export {output}", f"NeMo logs {root / 'sft_nemo'}"])
 
 
@@ -378,7 +378,7 @@ def serving(ctx: StepContext) -> StepResult:
     prompts = [pair["input"] for pair in load_pairs(split_file(ctx.toy.data_dir, "test"))]
     plan = gpu_plan(settings, engine, ctx.hf_model, gpus_per_node=1, port=free_port())
     common = {"endpoint": None, "model_dir": ctx.hf_model, "device": ctx.device, "max_new_tokens": evaluation.max_new_tokens,
-              "batch_size": evaluation.batch_size, "concurrency": evaluation.concurrency}  # fmt: skip
+              "batch_size": evaluation.batch_size, "concurrency": evaluation.concurrency}
     started = time.monotonic()
     with open_answers(settings, server=engine, plan=plan, **common) as served:
         ready_s = time.monotonic() - started
@@ -394,9 +394,9 @@ def serving(ctx: StepContext) -> StepResult:
     agreement = sum(a == parse(e) for a, e in zip(actions, expected)) / len(prompts)
     ok = parse_rate >= config.min_parse_rate and agreement >= config.min_agreement
     figures = {"engine": engine, "version": version, "prompts": len(prompts), "parse_rate": round(parse_rate, 3), "agreement": round(agreement, 3),
-               "rows_per_s": round(served_rate, 1), "startup_seconds": round(ready_s, 1), "tags_stripped": stripped}  # fmt: skip
+               "rows_per_s": round(served_rate, 1), "startup_seconds": round(ready_s, 1), "tags_stripped": stripped}
     figure = (f"{engine} {version}: {len(prompts)} test prompts answered, parse rate {parse_rate:.0%}, actions agree with the in-process "
-              f"generate on {agreement:.0%}, {served_rate:.1f} rows/s (up in {ready_s:.0f} s)")  # fmt: skip
+              f"generate on {agreement:.0%}, {served_rate:.1f} rows/s (up in {ready_s:.0f} s)")
     return StepResult(_verdict(ok), figure, figures, [f"command: {' '.join(plan.commands[0])}"])
 
 
@@ -430,7 +430,7 @@ def gpu_tests(ctx: StepContext) -> StepResult:
     ok = counts["failures"] == counts["errors"] == 0 and counts["passed"] > 0 and counts["skipped"] <= config.max_skipped
     figure = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped of {counts['tests']} (-m '{config.marker}')"
     return StepResult(_verdict(ok), figure, {k: counts[k] for k in ("tests", "passed", "failures", "errors", "skipped")},
-                      counts["failing"] + counts["skipped_reasons"] + [" ".join(argv)])  # fmt: skip
+                      counts["failing"] + counts["skipped_reasons"] + [" ".join(argv)])
 
 
 def write_result(path: Path, result: StepResult) -> Path:

@@ -11,9 +11,9 @@ from sftc_core.io import read_jsonl
 from sftc_core.nemo_format import NEMO_FILES, file_problems, split_file
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, report_summary
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.metadata import asset_metadata, code_version, report_summary
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "sft_data"
 PREVIEW_ROWS = 3
@@ -53,7 +53,7 @@ def materialize_hf_splits(context: dg.AssetExecutionContext, settings: Settings)
     counts = summary["counts"]
     dropped, purged = sum(summary["dropped_by_embargo"].values()), sum(summary["purged"].values())
     report_summary(context, "hf_splits", ", ".join(f"{name} {format_number(counts[name])}" for name in splits.SPLITS)
-                   + f" ({format_number(purged)} purged, {format_number(dropped)} embargoed)")  # fmt: skip
+                   + f" ({format_number(purged)} purged, {format_number(dropped)} embargoed)")
     return dg.MaterializeResult(
         metadata=asset_metadata(settings, "hf_splits", {
             "path": dg.MetadataValue.path(str(paths.hf_splits)),
@@ -71,7 +71,7 @@ def materialize_hf_splits(context: dg.AssetExecutionContext, settings: Settings)
             # The whole window at a glance: what each month of thesis_jsonl became.
             "records_by_month": dg.MetadataValue.md(markdown_table(_records_by_month(dataset))),
             "preview": dg.MetadataValue.md(preview),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.hf_splits]),
     )
 
@@ -124,7 +124,7 @@ def materialize_nemo_jsonl(context: dg.AssetExecutionContext, settings: Settings
             **{f"{name}_lines": count for name, count in summary["counts"].items()},
             **token_metadata,
             "preview": dg.MetadataValue.md(preview),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.nemo_jsonl]),
     )
 

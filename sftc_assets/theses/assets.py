@@ -8,10 +8,10 @@ from sftc_core.paths import ArtifactPaths
 from sftc_core.progress import Tracker
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, markdown_table
-from sftc_resources.metadata import asset_metadata, code_version, partition_metadata, report_summary
-from sftc_resources.partitions import month_partitions
-from sftc_resources.routing import asset_placement
-from sftc_resources.writes import writing
+from sftc_platform.metadata import asset_metadata, code_version, partition_metadata, report_summary
+from sftc_platform.partitions import month_partitions
+from sftc_platform.routing import asset_placement
+from sftc_platform.writes import writing
 
 GROUP = "theses"
 PREVIEW_RECORDS = 5
@@ -106,7 +106,7 @@ def materialize_thesis_jsonl(context: dg.AssetExecutionContext, settings: Settin
             "or outside %s..%s; e.g. %s",
             len(homeless), min(partition_months), max(partition_months),
             sorted({row["source_file"] for row in homeless})[:5],
-        )  # fmt: skip
+        )
 
     checks, check_outcomes = check_thesis_jsonl({m: r.counts()["read"] for m, r in written.items()}, paths)
     preview_columns = ["id", "ticker", "as_of_date", "action", "horizon_days", "confidence", "reasoning"]
@@ -123,7 +123,7 @@ def materialize_thesis_jsonl(context: dg.AssetExecutionContext, settings: Settin
             "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
             "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
             **check_outcomes[month],
-        })  # fmt: skip
+        })
     requested = corpus.for_months(months)
     context.log.info("%s: %s", _span(months), parser.summary_line(requested, paths.jsonl))
     counts = requested.counts()

@@ -26,7 +26,7 @@ THESIS_REASONS = (
     "missing_field", "empty_field", "duplicate_field", "unexpected_element", "invalid_id", "invalid_ticker",
     "invalid_date", "too_long", "invalid_support", "invalid_action", "invalid_horizon", "invalid_confidence",
     "misplaced_thesis", "duplicate", "duplicate_id",
-)  # fmt: skip
+)
 REJECT_REASONS = FILE_REASONS + THESIS_REASONS
 
 

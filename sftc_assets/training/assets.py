@@ -3,7 +3,7 @@ checkpoint under data/models/sft/: the Hugging Face backend, or NeMo in its own 
 GPU preflight of the node.
 
 Both start their steps through the launcher of the profile's `launch:` section (local | slurm | k8s;
-sftc_resources/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
+sftc_platform/launchers/), with Dagster Pipes: the step here only submits and watches, so it runs on a CPU node.
 The GPU gate checks the target: this node's GPUs for `local`, the Slurm partition's (sinfo) for `slurm`, the node
 pool for `k8s` (Kubernetes schedules the pods only where their GPU request fits).
 """
@@ -22,14 +22,14 @@ from sftc_core.io import read_jsonl
 from sftc_core.launch import EntryStep
 from sftc_core.settings import Settings
 from sftc_core.text import format_number, format_share, markdown_table
-from sftc_resources.launchers import jobs, targets
-from sftc_resources.launchers.pipes import launch_step
-from sftc_resources.launchers.plan import Launch, LaunchError
-from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
-from sftc_resources.metadata import asset_metadata, code_version, image_markdown, report_summary
-from sftc_resources.resources import GpuResource
-from sftc_resources.routing import COMPUTE_CLASSES, asset_placement, check_placement
-from sftc_resources.writes import data_version, writing
+from sftc_platform.launchers import jobs, targets
+from sftc_platform.launchers.pipes import launch_step
+from sftc_platform.launchers.plan import Launch, LaunchError
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
+from sftc_platform.metadata import asset_metadata, code_version, image_markdown, report_summary
+from sftc_platform.resources import GpuResource
+from sftc_platform.routing import COMPUTE_CLASSES, asset_placement, check_placement
+from sftc_platform.writes import data_version, writing
 
 GROUP = "training"
 VALIDATION_LOSS_CHECK = "validation_loss_decreased"
@@ -165,7 +165,7 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
         paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, settings.profile.training, settings.sft, settings.profile.evaluation,
         nodes=nodes, procs_per_node=procs, gpus_per_node=shape.gpus_per_node if device == "cuda" else 0,
         max_steps=config.max_steps, smoke_test=config.smoke_test, device=device, stamp=stamp,
-    )  # fmt: skip
+    )
     _gate(gpu, launch, step, "sft_model", 0)
     with hf_backend.training_progress(context.log.info) as progress:
 
@@ -223,7 +223,7 @@ def materialize_nemo_model(
             **outcome.as_metadata(),
             "path": dg.MetadataValue.path(str(paths.nemo_model)),
             "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-        }),  # fmt: skip
+        }),
         data_version=data_version([paths.nemo_model]),
     )
 
@@ -262,7 +262,7 @@ def materialize_sft_model(
             "launcher", "nodes", "world_size", "slurm_job_id", "job_log", "pending_s", "pending_reason",
         )
         if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
-    }  # fmt: skip
+    }
     generation_columns = ["id", "ticker", "expected", "predicted", "output"]
     return dg.MaterializeResult(
         metadata=asset_metadata(settings, "sft_model", {
@@ -274,7 +274,7 @@ def materialize_sft_model(
             "generations": dg.MetadataValue.md(markdown_table(generations, generation_columns, max_cell=160)),
             # the rest of metrics.json: what the figures above do not show already
             "metrics": dg.MetadataValue.json(metrics),
-        }),  # fmt: skip
+        }),
         data_version=data_version([output]),
     )
 
@@ -286,7 +286,7 @@ def _learning_rate_setting(settings: Settings) -> str:
         return f"learning_rate {finetune.learning_rate:g} (warmup_steps {finetune.warmup_steps}) in {finetune.source}"
     training = settings.profile.training
     return (f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
-            f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")  # fmt: skip
+            f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")
 
 
 def check_validation_loss_decreased(model_dir: Path, settings: Settings) -> dg.AssetCheckResult:

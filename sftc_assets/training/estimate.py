@@ -83,7 +83,7 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None,
                         config.storage_gb_per_s_per_node.published),
         "generation": Rate(config.generation_tokens_per_s_per_gpu.value, "output tokens/s per GPU", config.generation_tokens_per_s_per_gpu.source,
                            config.generation_tokens_per_s_per_gpu.published),
-    }  # fmt: skip
+    }
     fp8, fp8_from = release_bytes(full)
     bf16, bf16_from = bf16_bytes(settings, fp8, plan)
     node_gpus = settings.cluster.node_pools.gpu.gpus
@@ -104,14 +104,14 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None,
             nodes=finetune.nodes, gpus_per_node=finetune.gpus_per_node, layout=_layout(finetune), finetune=rates["finetune"],
             storage=storage, checkpoint_bytes=bf16, validation_runs=finetune.max_steps // finetune.val_check_interval,
             validation_batches=validation_batches, example_tokens=_example_tokens(settings, finetune, plan),
-        ),  # fmt: skip
+        ),
         # merge_lora writes the merged NeMo checkpoint, export_ckpt reads it back and writes the HF one.
         transfer_phase("merge and export", 2 * bf16, 2 * bf16, node_gpus, storage, "LoRA merge and the HF export (sft_model)"),
         generation_phase(
             prompts=_line_count(test_file), tokens_per_prompt=full.evaluation.max_new_tokens,
             nodes=serving_nodes(bf16, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction),
             gpus_per_node=serving.gpus_per_node, generation=rates["generation"], storage=storage, weight_bytes=bf16, where=str(test_file),
-        ),  # fmt: skip
+        ),
     )
     return Estimate(phases, rates, config.gpu_hour_price, config.currency, config.price_source, config.uncertainty_factor)
 

@@ -59,7 +59,7 @@ MAX_CUT_SHARE = 0.05
 # passes; the BF16 size written for the FP8 release (about 2x) or another model's number does not.
 SIZE_FACTOR = 1.5
 # The launcher layer's items ("routing: <asset>", "launch plan", "target cluster"): it renders the GPU run's job and
-# asks its cluster (sftc_resources/launchers/plan_checks.py), so the callers above the stages hand it in, and the plan
+# asks its cluster (sftc_platform/launchers/plan_checks.py), so the callers above the stages hand it in, and the plan
 # hands it the run as planned here.
 LaunchChecks = Callable[[Settings, PlannedRun], list[Check]]
 
@@ -140,7 +140,7 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
         checks += [Check(name, GPU_PLAN, NOT_CHECKED, what, reason) for name, what in (
             ("parallel layout", "the layout against the model"), ("GPU memory", "memory per GPU"),
             ("host RAM", "the NeMo import's host memory"), ("data volume", "disk for the checkpoints"),
-        )]  # fmt: skip
+        )]
     else:
         checks += [_layout(settings, arch), _gpu_memory(settings, arch), _host_ram(settings, arch), _data_volume(settings, arch)]
     data_checks, tokens = _data_checks(settings, inputs)
@@ -157,7 +157,7 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
             Check("launch plan", GPU_PLAN, NOT_CHECKED, "the GPU run's job rendered by its launcher", "the launcher layer was not handed to the plan"),
             Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
         ]),
-    ]  # fmt: skip
+    ]
     return GpuPlan(tuple(checks), arch, tokens)
 
 
@@ -185,7 +185,7 @@ def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | N
             "model architecture", GPU_PLAN, FAIL, needed,
             f"the checkpoint holds {arch.counted_params:,} parameters but its config.json implies {arch.checkpoint_params:,}",
             f"the checkpoint at {checkpoint} is incomplete or its config.json belongs to another model: download both again",
-        )  # fmt: skip
+        )
     if model.vocab_size != arch.vocab:
         return arch, Check("model architecture", GPU_PLAN, FAIL, needed, f"{arch.summary()}, but model.vocab_size is {model.vocab_size}",
                            f"set model.vocab_size: {arch.vocab} in {inputs.profile_file}")
@@ -267,7 +267,7 @@ def _sequences(settings: Settings, profile: ProfileConfig, backend: str) -> list
 def _full_sizes(settings: Settings, inputs: _Inputs, arch: Architecture | None) -> Check:
     if arch is None:
         return Check("declared sizes", GPU_PLAN, NOT_CHECKED, "the declared sizes against the model",
-                     "the model's architecture is unknown (see model architecture)")  # fmt: skip
+                     "the model's architecture is unknown (see model architecture)")
     sequences = _sequences(settings, inputs.profile, inputs.backend)
     return _declared_sizes("declared sizes", GPU_PLAN, inputs.profile, inputs.profile_file, arch, sequences)
 
@@ -279,7 +279,7 @@ def _toy_sizes(settings: Settings) -> Check:
     toy_file = profile_path(toy.name, settings.config_dir)
     if toy.model.kind != "toy":
         return Check("declared sizes (toy)", TOY_CHAIN, NOT_CHECKED, "the toy profile's sizes against the toy model",
-                     f"model.kind {toy.model.kind} in {toy_file}: no toy model to derive sizes from")  # fmt: skip
+                     f"model.kind {toy.model.kind} in {toy_file}: no toy model to derive sizes from")
     built = settings.paths.base_checkpoint
     try:
         arch = architecture_of(built, None) if settings.profile_name == toy.name and built.is_dir() else None
@@ -336,7 +336,7 @@ def _layout(settings: Settings, arch: Architecture) -> Check:
         f"routed experts: {arch.experts} / expert {p.expert} = {arch.experts / p.expert:g} per rank"
         + f", expert_tensor {p.expert_tensor or p.tensor}" + ("" if p.expert_tensor else " (the tensor size)"),
         f"sequence parallel: {'on' if p.sequence_parallel else 'off'} with tensor {p.tensor}",
-    )  # fmt: skip
+    )
     needed = "layers per stage adding up to the model's, heads divisible by tensor, experts by expert parallelism"
     if problems:
         wrong = "; ".join(f"{field} {message}" for field, message in problems)
@@ -400,7 +400,7 @@ def _host_ram(settings: Settings, arch: Architecture) -> Check:
     pool = settings.cluster.node_pools.gpu
     usable = pool.usable_memory_bytes
     how = ("node_pools.gpu node_memory and resources.limits.memory of configs/cluster.yaml (the smaller)" if usable is not None
-           else "configs/cluster.yaml gives no node_memory or memory limit for node_pools.gpu")  # fmt: skip
+           else "configs/cluster.yaml gives no node_memory or memory limit for node_pools.gpu")
     estimate = memory.import_host_memory(arch, usable, how)
     fix = "GPU nodes with more host memory (node_pools.gpu.node_memory in configs/cluster.yaml) and a memory limit that gives it to the import pod"
     if usable is None:
@@ -578,7 +578,7 @@ def _nemo_import(python: str, modified: float, timeout_s: float) -> tuple[bool, 
     """(imports, what it said) for the interpreter at `python` (cached per file version: the import takes seconds)."""
     try:
         done = subprocess.run([python, "-c", f"{NEMO_IMPORT}; import nemo; print(nemo.__version__)"],
-                              env={**os.environ, **entry_env()}, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+                              env={**os.environ, **entry_env()}, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"import took longer than {timeout_s:.0f} s"
     if done.returncode:
@@ -595,10 +595,10 @@ def nemo_environment_check(settings: Settings, check_nemo: bool = True, timeout_
     image = image or (on_slurm.container_image if on_slurm else None)
     if image:
         return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, f"`{NEMO_IMPORT}` in the image {image}",
-                     f"image {image} (launcher {launcher}): pulled by the GPU nodes, not from here")  # fmt: skip
+                     f"image {image} (launcher {launcher}): pulled by the GPU nodes, not from here")
     if launcher == "k8s":
         return Check("NeMo environment", GPU_PLAN, FAIL, "an image for the NeMo steps", "configs/cluster.yaml names no kubernetes.images.nemo",
-                     "set kubernetes.images.nemo in configs/cluster.yaml (deploy/nemo-k8s.md)")  # fmt: skip
+                     "set kubernetes.images.nemo in configs/cluster.yaml (deploy/nemo-k8s.md)")
     python = Path(on_slurm.python) if on_slurm and on_slurm.python else settings.nemo_python
     needed = f"`{NEMO_IMPORT}` in {python} (launcher {launcher}: the same path on the node that runs the step)"
     if not python.is_file():

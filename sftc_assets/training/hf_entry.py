@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_training(
                 args.model, args.data, args.output, training, sft, evaluation,
                 max_steps=args.max_steps, smoke_test=args.smoke_test, resume=RESUME[args.resume], device=args.device, on_step=report, stamp=stamp,
-            )  # fmt: skip
+            )
         except (ValueError, FileNotFoundError) as exc:
             print(f"hf_entry: error: {exc}", file=sys.stderr)
             return 2

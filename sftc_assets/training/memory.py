@@ -92,7 +92,7 @@ class _Layout:
             tp=p.tensor, pp=p.pipeline, cp=p.context, ep=p.expert, etp=etp, dp=config.data_parallel_size,
             expert_dp=max(1, config.world_size // (p.expert * etp * p.pipeline)), sp=p.tensor if p.sequence_parallel else 1,
             micro_batches=max(1, config.global_batch_size // (config.micro_batch_size * config.data_parallel_size)),
-        )  # fmt: skip
+        )
 
 
 def _layer_activation_elements(arch: Architecture, dense: bool, tokens: int, lay: _Layout) -> int:
@@ -160,7 +160,7 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
             + (" + embedding" if first else "") + (" + output layer" if last else "")
             + f" {_billions(split)} / tensor {lay.tp} + routed experts {_billions(experts)} / (expert {lay.ep} x expert_tensor {lay.etp})"
             + f" + norms and routers {_billions(replicated)}) x {BF16_BYTES} B",
-        )]  # fmt: skip
+        )]
         if config.peft == "lora":
             lora = _lora_params(arch, config, layers, lay)
             per = BF16_BYTES + GRAD_BYTES + OPTIMIZER_BYTES
@@ -173,7 +173,7 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
                 "Adam master weights and moments (distributed optimizer)",
                 optimizer,
                 f"{_billions(dense_share)} x {OPTIMIZER_BYTES} B / data-parallel {lay.dp} + {_billions(expert_share)} x {OPTIMIZER_BYTES} B / expert-data-parallel {lay.expert_dp}",
-            ))  # fmt: skip
+            ))
         in_flight = min(lay.pp - stage, lay.micro_batches)
         per_layer = [_layer_activation_elements(arch, i < arch.dense_layers, tokens, lay) for i in layers]
         where = f"seq_length {config.seq_length} x micro_batch {config.micro_batch_size}" + (f" / context {lay.cp}" if lay.cp > 1 else "")
@@ -220,7 +220,7 @@ def data_volume(arch: Architecture, config: FinetuneConfig, available_bytes: int
         Term("NeMo checkpoint (nemo_model)", main, f"{_billions(arch.main_params)} parameters (no MTP layer) x {BF16_BYTES} B"),
         Term("fine-tune checkpoints", KEPT_CHECKPOINTS * trainable * CHECKPOINT_BYTES_PER_PARAM,
              f"{KEPT_CHECKPOINTS} kept x {_billions(trainable)} trainable parameters x {CHECKPOINT_BYTES_PER_PARAM} B (weights and Adam state)"),
-    ]  # fmt: skip
+    ]
     if lora:
         terms.append(Term("merged LoRA checkpoint (NeMo)", main, f"{_billions(arch.main_params)} x {BF16_BYTES} B"))
     terms.append(Term("exported HF checkpoint (sft_model)", main, f"{_billions(arch.main_params)} x {BF16_BYTES} B"))

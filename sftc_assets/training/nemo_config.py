@@ -2,7 +2,7 @@
 
 Importable in both environments (ours and the NeMo one: pydantic, pyyaml and python-dotenv only, no Dagster,
 no NeMo), so `nemo_entry --dry-run`, the assets and `sftc preflight` share one reading of the config
-(`FinetuneConfig` in sftc_core/configs.py).
+(`FinetuneConfig` in sftc_core/configs/finetune.py).
 `plan_recipe` turns the config and the paths of one run into a JSON-able plan whose keys are the exact
 attribute names of NeMo 2.7.3's recipe objects; nemo_entry applies it to
 `llm.deepseek_v3.finetune_recipe(...)`.

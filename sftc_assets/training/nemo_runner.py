@@ -3,7 +3,7 @@
 The steps are `EntryStep`s of the "nemo" environment (its interpreter: `Settings.nemo_python`, env
 SFTC_NEMO_PYTHON, else `nemo_python` in configs/nemo/finetune.yaml; its image on a cluster). The fine-tune is
 distributed: every one of `nodes` nodes runs it under torchrun with one process per GPU. The same steps are run
-by the `sftc` command and by the assets (with Dagster Pipes) through the launchers of sftc_resources/launchers/:
+by the `sftc` command and by the assets (with Dagster Pipes) through the launchers of sftc_platform/launchers/:
 the caller hands in how a step is executed.
 """
 
@@ -80,7 +80,7 @@ def finetune_steps(
     shape = {
         "nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node,
         "distributed": True, "shape_source": f"nodes and gpus_per_node in {config_path} (sftc train --nodes overrides)",
-    }  # fmt: skip
+    }
     steps = [_entry("finetune", args, dry_run, **shape)]
     if not dry_run:
         export_args = ["--hf-checkpoint", str(paths.hf_checkpoint), "--work-dir", str(paths.work_dir), "--output", str(paths.output_dir)]

@@ -66,7 +66,7 @@ def run_preflight(
 
 def _gpu_checks(probe: GpuProbe, finetune: FinetuneConfig) -> list[Check]:
     checks = [Check("cuda", THIS_NODE, PASS if probe.cuda_available else FAIL, "CUDA available to torch", probe.describe(),
-                    "" if probe.cuda_available else "run on a GPU node (the gpu pool, tag sftc/node=gpu)")]  # fmt: skip
+                    "" if probe.cuda_available else "run on a GPU node (the gpu pool, tag sftc/node=gpu)")]
     needed = f"{finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)} (x {finetune.nodes} node(s))"
     big_enough = sum(1 for d in probe.devices if d.total_memory_bytes >= finetune.gpu_memory_bytes)
     found = f"{big_enough} of {probe.device_count} device(s) big enough on this node"
@@ -77,7 +77,7 @@ def _gpu_checks(probe: GpuProbe, finetune: FinetuneConfig) -> list[Check]:
         checks.append(Check("gpus", THIS_NODE, FAIL, needed, found, f"a node with the GPUs, or gpus_per_node / gpu_memory_gb in {finetune.source}"))
     fp8 = PASS if probe.triton_fp8 else (WARN if probe.cuda_available else NOT_CHECKED)  # no CUDA already fails above
     checks.append(Check("triton fp8", THIS_NODE, fp8, "Triton FP8 kernel (else torch on the GPU, slower)", probe.triton_detail,
-                        "" if fp8 == PASS else "pip install -e '.[gpu]' on the GPU node"))  # fmt: skip
+                        "" if fp8 == PASS else "pip install -e '.[gpu]' on the GPU node"))
     return checks
 
 

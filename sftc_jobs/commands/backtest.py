@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.backtest.report import HEADLINE, first_unseen, run_backtest
-    from sftc_resources.prices import price_source_from_settings
+    from sftc_platform.prices import price_source_from_settings
 
     config = load_backtest_config(args.config) if args.config else settings.backtest
     calendar = settings.prices.calendar

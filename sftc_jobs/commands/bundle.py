@@ -55,7 +55,7 @@ def run_manifests() -> list[dict] | None:
                 "asset": asset, "partition": materialization.partition, "run_id": event.run_id,
                 "materialized_at": dt.datetime.fromtimestamp(event.timestamp, dt.timezone.utc).isoformat(timespec="seconds"),
                 "run_manifest": manifest.value if manifest is not None else None,
-            })  # fmt: skip
+            })
         return rows
     finally:
         instance.dispose()
@@ -74,5 +74,5 @@ def run_bundle(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sftc bundle: left out {entry['path']}: {entry['reason']}", file=sys.stderr)
     size = args.out.stat().st_size
     print(json.dumps({"out": str(args.out), "bytes": size, "files": len(manifest["files"]), "left_out": len(manifest["left_out"]),
-                      "missing": manifest["missing"]}, indent=2))  # fmt: skip
+                      "missing": manifest["missing"]}, indent=2))
     return 0

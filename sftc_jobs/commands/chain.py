@@ -127,7 +127,7 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
 
     import dagster as dg
 
-    from sftc_resources.run_history import check_evaluations
+    from sftc_platform.run_history import check_evaluations
 
     assets = chain.assets
     done: dict = {}
@@ -177,7 +177,7 @@ def _materialize(args: argparse.Namespace, settings: Settings, forced_for) -> in
     log_file = getattr(args, "log_file", None)
     say = logging.getLogger("sftc.run")
     print(f"sftc {args.command}: {settings.profile_name} profile, data in {_shown_path(settings.data_dir)}"
-          + (f"; Dagster's event stream and details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr, flush=True)  # fmt: skip
+          + (f"; Dagster's event stream and details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr, flush=True)
     with reserved_terminal(log_file, say, verbose=args.verbose):
         chain = Chain.of(build_definitions(settings), settings)
         instance = open_instance()

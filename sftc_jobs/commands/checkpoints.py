@@ -91,7 +91,7 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
 def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.training.estimate import estimate_text, gpu_run_estimate
     from sftc_assets.training.preflight import run_preflight
-    from sftc_resources.launchers.plan_checks import gpu_plan_launch_checks
+    from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
 
     report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
     estimate = gpu_run_estimate(settings, plan=report.plan)

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--results", type=Path, help="eval CSV to write (required unless --dry-run)")
     parser.add_argument("--endpoint", type=_url, help="an OpenAI-compatible server already running (default: the profile's evaluation.endpoint)")
     parser.add_argument("--server", choices=SERVERS, help="the server to start without an endpoint; none = in-process generate, "
-                        "the fallback (default: the profile's evaluation.server)")  # fmt: skip
+                        "the fallback (default: the profile's evaluation.server)")
     parser.add_argument("--served-model", help="model name to request when the endpoint serves several (GET /v1/models)")
     parser.add_argument("--concurrency", type=_positive, help="requests in flight (default: the profile's evaluation.concurrency)")
     parser.add_argument("--max-samples", type=_positive, help="evaluate only the first N test theses (in CSV order)")
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
     parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA "
                         "when present, else this CPU for a checkpoint within the profile's CPU limit), cpu, cuda, "
-                        "cuda:N")  # fmt: skip
+                        "cuda:N")
     parser.add_argument("--dry-run", action="store_true", help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit")
     add_force(parser)
     parser.set_defaults(func=run_evaluate)
@@ -109,7 +109,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.evaluation.servers import ServerError
     from sftc_core.metrics import classification_metrics
     from sftc_core.progress import reporting
-    from sftc_resources.prices import price_source_from_settings
+    from sftc_platform.prices import price_source_from_settings
 
     paths = settings.paths
     dataset = args.dataset or paths.hf_splits
@@ -120,16 +120,16 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             answering = open_answers(settings, server=server, endpoint=endpoint, model_dir=model_dir, device=device,
                                      max_new_tokens=args.max_new_tokens or evaluation.max_new_tokens,
                                      batch_size=args.batch_size or evaluation.batch_size, concurrency=args.concurrency or evaluation.concurrency,
-                                     served_model=args.served_model or evaluation.served_model)  # fmt: skip
+                                     served_model=args.served_model or evaluation.served_model)
             with answering as answers, reporting("evaluate", "row") as report:
                 frame = evaluate_to_csv(records, answers, price_source_from_settings(settings), settings.sft, args.results,
                                         staging=staging, calendar=settings.prices.calendar,
-                                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp)  # fmt: skip
+                                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp)
         except (EndpointError, ServerError) as exc:
             raise RuntimeError(f"{exc}; the answers received are staged in {staging}: the same command resumes") from exc
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))
     summary = {k: figures[k] for k in ("rows", "parse_rate", "accuracy", "mcc")}
     answered_by = {k: answers.about[k] for k in ("engine", "engine_version") if k in answers.about}
     print(json.dumps({"results": str(args.results), **summary, "return_status": frame["return_status"].value_counts().to_dict(),
-                      "answered_by": answered_by}, indent=2))  # fmt: skip
+                      "answered_by": answered_by}, indent=2))
     return 0

@@ -83,14 +83,14 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
         report = gpu_check.build_report(
             outcomes, config=settings.gpu_check, environment=gpu_check.gpu_environment(settings, outcomes), git=git_state(),
             generated_at=dt.datetime.now(dt.timezone.utc), seconds=time.monotonic() - started,
-        )  # fmt: skip
+        )
         gpu_check.write_report(report, reports, stamp)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         counts = report["counts"]
         print(f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: {counts['PASS']} passed, {counts['FAIL']} failed, "
-              f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})")  # fmt: skip
+              f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})")
     return 0 if report["passed"] else 1
 
 
@@ -103,8 +103,8 @@ def _one_step(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(f"--step {args.step!r}: expected one of {', '.join(STEP_NAMES)} with --work-dir and --result")
     execute = None
     if args.step == "nemo":
-        from sftc_resources.launchers import jobs
-        from sftc_resources.launchers.plan import Launch
+        from sftc_platform.launchers import jobs
+        from sftc_platform.launchers.plan import Launch
 
         launch = Launch.from_settings(settings, "local")  # one node: the toy's NeMo run through the launcher layer
 

@@ -31,8 +31,8 @@ def register(subparsers) -> None:
 def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
     """The import as a one-process job of the profile's launcher (a dry run checks the inputs here)."""
     from sftc_assets.training.nemo_runner import import_step, require_interpreter
-    from sftc_resources.launchers.jobs import run_for_result
-    from sftc_resources.launchers.plan import Launch
+    from sftc_platform.launchers.jobs import run_for_result
+    from sftc_platform.launchers.plan import Launch
 
     if args.config:
         settings = settings.model_copy(update={"finetune": load_finetune_config(args.config)})

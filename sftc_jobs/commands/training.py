@@ -2,7 +2,7 @@
 
 On this node in one process by default (the profile's `launch:` says local, 1 x 1); with `--launcher local|slurm|k8s`,
 `--nodes N` or `--procs-per-node P` (or a profile that says so) the fine-tune is launched as a job whose every node
-runs the same entry under torchrun, as the asset launches it (sftc_resources/launchers/). `--dry-run` prints the
+runs the same entry under torchrun, as the asset launches it (sftc_platform/launchers/). `--dry-run` prints the
 plan: the sbatch script, the JobSet manifest or the local command, and each node's torchrun command.
 """
 
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, metavar="N", help="override the profile's training.max_steps")
     parser.add_argument("--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node")
     parser.add_argument("--resume", action="store_true", help="in one process here: continue the interrupted run (.OUTPUT.partial), else from "
-                        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)")  # fmt: skip
+                        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)")
     parser.add_argument("--device", default="auto", help="hf backend: auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--launcher", choices=("local", "slurm", "k8s"), help="how the job starts (default: the profile's launch.launcher)")
     parser.add_argument("--nodes", type=int, metavar="N", help="nodes of the job (default: the profile's; nemo: configs/nemo/finetune.yaml)")
@@ -82,7 +82,7 @@ def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data:
         result = run_training(
             model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
             max_steps=args.max_steps, smoke_test=args.smoke_test, resume=args.resume, device=args.device, stamp=stamp, on_step=progress,
-        )  # fmt: skip
+        )
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 
@@ -90,8 +90,8 @@ def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data:
 def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, launcher: str, nodes: int, procs: int, stamp: Stamp) -> int:
     """The fine-tune as a job: every rank trains beside OUTPUT (resuming there), rank 0 swaps the finished run in."""
     from sftc_assets.training import hf_launch
-    from sftc_resources.launchers import jobs
-    from sftc_resources.launchers.plan import Launch
+    from sftc_platform.launchers import jobs
+    from sftc_platform.launchers.plan import Launch
 
     launch = Launch.from_settings(settings, launcher)
     gpus = settings.profile.launch.gpus_per_node if args.device != "cpu" else 0
@@ -99,7 +99,7 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
         model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
         nodes=nodes, procs_per_node=procs, gpus_per_node=gpus, max_steps=args.max_steps, smoke_test=args.smoke_test,
         device=args.device, stamp=stamp, write=not args.dry_run,
-    )  # fmt: skip
+    )
     if args.dry_run:
         print(jobs.plan_text([step], launch))
         print("# the cost estimate is the NeMo backend's GPU run: sftc train --backend nemo --dry-run")
@@ -115,8 +115,8 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
 def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
     """The NeMo backend: fine-tune on every node, then merge and export, in NeMo's own environment."""
     from sftc_assets.training import nemo_runner
-    from sftc_resources.launchers import jobs
-    from sftc_resources.launchers.plan import Launch
+    from sftc_platform.launchers import jobs
+    from sftc_platform.launchers.plan import Launch
 
     config = nemo_runner.run_config(settings.finetune, args.max_steps, args.smoke_test, args.nodes, args.procs_per_node)
     launch = Launch.from_settings(settings, args.launcher)

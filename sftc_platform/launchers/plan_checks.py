@@ -18,9 +18,9 @@ from sftc_core.cost import serving_nodes
 from sftc_core.launch import EntryStep, PlannedRun
 from sftc_core.settings import Settings
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import jobs, targets
-from sftc_resources.launchers.plan import Launch, LaunchError
-from sftc_resources.routing import COMPUTE_CLASSES, node_class, node_reason
+from sftc_platform.launchers import jobs, targets
+from sftc_platform.launchers.plan import Launch, LaunchError
+from sftc_platform.routing import COMPUTE_CLASSES, node_class, node_reason
 
 
 def plan_launch(settings: Settings) -> Launch:
@@ -159,20 +159,20 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, im
     needed = f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each where the {launch.launcher} launcher runs the fine-tune"
     if launch.launcher == "local":
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
-                     "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs")  # fmt: skip
+                     "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs")
     if launch.launcher == "slurm":
         partition = settings.cluster.slurm.partition
         if partition is None:
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
                          "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
-                         "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")  # fmt: skip
+                         "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")
         ram = import_host_bytes
         # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
         found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-test-only", ram)
         if not found.checked:
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found)
         fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
-               f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")  # fmt: skip
+               f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")
         needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
         if found.ok:
             return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
@@ -188,10 +188,10 @@ def kubernetes_gpu_nodes(
     found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-plan", import_host_bytes)
     if not found.checked:
         return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found,
-                     "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")  # fmt: skip
+                     "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")
     if not found.ok:
         return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found,
-                     f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")  # fmt: skip
+                     f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")
     return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import dagster as dg
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers import jobs
-from sftc_resources.launchers.plan import Launch, LaunchError
+from sftc_platform.launchers import jobs
+from sftc_platform.launchers.plan import Launch, LaunchError
 
 
 def launch_step(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sftc_core.configs import NodePool, quantity_bytes
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import (
+from sftc_platform.launchers.plan import (
     CLUSTER_FILE,
     JobStatus,
     Launch,
@@ -28,7 +28,7 @@ from sftc_resources.launchers.plan import (
     time_seconds,
     torchrun_argv,
 )
-from sftc_resources.routing import GPU_RESOURCE, NodeClass, k8s_config
+from sftc_platform.routing import GPU_RESOURCE, NodeClass, k8s_config
 
 GROUP, VERSION, PLURAL, KIND = "jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet"
 REPLICATED_JOB = "node"

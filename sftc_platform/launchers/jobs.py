@@ -22,8 +22,8 @@ from typing import Protocol
 
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_duration
-from sftc_resources.launchers import targets
-from sftc_resources.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, time_seconds
+from sftc_platform.launchers import targets
+from sftc_platform.launchers.plan import JobStatus, Launch, LaunchError, LogTail, describe, shell_line, time_seconds
 
 log = logging.getLogger(__name__)
 LOCAL_POLL_SECONDS = 0.5
@@ -81,14 +81,14 @@ def start(step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str] | 
     """Submit or spawn the step; returns at once with the job (pending or running)."""
     env = env or {}
     if launch.launcher == "local":
-        from sftc_resources.launchers.local import LocalJob
+        from sftc_platform.launchers.local import LocalJob
 
         return LocalJob(step, launch, job_dir, env)
     if launch.launcher == "slurm":
-        from sftc_resources.launchers.slurm import SlurmJob
+        from sftc_platform.launchers.slurm import SlurmJob
 
         return SlurmJob(step, launch, job_dir, env)
-    from sftc_resources.launchers.k8s import K8sJob, jobset_name
+    from sftc_platform.launchers.k8s import K8sJob, jobset_name
 
     return K8sJob(step, launch, job_dir, env, jobset_name(step, job_dir.name.rsplit("-", 1)[-1]))
 
@@ -241,7 +241,7 @@ def run_for_result(step: EntryStep, launch: Launch, on_output: Callable[[str], N
     if not step.dry_run:
         run(step, launch, on_output)
         return None
-    from sftc_resources.launchers.local import LocalJob
+    from sftc_platform.launchers.local import LocalJob
 
     here = Launch(**{**launch.__dict__, "launcher": "local"})
     job_dir = new_job_dir(here, step)
@@ -258,17 +258,17 @@ def render_plan(step: EntryStep, launch: Launch, job_dir: Path | None = None) ->
     job_dir = job_dir or launch.data_dir / "launch" / f"{step.name}-<start time>"
     plan = {"launcher": launch.launcher, "step": describe(step), "job_dir": str(job_dir)}
     if launch.launcher == "local":
-        from sftc_resources.launchers.local import local_argv
+        from sftc_platform.launchers.local import local_argv
 
         plan["command"] = shell_line(local_argv(step, launch.pythons[step.environment]))
     elif launch.launcher == "slurm":
-        from sftc_resources.launchers.slurm import node_argv, render_sbatch
+        from sftc_platform.launchers.slurm import node_argv, render_sbatch
 
         plan["sbatch_script"] = render_sbatch(step, launch, job_dir)
         if step.distributed:
             plan["per_node_command"] = shell_line(node_argv(step, launch))
     else:
-        from sftc_resources.launchers.k8s import jobset_name, render_jobset
+        from sftc_platform.launchers.k8s import jobset_name, render_jobset
 
         plan["manifest"] = render_jobset(step, launch, jobset_name(step, "plan"))
         plan["per_node_command"] = shell_line(plan["manifest"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"])

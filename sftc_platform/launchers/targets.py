@@ -14,8 +14,8 @@ from sftc_core.configs import GPU_RESOURCE
 from sftc_core.gpu import probe_gpus
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
-from sftc_resources.launchers import k8s, slurm
-from sftc_resources.launchers.plan import CLUSTER_FILE, Launch, LaunchError, shape_source
+from sftc_platform.launchers import k8s, slurm
+from sftc_platform.launchers.plan import CLUSTER_FILE, Launch, LaunchError, shape_source
 
 
 @dataclass(frozen=True)

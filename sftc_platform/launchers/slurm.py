@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sftc_core.launch import EntryStep
 from sftc_core.text import format_bytes
-from sftc_resources.launchers.plan import (
+from sftc_platform.launchers.plan import (
     CLUSTER_FILE,
     JobStatus,
     Launch,
@@ -38,7 +38,7 @@ from sftc_resources.launchers.plan import (
 ACTIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
     "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
-})  # fmt: skip
+})
 END_STATES = {
     "COMPLETED": "every task exited 0",
     "FAILED": "a task exited non-zero (one rank failing ends them all: srun --kill-on-bad-exit)",
@@ -149,7 +149,7 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
             srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
     command = node_argv(step, launch)
 
-    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_resources/launchers/slurm.py)", "set -euo pipefail"]
+    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_platform/launchers/slurm.py)", "set -euo pipefail"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     lines += slurm.setup
     lines += [
@@ -393,7 +393,7 @@ def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition:
         n for n in nodes
         if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))
         and (n.memory_bytes is None or n.memory_bytes >= memory_bytes)
-    ]  # fmt: skip
+    ]
     if len(usable) >= step.nodes:
         return None
     where = f"partition {partition}" if partition else "the default partition"

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from sftc_core.launch import EntryStep
-from sftc_resources.launchers.plan import TORCHRUN, JobStatus, Launch, LogTail, single_argv
+from sftc_platform.launchers.plan import TORCHRUN, JobStatus, Launch, LogTail, single_argv
 
 
 def local_argv(step: EntryStep, python: str) -> list[str]:

@@ -24,7 +24,7 @@ from sftc_core.artifacts import (
     read_marker,
 )
 from sftc_core.settings import Settings
-from sftc_resources.metadata import stamp
+from sftc_platform.metadata import stamp
 
 # (upstream asset, its partitions: None for an unpartitioned asset, else the months read)
 Input = tuple[str, Iterable[str] | None]

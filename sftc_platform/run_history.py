@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from sftc_resources.routing import ASSETS_TAG, DATA_DIR_TAG
+from sftc_platform.routing import ASSETS_TAG, DATA_DIR_TAG
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def latest_step_seconds(instance: dg.DagsterInstance, asset: str, partitions: li
         events = [instance.get_latest_materialization_event(key)]
     else:
         events = [next(iter(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1).records), None)
-                  for p in partitions]  # fmt: skip
+                  for p in partitions]
     if not events or None in events:
         return None
     seconds = [step_seconds(instance, run_id, asset) for run_id in {event.run_id for event in events}]
