@@ -25,11 +25,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def backoff_seconds(attempt: int, base: float, ceiling: float, rng: random.Random, retry_after: float | None = None) -> float:
+def backoff_seconds(
+    attempt: int, base: float, ceiling: float, rng: random.Random, retry_after: float | None = None
+) -> float:
     """The wait before retry `attempt` + 1: base * 2**attempt capped at `ceiling`, jittered down to half (so parallel
     clients spread out), and never shorter than the server's Retry-After."""
     top = min(ceiling, base * 2**attempt)

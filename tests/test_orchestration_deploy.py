@@ -14,8 +14,7 @@ from dagster_k8s import K8sRunLauncher
 
 from sftc_core.configs import ConfigError, load_cluster_config
 from sftc_core.settings import load_settings
-from sftc_platform.routing import NODE_TAG
-from sftc_platform.routing import DATA_DIR_TAG
+from sftc_platform.routing import DATA_DIR_TAG, NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_RUN_LIMIT = {"key": NODE_TAG, "value": "gpu", "limit": 1}
@@ -69,7 +68,9 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
     assert {e["name"]: e["value"] for e in deployments["sftc"]["env"]}["SFTC_K8S_PLACEMENT"] == "step"
     assert {e["name"]: e["value"] for e in deployments["sftc-validation"]["env"]}["SFTC_PROFILE"] == "toy"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
+    assert (
+        values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
+    )
     queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queue["tagConcurrencyLimits"] == RUN_LIMITS
     assert values["additionalInstanceConfig"]["concurrency"]["pools"]["default_limit"] == 1

@@ -59,8 +59,9 @@ def materialize_base_checkpoint(context: dg.AssetExecutionContext, settings: Set
         window = (settings.train_start_date, settings.train_end_date)
         prompts = pretrain.pretraining_texts(paths.hf_splits, settings.sft, *window)
         texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
-        summary = toy_model.make_toy_base(paths.base_checkpoint, texts, prompts, model, log=context.log.info,
-                                          stamp=stamp)
+        summary = toy_model.make_toy_base(
+            paths.base_checkpoint, texts, prompts, model, log=context.log.info, stamp=stamp
+        )
     context.log.info("toy FP8 checkpoint: %s", summary)
     pretrained = summary["pretraining"]
     size = f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards"
@@ -69,20 +70,24 @@ def materialize_base_checkpoint(context: dg.AssetExecutionContext, settings: Set
         how = f"pretrained {pretrained['steps']} steps to loss {format_number(pretrained['final_loss'])}"
     report_summary(context, "base_checkpoint", f"{size}, {format_bytes(summary['total_bytes'])}, {how}")
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "base_checkpoint", {
-            "path": dg.MetadataValue.path(summary["path"]),
-            "parameters": summary["parameters"],
-            "tensors": summary["tensors"],
-            "fp8_tensors": summary["quantized_tensors"],
-            "shards": summary["shards"],
-            "scales_in_other_shard": summary["scales_in_other_shard"],
-            "size": format_bytes(summary["total_bytes"]),
-            "size_bytes": summary["total_bytes"],
-            "tokenizer_vocab": summary["tokenizer_vocab"],
-            "corpus_texts": summary["corpus_texts"],
-            **_pretraining_figures(pretrained, settings),
-            "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "base_checkpoint",
+            {
+                "path": dg.MetadataValue.path(summary["path"]),
+                "parameters": summary["parameters"],
+                "tensors": summary["tensors"],
+                "fp8_tensors": summary["quantized_tensors"],
+                "shards": summary["shards"],
+                "scales_in_other_shard": summary["scales_in_other_shard"],
+                "size": format_bytes(summary["total_bytes"]),
+                "size_bytes": summary["total_bytes"],
+                "tokenizer_vocab": summary["tokenizer_vocab"],
+                "corpus_texts": summary["corpus_texts"],
+                **_pretraining_figures(pretrained, settings),
+                "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
+            },
+        ),
         data_version=data_version([paths.base_checkpoint]),
     )
 
@@ -112,8 +117,9 @@ def materialize_bf16_checkpoint(
         plan = convert.plan_conversion(source)  # a bad checkpoint fails here, before the gate and before any work
         cpu_limit = settings.profile.compute.cpu_max_checkpoint_bytes
         device = gpu.choose_device("bf16_checkpoint", plan.input_bytes, cpu_limit)
-        summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device, stamp=stamp,
-                                                 progress_log=context.log.info)
+        summary = convert.convert_fp8_checkpoint(
+            source, paths.bf16_checkpoint, device=device, stamp=stamp, progress_log=context.log.info
+        )
     context.log.info("conversion: %s", {k: v for k, v in summary.items() if k != "shard_sha256"})
     sizes = f"{format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])}"
     where = f"{summary['device']}/{summary['method']}"
@@ -124,22 +130,26 @@ def materialize_bf16_checkpoint(
     shards = verify.shard_table(paths.bf16_checkpoint)
     rows = [{**row, "sha256": shard_sha256[row["shard"]][:SHORT_HASH]} for row in shards]
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "bf16_checkpoint", {
-            "path": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-            "device": summary["device"],
-            "method": summary["method"],
-            "shards": summary["shards"],
-            "shards_resumed": summary["shards_resumed"],
-            "tensors": summary["tensors"],
-            "dequantized_tensors": summary["dequantized_tensors"],
-            "input_size": format_bytes(summary["input_bytes"]),
-            "output_size": format_bytes(summary["output_bytes"]),
-            "output_bytes": summary["output_bytes"],
-            "seconds": summary["seconds"],
-            "gb_per_s": summary["gb_per_s"],
-            "shard_table": _table(rows),
-            "gpu": gpu.probe().describe(),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "bf16_checkpoint",
+            {
+                "path": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
+                "device": summary["device"],
+                "method": summary["method"],
+                "shards": summary["shards"],
+                "shards_resumed": summary["shards_resumed"],
+                "tensors": summary["tensors"],
+                "dequantized_tensors": summary["dequantized_tensors"],
+                "input_size": format_bytes(summary["input_bytes"]),
+                "output_size": format_bytes(summary["output_bytes"]),
+                "output_bytes": summary["output_bytes"],
+                "seconds": summary["seconds"],
+                "gb_per_s": summary["gb_per_s"],
+                "shard_table": _table(rows),
+                "gpu": gpu.probe().describe(),
+            },
+        ),
         data_version=data_version([paths.bf16_checkpoint]),
     )
 
