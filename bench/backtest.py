@@ -31,18 +31,31 @@ GOAL = 3.0
 WHOLE_GOAL = 5.0
 
 
-def synthetic_prices(root: Path, tickers: list[str], sessions: pd.DatetimeIndex, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+def synthetic_prices(
+    root: Path, tickers: list[str], sessions: pd.DatetimeIndex, rng: np.random.Generator
+) -> dict[str, pd.DataFrame]:
     frames = {}
     for ticker in tickers:
         adjusted = 50.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.018, len(sessions))))
-        frame = pd.DataFrame({"date": sessions, "open": adjusted, "high": adjusted * 1.01, "low": adjusted * 0.99,
-                              "close": adjusted, "adjusted_close": adjusted, "volume": 1e6})
+        frame = pd.DataFrame(
+            {
+                "date": sessions,
+                "open": adjusted,
+                "high": adjusted * 1.01,
+                "low": adjusted * 0.99,
+                "close": adjusted,
+                "adjusted_close": adjusted,
+                "volume": 1e6,
+            }
+        )
         write_price_file(root / f"{ticker}.parquet", frame)
         frames[ticker] = frame
     return frames
 
 
-def synthetic_eval_csv(path: Path, rows: int, prices: dict[str, pd.DataFrame], sessions: pd.DatetimeIndex, rng: np.random.Generator) -> None:
+def synthetic_eval_csv(
+    path: Path, rows: int, prices: dict[str, pd.DataFrame], sessions: pd.DatetimeIndex, rng: np.random.Generator
+) -> None:
     tickers = np.array(sorted(prices))
     ticker = tickers[rng.integers(0, len(tickers), rows)]
     as_of = sessions[rng.integers(0, len(sessions) - 10, rows)]
@@ -50,9 +63,22 @@ def synthetic_eval_csv(path: Path, rows: int, prices: dict[str, pd.DataFrame], s
     true = np.array(ACTIONS)[rng.integers(0, 5, rows)]
     guess = np.where(rng.random(rows) < 0.4, true, np.array(ACTIONS)[rng.integers(0, 5, rows)])
     predicted = np.where(rng.random(rows) < 0.05, "", guess)
-    frame = pd.DataFrame({"id": [f"{t}-{i}" for i, t in enumerate(ticker)], "ticker": ticker, "as_of_date": as_of.strftime("%Y-%m-%d"),
-                          "true_action": true, "predicted_action": predicted, "parse_ok": predicted != "", "horizon_days": horizon})
-    frame["raw_output"] = "<reasoning>Momentum and margins, see support.</reasoning>\n<support>a; b</support><action>" + frame["predicted_action"] + "</action>"
+    frame = pd.DataFrame(
+        {
+            "id": [f"{t}-{i}" for i, t in enumerate(ticker)],
+            "ticker": ticker,
+            "as_of_date": as_of.strftime("%Y-%m-%d"),
+            "true_action": true,
+            "predicted_action": predicted,
+            "parse_ok": predicted != "",
+            "horizon_days": horizon,
+        }
+    )
+    frame["raw_output"] = (
+        "<reasoning>Momentum and margins, see support.</reasoning>\n<support>a; b</support><action>"
+        + frame["predicted_action"]
+        + "</action>"
+    )
     labels = []
     for name, group in frame.groupby("ticker", sort=False):
         part = forward_returns(prices[name], group["as_of_date"], group["horizon_days"].to_numpy())
@@ -81,8 +107,10 @@ def main() -> None:
         prices = synthetic_prices(tmp / "prices", [f"T{i:03d}" for i in range(args.tickers)], sessions, rng)
         csv_path = tmp / "eval.csv"
         synthetic_eval_csv(csv_path, args.rows, prices, sessions, rng)
-        print(f"setup: {args.rows:,} rows, {args.tickers} tickers, {len(sessions)} sessions, "
-              f"{csv_path.stat().st_size / 2**20:.0f} MiB CSV in {time.perf_counter() - started:.1f} s")
+        print(
+            f"setup: {args.rows:,} rows, {args.tickers} tickers, {len(sessions)} sessions, "
+            f"{csv_path.stat().st_size / 2**20:.0f} MiB CSV in {time.perf_counter() - started:.1f} s"
+        )
         source, config = LocalPriceSource(tmp / "prices"), load_backtest_config()
         configs = {"plain": config.model_copy(update={"bootstrap_resamples": 0, "permutations": 0}), "whole": config}
         times: dict[str, list[float]] = {"read": [], "plain": [], "whole": []}
@@ -97,16 +125,22 @@ def main() -> None:
         read, plain, whole = (min(times[name]) for name in ("read", "plain", "whole"))
         print(f"pandas read_csv + dates: {read:.2f} s (best of {args.repeats})")
         print(f"run_backtest, no intervals: {plain:.2f} s; positions {metrics['portfolio']['positions']:,}")
-        print(f"run_backtest, every interval and p-value ({config.bootstrap_resamples:,} resamples, "
-              f"{config.permutations:,} permutations): {whole:.2f} s")
+        print(
+            f"run_backtest, every interval and p-value ({config.bootstrap_resamples:,} resamples, "
+            f"{config.permutations:,} permutations): {whole:.2f} s"
+        )
         for label, seconds, goal in (("plain backtest", plain, GOAL), ("whole backtest", whole, WHOLE_GOAL)):
             verdict = "ok" if seconds / read <= goal else "ABOVE GOAL"
             print(f"ratio {label} / read: {seconds / read:.2f}x (goal <= {goal:g}x): {verdict}")
         reference = "pandas read_csv + dates"
-        record("backtest", [
-            Measurement("run_backtest time", plain, reference, read, "s", f"<= {GOAL:g}"),
-            Measurement("run_backtest with every interval time", whole, reference, read, "s", f"<= {WHOLE_GOAL:g}"),
-        ], args.results)
+        record(
+            "backtest",
+            [
+                Measurement("run_backtest time", plain, reference, read, "s", f"<= {GOAL:g}"),
+                Measurement("run_backtest with every interval time", whole, reference, read, "s", f"<= {WHOLE_GOAL:g}"),
+            ],
+            args.results,
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,11 @@ def layer_tensors(layer: int, generator: torch.Generator) -> dict[str, torch.Ten
         "self_attn.kv_a_proj_with_mqa": (KV_RANK + 64, HIDDEN),  # 576 rows: not a multiple of 128
         "self_attn.kv_b_proj": (HEADS * 256, KV_RANK),
         "self_attn.o_proj": (HIDDEN, HEADS * 128),
-        **{f"mlp.experts.{e}.{p}": s for e in range(2) for p, s in (("gate_proj", (MOE, HIDDEN)), ("up_proj", (MOE, HIDDEN)), ("down_proj", (HIDDEN, MOE)))},
+        **{
+            f"mlp.experts.{e}.{p}": s
+            for e in range(2)
+            for p, s in (("gate_proj", (MOE, HIDDEN)), ("up_proj", (MOE, HIDDEN)), ("down_proj", (HIDDEN, MOE)))
+        },
     }
     out: dict[str, torch.Tensor] = {}
     for suffix, shape in shapes.items():
@@ -61,7 +65,9 @@ def write_source(root: Path, size_mb: int) -> tuple[Path, int]:
     generator = torch.Generator().manual_seed(0)
     source = root / "fp8"
     source.mkdir()
-    shards: list[dict[str, torch.Tensor]] = [{"model.embed_tokens.weight": torch.randn(4096, HIDDEN, generator=generator).to(torch.bfloat16)}]
+    shards: list[dict[str, torch.Tensor]] = [
+        {"model.embed_tokens.weight": torch.randn(4096, HIDDEN, generator=generator).to(torch.bfloat16)}
+    ]
     total = shards[0]["model.embed_tokens.weight"].nbytes
     layer = 0
     while total < size_mb * 1e6:
@@ -77,8 +83,12 @@ def write_source(root: Path, size_mb: int) -> tuple[Path, int]:
         name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
         save_file(tensors, source / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, name))
-    (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    (source / "config.json").write_text(json.dumps({"model_type": "deepseek_v3", "quantization_config": {"quant_method": "fp8"}}))
+    (source / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    (source / "config.json").write_text(
+        json.dumps({"model_type": "deepseek_v3", "quantization_config": {"quant_method": "fp8"}})
+    )
     return source, max(p.stat().st_size for p in source.glob("*.safetensors"))
 
 
@@ -86,7 +96,9 @@ def bare(source: Path, output: Path) -> None:
     output.mkdir()
     for shard in sorted(source.glob("*.safetensors")):
         tensors = load_file(shard)
-        save_file({n: t.to(torch.bfloat16) for n, t in tensors.items() if not n.endswith(SCALE_SUFFIX)}, output / shard.name)
+        save_file(
+            {n: t.to(torch.bfloat16) for n, t in tensors.items() if not n.endswith(SCALE_SUFFIX)}, output / shard.name
+        )
 
 
 def ours(source: Path, output: Path) -> None:
@@ -116,14 +128,21 @@ def peak_rss_self() -> int:
 def peak_rss_child(method: str, source: Path, output: Path) -> int:
     """Peak RSS (bytes) of a fresh process that runs one conversion (imports included)."""
     shutil.rmtree(output, ignore_errors=True)
-    done = subprocess.run([sys.executable, __file__, "--child", method, str(source), str(output)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(source), str(output)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     shutil.rmtree(output)
     return int(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=450, help="FP8 bytes to generate, in MB (450: ~0.5 GB of shards)")
+    parser.add_argument(
+        "--size-mb", type=int, default=450, help="FP8 bytes to generate, in MB (450: ~0.5 GB of shards)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     add_results_option(parser)
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SOURCE", "OUTPUT"), help=argparse.SUPPRESS)
@@ -139,7 +158,9 @@ def main() -> None:
         source, largest = write_source(root, args.size_mb)
         size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
         shards = len(list(source.glob("*.safetensors")))
-        print(f"source: {size / 1e9:.2f} GB in {shards} shards (largest {largest / MIB:.0f} MiB), torch threads {torch.get_num_threads()}")
+        print(
+            f"source: {size / 1e9:.2f} GB in {shards} shards (largest {largest / MIB:.0f} MiB), torch threads {torch.get_num_threads()}"
+        )
         best = {m: (float("inf"), float("inf")) for m in METHODS}
         for _ in range(args.repeats):
             for method in METHODS:
@@ -147,20 +168,39 @@ def main() -> None:
                 best[method] = (min(best[method][0], wall), min(best[method][1], cpu))
         for method, (wall, cpu) in best.items():
             print(f"{method:>5}: wall {wall:6.2f} s ({size / wall / 1e9:.2f} GB/s in), cpu {cpu:6.2f} s")
-        print(f"ratio ours / bare: wall {best['ours'][0] / best['bare'][0]:.2f}x, cpu {best['ours'][1] / best['bare'][1]:.2f}x (goal <= 1.3)")
+        print(
+            f"ratio ours / bare: wall {best['ours'][0] / best['bare'][0]:.2f}x, cpu {best['ours'][1] / best['bare'][1]:.2f}x (goal <= 1.3)"
+        )
 
         budget = 3 * largest + 600 * MIB
         rss = {}
         for method in METHODS:
             rss[method] = peak_rss_child(method, source, root / method)
-            print(f"{method:>5}: peak RSS {rss[method] / MIB:.0f} MiB = {rss[method] / budget:.2f} x (3 x largest shard + 600 MiB = {budget / MIB:.0f} MiB)")
+            print(
+                f"{method:>5}: peak RSS {rss[method] / MIB:.0f} MiB = {rss[method] / budget:.2f} x (3 x largest shard + 600 MiB = {budget / MIB:.0f} MiB)"
+            )
         print("goal for ours: <= 1.0. GPU figures (kernel GB/s vs a device copy): `sftc gpu-check` on a GPU node.")
         (ours_wall, ours_cpu), (bare_wall, bare_cpu) = best["ours"], best["bare"]
-        record("convert_fp8", [
-            Measurement("convert_fp8_checkpoint wall time", ours_wall, "bare load, cast, save", bare_wall, "s", "<= 1.3"),
-            Measurement("convert_fp8_checkpoint CPU time", ours_cpu, "bare load, cast, save", bare_cpu, "s", "<= 1.3"),
-            Measurement("convert_fp8_checkpoint peak RSS", rss["ours"] / MIB, "3 x largest shard + 600 MiB", budget / MIB, "MiB", "<= 1.0"),
-        ], args.results)
+        record(
+            "convert_fp8",
+            [
+                Measurement(
+                    "convert_fp8_checkpoint wall time", ours_wall, "bare load, cast, save", bare_wall, "s", "<= 1.3"
+                ),
+                Measurement(
+                    "convert_fp8_checkpoint CPU time", ours_cpu, "bare load, cast, save", bare_cpu, "s", "<= 1.3"
+                ),
+                Measurement(
+                    "convert_fp8_checkpoint peak RSS",
+                    rss["ours"] / MIB,
+                    "3 x largest shard + 600 MiB",
+                    budget / MIB,
+                    "MiB",
+                    "<= 1.0",
+                ),
+            ],
+            args.results,
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def main() -> None:
     parse = settings.sft.target_format.parse_action
     levels = [int(n) for n in args.concurrency.split(",")]
     model, tokenizer = load_model(model_dir, "cpu")
-    local = InProcessAnswers(model, tokenizer, evaluation.max_new_tokens, evaluation.batch_size, evaluation.cpu_threads, {})
+    local = InProcessAnswers(
+        model, tokenizer, evaluation.max_new_tokens, evaluation.batch_size, evaluation.cpu_threads, {}
+    )
     stop = (settings.sft.target_format.action[1],)
 
     with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as stack:
@@ -62,8 +64,10 @@ def main() -> None:
             client = CompletionsClient(running.url, client_config)
             decoding = Decoding(plan.served_model, evaluation.max_new_tokens, stop, client_config.seed)
             decodings[engine] = client, client.negotiate_special_tokens(decoding)
-        print(f"{len(prompts)} test prompts, up to {evaluation.max_new_tokens} new tokens, "
-              f"batch {evaluation.batch_size} in process")
+        print(
+            f"{len(prompts)} test prompts, up to {evaluation.max_new_tokens} new tokens, "
+            f"batch {evaluation.batch_size} in process"
+        )
         rates: dict[tuple[str, int] | None, list[float]] = {None: [], **{(e, n): [] for e in ENGINES for n in levels}}
         for round_ in range(1, args.rounds + 1):
             start = time.perf_counter()
@@ -79,18 +83,31 @@ def main() -> None:
                     rate = len(prompts) / (time.perf_counter() - start)
                     rates[engine, n].append(rate)
                     agree = sum(parse(a) == parse(b, served.tags_stripped) for a, b in zip(expected, texts))
-                    line.append(f"{engine} N={n} {rate:6.1f} rows/s (x{rate / local_rate:.2f}, "
-                                f"actions agree {agree / len(prompts):.0%})")
+                    line.append(
+                        f"{engine} N={n} {rate:6.1f} rows/s (x{rate / local_rate:.2f}, "
+                        f"actions agree {agree / len(prompts):.0%})"
+                    )
             print("; ".join(line))
     local_median = statistics.median(rates[None])
     for (engine, n), values in ((k, v) for k, v in rates.items() if k is not None):
         ratios = ", ".join(f"{v / r:.2f}" for v, r in zip(values, rates[None]))
         print(f"{engine} / in process, N={n}: median x{statistics.median(values) / local_median:.2f} ({ratios})")
-    record("eval_server", [
-        Measurement(f"{engine} rows/s, {n} in flight", statistics.median(rates[engine, n]), "in-process generate",
-                    local_median, "rows/s (median of rounds)", GOALS.get(engine, ""))
-        for engine in ENGINES for n in levels
-    ], args.results)
+    record(
+        "eval_server",
+        [
+            Measurement(
+                f"{engine} rows/s, {n} in flight",
+                statistics.median(rates[engine, n]),
+                "in-process generate",
+                local_median,
+                "rows/s (median of rounds)",
+                GOALS.get(engine, ""),
+            )
+            for engine in ENGINES
+            for n in levels
+        ],
+        args.results,
+    )
 
 
 if __name__ == "__main__":

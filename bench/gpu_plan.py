@@ -37,7 +37,9 @@ def best_of(repeats: int, run) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=20_000, help="lines per NeMo JSONL file (the toy chain writes ~1,000)")
+    parser.add_argument(
+        "--lines", type=int, default=20_000, help="lines per NeMo JSONL file (the toy chain writes ~1,000)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     add_results_option(parser)
     args = parser.parse_args()
@@ -49,9 +51,15 @@ def main() -> int:
         read = best_of(args.repeats, lambda: [read_pairs(path) for path in files])
         plan = best_of(args.repeats, lambda: build_gpu_plan(settings, check_nemo=False))
     ratio = plan / read
-    print(f"GPU plan over 2 x {args.lines:,} NeMo lines: {plan * 1000:.0f} ms; reading them: {read * 1000:.0f} ms; "
-          f"plan / read = {ratio:.2f}x (goal <= {GOAL:g}x) {'OK' if ratio <= GOAL else 'OVER'}")
-    record("gpu_plan", [Measurement("build_gpu_plan time", plan, "read_pairs of the same files", read, "s", f"<= {GOAL:g}")], args.results)
+    print(
+        f"GPU plan over 2 x {args.lines:,} NeMo lines: {plan * 1000:.0f} ms; reading them: {read * 1000:.0f} ms; "
+        f"plan / read = {ratio:.2f}x (goal <= {GOAL:g}x) {'OK' if ratio <= GOAL else 'OVER'}"
+    )
+    record(
+        "gpu_plan",
+        [Measurement("build_gpu_plan time", plan, "read_pairs of the same files", read, "s", f"<= {GOAL:g}")],
+        args.results,
+    )
     return 0
 
 

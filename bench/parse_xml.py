@@ -37,7 +37,10 @@ ACTIONS = ["strong buy", "BUY", "hold", "Sell", "STRONG-SELL"]
 
 
 def thesis_xml(rng: random.Random, ticker: str, day: dt.date) -> str:
-    points = "".join(f"<point>Point {i}: trailing return {rng.uniform(-9, 9):.2f}% over {i * 5} sessions</point>" for i in range(1, 5))
+    points = "".join(
+        f"<point>Point {i}: trailing return {rng.uniform(-9, 9):.2f}% over {i * 5} sessions</point>"
+        for i in range(1, 5)
+    )
     return (
         f"<thesis><ticker>{ticker}</ticker><as_of_date>{day.isoformat()}</as_of_date>"
         f"<reasoning>Momentum over 20 sessions is {rng.uniform(-9, 9):.2f}% while volatility sits at "
@@ -132,16 +135,38 @@ def main() -> None:
         counts = parse_corpus(root).counts()
         print(f"{len(paths)} files, {theses} theses: {counts['accepted']} accepted, {counts['rejected']} rejected")
         for name, seconds in times.items():
-            print(f"{name:28s} {seconds:6.3f} s CPU  {len(paths) / seconds:8,.0f} files/s  {seconds / len(paths) * 1e6:5.1f} us/file")
+            print(
+                f"{name:28s} {seconds:6.3f} s CPU  {len(paths) / seconds:8,.0f} files/s  {seconds / len(paths) * 1e6:5.1f} us/file"
+            )
         bare, bare_bytes, floor, ours = times.values()
-        print(f"throughput ratio (bare_time / our_time): {bare / ours:.2f}x (goal >= 0.7x); "
-              f"bare_from_bytes_time / our_time: {bare_bytes / ours:.2f}x; floor_time / our_time: {floor / ours:.2f}x")
+        print(
+            f"throughput ratio (bare_time / our_time): {bare / ours:.2f}x (goal >= 0.7x); "
+            f"bare_from_bytes_time / our_time: {bare_bytes / ours:.2f}x; floor_time / our_time: {floor / ours:.2f}x"
+        )
         rate = len(paths) / ours
-        record("parse_xml", [
-            Measurement("parse_corpus throughput", rate, "bare lxml parse", len(paths) / bare, "files/s (CPU)", ">= 0.7"),
-            Measurement("parse_corpus vs the floor", rate, "read, hardened parse, visit", len(paths) / floor, "files/s (CPU)"),
-            Measurement("parse_corpus vs lxml from bytes", rate, "bare lxml from bytes", len(paths) / bare_bytes, "files/s (CPU)"),
-        ], opts.results)
+        record(
+            "parse_xml",
+            [
+                Measurement(
+                    "parse_corpus throughput", rate, "bare lxml parse", len(paths) / bare, "files/s (CPU)", ">= 0.7"
+                ),
+                Measurement(
+                    "parse_corpus vs the floor",
+                    rate,
+                    "read, hardened parse, visit",
+                    len(paths) / floor,
+                    "files/s (CPU)",
+                ),
+                Measurement(
+                    "parse_corpus vs lxml from bytes",
+                    rate,
+                    "bare lxml from bytes",
+                    len(paths) / bare_bytes,
+                    "files/s (CPU)",
+                ),
+            ],
+            opts.results,
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,20 @@ from sftc_core.io import atomic_write_csv
 from sftc_core.manifest import git_state, machine_summary
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COLUMNS = ("date", "commit", "machine", "bench", "figure", "value", "baseline", "baseline_value", "unit", "ratio", "goal", "meets_goal")
+COLUMNS = (
+    "date",
+    "commit",
+    "machine",
+    "bench",
+    "figure",
+    "value",
+    "baseline",
+    "baseline_value",
+    "unit",
+    "ratio",
+    "goal",
+    "meets_goal",
+)
 _GOAL = re.compile(r"^(<=|>=) ?(\d+(\.\d+)?)$")
 _OPERATORS = {"<=": operator.le, ">=": operator.ge}
 
@@ -40,7 +53,9 @@ class Measurement:
         if self.goal and not _GOAL.match(self.goal):
             raise ValueError(f"goal {self.goal!r}: expected '<= N' or '>= N' (or '' for none)")
         if self.baseline_value <= 0:
-            raise ValueError(f"{self.figure}: baseline {self.baseline} is {self.baseline_value}, a ratio needs a positive baseline")
+            raise ValueError(
+                f"{self.figure}: baseline {self.baseline} is {self.baseline_value}, a ratio needs a positive baseline"
+            )
 
     @property
     def ratio(self) -> float:
@@ -55,7 +70,13 @@ class Measurement:
 
 
 def add_results_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, metavar="DIR", help=f"where the CSV rows go (default: {RESULTS_DIR})")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help=f"where the CSV rows go (default: {RESULTS_DIR})",
+    )
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -73,9 +94,18 @@ def record(bench: str, measurements: list[Measurement], results_dir: Path = RESU
     machine = machine_summary()
     rows = [
         {
-            "date": date, "commit": commit, "machine": machine, "bench": bench, "figure": m.figure, "value": f"{m.value:.6g}",
-            "baseline": m.baseline, "baseline_value": f"{m.baseline_value:.6g}", "unit": m.unit, "ratio": f"{m.ratio:.4g}",
-            "goal": m.goal, "meets_goal": "" if m.meets_goal is None else str(m.meets_goal).lower(),
+            "date": date,
+            "commit": commit,
+            "machine": machine,
+            "bench": bench,
+            "figure": m.figure,
+            "value": f"{m.value:.6g}",
+            "baseline": m.baseline,
+            "baseline_value": f"{m.baseline_value:.6g}",
+            "unit": m.unit,
+            "ratio": f"{m.ratio:.4g}",
+            "goal": m.goal,
+            "meets_goal": "" if m.meets_goal is None else str(m.meets_goal).lower(),
         }
         for m in measurements
     ]

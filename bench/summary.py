@@ -31,10 +31,17 @@ def summary_table(rows: list[dict]) -> str:
     verdict = {"true": "ok", "false": "MISSES GOAL", "": ""}
     table = [
         {
-            "bench": row["bench"], "figure": row["figure"], "ratio": row["ratio"], "goal": row["goal"] or "-",
-            "": verdict.get(row["meets_goal"], row["meets_goal"]), "previous": row["previous"] or "-",
-            "value": f"{row['value']} {row['unit']}", "baseline": f"{row['baseline']} {row['baseline_value']}",
-            "date": row["date"], "commit": row["commit"], "machine": row["machine"],
+            "bench": row["bench"],
+            "figure": row["figure"],
+            "ratio": row["ratio"],
+            "goal": row["goal"] or "-",
+            "": verdict.get(row["meets_goal"], row["meets_goal"]),
+            "previous": row["previous"] or "-",
+            "value": f"{row['value']} {row['unit']}",
+            "baseline": f"{row['baseline']} {row['baseline_value']}",
+            "date": row["date"],
+            "commit": row["commit"],
+            "machine": row["machine"],
         }
         for row in rows
     ]

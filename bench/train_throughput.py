@@ -66,7 +66,9 @@ class InterleavedBareLoop:
         if self.hook_end is not None:
             self.ours[step] = started - self.hook_end
         batch = collate(self.batches[step - 1], self.pad_token_id)
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
         loss = target_loss_sum(logits, batch["labels"]) / (batch["labels"][:, 1:] != -100).sum()
         loss.backward()
         self.optimizer.step()
@@ -86,12 +88,20 @@ def main() -> None:
     settings = load_settings(env={"SFTC_PROFILE": "toy"})  # the toy's training section with the recipe's LoRA filled in
     profile, sft = settings.profile, settings.sft
     training = profile.training.model_copy(
-        update={"max_steps": args.steps, "batch_size": args.batch_size, "eval_every": args.steps, "save_every": args.steps, "parse_check_samples": 0}
+        update={
+            "max_steps": args.steps,
+            "batch_size": args.batch_size,
+            "eval_every": args.steps,
+            "save_every": args.steps,
+            "parse_check_samples": 0,
+        }
     )
     with tempfile.TemporaryDirectory(prefix="sftc-bench-train-") as tmp:
         root = Path(tmp)
         data_dir, model_dir = root / "nemo_jsonl", root / "bf16"
-        write_pairs(data_dir, profile, sft, {"train": ["2010-03", "2010-04", "2010-05", "2010-06"], "validation": ["2010-07"]})
+        write_pairs(
+            data_dir, profile, sft, {"train": ["2010-03", "2010-04", "2010-05", "2010-06"], "validation": ["2010-07"]}
+        )
         make_toy_checkpoint(model_dir, corpus_texts_from(data_dir), seed=0)
         model, pad_token_id, batches = load_like_run_training(model_dir, data_dir, training, sft, args.steps)
         interleaved = InterleavedBareLoop(model, pad_token_id, batches, training.learning_rate)
@@ -101,10 +111,18 @@ def main() -> None:
     ours_rate = sum(tokens.values()) / sum(interleaved.ours[s] for s in counted)
     bare_rate = sum(tokens.values()) / sum(interleaved.bare[s] for s in counted)
     ratios = sorted(interleaved.bare[s] / interleaved.ours[s] for s in counted)
-    print(f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, {sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)")
+    print(
+        f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, {sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)"
+    )
     print(f"tokens/s: ours {ours_rate:.0f}, bare torch loop {bare_rate:.0f}")
-    print(f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, median per step {statistics.median(ratios):.3f} (goal >= 0.9)")
-    record("train_throughput", [Measurement("run_training tokens/s", ours_rate, "bare torch loop", bare_rate, "tokens/s", ">= 0.9")], args.results)
+    print(
+        f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, median per step {statistics.median(ratios):.3f} (goal >= 0.9)"
+    )
+    record(
+        "train_throughput",
+        [Measurement("run_training tokens/s", ours_rate, "bare torch loop", bare_rate, "tokens/s", ">= 0.9")],
+        args.results,
+    )
 
 
 if __name__ == "__main__":

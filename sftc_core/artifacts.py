@@ -72,7 +72,9 @@ def file_digest(path: Path) -> str:
 
 def _artifact_files(directory: Path) -> dict[str, Path]:
     """Every file under `directory` (its markers aside), by POSIX path relative to it."""
-    return {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file() and not is_marker(p)}
+    return {
+        p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file() and not is_marker(p)
+    }
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,18 @@ class Marker:
     @property
     def content_hash(self) -> str:
         """One hash of the artifact's content (its files' hashes): the data version of the asset."""
-        return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in sorted(self.files.items())}).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in sorted(self.files.items())}).encode()).hexdigest()[
+            :16
+        ]
 
     def as_json(self) -> dict:
-        return {"format": MARKER_FORMAT, "writer": self.writer, "config_hash": self.config_hash, "content_hash": self.content_hash, "files": self.files}
+        return {
+            "format": MARKER_FORMAT,
+            "writer": self.writer,
+            "config_hash": self.config_hash,
+            "content_hash": self.content_hash,
+            "files": self.files,
+        }
 
 
 def _entry(path: Path) -> dict:
@@ -111,7 +121,9 @@ class Stamp:
             atomic_write_json(dir_marker(built), Marker(self.writer, self.config_hash, files).as_json())
             return None
         # The file keeps its inode (and mtime) through the rename: the entry describes the final file.
-        marker = atomic_write_json(file_marker(final), Marker(self.writer, self.config_hash, {Path(final).name: _entry(built)}).as_json())
+        marker = atomic_write_json(
+            file_marker(final), Marker(self.writer, self.config_hash, {Path(final).name: _entry(built)}).as_json()
+        )
         return lambda: marker.unlink(missing_ok=True)
 
 
@@ -137,7 +149,12 @@ FORCE_FIX = "choose a new path, or pass --force to replace it"
 
 
 def guard_output(
-    target: Path | str, inputs: Iterable[Path | str | None] = (), *, force: bool = False, option: str = "--output", fix: str = FORCE_FIX
+    target: Path | str,
+    inputs: Iterable[Path | str | None] = (),
+    *,
+    force: bool = False,
+    option: str = "--output",
+    fix: str = FORCE_FIX,
 ) -> None:
     """Refuse `target` when it is, contains or lies inside an input (paths resolved, symlinks followed), and
     when it exists, is not empty and was not written by sftc (unless `force`); `fix` says what to do then."""
@@ -148,8 +165,14 @@ def guard_output(
             continue
         source_resolved = Path(source).resolve()
         if _inside(resolved, source_resolved) or _inside(source_resolved, resolved):
-            relation = "is" if resolved == source_resolved else ("lies inside" if _inside(resolved, source_resolved) else "contains")
-            raise OutputError(f"{option} {target} {relation} the input {source}: writing it would destroy the input; choose an output elsewhere")
+            relation = (
+                "is"
+                if resolved == source_resolved
+                else ("lies inside" if _inside(resolved, source_resolved) else "contains")
+            )
+            raise OutputError(
+                f"{option} {target} {relation} the input {source}: writing it would destroy the input; choose an output elsewhere"
+            )
     if force or not (target.exists() or target.is_symlink()):
         return
     if target.is_dir() and not any(target.iterdir()):
@@ -201,7 +224,9 @@ def integrity_problems(target: Path | str) -> list[str]:
             problems.append(f"{target / relative if target.is_dir() else target} is missing")
             continue
         stat = path.stat()
-        if (stat.st_size, stat.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]) and file_digest(path) != recorded["sha256"]:
+        if (stat.st_size, stat.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]) and file_digest(
+            path
+        ) != recorded["sha256"]:
             problems.append(f"{path} was changed after sftc wrote it")
     problems += [f"{path} was added after sftc wrote {target}" for path in present.values()]
     return problems

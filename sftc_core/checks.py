@@ -53,7 +53,9 @@ def checks_table(checks: list[Check] | tuple[Check, ...], width: int = 110) -> s
 
     def wrapped(text: str, lead: str = "") -> list[str]:
         # A hanging indent under the text's own start; long words (paths) are kept whole.
-        lines = textwrap.wrap(text, max(30, width - len(pad) - len(lead)), break_long_words=False, break_on_hyphens=False) or [""]
+        lines = textwrap.wrap(
+            text, max(30, width - len(pad) - len(lead)), break_long_words=False, break_on_hyphens=False
+        ) or [""]
         return [lead + lines[0], *(" " * len(lead) + line for line in lines[1:])]
 
     lines = []

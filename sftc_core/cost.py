@@ -105,7 +105,9 @@ class Estimate:
         """This estimate with a real run's hours for the phase `name`."""
         if name not in {p.name for p in self.phases}:
             raise ValueError(f"no phase {name!r} in the estimate (phases: {', '.join(p.name for p in self.phases)})")
-        phases = tuple(replace(p, measured_wall_hours=wall_hours, measured_gpus=gpus) if p.name == name else p for p in self.phases)
+        phases = tuple(
+            replace(p, measured_wall_hours=wall_hours, measured_gpus=gpus) if p.name == name else p for p in self.phases
+        )
         return replace(self, phases=phases)
 
     def range(self, value: float) -> tuple[float, float]:
@@ -117,15 +119,23 @@ class Estimate:
         phases = []
         for p in self.phases:
             entry = {
-                "name": p.name, "gpus": p.gpus, "wall_hours": _round(p.wall_hours), "gpu_hours": _round(p.gpu_hours),
-                "cost": _round(None if p.gpu_hours is None else p.gpu_hours * price), "basis": list(p.basis), "rates": list(p.rates),
+                "name": p.name,
+                "gpus": p.gpus,
+                "wall_hours": _round(p.wall_hours),
+                "gpu_hours": _round(p.gpu_hours),
+                "cost": _round(None if p.gpu_hours is None else p.gpu_hours * price),
+                "basis": list(p.basis),
+                "rates": list(p.rates),
             }
             if p.unknown:
                 entry["unknown"] = p.unknown
             if p.measured_wall_hours is not None:
                 entry["measured"] = {
-                    "wall_hours": _round(p.measured_wall_hours), "gpus": p.measured_gpus or p.gpus, "gpu_hours": _round(p.measured_gpu_hours),
-                    "cost": _round(p.measured_gpu_hours * price), "ratio": _round(p.ratio),
+                    "wall_hours": _round(p.measured_wall_hours),
+                    "gpus": p.measured_gpus or p.gpus,
+                    "gpu_hours": _round(p.measured_gpu_hours),
+                    "cost": _round(p.measured_gpu_hours * price),
+                    "ratio": _round(p.ratio),
                 }
             phases.append(entry)
         measured = any(p.measured_wall_hours is not None for p in self.phases)
@@ -139,9 +149,15 @@ class Estimate:
             "measured": measured,
             "estimated_gpu_hours": _round(self.estimated_gpu_hours),
             "uncertainty_factor": self.uncertainty_factor,
-            "range": {"gpu_hours": [_round(v) for v in self.range(self.gpu_hours)], "cost": [_round(v) for v in self.range(self.cost)]},
+            "range": {
+                "gpu_hours": [_round(v) for v in self.range(self.gpu_hours)],
+                "cost": [_round(v) for v in self.range(self.cost)],
+            },
             "phases": phases,
-            "rates": {name: {"value": r.value, "unit": r.unit, "source": r.source, "published": r.published} for name, r in self.rates.items()},
+            "rates": {
+                name: {"value": r.value, "unit": r.unit, "source": r.source, "published": r.published}
+                for name, r in self.rates.items()
+            },
             "not_estimated": self.unknown,
         }
 
@@ -157,8 +173,10 @@ def _hours(seconds: float) -> float:
 def transfer_phase(name: str, read_bytes: float, written_bytes: float, gpus: int, storage: Rate, what: str) -> Phase:
     """A step bound by the data volume (conversion, import, export): its bytes through the storage of one node."""
     seconds = (read_bytes + written_bytes) / (storage.value * GB)
-    basis = (f"{what}: reads {read_bytes / GB:,.0f} GB and writes {written_bytes / GB:,.0f} GB at {storage.value:g} GB/s = {seconds / 3600:.2f} h on one node",
-             f"{gpus} GPU(s) held: the step takes a whole node of the gpu pool")
+    basis = (
+        f"{what}: reads {read_bytes / GB:,.0f} GB and writes {written_bytes / GB:,.0f} GB at {storage.value:g} GB/s = {seconds / 3600:.2f} h on one node",
+        f"{gpus} GPU(s) held: the step takes a whole node of the gpu pool",
+    )
     return Phase(name, gpus, _hours(seconds), basis, ("storage",))
 
 
@@ -206,17 +224,34 @@ def finetune_phase(
     elif validation_runs:
         # Forward only: about a third of a training step's work per token.
         validation_s = validation_runs * validation_batches * tokens_per_step / (3 * finetune.value * gpus)
-        basis.append(f"validation: {validation_runs} run(s) x {validation_batches} batch(es), forward only (1/3 of a step) = {validation_s / 3600:.2f} h")
+        basis.append(
+            f"validation: {validation_runs} run(s) x {validation_batches} batch(es), forward only (1/3 of a step) = {validation_s / 3600:.2f} h"
+        )
     return Phase("fine-tune", gpus, _hours(train_s + load_s + validation_s), tuple(basis), ("finetune", "storage"))
 
 
-def generation_phase(*, prompts: int | None, tokens_per_prompt: int, nodes: int, gpus_per_node: int, generation: Rate, storage: Rate,
-                     weight_bytes: float, where: str) -> Phase:
+def generation_phase(
+    *,
+    prompts: int | None,
+    tokens_per_prompt: int,
+    nodes: int,
+    gpus_per_node: int,
+    generation: Rate,
+    storage: Rate,
+    weight_bytes: float,
+    where: str,
+) -> Phase:
     """The evaluation: the server loads the weights on every node at once, then generates up to `tokens_per_prompt` per prompt."""
     gpus = nodes * gpus_per_node
     if prompts is None:
-        return Phase("evaluation", gpus, None, (f"{nodes} node(s) x {gpus_per_node} GPU(s) serving",), ("generation", "storage"),
-                     unknown=f"the number of test prompts is unknown ({where} is not there): materialize nemo_jsonl")
+        return Phase(
+            "evaluation",
+            gpus,
+            None,
+            (f"{nodes} node(s) x {gpus_per_node} GPU(s) serving",),
+            ("generation", "storage"),
+            unknown=f"the number of test prompts is unknown ({where} is not there): materialize nemo_jsonl",
+        )
     load_s = weight_bytes / (storage.value * GB * nodes)
     tokens = prompts * tokens_per_prompt
     generate_s = tokens / (generation.value * gpus)
@@ -281,14 +316,27 @@ def markdown(estimate: dict) -> list[str]:
     summary, price, *_ = summary_lines(estimate)
     rows = []
     for phase in estimate["phases"]:
-        row = {"phase": phase["name"], "GPUs": phase["gpus"], "wall h": _h(phase["wall_hours"]), "GPU-h": _h(phase["gpu_hours"]),
-               "cost": _money(phase["cost"], currency) or "not estimated"}
+        row = {
+            "phase": phase["name"],
+            "GPUs": phase["gpus"],
+            "wall h": _h(phase["wall_hours"]),
+            "GPU-h": _h(phase["gpu_hours"]),
+            "cost": _money(phase["cost"], currency) or "not estimated",
+        }
         m = phase.get("measured")
-        row["measured GPU-h"] = f"{_h(m['gpu_hours'])} ({_ratio(m['ratio'], 'x')}{'' if m['ratio'] is None else ' the estimate'})" if m else ""
+        row["measured GPU-h"] = (
+            f"{_h(m['gpu_hours'])} ({_ratio(m['ratio'], 'x')}{'' if m['ratio'] is None else ' the estimate'})"
+            if m
+            else ""
+        )
         rows.append(row)
     lines = [f"**{summary}**", "", f"- {price}", "", markdown_table(rows, max_cell=200), ""]
     for phase in estimate["phases"]:
-        lines += [f"- {phase['name']}: " + "; ".join(phase["basis"]) + (f" (not estimated: {phase['unknown']})" if phase.get("unknown") else "")]
+        lines += [
+            f"- {phase['name']}: "
+            + "; ".join(phase["basis"])
+            + (f" (not estimated: {phase['unknown']})" if phase.get("unknown") else "")
+        ]
     lines.append("")
     for name, rate in estimate["rates"].items():
         kind = "published" if rate["published"] else "**configured, not measured**"

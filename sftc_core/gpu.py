@@ -94,7 +94,9 @@ def probe_gpus(fp8_check: Fp8Check | None = None) -> GpuProbe:
                 triton_fp8, detail = fp8_check(0)
             else:
                 detail = f"Triton {triton_version} installed, FP8 kernel not probed"
-    return GpuProbe(available and bool(devices), devices, torch.__version__, torch.version.cuda, triton_version, triton_fp8, detail)
+    return GpuProbe(
+        available and bool(devices), devices, torch.__version__, torch.version.cuda, triton_version, triton_fp8, detail
+    )
 
 
 def choose_device(

@@ -29,7 +29,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
-def backoff_seconds(attempt: int, base: float, ceiling: float, rng: random.Random, retry_after: float | None = None) -> float:
+def backoff_seconds(
+    attempt: int, base: float, ceiling: float, rng: random.Random, retry_after: float | None = None
+) -> float:
     """The wait before retry `attempt` + 1: base * 2**attempt capped at `ceiling`, jittered down to half (so parallel
     clients spread out), and never shorter than the server's Retry-After."""
     top = min(ceiling, base * 2**attempt)

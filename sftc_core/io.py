@@ -32,7 +32,9 @@ def atomic_path(path: Path | str, stamp: BeforeSwap | None = None) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600, and writers may have replaced the file: the usual mode
+        os.chmod(
+            tmp_path, 0o666 & ~_UMASK
+        )  # mkstemp makes 0600, and writers may have replaced the file: the usual mode
         undo = stamp(tmp_path, path) if stamp is not None else None
         try:
             os.replace(tmp_path, path)
@@ -130,7 +132,9 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row

@@ -73,7 +73,12 @@ def exclusive(path: Path | str, what: str | None = None) -> Iterator[None]:
         except BlockingIOError:
             log.warning("waiting for %s: %s is writing it", what or path, holder_description(lock))
             fcntl.flock(fd, fcntl.LOCK_EX)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv[:3]) or "python", "since": dt.datetime.now().isoformat(timespec="seconds")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv[:3]) or "python",
+            "since": dt.datetime.now().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         with _held_guard:

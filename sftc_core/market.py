@@ -52,20 +52,28 @@ def normalise_prices(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     """
     missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
     if missing:
-        raise PriceDataError(f"{origin}: missing price column(s) {', '.join(missing)}; expected {', '.join(PRICE_COLUMNS)}")
+        raise PriceDataError(
+            f"{origin}: missing price column(s) {', '.join(missing)}; expected {', '.join(PRICE_COLUMNS)}"
+        )
     dates = frame["date"]
     if not pd.api.types.is_datetime64_any_dtype(dates):
         dates = pd.to_datetime(dates, errors="coerce")
         if dates.isna().any():
             row = int(np.flatnonzero(dates.isna().to_numpy())[0])
-            raise PriceDataError(f"{origin}: row {row + 1}, column date: {frame['date'].iloc[row]!r} is not a date (expected YYYY-MM-DD)")
+            raise PriceDataError(
+                f"{origin}: row {row + 1}, column date: {frame['date'].iloc[row]!r} is not a date (expected YYYY-MM-DD)"
+            )
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_localize(None)
     days = dates.to_numpy().astype("datetime64[D]").astype("datetime64[ns]")  # midnight, whatever the unit was
     columns = {"date": days}
     for column in PRICE_COLUMNS[1:]:
         values = frame[column].to_numpy()
-        columns[column] = values if values.dtype == np.float64 else pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+        columns[column] = (
+            values
+            if values.dtype == np.float64
+            else pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+        )
     out = pd.DataFrame(columns)
     if len(days) > 1 and not (days[1:] > days[:-1]).all():  # sorting is the rare case: files are written sorted
         out = out.sort_values("date", kind="stable").drop_duplicates("date", keep="last").reset_index(drop=True)
@@ -88,9 +96,13 @@ def load_sample_prices(ticker: str) -> pd.DataFrame:
 
     symbol = ticker.strip().upper()
     if symbol not in sample_tickers():
-        raise UnknownTickerError(f"no sample prices for ticker {ticker!r}; bokeh-sampledata has {', '.join(sample_tickers())}")
+        raise UnknownTickerError(
+            f"no sample prices for ticker {ticker!r}; bokeh-sampledata has {', '.join(sample_tickers())}"
+        )
     raw = getattr(stocks, symbol)
-    frame = pd.DataFrame({**{c: raw[c] for c in ("date", "open", "high", "low", "close", "volume")}, "adjusted_close": raw["adj_close"]})
+    frame = pd.DataFrame(
+        {**{c: raw[c] for c in ("date", "open", "high", "low", "close", "volume")}, "adjusted_close": raw["adj_close"]}
+    )
     return normalise_prices(frame, f"bokeh-sampledata stocks.{symbol}")
 
 
@@ -106,14 +118,18 @@ def trading_sessions(calendar: str = "XNYS") -> pd.DatetimeIndex:
         cal = xcals.get_calendar(calendar, start=CALENDAR_START)
     except xcals.errors.InvalidCalendarName:
         raise ConfigError(f"calendar {calendar!r} is not an exchange-calendars name (e.g. XNYS, XLON)") from None
-    return pd.DatetimeIndex(cal.sessions.tz_localize(None) if cal.sessions.tz is not None else cal.sessions).astype("datetime64[ns]")
+    return pd.DatetimeIndex(cal.sessions.tz_localize(None) if cal.sessions.tz is not None else cal.sessions).astype(
+        "datetime64[ns]"
+    )
 
 
 def _as_datetime64(values: Sequence | pd.Series | np.ndarray) -> np.ndarray:
     return pd.to_datetime(pd.Series(values)).dt.normalize().to_numpy().astype("datetime64[ns]")
 
 
-def session_window(as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray, calendar: str = "XNYS") -> tuple[np.ndarray, np.ndarray]:
+def session_window(
+    as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray, calendar: str = "XNYS"
+) -> tuple[np.ndarray, np.ndarray]:
     """Entry (first session strictly after as_of) and exit (h sessions after entry) per row; NaT outside the calendar."""
     sessions = trading_sessions(calendar).to_numpy()
     as_of = _as_datetime64(as_of_dates)
@@ -133,8 +149,12 @@ def first_unseen_date(cutoff: dt.date, horizon_days: int, calendar: str = "XNYS"
     return exit_[0].astype("datetime64[D]").item() + dt.timedelta(days=1)
 
 
-def forward_returns(prices: pd.DataFrame | None, as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray,
-                    calendar: str = "XNYS") -> pd.DataFrame:
+def forward_returns(
+    prices: pd.DataFrame | None,
+    as_of_dates: Sequence | pd.Series | np.ndarray,
+    horizons: Sequence[int] | np.ndarray,
+    calendar: str = "XNYS",
+) -> pd.DataFrame:
     """Vectorised `forward_return`: columns entry_date, exit_date (datetime64, NaT when unknown), forward_return
     (float, NaN when missing), return_status. `prices` None means the source does not know the ticker."""
     as_of = _as_datetime64(as_of_dates)
@@ -173,7 +193,9 @@ class ForwardReturn:
     return_status: ReturnStatus
 
 
-def forward_return(prices: pd.DataFrame | None, as_of_date: dt.date | str, horizon_days: int, calendar: str = "XNYS") -> ForwardReturn:
+def forward_return(
+    prices: pd.DataFrame | None, as_of_date: dt.date | str, horizon_days: int, calendar: str = "XNYS"
+) -> ForwardReturn:
     """adjusted_close(exit) / adjusted_close(entry) - 1 with entry the first session strictly after `as_of_date`
     and exit `horizon_days` sessions after entry; a missing price gives None and a status, never 0."""
     if horizon_days < 1:
@@ -184,7 +206,9 @@ def forward_return(prices: pd.DataFrame | None, as_of_date: dt.date | str, horiz
         return None if pd.isna(value) else pd.Timestamp(value).date()
 
     value = row["forward_return"]
-    return ForwardReturn(day(row["entry_date"]), day(row["exit_date"]), None if pd.isna(value) else float(value), row["return_status"])
+    return ForwardReturn(
+        day(row["entry_date"]), day(row["exit_date"]), None if pd.isna(value) else float(value), row["return_status"]
+    )
 
 
 # --- price sources ----------------------------------------------------------------------------
@@ -201,7 +225,6 @@ class PriceSource(Protocol):
     name: str
 
     def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame: ...
-
 
 
 @dataclass
@@ -239,8 +262,16 @@ class AdjustedCloses:
     unknown: dict[str, str]
 
     @classmethod
-    def from_columns(cls, tickers: Iterable[str], ticker_index: np.ndarray, dates: np.ndarray, closes: np.ndarray,
-                     unknown: dict[str, str], start: dt.date, end: dt.date) -> AdjustedCloses:
+    def from_columns(
+        cls,
+        tickers: Iterable[str],
+        ticker_index: np.ndarray,
+        dates: np.ndarray,
+        closes: np.ndarray,
+        unknown: dict[str, str],
+        start: dt.date,
+        end: dt.date,
+    ) -> AdjustedCloses:
         """From rows in any order: those from `start` to `end` kept, sorted, the last row of a repeated date kept
         (as `normalise_prices` keeps it)."""
         days = dates.astype("datetime64[D]").astype("datetime64[ns]")
@@ -261,8 +292,9 @@ class AdjustedCloses:
         index = np.repeat(np.arange(len(tickers)), [len(f) for f in frames])
         dates = [np.zeros(0, "datetime64[ns]"), *(f["date"].to_numpy(dtype="datetime64[ns]") for f in frames)]
         closes = [np.zeros(0), *(f["adjusted_close"].to_numpy(dtype="float64") for f in frames)]
-        return cls.from_columns(tickers, index, np.concatenate(dates), np.concatenate(closes), dict(book.unknown),
-                                start, end)
+        return cls.from_columns(
+            tickers, index, np.concatenate(dates), np.concatenate(closes), dict(book.unknown), start, end
+        )
 
 
 def load_adjusted_closes(source: PriceSource, tickers: Iterable[str], start: dt.date, end: dt.date) -> AdjustedCloses:

@@ -37,7 +37,11 @@ def label_codes(values) -> np.ndarray:
     unknown = [u for u in uniques if u not in position]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not an action ({', '.join(ACTIONS)}) or empty")
-    return np.asarray([position[u] for u in uniques], dtype=np.int64)[codes] if len(uniques) else np.zeros(0, dtype=np.int64)
+    return (
+        np.asarray([position[u] for u in uniques], dtype=np.int64)[codes]
+        if len(uniques)
+        else np.zeros(0, dtype=np.int64)
+    )
 
 
 def action_scores(predicted, scores: Mapping[str, float]) -> np.ndarray:
@@ -146,7 +150,9 @@ def drawn_spearman(x: np.ndarray, y: np.ndarray):
         cov = (rank_x * cross).sum(axis=1)
         var_x, var_y = (count_x * rank_x * rank_x).sum(axis=1), (count_y * rank_y * rank_y).sum(axis=1)
         denominator = np.sqrt(var_x * var_y)
-        rho = np.divide(cov, denominator, out=np.full(len(rows), np.nan), where=denominator > 1e-9 * np.maximum(pairs, 1) ** 3)
+        rho = np.divide(
+            cov, denominator, out=np.full(len(rows), np.nan), where=denominator > 1e-9 * np.maximum(pairs, 1) ** 3
+        )
         return np.where(pairs >= 2, rho, np.nan)
 
     return of
@@ -170,8 +176,9 @@ def direction_kinds(score: np.ndarray, forward_return: np.ndarray) -> np.ndarray
     return np.where(directional, 1 + (score_sign == np.sign(forward_return)), 0)
 
 
-def classification_cells(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray,
-                         forward_return: np.ndarray) -> np.ndarray:
+def classification_cells(
+    true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray
+) -> np.ndarray:
     """Each row's cell (0..CELLS-1) of the table of true label x predicted label x direction kind: every
     classification figure is a function of the table's counts, so a row bootstrap can draw the counts instead."""
     size = len(LABELS)
@@ -190,8 +197,9 @@ def cell_figures(counts: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "accuracy": np.divide(correct, total, out=np.full(total.shape, np.nan), where=total > 0),
         "mcc": matthews_from_confusions(confusion),
-        "directional_accuracy": np.divide(hits, directional_rows, out=np.full(total.shape, np.nan),
-                                          where=directional_rows > 0),
+        "directional_accuracy": np.divide(
+            hits, directional_rows, out=np.full(total.shape, np.nan), where=directional_rows > 0
+        ),
     }
 
 
@@ -214,7 +222,10 @@ def signal_from_codes(predicted_codes: np.ndarray, score: np.ndarray, forward_re
     counts = np.bincount(codes, minlength=len(LABELS))
     sums = np.bincount(codes, weights=r, minlength=len(LABELS))
     mean_by_action = {
-        (label or UNPARSED_NAME): {"mean_return": float(sums[i] / counts[i]) if counts[i] else None, "rows": int(counts[i])}
+        (label or UNPARSED_NAME): {
+            "mean_return": float(sums[i] / counts[i]) if counts[i] else None,
+            "rows": int(counts[i]),
+        }
         for i, label in enumerate(LABELS)
     }
     longs, shorts = r[s > 0], r[s < 0]
@@ -228,13 +239,24 @@ def signal_from_codes(predicted_codes: np.ndarray, score: np.ndarray, forward_re
     }
 
 
-def series_metrics(daily: np.ndarray, periods_per_year: int = 252, risk_free_rate: float = 0.0, invested: np.ndarray | None = None) -> dict:
+def series_metrics(
+    daily: np.ndarray, periods_per_year: int = 252, risk_free_rate: float = 0.0, invested: np.ndarray | None = None
+) -> dict:
     """Figures of a daily return series; `invested` (bool per day) limits the hit rate to days with positions."""
     r = np.asarray(daily, dtype="float64")
     n = len(r)
     if n == 0:
-        return {"days": 0, "cumulative_return": None, "cagr": None, "annualised_volatility": None, "sharpe": None,
-                "sortino": None, "max_drawdown": None, "calmar": None, "hit_rate": None}
+        return {
+            "days": 0,
+            "cumulative_return": None,
+            "cagr": None,
+            "annualised_volatility": None,
+            "sharpe": None,
+            "sortino": None,
+            "max_drawdown": None,
+            "calmar": None,
+            "hit_rate": None,
+        }
     equity = np.cumprod(1.0 + r)
     cumulative = float(equity[-1] - 1.0)
     cagr = float(equity[-1] ** (periods_per_year / n) - 1.0) if equity[-1] > 0 else -1.0
@@ -258,7 +280,9 @@ def series_metrics(daily: np.ndarray, periods_per_year: int = 252, risk_free_rat
     }
 
 
-def sharpe_ratios(daily: np.ndarray, days: np.ndarray, periods_per_year: int = 252, risk_free_rate: float = 0.0) -> np.ndarray:
+def sharpe_ratios(
+    daily: np.ndarray, days: np.ndarray, periods_per_year: int = 252, risk_free_rate: float = 0.0
+) -> np.ndarray:
     """Annualised Sharpe ratio of each row of `daily` (c x D) over its days where `days` (c x D, bool) holds: mean
     excess return over the sample standard deviation (ddof 1) times sqrt(periods_per_year); NaN where undefined."""
     count = days.sum(axis=1)

@@ -30,7 +30,11 @@ def line_problems(row: object, special_tokens: Sequence[str] = ()) -> list[str]:
     """What is wrong with one line: both fields non-empty strings, the output carrying every special token."""
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {type(row).__name__}"]
-    problems = [f"field '{f}' missing or not a non-empty string" for f in FIELDS if not isinstance(row.get(f), str) or not row[f].strip()]
+    problems = [
+        f"field '{f}' missing or not a non-empty string"
+        for f in FIELDS
+        if not isinstance(row.get(f), str) or not row[f].strip()
+    ]
     if not problems:
         missing = [t for t in special_tokens if t not in row["output"]]
         if missing:
@@ -58,7 +62,9 @@ def read_pairs(path: Path | str) -> list[dict[str, str]]:
     """The lines of one file; the first bad line raises NemoDataError naming file, line, field and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; materialize nemo_jsonl first (sftc export-nemo), or pass the directory that has it")
+        raise FileNotFoundError(
+            f"{path}: missing; materialize nemo_jsonl first (sftc export-nemo), or pass the directory that has it"
+        )
     rows = []
     for lineno, row in iter_jsonl(path):
         problems = line_problems(row)

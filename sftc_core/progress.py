@@ -74,7 +74,9 @@ class Progress:
 
     def line(self) -> str:
         """`training: 120/300 steps (40%), loss 0.812, 1.9 steps/s, ETA 1 min 35 s`; done: `... in 2 min 40 s`."""
-        unit = "" if self.unit == BYTES else f" {_plural(self.unit, self.total if self.total is not None else self.done)}"
+        unit = (
+            "" if self.unit == BYTES else f" {_plural(self.unit, self.total if self.total is not None else self.done)}"
+        )
         amount = format_amount(self.done, self.unit)
         if self.total is not None:
             share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
@@ -87,7 +89,9 @@ class Progress:
         if self.figures:
             parts.append(self.figures_text())
         if self.rate is not None:
-            parts.append(f"{format_amount(self.rate, self.unit)}{'' if self.unit == BYTES else ' ' + _plural(self.unit, 2)}/s")
+            parts.append(
+                f"{format_amount(self.rate, self.unit)}{'' if self.unit == BYTES else ' ' + _plural(self.unit, 2)}/s"
+            )
         if self.finished:
             parts.append(f"in {format_duration(self.elapsed_s)}")
         elif self.eta_s is not None:
@@ -162,8 +166,16 @@ class Tracker:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, initial=initial, desc=task, unit=unit, unit_scale=unit == BYTES, unit_divisor=1024 if unit == BYTES else 1000,
-                file=self._terminal.stream, dynamic_ncols=True, leave=self._terminal.leave, mininterval=0.2,
+                total=total,
+                initial=initial,
+                desc=task,
+                unit=unit,
+                unit_scale=unit == BYTES,
+                unit_divisor=1024 if unit == BYTES else 1000,
+                file=self._terminal.stream,
+                dynamic_ncols=True,
+                leave=self._terminal.leave,
+                mininterval=0.2,
             )
             _OPEN_BARS.append(self._terminal.stream)
 
@@ -179,10 +191,18 @@ class Tracker:
             if figures:
                 self._bar.set_postfix_str(self._progress.figures_text(), refresh=False)
             self._bar.update(done - self._bar.n)
-        elif self._terminal is not None and now - self._last_line >= TERMINAL_LINE_EVERY_S and not self._progress.finished:
+        elif (
+            self._terminal is not None
+            and now - self._last_line >= TERMINAL_LINE_EVERY_S
+            and not self._progress.finished
+        ):
             self._last_line = now
             print(self._progress.line(), file=self._terminal.stream, flush=True)
-        if self._log is not None and not self._logged_finish and (self._progress.finished or now - self._last_log >= self._every_s):
+        if (
+            self._log is not None
+            and not self._logged_finish
+            and (self._progress.finished or now - self._last_log >= self._every_s)
+        ):
             self._last_log, self._logged_finish = now, self._progress.finished
             self._log(self._progress.line())
 
@@ -205,8 +225,14 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def reporting(task: str, unit: str, *, log: Callable[[str], None] | None = None, every_s: float = DEFAULT_EVERY_S,
-              clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[..., None]]:
+def reporting(
+    task: str,
+    unit: str,
+    *,
+    log: Callable[[str], None] | None = None,
+    every_s: float = DEFAULT_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Callable[..., None]]:
     """For work that tells its total with its first report: yields `report(done, total, initial=0, **figures)`,
     the tracker made at the first call (`initial`: what a resumed run found done), closed at the end; `clock`: when
     the reported work happened (Tracker's)."""

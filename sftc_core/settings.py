@@ -153,8 +153,17 @@ class Settings(Strict):
 
 
 ENV_VARS = (
-    "EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE",
-    "SFTC_DATA_DIR", "SFTC_NEMO_PYTHON", "SFTC_VLLM_PYTHON", "SFTC_K8S_PLACEMENT", "SFTC_EVAL_API_KEY",
+    "EODHD_API_KEY",
+    "TRAIN_START_DATE",
+    "TRAIN_END_DATE",
+    "TEST_START_DATE",
+    "TRAIN_BACKEND",
+    "SFTC_PROFILE",
+    "SFTC_DATA_DIR",
+    "SFTC_NEMO_PYTHON",
+    "SFTC_VLLM_PYTHON",
+    "SFTC_K8S_PLACEMENT",
+    "SFTC_EVAL_API_KEY",
     "SFTC_AUTOMATION",
 )
 
@@ -175,7 +184,9 @@ def _choice(var: str, value: str, allowed: tuple[str, ...], meaning: str = "") -
     return value
 
 
-def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | None = None, config_dir: Path = CONFIG_DIR) -> Settings:
+def load_settings(
+    env: dict[str, str] | None = None, dotenv_path: Path | str | None = None, config_dir: Path = CONFIG_DIR
+) -> Settings:
     """Settings from the environment, then `.env`, then the profile's defaults; every config file loaded and checked.
 
     `env` replaces os.environ (tests); `dotenv_path` defaults to `.env` in the working directory.
@@ -196,7 +207,10 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
     profile = profiles[_choice("SFTC_PROFILE", values.get("SFTC_PROFILE", "toy"), PROFILE_NAMES)]
     backend = _choice("TRAIN_BACKEND", values.get("TRAIN_BACKEND", profile.training.backend), ("hf", "nemo"))
     placement = _choice(
-        "SFTC_K8S_PLACEMENT", values.get("SFTC_K8S_PLACEMENT", "none"), ("none", "run", "step"), " (not on Kubernetes, one pod per run, or one pod per step)"
+        "SFTC_K8S_PLACEMENT",
+        values.get("SFTC_K8S_PLACEMENT", "none"),
+        ("none", "run", "step"),
+        " (not on Kubernetes, one pod per run, or one pod per step)",
     )
     dates = {
         "train_start_date": values.get("TRAIN_START_DATE"),
@@ -233,7 +247,13 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: Path | str | N
         nemo_python_override=Path(values["SFTC_NEMO_PYTHON"]) if "SFTC_NEMO_PYTHON" in values else None,
         vllm_python_override=Path(values["SFTC_VLLM_PYTHON"]) if "SFTC_VLLM_PYTHON" in values else None,
         k8s_placement=placement,
-        automation=_choice("SFTC_AUTOMATION", values.get("SFTC_AUTOMATION", "on"), ("on", "off"), " (off: sensors and schedule start stopped)") == "on",
+        automation=_choice(
+            "SFTC_AUTOMATION",
+            values.get("SFTC_AUTOMATION", "on"),
+            ("on", "off"),
+            " (off: sensors and schedule start stopped)",
+        )
+        == "on",
         eodhd_api_key=SecretStr(key) if key else None,
         eval_api_key=SecretStr(eval_key) if eval_key else None,
         **parsed,

@@ -79,14 +79,19 @@ def split_support(text: str) -> list[str]:
 def tag_pairs(special_tokens: Sequence[str]) -> dict[str, tuple[str, str]]:
     """{part: (opening, closing)} from the six tokens; ValueError saying what is expected otherwise."""
     tokens = list(special_tokens)
-    expected = "six tokens, an opening and a closing tag for reasoning, support and action in that order, e.g. " + ", ".join(DEFAULT_SPECIAL_TOKENS)
+    expected = (
+        "six tokens, an opening and a closing tag for reasoning, support and action in that order, e.g. "
+        + ", ".join(DEFAULT_SPECIAL_TOKENS)
+    )
     if len(tokens) != 2 * len(PARTS):
         raise ValueError(f"{len(tokens)} special tokens given; expected {expected}")
     pairs = {}
     for part, opening, closing in zip(PARTS, tokens[0::2], tokens[1::2]):
         match = _TAG.fullmatch(opening)
         if match is None or closing != f"</{match[1]}>":
-            raise ValueError(f"{opening!r}, {closing!r} (the {part} tags) are not a pair <name>, </name>; expected {expected}")
+            raise ValueError(
+                f"{opening!r}, {closing!r} (the {part} tags) are not a pair <name>, </name>; expected {expected}"
+            )
         pairs[part] = (opening, closing)
     if len({opening for opening, _ in pairs.values()}) != len(PARTS):
         raise ValueError(f"the three parts need three different tags, got {', '.join(tokens)}")
@@ -129,7 +134,6 @@ class TargetFormat:
             if match:
                 return normalise_action(match.group(1))
         return None
-
 
 
 def tags_as_text(

@@ -13,7 +13,9 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, max_cell:
     columns = columns or list(rows[0])
 
     def cell(value: object) -> str:
-        text = "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")  # a value not given: an empty cell
+        text = (
+            "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+        )  # a value not given: an empty cell
         return text if len(text) <= max_cell else text[: max_cell - 1] + "…"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -79,7 +79,13 @@ class Chain:
                 continue
             for key in definition.keys:
                 spec = definition.get_asset_spec(key)
-                found[key] = ChainAsset(key, frozenset(d.asset_key for d in spec.deps), spec.partitions_def, spec.code_version, spec.tags.get(NODE_TAG, "cpu"))
+                found[key] = ChainAsset(
+                    key,
+                    frozenset(d.asset_key for d in spec.deps),
+                    spec.partitions_def,
+                    spec.code_version,
+                    spec.tags.get(NODE_TAG, "cpu"),
+                )
         return found
 
 
@@ -123,9 +129,13 @@ def toposorted_keys(assets: Mapping[dg.AssetKey, ChainAsset], keys: Iterable[dg.
     """`keys` in dependency order; within a level by name, so the order is the same on every run."""
     wanted, placed, order = set(keys), set(), []
     while len(order) < len(wanted):
-        level = sorted((k for k in wanted - placed if assets[k].deps & wanted <= placed), key=lambda k: k.to_user_string())
+        level = sorted(
+            (k for k in wanted - placed if assets[k].deps & wanted <= placed), key=lambda k: k.to_user_string()
+        )
         if not level:
-            raise ValueError(f"the assets {sorted(k.to_user_string() for k in wanted - placed)} depend on each other in a cycle")
+            raise ValueError(
+                f"the assets {sorted(k.to_user_string() for k in wanted - placed)} depend on each other in a cycle"
+            )
         order += level
         placed |= set(level)
     return order
@@ -160,9 +170,13 @@ def plan_segments(assets: Mapping[dg.AssetKey, ChainAsset], keys: Iterable[dg.As
     return segments
 
 
-def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> dg.EventLogRecord | None:
+def latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> dg.EventLogRecord | None:
     """The latest materialization of one partition of `key` (of any partition when None)."""
-    records_filter = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None)
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=key, asset_partitions=[partition] if partition is not None else None
+    )
     records = instance.fetch_materializations(records_filter, limit=1).records
     return records[0] if records else None
 
@@ -193,7 +207,9 @@ def needed_in_segment(
         if any(integrity_problems(target) for target in settings.artifacts_of(asset.key.to_user_string(), partition)):
             return True
         for parent in asset.deps:
-            same_partitions = parent in assets and assets[parent].partitions_def == segment.partitions_def and partition is not None
+            same_partitions = (
+                parent in assets and assets[parent].partitions_def == segment.partitions_def and partition is not None
+            )
             theirs = latest(parent, partition if same_partitions else None)
             if theirs is not None and theirs.storage_id > mine.storage_id:
                 return True
@@ -259,19 +275,29 @@ def materialize_chain(
     with locks.exclusive(data_dir, f"the data directory {data_dir}"):
         interrupted = fail_interrupted_runs(instance, str(data_dir))
         if interrupted:
-            log.warning("marked %d interrupted run(s) of %s failed: %s", len(interrupted), data_dir, ", ".join(interrupted))
+            log.warning(
+                "marked %d interrupted run(s) of %s failed: %s", len(interrupted), data_dir, ", ".join(interrupted)
+            )
         return _materialize_segments(chain, instance, keys, forced or {}, tags or {}, log)
 
 
-def _execute(chain: Chain, instance: dg.DagsterInstance, keys, partition_key: str | None, tags: dict, report: RunReport) -> dg.ExecuteInProcessResult:
+def _execute(
+    chain: Chain, instance: dg.DagsterInstance, keys, partition_key: str | None, tags: dict, report: RunReport
+) -> dg.ExecuteInProcessResult:
     """What `dg.materialize(selection=keys)` does, with the chain's logger as the run's only logger (a job's loggers
     are active when its run config names them)."""
     defs = dg.Definitions(
-        assets=chain.definitions, resources=chain.resources, jobs=[dg.define_asset_job(CHAIN_JOB, selection=list(keys))],
+        assets=chain.definitions,
+        resources=chain.resources,
+        jobs=[dg.define_asset_job(CHAIN_JOB, selection=list(keys))],
         loggers={CHAIN_LOGGER: chain_logger(report)},
     )
     return defs.resolve_job_def(CHAIN_JOB).execute_in_process(
-        run_config={"loggers": {CHAIN_LOGGER: {}}}, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+        run_config={"loggers": {CHAIN_LOGGER: {}}},
+        instance=instance,
+        partition_key=partition_key,
+        tags=tags,
+        raise_on_error=False,
     )
 
 
@@ -285,7 +311,12 @@ def _materialize_segments(chain: Chain, instance: dg.DagsterInstance, keys, forc
             # A run holding any GPU asset goes to a GPU node.
             node = "gpu" if any(assets[key].node == "gpu" for key in run_keys) else "cpu"
             # Runs of the chain execute in this process: no pod to place, only the node for people and the queue.
-            run_tags = {NODE_TAG: node, **tags, ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys), DATA_DIR_TAG: str(chain.settings.data_dir)}
+            run_tags = {
+                NODE_TAG: node,
+                **tags,
+                ASSETS_TAG: ",".join(k.to_user_string() for k in run_keys),
+                DATA_DIR_TAG: str(chain.settings.data_dir),
+            }
             partition_key = None
             if span is not None and span[0] == span[1]:
                 partition_key = span[0]
@@ -298,7 +329,9 @@ def _materialize_segments(chain: Chain, instance: dg.DagsterInstance, keys, forc
             outcome = _execute(chain, instance, run_keys, partition_key, run_tags, report)
             failure = None if outcome.success else report.failure or f"FAILED: {names}{months}, before any step began"
             materialized = frozenset(event.asset_key for event in outcome.get_asset_materialization_events())
-            result.runs.append(ChainRun(outcome.run_id, run_keys, span, outcome.success, failure, materialized, report.failed_asset))
+            result.runs.append(
+                ChainRun(outcome.run_id, run_keys, span, outcome.success, failure, materialized, report.failed_asset)
+            )
             if not outcome.success:
                 return result
     return result

@@ -46,7 +46,9 @@ class RunReport:
         event: dg.DagsterEvent | None = getattr(record, EVENT, None)
         if event is None:
             if record.levelno >= logging.WARNING and step:
-                self.log.warning("  %s: %s", step, (getattr(record, META, None) or {}).get("orig_message", record.getMessage()))
+                self.log.warning(
+                    "  %s: %s", step, (getattr(record, META, None) or {}).get("orig_message", record.getMessage())
+                )
             return
         kind = event.event_type
         if kind == dg.DagsterEventType.STEP_START and step in self.assets:
@@ -55,7 +57,13 @@ class RunReport:
         elif kind == dg.DagsterEventType.STEP_SUCCESS and step in self.assets:
             seconds = record.created - self.started.get(step, record.created)
             summary = self.summaries.get(step)
-            self.log.info("  %s%s done in %s%s", step, self.partitions, format_duration(seconds), f": {summary}" if summary else "")
+            self.log.info(
+                "  %s%s done in %s%s",
+                step,
+                self.partitions,
+                format_duration(seconds),
+                f": {summary}" if summary else "",
+            )
         elif kind == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation: dg.AssetCheckEvaluation = event.event_specific_data
             if not evaluation.passed:
@@ -63,10 +71,20 @@ class RunReport:
                 detail = f": {evaluation.description}" if evaluation.description else ""
                 if evaluation.severity == dg.AssetCheckSeverity.ERROR:
                     self.failed_checks.append(f"check {evaluation.check_name} failed{detail}")
-                self.log.warning("  check %s of %s %s%s", evaluation.check_name, evaluation.asset_key.to_user_string(), severity, detail)
+                self.log.warning(
+                    "  check %s of %s %s%s",
+                    evaluation.check_name,
+                    evaluation.asset_key.to_user_string(),
+                    severity,
+                    detail,
+                )
         elif kind == dg.DagsterEventType.STEP_FAILURE:
             seconds = record.created - self.started.get(step, record.created)
-            asset = step if step in self.assets else next((a for a in sorted(self.assets, key=len, reverse=True) if step.startswith(f"{a}_")), step)
+            asset = (
+                step
+                if step in self.assets
+                else next((a for a in sorted(self.assets, key=len, reverse=True) if step.startswith(f"{a}_")), step)
+            )
             self.failed_asset = asset
             what = asset if asset == step else f"{asset} (its check step {step})"
             cause = failure_message(event.event_specific_data.error)
@@ -89,7 +107,9 @@ def chain_logger(report: RunReport) -> dg.LoggerDefinition:
     """The Dagster logger of one chain run: its records to the log file and to `report` (Dagster's console
     logger, which prints every DEBUG event, is left out)."""
 
-    @dg.logger(description="sftc chain run: Dagster's event stream to the log file, each asset's start and end to the chain's log")
+    @dg.logger(
+        description="sftc chain run: Dagster's event stream to the log file, each asset's start and end to the chain's log"
+    )
     def sftc_chain(_init_context) -> logging.Logger:
         logger = logging.Logger(DAGSTER_EVENTS.name, logging.DEBUG)
         logger.addHandler(_ToReport(report))

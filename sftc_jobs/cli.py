@@ -34,7 +34,12 @@ COMMAND_MODULES = (theses, sft_data, checkpoints, training, nemo, evaluation, ba
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftc", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="everything on the terminal too, at debug level: Dagster's event stream, libraries' logs and warnings (otherwise in logs/)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="everything on the terminal too, at debug level: Dagster's event stream, libraries' logs and warnings (otherwise in logs/)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -53,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # every failure ends in one line; the traceback goes to the log file
         log_traceback("sftc %s failed", args.command)
-        print(f"sftc {args.command}: error: {_one_line(exc)}" + (f" (details: {log_file})" if log_file else ""), file=sys.stderr)
+        print(
+            f"sftc {args.command}: error: {_one_line(exc)}" + (f" (details: {log_file})" if log_file else ""),
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -46,7 +46,9 @@ def run_validation(chain: Chain, instance: dg.DagsterInstance, validation_id: st
     keys = [key for key in chain_keys(chain) if key != VALIDATION_REPORT]
     tags = {VALIDATION_RUN_TAG: validation_id, **nightly_launch_tags(chain.settings)}
     result = materialize_chain(chain, instance, keys, forced={key: ALL_PARTITIONS for key in keys}, tags=tags, log=log)
-    report = materialize_chain(chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log)
+    report = materialize_chain(
+        chain, instance, [VALIDATION_REPORT], forced={VALIDATION_REPORT: ALL_PARTITIONS}, tags=tags, log=log
+    )
     for failed in filter(None, (result.failed_run, report.failed_run)):
         (log or logging.getLogger(__name__)).error("%s\n  run %s", failed.failure, failed.run_id)
     return result.success and report.success
@@ -57,7 +59,9 @@ def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
     settings = chain.settings
     cpu = launched_run_tags("cpu", settings)
 
-    @dg.op(tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report.")
+    @dg.op(
+        tags=cpu, description="Materializes the toy chain (all but nemo_model) with its checks, then validation_report."
+    )
     def validate_toy_chain(context: dg.OpExecutionContext) -> None:
         if settings.profile_name != "toy":
             raise dg.Failure(
@@ -66,9 +70,15 @@ def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
             )
         if not run_validation(chain, context.instance, context.run_id, context.log):
             report = settings.paths.reports / "validation_report.md"
-            raise dg.Failure(f"the toy chain did not pass: see {report} and the runs tagged {VALIDATION_RUN_TAG}={context.run_id}")
+            raise dg.Failure(
+                f"the toy chain did not pass: see {report} and the runs tagged {VALIDATION_RUN_TAG}={context.run_id}"
+            )
 
-    @dg.job(name="cpu_validation", tags=cpu, description="Nightly CPU validation of the toy chain and its checks, ending with validation_report.")
+    @dg.job(
+        name="cpu_validation",
+        tags=cpu,
+        description="Nightly CPU validation of the toy chain and its checks, ending with validation_report.",
+    )
     def cpu_validation() -> None:
         validate_toy_chain()
 

@@ -79,8 +79,11 @@ def build_definitions(settings: Settings, stages: Sequence[StageDefs] | None = N
     # The NeMo import is automated only where the NeMo backend will read it.
     not_automated = () if settings.train_backend == "nemo" else GPU_ONLY_ASSETS
     assets = [
-        definition if not isinstance(definition, dg.AssetsDefinition) else
-        shown_with_its_node(definition if set(definition.keys) & set(not_automated) else automated(definition), settings.profile)
+        definition
+        if not isinstance(definition, dg.AssetsDefinition)
+        else shown_with_its_node(
+            definition if set(definition.keys) & set(not_automated) else automated(definition), settings.profile
+        )
         for definition in stage_defs.assets
     ]
     checks = list(stage_defs.asset_checks or ())

@@ -32,7 +32,11 @@ def missing_or_stale() -> dg.AutomationCondition:
     or its code changes. Nothing is requested while its dependencies are missing or in progress.
     """
     missing = (AC.missing() & ~AC.execution_failed()).with_label("missing (last run did not fail)")
-    stale = (AC.any_deps_updated() | AC.code_version_changed()).since_last_handled().with_label("dependency or code changed")
+    stale = (
+        (AC.any_deps_updated() | AC.code_version_changed())
+        .since_last_handled()
+        .with_label("dependency or code changed")
+    )
     return ((missing | stale) & ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()).with_label(
         "missing_or_stale"
     )
@@ -60,7 +64,9 @@ def keys_by_node_class(assets: Iterable[dg.AssetsDefinition | dg.SourceAsset]) -
 def automated(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
     """The asset with `missing_or_stale()` as its automation condition (an asset no sensor targets must not carry
     one: Dagster would give it a default sensor of its own)."""
-    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=missing_or_stale()), [assets_def])[0]
+    return dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=missing_or_stale()), [assets_def]
+    )[0]
 
 
 def automation_sensors(

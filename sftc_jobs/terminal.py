@@ -75,7 +75,9 @@ def setup_logging(verbose: bool = False, log_dir: Path = LOG_DIR) -> Path | None
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     except OSError:
         log_file = None  # a read-only working directory still gets console logs
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True
+    )
     logging.captureWarnings(True)
     logging.getLogger(DAGSTER_EVENTS).setLevel(logging.DEBUG)  # the whole event stream, whatever the root level
     _TRACEBACKS.handlers = handlers[1:] + (handlers[:1] if verbose else []) or [logging.NullHandler()]
@@ -102,7 +104,9 @@ class _OwnWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
-        return record.levelno >= logging.WARNING and name.startswith("sftc") and name not in (DAGSTER_EVENTS, self.command)
+        return (
+            record.levelno >= logging.WARNING and name.startswith("sftc") and name not in (DAGSTER_EVENTS, self.command)
+        )
 
 
 @contextlib.contextmanager
@@ -126,10 +130,16 @@ def reserved_terminal(log_file: Path | None, say: logging.Logger, verbose: bool 
     sys.stderr.flush()
     saved_fd = os.dup(2)
     try:
-        with open(log_file, "a", encoding="utf-8", buffering=1) as sink, open(os.dup(saved_fd), "w", encoding="utf-8", buffering=1, closefd=True) as tty:
+        with (
+            open(log_file, "a", encoding="utf-8", buffering=1) as sink,
+            open(os.dup(saved_fd), "w", encoding="utf-8", buffering=1, closefd=True) as tty,
+        ):
             os.dup2(sink.fileno(), 2)
             try:
-                with contextlib.redirect_stderr(sink), terminal_bars(tty if terminal is sys.__stderr__ else terminal, leave=False):
+                with (
+                    contextlib.redirect_stderr(sink),
+                    terminal_bars(tty if terminal is sys.__stderr__ else terminal, leave=False),
+                ):
                     yield
             finally:
                 sink.flush()

@@ -29,18 +29,51 @@ SUMMARY_EXTRA = "sftc_summary"
 SETTINGS_READ: dict[str, tuple[str, ...]] = {
     "raw_xml": ("profile.corpus",),
     "thesis_jsonl": (),
-    "hf_splits": ("train_start_date", "train_end_date", "test_start_date", "test_end_date", "sft.splits", "sft.prompt", "sft.special_tokens"),
+    "hf_splits": (
+        "train_start_date",
+        "train_end_date",
+        "test_start_date",
+        "test_end_date",
+        "sft.splits",
+        "sft.prompt",
+        "sft.special_tokens",
+    ),
     "base_checkpoint": ("profile.model", "sft.prompt", "train_start_date", "train_end_date"),
     "nemo_jsonl": ("sft",),
     "bf16_checkpoint": (),
     "nemo_model": (),
     "sft_model": ("train_backend", "profile.training", "profile.evaluation", "sft"),
-    "eval_csv": ("profile.evaluation", "profile.price_source", "eval_config.prices", "sft.prompt", "sft.special_tokens"),
-    "backtest_report": ("backtest", "profile.price_source", "eval_config.prices", "test_start_date", "test_end_date", "profile.corpus",
-                        "profile.model.knowledge_cutoff"),
+    "eval_csv": (
+        "profile.evaluation",
+        "profile.price_source",
+        "eval_config.prices",
+        "sft.prompt",
+        "sft.special_tokens",
+    ),
+    "backtest_report": (
+        "backtest",
+        "profile.price_source",
+        "eval_config.prices",
+        "test_start_date",
+        "test_end_date",
+        "profile.corpus",
+        "profile.model.knowledge_cutoff",
+    ),
     # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py), its cost (estimate.py) and the backend and dates it may take from here.
-    "validation_report": ("profiles", "reference_models", "finetune", "cluster", "sft.special_tokens", "sft.max_seq_length", "eval_config.prices", "train_backend",
-                          "test_start_date", "test_end_date", "nemo_python_override", "sft.prompt"),
+    "validation_report": (
+        "profiles",
+        "reference_models",
+        "finetune",
+        "cluster",
+        "sft.special_tokens",
+        "sft.max_seq_length",
+        "eval_config.prices",
+        "train_backend",
+        "test_start_date",
+        "test_end_date",
+        "nemo_python_override",
+        "sft.prompt",
+    ),
 }
 
 
@@ -115,7 +148,12 @@ def stamp(settings: Settings, asset: str) -> Stamp:
 def manifest_metadata(settings: Settings, asset: str) -> dict:
     """Git state, the config hash and the settings behind it, package versions: what made this materialization."""
     state = git_state()
-    manifest = {**state, "config_hash": config_hash(settings, asset), "settings": settings_read(settings, asset), "packages": package_versions()}
+    manifest = {
+        **state,
+        "config_hash": config_hash(settings, asset),
+        "settings": settings_read(settings, asset),
+        "packages": package_versions(),
+    }
     return {
         "git_commit": manifest["git_commit"],
         "git_dirty": dg.MetadataValue.bool(bool(manifest["git_dirty"])),
@@ -163,7 +201,9 @@ def for_people(figures: Mapping[str, object]) -> dict:
     scalars = {name: value for name, value in shown.items() if isinstance(value, (bool, int, float, str))}
     for name, value in shown.items():
         if isinstance(value, dg.JsonMetadataValue) and isinstance(value.data, dict):
-            shown[name] = dg.MetadataValue.json({k: v for k, v in value.data.items() if k not in scalars or scalars[k] != v})
+            shown[name] = dg.MetadataValue.json(
+                {k: v for k, v in value.data.items() if k not in scalars or scalars[k] != v}
+            )
     return shown
 
 

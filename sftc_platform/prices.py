@@ -42,7 +42,6 @@ from sftc_core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-
 class EodhdAuthError(PriceDataError):
     """401/403: the key is wrong or lacks the plan; never retried."""
 
@@ -59,11 +58,13 @@ class EodhdResponseError(PriceDataError):
     """An answer that is not the EODHD end-of-day JSON (malformed JSON, HTML, wrong shape, other 4xx)."""
 
 
-
 def _between(frame: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
     """Rows from `start` to `end` inclusive of a normalised (sorted) frame."""
     dates = frame["date"].to_numpy()
-    first, last = np.searchsorted(dates, np.datetime64(start, "ns")), np.searchsorted(dates, np.datetime64(end, "ns"), side="right")
+    first, last = (
+        np.searchsorted(dates, np.datetime64(start, "ns")),
+        np.searchsorted(dates, np.datetime64(end, "ns"), side="right"),
+    )
     return frame if (first, last) == (0, len(frame)) else frame.iloc[first:last].reset_index(drop=True)
 
 
@@ -100,7 +101,9 @@ class LocalPriceSource:
             path = write_price_file(self.root / f"{_safe_file_name(ticker)}.parquet", load_sample_prices(ticker))
         if path is None:
             hint = " or add the ticker to the sample corpus" if self.sample_fallback else ""
-            raise UnknownTickerError(f"no price file for ticker {ticker!r} under {self.root} (expected {_safe_file_name(ticker)}.parquet or .csv{hint})")
+            raise UnknownTickerError(
+                f"no price file for ticker {ticker!r} under {self.root} (expected {_safe_file_name(ticker)}.parquet or .csv{hint})"
+            )
         return path
 
     def read_adjusted_closes(self, tickers: Iterable[str], start: dt.date, end: dt.date) -> AdjustedCloses:
@@ -138,9 +141,15 @@ class LocalPriceSource:
     def get_prices(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         path = self._file(ticker)
         try:
-            raw = pq.ParquetFile(path).read(use_threads=False).to_pandas() if path.suffix == ".parquet" else pd.read_csv(path)
+            raw = (
+                pq.ParquetFile(path).read(use_threads=False).to_pandas()
+                if path.suffix == ".parquet"
+                else pd.read_csv(path)
+            )
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise PriceDataError(f"{path}: cannot read the price file ({exc}); rewrite it with columns {', '.join(PRICE_COLUMNS)}") from None
+            raise PriceDataError(
+                f"{path}: cannot read the price file ({exc}); rewrite it with columns {', '.join(PRICE_COLUMNS)}"
+            ) from None
         return _between(normalise_prices(raw, str(path)), start, end)
 
 
@@ -166,7 +175,9 @@ def write_price_file(path: Path, prices: pd.DataFrame, metadata: dict[str, str] 
     """Write a price frame as Parquet, atomically; `metadata` goes into the file's schema metadata."""
     table = pa.Table.from_pandas(prices[list(PRICE_COLUMNS)], preserve_index=False)
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -255,12 +266,19 @@ class EodhdClient:
         self.session.close()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        return backoff_seconds(attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after)
+        return backoff_seconds(
+            attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after
+        )
 
     def fetch_eod(self, symbol: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         url = f"{self.config.eodhd_base_url.rstrip('/')}/eod/{symbol}"
         shown = f"{url}?api_token=***&fmt=json&from={start}&to={end}"
-        params = {"api_token": self._key.get_secret_value(), "fmt": "json", "from": start.isoformat(), "to": end.isoformat()}
+        params = {
+            "api_token": self._key.get_secret_value(),
+            "fmt": "json",
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+        }
         attempts = self.config.max_retries + 1
         problem = ""
         for attempt in range(attempts):
@@ -275,22 +293,34 @@ class EodhdClient:
                 if status == 200:
                     return self._parse(response, symbol, shown)
                 if status in (401, 403):
-                    raise EodhdAuthError(f"EODHD {shown}: HTTP {status}, the API key was refused ({_body_excerpt(response, self._key)}); check EODHD_API_KEY and the plan")
+                    raise EodhdAuthError(
+                        f"EODHD {shown}: HTTP {status}, the API key was refused ({_body_excerpt(response, self._key)}); check EODHD_API_KEY and the plan"
+                    )
                 if status == 402:
-                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 402, the daily API quota is spent ({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan")
+                    raise EodhdQuotaError(
+                        f"EODHD {shown}: HTTP 402, the daily API quota is spent ({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan"
+                    )
                 if status == 404:
-                    raise UnknownTickerError(f"EODHD does not know symbol {symbol} (HTTP 404 from {shown}: {_body_excerpt(response, self._key)})")
+                    raise UnknownTickerError(
+                        f"EODHD does not know symbol {symbol} (HTTP 404 from {shown}: {_body_excerpt(response, self._key)})"
+                    )
                 if status not in RETRIED_STATUS:
                     raise EodhdResponseError(f"EODHD {shown}: HTTP {status} ({_body_excerpt(response, self._key)})")
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 problem = f"HTTP {status} ({_body_excerpt(response, self._key)})"
                 if status == 429 and retry_after is not None and retry_after > self.config.max_retry_after_seconds:
-                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s (more than {self.config.max_retry_after_seconds:.0f} s); retry later")
+                    raise EodhdQuotaError(
+                        f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s (more than {self.config.max_retry_after_seconds:.0f} s); retry later"
+                    )
                 if status == 429 and attempt == attempts - 1:
-                    raise EodhdQuotaError(f"EODHD {shown}: HTTP 429 (too many requests) after {attempts} attempts; retry later or lower the request rate")
+                    raise EodhdQuotaError(
+                        f"EODHD {shown}: HTTP 429 (too many requests) after {attempts} attempts; retry later or lower the request rate"
+                    )
             if attempt < attempts - 1:
                 wait = self._backoff(attempt, retry_after)
-                log.warning("EODHD %s: %s; retry %d/%d in %.1f s", symbol, problem, attempt + 1, self.config.max_retries, wait)
+                log.warning(
+                    "EODHD %s: %s; retry %d/%d in %.1f s", symbol, problem, attempt + 1, self.config.max_retries, wait
+                )
                 self._sleep(wait)
         raise EodhdUnavailableError(f"EODHD {shown}: still failing after {attempts} attempts, last: {problem}")
 
@@ -298,10 +328,16 @@ class EodhdClient:
         try:
             rows = response.json()
         except ValueError:
-            raise EodhdResponseError(f"EODHD {shown}: the answer is not JSON ({_body_excerpt(response, self._key)})") from None
+            raise EodhdResponseError(
+                f"EODHD {shown}: the answer is not JSON ({_body_excerpt(response, self._key)})"
+            ) from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise EodhdResponseError(f"EODHD {shown}: expected a JSON list of daily rows, got {type(rows).__name__} ({_body_excerpt(response, self._key)})")
-        frame = pd.DataFrame(rows, columns=list(PRICE_COLUMNS)) if rows else pd.DataFrame({c: [] for c in PRICE_COLUMNS})
+            raise EodhdResponseError(
+                f"EODHD {shown}: expected a JSON list of daily rows, got {type(rows).__name__} ({_body_excerpt(response, self._key)})"
+            )
+        frame = (
+            pd.DataFrame(rows, columns=list(PRICE_COLUMNS)) if rows else pd.DataFrame({c: [] for c in PRICE_COLUMNS})
+        )
         if rows and any(c not in rows[0] for c in PRICE_COLUMNS):
             missing = [c for c in PRICE_COLUMNS if c not in rows[0]]
             raise EodhdResponseError(f"EODHD {shown}: rows lack field(s) {', '.join(missing)}")
@@ -331,7 +367,10 @@ class EodhdPriceSource:
         try:
             table = pq.read_table(path)
             meta = table.schema.metadata or {}
-            fetched = (dt.date.fromisoformat(meta[b"sftc_from"].decode()), dt.date.fromisoformat(meta[b"sftc_to"].decode()))
+            fetched = (
+                dt.date.fromisoformat(meta[b"sftc_from"].decode()),
+                dt.date.fromisoformat(meta[b"sftc_to"].decode()),
+            )
             frame = normalise_prices(table.to_pandas(), str(path))
         except (OSError, ValueError, KeyError, PriceDataError, pa.ArrowException) as exc:
             log.warning("price cache %s is unreadable (%s); fetching again", path, type(exc).__name__)
@@ -360,7 +399,9 @@ class EodhdPriceSource:
                 return _between(frame, start, end)
             frame = normalise_prices(pd.concat(parts, ignore_index=True), f"EODHD {symbol}")
             have_from, have_to = min(start, have_from), max(end, have_to)
-        write_price_file(path, frame, {"sftc_from": have_from.isoformat(), "sftc_to": have_to.isoformat(), "sftc_symbol": symbol})
+        write_price_file(
+            path, frame, {"sftc_from": have_from.isoformat(), "sftc_to": have_to.isoformat(), "sftc_symbol": symbol}
+        )
         return _between(frame, start, end)
 
 
@@ -370,6 +411,9 @@ def price_source_from_settings(settings: Settings) -> PriceSource:
     if settings.profile.price_source == "eodhd":
         if settings.eodhd_api_key is not None:
             return EodhdPriceSource(EodhdClient(settings.eodhd_api_key, settings.prices), paths.prices / "eodhd")
-        log.warning("profile %s asks for EODHD prices but EODHD_API_KEY is not set; using local price files under %s", settings.profile_name, paths.prices)
+        log.warning(
+            "profile %s asks for EODHD prices but EODHD_API_KEY is not set; using local price files under %s",
+            settings.profile_name,
+            paths.prices,
+        )
     return LocalPriceSource(paths.prices, sample_fallback=settings.profile.corpus.source == "sample")
-

@@ -43,11 +43,15 @@ class GpuResource(dg.ConfigurableResource):
         except GpuGateError as exc:
             raise self._failure(exc) from None
 
-    def device_for_checkpoint(self, asset: str, checkpoint: Path, cpu_max_bytes: int, made_by: str) -> Literal["cuda", "cpu"]:
+    def device_for_checkpoint(
+        self, asset: str, checkpoint: Path, cpu_max_bytes: int, made_by: str
+    ) -> Literal["cuda", "cpu"]:
         """The device for work on the checkpoint at `checkpoint` (sized from its *.safetensors), or dg.Failure."""
         checkpoint_bytes = sum(p.stat().st_size for p in Path(checkpoint).glob("*.safetensors"))
         if not checkpoint_bytes:
-            raise dg.Failure(f"{checkpoint}: no *.safetensors checkpoint; materialize {made_by} first", allow_retries=False)
+            raise dg.Failure(
+                f"{checkpoint}: no *.safetensors checkpoint; materialize {made_by} first", allow_retries=False
+            )
         return self.choose_device(asset, checkpoint_bytes, cpu_max_bytes)
 
     def require_gpus(self, asset: str, count: int, min_memory_bytes: int) -> GpuProbe:

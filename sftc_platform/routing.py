@@ -95,7 +95,11 @@ def node_reason(compute_class: ComputeClass, profile: ProfileConfig) -> str:
     if compute_class != "auto":
         return f"compute class {compute_class}"
     size, limit = profile.compute.expected_checkpoint_bytes, profile.compute.cpu_max_checkpoint_bytes
-    checkpoint = f"this profile's checkpoint is {format_bytes(size)}" if size is not None else "this profile does not say how big its checkpoint is"
+    checkpoint = (
+        f"this profile's checkpoint is {format_bytes(size)}"
+        if size is not None
+        else "this profile does not say how big its checkpoint is"
+    )
     return f"compute class auto: a GPU node above a {format_bytes(limit)} checkpoint; {checkpoint}"
 
 

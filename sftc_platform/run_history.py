@@ -27,7 +27,10 @@ def _records(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEv
 
 
 def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetCheckEvaluation]:
-    return [entry.dagster_event.event_specific_data for entry in _records(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
+    return [
+        entry.dagster_event.event_specific_data
+        for entry in _records(instance, run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
 
 
 def failure_message(error) -> str:
@@ -40,7 +43,17 @@ def failure_message(error) -> str:
 
 
 # Exceptions whose message is the project's own sentence: shown without their class name.
-_OWN_WORDS = {"Failure", "ValueError", "RuntimeError", "OSError", "FileNotFoundError", "ConfigError", "OutputError", "LaunchError", "CorpusError"}
+_OWN_WORDS = {
+    "Failure",
+    "ValueError",
+    "RuntimeError",
+    "OSError",
+    "FileNotFoundError",
+    "ConfigError",
+    "OutputError",
+    "LaunchError",
+    "CorpusError",
+}
 
 
 def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[StepFailure]:
@@ -64,8 +77,17 @@ def latest_step_seconds(instance: dg.DagsterInstance, asset: str, partitions: li
     if partitions is None:
         events = [instance.get_latest_materialization_event(key)]
     else:
-        events = [next(iter(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1).records), None)
-                  for p in partitions]
+        events = [
+            next(
+                iter(
+                    instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1
+                    ).records
+                ),
+                None,
+            )
+            for p in partitions
+        ]
     if not events or None in events:
         return None
     seconds = [step_seconds(instance, run_id, asset) for run_id in {event.run_id for event in events}]
@@ -83,5 +105,8 @@ def fail_interrupted_runs(instance: dg.DagsterInstance, data_dir: str) -> list[s
     records = instance.get_run_records(filters=dg.RunsFilter(statuses=UNFINISHED, tags={DATA_DIR_TAG: data_dir}))
     records = [record for record in records if ASSETS_TAG in record.dagster_run.tags]
     for record in records:
-        instance.report_run_failed(record.dagster_run, "the process running it ended before the run did (killed or lost); marked failed by the next sftc run")
+        instance.report_run_failed(
+            record.dagster_run,
+            "the process running it ended before the run did (killed or lost); marked failed by the next sftc run",
+        )
     return [record.dagster_run.run_id for record in records]

@@ -40,7 +40,10 @@ def input_problems(settings: Settings, inputs: Iterable[Input]) -> list[str]:
             for target in settings.artifacts_of(asset, partition):
                 if partition is not None and not target.exists() and not is_ours(target):
                     continue
-                problems += [f"{problem} (re-materialize {asset}{f' {partition}' if partition else ''})" for problem in integrity_problems(target)]
+                problems += [
+                    f"{problem} (re-materialize {asset}{f' {partition}' if partition else ''})"
+                    for problem in integrity_problems(target)
+                ]
     return problems
 
 
@@ -50,12 +53,16 @@ def writing(settings: Settings, asset: str, targets: Sequence[Path], inputs: Ite
         problems = input_problems(settings, inputs)
         if problems:
             shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise dg.Failure(f"{asset}: its inputs are not what sftc wrote, nothing was done: {shown}", allow_retries=False)
+            raise dg.Failure(
+                f"{asset}: its inputs are not what sftc wrote, nothing was done: {shown}", allow_retries=False
+            )
 
     # Written by an sftc from before artifacts carried markers, a data directory has none: `make clean` starts it afresh.
     fix = f"move it away (a data directory of an sftc older than its artifact markers: `make clean`), then materialize {asset} again"
     try:
-        with artifacts.writing(targets, stamp(settings, asset), option=asset, fix=fix, check_inputs=check_inputs) as asset_stamp:
+        with artifacts.writing(
+            targets, stamp(settings, asset), option=asset, fix=fix, check_inputs=check_inputs
+        ) as asset_stamp:
             yield asset_stamp
     except OutputError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None

@@ -31,14 +31,22 @@ def hand_rows(count: int = 60, seed: int = 4) -> list[dict]:
         true = ACTIONS[int(rng.integers(0, 5))]
         predicted = true if rng.random() < 0.6 else ("" if rng.random() < 0.3 else ACTIONS[int(rng.integers(0, 5))])
         known = ticker != "ZZZ"
-        rows.append({
-            "id": f"t{i}", "ticker": ticker, "as_of_date": as_of, "true_action": true, "predicted_action": predicted,
-            "parse_ok": "true" if predicted else "false",
-            "raw_output": f"<reasoning>thinking, \"quoted\"\nline two</reasoning><action>{predicted or '??'}</action>",
-            "horizon_days": "5", "entry_date": entry, "exit_date": exit_,
-            "forward_return": repr(raw["adj_close"][k + 5] / raw["adj_close"][k] - 1) if known else "",
-            "return_status": "ok" if known else "unknown_ticker",
-        })
+        rows.append(
+            {
+                "id": f"t{i}",
+                "ticker": ticker,
+                "as_of_date": as_of,
+                "true_action": true,
+                "predicted_action": predicted,
+                "parse_ok": "true" if predicted else "false",
+                "raw_output": f'<reasoning>thinking, "quoted"\nline two</reasoning><action>{predicted or "??"}</action>',
+                "horizon_days": "5",
+                "entry_date": entry,
+                "exit_date": exit_,
+                "forward_return": repr(raw["adj_close"][k + 5] / raw["adj_close"][k] - 1) if known else "",
+                "return_status": "ok" if known else "unknown_ticker",
+            }
+        )
     return rows
 
 

@@ -32,7 +32,11 @@ def write_checkpoint(
             total += tensor.numel() * tensor.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config = config if config is not None else {"model_type": "test", "quantization_config": {"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]}}
+    config = (
+        config
+        if config is not None
+        else {"model_type": "test", "quantization_config": {"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]}}
+    )
     (root / "config.json").write_text(json.dumps(config, indent=2))
     for name, text in (extra_files or {}).items():
         (root / name).write_text(text)

@@ -45,9 +45,17 @@ def write_nemo_data(root: Path, sft: SftConfig, lines: int = 40, reasoning: str 
         rows = []
         for i in range(lines):
             support = [f"Return over 20 sessions +{i}.0%", *FACTS]
-            record = {"ticker": f"T{i}", "as_of_date": "2012-01-03", "horizon_days": 5, "reasoning": reasoning,
-                      "support": support, "action": "BUY" if i % 2 else "SELL"}
+            record = {
+                "ticker": f"T{i}",
+                "as_of_date": "2012-01-03",
+                "horizon_days": 5,
+                "reasoning": reasoning,
+                "support": support,
+                "action": "BUY" if i % 2 else "SELL",
+            }
             example = build_example(record, sft)
-            rows.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
+            rows.append(
+                {"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]}
+            )
         atomic_write_jsonl(root / split, rows)
     return root

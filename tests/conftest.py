@@ -31,7 +31,14 @@ def data_dir(tmp_path: Path, monkeypatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("SFTC_DATA_DIR", str(path))
     monkeypatch.chdir(tmp_path)
-    for var in ("EODHD_API_KEY", "TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE"):
+    for var in (
+        "EODHD_API_KEY",
+        "TRAIN_START_DATE",
+        "TRAIN_END_DATE",
+        "TEST_START_DATE",
+        "TRAIN_BACKEND",
+        "SFTC_PROFILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return path
 

@@ -102,8 +102,15 @@ class FakeEodhd:
         prices = self._prices[symbol]
         mask = (prices["date"] >= query.get("from", "1900-01-01")) & (prices["date"] <= query.get("to", "2100-01-01"))
         rows = [
-            {"date": row.date.strftime("%Y-%m-%d"), "open": row.open, "high": row.high, "low": row.low, "close": row.close,
-             "adjusted_close": row.adjusted_close, "volume": int(row.volume)}
+            {
+                "date": row.date.strftime("%Y-%m-%d"),
+                "open": row.open,
+                "high": row.high,
+                "low": row.low,
+                "close": row.close,
+                "adjusted_close": row.adjusted_close,
+                "volume": int(row.volume),
+            }
             for row in prices.loc[mask].itertuples()
         ]
         return 200, {"Content-Type": "application/json"}, json.dumps(rows), delay

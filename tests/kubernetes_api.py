@@ -121,7 +121,8 @@ class _Api(BaseHTTPRequestHandler):
         elif parts[-1] == "events":
             wanted = dict(pair.split("=", 1) for pair in query.get("fieldSelector", "").split(",") if pair)
             items = [
-                e for e in cluster.events
+                e
+                for e in cluster.events
                 if wanted.get("involvedObject.name", e["involvedObject"]["name"]) == e["involvedObject"]["name"]
                 and wanted.get("reason", e["reason"]) == e["reason"]
             ]
@@ -158,12 +159,18 @@ def serve(tmp_path: Path, monkeypatch) -> Iterator[StandinCluster]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Api", (_Api,), {"cluster": cluster}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-        "users": [{"name": "test", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+                "users": [{"name": "test", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     yield cluster

@@ -10,7 +10,10 @@ from sftc_platform.launchers.plan import Launch
 
 
 def launch_of(
-    launcher: str, env: dict | None = None, kubernetes: dict | None = None, max_pending: str | None = None,
+    launcher: str,
+    env: dict | None = None,
+    kubernetes: dict | None = None,
+    max_pending: str | None = None,
     **cluster_slurm,
 ) -> Launch:
     """The toy settings' launch by `launcher`, with fields of configs/cluster.yaml's slurm: (`cluster_slurm`) and

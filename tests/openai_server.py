@@ -50,8 +50,9 @@ class Seen:
 class ScriptedServer:
     """`with ScriptedServer() as server:`; `server.url` is the endpoint."""
 
-    def __init__(self, port: int = 0, refuse_skip_special_tokens: bool = False, model: str = "sft",
-                 lists_models: bool = True):
+    def __init__(
+        self, port: int = 0, refuse_skip_special_tokens: bool = False, model: str = "sft", lists_models: bool = True
+    ):
         self.refuse_skip_special_tokens = refuse_skip_special_tokens
         self.model = model
         self.lists_models = lists_models  # False: /v1/models lists none, as transformers serve before a model is loaded
@@ -140,18 +141,29 @@ class ScriptedServer:
                 try:
                     time.sleep(fault.delay or 0.02)  # a little work, so requests overlap
                     if fault.status != 200:
-                        return self._send(fault.status, fault.body or {"error": f"scripted {fault.status}"}, fault.headers)
+                        return self._send(
+                            fault.status, fault.body or {"error": f"scripted {fault.status}"}, fault.headers
+                        )
                     if fault.body is not None:
                         return self._send(200, fault.body)
                     keep = body.get("skip_special_tokens") is False
                     text = answer(body["prompt"], keep)
-                    with server._lock:  # counted (and dead) before the answer leaves: the client's next request finds it so
+                    with (
+                        server._lock
+                    ):  # counted (and dead) before the answer leaves: the client's next request finds it so
                         counted = body.get("max_tokens", 0) > 1
                         server.answered += counted
                         dying = counted and server._die_after is not None and server.answered >= server._die_after
                         if dying:
                             server._die_after, server.dead = None, True
-                    self._send(200, {"object": "text_completion", "model": body["model"], "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "text_completion",
+                            "model": body["model"],
+                            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                        },
+                    )
                     if dying:
                         threading.Thread(target=server.close, daemon=True).start()
                 finally:

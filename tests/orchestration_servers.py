@@ -40,7 +40,9 @@ class DagsterServer:
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
 
@@ -49,14 +51,18 @@ class DagsterServer:
         self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", *self.target])
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 120) -> dict:
-        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout)
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
+        )
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body["errors"]
         return body["data"]
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
 
 
 REPOSITORY_QUERY = """
@@ -116,7 +122,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def dagster_server(tmp_path: Path, *, module: str | None = None, env: dict | None = None, timeout: float = 240) -> Iterator[DagsterServer]:
+def dagster_server(
+    tmp_path: Path, *, module: str | None = None, env: dict | None = None, timeout: float = 240
+) -> Iterator[DagsterServer]:
     """The webserver on a free port of 127.0.0.1, DAGSTER_HOME and data dir under `tmp_path`; the daemon
     starts on `start_daemon()`. The code location is workspace.yaml's (`sftc`), or `module`."""
     home, data_dir, log_dir = tmp_path / "dagster_home", tmp_path / "data", tmp_path / "logs"
@@ -135,7 +143,9 @@ def dagster_server(tmp_path: Path, *, module: str | None = None, env: dict | Non
     target = ["-m", module] if module else ["-w", "workspace.yaml"]
     server = DagsterServer(f"http://127.0.0.1:{port}", home, data_dir, log_dir, server_env, target)
     try:
-        webserver = server.spawn("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *target])
+        webserver = server.spawn(
+            "webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), *target]
+        )
         _wait_until_up(server, webserver, timeout)
         yield server
     finally:

@@ -51,7 +51,9 @@ def standin_file(data_dir, asset: str, partition: str | None):
     return target if _is_file(target) else target / "run.txt"
 
 
-def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str], settings: Settings, failing: set[str], version: str):
+def _standin_asset(
+    name: str, compute_class: str, partitions_def, deps: list[str], settings: Settings, failing: set[str], version: str
+):
     def materialize(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         if name in failing:
             raise RuntimeError(f"{name} stand-in told to fail")
@@ -68,7 +70,11 @@ def _standin_asset(name: str, compute_class: str, partitions_def, deps: list[str
         if partitions_def is None:
             return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(targets[0])), "rows": 1})
         for partition in partitions:  # as the real assets do: each partition's own figures on its materialization
-            partition_metadata(context, partition, {"path": dg.MetadataValue.path(str(settings.artifacts_of(name, partition)[0])), "rows": 1})
+            partition_metadata(
+                context,
+                partition,
+                {"path": dg.MetadataValue.path(str(settings.artifacts_of(name, partition)[0])), "rows": 1},
+            )
         return dg.MaterializeResult()
 
     materialize.__name__ = name
@@ -87,9 +93,21 @@ def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = No
     the hash of the settings each real asset reads) and a passing check."""
 
     def defs(settings: Settings) -> dg.Definitions:
-        partitions = {"theses": month_partitions(months_between(*THESIS_MONTHS)), "test": month_partitions(months_between(*TEST_MONTHS)), None: None}
+        partitions = {
+            "theses": month_partitions(months_between(*THESIS_MONTHS)),
+            "test": month_partitions(months_between(*TEST_MONTHS)),
+            None: None,
+        }
         assets = [
-            _standin_asset(name, compute_class, partitions[partitioned_by], deps, settings, set(failing), (code_versions or {}).get(name, "1"))
+            _standin_asset(
+                name,
+                compute_class,
+                partitions[partitioned_by],
+                deps,
+                settings,
+                set(failing),
+                (code_versions or {}).get(name, "1"),
+            )
             for name, (compute_class, partitioned_by, deps) in CHAIN.items()
         ]
 
@@ -104,7 +122,14 @@ def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = No
 
 def standin_settings(profile_name: str = "toy", train_backend: str = "hf", placement: str = "run") -> Settings:
     """The settings of the environment (the data_dir fixture's SFTC_DATA_DIR), with the profile, backend and placement given."""
-    return load_settings(env={**os.environ, "SFTC_PROFILE": profile_name, "TRAIN_BACKEND": train_backend, "SFTC_K8S_PLACEMENT": placement})
+    return load_settings(
+        env={
+            **os.environ,
+            "SFTC_PROFILE": profile_name,
+            "TRAIN_BACKEND": train_backend,
+            "SFTC_K8S_PLACEMENT": placement,
+        }
+    )
 
 
 def standin_stages(failing: tuple[str, ...] = (), code_versions: dict | None = None) -> list:
@@ -119,7 +144,9 @@ def standin_definitions(
     placement: str = "run",
 ) -> dg.Definitions:
     """The real `build_definitions` (resources, job, schedule, sensors, executor) over the stand-in chain."""
-    return build_definitions(standin_settings(profile_name, train_backend, placement), standin_stages(failing, code_versions))
+    return build_definitions(
+        standin_settings(profile_name, train_backend, placement), standin_stages(failing, code_versions)
+    )
 
 
 def location_facts(defs: dg.Definitions) -> dict:
@@ -134,7 +161,12 @@ def location_facts(defs: dg.Definitions) -> dict:
     return facts
 
 
-def standin_chain(profile_name: str = "toy", train_backend: str = "hf", failing: tuple[str, ...] = (), code_versions: dict | None = None) -> Chain:
+def standin_chain(
+    profile_name: str = "toy",
+    train_backend: str = "hf",
+    failing: tuple[str, ...] = (),
+    code_versions: dict | None = None,
+) -> Chain:
     """What `sftc run` drives: the stand-in code location as a Chain."""
     settings = standin_settings(profile_name, train_backend)
     return Chain.of(build_definitions(settings, standin_stages(failing, code_versions)), settings)

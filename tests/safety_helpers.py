@@ -18,9 +18,31 @@ def build_cli_chain(root: Path) -> dict[str, Path]:
     os.chdir(root)  # the CLI's log file goes under ./logs
     paths = {name: root / name for name in ("xml", "records.jsonl", "splits", "nemo", "fp8", "bf16")}
     steps = [
-        ["make-sample-corpus", "--out", paths["xml"], "--tickers", "AAPL,IBM", "--per-month", "3", "--start", "2011-01-01", "--end", "2012-12-31"],
+        [
+            "make-sample-corpus",
+            "--out",
+            paths["xml"],
+            "--tickers",
+            "AAPL,IBM",
+            "--per-month",
+            "3",
+            "--start",
+            "2011-01-01",
+            "--end",
+            "2012-12-31",
+        ],
         ["xml-to-jsonl", "--input-dir", paths["xml"], "--output", paths["records.jsonl"]],
-        ["build-dataset", "--jsonl", paths["records.jsonl"], "--out-dir", paths["splits"], "--validation-days", "60", "--test-days", "90"],
+        [
+            "build-dataset",
+            "--jsonl",
+            paths["records.jsonl"],
+            "--out-dir",
+            paths["splits"],
+            "--validation-days",
+            "60",
+            "--test-days",
+            "90",
+        ],
         ["export-nemo", "--dataset-dir", paths["splits"], "--output-dir", paths["nemo"], "--skip-tokenizer"],
         ["make-toy-checkpoint", "--out", paths["fp8"], "--fp8", "--corpus", paths["nemo"]],
         ["convert-fp8", "--source", paths["fp8"], "--output", paths["bf16"], "--no-progress"],
@@ -34,7 +56,10 @@ def tree_digest(path: Path) -> dict[str, str]:
     """Every file under `path` (or `path` itself) by relative path, with its SHA-256: what "intact" means."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(path.parent if path.is_file() else path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {
+        str(p.relative_to(path.parent if path.is_file() else path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+    }
 
 
 def without_root_privileges() -> list[str]:

@@ -14,7 +14,9 @@ def settings_with(settings: Settings | None = None, **profile_sections: dict) ->
     e.g. `settings_with(training={"batch_size": 4})`."""
     settings = settings or load_settings()
     profile = settings.profile.model_copy(
-        update={name: getattr(settings.profile, name).model_copy(update=fields) for name, fields in profile_sections.items()}
+        update={
+            name: getattr(settings.profile, name).model_copy(update=fields) for name, fields in profile_sections.items()
+        }
     )
     return settings.model_copy(update={"profile": profile})
 

@@ -15,24 +15,36 @@ PACKAGES = ("sftc_core", "sftc_assets", "sftc_platform", "sftc_jobs")
 
 
 def _sources() -> dict[Path, str]:
-    return {path: path.read_text(encoding="utf-8") for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        path: path.read_text(encoding="utf-8")
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def test_import_contracts_are_kept():
-    done = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-4000:]
     assert "Contracts: 4 kept, 0 broken." in done.stdout
 
 
 def test_no_private_dagster_anywhere():
     private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
-    found = [str(path.relative_to(ROOT)) for path, text in {**_sources(), **{p: p.read_text() for p in (ROOT / "bench").glob("*.py")}}.items() if private.search(text)]
+    found = [
+        str(path.relative_to(ROOT))
+        for path, text in {**_sources(), **{p: p.read_text() for p in (ROOT / "bench").glob("*.py")}}.items()
+        if private.search(text)
+    ]
     assert found == []
 
 
 def test_settings_are_read_only_at_the_edges():
     """`load_settings()` is called by the code location and the command line, nowhere else."""
-    calls = sorted(str(path.relative_to(ROOT)) for path, text in _sources().items() if re.search(r"\bload_settings\(", text))
+    calls = sorted(
+        str(path.relative_to(ROOT)) for path, text in _sources().items() if re.search(r"\bload_settings\(", text)
+    )
     assert calls == ["sftc_core/settings.py", "sftc_jobs/cli.py", "sftc_jobs/definitions.py"]
 
 
@@ -64,7 +76,13 @@ def test_the_plain_commands_run_without_dagster(tmp_path, data_dir):
     help_only = "import sys\nfrom sftc_jobs.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('dagster' in sys.modules)"
     shown = subprocess.run([sys.executable, "-c", help_only], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and shown.stdout.strip().endswith("False"), shown.stderr[-2000:]
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(PLAIN_COMMANDS), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PLAIN_COMMANDS), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.strip().endswith("no dagster")
 

@@ -41,7 +41,9 @@ def test_classification_matches_scikit_learn(seed):
     true, predicted = _random_predictions(500, seed)
     got = classification_metrics(true, predicted)
     assert got["accuracy"] == pytest.approx(accuracy_score(true, predicted))
-    assert got["macro_f1"] == pytest.approx(f1_score(true, predicted, labels=list(ACTIONS), average="macro", zero_division=0))
+    assert got["macro_f1"] == pytest.approx(
+        f1_score(true, predicted, labels=list(ACTIONS), average="macro", zero_division=0)
+    )
     assert got["mcc"] == pytest.approx(matthews_corrcoef(true, predicted))
     full = confusion_matrix(true, predicted, labels=[*ACTIONS, ""])
     assert got["confusion_matrix"] == full[:5, :5].tolist()

@@ -29,8 +29,17 @@ TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
 
 def _record(ticker: str, day: str, action: str, cue: str | None) -> dict:
     support = [f"{ticker} moved a little", *([CUE_PHRASES[cue][0]] if cue else [])]
-    return {"id": f"{ticker.lower()}-{day}", "ticker": ticker, "as_of_date": day, "reasoning": "Plain.", "support": support,
-            "action": action, "horizon_days": 5, "confidence": None, "source_file": f"{day[:4]}/{day[5:7]}/{ticker}.xml"}
+    return {
+        "id": f"{ticker.lower()}-{day}",
+        "ticker": ticker,
+        "as_of_date": day,
+        "reasoning": "Plain.",
+        "support": support,
+        "action": action,
+        "horizon_days": 5,
+        "confidence": None,
+        "source_file": f"{day[:4]}/{day[5:7]}/{ticker}.xml",
+    }
 
 
 def _test_rows(rng: random.Random) -> list[dict]:
@@ -41,15 +50,33 @@ def _test_rows(rng: random.Random) -> list[dict]:
         start = raw["date"].index("2012-09-04")
         for k in range(start, start + 72, 3):
             true = rng.choice(ACTIONS)
-            cue = (true if rng.random() < 0.8 else rng.choice([a for a in ACTIONS if a != true])) if rng.random() < 0.5 else None
-            rows.append({"id": f"{ticker.lower()}-{raw['date'][k]}", "ticker": ticker, "as_of_date": raw["date"][k], "true_action": true,
-                         "cue": cue, "horizon_days": "5", "entry_date": raw["date"][k + 1], "exit_date": raw["date"][k + 6],
-                         "forward_return": repr(raw["adj_close"][k + 6] / raw["adj_close"][k + 1] - 1), "return_status": "ok"})
+            cue = (
+                (true if rng.random() < 0.8 else rng.choice([a for a in ACTIONS if a != true]))
+                if rng.random() < 0.5
+                else None
+            )
+            rows.append(
+                {
+                    "id": f"{ticker.lower()}-{raw['date'][k]}",
+                    "ticker": ticker,
+                    "as_of_date": raw["date"][k],
+                    "true_action": true,
+                    "cue": cue,
+                    "horizon_days": "5",
+                    "entry_date": raw["date"][k + 1],
+                    "exit_date": raw["date"][k + 6],
+                    "forward_return": repr(raw["adj_close"][k + 6] / raw["adj_close"][k + 1] - 1),
+                    "return_status": "ok",
+                }
+            )
     return rows
 
 
 def _write_inputs(data_dir, settings, predicted: list[str], rows: list[dict]) -> None:
-    records = [_record("IBM", "2011-03-01", "HOLD", None), _record("IBM", "2012-06-01", "BUY", None)]  # train, validation
+    records = [
+        _record("IBM", "2011-03-01", "HOLD", None),
+        _record("IBM", "2012-06-01", "BUY", None),
+    ]  # train, validation
     records += [_record(r["ticker"], r["as_of_date"], r["true_action"], r["cue"]) for r in rows]
     (data_dir / "jsonl").mkdir()
     (data_dir / "jsonl" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -58,8 +85,12 @@ def _write_inputs(data_dir, settings, predicted: list[str], rows: list[dict]) ->
     for row, action in zip(rows, predicted):
         row |= {"predicted_action": action, "parse_ok": "true", "raw_output": f"<action>{action}</action>"}
     for month in ("2012-09", "2012-10", "2012-11", "2012-12"):
-        in_month = sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: (r["as_of_date"], r["ticker"]))
-        write_hand_csv(data_dir / "eval" / f"{month}.csv", [{k: v for k, v in r.items() if k != "cue"} for r in in_month])
+        in_month = sorted(
+            (r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: (r["as_of_date"], r["ticker"])
+        )
+        write_hand_csv(
+            data_dir / "eval" / f"{month}.csv", [{k: v for k, v in r.items() if k != "cue"} for r in in_month]
+        )
         mark_as_written("eval_csv", data_dir / "eval" / f"{month}.csv", settings=settings)
 
 
@@ -80,11 +111,18 @@ def test_a_model_that_reads_the_desk_notes_passes(data_dir):
     metrics = json.loads((data_dir / "backtest" / "metrics.json").read_text())
     cue = metrics["planted_cue"]
     assert cue["cued_rows"] == sum(r["cue"] is not None for r in rows) and cue["follows_cue"] == 1.0
-    assert cue["cue_agrees_with_label"] == cue["cued"]["accuracy"]  # following the note is right exactly when the note is
+    assert (
+        cue["cue_agrees_with_label"] == cue["cued"]["accuracy"]
+    )  # following the note is right exactly when the note is
     report = (data_dir / "backtest" / "report.md").read_text()
-    assert "Toy corpus: these theses were generated" in report and "The figures test the plumbing, not a strategy." in report
+    assert (
+        "Toy corpus: these theses were generated" in report
+        and "The figures test the plumbing, not a strategy." in report
+    )
     assert "## Planted cue (toy corpus): theses with and without the desk note" in report and cue["verdict"] in report
-    (materialization,) = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("backtest_report")]
+    (materialization,) = [
+        m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("backtest_report")
+    ]
     assert materialization.materialization.metadata["cued_rows"].value == cue["cued_rows"]
 
 
@@ -104,7 +142,9 @@ def test_scrambled_predictions_fail_the_check_and_the_validation_report_says_no(
     backtest = next(s for s in report["stages"] if s["asset"] == "backtest_report")
     assert backtest["status"] == "FAIL" and report["ready_for_gpu"] is False
     # The failed check is named with its description (the validation report names the cause).
-    assert any(r.startswith("backtest_report failed: check(s) failed: planted_cue_recovered (") for r in report["reasons"]), report["reasons"]
+    assert any(
+        r.startswith("backtest_report failed: check(s) failed: planted_cue_recovered (") for r in report["reasons"]
+    ), report["reasons"]
     # Its preconditions in the training data hold, so they are not the cause; the other stages did not run here.
     assert report["reasons"][-1] == (
         "planted_cue_recovered's preconditions hold: the cue reaches the prompts, the labels are not scrambled; "
@@ -133,16 +173,27 @@ def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir):
     settings = load_settings()
     chain = Chain.of(build_definitions(settings), settings)
     keys = chain_keys(chain)
-    data_half = [k for k in keys if k.to_user_string() in ("raw_xml", "thesis_jsonl", "hf_splits", "base_checkpoint", "nemo_jsonl", "bf16_checkpoint")]
+    data_half = [
+        k
+        for k in keys
+        if k.to_user_string()
+        in ("raw_xml", "thesis_jsonl", "hf_splits", "base_checkpoint", "nemo_jsonl", "bf16_checkpoint")
+    ]
     with dg.instance_for_test() as instance:
         assert materialize_chain(chain, instance, data_half).success
         training = settings.paths.nemo_jsonl / "training.jsonl"
         lines = [json.loads(line) for line in training.read_text().splitlines()]
         actions = [line["output"].rsplit("<action>", 1)[1] for line in lines]
         random.Random(0).shuffle(actions)
-        training.write_text("".join(json.dumps({**line, "output": line["output"].rsplit("<action>", 1)[0] + "<action>" + action}) + "\n"
-                                    for line, action in zip(lines, actions)))
-        mark_as_written("nemo_jsonl", settings.paths.nemo_jsonl, settings=settings)  # as a nemo_jsonl with that bug would write it
+        training.write_text(
+            "".join(
+                json.dumps({**line, "output": line["output"].rsplit("<action>", 1)[0] + "<action>" + action}) + "\n"
+                for line, action in zip(lines, actions)
+            )
+        )
+        mark_as_written(
+            "nemo_jsonl", settings.paths.nemo_jsonl, settings=settings
+        )  # as a nemo_jsonl with that bug would write it
         result = materialize_chain(chain, instance, [k for k in keys if k not in data_half])
         assert result.success
     metrics = json.loads((data_dir / "backtest" / "metrics.json").read_text())

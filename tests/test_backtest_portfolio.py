@@ -24,8 +24,17 @@ def prices(tmp_path):
     aaa = 100.0 + np.arange(len(days))
     bbb = 50.0 * np.cumprod(np.where(np.arange(len(days)) % 2 == 0, 1.02, 0.99))
     for name, adjusted in (("AAA", aaa), ("BBB", bbb)):
-        frame = pd.DataFrame({"date": days, "open": adjusted, "high": adjusted, "low": adjusted, "close": adjusted * 2,
-                              "adjusted_close": adjusted, "volume": 1000.0})
+        frame = pd.DataFrame(
+            {
+                "date": days,
+                "open": adjusted,
+                "high": adjusted,
+                "low": adjusted,
+                "close": adjusted * 2,
+                "adjusted_close": adjusted,
+                "volume": 1000.0,
+            }
+        )
         write_price_file(tmp_path / f"{name}.parquet", frame)
     return LocalPriceSource(tmp_path), pd.Series(aaa, index=days), pd.Series(bbb, index=days)
 
@@ -49,7 +58,9 @@ ROWS = [
 def _by_hand(rows, series: dict[str, pd.Series], cost_bps: float) -> pd.Series:
     """The spec's words as a loop: weighted mean of open positions' daily returns over gross exposure, costs at both ends."""
     sessions = series["AAA"].index
-    positions = [(t, SCORES.get(a, 0.0), pd.Timestamp(e), pd.Timestamp(x)) for t, a, e, x, _ in rows if SCORES.get(a, 0.0) != 0]
+    positions = [
+        (t, SCORES.get(a, 0.0), pd.Timestamp(e), pd.Timestamp(x)) for t, a, e, x, _ in rows if SCORES.get(a, 0.0) != 0
+    ]
     first_entry = min(e for _, _, e, _ in positions)
     last_exit = max(x for _, _, _, x in positions)
     out = {}
@@ -63,7 +74,9 @@ def _by_hand(rows, series: dict[str, pd.Series], cost_bps: float) -> pd.Series:
             continue
         pnl = sum(w * (series[t][day] / series[t][previous] - 1) for t, w, _, _ in open_now)
         first_day = lambda e: sessions[sessions.get_loc(e) + 1]  # noqa: E731
-        traded = sum(abs(w) for _, w, e, x in open_now if first_day(e) == day) + sum(abs(w) for _, w, _, x in open_now if x == day)
+        traded = sum(abs(w) for _, w, e, x in open_now if first_day(e) == day) + sum(
+            abs(w) for _, w, _, x in open_now if x == day
+        )
         out[day] = (pnl - cost_bps / 1e4 * traded) / gross
     return pd.Series(out)
 
@@ -71,7 +84,9 @@ def _by_hand(rows, series: dict[str, pd.Series], cost_bps: float) -> pd.Series:
 def test_book_returns_follow_the_spec(prices):
     source, aaa, bbb = prices
     frame = _frame(ROWS)
-    result = backtest_portfolio(frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST)
+    result = backtest_portfolio(
+        frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST
+    )
     expected = _by_hand(ROWS, {"AAA": aaa, "BBB": bbb}, COST)
     got = result.daily["book_return"]
     assert list(got.index) == list(expected.index)
@@ -96,7 +111,9 @@ def test_a_lone_position_compounds_to_its_forward_return(prices):
 def test_costs_equal_turnover_times_the_rate(prices):
     source, _, _ = prices
     frame = _frame(ROWS)
-    result = backtest_portfolio(frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST)
+    result = backtest_portfolio(
+        frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST
+    )
     drag = (result.daily["gross_return"] - result.daily["book_return"]).mean()
     assert drag == pytest.approx(result.portfolio["turnover"] * COST / 1e4)
     assert result.portfolio["rows_scored_zero"] == 2 and result.portfolio["positions"] == 3
@@ -105,13 +122,17 @@ def test_costs_equal_turnover_times_the_rate(prices):
 def test_figures_are_the_series_figures_and_the_benchmark_holds_equal_weights(prices):
     source, aaa, bbb = prices
     frame = _frame(ROWS)
-    result = backtest_portfolio(frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST)
+    result = backtest_portfolio(
+        frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST
+    )
     invested = result.daily["gross_exposure"].to_numpy() > 0
     figures = series_metrics(result.daily["book_return"].to_numpy(), invested=invested)
     assert {k: result.portfolio[k] for k in figures} == figures
     window = aaa.loc["2012-10-02":"2012-11-02"].index
     equity = (aaa[window] / aaa[window[0]] + bbb[window] / bbb[window[0]]) / 2
-    np.testing.assert_allclose((1 + result.daily["benchmark_return"]).cumprod().to_numpy(), (equity / equity.iloc[0]).iloc[1:].to_numpy())
+    np.testing.assert_allclose(
+        (1 + result.daily["benchmark_return"]).cumprod().to_numpy(), (equity / equity.iloc[0]).iloc[1:].to_numpy()
+    )
     assert result.benchmark["tickers"] == ["AAA", "BBB"] and result.benchmark["turnover"] == 0.0
     months = monthly_returns(result.daily, "book_return")
     assert list(months) == ["2012-10", "2012-11"]
@@ -127,16 +148,24 @@ def test_missing_prices_are_counted_and_the_rest_is_backtested(prices):
         ("AAA", "STRONG_SELL", "2012-11-27", "2012-12-04", "beyond_data"),
     ]
     frame = _frame(rows)
-    result = backtest_portfolio(frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST)
+    result = backtest_portfolio(
+        frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source, cost_bps=COST
+    )
     assert result.portfolio["available"] and result.portfolio["positions"] == 3
-    assert result.portfolio["missing_by_reason"] == {"return_status_beyond_data": 1, "return_status_unknown_ticker": 1,
-                                                    "unknown_ticker_at_source": 1, "no_price_at_source": 1}
+    assert result.portfolio["missing_by_reason"] == {
+        "return_status_beyond_data": 1,
+        "return_status_unknown_ticker": 1,
+        "unknown_ticker_at_source": 1,
+        "no_price_at_source": 1,
+    }
     assert result.portfolio["missing_tickers"] == ["NOPE"]
 
 
 def test_no_position_at_all_says_why(prices):
     source, _, _ = prices
-    frame = _frame([("AAA", "HOLD", "2012-10-02", "2012-10-09", "ok"), ("AAA", "BUY", "2012-10-02", "2012-10-09", "no_price")])
+    frame = _frame(
+        [("AAA", "HOLD", "2012-10-02", "2012-10-09", "ok"), ("AAA", "BUY", "2012-10-02", "2012-10-09", "no_price")]
+    )
     result = backtest_portfolio(frame, action_scores(frame["predicted_action"].to_numpy(object), SCORES), source)
     assert not result.portfolio["available"] and result.daily.empty
     assert "no row has both a non-zero score and a forward return" in result.portfolio["reason"]

@@ -22,26 +22,52 @@ from sftc_jobs.cli import main as sftc
 def test_backtest_gives_the_spec_figures_on_a_hand_written_csv(data_dir, capsys):
     rows = hand_rows()
     write_hand_csv(data_dir / "in" / "eval.csv", rows)
-    assert sftc(["backtest", "--eval-csv", str(data_dir / "in" / "eval.csv"), "--report", str(data_dir / "report")]) == 0
-    assert sorted(p.name for p in (data_dir / "report").iterdir()) == sorted([*REPORT_FILES, DIR_MARKER])  # the report and its marker
+    assert (
+        sftc(["backtest", "--eval-csv", str(data_dir / "in" / "eval.csv"), "--report", str(data_dir / "report")]) == 0
+    )
+    assert sorted(p.name for p in (data_dir / "report").iterdir()) == sorted(
+        [*REPORT_FILES, DIR_MARKER]
+    )  # the report and its marker
     metrics = json.loads((data_dir / "report" / "metrics.json").read_text())
 
     true = [r["true_action"] for r in rows]
     predicted = [r["predicted_action"] for r in rows]
     assert metrics["accuracy"] == pytest.approx(accuracy_score(true, predicted))
-    assert metrics["macro_f1"] == pytest.approx(f1_score(true, predicted, labels=list(ACTIONS), average="macro", zero_division=0))
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(true, predicted, labels=list(ACTIONS), average="macro", zero_division=0)
+    )
     assert metrics["mcc"] == pytest.approx(matthews_corrcoef(true, predicted))
     scores = {"STRONG_BUY": 1, "BUY": 0.5, "HOLD": 0, "SELL": -0.5, "STRONG_SELL": -1, "": 0}
     with_return = [r for r in rows if r["forward_return"]]
-    ic = spearmanr([scores[r["predicted_action"]] for r in with_return], [float(r["forward_return"]) for r in with_return]).statistic
+    ic = spearmanr(
+        [scores[r["predicted_action"]] for r in with_return], [float(r["forward_return"]) for r in with_return]
+    ).statistic
     assert metrics["ic"] == pytest.approx(ic)
-    for key in ("directional_accuracy", "parse_rate", "majority_baseline_accuracy", "long_short_spread", "mean_return_by_action", "confusion_matrix"):
+    for key in (
+        "directional_accuracy",
+        "parse_rate",
+        "majority_baseline_accuracy",
+        "long_short_spread",
+        "mean_return_by_action",
+        "confusion_matrix",
+    ):
         assert key in metrics
     for side in ("portfolio", "benchmark"):
-        for key in ("cumulative_return", "cagr", "annualised_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover"):
+        for key in (
+            "cumulative_return",
+            "cagr",
+            "annualised_volatility",
+            "sharpe",
+            "sortino",
+            "max_drawdown",
+            "calmar",
+            "hit_rate",
+            "turnover",
+        ):
             assert isinstance(metrics[side][key], float), (side, key)
     assert metrics["portfolio"]["missing_by_reason"]["return_status_unknown_ticker"] == sum(
-        1 for r in rows if r["ticker"] == "ZZZ" and scores[r["predicted_action"]] != 0)
+        1 for r in rows if r["ticker"] == "ZZZ" and scores[r["predicted_action"]] != 0
+    )
     assert [m["month"] for m in metrics["per_month"]] == ["2012-09", "2012-10", "2012-11", "2012-12"]
     assert sum(m["rows"] for m in metrics["per_month"]) == len(rows)
     report = (data_dir / "report" / "report.md").read_text()
@@ -68,12 +94,22 @@ def test_daily_returns_csv_reproduces_the_reports_figures(data_dir):
     assert sftc(["backtest", "--eval-csv", str(eval_csv), "--report", str(report_dir)]) == 0
     metrics = json.loads((report_dir / "metrics.json").read_text())
     daily = pd.read_csv(report_dir / "daily_returns.csv", index_col="date", parse_dates=["date"])
-    assert list(daily.columns) == ["book_return", "gross_exposure", "open_positions", "benchmark_return",
-                                   "always_long_return", "always_short_return"]
+    assert list(daily.columns) == [
+        "book_return",
+        "gross_exposure",
+        "open_positions",
+        "benchmark_return",
+        "always_long_return",
+        "always_short_return",
+    ]
     assert daily.index.is_monotonic_increasing and daily.index.is_unique
     baselines = metrics["baselines"]
-    books = {"book_return": metrics["portfolio"], "benchmark_return": metrics["benchmark"],
-             "always_long_return": baselines["always_long"], "always_short_return": baselines["always_short"]}
+    books = {
+        "book_return": metrics["portfolio"],
+        "benchmark_return": metrics["benchmark"],
+        "always_long_return": baselines["always_long"],
+        "always_short_return": baselines["always_short"],
+    }
     for column, figures in books.items():
         series = daily[column].dropna()
         assert len(series) == figures["days"], column
@@ -84,8 +120,11 @@ def test_daily_returns_csv_reproduces_the_reports_figures(data_dir):
     assert str(book.index[-1].date()) == metrics["portfolio"]["end"]
     # Open positions and exposure: every scored row with prices is open from the session after its entry to its exit.
     scores = {"STRONG_BUY": 1, "BUY": 0.5, "HOLD": 0, "SELL": -0.5, "STRONG_SELL": -1, "": 0}
-    held = [(pd.Timestamp(r["entry_date"]), pd.Timestamp(r["exit_date"]), abs(scores[r["predicted_action"]]))
-            for r in rows if r["return_status"] == "ok" and scores[r["predicted_action"]]]
+    held = [
+        (pd.Timestamp(r["entry_date"]), pd.Timestamp(r["exit_date"]), abs(scores[r["predicted_action"]]))
+        for r in rows
+        if r["return_status"] == "ok" and scores[r["predicted_action"]]
+    ]
     for day, session in book.iterrows():
         open_now = [weight for entry, exit_, weight in held if entry < day <= exit_]
         assert session["open_positions"] == len(open_now) and session["gross_exposure"] == pytest.approx(sum(open_now))
@@ -111,7 +150,9 @@ def test_bad_input_is_named_and_leaves_no_report(data_dir, capsys, change, messa
 
 def test_missing_columns_are_named(data_dir, capsys):
     write_hand_csv(data_dir / "bad.csv", hand_rows(4))
-    frame = pd.read_csv(data_dir / "bad.csv", dtype=str, keep_default_na=False).drop(columns=["exit_date", "return_status"])
+    frame = pd.read_csv(data_dir / "bad.csv", dtype=str, keep_default_na=False).drop(
+        columns=["exit_date", "return_status"]
+    )
     frame.to_csv(data_dir / "bad.csv", index=False)
     assert sftc(["backtest", "--eval-csv", str(data_dir / "bad.csv"), "--report", str(data_dir / "report")]) == 2
     assert "missing column(s) exit_date, return_status" in capsys.readouterr().err
@@ -156,7 +197,10 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
 
     rows = hand_rows(40)
     for month in ("2012-09", "2012-10", "2012-11"):  # 2012-12 not materialized yet: reported, not fatal
-        write_hand_csv(data_dir / "eval" / f"{month}.csv", sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: r["as_of_date"]))
+        write_hand_csv(
+            data_dir / "eval" / f"{month}.csv",
+            sorted((r for r in rows if r["as_of_date"].startswith(month)), key=lambda r: r["as_of_date"]),
+        )
     write_hand_csv(data_dir / "eval" / "2011-01.csv", hand_rows(3))  # outside the test window: ignored
     mark_as_written("eval_csv", *(data_dir / "eval" / f"{month}.csv" for month in ("2012-09", "2012-10", "2012-11")))
     # Hand-written rows carry no planted cue: the toy settings without one (tests/test_backtest_planted_cue.py has it).
@@ -172,18 +216,30 @@ def test_backtest_report_asset_reads_every_month_and_passes_its_check(data_dir):
     metrics = json.loads((data_dir / "backtest" / "metrics.json").read_text())
     assert metrics["rows"] == expected_rows
     # The figures people act on carry their uncertainty, baselines, horizon and sessions in the metadata too.
-    assert metadata["verdict"].value == metrics["verdict"]["sentence"] and metadata["evidence_of_skill"].value == metrics["verdict"]["skill"]
+    assert (
+        metadata["verdict"].value == metrics["verdict"]["sentence"]
+        and metadata["evidence_of_skill"].value == metrics["verdict"]["skill"]
+    )
     low, high = metrics["ci95"]["accuracy"]
     assert metadata["accuracy_ci95"].value == f"{format_share(low)} to {format_share(high)}"
     # metadata figures to 3 significant digits; metrics.json keeps them exact
     assert metadata["p_value_accuracy"].value == pytest.approx(metrics["p_values"]["accuracy"], rel=5e-3)
     assert metadata["p_value_ic"].value == pytest.approx(metrics["p_values"]["ic"], rel=5e-3)
-    assert metadata["always_short_directional_accuracy"].value == pytest.approx(metrics["baselines"]["always_short"]["directional_accuracy"], rel=5e-3)
-    assert metadata["majority_baseline_accuracy"].value == pytest.approx(metrics["baselines"]["majority"]["accuracy"], rel=5e-3)
-    assert metadata["horizon_sessions"].value == "5" and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]
+    assert metadata["always_short_directional_accuracy"].value == pytest.approx(
+        metrics["baselines"]["always_short"]["directional_accuracy"], rel=5e-3
+    )
+    assert metadata["majority_baseline_accuracy"].value == pytest.approx(
+        metrics["baselines"]["majority"]["accuracy"], rel=5e-3
+    )
+    assert (
+        metadata["horizon_sessions"].value == "5"
+        and metadata["annualised_from_sessions"].value == metrics["portfolio"]["days"]
+    )
     methods = metadata["interval_methods"].value
-    assert methods.startswith("accuracy, mcc, directional_accuracy: multinomial; ic: row bootstrap; "
-                              "sharpe: stationary block bootstrap (mean block ")
+    assert methods.startswith(
+        "accuracy, mcc, directional_accuracy: multinomial; ic: row bootstrap; "
+        "sharpe: stationary block bootstrap (mean block "
+    )
     assert metadata["p_value_methods"].value == "accuracy: permutation (multivariate hypergeometric); ic: permutation"
     assert metadata["daily_returns"].value == str(data_dir / "backtest" / "daily_returns.csv")
 
@@ -199,17 +255,29 @@ def test_a_window_straddling_the_knowledge_cutoff_is_reported_on_both_sides(data
     write_hand_csv(data_dir / "in" / "eval.csv", rows)
     config: BacktestConfig = load_backtest_config()
     boundary = pd.Timestamp("2012-10-15")
-    metrics = run_backtest(data_dir / "in" / "eval.csv", data_dir / "report", source, config, unseen_from=boundary.date())
+    metrics = run_backtest(
+        data_dir / "in" / "eval.csv", data_dir / "report", source, config, unseen_from=boundary.date()
+    )
     sides = metrics["knowledge_cutoff"]["sides"]
     before, after = (sides[k] for k in sorted(sides))  # "before ..." sorts ahead of "from ..."
     assert metrics["knowledge_cutoff"]["unseen_from"] == "2012-10-15"
     seen = [r for r in rows if pd.Timestamp(r["as_of_date"]) < boundary]
     assert before["rows"] == len(seen) and after["rows"] == len(rows) - len(seen) and 0 < len(seen) < len(rows)
-    assert before["accuracy"] == pytest.approx(accuracy_score([r["true_action"] for r in seen], [r["predicted_action"] for r in seen]))
+    assert before["accuracy"] == pytest.approx(
+        accuracy_score([r["true_action"] for r in seen], [r["predicted_action"] for r in seen])
+    )
     report = (data_dir / "report" / "report.md").read_text()
-    assert "## The two sides of the base model's knowledge cutoff" in report and "(outcomes the model may know)" in report
+    assert (
+        "## The two sides of the base model's knowledge cutoff" in report and "(outcomes the model may know)" in report
+    )
 
-    unsplit = run_backtest(data_dir / "in" / "eval.csv", data_dir / "report2", source, config, unseen_from=pd.Timestamp("2012-01-01").date())
+    unsplit = run_backtest(
+        data_dir / "in" / "eval.csv",
+        data_dir / "report2",
+        source,
+        config,
+        unseen_from=pd.Timestamp("2012-01-01").date(),
+    )
     assert unsplit["knowledge_cutoff"] is None  # the whole window after the cutoff: one report, no sides
 
 

@@ -51,8 +51,9 @@ def _directional(score: np.ndarray, forward: np.ndarray) -> float:
     return float(np.mean(np.sign(score[directional]) == np.sign(forward[directional])))
 
 
-def _row_bootstrap(frame: pd.DataFrame, score: np.ndarray, forward: np.ndarray, resamples: int,
-                   seed: int) -> dict[str, np.ndarray]:
+def _row_bootstrap(
+    frame: pd.DataFrame, score: np.ndarray, forward: np.ndarray, resamples: int, seed: int
+) -> dict[str, np.ndarray]:
     """The plain row bootstrap: rows drawn with replacement, each figure from its definition (MCC: scikit-learn)."""
     rng = np.random.default_rng(seed)
     drawn: dict[str, list[float]] = {"accuracy": [], "mcc": [], "directional_accuracy": []}
@@ -214,13 +215,24 @@ def test_baselines_and_the_verdict(frame, source):
     assert baselines["buy_and_hold"]["cumulative_return"] == metrics["benchmark"]["cumulative_return"]
     assert metrics["annualised_from_sessions"] == metrics["portfolio"]["days"] < 252
     block = metrics["uncertainty"]["sharpe_mean_block_sessions"]
-    assert metrics["uncertainty"] == {"resamples": 500, "permutations": 500, "seed": 0,
-                                      "sharpe_mean_block_sessions": block}
-    assert metrics["ci95_methods"] == {"accuracy": "multinomial", "mcc": "multinomial", "ic": "row bootstrap",
-                                       "directional_accuracy": "multinomial", "sharpe": uncertainty.block_method(block)}
+    assert metrics["uncertainty"] == {
+        "resamples": 500,
+        "permutations": 500,
+        "seed": 0,
+        "sharpe_mean_block_sessions": block,
+    }
+    assert metrics["ci95_methods"] == {
+        "accuracy": "multinomial",
+        "mcc": "multinomial",
+        "ic": "row bootstrap",
+        "directional_accuracy": "multinomial",
+        "sharpe": uncertainty.block_method(block),
+    }
     assert metrics["p_value_methods"] == {"accuracy": "permutation (multivariate hypergeometric)", "ic": "permutation"}
     # Mostly right by construction against a third for the majority: skill; the interval moved onto the baseline: none.
-    assert metrics["verdict"]["skill"] and metrics["verdict"]["sentence"].startswith(f"Evidence of skill: accuracy {format_share(metrics['accuracy'])} (95% CI ")
+    assert metrics["verdict"]["skill"] and metrics["verdict"]["sentence"].startswith(
+        f"Evidence of skill: accuracy {format_share(metrics['accuracy'])} (95% CI "
+    )
     no_skill = skill_verdict({**metrics, "ci95": {**metrics["ci95"], "accuracy": [0.2, 0.7]}})
     assert not no_skill["skill"] and "the interval does not lie above the baseline" in no_skill["sentence"]
     no_skill = skill_verdict({**metrics, "p_values": {**metrics["p_values"], "accuracy": 0.2}})
@@ -232,12 +244,18 @@ def test_the_report_puts_intervals_their_methods_p_values_and_baselines_beside_t
     assert sftc(["backtest", "--eval-csv", str(data_dir / "eval.csv"), "--report", str(data_dir / "report")]) == 0
     metrics = json.loads((data_dir / "report" / "metrics.json").read_text())
     printed = json.loads(capsys.readouterr().out)  # the command's summary carries the verdict and the uncertainty too
-    assert printed["verdict"] == metrics["verdict"]["sentence"] and printed["ci95"] == metrics["ci95"] and printed["p_values"] == metrics["p_values"]
+    assert (
+        printed["verdict"] == metrics["verdict"]["sentence"]
+        and printed["ci95"] == metrics["ci95"]
+        and printed["p_values"] == metrics["p_values"]
+    )
     report = (data_dir / "report" / "report.md").read_text()
     low, high = metrics["ci95"]["accuracy"]
-    assert (f"| accuracy | {format_share(metrics['accuracy'])} | {format_share(low)} to {format_share(high)} | "
-            f"multinomial | {metrics['p_values']['accuracy']:.4f} | permutation (multivariate hypergeometric) | "
-            "majority (always ") in report
+    assert (
+        f"| accuracy | {format_share(metrics['accuracy'])} | {format_share(low)} to {format_share(high)} | "
+        f"multinomial | {metrics['p_values']['accuracy']:.4f} | permutation (multivariate hypergeometric) | "
+        "majority (always "
+    ) in report
     assert "| ic | " in report and " | row bootstrap | " in report
     sharpe_row = next(line for line in report.splitlines() if line.startswith("| sharpe (annualised from "))
     assert f"| {metrics['ci95_methods']['sharpe']} |" in sharpe_row
@@ -246,8 +264,13 @@ def test_the_report_puts_intervals_their_methods_p_values_and_baselines_beside_t
     assert "sharpe: stationary block bootstrap (mean block " in report and "seed 0." in report
     assert metrics["verdict"]["sentence"] in report
     assert f"annualised from {metrics['annualised_from_sessions']} sessions, under a year" in report
-    assert "IC (information coefficient): Spearman rank correlation" in report and "hit rate: share of the sessions" in report
-    assert "| month | rows | parse_rate | accuracy | macro_f1 | mcc | rows_with_return | ic | directional_rows |" in report
+    assert (
+        "IC (information coefficient): Spearman rank correlation" in report
+        and "hit rate: share of the sessions" in report
+    )
+    assert (
+        "| month | rows | parse_rate | accuracy | macro_f1 | mcc | rows_with_return | ic | directional_rows |" in report
+    )
     for month in metrics["per_month"]:
         assert month["sessions"] > 0 and month["rows_with_return"] <= month["rows"]
     assert "Toy corpus" not in report  # a hand-written CSV is no toy corpus

@@ -23,13 +23,22 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_each_measurement_is_a_row_appended_run_after_run(tmp_path):
-    first = [Measurement("speed", 70.0, "bare", 100.0, "files/s", ">= 0.7"), Measurement("time", 4.0, "read", 1.0, "s", "<= 3")]
+    first = [
+        Measurement("speed", 70.0, "bare", 100.0, "files/s", ">= 0.7"),
+        Measurement("time", 4.0, "read", 1.0, "s", "<= 3"),
+    ]
     path = record("demo", first, tmp_path)
     record("demo", [Measurement("speed", 60.0, "bare", 100.0, "files/s", ">= 0.7")], tmp_path)
     rows = _rows(path)
     assert list(rows[0]) == list(COLUMNS) and len(rows) == 3
     speed, time, again = rows
-    assert (speed["ratio"], speed["meets_goal"], time["ratio"], time["meets_goal"], again["meets_goal"]) == ("0.7", "true", "4", "false", "false")
+    assert (speed["ratio"], speed["meets_goal"], time["ratio"], time["meets_goal"], again["meets_goal"]) == (
+        "0.7",
+        "true",
+        "4",
+        "false",
+        "false",
+    )
     assert speed["commit"] and speed["machine"] and speed["date"].endswith("+00:00") and speed["bench"] == "demo"
     assert Measurement("x", 1.0, "y", 2.0, "s").meets_goal is None
 
@@ -58,13 +67,28 @@ def test_summary_shows_the_latest_row_of_each_figure_and_the_ratio_before_it(tmp
 
 
 def test_a_bench_script_writes_its_rows_and_the_summary_prints_them(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH / "parse_xml.py"), "--files", "300", "--repeats", "1", "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "parse_xml.py"), "--files", "300", "--repeats", "1", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(tmp_path / "parse_xml.csv")
-    assert [row["figure"] for row in rows] == ["parse_corpus throughput", "parse_corpus vs the floor", "parse_corpus vs lxml from bytes"]
-    assert float(rows[0]["ratio"]) == pytest.approx(float(rows[0]["value"]) / float(rows[0]["baseline_value"]), rel=1e-3)
-    shown = subprocess.run([sys.executable, str(BENCH / "summary.py"), "--results", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert [row["figure"] for row in rows] == [
+        "parse_corpus throughput",
+        "parse_corpus vs the floor",
+        "parse_corpus vs lxml from bytes",
+    ]
+    assert float(rows[0]["ratio"]) == pytest.approx(
+        float(rows[0]["value"]) / float(rows[0]["baseline_value"]), rel=1e-3
+    )
+    shown = subprocess.run(
+        [sys.executable, str(BENCH / "summary.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0 and "parse_corpus throughput" in shown.stdout and rows[0]["ratio"] in shown.stdout
 
 

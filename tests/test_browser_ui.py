@@ -57,7 +57,11 @@ def chromium(profile_dir: Path, *args: str) -> subprocess.CompletedProcess:
 def page_text(dom: str) -> list[str]:
     """The texts of a dumped page, one per element, as a person reads them (a non-breaking hyphen as a hyphen)."""
     body = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.S)
-    return [html.unescape(text.strip()).replace(NON_BREAKING_HYPHEN, "-") for text in re.split(r"<[^>]+>", body) if text.strip()]
+    return [
+        html.unescape(text.strip()).replace(NON_BREAKING_HYPHEN, "-")
+        for text in re.split(r"<[^>]+>", body)
+        if text.strip()
+    ]
 
 
 def visible(server, tmp_path: Path, path: str) -> list[str]:
@@ -89,7 +93,9 @@ def test_what_a_user_checks_in_the_web_ui(tmp_path):
         assert not missing, f"not in the catalog: {missing}"
         # each row: the asset, its kinds (the node class among them), its description, its group
         row = catalog[catalog.index("nemo_model") :]
-        assert "gpu" in row[: row.index("training")] and any("Runs on a GPU node" in text for text in row[: row.index("training")])
+        assert "gpu" in row[: row.index("training")] and any(
+            "Runs on a GPU node" in text for text in row[: row.index("training")]
+        )
 
         sft_model = visible(server, tmp_path, "/assets/sft_model")
         assert "cpu" in sft_model[sft_model.index("Kinds") :][:4], sft_model
@@ -102,7 +108,10 @@ def test_what_a_user_checks_in_the_web_ui(tmp_path):
         total = sum(len(read_jsonl(path)) for path in (server.data_dir / "jsonl").glob("*[0-9].jsonl"))
         assert int(after(february, "dagster/row_count")) == len(lines) < total  # the month's, not the run's
         assert after(february, "path").endswith("2012-02.jsonl") and lines[0]["id"] in february
-        assert not any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) and not text.startswith("2012-02") for text in february[february.index("preview") :])
+        assert not any(
+            re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) and not text.startswith("2012-02")
+            for text in february[february.index("preview") :]
+        )
 
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shot = chromium(tmp_path / "profile-shot", f"--screenshot={SCREENSHOT}", f"{server.url}/asset-groups")

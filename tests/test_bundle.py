@@ -36,12 +36,18 @@ def sentinel(data_dir, monkeypatch):
     monkeypatch.setenv("SFTC_EVAL_API_KEY", key)
     (data_dir.parent / ".env").write_text(f"EODHD_API_KEY={key}\n")
     files = {
-        "reports/validation_report.md": "# CPU validation report\n", "reports/validation_report.json": "{}\n",
-        "reports/gpu_check.md": "# GPU check\n", "reports/gpu_check.json": '{"passed": true}\n',
-        "gpu_check/logs/cuda.log": "1 x H100\n", "gpu_check/logs/nemo.log": f"GET /api?api_token={key} 200\n",
-        "backtest/report.md": "# Backtest\n", "backtest/metrics.json": "{}\n",
-        "eval/2012-09.csv": "id,ticker\n1,AAPL\n", "eval/.staging/2012-10.jsonl": "{}\n",
-        "models/sft/metrics.json": '{"steps": 3}\n', "models/sft/training.csv": "step,loss\n1,2.0\n",
+        "reports/validation_report.md": "# CPU validation report\n",
+        "reports/validation_report.json": "{}\n",
+        "reports/gpu_check.md": "# GPU check\n",
+        "reports/gpu_check.json": '{"passed": true}\n',
+        "gpu_check/logs/cuda.log": "1 x H100\n",
+        "gpu_check/logs/nemo.log": f"GET /api?api_token={key} 200\n",
+        "backtest/report.md": "# Backtest\n",
+        "backtest/metrics.json": "{}\n",
+        "eval/2012-09.csv": "id,ticker\n1,AAPL\n",
+        "eval/.staging/2012-10.jsonl": "{}\n",
+        "models/sft/metrics.json": '{"steps": 3}\n',
+        "models/sft/training.csv": "step,loss\n1,2.0\n",
     }
     for name, text in files.items():
         atomic_write_text(data_dir / name, text)
@@ -51,26 +57,54 @@ def sentinel(data_dir, monkeypatch):
     return key
 
 
-def test_the_bundle_holds_what_a_reviewer_needs_with_their_hashes_and_no_secret(sentinel, data_dir, tmp_path, capsys, monkeypatch):
+def test_the_bundle_holds_what_a_reviewer_needs_with_their_hashes_and_no_secret(
+    sentinel, data_dir, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)  # `make test` exports the repository's own instance
     out = tmp_path / "review.tar.gz"
     assert main(["bundle", "--out", str(out)]) == 0
     members = _members(out)
     assert not any(sentinel.encode() in data for data in members.values()) and sentinel.encode() not in out.read_bytes()
     names = set(members)
-    assert {"reports/validation_report.md", "reports/gpu_check.json", "gpu_check/logs/cuda.log", "backtest/report.md", "eval/2012-09.csv",
-            "models/sft/metrics.json", "models/sft/training.csv", "configs/gpu_check.yaml", "configs/nemo/finetune.yaml", "settings.json",
-            "artifacts.json", "MANIFEST.json", "SHA256SUMS"} <= names
-    assert not [n for n in names if n.endswith(".safetensors") or n.endswith(".env") or "staging" in n or "checkpoints" in n]
+    assert {
+        "reports/validation_report.md",
+        "reports/gpu_check.json",
+        "gpu_check/logs/cuda.log",
+        "backtest/report.md",
+        "eval/2012-09.csv",
+        "models/sft/metrics.json",
+        "models/sft/training.csv",
+        "configs/gpu_check.yaml",
+        "configs/nemo/finetune.yaml",
+        "settings.json",
+        "artifacts.json",
+        "MANIFEST.json",
+        "SHA256SUMS",
+    } <= names
+    assert not [
+        n for n in names if n.endswith(".safetensors") or n.endswith(".env") or "staging" in n or "checkpoints" in n
+    ]
     manifest = json.loads(members["MANIFEST.json"])
     listed = {f["path"]: f for f in manifest["files"]}
     assert set(listed) == names - {"MANIFEST.json", "SHA256SUMS"}
-    assert all(hashlib.sha256(members[n]).hexdigest() == f["sha256"] and len(members[n]) == f["bytes"] for n, f in listed.items())
-    assert members["SHA256SUMS"].decode().splitlines()[0] == f"{manifest['files'][0]['sha256']}  {manifest['files'][0]['path']}"
+    assert all(
+        hashlib.sha256(members[n]).hexdigest() == f["sha256"] and len(members[n]) == f["bytes"]
+        for n, f in listed.items()
+    )
+    assert (
+        members["SHA256SUMS"].decode().splitlines()[0]
+        == f"{manifest['files'][0]['sha256']}  {manifest['files'][0]['path']}"
+    )
     left = {entry["path"]: entry["reason"] for entry in manifest["left_out"]}
-    assert left == {"gpu_check/logs/nemo.log": "it contains the value of EODHD_API_KEY", "models/sft/model.safetensors": "weights or a binary the bundle never carries"}
+    assert left == {
+        "gpu_check/logs/nemo.log": "it contains the value of EODHD_API_KEY",
+        "models/sft/model.safetensors": "weights or a binary the bundle never carries",
+    }
     settings = json.loads(members["settings.json"])
-    assert settings["eodhd_api_key"] == settings["eval_api_key"] == "set (not shown)" and settings["profile"]["name"] == "toy"
+    assert (
+        settings["eodhd_api_key"] == settings["eval_api_key"] == "set (not shown)"
+        and settings["profile"]["name"] == "toy"
+    )
     assert any(m.startswith("run_manifests.json: no Dagster instance") for m in manifest["missing"])
     captured = capsys.readouterr()
     assert "left out gpu_check/logs/nemo.log: it contains the value of EODHD_API_KEY" in captured.err
@@ -93,7 +127,10 @@ def test_zip_works_a_wrong_name_fails_first_and_an_unmarked_file_is_not_replaced
     assert main(["bundle", "--out", str(tmp_path / "review.zip")]) == 0
     assert "MANIFEST.json" in _members(tmp_path / "review.zip")
     assert main(["bundle", "--out", str(tmp_path / "review.rar")]) == 2
-    assert "--out " + str(tmp_path / "review.rar") + ": expected a file name ending in .tar.gz, .tgz, .zip" in capsys.readouterr().err
+    assert (
+        "--out " + str(tmp_path / "review.rar") + ": expected a file name ending in .tar.gz, .tgz, .zip"
+        in capsys.readouterr().err
+    )
     (tmp_path / "mine.tar.gz").write_bytes(b"someone else's")
     assert main(["bundle", "--out", str(tmp_path / "mine.tar.gz")]) == 2
     assert (tmp_path / "mine.tar.gz").read_bytes() == b"someone else's"

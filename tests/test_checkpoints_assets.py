@@ -45,7 +45,9 @@ def _write_hf_splits(data_dir: Path) -> None:
         for i, line in enumerate(LINES)
     ]
     splits = {"train": rows[:12], "validation": rows[12:15], "test": rows[15:]}
-    DatasetDict({name: Dataset.from_list(part) for name, part in splits.items()}).save_to_disk(str(data_dir / "hf_splits"))
+    DatasetDict({name: Dataset.from_list(part) for name, part in splits.items()}).save_to_disk(
+        str(data_dir / "hf_splits")
+    )
     mark_as_written("hf_splits", data_dir / "hf_splits")
 
 
@@ -62,7 +64,9 @@ def test_toy_chain_materializes_with_every_check_passing(data_dir):
             selection=["base_checkpoint", "bf16_checkpoint"],
         )
         assert result.success
-        events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+        events = {
+            e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+        }
         base, bf16 = events["base_checkpoint"], events["bf16_checkpoint"]
         assert base["shards"].value >= 3 and base["scales_in_other_shard"].value >= 1
         keys = ("steps", "documents", "tokens", "initial_loss", "final_loss")
@@ -74,13 +78,24 @@ def test_toy_chain_materializes_with_every_check_passing(data_dir):
         assert bf16["device"].value == "cpu" and bf16["method"].value == "torch" and bf16["shards_resumed"].value == 0
         assert "sha256" in bf16["shard_table"].value and "git_commit" in bf16
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-        assert set(checks) == {"no_scale_tensors", "tensors_finite", "shapes_match_config", "loads_and_generates", "gpu_preflight"}
+        assert set(checks) == {
+            "no_scale_tensors",
+            "tensors_finite",
+            "shapes_match_config",
+            "loads_and_generates",
+            "gpu_preflight",
+        }
         assert all(c.passed for c in checks.values()), {n: c.metadata for n, c in checks.items() if not c.passed}
         assert checks["loads_and_generates"].metadata["new_tokens"].value > 0
     bf16_dir = data_dir / "checkpoints" / "bf16"
-    assert (bf16_dir / "tokenizer.json").read_bytes() == (data_dir / "checkpoints" / "base_fp8" / "tokenizer.json").read_bytes()
+    assert (bf16_dir / "tokenizer.json").read_bytes() == (
+        data_dir / "checkpoints" / "base_fp8" / "tokenizer.json"
+    ).read_bytes()
     assert "quantization_config" not in json.loads((bf16_dir / "config.json").read_text())
-    assert not any(name.endswith("_scale_inv") for name in json.loads((bf16_dir / "model.safetensors.index.json").read_text())["weight_map"])
+    assert not any(
+        name.endswith("_scale_inv")
+        for name in json.loads((bf16_dir / "model.safetensors.index.json").read_text())["weight_map"]
+    )
 
 
 def test_gpu_gate_refuses_a_checkpoint_over_the_cpu_limit_before_any_work(data_dir):
@@ -112,7 +127,9 @@ def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_pa
     config = json.loads((good / "config.json").read_text())
     tensors["model.layers.1.self_attn.o_proj.weight_scale_inv"] = torch.ones(1, 1)
     tensors["model.norm.weight"][3] = float("nan")
-    tensors["model.layers.2.self_attn.o_proj.weight"] = tensors["model.layers.2.self_attn.o_proj.weight"][:, :10].contiguous()
+    tensors["model.layers.2.self_attn.o_proj.weight"] = tensors["model.layers.2.self_attn.o_proj.weight"][
+        :, :10
+    ].contiguous()
     del tensors["model.layers.1.mlp.experts.2.up_proj.weight"]
     tensors["model.layers.1.mlp.experts.9.up_proj.weight"] = torch.zeros(2, 2, dtype=torch.bfloat16)
     broken = write_checkpoint(tmp_path / "broken", [tensors], config=config)

@@ -80,10 +80,21 @@ def test_unquantized_tensors_pass_through_with_their_dtype_and_bytes(awkward):
     source, output, _ = awkward
     src, out = _tensors(source), _tensors(output)
     kept = [n for n, t in src.items() if t.dtype != torch.float8_e4m3fn and not n.endswith("_scale_inv")]
-    assert {src[n].dtype for n in kept} >= {torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.bool, torch.float64}
+    assert {src[n].dtype for n in kept} >= {
+        torch.bfloat16,
+        torch.float16,
+        torch.float32,
+        torch.int64,
+        torch.bool,
+        torch.float64,
+    }
     for name in kept:
         assert out[name].dtype == src[name].dtype and out[name].shape == src[name].shape
-        assert torch.equal(out[name].view(torch.uint8), src[name].view(torch.uint8)) if out[name].dim() else out[name] == src[name]
+        assert (
+            torch.equal(out[name].view(torch.uint8), src[name].view(torch.uint8))
+            if out[name].dim()
+            else out[name] == src[name]
+        )
 
 
 def test_index_config_and_side_files_are_rewritten_and_copied(awkward):
@@ -101,7 +112,13 @@ def test_index_config_and_side_files_are_rewritten_and_copied(awkward):
     assert summary["shards"] == 3 and summary["dequantized_tensors"] == 6
     config = json.loads((output / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "test"
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "modeling_deepseek.py", "README.md"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "modeling_deepseek.py",
+        "README.md",
+    ):
         assert (output / name).read_bytes() == (source / name).read_bytes()
     assert not (output / ".cache_marker").exists() and not (output / STATE_NAME).exists()
     assert not staging_dir(output).exists()
@@ -120,7 +137,9 @@ def test_row_slices_of_whole_blocks_give_the_same_bits_as_the_whole_tensor(monke
     weight = random_fp8((700, 300), g)
     scale = random_scale(weight.shape, g)
     monkeypatch.setattr(convert, "CPU_CHUNK_ELEMENTS", 128 * 300)  # one block row per slice: 6 slices
-    sliced = torch.cat([piece.clone() for piece in convert._dequantize_cpu(weight, scale)])  # each slice reuses one buffer
+    sliced = torch.cat(
+        [piece.clone() for piece in convert._dequantize_cpu(weight, scale)]
+    )  # each slice reuses one buffer
     assert torch.equal(_bits_t(sliced), _bits_t(dequantize_fp8_torch(weight, scale)))
 
 
@@ -134,7 +153,9 @@ def test_quantize_then_convert_recovers_weights_within_fp8_precision(tmp_path):
     weight[:128, :128] = 0  # an all-zero block keeps scale 1 and stays exactly zero
     q, s = quantize_fp8_blockwise(weight)
     assert s.shape == (2, 2) and s[0, 0] == 1.0
-    write_checkpoint(tmp_path / "fp8", [{"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale_inv": s}])
+    write_checkpoint(
+        tmp_path / "fp8", [{"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale_inv": s}]
+    )
     convert_fp8_checkpoint(tmp_path / "fp8", tmp_path / "bf16", device="cpu", progress=False)
     back = _tensors(tmp_path / "bf16")["model.layers.0.mlp.up_proj.weight"].float()
     assert torch.all(back[:128, :128] == 0)
@@ -209,9 +230,21 @@ def test_killed_cli_conversion_restarted_ends_byte_identical(tmp_path):
     """A real `sftc convert-fp8` process, slowed down per tensor, SIGKILLed mid-way, then run again."""
     source = awkward_checkpoint(tmp_path / "fp8", seed=1)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    sftc = [sys.executable, "-m", "sftc_jobs.cli", "convert-fp8", "--source", str(source), "--device", "cpu", "--no-progress"]
+    sftc = [
+        sys.executable,
+        "-m",
+        "sftc_jobs.cli",
+        "convert-fp8",
+        "--source",
+        str(source),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, DELAY_ENV: "0.3"}
-    proc = subprocess.Popen([*sftc, "--output", str(killed)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*sftc, "--output", str(killed)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     state = staging_dir(killed) / STATE_NAME
     deadline = time.monotonic() + 60
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -223,7 +256,9 @@ def test_killed_cli_conversion_restarted_ends_byte_identical(tmp_path):
     assert not killed.exists()
     assert any(p.name.endswith(".tmp") for p in staging_dir(killed).iterdir())
 
-    resumed = subprocess.run([*sftc, "--output", str(killed)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [*sftc, "--output", str(killed)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["shards_resumed"] >= 1
     convert_fp8_checkpoint(source, clean, device="cpu", progress=False)
@@ -318,7 +353,9 @@ def test_bad_input_fails_before_writing_with_an_error_naming_tensor_and_shard(ca
 
 
 def test_a_non_fp8_source_is_refused(tmp_path):
-    write_checkpoint(tmp_path / "bf16src", [{"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4, dtype=torch.bfloat16)}])
+    write_checkpoint(
+        tmp_path / "bf16src", [{"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4, dtype=torch.bfloat16)}]
+    )
     with pytest.raises(CheckpointError, match="not an FP8 checkpoint"):
         convert_fp8_checkpoint(tmp_path / "bf16src", tmp_path / "out", device="cpu", progress=False)
     assert not (tmp_path / "out").exists()

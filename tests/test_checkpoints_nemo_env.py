@@ -33,10 +33,17 @@ def test_nemo_environment_loads_the_converted_toy(tmp_path):
     python = load_settings().nemo_python
     if not python.is_file():
         pytest.skip(f"{python}: no NeMo environment (make .venv-nemo)")
-    make_toy_checkpoint(tmp_path / "fp8", ["Ticker: AAPL <action>BUY</action>", "Ticker: IBM <action>SELL</action>"] * 10, fp8=True)
+    make_toy_checkpoint(
+        tmp_path / "fp8", ["Ticker: AAPL <action>BUY</action>", "Ticker: IBM <action>SELL</action>"] * 10, fp8=True
+    )
     convert_fp8_checkpoint(tmp_path / "fp8", tmp_path / "bf16", device="cpu", progress=False)
     done = subprocess.run(
-        [str(python), "-c", SCRIPT, str(tmp_path / "bf16")], env=entry_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [str(python), "-c", SCRIPT, str(tmp_path / "bf16")],
+        env=entry_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

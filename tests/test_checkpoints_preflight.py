@@ -23,7 +23,15 @@ GIB = 1 << 30
 def _probe(count: int, memory_gib: float = 80, triton_fp8: bool = True) -> GpuProbe:
     devices = tuple(GpuDevice(i, "NVIDIA H100 80GB HBM3", int(memory_gib * GIB), (9, 0)) for i in range(count))
     fp8 = triton_fp8 and bool(devices)
-    return GpuProbe(bool(devices), devices, "2.13.0", "12.8", "3.4.0", fp8, "Triton FP8 kernel verified" if fp8 else "Triton refused FP8")
+    return GpuProbe(
+        bool(devices),
+        devices,
+        "2.13.0",
+        "12.8",
+        "3.4.0",
+        fp8,
+        "Triton FP8 kernel verified" if fp8 else "Triton refused FP8",
+    )
 
 
 @pytest.fixture
@@ -45,11 +53,18 @@ def test_ready_node_passes_every_item(data_dir, fake_nemo):
     report = run_preflight(load_settings(), probe=_probe(8))
     status = _status(report)
     assert report.ready, report.table()
-    assert status == {"finetune config": "PASS", "cuda": "PASS", "gpus": "PASS", "triton fp8": "PASS", "base checkpoint": "PASS", "disk": "PASS"}
+    assert status == {
+        "finetune config": "PASS",
+        "cuda": "PASS",
+        "gpus": "PASS",
+        "triton fp8": "PASS",
+        "base checkpoint": "PASS",
+        "disk": "PASS",
+    }
     items = {item.name: item for item in report.checks}
     assert items["NeMo environment"].status == "PASS" and "NeMo 2.7.3" in items["NeMo environment"].found
     assert {c.scope for c in report.checks} == {THIS_NODE, GPU_PLAN, TARGET_CLUSTER, TOY_CHAIN}
-    assert report.checks[len(status):] == report.plan.checks  # this node's items, then the GPU plan's
+    assert report.checks[len(status) :] == report.plan.checks  # this node's items, then the GPU plan's
     from sftc_core.gpu import format_bytes
 
     assert format_bytes(plan_conversion(source).total_size) in items["base checkpoint"].found  # the exact BF16 size
@@ -111,7 +126,10 @@ def test_the_table_wraps_long_rows_under_their_own_column_and_loses_no_word():
 
     long_found = " ".join(f"word{i}" for i in range(60))
     long_fix = "set slurm.partition in configs/cluster.yaml to the GPU partition " * 4
-    checks = [Check("short", THIS_NODE, PASS, "a", "fine"), Check("long one", GPU_PLAN, FAIL, "b " * 50, long_found, long_fix)]
+    checks = [
+        Check("short", THIS_NODE, PASS, "a", "fine"),
+        Check("long one", GPU_PLAN, FAIL, "b " * 50, long_found, long_fix),
+    ]
     table = checks_table(checks, width=80)
     lines = table.splitlines()
     assert max(len(line) for line in lines) <= 80 and len(lines) > 6  # wrapped, not cut

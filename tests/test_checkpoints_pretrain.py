@@ -54,7 +54,11 @@ def test_a_field_the_prompt_leaves_out_on_purpose_is_not_pretrained_on_either(sp
     input_template = "Ticker: {ticker}\nAs of: {as_of_date}\nHorizon: {horizon_days} trading days"
     prompt = SFT.prompt.model_copy(update={"input_template": input_template, "omit_fields": {"facts": "a test"}})
     texts = pretrain.pretraining_texts(splits, SFT.model_copy(update={"prompt": prompt}), *WINDOW)
-    assert texts[1].startswith("<thesis><ticker>") and "<support>" not in texts[1] and "<point>" not in "".join(texts[1::2])
+    assert (
+        texts[1].startswith("<thesis><ticker>")
+        and "<support>" not in texts[1]
+        and "<point>" not in "".join(texts[1::2])
+    )
 
 
 @pytest.mark.parametrize("late", [dt.date(2010, 2, 1), dt.date(2009, 12, 31)])

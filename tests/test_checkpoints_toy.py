@@ -77,13 +77,24 @@ def test_fp8_layout_is_the_release_layout(toy):
     tensors = _tensors(fp8_dir)
     index = json.loads((fp8_dir / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in fp8_dir.glob("*.safetensors"))
-    assert len(shards) >= 3 and shards == [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)]
+    assert len(shards) >= 3 and shards == [
+        f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)
+    ]
     assert set(index["weight_map"]) == set(tensors) and set(index["weight_map"].values()) == set(shards)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
     quantized = {n for n, t in tensors.items() if t.dtype == torch.float8_e4m3fn}
     weights = {n for n in tensors if not n.endswith("_scale_inv")}
     assert quantized == {n for n in weights if is_quantized_weight(n, tensors[n].shape)}
-    assert {n.split(".")[-2] for n in quantized} == {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n.split(".")[-2] for n in quantized} == {
+        "q_a_proj",
+        "q_b_proj",
+        "kv_a_proj_with_mqa",
+        "kv_b_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     for name in quantized:
         scale = tensors[name + "_scale_inv"]
         rows, cols = tensors[name].shape
@@ -92,7 +103,11 @@ def test_fp8_layout_is_the_release_layout(toy):
     for name in weights - quantized:
         expected = torch.float32 if name.endswith("e_score_correction_bias") else torch.bfloat16
         assert tensors[name].dtype == expected, name
-    split = [n for n in index["weight_map"] if n.endswith("_scale_inv") and index["weight_map"][n] != index["weight_map"][n[: -len("_scale_inv")]]]
+    split = [
+        n
+        for n in index["weight_map"]
+        if n.endswith("_scale_inv") and index["weight_map"][n] != index["weight_map"][n[: -len("_scale_inv")]]
+    ]
     assert split and toy["summary"]["scales_in_other_shard"] == len(split)
     config = json.loads((fp8_dir / "config.json").read_text())
     assert config["quantization_config"] == QUANTIZATION_CONFIG and config["model_type"] == "deepseek_v3"
@@ -163,7 +178,9 @@ def test_converted_toy_equals_the_torch_math_and_loads(toy):
     assert set(out) == {n for n in fp8 if not n.endswith("_scale_inv")}
     for name, tensor in out.items():
         if fp8[name].dtype == torch.float8_e4m3fn:
-            assert torch.equal(tensor.view(torch.int16), dequantize_fp8_torch(fp8[name], fp8[name + "_scale_inv"]).view(torch.int16))
+            assert torch.equal(
+                tensor.view(torch.int16), dequantize_fp8_torch(fp8[name], fp8[name + "_scale_inv"]).view(torch.int16)
+            )
         else:
             assert torch.equal(tensor, fp8[name])
     scan = scan_checkpoint(toy["converted"])
@@ -180,11 +197,17 @@ def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
     from transformers import AutoModelForCausalLM, FineGrainedFP8Config
 
     fp8 = _tensors(toy["fp8"])
-    refused = {n for n, t in fp8.items() if t.dtype == torch.float8_e4m3fn
-               and any(side % math.ceil(side / 128) for side in t.shape)}
+    refused = {
+        n
+        for n, t in fp8.items()
+        if t.dtype == torch.float8_e4m3fn and any(side % math.ceil(side / 128) for side in t.shape)
+    }
     assert {n.split(".")[-2] for n in refused} == {"q_b_proj", "kv_a_proj_with_mqa"}
-    save_file({n: t for n, t in fp8.items() if n not in refused and n.removesuffix("_scale_inv") not in refused},
-              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {n: t for n, t in fp8.items() if n not in refused and n.removesuffix("_scale_inv") not in refused},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     (tmp_path / "config.json").write_bytes((toy["fp8"] / "config.json").read_bytes())
     dequantize = FineGrainedFP8Config(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=dequantize, dtype=torch.bfloat16)
@@ -205,7 +228,9 @@ def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
     for layer in range(config["first_k_dense_replace"], config["num_hidden_layers"]):  # fused experts, split back
         prefix = f"model.layers.{layer}.mlp.experts"
         for expert in range(config["n_routed_experts"]):
-            gate_up = torch.cat([ours[f"{prefix}.{expert}.gate_proj.weight"], ours[f"{prefix}.{expert}.up_proj.weight"]])
+            gate_up = torch.cat(
+                [ours[f"{prefix}.{expert}.gate_proj.weight"], ours[f"{prefix}.{expert}.up_proj.weight"]]
+            )
             assert torch.equal(theirs[f"{prefix}.gate_up_proj"][expert], gate_up)
             assert torch.equal(theirs[f"{prefix}.down_proj"][expert], ours[f"{prefix}.{expert}.down_proj.weight"])
             compared += 3
@@ -213,8 +238,12 @@ def test_conversion_agrees_with_transformers_fp8_dequantize(toy, tmp_path):
 
 
 def test_corpus_texts_from_file_and_directory(tmp_path):
-    (tmp_path / "training.jsonl").write_text(json.dumps({"input": "prompt one", "output": "<action>BUY</action>"}) + "\n")
-    (tmp_path / "2012-01.jsonl").write_text(json.dumps({"id": "a-1", "support": ["up 3%", "buyback"], "horizon_days": 5}) + "\n")
+    (tmp_path / "training.jsonl").write_text(
+        json.dumps({"input": "prompt one", "output": "<action>BUY</action>"}) + "\n"
+    )
+    (tmp_path / "2012-01.jsonl").write_text(
+        json.dumps({"id": "a-1", "support": ["up 3%", "buyback"], "horizon_days": 5}) + "\n"
+    )
     (tmp_path / "2012-01.rejects.jsonl").write_text(json.dumps({"detail": "rejected text"}) + "\n")
     assert corpus_texts_from(tmp_path / "training.jsonl") == ["prompt one", "<action>BUY</action>"]
     assert corpus_texts_from(tmp_path) == ["a-1", "up 3%", "buyback", "prompt one", "<action>BUY</action>"]
@@ -231,7 +260,12 @@ def test_corpus_texts_from_file_and_directory(tmp_path):
 def test_cli_make_toy_checkpoint(tmp_path, data_dir, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"input": t, "output": "<action>HOLD</action>"}) + "\n" for t in CORPUS))
-    assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "cli"), "--fp8", "--corpus", str(corpus), "--seed", "3"]) == 0
+    assert (
+        sftc_main(
+            ["make-toy-checkpoint", "--out", str(tmp_path / "cli"), "--fp8", "--corpus", str(corpus), "--seed", "3"]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["fp8"] and summary["seed"] == 3 and summary["shards"] >= 3
     assert summary["pretraining"] is None  # --corpus: that corpus's tokenizer, random weights
@@ -260,11 +294,21 @@ def test_the_mtp_layer_is_written_as_the_release_writes_it(toy):
     tensors, config = _tensors(toy["fp8"]), json.loads((toy["fp8"] / "config.json").read_text())
     mtp = f"model.layers.{config['num_hidden_layers']}"
     names = {n.removeprefix(mtp + ".") for n in tensors if n.startswith(mtp + ".")}
-    assert {"enorm.weight", "hnorm.weight", "eh_proj.weight", "embed_tokens.weight", "shared_head.norm.weight",
-            "shared_head.head.weight"} <= names
+    assert {
+        "enorm.weight",
+        "hnorm.weight",
+        "eh_proj.weight",
+        "embed_tokens.weight",
+        "shared_head.norm.weight",
+        "shared_head.head.weight",
+    } <= names
     # a full decoder layer inside it, FP8 with its scales as every layer's linears; a MoE block
-    for part in ("self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight", "mlp.experts.7.down_proj.weight",
-                 "mlp.shared_experts.up_proj.weight"):
+    for part in (
+        "self_attn.kv_a_proj_with_mqa.weight",
+        "self_attn.kv_b_proj.weight",
+        "mlp.experts.7.down_proj.weight",
+        "mlp.shared_experts.up_proj.weight",
+    ):
         assert tensors[f"{mtp}.{part}"].dtype == torch.float8_e4m3fn and f"{mtp}.{part}_scale_inv" in tensors
     assert tuple(tensors[f"{mtp}.self_attn.kv_a_proj_with_mqa.weight"].shape) == (576, 64)  # 4.5 blocks of 128 rows
     eh_proj = tensors[f"{mtp}.eh_proj.weight"]

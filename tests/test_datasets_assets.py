@@ -46,12 +46,18 @@ def write_tokenizer(paths: ArtifactPaths) -> None:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     # the tags stay text: no special token of theirs
     tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "</s>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(str(paths.base_checkpoint))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(
+        str(paths.base_checkpoint)
+    )
     mark_as_written("base_checkpoint", paths.base_checkpoint)
 
 
-def materialize(data_dir: Path, instance: dg.DagsterInstance, selection: list[str] | None = None, raise_on_error: bool = True) -> dg.ExecuteInJobResult:
-    return dg.materialize(stage_definitions(assets.defs), instance=instance, selection=selection, raise_on_error=raise_on_error)
+def materialize(
+    data_dir: Path, instance: dg.DagsterInstance, selection: list[str] | None = None, raise_on_error: bool = True
+) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        stage_definitions(assets.defs), instance=instance, selection=selection, raise_on_error=raise_on_error
+    )
 
 
 def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
@@ -70,7 +76,9 @@ def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
     splits_meta = result.asset_materializations_for_node("hf_splits")[0].metadata
     counts = {name: splits_meta[f"{name}_count"].value for name in ("train", "validation", "test")}
     assert all(count > 0 for count in counts.values())
-    assert sum(counts.values()) + splits_meta["dropped_by_embargo"].value + splits_meta["outside_windows"].value == total
+    assert (
+        sum(counts.values()) + splits_meta["dropped_by_embargo"].value + splits_meta["outside_windows"].value == total
+    )
     train_first, train_last = splits_meta["train_dates"].value.split("..")
     test_first, test_last = splits_meta["test_dates"].value.split("..")
     assert "2010-01-01" <= train_first < "2010-02-01" and train_last <= "2012-04-30"
@@ -84,16 +92,29 @@ def test_hf_splits_and_nemo_jsonl_materialize_with_checks(data_dir):
     assert set(nemo_meta["token_stats"].value["tag_tokens"]) == set(load_sft_config().special_tokens)
     assert "### Response:" in nemo_meta["preview"].value
 
-    checks = {e.check_name: e.passed for e in [*result.get_asset_check_evaluations(), *nemo.get_asset_check_evaluations()]}
+    checks = {
+        e.check_name: e.passed for e in [*result.get_asset_check_evaluations(), *nemo.get_asset_check_evaluations()]
+    }
     assert checks == {"splits_disjoint_and_ordered": True, "special_tokens_in_every_line": True}
 
 
-def test_without_a_reachable_tokenizer_the_lines_are_written_unmeasured_and_checks_catch_bad_files(data_dir, tmp_path, monkeypatch):
+def test_without_a_reachable_tokenizer_the_lines_are_written_unmeasured_and_checks_catch_bad_files(
+    data_dir, tmp_path, monkeypatch
+):
     """The full profile's release may sit on the GPU nodes only: nemo_jsonl then says it did not measure."""
     write_monthly_jsonl(data_dir)
     monkeypatch.setenv("SFTC_PROFILE", "full")
-    settings = settings_with(partitions={"start": "2010-01", "end": "2012-12"}, model={"base_checkpoint_path": str(tmp_path / "unreachable")})
-    settings = settings.model_copy(update={"train_start_date": dt.date(2010, 1, 1), "train_end_date": dt.date(2012, 4, 30), "test_start_date": dt.date(2012, 9, 1), "test_end_date": dt.date(2012, 12, 31)})
+    settings = settings_with(
+        partitions={"start": "2010-01", "end": "2012-12"}, model={"base_checkpoint_path": str(tmp_path / "unreachable")}
+    )
+    settings = settings.model_copy(
+        update={
+            "train_start_date": dt.date(2010, 1, 1),
+            "train_end_date": dt.date(2012, 4, 30),
+            "test_start_date": dt.date(2012, 9, 1),
+            "test_end_date": dt.date(2012, 12, 31),
+        }
+    )
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(stage_definitions(assets.defs, settings), instance=instance)
     meta = result.asset_materializations_for_node("nemo_jsonl")[0].metadata

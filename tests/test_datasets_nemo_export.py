@@ -39,7 +39,9 @@ def make_tokenizer(out: Path, texts: list[str], special_tokens: list[str]) -> To
     """A small word-level tokenizer trained here, saved as a transformers tokenizer directory."""
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", *special_tokens]))
+    tokenizer.train_from_iterator(
+        texts, trainers.WordLevelTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", *special_tokens])
+    )
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>").save_pretrained(str(out))
     return tokenizer
 
@@ -110,7 +112,10 @@ def test_a_tokenizer_that_holds_the_tags_as_tokens_of_its_own_is_refused(dataset
 def test_lines_without_the_special_tokens_fail_and_leave_nothing(tmp_path):
     rows = {"instruction": ["i"], "input": ["x"], "output": ["<reasoning>r</reasoning> BUY"]}
     DatasetDict({name: Dataset.from_dict(rows) for name in splits.SPLITS}).save_to_disk(str(tmp_path / "hf"))
-    with pytest.raises(ValueError, match=r"training\.jsonl:1: output lacks special token\(s\) <support>, </support>, <action>, </action>"):
+    with pytest.raises(
+        ValueError,
+        match=r"training\.jsonl:1: output lacks special token\(s\) <support>, </support>, <action>, </action>",
+    ):
         nemo_export.export_nemo(tmp_path / "hf", tmp_path / "nemo", SFT)
     assert not (tmp_path / "nemo").exists() and list(tmp_path.glob(".nemo*")) == []
 
@@ -127,12 +132,50 @@ def test_file_check_names_file_and_line(tmp_path):
 
 def test_cli_export_nemo(dataset_dir, tmp_path, data_dir, capsys):
     out = tmp_path / "nemo"
-    assert sftc(["export-nemo", "--dataset-dir", str(dataset_dir), "--output-dir", str(out), "--max-samples", "3", "--skip-tokenizer"]) == 0
+    assert (
+        sftc(
+            [
+                "export-nemo",
+                "--dataset-dir",
+                str(dataset_dir),
+                "--output-dir",
+                str(out),
+                "--max-samples",
+                "3",
+                "--skip-tokenizer",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["counts"] == {"train": 3, "validation": 3, "test": 3}
-    assert sftc(["export-nemo", "--dataset-dir", str(dataset_dir), "--output-dir", str(tmp_path / "x"), "--tokenizer", str(tmp_path / "none")]) == 2
+    assert (
+        sftc(
+            [
+                "export-nemo",
+                "--dataset-dir",
+                str(dataset_dir),
+                "--output-dir",
+                str(tmp_path / "x"),
+                "--tokenizer",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 2
+    )
     assert "tokenizer directory not found" in capsys.readouterr().err
     assert sftc(["export-nemo", "--dataset-dir", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "y")]) == 2
     assert "sftc build-dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        sftc(["export-nemo", "--dataset-dir", str(dataset_dir), "--output-dir", str(out), "--skip-tokenizer", "--tokenizer", "t"])
+        sftc(
+            [
+                "export-nemo",
+                "--dataset-dir",
+                str(dataset_dir),
+                "--output-dir",
+                str(out),
+                "--skip-tokenizer",
+                "--tokenizer",
+                "t",
+            ]
+        )
     assert info.value.code == 2

@@ -26,7 +26,10 @@ RECORD = {
 
 
 def test_target_format():
-    assert SFT.target_format.format_target("R.", ["a", "b"], "STRONG_SELL") == "<reasoning>R.</reasoning><support>a; b</support><action>STRONG_SELL</action>"
+    assert (
+        SFT.target_format.format_target("R.", ["a", "b"], "STRONG_SELL")
+        == "<reasoning>R.</reasoning><support>a; b</support><action>STRONG_SELL</action>"
+    )
 
 
 def test_example_fills_the_templates():
@@ -59,8 +62,10 @@ def test_every_field_of_a_record_is_a_slot_of_the_prompt_or_left_out_for_a_state
 
 
 def test_a_slot_omitted_with_its_reason_is_left_out_of_every_prompt():
-    prompt = SFT.prompt.model_dump() | {"input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nFacts:\n{facts}",
-                                        "omit_fields": {"horizon_days": "every thesis here has a 5-session horizon"}}
+    prompt = SFT.prompt.model_dump() | {
+        "input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nFacts:\n{facts}",
+        "omit_fields": {"horizon_days": "every thesis here has a 5-session horizon"},
+    }
     omitted = SFT.model_copy(update={"prompt": PromptConfig(**prompt)})
     assert omitted.prompt.carried_slots == ["ticker", "as_of_date", "facts"]
     example = build_example(RECORD | {"horizon_days": 17}, omitted)

@@ -82,7 +82,9 @@ def test_split_property(corpus, by_days, validation_days, test_days):
 
     placed = [r["id"] for name in splits.SPLITS for r in result.splits[name]]
     assert len(placed) == len(set(placed)), "no record in two splits"
-    assert len(placed) + sum(result.purged.values()) + sum(result.dropped_by_embargo.values()) + sum(result.outside.values()) == len(rows)
+    assert len(placed) + sum(result.purged.values()) + sum(result.dropped_by_embargo.values()) + sum(
+        result.outside.values()
+    ) == len(rows)
     for name in splits.SPLITS:
         window = plan.windows[name]
         assert all(window.start <= dt.date.fromisoformat(r["as_of_date"]) <= window.end for r in result.splits[name])
@@ -95,7 +97,11 @@ def test_split_property(corpus, by_days, validation_days, test_days):
     # Whatever the embargo: no kept label reaches a later split, and only such labels were purged.
     windowed = splits.assign(rows, plan)
     for index, name in enumerate(splits.SPLITS):
-        later = [dt.date.fromisoformat(result.splits[n][0]["as_of_date"]) for n in splits.SPLITS[index + 1 :] if result.splits[n]]
+        later = [
+            dt.date.fromisoformat(result.splits[n][0]["as_of_date"])
+            for n in splits.SPLITS[index + 1 :]
+            if result.splits[n]
+        ]
         kept = {r["id"] for r in result.splits[name]}
         for r in windowed.splits[name]:
             reaches = bool(later) and label_end(r["as_of_date"], r["horizon_days"]) >= min(later)
@@ -127,7 +133,10 @@ def jsonl_dir(tmp_path) -> Path:
     for month in sorted({r["as_of_date"][:7] for r in rows}):
         write_jsonl(root / f"{month}.jsonl", [r for r in rows if r["as_of_date"].startswith(month)])
     # Rejects files sit beside the records and are not records.
-    write_jsonl(root / "2010-01.rejects.jsonl", [{"source_file": "x.xml", "index": None, "field": None, "reason": "malformed_xml", "detail": "bad"}])
+    write_jsonl(
+        root / "2010-01.rejects.jsonl",
+        [{"source_file": "x.xml", "index": None, "field": None, "reason": "malformed_xml", "detail": "bad"}],
+    )
     return root
 
 
@@ -136,14 +145,24 @@ def test_build_by_dates_saves_splits_and_summary(jsonl_dir, tmp_path):
     summary = splits.build_dataset(jsonl_dir, out, SFT, date_bounds=BOUNDS, embargo_days=10)
     dataset = load_from_disk(str(out))
     assert set(dataset) == set(splits.SPLITS)
-    assert {"id", "ticker", "as_of_date", "action", "horizon_days", "instruction", "input", "output"} <= set(dataset["train"].column_names)
+    assert {"id", "ticker", "as_of_date", "action", "horizon_days", "instruction", "input", "output"} <= set(
+        dataset["train"].column_names
+    )
     assert json.loads((out / splits.SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
-    total = sum(summary["counts"].values()) + sum(summary["purged"].values()) + sum(summary["dropped_by_embargo"].values()) + sum(summary["outside_windows"].values())
+    total = (
+        sum(summary["counts"].values())
+        + sum(summary["purged"].values())
+        + sum(summary["dropped_by_embargo"].values())
+        + sum(summary["outside_windows"].values())
+    )
     assert total == summary["records"] == len(session_records("2009-12-01", "2011-01-31"))
     assert summary["outside_windows"]["before"] > 0 and summary["outside_windows"]["after"] > 0
     assert summary["dropped_by_embargo"]["validation"] > 0 and summary["dropped_by_embargo"]["test"] > 0
     assert summary["date_ranges"]["train"] == {"first": "2010-01-04", "last": "2010-06-30"}
-    assert summary["date_ranges"]["validation"]["first"] >= "2010-07-11" and summary["date_ranges"]["validation"]["last"] <= "2010-08-21"
+    assert (
+        summary["date_ranges"]["validation"]["first"] >= "2010-07-11"
+        and summary["date_ranges"]["validation"]["last"] <= "2010-08-21"
+    )
     assert summary["date_ranges"]["test"]["first"] == "2010-09-01"
     assert splits.split_problems(out) == []
     first = dataset["train"][0]
@@ -174,13 +193,20 @@ def test_empty_split_is_a_clear_error_and_leaves_nothing(jsonl_dir, tmp_path):
     with pytest.raises(splits.SplitError) as info:
         splits.build_dataset(jsonl_dir, out, SFT, date_bounds=BOUNDS, embargo_days=40)
     message = str(info.value)
-    assert "'validation'" in message and "0 record(s)" in message and "TEST_START_DATE" in message and "--embargo-days" in message
+    assert (
+        "'validation'" in message
+        and "0 record(s)" in message
+        and "TEST_START_DATE" in message
+        and "--embargo-days" in message
+    )
     assert "start is after its end" in message
     assert not out.exists() and list(tmp_path.glob(".hf*")) == []
 
 
 def test_min_samples(jsonl_dir, tmp_path):
-    with pytest.raises(splits.SplitError, match=r"split 'validation' would have \d+ record\(s\), fewer than --min-samples 100"):
+    with pytest.raises(
+        splits.SplitError, match=r"split 'validation' would have \d+ record\(s\), fewer than --min-samples 100"
+    ):
         splits.build_dataset(jsonl_dir, tmp_path / "hf", SFT, date_bounds=BOUNDS, min_samples=100)
 
 
@@ -228,11 +254,20 @@ def test_split_problems_sees_a_label_reaching_the_next_split(jsonl_dir, tmp_path
     dataset = load_from_disk(str(out))
     # Put back a record the purge took out: the last train session's label ends after validation begins.
     leaked = dict(dataset["train"][-1]) | {"id": "leak", "as_of_date": "2010-06-30"}
-    tampered = DatasetDict({**dataset, "train": concatenate_datasets([dataset["train"], Dataset.from_list([leaked], features=dataset["train"].features)])})
+    tampered = DatasetDict(
+        {
+            **dataset,
+            "train": concatenate_datasets(
+                [dataset["train"], Dataset.from_list([leaked], features=dataset["train"].features)]
+            ),
+        }
+    )
     tampered.save_to_disk(str(tmp_path / "tampered"))
     (tmp_path / "tampered" / splits.SUMMARY_FILE).write_text((out / splits.SUMMARY_FILE).read_text())
     problems = splits.split_problems(tmp_path / "tampered")
-    assert len(problems) == 1 and "1 train label(s) reach 2010-07-01" in problems[0] and "'leak'" in problems[0], problems
+    assert len(problems) == 1 and "1 train label(s) reach 2010-07-01" in problems[0] and "'leak'" in problems[0], (
+        problems
+    )
 
 
 def test_cli_build_dataset(jsonl_dir, tmp_path, data_dir, capsys, monkeypatch):
@@ -241,12 +276,40 @@ def test_cli_build_dataset(jsonl_dir, tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setenv("TEST_START_DATE", "2010-09-01")
     assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf")]) == 0
     out = capsys.readouterr().out
-    assert "train: " in out and "validation: " in out and f"dropped by the {load_sft_config().splits.embargo_days}-day embargo" in out
+    assert (
+        "train: " in out
+        and "validation: " in out
+        and f"dropped by the {load_sft_config().splits.embargo_days}-day embargo" in out
+    )
     # An embargo shorter than the labels: the purge keeps the splits leak-free.
-    assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf7"), "--embargo-days", "7"]) == 0
+    assert (
+        sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf7"), "--embargo-days", "7"])
+        == 0
+    )
     assert "purged (labels reaching a later split): " in capsys.readouterr().out
-    assert splits.split_problems(tmp_path / "hf7") == [] and sum(splits.load_summary(tmp_path / "hf7")["purged"].values()) > 0
-    assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf2"), "--embargo-days", "40"]) == 2
+    assert (
+        splits.split_problems(tmp_path / "hf7") == []
+        and sum(splits.load_summary(tmp_path / "hf7")["purged"].values()) > 0
+    )
+    assert (
+        sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf2"), "--embargo-days", "40"])
+        == 2
+    )
     assert "'validation'" in capsys.readouterr().err
     assert sftc(["build-dataset", "--jsonl", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "hf3")]) == 2
-    assert sftc(["build-dataset", "--jsonl", str(jsonl_dir), "--out-dir", str(tmp_path / "hf4"), "--validation-days", "30", "--test-days", "20"]) == 0
+    assert (
+        sftc(
+            [
+                "build-dataset",
+                "--jsonl",
+                str(jsonl_dir),
+                "--out-dir",
+                str(tmp_path / "hf4"),
+                "--validation-days",
+                "30",
+                "--test-days",
+                "20",
+            ]
+        )
+        == 0
+    )

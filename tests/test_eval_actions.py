@@ -89,7 +89,10 @@ def test_tags_that_do_not_pair_are_refused(tokens):
     ("stripped", "expected"),
     [
         # transformers serve's text for "<reasoning>…</reasoning><support>…</support><action>SELL</action>" (seen on the toy).
-        ("The trend is up.Return over 5 sessions +1.8%; 5-day volume -11% vs the 60-day averageSTRONG_SELL", "STRONG_SELL"),
+        (
+            "The trend is up.Return over 5 sessions +1.8%; 5-day volume -11% vs the 60-day averageSTRONG_SELL",
+            "STRONG_SELL",
+        ),
         ("IBM drifts.Close 190; RSI 55HOLD", "HOLD"),
         ("Close 101.2BUY \n", "BUY"),  # a digit before the action: no word boundary once the tags are gone
         ("Sellers left.Close 1SELL", "SELL"),
@@ -100,6 +103,8 @@ def test_a_tag_stripped_output_is_read_from_its_end(stripped, expected):
     assert parse_action(stripped) is None  # only a server known to strip the tags gets the end-of-text rule
 
 
-@pytest.mark.parametrize("stripped", ["The trend is up.Close 1", "Close 1buy", "STRONG_BUY is what others say.Close 1", ""])
+@pytest.mark.parametrize(
+    "stripped", ["The trend is up.Close 1", "Close 1buy", "STRONG_BUY is what others say.Close 1", ""]
+)
 def test_a_tag_stripped_output_without_an_action_at_its_end_is_none(stripped):
     assert parse_action(stripped, tags_stripped=True) is None

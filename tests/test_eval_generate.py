@@ -48,7 +48,9 @@ def test_batched_left_padded_greedy_matches_one_prompt_at_a_time(toy_dir):
     model.train()
     batched = generate_greedy(model, tokenizer, PROMPTS, NEW_TOKENS, batch_size=3)
     assert model.training  # put back as it was
-    assert batched == generate_greedy(model, tokenizer, PROMPTS, NEW_TOKENS, batch_size=5)  # deterministic, any batching
+    assert batched == generate_greedy(
+        model, tokenizer, PROMPTS, NEW_TOKENS, batch_size=5
+    )  # deterministic, any batching
     model.eval()
     for prompt, text in zip(PROMPTS, batched):
         reference = _new_ids(model, tokenizer, prompt, NEW_TOKENS)

@@ -35,7 +35,9 @@ from sftc_core.settings import load_settings
 from sftc_jobs.cli import main as sftc
 from sftc_platform.resources import GpuResource
 
-FAST = EndpointClientConfig(timeout_seconds=2, max_retries=3, backoff_seconds=0.01, max_backoff_seconds=0.05, startup_timeout_seconds=120)
+FAST = EndpointClientConfig(
+    timeout_seconds=2, max_retries=3, backoff_seconds=0.01, max_backoff_seconds=0.05, startup_timeout_seconds=120
+)
 SFT = load_sft_config()
 TAGS = re.compile("|".join(re.escape(t) for t in SFT.special_tokens))
 TICKERS = ("AAPL", "MSFT", "IBM", "GOOG")
@@ -45,8 +47,24 @@ def records(count: int, month: str = "2012-10") -> pd.DataFrame:
     rows = []
     for i in range(count):
         ticker, day = TICKERS[i % 4], f"{month}-{10 + i:02d}"
-        thesis = {"ticker": ticker, "as_of_date": day, "horizon_days": 5, "support": [f"Close {100 + i}"], "reasoning": "r", "action": action_for(ticker)}
-        rows.append({"id": f"{ticker}-{day}", "ticker": ticker, "as_of_date": day, "action": action_for(ticker), "horizon_days": 5, **build_example(thesis, SFT)})
+        thesis = {
+            "ticker": ticker,
+            "as_of_date": day,
+            "horizon_days": 5,
+            "support": [f"Close {100 + i}"],
+            "reasoning": "r",
+            "action": action_for(ticker),
+        }
+        rows.append(
+            {
+                "id": f"{ticker}-{day}",
+                "ticker": ticker,
+                "as_of_date": day,
+                "action": action_for(ticker),
+                "horizon_days": 5,
+                **build_example(thesis, SFT),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -56,7 +74,9 @@ def prompts(frame: pd.DataFrame) -> list[str]:
 
 def save_splits(path, frame: pd.DataFrame) -> None:
     test = datasets.Dataset.from_pandas(frame, preserve_index=False)
-    datasets.DatasetDict({"train": test.select([0]), "validation": test.select([0]), "test": test}).save_to_disk(str(path))
+    datasets.DatasetDict({"train": test.select([0]), "validation": test.select([0]), "test": test}).save_to_disk(
+        str(path)
+    )
 
 
 def decoding(keep: bool = True) -> Decoding:
@@ -83,7 +103,10 @@ def test_a_request_that_times_out_is_retried_and_one_that_always_does_fails_nami
         client = CompletionsClient(server.url, config, sleep=lambda s: None)
         assert client.complete(decoding(), "Ticker: IBM").text.endswith("<action>HOLD")
         server.script(Fault(delay=0.8), Fault(delay=0.8))
-        with pytest.raises(EndpointError, match=rf"{server.url}/v1/completions: still failing after 2 attempt\(s\), last: no answer within 0.3 s"):
+        with pytest.raises(
+            EndpointError,
+            match=rf"{server.url}/v1/completions: still failing after 2 attempt\(s\), last: no answer within 0.3 s",
+        ):
             client.complete(decoding(), "Ticker: IBM")
 
 
@@ -93,7 +116,9 @@ def test_a_malformed_completion_is_an_error_naming_the_endpoint_and_a_torn_body_
         server.script(Fault(body='{"choices": [{"text": "<action>BU'))  # cut off: not JSON, asked again
         assert client.complete(decoding(), "Ticker: GOOG").text.endswith("<action>STRONG_BUY")
         server.script(Fault(body='{"choices": []}'))
-        with pytest.raises(EndpointError, match=rf"{server.url}/v1/completions: the answer has no choices\[0\]\.text, not a completion"):
+        with pytest.raises(
+            EndpointError, match=rf"{server.url}/v1/completions: the answer has no choices\[0\]\.text, not a completion"
+        ):
             client.complete(decoding(), "Ticker: GOOG")
         server.script(Fault(400, body='{"error": "prompt too long"}'))
         with pytest.raises(EndpointError, match="HTTP 400 .*prompt too long"):  # a refusal is not retried
@@ -106,11 +131,19 @@ def test_requests_in_flight_are_bounded_and_every_prompt_is_answered_once():
     with ScriptedServer() as server:
         server.script(*[Fault(delay=0.4)] * len(texts))
         got, seen = {}, []
-        completions.answer_all(CompletionsClient(server.url, FAST), decoding(), dict(enumerate(texts)), 3,
-                               lambda key, c: got.__setitem__(key, c.text), lambda *p: seen.append(p))
+        completions.answer_all(
+            CompletionsClient(server.url, FAST),
+            decoding(),
+            dict(enumerate(texts)),
+            3,
+            lambda key, c: got.__setitem__(key, c.text),
+            lambda *p: seen.append(p),
+        )
     assert server.max_in_flight == 3  # parallel, and never more than asked
     assert got == {i: answer(t, True) for i, t in enumerate(texts)} and len(server.completions()) == len(texts)
-    assert seen == [(done, len(texts), 0) for done in range(len(texts) + 1)]  # (done, total, resumed) as each answer arrives
+    assert seen == [
+        (done, len(texts), 0) for done in range(len(texts) + 1)
+    ]  # (done, total, resumed) as each answer arrives
 
 
 def test_the_api_key_is_a_bearer_token_and_appears_in_no_message():
@@ -136,7 +169,9 @@ def test_special_tokens_are_kept_where_the_server_allows_it_and_parsed_from_what
         stripped_text = CompletionsClient(stripping.url, FAST).complete(refused, "Ticker: MSFT").text
     assert kept.keep_special_tokens and kept.body("x")["skip_special_tokens"] is False
     assert not refused.keep_special_tokens and "skip_special_tokens" not in refused.body("x")
-    assert "<action>" not in stripped_text and SFT.target_format.parse_action(stripped_text, tags_stripped=True) == "SELL"
+    assert (
+        "<action>" not in stripped_text and SFT.target_format.parse_action(stripped_text, tags_stripped=True) == "SELL"
+    )
 
 
 def test_a_month_interrupted_by_a_dying_server_resumes_from_its_staged_answers(tmp_path):
@@ -145,7 +180,9 @@ def test_a_month_interrupted_by_a_dying_server_resumes_from_its_staged_answers(t
     with ScriptedServer() as server:
         port = server.port
         server.die_after(3)
-        served = answers.ServedAnswers(CompletionsClient(server.url, FAST, sleep=lambda s: None), decoding(), 1, "fp", {})
+        served = answers.ServedAnswers(
+            CompletionsClient(server.url, FAST, sleep=lambda s: None), decoding(), 1, "fp", {}
+        )
         with pytest.raises(EndpointError, match=rf"127.0.0.1:{port}/v1/completions: still failing .*cannot connect"):
             served.answer(prompts(frame), staging)
     assert len(staging.read_text().splitlines()) == 3  # what arrived before the crash is on disk
@@ -157,7 +194,9 @@ def test_a_month_interrupted_by_a_dying_server_resumes_from_its_staged_answers(t
     assert texts == [answer(p, True) for p in prompts(frame)]
     assert len(again.completions()) == 5  # only the rows not answered before
     other_model = answers.ServedAnswers(served.client, decoding(), 1, "another-fingerprint", {})
-    assert answers.request_key("fp", decoding().body("x")) != answers.request_key(other_model.fingerprint, decoding().body("x"))
+    assert answers.request_key("fp", decoding().body("x")) != answers.request_key(
+        other_model.fingerprint, decoding().body("x")
+    )
 
 
 # --- the lifecycle --------------------------------------------------------------------------------
@@ -173,14 +212,34 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def local_plan(port: int, argv: tuple[str, ...]) -> servers.ServerPlan:
-    return servers.ServerPlan(engine="transformers", engine_version="test", served_model="m", weights="merged", weights_reason="test",
-                              model_path="m", adapter_path=None, nodes=1, gpus_per_node=0, tensor_parallel=1, pipeline_parallel=1,
-                              expert_parallel=False, weight_bytes=0, gpu_memory_bytes=0, port=port, commands=(argv,))
+    return servers.ServerPlan(
+        engine="transformers",
+        engine_version="test",
+        served_model="m",
+        weights="merged",
+        weights_reason="test",
+        model_path="m",
+        adapter_path=None,
+        nodes=1,
+        gpus_per_node=0,
+        tensor_parallel=1,
+        pipeline_parallel=1,
+        expert_parallel=False,
+        weight_bytes=0,
+        gpu_memory_bytes=0,
+        port=port,
+        commands=(argv,),
+    )
 
 
 def test_a_server_that_exits_at_start_fails_with_its_exit_code_and_log(tmp_path):
-    plan = local_plan(servers.free_port(), (sys.executable, "-c", "import sys; print('CUDA not found on this node'); sys.exit(3)"))
-    with pytest.raises(servers.ServerError, match=r"exited before it was ready: pid \d+ ended \(exit code 3\); log .*CUDA not found on this node"):
+    plan = local_plan(
+        servers.free_port(), (sys.executable, "-c", "import sys; print('CUDA not found on this node'); sys.exit(3)")
+    )
+    with pytest.raises(
+        servers.ServerError,
+        match=r"exited before it was ready: pid \d+ ended \(exit code 3\); log .*CUDA not found on this node",
+    ):
         with servers.serve(plan, servers.LocalLauncher(tmp_path), startup_timeout_s=30):
             pass
 
@@ -219,14 +278,24 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
 
     port = servers.free_port()
     plan = dataclasses.asdict(local_plan(port, (sys.executable, "-c", HEALTHY, str(port))))
-    run = subprocess.Popen([sys.executable, "-c", (
-        "import json, sys, time\n"
-        "from sftc_assets.evaluation import servers\n"
-        f"plan = json.loads({json.dumps(json.dumps(plan))})\n"
-        "plan['commands'] = tuple(tuple(c) for c in plan['commands'])\n"
-        f"server = servers.LocalLauncher({str(tmp_path)!r}).start(servers.ServerPlan(**plan))\n"
-        "print(server.process.pid, flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import json, sys, time\n"
+                "from sftc_assets.evaluation import servers\n"
+                f"plan = json.loads({json.dumps(json.dumps(plan))})\n"
+                "plan['commands'] = tuple(tuple(c) for c in plan['commands'])\n"
+                f"server = servers.LocalLauncher({str(tmp_path)!r}).start(servers.ServerPlan(**plan))\n"
+                "print(server.process.pid, flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
     server_pid = int(run.stdout.readline())
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
@@ -246,7 +315,9 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
 
 def test_a_multi_node_plan_is_not_started_on_this_node(tmp_path):
     plan = local_plan(8000, ("vllm", "serve")).__class__(**{**local_plan(8000, ("vllm", "serve")).__dict__, "nodes": 2})
-    with pytest.raises(servers.ServerError, match="a 2-node transformers server needs the multi-node launcher .* --endpoint"):
+    with pytest.raises(
+        servers.ServerError, match="a 2-node transformers server needs the multi-node launcher .* --endpoint"
+    ):
         servers.LocalLauncher(tmp_path).start(plan)
 
 
@@ -262,7 +333,10 @@ def tagged_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("tagged") / "model"
     frame = records(8)
     make_toy_checkpoint(path, [p + o for p, o in zip(prompts(frame), frame["output"])] * 5, seed=0, vocab_size=400)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(path),
+    )
     tokenizer.add_special_tokens({"extra_special_tokens": list(SFT.special_tokens)})
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     action_id = tokenizer.convert_tokens_to_ids("<action>")
@@ -302,10 +376,29 @@ def test_transformers_serve_decodes_without_the_special_tokens_and_refuses_to_ke
 def test_sftc_evaluate_against_an_endpoint_started_by_the_test(data_dir, tagged_model, toy_server, capsys):
     save_splits(data_dir / "splits", records(6))
     common = ["--dataset", str(data_dir / "splits"), "--max-new-tokens", "6"]
-    assert sftc(["evaluate", "--endpoint", toy_server.url + "/v1", "--results", str(data_dir / "served.csv"), *common]) == 0
+    assert (
+        sftc(["evaluate", "--endpoint", toy_server.url + "/v1", "--results", str(data_dir / "served.csv"), *common])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert '"engine": "local"' in out and '"rows": 6' in out  # transformers serve names a local checkpoint's owner "local"
-    assert sftc(["evaluate", "--server", "none", "--model", str(tagged_model), "--results", str(data_dir / "inproc.csv"), *common]) == 0
+    assert (
+        '"engine": "local"' in out and '"rows": 6' in out
+    )  # transformers serve names a local checkpoint's owner "local"
+    assert (
+        sftc(
+            [
+                "evaluate",
+                "--server",
+                "none",
+                "--model",
+                str(tagged_model),
+                "--results",
+                str(data_dir / "inproc.csv"),
+                *common,
+            ]
+        )
+        == 0
+    )
     served, local = read_eval_csv(data_dir / "served.csv"), read_eval_csv(data_dir / "inproc.csv")
     assert (data_dir / "served.csv").read_text().splitlines()[0] == ",".join(EVAL_COLUMNS)
     assert served["id"].tolist() == local["id"].tolist()
@@ -342,8 +435,12 @@ def test_eval_csv_against_a_server_that_dies_fails_naming_it_and_the_rerun_resum
         settings = settings_with(evaluation={"endpoint": first.url, "concurrency": 1})
         settings = settings.model_copy(update={"eval_config": settings.eval_config.model_copy(update={"client": FAST})})
         first.die_after(2)
-        failed = dg.materialize(stage_definitions(assets.defs, settings), partition_key="2012-10", resources={"gpu": GpuResource(check_triton=False)},
-                                raise_on_error=False)
+        failed = dg.materialize(
+            stage_definitions(assets.defs, settings),
+            partition_key="2012-10",
+            resources={"gpu": GpuResource(check_triton=False)},
+            raise_on_error=False,
+        )
     assert not failed.success
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     assert f"127.0.0.1:{port}/v1/completions" in failure.event_specific_data.error.message
@@ -352,15 +449,28 @@ def test_eval_csv_against_a_server_that_dies_fails_naming_it_and_the_rerun_resum
     assert len((data_dir / "eval" / ".staging" / "2012-10.jsonl").read_text().splitlines()) == 2
 
     with ScriptedServer(port=port) as second:
-        done = dg.materialize(stage_definitions(assets.defs, settings), partition_key="2012-10", resources={"gpu": GpuResource(check_triton=False)})
+        done = dg.materialize(
+            stage_definitions(assets.defs, settings),
+            partition_key="2012-10",
+            resources={"gpu": GpuResource(check_triton=False)},
+        )
     assert done.success and len(second.completions()) == 4
     written = read_eval_csv(data_dir / "eval" / "2012-10.csv")
     assert written["predicted_action"].tolist() == [action_for(t) for t in written["ticker"]]
-    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [".2012-10.csv.sftc.json", "2012-10.csv"]  # staging dropped
+    assert sorted(p.name for p in (data_dir / "eval").iterdir()) == [
+        ".2012-10.csv.sftc.json",
+        "2012-10.csv",
+    ]  # staging dropped
     (materialization,) = done.asset_materializations_for_node("eval_csv")
     meta = materialization.metadata
-    assert meta["engine"].value == "scripted 1.0-test" and meta["special_tokens"].value == "kept (skip_special_tokens=false)"
-    assert meta["answered_by"].value["endpoint"] == second.url and meta["answered_by"].value["decoding"]["temperature"] == 0
+    assert (
+        meta["engine"].value == "scripted 1.0-test"
+        and meta["special_tokens"].value == "kept (skip_special_tokens=false)"
+    )
+    assert (
+        meta["answered_by"].value["endpoint"] == second.url
+        and meta["answered_by"].value["decoding"]["temperature"] == 0
+    )
 
 
 # --- GPU serving plans ----------------------------------------------------------------------------
@@ -375,13 +485,21 @@ def write_adapter(model_dir, targets, modules_to_save=None) -> None:
     import json
 
     (model_dir / "adapter").mkdir(parents=True)
-    (model_dir / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 32, "target_modules": targets, "modules_to_save": modules_to_save}))
+    (model_dir / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 32, "target_modules": targets, "modules_to_save": modules_to_save})
+    )
     (model_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"0" * 1000)
 
 
 def test_the_full_profile_serves_the_merged_bf16_model_on_four_h100_nodes(full_settings):
     plan = servers.gpu_plan(full_settings, "vllm")
-    assert (plan.weights, plan.nodes, plan.tensor_parallel, plan.pipeline_parallel, plan.expert_parallel) == ("merged", 4, 8, 4, True)
+    assert (plan.weights, plan.nodes, plan.tensor_parallel, plan.pipeline_parallel, plan.expert_parallel) == (
+        "merged",
+        4,
+        8,
+        4,
+        True,
+    )
     assert plan.weight_bytes == 2 * full_settings.profile.compute.expected_checkpoint_bytes
     assert [argv[argv.index("--node-rank") + 1] for argv in plan.commands] == ["0", "1", "2", "3"]
     assert ["--headless" in argv for argv in plan.commands] == [False, True, True, True]
@@ -390,7 +508,10 @@ def test_the_full_profile_serves_the_merged_bf16_model_on_four_h100_nodes(full_s
     assert "4 node(s) x 8 GPU(s) x 80 GB" in text and "vllm 0.33.0" in text and "no 'hf-peft' exporter" in text
     assert "vllm could not apply an adapter on the configured LoRA targets (kv_b_proj" in text
     sglang = servers.gpu_plan(full_settings, "sglang")
-    assert (sglang.nodes, sglang.tensor_parallel) == (4, 32) and "a PEFT adapter on the FP8 base would need 2 node(s)" in sglang.render()
+    assert (sglang.nodes, sglang.tensor_parallel) == (
+        4,
+        32,
+    ) and "a PEFT adapter on the FP8 base would need 2 node(s)" in sglang.render()
 
 
 def test_an_adapter_is_served_on_the_fp8_base_only_where_the_engine_applies_all_of_it(full_settings):
@@ -399,7 +520,12 @@ def test_an_adapter_is_served_on_the_fp8_base_only_where_the_engine_applies_all_
     vllm = servers.gpu_plan(full_settings, "vllm")
     assert vllm.weights == "merged" and "vllm-project/vllm#48974" in vllm.weights_reason
     sglang = servers.gpu_plan(full_settings, "sglang")
-    assert (sglang.weights, sglang.nodes, sglang.model_path, sglang.served_model) == ("adapter", 2, "/models/DeepSeek-V3", "base:sft")
+    assert (sglang.weights, sglang.nodes, sglang.model_path, sglang.served_model) == (
+        "adapter",
+        2,
+        "/models/DeepSeek-V3",
+        "base:sft",
+    )
     assert f"sft={model_dir / 'adapter'}" in sglang.commands[0] and "--max-lora-rank" in sglang.commands[0]
     assert "the merged BF16 checkpoint would need 4 node(s)" in sglang.render()
 
@@ -472,12 +598,21 @@ def test_without_a_vllm_environment_the_toy_server_says_how_to_get_one(tmp_path,
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("  concurrency: 32\n", "  concurrency: 32\n  endpoint: localhost:8000\n",
-         r"field 'evaluation.endpoint': String should match pattern .* \(got 'localhost:8000'\)"),
-        ("  concurrency: 32\n", "  concurrency: 0\n",
-         r"field 'evaluation.concurrency': Input should be greater than 0 \(got 0\)"),
-        ("  server: vllm\n", "  server: triton\n",
-         r"field 'evaluation.server': Input should be 'transformers', 'vllm', 'sglang' or 'none'"),
+        (
+            "  concurrency: 32\n",
+            "  concurrency: 32\n  endpoint: localhost:8000\n",
+            r"field 'evaluation.endpoint': String should match pattern .* \(got 'localhost:8000'\)",
+        ),
+        (
+            "  concurrency: 32\n",
+            "  concurrency: 0\n",
+            r"field 'evaluation.concurrency': Input should be greater than 0 \(got 0\)",
+        ),
+        (
+            "  server: vllm\n",
+            "  server: triton\n",
+            r"field 'evaluation.server': Input should be 'transformers', 'vllm', 'sglang' or 'none'",
+        ),
     ],
 )
 def test_a_bad_evaluation_setting_names_the_file_the_field_and_the_form(tmp_path, old, new, message):

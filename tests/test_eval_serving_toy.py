@@ -40,11 +40,16 @@ def test_served_toy_eval_matches_the_in_process_greedy_path(data_dir, capsys):
     capsys.readouterr()
 
     assert (data_dir / "served.csv").read_text(encoding="utf-8").splitlines()[0] == ",".join(EVAL_COLUMNS)
-    served, local = read_eval_csv(data_dir / "served.csv"), read_eval_csv(data_dir / "in_process.csv")  # the spec's reader
+    served, local = (
+        read_eval_csv(data_dir / "served.csv"),
+        read_eval_csv(data_dir / "in_process.csv"),
+    )  # the spec's reader
     assert served["id"].tolist() == local["id"].tolist() and len(served) >= 100
     agree = (served["predicted_action"] == local["predicted_action"]).mean()
-    print(f"{len(served)} test theses: actions agree on {agree:.1%}; parse rate served {served['parse_ok'].mean():.1%}, "
-          f"in process {local['parse_ok'].mean():.1%}")
+    print(
+        f"{len(served)} test theses: actions agree on {agree:.1%}; parse rate served {served['parse_ok'].mean():.1%}, "
+        f"in process {local['parse_ok'].mean():.1%}"
+    )
     assert agree >= 0.95
     assert served["parse_ok"].mean() >= 0.9
     assert served["raw_output"].str.contains("<action>").mean() >= 0.9  # vLLM keeps the tags

@@ -50,8 +50,9 @@ def release_toy(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-def test_vllm_serves_the_toy_and_answers_a_month_as_the_in_process_greedy_path(vllm_version, release_toy, data_dir,
-                                                                               capsys):
+def test_vllm_serves_the_toy_and_answers_a_month_as_the_in_process_greedy_path(
+    vllm_version, release_toy, data_dir, capsys
+):
     assert any(name.startswith("model.layers.3.") for name in load_weight_map(release_toy))  # the MTP layer is there
     save_splits(data_dir / "splits", records(8))
     common = ["--dataset", str(data_dir / "splits"), "--model", str(release_toy), "--months", "2012-10",

@@ -29,7 +29,9 @@ def _settings(data_dir, **env):
 
 def _write_jsonl(path, lines: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"input": f"p{i}", "output": "<action>BUY</action>"}) + "\n" for i in range(lines)))
+    path.write_text(
+        "".join(json.dumps({"input": f"p{i}", "output": "<action>BUY</action>"}) + "\n" for i in range(lines))
+    )
 
 
 def _phase(estimate, name):
@@ -69,11 +71,18 @@ def test_evaluation_and_validation_are_counted_from_this_data_directory(data_dir
     after = gpu_run_estimate(settings)
     evaluation = _phase(after, "evaluation")
     serving, rates = settings.full_profile.evaluation.serving, settings.cluster.estimate
-    generate_h = 1000 * settings.full_profile.evaluation.max_new_tokens / (rates.generation_tokens_per_s_per_gpu.value * evaluation.gpus) / 3600
+    generate_h = (
+        1000
+        * settings.full_profile.evaluation.max_new_tokens
+        / (rates.generation_tokens_per_s_per_gpu.value * evaluation.gpus)
+        / 3600
+    )
     assert evaluation.gpus % serving.gpus_per_node == 0 and evaluation.wall_hours > generate_h
     assert after.unknown == [] and "not estimated" not in summary_lines(after.as_dict())[0]
     finetune = _phase(after, "fine-tune")
-    assert finetune.wall_hours > _phase(before, "fine-tune").wall_hours  # 300 prompts = 3 batches of 128, every 30 steps
+    assert (
+        finetune.wall_hours > _phase(before, "fine-tune").wall_hours
+    )  # 300 prompts = 3 batches of 128, every 30 steps
     assert any("33 run(s) x 3 batch(es)" in line for line in finetune.basis)
 
 
@@ -119,16 +128,25 @@ def test_conversion_import_and_export_move_the_release_through_storage(data_dir)
     assert plan.architecture == full_architecture(settings)
     assert gpu_run_estimate(settings, plan=plan).as_dict() == estimate.as_dict()
     blind_plan = build_gpu_plan(settings.model_copy(update={"reference_models": {}}))
-    assert blind_plan.architecture is None and _phase(gpu_run_estimate(settings, plan=blind_plan), "import").wall_hours == _phase(blind, "import").wall_hours
+    assert (
+        blind_plan.architecture is None
+        and _phase(gpu_run_estimate(settings, plan=blind_plan), "import").wall_hours
+        == _phase(blind, "import").wall_hours
+    )
 
 
 def test_every_rate_names_its_source_and_a_configured_one_is_flagged(data_dir):
     estimate = gpu_run_estimate(_settings(data_dir)).as_dict()
     assert {"gpu_hours", "wall_hours", "cost"} <= set(estimate) and estimate["measured"] is False
-    assert estimate["rates"]["finetune"]["published"] is True and "DeepSeek V3 671B" in estimate["rates"]["finetune"]["source"]
+    assert (
+        estimate["rates"]["finetune"]["published"] is True
+        and "DeepSeek V3 671B" in estimate["rates"]["finetune"]["source"]
+    )
     assert estimate["rates"]["storage"]["published"] is False
     low, high = estimate["range"]["cost"]
-    assert low == pytest.approx(estimate["cost"] / 2, rel=1e-3) and high == pytest.approx(estimate["cost"] * 2, rel=1e-3)
+    assert low == pytest.approx(estimate["cost"] / 2, rel=1e-3) and high == pytest.approx(
+        estimate["cost"] * 2, rel=1e-3
+    )
     text = "\n".join(summary_lines(estimate))
     assert "rate storage: 2 GB/s per node (CONFIGURED, not measured" in text
     assert "rate finetune: 1,002 tokens/s per GPU (published:" in text
@@ -139,12 +157,17 @@ def test_a_real_run_replaces_the_estimate_with_the_ratio(data_dir):
     settings = _settings(data_dir)
     estimate = gpu_run_estimate(settings)
     fine_tune = _phase(estimate, "fine-tune")
-    figures = {"sft_model": {"train_seconds": 3 * 3600.0, "world_size": 40}, "bf16_checkpoint": {"seconds": 1800.0, "device": "cuda"}}
+    figures = {
+        "sft_model": {"train_seconds": 3 * 3600.0, "world_size": 40},
+        "bf16_checkpoint": {"seconds": 1800.0, "device": "cuda"},
+    }
     measured = measured_from(estimate, figures, node_gpus=8)
     run = _phase(measured, "fine-tune")
     assert run.measured_gpu_hours == pytest.approx(120.0) and run.ratio == pytest.approx(120.0 / fine_tune.gpu_hours)
     assert _phase(measured, "conversion").measured_gpu_hours == pytest.approx(4.0)
-    assert measured.gpu_hours == pytest.approx(estimate.gpu_hours - fine_tune.gpu_hours - _phase(estimate, "conversion").gpu_hours + 124.0)
+    assert measured.gpu_hours == pytest.approx(
+        estimate.gpu_hours - fine_tune.gpu_hours - _phase(estimate, "conversion").gpu_hours + 124.0
+    )
     data = measured.as_dict()
     assert data["measured"] is True and data["estimated_gpu_hours"] == pytest.approx(estimate.gpu_hours, rel=1e-3)
     phase = next(p for p in data["phases"] if p["name"] == "fine-tune")
@@ -152,12 +175,18 @@ def test_a_real_run_replaces_the_estimate_with_the_ratio(data_dir):
     assert "measured / estimated" in "\n".join(summary_lines(data))
     # The NeMo import's step on a node of the gpu pool, the evaluation's steps on the serving GPUs; an evaluation the
     # estimate could not size (no test prompts counted) is shown measured, with nothing to compare it to.
-    steps = measured_from(estimate, {"nemo_model": {"step_seconds": 1800.0}, "eval_csv": {"step_seconds": 7200.0}}, node_gpus=8)
-    assert _phase(steps, "import").measured_gpu_hours == pytest.approx(4.0) and _phase(steps, "import").ratio is not None
+    steps = measured_from(
+        estimate, {"nemo_model": {"step_seconds": 1800.0}, "eval_csv": {"step_seconds": 7200.0}}, node_gpus=8
+    )
+    assert (
+        _phase(steps, "import").measured_gpu_hours == pytest.approx(4.0) and _phase(steps, "import").ratio is not None
+    )
     evaluation = _phase(steps, "evaluation")
     assert evaluation.measured_gpu_hours == pytest.approx(2 * evaluation.gpus) and evaluation.ratio is None
     shown = "\n".join(summary_lines(steps.as_dict()))
-    assert f"measured {evaluation.gpus} GPUs x 2.0 h = {2 * evaluation.gpus:.1f} GPU-h (no estimate to compare)" in shown
+    assert (
+        f"measured {evaluation.gpus} GPUs x 2.0 h = {2 * evaluation.gpus:.1f} GPU-h (no estimate to compare)" in shown
+    )
     # a CPU conversion (the toy's) is not the GPU run's
     cpu = measured_from(estimate, {"bf16_checkpoint": {"seconds": 10.0, "device": "cpu"}}, node_gpus=8)
     assert cpu.as_dict()["measured"] is False
@@ -169,7 +198,10 @@ def test_without_an_estimate_section_there_is_none_and_a_bad_rate_is_a_config_er
     cluster = config_dir / "cluster.yaml"
     text = cluster.read_text()
     cluster.write_text(text.replace("  gpu_hour_price: 3.0\n", "  gpu_hour_price: -1\n"))
-    with pytest.raises(ConfigError, match=r"cluster\.yaml: field 'estimate\.gpu_hour_price': Input should be greater than or equal to 0 \(got -1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.yaml: field 'estimate\.gpu_hour_price': Input should be greater than or equal to 0 \(got -1\)",
+    ):
         load_settings(env={}, config_dir=config_dir)
     cluster.write_text(text[: text.index("\n# What the GPU run will cost")] + "\n")
     settings = load_settings(env={"SFTC_DATA_DIR": str(data_dir)}, config_dir=config_dir)
@@ -188,18 +220,29 @@ def test_preflight_shows_the_estimate_in_its_table_and_json(data_dir, capsys):
     assert "What the GPU run will cost" in capsys.readouterr().out
     assert main(["preflight", "--no-nemo", "--json"]) in (0, 1)
     estimate = json.loads(capsys.readouterr().out)["gpu_plan"]["estimate"]
-    assert estimate["gpu_hours"] > 0 and estimate["cost"] == pytest.approx(estimate["gpu_hours"] * estimate["price_per_gpu_hour"], rel=1e-2)
+    assert estimate["gpu_hours"] > 0 and estimate["cost"] == pytest.approx(
+        estimate["gpu_hours"] * estimate["price_per_gpu_hour"], rel=1e-2
+    )
 
 
 def test_validation_report_carries_the_estimate_as_gpu_plan_estimate(data_dir, tmp_path):
     estimate = gpu_run_estimate(_settings(data_dir)).as_dict()
-    report = validation.build_report([], gpu_plan=[], environment=validation.environment_summary("toy", "hf"), git={},
-                                     generated_at=dt.datetime(2026, 1, 1), validation_run=None, estimate=estimate)
+    report = validation.build_report(
+        [],
+        gpu_plan=[],
+        environment=validation.environment_summary("toy", "hf"),
+        git={},
+        generated_at=dt.datetime(2026, 1, 1),
+        validation_run=None,
+        estimate=estimate,
+    )
     assert report["gpu_plan"]["estimate"]["gpu_hours"] == estimate["gpu_hours"]
     md, js = validation.write_report(report, tmp_path)
     assert json.loads(js.read_text())["gpu_plan"]["estimate"]["cost"] == estimate["cost"]
     text = md.read_text()
-    assert "### What the GPU run will cost" in text and "| fine-tune | 40 |" in text and "configured, not measured" in text
+    assert (
+        "### What the GPU run will cost" in text and "| fine-tune | 40 |" in text and "configured, not measured" in text
+    )
     assert NOT_CONFIGURED.split(":")[0] not in text
 
 
@@ -208,11 +251,20 @@ def test_the_full_profile_s_report_puts_the_import_step_s_time_beside_its_estima
     profile: its step's wall time is the import's measured hours; the evaluation stays estimated, its test months unwritten."""
     monkeypatch.setenv("SFTC_STANDIN_DELAY_S", "0.3")
     with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
-        (run,) = materialize_chain(standin_chain("full", "nemo"), instance, [dg.AssetKey("nemo_model"), dg.AssetKey("validation_report")]).runs
+        (run,) = materialize_chain(
+            standin_chain("full", "nemo"), instance, [dg.AssetKey("nemo_model"), dg.AssetKey("validation_report")]
+        ).runs
         seconds = run_history.step_seconds(instance, run.run_id, "nemo_model")
-    phases = {p["name"]: p for p in json.loads((data_dir / "reports" / "validation_report.json").read_text())["gpu_plan"]["estimate"]["phases"]}
+    phases = {
+        p["name"]: p
+        for p in json.loads((data_dir / "reports" / "validation_report.json").read_text())["gpu_plan"]["estimate"][
+            "phases"
+        ]
+    }
     measured = phases["import"]["measured"]
-    assert seconds >= 0.3 and measured["wall_hours"] == pytest.approx(seconds / 3600, rel=1e-3) and measured["gpus"] == 8
+    assert (
+        seconds >= 0.3 and measured["wall_hours"] == pytest.approx(seconds / 3600, rel=1e-3) and measured["gpus"] == 8
+    )
     assert measured["ratio"] == pytest.approx(seconds / 3600 / phases["import"]["wall_hours"], rel=1e-2)
     assert "measured" not in phases["evaluation"] and "measured" not in phases["fine-tune"]
     assert "measured where a run gave them" in (data_dir / "reports" / "validation_report.md").read_text()

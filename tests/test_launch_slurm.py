@@ -32,7 +32,10 @@ from sftc_platform.launchers.plan import LaunchError
 from sftc_platform.launchers.slurm import slurm_available
 from sftc_platform.resources import GpuResource
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_available(), reason="no Slurm answers sinfo here: .ci/with_slurm starts a local one")]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not slurm_available(), reason="no Slurm answers sinfo here: .ci/with_slurm starts a local one"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,12 @@ def test_sftc_train_as_a_two_node_job_matches_one_process(toy_inputs, data_dir, 
     common = ["train", "--backend", "hf", "--model", str(model), "--data", str(data), "--max-steps", "24"]
     assert sftc_main([*common, "--output", str(data_dir / "one")]) == 0
     one = json.loads(capsys.readouterr().out)
-    assert sftc_main([*common, "--output", str(data_dir / "two"), "--launcher", "slurm", "--nodes", "2", "--procs-per-node", "1"]) == 0, capsys.readouterr().err
+    assert (
+        sftc_main(
+            [*common, "--output", str(data_dir / "two"), "--launcher", "slurm", "--nodes", "2", "--procs-per-node", "1"]
+        )
+        == 0
+    ), capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((data_dir / "two" / "metrics.json").read_text())
     assert (metrics["launcher"], metrics["nodes"], metrics["world_size"]) == ("slurm", 2, 2)
@@ -55,7 +63,11 @@ def test_sftc_train_as_a_two_node_job_matches_one_process(toy_inputs, data_dir, 
 
 
 def test_the_nightly_validation_launches_through_slurm_where_it_answers(data_dir):
-    assert nightly_launch_tags(load_settings()) == {assets.LAUNCHER_TAG: "slurm", assets.NODES_TAG: "2", assets.PROCS_TAG: "1"}
+    assert nightly_launch_tags(load_settings()) == {
+        assets.LAUNCHER_TAG: "slurm",
+        assets.NODES_TAG: "2",
+        assets.PROCS_TAG: "1",
+    }
 
 
 def _kill_rank_one_after_a_checkpoint(work_dir: Path, killed: dict, timeout_s: float = 300) -> None:
@@ -76,7 +88,9 @@ def _kill_rank_one_after_a_checkpoint(work_dir: Path, killed: dict, timeout_s: f
 
 def test_sft_model_two_node_job_fails_when_a_rank_dies_and_its_retry_resumes(toy_inputs, data_dir):
     place_as_upstream(data_dir, *toy_inputs)
-    settings = settings_with(training={"batch_size": 4, "max_steps": 160, "save_every": 10, "eval_every": 40, "parse_check_samples": 2})
+    settings = settings_with(
+        training={"batch_size": 4, "max_steps": 160, "save_every": 10, "eval_every": 40, "parse_check_samples": 2}
+    )
     run_config = dg.RunConfig({"sft_model": assets.TrainRunConfig(launcher="slurm", nodes=2, procs_per_node=1)})
     resources = {"gpu": GpuResource(check_triton=False)}
     work_dir = hf_backend.work_dir(settings.paths.sft_model)
@@ -84,7 +98,12 @@ def test_sft_model_two_node_job_fails_when_a_rank_dies_and_its_retry_resumes(toy
 
         def materialize():
             return dg.materialize(
-                stage_definitions(assets.defs, settings), instance=instance, resources=resources, selection=["sft_model"], run_config=run_config, raise_on_error=False
+                stage_definitions(assets.defs, settings),
+                instance=instance,
+                resources=resources,
+                selection=["sft_model"],
+                run_config=run_config,
+                raise_on_error=False,
             )
 
         killed: dict = {}
@@ -95,7 +114,9 @@ def test_sft_model_two_node_job_fails_when_a_rank_dies_and_its_retry_resumes(toy
         assert killed, "rank 1 was never seen running"
         assert not failed.success
         message = failed.get_step_failure_events()[0].step_failure_data.error.message
-        assert f"slurm job {killed['job']} (finetune) ended FAILED" in message and f"slurm-{killed['job']}.log" in message
+        assert (
+            f"slurm job {killed['job']} (finetune) ended FAILED" in message and f"slurm-{killed['job']}.log" in message
+        )
         assert not settings.paths.sft_model.exists()  # nothing published from a failed run
         saved = sorted(int(p.name.split("-")[1]) for p in (work_dir / "checkpoints").glob("step-*"))
         assert saved and saved[-1] < 160

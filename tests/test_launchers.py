@@ -35,7 +35,13 @@ def kube_model(model_class, manifest: dict):
 
 def nemo_finetune_step() -> EntryStep:
     config = nemo_runner.run_config(load_finetune_config())
-    (finetune, _) = nemo_runner.planned_steps(config, Path("/data/checkpoints/bf16"), Path("/data/checkpoints/nemo"), Path("/data/nemo_jsonl"), Path("/data/models/sft"))
+    (finetune, _) = nemo_runner.planned_steps(
+        config,
+        Path("/data/checkpoints/bf16"),
+        Path("/data/checkpoints/nemo"),
+        Path("/data/nemo_jsonl"),
+        Path("/data/models/sft"),
+    )
     return finetune
 
 
@@ -43,15 +49,34 @@ def nemo_finetune_step() -> EntryStep:
 
 
 def test_sbatch_script_of_nemos_five_by_eight_layout(tmp_path):
-    launch = launch_of("slurm", partition="gpu", account="llm", qos="high", sbatch_options=["--exclusive"], setup=["module load cuda/12.4"])
+    launch = launch_of(
+        "slurm",
+        partition="gpu",
+        account="llm",
+        qos="high",
+        sbatch_options=["--exclusive"],
+        setup=["module load cuda/12.4"],
+    )
     script = slurm.render_sbatch(nemo_finetune_step(), launch, tmp_path)
     directives = [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")]
-    for expected in ("--nodes=5", "--ntasks-per-node=1", "--gpus-per-node=8", "--partition=gpu", "--account=llm", "--qos=high", "--exclusive", "--requeue"):
+    for expected in (
+        "--nodes=5",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--partition=gpu",
+        "--account=llm",
+        "--qos=high",
+        "--exclusive",
+        "--requeue",
+    ):
         assert expected in directives
     assert f"--output={tmp_path / 'slurm-%j.log'}" in directives and f"--time={launch.time_limit}" in directives
     srun = script.strip().splitlines()[-1]
     assert srun.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 ")
-    assert "-m torch.distributed.run --nnodes=5 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=$head_addr:$rdzv_port" in srun
+    assert (
+        "-m torch.distributed.run --nnodes=5 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=$head_addr:$rdzv_port"
+        in srun
+    )
     assert "-m sftc_assets.training.nemo_entry finetune" in srun
     assert "module load cuda/12.4" in script and "export SFTC_LAUNCHER=slurm" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # a valid shell script
@@ -66,7 +91,11 @@ def test_a_path_with_a_space_is_quoted_in_its_directive(tmp_path):
 
 
 def test_sbatch_with_a_container_runs_python_of_the_image_through_pyxis(tmp_path):
-    launch = launch_of("slurm", environments={"nemo": {"python": None, "container_image": "nvcr.io#nvidia/nemo:25.09"}}, container_mounts=["/lustre:/lustre"])
+    launch = launch_of(
+        "slurm",
+        environments={"nemo": {"python": None, "container_image": "nvcr.io#nvidia/nemo:25.09"}},
+        container_mounts=["/lustre:/lustre"],
+    )
     srun = slurm.render_sbatch(nemo_finetune_step(), launch, tmp_path).strip().splitlines()[-1]
     assert "--container-image=nvcr.io#nvidia/nemo:25.09" in srun and "--container-mounts=/lustre:/lustre" in srun
     assert " python -m torch.distributed.run " in srun
@@ -96,34 +125,62 @@ def test_slurm_active_states_keep_the_watch_going(state):
 
 
 def test_gres_gpus_and_partition_capacity():
-    assert [slurm.parse_gres_gpus(g) for g in ("gpu:h100:8(S:0-1)", "gpu:8", "gpu:a100:4,gpu:h100:4", "(null)")] == [8, 8, 8, 0]
+    assert [slurm.parse_gres_gpus(g) for g in ("gpu:h100:8(S:0-1)", "gpu:8", "gpu:a100:4,gpu:h100:4", "(null)")] == [
+        8,
+        8,
+        8,
+        0,
+    ]
     step = nemo_finetune_step()
     nodes = [PartitionNode(f"n{i}", 8, "idle") for i in range(4)] + [PartitionNode("n9", 8, "drain")]
-    assert slurm.gpu_capacity_problem(step, nodes, "gpu") == "finetune needs 5 node(s) with 8 GPU(s) each; partition gpu has 4 usable of 5"
+    assert (
+        slurm.gpu_capacity_problem(step, nodes, "gpu")
+        == "finetune needs 5 node(s) with 8 GPU(s) each; partition gpu has 4 usable of 5"
+    )
     assert slurm.gpu_capacity_problem(step, [*nodes, PartitionNode("n5", 8, "mix")], "gpu") is None
 
 
 def test_partition_capacity_counts_host_memory_where_sinfo_gives_it():
     step, tib = nemo_finetune_step(), 1 << 40
-    nodes = [PartitionNode(f"n{i}", 8, "idle", memory_bytes=2 * tib) for i in range(4)] + [PartitionNode("n4", 8, "idle", memory_bytes=tib)]
+    nodes = [PartitionNode(f"n{i}", 8, "idle", memory_bytes=2 * tib) for i in range(4)] + [
+        PartitionNode("n4", 8, "idle", memory_bytes=tib)
+    ]
     assert slurm.gpu_capacity_problem(step, nodes, "gpu", memory_bytes=tib) is None
     problem = slurm.gpu_capacity_problem(step, nodes, "gpu", memory_bytes=int(1.5 * tib))
-    assert problem == "finetune needs 5 node(s) with 8 GPU(s) and 1.5 TiB of memory each; partition gpu has 4 usable of 5"
+    assert (
+        problem == "finetune needs 5 node(s) with 8 GPU(s) and 1.5 TiB of memory each; partition gpu has 4 usable of 5"
+    )
     unknown = [PartitionNode(f"n{i}", 8, "idle") for i in range(5)]  # sinfo without memory: not held against the nodes
     assert slurm.gpu_capacity_problem(step, unknown, "gpu", memory_bytes=2 * tib) is None
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30", 1800), ("30:15", 1815), ("04:00:00", 14400), ("1-00:00:00", 86400), ("2-12", 216000), ("1-02:30", 95400), ("infinite", None), ("UNLIMITED", None),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30", 1800),
+        ("30:15", 1815),
+        ("04:00:00", 14400),
+        ("1-00:00:00", 86400),
+        ("2-12", 216000),
+        ("1-02:30", 95400),
+        ("infinite", None),
+        ("UNLIMITED", None),
+    ],
+)
 def test_slurm_times_in_every_form_sinfo_and_sbatch_write(text, seconds):
     assert time_seconds(text) == seconds
 
 
 def test_a_time_limit_longer_than_the_partitions_is_named():
-    nodes = [PartitionNode("n0", 8, "idle", time_limit_s=2 * 86400), PartitionNode("n1", 8, "idle", time_limit_s=2 * 86400)]
+    nodes = [
+        PartitionNode("n0", 8, "idle", time_limit_s=2 * 86400),
+        PartitionNode("n1", 8, "idle", time_limit_s=2 * 86400),
+    ]
     assert slurm.time_limit_problem("1-12:00:00", nodes, "gpu") is None
-    assert slurm.time_limit_problem("3-00:00:00", nodes, "gpu") == "launch.time_limit 3-00:00:00 is longer than partition gpu's time limit of 2-00:00:00: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+    assert (
+        slurm.time_limit_problem("3-00:00:00", nodes, "gpu")
+        == "launch.time_limit 3-00:00:00 is longer than partition gpu's time limit of 2-00:00:00: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+    )
     assert slurm.time_limit_problem("30-00:00:00", [PartitionNode("n0", 8, "idle")], None) is None  # infinite
 
 
@@ -166,7 +223,10 @@ def test_jobset_validates_against_its_published_schema_and_the_kubernetes_models
     container = pod.spec.containers[0]
     assert container.resources.limits["nvidia.com/gpu"] == "8" == container.resources.requests["nvidia.com/gpu"]
     assert pod.spec.node_selector["sftc.dev/node-pool"] == "gpu"
-    assert container.command[container.command.index("--rdzv-endpoint=sftc-finetune-x-node-0-0.sftc-finetune-x:29500")] and "--nnodes=5" in container.command
+    assert (
+        container.command[container.command.index("--rdzv-endpoint=sftc-finetune-x-node-0-0.sftc-finetune-x:29500")]
+        and "--nnodes=5" in container.command
+    )
     assert ("DAGSTER_PIPES_CONTEXT", "abc") in [(e.name, e.value) for e in container.env]
     assert "/data/checkpoints/bf16" in container.command  # data paths as the pods mount them
 
@@ -182,7 +242,15 @@ def test_the_schema_check_is_not_vacuous():
 
 def test_jobset_status_conditions():
     assert k8s.status_of({"status": {"conditions": [{"type": "Completed", "status": "True"}]}}).ok
-    failed = k8s.status_of({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "pod node-1 exited 137"}]}})
+    failed = k8s.status_of(
+        {
+            "status": {
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "pod node-1 exited 137"}
+                ]
+            }
+        }
+    )
     assert failed.done and not failed.ok and failed.reason == "FailedJobs: pod node-1 exited 137"
     assert not k8s.status_of({"status": {}}).done
 
@@ -202,7 +270,9 @@ def test_nemo_dry_run_prints_the_five_node_sbatch_plan(data_dir, capsys, monkeyp
 def test_nemo_k8s_dry_run_prints_a_valid_manifest(data_dir, capsys, monkeypatch):
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
     assert sftc_main(["train", "--launcher", "k8s", "--dry-run"]) == 0
-    documents = [doc for doc in yaml.safe_load_all(capsys.readouterr().out.replace("# ---", "---\n#")) if isinstance(doc, dict)]
+    documents = [
+        doc for doc in yaml.safe_load_all(capsys.readouterr().out.replace("# ---", "---\n#")) if isinstance(doc, dict)
+    ]
     finetune = next(doc for doc in documents if doc["metadata"]["labels"]["sftc.dev/step"] == "finetune")
     jsonschema.Draft7Validator(SCHEMA["openAPIV3Schema"]).validate(finetune)
     assert finetune["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] == 5
@@ -218,7 +288,11 @@ def test_shape_flags_are_checked_against_the_layout(data_dir, capsys, monkeypatc
 
 
 def test_a_failing_local_step_fails_naming_the_job_state_and_log(data_dir):
-    step = EntryStep("probe", "sftc_assets.training.hf_entry", ("--run-settings", str(data_dir / "missing.json"), "--model", "m", "--data", "d", "--output", "o"))
+    step = EntryStep(
+        "probe",
+        "sftc_assets.training.hf_entry",
+        ("--run-settings", str(data_dir / "missing.json"), "--model", "m", "--data", "d", "--output", "o"),
+    )
     with pytest.raises(LaunchError) as failure:
         jobs.run(step, launch_of("local", env={"SFTC_DATA_DIR": str(data_dir)}), lambda text: None)
     message = str(failure.value)

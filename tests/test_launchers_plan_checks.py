@@ -29,7 +29,9 @@ def with_plan_launcher(settings: Settings, launcher: str, **cluster_sections) ->
     """The settings with the full profile's `launch.launcher` replaced (and sections of the cluster config)."""
     full = settings.full_profile
     profile = full.model_copy(update={"launch": full.launch.model_copy(update={"launcher": launcher})})
-    cluster = settings.cluster.model_copy(update={k: getattr(settings.cluster, k).model_copy(update=v) for k, v in cluster_sections.items()})
+    cluster = settings.cluster.model_copy(
+        update={k: getattr(settings.cluster, k).model_copy(update=v) for k, v in cluster_sections.items()}
+    )
     return settings.model_copy(update={"profiles": {**settings.profiles, "full": profile}, "cluster": cluster})
 
 
@@ -64,8 +66,9 @@ def test_each_gpu_asset_of_the_shipped_full_profile_is_routed_to_a_gpu_node_and_
     assert "vllm on 4 node(s) x 8 GPU(s)" in evaluation.found and "evaluation.endpoint" in evaluation.fix
     when = dt.datetime(2026, 1, 2)
     environment = environment_summary("toy", "hf")
-    report = build_report([], gpu_plan=list(plan.checks), environment=environment, git={}, generated_at=when,
-                          validation_run=None)
+    report = build_report(
+        [], gpu_plan=list(plan.checks), environment=environment, git={}, generated_at=when, validation_run=None
+    )
     table = next(line for line in render_markdown(report).splitlines() if line.startswith("| routing: sft_model |"))
     assert table.startswith("| routing: sft_model | GPU plan | PASS | gpu node (compute class auto")
 
@@ -93,15 +96,27 @@ def test_a_local_launcher_cannot_start_the_five_node_fine_tune(data_dir):
 
 
 def test_a_setup_line_that_breaks_the_script_fails_the_plan(data_dir):
-    check = _checks(with_plan_launcher(load_settings(), "slurm", slurm={"setup": ['module load "cuda/12.4']}))["launch plan"]
-    assert check.status == FAIL and "the sbatch script does not parse" in check.found and "slurm: / kubernetes:" in check.fix
+    check = _checks(with_plan_launcher(load_settings(), "slurm", slurm={"setup": ['module load "cuda/12.4']}))[
+        "launch plan"
+    ]
+    assert (
+        check.status == FAIL
+        and "the sbatch script does not parse" in check.found
+        and "slurm: / kubernetes:" in check.fix
+    )
 
 
 def test_the_jobset_is_rendered_and_a_missing_image_is_named(data_dir):
     check = _checks(with_plan_launcher(load_settings(), "k8s"))["launch plan"]
     assert check.status == PASS and "JobSet manifest" in check.found
-    missing = _checks(with_plan_launcher(load_settings(), "k8s", kubernetes={"images": {"sftc": "registry.example.com/sftc/sftc:latest"}}))
-    assert missing["launch plan"].status == FAIL and "kubernetes.images.nemo' is not set" in missing["launch plan"].found
+    missing = _checks(
+        with_plan_launcher(
+            load_settings(), "k8s", kubernetes={"images": {"sftc": "registry.example.com/sftc/sftc:latest"}}
+        )
+    )
+    assert (
+        missing["launch plan"].status == FAIL and "kubernetes.images.nemo' is not set" in missing["launch plan"].found
+    )
     assert missing["NeMo environment"].status == FAIL and "kubernetes.images.nemo" in missing["NeMo environment"].fix
 
 
@@ -129,16 +144,25 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
     ram = memory.import_host_memory(architecture_of(None, reference), None, "").needed_bytes
     check = _target(settings)
     assert check.status == FAIL
-    assert f"finetune needs 5 node(s) with 8 GPU(s) and {format_bytes(ram)} of memory each; partition {partition} has 0 usable of" in check.found
-    assert all(f"{node}: 0 GPU(s), " in check.found for node in _sinfo("-N", "-o", "%N").split())  # each node with its memory
+    assert (
+        f"finetune needs 5 node(s) with 8 GPU(s) and {format_bytes(ram)} of memory each; partition {partition} has 0 usable of"
+        in check.found
+    )
+    assert all(
+        f"{node}: 0 GPU(s), " in check.found for node in _sinfo("-N", "-o", "%N").split()
+    )  # each node with its memory
     assert "slurm.partition in configs/cluster.yaml" in check.fix
-    assert "; sbatch --test-only: error: Invalid generic resource (gres) specification" in check.found  # Slurm's own word: no GPUs here
+    assert (
+        "; sbatch --test-only: error: Invalid generic resource (gres) specification" in check.found
+    )  # Slurm's own word: no GPUs here
     nodes = len(_sinfo("-N", "-o", "%N").split())
     fits = f"#!/bin/bash\n#SBATCH --nodes={nodes}\n#SBATCH --time={settings.full_profile.launch.time_limit}\nsrun hostname\n"
     starts, said = slurm.sbatch_test_only(fits, partition)
     assert starts and said.startswith("Job ") and f"in partition {partition}" in said  # nothing submitted
     assert not _sinfo("-o", "%A").startswith("1/")  # no job allocated
-    spaced = render_sbatch(EntryStep("probe", "sftc_core.launch", ()), plan_launch(settings), data_dir / "a b" / "launch")
+    spaced = render_sbatch(
+        EntryStep("probe", "sftc_core.launch", ()), plan_launch(settings), data_dir / "a b" / "launch"
+    )
     assert slurm.sbatch_test_only(spaced, partition)[0]  # the quoted directive is read whole
     if "sftc-ci" not in subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout:
         return  # a real cluster: its partitions are not ours to change
@@ -146,7 +170,10 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
     subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=00:30:00"], check=True)
     try:
         check = _target(settings)
-        assert f"launch.time_limit {limit} is longer than partition {partition}'s time limit of 00:30:00: Slurm refuses the job" in check.found
+        assert (
+            f"launch.time_limit {limit} is longer than partition {partition}'s time limit of 00:30:00: Slurm refuses the job"
+            in check.found
+        )
     finally:
         subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=INFINITE"], check=True)
 
@@ -174,5 +201,3 @@ def test_no_cluster_configuration_is_not_checked_with_the_reason(data_dir, tmp_p
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     check = _target(_k8s_settings())
     assert check.status == NOT_CHECKED and "no Kubernetes configuration" in check.found
-
-

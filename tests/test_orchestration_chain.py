@@ -85,8 +85,12 @@ def test_first_pass_materializes_everything_in_order_second_pass_nothing(data_di
     assert all(instance.get_latest_materialization_event(k) for k in keys)
     # Checks ran inside the runs of their assets.
     check_runs = [r for r in first.runs if K("thesis_jsonl") in r.keys]
-    evaluations = instance.get_records_for_run(check_runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    assert [e.event_log_entry.dagster_event.event_specific_data.check_name for e in evaluations] == ["accepted_plus_rejected_equals_read"]
+    evaluations = instance.get_records_for_run(
+        check_runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    assert [e.event_log_entry.dagster_event.event_specific_data.check_name for e in evaluations] == [
+        "accepted_plus_rejected_equals_read"
+    ]
 
     second = materialize_chain(chain, instance, keys)
     assert second.success and second.runs == []
@@ -100,7 +104,10 @@ def test_missing_partition_and_new_code_version_are_redone(data_dir, instance):
     instance.wipe_assets([K("eval_csv")])
     again = materialize_chain(chain, instance, keys)
     # eval_csv is missing again: it is redone, then what reads it (now older than its input).
-    assert [tuple(k.path[-1] for k in r.keys) for r in again.runs] == [("eval_csv",), ("backtest_report", "validation_report")]
+    assert [tuple(k.path[-1] for k in r.keys) for r in again.runs] == [
+        ("eval_csv",),
+        ("backtest_report", "validation_report"),
+    ]
     assert K("sft_model") in again.up_to_date
 
     changed = standin_chain(code_versions={"hf_splits": "2"})
@@ -165,7 +172,9 @@ def test_validation_report_ready_when_every_stage_passes(data_dir, instance):
     assert len(thesis["partitions"]) == 12 and thesis["figures"]["rows"] == 12
     markdown = (data_dir / "reports" / "validation_report.md").read_text()
     assert "Ready for GPU deployment: YES" in markdown and "nemo_model" in markdown
-    assert "## Part 1, the toy chain: PASS" in markdown and "## Part 2, the GPU plan of the full profile: PASS" in markdown
+    assert (
+        "## Part 1, the toy chain: PASS" in markdown and "## Part 2, the GPU plan of the full profile: PASS" in markdown
+    )
     assert "### GPU memory: PASS" in markdown and "### data volume: PASS" in markdown  # the arithmetic is shown
     estimate = report["gpu_plan"]["estimate"]  # what the full profile's GPU run will cost, shown beside the verdict
     assert estimate["gpu_hours"] > 0 and estimate["cost"] > 0 and "## What the GPU run will cost" in markdown
@@ -194,7 +203,11 @@ def test_validation_report_says_no_and_why_when_a_stage_fails(data_dir, instance
     status = {s["asset"]: s["status"] for s in report["stages"]}
     assert status["hf_splits"] == "PASS"
     assert status["sft_model"] == "FAIL" and status["eval_csv"] == "NOT RUN" and status["backtest_report"] == "NOT RUN"
-    assert report["ready_for_gpu"] is False and report["toy_chain"]["passed"] is False and report["gpu_plan"]["passed"] is True
+    assert (
+        report["ready_for_gpu"] is False
+        and report["toy_chain"]["passed"] is False
+        and report["gpu_plan"]["passed"] is True
+    )
     assert any("sft_model failed" in reason and "told to fail" in reason for reason in report["reasons"])
     assert "eval_csv was not materialized (downstream of sft_model)" in report["reasons"]
     assert "Ready for GPU deployment: NO" in (data_dir / "reports" / "validation_report.md").read_text()

@@ -46,7 +46,9 @@ def test_run_twice_second_redoes_nothing(data_dir, tmp_path, monkeypatch, capsys
     assert (home / "dagster.yaml").is_file()  # set up from configs/dagster.yaml
     rows = _rows(out)
     assert set(rows) == (set(CHAIN) - {"nemo_model"}) | {"validation_report"}
-    assert rows["raw_xml"][1] == "materialized 2012-01..2012-12" and rows["raw_xml"][2].startswith("12 (2012-01..2012-12)")
+    assert rows["raw_xml"][1] == "materialized 2012-01..2012-12" and rows["raw_xml"][2].startswith(
+        "12 (2012-01..2012-12)"
+    )
     # asset | this run | partitions | checks | last materialized | files (relative to the working directory)
     assert rows["hf_splits"][1] == "materialized" and rows["hf_splits"][5] == "data/hf_splits"
     assert rows["thesis_jsonl"][3] == "1/1 passed" and rows["hf_splits"][3] == ""
@@ -80,13 +82,21 @@ def test_a_failed_run_ends_in_one_block_with_the_cause_and_the_log_file(data_dir
     assert main(["run"]) == 1
     captured = capsys.readouterr()
     rows = _rows(captured.out)
-    assert rows["nemo_jsonl"][1] == "materialized" and rows["sft_model"][1] == "FAILED" and rows["eval_csv"][1] == "not reached"
+    assert (
+        rows["nemo_jsonl"][1] == "materialized"
+        and rows["sft_model"][1] == "FAILED"
+        and rows["eval_csv"][1] == "not reached"
+    )
     block = captured.err[captured.err.index("FAILED: sft_model") :].splitlines()
     assert block[0] == "FAILED: sft_model" + block[0].removeprefix("FAILED: sft_model") and block[0].endswith(" s)")
     assert block[1] == "  cause: sft_model stand-in told to fail"  # the message itself, not Dagster's wrapper
-    assert block[2].startswith("  run ") and block[2].endswith(f"; details: {_log_file(tmp_path).relative_to(tmp_path)}")
+    assert block[2].startswith("  run ") and block[2].endswith(
+        f"; details: {_log_file(tmp_path).relative_to(tmp_path)}"
+    )
     assert "Traceback" not in captured.err and "DagsterExecutionStepExecutionError" not in captured.err
-    assert 'raise RuntimeError(f"{name} stand-in told to fail")' in _log_file(tmp_path).read_text()  # the stack trace: in the log file
+    assert (
+        'raise RuntimeError(f"{name} stand-in told to fail")' in _log_file(tmp_path).read_text()
+    )  # the stack trace: in the log file
 
 
 def test_rerun_refuses_a_bad_window(data_dir, tmp_path, monkeypatch, capsys, standin_location):

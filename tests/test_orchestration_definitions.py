@@ -31,7 +31,11 @@ def test_dagster_cli_validates_the_code_location(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     out = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m", "sftc_jobs.definitions"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "Validation successful for code location sftc_jobs.definitions" in out.stdout + out.stderr
@@ -53,7 +57,11 @@ def test_cpu_validation_job_and_nightly_schedule_on_the_cpu_node(defs):
     job = defs.resolve_job_def("cpu_validation")
     assert job.tags[NODE_TAG] == "cpu"
     schedule = defs.resolve_schedule_def("nightly_cpu_validation")
-    assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == ("0 2 * * *", "UTC", "cpu_validation")
+    assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == (
+        "0 2 * * *",
+        "UTC",
+        "cpu_validation",
+    )
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # the toy profile
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 1, 2, 2, 0, tzinfo=dt.timezone.utc))
     requests = schedule.evaluate_tick(context).run_requests
@@ -67,11 +75,24 @@ def test_the_web_ui_shows_stages_node_classes_and_automation(defs):
     """What the graph and the catalog show: a group per stage, the node class as a kind and in words, the
     automation condition on every automated asset (not on the NeMo import, which no sensor targets here), and
     sensor targets a person can read."""
-    specs = {spec.key.to_user_string(): spec for assets_def in defs.assets if isinstance(assets_def, dg.AssetsDefinition) for spec in assets_def.specs}
+    specs = {
+        spec.key.to_user_string(): spec
+        for assets_def in defs.assets
+        if isinstance(assets_def, dg.AssetsDefinition)
+        for spec in assets_def.specs
+    }
     assert {name: spec.group_name for name, spec in specs.items()} == {
-        "raw_xml": "theses", "thesis_jsonl": "theses", "hf_splits": "sft_data", "nemo_jsonl": "sft_data",
-        "base_checkpoint": "checkpoints", "bf16_checkpoint": "checkpoints", "nemo_model": "training", "sft_model": "training",
-        "eval_csv": "evaluation", "backtest_report": "backtest", "validation_report": "reports",
+        "raw_xml": "theses",
+        "thesis_jsonl": "theses",
+        "hf_splits": "sft_data",
+        "nemo_jsonl": "sft_data",
+        "base_checkpoint": "checkpoints",
+        "bf16_checkpoint": "checkpoints",
+        "nemo_model": "training",
+        "sft_model": "training",
+        "eval_csv": "evaluation",
+        "backtest_report": "backtest",
+        "validation_report": "reports",
     }
     for name, spec in specs.items():
         node = spec.tags[NODE_TAG]
@@ -83,14 +104,19 @@ def test_the_web_ui_shows_stages_node_classes_and_automation(defs):
     auto = f"compute class auto: a GPU node above a 1.9 GiB checkpoint; this profile's checkpoint is {toy_size}"
     assert auto in specs["sft_model"].description
     targets = {sensor.name: str(sensor.asset_selection) for sensor in defs.sensors}
-    assert targets == {"automation_cpu_node": 'tag:"sftc/node"="cpu"', "automation_gpu_node": 'tag:"sftc/node"="gpu" and not key:"nemo_model"'}
+    assert targets == {
+        "automation_cpu_node": 'tag:"sftc/node"="cpu"',
+        "automation_gpu_node": 'tag:"sftc/node"="gpu" and not key:"nemo_model"',
+    }
 
 
 def test_sftc_automation_off_starts_every_sensor_and_the_schedule_stopped():
     from sftc_jobs.location import build_definitions
 
     defs = build_definitions(load_settings(env={"SFTC_AUTOMATION": "off"}))
-    assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(("automation_cpu_node", "automation_gpu_node"), dg.DefaultSensorStatus.STOPPED)
+    assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(
+        ("automation_cpu_node", "automation_gpu_node"), dg.DefaultSensorStatus.STOPPED
+    )
     assert defs.resolve_schedule_def("nightly_cpu_validation").default_status == dg.DefaultScheduleStatus.STOPPED
     with pytest.raises(Exception, match="SFTC_AUTOMATION='maybe': expected one of on, off"):
         load_settings(env={"SFTC_AUTOMATION": "maybe"})

@@ -69,7 +69,9 @@ def test_helm_values_match_the_code_location_and_the_node_pools():
     assert {e["name"]: e["value"] for e in deployments["sftc"]["env"]}["SFTC_K8S_PLACEMENT"] == "step"
     assert {e["name"]: e["value"] for e in deployments["sftc-validation"]["env"]}["SFTC_PROFILE"] == "toy"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
+    assert (
+        values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]["nodeSelector"] == cpu_pool
+    )
     queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queue["tagConcurrencyLimits"] == RUN_LIMITS
     assert values["additionalInstanceConfig"]["concurrency"]["pools"]["default_limit"] == 1

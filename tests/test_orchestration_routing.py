@@ -33,7 +33,9 @@ def _settings(profile: str):
 def _pod_spec(tags: dict[str, str]):
     """The pod spec the Kubernetes run launcher / step-per-pod executor would build from these tags."""
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="sftc:test", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance"),
+        DagsterK8sJobConfig(
+            job_image="sftc:test", dagster_home="/opt/dagster/dagster_home", instance_config_map="dagster-instance"
+        ),
         args=["dagster", "api", "execute_run"],
         job_name="dagster-run-test",
         user_defined_k8s_config=get_user_defined_k8s_config(tags),
@@ -43,7 +45,14 @@ def _pod_spec(tags: dict[str, str]):
 
 @pytest.mark.parametrize(
     ("compute_class", "profile", "expected"),
-    [("cpu", "toy", "cpu"), ("cpu", "full", "cpu"), ("gpu", "toy", "gpu"), ("gpu", "full", "gpu"), ("auto", "toy", "cpu"), ("auto", "full", "gpu")],
+    [
+        ("cpu", "toy", "cpu"),
+        ("cpu", "full", "cpu"),
+        ("gpu", "toy", "gpu"),
+        ("gpu", "full", "gpu"),
+        ("auto", "toy", "cpu"),
+        ("auto", "full", "gpu"),
+    ],
 )
 def test_node_class_per_profile(compute_class, profile, expected):
     assert node_class(compute_class, load_profile(profile)) == expected
@@ -52,7 +61,9 @@ def test_node_class_per_profile(compute_class, profile, expected):
 def test_auto_follows_the_profile_checkpoint_size_against_the_cpu_limit():
     for name in ("toy", "full"):
         compute = load_profile(name).compute
-        assert (node_class("auto", load_profile(name)) == "gpu") == (compute.expected_checkpoint_bytes > compute.cpu_max_checkpoint_bytes)
+        assert (node_class("auto", load_profile(name)) == "gpu") == (
+            compute.expected_checkpoint_bytes > compute.cpu_max_checkpoint_bytes
+        )
 
 
 def test_unknown_compute_class_is_refused():

@@ -22,7 +22,9 @@ from sftc_platform.routing import GPU_RESOURCE, NODE_TAG
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def simulate_automation(defs: dg.Definitions, instance: dg.DagsterInstance, cursors: dict, max_ticks: int = 10) -> dict[str, dict]:
+def simulate_automation(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursors: dict, max_ticks: int = 10
+) -> dict[str, dict]:
     """Tick every automation sensor until none requests anything; each request is then reported as done
     (a runless materialization of every requested asset partition). `cursors` carries the sensors'
     cursors from call to call, as the daemon does. Returns asset -> sensor, tags, partitions."""
@@ -30,15 +32,21 @@ def simulate_automation(defs: dg.Definitions, instance: dg.DagsterInstance, curs
     for _ in range(max_ticks):
         done = []
         for sensor in defs.sensors:
-            result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursors.get(sensor.name)))
+            result = sensor(
+                dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursors.get(sensor.name))
+            )
             cursors[sensor.name] = result.cursor
             for request in result.run_requests:
                 if request.asset_graph_subset is not None:  # a backfill: several partitions or partitions definitions
-                    pairs = [(p.asset_key, p.partition_key) for p in request.asset_graph_subset.iterate_asset_partitions()]
+                    pairs = [
+                        (p.asset_key, p.partition_key) for p in request.asset_graph_subset.iterate_asset_partitions()
+                    ]
                 else:
                     pairs = [(key, request.partition_key) for key in request.asset_selection]
                 for key, partition in pairs:
-                    entry = requested.setdefault(key.to_user_string(), {"sensor": sensor.name, "tags": dict(request.tags), "partitions": set()})
+                    entry = requested.setdefault(
+                        key.to_user_string(), {"sensor": sensor.name, "tags": dict(request.tags), "partitions": set()}
+                    )
                     assert entry["sensor"] == sensor.name, f"{key} requested by two sensors"
                     entry["partitions"].add(partition)
                 done += pairs
@@ -70,7 +78,10 @@ def test_toy_profile_every_asset_but_nemo_is_cpu_work_requested_once(instance):
     assert requested["raw_xml"]["partitions"] == set(months_between("2012-01", "2012-12"))
     assert requested["eval_csv"]["partitions"] == set(months_between("2012-09", "2012-12"))
     status = {s.name: s.default_status for s in defs.sensors}
-    assert status == {SENSOR_NAMES["cpu"]: dg.DefaultSensorStatus.RUNNING, SENSOR_NAMES["gpu"]: dg.DefaultSensorStatus.STOPPED}
+    assert status == {
+        SENSOR_NAMES["cpu"]: dg.DefaultSensorStatus.RUNNING,
+        SENSOR_NAMES["gpu"]: dg.DefaultSensorStatus.STOPPED,
+    }
     # Nothing left to do: another tick requests nothing.
     assert simulate_automation(defs, instance, cursors) == {}
 
@@ -98,7 +109,10 @@ def test_pod_per_step_keeps_the_run_pod_on_cpu_and_gives_gpus_to_the_step(instan
     sft = requested["sft_model"]
     assert sft["sensor"] == SENSOR_NAMES["gpu"] and sft["tags"][NODE_TAG] == "gpu"
     assert _gpus_in(sft["tags"]) is None
-    assert get_user_defined_k8s_config(sft["tags"]).pod_spec_config["node_selector"] == load_cluster_config().node_pools.cpu.node_selector
+    assert (
+        get_user_defined_k8s_config(sft["tags"]).pod_spec_config["node_selector"]
+        == load_cluster_config().node_pools.cpu.node_selector
+    )
     op_tags = defs.resolve_assets_def("sft_model").op.tags
     assert _gpus_in(op_tags) == str(load_cluster_config().node_pools.gpu.gpus)
     assert defs.executor is not None and defs.executor.name == "k8s"
@@ -125,7 +139,11 @@ def test_failed_partition_is_not_retried_every_tick(instance):
     )
     later = sensor(dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor))
     raw_partitions = {
-        p.partition_key for r in later.run_requests if r.asset_graph_subset for p in r.asset_graph_subset.iterate_asset_partitions() if p.asset_key.path == ["raw_xml"]
+        p.partition_key
+        for r in later.run_requests
+        if r.asset_graph_subset
+        for p in r.asset_graph_subset.iterate_asset_partitions()
+        if p.asset_key.path == ["raw_xml"]
     }
     assert "2012-01" not in raw_partitions and "2012-02" in raw_partitions
 
@@ -150,7 +168,19 @@ def test_real_code_location_toy_routes_every_asset_to_one_sensor_of_its_node():
 def test_real_code_location_full_routes_gpu_work_to_the_gpu_sensor():
     # The profile is read when the stage modules load: a fresh interpreter with SFTC_PROFILE=full.
     script = "import json\nfrom sftc_jobs.definitions import defs\nfrom orchestration_standins import location_facts\nprint(json.dumps(location_facts(defs)))\n"
-    env = {**os.environ, "SFTC_PROFILE": "full", "TRAIN_BACKEND": "nemo", "PYTHONPATH": os.path.join(REPO_ROOT, "tests")}
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "SFTC_PROFILE": "full",
+        "TRAIN_BACKEND": "nemo",
+        "PYTHONPATH": os.path.join(REPO_ROOT, "tests"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     _check_routing(json.loads(out.stdout.strip().splitlines()[-1]), "full")

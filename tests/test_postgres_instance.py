@@ -53,7 +53,9 @@ def test_chain_materializes_into_postgres_and_a_second_pass_redoes_nothing(data_
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
     instance = postgres_instance
-    assert isinstance(instance.run_storage, PostgresRunStorage) and isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.run_storage, PostgresRunStorage) and isinstance(
+        instance.event_log_storage, PostgresEventLogStorage
+    )
     chain = standin_chain()
     keys = chain_keys(chain)
     first = materialize_chain(chain, instance, keys)
@@ -68,6 +70,10 @@ def test_chain_materializes_into_postgres_and_a_second_pass_redoes_nothing(data_
     concurrency = instance.get_concurrency_config()
     assert concurrency.run_queue_config.tag_concurrency_limits == [
         {"key": "sftc/node", "value": "gpu", "limit": 1},
-        {"key": "sftc/data_dir", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},  # one writer per data directory
+        {
+            "key": "sftc/data_dir",
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1,
+        },  # one writer per data directory
     ]
     assert concurrency.pool_config.default_pool_limit == 1

@@ -90,7 +90,11 @@ def test_missing_prices_give_a_status_and_no_return_never_zero():
     before_listing = forward_return(load_sample_prices("FB"), "2012-05-01", 5)  # FB listed 2012-05-18
     assert (before_listing.return_status, before_listing.forward_return) == ("no_price", None)
     unknown = forward_return(None, "2012-11-21", 5)
-    assert (unknown.return_status, unknown.forward_return, unknown.entry_date) == ("unknown_ticker", None, dt.date(2012, 11, 23))
+    assert (unknown.return_status, unknown.forward_return, unknown.entry_date) == (
+        "unknown_ticker",
+        None,
+        dt.date(2012, 11, 23),
+    )
     future = forward_return(prices, "2099-01-01", 5)
     assert (future.return_status, future.entry_date) == ("beyond_data", None)
 
@@ -108,7 +112,9 @@ def test_vectorised_and_single_agree():
     for day, (_, row) in zip(days[::25], labels.iloc[::25].iterrows()):
         single = forward_return(prices, day.date(), 5)
         assert single.return_status == row["return_status"]
-        assert (single.forward_return is None and np.isnan(row["forward_return"])) or single.forward_return == row["forward_return"]
+        assert (single.forward_return is None and np.isnan(row["forward_return"])) or single.forward_return == row[
+            "forward_return"
+        ]
     assert set(labels["return_status"]) == {"ok", "no_price", "beyond_data"}
 
 
@@ -122,7 +128,10 @@ def test_local_source_fills_sample_files_and_reads_csv(tmp_path):
     csv_prices = load_sample_prices("IBM").assign(date=lambda f: f["date"].dt.strftime("%Y-%m-%d"))
     csv_prices.to_csv(tmp_path / "XYZ.csv", index=False)
     from_csv = LocalPriceSource(tmp_path).get_prices("xyz", dt.date(2012, 1, 1), dt.date(2012, 1, 31))
-    assert from_csv["adjusted_close"].tolist() == load_sample_prices("IBM").set_index("date").loc["2012-01"]["adjusted_close"].tolist()
+    assert (
+        from_csv["adjusted_close"].tolist()
+        == load_sample_prices("IBM").set_index("date").loc["2012-01"]["adjusted_close"].tolist()
+    )
     with pytest.raises(UnknownTickerError):
         LocalPriceSource(tmp_path).get_prices("MSFT", dt.date(2012, 1, 1), dt.date(2012, 1, 31))  # no sample fallback
 
@@ -131,7 +140,9 @@ def test_local_source_names_the_file_and_column_of_a_bad_file(tmp_path):
     (tmp_path / "BAD.csv").write_text("date,open,high,low,close,volume\n2012-01-03,1,1,1,1,1\n")
     with pytest.raises(PriceDataError, match=r"BAD.csv: missing price column\(s\) adjusted_close"):
         LocalPriceSource(tmp_path).get_prices("BAD", dt.date(2012, 1, 1), dt.date(2012, 1, 31))
-    (tmp_path / "WORSE.csv").write_text("date,open,high,low,close,adjusted_close,volume\n2012-01-03,1,1,1,1,1,1\nnot-a-date,1,1,1,1,1,1\n")
+    (tmp_path / "WORSE.csv").write_text(
+        "date,open,high,low,close,adjusted_close,volume\n2012-01-03,1,1,1,1,1,1\nnot-a-date,1,1,1,1,1,1\n"
+    )
     with pytest.raises(PriceDataError, match="WORSE.csv: row 2, column date"):
         LocalPriceSource(tmp_path).get_prices("WORSE", dt.date(2012, 1, 1), dt.date(2012, 1, 31))
     (tmp_path / "TORN.parquet").write_bytes(b"PAR1 not really")
@@ -141,7 +152,9 @@ def test_local_source_names_the_file_and_column_of_a_bad_file(tmp_path):
 
 def test_fill_sample_prices_writes_atomically(tmp_path):
     paths = fill_sample_prices(tmp_path, ["MSFT", "GOOG"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["GOOG.parquet", "MSFT.parquet"] == sorted(p.name for p in paths)
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["GOOG.parquet", "MSFT.parquet"] == sorted(p.name for p in paths)
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "MSFT.parquet"), load_sample_prices("MSFT"))
 
 
@@ -153,8 +166,10 @@ def test_toy_settings_give_the_local_source_under_their_data_dir(data_dir):
 
 
 def _closes_of(closes: AdjustedCloses) -> dict[str, pd.Series]:
-    return {t: pd.Series(closes.closes[closes.ticker_index == i], index=closes.dates[closes.ticker_index == i])
-            for i, t in enumerate(closes.tickers)}
+    return {
+        t: pd.Series(closes.closes[closes.ticker_index == i], index=closes.dates[closes.ticker_index == i])
+        for i, t in enumerate(closes.tickers)
+    }
 
 
 def test_many_tickers_are_read_in_one_scan_with_what_get_prices_gives(tmp_path, monkeypatch):

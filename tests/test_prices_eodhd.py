@@ -42,8 +42,14 @@ def server():
 
 
 def _config(server: FakeEodhd, **overrides) -> PricesConfig:
-    values = {"eodhd_base_url": server.base_url, "timeout_seconds": 2.0, "max_retries": 3, "backoff_seconds": 0.01,
-              "max_backoff_seconds": 0.05, "max_retry_after_seconds": 30.0}
+    values = {
+        "eodhd_base_url": server.base_url,
+        "timeout_seconds": 2.0,
+        "max_retries": 3,
+        "backoff_seconds": 0.01,
+        "max_backoff_seconds": 0.05,
+        "max_retry_after_seconds": 30.0,
+    }
     return PricesConfig(**{**values, **overrides})
 
 
@@ -83,7 +89,9 @@ def test_fetch_returns_the_served_prices(server):
 
 
 def test_429_honours_retry_after_then_succeeds(server):
-    server.script("AAPL.US", status(429, "Too Many Requests", Retry_After="2"), status(429, "Too Many Requests", Retry_After="3"))
+    server.script(
+        "AAPL.US", status(429, "Too Many Requests", Retry_After="2"), status(429, "Too Many Requests", Retry_After="3")
+    )
     client, sleep = _client(server)
     frame = client.fetch_eod("AAPL.US", START, END)
     assert len(frame) > 50
@@ -108,7 +116,9 @@ def test_429_every_time_is_a_quota_error_after_the_retries(server):
 
 
 def test_5xx_is_retried_with_jittered_exponential_backoff(server):
-    server.script("AAPL.US", status(500, "oops"), status(503, HTML_ERROR, Content_Type="text/html"), status(502, HTML_ERROR))
+    server.script(
+        "AAPL.US", status(500, "oops"), status(503, HTML_ERROR, Content_Type="text/html"), status(502, HTML_ERROR)
+    )
     client, sleep = _client(server, backoff_seconds=1.0, max_backoff_seconds=100.0)
     frame = client.fetch_eod("AAPL.US", START, END)
     assert not frame.empty
@@ -175,7 +185,9 @@ def test_a_json_object_instead_of_rows_is_a_clear_error(server):
 
 def test_a_slow_answer_times_out_and_is_retried(server):
     server.script("AAPL.US", slow(3.0))
-    client, sleep = _client(server, timeout_seconds=1.0)  # the retry's quick answer arrives within it on a loaded machine
+    client, sleep = _client(
+        server, timeout_seconds=1.0
+    )  # the retry's quick answer arrives within it on a loaded machine
     frame = client.fetch_eod("AAPL.US", START, END)
     assert not frame.empty and len(sleep.waits) == 1
 
@@ -203,11 +215,15 @@ def test_the_key_never_reaches_logs_messages_or_files(server, tmp_path, caplog, 
     with pytest.raises(EodhdAuthError) as refused:
         source.get_prices("IBM", START, END)
     # A connection error: requests puts the whole URL, key included, into its message.
-    dead = EodhdClient(SecretStr(SENTINEL), PricesConfig(eodhd_base_url="http://127.0.0.1:9", max_retries=0, timeout_seconds=1))
+    dead = EodhdClient(
+        SecretStr(SENTINEL), PricesConfig(eodhd_base_url="http://127.0.0.1:9", max_retries=0, timeout_seconds=1)
+    )
     with pytest.raises(EodhdUnavailableError) as unreachable:
         dead.fetch_eod("AAPL.US", START, END)
 
-    assert any("api_token=***" in r.getMessage() for r in caplog.records), "the urllib3 request line should be logged, redacted"
+    assert any("api_token=***" in r.getMessage() for r in caplog.records), (
+        "the urllib3 request line should be logged, redacted"
+    )
     assert SENTINEL not in caplog.text
     assert all(SENTINEL not in r.getMessage() for r in caplog.records)
     for exc in (failed.value, refused.value, unreachable.value):

@@ -45,7 +45,10 @@ def test_rate_and_eta_count_only_the_work_done_here():
     resumed = Progress("eval_csv 2012-09", done=20, total=32, unit="row", elapsed_s=5.0, initial=16)
     assert resumed.rate == pytest.approx(0.8) and resumed.eta_s == pytest.approx(15.0)
     assert resumed.line() == "eval_csv 2012-09: 20/32 rows (62%), 16 resumed, 0.8 rows/s, ETA 15 s"
-    assert Progress("convert-fp8", 1536, 4096, progress.BYTES, 2.0).line() == "convert-fp8: 1.5 KiB/4.0 KiB (38%), 768 B/s, ETA 3.3 s"
+    assert (
+        Progress("convert-fp8", 1536, 4096, progress.BYTES, 2.0).line()
+        == "convert-fp8: 1.5 KiB/4.0 KiB (38%), 768 B/s, ETA 3.3 s"
+    )
     assert Progress("t", 0, 10, "step", 0.0).eta_s is None  # nothing done yet: no rate to guess from
     figures = Progress("training", 1, 2, "step", 1.0, figures={"loss": 0.81234, "tokens/s": 14555.3}).figures_text()
     assert figures == "loss 0.812, 14,600 tokens/s"  # a rate after its value
@@ -88,23 +91,46 @@ def test_reporting_makes_its_tracker_at_the_first_report_with_the_total_and_what
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.1542028985507246, "0.154"), (14555.3, "14,600"), (6.9437, "6.94"), (0.000211, "0.000211"), (2.1e-05, "2.10e-05"),
-     (99.96, "100"), (-0.0648, "-0.0648"), (1152, "1,152"), (None, "n/a"), (True, "True"), (float("nan"), "nan")],
+    [
+        (0.1542028985507246, "0.154"),
+        (14555.3, "14,600"),
+        (6.9437, "6.94"),
+        (0.000211, "0.000211"),
+        (2.1e-05, "2.10e-05"),
+        (99.96, "100"),
+        (-0.0648, "-0.0648"),
+        (1152, "1,152"),
+        (None, "n/a"),
+        (True, "True"),
+        (float("nan"), "nan"),
+    ],
 )
 def test_figures_have_three_significant_digits(value, text):
     assert format_number(value) == text
 
 
 def test_shares_durations_and_rounding():
-    assert (format_share(0.2890625), format_share(1.0), format_share(-0.066), format_share(None)) == ("28.9%", "100%", "-6.6%", "n/a")
+    assert (format_share(0.2890625), format_share(1.0), format_share(-0.066), format_share(None)) == (
+        "28.9%",
+        "100%",
+        "-6.6%",
+        "n/a",
+    )
     assert [format_duration(s) for s in (0.04, 45.2, 200, 3725)] == ["0.0 s", "45 s", "3 min 20 s", "1 h 02 min"]
-    assert (round_significant(0.1542028985507246), round_significant(14555.3), round_significant(0.0)) == (0.154, 14600.0, 0.0)
+    assert (round_significant(0.1542028985507246), round_significant(14555.3), round_significant(0.0)) == (
+        0.154,
+        14600.0,
+        0.0,
+    )
 
 
 def test_a_table_cell_without_a_value_is_empty():
     from sftc_core.text import markdown_table
 
-    assert markdown_table([{"id": "a", "confidence": None}, {"id": "b", "confidence": 0.7}]).splitlines()[2:] == ["| a |  |", "| b | 0.7 |"]
+    assert markdown_table([{"id": "a", "confidence": None}, {"id": "b", "confidence": 0.7}]).splitlines()[2:] == [
+        "| a |  |",
+        "| b | 0.7 |",
+    ]
 
 
 def test_training_rows_that_arrive_together_are_timed_by_when_their_steps_ended():
@@ -112,8 +138,13 @@ def test_training_rows_that_arrive_together_are_timed_by_when_their_steps_ended(
     from sftc_assets.training.hf_backend import training_progress
 
     lines = []
-    rows = [{"step": s, "max_steps": 4, "loss": 1.0, "lr": 1e-3, "tokens_per_s": 100.0, "time": 5000.0 + 2 * s} for s in range(1, 5)]
+    rows = [
+        {"step": s, "max_steps": 4, "loss": 1.0, "lr": 1e-3, "tokens_per_s": 100.0, "time": 5000.0 + 2 * s}
+        for s in range(1, 5)
+    ]
     with training_progress(lines.append) as on_step:
         for row in rows:  # all at once, as one poll of the message reader hands them over
             on_step(row)
-    assert lines == ["training: 4/4 steps (100%), loss 1, lr 0.001, 100 tokens/s, 0.667 steps/s, in 6.0 s"]  # 4 steps, 6 s from step 1's end
+    assert lines == [
+        "training: 4/4 steps (100%), loss 1, lr 0.001, 100 tokens/s, 0.667 steps/s, in 6.0 s"
+    ]  # 4 steps, 6 s from step 1's end

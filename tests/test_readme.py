@@ -51,7 +51,13 @@ def test_the_synopsis_shows_every_subcommand_with_every_option(name):
     assert name in synopsis, f"README.md's command synopsis has no `sftc {name}` line"
     parser = _subcommands()[name]
     # A hidden option (help=SUPPRESS) is the command talking to its own child process, not a user's.
-    options = {o for action in parser._actions if action.help != argparse.SUPPRESS for o in action.option_strings if o.startswith("--")} - SAID_ONCE
+    options = {
+        o
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for o in action.option_strings
+        if o.startswith("--")
+    } - SAID_ONCE
     missing = sorted(o for o in options if not re.search(rf"{re.escape(o)}(?![\w-])", synopsis[name]))
     assert not missing, f"README.md's `sftc {name}` lines omit {missing}"
 
@@ -83,6 +89,8 @@ def test_no_text_points_at_specs_the_repository_does_not_have():
     """Help texts, descriptions and docs cite the contracts in docs/, not a spec/ folder the repository lacks."""
     cited = []
     for path in [*REPO.glob("sftc_*/**/*.py"), *REPO.glob("configs/**/*.yaml"), README, *(REPO / "docs").glob("*.md")]:
-        for reference in re.findall(r"(?<![\w/.])((?:\.\./)?(?:shared/)?spec/[\w.-]+\.md)", path.read_text(encoding="utf-8")):
+        for reference in re.findall(
+            r"(?<![\w/.])((?:\.\./)?(?:shared/)?spec/[\w.-]+\.md)", path.read_text(encoding="utf-8")
+        ):
             cited.append(f"{path.relative_to(REPO)}: {reference}")
     assert not cited, cited

@@ -25,7 +25,12 @@ TESTS = Path(__file__).parent
 def _sftc_run(tmp_path: Path, **env: str) -> subprocess.Popen:
     environ = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "SFTC_STANDIN_DELAY_S": "0.3", **env}
     return subprocess.Popen(
-        [sys.executable, str(TESTS / "standin_cli.py"), "run"], cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(TESTS / "standin_cli.py"), "run"],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -35,7 +40,9 @@ def test_two_runs_with_other_settings_take_turns(data_dir, tmp_path, monkeypatch
     # schema at once would race) and it is about to run.
     deadline = time.monotonic() + 300
     while f"pid {first.pid} " not in locks.holder_description(locks.lock_file(data_dir)):
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:] if first.poll() is not None else "timed out"
+        assert first.poll() is None and time.monotonic() < deadline, (
+            first.stderr.read()[-3000:] if first.poll() is not None else "timed out"
+        )
         time.sleep(0.1)
     second = _sftc_run(tmp_path, TRAIN_END_DATE="2012-03-30")
     outputs = [process.communicate(timeout=600) for process in (first, second)]
@@ -54,7 +61,10 @@ def test_two_runs_with_other_settings_take_turns(data_dir, tmp_path, monkeypatch
     later = load_settings(env={**os.environ, "TRAIN_END_DATE": "2012-03-30"})
     marker = json.loads((later.paths.hf_splits / ".sftc-artifact.json").read_text())
     assert marker["config_hash"] == config_hash(later, "hf_splits")
-    assert splits[0].asset_materialization.tags["dagster/code_version"] != splits[1].asset_materialization.tags["dagster/code_version"]
+    assert (
+        splits[0].asset_materialization.tags["dagster/code_version"]
+        != splits[1].asset_materialization.tags["dagster/code_version"]
+    )
     assert model.storage_id > splits[0].storage_id and model.run_id == splits[0].run_id
 
 
@@ -69,7 +79,9 @@ with locks.exclusive(sys.argv[1], "the test's artifact"):
 
 def test_an_artifact_lock_holds_across_processes_and_names_its_holder(tmp_path, caplog):
     target = tmp_path / "models" / "sft"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD), str(target), "1.5"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLD), str(target), "1.5"], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="sftc_core.locks"), locks.exclusive(target, "sft_model"):

@@ -38,7 +38,9 @@ def test_an_unreadable_shard(cli_chain, tmp_path):
     source = _copy(cli_chain, "fp8", tmp_path)
     shard = source / "model-00002-of-00004.safetensors"
     shard.chmod(0)
-    done = sftc_process(["convert-fp8", "--source", source, "--output", tmp_path / "bf16", "--no-progress"], cwd=tmp_path)
+    done = sftc_process(
+        ["convert-fp8", "--source", source, "--output", tmp_path / "bf16", "--no-progress"], cwd=tmp_path
+    )
     _, log_file = _fails_in_one_line(done, f"{shard}: Permission denied", "give this user access to it")
     assert "Traceback" in _log_text(tmp_path, log_file) and "PermissionError" in _log_text(tmp_path, log_file)
     assert not (tmp_path / "bf16").exists()
@@ -47,23 +49,47 @@ def test_an_unreadable_shard(cli_chain, tmp_path):
 def test_an_unreadable_jsonl(cli_chain, tmp_path):
     records = _copy(cli_chain, "records.jsonl", tmp_path)
     records.chmod(0)
-    done = sftc_process(["build-dataset", "--jsonl", records, "--out-dir", tmp_path / "splits", "--test-days", "90", "--validation-days", "60"], cwd=tmp_path)
+    done = sftc_process(
+        [
+            "build-dataset",
+            "--jsonl",
+            records,
+            "--out-dir",
+            tmp_path / "splits",
+            "--test-days",
+            "90",
+            "--validation-days",
+            "60",
+        ],
+        cwd=tmp_path,
+    )
     _fails_in_one_line(done, f"{records}: Permission denied")
 
 
 @pytest.mark.parametrize(
     "damage, expected",
     [
-        (lambda s: (s / "train" / "data-00000-of-00001.arrow").chmod(0), ("train/data-00000-of-00001.arrow: Permission denied", "give this user read access")),
-        (lambda s: (s / "dataset_dict.json").write_text('{"splits": ['), ("dataset_dict.json: not valid JSON", "sftc build-dataset")),
-        (lambda s: os.truncate(s / "test" / "data-00000-of-00001.arrow", 100), ("test/data-00000-of-00001.arrow: truncated", "sftc build-dataset")),
+        (
+            lambda s: (s / "train" / "data-00000-of-00001.arrow").chmod(0),
+            ("train/data-00000-of-00001.arrow: Permission denied", "give this user read access"),
+        ),
+        (
+            lambda s: (s / "dataset_dict.json").write_text('{"splits": ['),
+            ("dataset_dict.json: not valid JSON", "sftc build-dataset"),
+        ),
+        (
+            lambda s: os.truncate(s / "test" / "data-00000-of-00001.arrow", 100),
+            ("test/data-00000-of-00001.arrow: truncated", "sftc build-dataset"),
+        ),
     ],
     ids=["unreadable-arrow", "corrupt-dataset-dict", "truncated-arrow"],
 )
 def test_a_damaged_dataset_names_the_file(cli_chain, tmp_path, damage, expected):
     splits = _copy(cli_chain, "splits", tmp_path)
     damage(splits)
-    done = sftc_process(["export-nemo", "--dataset-dir", splits, "--output-dir", tmp_path / "nemo", "--skip-tokenizer"], cwd=tmp_path)
+    done = sftc_process(
+        ["export-nemo", "--dataset-dir", splits, "--output-dir", tmp_path / "nemo", "--skip-tokenizer"], cwd=tmp_path
+    )
     _fails_in_one_line(done, f"the saved DatasetDict {splits} cannot be read", *expected)
 
 
@@ -77,7 +103,9 @@ def test_an_unreadable_eval_csv_and_a_broken_price_file(cli_chain, tmp_path, mon
     (prices / "AAPL.parquet").write_bytes(b"not parquet")
     monkeypatch.setenv("SFTC_DATA_DIR", str(data))  # the toy profile's local prices live under it
     done = sftc_process(argv, cwd=tmp_path)
-    _fails_in_one_line(done, f"{prices / 'AAPL.parquet'}: cannot read the price file", "rewrite it with columns date, open")
+    _fails_in_one_line(
+        done, f"{prices / 'AAPL.parquet'}: cannot read the price file", "rewrite it with columns date, open"
+    )
     (prices / "AAPL.parquet").unlink()
     eval_csv.chmod(0)
     _fails_in_one_line(sftc_process(argv, cwd=tmp_path), f"{eval_csv}: Permission denied")
@@ -85,7 +113,20 @@ def test_an_unreadable_eval_csv_and_a_broken_price_file(cli_chain, tmp_path, mon
 
 
 def test_a_bogus_device(cli_chain, tmp_path):
-    done = sftc_process(["train", "--model", cli_chain["bf16"], "--data", cli_chain["nemo"], "--output", tmp_path / "sft", "--device", "bogus"], cwd=tmp_path)
+    done = sftc_process(
+        [
+            "train",
+            "--model",
+            cli_chain["bf16"],
+            "--data",
+            cli_chain["nemo"],
+            "--output",
+            tmp_path / "sft",
+            "--device",
+            "bogus",
+        ],
+        cwd=tmp_path,
+    )
     _fails_in_one_line(done, "--device 'bogus': expected auto, cpu, cuda or cuda:N")
     assert not (tmp_path / "sft").exists()
 

@@ -28,7 +28,9 @@ def corpus(tmp_path):
 
 
 def _xml_to_jsonl(corpus, tmp_path, timeout: float = 300):
-    return sftc_process(["xml-to-jsonl", "--input-dir", corpus, "--output", tmp_path / "out.jsonl"], cwd=tmp_path, timeout=timeout)
+    return sftc_process(
+        ["xml-to-jsonl", "--input-dir", corpus, "--output", tmp_path / "out.jsonl"], cwd=tmp_path, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("what", ["directory", "file"])
@@ -73,7 +75,9 @@ def test_symlinks_out_of_the_tree_are_refused_and_inside_ones_read_once(corpus, 
 
 
 def _hf_splits(instance):
-    return dg.materialize(stage_definitions(sft_data_assets.defs), instance=instance, selection=["hf_splits"], raise_on_error=False)
+    return dg.materialize(
+        stage_definitions(sft_data_assets.defs), instance=instance, selection=["hf_splits"], raise_on_error=False
+    )
 
 
 def test_an_asset_refuses_inputs_changed_or_lost_since_sftc_wrote_them(data_dir):

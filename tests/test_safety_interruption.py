@@ -33,7 +33,12 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 def _sftc(argv: list, cwd: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sftc_jobs.cli", *map(str, argv)],
-        cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -79,10 +84,19 @@ def test_a_killed_chain_run_is_marked_failed_by_the_next(data_dir, tmp_path):
     home = tmp_path / "dagster_home"
     standin_run = [sys.executable, str(TESTS / "standin_cli.py"), "run"]
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    killed = subprocess.Popen(standin_run, cwd=tmp_path, env={**env, "SFTC_STANDIN_DELAY_S": "600"}, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        standin_run,
+        cwd=tmp_path,
+        env={**env, "SFTC_STANDIN_DELAY_S": "600"},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Its instance is set up once it holds the data directory's lock (opening it before would race the schema's creation).
-    _wait_for(lambda: f"pid {killed.pid} " in locks.holder_description(locks.lock_file(data_dir)), 300, "the chain run's lock")
+    _wait_for(
+        lambda: f"pid {killed.pid} " in locks.holder_description(locks.lock_file(data_dir)), 300, "the chain run's lock"
+    )
     _wait_for(lambda: any(r.status == dg.DagsterRunStatus.STARTED for r in _instance_runs(home)), 300, "a started run")
     _kill(killed)
     (dead,) = [run for run in _instance_runs(home) if run.status == dg.DagsterRunStatus.STARTED]

@@ -36,14 +36,64 @@ def _run(argv, capsys) -> tuple[int, str]:
         (lambda c: ["convert-fp8", "--source", c["fp8"], "--output", c["fp8"].parent], "contains the input"),
         (lambda c: ["convert-fp8", "--source", c["fp8"], "--output", c["fp8"] / "bf16"], "lies inside the input"),
         (lambda c: ["convert-fp8", "--source", c["fp8"], "--output", c["fp8"]], "is the input"),
-        (lambda c: ["build-dataset", "--jsonl", c["records.jsonl"], "--out-dir", c["records.jsonl"], "--test-days", "90", "--validation-days", "60"], "is the input"),
-        (lambda c: ["export-nemo", "--dataset-dir", c["splits"], "--output-dir", c["splits"], "--skip-tokenizer"], "is the input"),
-        (lambda c: ["export-nemo", "--dataset-dir", c["splits"], "--output-dir", c["splits"] / "train", "--skip-tokenizer"], "lies inside the input"),
+        (
+            lambda c: [
+                "build-dataset",
+                "--jsonl",
+                c["records.jsonl"],
+                "--out-dir",
+                c["records.jsonl"],
+                "--test-days",
+                "90",
+                "--validation-days",
+                "60",
+            ],
+            "is the input",
+        ),
+        (
+            lambda c: ["export-nemo", "--dataset-dir", c["splits"], "--output-dir", c["splits"], "--skip-tokenizer"],
+            "is the input",
+        ),
+        (
+            lambda c: [
+                "export-nemo",
+                "--dataset-dir",
+                c["splits"],
+                "--output-dir",
+                c["splits"] / "train",
+                "--skip-tokenizer",
+            ],
+            "lies inside the input",
+        ),
         (lambda c: ["make-toy-checkpoint", "--out", c["nemo"], "--corpus", c["nemo"]], "is the input"),
-        (lambda c: ["xml-to-jsonl", "--input-dir", c["xml"], "--output", next(c["xml"].rglob("*.xml"))], "lies inside the input"),
-        (lambda c: ["xml-to-jsonl", "--input-dir", c["xml"], "--output", c["xml"].parent / "r.jsonl", "--rejects", c["xml"] / "rejects.jsonl"], "lies inside the input"),
+        (
+            lambda c: ["xml-to-jsonl", "--input-dir", c["xml"], "--output", next(c["xml"].rglob("*.xml"))],
+            "lies inside the input",
+        ),
+        (
+            lambda c: [
+                "xml-to-jsonl",
+                "--input-dir",
+                c["xml"],
+                "--output",
+                c["xml"].parent / "r.jsonl",
+                "--rejects",
+                c["xml"] / "rejects.jsonl",
+            ],
+            "lies inside the input",
+        ),
     ],
-    ids=["convert-parent", "convert-inside", "convert-same", "dataset-same", "nemo-same", "nemo-inside", "toy-same", "xml-over-thesis", "xml-rejects"],
+    ids=[
+        "convert-parent",
+        "convert-inside",
+        "convert-same",
+        "dataset-same",
+        "nemo-same",
+        "nemo-inside",
+        "toy-same",
+        "xml-over-thesis",
+        "xml-rejects",
+    ],
 )
 def test_an_output_over_an_input_is_refused_and_the_input_kept(cli_chain, intact, capsys, argv, relation):
     code, err = _run(argv(cli_chain), capsys)
@@ -67,10 +117,23 @@ def test_what_sftc_did_not_write_is_kept_unless_forced(cli_chain, tmp_path, caps
     else:
         out.mkdir()
         (out / "notes.txt").write_text("my notes\n")
-    argv = ["build-dataset", "--jsonl", cli_chain["records.jsonl"], "--out-dir", out, "--validation-days", "60", "--test-days", "90"]
+    argv = [
+        "build-dataset",
+        "--jsonl",
+        cli_chain["records.jsonl"],
+        "--out-dir",
+        out,
+        "--validation-days",
+        "60",
+        "--test-days",
+        "90",
+    ]
     code, err = _run(argv, capsys)
     assert code == 2
-    assert f"--out-dir {out} is a {'file' if kind == 'file' else 'non-empty directory'} that sftc did not write" in err and "--force" in err
+    assert (
+        f"--out-dir {out} is a {'file' if kind == 'file' else 'non-empty directory'} that sftc did not write" in err
+        and "--force" in err
+    )
     assert (out.read_text() if kind == "file" else (out / "notes.txt").read_text()) == "my notes\n"
 
     code, err = _run([*argv, "--force"], capsys)
@@ -85,7 +148,11 @@ def test_an_empty_directory_and_sftc_s_own_output_are_replaced_without_force(cli
     argv = ["export-nemo", "--dataset-dir", cli_chain["splits"], "--output-dir", out, "--skip-tokenizer"]
     assert _run(argv, capsys)[0] == 0
     marker = json.loads((out / DIR_MARKER).read_text())
-    assert marker["writer"] == "sftc export-nemo" and set(marker["files"]) >= {"training.jsonl", "validation.jsonl", "test.jsonl"}
+    assert marker["writer"] == "sftc export-nemo" and set(marker["files"]) >= {
+        "training.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+    }
     first = tree_digest(out)
     code, err = _run([*argv, "--max-samples", "3"], capsys)
     assert code == 0, err
@@ -100,7 +167,10 @@ def test_train_does_not_take_a_copy_of_a_report_for_its_run(cli_chain, tmp_path,
     (copied / "metrics.json").write_text(json.dumps({"sharpe": 1.0}))
     (copied / "report.md").write_text("# Backtest\n")
     before = tree_digest(copied)
-    code, err = _run(["train", "--model", cli_chain["bf16"], "--data", cli_chain["nemo"], "--output", copied, "--max-steps", "1"], capsys)
+    code, err = _run(
+        ["train", "--model", cli_chain["bf16"], "--data", cli_chain["nemo"], "--output", copied, "--max-steps", "1"],
+        capsys,
+    )
     assert code == 2 and "is a non-empty directory that sftc did not write" in err
     assert tree_digest(copied) == before
 
@@ -121,7 +191,12 @@ def test_every_file_written_has_the_usual_mode(cli_chain):
     umask = os.umask(0)
     os.umask(umask)
     expected = 0o666 & ~umask
-    modes = {p: stat.S_IMODE(p.stat().st_mode) for name in ("fp8", "bf16", "nemo", "splits") for p in cli_chain[name].rglob("*") if p.is_file()}
+    modes = {
+        p: stat.S_IMODE(p.stat().st_mode)
+        for name in ("fp8", "bf16", "nemo", "splits")
+        for p in cli_chain[name].rglob("*")
+        if p.is_file()
+    }
     assert any(p.suffix == ".safetensors" for p in modes)
     assert {p: m for p, m in modes.items() if m != expected} == {}
 

@@ -116,7 +116,11 @@ def test_a_changed_setting_redoes_exactly_what_it_affects(data_dir, instance, mo
 
     # A profile field read by training alone: sft_model and what reads it.
     longer = settings_with(later, training={"max_steps": later.profile.training.max_steps + 1})
-    assert _redone(materialize_chain(_chain(longer), instance, keys)) == [("sft_model",), ("eval_csv",), ("backtest_report", "validation_report")]
+    assert _redone(materialize_chain(_chain(longer), instance, keys)) == [
+        ("sft_model",),
+        ("eval_csv",),
+        ("backtest_report", "validation_report"),
+    ]
     assert _redone(materialize_chain(_chain(longer), instance, keys)) == []
 
 
@@ -138,7 +142,9 @@ def test_files_lost_or_changed_outside_the_chain_are_redone(data_dir, instance):
     month = standin_file(data_dir, "thesis_jsonl", "2012-05")
     month.write_text(month.read_text() + "edited\n")
     redo = materialize_chain(chain, instance, keys)
-    assert [(r[0], run.partition_range) for r, run in zip(_redone(redo), redo.runs)][:1] == [("thesis_jsonl", ("2012-05", "2012-05"))]
+    assert [(r[0], run.partition_range) for r, run in zip(_redone(redo), redo.runs)][:1] == [
+        ("thesis_jsonl", ("2012-05", "2012-05"))
+    ]
     assert _redone(redo)[1:] == HF_SEGMENT_AND_DOWNSTREAM
     assert _redone(materialize_chain(chain, instance, keys)) == []
 
@@ -152,7 +158,9 @@ def test_the_validation_report_fails_a_stage_whose_files_are_gone(data_dir, inst
 
     shutil.rmtree(settings.paths.sft_model)
     settings.paths.sft_model.mkdir()  # as a killed fine-tune of old left it: there, and empty
-    alone = dg.materialize(chain.definitions, instance=instance, resources=chain.resources, selection=["validation_report"])
+    alone = dg.materialize(
+        chain.definitions, instance=instance, resources=chain.resources, selection=["validation_report"]
+    )
     assert alone.success
     report = json.loads((settings.paths.reports / "validation_report.json").read_text())
     assert report["ready_for_gpu"] is False

@@ -20,13 +20,23 @@ from sftc_core.configs import CorpusConfig
 from sftc_core.market import load_sample_prices
 from sftc_jobs.cli import main as sftc
 
-CONFIG = CorpusConfig(source="sample", tickers=["AAPL", "MSFT", "IBM", "GOOG"], per_month=6, seed=11, horizon_days=5, cue_share=0.5, cue_accuracy=0.8)
+CONFIG = CorpusConfig(
+    source="sample",
+    tickers=["AAPL", "MSFT", "IBM", "GOOG"],
+    per_month=6,
+    seed=11,
+    horizon_days=5,
+    cue_share=0.5,
+    cue_accuracy=0.8,
+)
 ORDER = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """The theses written (their markers record when they were written, not what)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not is_marker(p)}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not is_marker(p)
+    }
 
 
 def theses_in(root: Path) -> list[dict]:
@@ -56,7 +66,9 @@ def independent_labels(ticker: str, horizon: int) -> tuple[pd.Series, np.ndarray
     frame = pd.DataFrame({"date": pd.to_datetime(raw["date"]), "adj": raw["adj_close"]}).set_index("date")
     sessions = xcals.get_calendar("XNYS", start="1995-01-01").sessions.tz_localize(None)
     span = sessions[(sessions >= frame.index[0]) & (sessions <= frame.index[-1])]
-    assert list(span) == list(frame.index), "the sample prices have exactly the XNYS sessions, so a row shift is a session shift"
+    assert list(span) == list(frame.index), (
+        "the sample prices have exactly the XNYS sessions, so a row shift is a session shift"
+    )
     entry, exit_ = frame["adj"].shift(-1), frame["adj"].shift(-(1 + horizon))
     forward = exit_ / entry - 1
     return forward, np.quantile(forward.dropna().to_numpy(), [0.2, 0.4, 0.6, 0.8])
@@ -124,26 +136,42 @@ def test_the_planted_cue_is_where_the_generator_says_and_names_the_action_mostly
     table = sample_corpus.sample_ticker_table("IBM", 5)
     months = [f"{year}-{month:02d}" for year in (2010, 2011, 2012) for month in range(1, 13)]
     config = CONFIG.model_copy(update={"per_month": 20})
-    cued = [t for m in months for t in sample_corpus.month_theses("IBM", table, m, config) if sample_corpus.planted_cue(t.support)]
+    cued = [
+        t
+        for m in months
+        for t in sample_corpus.month_theses("IBM", table, m, config)
+        if sample_corpus.planted_cue(t.support)
+    ]
     total = sum(len(sample_corpus.month_theses("IBM", table, m, config)) for m in months)
     # ~half the theses carry the note, last among the facts and opening the reasoning; it names the label ~80% of the time.
     assert 0.42 < len(cued) / total < 0.58
-    assert all(t.support[-1].startswith(sample_corpus.CUE_PREFIX) and t.reasoning.startswith(t.support[-1] + ". ") for t in cued)
+    assert all(
+        t.support[-1].startswith(sample_corpus.CUE_PREFIX) and t.reasoning.startswith(t.support[-1] + ". ")
+        for t in cued
+    )
     agrees = np.mean([sample_corpus.planted_cue(t.support) == t.action for t in cued])
     assert 0.74 < agrees < 0.86
     # Every wording belongs to one action's bank, and a wrong note points to another action.
-    assert {sample_corpus.planted_cue([p]) for phrases in sample_corpus.CUE_PHRASES.values() for p in phrases} == set(ORDER)
+    assert {sample_corpus.planted_cue([p]) for phrases in sample_corpus.CUE_PHRASES.values() for p in phrases} == set(
+        ORDER
+    )
     assert sample_corpus.planted_cue(["Desk note: something else"]) is None
 
 
 def test_without_the_cue_the_text_is_the_same_and_no_note_appears():
     table = sample_corpus.sample_ticker_table("MSFT", 5)
     with_cue = sample_corpus.month_theses("MSFT", table, "2011-08", CONFIG.model_copy(update={"per_month": 20}))
-    without = sample_corpus.month_theses("MSFT", table, "2011-08", CONFIG.model_copy(update={"per_month": 20, "cue_share": 0.0}))
+    without = sample_corpus.month_theses(
+        "MSFT", table, "2011-08", CONFIG.model_copy(update={"per_month": 20, "cue_share": 0.0})
+    )
     assert all(sample_corpus.planted_cue(t.support) is None for t in without)
     for a, b in zip(with_cue, without):
         note = sample_corpus.planted_cue(a.support)
-        assert (a.support[:-1], a.reasoning.split(". ", 1)[1]) == (b.support, b.reasoning) if note else (a.support, a.reasoning) == (b.support, b.reasoning)
+        assert (
+            (a.support[:-1], a.reasoning.split(". ", 1)[1]) == (b.support, b.reasoning)
+            if note
+            else (a.support, a.reasoning) == (b.support, b.reasoning)
+        )
         assert a.action == b.action
 
 
@@ -161,7 +189,10 @@ def test_labels_are_the_forward_return_quintiles(corpus):
 
 
 def test_stated_returns_match_the_trailing_prices(corpus):
-    adj = {t: pd.Series(getattr(stocks, t)["adj_close"], index=pd.to_datetime(getattr(stocks, t)["date"])) for t in CONFIG.tickers}
+    adj = {
+        t: pd.Series(getattr(stocks, t)["adj_close"], index=pd.to_datetime(getattr(stocks, t)["date"]))
+        for t in CONFIG.tickers
+    }
     pattern = re.compile(r"^Return over 5 sessions ([+-]\d+\.\d)%, over 20 sessions ([+-]\d+\.\d)%$")
     seen = 0
     for thesis in theses_in(corpus):
@@ -220,7 +251,19 @@ def test_unknown_ticker_is_a_clear_error_and_writes_nothing(tmp_path):
 
 
 def test_cli_make_sample_corpus(tmp_path, data_dir, capsys):
-    args = ["make-sample-corpus", "--out", str(tmp_path / "a"), "--start", "2012-01-01", "--end", "2012-02-29", "--per-month", "3", "--seed", "5"]
+    args = [
+        "make-sample-corpus",
+        "--out",
+        str(tmp_path / "a"),
+        "--start",
+        "2012-01-01",
+        "--end",
+        "2012-02-29",
+        "--per-month",
+        "3",
+        "--seed",
+        "5",
+    ]
     assert sftc(args) == 0
     assert "24 theses" in capsys.readouterr().out
     assert sftc([*args[:2], str(tmp_path / "b"), *args[3:]]) == 0

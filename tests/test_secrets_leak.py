@@ -41,7 +41,13 @@ def sentinel_env(tmp_path, monkeypatch):
     data.mkdir()
     shutil.copy(REPO_ROOT / "configs" / "dagster.yaml", home / "dagster.yaml")
     # The evaluation endpoint's key too: the toy's eval goes through transformers serve, which gets it as a bearer token.
-    env = {"EODHD_API_KEY": sentinel, "SFTC_EVAL_API_KEY": sentinel, "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    env = {
+        "EODHD_API_KEY": sentinel,
+        "SFTC_EVAL_API_KEY": sentinel,
+        "DAGSTER_HOME": str(home),
+        "SFTC_DATA_DIR": str(data),
+        "HF_HUB_OFFLINE": "1",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for name in ("TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE"):
@@ -63,7 +69,12 @@ def test_settings_hold_the_key_but_never_show_it(sentinel_env):
     sentinel, _, _ = sentinel_env
     settings = load_settings()
     assert settings.eodhd_api_key.get_secret_value() == sentinel  # the test would prove nothing without the key loaded
-    for shown in (repr(settings), str(settings), repr(settings.model_dump()), repr(manifest_metadata(settings, "hf_splits"))):
+    for shown in (
+        repr(settings),
+        str(settings),
+        repr(settings.model_dump()),
+        repr(manifest_metadata(settings, "hf_splits")),
+    ):
         assert sentinel not in shown
 
 
@@ -90,7 +101,14 @@ def test_data_half_of_the_chain_writes_the_key_nowhere(sentinel_env, monkeypatch
 
 
 def _sftc(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("sftc")), *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=3600)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("sftc")), *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
 
 
 @pytest.mark.slow
@@ -100,13 +118,21 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
     first = _sftc(["run"], env, tmp_path)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     data = Path(env["SFTC_DATA_DIR"])
-    shown = data.relative_to(tmp_path) if data.is_relative_to(tmp_path) else data  # paths inside the working directory: relative
+    shown = (
+        data.relative_to(tmp_path) if data.is_relative_to(tmp_path) else data
+    )  # paths inside the working directory: relative
     assert f"Validation report: {shown / 'reports' / 'validation_report.md'} (ready for GPU: YES)\n" in first.stdout
     # What a person reads on the terminal: a line per run and per asset start and end, progress, the table; no
     # Dagster event, no traceback (those are in the log file). Progress lines come every 30 s, however slow the machine.
     terminal = (first.stdout + first.stderr).splitlines()
-    progress = [line for line in terminal if re.match(r"(training|eval_csv \d{4}-\d{2}|parsing theses|raw_xml: writing theses): ", line)]
-    assert len(terminal) - len(progress) <= 50 and not any("DEBUG" in line or "Traceback" in line for line in terminal), "\n".join(terminal)
+    progress = [
+        line
+        for line in terminal
+        if re.match(r"(training|eval_csv \d{4}-\d{2}|parsing theses|raw_xml: writing theses): ", line)
+    ]
+    assert len(terminal) - len(progress) <= 50 and not any(
+        "DEBUG" in line or "Traceback" in line for line in terminal
+    ), "\n".join(terminal)
     assert "Ready for GPU deployment: YES" in (data / "reports" / "validation_report.md").read_text()
     assert (data / "backtest" / "report.md").is_file()
 
@@ -126,7 +152,9 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
 
     assert files_containing(roots, sentinel) == []
     report = (data / "reports" / "validation_report.md").read_text()
-    assert "## What the GPU run will cost" in report and " GPU-hours, " in report  # the full profile's GPU run, estimated
+    assert (
+        "## What the GPU run will cost" in report and " GPU-hours, " in report
+    )  # the full profile's GPU run, estimated
 
     # The bundle for the reviewer and the GPU team: the chain's reports, eval CSVs and manifests, and no key.
     bundled = _sftc(["bundle", "--out", str(tmp_path / "bundle.tar.gz")], env, tmp_path)
@@ -134,7 +162,13 @@ def test_whole_toy_chain_run_twice_and_rerun_write_the_key_nowhere(sentinel_env,
     with tarfile.open(tmp_path / "bundle.tar.gz", "r:gz") as archive:
         members = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
     assert not [name for name, data in members.items() if sentinel.encode() in data]
-    assert {"reports/validation_report.md", "backtest/report.md", "eval/2012-09.csv", "run_manifests.json", "artifacts.json"} <= set(members)
+    assert {
+        "reports/validation_report.md",
+        "backtest/report.md",
+        "eval/2012-09.csv",
+        "run_manifests.json",
+        "artifacts.json",
+    } <= set(members)
     assert not [name for name in members if name.endswith((".safetensors", ".bin", ".env"))]
     manifests = json.loads(members["run_manifests.json"])
     assert {row["asset"] for row in manifests} >= {"sft_model", "eval_csv", "validation_report"}

@@ -20,9 +20,25 @@ def external_corpus(data_dir: Path, monkeypatch) -> ArtifactPaths:
     """The full profile's raw_xml: files already on disk, observed. January's AAPL comes again in a February file."""
     monkeypatch.setenv("SFTC_PROFILE", "full")
     paths = ArtifactPaths(data_dir)
-    write(paths.raw_xml, "2012/01/a.xml", "<theses>" + thesis(ticker="AAPL", as_of_date="2012-01-10") + thesis(ticker="MSFT", as_of_date="2012-01-11") + "</theses>")
-    write(paths.raw_xml, "2012/02/b.xml", "<theses>" + thesis(ticker="IBM", as_of_date="2012-02-02") + thesis(ticker="GOOG", as_of_date="2012-02-30") + "</theses>")
-    write(paths.raw_xml, "2012/02/late/c.xml", thesis(ticker="aapl", as_of_date="2012-01-10", action="sell"))  # dated January: a January duplicate
+    write(
+        paths.raw_xml,
+        "2012/01/a.xml",
+        "<theses>"
+        + thesis(ticker="AAPL", as_of_date="2012-01-10")
+        + thesis(ticker="MSFT", as_of_date="2012-01-11")
+        + "</theses>",
+    )
+    write(
+        paths.raw_xml,
+        "2012/02/b.xml",
+        "<theses>"
+        + thesis(ticker="IBM", as_of_date="2012-02-02")
+        + thesis(ticker="GOOG", as_of_date="2012-02-30")
+        + "</theses>",
+    )
+    write(
+        paths.raw_xml, "2012/02/late/c.xml", thesis(ticker="aapl", as_of_date="2012-01-10", action="sell")
+    )  # dated January: a January duplicate
     write(paths.raw_xml, "2012/02/d.xml", "<broken>")
     write(paths.raw_xml, "misc/e.xml", thesis(ticker="XOM", as_of_date="2030-01-02"))  # outside every partition
     return paths
@@ -41,7 +57,9 @@ def materialize(data_dir: Path, instance: dg.DagsterInstance, **kwargs) -> dg.Ex
 
 def metadata_of(result, asset: str) -> dict[str | None, dict]:
     events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
-    return {m.partition: {k: v.value for k, v in m.metadata.items()} for m in events if m.asset_key == dg.AssetKey(asset)}
+    return {
+        m.partition: {k: v.value for k, v in m.metadata.items()} for m in events if m.asset_key == dg.AssetKey(asset)
+    }
 
 
 def test_two_monthly_partitions_one_after_the_other(data_dir, external_corpus):
@@ -58,16 +76,27 @@ def test_two_monthly_partitions_one_after_the_other(data_dir, external_corpus):
     assert (raw_meta["source"], raw_meta["files"]) == ("external", 3)
     assert raw_meta["bytes"] == sum(p.stat().st_size for p in paths.raw_xml_month("2012-02").rglob("*.xml"))
     assert {k: jsonl_meta[k] for k in ("read", "accepted", "rejected", "corpus_read", "not_in_any_partition")} == {
-        "read": 3, "accepted": 1, "rejected": 2, "corpus_read": 7, "not_in_any_partition": 1,
+        "read": 3,
+        "accepted": 1,
+        "rejected": 2,
+        "corpus_read": 7,
+        "not_in_any_partition": 1,
     }
     assert "invalid_date" in jsonl_meta["reject_reasons"] and "IBM-2012-02-02" in jsonl_meta["preview"]
-    assert {e.check_name: e.passed for e in february.get_asset_check_evaluations()} == {COUNTS_CHECK: True, SCHEMA_CHECK: True}
+    assert {e.check_name: e.passed for e in february.get_asset_check_evaluations()} == {
+        COUNTS_CHECK: True,
+        SCHEMA_CHECK: True,
+    }
     february_bytes = paths.jsonl_month("2012-02").read_bytes(), paths.rejects_month("2012-02").read_bytes()
 
     january = materialize(data_dir, instance, partition_key="2012-01")
     assert [r["id"] for r in read_jsonl(paths.jsonl_month("2012-01"))] == ["AAPL-2012-01-10", "MSFT-2012-01-11"]
     [duplicate] = read_jsonl(paths.rejects_month("2012-01"))  # found though its file lives in February's directory
-    assert (duplicate["source_file"], duplicate["reason"], duplicate["duplicate_of"]) == ("2012/02/late/c.xml", "duplicate", "AAPL-2012-01-10")
+    assert (duplicate["source_file"], duplicate["reason"], duplicate["duplicate_of"]) == (
+        "2012/02/late/c.xml",
+        "duplicate",
+        "AAPL-2012-01-10",
+    )
     assert metadata_of(january, "thesis_jsonl")["2012-01"]["date_range"] == "2012-01-10..2012-01-11"
     assert (paths.jsonl_month("2012-02").read_bytes(), paths.rejects_month("2012-02").read_bytes()) == february_bytes
     assert instance.get_materialized_partitions(dg.AssetKey("thesis_jsonl")) == {"2012-01", "2012-02"}
@@ -76,12 +105,17 @@ def test_two_monthly_partitions_one_after_the_other(data_dir, external_corpus):
 def test_a_range_of_months_in_one_run_matches_month_by_month(data_dir, external_corpus):
     paths, instance = external_corpus, dg.DagsterInstance.ephemeral()
     ranged = materialize(
-        data_dir, instance, tags={"dagster/asset_partition_range_start": "2012-01", "dagster/asset_partition_range_end": "2012-03"}
+        data_dir,
+        instance,
+        tags={"dagster/asset_partition_range_start": "2012-01", "dagster/asset_partition_range_end": "2012-03"},
     )
     assert set(metadata_of(ranged, "thesis_jsonl")) == {"2012-01", "2012-02", "2012-03"}
+
     # Each month's materialization, read back from the instance, carries that month's own figures.
     def stored(asset: str, month: str) -> dict:
-        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[month]), limit=5).records
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[month]), limit=5
+        ).records
         return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
     january, february = stored("thesis_jsonl", "2012-01"), stored("thesis_jsonl", "2012-02")
@@ -93,6 +127,7 @@ def test_a_range_of_months_in_one_run_matches_month_by_month(data_dir, external_
     assert [stored("raw_xml", m)["files"] for m in ("2012-01", "2012-02", "2012-03")] == [1, 3, 0]
     assert len(ranged.get_asset_materialization_events()) == 6  # one run: three months of both assets
     assert read_jsonl(paths.jsonl_month("2012-03")) == [] and read_jsonl(paths.rejects_month("2012-03")) == []
+
     def data_files() -> dict:  # the records and rejects (their markers and locks record when, not what)
         return {p.name: p.read_bytes() for p in paths.jsonl.iterdir() if not p.name.startswith(".")}
 
@@ -112,8 +147,13 @@ def test_the_counts_check_fails_when_a_written_line_is_lost(data_dir, external_c
         return counts
 
     monkeypatch.setattr(parser, "write_jsonl_outputs", lossy_write)
-    result = dg.materialize(theses_stage(), instance=dg.DagsterInstance.ephemeral(), partition_key="2012-01", raise_on_error=False)
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {COUNTS_CHECK: False, SCHEMA_CHECK: True}
+    result = dg.materialize(
+        theses_stage(), instance=dg.DagsterInstance.ephemeral(), partition_key="2012-01", raise_on_error=False
+    )
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        COUNTS_CHECK: False,
+        SCHEMA_CHECK: True,
+    }
 
 
 def test_toy_profile_generates_and_parses_a_sample_month(data_dir):

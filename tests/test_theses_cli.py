@@ -22,7 +22,11 @@ SAMPLES = REPO_ROOT / "data" / "samples"
 def corpus(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)  # the CLI's log file goes under ./logs
     root = tmp_path / "xml"
-    write(root, "2024/01/a.xml", "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-01-16", action="??") + "</theses>")
+    write(
+        root,
+        "2024/01/a.xml",
+        "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-01-16", action="??") + "</theses>",
+    )
     write(root, "2024/01/b.xml", thesis())
     write(root, "2024/01/c.xml", "<thesis>")
     return root
@@ -32,7 +36,9 @@ def test_writes_records_and_rejects_and_prints_one_summary_line(corpus, tmp_path
     out = tmp_path / "out" / "theses.jsonl"
     assert main(["xml-to-jsonl", "--input-dir", str(corpus), "--output", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == [f"read 4 theses in 3 files: 1 accepted, 3 rejected (duplicate: 1, invalid_action: 1, malformed_xml: 1) -> {out}"]
+    assert printed == [
+        f"read 4 theses in 3 files: 1 accepted, 3 rejected (duplicate: 1, invalid_action: 1, malformed_xml: 1) -> {out}"
+    ]
     assert [r["id"] for r in read_jsonl(out)] == ["AAPL-2024-01-15"]
     rejects = read_jsonl(tmp_path / "out" / "theses.rejects.jsonl")
     assert [(r["source_file"], r["index"], r["reason"]) for r in rejects] == [
@@ -88,7 +94,10 @@ def test_unwritable_output_exits_2_and_keeps_the_previous_files(corpus, tmp_path
     assert main(["xml-to-jsonl", "--input-dir", str(corpus), "--output", str(out), "--force"]) == 2
     assert "cannot write" in capsys.readouterr().err
     assert out.read_text() == "previous\n"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o.", ".o."))) == ["o.jsonl", "o.rejects.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o.", ".o."))) == [
+        "o.jsonl",
+        "o.rejects.jsonl",
+    ]
 
 
 def test_same_path_for_output_and_rejects_is_refused(corpus, tmp_path, capsys):

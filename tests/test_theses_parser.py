@@ -38,6 +38,7 @@ from sftc_core.io import read_jsonl
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "data" / "samples"
 
+
 def parse_one(tmp_path: Path, xml: str | bytes, rel: str = "2024/01/t.xml") -> ParseResult:
     write(tmp_path, rel, xml)
     return parse_corpus(tmp_path)
@@ -67,9 +68,13 @@ def test_sample_corpus_gives_exactly_the_rejects_listed_in_its_readme():
     expected = _readme_rejects()
     assert len(expected) == 21
     assert {(r["source_file"], r["index"], r["field"], r["reason"]) for r in result.rejects} == expected
-    summary = re.search(r"read (\d+) theses in (\d+) files: (\d+) accepted, (\d+) rejected", (SAMPLES / "README.md").read_text())
+    summary = re.search(
+        r"read (\d+) theses in (\d+) files: (\d+) accepted, (\d+) rejected", (SAMPLES / "README.md").read_text()
+    )
     counts = result.counts()
-    assert (counts["read"], counts["files"], counts["accepted"], counts["rejected"]) == tuple(map(int, summary.groups()))
+    assert (counts["read"], counts["files"], counts["accepted"], counts["rejected"]) == tuple(
+        map(int, summary.groups())
+    )
     assert counts["unknown_elements"] == {"thesis/analyst": 1}
     assert all(not record_problems(r) for r in result.records)
     assert all(not reject_problems(r) for r in result.rejects)
@@ -83,7 +88,9 @@ def test_sample_corpus_normalises_the_hand_checked_records():
     assert records["BRK.B-2012-01-17"]["action"] == "STRONG_SELL"
     assert "café" in records["XOM-2012-01-24"]["reasoning"]  # declared ISO-8859-1
     assert "€" in records["jpm-2012-02-21"]["reasoning"]  # UTF-8 with a BOM
-    assert records["ibm-2012-01-11"]["reasoning"].startswith("Price sits 2% below the 52-week high & trend is flat: <no edge>")
+    assert records["ibm-2012-01-11"]["reasoning"].startswith(
+        "Price sits 2% below the 52-week high & trend is flat: <no edge>"
+    )
     assert "<!--" not in records["GOOG-2012-01-12"]["reasoning"]
     assert records["nvda-2012-01-31"]["ticker"] == "NVDA" and records["nvda-2012-01-31"]["confidence"] == 0.8
     assert records["XOM-2012-02-14"]["source_file"] == "2012/02/desk-a/energy/xom-2012-02-14.xml"
@@ -132,13 +139,30 @@ def test_defaults_for_optional_fields_and_the_default_id(tmp_path):
     [record] = parse_one(tmp_path, thesis(ticker="brk.b")).records
     assert record["id"] == "BRK.B-2024-01-15"
     assert (record["support"], record["horizon_days"], record["confidence"]) == ([], 5, None)
-    assert list(record) == ["id", "ticker", "as_of_date", "reasoning", "support", "action", "horizon_days", "confidence", "source_file"]
+    assert list(record) == [
+        "id",
+        "ticker",
+        "as_of_date",
+        "reasoning",
+        "support",
+        "action",
+        "horizon_days",
+        "confidence",
+        "source_file",
+    ]
 
 
 @pytest.mark.parametrize(
     "written, canonical",
-    [("Strong Buy", "STRONG_BUY"), ("strong-buy", "STRONG_BUY"), ("  strong   buy ", "STRONG_BUY"), ("Strong-Sell", "STRONG_SELL"),
-     ("hold", "HOLD"), ("SELL", "SELL"), ("strong_sell", "STRONG_SELL")],
+    [
+        ("Strong Buy", "STRONG_BUY"),
+        ("strong-buy", "STRONG_BUY"),
+        ("  strong   buy ", "STRONG_BUY"),
+        ("Strong-Sell", "STRONG_SELL"),
+        ("hold", "HOLD"),
+        ("SELL", "SELL"),
+        ("strong_sell", "STRONG_SELL"),
+    ],
 )
 def test_action_spellings(tmp_path, written, canonical):
     assert parse_one(tmp_path, thesis(action=written)).records[0]["action"] == canonical
@@ -228,7 +252,12 @@ def test_negative_zero_confidence_is_written_as_zero(tmp_path):
 )
 def test_field_rejects(tmp_path, fields, field, reason):
     reject = only_reject(parse_one(tmp_path, thesis(**fields)))
-    assert (reject["source_file"], reject["index"], reject["field"], reject["reason"]) == ("2024/01/t.xml", 0, field, reason)
+    assert (reject["source_file"], reject["index"], reject["field"], reject["reason"]) == (
+        "2024/01/t.xml",
+        0,
+        field,
+        reason,
+    )
     assert reject["detail"] and not reject_problems(reject)
 
 
@@ -254,11 +283,17 @@ def test_every_problem_is_in_the_detail_and_the_first_in_field_order_is_named(tm
 
 
 def test_unknown_elements_are_ignored_and_counted(tmp_path):
-    xml = "<theses><meta>batch 7</meta>" + thesis().replace("</thesis>", "<note>n</note><note>m</note><flag/></thesis>") + "</theses>"
+    xml = (
+        "<theses><meta>batch 7</meta>"
+        + thesis().replace("</thesis>", "<note>n</note><note>m</note><flag/></thesis>")
+        + "</theses>"
+    )
     result = parse_one(tmp_path, xml)
     assert len(result.records) == 1
     assert result.counts()["unknown_elements"] == {"thesis/note": 2, "theses/meta": 1, "thesis/flag": 1}
-    assert "unknown elements ignored (thesis/note: 2, theses/meta: 1, thesis/flag: 1)" in summary_line(result, "o.jsonl")
+    assert "unknown elements ignored (thesis/note: 2, theses/meta: 1, thesis/flag: 1)" in summary_line(
+        result, "o.jsonl"
+    )
 
 
 # --- file shapes ---------------------------------------------------------------------------
@@ -315,7 +350,12 @@ def test_the_later_duplicate_in_sorted_path_order_is_rejected_whatever_the_creat
     result = parse_corpus(tmp_path)
     assert [r["id"] for r in result.records] == ["first"]
     [reject] = result.rejects
-    assert (reject["source_file"], reject["reason"], reject["duplicate_of"], reject["field"]) == ("2024/01/b.xml", "duplicate", "first", None)
+    assert (reject["source_file"], reject["reason"], reject["duplicate_of"], reject["field"]) == (
+        "2024/01/b.xml",
+        "duplicate",
+        "first",
+        None,
+    )
     assert "2024/01/a.xml" in reject["detail"]
 
 
@@ -339,7 +379,14 @@ def test_a_rejected_thesis_does_not_claim_its_ticker_and_date(tmp_path):
 
 
 def test_a_reused_id_on_another_ticker_and_date_is_duplicate_id(tmp_path):
-    xml = "<theses>" + thesis(' id="x1"') + thesis(' id="x1"', ticker="MSFT") + thesis(' id="AAPL-2024-01-16"', ticker="IBM") + thesis() + "</theses>"
+    xml = (
+        "<theses>"
+        + thesis(' id="x1"')
+        + thesis(' id="x1"', ticker="MSFT")
+        + thesis(' id="AAPL-2024-01-16"', ticker="IBM")
+        + thesis()
+        + "</theses>"
+    )
     write(tmp_path, "2024/01/a.xml", xml)
     write(tmp_path, "2024/01/b.xml", thesis(as_of_date="2024-01-16"))  # its default id was taken explicitly above
     result = parse_corpus(tmp_path)
@@ -388,7 +435,11 @@ def test_external_entities_and_dtds_are_rejected_and_nothing_leaks(tmp_path, doc
     secret = tmp_path / "outside" / "secret.txt"
     write(tmp_path, "outside/secret.txt", "TOP-SECRET-7f3a")
     corpus = tmp_path / "corpus"
-    xml = '<?xml version="1.0"?>' + doctype.format(secret=secret) + thesis(reasoning="&leak;" if "ENTITY leak" in doctype else "r")
+    xml = (
+        '<?xml version="1.0"?>'
+        + doctype.format(secret=secret)
+        + thesis(reasoning="&leak;" if "ENTITY leak" in doctype else "r")
+    )
     result = parse_one(corpus, xml)
     reject = only_reject(result)
     assert (reject["reason"], reject["index"]) == ("forbidden_xml", None)
@@ -416,9 +467,21 @@ def test_no_external_resource_is_fetched(tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         write(tmp_path, "2024/01/a.xml", f'<!DOCTYPE thesis SYSTEM "{url}/dtd">' + thesis())
-        write(tmp_path, "2024/01/b.xml", f'<!DOCTYPE thesis [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>' + thesis(ticker="B"))
-        write(tmp_path, "2024/01/c.xml", f'<!DOCTYPE thesis [<!ENTITY e SYSTEM "{url}/e">]>' + thesis(ticker="C", reasoning="&e;"))
-        write(tmp_path, "2024/01/d.xml", thesis(ticker="D").replace("<thesis>", f'<thesis xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="{url}/x"/>'))
+        write(
+            tmp_path, "2024/01/b.xml", f'<!DOCTYPE thesis [<!ENTITY % p SYSTEM "{url}/pe"> %p;]>' + thesis(ticker="B")
+        )
+        write(
+            tmp_path,
+            "2024/01/c.xml",
+            f'<!DOCTYPE thesis [<!ENTITY e SYSTEM "{url}/e">]>' + thesis(ticker="C", reasoning="&e;"),
+        )
+        write(
+            tmp_path,
+            "2024/01/d.xml",
+            thesis(ticker="D").replace(
+                "<thesis>", f'<thesis xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="{url}/x"/>'
+            ),
+        )
         result = parse_corpus(tmp_path)
     finally:
         server.shutdown()
@@ -434,7 +497,10 @@ def test_no_external_resource_is_fetched(tmp_path):
 @pytest.mark.parametrize(
     "data, reasoning",
     [
-        (('<?xml version="1.0" encoding="ISO-8859-1"?>' + thesis(reasoning="café crème")).encode("latin-1"), "café crème"),
+        (
+            ('<?xml version="1.0" encoding="ISO-8859-1"?>' + thesis(reasoning="café crème")).encode("latin-1"),
+            "café crème",
+        ),
         (('<?xml version="1.0" encoding="windows-1252"?>' + thesis(reasoning="costs 5€")).encode("cp1252"), "costs 5€"),
         (("\ufeff" + thesis(reasoning="naïve")).encode("utf-8"), "naïve"),
         (thesis(reasoning="ü").encode("utf-16"), "ü"),  # with its BOM
@@ -511,7 +577,11 @@ def test_an_unreadable_file_stops_the_run_naming_it(tmp_path):
 
 
 def test_outputs_are_written_whole_and_follow_the_schema(tmp_path):
-    write(tmp_path, "in/2024/01/a.xml", "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-01-02") + thesis(action="x") + "</theses>")
+    write(
+        tmp_path,
+        "in/2024/01/a.xml",
+        "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-01-02") + thesis(action="x") + "</theses>",
+    )
     result = parse_corpus(tmp_path / "in")
     out, rejects = tmp_path / "out" / "t.jsonl", tmp_path / "out" / "t.rejects.jsonl"
     assert write_jsonl_outputs(result, out, rejects) == (2, 1)
@@ -525,8 +595,14 @@ def _corpus_files(rng: random.Random) -> dict[str, str]:
     files = {}
     for n in range(40):
         month = f"2024/{1 + n % 3:02d}"
-        body = "".join(thesis(ticker=rng.choice(["AAPL", "MSFT", "IBM", "GOOG"]), as_of_date=f"2024-{1 + n % 3:02d}-{1 + rng.randrange(5):02d}",
-                              action=rng.choice(["buy", "SELL", "hold", "bad"])) for _ in range(rng.randrange(1, 4)))
+        body = "".join(
+            thesis(
+                ticker=rng.choice(["AAPL", "MSFT", "IBM", "GOOG"]),
+                as_of_date=f"2024-{1 + n % 3:02d}-{1 + rng.randrange(5):02d}",
+                action=rng.choice(["buy", "SELL", "hold", "bad"]),
+            )
+            for _ in range(rng.randrange(1, 4))
+        )
         files[f"{month}/f{rng.randrange(10**6):06d}-{n}.xml"] = f"<theses>{body}</theses>"
     return files
 
@@ -545,7 +621,9 @@ def test_same_input_gives_byte_identical_output_whatever_the_creation_order(tmp_
         outputs.append(((root / "o.jsonl").read_bytes(), (root / "o.rejects.jsonl").read_bytes()))
     assert outputs[0] == outputs[1]
     records = [json.loads(line) for line in outputs[0][0].splitlines()]
-    assert [(r["as_of_date"], r["ticker"], r["id"]) for r in records] == sorted((r["as_of_date"], r["ticker"], r["id"]) for r in records)
+    assert [(r["as_of_date"], r["ticker"], r["id"]) for r in records] == sorted(
+        (r["as_of_date"], r["ticker"], r["id"]) for r in records
+    )
     rejects = [json.loads(line) for line in outputs[0][1].splitlines()]
     assert any(r["reason"] == "duplicate" for r in rejects) and any(r["reason"] == "invalid_action" for r in rejects)
 
@@ -566,16 +644,26 @@ def test_read_ahead_batches_do_not_change_the_result(tmp_path, monkeypatch, batc
 
 
 def test_every_line_belongs_to_exactly_one_month(tmp_path):
-    write(tmp_path, "2024/01/a.xml", "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-02-03") + "</theses>")
+    write(
+        tmp_path, "2024/01/a.xml", "<theses>" + thesis() + thesis(ticker="MSFT", as_of_date="2024-02-03") + "</theses>"
+    )
     write(tmp_path, "2024/02/bad-date.xml", thesis(as_of_date="2024-02-30"))
     write(tmp_path, "2024/02/broken.xml", "<thesis>")
-    write(tmp_path, "2024/03/nested.xml", thesis(ticker="IBM", as_of_date="2024-03-01").replace("</thesis>", thesis() + "</thesis>"))
+    write(
+        tmp_path,
+        "2024/03/nested.xml",
+        thesis(ticker="IBM", as_of_date="2024-03-01").replace("</thesis>", thesis() + "</thesis>"),
+    )
     write(tmp_path, "misc/loose.xml", thesis(ticker="IBM", as_of_date="2024-05-02", action="x"))
     result = parse_corpus(tmp_path)
     by_month = result.by_month()
     assert {m: sorted((o.reject or o.record)["source_file"] for o in r.outcomes) for m, r in by_month.items()} == {
         "2024-01": ["2024/01/a.xml"],
-        "2024-02": ["2024/01/a.xml", "2024/02/bad-date.xml", "2024/02/broken.xml"],  # a date's month, else the directory's
+        "2024-02": [
+            "2024/01/a.xml",
+            "2024/02/bad-date.xml",
+            "2024/02/broken.xml",
+        ],  # a date's month, else the directory's
         "2024-03": ["2024/03/nested.xml", "2024/03/nested.xml"],
         "2024-05": ["misc/loose.xml"],  # its date is real, so it has a month though its directory has none
     }
@@ -593,11 +681,28 @@ def test_a_file_outside_any_month_directory_with_no_date_has_no_month(tmp_path):
 
 
 def test_schema_checks_catch_bad_lines():
-    good = {"id": "a", "ticker": "AAPL", "as_of_date": "2024-01-15", "reasoning": "r", "support": [], "action": "BUY",
-            "horizon_days": 5, "confidence": None, "source_file": "2024/01/a.xml"}
+    good = {
+        "id": "a",
+        "ticker": "AAPL",
+        "as_of_date": "2024-01-15",
+        "reasoning": "r",
+        "support": [],
+        "action": "BUY",
+        "horizon_days": 5,
+        "confidence": None,
+        "source_file": "2024/01/a.xml",
+    }
     assert record_problems(good) == []
-    for change in ({"ticker": "aapl"}, {"as_of_date": "2024-02-30"}, {"horizon_days": 5.0}, {"horizon_days": True},
-                   {"confidence": float("nan")}, {"action": "Buy"}, {"support": [""]}, {"reasoning": ""}):
+    for change in (
+        {"ticker": "aapl"},
+        {"as_of_date": "2024-02-30"},
+        {"horizon_days": 5.0},
+        {"horizon_days": True},
+        {"confidence": float("nan")},
+        {"action": "Buy"},
+        {"support": [""]},
+        {"reasoning": ""},
+    ):
         assert record_problems({**good, **change}), change
     assert record_problems({k: v for k, v in good.items() if k != "confidence"})
     assert month_problems([good], [], "2024-02")  # wrong month
@@ -615,7 +720,9 @@ def test_schema_checks_catch_bad_lines():
 # --- property: random valid theses round-trip ----------------------------------------------------
 
 # No whitespace at all (trimming is tested above) and only characters XML can carry.
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Cn", "Zs", "Zl", "Zp")), min_size=1, max_size=40)
+_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Cn", "Zs", "Zl", "Zp")), min_size=1, max_size=40
+)
 _thesis_values = st.fixed_dictionaries(
     {
         "ticker": st.from_regex(r"[A-Z0-9][A-Z0-9.\-]{0,14}", fullmatch=True),
@@ -634,8 +741,14 @@ def _spelled(action: str, style: int) -> str:
 
 
 @settings(max_examples=60, deadline=None)
-@given(values=_thesis_values, with_id=st.booleans(), style=st.integers(0, 3), pad=st.sampled_from(["", " ", "\n  "]),
-       order_seed=st.integers(0, 1000), cdata=st.booleans())
+@given(
+    values=_thesis_values,
+    with_id=st.booleans(),
+    style=st.integers(0, 3),
+    pad=st.sampled_from(["", " ", "\n  "]),
+    order_seed=st.integers(0, 1000),
+    cdata=st.booleans(),
+)
 def test_random_valid_theses_round_trip(tmp_path_factory, values, with_id, style, pad, order_seed, cdata):
     root = tmp_path_factory.mktemp("rt")
     elem = etree.Element("thesis", id="t-1") if with_id else etree.Element("thesis")
@@ -645,7 +758,11 @@ def test_random_valid_theses_round_trip(tmp_path_factory, values, with_id, style
         if value is None:
             continue
         child = etree.Element(name)
-        text = _spelled(value, style) if name == "action" else (value.lower() if name == "ticker" else repr(value) if name == "confidence" else str(value))
+        text = (
+            _spelled(value, style)
+            if name == "action"
+            else (value.lower() if name == "ticker" else repr(value) if name == "confidence" else str(value))
+        )
         child.text = etree.CDATA(pad + text + pad) if cdata and name == "reasoning" else pad + text + pad
         children.append(child)
     if values["support"]:

@@ -38,20 +38,36 @@ def test_two_ranks_match_one_rank(toy_inputs, data_dir, capsys):
     assert two["initial_val_loss"] == pytest.approx(one["initial_val_loss"], rel=1e-6)
     published = data_dir / "two"
     assert json.loads((published / "metrics.json").read_text())["world_size"] == 2
-    assert not work_dir(published).exists() and (published / "checkpoints" / f"step-{STEPS}").is_dir()  # the work dir became the output
+    assert (
+        not work_dir(published).exists() and (published / "checkpoints" / f"step-{STEPS}").is_dir()
+    )  # the work dir became the output
 
 
 def test_a_failed_launch_keeps_the_last_good_model(toy_inputs, data_dir, capsys):
     model, data = toy_inputs
     output = data_dir / "sft"
-    first = train(capsys, "--model", str(model), "--data", str(data), "--max-steps", "4", "--output", str(output), "--launcher", "local")
+    first = train(
+        capsys,
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--max-steps",
+        "4",
+        "--output",
+        str(output),
+        "--launcher",
+        "local",
+    )
     assert first["steps"] == 4
     # a run that fails inside its job: a line of its training data is not JSON
     broken = data_dir / "broken"
     shutil.copytree(data, broken)
     with open(broken / "training.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{not json\n")
-    rc = sftc_main(["train", "--model", str(model), "--data", str(broken), "--output", str(output), "--launcher", "local"])
+    rc = sftc_main(
+        ["train", "--model", str(model), "--data", str(broken), "--output", str(output), "--launcher", "local"]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "(finetune) ended FAILED, exit code 1" in err and "training.jsonl:41: not valid JSON" in err

@@ -53,8 +53,21 @@ def with_data(data_dir):
 
 def test_the_reference_config_is_deepseek_v3_as_released():
     arch = reference_architecture()
-    assert (arch.layers, arch.dense_layers, arch.experts, arch.shared_experts, arch.experts_per_token) == (61, 3, 256, 1, 8)
-    assert (arch.heads, arch.hidden, arch.q_lora_rank, arch.kv_lora_rank, arch.vocab, arch.mtp_layers) == (128, 7168, 1536, 512, 129280, 1)
+    assert (arch.layers, arch.dense_layers, arch.experts, arch.shared_experts, arch.experts_per_token) == (
+        61,
+        3,
+        256,
+        1,
+        8,
+    )
+    assert (arch.heads, arch.hidden, arch.q_lora_rank, arch.kv_lora_rank, arch.vocab, arch.mtp_layers) == (
+        128,
+        7168,
+        1536,
+        512,
+        129280,
+        1,
+    )
     # The release's README_WEIGHTS.md: 671B parameters in the main model, 11.5B more in the MTP module, 0.9B embedding.
     assert abs(arch.main_params / 671e9 - 1) < 0.002
     assert abs(arch.mtp_unique_params / 11.5e9 - 1) < 0.02
@@ -69,11 +82,15 @@ def test_parameter_counts_match_a_real_checkpoints_headers(tmp_path, fp8):
     """The formulas per part against the tensors of a real (toy) DeepSeek-V3 checkpoint, read from its headers."""
     checkpoint = tmp_path / "ckpt"
     make_toy_checkpoint(checkpoint, ["buy hold sell " * 40, "margins and momentum " * 40], fp8=fp8, vocab_size=300)
-    arch = architecture_of(checkpoint, read_model_config(REFERENCE))  # reachable: the checkpoint wins over the reference
+    arch = architecture_of(
+        checkpoint, read_model_config(REFERENCE)
+    )  # reachable: the checkpoint wins over the reference
     assert "safetensors headers" in arch.source and arch.layers == 3
     assert arch.counted_params == arch.checkpoint_params  # the MTP layer's tensors too, by the release's formula
     assert arch.mtp_layers == 1 and arch.checkpoint_params > arch.main_params + arch.mtp_unique_params
-    tensor_bytes = sum(f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in checkpoint.glob("*.safetensors"))
+    tensor_bytes = sum(
+        f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in checkpoint.glob("*.safetensors")
+    )
     assert arch.bf16_checkpoint_bytes == (plan_conversion(checkpoint).total_size if fp8 else tensor_bytes)
     # The size the GPU plan derives from a config alone (the release's, where its checkpoint is not reachable) is the
     # bytes the writer stored, FP8 weights, scales of awkward block grids and the FP32 router bias included.
@@ -89,7 +106,9 @@ def test_nemos_five_node_lora_recipe_fits_80gb_and_full_finetuning_on_it_does_no
     arch, lora = reference_architecture(), load_finetune_config()  # the shipped config is NeMo's LoRA recipe
     assert (lora.nodes, lora.parallelism.tensor, lora.parallelism.pipeline, lora.gpu_memory_gb) == (5, 8, 5, 80)
     fits = memory.gpu_memory(arch, lora)
-    assert fits.fits and fits.needed_bytes > 0.5 * fits.available_bytes  # fits, and not by an estimate that forgot half the model
+    assert (
+        fits.fits and fits.needed_bytes > 0.5 * fits.available_bytes
+    )  # fits, and not by an estimate that forgot half the model
     full = memory.gpu_memory(arch, lora.model_copy(update={"peft": "none"}))
     assert not full.fits and full.needed_bytes > 3 * full.available_bytes
     terms = {term.name for term in full.terms}
@@ -107,11 +126,20 @@ def test_the_estimate_follows_sequence_length_recompute_and_pipeline():
     base = term(config, "activations")
     assert term(config.model_copy(update={"seq_length": 4096}), "activations") == pytest.approx(2 * base, rel=0.01)
     assert term(config.model_copy(update={"recompute": "full"}), "activations") < base / 4
-    wider = config.model_copy(update={"nodes": 10, "parallelism": config.parallelism.model_copy(update={"pipeline": 10, "layers_in_first_pipeline_stage": 7, "layers_in_last_pipeline_stage": 6})})
+    wider = config.model_copy(
+        update={
+            "nodes": 10,
+            "parallelism": config.parallelism.model_copy(
+                update={"pipeline": 10, "layers_in_first_pipeline_stage": 7, "layers_in_last_pipeline_stage": 6}
+            ),
+        }
+    )
     assert term(wider, "bf16 weights") < 0.6 * term(config, "bf16 weights")
     stages = memory.stage_estimates(arch, config)
     assert [e.what for e in stages][0] == "a rank of pipeline stage 0 (13 layers)" and len(stages) == 5
-    assert "logits and loss" in {t.name for t in stages[-1].terms} and "logits and loss" not in {t.name for t in stages[0].terms}
+    assert "logits and loss" in {t.name for t in stages[-1].terms} and "logits and loss" not in {
+        t.name for t in stages[0].terms
+    }
 
 
 def test_host_ram_and_disk_against_the_cluster():
@@ -120,7 +148,11 @@ def test_host_ram_and_disk_against_the_cluster():
     assert 1.2e12 <= ram.needed_bytes <= 1.7e12 and ram.fits  # the anchors: 1.2 to 1.6 TB for the 671B model
     assert not memory.import_host_memory(arch, 1024 * 2**30, "1Ti").fits
     disk = memory.data_volume(arch, config, None, "unknown")
-    assert disk.fits is None and {"BF16 checkpoint (bf16_checkpoint)", "NeMo checkpoint (nemo_model)", "merged LoRA checkpoint (NeMo)"} <= {t.name for t in disk.terms}
+    assert disk.fits is None and {
+        "BF16 checkpoint (bf16_checkpoint)",
+        "NeMo checkpoint (nemo_model)",
+        "merged LoRA checkpoint (NeMo)",
+    } <= {t.name for t in disk.terms}
     full = memory.data_volume(arch, config.model_copy(update={"peft": "none"}), 8 * 2**40, "8Ti")
     assert not full.fits  # three full checkpoints with their Adam state
 
@@ -132,8 +164,20 @@ def test_the_shipped_plan_holds_and_shows_its_arithmetic(with_data):
     plan = build_gpu_plan(load_settings(), check_nemo=False, launch_checks=gpu_plan_launch_checks)
     checks = _checks(plan)
     assert plan.passed, [c.line for c in plan.checks if c.status == FAIL]
-    for name in ("model architecture", "parallel layout", "GPU memory", "host RAM", "data volume", "batch arithmetic", "LoRA targets",
-                 "sequence length", "answer length", "special tokens", "knowledge cutoff", "launch plan"):
+    for name in (
+        "model architecture",
+        "parallel layout",
+        "GPU memory",
+        "host RAM",
+        "data volume",
+        "batch arithmetic",
+        "LoRA targets",
+        "sequence length",
+        "answer length",
+        "special tokens",
+        "knowledge cutoff",
+        "launch plan",
+    ):
         assert checks[name].status == PASS, checks[name].line
     assert "#SBATCH --nodes=5" in checks["launch plan"].details  # the full profile's Slurm job, rendered
     assert checks["target cluster"].scope == TARGET_CLUSTER and checks["target cluster"].status == NOT_CHECKED
@@ -191,8 +235,9 @@ def test_a_toy_sized_checkpoint_in_the_full_profile_is_refused_naming_both_numbe
     # The GPU assets routed by that number land on CPU nodes: each row fails with the same fix; the import stays on GPU.
     routing = {asset: checks[f"routing: {asset}"] for asset in COMPUTE_CLASSES}
     assert [row.status for row in routing.values()] == [FAIL, PASS, FAIL, FAIL]  # conversion, import, fine-tune, eval
-    assert routing["sft_model"].found.startswith("cpu node (compute class auto: a GPU node above a 1.9 GiB checkpoint; "
-                                                 "this profile's checkpoint is 4.8 MiB)")
+    assert routing["sft_model"].found.startswith(
+        "cpu node (compute class auto: a GPU node above a 1.9 GiB checkpoint; this profile's checkpoint is 4.8 MiB)"
+    )
     assert routing["sft_model"].fix == sizes.fix
 
 
@@ -244,14 +289,19 @@ def test_a_reachable_checkpoint_is_read_from_its_headers_and_tokenizer(tmp_path,
     checkpoint = tmp_path / "DeepSeek-V3"
     make_toy_checkpoint(checkpoint, ["buy hold sell " * 40, "Ticker AAPL margins " * 40], fp8=True, vocab_size=300)
     config_dir = config_clone(tmp_path)
-    edit_yaml(config_dir / "profiles" / "full.yaml", lambda r: r["model"].update(base_checkpoint_path=str(checkpoint), vocab_size=300))
+    edit_yaml(
+        config_dir / "profiles" / "full.yaml",
+        lambda r: r["model"].update(base_checkpoint_path=str(checkpoint), vocab_size=300),
+    )
     settings = load_settings(env={"SFTC_DATA_DIR": str(data_dir)}, dotenv_path=tmp_path / "none", config_dir=config_dir)
     write_nemo_data(data_dir / "nemo_jsonl", settings.sft)
     checks = _checks(build_gpu_plan(settings, check_nemo=False))
     assert checks["model architecture"].status == PASS and "3 layers" in checks["model architecture"].found
     assert "safetensors headers" in checks["model architecture"].details[0]
     # The shipped 5-stage pipeline cannot split this model's 3 layers: the plan says so against the model it read.
-    assert checks["parallel layout"].status == FAIL and "exceeds the model's 3 layers" in checks["parallel layout"].found
+    assert (
+        checks["parallel layout"].status == FAIL and "exceeds the model's 3 layers" in checks["parallel layout"].found
+    )
     own = checkpoint / "tokenizer.json"
     assert checks["sequence length"].details[0] == f"tokens counted with the checkpoint's own tokenizer ({own})"
 
@@ -264,7 +314,9 @@ def test_the_tags_are_text_to_both_backends_and_a_tokenizer_holding_one_is_refus
     from sftc_assets.training.hf_backend import RunPlan, load_model_and_tokenizer
 
     checkpoint = tmp_path / "ckpt"
-    make_toy_checkpoint(checkpoint, ["<reasoning>up</reasoning><support>a</support><action>BUY</action> " * 40], vocab_size=300)
+    make_toy_checkpoint(
+        checkpoint, ["<reasoning>up</reasoning><support>a</support><action>BUY</action> " * 40], vocab_size=300
+    )
     settings = load_settings()
     tags = list(settings.sft.special_tokens)
     base = AutoTokenizer.from_pretrained(checkpoint)
@@ -295,7 +347,9 @@ def test_deepseek_v3s_own_tokenizer_ships_in_the_pinned_package(tmp_path):
     assert counter.tags(["<action>", "</action>"]) == {"<action>": 3, "</action>": 3}
     assert counter.prompt("Hello") == 2 and counter.answer("Hello") == 2  # BOS + "Hello", "Hello" + EOS
     # a checkpoint directory without a tokenizer.json of its own: the package's counts, and the report says why
-    assert token_counter(tmp_path).source.endswith(f"(SHA-256 ecb6f9fc3698; the checkpoint {tmp_path} has no tokenizer.json)")
+    assert token_counter(tmp_path).source.endswith(
+        f"(SHA-256 ecb6f9fc3698; the checkpoint {tmp_path} has no tokenizer.json)"
+    )
 
 
 def test_the_sequence_length_check_counts_what_tokenizing_the_nemo_jsonl_gives(with_data):

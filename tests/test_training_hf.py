@@ -46,7 +46,14 @@ EVALUATION = PROFILE.evaluation.model_copy(update={"max_new_tokens": 24})
 def short_training(**changes):
     """The toy profile's training section scaled down to seconds, a full fine-tune unless `peft` says otherwise
     (the random-weight test model has no language for a LoRA to steer)."""
-    values = {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4, "save_every": 4, "parse_check_samples": 2}
+    values = {
+        "max_steps": 12,
+        "batch_size": 4,
+        "warmup_steps": 2,
+        "eval_every": 4,
+        "save_every": 4,
+        "parse_check_samples": 2,
+    }
     values["peft"] = "none"
     return TRAINING.model_copy(update={**values, **changes})
 
@@ -95,12 +102,19 @@ def test_truncation_cuts_the_prompt_from_the_left_and_is_counted(toy_inputs, tok
     assert split.truncated == 3 and all(len(e.input_ids) <= limit for e in split.examples)
     answers = [len(tokenizer(p["output"], add_special_tokens=False)["input_ids"]) + 1 for p in pairs]
     assert split.longest_answer == max(answers) and split.answers_cut == sum(n > limit for n in answers)
-    assert tokenize_split(tokenizer, pairs, max_seq_length=max(answers) - 1).answers_cut == sum(n == max(answers) for n in answers) >= 1
+    assert (
+        tokenize_split(tokenizer, pairs, max_seq_length=max(answers) - 1).answers_cut
+        == sum(n == max(answers) for n in answers)
+        >= 1
+    )
 
 
 def test_answers_that_would_lose_their_action_stop_the_run_before_training(toy_inputs, tmp_path):
     short = SFT.model_copy(update={"max_seq_length": 16})
-    with pytest.raises(ValueError, match=r"training answers are longer than max_seq_length 16 \(configs/sft_config.yaml\).*raise max_seq_length to at least"):
+    with pytest.raises(
+        ValueError,
+        match=r"training answers are longer than max_seq_length 16 \(configs/sft_config.yaml\).*raise max_seq_length to at least",
+    ):
         run_training(*toy_inputs, tmp_path / "out", short_training(), short, EVALUATION)
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
@@ -114,13 +128,29 @@ def test_a_loss_that_turns_non_finite_stops_the_run_and_names_the_cause(toy_inpu
     from safetensors.torch import save_file
 
     save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf_backend.TrainingDivergedError, match=r"step 1: the training loss is (nan|inf), before any update, so the weights or the data are: check .*model"):
+    with pytest.raises(
+        hf_backend.TrainingDivergedError,
+        match=r"step 1: the training loss is (nan|inf), before any update, so the weights or the data are: check .*model",
+    ):
         run_training(model_dir, toy_inputs[1], tmp_path / "out", short_training(), SFT, EVALUATION)
 
 
 def test_a_loss_climbing_above_its_start_is_found_and_a_falling_one_is_not():
     assert hf_backend.loss_rise([7.0, 6.9, 6.8, 6.6, 6.5, 6.3, 6.0, 5.8, 5.5, 5.1, 4.9, 4.6]) is None
-    noisy = [7.0, 6.4, 5.0, 5.5, 5.9, 5.8, 7.5, 6.6, 6.2, 6.4, 7.6, 7.2]  # what a learning rate of 0.5 gave the toy model
+    noisy = [
+        7.0,
+        6.4,
+        5.0,
+        5.5,
+        5.9,
+        5.8,
+        7.5,
+        6.6,
+        6.2,
+        6.4,
+        7.6,
+        7.2,
+    ]  # what a learning rate of 0.5 gave the toy model
     rise = hf_backend.loss_rise(noisy)
     assert rise is not None and rise["step"] == 10 and rise["average"] > rise["start"] * 1.05
     assert hf_backend.loss_rise([7.0] * 5 + [float("nan")] * 5)["step"] == 10
@@ -195,7 +225,9 @@ def test_gradient_accumulation_equals_one_large_batch(toy_inputs, tokenizer):
         model = AutoModelForCausalLM.from_pretrained(toy_inputs[0], dtype=torch.float32)
         trainable = list(model.parameters())
         optimizer, scheduler = hf_backend._optimizer(model, short_training(), 10)
-        loss = train_step(model, optimizer, scheduler, [collate(m, pad) for m in micro], trainable, 1.0, torch.device("cpu"))
+        loss = train_step(
+            model, optimizer, scheduler, [collate(m, pad) for m in micro], trainable, 1.0, torch.device("cpu")
+        )
         results.append((loss, model.get_input_embeddings().weight.detach().clone()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
@@ -246,7 +278,9 @@ def test_short_training_learns_and_writes_a_loadable_checkpoint(reference_run, t
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
     training = short_training()
     for row in rows:  # the lr column is the schedule
-        expected = training.learning_rate * lr_factor(int(row["step"]) - 1, training.warmup_steps, 12, training.min_lr_ratio)
+        expected = training.learning_rate * lr_factor(
+            int(row["step"]) - 1, training.warmup_steps, 12, training.min_lr_ratio
+        )
         assert float(row["lr"]) == pytest.approx(expected)
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert [int(r["step"]) for r in read_csv(out / "val.csv")] == [0, 4, 8, 12]
@@ -364,7 +398,9 @@ def test_a_misspelt_lora_target_fails_before_the_first_step_naming_it(toy_inputs
 def test_cli_smoke_test_trains_ten_steps(toy_inputs, data_dir, capsys):
     model_dir, nemo_dir = toy_inputs
     output = data_dir / "models" / "sft"
-    rc = sftc_main(["train", "--model", str(model_dir), "--data", str(nemo_dir), "--output", str(output), "--smoke-test"])
+    rc = sftc_main(
+        ["train", "--model", str(model_dir), "--data", str(nemo_dir), "--output", str(output), "--smoke-test"]
+    )
     assert rc == 0, capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 10 and printed["smoke_test"] is True and printed["train_examples"] <= 16
@@ -384,7 +420,19 @@ def test_cli_refuses_a_foreign_output_directory(toy_inputs, tmp_path, capsys):
     output = tmp_path / "not-a-run"
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
-    rc = sftc_main(["train", "--model", str(toy_inputs[0]), "--data", str(toy_inputs[1]), "--output", str(output), "--max-steps", "1"])
+    rc = sftc_main(
+        [
+            "train",
+            "--model",
+            str(toy_inputs[0]),
+            "--data",
+            str(toy_inputs[1]),
+            "--output",
+            str(output),
+            "--max-steps",
+            "1",
+        ]
+    )
     assert rc == 2 and "is a non-empty directory that sftc did not write" in capsys.readouterr().err
     assert (output / "notes.txt").read_text() == "keep me"
 
@@ -411,6 +459,13 @@ def test_cuda_run_uses_bf16_autocast_and_learns(toy_inputs, tmp_path):
     full = run_training(*toy_inputs, tmp_path / "full", short_training(), SFT, EVALUATION, device="cuda")
     assert full.metrics["device"].startswith("cuda")
     assert full.metrics["final_val_loss"] < 0.85 * full.metrics["initial_val_loss"]
-    lora = run_training(*toy_inputs, tmp_path / "lora", short_training(max_steps=4, peft="lora", learning_rate=1e-2), SFT, EVALUATION, device="cuda")
+    lora = run_training(
+        *toy_inputs,
+        tmp_path / "lora",
+        short_training(max_steps=4, peft="lora", learning_rate=1e-2),
+        SFT,
+        EVALUATION,
+        device="cuda",
+    )
     assert lora.metrics["peft"] == "lora" and lora.metrics["final_val_loss"] < lora.metrics["initial_val_loss"]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "lora").dtype == torch.bfloat16

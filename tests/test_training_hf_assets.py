@@ -33,7 +33,9 @@ def chain_data(data_dir, toy_inputs):
 RESOURCES = {"gpu": GpuResource(check_triton=False), "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
-def materialize(settings, smoke_test: bool = True, raise_on_error: bool = True, instance: dg.DagsterInstance | None = None):
+def materialize(
+    settings, smoke_test: bool = True, raise_on_error: bool = True, instance: dg.DagsterInstance | None = None
+):
     with dg.instance_for_test() if instance is None else contextlib.nullcontext(instance) as instance:
         return dg.materialize(
             stage_definitions(assets.defs, settings),
@@ -57,7 +59,9 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     assert result.success
     # The launched job's steps come back as progress in the run's log: the last one with the whole run's figures.
     (done,) = [m for m in messages if m.startswith("training: 10/10 steps (100%)")]
-    assert re.search(r", loss [\d.]+, lr [\d.e-]+, [\d,.]+ tokens/s, val loss [\d.]+, [\d.]+ steps/s, in [\d.]+ (s|min)", done), done
+    assert re.search(
+        r", loss [\d.]+, lr [\d.e-]+, [\d,.]+ tokens/s, val loss [\d.]+, [\d.]+ steps/s, in [\d.]+ (s|min)", done
+    ), done
     # and how the job came to run: submitted, then started (a local process waits for nothing)
     (submitted,) = [m for m in messages if re.fullmatch(r"local job \d+ \(finetune\) submitted; log .+/job\.log", m)]
     job = submitted.split()[2]
@@ -71,7 +75,11 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     assert metadata["final_val_loss"].value == pytest.approx(metrics["final_val_loss"], rel=5e-3)
     assert len(repr(metadata["final_val_loss"].value).replace(".", "").lstrip("0")) <= 3
     assert metadata["best_val_loss"].value <= metadata["initial_val_loss"].value
-    assert metadata["tokens_per_s"].value > 0 and metadata["parse_checked"].value == 2 and 0 <= metadata["parse_rate"].value <= 1
+    assert (
+        metadata["tokens_per_s"].value > 0
+        and metadata["parse_checked"].value == 2
+        and 0 <= metadata["parse_rate"].value <= 1
+    )
     assert metadata["device"].value == "cpu" and metadata["backend"].value == "hf"
     assert metadata["loss_curve"].value.startswith("![training and validation loss](data:image/png;base64,")
     assert "| step | val_loss |" in metadata["validation_losses"].value
@@ -83,7 +91,9 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
         assert f"| {row['id']} | {row['ticker']} | {row['action']} |" in generations
     assert "git_commit" in metadata and "config_hash" in metadata
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"validation_loss_decreased", "training_loss_stable"} and all(c.passed for c in checks.values())
+    assert set(checks) == {"validation_loss_decreased", "training_loss_stable"} and all(
+        c.passed for c in checks.values()
+    )
     assert checks["validation_loss_decreased"].metadata["relative_drop"].value > 0
 
 
@@ -109,8 +119,12 @@ def test_nemo_backend_is_gated_before_any_work(chain_data, monkeypatch):
 def test_check_fails_when_validation_loss_did_not_fall(data_dir):
     output = data_dir / "models" / "sft"
     output.mkdir(parents=True)
-    (output / "metrics.json").write_text(json.dumps({"initial_val_loss": 2.0, "final_val_loss": 2.5, "best_val_loss": 2.0, "steps": 5}))
-    (check,) = [c for c in assets.defs(load_settings()).asset_checks if c.check_key.name == assets.VALIDATION_LOSS_CHECK]
+    (output / "metrics.json").write_text(
+        json.dumps({"initial_val_loss": 2.0, "final_val_loss": 2.5, "best_val_loss": 2.0, "steps": 5})
+    )
+    (check,) = [
+        c for c in assets.defs(load_settings()).asset_checks if c.check_key.name == assets.VALIDATION_LOSS_CHECK
+    ]
     result = check()
     assert not result.passed and "2.0000 -> 2.5000" in result.description
     (output / "metrics.json").unlink()
@@ -121,14 +135,24 @@ def test_a_climbing_training_loss_fails_its_check_naming_the_learning_rate_and_i
     output = data_dir / "models" / "sft"
     output.mkdir(parents=True)
     (check,) = [c for c in assets.defs(load_settings()).asset_checks if c.check_key.name == assets.STABLE_LOSS_CHECK]
-    rows = "step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{loss},0.5,1.0\n" for i, loss in enumerate([7.0, 6.4, 5.0, 5.5, 5.9, 5.8, 7.5, 6.6, 6.2, 6.4, 7.6]))
+    rows = "step,loss,lr,tokens_per_s\n" + "".join(
+        f"{i + 1},{loss},0.5,1.0\n" for i, loss in enumerate([7.0, 6.4, 5.0, 5.5, 5.9, 5.8, 7.5, 6.6, 6.2, 6.4, 7.6])
+    )
     (output / "training.csv").write_text(rows)
     result = check()
     assert not result.passed
     training = load_settings().profile.training
-    assert f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm:g}) in" in result.description
-    assert "configs/profiles/toy.yaml is likely too high" in result.description and "mean of steps 6..10" in result.description
-    (output / "training.csv").write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{7.0 - 0.2 * i},0.003,1.0\n" for i in range(12)))
+    assert (
+        f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm:g}) in"
+        in result.description
+    )
+    assert (
+        "configs/profiles/toy.yaml is likely too high" in result.description
+        and "mean of steps 6..10" in result.description
+    )
+    (output / "training.csv").write_text(
+        "step,loss,lr,tokens_per_s\n" + "".join(f"{i + 1},{7.0 - 0.2 * i},0.003,1.0\n" for i in range(12))
+    )
     assert check().passed
 
 

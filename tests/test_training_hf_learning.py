@@ -27,7 +27,19 @@ def test_toy_profile_training_learns_the_format(data_dir, capsys):
 
     assert sftc_main(["train"]) == 0  # every default: the profile's training section, data/ paths
     metrics = json.loads(capsys.readouterr().out)
-    print({k: metrics[k] for k in ("train_examples", "initial_val_loss", "final_val_loss", "parse_rate", "tokens_per_s", "train_seconds")})
+    print(
+        {
+            k: metrics[k]
+            for k in (
+                "train_examples",
+                "initial_val_loss",
+                "final_val_loss",
+                "parse_rate",
+                "tokens_per_s",
+                "train_seconds",
+            )
+        }
+    )
     assert metrics["train_examples"] > 800 and metrics["steps"] == profile.training.max_steps
     assert metrics["final_val_loss"] < 0.2 * metrics["initial_val_loss"]
     assert metrics["parse_checked"] == min(profile.training.parse_check_samples, metrics["val_examples"])

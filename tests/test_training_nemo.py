@@ -77,12 +77,35 @@ def _parallel(**changes) -> dict:
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"parallelism": _parallel(tensor=3)}, "field 'parallelism': tensor * pipeline * context = 3*5*1 = 15 must divide nodes * gpus_per_node = 5*8 = 40"),
-        ({"global_batch_size": 101, "nodes": 10}, "field 'global_batch_size': 101 must be a multiple of micro_batch_size * data-parallel size = 1*2 = 2"),
-        ({"parallelism": _parallel(expert=3)}, "field 'parallelism.expert': expert * expert_tensor * pipeline = 120 must divide"),
+        (
+            {"parallelism": _parallel(tensor=3)},
+            "field 'parallelism': tensor * pipeline * context = 3*5*1 = 15 must divide nodes * gpus_per_node = 5*8 = 40",
+        ),
+        (
+            {"global_batch_size": 101, "nodes": 10},
+            "field 'global_batch_size': 101 must be a multiple of micro_batch_size * data-parallel size = 1*2 = 2",
+        ),
+        (
+            {"parallelism": _parallel(expert=3)},
+            "field 'parallelism.expert': expert * expert_tensor * pipeline = 120 must divide",
+        ),
         ({"parallelism": _parallel(tensor=1)}, "field 'parallelism.sequence_parallel': needs tensor >= 2"),
-        ({"parallelism": _parallel(tensor=1, sequence_parallel=False, pipeline=1, layers_in_first_pipeline_stage=3, layers_in_last_pipeline_stage=None)}, "field 'parallelism.layers_in_first_pipeline_stage': layers_in_first/last_pipeline_stage need pipeline >= 2"),
-        ({"parallelism": _parallel(context=2), "seq_length": 2050, "nodes": 10}, "field 'seq_length': 2050 must be a multiple of 2 * parallelism.context = 4"),
+        (
+            {
+                "parallelism": _parallel(
+                    tensor=1,
+                    sequence_parallel=False,
+                    pipeline=1,
+                    layers_in_first_pipeline_stage=3,
+                    layers_in_last_pipeline_stage=None,
+                )
+            },
+            "field 'parallelism.layers_in_first_pipeline_stage': layers_in_first/last_pipeline_stage need pipeline >= 2",
+        ),
+        (
+            {"parallelism": _parallel(context=2), "seq_length": 2050, "nodes": 10},
+            "field 'seq_length': 2050 must be a multiple of 2 * parallelism.context = 4",
+        ),
         ({"warmup_steps": 1000}, "field 'warmup_steps': 1000 must be below max_steps 1000"),
         ({"min_learning_rate": 1.0}, "field 'min_learning_rate': 1.0 must not exceed learning_rate 0.0001"),
         ({"peft": "qlora"}, "field 'peft'"),
@@ -103,7 +126,12 @@ def test_unknown_field_is_refused(tmp_path):
 
 def test_with_max_steps_fits_warmup_validation_and_checkpoints_inside():
     short = with_max_steps(load_finetune_config(), 10)
-    assert (short.max_steps, short.warmup_steps, short.val_check_interval, short.checkpoint_every_n_steps) == (10, 9, 10, 10)
+    assert (short.max_steps, short.warmup_steps, short.val_check_interval, short.checkpoint_every_n_steps) == (
+        10,
+        9,
+        10,
+        10,
+    )
     with pytest.raises(ConfigError, match="at least 1"):
         with_max_steps(load_finetune_config(), 0)
 
@@ -116,7 +144,11 @@ def test_model_config_follows_the_hf_config():
     model = model_config_from_hf(hf)
     assert model["moe_layer_freq"] == [0, 0, 1, 1, 1]
     assert model["moe_shared_expert_intermediate_size"] == 2 * hf["moe_intermediate_size"]
-    assert (model["num_layers"], model["qk_head_dim"], model["qk_pos_emb_head_dim"]) == (5, hf["qk_nope_head_dim"], hf["qk_rope_head_dim"])
+    assert (model["num_layers"], model["qk_head_dim"], model["qk_pos_emb_head_dim"]) == (
+        5,
+        hf["qk_nope_head_dim"],
+        hf["qk_rope_head_dim"],
+    )
     assert model["num_moe_experts"] == hf["n_routed_experts"]
 
 
@@ -125,19 +157,32 @@ def test_plan_maps_config_onto_recipe_attributes(tmp_path):
     paths = nemo_run_paths(tmp_path)
     plan = plan_recipe(config, paths)
     assert plan["factory_kwargs"] == {
-        "dir": str(paths.work_dir), "name": "sftc", "num_nodes": 1, "num_gpus_per_node": 1,
-        "peft_scheme": "lora", "seq_length": config.seq_length, "packed_sequence": False,
+        "dir": str(paths.work_dir),
+        "name": "sftc",
+        "num_nodes": 1,
+        "num_gpus_per_node": 1,
+        "peft_scheme": "lora",
+        "seq_length": config.seq_length,
+        "packed_sequence": False,
     }
     assert plan["data"] == {
-        "dataset_root": str(paths.dataset_root), "seq_length": config.seq_length,
-        "micro_batch_size": config.micro_batch_size, "global_batch_size": config.global_batch_size, "seed": config.seed,
+        "dataset_root": str(paths.dataset_root),
+        "seq_length": config.seq_length,
+        "micro_batch_size": config.micro_batch_size,
+        "global_batch_size": config.global_batch_size,
+        "seed": config.seed,
     }
     assert plan["restore_path"] == str(paths.nemo_checkpoint)
     assert plan["optimizer"]["lr"] == 3e-4 and plan["scheduler"]["warmup_steps"] == config.warmup_steps
     assert plan["trainer"]["max_steps"] == config.max_steps and plan["trainer"]["devices"] == 1
     assert plan["strategy"]["tensor_model_parallel_size"] == 1
     assert plan["peft"]["target_modules"] == config.lora.target_modules
-    assert plan["export"] == {"merge_lora": True, "target": "hf", "output_path": str(paths.output_dir), "target_model_name": str(paths.hf_checkpoint)}
+    assert plan["export"] == {
+        "merge_lora": True,
+        "target": "hf",
+        "output_path": str(paths.output_dir),
+        "target_model_name": str(paths.hf_checkpoint),
+    }
     assert plan["model_config"]["num_layers"] == toy_hf_config()["num_hidden_layers"]
     assert plan["model_config"]["seq_length"] == config.seq_length
     json.dumps(plan)  # the plan crosses process boundaries as JSON
@@ -149,10 +194,34 @@ def test_plan_maps_config_onto_recipe_attributes(tmp_path):
 @pytest.mark.parametrize(
     "overrides, hf_overrides, expected",
     [
-        ({"parallelism": {**ONE_GPU["parallelism"], "expert": 3}, "gpus_per_node": 3, "global_batch_size": 6}, {}, "'parallelism.expert' = 3 must divide the model's 4 routed experts"),
-        ({"parallelism": {**ONE_GPU["parallelism"], "tensor": 8}, "gpus_per_node": 8}, {}, "'parallelism.tensor' = 8 must divide the model's 4 attention heads"),
-        ({"parallelism": {**ONE_GPU["parallelism"], "pipeline": 2}, "gpus_per_node": 2}, {}, "'parallelism.pipeline' = 2 must divide the model's 3 layers"),
-        ({"parallelism": {**ONE_GPU["parallelism"], "pipeline": 2, "layers_in_first_pipeline_stage": 2, "layers_in_last_pipeline_stage": 2}, "gpus_per_node": 2}, {}, "leave -1 of the model's 3 layers"),
+        (
+            {"parallelism": {**ONE_GPU["parallelism"], "expert": 3}, "gpus_per_node": 3, "global_batch_size": 6},
+            {},
+            "'parallelism.expert' = 3 must divide the model's 4 routed experts",
+        ),
+        (
+            {"parallelism": {**ONE_GPU["parallelism"], "tensor": 8}, "gpus_per_node": 8},
+            {},
+            "'parallelism.tensor' = 8 must divide the model's 4 attention heads",
+        ),
+        (
+            {"parallelism": {**ONE_GPU["parallelism"], "pipeline": 2}, "gpus_per_node": 2},
+            {},
+            "'parallelism.pipeline' = 2 must divide the model's 3 layers",
+        ),
+        (
+            {
+                "parallelism": {
+                    **ONE_GPU["parallelism"],
+                    "pipeline": 2,
+                    "layers_in_first_pipeline_stage": 2,
+                    "layers_in_last_pipeline_stage": 2,
+                },
+                "gpus_per_node": 2,
+            },
+            {},
+            "leave -1 of the model's 3 layers",
+        ),
         ({}, {"scoring_func": "softmax"}, "field 'scoring_func' is 'softmax'"),
     ],
 )
@@ -172,7 +241,9 @@ def test_checkpoint_checks_name_the_file_and_the_fix(tmp_path):
         read_hf_config(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match=r"no \*.safetensors weights"):
         read_hf_config(write_hf_checkpoint(tmp_path / "no_weights", weights=False))
-    quantized = write_hf_checkpoint(tmp_path / "fp8", {**toy_hf_config(), "quantization_config": {"quant_method": "fp8"}})
+    quantized = write_hf_checkpoint(
+        tmp_path / "fp8", {**toy_hf_config(), "quantization_config": {"quant_method": "fp8"}}
+    )
     with pytest.raises(ConfigError, match=r"config.json: field 'quantization_config' present: NeMo imports BF16 only"):
         read_hf_config(quantized)
     fp32 = write_hf_checkpoint(tmp_path / "fp32", toy_hf_config(torch_dtype="float32"))
@@ -199,7 +270,11 @@ def test_dataset_check_counts_lines_and_names_bad_ones(tmp_path):
 def _entry(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sftc_assets.training.nemo_entry", *args],
-        cwd=PROJECT_ROOT, env={**entry_env(), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+        env={**entry_env(), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -207,9 +282,22 @@ def test_entry_dry_run_prints_the_plan_without_nemo(tmp_path):
     config_path = write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU)
     paths = nemo_run_paths(tmp_path)
     done = _entry(
-        "finetune", "--config", str(config_path), "--hf-checkpoint", str(paths.hf_checkpoint), "--nemo-checkpoint",
-        str(paths.nemo_checkpoint), "--data", str(paths.dataset_root), "--work-dir", str(paths.work_dir),
-        "--output", str(paths.output_dir), "--max-steps", "3", "--dry-run",
+        "finetune",
+        "--config",
+        str(config_path),
+        "--hf-checkpoint",
+        str(paths.hf_checkpoint),
+        "--nemo-checkpoint",
+        str(paths.nemo_checkpoint),
+        "--data",
+        str(paths.dataset_root),
+        "--work-dir",
+        str(paths.work_dir),
+        "--output",
+        str(paths.output_dir),
+        "--max-steps",
+        "3",
+        "--dry-run",
     )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
@@ -239,7 +327,11 @@ def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
     assert printed == json.loads(json.dumps(nemo_entry.plan_import(paths.bf16_checkpoint, paths.nemo_model)))
     assert _sftc("import-nemo", "--dry-run", "--model", str(data_dir / "missing")) == 2
     err = capfd.readouterr().err
-    assert "materialize bf16_checkpoint first" in err and "sftc import-nemo: error: local job" in err and "(import) ended FAILED, exit code 2" in err
+    assert (
+        "materialize bf16_checkpoint first" in err
+        and "sftc import-nemo: error: local job" in err
+        and "(import) ended FAILED, exit code 2" in err
+    )
     assert not paths.nemo_model.exists()
 
 
@@ -247,16 +339,26 @@ def test_sftc_import_nemo_dry_run_and_failure(data_dir, monkeypatch, capfd):
 
 
 def test_steps_use_torchrun_per_gpu_then_one_export_process(tmp_path):
-    config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, "gpus_per_node": 4, "global_batch_size": 8}))
+    config = load_finetune_config(
+        write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, "gpus_per_node": 4, "global_batch_size": 8})
+    )
     python = "/opt/nemo/bin/python"
     paths = nemo_run_paths(tmp_path)
     finetune, export = nemo_runner.finetune_steps(config, tmp_path / "ft.yaml", paths, max_steps=10)
-    assert (finetune.environment, finetune.distributed, finetune.nodes, finetune.procs_per_node, finetune.gpus_per_node) == ("nemo", True, 1, 4, 4)
+    assert (
+        finetune.environment,
+        finetune.distributed,
+        finetune.nodes,
+        finetune.procs_per_node,
+        finetune.gpus_per_node,
+    ) == ("nemo", True, 1, 4, 4)
     argv = local_argv(finetune, python)
     assert argv[:4] == [python, "-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=4" in argv
     assert argv[argv.index("-m", 3) : argv.index("-m", 3) + 3] == ["-m", nemo_runner.ENTRY_MODULE, "finetune"]
     assert finetune.args[finetune.args.index("--max-steps") + 1] == "10"
-    assert local_argv(export, python)[:4] == [python, "-m", nemo_runner.ENTRY_MODULE, "export"] and not export.distributed
+    assert (
+        local_argv(export, python)[:4] == [python, "-m", nemo_runner.ENTRY_MODULE, "export"] and not export.distributed
+    )
     (dry,) = nemo_runner.finetune_steps(config, tmp_path / "ft.yaml", paths, dry_run=True)
     assert dry.dry_run and not dry.distributed and dry.gpus_per_node == 0 and local_argv(dry, python)[-1] == "--dry-run"
 
@@ -289,11 +391,17 @@ def test_bin_shards_become_safetensors_with_an_index(tmp_path):
     }
     for name, state in shards.items():
         torch.save(state, tmp_path / name)
-    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": {}}))
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 1}, "weight_map": {}})
+    )
     assert nemo_entry.bin_to_safetensors(tmp_path) == 2
     assert not list(tmp_path.glob("*.bin")) and not (tmp_path / "pytorch_model.bin.index.json").exists()
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert index["weight_map"] == {"a.weight": "model-00001-of-00002.safetensors", "b.bias": "model-00001-of-00002.safetensors", "c.weight": "model-00002-of-00002.safetensors"}
+    assert index["weight_map"] == {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.bias": "model-00001-of-00002.safetensors",
+        "c.weight": "model-00002-of-00002.safetensors",
+    }
     for name, state in shards.items():
         loaded = load_file(tmp_path / name.replace("pytorch_model", "model").replace(".bin", ".safetensors"))
         assert all(torch.equal(loaded[k], v) for k, v in state.items())
@@ -301,13 +409,29 @@ def test_bin_shards_become_safetensors_with_an_index(tmp_path):
 
 def test_summary_of_the_loss_rows():
     result = {
-        "peft": True, "train_seconds": 12.5, "plan": {"world_size": 8},
-        "train_rows": [{"step": 1, "loss": 2.0, "tokens_per_s": 100.0}, {"step": 2, "loss": None, "tokens_per_s": 300.0}, {"step": 3, "loss": 1.5, "tokens_per_s": None}],
+        "peft": True,
+        "train_seconds": 12.5,
+        "plan": {"world_size": 8},
+        "train_rows": [
+            {"step": 1, "loss": 2.0, "tokens_per_s": 100.0},
+            {"step": 2, "loss": None, "tokens_per_s": 300.0},
+            {"step": 3, "loss": 1.5, "tokens_per_s": None},
+        ],
         "val_rows": [{"step": 0, "val_loss": 2.5}, {"step": 2, "val_loss": 1.9}, {"step": 3, "val_loss": 2.1}],
     }
     summary = nemo_entry.summarize(result)
-    assert (summary["initial_val_loss"], summary["final_val_loss"], summary["best_val_loss"], summary["best_val_step"]) == (2.5, 2.1, 1.9, 2)
-    assert (summary["steps"], summary["final_train_loss"], summary["tokens_per_s"], summary["peft"]) == (3, 1.5, 200.0, "lora")
+    assert (
+        summary["initial_val_loss"],
+        summary["final_val_loss"],
+        summary["best_val_loss"],
+        summary["best_val_step"],
+    ) == (2.5, 2.1, 1.9, 2)
+    assert (summary["steps"], summary["final_train_loss"], summary["tokens_per_s"], summary["peft"]) == (
+        3,
+        1.5,
+        200.0,
+        "lora",
+    )
 
 
 def test_last_checkpoint_prefers_the_last_link(tmp_path):
@@ -344,13 +468,24 @@ def test_runner_stages_data_and_publishes_the_output_whole(tmp_path):
         assert not paths.output_dir.exists()  # nothing appears under the final name until the end
         _stand_in_for_nemo(step)
 
-    metrics = nemo_runner.nemo_finetune(execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
+    metrics = nemo_runner.nemo_finetune(
+        execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir
+    )
     assert metrics == {"backend": "nemo", "steps": 3}
     assert [s.name for s in seen] == ["finetune", "export"]
     staged = Path(seen[0].args[seen[0].args.index("--data") + 1])
-    assert staged == paths.work_dir / "dataset" and (staged / "training.jsonl").read_text() == (paths.dataset_root / "training.jsonl").read_text()
+    assert (
+        staged == paths.work_dir / "dataset"
+        and (staged / "training.jsonl").read_text() == (paths.dataset_root / "training.jsonl").read_text()
+    )
     assert (paths.output_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert {p.name for p in paths.output_dir.iterdir()} == {"config.json", "training.csv", "val.csv", "metrics.json", "loss_curve.png"}
+    assert {p.name for p in paths.output_dir.iterdir()} == {
+        "config.json",
+        "training.csv",
+        "val.csv",
+        "metrics.json",
+        "loss_curve.png",
+    }
     train_rows, val_rows = nemo_runner.read_loss_rows(paths.output_dir)
     assert [r["step"] for r in train_rows] == [1, 3] and val_rows[-1]["val_loss"] == 1.2
 
@@ -365,7 +500,9 @@ def test_runner_leaves_no_partial_output_when_a_step_fails(tmp_path):
             raise RuntimeError("nemo_entry export failed with exit code 1")
 
     with pytest.raises(RuntimeError, match="export failed"):
-        nemo_runner.nemo_finetune(execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir)
+        nemo_runner.nemo_finetune(
+            execute, config, paths.hf_checkpoint, paths.nemo_checkpoint, paths.dataset_root, paths.output_dir
+        )
     assert not paths.output_dir.exists()
     assert not [p for p in paths.output_dir.parent.iterdir() if p.name.startswith(".sft")]
 
@@ -380,7 +517,10 @@ class FakeGpus(GpuResource):
     memory_gb: float = 80.0
 
     def probe(self) -> GpuProbe:
-        devices = tuple(GpuDevice(i, "NVIDIA H100 80GB HBM3 (fake probe)", int(self.memory_gb * 1e9), (9, 0)) for i in range(self.devices))
+        devices = tuple(
+            GpuDevice(i, "NVIDIA H100 80GB HBM3 (fake probe)", int(self.memory_gb * 1e9), (9, 0))
+            for i in range(self.devices)
+        )
         return GpuProbe(bool(devices), devices, torch.__version__, "12.8", None, False, "fake probe")
 
 
@@ -420,12 +560,20 @@ def _messages(instance: dg.DagsterInstance, result) -> str:
 def test_nemo_model_dry_run_round_trips_through_pipes(pipes_env):
     dry_run = {"ops": {"nemo_model": {"config": {"dry_run": True}}}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance)
+        result = dg.materialize(
+            nemo_model(),
+            selection=["nemo_model"],
+            resources=_resources(pipes_env, FakeGpus()),
+            run_config=dry_run,
+            instance=instance,
+        )
         assert result.success
         (materialization,) = result.asset_materializations_for_node("nemo_model")
         assert materialization.metadata["dry_run"].value is True
         planned = materialization.metadata["planned"].value
-        assert planned == json.loads(json.dumps(nemo_entry.plan_import(pipes_env.bf16_checkpoint, pipes_env.nemo_model)))
+        assert planned == json.loads(
+            json.dumps(nemo_entry.plan_import(pipes_env.bf16_checkpoint, pipes_env.nemo_model))
+        )
         assert planned["model_config"]["num_moe_experts"] == toy_hf_config()["n_routed_experts"]
         assert "dry run of import: inputs valid, nothing written" in _messages(instance, result)  # pipes log, forwarded
     assert not pipes_env.nemo_model.exists()
@@ -434,10 +582,19 @@ def test_nemo_model_dry_run_round_trips_through_pipes(pipes_env):
 def test_nemo_model_gate_stops_before_any_work(pipes_env, monkeypatch):
     monkeypatch.setenv("SFTC_NEMO_PYTHON", str(pipes_env.root / "no-such-python"))  # would fail if reached
     with dg.instance_for_test() as instance:
-        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus(devices=0)), instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            nemo_model(),
+            selection=["nemo_model"],
+            resources=_resources(pipes_env, FakeGpus(devices=0)),
+            instance=instance,
+            raise_on_error=False,
+        )
         assert not result.success
         failure = result.failure_data_for_node("nemo_model")
-        assert "nemo_model needs 1 CUDA GPU(s) with at least 74.5 GiB each; this node has 0 such device(s)" in failure.error.message
+        assert (
+            "nemo_model needs 1 CUDA GPU(s) with at least 74.5 GiB each; this node has 0 such device(s)"
+            in failure.error.message
+        )
         assert "no-such-python" not in _messages(instance, result)
 
 
@@ -446,7 +603,14 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
     mark_as_written("bf16_checkpoint", pipes_env.bf16_checkpoint)
     dry_run = {"ops": {"nemo_model": {"config": {"dry_run": True}}}}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(nemo_model(), selection=["nemo_model"], resources=_resources(pipes_env, FakeGpus()), run_config=dry_run, instance=instance, raise_on_error=False)
+        result = dg.materialize(
+            nemo_model(),
+            selection=["nemo_model"],
+            resources=_resources(pipes_env, FakeGpus()),
+            run_config=dry_run,
+            instance=instance,
+            raise_on_error=False,
+        )
         assert not result.success
         messages = _messages(instance, result)
         assert "pipes closed with exception" in messages
@@ -456,7 +620,9 @@ def test_nemo_model_bad_input_fails_with_the_entry_message(pipes_env):
 @dg.asset(name="sft_model")
 def _sft_model_nemo_branch(context: dg.AssetExecutionContext, gpu: GpuResource):
     """What the sft_model asset does for backend nemo, reduced to the call (the real asset lives in assets.py)."""
-    settings = load_settings().model_copy(update={"finetune": load_finetune_config(context.run.tags["finetune_config"])})
+    settings = load_settings().model_copy(
+        update={"finetune": load_finetune_config(context.run.tags["finetune_config"])}
+    )
     plan = run_nemo_finetune_via_pipes(context, gpu, settings, nemo_runner.run_config(settings.finetune), dry_run=True)
     return dg.MaterializeResult(metadata={"planned": dg.MetadataValue.json(plan)})
 
@@ -466,14 +632,27 @@ def test_sft_model_nemo_branch_plans_through_pipes_and_gates_on_the_config(pipes
     config_path = write_finetune_yaml(tmp_path / "ft.yaml", **{**ONE_GPU, "gpus_per_node": 2, "global_batch_size": 8})
     tags = {"finetune_config": str(config_path)}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([_sft_model_nemo_branch], resources=_resources(pipes_env, FakeGpus(devices=2)), instance=instance, tags=tags)
+        result = dg.materialize(
+            [_sft_model_nemo_branch], resources=_resources(pipes_env, FakeGpus(devices=2)), instance=instance, tags=tags
+        )
         planned = result.asset_materializations_for_node("sft_model")[0].metadata["planned"].value
-        paths = NemoRunPaths(pipes_env.bf16_checkpoint, pipes_env.nemo_model, pipes_env.nemo_jsonl, pipes_env.sft_model, nemo_runner.nemo_work_dir(pipes_env.sft_model))
+        paths = NemoRunPaths(
+            pipes_env.bf16_checkpoint,
+            pipes_env.nemo_model,
+            pipes_env.nemo_jsonl,
+            pipes_env.sft_model,
+            nemo_runner.nemo_work_dir(pipes_env.sft_model),
+        )
         expected = plan_recipe(load_finetune_config(config_path), paths)
         assert {k: planned[k] for k in expected} == json.loads(json.dumps(expected))
         assert planned["trainer"]["devices"] == 2
 
         small = _resources(pipes_env, FakeGpus(devices=2, memory_gb=40))
-        failed = dg.materialize([_sft_model_nemo_branch], resources=small, instance=instance, tags=tags, raise_on_error=False)
-        assert "sft_model needs 2 CUDA GPU(s) with at least 74.5 GiB each" in failed.failure_data_for_node("sft_model").error.message
+        failed = dg.materialize(
+            [_sft_model_nemo_branch], resources=small, instance=instance, tags=tags, raise_on_error=False
+        )
+        assert (
+            "sft_model needs 2 CUDA GPU(s) with at least 74.5 GiB each"
+            in failed.failure_data_for_node("sft_model").error.message
+        )
     assert not pipes_env.sft_model.exists()

@@ -50,11 +50,17 @@ def test_shipped_config_is_nemos_lora_recipe():
     assert strategy.num_layers_in_first_pipeline_stage == config.parallelism.layers_in_first_pipeline_stage
     assert strategy.num_layers_in_last_pipeline_stage == config.parallelism.layers_in_last_pipeline_stage
     assert (recipe.data.seq_length, recipe.data.micro_batch_size, recipe.data.global_batch_size) == (
-        config.seq_length, config.micro_batch_size, config.global_batch_size)
+        config.seq_length,
+        config.micro_batch_size,
+        config.global_batch_size,
+    )
     assert recipe.optim.config.lr == config.learning_rate
     assert recipe.optim.lr_scheduler.warmup_steps == config.warmup_steps
     assert recipe.optim.lr_scheduler.min_lr == config.min_learning_rate
-    assert (recipe.trainer.max_steps, recipe.trainer.val_check_interval) == (config.max_steps, config.val_check_interval)
+    assert (recipe.trainer.max_steps, recipe.trainer.val_check_interval) == (
+        config.max_steps,
+        config.val_check_interval,
+    )
     assert recipe.log.ckpt.every_n_train_steps == config.checkpoint_every_n_steps
     assert list(recipe.peft.target_modules) == config.lora.target_modules
     lora = fdl.build(recipe.peft)
@@ -111,8 +117,16 @@ def test_plan_applied_to_the_real_recipe_builds_its_objects(tmp_path):
     data = fdl.build(recipe.data)
     assert isinstance(data, llm.FineTuningDataModule)
     assert (data.dataset_root, data.seq_length, data.micro_batch_size, data.global_batch_size, data.seed) == (
-        paths.dataset_root, config.seq_length, config.micro_batch_size, config.global_batch_size, config.seed)
-    assert data.train_path == paths.dataset_root / "training.jsonl" and data.validation_path == paths.dataset_root / "validation.jsonl"
+        paths.dataset_root,
+        config.seq_length,
+        config.micro_batch_size,
+        config.global_batch_size,
+        config.seed,
+    )
+    assert (
+        data.train_path == paths.dataset_root / "training.jsonl"
+        and data.validation_path == paths.dataset_root / "validation.jsonl"
+    )
 
     strategy = fdl.build(recipe.trainer.strategy)
     assert (strategy.tensor_model_parallel_size, strategy.pipeline_model_parallel_size) == (1, 1)
@@ -144,7 +158,11 @@ def test_full_recompute_reaches_the_recipes_model_config(tmp_path):
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, recompute="full"))
     model = nemo_entry.build_recipe(plan_recipe(config, nemo_run_paths(tmp_path))).model.config
     assert (model.recompute_granularity, model.recompute_method, model.recompute_num_layers) == ("full", "uniform", 1)
-    shipped = nemo_entry.build_recipe(plan_recipe(load_finetune_config(write_finetune_yaml(tmp_path / "none.yaml", **ONE_GPU)), nemo_run_paths(tmp_path)))
+    shipped = nemo_entry.build_recipe(
+        plan_recipe(
+            load_finetune_config(write_finetune_yaml(tmp_path / "none.yaml", **ONE_GPU)), nemo_run_paths(tmp_path)
+        )
+    )
     assert shipped.model.config.recompute_granularity is None  # the recipe's own default, as the estimate assumes
 
 
@@ -162,8 +180,22 @@ def test_entry_dry_run_in_the_nemo_env_imports_no_nemo(tmp_path):
         "print('NEMO_LOADED' if 'nemo' in sys.modules else 'NEMO_NOT_LOADED', file=sys.stderr); sys.exit(code)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe, "import", "--hf-checkpoint", str(paths.hf_checkpoint), "--output", str(paths.nemo_checkpoint), "--dry-run"],
-        cwd=PROJECT_ROOT, env={**os.environ, **entry_env()}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "import",
+            "--hf-checkpoint",
+            str(paths.hf_checkpoint),
+            "--output",
+            str(paths.nemo_checkpoint),
+            "--dry-run",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **entry_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "NEMO_NOT_LOADED" in done.stderr
@@ -182,8 +214,13 @@ def test_toy_model_import_ten_steps_merge_and_export(tmp_path):
     config = nemo_runner.run_config(load_finetune_config(config_path), smoke_test=True)
     python, env = sys.executable, {**os.environ, **entry_env()}
     out, work = tmp_path / "sft", tmp_path / "sft_nemo"
-    paths = NemoRunPaths(hf, tmp_path / "nemo", nemo_runner.stage_dataset(write_nemo_jsonl(tmp_path / "d", lines=32), work), out, work)
-    steps = [nemo_runner.import_step(hf, paths.nemo_checkpoint), *nemo_runner.finetune_steps(config, config_path, paths, config.max_steps)]
+    paths = NemoRunPaths(
+        hf, tmp_path / "nemo", nemo_runner.stage_dataset(write_nemo_jsonl(tmp_path / "d", lines=32), work), out, work
+    )
+    steps = [
+        nemo_runner.import_step(hf, paths.nemo_checkpoint),
+        *nemo_runner.finetune_steps(config, config_path, paths, config.max_steps),
+    ]
     for step in steps:
         done = subprocess.run(local_argv(step, python), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, f"{step.name}: {done.stderr[-4000:]}"

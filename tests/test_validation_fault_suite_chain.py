@@ -29,15 +29,33 @@ def clone(tmp_path: Path) -> Path:
     root.mkdir()
     for name in CLONED:
         source = REPO_ROOT / name
-        (shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir() else shutil.copy(source, root / name))
+        (
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if source.is_dir()
+            else shutil.copy(source, root / name)
+        )
     return root
 
 
 def sftc_run(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     home, data = tmp_path / "dagster_home", tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if k not in ("TRAIN_START_DATE", "TRAIN_END_DATE", "TEST_START_DATE", "TRAIN_BACKEND", "SFTC_PROFILE", "EODHD_API_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "TRAIN_START_DATE",
+            "TRAIN_END_DATE",
+            "TEST_START_DATE",
+            "TRAIN_BACKEND",
+            "SFTC_PROFILE",
+            "EODHD_API_KEY",
+        )
+    }
     env |= {"PYTHONPATH": str(root), "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sftc_jobs.cli", "run"], cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "sftc_jobs.cli", "run"], cwd=root, env=env, capture_output=True, text=True, timeout=1800
+    )
 
 
 def test_a_climbing_loss_stops_the_chain_at_the_fine_tune_naming_the_learning_rate(tmp_path):
@@ -47,16 +65,22 @@ def test_a_climbing_loss_stops_the_chain_at_the_fine_tune_naming_the_learning_ra
     training = yaml.safe_load(toy.read_text())["training"]
     done = sftc_run(root, tmp_path)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    failure = done.stderr[done.stderr.index("\nFAILED: sft_model"):]  # the failure block names the check's own words
+    failure = done.stderr[done.stderr.index("\nFAILED: sft_model") :]  # the failure block names the check's own words
     assert "check training_loss_stable failed: the training loss climbed to" in failure
-    assert f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high" in failure
+    assert (
+        f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high"
+        in failure
+    )
     assert not (tmp_path / "data" / "eval").exists()  # stopped there: no evaluation of a model that did not learn
 
 
 def test_a_short_generation_budget_and_a_plan_fault_flip_the_report_to_no_with_their_settings(tmp_path):
     root = clone(tmp_path)
     edit_yaml(root / "configs" / "profiles" / "toy.yaml", lambda raw: raw["evaluation"].update(max_new_tokens=8))
-    edit_yaml(root / "configs" / "nemo" / "finetune.yaml", lambda raw: raw["lora"].update(target_modules=["q_a_proj", "o_proj"]))
+    edit_yaml(
+        root / "configs" / "nemo" / "finetune.yaml",
+        lambda raw: raw["lora"].update(target_modules=["q_a_proj", "o_proj"]),
+    )
     done = sftc_run(root, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the chain ran; the report judges it
     report = (tmp_path / "data" / "reports" / "validation_report.md").read_text()
@@ -64,7 +88,10 @@ def test_a_short_generation_budget_and_a_plan_fault_flip_the_report_to_no_with_t
     reasons = report[: report.index("- Date:")]
     assert "- eval_csv failed: check(s) failed: eval_parse_rate (months below a parse rate of 50%" in reasons
     assert "evaluation.max_new_tokens 8 in" in reasons and "is shorter than the answers; raise it" in reasons
-    assert "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' (that is the transformers name; NeMo calls it linear_q_down_proj)" in reasons
+    assert (
+        "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' (that is the transformers name; NeMo calls it linear_q_down_proj)"
+        in reasons
+    )
     assert "## Part 1, the toy chain: FAIL" in report and "## Part 2, the GPU plan of the full profile: FAIL" in report
 
 
@@ -72,8 +99,10 @@ def test_a_prompt_without_the_facts_fails_the_canary_naming_the_template(tmp_pat
     """The facts left out of the prompt on purpose (the load accepts an omission with its reason): the model never
     sees the desk note, the planted cue does not come through, and the report names the precondition that broke."""
     root = clone(tmp_path)
-    without_facts = {"input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nHorizon: {horizon_days} trading days",
-                     "omit_fields": {"facts": "to see what the model makes of the date alone"}}
+    without_facts = {
+        "input_template": "Ticker: {ticker}\nAs of: {as_of_date}\nHorizon: {horizon_days} trading days",
+        "omit_fields": {"facts": "to see what the model makes of the date alone"},
+    }
     edit_yaml(root / "configs" / "sft_config.yaml", lambda raw: raw["prompt"].update(without_facts))
     done = sftc_run(root, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the chain ran; the report judges it

@@ -47,7 +47,11 @@ def test_webserver_serves_every_asset_the_node_sensors_and_the_nightly_schedule(
         assert sensors["automation_gpu_node"]["sensorState"]["status"] == "STOPPED"  # no GPU node in the toy profile
         assert {s["sensorType"] for s in sensors.values()} == {"AUTOMATION"}
         schedule = next(s for s in repo["schedules"] if s["name"] == "nightly_cpu_validation")
-        assert (schedule["cronSchedule"], schedule["executionTimezone"], schedule["scheduleState"]["status"]) == ("0 2 * * *", "UTC", "RUNNING")
+        assert (schedule["cronSchedule"], schedule["executionTimezone"], schedule["scheduleState"]["status"]) == (
+            "0 2 * * *",
+            "UTC",
+            "RUNNING",
+        )
 
 
 def wait_for_run(server, run_id: str, timeout: float) -> str:
@@ -71,7 +75,10 @@ def test_daemon_runs_cpu_validation_launched_over_graphql(tmp_path):
         stopped = server.graphql(STOP_SENSOR, {"id": cpu_sensor["sensorState"]["id"]})["stopSensor"]
         assert stopped["instigationState"]["status"] == "STOPPED", stopped
         server.start_daemon()
-        params = {"selector": {"repositoryLocationName": "sftc", "repositoryName": REPOSITORY, "jobName": "cpu_validation"}, "runConfigData": {}}
+        params = {
+            "selector": {"repositoryLocationName": "sftc", "repositoryName": REPOSITORY, "jobName": "cpu_validation"},
+            "runConfigData": {},
+        }
         launched = server.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id = launched["run"]["runId"]
@@ -79,7 +86,9 @@ def test_daemon_runs_cpu_validation_launched_over_graphql(tmp_path):
         report = server.data_dir / "reports" / "validation_report.md"
         assert status == "SUCCESS", (report.read_text() if report.is_file() else "") + server.logs()
         assert "Ready for GPU deployment: YES" in report.read_text()
-        chain_runs = server.graphql(RUNS_TAGGED, {"key": "sftc/validation_run", "value": run_id})["runsOrError"]["results"]
+        chain_runs = server.graphql(RUNS_TAGGED, {"key": "sftc/validation_run", "value": run_id})["runsOrError"][
+            "results"
+        ]
         assert chain_runs and {r["status"] for r in chain_runs} == {"SUCCESS"}
         assert all({"key": "sftc/node", "value": "cpu"} in r["tags"] for r in chain_runs)
 
@@ -102,7 +111,10 @@ def test_daemon_automation_sensor_builds_the_missing_chain_with_cpu_node_tags(tm
             runs = instance.get_runs()
             # the stand-in location places runs on Kubernetes (standin_settings: placement run): the node tag and the pod's
             assert runs and all(run.tags.get("sftc/node") == "cpu" and "dagster-k8s/config" in run.tags for run in runs)
-            assert all(run.tags.get("dagster/sensor_name") == "automation_cpu_node" or "dagster/backfill" in run.tags for run in runs)
+            assert all(
+                run.tags.get("dagster/sensor_name") == "automation_cpu_node" or "dagster/backfill" in run.tags
+                for run in runs
+            )
             checked = instance.event_log_storage.get_latest_asset_check_execution_by_key(
                 [dg.AssetCheckKey(dg.AssetKey("thesis_jsonl"), "accepted_plus_rejected_equals_read")]
             )

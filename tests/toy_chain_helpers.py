@@ -20,11 +20,15 @@ from sftc_core.settings import Settings
 def build_toy_chain_until_bf16(data_dir: Path, settings: Settings) -> None:
     sft, profile = load_sft_config(), settings.profile
     write_sample_corpus(data_dir / "raw_xml", profile.partitions.start, profile.partitions.end, profile.corpus)
-    write_jsonl_outputs(parse_corpus(data_dir / "raw_xml"), data_dir / "jsonl" / "all.jsonl", data_dir / "rejects.jsonl")
+    write_jsonl_outputs(
+        parse_corpus(data_dir / "raw_xml"), data_dir / "jsonl" / "all.jsonl", data_dir / "rejects.jsonl"
+    )
     bounds = (settings.train_start_date, settings.train_end_date, settings.test_start_date, settings.test_end_date)
     build_dataset(data_dir / "jsonl", data_dir / "hf_splits", sft, date_bounds=bounds)
     export_nemo(data_dir / "hf_splits", data_dir / "nemo_jsonl", sft)
     prompts = pretraining_texts(data_dir / "hf_splits", sft, settings.train_start_date, settings.train_end_date)
     texts = training_texts(data_dir / "hf_splits", sft)
     make_toy_base(data_dir / "checkpoints" / "base_fp8", texts, prompts, profile.model)
-    convert_fp8_checkpoint(data_dir / "checkpoints" / "base_fp8", data_dir / "checkpoints" / "bf16", device="cpu", progress=False)
+    convert_fp8_checkpoint(
+        data_dir / "checkpoints" / "base_fp8", data_dir / "checkpoints" / "bf16", device="cpu", progress=False
+    )

@@ -68,7 +68,9 @@ def nemo_pairs(records: list[dict]) -> list[dict]:
     pairs = []
     for record in records:
         example = build_example(record, sft)
-        pairs.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
+        pairs.append(
+            {"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]}
+        )
     return pairs
 
 
@@ -85,11 +87,15 @@ def write_hf_splits(dataset_dir: Path, train: int, validation: int, seed: int = 
     """The hf_splits the NeMo lines of `write_nemo_jsonl` come from: line N of a split's file is row N here."""
     sft = load_sft_config()
     rows = [
-        record | build_example(record, sft) | {"id": f"{record['ticker'].lower()}-{record['as_of_date']}", "confidence": None, "source_file": "synthetic"}
+        record
+        | build_example(record, sft)
+        | {"id": f"{record['ticker'].lower()}-{record['as_of_date']}", "confidence": None, "source_file": "synthetic"}
         for record in synthetic_records(train + validation, seed)
     ]
     parts = {"train": rows[:train], "validation": rows[train:], "test": rows[train:]}
-    DatasetDict({name: Dataset.from_list(part, features=FEATURES) for name, part in parts.items()}).save_to_disk(str(dataset_dir))
+    DatasetDict({name: Dataset.from_list(part, features=FEATURES) for name, part in parts.items()}).save_to_disk(
+        str(dataset_dir)
+    )
     return dataset_dir
 
 

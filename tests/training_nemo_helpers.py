@@ -47,8 +47,16 @@ BF16 = {"torch_dtype": "bfloat16"}
 ONE_GPU = {
     "nodes": 1,
     "gpus_per_node": 1,
-    "parallelism": {"tensor": 1, "pipeline": 1, "context": 1, "expert": 1, "expert_tensor": None, "sequence_parallel": False,
-                    "layers_in_first_pipeline_stage": None, "layers_in_last_pipeline_stage": None},
+    "parallelism": {
+        "tensor": 1,
+        "pipeline": 1,
+        "context": 1,
+        "expert": 1,
+        "expert_tensor": None,
+        "sequence_parallel": False,
+        "layers_in_first_pipeline_stage": None,
+        "layers_in_last_pipeline_stage": None,
+    },
     "seq_length": 256,
     "micro_batch_size": 2,
     "global_batch_size": 4,
@@ -71,14 +79,22 @@ def write_hf_checkpoint(path: Path, hf_config: dict | None = None, weights: bool
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(hf_config or toy_hf_config(), indent=2))
     if weights:
-        save_file({"model.embed_tokens.weight": torch.zeros(4, 4, dtype=torch.bfloat16)}, str(path / "model.safetensors"))
+        save_file(
+            {"model.embed_tokens.weight": torch.zeros(4, 4, dtype=torch.bfloat16)}, str(path / "model.safetensors")
+        )
     return path
 
 
 def write_nemo_jsonl(path: Path, lines: int = 6) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for name in NEMO_DATA_FILES:
-        rows = [{"input": f"### Input:\nTicker: T{i}\n\n### Response:\n", "output": f"<action>{'BUY' if i % 2 else 'SELL'}</action>"} for i in range(lines)]
+        rows = [
+            {
+                "input": f"### Input:\nTicker: T{i}\n\n### Response:\n",
+                "output": f"<action>{'BUY' if i % 2 else 'SELL'}</action>",
+            }
+            for i in range(lines)
+        ]
         (path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -113,7 +129,9 @@ def write_toy_model(path: Path, seed: int = 0) -> Path:
     words = {f"w{i}": i for i in range(TOY_ARCH["vocab_size"])}
     tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w3").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w3"
+    ).save_pretrained(path)
     return path
 
 

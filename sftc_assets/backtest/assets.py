@@ -60,8 +60,15 @@ def materialize_backtest_report(context: dg.AssetExecutionContext, settings: Set
         unseen_from = report.first_unseen(settings.profile, settings.prices.calendar)
         sample_corpus = settings.profile.corpus.source == "sample"
         figures = report.run_backtest(
-            files, paths.backtest, source, settings.backtest, settings.prices.calendar, stamp,
-            sample_corpus=sample_corpus, cues=cues, unseen_from=unseen_from,
+            files,
+            paths.backtest,
+            source,
+            settings.backtest,
+            settings.prices.calendar,
+            stamp,
+            sample_corpus=sample_corpus,
+            cues=cues,
+            unseen_from=unseen_from,
         )
     pf, bm, baselines = figures["portfolio"], figures["benchmark"], figures["baselines"]
     report_summary(context, "backtest_report", _summary(figures))
@@ -74,29 +81,33 @@ def materialize_backtest_report(context: dg.AssetExecutionContext, settings: Set
     p_values = {f"p_value_{name}": value for name, value in figures["p_values"].items()}
     per_month = [{k: report.fmt(k, v) if k != "month" else v for k, v in m.items()} for m in figures["per_month"]]
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "backtest_report", {
-            "path": dg.MetadataValue.path(str(paths.backtest)),
-            "rows": figures["rows"],
-            "months": len(figures["per_month"]),
-            "months_missing": ", ".join(months_missing) or "none",
-            "window": f"{figures['first_as_of_date']}..{figures['last_as_of_date']}",
-            "horizon_sessions": ", ".join(str(h) for h in figures["horizon_days"]),
-            "verdict": figures["verdict"]["sentence"],
-            "evidence_of_skill": figures["verdict"]["skill"],
-            **{k: v for k, v in {**headline, **series, **p_values}.items() if v is not None},
-            **intervals,
-            "interval_methods": report.methods_text(figures["ci95_methods"]),
-            "p_value_methods": report.methods_text(figures["p_value_methods"]),
-            "annualised_from_sessions": figures["annualised_from_sessions"] or 0,
-            **(cue_metadata(figures["planted_cue"]) if planted else {}),
-            "portfolio_positions": pf["positions"],
-            "portfolio_missing_positions": pf["missing_positions"],
-            "per_month": dg.MetadataValue.md(markdown_table(per_month)),
-            "equity_curve": image_markdown(paths.backtest / "equity_curve.png", "equity curve"),
-            "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
-            "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
-            "daily_returns": dg.MetadataValue.path(str(paths.backtest / "daily_returns.csv")),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "backtest_report",
+            {
+                "path": dg.MetadataValue.path(str(paths.backtest)),
+                "rows": figures["rows"],
+                "months": len(figures["per_month"]),
+                "months_missing": ", ".join(months_missing) or "none",
+                "window": f"{figures['first_as_of_date']}..{figures['last_as_of_date']}",
+                "horizon_sessions": ", ".join(str(h) for h in figures["horizon_days"]),
+                "verdict": figures["verdict"]["sentence"],
+                "evidence_of_skill": figures["verdict"]["skill"],
+                **{k: v for k, v in {**headline, **series, **p_values}.items() if v is not None},
+                **intervals,
+                "interval_methods": report.methods_text(figures["ci95_methods"]),
+                "p_value_methods": report.methods_text(figures["p_value_methods"]),
+                "annualised_from_sessions": figures["annualised_from_sessions"] or 0,
+                **(cue_metadata(figures["planted_cue"]) if planted else {}),
+                "portfolio_positions": pf["positions"],
+                "portfolio_missing_positions": pf["missing_positions"],
+                "per_month": dg.MetadataValue.md(markdown_table(per_month)),
+                "equity_curve": image_markdown(paths.backtest / "equity_curve.png", "equity curve"),
+                "confusion": image_markdown(paths.backtest / "confusion.png", "confusion matrix"),
+                "report": dg.MetadataValue.path(str(paths.backtest / "report.html")),
+                "daily_returns": dg.MetadataValue.path(str(paths.backtest / "daily_returns.csv")),
+            },
+        ),
         data_version=data_version([paths.backtest]),
     )
 
@@ -129,8 +140,9 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         deps=[dg.AssetDep("eval_csv", partition_mapping=dg.AllPartitionMapping()), *(["hf_splits"] if planted else [])],
         group_name=GROUP,
-        code_version=code_version("backtest_report", settings, portfolio, report, uncertainty, figure_definitions,
-                                  price_sources),
+        code_version=code_version(
+            "backtest_report", settings, portfolio, report, uncertainty, figure_definitions, price_sources
+        ),
         kinds={"pandas", "html"},
         description="Classification, signal and portfolio figures over the whole test window (every eval_csv month) "
         "with 95% intervals (multinomial, row bootstrap or Fisher z; the Sharpe ratio's from a stationary block "
@@ -142,8 +154,10 @@ def defs(settings: Settings) -> dg.Definitions:
     def backtest_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return materialize_backtest_report(context, settings)
 
-    @dg.asset_check(asset=backtest_report, description="The six report files exist, figures lie in their ranges, "
-                    "counts add up to the eval rows.")
+    @dg.asset_check(
+        asset=backtest_report,
+        description="The six report files exist, figures lie in their ranges, counts add up to the eval rows.",
+    )
     def backtest_sanity() -> dg.AssetCheckResult:
         return check_backtest_sanity(paths.backtest, _partition_files(settings)[0])
 
@@ -157,7 +171,9 @@ def defs(settings: Settings) -> dg.Definitions:
     def planted_cue_recovered() -> dg.AssetCheckResult:
         return check_planted_cue_recovered(paths.backtest)
 
-    return dg.Definitions(assets=[backtest_report], asset_checks=[backtest_sanity, *([planted_cue_recovered] if planted else [])])
+    return dg.Definitions(
+        assets=[backtest_report], asset_checks=[backtest_sanity, *([planted_cue_recovered] if planted else [])]
+    )
 
 
 def cue_metadata(cue: dict) -> dict:

@@ -78,8 +78,10 @@ def _reaches_prompts(cues: TrainingCues) -> Check:
         found = f"no training pair carries a desk note (of {cues.pairs:,})"
         fix = "a toy profile with corpus.source: sample and corpus.cue_share above 0"
         return Check(REACHES_PROMPTS, TOY_CHAIN, FAIL, needed, found, fix)
-    found = (f"{cues.in_prompts:,} of the {cues.in_targets:,} training pairs whose target carries a desk note carry it "
-             "in the prompt")
+    found = (
+        f"{cues.in_prompts:,} of the {cues.in_targets:,} training pairs whose target carries a desk note carry it "
+        "in the prompt"
+    )
     if cues.in_prompts < cues.in_targets:
         fix = (
             "put {facts} back in prompt.input_template of configs/sft_config.yaml (the note is a support point; "

@@ -94,7 +94,9 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     # Text columns factorized as they are (Arrow strings): never turned into a million Python strings.
     status_codes, statuses = pd.factorize(frame["return_status"])
     reasons = ("", *(f"return_status_{s}" for s in statuses if s != "ok"), *PRICE_REASONS)
-    reason = np.array([reasons.index(f"return_status_{s}") if s != "ok" else 0 for s in statuses], dtype=np.int64)[status_codes]
+    reason = np.array([reasons.index(f"return_status_{s}") if s != "ok" else 0 for s in statuses], dtype=np.int64)[
+        status_codes
+    ]
     status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
     entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
@@ -111,8 +113,20 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     if not len(rows):
         none = np.zeros(0, dtype=np.int64)
         no_prices = np.zeros((0, 0))
-        return Positions(none, none, none, none, [], np.zeros(0, "datetime64[ns]"), no_prices, no_prices, reason,
-                         ticker_of_row, reasons, frozenset())
+        return Positions(
+            none,
+            none,
+            none,
+            none,
+            [],
+            np.zeros(0, "datetime64[ns]"),
+            no_prices,
+            no_prices,
+            reason,
+            ticker_of_row,
+            reasons,
+            frozenset(),
+        )
 
     all_sessions = trading_sessions(calendar).to_numpy()
     sessions = all_sessions[(all_sessions >= entry.min()) & (all_sessions <= exit_.max())]
@@ -131,9 +145,20 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     with np.errstate(invalid="ignore", divide="ignore"):
         daily_returns = np.zeros_like(prices)
         daily_returns[1:] = prices[1:] / prices[:-1] - 1.0
-    return Positions(rows[valid], entry_idx[valid], exit_idx[valid], codes[valid], tickers, sessions, raw,
-                     np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0), reason, ticker_of_row, reasons,
-                     frozenset(closes.unknown))
+    return Positions(
+        rows[valid],
+        entry_idx[valid],
+        exit_idx[valid],
+        codes[valid],
+        tickers,
+        sessions,
+        raw,
+        np.nan_to_num(daily_returns, nan=0.0, posinf=0.0, neginf=0.0),
+        reason,
+        ticker_of_row,
+        reasons,
+        frozenset(closes.unknown),
+    )
 
 
 @dataclass(frozen=True)
@@ -164,8 +189,10 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     n_days, n_tickers = positions.raw_prices.shape
     size = (n_days + 1) * n_tickers
     # Each event keyed by its (session, ticker) cell, the same keys for every book: a book is a few bincounts over them.
-    opens, closes, exits = (day * n_tickers + positions.ticker_code
-                            for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx))
+    opens, closes, exits = (
+        day * n_tickers + positions.ticker_code
+        for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx)
+    )
 
     def per_cell(keys: np.ndarray, value: np.ndarray) -> np.ndarray:
         return np.bincount(keys, weights=value, minlength=size).reshape(n_days + 1, n_tickers)
@@ -197,8 +224,14 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
 
 
 def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict:
-    return {"available": False, "reason": reason, "positions": 0, "rows_scored_zero": scored_zero,
-            "missing_positions": sum(missing.values()), "missing_by_reason": missing}
+    return {
+        "available": False,
+        "reason": reason,
+        "positions": 0,
+        "rows_scored_zero": scored_zero,
+        "missing_positions": sum(missing.values()),
+        "missing_by_reason": missing,
+    }
 
 
 def backtest_portfolio(
@@ -213,42 +246,75 @@ def backtest_portfolio(
 ) -> PortfolioResult:
     """`frame` is read_eval_csv's (entry_date, exit_date, ticker, return_status); `score` the weight per row;
     `source` a price source, or the rows' `load_positions`."""
-    return backtest_portfolios(frame, [score], source, cost_bps=cost_bps, calendar=calendar, periods_per_year=periods_per_year,
-                               risk_free_rate=risk_free_rate)[0]
+    return backtest_portfolios(
+        frame,
+        [score],
+        source,
+        cost_bps=cost_bps,
+        calendar=calendar,
+        periods_per_year=periods_per_year,
+        risk_free_rate=risk_free_rate,
+    )[0]
 
 
-def backtest_portfolios(frame: pd.DataFrame, scores: list[np.ndarray], source: PriceSource | Positions, *, cost_bps: float = 5.0,
-                        calendar: str = "XNYS", periods_per_year: int = 252, risk_free_rate: float = 0.0) -> list[PortfolioResult]:
+def backtest_portfolios(
+    frame: pd.DataFrame,
+    scores: list[np.ndarray],
+    source: PriceSource | Positions,
+    *,
+    cost_bps: float = 5.0,
+    calendar: str = "XNYS",
+    periods_per_year: int = 252,
+    risk_free_rate: float = 0.0,
+) -> list[PortfolioResult]:
     """`backtest_portfolio` of several score vectors over the same rows (the model's, always long, always short):
     the prices loaded once, the books built in one pass."""
     positions = source if isinstance(source, Positions) else load_positions(frame, source, calendar)
     series = book_series(positions, np.stack([score[positions.row] for score in scores]).astype("float64"), cost_bps)
-    return [_portfolio_result(score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
-            for book, score in enumerate(scores)]
+    return [
+        _portfolio_result(score, positions, series, book, cost_bps, periods_per_year, risk_free_rate)
+        for book, score in enumerate(scores)
+    ]
 
 
-def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSeries, book: int, cost_bps: float,
-                      periods_per_year: int, risk_free_rate: float) -> PortfolioResult:
+def _portfolio_result(
+    score: np.ndarray,
+    positions: Positions,
+    series: BookSeries,
+    book: int,
+    cost_bps: float,
+    periods_per_year: int,
+    risk_free_rate: float,
+) -> PortfolioResult:
     """The figures of book `book` of `series`, whose weights are `score` on the positions."""
     # The rows with a non-zero score by why they are no position (0: they are one) and by ticker (0: no return), in one
     # count.
-    by_reason_and_ticker = np.bincount(positions.reason_and_ticker, weights=score != 0,
-                                       minlength=len(positions.reasons) * (len(positions.tickers) + 1))
+    by_reason_and_ticker = np.bincount(
+        positions.reason_and_ticker, weights=score != 0, minlength=len(positions.reasons) * (len(positions.tickers) + 1)
+    )
     by_reason_and_ticker = by_reason_and_ticker.reshape(len(positions.reasons), -1).round().astype(np.int64)
     counts, held_by_ticker = by_reason_and_ticker.sum(axis=1), by_reason_and_ticker[:, 1:].sum(axis=0)
     scored_zero = len(score) - int(counts.sum())
     found = sorted((name, int(count)) for name, count in zip(positions.reasons[1:], counts[1:]) if count)
-    missing: dict[str, int] = dict(sorted(found, key=lambda item: not item[0].startswith("return_status_")))  # statuses first
+    missing: dict[str, int] = dict(
+        sorted(found, key=lambda item: not item[0].startswith("return_status_"))
+    )  # statuses first
     empty_daily = pd.DataFrame(columns=list(DAILY_COLUMNS), index=pd.DatetimeIndex([], name="session"))
     if not held_by_ticker.any():
         reason = "no row has both a non-zero score and a forward return"
-        return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing)
+        return PortfolioResult(
+            empty_daily, _unavailable(reason, missing, scored_zero), {"available": False, "reason": reason}, missing
+        )
     candidate_tickers = {positions.tickers[code] for code in np.flatnonzero(held_by_ticker)}
     missing_tickers = sorted(candidate_tickers & positions.unknown_tickers)
     if not counts[0]:  # no weighted row is a position
         reason = "the price source has no prices for any position"
-        return PortfolioResult(empty_daily, _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
-                               {"available": False, "reason": reason}, missing)
+        return PortfolioResult(
+            empty_daily,
+            _unavailable(reason, missing, scored_zero) | {"missing_tickers": missing_tickers},
+            {"available": False, "reason": reason},
+            missing,
+        )
 
     start, end = int(series.start[book]), int(series.end[book])
     window = slice(start + 1, end + 1)  # the first session is the close of the first entry: nothing is held over it
@@ -264,12 +330,22 @@ def _portfolio_result(score: np.ndarray, positions: Positions, series: BookSerie
     benchmark_return = benchmark_equity[1:] / benchmark_equity[:-1] - 1.0
 
     daily = pd.DataFrame(
-        {"book_return": series.book_return[book, window], "gross_return": series.gross_return[book, window], "benchmark_return": benchmark_return,
-         "gross_exposure": series.gross_exposure[book, window], "open_positions": series.open_positions[book, window],
-         "traded": series.traded[book, window]},
+        {
+            "book_return": series.book_return[book, window],
+            "gross_return": series.gross_return[book, window],
+            "benchmark_return": benchmark_return,
+            "gross_exposure": series.gross_exposure[book, window],
+            "open_positions": series.open_positions[book, window],
+            "traded": series.traded[book, window],
+        },
         index=pd.DatetimeIndex(sessions[1:], name="session"),
     )
-    figures = series_metrics(daily["book_return"].to_numpy(), periods_per_year, risk_free_rate, invested=daily["gross_exposure"].to_numpy() > 0)
+    figures = series_metrics(
+        daily["book_return"].to_numpy(),
+        periods_per_year,
+        risk_free_rate,
+        invested=daily["gross_exposure"].to_numpy() > 0,
+    )
     portfolio = {
         "available": True,
         "positions": int(counts[0]),
@@ -314,8 +390,9 @@ def daily_book(result: PortfolioResult, baselines: dict[str, PortfolioResult]) -
     with the model's book (its return net of costs, gross exposure, open positions), the benchmark and each baseline
     book's return (`<name>_return`). A cell is empty on a session outside its book's window, so each column's
     non-empty values are the series its figures in the report come from."""
-    columns = {name: result.daily[name]
-               for name in ("book_return", "gross_exposure", "open_positions", "benchmark_return")}
+    columns = {
+        name: result.daily[name] for name in ("book_return", "gross_exposure", "open_positions", "benchmark_return")
+    }
     columns |= {f"{name}_return": book.daily["book_return"] for name, book in baselines.items()}
     frame = pd.DataFrame(columns).astype({"open_positions": "Int64"})
     frame.index.name = "date"

@@ -48,12 +48,47 @@ from sftc_core.text import format_number, format_share
 REPORT_FILES = ("metrics.json", "daily_returns.csv", "report.md", "report.html", "equity_curve.png", "confusion.png")
 # Figures shown for each side of the base model's knowledge cutoff when the test window straddles it.
 CUTOFF_FIGURES = ("rows", "parse_rate", "accuracy", "mcc", "directional_accuracy", "ic")
-HEADLINE = ("accuracy", "macro_f1", "mcc", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "ic", "long_short_spread")
-SERIES_FIGURES = ("cumulative_return", "cagr", "annualised_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover")
+HEADLINE = (
+    "accuracy",
+    "macro_f1",
+    "mcc",
+    "directional_accuracy",
+    "parse_rate",
+    "majority_baseline_accuracy",
+    "ic",
+    "long_short_spread",
+)
+SERIES_FIGURES = (
+    "cumulative_return",
+    "cagr",
+    "annualised_volatility",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "calmar",
+    "hit_rate",
+    "turnover",
+)
 ANNUALISED_FIGURES = ("cagr", "annualised_volatility", "sharpe", "sortino", "calmar")
-PERCENT_FIGURES = {"accuracy", "macro_f1", "directional_accuracy", "parse_rate", "majority_baseline_accuracy", "long_short_spread",
-                   "cumulative_return", "cagr", "annualised_volatility", "max_drawdown", "hit_rate", "turnover", "portfolio_return",
-                   "benchmark_return", "mean_return", "follows_cue", "cue_agrees_with_label"}
+PERCENT_FIGURES = {
+    "accuracy",
+    "macro_f1",
+    "directional_accuracy",
+    "parse_rate",
+    "majority_baseline_accuracy",
+    "long_short_spread",
+    "cumulative_return",
+    "cagr",
+    "annualised_volatility",
+    "max_drawdown",
+    "hit_rate",
+    "turnover",
+    "portfolio_return",
+    "benchmark_return",
+    "mean_return",
+    "follows_cue",
+    "cue_agrees_with_label",
+}
 # The evidence of skill (spec): accuracy's interval above the majority baseline and a permutation p-value under this.
 SKILL_P_VALUE = 0.05
 # The planted cue of the toy corpus must come through far more clearly than "some skill".
@@ -61,8 +96,13 @@ CUE_P_VALUE = 0.01
 BASELINE_BOOKS = {"always_long": 1.0, "always_short": -1.0}
 
 
-def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
-                     cues: Mapping[str, str] | None = None) -> tuple[dict, PortfolioResult, pd.DataFrame]:
+def compute_backtest(
+    frame: pd.DataFrame,
+    source: PriceSource,
+    config: BacktestConfig,
+    calendar: str = "XNYS",
+    cues: Mapping[str, str] | None = None,
+) -> tuple[dict, PortfolioResult, pd.DataFrame]:
     """All figures of the spec over `frame` (read_eval_csv's), with their intervals, p-values and baselines, and a
     per-month table by month of as_of_date; beside them the model's book and the daily series of every book
     (portfolio.daily_book). `cues`: thesis id -> the action its planted desk note points to (the toy corpus,
@@ -75,14 +115,24 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
     signal = signal_from_codes(predicted, score, forward)
     positions = load_positions(frame, source, calendar)
     # The model's book and the baselines' (every row scored +1, or -1) in one pass over the positions.
-    result, *baseline_books = backtest_portfolios(frame, [score, *(np.full(len(frame), side) for side in BASELINE_BOOKS.values())], positions,
-                                                  cost_bps=config.cost_bps, periods_per_year=config.periods_per_year,
-                                                  risk_free_rate=config.risk_free_rate)
+    result, *baseline_books = backtest_portfolios(
+        frame,
+        [score, *(np.full(len(frame), side) for side in BASELINE_BOOKS.values())],
+        positions,
+        cost_bps=config.cost_bps,
+        periods_per_year=config.periods_per_year,
+        risk_free_rate=config.risk_free_rate,
+    )
 
     daily = result.daily["book_return"].to_numpy(dtype="float64") if result.portfolio["available"] else None
     drawn = uncertainty.uncertainty(true, predicted, score, forward, signal["ic"], daily, config)
 
-    baselines = {"majority": {"action": classification["majority_class"], "accuracy": classification["majority_baseline_accuracy"]}}
+    baselines = {
+        "majority": {
+            "action": classification["majority_class"],
+            "accuracy": classification["majority_baseline_accuracy"],
+        }
+    }
     for (name, side), book in zip(BASELINE_BOOKS.items(), (r.portfolio for r in baseline_books)):
         baselines[name] = {
             "score": side,
@@ -110,8 +160,12 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
         "p_value_methods": drawn.p_value_methods,
         "baselines": baselines,
         "annualised_from_sessions": result.portfolio.get("days"),
-        "uncertainty": {"resamples": config.bootstrap_resamples, "permutations": config.permutations,
-                        "seed": config.seed, "sharpe_mean_block_sessions": drawn.sharpe_mean_block_sessions},
+        "uncertainty": {
+            "resamples": config.bootstrap_resamples,
+            "permutations": config.permutations,
+            "seed": config.seed,
+            "sharpe_mean_block_sessions": drawn.sharpe_mean_block_sessions,
+        },
         "portfolio": result.portfolio,
         "benchmark": result.benchmark,
         "per_month": _per_month(frame, true, predicted, score, forward, result),
@@ -124,8 +178,14 @@ def compute_backtest(frame: pd.DataFrame, source: PriceSource, config: BacktestC
     return _json_safe(metrics), result, daily_book(result, dict(zip(BASELINE_BOOKS, baseline_books)))
 
 
-def _per_month(frame: pd.DataFrame, true: np.ndarray, predicted: np.ndarray, score: np.ndarray, forward: np.ndarray,
-               result: PortfolioResult) -> list[dict]:
+def _per_month(
+    frame: pd.DataFrame,
+    true: np.ndarray,
+    predicted: np.ndarray,
+    score: np.ndarray,
+    forward: np.ndarray,
+    result: PortfolioResult,
+) -> list[dict]:
     """The figures per month of as_of_date, each beside the count it is computed over."""
     book_by_month = monthly_returns(result.daily, "book_return")
     benchmark_by_month = monthly_returns(result.daily, "benchmark_return")
@@ -142,13 +202,24 @@ def _per_month(frame: pd.DataFrame, true: np.ndarray, predicted: np.ndarray, sco
         rows = order[bounds[i] : bounds[i + 1]]
         c = classification_from_codes(true[rows], predicted[rows])
         s = signal_from_codes(predicted[rows], score[rows], forward[rows])
-        per_month.append({
-            "month": str(month), "rows": c["rows"], "parse_rate": c["parse_rate"], "accuracy": c["accuracy"], "macro_f1": c["macro_f1"],
-            "mcc": c["mcc"], "rows_with_return": s["rows_with_return"], "ic": s["ic"], "directional_rows": s["directional_rows"],
-            "directional_accuracy": s["directional_accuracy"], "long_short_spread": s["long_short_spread"],
-            "sessions": int(sessions_by_month.get(str(month), 0)),
-            "portfolio_return": book_by_month.get(str(month)), "benchmark_return": benchmark_by_month.get(str(month)),
-        })
+        per_month.append(
+            {
+                "month": str(month),
+                "rows": c["rows"],
+                "parse_rate": c["parse_rate"],
+                "accuracy": c["accuracy"],
+                "macro_f1": c["macro_f1"],
+                "mcc": c["mcc"],
+                "rows_with_return": s["rows_with_return"],
+                "ic": s["ic"],
+                "directional_rows": s["directional_rows"],
+                "directional_accuracy": s["directional_accuracy"],
+                "long_short_spread": s["long_short_spread"],
+                "sessions": int(sessions_by_month.get(str(month), 0)),
+                "portfolio_return": book_by_month.get(str(month)),
+                "benchmark_return": benchmark_by_month.get(str(month)),
+            }
+        )
     return per_month
 
 
@@ -193,12 +264,17 @@ def interval_text(name: str, interval: list[float] | None) -> str:
     return "n/a" if interval is None else f"{fmt(name, interval[0])} to {fmt(name, interval[1])}"
 
 
-def beats_baseline(interval: list[float] | None, baseline: float | None, p: float | None, threshold: float) -> tuple[bool, str]:
+def beats_baseline(
+    interval: list[float] | None, baseline: float | None, p: float | None, threshold: float
+) -> tuple[bool, str]:
     """The evidence rule of the spec: an interval above its baseline and a p-value below `threshold`; where it
     fails, why, in words."""
     above = interval is not None and baseline is not None and interval[0] > baseline
     significant = p is not None and p < threshold
-    why = [*([] if above else ["the interval does not lie above the baseline"]), *([] if significant else [f"p is not below {threshold:g}"])]
+    why = [
+        *([] if above else ["the interval does not lie above the baseline"]),
+        *([] if significant else [f"p is not below {threshold:g}"]),
+    ]
     return above and significant, " and ".join(why)
 
 
@@ -207,10 +283,15 @@ def skill_verdict(metrics: dict) -> dict:
     accuracy, interval, p = metrics["accuracy"], metrics["ci95"]["accuracy"], metrics["p_values"]["accuracy"]
     majority = metrics["baselines"]["majority"]
     skill, why = beats_baseline(interval, majority["accuracy"], p, SKILL_P_VALUE)
-    figures = (f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) against the majority baseline "
-               f"{fmt('accuracy', majority['accuracy'])} (always {majority['action']}), permutation p = {fmt('p', p)}")
+    figures = (
+        f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) against the majority baseline "
+        f"{fmt('accuracy', majority['accuracy'])} (always {majority['action']}), permutation p = {fmt('p', p)}"
+    )
     if skill:
-        return {"skill": True, "sentence": f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}."}
+        return {
+            "skill": True,
+            "sentence": f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}.",
+        }
     return {"skill": False, "sentence": f"No evidence of skill: {figures}; {why}."}
 
 
@@ -220,8 +301,10 @@ def cue_verdict(metrics: dict) -> tuple[bool, str]:
     cued, p = metrics["planted_cue"]["cued"], metrics["p_values"]["accuracy"]
     interval, majority = cued["ci95"], cued["majority_baseline_accuracy"]
     recovered, why = beats_baseline(interval, majority, p, CUE_P_VALUE)
-    figures = (f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} (95% CI {interval_text('accuracy', interval)}) "
-               f"against their majority baseline {fmt('accuracy', majority)}, overall permutation p = {fmt('p', p)}")
+    figures = (
+        f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} (95% CI {interval_text('accuracy', interval)}) "
+        f"against their majority baseline {fmt('accuracy', majority)}, overall permutation p = {fmt('p', p)}"
+    )
     if recovered:
         return True, f"The planted cue came through: {figures}."
     return False, f"The planted cue did not come through: {figures}; {why}."
@@ -233,7 +316,9 @@ def first_unseen(profile: ProfileConfig, calendar: str = "XNYS") -> dt.date | No
     return first_unseen_date(cutoff, profile.corpus.horizon_days, calendar) if cutoff else None
 
 
-def cutoff_sides(frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str, unseen_from: dt.date | None) -> dict | None:
+def cutoff_sides(
+    frame: pd.DataFrame, source: PriceSource, config: BacktestConfig, calendar: str, unseen_from: dt.date | None
+) -> dict | None:
     """The figures of the theses the base model may have seen the outcome of (as-of before `unseen_from`: its
     knowledge cutoff plus the label horizon) apart from the rest; None when no thesis lies before it."""
     if unseen_from is None:
@@ -242,11 +327,17 @@ def cutoff_sides(frame: pd.DataFrame, source: PriceSource, config: BacktestConfi
     if not seen.any():
         return None
     sides = {}
-    for label, mask in ((f"before {unseen_from} (outcomes the model may know)", seen), (f"from {unseen_from} (unseen)", ~seen)):
+    for label, mask in (
+        (f"before {unseen_from} (outcomes the model may know)", seen),
+        (f"from {unseen_from} (unseen)", ~seen),
+    ):
         if mask.any():
             figures = compute_backtest(frame[mask].reset_index(drop=True), source, config, calendar)[0]
-            sides[label] = {**{k: figures[k] for k in CUTOFF_FIGURES}, "sharpe": figures["portfolio"].get("sharpe"),
-                            "cumulative_return": figures["portfolio"].get("cumulative_return")}
+            sides[label] = {
+                **{k: figures[k] for k in CUTOFF_FIGURES},
+                "sharpe": figures["portfolio"].get("sharpe"),
+                "cumulative_return": figures["portfolio"].get("cumulative_return"),
+            }
     return {"unseen_from": unseen_from.isoformat(), "sides": sides}
 
 
@@ -297,9 +388,14 @@ DEFINITIONS = (
 def _baseline_text(metrics: dict, name: str) -> str:
     baselines = metrics["baselines"]
     if name == "accuracy":
-        return f"majority (always {baselines['majority']['action']}) {fmt('accuracy', baselines['majority']['accuracy'])}"
+        return (
+            f"majority (always {baselines['majority']['action']}) {fmt('accuracy', baselines['majority']['accuracy'])}"
+        )
     if name == "directional_accuracy":
-        return "; ".join(f"{label} {fmt(name, baselines[key]['directional_accuracy'])}" for key, label in (("always_long", "always long"), ("always_short", "always short")))
+        return "; ".join(
+            f"{label} {fmt(name, baselines[key]['directional_accuracy'])}"
+            for key, label in (("always_long", "always long"), ("always_short", "always short"))
+        )
     if name == "ic":
         return "0 = no information (undefined for always long / short: a constant score has no ranks)"
     if name == "mcc":
@@ -311,47 +407,102 @@ def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table of the report, shared by the Markdown and the HTML."""
     pf, bm, baselines, ci = metrics["portfolio"], metrics["benchmark"], metrics["baselines"], metrics["ci95"]
     ci_methods, p_methods = metrics["ci95_methods"], metrics["p_value_methods"]
-    headline = [[name, fmt(name, metrics[name]), interval_text(name, ci.get(name)) if name in ci else "",
-                 ci_methods.get(name, ""),
-                 fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "",
-                 p_methods.get(name, ""), _baseline_text(metrics, name)]
-                for name in HEADLINE]
-    by_action = [[label, fmt("mean_return", v["mean_return"]), fmt("rows", v["rows"])] for label, v in metrics["mean_return_by_action"].items()]
+    headline = [
+        [
+            name,
+            fmt(name, metrics[name]),
+            interval_text(name, ci.get(name)) if name in ci else "",
+            ci_methods.get(name, ""),
+            fmt("p", metrics["p_values"].get(name)) if name in metrics["p_values"] else "",
+            p_methods.get(name, ""),
+            _baseline_text(metrics, name),
+        ]
+        for name in HEADLINE
+    ]
+    by_action = [
+        [label, fmt("mean_return", v["mean_return"]), fmt("rows", v["rows"])]
+        for label, v in metrics["mean_return_by_action"].items()
+    ]
     sessions = metrics["annualised_from_sessions"]
     short = sessions is not None and sessions < metrics["config"]["periods_per_year"]
 
     def series_label(name: str) -> str:  # the spec: say so beside the annualised figures of a window under a year
         return f"{name} (annualised from {sessions} sessions)" if short and name in ANNUALISED_FIGURES else name
 
-    series = [[series_label(name), fmt(name, pf.get(name)), interval_text(name, ci.get(name)) if name in ci else "",
-               ci_methods.get(name, ""), fmt(name, baselines["always_long"].get(name)),
-               fmt(name, baselines["always_short"].get(name)), fmt(name, bm.get(name))]
-              for name in SERIES_FIGURES]
-    confusion = [[a, *[str(v) for v in row], str(metrics["unparsed_by_true_action"][a])] for a, row in zip(ACTIONS, metrics["confusion_matrix"])]
+    series = [
+        [
+            series_label(name),
+            fmt(name, pf.get(name)),
+            interval_text(name, ci.get(name)) if name in ci else "",
+            ci_methods.get(name, ""),
+            fmt(name, baselines["always_long"].get(name)),
+            fmt(name, baselines["always_short"].get(name)),
+            fmt(name, bm.get(name)),
+        ]
+        for name in SERIES_FIGURES
+    ]
+    confusion = [
+        [a, *[str(v) for v in row], str(metrics["unparsed_by_true_action"][a])]
+        for a, row in zip(ACTIONS, metrics["confusion_matrix"])
+    ]
     month_columns = list(metrics["per_month"][0]) if metrics["per_month"] else ["month"]
     months = [[fmt(c, m[c]) if c != "month" else m[c] for c in month_columns] for m in metrics["per_month"]]
     tables = [
-        ("Classification and signal", ["figure", "value", "95% CI", "CI method", "p", "p method", "baseline"],
-         headline),
+        (
+            "Classification and signal",
+            ["figure", "value", "95% CI", "CI method", "p", "p method", "baseline"],
+            headline,
+        ),
         ("Mean forward return by predicted action", ["predicted action", "mean return", "rows"], by_action),
-        ("Portfolio against the baselines",
-         ["figure", "portfolio", "95% CI", "CI method", "always long", "always short", "equal-weight buy-and-hold"],
-         series),
-        ("Confusion matrix (rows: true action, columns: predicted)", ["true \\ predicted", *ACTIONS, UNPARSED_NAME], confusion),
-        ("Per month (by month of as_of_date; each figure over the count beside it; portfolio and benchmark over that month's sessions)",
-         month_columns, months),
+        (
+            "Portfolio against the baselines",
+            ["figure", "portfolio", "95% CI", "CI method", "always long", "always short", "equal-weight buy-and-hold"],
+            series,
+        ),
+        (
+            "Confusion matrix (rows: true action, columns: predicted)",
+            ["true \\ predicted", *ACTIONS, UNPARSED_NAME],
+            confusion,
+        ),
+        (
+            "Per month (by month of as_of_date; each figure over the count beside it; portfolio and benchmark over that month's sessions)",
+            month_columns,
+            months,
+        ),
     ]
     cue = metrics.get("planted_cue")
     if cue:
-        subsets = [[label, fmt("rows", cue[key]["rows"]), fmt("accuracy", cue[key]["accuracy"]), interval_text("accuracy", cue[key]["ci95"]),
-                    fmt("p", cue[key]["p_value"]), f"always {cue[key]['majority_class']} {fmt('accuracy', cue[key]['majority_baseline_accuracy'])}"]
-                   for key, label in (("cued", "with the desk note"), ("uncued", "without"))]
-        tables.insert(1, ("Planted cue (toy corpus): theses with and without the desk note", ["theses", "rows", "accuracy", "95% CI", "p", "majority baseline"], subsets))
+        subsets = [
+            [
+                label,
+                fmt("rows", cue[key]["rows"]),
+                fmt("accuracy", cue[key]["accuracy"]),
+                interval_text("accuracy", cue[key]["ci95"]),
+                fmt("p", cue[key]["p_value"]),
+                f"always {cue[key]['majority_class']} {fmt('accuracy', cue[key]['majority_baseline_accuracy'])}",
+            ]
+            for key, label in (("cued", "with the desk note"), ("uncued", "without"))
+        ]
+        tables.insert(
+            1,
+            (
+                "Planted cue (toy corpus): theses with and without the desk note",
+                ["theses", "rows", "accuracy", "95% CI", "p", "majority baseline"],
+                subsets,
+            ),
+        )
     cutoff = metrics.get("knowledge_cutoff")
     if cutoff:
         names = [*CUTOFF_FIGURES, "sharpe", "cumulative_return"]
         rows = [[side, *[fmt(n, figures[n]) for n in names]] for side, figures in cutoff["sides"].items()]
-        tables.insert(1, ("The two sides of the base model's knowledge cutoff (the test window straddles it)", ["theses", *names], rows))
+        tables.insert(
+            1,
+            (
+                "The two sides of the base model's knowledge cutoff (the test window straddles it)",
+                ["theses", *names],
+                rows,
+            ),
+        )
     return tables
 
 
@@ -364,22 +515,34 @@ def _summary_lines(metrics: dict) -> list[str]:
         "Return status: " + ", ".join(f"{k} {v:,}" for k, v in metrics["return_status_counts"].items()) + ".",
     ]
     if pf["available"]:
-        lines.append(f"Portfolio: {pf['positions']:,} positions from {pf['start']} to {pf['end']}, costs {pf['cost_bps']:g} bp a side; "
-                     f"{pf['rows_scored_zero']:,} rows scored 0 (HOLD or unparsed) hold nothing.")
+        lines.append(
+            f"Portfolio: {pf['positions']:,} positions from {pf['start']} to {pf['end']}, costs {pf['cost_bps']:g} bp a side; "
+            f"{pf['rows_scored_zero']:,} rows scored 0 (HOLD or unparsed) hold nothing."
+        )
         sessions = metrics["annualised_from_sessions"]
         if sessions is not None and sessions < metrics["config"]["periods_per_year"]:
-            lines.append(f"CAGR, volatility, Sharpe, Sortino and Calmar are annualised from {sessions} sessions, under a year "
-                         f"({metrics['config']['periods_per_year']}): read them as the pace of a short window, not as a year's result.")
+            lines.append(
+                f"CAGR, volatility, Sharpe, Sortino and Calmar are annualised from {sessions} sessions, under a year "
+                f"({metrics['config']['periods_per_year']}): read them as the pace of a short window, not as a year's result."
+            )
     else:
         lines.append(f"Portfolio: not computed: {pf['reason']}.")
     if pf["missing_positions"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in pf["missing_by_reason"].items())
-        tickers = f" Tickers the price source does not know: {', '.join(pf.get('missing_tickers') or [])}." if pf.get("missing_tickers") else ""
-        lines.append(f"Missing prices: {pf['missing_positions']:,} scored rows left out of the portfolio ({reasons}).{tickers}")
+        tickers = (
+            f" Tickers the price source does not know: {', '.join(pf.get('missing_tickers') or [])}."
+            if pf.get("missing_tickers")
+            else ""
+        )
+        lines.append(
+            f"Missing prices: {pf['missing_positions']:,} scored rows left out of the portfolio ({reasons}).{tickers}"
+        )
     u = metrics["uncertainty"]
-    lines.append(f"Intervals from {u['resamples']:,} bootstrap resamples ({methods_text(metrics['ci95_methods'])}), "
-                 f"p-values from {u['permutations']:,} permutations ({methods_text(metrics['p_value_methods'])}), "
-                 f"seed {u['seed']}.")
+    lines.append(
+        f"Intervals from {u['resamples']:,} bootstrap resamples ({methods_text(metrics['ci95_methods'])}), "
+        f"p-values from {u['permutations']:,} permutations ({methods_text(metrics['p_value_methods'])}), "
+        f"seed {u['seed']}."
+    )
     return lines
 
 
@@ -387,8 +550,10 @@ def _headline_lines(metrics: dict) -> list[str]:
     """What a reader must see first: the toy caveat, whether there is evidence of skill, whether the cue came through."""
     lines = []
     if metrics.get("sample_corpus"):
-        lines.append("Toy corpus: these theses were generated from sample prices, half with a planted desk note "
-                     "(sftc_assets/theses/sample_corpus.py). The figures test the plumbing, not a strategy.")
+        lines.append(
+            "Toy corpus: these theses were generated from sample prices, half with a planted desk note "
+            "(sftc_assets/theses/sample_corpus.py). The figures test the plumbing, not a strategy."
+        )
     lines.append(metrics["verdict"]["sentence"])
     if metrics.get("planted_cue"):
         lines.append(metrics["planted_cue"]["verdict"])
@@ -399,16 +564,32 @@ def render_markdown(metrics: dict) -> str:
     def row(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    parts = ["# Backtest report", "", *[f"**{line}**" for line in _headline_lines(metrics)], "", *_summary_lines(metrics), "",
-             "![equity curve](equity_curve.png)", ""]
+    parts = [
+        "# Backtest report",
+        "",
+        *[f"**{line}**" for line in _headline_lines(metrics)],
+        "",
+        *_summary_lines(metrics),
+        "",
+        "![equity curve](equity_curve.png)",
+        "",
+    ]
     for title, header, rows in _tables(metrics):
         parts += [f"## {title}", "", row(header), "|" + "---|" * len(header), *[row(r) for r in rows], ""]
-    parts += ["![confusion matrix](confusion.png)", "", "## Definitions", "", *[f"- {line}" for line in DEFINITIONS], ""]
+    parts += [
+        "![confusion matrix](confusion.png)",
+        "",
+        "## Definitions",
+        "",
+        *[f"- {line}" for line in DEFINITIONS],
+        "",
+    ]
     return "\n".join(parts)
 
 
 def render_html(metrics: dict, images: dict[str, bytes]) -> str:
     """A single self-contained page: the images are inlined."""
+
     def image(name: str, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
@@ -422,7 +603,7 @@ def render_html(metrics: dict, images: dict[str, bytes]) -> str:
     body.append(image("confusion.png", "confusion matrix"))
     body.append("<h2>Definitions</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in DEFINITIONS) + "</ul>")
     style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
-    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Backtest report</title><style>{style}</style></head><body><h1>Backtest report</h1>{''.join(body)}</body></html>\n"
+    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Backtest report</title><style>{style}</style></head><body><h1>Backtest report</h1>{"".join(body)}</body></html>\n'
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -444,13 +625,23 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1], "left": 0.09, "right": 0.98, "top": 0.94, "bottom": 0.07})
+    figure, (top, bottom) = plt.subplots(
+        2,
+        1,
+        figsize=(9, 5.5),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1], "left": 0.09, "right": 0.98, "top": 0.94, "bottom": 0.07},
+    )
     if daily.empty:
         top.text(0.5, 0.5, "no portfolio: no position had prices", ha="center", va="center", transform=top.transAxes)
     else:
         # The curves start at 1 on the close of the first entry, the session before the first daily return.
         days = pd.DatetimeIndex([pd.Timestamp(start), *daily.index])
-        for column, label in (("book_return", "portfolio (net of costs)"), ("gross_return", "portfolio before costs"), ("benchmark_return", "equal-weight buy-and-hold")):
+        for column, label in (
+            ("book_return", "portfolio (net of costs)"),
+            ("gross_return", "portfolio before costs"),
+            ("benchmark_return", "equal-weight buy-and-hold"),
+        ):
             equity = np.concatenate(([1.0], (1.0 + daily[column].to_numpy()).cumprod()))
             top.plot(days, equity, label=label, linewidth=1.2 if column != "gross_return" else 0.8)
         equity = np.concatenate(([1.0], (1.0 + daily["book_return"].to_numpy()).cumprod()))
@@ -471,7 +662,9 @@ def plot_confusion(metrics: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.array([row + [metrics["unparsed_by_true_action"][a]] for a, row in zip(ACTIONS, metrics["confusion_matrix"])])
+    counts = np.array(
+        [row + [metrics["unparsed_by_true_action"][a]] for a, row in zip(ACTIONS, metrics["confusion_matrix"])]
+    )
     figure, axes = plt.subplots(figsize=(7, 5), gridspec_kw={"left": 0.2, "right": 0.97, "top": 0.93, "bottom": 0.2})
     axes.imshow(counts, cmap="Blues")
     axes.set_xticks(range(len(ACTIONS) + 1), [*ACTIONS, UNPARSED_NAME], rotation=30, ha="right")
@@ -488,9 +681,18 @@ def plot_confusion(metrics: dict) -> bytes:
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSource, config: BacktestConfig, calendar: str = "XNYS",
-                 stamp: BeforeSwap | None = None, *, sample_corpus: bool = False, cues: Mapping[str, str] | None = None,
-                 unseen_from: dt.date | None = None) -> dict:
+def run_backtest(
+    eval_path: Path | str,
+    report_dir: Path | str,
+    source: PriceSource,
+    config: BacktestConfig,
+    calendar: str = "XNYS",
+    stamp: BeforeSwap | None = None,
+    *,
+    sample_corpus: bool = False,
+    cues: Mapping[str, str] | None = None,
+    unseen_from: dt.date | None = None,
+) -> dict:
     """Read the eval CSV(s), compute every figure, write the six report files (the directory replaced whole);
     returns the metrics.
 
@@ -505,10 +707,16 @@ def run_backtest(eval_path: Path | str, report_dir: Path | str, source: PriceSou
     metrics, result, daily = compute_backtest(frame, source, config, calendar, cues)
     metrics["sample_corpus"] = sample_corpus
     metrics["knowledge_cutoff"] = _json_safe(cutoff_sides(frame, source, config, calendar, unseen_from))
-    images = {"equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")), "confusion.png": plot_confusion(metrics)}
-    texts = {"metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
-             "daily_returns.csv": daily.to_csv(date_format="%Y-%m-%d", lineterminator="\n"),
-             "report.md": render_markdown(metrics), "report.html": render_html(metrics, images)}
+    images = {
+        "equity_curve.png": plot_equity_curve(result.daily, result.portfolio.get("start")),
+        "confusion.png": plot_confusion(metrics),
+    }
+    texts = {
+        "metrics.json": json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n",
+        "daily_returns.csv": daily.to_csv(date_format="%Y-%m-%d", lineterminator="\n"),
+        "report.md": render_markdown(metrics),
+        "report.html": render_html(metrics, images),
+    }
     with atomic_dir(report_dir, stamp) as staging:
         for name, text in texts.items():
             (staging / name).write_text(text, encoding="utf-8")
@@ -557,7 +765,9 @@ def sanity_problems(report_dir: Path | str, expected_rows: int | None = None) ->
             within(f"{side}.max_drawdown", figures.get("max_drawdown"), -1.0, 0.0)
             within(f"{side}.hit_rate", figures.get("hit_rate"), 0.0, 1.0)
             if figures.get("cumulative_return") is None or figures["cumulative_return"] <= -1.0:
-                problems.append(f"{side}.cumulative_return = {figures.get('cumulative_return')}: equity must stay above 0")
+                problems.append(
+                    f"{side}.cumulative_return = {figures.get('cumulative_return')}: equity must stay above 0"
+                )
             if not figures.get("days"):
                 problems.append(f"{side} has no days")
     if metrics["portfolio"].get("turnover") is not None and metrics["portfolio"]["turnover"] < 0:

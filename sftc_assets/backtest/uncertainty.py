@@ -85,8 +85,9 @@ def multinomial_intervals(cells: np.ndarray, resamples: int, seed: int) -> dict[
     return {name: _interval(values) for name, values in cell_figures(drawn).items()}
 
 
-def shuffled_tables(true_codes: np.ndarray, predicted_codes: np.ndarray, permutations: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def shuffled_tables(
+    true_codes: np.ndarray, predicted_codes: np.ndarray, permutations: int, rng: np.random.Generator
+) -> np.ndarray:
     """Confusion tables (permutations x true actions x labels) of the predictions shuffled across the rows: both
     margins stay, so each true action's row is a multivariate hypergeometric draw from the predictions not yet dealt,
     drawn a label at a time (numpy's hypergeometric, vectorised over the permutations)."""
@@ -125,8 +126,9 @@ def shuffled_rows(rng: np.random.Generator, count: int, rows: int) -> np.ndarray
     return shuffled
 
 
-def ic_uncertainty(score: np.ndarray, forward_return: np.ndarray, ic: float | None, config: BacktestConfig
-                   ) -> tuple[list[float] | None, str, float | None, str]:
+def ic_uncertainty(
+    score: np.ndarray, forward_return: np.ndarray, ic: float | None, config: BacktestConfig
+) -> tuple[list[float] | None, str, float | None, str]:
     """(interval, its method, p-value, its method) of the IC over the rows with a return: a row bootstrap and score
     shuffles up to FISHER_ROWS of them, the Fisher z interval and the normal limit of the shuffles above."""
     has_return = np.isfinite(forward_return)
@@ -156,6 +158,7 @@ def ic_uncertainty(score: np.ndarray, forward_return: np.ndarray, ic: float | No
 
 def sharpe_of(periods_per_year: int, risk_free_rate: float):
     """The annualised Sharpe ratio of a 1-D daily series (metrics.sharpe_ratios'), as arch's `apply` calls it."""
+
     def sharpe(daily: np.ndarray) -> float:
         every_day = np.ones((1, len(daily)), dtype=bool)
         return float(sharpe_ratios(daily[None], every_day, periods_per_year, risk_free_rate)[0])
@@ -190,8 +193,15 @@ def block_method(block: float | None) -> str:
     return f"stationary block bootstrap (mean block {format_number(block)} session{'' if block == 1 else 's'})"
 
 
-def uncertainty(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray,
-                ic: float | None, daily: np.ndarray | None, config: BacktestConfig) -> Uncertainty:
+def uncertainty(
+    true_codes: np.ndarray,
+    predicted_codes: np.ndarray,
+    score: np.ndarray,
+    forward_return: np.ndarray,
+    ic: float | None,
+    daily: np.ndarray | None,
+    config: BacktestConfig,
+) -> Uncertainty:
     """Every interval and p-value of the spec's ci95 and p_values; `daily` is the book's daily return series
     (None: no portfolio)."""
     cells = classification_cells(true_codes, predicted_codes, score, forward_return)
@@ -203,8 +213,10 @@ def uncertainty(true_codes: np.ndarray, predicted_codes: np.ndarray, score: np.n
     return Uncertainty(
         ci95={name: ci95[name] for name in CI_FIGURES},
         ci95_methods={name: methods[name] for name in CI_FIGURES},
-        p_values={"accuracy": accuracy_p_value(true_codes, predicted_codes, config.permutations, config.seed),
-                  "ic": ic_p},
+        p_values={
+            "accuracy": accuracy_p_value(true_codes, predicted_codes, config.permutations, config.seed),
+            "ic": ic_p,
+        },
         p_value_methods={"accuracy": HYPERGEOMETRIC, "ic": ic_p_method},
         sharpe_mean_block_sessions=block,
     )

@@ -69,8 +69,9 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
             window = (settings.train_start_date, settings.train_end_date)
             prompts = pretrain.pretraining_texts(paths.hf_splits, settings.sft, *window)
             texts = nemo_export.training_texts(paths.hf_splits, settings.sft)
-            summary = toy_model.make_toy_base(paths.base_checkpoint, texts, prompts, model, log=context.log.info,
-                                              stamp=stamp)
+            summary = toy_model.make_toy_base(
+                paths.base_checkpoint, texts, prompts, model, log=context.log.info, stamp=stamp
+            )
         context.log.info("toy FP8 checkpoint: %s", summary)
         pretrained = summary["pretraining"]
         size = f"{format_number(summary['parameters'])} parameters in {summary['shards']} shards"
@@ -79,20 +80,24 @@ def _toy_base_checkpoint(settings: Settings) -> dg.AssetsDefinition:
             how = f"pretrained {pretrained['steps']} steps to loss {format_number(pretrained['final_loss'])}"
         report_summary(context, "base_checkpoint", f"{size}, {format_bytes(summary['total_bytes'])}, {how}")
         return dg.MaterializeResult(
-            metadata=asset_metadata(settings, "base_checkpoint", {
-                "path": dg.MetadataValue.path(summary["path"]),
-                "parameters": summary["parameters"],
-                "tensors": summary["tensors"],
-                "fp8_tensors": summary["quantized_tensors"],
-                "shards": summary["shards"],
-                "scales_in_other_shard": summary["scales_in_other_shard"],
-                "size": format_bytes(summary["total_bytes"]),
-                "size_bytes": summary["total_bytes"],
-                "tokenizer_vocab": summary["tokenizer_vocab"],
-                "corpus_texts": summary["corpus_texts"],
-                **_pretraining_figures(pretrained, settings),
-                "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
-            }),
+            metadata=asset_metadata(
+                settings,
+                "base_checkpoint",
+                {
+                    "path": dg.MetadataValue.path(summary["path"]),
+                    "parameters": summary["parameters"],
+                    "tensors": summary["tensors"],
+                    "fp8_tensors": summary["quantized_tensors"],
+                    "shards": summary["shards"],
+                    "scales_in_other_shard": summary["scales_in_other_shard"],
+                    "size": format_bytes(summary["total_bytes"]),
+                    "size_bytes": summary["total_bytes"],
+                    "tokenizer_vocab": summary["tokenizer_vocab"],
+                    "corpus_texts": summary["corpus_texts"],
+                    **_pretraining_figures(pretrained, settings),
+                    "shard_table": _table(verify.shard_table(paths.base_checkpoint)),
+                },
+            ),
             data_version=data_version([paths.base_checkpoint]),
         )
 
@@ -126,7 +131,9 @@ def _external_base_checkpoint(settings: Settings) -> dg.SourceAsset:
 
 
 def defs(settings: Settings) -> dg.Definitions:
-    base_checkpoint = _toy_base_checkpoint(settings) if settings.profile.model.kind == "toy" else _external_base_checkpoint(settings)
+    base_checkpoint = (
+        _toy_base_checkpoint(settings) if settings.profile.model.kind == "toy" else _external_base_checkpoint(settings)
+    )
 
     @dg.asset(
         deps=[base_checkpoint],
@@ -141,36 +148,51 @@ def defs(settings: Settings) -> dg.Definitions:
         paths, source = settings.paths, settings.base_checkpoint_dir
         with writing(settings, "bf16_checkpoint", [paths.bf16_checkpoint], inputs=[("base_checkpoint", None)]) as stamp:
             plan = convert.plan_conversion(source)  # a bad checkpoint fails here, before the gate and before any work
-            device = gpu.choose_device("bf16_checkpoint", plan.input_bytes, settings.profile.compute.cpu_max_checkpoint_bytes)
-            summary = convert.convert_fp8_checkpoint(source, paths.bf16_checkpoint, device=device, stamp=stamp, progress_log=context.log.info)
+            device = gpu.choose_device(
+                "bf16_checkpoint", plan.input_bytes, settings.profile.compute.cpu_max_checkpoint_bytes
+            )
+            summary = convert.convert_fp8_checkpoint(
+                source, paths.bf16_checkpoint, device=device, stamp=stamp, progress_log=context.log.info
+            )
         context.log.info("conversion: %s", {k: v for k, v in summary.items() if k != "shard_sha256"})
         report_summary(
-            context, "bf16_checkpoint",
+            context,
+            "bf16_checkpoint",
             f"{summary['dequantized_tensors']} FP8 tensors dequantized, {format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])} on {summary['device']}/{summary['method']}",
         )
-        rows = [{**row, "sha256": summary["shard_sha256"][row["shard"]][:SHORT_HASH]} for row in verify.shard_table(paths.bf16_checkpoint)]
+        rows = [
+            {**row, "sha256": summary["shard_sha256"][row["shard"]][:SHORT_HASH]}
+            for row in verify.shard_table(paths.bf16_checkpoint)
+        ]
         return dg.MaterializeResult(
-            metadata=asset_metadata(settings, "bf16_checkpoint", {
-                "path": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-                "device": summary["device"],
-                "method": summary["method"],
-                "shards": summary["shards"],
-                "shards_resumed": summary["shards_resumed"],
-                "tensors": summary["tensors"],
-                "dequantized_tensors": summary["dequantized_tensors"],
-                "input_size": format_bytes(summary["input_bytes"]),
-                "output_size": format_bytes(summary["output_bytes"]),
-                "output_bytes": summary["output_bytes"],
-                "seconds": summary["seconds"],
-                "gb_per_s": summary["gb_per_s"],
-                "shard_table": _table(rows),
-                "gpu": gpu.probe().describe(),
-            }),
+            metadata=asset_metadata(
+                settings,
+                "bf16_checkpoint",
+                {
+                    "path": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
+                    "device": summary["device"],
+                    "method": summary["method"],
+                    "shards": summary["shards"],
+                    "shards_resumed": summary["shards_resumed"],
+                    "tensors": summary["tensors"],
+                    "dequantized_tensors": summary["dequantized_tensors"],
+                    "input_size": format_bytes(summary["input_bytes"]),
+                    "output_size": format_bytes(summary["output_bytes"]),
+                    "output_bytes": summary["output_bytes"],
+                    "seconds": summary["seconds"],
+                    "gb_per_s": summary["gb_per_s"],
+                    "shard_table": _table(rows),
+                    "gpu": gpu.probe().describe(),
+                },
+            ),
             data_version=data_version([paths.bf16_checkpoint]),
         )
 
     @dg.multi_asset_check(
-        specs=[dg.AssetCheckSpec(name, asset=bf16_checkpoint, blocking=True, description=text) for name, text in _SCAN_CHECKS.items()],
+        specs=[
+            dg.AssetCheckSpec(name, asset=bf16_checkpoint, blocking=True, description=text)
+            for name, text in _SCAN_CHECKS.items()
+        ],
         description="One pass over bf16_checkpoint: scale tensors, finiteness, shapes against the config.",
         **check_placement(COMPUTE_CLASSES["bf16_checkpoint"], settings),
     )
@@ -180,12 +202,20 @@ def defs(settings: Settings) -> dg.Definitions:
         yield dg.AssetCheckResult(
             check_name="no_scale_tensors",
             passed=not scan.scale_tensors,
-            metadata={**common, "scale_tensors": len(scan.scale_tensors), "examples": dg.MetadataValue.json(scan.scale_tensors[:10])},
+            metadata={
+                **common,
+                "scale_tensors": len(scan.scale_tensors),
+                "examples": dg.MetadataValue.json(scan.scale_tensors[:10]),
+            },
         )
         yield dg.AssetCheckResult(
             check_name="tensors_finite",
             passed=not scan.nonfinite,
-            metadata={**common, "nonfinite_tensors": len(scan.nonfinite), "examples": dg.MetadataValue.json(scan.nonfinite[:10])},
+            metadata={
+                **common,
+                "nonfinite_tensors": len(scan.nonfinite),
+                "examples": dg.MetadataValue.json(scan.nonfinite[:10]),
+            },
         )
         yield dg.AssetCheckResult(
             check_name="shapes_match_config",
@@ -207,13 +237,22 @@ def defs(settings: Settings) -> dg.Definitions:
     )
     def loads_and_generates() -> dg.AssetCheckResult:
         if settings.profile.model.kind != "toy":
-            return dg.AssetCheckResult(passed=True, metadata={"skipped": f"profile {settings.profile_name}: too big to load on the check's node"})
+            return dg.AssetCheckResult(
+                passed=True,
+                metadata={"skipped": f"profile {settings.profile_name}: too big to load on the check's node"},
+            )
         # The configured template around a fixed input: the check reads no file but the checkpoint.
         prompt = render_prompt(settings.sft.prompt.instruction, "Ticker: AAPL", settings.sft)
         result = verify.load_and_generate(settings.paths.bf16_checkpoint, prompt)
         return dg.AssetCheckResult(
             passed=result["new_tokens"] > 0,
-            metadata={"parameters": result["parameters"], "new_tokens": result["new_tokens"], "generated": dg.MetadataValue.text(result["text"])},
+            metadata={
+                "parameters": result["parameters"],
+                "new_tokens": result["new_tokens"],
+                "generated": dg.MetadataValue.text(result["text"]),
+            },
         )
 
-    return dg.Definitions(assets=[base_checkpoint, bf16_checkpoint], asset_checks=[bf16_checkpoint_scan, loads_and_generates])
+    return dg.Definitions(
+        assets=[base_checkpoint, bf16_checkpoint], asset_checks=[bf16_checkpoint_scan, loads_and_generates]
+    )

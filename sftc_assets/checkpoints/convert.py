@@ -194,7 +194,9 @@ def _check_scale(source: Path, weight_map: dict[str, str], info: dict[str, Tenso
             f"(in {shard.name}) needs ceil(M/{FP8_BLOCK}) x ceil(N/{FP8_BLOCK}) = {list(expected)}"
         )
     if scale.dtype not in SCALE_DTYPES:
-        raise CheckpointError(f"{scale_shard}: scale {scale_name} has dtype {scale.dtype}; expected one of {', '.join(SCALE_DTYPES)}")
+        raise CheckpointError(
+            f"{scale_shard}: scale {scale_name} has dtype {scale.dtype}; expected one of {', '.join(SCALE_DTYPES)}"
+        )
 
 
 Dequantize = Callable[[torch.Tensor, torch.Tensor], Iterator[torch.Tensor]]
@@ -236,7 +238,9 @@ def _dequantize_cpu(weight: torch.Tensor, scale: torch.Tensor) -> Iterator[torch
     scratch = torch.empty(min(rows_per_slice, weight.shape[0]) * weight.shape[1], dtype=torch.float32)
     for start in range(0, weight.shape[0], rows_per_slice):
         stop = min(start + rows_per_slice, weight.shape[0])
-        yield dequantize_fp8_torch(weight[start:stop], scale[start // FP8_BLOCK : -(-stop // FP8_BLOCK)], scratch=scratch)
+        yield dequantize_fp8_torch(
+            weight[start:stop], scale[start // FP8_BLOCK : -(-stop // FP8_BLOCK)], scratch=scratch
+        )
 
 
 def _on_gpu(dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Dequantize:
@@ -251,7 +255,12 @@ def staging_dir(output: Path) -> Path:
 
 
 def convert_fp8_checkpoint(
-    source: Path | str, output: Path | str, *, device: Device = "auto", progress: bool = True, stamp: BeforeSwap | None = None,
+    source: Path | str,
+    output: Path | str,
+    *,
+    device: Device = "auto",
+    progress: bool = True,
+    stamp: BeforeSwap | None = None,
     progress_log: Callable[[str], None] | None = None,
 ) -> dict:
     """Convert the FP8 checkpoint `source` into a BF16 checkpoint at `output` (replaced whole when done).
@@ -272,13 +281,18 @@ def convert_fp8_checkpoint(
     started = time.perf_counter()
     # One core computes while the writer thread writes and hashes: more OpenMP workers would only fight it.
     total = sum(s.input_bytes for s in todo)
-    with torch_threads(1 if device_used == "cpu" else None), Tracker(f"convert-fp8 {device_used}/{method}", total, BYTES, log=progress_log, bar=progress) as bar:
+    with (
+        torch_threads(1 if device_used == "cpu" else None),
+        Tracker(f"convert-fp8 {device_used}/{method}", total, BYTES, log=progress_log, bar=progress) as bar,
+    ):
         for shard in todo:
             done[shard.filename] = _convert_shard(shard, staging, dequantize, bar, delay)
             atomic_write_json(staging / STATE_NAME, {"fingerprint": plan.fingerprint, "done": done})
     seconds = time.perf_counter() - started
 
-    atomic_write_json(staging / INDEX_NAME, {"metadata": {"total_size": plan.total_size}, "weight_map": plan.weight_map})
+    atomic_write_json(
+        staging / INDEX_NAME, {"metadata": {"total_size": plan.total_size}, "weight_map": plan.weight_map}
+    )
     _copy_side_files(plan, staging)
     (staging / STATE_NAME).unlink()
     normalise_modes(staging)
@@ -383,7 +397,9 @@ def _convert_shard(shard: PlannedShard, staging: Path, dequantize: Dequantize, b
                         for block in dequantize(weight, scale):
                             writer.write(tensor_bytes(block))
                     if writer.written - before != tensor.output.nbytes:
-                        raise CheckpointError(f"{tensor.source_path}: tensor {tensor.output.name} gave {writer.written - before} bytes, expected {tensor.output.nbytes}")
+                        raise CheckpointError(
+                            f"{tensor.source_path}: tensor {tensor.output.name} gave {writer.written - before} bytes, expected {tensor.output.nbytes}"
+                        )
                     bar.advance(tensor.input_bytes)
                     if delay:
                         time.sleep(delay)
@@ -405,5 +421,10 @@ def _copy_side_files(plan: ConversionPlan, staging: Path) -> None:
         config = {k: v for k, v in plan.config.items() if k != "quantization_config"}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     for path in sorted(plan.source.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix != ".safetensors" and path.name not in (INDEX_NAME, CONFIG_NAME):
+        if (
+            path.is_file()
+            and not path.name.startswith(".")
+            and path.suffix != ".safetensors"
+            and path.name not in (INDEX_NAME, CONFIG_NAME)
+        ):
             shutil.copyfile(path, staging / path.name)

@@ -84,7 +84,9 @@ def dequantize_fp8_torch(
     """
     rows, cols = weight.shape
     if tuple(scale_inv.shape) != scale_grid(weight.shape, block):
-        raise ValueError(f"scale grid {tuple(scale_inv.shape)} does not match weight {tuple(weight.shape)} in {block}x{block} blocks")
+        raise ValueError(
+            f"scale grid {tuple(scale_inv.shape)} does not match weight {tuple(weight.shape)} in {block}x{block} blocks"
+        )
     col_scale = scale_inv.to(torch.float32).repeat_interleave(block, dim=1)[:, :cols]  # (row blocks, cols)
     work = weight.to(torch.float32) if scratch is None else scratch[: rows * cols].view(rows, cols).copy_(weight)
     full_rows = rows - rows % block

@@ -31,7 +31,9 @@ def _weight_dequant_kernel(x_ptr, s_ptr, y_ptr, M, N, BLOCK: tl.constexpr):
 def weight_dequant(x: torch.Tensor, s: torch.Tensor, block: int = FP8_BLOCK) -> torch.Tensor:
     """bf16(float32(x) * s[i // block, j // block]) for a 2-D FP8 CUDA tensor `x` and its float32 scale grid `s`."""
     if x.dim() != 2 or tuple(s.shape) != scale_grid(x.shape, block):
-        raise ValueError(f"scale grid {tuple(s.shape)} does not match weight {tuple(x.shape)} in {block}x{block} blocks")
+        raise ValueError(
+            f"scale grid {tuple(s.shape)} does not match weight {tuple(x.shape)} in {block}x{block} blocks"
+        )
     x, s = x.contiguous(), s.to(torch.float32).contiguous()
     M, N = x.shape
     y = torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
@@ -54,7 +56,10 @@ def triton_fp8_supported(device: int | str | torch.device = 0) -> tuple[bool, st
         torch.cuda.synchronize(device)
         expected = dequantize_fp8_torch(weight, scale)
     except Exception as exc:  # compile and launch errors differ across Triton versions; all mean "not here"
-        return False, f"Triton FP8 kernel failed on {device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return (
+            False,
+            f"Triton FP8 kernel failed on {device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        )
     if not torch.equal(got.view(torch.int16), expected.view(torch.int16)):
         return False, f"Triton FP8 kernel on {device} differs from the torch math; using torch"
     return True, f"Triton {triton.__version__} FP8 kernel verified on {device}"

@@ -83,10 +83,14 @@ def read_header(path: Path | str) -> SafetensorsHeader:
         with open(path, "rb") as fh:
             prefix = fh.read(8)
             if len(prefix) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)"
+                )
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-                raise CheckpointError(f"{path}: not a safetensors file or truncated (header length {header_len}, file {size} bytes)")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file or truncated (header length {header_len}, file {size} bytes)"
+                )
             raw = fh.read(header_len)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: shard file not found") from None
@@ -108,9 +112,13 @@ def read_header(path: Path | str) -> SafetensorsHeader:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}, not one of {', '.join(DTYPES)}")
         info = TensorInfo(name, dtype, shape, data_start + start, data_start + end)
         if end - start != info.nbytes:
-            raise CheckpointError(f"{path}: tensor {name!r} spans {end - start} bytes, but {dtype} {list(shape)} needs {info.nbytes}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} spans {end - start} bytes, but {dtype} {list(shape)} needs {info.nbytes}"
+            )
         if info.end > size:
-            raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {info.end}, the file has {size}; download the shard again")
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name!r} ends at byte {info.end}, the file has {size}; download the shard again"
+            )
         tensors[name] = info
     return SafetensorsHeader(path, tensors, metadata)
 
@@ -148,7 +156,11 @@ def encode_header(specs: list[TensorSpec], metadata: dict[str, str] | None = Non
     entries: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for spec in specs:
-        entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        entries[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -222,14 +234,18 @@ def load_weight_map(checkpoint: Path | str) -> dict[str, str]:
             index = json.loads(index_path.read_text(encoding="utf-8"))
             weight_map = index["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_path}: not a safetensors index (needs a 'weight_map' object): {exc}") from None
+            raise CheckpointError(
+                f"{index_path}: not a safetensors index (needs a 'weight_map' object): {exc}"
+            ) from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index_path}: 'weight_map' must map tensor names to shard file names")
         return dict(weight_map)
     single = checkpoint / SINGLE_FILE_NAME
     if single.is_file():
         return dict.fromkeys(read_header(single).tensors, SINGLE_FILE_NAME)
-    raise CheckpointError(f"{checkpoint}: no {INDEX_NAME} and no {SINGLE_FILE_NAME}: not a Hugging Face safetensors checkpoint")
+    raise CheckpointError(
+        f"{checkpoint}: no {INDEX_NAME} and no {SINGLE_FILE_NAME}: not a Hugging Face safetensors checkpoint"
+    )
 
 
 def read_checkpoint_headers(checkpoint: Path | str) -> tuple[dict[str, str], dict[str, SafetensorsHeader]]:
@@ -249,5 +265,7 @@ def read_checkpoint_headers(checkpoint: Path | str) -> tuple[dict[str, str], dic
         headers[shard] = read_header(path)
     for name, shard in weight_map.items():
         if name not in headers[shard].tensors:
-            raise CheckpointError(f"{checkpoint / INDEX_NAME}: maps tensor {name} to {shard}, which does not contain it")
+            raise CheckpointError(
+                f"{checkpoint / INDEX_NAME}: maps tensor {name} to {shard}, which does not contain it"
+            )
     return weight_map, headers

@@ -264,7 +264,9 @@ def make_toy_checkpoint(
         "quantized_tensors": sum(1 for t in state.values() if t.dtype == torch.float8_e4m3fn),
         "shards": len(plan),
         "scales_in_other_shard": sum(
-            1 for name, shard in weight_map.items() if name.endswith(SCALE_SUFFIX) and weight_map[name.removesuffix(SCALE_SUFFIX)] != shard
+            1
+            for name, shard in weight_map.items()
+            if name.endswith(SCALE_SUFFIX) and weight_map[name.removesuffix(SCALE_SUFFIX)] != shard
         ),
         "total_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()),
         "weight_bytes": sum(t.nbytes for t in state.values()),

@@ -84,7 +84,12 @@ class AnswerStaging:
     def append(self, key: str, completion: Completion) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"key": key, "text": completion.text, "finish_reason": completion.finish_reason}, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {"key": key, "text": completion.text, "finish_reason": completion.finish_reason}, ensure_ascii=False
+                )
+                + "\n"
+            )
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -122,7 +127,9 @@ class ServedAnswers:
                 store.append(key, completion)
             answered[key] = completion.text
 
-        answer_all(self.client, self.decoding, todo, self.concurrency, keep, on_progress, resumed=resumed, total=len(prompts))
+        answer_all(
+            self.client, self.decoding, todo, self.concurrency, keep, on_progress, resumed=resumed, total=len(prompts)
+        )
         return [answered[k] for k in keys]
 
 
@@ -136,8 +143,15 @@ class InProcessAnswers:
         self.max_new_tokens, self.batch_size, self.cpu_threads = max_new_tokens, batch_size, cpu_threads
         self.about = {**about, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
-    def answer(self, prompts: Sequence[str], staging: Path | None = None, on_progress: OnProgress | None = None) -> list[str]:
-        log.info("generating in process for %d prompts (batch %d, up to %d new tokens)", len(prompts), self.batch_size, self.max_new_tokens)
+    def answer(
+        self, prompts: Sequence[str], staging: Path | None = None, on_progress: OnProgress | None = None
+    ) -> list[str]:
+        log.info(
+            "generating in process for %d prompts (batch %d, up to %d new tokens)",
+            len(prompts),
+            self.batch_size,
+            self.max_new_tokens,
+        )
         on_batch = (lambda done: on_progress(done, len(prompts), 0)) if on_progress else None
         with torch_threads(self.cpu_threads):
             return generate_greedy(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, on_batch)
@@ -151,7 +165,9 @@ def load_model(model_dir: Path | str, device: str = "cpu"):
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR")
+        raise FileNotFoundError(
+            f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR"
+        )
     if check_device(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,7 +176,9 @@ def load_model(model_dir: Path | str, device: str = "cpu"):
     if device == "cpu":
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="auto" if device == "cuda" else device)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.bfloat16, device_map="auto" if device == "cuda" else device
+        )
     return model, tokenizer
 
 
@@ -174,17 +192,33 @@ def _served_model(client: CompletionsClient, wanted: str | None) -> tuple[str, s
     elif wanted is None and SERVED_NAME in names:
         wanted = SERVED_NAME
     elif wanted is None:
-        raise EndpointError(f"{client.url}/v1/models lists {', '.join(names) or 'no model'}; "
-                            f"name the fine-tuned one with --served-model (profile: evaluation.served_model)")
+        raise EndpointError(
+            f"{client.url}/v1/models lists {', '.join(names) or 'no model'}; "
+            f"name the fine-tuned one with --served-model (profile: evaluation.served_model)"
+        )
     if wanted not in names:
-        log.warning("%s/v1/models lists %s, not %r: requesting it as named (a server that loads models on request "
-                    "lists none before)", client.url, ", ".join(names) or "no model", wanted)
+        log.warning(
+            "%s/v1/models lists %s, not %r: requesting it as named (a server that loads models on request "
+            "lists none before)",
+            client.url,
+            ", ".join(names) or "no model",
+            wanted,
+        )
     return wanted, next((m.get("owned_by") for m in models if m["id"] == wanted), None)
 
 
-def _served(client: CompletionsClient, settings: Settings, model: str, max_new_tokens: int, concurrency: int,
-            fingerprint: str, about: dict) -> ServedAnswers:
-    decoding = Decoding(model, max_new_tokens, (settings.sft.target_format.action[1],), settings.eval_config.client.seed)
+def _served(
+    client: CompletionsClient,
+    settings: Settings,
+    model: str,
+    max_new_tokens: int,
+    concurrency: int,
+    fingerprint: str,
+    about: dict,
+) -> ServedAnswers:
+    decoding = Decoding(
+        model, max_new_tokens, (settings.sft.target_format.action[1],), settings.eval_config.client.seed
+    )
     decoding = client.negotiate_special_tokens(decoding)
     return ServedAnswers(client, decoding, concurrency, fingerprint, about)
 
@@ -214,25 +248,56 @@ def open_answers(
     if endpoint:
         client = CompletionsClient(endpoint, client_config, settings.eval_api_key)
         model, owner = _served_model(client, served_model)
-        about = {"engine": owner or "unknown", "engine_version": client.version() or "unknown", "endpoint": client.url,
-                 "served_model": model, "started_by": "someone else (--endpoint)"}
-        yield _served(client, settings, model, max_new_tokens, concurrency, hashlib.sha256(f"{client.url} {model}".encode()).hexdigest()[:16], about)
+        about = {
+            "engine": owner or "unknown",
+            "engine_version": client.version() or "unknown",
+            "endpoint": client.url,
+            "served_model": model,
+            "started_by": "someone else (--endpoint)",
+        }
+        yield _served(
+            client,
+            settings,
+            model,
+            max_new_tokens,
+            concurrency,
+            hashlib.sha256(f"{client.url} {model}".encode()).hexdigest()[:16],
+            about,
+        )
         return
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR")
+        raise FileNotFoundError(
+            f"{model_dir}: no config.json, not a Hugging Face checkpoint; materialize sft_model or pass --model DIR"
+        )
     if server == "none":
         import transformers
 
         model, tokenizer = load_model(model_dir, device)
-        about = {"engine": "in-process generate (fallback, --server none)", "engine_version": f"transformers {transformers.__version__}",
-                 "model_dir": str(model_dir), "device": str(next(model.parameters()).device)}
-        yield InProcessAnswers(model, tokenizer, max_new_tokens, batch_size, settings.profile.evaluation.cpu_threads, about)
+        about = {
+            "engine": "in-process generate (fallback, --server none)",
+            "engine_version": f"transformers {transformers.__version__}",
+            "model_dir": str(model_dir),
+            "device": str(next(model.parameters()).device),
+        }
+        yield InProcessAnswers(
+            model, tokenizer, max_new_tokens, batch_size, settings.profile.evaluation.cpu_threads, about
+        )
         return
     plan = plan or server_plan(settings, server, model_dir, device=device)
     launcher = launcher or LocalLauncher(settings.paths.server_logs)
     with serve(plan, launcher, client_config.startup_timeout_seconds) as running:
         client = CompletionsClient(running.url, client_config, settings.eval_api_key)
-        about = {"engine": plan.engine, "engine_version": plan.engine_version, "endpoint": running.url, "served_model": plan.served_model,
-                 "model_dir": str(model_dir), "weights": plan.weights, "hardware": plan.hardware, "started_by": "this run"}
-        yield _served(client, settings, plan.served_model, max_new_tokens, concurrency, model_fingerprint(model_dir), about)
+        about = {
+            "engine": plan.engine,
+            "engine_version": plan.engine_version,
+            "endpoint": running.url,
+            "served_model": plan.served_model,
+            "model_dir": str(model_dir),
+            "weights": plan.weights,
+            "hardware": plan.hardware,
+            "started_by": "this run",
+        }
+        yield _served(
+            client, settings, plan.served_model, max_new_tokens, concurrency, model_fingerprint(model_dir), about
+        )

@@ -97,12 +97,21 @@ def _evaluate_months(
     context.log.info("%d test theses in %s; %s", len(records), ", ".join(months), answering_by)
     source = price_sources.price_source_from_settings(settings)
     by_month, frames = {}, []
-    answering = answers.open_answers(
-        settings, server=server, endpoint=endpoint, model_dir=paths.sft_model, device=device,
-        max_new_tokens=config.max_new_tokens or evaluation.max_new_tokens,
-        batch_size=config.batch_size or evaluation.batch_size,
-        concurrency=config.concurrency or evaluation.concurrency, served_model=evaluation.served_model,
-    ) if len(records) else contextlib.nullcontext()
+    answering = (
+        answers.open_answers(
+            settings,
+            server=server,
+            endpoint=endpoint,
+            model_dir=paths.sft_model,
+            device=device,
+            max_new_tokens=config.max_new_tokens or evaluation.max_new_tokens,
+            batch_size=config.batch_size or evaluation.batch_size,
+            concurrency=config.concurrency or evaluation.concurrency,
+            served_model=evaluation.served_model,
+        )
+        if len(records)
+        else contextlib.nullcontext()
+    )
     try:
         with answering as answerer:
             for month in months:
@@ -110,9 +119,15 @@ def _evaluate_months(
                 every_s = settings.eval_config.client.progress_every_seconds
                 with reporting(f"eval_csv {month}", "row", log=context.log.info, every_s=every_s) as report:
                     frame = evaluate.evaluate_to_csv(
-                        month_records, answerer, source, settings.sft, paths.eval_month(month),
-                        staging=paths.eval_staging(month), calendar=settings.prices.calendar,
-                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp,
+                        month_records,
+                        answerer,
+                        source,
+                        settings.sft,
+                        paths.eval_month(month),
+                        staging=paths.eval_staging(month),
+                        calendar=settings.prices.calendar,
+                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed),
+                        stamp=stamp,
                     )
                 by_month[month] = _month_figures(frame)
                 frames.append(frame)
@@ -190,13 +205,17 @@ def materialize_eval_csv(
         else:
             rate_check = f"FAILED: parse rate {format_share(figures['parse_rate'])} < {format_share(min_parse_rate)}"
         preview = markdown_table(frame.head(PREVIEW_ROWS).astype(str).to_dict("records"), preview_columns)
-        partition_metadata(context, month, {
-            "path": dg.MetadataValue.path(str(paths.eval_month(month))),
-            "dagster/row_count": figures["rows"],
-            **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
-            f"check {PARSE_RATE_CHECK}": rate_check if figures["rows"] else "no rows",
-            "preview": dg.MetadataValue.md(preview),
-        })
+        partition_metadata(
+            context,
+            month,
+            {
+                "path": dg.MetadataValue.path(str(paths.eval_month(month))),
+                "dagster/row_count": figures["rows"],
+                **{name: value for name, value in figures.items() if value is not None},  # no rows: no rates
+                f"check {PARSE_RATE_CHECK}": rate_check if figures["rows"] else "no rows",
+                "preview": dg.MetadataValue.md(preview),
+            },
+        )
     window = _month_figures(pd.concat(frames, ignore_index=True))
     rates = ""
     if window["rows"]:
@@ -216,7 +235,13 @@ def defs(settings: Settings) -> dg.Definitions:
         # The price source decides the forward returns: its code is part of this asset's.
         code_version=code_version("eval_csv", settings, evaluate, answers, results, price_sources),
         kinds={"pytorch", "csv"},
-        check_specs=[dg.AssetCheckSpec(PARSE_RATE_CHECK, asset="eval_csv", description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                PARSE_RATE_CHECK,
+                asset="eval_csv",
+                description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.",
+            )
+        ],
         description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
         "server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; transformers serve; or "
         "evaluation.endpoint), the parsed action and the "

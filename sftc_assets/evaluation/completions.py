@@ -48,15 +48,30 @@ class Decoding:
     keep_special_tokens: bool = True
 
     def body(self, prompt: str) -> dict:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": 0, "seed": self.seed, "stop": list(self.stop)}
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
         if self.keep_special_tokens:
             # vLLM's detokenizer puts a space between special tokens unless told not to; HF's decode does not.
             body |= {SKIP_SPECIAL_TOKENS: False, "spaces_between_special_tokens": False}
         return body
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "max_tokens": self.max_tokens, "stop": list(self.stop), "temperature": 0, "seed": self.seed,
-                "special_tokens": "kept (skip_special_tokens=false)" if self.keep_special_tokens else "stripped by the server"}
+        return {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+            "temperature": 0,
+            "seed": self.seed,
+            "special_tokens": "kept (skip_special_tokens=false)"
+            if self.keep_special_tokens
+            else "stripped by the server",
+        }
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,14 @@ def base_url(url: str) -> str:
 class CompletionsClient:
     """Requests to one server, each on its thread's own HTTP session (a requests.Session is not thread-safe)."""
 
-    def __init__(self, url: str, config: EndpointClientConfig, api_key: SecretStr | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+    def __init__(
+        self,
+        url: str,
+        config: EndpointClientConfig,
+        api_key: SecretStr | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
         self.url = base_url(url)
         self.config = config
         self._api_key = api_key  # a SecretStr: revealed only into the sessions' headers
@@ -123,7 +144,9 @@ class CompletionsClient:
                     hint = "; check SFTC_EVAL_API_KEY" if response.status_code in (401, 403) else ""
                     raise EndpointError(f"{url}: HTTP {response.status_code} ({_excerpt(response)}){hint}")
             if attempt < attempts - 1:
-                wait_s = backoff_seconds(attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after)
+                wait_s = backoff_seconds(
+                    attempt, self.config.backoff_seconds, self.config.max_backoff_seconds, self._rng, retry_after
+                )
                 log.warning("%s: %s; retry %d/%d in %.1f s", url, problem, attempt + 1, self.config.max_retries, wait_s)
                 self._sleep(wait_s)
         raise EndpointError(f"{url}: still failing after {attempts} attempt(s), last: {problem}")
@@ -147,8 +170,15 @@ class CompletionsClient:
     def complete(self, decoding: Decoding, prompt: str) -> Completion:
         payload = self._request("POST", "/v1/completions", decoding.body(prompt))
         choices = payload.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
-            raise EndpointError(f"{self.url}/v1/completions: the answer has no choices[0].text, not a completion: {str(payload)[:200]}")
+        if (
+            not isinstance(choices, list)
+            or not choices
+            or not isinstance(choices[0], dict)
+            or not isinstance(choices[0].get("text"), str)
+        ):
+            raise EndpointError(
+                f"{self.url}/v1/completions: the answer has no choices[0].text, not a completion: {str(payload)[:200]}"
+            )
         return Completion(choices[0]["text"], choices[0].get("finish_reason"))
 
     def negotiate_special_tokens(self, decoding: Decoding) -> Decoding:
@@ -161,8 +191,14 @@ class CompletionsClient:
             self.complete(probe, "a")
         except EndpointError as exc:
             if SKIP_SPECIAL_TOKENS in str(exc) and (" 400 " in str(exc) or " 422 " in str(exc)):
-                log.info("%s refuses %s=false: it decodes without the special tokens; actions are parsed from what remains", self.url, SKIP_SPECIAL_TOKENS)
-                return Decoding(decoding.model, decoding.max_tokens, decoding.stop, decoding.seed, keep_special_tokens=False)
+                log.info(
+                    "%s refuses %s=false: it decodes without the special tokens; actions are parsed from what remains",
+                    self.url,
+                    SKIP_SPECIAL_TOKENS,
+                )
+                return Decoding(
+                    decoding.model, decoding.max_tokens, decoding.stop, decoding.seed, keep_special_tokens=False
+                )
             raise
         return decoding
 

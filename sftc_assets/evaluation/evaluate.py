@@ -36,7 +36,9 @@ SPLIT_COLUMNS = ("id", "ticker", "as_of_date", "action", "horizon_days", "instru
 # --- the test split ---------------------------------------------------------------------------
 
 
-def load_test_records(dataset_dir: Path | str, months: Sequence[str] | None = None, max_samples: int | None = None) -> pd.DataFrame:
+def load_test_records(
+    dataset_dir: Path | str, months: Sequence[str] | None = None, max_samples: int | None = None
+) -> pd.DataFrame:
     """The `test` split of the hf_splits DatasetDict at `dataset_dir`, in (as_of_date, ticker, id) order.
 
     `months` (YYYY-MM) keeps the theses whose as_of_date falls in them; `max_samples` keeps the first N after that.
@@ -44,7 +46,9 @@ def load_test_records(dataset_dir: Path | str, months: Sequence[str] | None = No
     test = load_splits(dataset_dir)["test"]
     missing = [c for c in SPLIT_COLUMNS if c not in test.column_names]
     if missing:
-        raise ValueError(f"{dataset_dir}: test split lacks column(s) {', '.join(missing)}; rebuild hf_splits (`sftc build-dataset`)")
+        raise ValueError(
+            f"{dataset_dir}: test split lacks column(s) {', '.join(missing)}; rebuild hf_splits (`sftc build-dataset`)"
+        )
     records = test.select_columns(list(SPLIT_COLUMNS)).to_pandas()
     records["as_of_date"] = records["as_of_date"].astype(str)
     records["horizon_days"] = records["horizon_days"].astype("int64")
@@ -65,7 +69,11 @@ def label_forward_returns(records: pd.DataFrame, source: PriceSource, calendar: 
     _, exits = session_window(records["as_of_date"], records["horizon_days"].to_numpy(), calendar)
     start = dt.date.fromisoformat(records["as_of_date"].min())
     known_exits = exits[~np.isnat(exits)]
-    end = pd.Timestamp(known_exits.max()).date() if len(known_exits) else dt.date.fromisoformat(records["as_of_date"].max())
+    end = (
+        pd.Timestamp(known_exits.max()).date()
+        if len(known_exits)
+        else dt.date.fromisoformat(records["as_of_date"].max())
+    )
     book = load_price_book(source, records["ticker"].unique(), start, end)
     parts = []
     for ticker, group in records.groupby("ticker", sort=False):
@@ -75,8 +83,13 @@ def label_forward_returns(records: pd.DataFrame, source: PriceSource, calendar: 
     return pd.concat(parts).loc[records.index]
 
 
-def build_eval_frame(records: pd.DataFrame, outputs: Sequence[str], labels: pd.DataFrame, target: TargetFormat,
-                     tags_stripped: bool = False) -> pd.DataFrame:
+def build_eval_frame(
+    records: pd.DataFrame,
+    outputs: Sequence[str],
+    labels: pd.DataFrame,
+    target: TargetFormat,
+    tags_stripped: bool = False,
+) -> pd.DataFrame:
     """The eval CSV's rows as a frame (typed: dates as datetime64, forward_return float), sorted per the spec.
     `tags_stripped`: the outputs came from a server that decoded without the special tokens."""
     if len(outputs) != len(records):
@@ -106,8 +119,16 @@ def test_prompts(records: pd.DataFrame, sft_config: SftConfig) -> list[str]:
     return [render_prompt(i, x, sft_config) for i, x in zip(records["instruction"], records["input"])]
 
 
-def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, *, calendar: str = "XNYS",
-                     staging: Path | None = None, on_progress: OnProgress | None = None) -> pd.DataFrame:
+def evaluate_records(
+    records: pd.DataFrame,
+    answers,
+    source: PriceSource,
+    sft_config: SftConfig,
+    *,
+    calendar: str = "XNYS",
+    staging: Path | None = None,
+    on_progress: OnProgress | None = None,
+) -> pd.DataFrame:
     """The model's answer to each record's prompt (`answers`: answers.ServedAnswers or InProcessAnswers, staged
     under `staging`; None when there are no records), the parsed action and the forward return."""
     outputs = answers.answer(test_prompts(records, sft_config), staging, on_progress) if len(records) else []
@@ -115,12 +136,23 @@ def evaluate_records(records: pd.DataFrame, answers, source: PriceSource, sft_co
     return build_eval_frame(records, outputs, labels, sft_config.target_format, bool(answers and answers.tags_stripped))
 
 
-def evaluate_to_csv(records: pd.DataFrame, answers, source: PriceSource, sft_config: SftConfig, csv_path: Path, *,
-                    staging: Path | None = None, calendar: str = "XNYS", on_progress: OnProgress | None = None,
-                    stamp: BeforeSwap | None = None) -> pd.DataFrame:
+def evaluate_to_csv(
+    records: pd.DataFrame,
+    answers,
+    source: PriceSource,
+    sft_config: SftConfig,
+    csv_path: Path,
+    *,
+    staging: Path | None = None,
+    calendar: str = "XNYS",
+    on_progress: OnProgress | None = None,
+    stamp: BeforeSwap | None = None,
+) -> pd.DataFrame:
     """evaluate_records, then the CSV written whole (atomically, with `stamp`'s marker) and the staged answers
     dropped: a run interrupted before this point resumes from the staging file."""
-    frame = evaluate_records(records, answers, source, sft_config, calendar=calendar, staging=staging, on_progress=on_progress)
+    frame = evaluate_records(
+        records, answers, source, sft_config, calendar=calendar, staging=staging, on_progress=on_progress
+    )
     write_eval_csv(frame, csv_path, stamp)
     if staging is not None:
         AnswerStaging(staging).discard()
@@ -137,6 +169,7 @@ def cut_at_budget(outputs: Sequence[str], model_dir: Path, max_new_tokens: int, 
     tokenizer, closing = load_local_tokenizer(model_dir), target.action[1]
     # Decoding and encoding again may merge a token or two: within 2 of the budget counts as the budget.
     return sum(
-        1 for text in outputs
+        1
+        for text in outputs
         if closing not in text and len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 2
     )

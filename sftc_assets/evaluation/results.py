@@ -109,21 +109,25 @@ def _read_text(file: Path, columns: list[str]) -> pd.DataFrame:
     # third less CPU time).
     read = pa_csv.ReadOptions(use_threads=False)
     parse = pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row)
-    convert = pa_csv.ConvertOptions(include_columns=columns, column_types=dict.fromkeys(columns, pa.large_string()),
-                                    strings_can_be_null=False)  # large_string: the type pandas keeps text in (no cast)
+    convert = pa_csv.ConvertOptions(
+        include_columns=columns, column_types=dict.fromkeys(columns, pa.large_string()), strings_can_be_null=False
+    )  # large_string: the type pandas keeps text in (no cast)
     try:
         # The system allocator: after a parse of this size pyarrow's default pool (mimalloc) left the process's next
         # pandas.read_csv a fifth slower (measured on the bench's 1M rows: 0.39-0.46 s against 0.30-0.33 s).
-        table = pa_csv.read_csv(file, read_options=read, parse_options=parse, convert_options=convert,
-                                memory_pool=pa.system_memory_pool())
+        table = pa_csv.read_csv(
+            file, read_options=read, parse_options=parse, convert_options=convert, memory_pool=pa.system_memory_pool()
+        )
         return table.to_pandas()
     except pa.ArrowInvalid as exc:
         if not bad_rows:
             raise unreadable(str(exc)) from None
         row = bad_rows[0]
-        raise ValueError(f"{file}: row {row.number - 1} has {row.actual_columns} fields, the header "
-                         f"{row.expected_columns} ({row.text[:80]!r}); a value with a comma, a quote or a newline must "
-                         "be quoted") from None
+        raise ValueError(
+            f"{file}: row {row.number - 1} has {row.actual_columns} fields, the header "
+            f"{row.expected_columns} ({row.text[:80]!r}); a value with a comma, a quote or a newline must "
+            "be quoted"
+        ) from None
 
 
 # The days a datetime64[ns] holds.
@@ -194,23 +198,54 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
         check("id", raw["id"].duplicated().to_numpy(), "appears on an earlier row too; one row per test thesis")
     check("ticker", (raw["ticker"] == "").to_numpy(), "is empty; every row needs a ticker")
     check("true_action", ~raw["true_action"].isin(ACTIONS).to_numpy(), f"is not an action ({', '.join(ACTIONS)})")
-    check("predicted_action", ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(), f"is not an action ({', '.join(ACTIONS)}) or empty")
+    check(
+        "predicted_action",
+        ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(),
+        f"is not an action ({', '.join(ACTIONS)}) or empty",
+    )
     check("parse_ok", ~raw["parse_ok"].isin(("true", "false")).to_numpy(), "must be true or false")
     parse_ok = (raw["parse_ok"] == "true").to_numpy()
-    check("parse_ok", parse_ok != (raw["predicted_action"] != "").to_numpy(), "disagrees with predicted_action (true exactly when an action was parsed)")
+    check(
+        "parse_ok",
+        parse_ok != (raw["predicted_action"] != "").to_numpy(),
+        "disagrees with predicted_action (true exactly when an action was parsed)",
+    )
     horizon, not_number = _numbers(raw["horizon_days"])
-    check("horizon_days", not_number | (horizon.isna() | (horizon < 1) | (horizon != horizon.round())).to_numpy(), "is not a whole number of sessions >= 1")
+    check(
+        "horizon_days",
+        not_number | (horizon.isna() | (horizon < 1) | (horizon != horizon.round())).to_numpy(),
+        "is not a whole number of sessions >= 1",
+    )
     as_of, entry, exit_ = dates("as_of_date", True), dates("entry_date", False), dates("exit_date", False)
-    check("entry_date", (entry <= as_of).to_numpy(), "is not after as_of_date (no look-ahead: entry is the first session after it)")
+    check(
+        "entry_date",
+        (entry <= as_of).to_numpy(),
+        "is not after as_of_date (no look-ahead: entry is the first session after it)",
+    )
     check("exit_date", (exit_ <= entry).to_numpy(), "is not after entry_date")
-    check("return_status", ~raw["return_status"].isin(RETURN_STATUSES).to_numpy(), f"is not a return status ({', '.join(RETURN_STATUSES)})")
+    check(
+        "return_status",
+        ~raw["return_status"].isin(RETURN_STATUSES).to_numpy(),
+        f"is not a return status ({', '.join(RETURN_STATUSES)})",
+    )
     forward, not_number = _numbers(raw["forward_return"])
     check("forward_return", not_number, "is not a number (or empty)")
     status_ok = (raw["return_status"] == "ok").to_numpy()
     check("forward_return", status_ok & forward.isna().to_numpy(), "is empty but return_status is ok")
     check("forward_return", ~status_ok & forward.notna().to_numpy(), "is set but return_status says there is no return")
-    check("entry_date", status_ok & (entry.isna() | exit_.isna()).to_numpy(), "is empty but return_status is ok (entry and exit dates are needed)")
+    check(
+        "entry_date",
+        status_ok & (entry.isna() | exit_.isna()).to_numpy(),
+        "is empty but return_status is ok (entry and exit dates are needed)",
+    )
     typed = raw.loc[:, [c for c in EVAL_COLUMNS if c in raw.columns]]
-    typed = typed.assign(as_of_date=as_of, parse_ok=parse_ok, horizon_days=horizon.astype("int64"), entry_date=entry,
-                         exit_date=exit_, forward_return=forward, source_file=file.name)
+    typed = typed.assign(
+        as_of_date=as_of,
+        parse_ok=parse_ok,
+        horizon_days=horizon.astype("int64"),
+        entry_date=entry,
+        exit_date=exit_,
+        forward_return=forward,
+        source_file=file.name,
+    )
     return typed

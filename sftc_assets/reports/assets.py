@@ -67,23 +67,33 @@ def _checks(evaluations: list) -> list[validation.CheckOutcome]:
     outcomes = []
     for name, evals in sorted(by_name.items()):
         failed = [e for e in evals if not e.passed]
-        detail = f"{len(evals) - len(failed)}/{len(evals)} evaluations passed" if len(evals) > 1 else (evals[0].description or "")
+        detail = (
+            f"{len(evals) - len(failed)}/{len(evals)} evaluations passed"
+            if len(evals) > 1
+            else (evals[0].description or "")
+        )
         severity = failed[0].severity.value if failed else evals[0].severity.value
         outcomes.append(validation.CheckOutcome(name=name, passed=not failed, severity=severity, description=detail))
     return outcomes
 
 
-def _materializations(instance: dg.DagsterInstance, key: dg.AssetKey, runs: list[dg.RunRecord]) -> list[dg.EventLogRecord]:
+def _materializations(
+    instance: dg.DagsterInstance, key: dg.AssetKey, runs: list[dg.RunRecord]
+) -> list[dg.EventLogRecord]:
     """The asset's materializations in `runs`, newest first (public queries: the records after the first run began)."""
     if not runs:
         return []
     run_ids = {run.dagster_run.run_id for run in runs}
     since = min(run.create_timestamp.timestamp() for run in runs) - 1
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=10_000).records
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=10_000
+    ).records
     return [record for record in records if record.run_id in run_ids]
 
 
-def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, runs: list[dg.RunRecord] | None) -> validation.StageOutcome:
+def stage_outcome(
+    instance: dg.DagsterInstance, settings: Settings, asset: str, runs: list[dg.RunRecord] | None
+) -> validation.StageOutcome:
     """`runs`: the runs of this validation (None: the run of the asset's latest materialization). A stage
     whose files are missing or changed since sftc wrote them fails, whatever its runs said."""
     key = dg.AssetKey(asset)
@@ -100,14 +110,18 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
         run = record.dagster_run
         evaluations += [e for e in run_history.check_evaluations(instance, run.run_id) if e.asset_key == key]
         for failure in run_history.step_failures(instance, run.run_id):
-            if failure.step_key == asset or failure.step_key.startswith(f"{asset}_"):  # the asset's step or one of its checks' steps
+            if failure.step_key == asset or failure.step_key.startswith(
+                f"{asset}_"
+            ):  # the asset's step or one of its checks' steps
                 errors.append(f"step {failure.step_key} failed in run {run.run_id}: {failure.message}")
         mine = [m for m in materializations if m.run_id == run.run_id]
         if run.status == dg.DagsterRunStatus.FAILURE and not mine and not errors:
             errors.append(f"run {run.run_id} failed before materializing it")
     latest = materializations[0] if materializations else None
     if len(runs) == 1 and latest is None and not errors:
-        errors.append(f"run {runs[0].dagster_run.run_id} ended {runs[0].dagster_run.status.value} without materializing it")
+        errors.append(
+            f"run {runs[0].dagster_run.run_id} ended {runs[0].dagster_run.status.value} without materializing it"
+        )
     partitions = sorted({m.partition_key for m in materializations if m.partition_key})
     if latest is not None:
         errors += input_problems(settings, [(asset, partitions or None)])
@@ -115,7 +129,9 @@ def stage_outcome(instance: dg.DagsterInstance, settings: Settings, asset: str, 
         asset=asset,
         materialized=latest is not None,
         partitions=partitions,
-        materialized_at=dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).isoformat(timespec="seconds") if latest else None,
+        materialized_at=dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+        if latest
+        else None,
         run_id=latest.run_id if latest else None,
         figures=_window_figures(materializations),
         checks=_checks(evaluations),
@@ -160,18 +176,22 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
     else:
         cost = {}
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "validation_report", {
-            "path": dg.MetadataValue.path(str(md_path)),
-            "json_path": dg.MetadataValue.path(str(json_path)),
-            "ready_for_gpu": report["ready_for_gpu"],
-            "stages_passed": report["passed"],
-            "stages_failed": report["failed"],
-            "stages_not_run": report["not_run"],
-            "gpu_plan_passed": report["gpu_plan"]["passed"],
-            "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
-            **cost,
-            "report": dg.MetadataValue.md(validation.render_markdown(report)),
-        })
+        metadata=asset_metadata(
+            settings,
+            "validation_report",
+            {
+                "path": dg.MetadataValue.path(str(md_path)),
+                "json_path": dg.MetadataValue.path(str(json_path)),
+                "ready_for_gpu": report["ready_for_gpu"],
+                "stages_passed": report["passed"],
+                "stages_failed": report["failed"],
+                "stages_not_run": report["not_run"],
+                "gpu_plan_passed": report["gpu_plan"]["passed"],
+                "gpu_plan_failed_checks": ", ".join(c.name for c in failures(plan.checks)) or "none",
+                **cost,
+                "report": dg.MetadataValue.md(validation.render_markdown(report)),
+            },
+        )
     )
 
 
@@ -198,7 +218,10 @@ def defs(settings: Settings) -> dg.Definitions:
     def validation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return materialize_validation_report(context, settings)
 
-    @dg.asset_check(asset=validation_report, description="The report says the GPU run is ready: the toy chain and the GPU plan both pass.")
+    @dg.asset_check(
+        asset=validation_report,
+        description="The report says the GPU run is ready: the toy chain and the GPU plan both pass.",
+    )
     def ready_for_gpu_deployment() -> dg.AssetCheckResult:
         return check_ready_for_gpu_deployment(settings.paths.reports)
 

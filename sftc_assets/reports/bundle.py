@@ -45,7 +45,9 @@ class Contents:
     def add_tree(self, root: Path, prefix: str, why_missing: str, pattern: str = "*") -> None:
         root = Path(root)
         found = sorted(p for p in root.glob(pattern) if p.is_file()) if root.is_dir() else []
-        found = [p for p in found if not is_marker(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        found = [
+            p for p in found if not is_marker(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
         if not found:
             self.missing.append(f"{prefix}: {why_missing}")
         self.files += [(path, f"{prefix}/{path.relative_to(root).as_posix()}") for path in found]
@@ -61,7 +63,9 @@ def format_of(out: Path) -> str:
 def effective_settings(settings: Settings) -> dict:
     """The settings as loaded (environment, .env, profile, every config), each API key only said to be set or not."""
     values = settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
-    values.update({name: "set (not shown)" if getattr(settings, name) is not None else "not set" for name in SECRET_FIELDS})
+    values.update(
+        {name: "set (not shown)" if getattr(settings, name) is not None else "not set" for name in SECRET_FIELDS}
+    )
     return values
 
 
@@ -71,24 +75,40 @@ def artifact_markers(settings: Settings) -> list[dict]:
 
     rows = []
     for asset in (*CHAIN_STAGES, *GPU_ONLY_STAGES, "validation_report"):
-        partitions = settings.thesis_months if asset in ("raw_xml", "thesis_jsonl") else settings.test_months if asset == "eval_csv" else [None]
+        partitions = (
+            settings.thesis_months
+            if asset in ("raw_xml", "thesis_jsonl")
+            else settings.test_months
+            if asset == "eval_csv"
+            else [None]
+        )
         for partition in partitions:
             for target in settings.artifacts_of(asset, partition):
                 marker = read_marker(target) if target.exists() else None
                 row = {"asset": asset, "partition": partition, "path": str(target), "exists": target.exists()}
                 if marker is not None:
-                    row.update(writer=marker.writer, config_hash=marker.config_hash, content_hash=marker.content_hash, files=marker.files)
+                    row.update(
+                        writer=marker.writer,
+                        config_hash=marker.config_hash,
+                        content_hash=marker.content_hash,
+                        files=marker.files,
+                    )
                 elif target.exists():
                     row["marker"] = f"none ({marker_path(target).name} missing): not written by sftc"
                 rows.append(row)
     return rows
 
 
-def collect(settings: Settings, bench_results: Path = BENCH_RESULTS, run_manifests: list[dict] | None = None) -> Contents:
+def collect(
+    settings: Settings, bench_results: Path = BENCH_RESULTS, run_manifests: list[dict] | None = None
+) -> Contents:
     paths = settings.paths
     contents = Contents()
     reports = paths.reports
-    for name, why in (("validation_report", "not materialized (make run)"), ("gpu_check", "not run (sftc gpu-check on a GPU node)")):
+    for name, why in (
+        ("validation_report", "not materialized (make run)"),
+        ("gpu_check", "not run (sftc gpu-check on a GPU node)"),
+    ):
         for suffix in (".md", ".json"):
             if (reports / f"{name}{suffix}").is_file():
                 contents.files.append((reports / f"{name}{suffix}", f"reports/{name}{suffix}"))
@@ -131,7 +151,11 @@ def _refusal(name: str, data: bytes, secrets: dict[str, str]) -> str | None:
 def write_bundle(out: Path, contents: Contents, settings: Settings, git: dict, stamp: BeforeSwap | None = None) -> dict:
     """Write the archive (atomically, with `stamp`'s marker); returns its manifest."""
     kind = format_of(out)
-    secrets = {variable: secret.get_secret_value() for name, variable in SECRET_FIELDS.items() if (secret := getattr(settings, name)) is not None}
+    secrets = {
+        variable: secret.get_secret_value()
+        for name, variable in SECRET_FIELDS.items()
+        if (secret := getattr(settings, name)) is not None
+    }
     members: dict[str, bytes] = {}
     left_out = []
     for path, name in contents.files:
@@ -147,7 +171,10 @@ def write_bundle(out: Path, contents: Contents, settings: Settings, git: dict, s
             left_out.append({"path": name, "reason": why})
         else:
             members[name] = data
-    files = [{"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in sorted(members.items())]
+    files = [
+        {"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in sorted(members.items())
+    ]
     manifest = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "sftc_commit": git.get("git_commit", "unknown"),

@@ -53,28 +53,69 @@ def _shapes(config: GpuCheckConfig) -> str:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("cuda", "CUDA works: the devices torch sees, a bf16 matmul on each, the driver and CUDA versions",
-         lambda c: f"at least {c.cuda.min_devices} CUDA device(s), a finite bf16 matmul on each", gpu_steps.cuda, needs_cuda=False),
-    Step("triton_kernel", "the Triton FP8 -> BF16 kernel of the conversion, against the torch math and the memory system",
-         lambda c: f"bit-exact against the torch math on {len(c.triton_kernel.shapes)} shapes ({_shapes(c)}); GB/s >= "
-                   f"{c.triton_kernel.min_copy_ratio:.0%} of a device copy of as many bytes on {'x'.join(map(str, c.triton_kernel.bandwidth_shape))}",
-         gpu_steps.triton_kernel, lacking=lambda s: gpu_steps.triton_missing()),
-    Step("toy_inputs", "the toy's NeMo JSONL from the sample theses and its BF16 checkpoint, built on this node (CPU work)",
-         lambda c: "training, validation and test pairs, and a toy DeepSeek-V3 that loads in transformers", gpu_steps.toy_inputs, needs_cuda=False),
-    Step("hf_cuda", "the Hugging Face backend on CUDA (bf16 autocast): the toy profile's fine-tune learns",
-         lambda c: f"final / initial validation loss <= {c.hf_cuda.max_val_loss_ratio:g}, parse rate >= {c.hf_cuda.min_parse_rate:.0%}; tokens/s recorded",
-         gpu_steps.hf_cuda, needs_toy=True),
-    Step("nemo", "NeMo on the toy DeepSeek-V3: import_ckpt, LoRA steps, merge and HF export through the local launcher (one node, one GPU), the export evaluated",
-         lambda c: f"a NeMo checkpoint (context/, weights/); over {c.nemo.steps} LoRA steps the last quarter's mean loss below the first's; "
-                   "an export without LoRA tensors that loads in transformers, its validation loss below the base model's",
-         gpu_steps.nemo, needs_toy=True, lacking=gpu_steps.nemo_missing),
-    Step("serving", "the serving path: hf_cuda's fine-tuned toy served by vLLM or SGLang on one GPU, answered through /v1/completions",
-         lambda c: f"every test prompt answered, parse rate >= {c.serving.min_parse_rate:.0%}, actions agree with the in-process generate "
-                   f">= {c.serving.min_agreement:.0%}",
-         gpu_steps.serving, needs_toy=True, lacking=gpu_steps.serving_missing),
-    Step("gpu_tests", "the `gpu`-marked tests of the repository",
-         lambda c: f"pytest -m '{c.gpu_tests.marker}': none failed, at most {c.gpu_tests.max_skipped} skipped, at least one passed",
-         gpu_steps.gpu_tests),
+    Step(
+        "cuda",
+        "CUDA works: the devices torch sees, a bf16 matmul on each, the driver and CUDA versions",
+        lambda c: f"at least {c.cuda.min_devices} CUDA device(s), a finite bf16 matmul on each",
+        gpu_steps.cuda,
+        needs_cuda=False,
+    ),
+    Step(
+        "triton_kernel",
+        "the Triton FP8 -> BF16 kernel of the conversion, against the torch math and the memory system",
+        lambda c: (
+            f"bit-exact against the torch math on {len(c.triton_kernel.shapes)} shapes ({_shapes(c)}); GB/s >= "
+            f"{c.triton_kernel.min_copy_ratio:.0%} of a device copy of as many bytes on {'x'.join(map(str, c.triton_kernel.bandwidth_shape))}"
+        ),
+        gpu_steps.triton_kernel,
+        lacking=lambda s: gpu_steps.triton_missing(),
+    ),
+    Step(
+        "toy_inputs",
+        "the toy's NeMo JSONL from the sample theses and its BF16 checkpoint, built on this node (CPU work)",
+        lambda c: "training, validation and test pairs, and a toy DeepSeek-V3 that loads in transformers",
+        gpu_steps.toy_inputs,
+        needs_cuda=False,
+    ),
+    Step(
+        "hf_cuda",
+        "the Hugging Face backend on CUDA (bf16 autocast): the toy profile's fine-tune learns",
+        lambda c: (
+            f"final / initial validation loss <= {c.hf_cuda.max_val_loss_ratio:g}, parse rate >= {c.hf_cuda.min_parse_rate:.0%}; tokens/s recorded"
+        ),
+        gpu_steps.hf_cuda,
+        needs_toy=True,
+    ),
+    Step(
+        "nemo",
+        "NeMo on the toy DeepSeek-V3: import_ckpt, LoRA steps, merge and HF export through the local launcher (one node, one GPU), the export evaluated",
+        lambda c: (
+            f"a NeMo checkpoint (context/, weights/); over {c.nemo.steps} LoRA steps the last quarter's mean loss below the first's; "
+            "an export without LoRA tensors that loads in transformers, its validation loss below the base model's"
+        ),
+        gpu_steps.nemo,
+        needs_toy=True,
+        lacking=gpu_steps.nemo_missing,
+    ),
+    Step(
+        "serving",
+        "the serving path: hf_cuda's fine-tuned toy served by vLLM or SGLang on one GPU, answered through /v1/completions",
+        lambda c: (
+            f"every test prompt answered, parse rate >= {c.serving.min_parse_rate:.0%}, actions agree with the in-process generate "
+            f">= {c.serving.min_agreement:.0%}"
+        ),
+        gpu_steps.serving,
+        needs_toy=True,
+        lacking=gpu_steps.serving_missing,
+    ),
+    Step(
+        "gpu_tests",
+        "the `gpu`-marked tests of the repository",
+        lambda c: (
+            f"pytest -m '{c.gpu_tests.marker}': none failed, at most {c.gpu_tests.max_skipped} skipped, at least one passed"
+        ),
+        gpu_steps.gpu_tests,
+    ),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
@@ -96,7 +137,18 @@ class Outcome:
 
     @classmethod
     def skipped(cls, step: Step, config: GpuCheckConfig, why: str) -> Outcome:
-        return cls(step.name, SKIPPED, why, step.expected(config), step.proves, config.steps[step.name].limit_s, 0.0, {}, [], None)
+        return cls(
+            step.name,
+            SKIPPED,
+            why,
+            step.expected(config),
+            step.proves,
+            config.steps[step.name].limit_s,
+            0.0,
+            {},
+            [],
+            None,
+        )
 
 
 def select_steps(only: list[str] | None = None, skip: list[str] | None = None) -> list[Step]:
@@ -142,19 +194,27 @@ def _log_tail(path: Path, lines: int = 8) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip()) or "(empty log)"
 
 
-def run_child(argv: list[str], limit_s: float, log_path: Path, result_path: Path, grace_s: float = STOP_GRACE_S) -> tuple[StepResult, float]:
+def run_child(
+    argv: list[str], limit_s: float, log_path: Path, result_path: Path, grace_s: float = STOP_GRACE_S
+) -> tuple[StepResult, float]:
     """Run one step's process (its output to `log_path`) for at most `limit_s`; its result, or a FAIL saying why there is none."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         code = process.wait(limit_s)
     except subprocess.TimeoutExpired:
         _stop(process, grace_s)
         seconds = time.monotonic() - started
-        return StepResult(FAIL, f"stopped after its limit of {limit_s:g} s (configs/gpu_check.yaml)", details=[f"log {log_path}: {_log_tail(log_path)}"]), seconds
+        return StepResult(
+            FAIL,
+            f"stopped after its limit of {limit_s:g} s (configs/gpu_check.yaml)",
+            details=[f"log {log_path}: {_log_tail(log_path)}"],
+        ), seconds
     except BaseException:  # Ctrl-C: the step goes with the check
         _stop(process, grace_s)
         raise
@@ -162,11 +222,18 @@ def run_child(argv: list[str], limit_s: float, log_path: Path, result_path: Path
     if result_path.is_file():
         return gpu_steps.read_result(result_path), seconds
     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    return StepResult(FAIL, f"the step's process ended ({how}) without a result", details=[f"log {log_path}: {_log_tail(log_path)}"]), seconds
+    return StepResult(
+        FAIL, f"the step's process ended ({how}) without a result", details=[f"log {log_path}: {_log_tail(log_path)}"]
+    ), seconds
 
 
-def run_steps(steps: list[Step], config: GpuCheckConfig, work_dir: Path, child_argv: Callable[[str, Path], list[str]],
-              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_steps(
+    steps: list[Step],
+    config: GpuCheckConfig,
+    work_dir: Path,
+    child_argv: Callable[[str, Path], list[str]],
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Every step in order, each in its own process (`child_argv(name, result_path)`) within its limit."""
     done: dict[str, Outcome] = {}
     for step in steps:
@@ -177,8 +244,18 @@ def run_steps(steps: list[Step], config: GpuCheckConfig, work_dir: Path, child_a
             log, result = work_dir / "logs" / f"{step.name}.log", work_dir / "results" / f"{step.name}.json"
             limit = config.steps[step.name].limit_s
             found, seconds = run_child(child_argv(step.name, result), limit, log, result)
-            outcome = Outcome(step.name, found.status, found.figure, step.expected(config), step.proves, limit, round(seconds, 1),
-                              found.figures, found.details, str(log))
+            outcome = Outcome(
+                step.name,
+                found.status,
+                found.figure,
+                step.expected(config),
+                step.proves,
+                limit,
+                round(seconds, 1),
+                found.figures,
+                found.details,
+                str(log),
+            )
         done[step.name] = outcome
         if on_outcome is not None:
             on_outcome(outcome)
@@ -229,11 +306,21 @@ def gpu_environment(settings: Settings, outcomes: list[Outcome]) -> dict:
     nemo = by_name.get("nemo")
     environment["nemo"] = nemo.figures.get("nemo") if nemo is not None and nemo.figures else None
     serving = by_name.get("serving")
-    environment["serving_engine"] = f"{serving.figures['engine']} {serving.figures['version']}" if serving is not None and serving.figures else None
+    environment["serving_engine"] = (
+        f"{serving.figures['engine']} {serving.figures['version']}" if serving is not None and serving.figures else None
+    )
     return environment
 
 
-def build_report(outcomes: list[Outcome], *, config: GpuCheckConfig, environment: dict, git: dict, generated_at: dt.datetime, seconds: float) -> dict:
+def build_report(
+    outcomes: list[Outcome],
+    *,
+    config: GpuCheckConfig,
+    environment: dict,
+    git: dict,
+    generated_at: dt.datetime,
+    seconds: float,
+) -> dict:
     counts = {status: sum(o.status == status for o in outcomes) for status in (PASS, FAIL, SKIPPED)}
     return {
         "generated_at": generated_at.isoformat(timespec="seconds"),
@@ -251,7 +338,10 @@ def build_report(outcomes: list[Outcome], *, config: GpuCheckConfig, environment
 def render_markdown(report: dict) -> str:
     env, counts = report["environment"], report["counts"]
     gpu = env.get("gpu") or {}
-    devices = ", ".join(f"{d['name']} ({d['memory_gb']:g} GB, sm {d['compute_capability']})" for d in gpu.get("devices", [])) or "none"
+    devices = (
+        ", ".join(f"{d['name']} ({d['memory_gb']:g} GB, sm {d['compute_capability']})" for d in gpu.get("devices", []))
+        or "none"
+    )
     lines = [
         "# GPU check",
         "",
@@ -265,12 +355,29 @@ def render_markdown(report: dict) -> str:
         f"- NeMo: {env.get('nemo') or 'not run'}; serving engine: {env.get('serving_engine') or 'not run'}",
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
-        markdown_table([{"step": s["name"], "status": s["status"], "figure": s["figure"], "expected": s["expected"],
-                         "seconds": f"{s['seconds']:g} / {s['limit_s']:g}"} for s in report["steps"]], max_cell=400),
+        markdown_table(
+            [
+                {
+                    "step": s["name"],
+                    "status": s["status"],
+                    "figure": s["figure"],
+                    "expected": s["expected"],
+                    "seconds": f"{s['seconds']:g} / {s['limit_s']:g}",
+                }
+                for s in report["steps"]
+            ],
+            max_cell=400,
+        ),
         "",
     ]
     for s in report["steps"]:
-        lines += [f"## {s['name']}: {s['status']}", "", f"- proves: {s['proves']}", f"- expected: {s['expected']}", f"- found: {s['figure']}"]
+        lines += [
+            f"## {s['name']}: {s['status']}",
+            "",
+            f"- proves: {s['proves']}",
+            f"- expected: {s['expected']}",
+            f"- found: {s['figure']}",
+        ]
         lines += [f"- {line}" for line in s["details"]]
         if s["log"]:
             lines.append(f"- log: `{s['log']}`")
@@ -290,17 +397,40 @@ def plan(settings: Settings, steps: list[Step]) -> list[dict]:
     devices = cuda_device_count()
     rows = []
     for step in steps:
-        lacking = [why for why in (None if devices or not step.needs_cuda else "no CUDA device on this node", step.lacking(settings)) if why]
+        lacking = [
+            why
+            for why in (
+                None if devices or not step.needs_cuda else "no CUDA device on this node",
+                step.lacking(settings),
+            )
+            if why
+        ]
         if step.name == "cuda" and not devices:
             lacking = ["no CUDA device on this node: cuda would FAIL and the GPU steps be SKIPPED"]
-        rows.append({"step": step.name, "limit_s": config.steps[step.name].limit_s, "proves": step.proves, "expected": step.expected(config),
-                     "here": "; ".join(lacking) or "can run"})
+        rows.append(
+            {
+                "step": step.name,
+                "limit_s": config.steps[step.name].limit_s,
+                "proves": step.proves,
+                "expected": step.expected(config),
+                "here": "; ".join(lacking) or "can run",
+            }
+        )
     return rows
 
 
 def plan_text(rows: list[dict], config: GpuCheckConfig) -> str:
     total = sum(row["limit_s"] for row in rows)
-    lines = [f"sftc gpu-check: {len(rows)} step(s), limits {total:g} s of at most {config.total_limit_s:g} s (configs/gpu_check.yaml)", ""]
+    lines = [
+        f"sftc gpu-check: {len(rows)} step(s), limits {total:g} s of at most {config.total_limit_s:g} s (configs/gpu_check.yaml)",
+        "",
+    ]
     for row in rows:
-        lines += [f"{row['step']} (limit {row['limit_s']:g} s)", f"  proves:   {row['proves']}", f"  expected: {row['expected']}", f"  here:     {row['here']}", ""]
+        lines += [
+            f"{row['step']} (limit {row['limit_s']:g} s)",
+            f"  proves:   {row['proves']}",
+            f"  expected: {row['expected']}",
+            f"  here:     {row['here']}",
+            "",
+        ]
     return "\n".join(lines).rstrip()

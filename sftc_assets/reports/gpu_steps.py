@@ -91,10 +91,17 @@ def nvidia_smi() -> list[dict]:
     if exe is None:
         return []
     try:
-        done = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
-    rows = [[part.strip() for part in line.split(",")] for line in done.stdout.strip().splitlines() if done.returncode == 0]
+    rows = [
+        [part.strip() for part in line.split(",")] for line in done.stdout.strip().splitlines() if done.returncode == 0
+    ]
     return [{"name": row[0], "driver_version": row[1], "memory": row[2]} for row in rows if len(row) == 3]
 
 
@@ -105,14 +112,23 @@ def cuda(ctx: StepContext) -> StepResult:
     probe = probe_gpus()
     smi = nvidia_smi()
     figures = {
-        "devices": [{"name": d.name, "memory_gb": round(d.total_memory_bytes / 1e9, 1), "compute_capability": ".".join(map(str, d.compute_capability))}
-                    for d in probe.devices],
-        "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "devices": [
+            {
+                "name": d.name,
+                "memory_gb": round(d.total_memory_bytes / 1e9, 1),
+                "compute_capability": ".".join(map(str, d.compute_capability)),
+            }
+            for d in probe.devices
+        ],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if probe.cuda_available else None,
         "driver_version": smi[0]["driver_version"] if smi else None,
     }
     if probe.device_count < config.min_devices:
-        return StepResult(FAIL, probe.describe(), figures, [f"needed: at least {config.min_devices} CUDA device(s) visible to torch"])
+        return StepResult(
+            FAIL, probe.describe(), figures, [f"needed: at least {config.min_devices} CUDA device(s) visible to torch"]
+        )
     details = []
     for device in probe.devices:
         a = torch.randn(1024, 1024, device=f"cuda:{device.index}", dtype=torch.bfloat16)
@@ -121,8 +137,10 @@ def cuda(ctx: StepContext) -> StepResult:
         if not math.isfinite(value):
             return StepResult(FAIL, f"cuda:{device.index}: a bf16 matmul gave {value}", figures, details)
     first = probe.devices[0]
-    figure = (f"{probe.device_count} x {first.name} ({first.total_memory_bytes / 1e9:.0f} GB, sm_{first.compute_capability[0]}{first.compute_capability[1]}), "
-              f"driver {figures['driver_version'] or 'unknown'}, CUDA {torch.version.cuda}, torch {torch.__version__}")
+    figure = (
+        f"{probe.device_count} x {first.name} ({first.total_memory_bytes / 1e9:.0f} GB, sm_{first.compute_capability[0]}{first.compute_capability[1]}), "
+        f"driver {figures['driver_version'] or 'unknown'}, CUDA {torch.version.cuda}, torch {torch.__version__}"
+    )
     return StepResult(PASS, figure, figures, details)
 
 
@@ -155,13 +173,22 @@ def copy_ratio(dequant: Callable, weight, scale, repeats: int) -> dict:
     import torch
 
     out = dequant(weight, scale)
-    moved = weight.numel() * weight.element_size() + scale.numel() * scale.element_size() + out.numel() * out.element_size()
-    source = torch.empty(moved // 2, dtype=torch.uint8, device=weight.device)  # a copy reads it and writes as much again
+    moved = (
+        weight.numel() * weight.element_size() + scale.numel() * scale.element_size() + out.numel() * out.element_size()
+    )
+    source = torch.empty(
+        moved // 2, dtype=torch.uint8, device=weight.device
+    )  # a copy reads it and writes as much again
     target = torch.empty_like(source)
     kernel_s = median_seconds(lambda: dequant(weight, scale), repeats, weight.device)
     copy_s = median_seconds(lambda: target.copy_(source), repeats, weight.device)
     kernel, copy = moved / kernel_s / 1e9, 2 * source.numel() / copy_s / 1e9
-    return {"bytes_moved": moved, "kernel_gb_per_s": round_significant(kernel, 4), "copy_gb_per_s": round_significant(copy, 4), "ratio": round_significant(kernel / copy, 4)}
+    return {
+        "bytes_moved": moved,
+        "kernel_gb_per_s": round_significant(kernel, 4),
+        "copy_gb_per_s": round_significant(copy, 4),
+        "ratio": round_significant(kernel / copy, 4),
+    }
 
 
 def exact_on_shapes(dequant: Callable, shapes: list[tuple[int, int]], device: str) -> list[dict]:
@@ -174,12 +201,18 @@ def exact_on_shapes(dequant: Callable, shapes: list[tuple[int, int]], device: st
         weight, scale = random_fp8(shape, generator), random_scale(shape, generator)
         got = dequant(weight.to(device), scale.to(device)).cpu().view(torch.int16)
         expected = dequantize_fp8_torch(weight, scale).view(torch.int16)
-        rows.append({"shape": list(shape), "exact": bool(torch.equal(got, expected)), "differing": int((got != expected).sum())})
+        rows.append(
+            {"shape": list(shape), "exact": bool(torch.equal(got, expected)), "differing": int((got != expected).sum())}
+        )
     return rows
 
 
 def triton_missing() -> str | None:
-    return None if importlib.util.find_spec("triton") else "triton is not installed: pip install -e '.[gpu]' (make gpu-check installs it)"
+    return (
+        None
+        if importlib.util.find_spec("triton")
+        else "triton is not installed: pip install -e '.[gpu]' (make gpu-check installs it)"
+    )
 
 
 def triton_kernel(ctx: StepContext) -> StepResult:
@@ -195,8 +228,13 @@ def triton_kernel(ctx: StepContext) -> StepResult:
     supported, why = kernel.triton_fp8_supported(0)
     if not supported:
         if capability < TRITON_FP8_CAPABILITY:
-            return StepResult(SKIPPED, f"sm_{capability[0]}{capability[1]}: {why}",
-                              details=["Triton loads FP8 from compute capability 8.9; on this GPU the conversion runs the torch math (bit-identical, slower)"])
+            return StepResult(
+                SKIPPED,
+                f"sm_{capability[0]}{capability[1]}: {why}",
+                details=[
+                    "Triton loads FP8 from compute capability 8.9; on this GPU the conversion runs the torch math (bit-identical, slower)"
+                ],
+            )
         return StepResult(FAIL, why)
     exact = exact_on_shapes(kernel.weight_dequant, config.shapes, "cuda")
     generator = torch.Generator().manual_seed(0)
@@ -206,10 +244,17 @@ def triton_kernel(ctx: StepContext) -> StepResult:
     torch_path = copy_ratio(dequantize_fp8_torch, weight, scale, config.repeats)  # the fallback, for scale
     exact_count = sum(row["exact"] for row in exact)
     ok = exact_count == len(exact) and bandwidth["ratio"] >= config.min_copy_ratio
-    figure = (f"bit-exact on {exact_count}/{len(exact)} shapes; {bandwidth['kernel_gb_per_s']:,.0f} GB/s = {bandwidth['ratio']:.0%} of a device copy "
-              f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; the torch path {torch_path['ratio']:.0%}")
-    details = [f"{row['shape']}: " + ("bit-exact" if row["exact"] else f"{row['differing']} element(s) differ") for row in exact]
-    return StepResult(_verdict(ok), figure, {"shapes": exact, "triton": bandwidth, "torch": torch_path, "detail": why}, details)
+    figure = (
+        f"bit-exact on {exact_count}/{len(exact)} shapes; {bandwidth['kernel_gb_per_s']:,.0f} GB/s = {bandwidth['ratio']:.0%} of a device copy "
+        f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; the torch path {torch_path['ratio']:.0%}"
+    )
+    details = [
+        f"{row['shape']}: " + ("bit-exact" if row["exact"] else f"{row['differing']} element(s) differ")
+        for row in exact
+    ]
+    return StepResult(
+        _verdict(ok), figure, {"shapes": exact, "triton": bandwidth, "torch": torch_path, "detail": why}, details
+    )
 
 
 # --- the toy's inputs -----------------------------------------------------------------------------
@@ -220,7 +265,12 @@ def toy_inputs(ctx: StepContext) -> StepResult:
     pairs, checkpoint = built["pairs"], built["checkpoint"]
     load_model(ctx.toy.model_dir, "cpu")  # it loads as a Hugging Face model
     figure = f"{pairs['train']} training, {pairs['validation']} validation, {pairs['test']} test pairs; toy DeepSeek-V3, {checkpoint['parameters']:,} parameters"
-    return StepResult(PASS if all(pairs.values()) else FAIL, figure, {"pairs": pairs, "parameters": checkpoint["parameters"]}, [f"under {ctx.work_dir / 'toy'}"])
+    return StepResult(
+        PASS if all(pairs.values()) else FAIL,
+        figure,
+        {"pairs": pairs, "parameters": checkpoint["parameters"]},
+        [f"under {ctx.work_dir / 'toy'}"],
+    )
 
 
 # --- the Hugging Face backend on CUDA -------------------------------------------------------------
@@ -232,8 +282,16 @@ def hf_cuda(ctx: StepContext) -> StepResult:
     config = ctx.settings.gpu_check.hf_cuda
     profile = ctx.settings.profile
     toy = ctx.toy
-    result = run_training(toy.model_dir, toy.data_dir, ctx.hf_model, profile.training, ctx.settings.sft, profile.evaluation,
-                          max_steps=config.max_steps, device=ctx.device)
+    result = run_training(
+        toy.model_dir,
+        toy.data_dir,
+        ctx.hf_model,
+        profile.training,
+        ctx.settings.sft,
+        profile.evaluation,
+        max_steps=config.max_steps,
+        device=ctx.device,
+    )
     return judge_training(result.metrics, config, ctx.hf_model)
 
 
@@ -242,10 +300,27 @@ def judge_training(m: dict, config, model_dir: Path) -> StepResult:
     ratio = m["final_val_loss"] / m["initial_val_loss"]
     parse = m.get("parse_rate")
     ok = ratio <= config.max_val_loss_ratio and (parse is None or parse >= config.min_parse_rate)
-    figures = {k: m.get(k) for k in ("device", "steps", "initial_val_loss", "final_val_loss", "parse_rate", "tokens_per_s", "train_seconds", "peft")}
-    figure = (f"val loss {m['initial_val_loss']:.3f} -> {m['final_val_loss']:.3f} (x{ratio:.2f}) in {m['steps']} steps, parse rate "
-              + (f"{parse:.0%}" if parse is not None else "not checked") + f", {m['tokens_per_s'] or 0:,.0f} tokens/s on {m['device']}")
-    return StepResult(_verdict(ok), figure, {**figures, "val_loss_ratio": round(ratio, 4)}, [f"model and logs: {model_dir}"])
+    figures = {
+        k: m.get(k)
+        for k in (
+            "device",
+            "steps",
+            "initial_val_loss",
+            "final_val_loss",
+            "parse_rate",
+            "tokens_per_s",
+            "train_seconds",
+            "peft",
+        )
+    }
+    figure = (
+        f"val loss {m['initial_val_loss']:.3f} -> {m['final_val_loss']:.3f} (x{ratio:.2f}) in {m['steps']} steps, parse rate "
+        + (f"{parse:.0%}" if parse is not None else "not checked")
+        + f", {m['tokens_per_s'] or 0:,.0f} tokens/s on {m['device']}"
+    )
+    return StepResult(
+        _verdict(ok), figure, {**figures, "val_loss_ratio": round(ratio, 4)}, [f"model and logs: {model_dir}"]
+    )
 
 
 # --- NeMo -----------------------------------------------------------------------------------------
@@ -253,13 +328,24 @@ def judge_training(m: dict, config, model_dir: Path) -> StepResult:
 
 def nemo_missing(settings: Settings) -> str | None:
     python = settings.nemo_python
-    return None if python.is_file() else f"no NeMo environment on this node: {python} is not there (make .venv-nemo, or SFTC_NEMO_PYTHON)"
+    return (
+        None
+        if python.is_file()
+        else f"no NeMo environment on this node: {python} is not there (make .venv-nemo, or SFTC_NEMO_PYTHON)"
+    )
 
 
 def nemo_version(python: Path, timeout_s: float = 180) -> tuple[str | None, str]:
     """(NeMo's version, or None; what the import said) in the NeMo environment's interpreter."""
     try:
-        done = subprocess.run([str(python), "-c", NEMO_IMPORT], cwd=PROJECT_ROOT, env=entry_env(), capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [str(python), "-c", NEMO_IMPORT],
+            cwd=PROJECT_ROOT,
+            env=entry_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return None, f"`import nemo.collections.llm` took longer than {timeout_s:.0f} s"
     if done.returncode:
@@ -273,12 +359,29 @@ def toy_finetune_yaml(settings: Settings, path: Path) -> Path:
     config = settings.gpu_check.nemo
     raw = settings.finetune.model_dump(mode="json")
     raw.update(
-        nodes=1, gpus_per_node=1, gpu_memory_gb=8,
-        parallelism={"tensor": 1, "pipeline": 1, "context": 1, "expert": 1, "expert_tensor": None, "sequence_parallel": False,
-                     "layers_in_first_pipeline_stage": None, "layers_in_last_pipeline_stage": None},
-        seq_length=settings.sft.max_seq_length, micro_batch_size=2, global_batch_size=8, max_steps=config.steps,
-        warmup_steps=2, val_check_interval=config.steps // 2, limit_val_batches=2, checkpoint_every_n_steps=config.steps,
-        learning_rate=config.learning_rate, min_learning_rate=0.0,
+        nodes=1,
+        gpus_per_node=1,
+        gpu_memory_gb=8,
+        parallelism={
+            "tensor": 1,
+            "pipeline": 1,
+            "context": 1,
+            "expert": 1,
+            "expert_tensor": None,
+            "sequence_parallel": False,
+            "layers_in_first_pipeline_stage": None,
+            "layers_in_last_pipeline_stage": None,
+        },
+        seq_length=settings.sft.max_seq_length,
+        micro_batch_size=2,
+        global_batch_size=8,
+        max_steps=config.steps,
+        warmup_steps=2,
+        val_check_interval=config.steps // 2,
+        limit_val_batches=2,
+        checkpoint_every_n_steps=config.steps,
+        learning_rate=config.learning_rate,
+        min_learning_rate=0.0,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -291,7 +394,9 @@ def _validation_loss(model_dir: Path, data_dir: Path, settings: Settings, device
     from sftc_assets.training.hf_backend import validation_loss
 
     model, tokenizer = load_model(model_dir, device)
-    examples = tokenize_split(tokenizer, load_pairs(split_file(data_dir, "validation")), settings.sft.max_seq_length).examples
+    examples = tokenize_split(
+        tokenizer, load_pairs(split_file(data_dir, "validation")), settings.sft.max_seq_length
+    ).examples
     return validation_loss(model, examples, 16, tokenizer.pad_token_id, torch.device(device))
 
 
@@ -303,7 +408,11 @@ def nemo(ctx: StepContext) -> StepResult:
         return StepResult(SKIPPED, missing)
     version, said = nemo_version(ctx.settings.nemo_python)
     if version is None:
-        return StepResult(FAIL, f"{ctx.settings.nemo_python}: {said}", details=["repair the NeMo environment (make .venv-nemo, requirements-nemo.txt)"])
+        return StepResult(
+            FAIL,
+            f"{ctx.settings.nemo_python}: {said}",
+            details=["repair the NeMo environment (make .venv-nemo, requirements-nemo.txt)"],
+        )
     if ctx.execute is None:
         raise ValueError("the nemo step needs a launcher to run the NeMo entry (execute)")
     toy, root = ctx.toy, ctx.work_dir / "nemo"
@@ -326,17 +435,35 @@ def nemo(ctx: StepContext) -> StepResult:
     base_loss = _validation_loss(toy.model_dir, toy.data_dir, ctx.settings, ctx.device)
     tuned_loss = _validation_loss(output, toy.data_dir, ctx.settings, ctx.device)
     model, tokenizer = load_model(output, ctx.device)
-    prompts = [pair["input"] for pair in load_pairs(split_file(toy.data_dir, "test"))][: ctx.settings.gpu_check.nemo.test_prompts]
+    prompts = [pair["input"] for pair in load_pairs(split_file(toy.data_dir, "test"))][
+        : ctx.settings.gpu_check.nemo.test_prompts
+    ]
     answers = generate_greedy(model, tokenizer, prompts, ctx.settings.profile.evaluation.max_new_tokens, len(prompts))
     parse_rate = sum(ctx.settings.sft.target_format.parse_action(a) is not None for a in answers) / len(answers)
     ok = imported and last < first and not lora_left and bool(names) and tuned_loss < base_loss
-    figures = {"nemo": version, "import_seconds": round(import_s, 1), "steps": metrics.get("steps"), "first_quarter_loss": round(first, 4),
-               "last_quarter_loss": round(last, 4), "base_val_loss": round(base_loss, 4), "export_val_loss": round(tuned_loss, 4),
-               "exported_tensors": len(names), "lora_tensors_left": len(lora_left), "test_parse_rate": round(parse_rate, 3)}
-    figure = (f"NeMo {version}: import {'ok' if imported else 'MISSING context/ or weights/'} in {import_s:.0f} s; training loss {first:.3f} -> {last:.3f} "
-              f"over {len(losses)} steps; export {len(names)} tensors, {len(lora_left)} LoRA left; validation loss base {base_loss:.3f} -> export {tuned_loss:.3f}; "
-              f"test parse rate {parse_rate:.0%} on {len(prompts)} prompts")
-    return StepResult(_verdict(ok), figure, figures, [f"checkpoint {checkpoint}", f"export {output}", f"NeMo logs {root / 'sft_nemo'}"])
+    figures = {
+        "nemo": version,
+        "import_seconds": round(import_s, 1),
+        "steps": metrics.get("steps"),
+        "first_quarter_loss": round(first, 4),
+        "last_quarter_loss": round(last, 4),
+        "base_val_loss": round(base_loss, 4),
+        "export_val_loss": round(tuned_loss, 4),
+        "exported_tensors": len(names),
+        "lora_tensors_left": len(lora_left),
+        "test_parse_rate": round(parse_rate, 3),
+    }
+    figure = (
+        f"NeMo {version}: import {'ok' if imported else 'MISSING context/ or weights/'} in {import_s:.0f} s; training loss {first:.3f} -> {last:.3f} "
+        f"over {len(losses)} steps; export {len(names)} tensors, {len(lora_left)} LoRA left; validation loss base {base_loss:.3f} -> export {tuned_loss:.3f}; "
+        f"test parse rate {parse_rate:.0%} on {len(prompts)} prompts"
+    )
+    return StepResult(
+        _verdict(ok),
+        figure,
+        figures,
+        [f"checkpoint {checkpoint}", f"export {output}", f"NeMo logs {root / 'sft_nemo'}"],
+    )
 
 
 # --- serving --------------------------------------------------------------------------------------
@@ -351,15 +478,24 @@ def serving_engine(settings: Settings) -> tuple[str | None, str]:
         if installed and installed[0] == "vllm":
             return engine, installed[1]
         if installed:
-            cpu_build = (f"; {settings.vllm_python} has vLLM's CPU build ({installed[0]} {installed[1]}): "
-                         "point SFTC_VLLM_PYTHON at its GPU build")
+            cpu_build = (
+                f"; {settings.vllm_python} has vLLM's CPU build ({installed[0]} {installed[1]}): "
+                "point SFTC_VLLM_PYTHON at its GPU build"
+            )
         if engine == "sglang" and shutil.which("python"):
-            done = subprocess.run(["python", "-c", "import sglang; print(sglang.__version__)"], capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                ["python", "-c", "import sglang; print(sglang.__version__)"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if done.returncode == 0:
                 return engine, done.stdout.strip().splitlines()[-1]
     engines = ", ".join(settings.gpu_check.serving.engines)
-    return None, (f"no serving engine on this node: none of {engines} is installed (vllm for {settings.vllm_python}: "
-                  f"SFTC_VLLM_PYTHON; sglang importable){cpu_build}")
+    return None, (
+        f"no serving engine on this node: none of {engines} is installed (vllm for {settings.vllm_python}: "
+        f"SFTC_VLLM_PYTHON; sglang importable){cpu_build}"
+    )
 
 
 def serving_missing(settings: Settings) -> str | None:
@@ -377,8 +513,14 @@ def serving(ctx: StepContext) -> StepResult:
     evaluation = settings.profile.evaluation
     prompts = [pair["input"] for pair in load_pairs(split_file(ctx.toy.data_dir, "test"))]
     plan = gpu_plan(settings, engine, ctx.hf_model, gpus_per_node=1, port=free_port())
-    common = {"endpoint": None, "model_dir": ctx.hf_model, "device": ctx.device, "max_new_tokens": evaluation.max_new_tokens,
-              "batch_size": evaluation.batch_size, "concurrency": evaluation.concurrency}
+    common = {
+        "endpoint": None,
+        "model_dir": ctx.hf_model,
+        "device": ctx.device,
+        "max_new_tokens": evaluation.max_new_tokens,
+        "batch_size": evaluation.batch_size,
+        "concurrency": evaluation.concurrency,
+    }
     started = time.monotonic()
     with open_answers(settings, server=engine, plan=plan, **common) as served:
         ready_s = time.monotonic() - started
@@ -393,10 +535,20 @@ def serving(ctx: StepContext) -> StepResult:
     parse_rate = sum(a is not None for a in actions) / len(prompts)
     agreement = sum(a == parse(e) for a, e in zip(actions, expected)) / len(prompts)
     ok = parse_rate >= config.min_parse_rate and agreement >= config.min_agreement
-    figures = {"engine": engine, "version": version, "prompts": len(prompts), "parse_rate": round(parse_rate, 3), "agreement": round(agreement, 3),
-               "rows_per_s": round(served_rate, 1), "startup_seconds": round(ready_s, 1), "tags_stripped": stripped}
-    figure = (f"{engine} {version}: {len(prompts)} test prompts answered, parse rate {parse_rate:.0%}, actions agree with the in-process "
-              f"generate on {agreement:.0%}, {served_rate:.1f} rows/s (up in {ready_s:.0f} s)")
+    figures = {
+        "engine": engine,
+        "version": version,
+        "prompts": len(prompts),
+        "parse_rate": round(parse_rate, 3),
+        "agreement": round(agreement, 3),
+        "rows_per_s": round(served_rate, 1),
+        "startup_seconds": round(ready_s, 1),
+        "tags_stripped": stripped,
+    }
+    figure = (
+        f"{engine} {version}: {len(prompts)} test prompts answered, parse rate {parse_rate:.0%}, actions agree with the in-process "
+        f"generate on {agreement:.0%}, {served_rate:.1f} rows/s (up in {ready_s:.0f} s)"
+    )
     return StepResult(_verdict(ok), figure, figures, [f"command: {' '.join(plan.commands[0])}"])
 
 
@@ -416,21 +568,46 @@ def junit_counts(path: Path) -> dict:
                 failing.append(f"{name}: {(node.get('message') or kind).splitlines()[0][:200]}")
         if (node := case.find("skipped")) is not None:
             skipped.append(f"{name}: {node.get('message') or 'skipped'}")
-    return {**counts, "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"], "failing": failing, "skipped_reasons": skipped}
+    return {
+        **counts,
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "failing": failing,
+        "skipped_reasons": skipped,
+    }
 
 
 def gpu_tests(ctx: StepContext) -> StepResult:
     config = ctx.settings.gpu_check.gpu_tests
     report = ctx.work_dir / "gpu_tests.xml"
-    argv = [sys.executable, "-m", "pytest", "-m", config.marker, "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={report}", *config.paths]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        config.marker,
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={report}",
+        *config.paths,
+    ]
     done = subprocess.run(argv, cwd=PROJECT_ROOT)  # its output goes to this step's log
     if not report.is_file():
-        return StepResult(FAIL, f"pytest ended with exit code {done.returncode} and wrote no report", details=[" ".join(argv)])
+        return StepResult(
+            FAIL, f"pytest ended with exit code {done.returncode} and wrote no report", details=[" ".join(argv)]
+        )
     counts = junit_counts(report)
-    ok = counts["failures"] == counts["errors"] == 0 and counts["passed"] > 0 and counts["skipped"] <= config.max_skipped
+    ok = (
+        counts["failures"] == counts["errors"] == 0 and counts["passed"] > 0 and counts["skipped"] <= config.max_skipped
+    )
     figure = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped of {counts['tests']} (-m '{config.marker}')"
-    return StepResult(_verdict(ok), figure, {k: counts[k] for k in ("tests", "passed", "failures", "errors", "skipped")},
-                      counts["failing"] + counts["skipped_reasons"] + [" ".join(argv)])
+    return StepResult(
+        _verdict(ok),
+        figure,
+        {k: counts[k] for k in ("tests", "passed", "failures", "errors", "skipped")},
+        counts["failing"] + counts["skipped_reasons"] + [" ".join(argv)],
+    )
 
 
 def write_result(path: Path, result: StepResult) -> Path:

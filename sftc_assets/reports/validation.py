@@ -117,9 +117,17 @@ def _reasons(stages: list[StageOutcome]) -> list[str]:
     reasons, cause = [], None
     for stage in stages:
         if stage.status == FAIL:
-            failed = [f"{c.name}" + (f" ({c.description})" if c.description else "") for c in stage.checks if not c.passed and c.severity == "ERROR"]
+            failed = [
+                f"{c.name}" + (f" ({c.description})" if c.description else "")
+                for c in stage.checks
+                if not c.passed and c.severity == "ERROR"
+            ]
             what = stage.error or f"check(s) failed: {'; '.join(failed)}"
-            reasons.append(f"{stage.asset} failed: {what}" if cause is None else f"{stage.asset} failed after {cause} (look there first): {what}")
+            reasons.append(
+                f"{stage.asset} failed: {what}"
+                if cause is None
+                else f"{stage.asset} failed after {cause} (look there first): {what}"
+            )
             cause = cause or stage.asset
         elif stage.status == NOT_RUN:
             reasons.append(f"{stage.asset} was not materialized" + (f" (downstream of {cause})" if cause else ""))
@@ -160,8 +168,10 @@ def _stage_precondition(stages: list[StageOutcome], name: str) -> Check:
     if "final_val_loss" in figures:
         first, last = (format_number(figures[key]) for key in ("initial_val_loss", "final_val_loss"))
         loss = f"validation loss {first} -> {last}; "
-    said = [f"{c.name} {'PASS' if c.passed else 'FAIL'}" + (f" ({c.description})" if c.description else "")
-            for c in outcomes]
+    said = [
+        f"{c.name} {'PASS' if c.passed else 'FAIL'}" + (f" ({c.description})" if c.description else "")
+        for c in outcomes
+    ]
     found = loss + ", ".join(said)
     if not all(check.passed for check in outcomes):
         return Check(name, TOY_CHAIN, CHECK_FAIL, needed, found, f"see {asset}'s failed check above")
@@ -200,10 +210,12 @@ def _serving_line(engine: str | None) -> str:
     if not engine:
         return "- Evaluation served by: unknown (eval_csv did not report an engine)"
     if engine.startswith("vllm "):
-        return (f"- Evaluation served by: {engine} on this node's CPU, the GPU run's engine: its DeepSeek-V3 model "
-                "class, MLA attention (its CPU kernel, the release's 576-wide latent), grouped MoE routing, weight "
-                "loader (the MTP layer skipped), tokenizer and stop rules, started by the GPU plan's command builder "
-                "less the GPUs")
+        return (
+            f"- Evaluation served by: {engine} on this node's CPU, the GPU run's engine: its DeepSeek-V3 model "
+            "class, MLA attention (its CPU kernel, the release's 576-wide latent), grouped MoE routing, weight "
+            "loader (the MTP layer skipped), tokenizer and stop rules, started by the GPU plan's command builder "
+            "less the GPUs"
+        )
     return f"- Evaluation served by: {engine}, not the GPU run's engine (vLLM): its serving code was not rehearsed"
 
 
@@ -236,7 +248,11 @@ def _launch_line(launch: dict) -> str:
         why = f" ({launch['pending_reason']})" if launch.get("pending_reason") else ""
         line += f"; started after {format_duration(launch['pending_s'])} pending{why} (to within one poll of its state)"
     if launch["launcher"] != "slurm":
-        line += "; Slurm present on this node, but not used" if launch["slurm_present"] else "; no Slurm on this node (sinfo did not answer), so not a multi-node job"
+        line += (
+            "; Slurm present on this node, but not used"
+            if launch["slurm_present"]
+            else "; no Slurm on this node (sinfo did not answer), so not a multi-node job"
+        )
     return line
 
 
@@ -260,7 +276,10 @@ def build_report(
     if not stages:
         toy_reasons = ["no stage of the toy chain was found"]
     plan_failures = failures(gpu_plan)
-    plan_reasons = [f"GPU plan: {check.name} failed: {check.found}" + (f". Fix: {check.fix}" if check.fix else "") for check in plan_failures]
+    plan_reasons = [
+        f"GPU plan: {check.name} failed: {check.found}" + (f". Fix: {check.fix}" if check.fix else "")
+        for check in plan_failures
+    ]
     ready = toy_passed and not plan_failures
     reasons = toy_reasons + plan_reasons
     if ready:
@@ -285,7 +304,11 @@ def build_report(
         "passed": sum(stage.status == PASS for stage in stages),
         "failed": sum(stage.status == FAIL for stage in stages),
         "not_run": sum(stage.status == NOT_RUN for stage in stages),
-        "gpu_plan": {"passed": not plan_failures, "checks": [check.as_dict() for check in gpu_plan], "estimate": estimate},
+        "gpu_plan": {
+            "passed": not plan_failures,
+            "checks": [check.as_dict() for check in gpu_plan],
+            "estimate": estimate,
+        },
         "gpu_only_stages": list(GPU_ONLY_STAGES),
         "not_testable_on_cpu": list(NOT_TESTABLE_ON_CPU),
         "ready_for_gpu": ready,
@@ -330,7 +353,9 @@ def render_markdown(report: dict) -> str:
         {
             "stage": stage["asset"],
             "status": stage["status"],
-            "partitions": f"{len(stage['partitions'])} ({stage['partitions'][0]}..{stage['partitions'][-1]})" if stage["partitions"] else "",
+            "partitions": f"{len(stage['partitions'])} ({stage['partitions'][0]}..{stage['partitions'][-1]})"
+            if stage["partitions"]
+            else "",
             "checks": ", ".join(f"{c['name']} {'PASS' if c['passed'] else 'FAIL'}" for c in stage["checks"]) or "none",
             "materialized": stage["materialized_at"] or "",
         }
@@ -343,7 +368,9 @@ def render_markdown(report: dict) -> str:
             lines.append(f"- error: {stage['error']}")
         for check in stage["checks"]:
             mark = "PASS" if check["passed"] else f"FAIL ({check['severity']})"
-            lines.append(f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else ""))
+            lines.append(
+                f"- check `{check['name']}`: {mark}" + (f": {check['description']}" if check["description"] else "")
+            )
             if check["name"] == CANARY and report.get("planted_cue_preconditions"):
                 lines += [_precondition_line(Check.from_dict(c)) for c in report["planted_cue_preconditions"]]
         lines += [f"- {name}: {_figure_text(value)}" for name, value in stage["figures"].items()]
@@ -355,14 +382,38 @@ def render_markdown(report: dict) -> str:
         "",
         "The same checks as `sftc preflight` (which adds the checks of the node it runs on).",
         "",
-        markdown_table([{"check": c.name, "scope": c.scope, "status": c.status, "found": c.found, "fix": c.fix if c.status != "PASS" else ""} for c in plan], max_cell=400),
+        markdown_table(
+            [
+                {
+                    "check": c.name,
+                    "scope": c.scope,
+                    "status": c.status,
+                    "found": c.found,
+                    "fix": c.fix if c.status != "PASS" else "",
+                }
+                for c in plan
+            ],
+            max_cell=400,
+        ),
         "",
     ]
     for check in plan:
         if check.details:
-            lines += [f"### {check.name}: {check.status}", "", f"Needed: {check.needed}.", "", *[f"- {line}" for line in check.details], ""]
+            lines += [
+                f"### {check.name}: {check.status}",
+                "",
+                f"Needed: {check.needed}.",
+                "",
+                *[f"- {line}" for line in check.details],
+                "",
+            ]
     estimate = report["gpu_plan"].get("estimate")
-    lines += ["### What the GPU run will cost", "", *(cost.markdown(estimate) if estimate else ["No estimate: configs/cluster.yaml has no `estimate:` section."]), ""]
+    lines += [
+        "### What the GPU run will cost",
+        "",
+        *(cost.markdown(estimate) if estimate else ["No estimate: configs/cluster.yaml has no `estimate:` section."]),
+        "",
+    ]
     lines += [
         "## Not tested without a GPU",
         "",

@@ -52,26 +52,34 @@ def materialize_hf_splits(context: dg.AssetExecutionContext, settings: Settings)
     ranges = summary["date_ranges"]
     counts = summary["counts"]
     dropped, purged = sum(summary["dropped_by_embargo"].values()), sum(summary["purged"].values())
-    report_summary(context, "hf_splits", ", ".join(f"{name} {format_number(counts[name])}" for name in splits.SPLITS)
-                   + f" ({format_number(purged)} purged, {format_number(dropped)} embargoed)")
+    report_summary(
+        context,
+        "hf_splits",
+        ", ".join(f"{name} {format_number(counts[name])}" for name in splits.SPLITS)
+        + f" ({format_number(purged)} purged, {format_number(dropped)} embargoed)",
+    )
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "hf_splits", {
-            "path": dg.MetadataValue.path(str(paths.hf_splits)),
-            "records": summary["records"],
-            "dagster/row_count": sum(summary["counts"].values()),
-            **{f"{name}_count": count for name, count in summary["counts"].items()},
-            **{f"{name}_dates": f"{ranges[name]['first']}..{ranges[name]['last']}" for name in splits.SPLITS},
-            "embargo_days": summary["embargo_days"],
-            "purged": purged,
-            **{f"purged_from_{name}": count for name, count in summary["purged"].items()},
-            "dropped_by_embargo": dropped,
-            "outside_windows": sum(summary["outside_windows"].values()),
-            "max_label_span_days": summary["max_label_span_days"],
-            "actions": dg.MetadataValue.json(summary["actions"]),
-            # The whole window at a glance: what each month of thesis_jsonl became.
-            "records_by_month": dg.MetadataValue.md(markdown_table(_records_by_month(dataset))),
-            "preview": dg.MetadataValue.md(preview),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "hf_splits",
+            {
+                "path": dg.MetadataValue.path(str(paths.hf_splits)),
+                "records": summary["records"],
+                "dagster/row_count": sum(summary["counts"].values()),
+                **{f"{name}_count": count for name, count in summary["counts"].items()},
+                **{f"{name}_dates": f"{ranges[name]['first']}..{ranges[name]['last']}" for name in splits.SPLITS},
+                "embargo_days": summary["embargo_days"],
+                "purged": purged,
+                **{f"purged_from_{name}": count for name, count in summary["purged"].items()},
+                "dropped_by_embargo": dropped,
+                "outside_windows": sum(summary["outside_windows"].values()),
+                "max_label_span_days": summary["max_label_span_days"],
+                "actions": dg.MetadataValue.json(summary["actions"]),
+                # The whole window at a glance: what each month of thesis_jsonl became.
+                "records_by_month": dg.MetadataValue.md(markdown_table(_records_by_month(dataset))),
+                "preview": dg.MetadataValue.md(preview),
+            },
+        ),
         data_version=data_version([paths.hf_splits]),
     )
 
@@ -118,13 +126,17 @@ def materialize_nemo_jsonl(context: dg.AssetExecutionContext, settings: Settings
         else {"token_stats": f"not measured: no tokenizer at {settings.base_checkpoint_dir}"}
     )
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "nemo_jsonl", {
-            "path": dg.MetadataValue.path(str(paths.nemo_jsonl)),
-            "dagster/row_count": lines,
-            **{f"{name}_lines": count for name, count in summary["counts"].items()},
-            **token_metadata,
-            "preview": dg.MetadataValue.md(preview),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "nemo_jsonl",
+            {
+                "path": dg.MetadataValue.path(str(paths.nemo_jsonl)),
+                "dagster/row_count": lines,
+                **{f"{name}_lines": count for name, count in summary["counts"].items()},
+                **token_metadata,
+                "preview": dg.MetadataValue.md(preview),
+            },
+        ),
         data_version=data_version([paths.nemo_jsonl]),
     )
 
@@ -154,8 +166,12 @@ def defs(settings: Settings) -> dg.Definitions:
     def hf_splits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return materialize_hf_splits(context, settings)
 
-    @dg.asset_check(asset=hf_splits, blocking=True, description="No id in two splits; each split ends more than the embargo before the next begins; "
-                    "no label window (entry to exit session, recomputed from the calendar) reaches a later split.")
+    @dg.asset_check(
+        asset=hf_splits,
+        blocking=True,
+        description="No id in two splits; each split ends more than the embargo before the next begins; "
+        "no label window (entry to exit session, recomputed from the calendar) reaches a later split.",
+    )
     def splits_disjoint_and_ordered() -> dg.AssetCheckResult:
         return check_splits_disjoint_and_ordered(paths.hf_splits)
 
@@ -172,8 +188,14 @@ def defs(settings: Settings) -> dg.Definitions:
     def nemo_jsonl(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return materialize_nemo_jsonl(context, settings)
 
-    @dg.asset_check(asset=nemo_jsonl, blocking=True, description="Every line parses as {input, output} and the output carries every special token.")
+    @dg.asset_check(
+        asset=nemo_jsonl,
+        blocking=True,
+        description="Every line parses as {input, output} and the output carries every special token.",
+    )
     def special_tokens_in_every_line() -> dg.AssetCheckResult:
         return check_special_tokens_in_every_line(paths.nemo_jsonl, settings.sft.special_tokens)
 
-    return dg.Definitions(assets=[hf_splits, nemo_jsonl], asset_checks=[splits_disjoint_and_ordered, special_tokens_in_every_line])
+    return dg.Definitions(
+        assets=[hf_splits, nemo_jsonl], asset_checks=[splits_disjoint_and_ordered, special_tokens_in_every_line]
+    )

@@ -30,7 +30,11 @@ def nemo_pairs(split, sft_config: SftConfig, max_samples: int | None = None) -> 
 
 def training_texts(dataset_dir: Path | str, sft_config: SftConfig) -> list[str]:
     """Prompt and target of every train record, as the NeMo training lines hold them: the toy tokenizer's corpus."""
-    return [text for pair in nemo_pairs(load_splits(dataset_dir)["train"], sft_config) for text in (pair["input"], pair["output"])]
+    return [
+        text
+        for pair in nemo_pairs(load_splits(dataset_dir)["train"], sft_config)
+        for text in (pair["input"], pair["output"])
+    ]
 
 
 def load_local_tokenizer(path: Path | str):
@@ -39,11 +43,15 @@ def load_local_tokenizer(path: Path | str):
 
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: tokenizer directory not found (pass a checkpoint directory, or --skip-tokenizer)")
+        raise FileNotFoundError(
+            f"{path}: tokenizer directory not found (pass a checkpoint directory, or --skip-tokenizer)"
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer") from None
+        raise ValueError(
+            f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer"
+        ) from None
 
 
 def tag_tokens(tokenizer, tags: list[str]) -> dict[str, int]:
@@ -65,14 +73,20 @@ def _length_stats(lengths: list[int]) -> dict:
     }
 
 
-def token_stats(tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length: int, special_tokens: list[str]) -> dict:
+def token_stats(
+    tokenizer, pairs_by_split: dict[str, list[dict]], max_seq_length: int, special_tokens: list[str]
+) -> dict:
     """Token lengths of prompt, target and total (min/mean/p95/max), the pairs over `max_seq_length` and the tokens
     each tag takes as text (ValueError when the tokenizer holds a tag as a token of its own)."""
     eos = 1 if tokenizer.eos_token_id is not None else 0
     prompt, target, over = [], [], {}
     for name, pairs in pairs_by_split.items():
         prompt_lengths = [len(ids) for ids in tokenizer([p["input"] for p in pairs])["input_ids"]] if pairs else []
-        target_lengths = [len(ids) + eos for ids in tokenizer([p["output"] for p in pairs], add_special_tokens=False)["input_ids"]] if pairs else []
+        target_lengths = (
+            [len(ids) + eos for ids in tokenizer([p["output"] for p in pairs], add_special_tokens=False)["input_ids"]]
+            if pairs
+            else []
+        )
         over[name] = sum(1 for a, b in zip(prompt_lengths, target_lengths) if a + b > max_seq_length)
         prompt += prompt_lengths
         target += target_lengths
@@ -113,7 +127,9 @@ def export_nemo(
         "max_samples": max_samples,
         "special_tokens": list(sft_config.special_tokens),
         "tokenizer": str(tokenizer_path) if tokenizer is not None else None,
-        "token_stats": token_stats(tokenizer, pairs, sft_config.max_seq_length, sft_config.special_tokens) if tokenizer is not None else None,
+        "token_stats": token_stats(tokenizer, pairs, sft_config.max_seq_length, sft_config.special_tokens)
+        if tokenizer is not None
+        else None,
     }
     with atomic_dir(output_dir, stamp) as staging:
         for name in SPLITS:

@@ -109,7 +109,9 @@ def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
                 )
             where = f"{file}:{lineno}"
             if row["id"] in seen:
-                raise ValueError(f"{where}: id {row['id']!r} already used at {seen[row['id']]}; ids must be unique across the corpus")
+                raise ValueError(
+                    f"{where}: id {row['id']!r} already used at {seen[row['id']]}; ids must be unique across the corpus"
+                )
             seen[row["id"]] = where
             records.append(row)
     return records, [str(f) for f in files]
@@ -118,7 +120,9 @@ def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
 # --- planning -------------------------------------------------------------------------------------
 
 
-def plan_by_dates(train_start: dt.date, train_end: dt.date, test_start: dt.date, test_end: dt.date, embargo_days: int) -> SplitPlan:
+def plan_by_dates(
+    train_start: dt.date, train_end: dt.date, test_start: dt.date, test_end: dt.date, embargo_days: int
+) -> SplitPlan:
     gap = dt.timedelta(days=embargo_days + 1)
     return SplitPlan(
         mode="dates",
@@ -137,7 +141,9 @@ def plan_by_dates(train_start: dt.date, train_end: dt.date, test_start: dt.date,
     )
 
 
-def plan_by_days(first_date: dt.date, last_date: dt.date, validation_days: int, test_days: int, embargo_days: int) -> SplitPlan:
+def plan_by_days(
+    first_date: dt.date, last_date: dt.date, validation_days: int, test_days: int, embargo_days: int
+) -> SplitPlan:
     if validation_days < 1 or test_days < 1:
         raise SplitError(f"--validation-days ({validation_days}) and --test-days ({test_days}) must both be at least 1")
     day = dt.timedelta(days=1)
@@ -172,7 +178,12 @@ def assign(records: Iterable[dict], plan: SplitPlan) -> Assignment:
     """Place every record in a split, in an embargo gap, or outside the windows; splits sorted by (date, ticker, id).
     Nothing is purged yet (`purge`)."""
     windows = [(name, plan.windows[name]) for name in SPLITS]
-    result = Assignment({name: [] for name in SPLITS}, {name: 0 for name in SPLITS[1:]}, {"before": 0, "after": 0}, {name: 0 for name in SPLITS[:-1]})
+    result = Assignment(
+        {name: [] for name in SPLITS},
+        {name: 0 for name in SPLITS[1:]},
+        {"before": 0, "after": 0},
+        {name: 0 for name in SPLITS[:-1]},
+    )
     for record in records:
         day = dt.date.fromisoformat(record["as_of_date"])
         for index, (name, window) in enumerate(windows):
@@ -206,7 +217,9 @@ def label_exits(as_of_dates: list[str], horizons: list[int]) -> list[dt.date]:
         return []
     _, exits = session_window(as_of_dates, horizons)
     return [
-        dt.date.fromisoformat(day) + dt.timedelta(days=calendar_days_bound(h)) if np.isnat(e) else dt.date.fromisoformat(str(e)[:10])
+        dt.date.fromisoformat(day) + dt.timedelta(days=calendar_days_bound(h))
+        if np.isnat(e)
+        else dt.date.fromisoformat(str(e)[:10])
         for day, h, e in zip(as_of_dates, horizons, exits)
     ]
 
@@ -270,12 +283,17 @@ def _date_range(rows: list[dict]) -> dict:
     return {"first": rows[0]["as_of_date"], "last": rows[-1]["as_of_date"]} if rows else {"first": None, "last": None}
 
 
-def build_splits(records: list[dict], plan: SplitPlan, sft_config: SftConfig, min_samples: int) -> tuple[DatasetDict, dict]:
+def build_splits(
+    records: list[dict], plan: SplitPlan, sft_config: SftConfig, min_samples: int
+) -> tuple[DatasetDict, dict]:
     assignment = assign(records, plan)
     purge(assignment)
     check_sizes(assignment, plan, len(records), min_samples)
     dataset = DatasetDict(
-        {name: Dataset.from_dict(_rows(rows, sft_config), features=FEATURES) for name, rows in assignment.splits.items()}
+        {
+            name: Dataset.from_dict(_rows(rows, sft_config), features=FEATURES)
+            for name, rows in assignment.splits.items()
+        }
     )
     summary = {
         "mode": plan.mode,
@@ -285,13 +303,20 @@ def build_splits(records: list[dict], plan: SplitPlan, sft_config: SftConfig, mi
         "windows": {name: plan.windows[name].as_dict() for name in SPLITS},
         "counts": {name: len(rows) for name, rows in assignment.splits.items()},
         "date_ranges": {name: _date_range(rows) for name, rows in assignment.splits.items()},
-        "actions": {name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in assignment.splits.items()},
+        "actions": {
+            name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in assignment.splits.items()
+        },
         "purged": assignment.purged,
         "dropped_by_embargo": assignment.dropped_by_embargo,
         "outside_windows": assignment.outside,
         **label_figures(assignment),
     }
-    accounted = sum(summary["counts"].values()) + sum(assignment.purged.values()) + sum(assignment.dropped_by_embargo.values()) + sum(assignment.outside.values())
+    accounted = (
+        sum(summary["counts"].values())
+        + sum(assignment.purged.values())
+        + sum(assignment.dropped_by_embargo.values())
+        + sum(assignment.outside.values())
+    )
     assert accounted == len(records), "every record is in a split, purged, in an embargo gap or outside the windows"
     return dataset, summary
 
@@ -320,7 +345,9 @@ def build_dataset(
     if minimum < 1:
         raise SplitError(f"--min-samples must be >= 1 (no split may be empty), got {minimum}")
     if (validation_days is None) != (test_days is None):
-        raise SplitError("--validation-days and --test-days go together: give both, or neither to split by the dates from settings")
+        raise SplitError(
+            "--validation-days and --test-days go together: give both, or neither to split by the dates from settings"
+        )
     if validation_days is None and date_bounds is None:
         raise SplitError("give the split dates (settings) or --validation-days with --test-days")
     records, files = read_records(jsonl_path)
@@ -346,15 +373,22 @@ def load_splits(dataset_dir: Path | str) -> DatasetDict:
     """The saved DatasetDict with its three splits; anything else is an error naming the directory and the fix."""
     dataset_dir = Path(dataset_dir)
     if not (dataset_dir / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits (sftc build-dataset) or pass the right directory")
+        raise FileNotFoundError(
+            f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits (sftc build-dataset) or pass the right directory"
+        )
     try:
         dataset = load_from_disk(str(dataset_dir))
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
-        culprit = _unreadable_file(dataset_dir) or f"{type(exc).__name__}: {exc}; rebuild it with `sftc build-dataset` (the hf_splits asset)"
+        culprit = (
+            _unreadable_file(dataset_dir)
+            or f"{type(exc).__name__}: {exc}; rebuild it with `sftc build-dataset` (the hf_splits asset)"
+        )
         raise ValueError(f"the saved DatasetDict {dataset_dir} cannot be read: {culprit}") from None
     missing = [name for name in SPLITS if name not in dataset]
     if missing:
-        raise ValueError(f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); rebuild it with `sftc build-dataset`")
+        raise ValueError(
+            f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); rebuild it with `sftc build-dataset`"
+        )
     return dataset
 
 
@@ -407,7 +441,9 @@ def split_problems(dataset_dir: Path | str) -> list[str]:
             continue
         last, first = dt.date.fromisoformat(max(dates)), dt.date.fromisoformat(min(next_dates))
         if (first - last).days <= embargo:
-            problems.append(f"{name} ends {last} and {next_name} begins {first}: {(first - last).days} day(s) apart, the embargo is {embargo}")
+            problems.append(
+                f"{name} ends {last} and {next_name} begins {first}: {(first - last).days} day(s) apart, the embargo is {embargo}"
+            )
     for index, name in enumerate(SPLITS[:-1]):
         later = [min(dataset[n]["as_of_date"]) for n in SPLITS[index + 1 :] if len(dataset[n])]
         if not later:

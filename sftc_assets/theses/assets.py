@@ -33,20 +33,30 @@ def check_thesis_jsonl(
         problems += [f"{month}: {p}" for p in month_problems]
         counted = row["record_lines"] + row["reject_lines"] == read
         by_month[month] = {
-            f"check {COUNTS_CHECK}": "passed" if counted else f"FAILED: {row['record_lines']} + {row['reject_lines']} lines for {read} read",
-            f"check {SCHEMA_CHECK}": "passed" if not month_problems else f"FAILED: {len(month_problems)} problems, e.g. {month_problems[0]}",
+            f"check {COUNTS_CHECK}": "passed"
+            if counted
+            else f"FAILED: {row['record_lines']} + {row['reject_lines']} lines for {read} read",
+            f"check {SCHEMA_CHECK}": "passed"
+            if not month_problems
+            else f"FAILED: {len(month_problems)} problems, e.g. {month_problems[0]}",
         }
     mismatched = [r for r in count_rows if r["record_lines"] + r["reject_lines"] != r["read"]]
     checks = [
         dg.AssetCheckResult(
             check_name=COUNTS_CHECK,
             passed=not mismatched,
-            metadata={"months_checked": len(count_rows), "mismatched_months": dg.MetadataValue.md(markdown_table(mismatched))},
+            metadata={
+                "months_checked": len(count_rows),
+                "mismatched_months": dg.MetadataValue.md(markdown_table(mismatched)),
+            },
         ),
         dg.AssetCheckResult(
             check_name=SCHEMA_CHECK,
             passed=not problems,
-            metadata={"problems": len(problems), "first_problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "_(none)_")},
+            metadata={
+                "problems": len(problems),
+                "first_problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "_(none)_"),
+            },
         ),
     ]
     return checks, by_month
@@ -104,7 +114,9 @@ def materialize_thesis_jsonl(context: dg.AssetExecutionContext, settings: Settin
         context.log.warning(
             "%d theses are in no partition: their month (of the as_of_date, else of the YYYY/MM/ directory) is none "
             "or outside %s..%s; e.g. %s",
-            len(homeless), min(partition_months), max(partition_months),
+            len(homeless),
+            min(partition_months),
+            max(partition_months),
             sorted({row["source_file"] for row in homeless})[:5],
         )
 
@@ -113,17 +125,21 @@ def materialize_thesis_jsonl(context: dg.AssetExecutionContext, settings: Settin
     for month, result in written.items():
         counts, records = result.counts(), result.records
         reasons = [{"reason": reason, "count": n} for reason, n in counts["reject_reasons"].items()]
-        partition_metadata(context, month, {
-            "path": dg.MetadataValue.path(str(paths.jsonl_month(month))),
-            "rejects_path": dg.MetadataValue.path(str(paths.rejects_month(month))),
-            **{k: counts[k] for k in ("files", "read", "accepted", "rejected")},
-            "dagster/row_count": counts["accepted"],
-            "date_range": f"{records[0]['as_of_date']}..{records[-1]['as_of_date']}" if records else "none",
-            "reject_reasons": dg.MetadataValue.md(markdown_table(reasons)),
-            "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
-            "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
-            **check_outcomes[month],
-        })
+        partition_metadata(
+            context,
+            month,
+            {
+                "path": dg.MetadataValue.path(str(paths.jsonl_month(month))),
+                "rejects_path": dg.MetadataValue.path(str(paths.rejects_month(month))),
+                **{k: counts[k] for k in ("files", "read", "accepted", "rejected")},
+                "dagster/row_count": counts["accepted"],
+                "date_range": f"{records[0]['as_of_date']}..{records[-1]['as_of_date']}" if records else "none",
+                "reject_reasons": dg.MetadataValue.md(markdown_table(reasons)),
+                "unknown_elements": dg.MetadataValue.json(counts["unknown_elements"]),
+                "preview": dg.MetadataValue.md(markdown_table(records[:PREVIEW_RECORDS], preview_columns)),
+                **check_outcomes[month],
+            },
+        )
     requested = corpus.for_months(months)
     context.log.info("%s: %s", _span(months), parser.summary_line(requested, paths.jsonl))
     counts = requested.counts()
@@ -161,8 +177,18 @@ def defs(settings: Settings) -> dg.Definitions:
         code_version=code_version("thesis_jsonl", settings, parser, schema, layout),
         kinds={"json", "python"},
         check_specs=[
-            dg.AssetCheckSpec(COUNTS_CHECK, asset="thesis_jsonl", blocking=True, description="every thesis read is one record line or one reject line"),
-            dg.AssetCheckSpec(SCHEMA_CHECK, asset="thesis_jsonl", blocking=True, description="every line follows docs/thesis-xml.md; records sorted, ids unique"),
+            dg.AssetCheckSpec(
+                COUNTS_CHECK,
+                asset="thesis_jsonl",
+                blocking=True,
+                description="every thesis read is one record line or one reject line",
+            ),
+            dg.AssetCheckSpec(
+                SCHEMA_CHECK,
+                asset="thesis_jsonl",
+                blocking=True,
+                description="every line follows docs/thesis-xml.md; records sorted, ids unique",
+            ),
         ],
         description="Validated thesis records of a month (jsonl/YYYY-MM.jsonl) and its reject lines (YYYY-MM.rejects.jsonl), "
         "per docs/thesis-xml.md. Duplicates are judged against the whole raw_xml tree.",

@@ -18,11 +18,14 @@ from pathlib import Path
 class CorpusError(ValueError):
     """The corpus as a whole cannot be read (no files, an unreadable file): the run stops, nothing is written."""
 
+
 _MONTH_DIR = re.compile(r"([0-9]{4})/(0[1-9]|1[0-2])/")
 
 
 def _refuse_unreadable(error: OSError) -> None:
-    raise CorpusError(f"{error.filename}: cannot read this directory ({error.strerror}); give it read access or move it out of the input tree")
+    raise CorpusError(
+        f"{error.filename}: cannot read this directory ({error.strerror}); give it read access or move it out of the input tree"
+    )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -42,7 +45,9 @@ def thesis_files(root: Path) -> list[str]:
                 continue
             if path.is_symlink():
                 if not _inside(path.resolve(), real_root):
-                    raise CorpusError(f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}")
+                    raise CorpusError(
+                        f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}"
+                    )
                 continue  # inside the tree: walked where it really is
             kept.append(name)
         dirnames[:] = kept
@@ -53,13 +58,17 @@ def thesis_files(root: Path) -> list[str]:
                 continue
             path = Path(dirpath) / name
             if path.is_symlink() and not _inside(path.resolve(), real_root):
-                raise CorpusError(f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}")
+                raise CorpusError(
+                    f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}"
+                )
             try:
                 mode = path.stat().st_mode
             except OSError as exc:
                 raise CorpusError(f"{path}: cannot read ({exc.strerror}); a broken link or a vanished file") from None
             if not stat.S_ISREG(mode):
-                raise CorpusError(f"{path}: not a regular file (a FIFO, socket or device named *.xml); remove it from the input tree")
+                raise CorpusError(
+                    f"{path}: not a regular file (a FIFO, socket or device named *.xml); remove it from the input tree"
+                )
             found.append(prefix + name)
     return sorted(found)
 

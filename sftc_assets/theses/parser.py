@@ -194,7 +194,9 @@ def _ticker(text: str) -> str:
 @_once_per_text
 def _date(text: str) -> str:
     if calendar_date(text) is None:
-        raise _Invalid("invalid_date", f"as_of_date {_show(text)} is not a real calendar date written YYYY-MM-DD (e.g. 2024-01-15)")
+        raise _Invalid(
+            "invalid_date", f"as_of_date {_show(text)} is not a real calendar date written YYYY-MM-DD (e.g. 2024-01-15)"
+        )
     return text
 
 
@@ -208,7 +210,10 @@ def _reasoning(text: str) -> str:
 def _action(text: str) -> str:
     action = _ACTION_SEPARATORS.sub("_", text).upper()
     if not text.isascii() or action not in ACTIONS:
-        raise _Invalid("invalid_action", f"action {_show(text)} is not one of {', '.join(ACTIONS)} (case, spaces and hyphens are free)")
+        raise _Invalid(
+            "invalid_action",
+            f"action {_show(text)} is not one of {', '.join(ACTIONS)} (case, spaces and hyphens are free)",
+        )
     return action
 
 
@@ -216,7 +221,10 @@ def _action(text: str) -> str:
 def _horizon(text: str) -> int:
     days = int(text) if _DIGITS.fullmatch(text) else None
     if days is None or not HORIZON_MIN <= days <= HORIZON_MAX:
-        raise _Invalid("invalid_horizon", f"horizon_days {_show(text)} is not a whole number of days in {HORIZON_MIN}..{HORIZON_MAX}")
+        raise _Invalid(
+            "invalid_horizon",
+            f"horizon_days {_show(text)} is not a whole number of days in {HORIZON_MIN}..{HORIZON_MAX}",
+        )
     return days
 
 
@@ -237,7 +245,9 @@ def _support(elem) -> list[str]:
         if tag == "point":
             text = _text(child, "point", "invalid_support") if len(child) else (child.text or "").strip()
             if not text:
-                raise _Invalid("invalid_support", f"point {len(points) + 1} of <support> is empty; remove it or give it text")
+                raise _Invalid(
+                    "invalid_support", f"point {len(points) + 1} of <support> is empty; remove it or give it text"
+                )
             points.append(text)
         elif isinstance(tag, str):
             raise _Invalid("invalid_support", f"<support> may only hold <point> children, found <{tag}>")
@@ -248,7 +258,9 @@ def _support(elem) -> list[str]:
     if not points:
         return [loose] if loose else []
     if loose:
-        raise _Invalid("invalid_support", f"<support> mixes text {_show(loose)} with <point> children; put the text in a <point>")
+        raise _Invalid(
+            "invalid_support", f"<support> mixes text {_show(loose)} with <point> children; put the text in a <point>"
+        )
     return points
 
 
@@ -303,7 +315,13 @@ def _read_thesis(elem) -> tuple[dict, list[tuple[str, str, str]], list[str]]:
         if raw_id.strip():
             values["id"] = raw_id.strip()
         else:
-            problems.append(("id", "invalid_id", "id attribute is empty; give it a value or remove it (the default is TICKER-YYYY-MM-DD)"))
+            problems.append(
+                (
+                    "id",
+                    "invalid_id",
+                    "id attribute is empty; give it a value or remove it (the default is TICKER-YYYY-MM-DD)",
+                )
+            )
     if len(problems) > 1:
         problems.sort(key=lambda p: _FIELD_ORDER.index(p[0]))
     return values, problems, unknown
@@ -313,7 +331,14 @@ def _read_thesis(elem) -> tuple[dict, list[tuple[str, str, str]], list[str]]:
 
 
 def _reject(source_file: str, index: int | None, field_name: str | None, reason: str, detail: str, **extra) -> dict:
-    return {"source_file": source_file, "index": index, "field": field_name, "reason": reason, "detail": detail, **extra}
+    return {
+        "source_file": source_file,
+        "index": index,
+        "field": field_name,
+        "reason": reason,
+        "detail": detail,
+        **extra,
+    }
 
 
 def _read_capped(path: str, limit: int) -> bytes | None:
@@ -322,7 +347,9 @@ def _read_capped(path: str, limit: int) -> bytes | None:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise CorpusError(f"{path}: not a regular file (a FIFO, socket or device named *.xml); remove it from the input tree")
+            raise CorpusError(
+                f"{path}: not a regular file (a FIFO, socket or device named *.xml); remove it from the input tree"
+            )
         size = info.st_size
         if size > limit:
             return None
@@ -365,7 +392,9 @@ def _read_ahead(root_prefix: str, files: list[str], max_file_bytes: int) -> Iter
 def _load_root(data: bytes | None, source_file: str, parser: etree.XMLParser, max_file_bytes: int):
     """The root element of a file's bytes (None: the file is too large), or a whole-file reject line."""
     if data is None:
-        return None, _reject(source_file, None, None, "too_large", f"file is larger than {max_file_bytes} bytes; split it")
+        return None, _reject(
+            source_file, None, None, "too_large", f"file is larger than {max_file_bytes} bytes; split it"
+        )
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
@@ -375,10 +404,18 @@ def _load_root(data: bytes | None, source_file: str, parser: etree.XMLParser, ma
             detail = f"{exc.msg}; save the file as UTF-8 or name its encoding in the XML declaration"
             return None, _reject(source_file, None, None, "bad_encoding", detail)
         if "Excessive depth" in exc.msg:  # libxml2 would lift the limit with XML_PARSE_HUGE, which we never set
-            return None, _reject(source_file, None, None, "malformed_xml", f"elements nested deeper than {_MAX_DEPTH} levels; a thesis file needs a handful: flatten it")
+            return None, _reject(
+                source_file,
+                None,
+                None,
+                "malformed_xml",
+                f"elements nested deeper than {_MAX_DEPTH} levels; a thesis file needs a handful: flatten it",
+            )
         return None, _reject(source_file, None, None, "malformed_xml", f"not well-formed XML: {exc.msg}")
     except _ExternalReadRefused:
-        return None, _reject(source_file, None, None, "forbidden_xml", "refers to an external resource; theses must be self-contained")
+        return None, _reject(
+            source_file, None, None, "forbidden_xml", "refers to an external resource; theses must be self-contained"
+        )
     docinfo = root.getroottree().docinfo
     # Any DOCTYPE leaves an internal or external subset (docinfo.doctype is only built from these two).
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None:
@@ -418,7 +455,9 @@ class _Corpus:
         theses = list(root.iter("thesis"))
         if not theses:
             detail = "<theses> holds no <thesis>; add one or remove the file"
-            self.result.outcomes.append(Outcome(month_of_file(source_file), reject=_reject(source_file, None, None, "no_theses", detail)))
+            self.result.outcomes.append(
+                Outcome(month_of_file(source_file), reject=_reject(source_file, None, None, "no_theses", detail))
+            )
             return
         placed_parent = root if root.tag == "theses" else None  # a <thesis> is the root or a child of <theses>
         for index, elem in enumerate(theses):
@@ -476,7 +515,11 @@ class _Corpus:
 
 
 def parse_corpus(
-    input_dir: Path | str, *, months: Iterable[str] | None = None, max_file_bytes: int = MAX_FILE_BYTES, progress_log: Callable[[str], None] | None = None
+    input_dir: Path | str,
+    *,
+    months: Iterable[str] | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    progress_log: Callable[[str], None] | None = None,
 ) -> ParseResult:
     """Parse every `*.xml` under `input_dir` (any depth) in sorted path order.
 
@@ -499,7 +542,9 @@ def parse_corpus(
     return corpus.result if months is None else corpus.result.for_months(months)
 
 
-def write_jsonl_outputs(result: ParseResult, output: Path | str, rejects: Path | str, stamp: BeforeSwap | None = None) -> tuple[int, int]:
+def write_jsonl_outputs(
+    result: ParseResult, output: Path | str, rejects: Path | str, stamp: BeforeSwap | None = None
+) -> tuple[int, int]:
     """Write the records and the reject lines (each with `stamp`'s marker); returns (records, rejects) written.
 
     Both are complete before either is renamed into place, and the records only after the rejects,

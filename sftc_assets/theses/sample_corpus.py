@@ -60,7 +60,18 @@ ACTIONS_BY_QUINTILE = ("STRONG_SELL", "SELL", "HOLD", "BUY", "STRONG_BUY")
 LABEL_QUANTILES = (0.2, 0.4, 0.6, 0.8)
 # Sessions of history a thesis needs: the 52-week high and the 200-day average.
 LOOKBACK_SESSIONS = 252
-FEATURES = ("ret_5", "ret_20", "ret_60", "ret_120", "vol_20", "vol_120", "drawdown", "gap_sma50", "gap_sma200", "volume_trend")
+FEATURES = (
+    "ret_5",
+    "ret_20",
+    "ret_60",
+    "ret_120",
+    "vol_20",
+    "vol_120",
+    "drawdown",
+    "gap_sma50",
+    "gap_sma200",
+    "volume_trend",
+)
 
 
 def trailing_features(prices: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +121,9 @@ def sample_ticker_table(ticker: str, horizon_days: int) -> pd.DataFrame:
     try:
         prices = load_sample_prices(ticker)
     except UnknownTickerError as exc:
-        raise ValueError(f"corpus ticker {ticker!r}: {exc}; change --tickers (or corpus.tickers of the profile)") from None
+        raise ValueError(
+            f"corpus ticker {ticker!r}: {exc}; change --tickers (or corpus.tickers of the profile)"
+        ) from None
     return ticker_table(prices, horizon_days)
 
 
@@ -151,7 +164,10 @@ def _fact_volatility(t: str, f: dict, variant: int) -> str:
 def _fact_drawdown(t: str, f: dict, variant: int) -> str:
     if f["drawdown"] > -0.005:
         return ("At its 52-week high", f"{t} closed at a 52-week high")[variant % 2]
-    return (f"{_pct(abs(f['drawdown']))} below the 52-week high", f"Drawdown from the 52-week high {_pct(f['drawdown'])}")[variant % 2]
+    return (
+        f"{_pct(abs(f['drawdown']))} below the 52-week high",
+        f"Drawdown from the 52-week high {_pct(f['drawdown'])}",
+    )[variant % 2]
 
 
 def _fact_moving_averages(t: str, f: dict, variant: int) -> str:
@@ -168,7 +184,14 @@ def _fact_volume(t: str, f: dict, variant: int) -> str:
     )[variant % 2]
 
 
-FACTS = (_fact_momentum_short, _fact_momentum_long, _fact_volatility, _fact_drawdown, _fact_moving_averages, _fact_volume)
+FACTS = (
+    _fact_momentum_short,
+    _fact_momentum_long,
+    _fact_volatility,
+    _fact_drawdown,
+    _fact_moving_averages,
+    _fact_volume,
+)
 
 
 def _trend_sentence(t: str, f: dict, variant: int) -> str:
@@ -192,10 +215,19 @@ def _trend_sentence(t: str, f: dict, variant: int) -> str:
 def _volatility_sentence(t: str, f: dict, variant: int) -> str:
     vol, base = f["vol_20"], f["vol_120"]
     if vol > 1.2 * base:
-        return (f"Volatility is rising, {_pct(vol, 0)} against {_pct(base, 0)} over 120 days.", f"Price swings have widened to {_pct(vol, 0)} annualised.")[variant % 2]
+        return (
+            f"Volatility is rising, {_pct(vol, 0)} against {_pct(base, 0)} over 120 days.",
+            f"Price swings have widened to {_pct(vol, 0)} annualised.",
+        )[variant % 2]
     if vol < 0.8 * base:
-        return (f"Volatility is subdued at {_pct(vol, 0)} against {_pct(base, 0)} over 120 days.", f"Price swings have calmed to {_pct(vol, 0)} annualised.")[variant % 2]
-    return (f"Volatility is near its longer-run level at {_pct(vol, 0)}.", f"Price swings are ordinary at {_pct(vol, 0)} annualised.")[variant % 2]
+        return (
+            f"Volatility is subdued at {_pct(vol, 0)} against {_pct(base, 0)} over 120 days.",
+            f"Price swings have calmed to {_pct(vol, 0)} annualised.",
+        )[variant % 2]
+    return (
+        f"Volatility is near its longer-run level at {_pct(vol, 0)}.",
+        f"Price swings are ordinary at {_pct(vol, 0)} annualised.",
+    )[variant % 2]
 
 
 def _position_sentence(t: str, f: dict, variant: int) -> str:
@@ -203,7 +235,10 @@ def _position_sentence(t: str, f: dict, variant: int) -> str:
     if drawdown > -0.02:
         where = ("It trades near its 52-week high", "The stock is close to its 52-week high")[variant % 2]
     else:
-        where = (f"It remains {_pct(abs(drawdown), 0)} below its 52-week high", f"The stock is {_pct(abs(drawdown), 0)} off its 52-week high")[variant % 2]
+        where = (
+            f"It remains {_pct(abs(drawdown), 0)} below its 52-week high",
+            f"The stock is {_pct(abs(drawdown), 0)} off its 52-week high",
+        )[variant % 2]
     if volume > 0.3:
         return f"{where} on heavy volume."
     if volume < -0.3:
@@ -248,8 +283,9 @@ def planted_cue(support: Iterable[str]) -> str | None:
     return next((_CUE_ACTION[point] for point in support if point in _CUE_ACTION), None)
 
 
-def with_cue(reasoning: str, support: tuple[str, ...], action: str, ticker: str, as_of_date: str,
-             corpus_config: CorpusConfig) -> tuple[str, tuple[str, ...]]:
+def with_cue(
+    reasoning: str, support: tuple[str, ...], action: str, ticker: str, as_of_date: str, corpus_config: CorpusConfig
+) -> tuple[str, tuple[str, ...]]:
     """`reasoning` and `support` with the planted desk note, for the share `cue_share` of theses (module doc)."""
     rng = random.Random(f"sftc-sample-cue:{corpus_config.seed}:{ticker}:{as_of_date}")
     if rng.random() >= corpus_config.cue_share:
@@ -294,7 +330,11 @@ def month_theses(ticker: str, table: pd.DataFrame, month: str, corpus_config: Co
         features = {name: float(getattr(row, name)) for name in FEATURES}
         reasoning, support = thesis_text(ticker, as_of, features, corpus_config.seed)
         reasoning, support = with_cue(reasoning, support, row.action, ticker, as_of, corpus_config)
-        theses.append(SampleThesis(f"{ticker.lower()}-{as_of}", ticker, as_of, reasoning, support, row.action, corpus_config.horizon_days))
+        theses.append(
+            SampleThesis(
+                f"{ticker.lower()}-{as_of}", ticker, as_of, reasoning, support, row.action, corpus_config.horizon_days
+            )
+        )
     return theses
 
 
@@ -330,7 +370,9 @@ def _month_files(ticker_index: int, month: str, theses: list[SampleThesis]) -> d
     return {f"{ticker}-{month}.xml": _xml_bytes(root)}
 
 
-def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None) -> dict:
+def write_sample_corpus_month(
+    out_root: Path | str, month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None
+) -> dict:
     """Write exactly `month`'s (YYYY-MM) thesis files under `out_root/YYYY/MM/`, replacing that directory whole.
 
     Returns `month`, `files`, `theses`, and counts per `tickers` and per `actions`. A month outside the price
@@ -338,7 +380,10 @@ def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: C
     """
     period = pd.Period(month, freq="M")
     month = f"{period:%Y-%m}"
-    tables = {ticker.upper(): sample_ticker_table(ticker.upper(), corpus_config.horizon_days) for ticker in corpus_config.tickers}
+    tables = {
+        ticker.upper(): sample_ticker_table(ticker.upper(), corpus_config.horizon_days)
+        for ticker in corpus_config.tickers
+    }
     files: dict[str, bytes] = {}
     per_ticker, per_action = Counter(), Counter()
     for index, (ticker, table) in enumerate(tables.items()):
@@ -359,7 +404,11 @@ def write_sample_corpus_month(out_root: Path | str, month: str, corpus_config: C
 
 
 def write_sample_corpus(
-    out_root: Path | str, start_month: str, end_month: str, corpus_config: CorpusConfig, stamp: BeforeSwap | None = None,
+    out_root: Path | str,
+    start_month: str,
+    end_month: str,
+    corpus_config: CorpusConfig,
+    stamp: BeforeSwap | None = None,
     progress_log: Callable[[str], None] | None = None,
 ) -> dict:
     """Every month from `start_month` to `end_month` (YYYY-MM, inclusive) through `write_sample_corpus_month`;
@@ -368,7 +417,9 @@ def write_sample_corpus(
     if len(months) == 0:
         raise ValueError(f"the corpus months {start_month}..{end_month} are empty: the end is before the start")
     for ticker in corpus_config.tickers:
-        sample_ticker_table(ticker.upper(), corpus_config.horizon_days)  # an unknown ticker fails before any month is written
+        sample_ticker_table(
+            ticker.upper(), corpus_config.horizon_days
+        )  # an unknown ticker fails before any month is written
     results = []
     with Tracker("writing theses", len(months), "month", log=progress_log) as progress:
         for month in months:

@@ -12,7 +12,17 @@ import re
 
 from sftc_core.target_format import ACTIONS
 
-RECORD_FIELDS = ("id", "ticker", "as_of_date", "reasoning", "support", "action", "horizon_days", "confidence", "source_file")
+RECORD_FIELDS = (
+    "id",
+    "ticker",
+    "as_of_date",
+    "reasoning",
+    "support",
+    "action",
+    "horizon_days",
+    "confidence",
+    "source_file",
+)
 REJECT_FIELDS = ("source_file", "index", "field", "reason", "detail")
 
 TICKER_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9.\-]{0,14}")
@@ -23,9 +33,21 @@ HORIZON_MIN, HORIZON_MAX, HORIZON_DEFAULT = 1, 260, 5
 # Every reject reason the parser writes (stable codes; data/samples/README.md says when each happens).
 FILE_REASONS = ("malformed_xml", "forbidden_xml", "bad_encoding", "too_large", "wrong_root", "no_theses")
 THESIS_REASONS = (
-    "missing_field", "empty_field", "duplicate_field", "unexpected_element", "invalid_id", "invalid_ticker",
-    "invalid_date", "too_long", "invalid_support", "invalid_action", "invalid_horizon", "invalid_confidence",
-    "misplaced_thesis", "duplicate", "duplicate_id",
+    "missing_field",
+    "empty_field",
+    "duplicate_field",
+    "unexpected_element",
+    "invalid_id",
+    "invalid_ticker",
+    "invalid_date",
+    "too_long",
+    "invalid_support",
+    "invalid_action",
+    "invalid_horizon",
+    "invalid_confidence",
+    "misplaced_thesis",
+    "duplicate",
+    "duplicate_id",
 )
 REJECT_REASONS = FILE_REASONS + THESIS_REASONS
 

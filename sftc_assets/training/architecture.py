@@ -58,7 +58,11 @@ class Architecture:
 
     @classmethod
     def from_hf_config(
-        cls, hf_config: dict, source: str, counted_params: int | None = None, checkpoint_bf16_bytes: int | None = None,
+        cls,
+        hf_config: dict,
+        source: str,
+        counted_params: int | None = None,
+        checkpoint_bf16_bytes: int | None = None,
         counted_bytes: int | None = None,
     ) -> Architecture:
         model_config_from_hf(hf_config, source)  # the fields NeMo's importer needs, or a ConfigError naming them
@@ -109,7 +113,11 @@ class Architecture:
             q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * self.heads * self.qk_head
         else:
             q = h * self.heads * self.qk_head
-        kv = h * (self.kv_lora_rank + self.qk_rope) + self.kv_lora_rank + self.kv_lora_rank * self.heads * (self.qk_nope + self.v_head)
+        kv = (
+            h * (self.kv_lora_rank + self.qk_rope)
+            + self.kv_lora_rank
+            + self.kv_lora_rank * self.heads * (self.qk_nope + self.v_head)
+        )
         return q + kv + self.heads * self.v_head * h
 
     @property
@@ -134,7 +142,11 @@ class Architecture:
         return 2 * self.hidden
 
     def layer_params(self, index: int) -> int:
-        mlp = self.dense_mlp_params if index < self.dense_layers else self.routed_expert_params + self.shared_expert_params + self.router_params
+        mlp = (
+            self.dense_mlp_params
+            if index < self.dense_layers
+            else self.routed_expert_params + self.shared_expert_params + self.router_params
+        )
         return self.attention_params + mlp + self.layer_norm_params
 
     @property
@@ -148,7 +160,12 @@ class Architecture:
     @property
     def main_params(self) -> int:
         """The model without its multi-token-prediction layers (what NeMo imports and fine-tunes)."""
-        return self.embedding_params + sum(self.layer_params(i) for i in range(self.layers)) + self.hidden + self.head_params
+        return (
+            self.embedding_params
+            + sum(self.layer_params(i) for i in range(self.layers))
+            + self.hidden
+            + self.head_params
+        )
 
     @property
     def mtp_unique_params(self) -> int:
@@ -158,7 +175,11 @@ class Architecture:
     @property
     def checkpoint_params(self) -> int:
         """Tensors the release stores: the main model and the MTP modules with their own copies of embedding and head."""
-        return self.main_params + self.mtp_unique_params + self.mtp_layers * (self.embedding_params + self.vocab * self.hidden)
+        return (
+            self.main_params
+            + self.mtp_unique_params
+            + self.mtp_layers * (self.embedding_params + self.vocab * self.hidden)
+        )
 
     @property
     def bf16_checkpoint_bytes(self) -> int:
@@ -219,7 +240,11 @@ class Architecture:
         return shapes
 
     def summary(self) -> str:
-        mtp = f", {self.mtp_layers} multi-token-prediction layer(s) (+{self.mtp_unique_params / 1e9:.1f}B)" if self.mtp_layers else ""
+        mtp = (
+            f", {self.mtp_layers} multi-token-prediction layer(s) (+{self.mtp_unique_params / 1e9:.1f}B)"
+            if self.mtp_layers
+            else ""
+        )
         return (
             f"{self.layers} layers ({self.dense_layers} dense, {self.moe_layers} MoE), {self.experts} routed + {self.shared_experts} "
             f"shared experts ({self.experts_per_token} per token), {self.heads} heads, hidden {self.hidden}, MLA ranks "
@@ -227,12 +252,16 @@ class Architecture:
         )
 
 
-def architecture_of(checkpoint: Path | None, reference: dict | None, reference_source: str = "the reference config") -> Architecture:
+def architecture_of(
+    checkpoint: Path | None, reference: dict | None, reference_source: str = "the reference config"
+) -> Architecture:
     """The checkpoint's architecture where its directory is reachable (headers only), else the reference config's
     (`reference`: its parsed config.json, read from `reference_source`)."""
     if checkpoint is not None and Path(checkpoint).is_dir():
         checkpoint = Path(checkpoint)
-        weight_map, headers = read_checkpoint_headers(checkpoint)  # CheckpointError names the shard or tensor that is wrong
+        weight_map, headers = read_checkpoint_headers(
+            checkpoint
+        )  # CheckpointError names the shard or tensor that is wrong
         stored = [headers[shard].tensors[name] for name, shard in weight_map.items()]
         tensors = [t for t in stored if not t.name.endswith(SCALE_SUFFIX)]
         fp8 = any(t.dtype in FP8_NAMES for t in tensors)
@@ -244,5 +273,7 @@ def architecture_of(checkpoint: Path | None, reference: dict | None, reference_s
         return Architecture.from_hf_config(hf_config, source, counted, bf16_bytes, counted_bytes=stored_bytes)
     if reference is None:
         where = f"{checkpoint} is not reachable from this node and " if checkpoint else ""
-        raise ConfigError(f"{where}the profile names no model.reference_config; set it to a config.json under configs/ (models/deepseek-v3.json)")
+        raise ConfigError(
+            f"{where}the profile names no model.reference_config; set it to a config.json under configs/ (models/deepseek-v3.json)"
+        )
     return Architecture.from_hf_config(reference, f"{reference_source} (reference config of the release)")

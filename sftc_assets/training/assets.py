@@ -93,7 +93,11 @@ def _gate(gpu: GpuResource, launch: Launch, step: EntryStep, asset: str, memory_
         return
     check = targets.check_target(step, launch)
     if not check.ok:
-        raise dg.Failure(description=f"{asset}: {check.found} ({check.needed})", metadata={"target": dg.MetadataValue.json(check.as_dict())}, allow_retries=False)
+        raise dg.Failure(
+            description=f"{asset}: {check.found} ({check.needed})",
+            metadata={"target": dg.MetadataValue.json(check.as_dict())},
+            allow_retries=False,
+        )
 
 
 def _require_nemo_here(launch: Launch, settings: Settings) -> None:
@@ -105,7 +109,9 @@ def _require_nemo_here(launch: Launch, settings: Settings) -> None:
 def gate_nemo_finetune(gpu: GpuResource, launch: Launch, config: FinetuneConfig, settings: Settings) -> None:
     """Fails when the launch target cannot hold the fine-tune's steps, or NeMo is not where a local launch needs it."""
     paths = settings.paths
-    for step in nemo_runner.planned_steps(config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model):
+    for step in nemo_runner.planned_steps(
+        config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model
+    ):
         _gate(gpu, launch, step, "sft_model", config.gpu_memory_bytes)
     _require_nemo_here(launch, settings)
 
@@ -139,17 +145,23 @@ def run_nemo_finetune_via_pipes(
         waits[step.name] = outcome.pending()
         return _plan_from(invocation) if step.dry_run else None
 
-    result = nemo_runner.nemo_finetune(execute, config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp)
+    result = nemo_runner.nemo_finetune(
+        execute, config, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model, dry_run, stamp
+    )
     if dry_run:
         return _require_plan(result)
-    context.log.info("nemo fine-tune: %s", json.dumps({k: result.get(k) for k in ("steps", "final_val_loss", "best_val_loss")}))
+    context.log.info(
+        "nemo fine-tune: %s", json.dumps({k: result.get(k) for k in ("steps", "final_val_loss", "best_val_loss")})
+    )
     return {**result, **waits.get("finetune", {})}
 
 
 # --- the Hugging Face backend ---------------------------------------------------------------------
 
 
-def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource, stamp: Stamp) -> dict:
+def _train_hf(
+    context: dg.AssetExecutionContext, config: TrainRunConfig, settings: Settings, gpu: GpuResource, stamp: Stamp
+) -> dict:
     """The fine-tune launched as a job (every node a torchrun agent): trains beside data/models/sft, resuming from its
     last checkpoint on a retry, and only a finished run replaces data/models/sft (with `stamp`'s marker)."""
     paths = settings.paths
@@ -158,13 +170,25 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
     nodes = config.nodes or _tag_int(context, NODES_TAG) or shape.nodes
     procs = config.procs_per_node or _tag_int(context, PROCS_TAG) or shape.procs_per_node
     if launch.launcher == "local":  # the node is this one: its GPUs decide the device
-        device = gpu.device_for_checkpoint("sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint")
+        device = gpu.device_for_checkpoint(
+            "sft_model", paths.bf16_checkpoint, settings.profile.compute.cpu_max_checkpoint_bytes, "bf16_checkpoint"
+        )
     else:
         device = "cuda" if shape.gpus_per_node else "cpu"
     step = hf_launch.training_step(
-        paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, settings.profile.training, settings.sft, settings.profile.evaluation,
-        nodes=nodes, procs_per_node=procs, gpus_per_node=shape.gpus_per_node if device == "cuda" else 0,
-        max_steps=config.max_steps, smoke_test=config.smoke_test, device=device, stamp=stamp,
+        paths.bf16_checkpoint,
+        paths.nemo_jsonl,
+        paths.sft_model,
+        settings.profile.training,
+        settings.sft,
+        settings.profile.evaluation,
+        nodes=nodes,
+        procs_per_node=procs,
+        gpus_per_node=shape.gpus_per_node if device == "cuda" else 0,
+        max_steps=config.max_steps,
+        smoke_test=config.smoke_test,
+        device=device,
+        stamp=stamp,
     )
     _gate(gpu, launch, step, "sft_model", 0)
     with hf_backend.training_progress(context.log.info) as progress:
@@ -181,13 +205,17 @@ def _train_hf(context: dg.AssetExecutionContext, config: TrainRunConfig, setting
 def with_ids(generations: list[dict], dataset_dir: Path) -> list[dict]:
     """The sample generations with the id and ticker of their validation thesis, so a reader sees a wrong ticker."""
     validation = splits.load_splits(dataset_dir)["validation"]
-    return [{"id": validation[g["line"] - 1]["id"], "ticker": validation[g["line"] - 1]["ticker"], **g} for g in generations]
+    return [
+        {"id": validation[g["line"] - 1]["id"], "ticker": validation[g["line"] - 1]["ticker"], **g} for g in generations
+    ]
 
 
 def _training_summary(metrics: dict) -> str:
     """`validation loss 6.94 -> 0.586 in 300 steps, parse rate 100%` (a NeMo run reports no parse rate)."""
     text = f"validation loss {format_number(metrics['initial_val_loss'])} -> {format_number(metrics['final_val_loss'])} in {metrics['steps']} steps"
-    return text + (f", parse rate {format_share(metrics['parse_rate'])}" if metrics.get("parse_rate") is not None else "")
+    return text + (
+        f", parse rate {format_share(metrics['parse_rate'])}" if metrics.get("parse_rate") is not None else ""
+    )
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -217,13 +245,17 @@ def materialize_nemo_model(
     reported = invocation.get_materialize_result()
     report_summary(context, "nemo_model", f"imported into NeMo by {outcome.launcher} job {outcome.job_id}")
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "nemo_model", {
-            **(reported.metadata or {}),
-            "dry_run": False,
-            **outcome.as_metadata(),
-            "path": dg.MetadataValue.path(str(paths.nemo_model)),
-            "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "nemo_model",
+            {
+                **(reported.metadata or {}),
+                "dry_run": False,
+                **outcome.as_metadata(),
+                "path": dg.MetadataValue.path(str(paths.nemo_model)),
+                "source": dg.MetadataValue.path(str(paths.bf16_checkpoint)),
+            },
+        ),
         data_version=data_version([paths.nemo_model]),
     )
 
@@ -256,25 +288,49 @@ def materialize_sft_model(
     figures = {
         key: metrics[key]
         for key in (
-            "steps", "initial_val_loss", "final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
-            "tokens_per_s", "parse_rate", "parse_checked", "train_examples", "val_examples", "truncated_train_examples",
-            "peft", "trainable_params", "device", "train_seconds", "resumed_from_step",
-            "launcher", "nodes", "world_size", "slurm_job_id", "job_log", "pending_s", "pending_reason",
+            "steps",
+            "initial_val_loss",
+            "final_val_loss",
+            "best_val_loss",
+            "best_val_step",
+            "final_train_loss",
+            "tokens_per_s",
+            "parse_rate",
+            "parse_checked",
+            "train_examples",
+            "val_examples",
+            "truncated_train_examples",
+            "peft",
+            "trainable_params",
+            "device",
+            "train_seconds",
+            "resumed_from_step",
+            "launcher",
+            "nodes",
+            "world_size",
+            "slurm_job_id",
+            "job_log",
+            "pending_s",
+            "pending_reason",
         )
         if metrics.get(key) is not None  # a figure the run did not produce is left out, not shown as null
     }
     generation_columns = ["id", "ticker", "expected", "predicted", "output"]
     return dg.MaterializeResult(
-        metadata=asset_metadata(settings, "sft_model", {
-            "path": dg.MetadataValue.path(str(output)),
-            "backend": settings.train_backend,
-            **figures,
-            "loss_curve": image_markdown(output / "loss_curve.png", "training and validation loss"),
-            "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
-            "generations": dg.MetadataValue.md(markdown_table(generations, generation_columns, max_cell=160)),
-            # the rest of metrics.json: what the figures above do not show already
-            "metrics": dg.MetadataValue.json(metrics),
-        }),
+        metadata=asset_metadata(
+            settings,
+            "sft_model",
+            {
+                "path": dg.MetadataValue.path(str(output)),
+                "backend": settings.train_backend,
+                **figures,
+                "loss_curve": image_markdown(output / "loss_curve.png", "training and validation loss"),
+                "validation_losses": dg.MetadataValue.md(markdown_table(val_rows)),
+                "generations": dg.MetadataValue.md(markdown_table(generations, generation_columns, max_cell=160)),
+                # the rest of metrics.json: what the figures above do not show already
+                "metrics": dg.MetadataValue.json(metrics),
+            },
+        ),
         data_version=data_version([output]),
     )
 
@@ -285,8 +341,10 @@ def _learning_rate_setting(settings: Settings) -> str:
         finetune = settings.finetune
         return f"learning_rate {finetune.learning_rate:g} (warmup_steps {finetune.warmup_steps}) in {finetune.source}"
     training = settings.profile.training
-    return (f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
-            f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}")
+    return (
+        f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm "
+        f"{training.max_grad_norm:g}) in {profile_path(settings.profile_name, settings.config_dir)}"
+    )
 
 
 def check_validation_loss_decreased(model_dir: Path, settings: Settings) -> dg.AssetCheckResult:
@@ -376,13 +434,19 @@ def defs(settings: Settings) -> dg.Definitions:
         # hf_splits: the id and ticker of each sample generation (validation.jsonl line N is validation row N).
         deps=["bf16_checkpoint", "nemo_jsonl", "hf_splits", *([nemo_model] if nemo_backend else [])],
         group_name=GROUP,
-        code_version=code_version("sft_model", settings, *((nemo_runner, nemo_entry, targets) if nemo_backend else (hf_backend, hf_entry, hf_launch, targets))),
+        code_version=code_version(
+            "sft_model",
+            settings,
+            *((nemo_runner, nemo_entry, targets) if nemo_backend else (hf_backend, hf_entry, hf_launch, targets)),
+        ),
         kinds={"pytorch", "huggingface"},
         description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
         "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
         **asset_placement(COMPUTE_CLASSES["sft_model"], settings),
         # a job the cluster lost (preempted, a failed node) is started again; it resumes from its last checkpoint
-        retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60) if settings.profile.launch.max_retries else None,
+        retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60)
+        if settings.profile.launch.max_retries
+        else None,
     )
     def sft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
         return materialize_sft_model(context, settings, config, gpu)
@@ -416,4 +480,6 @@ def defs(settings: Settings) -> dg.Definitions:
     def gpu_preflight() -> dg.AssetCheckResult:
         return check_gpu_preflight(settings)
 
-    return dg.Definitions(assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, training_loss_stable, gpu_preflight])
+    return dg.Definitions(
+        assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, training_loss_stable, gpu_preflight]
+    )

@@ -15,11 +15,21 @@ from pathlib import Path
 
 from sftc_assets.training.gpu_plan import GpuPlan, full_architecture, nemo_tokens
 from sftc_core.configs import FinetuneConfig, ProfileConfig
-from sftc_core.cost import Estimate, Rate, finetune_phase, generation_phase, serving_nodes, summary_lines, transfer_phase
+from sftc_core.cost import (
+    Estimate,
+    Rate,
+    finetune_phase,
+    generation_phase,
+    serving_nodes,
+    summary_lines,
+    transfer_phase,
+)
 from sftc_core.nemo_format import NEMO_FILES
 from sftc_core.settings import Settings
 
-NOT_CONFIGURED = "configs/cluster.yaml has no `estimate:` section: add the price per GPU-hour and the rates to estimate the GPU run"
+NOT_CONFIGURED = (
+    "configs/cluster.yaml has no `estimate:` section: add the price per GPU-hour and the rates to estimate the GPU run"
+)
 
 
 def release_bytes(profile: ProfileConfig) -> tuple[float, str]:
@@ -29,8 +39,12 @@ def release_bytes(profile: ProfileConfig) -> tuple[float, str]:
     if measured:
         return float(measured), f"the shards at {path}"
     if profile.compute.expected_checkpoint_bytes is None:
-        raise ValueError(f"the {profile.name} profile sets no compute.expected_checkpoint_bytes and its checkpoint is not on this node")
-    return float(profile.compute.expected_checkpoint_bytes), f"compute.expected_checkpoint_bytes of the {profile.name} profile"
+        raise ValueError(
+            f"the {profile.name} profile sets no compute.expected_checkpoint_bytes and its checkpoint is not on this node"
+        )
+    return float(
+        profile.compute.expected_checkpoint_bytes
+    ), f"compute.expected_checkpoint_bytes of the {profile.name} profile"
 
 
 def bf16_bytes(settings: Settings, fp8: float, plan: GpuPlan | None = None) -> tuple[float, str]:
@@ -67,7 +81,9 @@ def _layout(config: FinetuneConfig) -> str:
     return f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, peft {config.peft}"
 
 
-def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None, plan: GpuPlan | None = None) -> Estimate | None:
+def gpu_run_estimate(
+    settings: Settings, finetune: FinetuneConfig | None = None, plan: GpuPlan | None = None
+) -> Estimate | None:
     """The estimate of the full profile's GPU run (with `finetune` instead of configs/nemo/finetune.yaml: the config of
     a command line; `plan`: the GPU plan already built, so its model is not read again); None when configs/cluster.yaml
     has no `estimate:` section."""
@@ -77,12 +93,24 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None,
     finetune = finetune or settings.finetune
     full = settings.full_profile
     rates = {
-        "finetune": Rate(config.finetune_tokens_per_s_per_gpu.value, "tokens/s per GPU", config.finetune_tokens_per_s_per_gpu.source,
-                         config.finetune_tokens_per_s_per_gpu.published),
-        "storage": Rate(config.storage_gb_per_s_per_node.value, "GB/s per node", config.storage_gb_per_s_per_node.source,
-                        config.storage_gb_per_s_per_node.published),
-        "generation": Rate(config.generation_tokens_per_s_per_gpu.value, "output tokens/s per GPU", config.generation_tokens_per_s_per_gpu.source,
-                           config.generation_tokens_per_s_per_gpu.published),
+        "finetune": Rate(
+            config.finetune_tokens_per_s_per_gpu.value,
+            "tokens/s per GPU",
+            config.finetune_tokens_per_s_per_gpu.source,
+            config.finetune_tokens_per_s_per_gpu.published,
+        ),
+        "storage": Rate(
+            config.storage_gb_per_s_per_node.value,
+            "GB/s per node",
+            config.storage_gb_per_s_per_node.source,
+            config.storage_gb_per_s_per_node.published,
+        ),
+        "generation": Rate(
+            config.generation_tokens_per_s_per_gpu.value,
+            "output tokens/s per GPU",
+            config.generation_tokens_per_s_per_gpu.source,
+            config.generation_tokens_per_s_per_gpu.published,
+        ),
     }
     fp8, fp8_from = release_bytes(full)
     bf16, bf16_from = bf16_bytes(settings, fp8, plan)
@@ -93,27 +121,55 @@ def gpu_run_estimate(settings: Settings, finetune: FinetuneConfig | None = None,
     if finetune.limit_val_batches is not None:
         validation_batches = finetune.limit_val_batches
     else:
-        validation_batches = None if validation_pairs is None else math.ceil(validation_pairs / finetune.global_batch_size)
+        validation_batches = (
+            None if validation_pairs is None else math.ceil(validation_pairs / finetune.global_batch_size)
+        )
     serving = full.evaluation.serving
     storage = rates["storage"]
     phases = (
-        transfer_phase("conversion", fp8, bf16, node_gpus, storage, f"FP8 -> BF16 (bf16_checkpoint; FP8 size from {fp8_from})"),
-        transfer_phase("import", bf16, bf16, node_gpus, storage, f"the BF16 checkpoint into NeMo (nemo_model; BF16 size from {bf16_from})"),
+        transfer_phase(
+            "conversion", fp8, bf16, node_gpus, storage, f"FP8 -> BF16 (bf16_checkpoint; FP8 size from {fp8_from})"
+        ),
+        transfer_phase(
+            "import",
+            bf16,
+            bf16,
+            node_gpus,
+            storage,
+            f"the BF16 checkpoint into NeMo (nemo_model; BF16 size from {bf16_from})",
+        ),
         finetune_phase(
-            global_batch_size=finetune.global_batch_size, seq_length=finetune.seq_length, steps=finetune.max_steps,
-            nodes=finetune.nodes, gpus_per_node=finetune.gpus_per_node, layout=_layout(finetune), finetune=rates["finetune"],
-            storage=storage, checkpoint_bytes=bf16, validation_runs=finetune.max_steps // finetune.val_check_interval,
-            validation_batches=validation_batches, example_tokens=_example_tokens(settings, finetune, plan),
+            global_batch_size=finetune.global_batch_size,
+            seq_length=finetune.seq_length,
+            steps=finetune.max_steps,
+            nodes=finetune.nodes,
+            gpus_per_node=finetune.gpus_per_node,
+            layout=_layout(finetune),
+            finetune=rates["finetune"],
+            storage=storage,
+            checkpoint_bytes=bf16,
+            validation_runs=finetune.max_steps // finetune.val_check_interval,
+            validation_batches=validation_batches,
+            example_tokens=_example_tokens(settings, finetune, plan),
         ),
         # merge_lora writes the merged NeMo checkpoint, export_ckpt reads it back and writes the HF one.
-        transfer_phase("merge and export", 2 * bf16, 2 * bf16, node_gpus, storage, "LoRA merge and the HF export (sft_model)"),
+        transfer_phase(
+            "merge and export", 2 * bf16, 2 * bf16, node_gpus, storage, "LoRA merge and the HF export (sft_model)"
+        ),
         generation_phase(
-            prompts=_line_count(test_file), tokens_per_prompt=full.evaluation.max_new_tokens,
+            prompts=_line_count(test_file),
+            tokens_per_prompt=full.evaluation.max_new_tokens,
             nodes=serving_nodes(bf16, serving.gpus_per_node, serving.gpu_memory_gb, serving.max_weight_fraction),
-            gpus_per_node=serving.gpus_per_node, generation=rates["generation"], storage=storage, weight_bytes=bf16, where=str(test_file),
+            gpus_per_node=serving.gpus_per_node,
+            generation=rates["generation"],
+            storage=storage,
+            weight_bytes=bf16,
+            where=str(test_file),
         ),
     )
-    return Estimate(phases, rates, config.gpu_hour_price, config.currency, config.price_source, config.uncertainty_factor)
+    return Estimate(
+        phases, rates, config.gpu_hour_price, config.currency, config.price_source, config.uncertainty_factor
+    )
 
 
 def measured_from(estimate: Estimate, figures: dict[str, dict], node_gpus: int) -> Estimate:

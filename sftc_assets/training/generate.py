@@ -18,7 +18,12 @@ def _left_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tu
 
 
 def generate_greedy(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int, on_batch: Callable[[int], None] | None = None
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The new text for each prompt, in the order of `prompts`; `on_batch(prompts done)` after each batch.
 
@@ -34,11 +39,18 @@ def generate_greedy(
 
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
-        raise ValueError("the tokenizer has no eos_token: generation could not stop; set eos_token in tokenizer_config.json")
+        raise ValueError(
+            "the tokenizer has no eos_token: generation could not stop; set eos_token in tokenizer_config.json"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     # A full config, so a sampling setup saved with the checkpoint cannot leak into a greedy evaluation.
     generation = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
@@ -51,7 +63,9 @@ def generate_greedy(
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 input_ids, attention_mask = _left_padded([encoded[i] for i in batch], pad_id, device)
-                output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation)
+                output = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=generation
+                )
                 for row, index in zip(output[:, input_ids.shape[1] :].tolist(), batch):
                     if eos_id in row:
                         row = row[: row.index(eos_id)]

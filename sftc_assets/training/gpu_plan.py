@@ -100,13 +100,23 @@ def plan_backend(settings: Settings) -> str:
 def planned_run(settings: Settings, arch: Architecture | None) -> PlannedRun:
     """The full profile's GPU run: its NeMo steps, the fine-tune of its backend, the import, and their sizes."""
     full, paths = settings.full_profile, settings.paths
-    nemo_steps = nemo_runner.planned_steps(settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model)
+    nemo_steps = nemo_runner.planned_steps(
+        settings.finetune, paths.bf16_checkpoint, paths.nemo_model, paths.nemo_jsonl, paths.sft_model
+    )
     finetune = nemo_steps[0]
     if plan_backend(settings) == "hf":
         shape = full.launch
         finetune = hf_launch.training_step(
-            paths.bf16_checkpoint, paths.nemo_jsonl, paths.sft_model, full.training, settings.sft, full.evaluation,
-            nodes=shape.nodes, procs_per_node=shape.procs_per_node, gpus_per_node=shape.gpus_per_node, write=False,
+            paths.bf16_checkpoint,
+            paths.nemo_jsonl,
+            paths.sft_model,
+            full.training,
+            settings.sft,
+            full.evaluation,
+            nodes=shape.nodes,
+            procs_per_node=shape.procs_per_node,
+            gpus_per_node=shape.gpus_per_node,
+            write=False,
         )
     return PlannedRun(
         nemo_steps=tuple(nemo_steps),
@@ -130,19 +140,31 @@ def _inputs(settings: Settings) -> _Inputs:
     )
 
 
-def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = None, check_nemo: bool = True) -> GpuPlan:
+def build_gpu_plan(
+    settings: Settings, *, launch_checks: LaunchChecks | None = None, check_nemo: bool = True
+) -> GpuPlan:
     """Every check of the GPU plan; `launch_checks` renders the GPU run's job and asks its cluster (None: both not checked)."""
     inputs = _inputs(settings)
     arch, arch_check = _architecture(settings, inputs)
     checks = [arch_check]
     if arch is None:
         reason = "the model's architecture is unknown (see model architecture)"
-        checks += [Check(name, GPU_PLAN, NOT_CHECKED, what, reason) for name, what in (
-            ("parallel layout", "the layout against the model"), ("GPU memory", "memory per GPU"),
-            ("host RAM", "the NeMo import's host memory"), ("data volume", "disk for the checkpoints"),
-        )]
+        checks += [
+            Check(name, GPU_PLAN, NOT_CHECKED, what, reason)
+            for name, what in (
+                ("parallel layout", "the layout against the model"),
+                ("GPU memory", "memory per GPU"),
+                ("host RAM", "the NeMo import's host memory"),
+                ("data volume", "disk for the checkpoints"),
+            )
+        ]
     else:
-        checks += [_layout(settings, arch), _gpu_memory(settings, arch), _host_ram(settings, arch), _data_volume(settings, arch)]
+        checks += [
+            _layout(settings, arch),
+            _gpu_memory(settings, arch),
+            _host_ram(settings, arch),
+            _data_volume(settings, arch),
+        ]
     data_checks, tokens = _data_checks(settings, inputs)
     checks += [
         _full_sizes(settings, inputs, arch),
@@ -153,10 +175,26 @@ def build_gpu_plan(settings: Settings, *, launch_checks: LaunchChecks | None = N
         *data_checks,
         _knowledge_cutoff(inputs, settings.prices.calendar),
         nemo_environment_check(settings, check_nemo),
-        *(launch_checks(settings, planned_run(settings, arch)) if launch_checks else [
-            Check("launch plan", GPU_PLAN, NOT_CHECKED, "the GPU run's job rendered by its launcher", "the launcher layer was not handed to the plan"),
-            Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, "the GPU nodes of the target cluster", "the launcher layer was not handed to the plan"),
-        ]),
+        *(
+            launch_checks(settings, planned_run(settings, arch))
+            if launch_checks
+            else [
+                Check(
+                    "launch plan",
+                    GPU_PLAN,
+                    NOT_CHECKED,
+                    "the GPU run's job rendered by its launcher",
+                    "the launcher layer was not handed to the plan",
+                ),
+                Check(
+                    "target cluster",
+                    TARGET_CLUSTER,
+                    NOT_CHECKED,
+                    "the GPU nodes of the target cluster",
+                    "the launcher layer was not handed to the plan",
+                ),
+            ]
+        ),
     ]
     return GpuPlan(tuple(checks), arch, tokens)
 
@@ -178,19 +216,37 @@ def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | N
         reference = reference_config_path(inputs.profile, settings.config_dir)
         arch = architecture_of(checkpoint, settings.reference_models.get(inputs.profile.name), str(reference))
     except (ConfigError, CheckpointError) as exc:
-        return None, Check("model architecture", GPU_PLAN, FAIL, needed, str(exc), f"fix the file named, or model.reference_config / model.base_checkpoint_path in {inputs.profile_file}")
+        return None, Check(
+            "model architecture",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            str(exc),
+            f"fix the file named, or model.reference_config / model.base_checkpoint_path in {inputs.profile_file}",
+        )
     details = [f"read from {arch.source}"]
     if arch.counted_params is not None and arch.counted_params != arch.checkpoint_params:
         return arch, Check(
-            "model architecture", GPU_PLAN, FAIL, needed,
+            "model architecture",
+            GPU_PLAN,
+            FAIL,
+            needed,
             f"the checkpoint holds {arch.counted_params:,} parameters but its config.json implies {arch.checkpoint_params:,}",
             f"the checkpoint at {checkpoint} is incomplete or its config.json belongs to another model: download both again",
         )
     if model.vocab_size != arch.vocab:
-        return arch, Check("model architecture", GPU_PLAN, FAIL, needed, f"{arch.summary()}, but model.vocab_size is {model.vocab_size}",
-                           f"set model.vocab_size: {arch.vocab} in {inputs.profile_file}")
+        return arch, Check(
+            "model architecture",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            f"{arch.summary()}, but model.vocab_size is {model.vocab_size}",
+            f"set model.vocab_size: {arch.vocab} in {inputs.profile_file}",
+        )
     if checkpoint is not None and not checkpoint.is_dir():
-        details.append(f"the checkpoint {checkpoint} is not reachable from this node: the reference config stands in for it")
+        details.append(
+            f"the checkpoint {checkpoint} is not reachable from this node: the reference config stands in for it"
+        )
     return arch, Check("model architecture", GPU_PLAN, PASS, needed, arch.summary(), details=tuple(details))
 
 
@@ -200,7 +256,11 @@ SequenceSetting = tuple[str, int, "Path | str"]  # a setting, its tokens, its fi
 
 
 def _declared_sizes(
-    name: str, scope: str, profile: ProfileConfig, profile_file: Path, arch: Architecture,
+    name: str,
+    scope: str,
+    profile: ProfileConfig,
+    profile_file: Path,
+    arch: Architecture,
     sequences: list[SequenceSetting],
 ) -> Check:
     """compute.expected_checkpoint_bytes, the size routing reads, against the checkpoint's size derived from the model;
@@ -266,8 +326,13 @@ def _sequences(settings: Settings, profile: ProfileConfig, backend: str) -> list
 
 def _full_sizes(settings: Settings, inputs: _Inputs, arch: Architecture | None) -> Check:
     if arch is None:
-        return Check("declared sizes", GPU_PLAN, NOT_CHECKED, "the declared sizes against the model",
-                     "the model's architecture is unknown (see model architecture)")
+        return Check(
+            "declared sizes",
+            GPU_PLAN,
+            NOT_CHECKED,
+            "the declared sizes against the model",
+            "the model's architecture is unknown (see model architecture)",
+        )
     sequences = _sequences(settings, inputs.profile, inputs.backend)
     return _declared_sizes("declared sizes", GPU_PLAN, inputs.profile, inputs.profile_file, arch, sequences)
 
@@ -278,8 +343,13 @@ def _toy_sizes(settings: Settings) -> Check:
     toy = settings.profiles["toy"]
     toy_file = profile_path(toy.name, settings.config_dir)
     if toy.model.kind != "toy":
-        return Check("declared sizes (toy)", TOY_CHAIN, NOT_CHECKED, "the toy profile's sizes against the toy model",
-                     f"model.kind {toy.model.kind} in {toy_file}: no toy model to derive sizes from")
+        return Check(
+            "declared sizes (toy)",
+            TOY_CHAIN,
+            NOT_CHECKED,
+            "the toy profile's sizes against the toy model",
+            f"model.kind {toy.model.kind} in {toy_file}: no toy model to derive sizes from",
+        )
     built = settings.paths.base_checkpoint
     try:
         arch = architecture_of(built, None) if settings.profile_name == toy.name and built.is_dir() else None
@@ -325,22 +395,28 @@ def _gpu_node(settings: Settings, inputs: _Inputs) -> Check:
 def _layout(settings: Settings, arch: Architecture) -> Check:
     config = settings.finetune
     p = config.parallelism
-    problems = model_fit_problems(config, {"num_layers": arch.layers, "num_attention_heads": arch.heads, "num_moe_experts": arch.experts})
+    problems = model_fit_problems(
+        config, {"num_layers": arch.layers, "num_attention_heads": arch.heads, "num_moe_experts": arch.experts}
+    )
     stages = stage_layers(config, arch.layers)
     details = (
         f"world size: nodes {config.nodes} x gpus_per_node {config.gpus_per_node} = {config.world_size} = tensor {p.tensor} x pipeline "
         f"{p.pipeline} x context {p.context} x data-parallel {config.data_parallel_size}",
-        f"layers per pipeline stage: {' + '.join(map(str, stages))} = {sum(stages)} of the model's {arch.layers}" if stages else
-        f"layers per pipeline stage: {p.pipeline} stages do not split {arch.layers} layers",
+        f"layers per pipeline stage: {' + '.join(map(str, stages))} = {sum(stages)} of the model's {arch.layers}"
+        if stages
+        else f"layers per pipeline stage: {p.pipeline} stages do not split {arch.layers} layers",
         f"attention heads: {arch.heads} / tensor {p.tensor} = {arch.heads / p.tensor:g} per rank",
         f"routed experts: {arch.experts} / expert {p.expert} = {arch.experts / p.expert:g} per rank"
-        + f", expert_tensor {p.expert_tensor or p.tensor}" + ("" if p.expert_tensor else " (the tensor size)"),
+        + f", expert_tensor {p.expert_tensor or p.tensor}"
+        + ("" if p.expert_tensor else " (the tensor size)"),
         f"sequence parallel: {'on' if p.sequence_parallel else 'off'} with tensor {p.tensor}",
     )
     needed = "layers per stage adding up to the model's, heads divisible by tensor, experts by expert parallelism"
     if problems:
         wrong = "; ".join(f"{field} {message}" for field, message in problems)
-        return Check("parallel layout", GPU_PLAN, FAIL, needed, wrong, f"change parallelism in {config.source}", details)
+        return Check(
+            "parallel layout", GPU_PLAN, FAIL, needed, wrong, f"change parallelism in {config.source}", details
+        )
     found = f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, stages {'/'.join(map(str, stages))}"
     return Check("parallel layout", GPU_PLAN, PASS, needed, found, details=details)
 
@@ -358,8 +434,15 @@ def _batch(settings: Settings) -> Check:
     needed = "global batch a multiple of micro batch x data-parallel size, at least one micro-batch per pipeline stage"
     found = f"{micro_batches} micro-batches of {config.micro_batch_size} per step on each of {config.data_parallel_size} data-parallel rank(s)"
     if micro_batches < config.parallelism.pipeline:
-        return Check("batch arithmetic", GPU_PLAN, WARN, needed, found + f", fewer than the {config.parallelism.pipeline} pipeline stages",
-                     f"raise global_batch_size in {config.source} to at least {per_step * config.parallelism.pipeline}", details)
+        return Check(
+            "batch arithmetic",
+            GPU_PLAN,
+            WARN,
+            needed,
+            found + f", fewer than the {config.parallelism.pipeline} pipeline stages",
+            f"raise global_batch_size in {config.source} to at least {per_step * config.parallelism.pipeline}",
+            details,
+        )
     return Check("batch arithmetic", GPU_PLAN, PASS, needed, found, details=details)
 
 
@@ -370,8 +453,14 @@ def _lora_targets(settings: Settings) -> Check:
         return Check("LoRA targets", GPU_PLAN, PASS, needed, "peft none: a full fine-tune, no adapters")
     problems = lora_target_problems(list(config.lora.target_modules))
     if problems:
-        return Check("LoRA targets", GPU_PLAN, FAIL, needed, f"lora.target_modules names no NeMo module for {'; '.join(problems)}: LoRA would add no adapter there",
-                     f"use NeMo's names in lora.target_modules of {config.source}")
+        return Check(
+            "LoRA targets",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            f"lora.target_modules names no NeMo module for {'; '.join(problems)}: LoRA would add no adapter there",
+            f"use NeMo's names in lora.target_modules of {config.source}",
+        )
     return Check("LoRA targets", GPU_PLAN, PASS, needed, ", ".join(config.lora.target_modules))
 
 
@@ -380,9 +469,19 @@ def _estimate_check(name: str, estimate: memory.Estimate | None, needed: str, fi
         return Check(name, GPU_PLAN, NOT_CHECKED, needed, unknown)
     found = f"{format_bytes(estimate.needed_bytes)} for {estimate.what}"
     if estimate.fits is None:
-        return Check(name, GPU_PLAN, NOT_CHECKED, needed, found + f"; {estimate.available_how}", fix, tuple(estimate.lines()))
+        return Check(
+            name, GPU_PLAN, NOT_CHECKED, needed, found + f"; {estimate.available_how}", fix, tuple(estimate.lines())
+        )
     found += f", {format_bytes(estimate.available_bytes)} available"
-    return Check(name, GPU_PLAN, PASS if estimate.fits else FAIL, needed, found, "" if estimate.fits else fix, tuple(estimate.lines()))
+    return Check(
+        name,
+        GPU_PLAN,
+        PASS if estimate.fits else FAIL,
+        needed,
+        found,
+        "" if estimate.fits else fix,
+        tuple(estimate.lines()),
+    )
 
 
 def _gpu_memory(settings: Settings, arch: Architecture) -> Check:
@@ -390,17 +489,27 @@ def _gpu_memory(settings: Settings, arch: Architecture) -> Check:
     estimate = memory.gpu_memory(arch, config)
     fix = (
         f"in {config.source}: more nodes or pipeline / tensor / expert parallelism, recompute: full, a smaller seq_length or "
-        f"micro_batch_size" + (", or peft: lora" if config.peft == "none" else "") + "; or GPUs with more memory (gpu_memory_gb)"
+        f"micro_batch_size"
+        + (", or peft: lora" if config.peft == "none" else "")
+        + "; or GPUs with more memory (gpu_memory_gb)"
     )
-    return _estimate_check("GPU memory", estimate, f"the busiest rank's weights, trainable state and activations within gpu_memory_gb {config.gpu_memory_gb:g}",
-                           fix, "the layers do not split over the pipeline stages (see parallel layout)")
+    return _estimate_check(
+        "GPU memory",
+        estimate,
+        f"the busiest rank's weights, trainable state and activations within gpu_memory_gb {config.gpu_memory_gb:g}",
+        fix,
+        "the layers do not split over the pipeline stages (see parallel layout)",
+    )
 
 
 def _host_ram(settings: Settings, arch: Architecture) -> Check:
     pool = settings.cluster.node_pools.gpu
     usable = pool.usable_memory_bytes
-    how = ("node_pools.gpu node_memory and resources.limits.memory of configs/cluster.yaml (the smaller)" if usable is not None
-           else "configs/cluster.yaml gives no node_memory or memory limit for node_pools.gpu")
+    how = (
+        "node_pools.gpu node_memory and resources.limits.memory of configs/cluster.yaml (the smaller)"
+        if usable is not None
+        else "configs/cluster.yaml gives no node_memory or memory limit for node_pools.gpu"
+    )
     estimate = memory.import_host_memory(arch, usable, how)
     fix = "GPU nodes with more host memory (node_pools.gpu.node_memory in configs/cluster.yaml) and a memory limit that gives it to the import pod"
     if usable is None:
@@ -411,10 +520,18 @@ def _host_ram(settings: Settings, arch: Architecture) -> Check:
 def _data_volume(settings: Settings, arch: Architecture) -> Check:
     storage = settings.cluster.storage
     available = storage.data_volume_bytes if storage else None
-    how = "storage.data_volume of configs/cluster.yaml" if storage else "configs/cluster.yaml has no storage.data_volume"
+    how = (
+        "storage.data_volume of configs/cluster.yaml" if storage else "configs/cluster.yaml has no storage.data_volume"
+    )
     estimate = memory.data_volume(arch, settings.finetune, available, how)
-    fix = "a larger data volume (storage.data_volume in configs/cluster.yaml)" if storage else "set storage.data_volume in configs/cluster.yaml"
-    return _estimate_check("data volume", estimate, "room on the data volume for the checkpoints the GPU run writes", fix, "")
+    fix = (
+        "a larger data volume (storage.data_volume in configs/cluster.yaml)"
+        if storage
+        else "set storage.data_volume in configs/cluster.yaml"
+    )
+    return _estimate_check(
+        "data volume", estimate, "room on the data volume for the checkpoints the GPU run writes", fix, ""
+    )
 
 
 # --- the data -------------------------------------------------------------------------------------
@@ -503,18 +620,38 @@ def _sequence_length(settings: Settings, inputs: _Inputs, counts: PairTokens) ->
     longer = sum(1 for prompt, answer in rows[:train] if prompt + answer > limit)
     lose_action = sum(1 for _, answer in rows if answer > limit)
     longest = max(prompt + answer for prompt, answer in rows)
-    needed = (f"training examples within {field} {limit} of the {inputs.backend} backend (at most {MAX_CUT_SHARE:.0%} cut), "
-              "every answer whole (its <action> last)")
+    needed = (
+        f"training examples within {field} {limit} of the {inputs.backend} backend (at most {MAX_CUT_SHARE:.0%} cut), "
+        "every answer whole (its <action> last)"
+    )
     found = f"{longer} of {train} training examples ({longer / train:.1%}) longer than {limit} tokens; the longest {longest}"
-    details = (f"tokens counted with {counts.source}", f"{cut} when an example is too long",
-               f"answers longer than {field} alone (their action lost): {lose_action}")
+    details = (
+        f"tokens counted with {counts.source}",
+        f"{cut} when an example is too long",
+        f"answers longer than {field} alone (their action lost): {lose_action}",
+    )
     if lose_action:
-        return Check("sequence length", GPU_PLAN, FAIL, needed, found + f"; {lose_action} answer(s) would lose their action",
-                     f"raise {field} in {where} to at least {max(a for _, a in rows)}", details)
+        return Check(
+            "sequence length",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            found + f"; {lose_action} answer(s) would lose their action",
+            f"raise {field} in {where} to at least {max(a for _, a in rows)}",
+            details,
+        )
     status = FAIL if longer > MAX_CUT_SHARE * train else WARN if longer else PASS
     if status == FAIL:
         found += f", above the {MAX_CUT_SHARE:.0%} the plan accepts"
-    return Check("sequence length", GPU_PLAN, status, needed, found, f"raise {field} in {where} to {longest}" if longer else "", details)
+    return Check(
+        "sequence length",
+        GPU_PLAN,
+        status,
+        needed,
+        found,
+        f"raise {field} in {where} to {longest}" if longer else "",
+        details,
+    )
 
 
 def _answer_length(inputs: _Inputs, counts: PairTokens) -> Check:
@@ -523,8 +660,14 @@ def _answer_length(inputs: _Inputs, counts: PairTokens) -> Check:
     needed = f"evaluation.max_new_tokens {limit} of the {inputs.profile.name} profile above the longest answer, so no answer is cut before its action"
     found = f"answers up to {longest} tokens (with EOS), counted with {counts.source}"
     if longest > limit:
-        return Check("answer length", GPU_PLAN, FAIL, needed, found + f": generation would stop at {limit}, before </action>",
-                     f"raise evaluation.max_new_tokens in {inputs.profile_file} to at least {longest}")
+        return Check(
+            "answer length",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            found + f": generation would stop at {limit}, before </action>",
+            f"raise evaluation.max_new_tokens in {inputs.profile_file} to at least {longest}",
+        )
     return Check("answer length", GPU_PLAN, PASS, needed, found)
 
 
@@ -534,7 +677,9 @@ def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path
     used = sorted({tag for split in pairs.values() for p in split for tag in TAG.findall(p["output"])})
     strangers = [tag for tag in used if tag not in configured]
     missing = [tag for tag in configured if any(tag not in p["output"] for split in pairs.values() for p in split)]
-    needed = "every tag of the answers a configured special token, each in every answer; both backends told how to read them"
+    needed = (
+        "every tag of the answers a configured special token, each in every answer; both backends told how to read them"
+    )
     try:
         per_tag = counter.tags(configured)
     except ValueError as exc:
@@ -547,10 +692,26 @@ def _special_tokens(settings: Settings, pairs: dict[str, list[dict]], root: Path
         f"tokens per tag, counted with {counter.source}: " + ", ".join(f"{tag} {n}" for tag, n in per_tag.items()),
     )
     if strangers or missing:
-        found = f"{root} uses {', '.join(strangers) or 'no other tags'}" + (f" and lacks {', '.join(missing)} in some answers" if missing else "")
-        return Check("special tokens", GPU_PLAN, FAIL, needed, found + " against the configured special_tokens",
-                     f"re-export nemo_jsonl (sftc export-nemo) after changing special_tokens in {sft_file}, or set them back", details)
-    return Check("special tokens", GPU_PLAN, PASS, needed, f"{len(configured)} tags, each in all {sum(map(len, pairs.values()))} answers", details=details)
+        found = f"{root} uses {', '.join(strangers) or 'no other tags'}" + (
+            f" and lacks {', '.join(missing)} in some answers" if missing else ""
+        )
+        return Check(
+            "special tokens",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            found + " against the configured special_tokens",
+            f"re-export nemo_jsonl (sftc export-nemo) after changing special_tokens in {sft_file}, or set them back",
+            details,
+        )
+    return Check(
+        "special tokens",
+        GPU_PLAN,
+        PASS,
+        needed,
+        f"{len(configured)} tags, each in all {sum(map(len, pairs.values()))} answers",
+        details=details,
+    )
 
 
 # --- the base model's knowledge -------------------------------------------------------------------
@@ -560,13 +721,25 @@ def _knowledge_cutoff(inputs: _Inputs, calendar: str) -> Check:
     model, horizon = inputs.profile.model, inputs.profile.corpus.horizon_days
     needed = "the test window after the base model's knowledge cutoff plus the label horizon"
     if model.knowledge_cutoff is None:
-        return Check("knowledge cutoff", GPU_PLAN, FAIL, needed, "model.knowledge_cutoff is not set: nothing says the base model has not seen the test window",
-                     f"set model.knowledge_cutoff in {inputs.profile_file} to the last date of the base model's training data")
+        return Check(
+            "knowledge cutoff",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            "model.knowledge_cutoff is not set: nothing says the base model has not seen the test window",
+            f"set model.knowledge_cutoff in {inputs.profile_file} to the last date of the base model's training data",
+        )
     first = first_unseen_date(model.knowledge_cutoff, horizon, calendar)
     found = f"test window {inputs.test_start}..{inputs.test_end}; cutoff {model.knowledge_cutoff} + {horizon} sessions: unseen from {first}"
     if inputs.test_start < first:
-        return Check("knowledge cutoff", GPU_PLAN, FAIL, needed, found + ": the model may know the outcomes of the first test months",
-                     f"move dates.test_start in {inputs.profile_file} (or TEST_START_DATE) to {first} or later; the backtest reports the two sides apart meanwhile")
+        return Check(
+            "knowledge cutoff",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            found + ": the model may know the outcomes of the first test months",
+            f"move dates.test_start in {inputs.profile_file} (or TEST_START_DATE) to {first} or later; the backtest reports the two sides apart meanwhile",
+        )
     return Check("knowledge cutoff", GPU_PLAN, PASS, needed, found)
 
 
@@ -577,8 +750,13 @@ def _knowledge_cutoff(inputs: _Inputs, calendar: str) -> Check:
 def _nemo_import(python: str, modified: float, timeout_s: float) -> tuple[bool, str]:
     """(imports, what it said) for the interpreter at `python` (cached per file version: the import takes seconds)."""
     try:
-        done = subprocess.run([python, "-c", f"{NEMO_IMPORT}; import nemo; print(nemo.__version__)"],
-                              env={**os.environ, **entry_env()}, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [python, "-c", f"{NEMO_IMPORT}; import nemo; print(nemo.__version__)"],
+            env={**os.environ, **entry_env()},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return False, f"import took longer than {timeout_s:.0f} s"
     if done.returncode:
@@ -594,16 +772,43 @@ def nemo_environment_check(settings: Settings, check_nemo: bool = True, timeout_
     on_slurm = cluster.slurm.environments.get("nemo") if launcher == "slurm" else None
     image = image or (on_slurm.container_image if on_slurm else None)
     if image:
-        return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, f"`{NEMO_IMPORT}` in the image {image}",
-                     f"image {image} (launcher {launcher}): pulled by the GPU nodes, not from here")
+        return Check(
+            "NeMo environment",
+            GPU_PLAN,
+            NOT_CHECKED,
+            f"`{NEMO_IMPORT}` in the image {image}",
+            f"image {image} (launcher {launcher}): pulled by the GPU nodes, not from here",
+        )
     if launcher == "k8s":
-        return Check("NeMo environment", GPU_PLAN, FAIL, "an image for the NeMo steps", "configs/cluster.yaml names no kubernetes.images.nemo",
-                     "set kubernetes.images.nemo in configs/cluster.yaml (deploy/nemo-k8s.md)")
+        return Check(
+            "NeMo environment",
+            GPU_PLAN,
+            FAIL,
+            "an image for the NeMo steps",
+            "configs/cluster.yaml names no kubernetes.images.nemo",
+            "set kubernetes.images.nemo in configs/cluster.yaml (deploy/nemo-k8s.md)",
+        )
     python = Path(on_slurm.python) if on_slurm and on_slurm.python else settings.nemo_python
     needed = f"`{NEMO_IMPORT}` in {python} (launcher {launcher}: the same path on the node that runs the step)"
     if not python.is_file():
-        return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, needed, f"{python} is not on this node", "make .venv-nemo (or set SFTC_NEMO_PYTHON) on the GPU node")
+        return Check(
+            "NeMo environment",
+            GPU_PLAN,
+            NOT_CHECKED,
+            needed,
+            f"{python} is not on this node",
+            "make .venv-nemo (or set SFTC_NEMO_PYTHON) on the GPU node",
+        )
     if not check_nemo:
-        return Check("NeMo environment", GPU_PLAN, NOT_CHECKED, needed, f"{python} present, import not tried (--no-nemo)")
+        return Check(
+            "NeMo environment", GPU_PLAN, NOT_CHECKED, needed, f"{python} present, import not tried (--no-nemo)"
+        )
     ok, said = _nemo_import(str(python), python.stat().st_mtime, timeout_s)
-    return Check("NeMo environment", GPU_PLAN, PASS if ok else FAIL, needed, said, "" if ok else f"repair {python} (make .venv-nemo, requirements-nemo.txt)")
+    return Check(
+        "NeMo environment",
+        GPU_PLAN,
+        PASS if ok else FAIL,
+        needed,
+        said,
+        "" if ok else f"repair {python} (make .venv-nemo, requirements-nemo.txt)",
+    )

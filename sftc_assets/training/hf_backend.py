@@ -285,7 +285,9 @@ def validation_loss(model, examples: list[Example], batch_size: int, pad_token_i
     return total / count
 
 
-def train_step(model, optimizer, scheduler, micro_batches: list[dict], trainable: list, max_grad_norm: float, device) -> float:
+def train_step(
+    model, optimizer, scheduler, micro_batches: list[dict], trainable: list, max_grad_norm: float, device
+) -> float:
     """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss per target token.
 
     Data-parallel, `model` is the DDP wrapper and `micro_batches` this rank's shares: the target count is the global
@@ -324,7 +326,9 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, st
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "optimizer.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "optimizer.pt"
+        )
         atomic_write_json(tmp / "trainer_state.json", {**state, "step": step, "data_position": stream.position})
     return target
 
@@ -365,7 +369,9 @@ def _restore(checkpoint: Path, model, optimizer, scheduler, plan: RunPlan) -> di
     trainable = load_file(checkpoint / "trainable.safetensors")
     missing = set(_trainable_state(model)) - set(trainable)
     if missing:
-        raise ValueError(f"{checkpoint}: trainable.safetensors lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
+        raise ValueError(
+            f"{checkpoint}: trainable.safetensors lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})"
+        )
     model.load_state_dict(trainable, strict=False)
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
@@ -459,9 +465,14 @@ def _publish(work: Path, output_dir: Path, stamp: BeforeSwap | None) -> None:
 def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
     """sha256 of the training and validation files and the model's config; name and size of its weights
     (hashing hundreds of GB for a resume check would cost more than it protects)."""
-    prints = {f"data/{path.name}": file_sha256(path) for path in (split_file(data_dir, "train"), split_file(data_dir, "validation"))}
+    prints = {
+        f"data/{path.name}": file_sha256(path)
+        for path in (split_file(data_dir, "train"), split_file(data_dir, "validation"))
+    }
     prints["model/config.json"] = file_sha256(Path(model_dir) / "config.json")
-    prints["model/weights"] = ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(Path(model_dir).glob("*.safetensors")))
+    prints["model/weights"] = ",".join(
+        f"{p.name}:{p.stat().st_size}" for p in sorted(Path(model_dir).glob("*.safetensors"))
+    )
     return prints
 
 
@@ -478,7 +489,12 @@ def training_progress(log: Callable[[str], None] | None) -> Iterator[Callable[[d
 
         def on_step(row: dict) -> None:
             step_ended[0] = row.get("time", time.time())
-            figures = {"loss": row["loss"], "lr": row["lr"], "tokens/s": row["tokens_per_s"], **({"val loss": row["val_loss"]} if "val_loss" in row else {})}
+            figures = {
+                "loss": row["loss"],
+                "lr": row["lr"],
+                "tokens/s": row["tokens_per_s"],
+                **({"val loss": row["val_loss"]} if "val_loss" in row else {}),
+            }
             # the first step reported tells where a resumed run began
             report(row["step"], row["max_steps"], initial=row["step"] - 1, **figures)
 
@@ -512,7 +528,15 @@ def process_group(device: torch.device):
         dist.destroy_process_group()
 
 
-def run_training(model_dir: Path, data_dir: Path, output_dir: Path, training: TrainingConfig, sft: SftConfig, evaluation: EvaluationConfig, **options) -> TrainResult:
+def run_training(
+    model_dir: Path,
+    data_dir: Path,
+    output_dir: Path,
+    training: TrainingConfig,
+    sft: SftConfig,
+    evaluation: EvaluationConfig,
+    **options,
+) -> TrainResult:
     """Fine-tune `model_dir` on the NeMo JSONL pairs in `data_dir`; results under `output_dir` (see module doc).
 
     Options (keywords of `_run_training`): max_steps, smoke_test, resume (True: continue from the latest checkpoint,
@@ -599,7 +623,9 @@ def _run_training(
         (tokens,) = all_sum(sum(len(train_set.examples[i].input_ids) for batch in indices for i in batch[rank::world]))
         tokens = int(tokens)
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(ddp_model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device)
+        loss = train_step(
+            ddp_model, optimizer, scheduler, micro_batches, trainable, training.max_grad_norm, torch_device
+        )
         if not math.isfinite(loss):
             # The first step's loss comes before any update: the weights or the data are broken, not the step size.
             cause = (
@@ -667,11 +693,19 @@ def _run_training(
     atomic_write_json(work / "metrics.json", metrics)
     _publish(work, output_dir, stamp)
     _barrier()
-    log.info("trained %d steps: val loss %.4f -> %.4f, parse rate %s", steps, metrics["initial_val_loss"], metrics["final_val_loss"], metrics["parse_rate"])
+    log.info(
+        "trained %d steps: val loss %.4f -> %.4f, parse rate %s",
+        steps,
+        metrics["initial_val_loss"],
+        metrics["final_val_loss"],
+        metrics["parse_rate"],
+    )
     return TrainResult(output_dir, metrics, state["train_rows"], state["val_rows"])
 
 
-def _share_batch(examples: list[Example], batch: list[int], rank: int, world: int, pad_id: int) -> dict[str, torch.Tensor]:
+def _share_batch(
+    examples: list[Example], batch: list[int], rank: int, world: int, pad_id: int
+) -> dict[str, torch.Tensor]:
     """This rank's share of a global batch, collated; a rank whose share is empty (a batch smaller than the world)
     runs one example with every label masked: DDP needs each rank's backward, and it adds no target and no gradient."""
     share = batch[rank::world]
@@ -683,7 +717,13 @@ def _share_batch(examples: list[Example], batch: list[int], rank: int, world: in
 
 
 def _parse_check(
-    model, tokenizer, pairs: list[dict], training: TrainingConfig, evaluation: EvaluationConfig, target: TargetFormat, smoke_test: bool
+    model,
+    tokenizer,
+    pairs: list[dict],
+    training: TrainingConfig,
+    evaluation: EvaluationConfig,
+    target: TargetFormat,
+    smoke_test: bool,
 ) -> dict:
     """Greedy generation on the first validation prompts: the share that yields a parseable action."""
     pairs = pairs[: training.parse_check_samples]

@@ -30,8 +30,12 @@ PROGRESS_MESSAGE_EVERY_S = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sftc_assets.training.hf_entry", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-settings", type=Path, required=True, help="JSON with the training, sft and evaluation sections")
+    parser = argparse.ArgumentParser(
+        prog="python -m sftc_assets.training.hf_entry", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--run-settings", type=Path, required=True, help="JSON with the training, sft and evaluation sections"
+    )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
@@ -45,11 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = global_rank()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         raw = json.loads(args.run_settings.read_text(encoding="utf-8"))
-        training, sft, evaluation = TrainingConfig(**raw["training"]), SftConfig(**raw["sft"]), EvaluationConfig(**raw["evaluation"])
+        training, sft, evaluation = (
+            TrainingConfig(**raw["training"]),
+            SftConfig(**raw["sft"]),
+            EvaluationConfig(**raw["evaluation"]),
+        )
         stamp = Stamp(**raw["stamp"]) if raw.get("stamp") else None  # the marker the launching side writes with
     except (OSError, ValueError, KeyError) as exc:
         print(f"hf_entry: error: {args.run_settings}: {exc}", file=sys.stderr)
@@ -65,12 +77,24 @@ def main(argv: list[str] | None = None) -> int:
                 last_sent[0] = now
                 pipes.report_custom_message({"kind": PROGRESS_MESSAGE, **row})
             if "val_loss" in row:
-                pipes.log.info(f"step {row['step']}: training loss {format_number(row['loss'])}, validation loss {format_number(row['val_loss'])}, {format_number(row['tokens_per_s'])} tokens/s")
+                pipes.log.info(
+                    f"step {row['step']}: training loss {format_number(row['loss'])}, validation loss {format_number(row['val_loss'])}, {format_number(row['tokens_per_s'])} tokens/s"
+                )
 
         try:
             result = run_training(
-                args.model, args.data, args.output, training, sft, evaluation,
-                max_steps=args.max_steps, smoke_test=args.smoke_test, resume=RESUME[args.resume], device=args.device, on_step=report, stamp=stamp,
+                args.model,
+                args.data,
+                args.output,
+                training,
+                sft,
+                evaluation,
+                max_steps=args.max_steps,
+                smoke_test=args.smoke_test,
+                resume=RESUME[args.resume],
+                device=args.device,
+                on_step=report,
+                stamp=stamp,
             )
         except (ValueError, FileNotFoundError) as exc:
             print(f"hf_entry: error: {exc}", file=sys.stderr)

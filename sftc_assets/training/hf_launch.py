@@ -45,8 +45,15 @@ def training_step(
     """The step every node runs under torchrun; `write=False` (a dry run) leaves the run settings unwritten."""
     settings_file = run_settings_path(output)
     if write:
-        run = {"training": training.model_dump(mode="json"), "sft": sft.model_dump(mode="json"), "evaluation": evaluation.model_dump(mode="json")}
-        atomic_write_json(settings_file, {**run, "stamp": {"writer": stamp.writer, "config_hash": stamp.config_hash} if stamp else None})
+        run = {
+            "training": training.model_dump(mode="json"),
+            "sft": sft.model_dump(mode="json"),
+            "evaluation": evaluation.model_dump(mode="json"),
+        }
+        atomic_write_json(
+            settings_file,
+            {**run, "stamp": {"writer": stamp.writer, "config_hash": stamp.config_hash} if stamp else None},
+        )
     args = [
         "--run-settings", str(settings_file), "--model", str(model), "--data", str(data), "--output", str(output),
         "--device", device, "--resume", "auto",
@@ -55,12 +62,16 @@ def training_step(
         args += ["--max-steps", str(max_steps)]
     if smoke_test:
         args.append("--smoke-test")
-    return EntryStep("finetune", ENTRY_MODULE, tuple(args), "sftc", nodes, procs_per_node, gpus_per_node, distributed=True)
+    return EntryStep(
+        "finetune", ENTRY_MODULE, tuple(args), "sftc", nodes, procs_per_node, gpus_per_node, distributed=True
+    )
 
 
 def finished_metrics(output: Path) -> dict:
     """The metrics of the run the job published; a job that ended without publishing one is an error."""
     path = Path(output) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; the fine-tune job ended without publishing its model (its checkpoints stay beside it for a retry)")
+        raise FileNotFoundError(
+            f"{path}: missing; the fine-tune job ended without publishing its model (its checkpoints stay beside it for a retry)"
+        )
     return json.loads(path.read_text(encoding="utf-8"))

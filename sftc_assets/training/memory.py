@@ -61,7 +61,14 @@ class Estimate:
 
     def lines(self) -> list[str]:
         rows = [f"{term.name}: {format_bytes(term.bytes)} = {term.how}" for term in self.terms]
-        rows.append(f"total: {format_bytes(self.needed_bytes)}" + (f" against {format_bytes(self.available_bytes)} available ({self.available_how})" if self.available_bytes is not None else f" ({self.available_how})"))
+        rows.append(
+            f"total: {format_bytes(self.needed_bytes)}"
+            + (
+                f" against {format_bytes(self.available_bytes)} available ({self.available_how})"
+                if self.available_bytes is not None
+                else f" ({self.available_how})"
+            )
+        )
         return rows
 
 
@@ -89,8 +96,14 @@ class _Layout:
         p = config.parallelism
         etp = p.expert_tensor or p.tensor
         return cls(
-            tp=p.tensor, pp=p.pipeline, cp=p.context, ep=p.expert, etp=etp, dp=config.data_parallel_size,
-            expert_dp=max(1, config.world_size // (p.expert * etp * p.pipeline)), sp=p.tensor if p.sequence_parallel else 1,
+            tp=p.tensor,
+            pp=p.pipeline,
+            cp=p.context,
+            ep=p.expert,
+            etp=etp,
+            dp=config.data_parallel_size,
+            expert_dp=max(1, config.world_size // (p.expert * etp * p.pipeline)),
+            sp=p.tensor if p.sequence_parallel else 1,
             micro_batches=max(1, config.global_batch_size // (config.micro_batch_size * config.data_parallel_size)),
         )
 
@@ -102,7 +115,9 @@ def _layer_activation_elements(arch: Architecture, dense: bool, tokens: int, lay
     # norm input and output, the MLA latents (split by sequence parallelism); q, k, v and the attention output (by tensor).
     attention = tokens * ((2 * h + latents) // lay.sp + arch.heads * (2 * arch.qk_head + 2 * arch.v_head) // lay.tp)
     if dense:
-        return attention + tokens * (2 * h // lay.sp + 3 * arch.ffn // lay.tp)  # norm in, fc1 in; fc1 out (gate|up), activation
+        return attention + tokens * (
+            2 * h // lay.sp + 3 * arch.ffn // lay.tp
+        )  # norm in, fc1 in; fc1 out (gate|up), activation
     # Each token is routed to k experts: the rows an expert-tensor rank computes keep their input, their output for the
     # weighted combine, and their slice of fc1's output and activation.
     rows = tokens // lay.sp * arch.experts_per_token * lay.etp
@@ -148,35 +163,54 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
         dense_layers = sum(1 for i in layers if i < arch.dense_layers)
         moe_layers = count - dense_layers
         replicated = count * arch.layer_norm_params + moe_layers * arch.router_params
-        split = count * arch.attention_params + dense_layers * arch.dense_mlp_params + moe_layers * arch.shared_expert_params
+        split = (
+            count * arch.attention_params
+            + dense_layers * arch.dense_mlp_params
+            + moe_layers * arch.shared_expert_params
+        )
         split += (arch.embedding_params if first else 0) + (arch.head_params if last else 0)
         experts = moe_layers * arch.routed_expert_params
         params = replicated + split // lay.tp + experts // (lay.ep * lay.etp)
         dense_share = replicated + split // lay.tp
-        terms = [Term(
-            "bf16 weights",
-            params * BF16_BYTES,
-            f"({count} layers' attention, dense MLPs and shared experts"
-            + (" + embedding" if first else "") + (" + output layer" if last else "")
-            + f" {_billions(split)} / tensor {lay.tp} + routed experts {_billions(experts)} / (expert {lay.ep} x expert_tensor {lay.etp})"
-            + f" + norms and routers {_billions(replicated)}) x {BF16_BYTES} B",
-        )]
+        terms = [
+            Term(
+                "bf16 weights",
+                params * BF16_BYTES,
+                f"({count} layers' attention, dense MLPs and shared experts"
+                + (" + embedding" if first else "")
+                + (" + output layer" if last else "")
+                + f" {_billions(split)} / tensor {lay.tp} + routed experts {_billions(experts)} / (expert {lay.ep} x expert_tensor {lay.etp})"
+                + f" + norms and routers {_billions(replicated)}) x {BF16_BYTES} B",
+            )
+        ]
         if config.peft == "lora":
             lora = _lora_params(arch, config, layers, lay)
             per = BF16_BYTES + GRAD_BYTES + OPTIMIZER_BYTES
-            terms.append(Term("LoRA adapters and their Adam state", lora * per, f"{_billions(lora)} adapter parameters (rank {config.lora.rank}) x {per} B"))
+            terms.append(
+                Term(
+                    "LoRA adapters and their Adam state",
+                    lora * per,
+                    f"{_billions(lora)} adapter parameters (rank {config.lora.rank}) x {per} B",
+                )
+            )
         else:
-            terms.append(Term("fp32 gradients (full fine-tune)", params * GRAD_BYTES, f"{_billions(params)} x {GRAD_BYTES} B"))
+            terms.append(
+                Term("fp32 gradients (full fine-tune)", params * GRAD_BYTES, f"{_billions(params)} x {GRAD_BYTES} B")
+            )
             expert_share = experts // (lay.ep * lay.etp)
             optimizer = dense_share * OPTIMIZER_BYTES // lay.dp + expert_share * OPTIMIZER_BYTES // lay.expert_dp
-            terms.append(Term(
-                "Adam master weights and moments (distributed optimizer)",
-                optimizer,
-                f"{_billions(dense_share)} x {OPTIMIZER_BYTES} B / data-parallel {lay.dp} + {_billions(expert_share)} x {OPTIMIZER_BYTES} B / expert-data-parallel {lay.expert_dp}",
-            ))
+            terms.append(
+                Term(
+                    "Adam master weights and moments (distributed optimizer)",
+                    optimizer,
+                    f"{_billions(dense_share)} x {OPTIMIZER_BYTES} B / data-parallel {lay.dp} + {_billions(expert_share)} x {OPTIMIZER_BYTES} B / expert-data-parallel {lay.expert_dp}",
+                )
+            )
         in_flight = min(lay.pp - stage, lay.micro_batches)
         per_layer = [_layer_activation_elements(arch, i < arch.dense_layers, tokens, lay) for i in layers]
-        where = f"seq_length {config.seq_length} x micro_batch {config.micro_batch_size}" + (f" / context {lay.cp}" if lay.cp > 1 else "")
+        where = f"seq_length {config.seq_length} x micro_batch {config.micro_batch_size}" + (
+            f" / context {lay.cp}" if lay.cp > 1 else ""
+        )
         if config.recompute == "full":
             kept = tokens * arch.hidden // lay.sp * count * in_flight + max(per_layer)
             how = f"{where} tokens: each layer's input x {count} layers x {in_flight} micro-batch(es) in flight + one layer recomputed"
@@ -186,8 +220,16 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
         terms.append(Term("activations", kept * BF16_BYTES, how))
         if last:
             logits = tokens * (arch.vocab // lay.tp) * LOGIT_BYTES
-            terms.append(Term("logits and loss", logits, f"{tokens} tokens x vocabulary {arch.vocab} / tensor {lay.tp} x {LOGIT_BYTES} B"))
-        estimates.append(Estimate(f"a rank of pipeline stage {stage} ({count} layers)", tuple(terms), available, available_how))
+            terms.append(
+                Term(
+                    "logits and loss",
+                    logits,
+                    f"{tokens} tokens x vocabulary {arch.vocab} / tensor {lay.tp} x {LOGIT_BYTES} B",
+                )
+            )
+        estimates.append(
+            Estimate(f"a rank of pipeline stage {stage} ({count} layers)", tuple(terms), available, available_how)
+        )
     return estimates
 
 
@@ -210,16 +252,30 @@ def import_host_memory(arch: Architecture, available_bytes: int | None, availabl
     return Estimate("the NeMo import on one GPU node", (term,), available_bytes, available_how)
 
 
-def data_volume(arch: Architecture, config: FinetuneConfig, available_bytes: int | None, available_how: str) -> Estimate:
+def data_volume(
+    arch: Architecture, config: FinetuneConfig, available_bytes: int | None, available_how: str
+) -> Estimate:
     main = arch.main_params * BF16_BYTES
     lora = config.peft == "lora"
     trainable = _lora_params(arch, config, range(arch.layers), None) if lora else arch.main_params
     terms = [
-        Term("BF16 checkpoint (bf16_checkpoint)", arch.bf16_checkpoint_bytes,
-             "the conversion's size from the safetensors headers" if arch.checkpoint_bf16_bytes else f"{_billions(arch.checkpoint_params)} parameters (MTP included) x {BF16_BYTES} B"),
-        Term("NeMo checkpoint (nemo_model)", main, f"{_billions(arch.main_params)} parameters (no MTP layer) x {BF16_BYTES} B"),
-        Term("fine-tune checkpoints", KEPT_CHECKPOINTS * trainable * CHECKPOINT_BYTES_PER_PARAM,
-             f"{KEPT_CHECKPOINTS} kept x {_billions(trainable)} trainable parameters x {CHECKPOINT_BYTES_PER_PARAM} B (weights and Adam state)"),
+        Term(
+            "BF16 checkpoint (bf16_checkpoint)",
+            arch.bf16_checkpoint_bytes,
+            "the conversion's size from the safetensors headers"
+            if arch.checkpoint_bf16_bytes
+            else f"{_billions(arch.checkpoint_params)} parameters (MTP included) x {BF16_BYTES} B",
+        ),
+        Term(
+            "NeMo checkpoint (nemo_model)",
+            main,
+            f"{_billions(arch.main_params)} parameters (no MTP layer) x {BF16_BYTES} B",
+        ),
+        Term(
+            "fine-tune checkpoints",
+            KEPT_CHECKPOINTS * trainable * CHECKPOINT_BYTES_PER_PARAM,
+            f"{KEPT_CHECKPOINTS} kept x {_billions(trainable)} trainable parameters x {CHECKPOINT_BYTES_PER_PARAM} B (weights and Adam state)",
+        ),
     ]
     if lora:
         terms.append(Term("merged LoRA checkpoint (NeMo)", main, f"{_billions(arch.main_params)} x {BF16_BYTES} B"))

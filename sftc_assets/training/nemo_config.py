@@ -39,8 +39,10 @@ def lora_target_problems(targets: list[str]) -> list[str]:
             continue
         nemo_name = HF_TO_NEMO_MODULES.get(name)
         hint = (
-            f"that is the transformers name; NeMo calls it {nemo_name}" if nemo_name
-            else "DeepSeek-V3 has no fused QKV projection (MLA)" if name == "linear_qkv"
+            f"that is the transformers name; NeMo calls it {nemo_name}"
+            if nemo_name
+            else "DeepSeek-V3 has no fused QKV projection (MLA)"
+            if name == "linear_qkv"
             else "not a module of NeMo's DeepSeek-V3"
         )
         problems.append(f"{target!r} ({hint})")
@@ -69,11 +71,17 @@ def read_hf_config(checkpoint_dir: Path) -> dict:
     checkpoint_dir = Path(checkpoint_dir)
     config_path = checkpoint_dir / "config.json"
     if not checkpoint_dir.is_dir():
-        raise FileNotFoundError(f"{checkpoint_dir}: checkpoint directory not found; materialize bf16_checkpoint first (sftc convert-fp8)")
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: checkpoint directory not found; materialize bf16_checkpoint first (sftc convert-fp8)"
+        )
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; a Hugging Face checkpoint needs config.json beside its weights")
+        raise FileNotFoundError(
+            f"{config_path}: missing; a Hugging Face checkpoint needs config.json beside its weights"
+        )
     if not any(checkpoint_dir.glob("*.safetensors")):
-        raise FileNotFoundError(f"{checkpoint_dir}: no *.safetensors weights; expected the BF16 checkpoint in Hugging Face layout")
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: no *.safetensors weights; expected the BF16 checkpoint in Hugging Face layout"
+        )
     try:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -108,7 +116,9 @@ def check_nemo_checkpoint(nemo_checkpoint: Path) -> None:
     """An imported NeMo 2 checkpoint is a directory with context/ and weights/."""
     for part in ("context", "weights"):
         if not (Path(nemo_checkpoint) / part).is_dir():
-            raise FileNotFoundError(f"{nemo_checkpoint / part}: missing; materialize nemo_model first (sftc import-nemo)")
+            raise FileNotFoundError(
+                f"{nemo_checkpoint / part}: missing; materialize nemo_model first (sftc import-nemo)"
+            )
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -119,10 +129,24 @@ def model_config_from_hf(hf_config: dict, config_path: Path | str = "config.json
     HFDeepSeekImporter.config (nemo/collections/llm/gpt/model/deepseek.py), so the recipe's model matches
     the imported checkpoint whatever its size (the real 671B or the toy)."""
     required = (
-        "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-        "q_lora_rank", "n_routed_experts", "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace",
-        "num_experts_per_tok", "n_group", "topk_group", "routed_scaling_factor", "kv_lora_rank",
-        "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "q_lora_rank",
+        "n_routed_experts",
+        "moe_intermediate_size",
+        "n_shared_experts",
+        "first_k_dense_replace",
+        "num_experts_per_tok",
+        "n_group",
+        "topk_group",
+        "routed_scaling_factor",
+        "kv_lora_rank",
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "v_head_dim",
     )
     missing = [key for key in required if key not in hf_config]
     if missing:
@@ -189,22 +213,33 @@ def model_fit_problems(config: FinetuneConfig, model_config: dict) -> list[tuple
         problems.append(("parallelism.pipeline", f"= {p.pipeline} exceeds the model's {layers} layers"))
     elif stage_layers(config, layers) is None:
         if first is None and last is None:
-            problems.append(("parallelism.pipeline", f"= {p.pipeline} must divide the model's {layers} layers, or set layers_in_first/last_pipeline_stage"))
+            problems.append(
+                (
+                    "parallelism.pipeline",
+                    f"= {p.pipeline} must divide the model's {layers} layers, or set layers_in_first/last_pipeline_stage",
+                )
+            )
         else:
             middle_stages = p.pipeline - (first is not None) - (last is not None)
             middle_layers = layers - (first or 0) - (last or 0)
-            problems.append((
-                "parallelism.layers_in_first/last_pipeline_stage",
-                f"= {first}/{last} leave {middle_layers} of the model's {layers} layers for {middle_stages} middle stages; "
-                "they must split evenly",
-            ))
+            problems.append(
+                (
+                    "parallelism.layers_in_first/last_pipeline_stage",
+                    f"= {first}/{last} leave {middle_layers} of the model's {layers} layers for {middle_stages} middle stages; "
+                    "they must split evenly",
+                )
+            )
     return problems
 
 
 def _check_model_fits(config: FinetuneConfig, model_config: dict, config_path: Path) -> None:
     problems = model_fit_problems(config, model_config)
     if problems:
-        raise ConfigError(f"{config.source}: " + "; ".join(f"field '{field}' {message}" for field, message in problems) + f" ({config_path})")
+        raise ConfigError(
+            f"{config.source}: "
+            + "; ".join(f"field '{field}' {message}" for field, message in problems)
+            + f" ({config_path})"
+        )
 
 
 def plan_recipe(config: FinetuneConfig, paths: NemoRunPaths, name: str = "sftc") -> dict:
@@ -262,12 +297,19 @@ def plan_recipe(config: FinetuneConfig, paths: NemoRunPaths, name: str = "sftc")
             "seed": config.seed,
         },
         # recipe.model.config's recompute fields (Megatron's full, uniform recompute of every layer).
-        "recompute": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1} if config.recompute == "full" else {},
+        "recompute": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+        if config.recompute == "full"
+        else {},
         "optimizer": {"lr": config.learning_rate, "min_lr": config.min_learning_rate},
         "scheduler": {"warmup_steps": config.warmup_steps, "min_lr": config.min_learning_rate},
         "checkpoint": {"every_n_train_steps": config.checkpoint_every_n_steps},
         "peft": (
-            {"dim": config.lora.rank, "alpha": config.lora.alpha, "dropout": config.lora.dropout, "target_modules": list(config.lora.target_modules)}
+            {
+                "dim": config.lora.rank,
+                "alpha": config.lora.alpha,
+                "dropout": config.lora.dropout,
+                "target_modules": list(config.lora.target_modules),
+            }
             if lora
             else None
         ),

@@ -160,7 +160,10 @@ def _metrics_callback(pipes: PipesContext, global_batch_size: int, seq_length: i
             if not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
                 return
             # The sanity check before the first step (2 batches) stands in for the step-0 validation loss.
-            row = {"step": 0 if trainer.sanity_checking else int(trainer.global_step), "val_loss": float(trainer.callback_metrics["val_loss"])}
+            row = {
+                "step": 0 if trainer.sanity_checking else int(trainer.global_step),
+                "val_loss": float(trainer.callback_metrics["val_loss"]),
+            }
             self.val_rows.append(row)
             pipes.log.info(f"validation at step {row['step']}: loss {row['val_loss']:.4f}")
             pipes.report_custom_message({"kind": "val", **row})
@@ -183,7 +186,9 @@ def run_finetune(plan: dict, pipes: PipesContext) -> dict:
     recipe = build_recipe(plan)
     callback = _metrics_callback(pipes, plan["data"]["global_batch_size"], plan["data"]["seq_length"], log_every=10)
     recipe.trainer.callbacks = [*(recipe.trainer.callbacks or []), callback]
-    pipes.log.info(f"fine-tuning with {plan['factory']} on {plan['world_size']} GPUs (data-parallel {plan['data_parallel_size']})")
+    pipes.log.info(
+        f"fine-tuning with {plan['factory']} on {plan['world_size']} GPUs (data-parallel {plan['data_parallel_size']})"
+    )
     started = time.monotonic()
     exp_dir = fdl.build(recipe)()  # llm.finetune(...) with every argument bound; returns the experiment dir
     if global_rank() != 0:
@@ -199,7 +204,9 @@ def run_finetune(plan: dict, pipes: PipesContext) -> dict:
         "plan": plan,
     }
     atomic_write_json(work_dir / FINETUNE_RESULT, result)
-    pipes.report_custom_message({"kind": "finetune_done", "checkpoint": result["checkpoint"], "steps": len(callback.train_rows)})
+    pipes.report_custom_message(
+        {"kind": "finetune_done", "checkpoint": result["checkpoint"], "steps": len(callback.train_rows)}
+    )
     return result
 
 
@@ -223,7 +230,9 @@ def bin_to_safetensors(hf_dir: Path) -> int:
     index = hf_dir / "pytorch_model.bin.index.json"
     if index.exists():
         meta = json.loads(index.read_text())
-        atomic_write_json(hf_dir / "model.safetensors.index.json", {"metadata": meta.get("metadata", {}), "weight_map": weight_map})
+        atomic_write_json(
+            hf_dir / "model.safetensors.index.json", {"metadata": meta.get("metadata", {}), "weight_map": weight_map}
+        )
         index.unlink()
     return len(shards)
 
@@ -280,7 +289,13 @@ def run_export(plan: dict, pipes: PipesContext) -> dict:
     with atomic_dir(output) as staging:
         pipes.log.info(f"exporting {checkpoint} to a Hugging Face checkpoint")
         # DeepSeek's exporter builds the HF model from target_model_name's config.json: our BF16 checkpoint.
-        llm.export_ckpt(path=Path(checkpoint), target="hf", output_path=staging, overwrite=True, target_model_name=plan["target_model_name"])
+        llm.export_ckpt(
+            path=Path(checkpoint),
+            target="hf",
+            output_path=staging,
+            overwrite=True,
+            target_model_name=plan["target_model_name"],
+        )
         bin_to_safetensors(staging)
         atomic_write_csv(staging / "training.csv", result["train_rows"], TRAINING_CSV_COLUMNS)
         atomic_write_csv(staging / "val.csv", result["val_rows"], VAL_CSV_COLUMNS)
@@ -294,7 +309,9 @@ def run_export(plan: dict, pipes: PipesContext) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sftc_assets.training.nemo_entry", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sftc_assets.training.nemo_entry", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser("import", help="BF16 HF checkpoint -> NeMo checkpoint (llm.import_ckpt)")
@@ -303,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("finetune", help="the deepseek_v3 fine-tune recipe on the NeMo JSONL (run under torchrun)")
     fit.add_argument("--config", type=Path, help="configs/nemo/finetune.yaml (default)")
-    fit.add_argument("--hf-checkpoint", type=Path, required=True, help="the BF16 checkpoint the NeMo one came from (architecture)")
+    fit.add_argument(
+        "--hf-checkpoint", type=Path, required=True, help="the BF16 checkpoint the NeMo one came from (architecture)"
+    )
     fit.add_argument("--nemo-checkpoint", type=Path, required=True)
     fit.add_argument("--data", type=Path, required=True, help="directory with training/validation/test.jsonl")
     fit.add_argument("--work-dir", type=Path, required=True, help="NeMo's logs and checkpoints")
@@ -316,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", type=Path, required=True)
 
     for p in (imp, fit, exp):
-        p.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan as JSON; NeMo is not imported")
+        p.add_argument(
+            "--dry-run", action="store_true", help="check the inputs and print the plan as JSON; NeMo is not imported"
+        )
     return parser
 
 

@@ -78,12 +78,22 @@ def finetune_steps(
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
     shape = {
-        "nodes": config.nodes, "procs_per_node": config.gpus_per_node, "gpus_per_node": config.gpus_per_node,
-        "distributed": True, "shape_source": f"nodes and gpus_per_node in {config_path} (sftc train --nodes overrides)",
+        "nodes": config.nodes,
+        "procs_per_node": config.gpus_per_node,
+        "gpus_per_node": config.gpus_per_node,
+        "distributed": True,
+        "shape_source": f"nodes and gpus_per_node in {config_path} (sftc train --nodes overrides)",
     }
     steps = [_entry("finetune", args, dry_run, **shape)]
     if not dry_run:
-        export_args = ["--hf-checkpoint", str(paths.hf_checkpoint), "--work-dir", str(paths.work_dir), "--output", str(paths.output_dir)]
+        export_args = [
+            "--hf-checkpoint",
+            str(paths.hf_checkpoint),
+            "--work-dir",
+            str(paths.work_dir),
+            "--output",
+            str(paths.output_dir),
+        ]
         steps.append(_entry("export", export_args, dry_run=False))
     return steps
 
@@ -105,7 +115,11 @@ def read_loss_rows(output_dir: Path) -> tuple[list[dict], list[dict]]:
 
     def rows(name: str, value: str) -> list[dict]:
         with open(Path(output_dir) / name, encoding="utf-8") as fh:
-            return [{**r, "step": int(r["step"]), value: float(r[value])} for r in csv.DictReader(fh) if r[value] not in ("", None)]
+            return [
+                {**r, "step": int(r["step"]), value: float(r[value])}
+                for r in csv.DictReader(fh)
+                if r[value] not in ("", None)
+            ]
 
     return rows("training.csv", "loss"), rows("val.csv", "val_loss")
 
@@ -125,7 +139,11 @@ Execute = Callable[[EntryStep], "dict | None"]
 
 
 def run_config(
-    config: FinetuneConfig, max_steps: int | None = None, smoke_test: bool = False, nodes: int | None = None, gpus_per_node: int | None = None
+    config: FinetuneConfig,
+    max_steps: int | None = None,
+    smoke_test: bool = False,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
 ) -> FinetuneConfig:
     """The fine-tune config with --max-steps / --smoke-test and another job shape (--nodes, --procs-per-node) applied,
     each checked against the parallel layout."""
@@ -163,8 +181,12 @@ def nemo_finetune(
         return json.loads((staging / "metrics.json").read_text(encoding="utf-8"))
 
 
-def planned_steps(config: FinetuneConfig, hf_checkpoint: Path, nemo_checkpoint: Path, dataset_root: Path, output: Path) -> list[EntryStep]:
+def planned_steps(
+    config: FinetuneConfig, hf_checkpoint: Path, nemo_checkpoint: Path, dataset_root: Path, output: Path
+) -> list[EntryStep]:
     """The steps a fine-tune will launch (finetune on every node, then export), as `sftc train --dry-run` shows them."""
     output = Path(output)
-    paths = NemoRunPaths(Path(hf_checkpoint), Path(nemo_checkpoint), nemo_work_dir(output) / "dataset", output, nemo_work_dir(output))
+    paths = NemoRunPaths(
+        Path(hf_checkpoint), Path(nemo_checkpoint), nemo_work_dir(output) / "dataset", output, nemo_work_dir(output)
+    )
     return finetune_steps(config, config.source, paths, config.max_steps)

@@ -35,7 +35,11 @@ class PreflightReport:
         return failures(self.checks)
 
     def as_dict(self) -> dict:
-        return {"ready": self.ready, "require_gpu": self.require_gpu, "checks": [check.as_dict() for check in self.checks]}
+        return {
+            "ready": self.ready,
+            "require_gpu": self.require_gpu,
+            "checks": [check.as_dict() for check in self.checks],
+        }
 
     def table(self, appendix: str = "") -> str:
         """The checks, then `appendix` (the command's cost estimate), the verdict last."""
@@ -65,8 +69,16 @@ def run_preflight(
 
 
 def _gpu_checks(probe: GpuProbe, finetune: FinetuneConfig) -> list[Check]:
-    checks = [Check("cuda", THIS_NODE, PASS if probe.cuda_available else FAIL, "CUDA available to torch", probe.describe(),
-                    "" if probe.cuda_available else "run on a GPU node (the gpu pool, tag sftc/node=gpu)")]
+    checks = [
+        Check(
+            "cuda",
+            THIS_NODE,
+            PASS if probe.cuda_available else FAIL,
+            "CUDA available to torch",
+            probe.describe(),
+            "" if probe.cuda_available else "run on a GPU node (the gpu pool, tag sftc/node=gpu)",
+        )
+    ]
     needed = f"{finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)} (x {finetune.nodes} node(s))"
     big_enough = sum(1 for d in probe.devices if d.total_memory_bytes >= finetune.gpu_memory_bytes)
     found = f"{big_enough} of {probe.device_count} device(s) big enough on this node"
@@ -74,10 +86,27 @@ def _gpu_checks(probe: GpuProbe, finetune: FinetuneConfig) -> list[Check]:
         require_gpus("sft_model (nemo)", finetune.gpus_per_node, finetune.gpu_memory_bytes, probe)
         checks.append(Check("gpus", THIS_NODE, PASS, needed, found))
     except GpuGateError:
-        checks.append(Check("gpus", THIS_NODE, FAIL, needed, found, f"a node with the GPUs, or gpus_per_node / gpu_memory_gb in {finetune.source}"))
+        checks.append(
+            Check(
+                "gpus",
+                THIS_NODE,
+                FAIL,
+                needed,
+                found,
+                f"a node with the GPUs, or gpus_per_node / gpu_memory_gb in {finetune.source}",
+            )
+        )
     fp8 = PASS if probe.triton_fp8 else (WARN if probe.cuda_available else NOT_CHECKED)  # no CUDA already fails above
-    checks.append(Check("triton fp8", THIS_NODE, fp8, "Triton FP8 kernel (else torch on the GPU, slower)", probe.triton_detail,
-                        "" if fp8 == PASS else "pip install -e '.[gpu]' on the GPU node"))
+    checks.append(
+        Check(
+            "triton fp8",
+            THIS_NODE,
+            fp8,
+            "Triton FP8 kernel (else torch on the GPU, slower)",
+            probe.triton_detail,
+            "" if fp8 == PASS else "pip install -e '.[gpu]' on the GPU node",
+        )
+    )
     return checks
 
 
@@ -91,15 +120,36 @@ def _checkpoint_checks(settings: Settings) -> list[Check]:
         try:
             plan = plan_conversion(base)
         except CheckpointError as exc:
-            checks.append(Check("base checkpoint", THIS_NODE, FAIL, needed, str(exc), "download the missing or broken files again"))
+            checks.append(
+                Check(
+                    "base checkpoint", THIS_NODE, FAIL, needed, str(exc), "download the missing or broken files again"
+                )
+            )
             bf16_bytes = None
         else:
             bf16_bytes = plan.total_size
-            checks.append(Check("base checkpoint", THIS_NODE, PASS, needed, f"{len(plan.shards)} shard(s), BF16 size {format_bytes(bf16_bytes)}"))
+            checks.append(
+                Check(
+                    "base checkpoint",
+                    THIS_NODE,
+                    PASS,
+                    needed,
+                    f"{len(plan.shards)} shard(s), BF16 size {format_bytes(bf16_bytes)}",
+                )
+            )
     else:
         toy = settings.profile.model.kind == "toy"
         found = f"{base} not there" + (" (the base_checkpoint asset builds it)" if toy else "")
-        checks.append(Check("base checkpoint", THIS_NODE, WARN if toy else FAIL, needed, found, "" if toy else "download the release to model.base_checkpoint_path"))
+        checks.append(
+            Check(
+                "base checkpoint",
+                THIS_NODE,
+                WARN if toy else FAIL,
+                needed,
+                found,
+                "" if toy else "download the release to model.base_checkpoint_path",
+            )
+        )
         expected = settings.profile.compute.expected_checkpoint_bytes
         bf16_bytes = 2 * expected if expected else None  # FP8 weights double in BF16: an upper bound
 
@@ -110,9 +160,22 @@ def _checkpoint_checks(settings: Settings) -> list[Check]:
     needed_bytes = copies * bf16_bytes
     where = _existing_parent(settings.data_dir)
     free = shutil.disk_usage(where).free
-    what = f"{format_bytes(needed_bytes)} ({copies} x BF16 size: conversion" + (", NeMo import" if settings.train_backend == "nemo" else "") + ")"
+    what = (
+        f"{format_bytes(needed_bytes)} ({copies} x BF16 size: conversion"
+        + (", NeMo import" if settings.train_backend == "nemo" else "")
+        + ")"
+    )
     ok = free >= needed_bytes
-    checks.append(Check("disk", THIS_NODE, PASS if ok else FAIL, what, f"{format_bytes(free)} free at {where}", "" if ok else f"free space at {where} or point SFTC_DATA_DIR elsewhere"))
+    checks.append(
+        Check(
+            "disk",
+            THIS_NODE,
+            PASS if ok else FAIL,
+            what,
+            f"{format_bytes(free)} free at {where}",
+            "" if ok else f"free space at {where} or point SFTC_DATA_DIR elsewhere",
+        )
+    )
     return checks
 
 

@@ -38,13 +38,18 @@ def month_pairs(profile: ProfileConfig, sft: SftConfig, months: list[str]) -> li
         for ticker, table in tables.items():
             for thesis in month_theses(ticker, table, month, profile.corpus):
                 example = build_example({**dataclasses.asdict(thesis), "support": list(thesis.support)}, sft)
-                rows.append({"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]})
+                rows.append(
+                    {"input": render_prompt(example["instruction"], example["input"], sft), "output": example["output"]}
+                )
     return rows
 
 
 def write_pairs(data_dir: Path, profile: ProfileConfig, sft: SftConfig, months: dict[str, list[str]]) -> dict[str, int]:
     """One NeMo JSONL file per split ("train", "validation", "test") from the months given for it."""
-    return {split: atomic_write_jsonl(Path(data_dir) / NEMO_FILES[split], month_pairs(profile, sft, split_months)) for split, split_months in months.items()}
+    return {
+        split: atomic_write_jsonl(Path(data_dir) / NEMO_FILES[split], month_pairs(profile, sft, split_months))
+        for split, split_months in months.items()
+    }
 
 
 def profile_months(profile: ProfileConfig, validation_months: int = 2) -> dict[str, list[str]]:
@@ -52,7 +57,11 @@ def profile_months(profile: ProfileConfig, validation_months: int = 2) -> dict[s
     dates = profile.dates
     train = months_between(f"{dates.train_start:%Y-%m}", f"{dates.train_end:%Y-%m}")
     after = months_between(train[-1], profile.partitions.end)[1 : validation_months + 1]
-    return {"train": train, "validation": after, "test": months_between(f"{dates.test_start:%Y-%m}", f"{dates.test_end:%Y-%m}")}
+    return {
+        "train": train,
+        "validation": after,
+        "test": months_between(f"{dates.test_start:%Y-%m}", f"{dates.test_end:%Y-%m}"),
+    }
 
 
 def build_toy_inputs(root: Path, profile: ProfileConfig, sft: SftConfig) -> dict:
@@ -60,5 +69,10 @@ def build_toy_inputs(root: Path, profile: ProfileConfig, sft: SftConfig) -> dict
     tokenizer trained on the training pairs); returns the pairs per split and the checkpoint's summary."""
     toy = ToyInputs.at(root)
     pairs = write_pairs(toy.data_dir, profile, sft, profile_months(profile))
-    summary = make_toy_checkpoint(toy.model_dir, corpus_texts_from(toy.data_dir / NEMO_FILES["train"]), seed=profile.model.seed, vocab_size=profile.model.vocab_size)
+    summary = make_toy_checkpoint(
+        toy.model_dir,
+        corpus_texts_from(toy.data_dir / NEMO_FILES["train"]),
+        seed=profile.model.seed,
+        vocab_size=profile.model.vocab_size,
+    )
     return {"pairs": pairs, "checkpoint": summary}

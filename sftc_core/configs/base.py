@@ -41,7 +41,11 @@ def load_yaml_model(path: Path | str, model: type[BaseModel]) -> Any:
         problems = "; ".join(
             f"field '{'.'.join(str(p) for p in err['loc']) or '(across fields)'}': {err['msg'].removeprefix('Value error, ')}"
             # A rule across fields already names its values; the input would be the whole section.
-            + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], (dict, list)) else "")
+            + (
+                f" (got {err['input']!r})"
+                if err["type"] != "missing" and not isinstance(err["input"], (dict, list))
+                else ""
+            )
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None

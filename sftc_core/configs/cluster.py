@@ -30,8 +30,19 @@ class ContainerResources(Strict):
 # The extended resource Kubernetes schedules GPUs by (NVIDIA's device plugin).
 GPU_RESOURCE = "nvidia.com/gpu"
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
-_QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-                   "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_QUANTITY_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
 
 
 def quantity_bytes(text: str) -> int:
@@ -61,8 +72,14 @@ class NodePool(Strict):
     @model_validator(mode="after")
     def _limit_fits_node(self) -> NodePool:
         limit = self.resources.limits.get("memory")
-        if limit is not None and self.node_memory is not None and quantity_bytes(limit) > quantity_bytes(self.node_memory):
-            raise ValueError(f"resources.limits.memory {limit} exceeds node_memory {self.node_memory}: no node could give it")
+        if (
+            limit is not None
+            and self.node_memory is not None
+            and quantity_bytes(limit) > quantity_bytes(self.node_memory)
+        ):
+            raise ValueError(
+                f"resources.limits.memory {limit} exceeds node_memory {self.node_memory}: no node could give it"
+            )
         return self
 
     @property

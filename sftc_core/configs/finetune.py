@@ -77,37 +77,70 @@ def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
     p = config.parallelism
     problems = []
     if p.sequence_parallel and p.tensor < 2:
-        problems.append(("parallelism.sequence_parallel", "needs tensor >= 2 (it splits activations across the tensor-parallel group); set it false or raise tensor"))
+        problems.append(
+            (
+                "parallelism.sequence_parallel",
+                "needs tensor >= 2 (it splits activations across the tensor-parallel group); set it false or raise tensor",
+            )
+        )
     if (p.layers_in_first_pipeline_stage is not None or p.layers_in_last_pipeline_stage is not None) and p.pipeline < 2:
-        problems.append(("parallelism.layers_in_first_pipeline_stage", "layers_in_first/last_pipeline_stage need pipeline >= 2; set them to null"))
+        problems.append(
+            (
+                "parallelism.layers_in_first_pipeline_stage",
+                "layers_in_first/last_pipeline_stage need pipeline >= 2; set them to null",
+            )
+        )
     model_parallel = p.tensor * p.pipeline * p.context
     if config.world_size % model_parallel:
-        problems.append((
-            "parallelism",
-            f"tensor * pipeline * context = {p.tensor}*{p.pipeline}*{p.context} = {model_parallel} must divide "
-            f"nodes * gpus_per_node = {config.nodes}*{config.gpus_per_node} = {config.world_size}",
-        ))
+        problems.append(
+            (
+                "parallelism",
+                f"tensor * pipeline * context = {p.tensor}*{p.pipeline}*{p.context} = {model_parallel} must divide "
+                f"nodes * gpus_per_node = {config.nodes}*{config.gpus_per_node} = {config.world_size}",
+            )
+        )
         return problems  # the data-parallel size below is meaningless then
     expert_parallel = p.expert * (p.expert_tensor or p.tensor) * p.pipeline
     if config.world_size % expert_parallel:
-        problems.append(("parallelism.expert", f"expert * expert_tensor * pipeline = {expert_parallel} must divide nodes * gpus_per_node = {config.world_size}"))
+        problems.append(
+            (
+                "parallelism.expert",
+                f"expert * expert_tensor * pipeline = {expert_parallel} must divide nodes * gpus_per_node = {config.world_size}",
+            )
+        )
     per_step = config.micro_batch_size * config.data_parallel_size
     if config.global_batch_size % per_step:
-        problems.append((
-            "global_batch_size",
-            f"{config.global_batch_size} must be a multiple of micro_batch_size * data-parallel size = "
-            f"{config.micro_batch_size}*{config.data_parallel_size} = {per_step}",
-        ))
+        problems.append(
+            (
+                "global_batch_size",
+                f"{config.global_batch_size} must be a multiple of micro_batch_size * data-parallel size = "
+                f"{config.micro_batch_size}*{config.data_parallel_size} = {per_step}",
+            )
+        )
     if p.context > 1 and config.seq_length % (2 * p.context):
-        problems.append(("seq_length", f"{config.seq_length} must be a multiple of 2 * parallelism.context = {2 * p.context}"))
+        problems.append(
+            ("seq_length", f"{config.seq_length} must be a multiple of 2 * parallelism.context = {2 * p.context}")
+        )
     if p.sequence_parallel and config.seq_length % p.tensor:
-        problems.append(("seq_length", f"{config.seq_length} must be a multiple of parallelism.tensor = {p.tensor} with sequence_parallel"))
+        problems.append(
+            (
+                "seq_length",
+                f"{config.seq_length} must be a multiple of parallelism.tensor = {p.tensor} with sequence_parallel",
+            )
+        )
     if config.warmup_steps >= config.max_steps:
         problems.append(("warmup_steps", f"{config.warmup_steps} must be below max_steps {config.max_steps}"))
     if config.val_check_interval > config.max_steps:
-        problems.append(("val_check_interval", f"{config.val_check_interval} exceeds max_steps {config.max_steps}: the run would never validate"))
+        problems.append(
+            (
+                "val_check_interval",
+                f"{config.val_check_interval} exceeds max_steps {config.max_steps}: the run would never validate",
+            )
+        )
     if config.min_learning_rate > config.learning_rate:
-        problems.append(("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}"))
+        problems.append(
+            ("min_learning_rate", f"{config.min_learning_rate} must not exceed learning_rate {config.learning_rate}")
+        )
     return problems
 
 
@@ -123,7 +156,9 @@ def with_nodes(config: FinetuneConfig, nodes: int | None, gpus_per_node: int | N
     update = {k: v for k, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node)) if v is not None}
     if not update:
         return config
-    return _checked(config.model_copy(update=update), f"{config.source} with " + ", ".join(f"{k}={v}" for k, v in update.items()))
+    return _checked(
+        config.model_copy(update=update), f"{config.source} with " + ", ".join(f"{k}={v}" for k, v in update.items())
+    )
 
 
 def with_max_steps(config: FinetuneConfig, max_steps: int) -> FinetuneConfig:

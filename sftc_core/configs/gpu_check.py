@@ -82,7 +82,9 @@ class GpuCheckConfig(Strict):
         total = sum(step.limit_s for step in self.steps.values())
         if total > self.total_limit_s:
             limits = " + ".join(f"{name} {step.limit_s:g}" for name, step in self.steps.items())
-            raise ValueError(f"the steps' limit_s add up to {total:g} s ({limits}), above total_limit_s {self.total_limit_s:g}: lower some")
+            raise ValueError(
+                f"the steps' limit_s add up to {total:g} s ({limits}), above total_limit_s {self.total_limit_s:g}: lower some"
+            )
         return self
 
 

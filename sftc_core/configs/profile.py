@@ -53,7 +53,9 @@ class DatesConfig(Strict):
         window, start_field = ("training", "train_start") if info.field_name == "train_end" else ("test", "test_start")
         start = info.data.get(start_field)
         if start is not None and value < start:
-            raise ValueError(f"the {window} window ends before it starts: {info.field_name} {value} < {start_field} {start}")
+            raise ValueError(
+                f"the {window} window ends before it starts: {info.field_name} {value} < {start_field} {start}"
+            )
         return value
 
     @field_validator("test_start")
@@ -173,7 +175,9 @@ class TrainingConfig(Strict):
     @classmethod
     def _adam_step(cls, value: float) -> float:
         if value >= 1:
-            raise ValueError(f"{value} is not a learning rate for AdamW (the step size in weight units); expected a value below 1, e.g. 3.0e-3")
+            raise ValueError(
+                f"{value} is not a learning rate for AdamW (the step size in weight units); expected a value below 1, e.g. 3.0e-3"
+            )
         return value
 
     @field_validator("warmup_steps")

@@ -68,8 +68,11 @@ def prompt_problems(prompt: PromptConfig) -> list[str]:
         except ValueError as exc:
             problems.append(f"prompt.{field} is not a format string ({exc}); a slot is {{name}}, a brace {{{{ or }}}}")
             continue
-        problems += [f"prompt.{field} has the slot {{{slot}}}, which nothing fills; its slots are {_slot_list(known)}"
-                     for slot in dict.fromkeys(slots[field]) if slot not in known]
+        problems += [
+            f"prompt.{field} has the slot {{{slot}}}, which nothing fills; its slots are {_slot_list(known)}"
+            for slot in dict.fromkeys(slots[field])
+            if slot not in known
+        ]
     in_template = slots.get("template", TEMPLATE_SLOTS)
     problems += [f"prompt.template must contain {{{slot}}}" for slot in TEMPLATE_SLOTS if slot not in in_template]
     carried = slots.get("input_template", PROMPT_SLOTS)
@@ -81,8 +84,10 @@ def prompt_problems(prompt: PromptConfig) -> list[str]:
                 f"it; add {{{slot}}} to prompt.input_template, or name it in prompt.omit_fields with the reason"
             )
         elif slot in carried and reason is not None:
-            problems.append(f"prompt.omit_fields says {{{slot}}} is left out ({reason!r}), but prompt.input_template "
-                            "carries it: drop one of the two")
+            problems.append(
+                f"prompt.omit_fields says {{{slot}}} is left out ({reason!r}), but prompt.input_template "
+                "carries it: drop one of the two"
+            )
     for slot, reason in prompt.omit_fields.items():
         if slot not in PROMPT_SLOTS:
             problems.append(f"prompt.omit_fields names {{{slot}}}, not one of {_slot_list(PROMPT_SLOTS)}")

@@ -21,8 +21,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--eval-csv", type=Path, required=True, help="an eval CSV, or a directory of them")
     parser.add_argument("--report", type=Path, required=True, help="directory for the report files")
-    parser.add_argument("--config", type=Path, help="scores, cost_bps, risk-free rate, bootstrap resamples, permutations, seed "
-                        "(default: configs/backtest_config.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="scores, cost_bps, risk-free rate, bootstrap resamples, permutations, seed "
+        "(default: configs/backtest_config.yaml)",
+    )
     add_force(parser)
     parser.set_defaults(func=run_backtest_command)
 
@@ -34,8 +38,15 @@ def run_backtest_command(args: argparse.Namespace, settings: Settings) -> int:
     config = load_backtest_config(args.config) if args.config else settings.backtest
     calendar = settings.prices.calendar
     with writing_output(args, [args.report], inputs=[args.eval_csv], option="--report") as stamp:
-        metrics = run_backtest(args.eval_csv, args.report, price_source_from_settings(settings), config, calendar, stamp,
-                               unseen_from=first_unseen(settings.profile, calendar))
+        metrics = run_backtest(
+            args.eval_csv,
+            args.report,
+            price_source_from_settings(settings),
+            config,
+            calendar,
+            stamp,
+            unseen_from=first_unseen(settings.profile, calendar),
+        )
     keys = ("cumulative_return", "cagr", "sharpe", "max_drawdown")
     summary = {
         "report": str(args.report),

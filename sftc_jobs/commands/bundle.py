@@ -28,7 +28,13 @@ def register(subparsers) -> None:
             "the value of EODHD_API_KEY or SFTC_EVAL_API_KEY is left out and named in the manifest."
         ),
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the archive to write: FILE.tar.gz, FILE.tgz or FILE.zip")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the archive to write: FILE.tar.gz, FILE.tgz or FILE.zip",
+    )
     add_force(parser)
     parser.set_defaults(func=run_bundle)
 
@@ -51,11 +57,17 @@ def run_manifests() -> list[dict] | None:
                 continue
             materialization = event.asset_materialization
             manifest = materialization.metadata.get("run_manifest")
-            rows.append({
-                "asset": asset, "partition": materialization.partition, "run_id": event.run_id,
-                "materialized_at": dt.datetime.fromtimestamp(event.timestamp, dt.timezone.utc).isoformat(timespec="seconds"),
-                "run_manifest": manifest.value if manifest is not None else None,
-            })
+            rows.append(
+                {
+                    "asset": asset,
+                    "partition": materialization.partition,
+                    "run_id": event.run_id,
+                    "materialized_at": dt.datetime.fromtimestamp(event.timestamp, dt.timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                    "run_manifest": manifest.value if manifest is not None else None,
+                }
+            )
         return rows
     finally:
         instance.dispose()
@@ -73,6 +85,16 @@ def run_bundle(args: argparse.Namespace, settings: Settings) -> int:
     for entry in manifest["left_out"]:
         print(f"sftc bundle: left out {entry['path']}: {entry['reason']}", file=sys.stderr)
     size = args.out.stat().st_size
-    print(json.dumps({"out": str(args.out), "bytes": size, "files": len(manifest["files"]), "left_out": len(manifest["left_out"]),
-                      "missing": manifest["missing"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "bytes": size,
+                "files": len(manifest["files"]),
+                "left_out": len(manifest["left_out"]),
+                "missing": manifest["missing"],
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -21,7 +21,12 @@ from sftc_core.text import markdown_table
 
 LAUNCHED_BY_TAG = "sftc/launched_by"
 # Assets whose files live under an ArtifactPaths attribute of another name.
-_ARTIFACT_ATTRIBUTE = {"thesis_jsonl": "jsonl", "eval_csv": "eval_dir", "backtest_report": "backtest", "validation_report": "reports"}
+_ARTIFACT_ATTRIBUTE = {
+    "thesis_jsonl": "jsonl",
+    "eval_csv": "eval_dir",
+    "backtest_report": "backtest",
+    "validation_report": "reports",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of them (hf_splits ... backtest_report) and whatever that makes stale.",
     )
     rerun.add_argument("--from", dest="first", required=True, metavar="YYYY-MM", help="first month of the window")
-    rerun.add_argument("--to", dest="last", required=True, metavar="YYYY-MM", help="last month of the window (inclusive)")
+    rerun.add_argument(
+        "--to", dest="last", required=True, metavar="YYYY-MM", help="last month of the window (inclusive)"
+    )
     rerun.set_defaults(func=_rerun)
 
 
@@ -77,7 +84,9 @@ def window_forced(chain, keys: list, months: list[str]) -> dict:
             if in_window:
                 forced[key] = in_window
     if not forced:
-        raise ValueError(f"--from {months[0]} --to {months[-1]}: no monthly partition of this profile lies in that window")
+        raise ValueError(
+            f"--from {months[0]} --to {months[-1]}: no monthly partition of this profile lies in that window"
+        )
     downstream, grown = set(forced), True
     while grown:  # every asset reading one already affected
         grown = False
@@ -134,7 +143,13 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
     for run in result.runs:
         for key in run.keys:
             span = f" {run.partition_range[0]}..{run.partition_range[1]}" if run.partition_range else ""
-            what = "materialized" if key in run.materialized else "FAILED" if key.to_user_string() == run.failed_asset else "not reached"
+            what = (
+                "materialized"
+                if key in run.materialized
+                else "FAILED"
+                if key.to_user_string() == run.failed_asset
+                else "not reached"
+            )
             done.setdefault(key, []).append(what + span)
     rows = []
     evaluations_of_run: dict[str, list] = {}
@@ -146,7 +161,9 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
         partitions_def = assets[key].partitions_def
         partitions = []
         if partitions_def is not None:
-            status = instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def) or {}  # None: never materialized
+            status = (
+                instance.get_status_by_partition(key, partitions_def.get_partition_keys(), partitions_def) or {}
+            )  # None: never materialized
             partitions = sorted(p for p, s in status.items() if s == dg.AssetPartitionStatus.MATERIALIZED)
         checks = ""
         if latest is not None:
@@ -159,7 +176,11 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
                 "this run": this_pass,
                 "partitions": f"{len(partitions)} ({partitions[0]}..{partitions[-1]})" if partitions else "",
                 "checks": checks,
-                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if latest else "never",
+                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime(
+                    "%Y-%m-%d %H:%M"
+                )
+                if latest
+                else "never",
                 "files": _artifact_location(asset, metadata, paths),
             }
         )
@@ -176,8 +197,12 @@ def _materialize(args: argparse.Namespace, settings: Settings, forced_for) -> in
 
     log_file = getattr(args, "log_file", None)
     say = logging.getLogger("sftc.run")
-    print(f"sftc {args.command}: {settings.profile_name} profile, data in {_shown_path(settings.data_dir)}"
-          + (f"; Dagster's event stream and details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr, flush=True)
+    print(
+        f"sftc {args.command}: {settings.profile_name} profile, data in {_shown_path(settings.data_dir)}"
+        + (f"; Dagster's event stream and details: {_shown_path(log_file)}" if log_file else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     with reserved_terminal(log_file, say, verbose=args.verbose):
         chain = Chain.of(build_definitions(settings), settings)
         instance = open_instance()
@@ -194,7 +219,10 @@ def _materialize(args: argparse.Namespace, settings: Settings, forced_for) -> in
     print(f"Dagster instance: {_shown_path(Path(os.environ['DAGSTER_HOME']))} (`make ui` shows these runs)")
     if not result.success:
         failed = result.failed_run
-        print(f"\n{failed.failure}\n  run {failed.run_id}" + (f"; details: {_shown_path(log_file)}" if log_file else ""), file=sys.stderr)
+        print(
+            f"\n{failed.failure}\n  run {failed.run_id}" + (f"; details: {_shown_path(log_file)}" if log_file else ""),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

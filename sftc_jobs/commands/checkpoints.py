@@ -83,7 +83,9 @@ def _convert_fp8(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
 
     with writing_output(args, [args.output], inputs=[args.source]) as stamp:
-        summary = convert_fp8_checkpoint(args.source, args.output, device=args.device, progress=not args.no_progress, stamp=stamp)
+        summary = convert_fp8_checkpoint(
+            args.source, args.output, device=args.device, progress=not args.no_progress, stamp=stamp
+        )
     print(json.dumps({k: v for k, v in summary.items() if k != "shard_sha256"}, indent=2))
     return 0
 
@@ -93,10 +95,23 @@ def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.training.preflight import run_preflight
     from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks
 
-    report = run_preflight(settings, require_gpu=settings.profile_name == "full", check_nemo=not args.no_nemo, launch_checks=gpu_plan_launch_checks)
+    report = run_preflight(
+        settings,
+        require_gpu=settings.profile_name == "full",
+        check_nemo=not args.no_nemo,
+        launch_checks=gpu_plan_launch_checks,
+    )
     estimate = gpu_run_estimate(settings, plan=report.plan)
     if args.json:
-        print(json.dumps({**report.as_dict(), "gpu_plan": {"estimate": estimate.as_dict() if estimate else None}}, indent=2))
+        print(
+            json.dumps(
+                {**report.as_dict(), "gpu_plan": {"estimate": estimate.as_dict() if estimate else None}}, indent=2
+            )
+        )
     else:
-        print(report.table(f"What the GPU run will cost (configs/nemo/finetune.yaml, rates in configs/cluster.yaml):\n{estimate_text(estimate, '  ')}"))
+        print(
+            report.table(
+                f"What the GPU run will cost (configs/nemo/finetune.yaml, rates in configs/cluster.yaml):\n{estimate_text(estimate, '  ')}"
+            )
+        )
     return 0 if report.ready else 1

@@ -20,7 +20,9 @@ def _months(text: str) -> list[str]:
     months = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in months if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", m)]
     if bad or not months:
-        raise argparse.ArgumentTypeError(f"expected months written YYYY-MM, comma-separated (e.g. 2012-09,2012-10), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected months written YYYY-MM, comma-separated (e.g. 2012-09,2012-10), got {text!r}"
+        )
     return months
 
 
@@ -32,7 +34,9 @@ def _positive(text: str) -> int:
 
 def _url(text: str) -> str:
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
-        raise argparse.ArgumentTypeError(f"expected the server's URL, e.g. http://127.0.0.1:8000 (with or without /v1), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected the server's URL, e.g. http://127.0.0.1:8000 (with or without /v1), got {text!r}"
+        )
     return text
 
 
@@ -48,19 +52,49 @@ def register(subparsers) -> None:
     parser.add_argument("--model", type=Path, help="fine-tuned HF checkpoint (default: <data dir>/models/sft)")
     parser.add_argument("--dataset", type=Path, help="hf_splits DatasetDict directory (default: <data dir>/hf_splits)")
     parser.add_argument("--results", type=Path, help="eval CSV to write (required unless --dry-run)")
-    parser.add_argument("--endpoint", type=_url, help="an OpenAI-compatible server already running (default: the profile's evaluation.endpoint)")
-    parser.add_argument("--server", choices=SERVERS, help="the server to start without an endpoint; none = in-process generate, "
-                        "the fallback (default: the profile's evaluation.server)")
-    parser.add_argument("--served-model", help="model name to request when the endpoint serves several (GET /v1/models)")
-    parser.add_argument("--concurrency", type=_positive, help="requests in flight (default: the profile's evaluation.concurrency)")
+    parser.add_argument(
+        "--endpoint",
+        type=_url,
+        help="an OpenAI-compatible server already running (default: the profile's evaluation.endpoint)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        help="the server to start without an endpoint; none = in-process generate, "
+        "the fallback (default: the profile's evaluation.server)",
+    )
+    parser.add_argument(
+        "--served-model", help="model name to request when the endpoint serves several (GET /v1/models)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive, help="requests in flight (default: the profile's evaluation.concurrency)"
+    )
     parser.add_argument("--max-samples", type=_positive, help="evaluate only the first N test theses (in CSV order)")
-    parser.add_argument("--batch-size", type=_positive, help="batch size of --server none (default: the profile's evaluation.batch_size)")
-    parser.add_argument("--max-new-tokens", type=_positive, help="max_tokens of each answer (default: the profile's evaluation.max_new_tokens)")
-    parser.add_argument("--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10")
-    parser.add_argument("--device", default="auto", help="where a local server or --server none runs: auto (CUDA "
-                        "when present, else this CPU for a checkpoint within the profile's CPU limit), cpu, cuda, "
-                        "cuda:N")
-    parser.add_argument("--dry-run", action="store_true", help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        help="batch size of --server none (default: the profile's evaluation.batch_size)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        help="max_tokens of each answer (default: the profile's evaluation.max_new_tokens)",
+    )
+    parser.add_argument(
+        "--months", type=_months, help="only theses with as_of_date in these months, e.g. 2012-09,2012-10"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where a local server or --server none runs: auto (CUDA "
+        "when present, else this CPU for a checkpoint within the profile's CPU limit), cpu, cuda, "
+        "cuda:N",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the serving plan (engine, weights, parallelism, nodes, commands) and exit",
+    )
     add_force(parser)
     parser.set_defaults(func=run_evaluate)
 
@@ -117,19 +151,45 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     staging = args.results.with_name(f".{args.results.name}.staging.jsonl")
     with writing_output(args, [args.results], inputs=[model_dir, dataset], option="--results") as stamp:
         try:
-            answering = open_answers(settings, server=server, endpoint=endpoint, model_dir=model_dir, device=device,
-                                     max_new_tokens=args.max_new_tokens or evaluation.max_new_tokens,
-                                     batch_size=args.batch_size or evaluation.batch_size, concurrency=args.concurrency or evaluation.concurrency,
-                                     served_model=args.served_model or evaluation.served_model)
+            answering = open_answers(
+                settings,
+                server=server,
+                endpoint=endpoint,
+                model_dir=model_dir,
+                device=device,
+                max_new_tokens=args.max_new_tokens or evaluation.max_new_tokens,
+                batch_size=args.batch_size or evaluation.batch_size,
+                concurrency=args.concurrency or evaluation.concurrency,
+                served_model=args.served_model or evaluation.served_model,
+            )
             with answering as answers, reporting("evaluate", "row") as report:
-                frame = evaluate_to_csv(records, answers, price_source_from_settings(settings), settings.sft, args.results,
-                                        staging=staging, calendar=settings.prices.calendar,
-                                        on_progress=lambda done, total, resumed: report(done, total, initial=resumed), stamp=stamp)
+                frame = evaluate_to_csv(
+                    records,
+                    answers,
+                    price_source_from_settings(settings),
+                    settings.sft,
+                    args.results,
+                    staging=staging,
+                    calendar=settings.prices.calendar,
+                    on_progress=lambda done, total, resumed: report(done, total, initial=resumed),
+                    stamp=stamp,
+                )
         except (EndpointError, ServerError) as exc:
-            raise RuntimeError(f"{exc}; the answers received are staged in {staging}: the same command resumes") from exc
+            raise RuntimeError(
+                f"{exc}; the answers received are staged in {staging}: the same command resumes"
+            ) from exc
     figures = classification_metrics(frame["true_action"].to_numpy(object), frame["predicted_action"].to_numpy(object))
     summary = {k: figures[k] for k in ("rows", "parse_rate", "accuracy", "mcc")}
     answered_by = {k: answers.about[k] for k in ("engine", "engine_version") if k in answers.about}
-    print(json.dumps({"results": str(args.results), **summary, "return_status": frame["return_status"].value_counts().to_dict(),
-                      "answered_by": answered_by}, indent=2))
+    print(
+        json.dumps(
+            {
+                "results": str(args.results),
+                **summary,
+                "return_status": frame["return_status"].value_counts().to_dict(),
+                "answered_by": answered_by,
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -36,8 +36,14 @@ def register(subparsers) -> None:
             "model and data, whatever SFTC_PROFILE says."
         ),
     )
-    parser.add_argument("--dry-run", action="store_true", help="list the steps, their expected results and time limits, and what this node lacks; run nothing")
-    parser.add_argument("--only", type=_names, metavar="STEP,...", help="run only these steps (names as --dry-run lists them)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the steps, their expected results and time limits, and what this node lacks; run nothing",
+    )
+    parser.add_argument(
+        "--only", type=_names, metavar="STEP,...", help="run only these steps (names as --dry-run lists them)"
+    )
     parser.add_argument("--skip", type=_names, metavar="STEP,...", help="leave these steps out")
     parser.add_argument("--json", action="store_true", help="print the report (or the dry run's plan) as JSON")
     # One step in this process: how the check runs each step in a child of its own.
@@ -50,7 +56,18 @@ def register(subparsers) -> None:
 
 def _step_argv(work_dir: Path) -> Callable[[str, Path], list[str]]:
     def argv(name: str, result: Path) -> list[str]:
-        return [sys.executable, "-m", "sftc_jobs.cli", "gpu-check", "--step", name, "--work-dir", str(work_dir), "--result", str(result)]
+        return [
+            sys.executable,
+            "-m",
+            "sftc_jobs.cli",
+            "gpu-check",
+            "--step",
+            name,
+            "--work-dir",
+            str(work_dir),
+            "--result",
+            str(result),
+        ]
 
     return argv
 
@@ -72,7 +89,11 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
     md, js = reports / "gpu_check.md", reports / "gpu_check.json"
 
     def show(outcome) -> None:
-        print(f"{outcome.name}: {outcome.status} in {outcome.seconds:g} s of {outcome.limit_s:g}: {outcome.figure}", file=sys.stderr, flush=True)
+        print(
+            f"{outcome.name}: {outcome.status} in {outcome.seconds:g} s of {outcome.limit_s:g}: {outcome.figure}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with writing_output(args, [md, js, work], option="gpu-check's output") as stamp:
         shutil.rmtree(work, ignore_errors=True)  # the last check's scratch (its marker says sftc wrote it)
@@ -81,16 +102,22 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
         outcomes = gpu_check.run_steps(steps, settings.gpu_check, work, _step_argv(work), on_outcome=show)
         stamp(work, work)
         report = gpu_check.build_report(
-            outcomes, config=settings.gpu_check, environment=gpu_check.gpu_environment(settings, outcomes), git=git_state(),
-            generated_at=dt.datetime.now(dt.timezone.utc), seconds=time.monotonic() - started,
+            outcomes,
+            config=settings.gpu_check,
+            environment=gpu_check.gpu_environment(settings, outcomes),
+            git=git_state(),
+            generated_at=dt.datetime.now(dt.timezone.utc),
+            seconds=time.monotonic() - started,
         )
         gpu_check.write_report(report, reports, stamp)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         counts = report["counts"]
-        print(f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: {counts['PASS']} passed, {counts['FAIL']} failed, "
-              f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})")
+        print(
+            f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: {counts['PASS']} passed, {counts['FAIL']} failed, "
+            f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})"
+        )
     return 0 if report["passed"] else 1
 
 
@@ -115,4 +142,3 @@ def _one_step(args: argparse.Namespace, settings: Settings) -> int:
     stop_on_sigterm()
     run_step_here(args.step, StepContext(toy, args.work_dir, execute), args.result)
     return 0
-

@@ -22,8 +22,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", type=Path, help="BF16 HF checkpoint (default: <data dir>/checkpoints/bf16)")
     parser.add_argument("--output", type=Path, help="NeMo checkpoint directory (default: <data dir>/checkpoints/nemo)")
-    parser.add_argument("--config", type=Path, help="NeMo fine-tune config, for nemo_python (default: configs/nemo/finetune.yaml)")
-    parser.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; NeMo is not imported")
+    parser.add_argument(
+        "--config", type=Path, help="NeMo fine-tune config, for nemo_python (default: configs/nemo/finetune.yaml)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the inputs and print the plan; NeMo is not imported"
+    )
     add_force(parser)
     parser.set_defaults(func=run_import_nemo)
 
@@ -48,4 +52,3 @@ def run_import_nemo(args: argparse.Namespace, settings: Settings) -> int:
             stamp(output, output)  # the NeMo process wrote it (atomically); marked once it is there
     print(json.dumps(result if result is not None else {"output": str(output)}, indent=2))
     return 0
-

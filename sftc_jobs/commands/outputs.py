@@ -21,11 +21,19 @@ def add_force(parser: argparse.ArgumentParser) -> None:
 def command_stamp(args: argparse.Namespace) -> Stamp:
     """The marker's writer is the command; its config hash that of the options it was given (paths aside:
     where the files are is not how they were made)."""
-    options = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("func", "force", "verbose") and not isinstance(v, Path)}
+    options = {
+        k: str(v)
+        for k, v in sorted(vars(args).items())
+        if k not in ("func", "force", "verbose") and not isinstance(v, Path)
+    }
     return Stamp(f"sftc {args.command}", hashlib.sha256(json.dumps(options).encode()).hexdigest()[:12])
 
 
 @contextlib.contextmanager
-def writing_output(args: argparse.Namespace, outputs: Sequence[Path], inputs: Iterable[Path | None] = (), option: str = "--output") -> Iterator[Stamp]:
-    with artifacts.writing(outputs, command_stamp(args), inputs=inputs, force=getattr(args, "force", False), option=option) as stamp:
+def writing_output(
+    args: argparse.Namespace, outputs: Sequence[Path], inputs: Iterable[Path | None] = (), option: str = "--output"
+) -> Iterator[Stamp]:
+    with artifacts.writing(
+        outputs, command_stamp(args), inputs=inputs, force=getattr(args, "force", False), option=option
+    ) as stamp:
         yield stamp

@@ -21,12 +21,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "TEST_START_DATE and the profile's test end. Records whose label window reaches a later split are purged, then "
         "the embargo is dropped before each later split. Exit 2 on bad input or a split that would come out empty.",
     )
-    build.add_argument("--jsonl", required=True, type=Path, help="a records JSONL file, or a directory of monthly *.jsonl")
+    build.add_argument(
+        "--jsonl", required=True, type=Path, help="a records JSONL file, or a directory of monthly *.jsonl"
+    )
     build.add_argument("--out-dir", required=True, type=Path, help="where the DatasetDict goes (replaced whole)")
-    build.add_argument("--validation-days", type=int, help="split by days: validation = the N days before the test days")
+    build.add_argument(
+        "--validation-days", type=int, help="split by days: validation = the N days before the test days"
+    )
     build.add_argument("--test-days", type=int, help="split by days: test = the last N days of the data")
-    build.add_argument("--embargo-days", type=int, help="calendar days dropped before each later split (default: sft_config splits.embargo_days)")
-    build.add_argument("--min-samples", type=int, help="fewest records a split may have (default: sft_config splits.min_samples)")
+    build.add_argument(
+        "--embargo-days",
+        type=int,
+        help="calendar days dropped before each later split (default: sft_config splits.embargo_days)",
+    )
+    build.add_argument(
+        "--min-samples", type=int, help="fewest records a split may have (default: sft_config splits.min_samples)"
+    )
     add_force(build)
     build.set_defaults(func=_build_dataset)
 
@@ -41,8 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--output-dir", required=True, type=Path, help="where the JSONL files go (replaced whole)")
     export.add_argument("--max-samples", type=int, help="at most N lines per split (the first N in time order)")
     tokenizer = export.add_mutually_exclusive_group()
-    tokenizer.add_argument("--tokenizer", type=Path, help="a local tokenizer directory: report token lengths and truncations")
-    tokenizer.add_argument("--skip-tokenizer", action="store_true", help="no token statistics (the default without --tokenizer)")
+    tokenizer.add_argument(
+        "--tokenizer", type=Path, help="a local tokenizer directory: report token lengths and truncations"
+    )
+    tokenizer.add_argument(
+        "--skip-tokenizer", action="store_true", help="no token statistics (the default without --tokenizer)"
+    )
     add_force(export)
     export.set_defaults(func=_export_nemo)
 
@@ -77,7 +91,16 @@ def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
 def _export_nemo(args: argparse.Namespace, settings: Settings) -> int:
     from sftc_assets.sft_data.nemo_export import export_nemo
 
-    with writing_output(args, [args.output_dir], inputs=[args.dataset_dir, args.tokenizer], option="--output-dir") as stamp:
-        summary = export_nemo(args.dataset_dir, args.output_dir, settings.sft, max_samples=args.max_samples, tokenizer_path=args.tokenizer, stamp=stamp)
+    with writing_output(
+        args, [args.output_dir], inputs=[args.dataset_dir, args.tokenizer], option="--output-dir"
+    ) as stamp:
+        summary = export_nemo(
+            args.dataset_dir,
+            args.output_dir,
+            settings.sft,
+            max_samples=args.max_samples,
+            tokenizer_path=args.tokenizer,
+            stamp=stamp,
+        )
     print(json.dumps({k: summary[k] for k in ("counts", "token_stats")}, indent=2))
     return 0

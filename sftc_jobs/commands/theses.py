@@ -55,10 +55,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Whole months from --start's to --end's; defaults from the profile's corpus settings. "
         "Deterministic: the same options give byte-identical files.",
     )
-    sample.add_argument("--out", required=True, type=Path, help="output root (each month's directory is replaced whole)")
-    sample.add_argument("--tickers", type=lambda text: [t.strip().upper() for t in text.split(",") if t.strip()], help="comma-separated, e.g. AAPL,MSFT,IBM,GOOG")
-    sample.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2009, 1, 1), help="first date YYYY-MM-DD (its whole month)")
-    sample.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2012, 12, 31), help="last date YYYY-MM-DD (its whole month)")
+    sample.add_argument(
+        "--out", required=True, type=Path, help="output root (each month's directory is replaced whole)"
+    )
+    sample.add_argument(
+        "--tickers",
+        type=lambda text: [t.strip().upper() for t in text.split(",") if t.strip()],
+        help="comma-separated, e.g. AAPL,MSFT,IBM,GOOG",
+    )
+    sample.add_argument(
+        "--start",
+        type=dt.date.fromisoformat,
+        default=dt.date(2009, 1, 1),
+        help="first date YYYY-MM-DD (its whole month)",
+    )
+    sample.add_argument(
+        "--end",
+        type=dt.date.fromisoformat,
+        default=dt.date(2012, 12, 31),
+        help="last date YYYY-MM-DD (its whole month)",
+    )
     sample.add_argument("--per-month", type=int, help="theses per ticker and month")
     sample.add_argument("--seed", type=int)
     add_force(sample)
@@ -74,9 +90,15 @@ def make_sample_corpus(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {"tickers": args.tickers, "per_month": args.per_month, "seed": args.seed}
     config = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if not config.tickers or config.per_month < 1:
-        raise ValueError(f"make-sample-corpus needs --tickers and --per-month >= 1 (the {settings.profile_name} profile has none)")
+        raise ValueError(
+            f"make-sample-corpus needs --tickers and --per-month >= 1 (the {settings.profile_name} profile has none)"
+        )
     first, last = f"{args.start:%Y-%m}", f"{args.end:%Y-%m}"
-    with writing_output(args, [month_dir(args.out, month) for month in months_between(first, last)], option="--out") as stamp:
+    with writing_output(
+        args, [month_dir(args.out, month) for month in months_between(first, last)], option="--out"
+    ) as stamp:
         result = write_sample_corpus(args.out, first, last, config, stamp)
-    print(f"{result['theses']} theses in {result['files']} files over {result['months']} months -> {args.out} (actions: {result['actions']})")
+    print(
+        f"{result['theses']} theses in {result['files']} files over {result['months']} months -> {args.out} (actions: {result['actions']})"
+    )
     return 0

@@ -28,27 +28,69 @@ def register(subparsers) -> None:
             "where Slurm or Kubernetes is); TRAIN_BACKEND picks the default backend."
         ),
     )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="SFT config (special tokens, max_seq_length; default: configs/sft_config.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="SFT config (special tokens, max_seq_length; default: configs/sft_config.yaml)",
+    )
     parser.add_argument("--output", type=Path, metavar="DIR", help="output directory (default: <data dir>/models/sft)")
-    parser.add_argument("--backend", choices=("hf", "nemo"), help="training backend (default: TRAIN_BACKEND, else the profile's)")
-    parser.add_argument("--model", type=Path, metavar="DIR", help="BF16 HF checkpoint to start from (default: <data dir>/checkpoints/bf16)")
-    parser.add_argument("--data", type=Path, metavar="DIR", help="directory with training.jsonl and validation.jsonl (default: <data dir>/nemo_jsonl)")
+    parser.add_argument(
+        "--backend", choices=("hf", "nemo"), help="training backend (default: TRAIN_BACKEND, else the profile's)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="BF16 HF checkpoint to start from (default: <data dir>/checkpoints/bf16)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="directory with training.jsonl and validation.jsonl (default: <data dir>/nemo_jsonl)",
+    )
     parser.add_argument("--max-steps", type=int, metavar="N", help="override the profile's training.max_steps")
-    parser.add_argument("--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node")
-    parser.add_argument("--resume", action="store_true", help="in one process here: continue the interrupted run (.OUTPUT.partial), else from "
-                        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)")
+    parser.add_argument(
+        "--smoke-test", action="store_true", help="10 steps on a few samples: proves the path on a new node"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="in one process here: continue the interrupted run (.OUTPUT.partial), else from "
+        "OUTPUT's latest checkpoint (a launched job always resumes an interrupted run of the same settings and inputs)",
+    )
     parser.add_argument("--device", default="auto", help="hf backend: auto (CUDA when present), cpu, cuda, cuda:N")
-    parser.add_argument("--launcher", choices=("local", "slurm", "k8s"), help="how the job starts (default: the profile's launch.launcher)")
-    parser.add_argument("--nodes", type=int, metavar="N", help="nodes of the job (default: the profile's; nemo: configs/nemo/finetune.yaml)")
-    parser.add_argument("--procs-per-node", type=int, metavar="P", help="torchrun processes per node (nemo: GPUs per node)")
-    parser.add_argument("--dry-run", action="store_true", help="print the launch plan (sbatch script, JobSet manifest, per-node command) and, for the "
-                        "NeMo backend, what the run will cost (GPU-hours, wall-clock hours, money per phase); start nothing")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "k8s"),
+        help="how the job starts (default: the profile's launch.launcher)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="nodes of the job (default: the profile's; nemo: configs/nemo/finetune.yaml)",
+    )
+    parser.add_argument(
+        "--procs-per-node", type=int, metavar="P", help="torchrun processes per node (nemo: GPUs per node)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the launch plan (sbatch script, JobSet manifest, per-node command) and, for the "
+        "NeMo backend, what the run will cost (GPU-hours, wall-clock hours, money per phase); start nothing",
+    )
     add_force(parser)
     parser.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    for flag, value in (("--max-steps", args.max_steps), ("--nodes", args.nodes), ("--procs-per-node", args.procs_per_node)):
+    for flag, value in (
+        ("--max-steps", args.max_steps),
+        ("--nodes", args.nodes),
+        ("--procs-per-node", args.procs_per_node),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
     if args.config:
@@ -70,7 +112,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         return _launch_hf(args, settings, model, data, output, launcher, nodes, procs, stamp)
 
 
-def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
+def _train_here(
+    args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp
+) -> int:
     import logging
 
     from sftc_assets.training.hf_backend import (  # torch and transformers load only for training
@@ -80,14 +124,26 @@ def _train_here(args: argparse.Namespace, settings: Settings, model: Path, data:
 
     with training_progress(logging.getLogger("sftc.training").info) as progress:
         result = run_training(
-            model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
-            max_steps=args.max_steps, smoke_test=args.smoke_test, resume=args.resume, device=args.device, stamp=stamp, on_step=progress,
+            model,
+            data,
+            output,
+            settings.profile.training,
+            settings.sft,
+            settings.profile.evaluation,
+            max_steps=args.max_steps,
+            smoke_test=args.smoke_test,
+            resume=args.resume,
+            device=args.device,
+            stamp=stamp,
+            on_step=progress,
         )
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
 
 
-def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, launcher: str, nodes: int, procs: int, stamp: Stamp) -> int:
+def _launch_hf(
+    args, settings: Settings, model: Path, data: Path, output: Path, launcher: str, nodes: int, procs: int, stamp: Stamp
+) -> int:
     """The fine-tune as a job: every rank trains beside OUTPUT (resuming there), rank 0 swaps the finished run in."""
     from sftc_assets.training import hf_launch
     from sftc_platform.launchers import jobs
@@ -96,9 +152,20 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
     launch = Launch.from_settings(settings, launcher)
     gpus = settings.profile.launch.gpus_per_node if args.device != "cpu" else 0
     step = hf_launch.training_step(
-        model, data, output, settings.profile.training, settings.sft, settings.profile.evaluation,
-        nodes=nodes, procs_per_node=procs, gpus_per_node=gpus, max_steps=args.max_steps, smoke_test=args.smoke_test,
-        device=args.device, stamp=stamp, write=not args.dry_run,
+        model,
+        data,
+        output,
+        settings.profile.training,
+        settings.sft,
+        settings.profile.evaluation,
+        nodes=nodes,
+        procs_per_node=procs,
+        gpus_per_node=gpus,
+        max_steps=args.max_steps,
+        smoke_test=args.smoke_test,
+        device=args.device,
+        stamp=stamp,
+        write=not args.dry_run,
     )
     if args.dry_run:
         print(jobs.plan_text([step], launch))
@@ -111,8 +178,9 @@ def _launch_hf(args, settings: Settings, model: Path, data: Path, output: Path, 
     return 0
 
 
-
-def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp) -> int:
+def _train_nemo(
+    args: argparse.Namespace, settings: Settings, model: Path, data: Path, output: Path, stamp: Stamp
+) -> int:
     """The NeMo backend: fine-tune on every node, then merge and export, in NeMo's own environment."""
     from sftc_assets.training import nemo_runner
     from sftc_platform.launchers import jobs
@@ -125,7 +193,9 @@ def _train_nemo(args: argparse.Namespace, settings: Settings, model: Path, data:
         from sftc_assets.training.estimate import estimate_text, gpu_run_estimate
 
         print(jobs.plan_text(steps, launch))
-        print(f"# --- what this GPU run will cost (the rates: configs/cluster.yaml, estimate:) ---\n{estimate_text(gpu_run_estimate(settings, config), '# ')}")
+        print(
+            f"# --- what this GPU run will cost (the rates: configs/cluster.yaml, estimate:) ---\n{estimate_text(gpu_run_estimate(settings, config), '# ')}"
+        )
         return 0
     jobs.refuse_unlaunchable(steps, launch)
     if launch.launcher == "local":

@@ -74,7 +74,9 @@ def refuse_unlaunchable(steps: list[EntryStep], launch: Launch) -> None:
     """Fail before any work on a shape the launcher cannot start (the local launcher has one node)."""
     for step in steps:
         if launch.launcher == "local" and step.nodes > 1:
-            raise LaunchError(f"{step.name}: the local launcher runs one node, the step asks for {step.nodes}; use --launcher slurm or k8s")
+            raise LaunchError(
+                f"{step.name}: the local launcher runs one node, the step asks for {step.nodes}; use --launcher slurm or k8s"
+            )
 
 
 def start(step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str] | None = None) -> Job:
@@ -94,7 +96,10 @@ def start(step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str] | 
 
 
 def watch(
-    job: Job, on_output: Callable[[str], None], poll_seconds: float, on_poll: Callable[[], None] | None = None,
+    job: Job,
+    on_output: Callable[[str], None],
+    poll_seconds: float,
+    on_poll: Callable[[], None] | None = None,
     on_status: Callable[[JobStatus], None] | None = None,
 ) -> JobStatus:
     """Poll until the job ends, handing each status to `on_status` and each new piece of its log to `on_output` (and
@@ -121,7 +126,11 @@ def watch(
 
 
 def poll_seconds(launch: Launch) -> float:
-    return {"local": LOCAL_POLL_SECONDS, "slurm": launch.cluster.slurm.poll_seconds, "k8s": launch.cluster.kubernetes.poll_seconds}[launch.launcher]
+    return {
+        "local": LOCAL_POLL_SECONDS,
+        "slurm": launch.cluster.slurm.poll_seconds,
+        "k8s": launch.cluster.kubernetes.poll_seconds,
+    }[launch.launcher]
 
 
 def to_stderr(text: str) -> None:
@@ -203,8 +212,13 @@ def admit(step: EntryStep, launch: Launch, job_dir: Path, on_line: Callable[[str
 
 
 def run(
-    step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr, env: dict[str, str] | None = None, job_dir: Path | None = None,
-    on_poll: Callable[[], None] | None = None, on_line: Callable[[str], None] | None = None,
+    step: EntryStep,
+    launch: Launch,
+    on_output: Callable[[str], None] = to_stderr,
+    env: dict[str, str] | None = None,
+    job_dir: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> JobOutcome:
     """Ask the cluster, submit the step, watch it to its end; a job that could not start or did not succeed
     raises LaunchError naming it. `on_line` gets what the log gets of its start (a Dagster run's log)."""
@@ -215,8 +229,12 @@ def run(
 
 
 def follow(
-    job: Job, step: EntryStep, launch: Launch, on_output: Callable[[str], None] = to_stderr,
-    on_poll: Callable[[], None] | None = None, on_line: Callable[[str], None] | None = None,
+    job: Job,
+    step: EntryStep,
+    launch: Launch,
+    on_output: Callable[[str], None] = to_stderr,
+    on_poll: Callable[[], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> JobOutcome:
     """Watch a submitted job to its end, saying how it comes to start (Startup); its job dir holds its log."""
     startup = Startup(job, step, launch, on_line)
@@ -271,7 +289,11 @@ def render_plan(step: EntryStep, launch: Launch, job_dir: Path | None = None) ->
         from sftc_platform.launchers.k8s import jobset_name, render_jobset
 
         plan["manifest"] = render_jobset(step, launch, jobset_name(step, "plan"))
-        plan["per_node_command"] = shell_line(plan["manifest"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["command"])
+        plan["per_node_command"] = shell_line(
+            plan["manifest"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+                "command"
+            ]
+        )
     return plan
 
 

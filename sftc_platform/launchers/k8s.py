@@ -49,7 +49,9 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     kube = launch.cluster.kubernetes
     image = kube.images.get(step.environment)
     if not image:
-        raise LaunchError(f"configs/cluster.yaml: field 'kubernetes.images.{step.environment}' is not set; the {step.name} step needs an image for its environment")
+        raise LaunchError(
+            f"configs/cluster.yaml: field 'kubernetes.images.{step.environment}' is not set; the {step.name} step needs an image for its environment"
+        )
     pool = k8s_config("gpu" if step.gpus_per_node else "cpu", launch.cluster)
     resources = {kind: dict(values) for kind, values in pool["container_config"]["resources"].items()}
     for kind in ("requests", "limits"):
@@ -60,7 +62,13 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     # the data volume is mounted at data_mount_path: paths under the data dir are handed over as the pods see them
     in_pod = replace(step, args=tuple(arg.replace(str(launch.data_dir), kube.data_mount_path) for arg in step.args))
     command = torchrun_argv(in_pod, "python", head, name) if step.distributed else single_argv(in_pod, "python")
-    variables = {**launch.job_env(step), "SFTC_LAUNCHER": "k8s", "PYTHONPATH": "/app", "SFTC_DATA_DIR": kube.data_mount_path, **(env or {})}
+    variables = {
+        **launch.job_env(step),
+        "SFTC_LAUNCHER": "k8s",
+        "PYTHONPATH": "/app",
+        "SFTC_DATA_DIR": kube.data_mount_path,
+        **(env or {}),
+    }
     pod_spec = {
         "restartPolicy": "Never",
         "subdomain": name,
@@ -79,7 +87,10 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
                 "env": [{"name": key, "value": value} for key, value in variables.items()],
                 "ports": [{"containerPort": kube.rendezvous_port, "name": "rendezvous"}],
                 "resources": resources,
-                "volumeMounts": [{"name": "data", "mountPath": kube.data_mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": kube.data_mount_path},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
             }
         ],
     }
@@ -88,7 +99,11 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": name, "namespace": kube.namespace, "labels": {"app.kubernetes.io/managed-by": "sftc", "sftc.dev/step": step.name}},
+        "metadata": {
+            "name": name,
+            "namespace": kube.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "sftc", "sftc.dev/step": step.name},
+        },
         "spec": {
             # a failed pod fails the JobSet: the retry (Dagster's) resumes from the last checkpoint
             "failurePolicy": {"maxRestarts": 0},
@@ -224,12 +239,16 @@ def load_kube_config() -> str:
 
 def status_of(jobset: dict) -> JobStatus:
     """The JobSet's state from its status conditions (Completed / Failed / Suspended), else running."""
-    conditions = {c.get("type"): c for c in (jobset.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    conditions = {
+        c.get("type"): c for c in (jobset.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+    }
     if "Completed" in conditions:
         return JobStatus("Completed", done=True, ok=True)
     if "Failed" in conditions:
         failed = conditions["Failed"]
-        return JobStatus("Failed", done=True, reason=f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": "))
+        return JobStatus(
+            "Failed", done=True, reason=f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
+        )
     if "Suspended" in conditions:
         return JobStatus("Suspended")
     return JobStatus("Running")
@@ -313,7 +332,12 @@ class K8sJob:
         return new
 
     def hosts(self) -> list[str]:
-        return [f"{self.name}-{REPLICATED_JOB}-0-{i}.{self.name}" for i in range(self.manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"])]
+        return [
+            f"{self.name}-{REPLICATED_JOB}-0-{i}.{self.name}"
+            for i in range(self.manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"])
+        ]
 
     def cancel(self) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, propagation_policy="Foreground")
+        self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, propagation_policy="Foreground"
+        )

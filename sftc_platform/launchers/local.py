@@ -15,7 +15,17 @@ def local_argv(step: EntryStep, python: str) -> list[str]:
     """The command on this node (one node: a multi-node step is refused before, by jobs.refuse_unlaunchable)."""
     if not step.distributed:
         return single_argv(step, python)
-    return [python, *TORCHRUN, "--standalone", "--nnodes=1", f"--nproc-per-node={step.procs_per_node}", "--max-restarts=0", "-m", step.module, *step.args]
+    return [
+        python,
+        *TORCHRUN,
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={step.procs_per_node}",
+        "--max-restarts=0",
+        "-m",
+        step.module,
+        *step.args,
+    ]
 
 
 class LocalJob:
@@ -30,7 +40,12 @@ class LocalJob:
         self.argv = local_argv(step, launch.pythons[step.environment])
         with open(self.log_path, "wb") as log, open(self.stdout_path, "wb") as out:
             self.process = subprocess.Popen(
-                self.argv, cwd=launch.project_root, env={**os.environ, **launch.job_env(step), **env}, stdout=out, stderr=log, start_new_session=True
+                self.argv,
+                cwd=launch.project_root,
+                env={**os.environ, **launch.job_env(step), **env},
+                stdout=out,
+                stderr=log,
+                start_new_session=True,
             )
         self.id = str(self.process.pid)
         self.tail = LogTail(self.log_path)

@@ -17,14 +17,22 @@ from sftc_platform.launchers.plan import Launch, LaunchError
 
 
 def launch_step(
-    context: dg.AssetExecutionContext, step: EntryStep, launch: Launch, on_message: Callable[[object], None] | None = None
+    context: dg.AssetExecutionContext,
+    step: EntryStep,
+    launch: Launch,
+    on_message: Callable[[object], None] | None = None,
 ) -> tuple[dg.PipesClientCompletedInvocation, jobs.JobOutcome]:
     """Run `step` to its end through Pipes; a job that did not succeed is a dg.Failure naming the job, its state
     and its log (retried by the asset's policy only when the cluster lost it: preemption, a failed node).
     `on_message` gets each custom message of the job as it arrives (progress, while the job runs)."""
     job_dir = jobs.new_job_dir(launch, step)
     reader = dg.PipesFileMessageReader(str(job_dir / "pipes_messages.jsonl"), cleanup_file=False)
-    with dg.open_pipes_session(context=context, context_injector=dg.PipesEnvContextInjector(), message_reader=reader, extras={"step": step.name}) as session:
+    with dg.open_pipes_session(
+        context=context,
+        context_injector=dg.PipesEnvContextInjector(),
+        message_reader=reader,
+        extras={"step": step.name},
+    ) as session:
         seen = [0]
 
         def new_messages() -> None:
@@ -37,6 +45,12 @@ def launch_step(
             env, on_poll = session.get_bootstrap_env_vars(), new_messages if on_message else None
             outcome = jobs.run(step, launch, env=env, job_dir=job_dir, on_poll=on_poll, on_line=context.log.info)
         except LaunchError as exc:
-            raise dg.Failure(description=str(exc), metadata={"launcher": launch.launcher, "job_dir": dg.MetadataValue.path(str(job_dir))}, allow_retries=exc.retryable) from None
-    context.log.info(f"{outcome.launcher} job {outcome.job_id} ({step.name}) {outcome.status.state}; log {outcome.log_path}")
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"launcher": launch.launcher, "job_dir": dg.MetadataValue.path(str(job_dir))},
+                allow_retries=exc.retryable,
+            ) from None
+    context.log.info(
+        f"{outcome.launcher} job {outcome.job_id} ({step.name}) {outcome.status.state}; log {outcome.log_path}"
+    )
     return dg.PipesClientCompletedInvocation(session), outcome

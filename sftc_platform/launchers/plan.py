@@ -43,7 +43,9 @@ class Launch:
     profile_file: Path | None = None  # where launch.* is set, named in the fixes of a job that cannot start
 
     @classmethod
-    def from_settings(cls, settings: Settings, launcher: Launcher | None = None, profile: ProfileConfig | None = None) -> Launch:
+    def from_settings(
+        cls, settings: Settings, launcher: Launcher | None = None, profile: ProfileConfig | None = None
+    ) -> Launch:
         """The launch of `profile` (the settings' own unless given: the GPU plan asks for the full profile's)."""
         profile = profile or settings.profile
         config = profile.launch
@@ -63,7 +65,12 @@ class Launch:
 
     def job_env(self, step: EntryStep) -> dict[str, str]:
         """Variables every process of the step gets (no secrets: nothing of the settings' API key)."""
-        return {**entry_env(self.project_root), LAUNCHER_ENV: self.launcher, "SFTC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+        return {
+            **entry_env(self.project_root),
+            LAUNCHER_ENV: self.launcher,
+            "SFTC_DATA_DIR": str(self.data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
 
 
 def torchrun_argv(step: EntryStep, python: str, rendezvous: str, rendezvous_id: str) -> list[str]:
@@ -83,7 +90,9 @@ def single_argv(step: EntryStep, python: str) -> list[str]:
 
 def shell_line(argv: list[str]) -> str:
     """argv quoted for a shell, except words that are shell variables meant to expand ($head_addr:$port)."""
-    return " ".join(word if word.startswith(("--rdzv-endpoint=$", "--rdzv-id=$")) else shlex.quote(word) for word in argv)
+    return " ".join(
+        word if word.startswith(("--rdzv-endpoint=$", "--rdzv-id=$")) else shlex.quote(word) for word in argv
+    )
 
 
 def describe(step: EntryStep) -> str:

@@ -112,13 +112,35 @@ def launch_plan_check(settings: Settings, steps: list[EntryStep], launch: Launch
         jobs.refuse_unlaunchable(steps, launch)
         plans = [jobs.render_plan(step, launch) for step in steps]
     except LaunchError as exc:
-        return Check("launch plan", GPU_PLAN, FAIL, needed, str(exc), f"set launch.launcher: slurm or k8s in {profile_file} (configs/cluster.yaml says where)")
+        return Check(
+            "launch plan",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            str(exc),
+            f"set launch.launcher: slurm or k8s in {profile_file} (configs/cluster.yaml says where)",
+        )
     problems = [problem for step, plan in zip(steps, plans) for problem in _rendered_problems(step, plan)]
     details = tuple(line for plan in plans for line in (_headline(plan), *_directives(plan)))
     if problems:
-        return Check("launch plan", GPU_PLAN, FAIL, needed, "; ".join(problems), "fix the slurm: / kubernetes: section of configs/cluster.yaml", details)
+        return Check(
+            "launch plan",
+            GPU_PLAN,
+            FAIL,
+            needed,
+            "; ".join(problems),
+            "fix the slurm: / kubernetes: section of configs/cluster.yaml",
+            details,
+        )
     kinds = {"slurm": "sbatch script", "k8s": "JobSet manifest", "local": "command line"}
-    return Check("launch plan", GPU_PLAN, PASS, needed, f"{len(plans)} step(s) rendered as {kinds[launch.launcher]}s: " + ", ".join(p["step"] for p in plans), details=details)
+    return Check(
+        "launch plan",
+        GPU_PLAN,
+        PASS,
+        needed,
+        f"{len(plans)} step(s) rendered as {kinds[launch.launcher]}s: " + ", ".join(p["step"] for p in plans),
+        details=details,
+    )
 
 
 def _headline(plan: dict) -> str:
@@ -137,7 +159,10 @@ def _rendered_problems(step: EntryStep, plan: dict) -> list[str]:
     problems = []
     if "sbatch_script" in plan:
         script = plan["sbatch_script"]
-        for directive in [f"--nodes={step.nodes}", *([f"--gpus-per-node={step.gpus_per_node}"] if step.gpus_per_node else [])]:
+        for directive in [
+            f"--nodes={step.nodes}",
+            *([f"--gpus-per-node={step.gpus_per_node}"] if step.gpus_per_node else []),
+        ]:
             if f"#SBATCH {directive}\n" not in script:
                 problems.append(f"{step.name}: the sbatch script lacks #SBATCH {directive}")
         bash = shutil.which("bash")
@@ -158,21 +183,33 @@ def _rendered_problems(step: EntryStep, plan: dict) -> list[str]:
 def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, import_host_bytes: int) -> Check:
     needed = f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each where the {launch.launcher} launcher runs the fine-tune"
     if launch.launcher == "local":
-        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
-                     "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs")
+        return Check(
+            "target cluster",
+            TARGET_CLUSTER,
+            NOT_CHECKED,
+            needed,
+            "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs",
+        )
     if launch.launcher == "slurm":
         partition = settings.cluster.slurm.partition
         if partition is None:
-            return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed,
-                         "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
-                         "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)")
+            return Check(
+                "target cluster",
+                TARGET_CLUSTER,
+                NOT_CHECKED,
+                needed,
+                "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
+                "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)",
+            )
         ram = import_host_bytes
         # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
         found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-test-only", ram)
         if not found.checked:
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found)
-        fix = (f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
-               f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}")
+        fix = (
+            f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
+            f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}"
+        )
         needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
         if found.ok:
             return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
@@ -187,11 +224,23 @@ def kubernetes_gpu_nodes(
     memory) the step needs: the check every launch runs first."""
     found = targets.admit(step, launch, launch.data_dir / "launch" / f"{step.name}-plan", import_host_bytes)
     if not found.checked:
-        return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found,
-                     "run the check where KUBECONFIG or an in-cluster service account reaches the cluster")
+        return Check(
+            "target cluster",
+            TARGET_CLUSTER,
+            NOT_CHECKED,
+            needed,
+            found.found,
+            "run the check where KUBECONFIG or an in-cluster service account reaches the cluster",
+        )
     if not found.ok:
-        return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found,
-                     f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml")
+        return Check(
+            "target cluster",
+            TARGET_CLUSTER,
+            FAIL,
+            needed,
+            found.found,
+            f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml",
+        )
     return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
 
 

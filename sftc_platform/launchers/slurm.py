@@ -35,10 +35,23 @@ from sftc_platform.launchers.plan import (
 )
 
 # Slurm's job states (squeue(1) "JOB STATE CODES"): still going, or how it ended and what that means.
-ACTIVE_STATES = frozenset({
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
-})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+    }
+)
 END_STATES = {
     "COMPLETED": "every task exited 0",
     "FAILED": "a task exited non-zero (one rank failing ends them all: srun --kill-on-bad-exit)",
@@ -112,7 +125,11 @@ def _directive(option: str) -> str:
 def node_argv(step: EntryStep, launch: Launch) -> list[str]:
     """What srun starts on each node: a torchrun agent rendezvousing at the first node, or the one process."""
     python = node_python(step, launch)
-    return torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID") if step.distributed else single_argv(step, python)
+    return (
+        torchrun_argv(step, python, "$head_addr:$rdzv_port", "$SLURM_JOB_ID")
+        if step.distributed
+        else single_argv(step, python)
+    )
 
 
 def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str | None = None) -> str:
@@ -134,7 +151,11 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
         directives.append(f"--gpus-per-node={step.gpus_per_node}")
     if slurm.cpus_per_task:
         directives.append(f"--cpus-per-task={slurm.cpus_per_task}")
-    directives += [f"--{key}={value}" for key, value in (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos)) if value]
+    directives += [
+        f"--{key}={value}"
+        for key, value in (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos))
+        if value
+    ]
     directives += slurm.sbatch_options
 
     env = {**launch.job_env(step), **slurm.env}
@@ -142,14 +163,23 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
     image = environment.container_image if environment else None
     if image:
         env["PYTHONPATH"] = "/app"  # the images hold this repository at /app (deploy/slurm.md)
-    srun = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"] if step.distributed else ["srun", "--nodes=1", "--ntasks=1"]
+    srun = (
+        ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
+        if step.distributed
+        else ["srun", "--nodes=1", "--ntasks=1"]
+    )
     if image:
         srun += [f"--container-image={image}", "--no-container-mount-home"]
         if slurm.container_mounts:
             srun.append(f"--container-mounts={','.join(slurm.container_mounts)}")
     command = node_argv(step, launch)
 
-    lines = ["#!/bin/bash", *(f"#SBATCH {_directive(d)}" for d in directives), f"# {describe(step)}; rendered by sftc (sftc_platform/launchers/slurm.py)", "set -euo pipefail"]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH {_directive(d)}" for d in directives),
+        f"# {describe(step)}; rendered by sftc (sftc_platform/launchers/slurm.py)",
+        "set -euo pipefail",
+    ]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     lines += slurm.setup
     lines += [
@@ -167,7 +197,9 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, **kwargs)
     except FileNotFoundError:
-        raise LaunchError(f"{argv[0]}: not found; the slurm launcher needs Slurm's commands on this node (a login or submit node)") from None
+        raise LaunchError(
+            f"{argv[0]}: not found; the slurm launcher needs Slurm's commands on this node (a login or submit node)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise LaunchError(f"{' '.join(argv)}: no answer in {COMMAND_TIMEOUT_S} s; is slurmctld up?") from None
 
@@ -307,7 +339,9 @@ class SlurmJob:
 
     launcher = "slurm"
 
-    def __init__(self, step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str], job_name: str | None = None):
+    def __init__(
+        self, step: EntryStep, launch: Launch, job_dir: Path, env: dict[str, str], job_name: str | None = None
+    ):
         self.step, self.launch, self.job_dir = step, launch, Path(job_dir)
         self.script = self.job_dir / "job.sbatch"
         self.script.write_text(render_sbatch(step, launch, job_dir, job_name), encoding="utf-8")
@@ -386,12 +420,16 @@ def partition_nodes(partition: str | None) -> list[PartitionNode]:
     return list(nodes.values())
 
 
-def gpu_capacity_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None, memory_bytes: int = 0) -> str | None:
+def gpu_capacity_problem(
+    step: EntryStep, nodes: list[PartitionNode], partition: str | None, memory_bytes: int = 0
+) -> str | None:
     """Why the partition cannot hold the step (too few up nodes with its GPUs and, where asked, `memory_bytes` of
     host memory), or None."""
     usable = [
-        n for n in nodes
-        if n.gpus >= step.gpus_per_node and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))
+        n
+        for n in nodes
+        if n.gpus >= step.gpus_per_node
+        and not n.state.rstrip("*~#$@").startswith(("down", "drain", "fail"))
         and (n.memory_bytes is None or n.memory_bytes >= memory_bytes)
     ]
     if len(usable) >= step.nodes:

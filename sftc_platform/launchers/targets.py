@@ -38,7 +38,12 @@ def check_target(step: EntryStep, launch: Launch, host_memory_bytes: int = 0) ->
     """`host_memory_bytes`: what each node must also hold in host memory (the GPU plan asks for the NeMo import's)."""
     if launch.launcher == "local":
         probe = probe_gpus()
-        return TargetCheck("local", step.nodes == 1 and probe.device_count >= step.gpus_per_node, needed(step), f"this node: {probe.describe()}")
+        return TargetCheck(
+            "local",
+            step.nodes == 1 and probe.device_count >= step.gpus_per_node,
+            needed(step),
+            f"this node: {probe.describe()}",
+        )
     if launch.launcher == "slurm":
         partition = launch.cluster.slurm.partition
         try:
@@ -51,9 +56,16 @@ def check_target(step: EntryStep, launch: Launch, host_memory_bytes: int = 0) ->
             slurm.time_limit_problem(launch.time_limit, nodes, partition),
         ]
         problems = [problem for problem in problems if problem]
-        summary = ", ".join(f"{n.name}: {n.gpus} GPU(s)" + (f", {format_bytes(n.memory_bytes)}" if n.memory_bytes else "") + f" {n.state}" for n in nodes[:8])
+        summary = ", ".join(
+            f"{n.name}: {n.gpus} GPU(s)"
+            + (f", {format_bytes(n.memory_bytes)}" if n.memory_bytes else "")
+            + f" {n.state}"
+            for n in nodes[:8]
+        )
         found = f"{len(nodes)} node(s): {summary}" + (" ..." if len(nodes) > 8 else "")
-        return TargetCheck("slurm", not problems, needed(step), "; ".join(problems) + f" ({found})" if problems else found)
+        return TargetCheck(
+            "slurm", not problems, needed(step), "; ".join(problems) + f" ({found})" if problems else found
+        )
     pool = launch.cluster.node_pools.gpu
     ok = pool.gpus >= step.gpus_per_node
     found = f"node pool gpu (selector {pool.node_selector}): {pool.gpus} GPU(s) per node in configs/cluster.yaml"
