@@ -90,7 +90,7 @@ def record(bench: str, measurements: list[Measurement], results_dir: Path = RESU
     """Append one row per measurement to `results_dir/<bench>.csv` (the file rewritten whole, atomically)."""
     state = git_state()
     commit = state["git_commit"][:12] + ("-dirty" if state["git_dirty"] else "")
-    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     machine = machine_summary()
     rows = [
         {

@@ -80,7 +80,7 @@ class FakeEodhd:
     def requests_for(self, symbol: str) -> list[Request]:
         return [r for r in self.requests if r.symbol == symbol]
 
-    def __enter__(self) -> "FakeEodhd":
+    def __enter__(self) -> FakeEodhd:
         self._thread.start()
         return self
 

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
-
 import pytest
 from orchestration_servers import REPO_ROOT, dagster_server, repository
 from orchestration_standins import DESIGN_ASSETS

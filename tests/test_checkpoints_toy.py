@@ -18,6 +18,7 @@ from sftc_assets.checkpoints.fp8 import (
     dequantize_fp8_torch,
     is_quantized_weight,
 )
+from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.toy_model import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -25,7 +26,6 @@ from sftc_assets.checkpoints.toy_model import (
     corpus_texts_from,
     make_toy_checkpoint,
 )
-from sftc_assets.checkpoints.mtp import carry_mtp_layers
 from sftc_assets.checkpoints.verify import expected_shapes, scan_checkpoint
 from sftc_jobs.cli import main as sftc_main
 

@@ -21,8 +21,8 @@ import pytest
 import requests
 import torch
 from openai_server import Fault, ScriptedServer, action_for, answer
-from stage_helpers import mark_as_written, settings_with, stage_definitions
 from pydantic import SecretStr
+from stage_helpers import mark_as_written, settings_with, stage_definitions
 
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.evaluation import answers, assets, completions, servers

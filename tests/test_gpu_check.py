@@ -16,7 +16,7 @@ import torch
 
 from sftc_assets.checkpoints.fp8 import dequantize_fp8_torch, random_fp8, random_scale
 from sftc_assets.reports import gpu_check, gpu_steps
-from sftc_assets.reports.gpu_steps import FAIL, PASS, SKIPPED, StepContext, StepResult
+from sftc_assets.reports.gpu_steps import FAIL, PASS, SKIPPED, StepContext
 from sftc_core.artifacts import read_marker
 from sftc_core.configs import CONFIG_DIR, ConfigError, load_finetune_config
 from sftc_core.settings import load_settings

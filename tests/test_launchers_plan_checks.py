@@ -16,11 +16,11 @@ from sftc_assets.training import memory
 from sftc_assets.training.architecture import architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
 from sftc_core.checks import FAIL, NOT_CHECKED, PASS, WARN
-from sftc_core.settings import Settings, load_settings
 from sftc_core.launch import EntryStep
+from sftc_core.settings import Settings, load_settings
 from sftc_core.text import format_bytes
-from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
 from sftc_platform.launchers import slurm
+from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks, plan_launch
 from sftc_platform.launchers.slurm import render_sbatch, slurm_available
 from sftc_platform.routing import COMPUTE_CLASSES
 

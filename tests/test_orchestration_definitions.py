@@ -63,7 +63,7 @@ def test_cpu_validation_job_and_nightly_schedule_on_the_cpu_node(defs):
         "cpu_validation",
     )
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # the toy profile
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 1, 2, 2, 0, tzinfo=dt.timezone.utc))
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 1, 2, 2, 0, tzinfo=dt.UTC))
     requests = schedule.evaluate_tick(context).run_requests
     # One machine (SFTC_K8S_PLACEMENT unset): the run says its node, and carries no pod configuration nobody reads.
     assert len(requests) == 1 and requests[0].tags[NODE_TAG] == "cpu" and K8S_CONFIG_TAG not in requests[0].tags

@@ -14,8 +14,7 @@ from dagster_k8s import K8sRunLauncher
 
 from sftc_core.configs import ConfigError, load_cluster_config
 from sftc_core.settings import load_settings
-from sftc_platform.routing import NODE_TAG
-from sftc_platform.routing import DATA_DIR_TAG
+from sftc_platform.routing import DATA_DIR_TAG, NODE_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_RUN_LIMIT = {"key": NODE_TAG, "value": "gpu", "limit": 1}

@@ -20,12 +20,11 @@ from sftc_assets.reports.validation import (
     render_markdown,
     write_report,
 )
-
 from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import GPU_PLAN, NOT_CHECKED, Check
 from sftc_core.configs import PromptConfig, load_sft_config
 
-NOW = dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 2, 2, 0, 5, tzinfo=dt.UTC)
 PLAN_OK = [
     Check(
         "GPU memory",

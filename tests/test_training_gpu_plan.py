@@ -19,12 +19,12 @@ from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.training import memory
 from sftc_assets.training.architecture import Architecture, architecture_of
 from sftc_assets.training.gpu_plan import build_gpu_plan
-from sftc_assets.training.token_counts import DEEPSEEK_V3_TOKENIZER_SHA256, packaged_tokenizer_path, token_counter
-from sftc_core.market import first_unseen_date
 from sftc_assets.training.nemo_config import lora_target_problems
+from sftc_assets.training.token_counts import DEEPSEEK_V3_TOKENIZER_SHA256, packaged_tokenizer_path, token_counter
 from sftc_core.checks import FAIL, GPU_PLAN, NOT_CHECKED, PASS, TARGET_CLUSTER, TOY_CHAIN
 from sftc_core.configs import CONFIG_DIR, load_finetune_config, read_model_config
 from sftc_core.io import read_jsonl
+from sftc_core.market import first_unseen_date
 from sftc_core.settings import load_settings
 from sftc_core.text import format_bytes
 from sftc_platform.launchers.plan_checks import gpu_plan_launch_checks

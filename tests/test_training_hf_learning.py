@@ -11,7 +11,6 @@ import csv
 import json
 
 import pytest
-
 from toy_chain_helpers import build_toy_chain_until_bf16
 
 from sftc_core.settings import load_settings

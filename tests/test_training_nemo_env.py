@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 
 import pytest
 

@@ -205,7 +205,7 @@ class HashingWriter:
                 except BaseException as exc:  # handed to the producer on its next write or at exit
                     self._error = exc
 
-    def __enter__(self) -> "HashingWriter":
+    def __enter__(self) -> HashingWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -15,8 +15,8 @@ from sftc_core.checks import failures
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_platform import run_history
-from sftc_platform.launchers.slurm import slurm_available
 from sftc_platform.launchers import plan_checks
+from sftc_platform.launchers.slurm import slurm_available
 from sftc_platform.metadata import asset_metadata, code_version, report_summary
 from sftc_platform.routing import ASSETS_TAG, VALIDATION_RUN_TAG, asset_placement
 from sftc_platform.writes import input_problems, writing
@@ -129,7 +129,7 @@ def stage_outcome(
         asset=asset,
         materialized=latest is not None,
         partitions=partitions,
-        materialized_at=dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+        materialized_at=dt.datetime.fromtimestamp(latest.timestamp, dt.UTC).isoformat(timespec="seconds")
         if latest
         else None,
         run_id=latest.run_id if latest else None,
@@ -159,7 +159,7 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
         gpu_plan=list(plan.checks),
         environment=validation.environment_summary(settings.profile_name, settings.train_backend),
         git=git_state(),
-        generated_at=dt.datetime.now(dt.timezone.utc),
+        generated_at=dt.datetime.now(dt.UTC),
         validation_run=validation_id,
         slurm_present=slurm_available(),
         estimate=estimate.as_dict() if estimate is not None else None,

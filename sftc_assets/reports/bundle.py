@@ -176,7 +176,7 @@ def write_bundle(out: Path, contents: Contents, settings: Settings, git: dict, s
         for name, data in sorted(members.items())
     ]
     manifest = {
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sftc_commit": git.get("git_commit", "unknown"),
         "git_dirty": git.get("git_dirty"),
         "profile": settings.profile_name,

@@ -33,11 +33,11 @@ from sftc_assets.training.nemo_runner import import_step, nemo_finetune, read_lo
 from sftc_assets.training.toy_inputs import ToyInputs, build_toy_inputs
 from sftc_core.configs import PROJECT_ROOT, load_finetune_config
 from sftc_core.gpu import probe_gpus
-from sftc_core.text import round_significant
 from sftc_core.io import atomic_write_json
 from sftc_core.launch import EntryStep, entry_env
 from sftc_core.nemo_format import split_file
 from sftc_core.settings import Settings
+from sftc_core.text import round_significant
 
 PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
 NEMO_IMPORT = "import nemo.collections.llm; import nemo; print(nemo.__version__)"

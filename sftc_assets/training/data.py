@@ -114,7 +114,7 @@ class BatchStream:
         return {"epoch": self.epoch, "index": self.index}
 
     @classmethod
-    def at(cls, lengths: list[int], batch_size: int, seed: int, position: dict[str, int]) -> "BatchStream":
+    def at(cls, lengths: list[int], batch_size: int, seed: int, position: dict[str, int]) -> BatchStream:
         stream = cls(lengths, batch_size, seed, epoch=position["epoch"])
         stream.index = position["index"]
         return stream

@@ -176,7 +176,7 @@ def summary_table(instance, chain, keys: list, result, paths: ArtifactPaths) -> 
                 "this run": this_pass,
                 "partitions": f"{len(partitions)} ({partitions[0]}..{partitions[-1]})" if partitions else "",
                 "checks": checks,
-                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.timezone.utc).strftime(
+                "last materialized (UTC)": dt.datetime.fromtimestamp(latest.timestamp, dt.UTC).strftime(
                     "%Y-%m-%d %H:%M"
                 )
                 if latest

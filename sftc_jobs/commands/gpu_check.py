@@ -106,7 +106,7 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
             config=settings.gpu_check,
             environment=gpu_check.gpu_environment(settings, outcomes),
             git=git_state(),
-            generated_at=dt.datetime.now(dt.timezone.utc),
+            generated_at=dt.datetime.now(dt.UTC),
             seconds=time.monotonic() - started,
         )
         gpu_check.write_report(report, reports, stamp)

@@ -64,7 +64,7 @@ class JobOutcome:
 
 def new_job_dir(launch: Launch, step: EntryStep) -> Path:
     """data/launch/<step>-<UTC time>: the script or manifest, the logs, the Pipes messages of one start."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = launch.data_dir / "launch" / f"{step.name}-{stamp}"
     path.mkdir(parents=True, exist_ok=False)
     return path
