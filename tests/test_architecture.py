@@ -87,17 +87,11 @@ def test_the_plain_commands_run_without_dagster(tmp_path, data_dir):
     assert done.stdout.strip().endswith("no dagster")
 
 
-# A stage whose asset factory still holds its bodies; the lead converts it after issue 21's change to it lands.
-NOT_YET_THIN = {"checkpoints"}
-
-
 def test_asset_factories_only_wire():
     """Each stage's `defs(settings)` only decorates and wires: every asset or check body is one `return f(...)` of a
     module-level function, which a test calls directly."""
     bodies, thick = {}, []
     for path in sorted((ROOT / "sftc_assets").glob("*/assets.py")):
-        if path.parent.name in NOT_YET_THIN:
-            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         factory = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "defs")
         for node in ast.walk(factory):
@@ -107,5 +101,6 @@ def test_asset_factories_only_wire():
                 if not (isinstance(statement, ast.Return) and isinstance(statement.value, ast.Call)):
                     thick.append(f"{path.parent.name}/assets.py: {node.name}")
     assert thick == []
-    assert set(bodies) == {"theses", "sft_data", "training", "evaluation", "backtest", "reports"}
+    assert set(bodies) == {"theses", "sft_data", "checkpoints", "training", "evaluation", "backtest", "reports"}
+    assert len(bodies["checkpoints"]) == 5  # base_checkpoint (built or observed), bf16_checkpoint and its two checks
     assert len(bodies["training"]) == 5  # nemo_model, sft_model and their three checks

@@ -22,6 +22,7 @@ from sftc_assets.checkpoints import assets
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_assets.checkpoints.verify import scan_checkpoint
 from sftc_assets.training import assets as training_assets
+from sftc_core.settings import load_settings
 from sftc_platform.resources import GpuResource
 
 LINES = [
@@ -120,9 +121,8 @@ def test_gpu_gate_refuses_a_checkpoint_over_the_cpu_limit_before_any_work(data_d
     assert not (data_dir / "checkpoints" / ".bf16.partial").exists()
 
 
-def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_path):
-    good = tmp_path / "good"
-    make_toy_checkpoint(good, [line["input"] for line in LINES], fp8=False)
+def _broken_checkpoint(good: Path, out: Path) -> Path:
+    """`good` with one of each fault: a scale tensor left, a NaN, a wrong shape, a missing and an unexpected expert."""
     tensors = load_file(good / "model.safetensors")
     config = json.loads((good / "config.json").read_text())
     tensors["model.layers.1.self_attn.o_proj.weight_scale_inv"] = torch.ones(1, 1)
@@ -132,7 +132,13 @@ def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_pa
     ].contiguous()
     del tensors["model.layers.1.mlp.experts.2.up_proj.weight"]
     tensors["model.layers.1.mlp.experts.9.up_proj.weight"] = torch.zeros(2, 2, dtype=torch.bfloat16)
-    broken = write_checkpoint(tmp_path / "broken", [tensors], config=config)
+    return write_checkpoint(out, [tensors], config=config)
+
+
+def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_path):
+    good = tmp_path / "good"
+    make_toy_checkpoint(good, [line["input"] for line in LINES], fp8=False)
+    broken = _broken_checkpoint(good, tmp_path / "broken")
     scan = scan_checkpoint(broken)
     assert scan.scale_tensors == ["model.layers.1.self_attn.o_proj.weight_scale_inv"]
     assert scan.nonfinite == ["model.norm.weight (model-00001-of-00001.safetensors): 1 non-finite of 64"]
@@ -141,6 +147,80 @@ def test_scan_finds_scales_nonfinite_values_and_shapes_against_the_config(tmp_pa
     assert scan.wrong_shape == ["model.layers.2.self_attn.o_proj.weight: [64, 10], config says [64, 64]"]
     assert not scan.shapes_ok
     assert scan_checkpoint(good).shapes_ok
+
+
+SCAN_CHECKS = ("no_scale_tensors", "tensors_finite", "shapes_match_config")  # bf16_checkpoint_scan's, in its order
+
+
+def _scan_results(checkpoint: Path) -> dict[str, dg.AssetCheckResult]:
+    return {result.check_name: result for result in assets.check_bf16_checkpoint_scan(checkpoint)}
+
+
+def _values(result: dg.AssetCheckResult) -> dict:
+    return {key: getattr(value, "value", value) for key, value in result.metadata.items()}
+
+
+def test_scan_checks_pass_on_a_sound_checkpoint_and_count_its_tensors(tmp_path):
+    built = make_toy_checkpoint(tmp_path / "good", [line["input"] for line in LINES], fp8=False)
+    results = _scan_results(tmp_path / "good")
+    assert list(results) == list(SCAN_CHECKS)
+    assert all(result.passed for result in results.values())
+    metadata = {name: _values(result) for name, result in results.items()}
+    assert {m["tensors"] for m in metadata.values()} == {built["tensors"]}
+    assert sum(metadata["no_scale_tensors"]["dtypes"].values()) == built["tensors"]
+    assert (metadata["no_scale_tensors"]["scale_tensors"], metadata["tensors_finite"]["nonfinite_tensors"]) == (0, 0)
+    shapes = metadata["shapes_match_config"]
+    assert (shapes["missing"], shapes["unexpected"], shapes["wrong_shape"]) == ([], [], [])
+
+
+def test_scan_checks_fail_naming_the_tensors_at_fault(tmp_path):
+    make_toy_checkpoint(tmp_path / "good", [line["input"] for line in LINES], fp8=False)
+    results = _scan_results(_broken_checkpoint(tmp_path / "good", tmp_path / "broken"))
+    assert not any(result.passed for result in results.values())
+    scales, finite, shapes = (_values(results[name]) for name in SCAN_CHECKS)
+    assert scales["scale_tensors"] == 1 and scales["examples"] == ["model.layers.1.self_attn.o_proj.weight_scale_inv"]
+    assert finite["nonfinite_tensors"] == 1
+    assert finite["examples"] == ["model.norm.weight (model-00001-of-00001.safetensors): 1 non-finite of 64"]
+    assert shapes["missing"] == ["model.layers.1.mlp.experts.2.up_proj.weight"]
+    assert shapes["unexpected"] == ["model.layers.1.mlp.experts.9.up_proj.weight"]
+    assert shapes["wrong_shape"] == ["model.layers.2.self_attn.o_proj.weight: [64, 10], config says [64, 64]"]
+
+
+def test_scan_check_fails_on_the_unconverted_fp8_base(tmp_path):
+    built = make_toy_checkpoint(tmp_path / "fp8", [line["input"] for line in LINES], fp8=True)
+    results = _scan_results(tmp_path / "fp8")
+    assert not results["no_scale_tensors"].passed
+    assert _values(results["no_scale_tensors"])["scale_tensors"] == built["quantized_tensors"] > 0
+    assert results["tensors_finite"].passed and results["shapes_match_config"].passed
+
+
+def test_loads_and_generates_reports_the_loaded_model(tmp_path, data_dir):
+    built = make_toy_checkpoint(tmp_path / "bf16", [line["input"] for line in LINES], fp8=False)
+    result = assets.check_loads_and_generates(tmp_path / "bf16", settings_with())
+    assert result.passed
+    metadata = _values(result)
+    assert 0 < metadata["new_tokens"] <= 16 and isinstance(metadata["generated"], str)
+    # transformers holds the routing bias as a buffer, not a parameter (the MTP layer is out of both counts)
+    biases = [
+        t
+        for name, t in load_file(tmp_path / "bf16" / "model.safetensors").items()
+        if name.endswith("e_score_correction_bias") and not name.startswith("model.layers.3.")
+    ]
+    assert metadata["parameters"] == built["parameters"] - sum(t.numel() for t in biases)
+
+
+def test_loads_and_generates_fails_on_a_checkpoint_without_weights(tmp_path, data_dir):
+    make_toy_checkpoint(tmp_path / "bf16", [line["input"] for line in LINES], fp8=False)
+    (tmp_path / "bf16" / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        assets.check_loads_and_generates(tmp_path / "bf16", settings_with())
+
+
+def test_loads_and_generates_is_skipped_outside_the_toy_profile(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("SFTC_PROFILE", "full")
+    result = assets.check_loads_and_generates(tmp_path / "absent", load_settings())  # nothing is read
+    assert result.passed
+    assert _values(result) == {"skipped": "profile full: too big to load on the check's node"}
 
 
 OBSERVE = """

@@ -191,23 +191,28 @@ def test_plan_maps_config_onto_recipe_attributes(tmp_path):
     assert full["peft"] is None and full["export"]["merge_lora"] is False
 
 
+# the project's toy model, which the layouts below do not fit
+TOY = toy_hf_config()
+EXPERTS, HEADS, LAYERS = TOY["n_routed_experts"], TOY["num_attention_heads"], TOY["num_hidden_layers"]
+
+
 @pytest.mark.parametrize(
     "overrides, hf_overrides, expected",
     [
         (
             {"parallelism": {**ONE_GPU["parallelism"], "expert": 3}, "gpus_per_node": 3, "global_batch_size": 6},
             {},
-            "'parallelism.expert' = 3 must divide the model's 4 routed experts",
+            f"'parallelism.expert' = 3 must divide the model's {EXPERTS} routed experts",
         ),
         (
             {"parallelism": {**ONE_GPU["parallelism"], "tensor": 8}, "gpus_per_node": 8},
             {},
-            "'parallelism.tensor' = 8 must divide the model's 4 attention heads",
+            f"'parallelism.tensor' = 8 must divide the model's {HEADS} attention heads",
         ),
         (
             {"parallelism": {**ONE_GPU["parallelism"], "pipeline": 2}, "gpus_per_node": 2},
             {},
-            "'parallelism.pipeline' = 2 must divide the model's 3 layers",
+            f"'parallelism.pipeline' = 2 must divide the model's {LAYERS} layers",
         ),
         (
             {
@@ -220,7 +225,7 @@ def test_plan_maps_config_onto_recipe_attributes(tmp_path):
                 "gpus_per_node": 2,
             },
             {},
-            "leave -1 of the model's 3 layers",
+            f"leave {LAYERS - 4} of the model's {LAYERS} layers",
         ),
         ({}, {"scoring_func": "softmax"}, "field 'scoring_func' is 'softmax'"),
     ],

@@ -21,6 +21,7 @@ import fiddle as fdl  # noqa: E402  (NeMo's own config library, present wherever
 from training_nemo_helpers import (  # noqa: E402
     ONE_GPU,
     nemo_run_paths,
+    toy_hf_config,
     write_finetune_yaml,
     write_nemo_jsonl,
     write_toy_model,
@@ -198,7 +199,7 @@ def test_entry_dry_run_in_the_nemo_env_imports_no_nemo(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "NEMO_NOT_LOADED" in done.stderr
-    assert json.loads(done.stdout)["model_config"]["num_layers"] == 3
+    assert json.loads(done.stdout)["model_config"]["num_layers"] == toy_hf_config()["num_hidden_layers"]
 
 
 @pytest.mark.gpu

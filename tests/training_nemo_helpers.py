@@ -9,37 +9,13 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sftc_assets.checkpoints.toy_model import toy_config
 from sftc_assets.training.nemo_config import (
     FINETUNE_CONFIG_PATH,
     NEMO_DATA_FILES,
     NemoRunPaths,
 )
 
-# DeepSeek-V3's architecture at toy size: MLA, one dense layer then MoE layers, sigmoid routing.
-TOY_ARCH = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    moe_intermediate_size=32,
-    num_hidden_layers=3,
-    first_k_dense_replace=1,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    q_lora_rank=32,
-    kv_lora_rank=32,
-    qk_nope_head_dim=16,
-    qk_rope_head_dim=8,
-    v_head_dim=16,
-    n_routed_experts=4,
-    num_experts_per_tok=2,
-    n_shared_experts=1,
-    n_group=1,
-    topk_group=1,
-    max_position_embeddings=512,
-)
-# Fields of the DeepSeek-V3 release's config.json that transformers' DeepseekV3Config does not write but NeMo's
-# importer reads (HFDeepSeekImporter.config: `scoring_func == "sigmoid"` marks V3).
-RELEASE_FIELDS = dict(scoring_func="sigmoid", topk_method="noaux_tc", aux_loss_alpha=0.001)
 # A BF16 checkpoint's config.json says so (transformers writes it from the saved weights).
 BF16 = {"torch_dtype": "bfloat16"}
 
@@ -68,10 +44,8 @@ ONE_GPU = {
 
 
 def toy_hf_config(**overrides) -> dict:
-    """config.json of a toy DeepSeek-V3, written by the installed transformers' own DeepseekV3Config."""
-    from transformers import DeepseekV3Config
-
-    return {**DeepseekV3Config(**TOY_ARCH).to_dict(), **RELEASE_FIELDS, **BF16, **overrides}
+    """config.json of the project's toy DeepSeek-V3 (toy_model.toy_config), as the installed transformers writes it."""
+    return {**toy_config().to_dict(), **BF16, **overrides}
 
 
 def write_hf_checkpoint(path: Path, hf_config: dict | None = None, weights: bool = True) -> Path:
@@ -117,21 +91,21 @@ def write_finetune_yaml(path: Path, **overrides) -> Path:
 def write_toy_model(path: Path, seed: int = 0) -> Path:
     """A real toy DeepSeek-V3 in BF16 (the installed transformers' own class) with a word-level tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        DeepseekV3Config,
-        DeepseekV3ForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import DeepseekV3ForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
-    config = DeepseekV3Config(**TOY_ARCH, **RELEASE_FIELDS, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = toy_config()
     DeepseekV3ForCausalLM(config).to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
-    words = {f"w{i}": i for i in range(TOY_ARCH["vocab_size"])}
-    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    words = {f"w{i}": i for i in range(config.vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w3"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w3"
-    ).save_pretrained(path)
+    # word i has id i: the special tokens are the words of the toy config's special ids, unknown words the next one
+    special = {
+        "bos_token": f"w{config.bos_token_id}",
+        "eos_token": f"w{config.eos_token_id}",
+        "pad_token": f"w{config.pad_token_id}",
+    }
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w3", **special).save_pretrained(path)
     return path
 
 

@@ -62,9 +62,7 @@ def run_manifests() -> list[dict] | None:
                     "asset": asset,
                     "partition": materialization.partition,
                     "run_id": event.run_id,
-                    "materialized_at": dt.datetime.fromtimestamp(event.timestamp, dt.UTC).isoformat(
-                        timespec="seconds"
-                    ),
+                    "materialized_at": dt.datetime.fromtimestamp(event.timestamp, dt.UTC).isoformat(timespec="seconds"),
                     "run_manifest": manifest.value if manifest is not None else None,
                 }
             )
