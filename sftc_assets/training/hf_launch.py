@@ -72,6 +72,7 @@ def finished_metrics(output: Path) -> dict:
     path = Path(output) / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: missing; the fine-tune job ended without publishing its model (its checkpoints stay beside it for a retry)"
+            f"{path}: missing; the fine-tune job ended without publishing its model "
+            "(its checkpoints stay beside it for a retry)"
         )
     return json.loads(path.read_text(encoding="utf-8"))
