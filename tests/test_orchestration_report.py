@@ -114,6 +114,29 @@ def test_ready_only_when_the_gpu_plan_passes_too():
     assert [Check.from_dict(c) for c in report["gpu_plan"]["checks"]] == PLAN_BAD
 
 
+def test_a_warning_of_the_gpu_plan_is_said_beside_the_verdict():
+    """A WARN holds no verdict back, but the reasons under YES (or NO) say it and its fix, not only the table below."""
+    warned = Check(
+        "routing: eval_csv",
+        GPU_PLAN,
+        "WARN",
+        "a GPU node",
+        "a multi-node server, which no launcher starts",
+        "set evaluation.endpoint",
+    )
+    stages = [StageOutcome("raw_xml", materialized=True)]
+    ready = _report(stages, [*PLAN_OK, warned])
+    assert ready["ready_for_gpu"] is True
+    assert ready["reasons"][-1] == (
+        "warning: GPU plan: routing: eval_csv: a multi-node server, which no launcher starts. "
+        "Fix: set evaluation.endpoint"
+    )
+    assert "- warning: GPU plan: routing: eval_csv" in render_markdown(ready)
+    assert not any(reason.startswith("warning") for reason in _report(stages)["reasons"])
+    not_ready = _report(stages, [*PLAN_BAD, warned])
+    assert not_ready["ready_for_gpu"] is False and not_ready["reasons"][-1].startswith("warning: GPU plan: routing")
+
+
 def test_the_first_failing_stage_is_named_the_cause():
     report = _report(
         [

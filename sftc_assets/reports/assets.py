@@ -170,6 +170,8 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
     ready = "YES" if report["ready_for_gpu"] else "NO"
     context.log.info("validation report %s: ready for GPU %s", md_path, ready)
     stages_line = f"{report['passed']} stages passed, {report['failed']} failed, {report['not_run']} not run"
+    warned = [check["name"] for check in report["gpu_plan"]["checks"] if check["status"] == "WARN"]
+    stages_line += f"; GPU plan warnings: {', '.join(warned)}" if warned else ""
     report_summary(context, "validation_report", f"ready for GPU: {ready} ({stages_line})")
     if estimate:
         cost = {"gpu_run_gpu_hours": estimate.gpu_hours, "gpu_run_cost": f"{estimate.cost:,.0f} {estimate.currency}"}

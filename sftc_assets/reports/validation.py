@@ -21,6 +21,7 @@ from sftc_core import cost
 from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import NOT_CHECKED, TOY_CHAIN, Check, failures
 from sftc_core.checks import PASS as CHECK_PASS
+from sftc_core.checks import WARN as CHECK_WARN
 from sftc_core.io import BeforeSwap, atomic_write_json, atomic_write_text
 from sftc_core.manifest import package_versions
 from sftc_core.nemo_format import NemoDataError
@@ -289,6 +290,12 @@ def build_report(
             f"the GPU plan of the full profile holds: {len(gpu_plan) - len(others)} of {len(gpu_plan)} checks passed, none failed"
             + (f" ({', '.join(others)}: see below)" if others else ""),
         ]
+    # A warning holds no verdict back, but it is what the GPU run meets first: said beside the verdict, not only below.
+    reasons += [
+        f"warning: GPU plan: {check.name}: {check.found}" + (f". Fix: {check.fix}" if check.fix else "")
+        for check in gpu_plan
+        if check.status == CHECK_WARN
+    ]
     return {
         "generated_at": generated_at.isoformat(timespec="seconds"),
         "validation_run": validation_run,
