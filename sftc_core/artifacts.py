@@ -171,7 +171,8 @@ def guard_output(
                 else ("lies inside" if _inside(resolved, source_resolved) else "contains")
             )
             raise OutputError(
-                f"{option} {target} {relation} the input {source}: writing it would destroy the input; choose an output elsewhere"
+                f"{option} {target} {relation} the input {source}: writing it would destroy the input; "
+                "choose an output elsewhere"
             )
     if force or not (target.exists() or target.is_symlink()):
         return

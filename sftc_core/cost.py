@@ -28,7 +28,8 @@ class Rate:
 
     @property
     def label(self) -> str:
-        return f"{self.value:,.4g} {self.unit} ({'published' if self.published else 'configured, not measured'}: {self.source})"
+        kind = "published" if self.published else "configured, not measured"
+        return f"{self.value:,.4g} {self.unit} ({kind}: {self.source})"
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ def transfer_phase(name: str, read_bytes: float, written_bytes: float, gpus: int
     """A step bound by the data volume (conversion, import, export): its bytes through the storage of one node."""
     seconds = (read_bytes + written_bytes) / (storage.value * GB)
     basis = (
-        f"{what}: reads {read_bytes / GB:,.0f} GB and writes {written_bytes / GB:,.0f} GB at {storage.value:g} GB/s = {seconds / 3600:.2f} h on one node",
+        f"{what}: reads {read_bytes / GB:,.0f} GB and writes {written_bytes / GB:,.0f} GB "
+        f"at {storage.value:g} GB/s = {seconds / 3600:.2f} h on one node",
         f"{gpus} GPU(s) held: the step takes a whole node of the gpu pool",
     )
     return Phase(name, gpus, _hours(seconds), basis, ("storage",))
@@ -214,9 +216,11 @@ def finetune_phase(
     load_s = checkpoint_bytes / (storage.value * GB * nodes)
     basis = [
         f"tokens per step = {per_step}",
-        f"training: {steps:,} steps x {tokens_per_step:,} tokens / ({finetune.value:,.4g} tokens/s per GPU x {gpus} GPUs) = {train_s / 3600:.2f} h",
+        f"training: {steps:,} steps x {tokens_per_step:,} tokens "
+        f"/ ({finetune.value:,.4g} tokens/s per GPU x {gpus} GPUs) = {train_s / 3600:.2f} h",
         f"layout: {layout}; {nodes} node(s) x {gpus_per_node} GPU(s) = {gpus} GPUs",
-        f"loading the {checkpoint_bytes / GB:,.0f} GB checkpoint: {storage.value:g} GB/s on each of {nodes} node(s) = {load_s / 3600:.2f} h",
+        f"loading the {checkpoint_bytes / GB:,.0f} GB checkpoint: "
+        f"{storage.value:g} GB/s on each of {nodes} node(s) = {load_s / 3600:.2f} h",
     ]
     validation_s = 0.0
     if validation_batches is None:
@@ -225,7 +229,8 @@ def finetune_phase(
         # Forward only: about a third of a training step's work per token.
         validation_s = validation_runs * validation_batches * tokens_per_step / (3 * finetune.value * gpus)
         basis.append(
-            f"validation: {validation_runs} run(s) x {validation_batches} batch(es), forward only (1/3 of a step) = {validation_s / 3600:.2f} h"
+            f"validation: {validation_runs} run(s) x {validation_batches} batch(es), "
+            f"forward only (1/3 of a step) = {validation_s / 3600:.2f} h"
         )
     return Phase("fine-tune", gpus, _hours(train_s + load_s + validation_s), tuple(basis), ("finetune", "storage"))
 
@@ -241,7 +246,8 @@ def generation_phase(
     weight_bytes: float,
     where: str,
 ) -> Phase:
-    """The evaluation: the server loads the weights on every node at once, then generates up to `tokens_per_prompt` per prompt."""
+    """The evaluation: the server loads the weights on every node at once,
+    then generates up to `tokens_per_prompt` per prompt."""
     gpus = nodes * gpus_per_node
     if prompts is None:
         return Phase(
@@ -256,9 +262,12 @@ def generation_phase(
     tokens = prompts * tokens_per_prompt
     generate_s = tokens / (generation.value * gpus)
     basis = (
-        f"{prompts:,} test prompts ({where}) x up to {tokens_per_prompt} new tokens = {tokens:,} tokens (prefill not counted)",
-        f"generation: {tokens:,} / ({generation.value:,.4g} tokens/s per GPU x {gpus} GPUs) = {generate_s / 3600:.2f} h",
-        f"loading {weight_bytes / GB:,.0f} GB of weights: {storage.value:g} GB/s on each of {nodes} node(s) = {load_s / 3600:.2f} h",
+        f"{prompts:,} test prompts ({where}) x up to {tokens_per_prompt} new tokens = {tokens:,} tokens "
+        "(prefill not counted)",
+        f"generation: {tokens:,} / ({generation.value:,.4g} tokens/s per GPU x {gpus} GPUs) "
+        f"= {generate_s / 3600:.2f} h",
+        f"loading {weight_bytes / GB:,.0f} GB of weights: "
+        f"{storage.value:g} GB/s on each of {nodes} node(s) = {load_s / 3600:.2f} h",
     )
     return Phase("evaluation", gpus, _hours(load_s + generate_s), basis, ("generation", "storage"))
 
@@ -283,7 +292,8 @@ def _ratio(value: float | None, prefix: str) -> str:
 
 
 def summary_lines(estimate: dict) -> list[str]:
-    """The estimate (its JSON, as `as_dict` gives it) for people: totals with their range, one line per phase, the rates."""
+    """The estimate (its JSON, as `as_dict` gives it) for people: totals with their range,
+    one line per phase, the rates."""
     currency = estimate["currency"]
     low, high = estimate["range"]["cost"]
     kind = "measured where a run gave them, estimated elsewhere" if estimate["measured"] else "estimated"
@@ -296,10 +306,16 @@ def summary_lines(estimate: dict) -> list[str]:
         f"price: {estimate['price_source']}",
     ]
     for phase in estimate["phases"]:
-        line = f"- {phase['name']}: {phase['gpus']} GPUs x {_h(phase['wall_hours'])} h = {_h(phase['gpu_hours'])} GPU-h, {_money(phase['cost'], currency) or '?'}"
+        line = (
+            f"- {phase['name']}: {phase['gpus']} GPUs x {_h(phase['wall_hours'])} h = {_h(phase['gpu_hours'])} GPU-h, "
+            f"{_money(phase['cost'], currency) or '?'}"
+        )
         if "measured" in phase:
             m = phase["measured"]
-            line += f"; measured {m['gpus']} GPUs x {_h(m['wall_hours'])} h = {_h(m['gpu_hours'])} GPU-h ({_ratio(m['ratio'], 'measured / estimated ')})"
+            line += (
+                f"; measured {m['gpus']} GPUs x {_h(m['wall_hours'])} h = {_h(m['gpu_hours'])} GPU-h "
+                f"({_ratio(m['ratio'], 'measured / estimated ')})"
+            )
         if phase.get("unknown"):
             line += f" (not estimated: {phase['unknown']})"
         lines.append(line)

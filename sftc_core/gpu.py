@@ -60,7 +60,10 @@ class GpuProbe:
             f"{d.name} ({format_bytes(d.total_memory_bytes)}, sm_{d.compute_capability[0]}{d.compute_capability[1]})"
             for d in self.devices
         )
-        return f"{self.device_count} CUDA device(s): {names}; torch {self.torch_version}, CUDA {self.cuda_version}; {self.triton_detail}"
+        return (
+            f"{self.device_count} CUDA device(s): {names}; torch {self.torch_version}, CUDA {self.cuda_version}; "
+            f"{self.triton_detail}"
+        )
 
     def as_dict(self) -> dict:
         return {**asdict(self), "device_count": self.device_count}

@@ -123,7 +123,8 @@ def replace_dir(src: Path | str, path: Path | str) -> None:
 
 
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is an error naming file and line."""
+    """(line number, object) for each non-blank line;
+    a line that is not a JSON object is an error naming file and line."""
     path = Path(path)
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):

@@ -130,7 +130,8 @@ def _as_datetime64(values: Sequence | pd.Series | np.ndarray) -> np.ndarray:
 def session_window(
     as_of_dates: Sequence | pd.Series | np.ndarray, horizons: Sequence[int] | np.ndarray, calendar: str = "XNYS"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Entry (first session strictly after as_of) and exit (h sessions after entry) per row; NaT outside the calendar."""
+    """Entry (first session strictly after as_of) and exit (h sessions after entry) per row;
+    NaT outside the calendar."""
     sessions = trading_sessions(calendar).to_numpy()
     as_of = _as_datetime64(as_of_dates)
     entry_idx = np.searchsorted(sessions, as_of, side="right")

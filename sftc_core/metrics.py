@@ -204,7 +204,8 @@ def cell_figures(counts: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def directional_accuracy(score: np.ndarray, forward_return: np.ndarray) -> float | None:
-    """Share of the rows with a non-zero score and a return whose score has the return's sign; None without such rows."""
+    """Share of the rows with a non-zero score and a return whose score has the return's sign;
+    None without such rows."""
     kinds = direction_kinds(np.asarray(score, dtype="float64"), forward_return)
     directional_rows = np.count_nonzero(kinds)
     return float(np.count_nonzero(kinds == 2) / directional_rows) if directional_rows else None

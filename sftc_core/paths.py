@@ -63,7 +63,8 @@ class ArtifactPaths:
 
     @property
     def launch(self) -> Path:
-        """Launched jobs: one folder each (sbatch script or manifest, logs, Pipes messages), on the shared filesystem."""
+        """Launched jobs: one folder each (sbatch script or manifest, logs, Pipes messages),
+        on the shared filesystem."""
         return self.root / "launch"
 
     @property

@@ -76,7 +76,8 @@ class Settings(Strict):
     vllm_python_override: Path | None = None
     # Where a Kubernetes deployment places work (SFTC_K8S_PLACEMENT): none (not on Kubernetes), run or step.
     k8s_placement: Placement = "none"
-    # SFTC_AUTOMATION=off: the automation sensors and the nightly schedule start stopped (the web UI runs nothing by itself).
+    # SFTC_AUTOMATION=off: the automation sensors and the nightly schedule start stopped
+    # (the web UI runs nothing by itself).
     automation: bool = True
     eodhd_api_key: SecretStr | None = None
     # SFTC_EVAL_API_KEY: the bearer token of an evaluation endpoint that asks for one.
@@ -93,7 +94,8 @@ class Settings(Strict):
 
     @property
     def nemo_python(self) -> Path:
-        """The NeMo environment's interpreter: SFTC_NEMO_PYTHON, else finetune.yaml's nemo_python (relative to the repository)."""
+        """The NeMo environment's interpreter: SFTC_NEMO_PYTHON, else finetune.yaml's nemo_python
+        (relative to the repository)."""
         path = self.nemo_python_override or Path(self.finetune.nemo_python)
         return path if path.is_absolute() else PROJECT_ROOT / path
 

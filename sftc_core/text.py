@@ -34,7 +34,8 @@ def format_bytes(count: int | float) -> str:
 
 
 def round_significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
-    """`value` to `digits` significant digits (0.1542028985507246 -> 0.154, 14555.3 -> 14600.0); NaN and inf as they are."""
+    """`value` to `digits` significant digits (0.1542028985507246 -> 0.154, 14555.3 -> 14600.0);
+    NaN and inf as they are."""
     if not math.isfinite(value) or value == 0:
         return value
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))

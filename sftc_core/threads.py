@@ -10,7 +10,8 @@ import torch
 
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
-    """Set `count` threads for the block (None leaves torch alone): on a busy 2-core node more workers only wait on each other."""
+    """Set `count` threads for the block (None leaves torch alone):
+    on a busy 2-core node more workers only wait on each other."""
     before = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)

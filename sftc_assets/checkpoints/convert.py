@@ -318,7 +318,8 @@ def convert_fp8_checkpoint(
         "shard_sha256": {name: entry["sha256"] for name, entry in sorted(done.items())},
     }
     logger.info(
-        "converted %d shard(s) (%d resumed), %d FP8 tensors dequantized, %.2f GB -> %.2f GB in %.1f s (%s GB/s) on %s/%s",
+        "converted %d shard(s) (%d resumed), %d FP8 tensors dequantized, "
+        "%.2f GB -> %.2f GB in %.1f s (%s GB/s) on %s/%s",
         summary["shards_converted"],
         summary["shards_resumed"],
         summary["dequantized_tensors"],
@@ -398,7 +399,8 @@ def _convert_shard(shard: PlannedShard, staging: Path, dequantize: Dequantize, b
                             writer.write(tensor_bytes(block))
                     if writer.written - before != tensor.output.nbytes:
                         raise CheckpointError(
-                            f"{tensor.source_path}: tensor {tensor.output.name} gave {writer.written - before} bytes, expected {tensor.output.nbytes}"
+                            f"{tensor.source_path}: tensor {tensor.output.name} gave {writer.written - before} bytes, "
+                            f"expected {tensor.output.nbytes}"
                         )
                     bar.advance(tensor.input_bytes)
                     if delay:

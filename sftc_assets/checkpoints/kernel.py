@@ -56,10 +56,8 @@ def triton_fp8_supported(device: int | str | torch.device = 0) -> tuple[bool, st
         torch.cuda.synchronize(device)
         expected = dequantize_fp8_torch(weight, scale)
     except Exception as exc:  # compile and launch errors differ across Triton versions; all mean "not here"
-        return (
-            False,
-            f"Triton FP8 kernel failed on {device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-        )
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return False, f"Triton FP8 kernel failed on {device}: {type(exc).__name__}: {first_line}"
     if not torch.equal(got.view(torch.int16), expected.view(torch.int16)):
         return False, f"Triton FP8 kernel on {device} differs from the torch math; using torch"
     return True, f"Triton {triton.__version__} FP8 kernel verified on {device}"

@@ -117,7 +117,8 @@ def read_header(path: Path | str) -> SafetensorsHeader:
             )
         if info.end > size:
             raise CheckpointError(
-                f"{path}: truncated: tensor {name!r} ends at byte {info.end}, the file has {size}; download the shard again"
+                f"{path}: truncated: tensor {name!r} ends at byte {info.end}, the file has {size}; "
+                "download the shard again"
             )
         tensors[name] = info
     return SafetensorsHeader(path, tensors, metadata)

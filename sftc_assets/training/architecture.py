@@ -174,7 +174,8 @@ class Architecture:
 
     @property
     def checkpoint_params(self) -> int:
-        """Tensors the release stores: the main model and the MTP modules with their own copies of embedding and head."""
+        """Tensors the release stores: the main model and the MTP modules
+        with their own copies of embedding and head."""
         return (
             self.main_params
             + self.mtp_unique_params
@@ -222,7 +223,8 @@ class Architecture:
         return size, f"computed from {self.source}: {how}"
 
     def lora_linear_shapes(self, dense: bool) -> dict[str, list[tuple[int, int]]]:
-        """(in, out) of every Linear a NeMo LoRA target name covers in one dense or MoE layer (routed experts one each)."""
+        """(in, out) of every Linear a NeMo LoRA target name covers in one dense or MoE layer
+        (routed experts one each)."""
         h = self.hidden
         shapes = {
             "linear_q_down_proj": [(h, self.q_lora_rank)] if self.q_lora_rank else [],
@@ -246,9 +248,10 @@ class Architecture:
             else ""
         )
         return (
-            f"{self.layers} layers ({self.dense_layers} dense, {self.moe_layers} MoE), {self.experts} routed + {self.shared_experts} "
-            f"shared experts ({self.experts_per_token} per token), {self.heads} heads, hidden {self.hidden}, MLA ranks "
-            f"q {self.q_lora_rank} / kv {self.kv_lora_rank}, vocabulary {self.vocab}: {self.main_params / 1e9:.1f}B parameters{mtp}"
+            f"{self.layers} layers ({self.dense_layers} dense, {self.moe_layers} MoE), "
+            f"{self.experts} routed + {self.shared_experts} shared experts ({self.experts_per_token} per token), "
+            f"{self.heads} heads, hidden {self.hidden}, MLA ranks q {self.q_lora_rank} / kv {self.kv_lora_rank}, "
+            f"vocabulary {self.vocab}: {self.main_params / 1e9:.1f}B parameters{mtp}"
         )
 
 
@@ -274,6 +277,7 @@ def architecture_of(
     if reference is None:
         where = f"{checkpoint} is not reachable from this node and " if checkpoint else ""
         raise ConfigError(
-            f"{where}the profile names no model.reference_config; set it to a config.json under configs/ (models/deepseek-v3.json)"
+            f"{where}the profile names no model.reference_config; "
+            "set it to a config.json under configs/ (models/deepseek-v3.json)"
         )
     return Architecture.from_hf_config(reference, f"{reference_source} (reference config of the release)")

@@ -52,7 +52,8 @@ class TrainRunConfig(dg.Config):
 
 class NemoRunConfig(dg.Config):
     dry_run: bool = False
-    """Check the inputs and plan the NeMo run (in the materialization's metadata) without importing NeMo or writing files."""
+    """Check the inputs and plan the NeMo run (in the materialization's metadata)
+    without importing NeMo or writing files."""
 
 
 # --- the NeMo backend through Pipes ---------------------------------------------------------------
@@ -212,7 +213,8 @@ def with_ids(generations: list[dict], dataset_dir: Path) -> list[dict]:
 
 def _training_summary(metrics: dict) -> str:
     """`validation loss 6.94 -> 0.586 in 300 steps, parse rate 100%` (a NeMo run reports no parse rate)."""
-    text = f"validation loss {format_number(metrics['initial_val_loss'])} -> {format_number(metrics['final_val_loss'])} in {metrics['steps']} steps"
+    initial, final = format_number(metrics["initial_val_loss"]), format_number(metrics["final_val_loss"])
+    text = f"validation loss {initial} -> {final} in {metrics['steps']} steps"
     return text + (
         f", parse rate {format_share(metrics['parse_rate'])}" if metrics.get("parse_rate") is not None else ""
     )
@@ -421,7 +423,8 @@ def defs(settings: Settings) -> dg.Definitions:
         group_name=GROUP,
         code_version=code_version("nemo_model", settings, nemo_runner, nemo_entry, targets),
         kinds={"nvidia", "pytorch"},
-        description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), run in the NeMo environment through Dagster Pipes.",
+        description="The BF16 checkpoint imported into NeMo (llm.import_ckpt), "
+        "run in the NeMo environment through Dagster Pipes.",
         **asset_placement(COMPUTE_CLASSES["nemo_model"], settings),
     )
     def nemo_model(context: dg.AssetExecutionContext, config: NemoRunConfig, gpu: GpuResource) -> dg.MaterializeResult:
@@ -440,8 +443,9 @@ def defs(settings: Settings) -> dg.Definitions:
             *((nemo_runner, nemo_entry, targets) if nemo_backend else (hf_backend, hf_entry, hf_launch, targets)),
         ),
         kinds={"pytorch", "huggingface"},
-        description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) with training.csv, val.csv, "
-        "metrics.json and loss_curve.png: the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
+        description="The fine-tuned checkpoint (HF layout, tokenizer with the SFT special tokens) "
+        "with training.csv, val.csv, metrics.json and loss_curve.png: "
+        "the Hugging Face backend on CPU or GPU, or NeMo on GPU nodes (TRAIN_BACKEND).",
         **asset_placement(COMPUTE_CLASSES["sft_model"], settings),
         # a job the cluster lost (preempted, a failed node) is started again; it resumes from its last checkpoint
         retry_policy=dg.RetryPolicy(max_retries=settings.profile.launch.max_retries, delay=60)
@@ -454,7 +458,8 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset_check(
         asset=sft_model,
         blocking=True,
-        description="The validation loss at the end of training is below its value before the first step (metrics.json).",
+        description="The validation loss at the end of training is below its value before the first step "
+        "(metrics.json).",
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def validation_loss_decreased() -> dg.AssetCheckResult:
@@ -463,7 +468,8 @@ def defs(settings: Settings) -> dg.Definitions:
     @dg.asset_check(
         asset=sft_model,
         blocking=True,
-        description="The training loss never climbs above where it started (moving average over 5 steps, 5% tolerance): "
+        description="The training loss never climbs above where it started "
+        "(moving average over 5 steps, 5% tolerance): "
         "a loss that rises or turns non-finite means a learning rate too high, named in the failure.",
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
@@ -472,9 +478,10 @@ def defs(settings: Settings) -> dg.Definitions:
 
     @dg.asset_check(
         asset="bf16_checkpoint",
-        description="`sftc preflight`: this node's GPUs and memory against configs/nemo/finetune.yaml, Triton FP8, the base "
-        "checkpoint and disk (GPU items required in the full profile only), then the GPU plan of the full profile (the "
-        "validation report's list). A warning, not a block: the GPU gate blocks.",
+        description="`sftc preflight`: this node's GPUs and memory against configs/nemo/finetune.yaml, "
+        "Triton FP8, the base checkpoint and disk (GPU items required in the full profile only), "
+        "then the GPU plan of the full profile (the validation report's list). "
+        "A warning, not a block: the GPU gate blocks.",
         **check_placement(COMPUTE_CLASSES["sft_model"], settings),
     )
     def gpu_preflight() -> dg.AssetCheckResult:

@@ -40,7 +40,8 @@ def release_bytes(profile: ProfileConfig) -> tuple[float, str]:
         return float(measured), f"the shards at {path}"
     if profile.compute.expected_checkpoint_bytes is None:
         raise ValueError(
-            f"the {profile.name} profile sets no compute.expected_checkpoint_bytes and its checkpoint is not on this node"
+            f"the {profile.name} profile sets no compute.expected_checkpoint_bytes "
+            "and its checkpoint is not on this node"
         )
     return float(
         profile.compute.expected_checkpoint_bytes
@@ -78,7 +79,10 @@ def _line_count(path: Path) -> int | None:
 
 def _layout(config: FinetuneConfig) -> str:
     p = config.parallelism
-    return f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, peft {config.peft}"
+    return (
+        f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, "
+        f"EP {p.expert}, peft {config.peft}"
+    )
 
 
 def gpu_run_estimate(

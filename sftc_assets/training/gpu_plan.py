@@ -143,7 +143,8 @@ def _inputs(settings: Settings) -> _Inputs:
 def build_gpu_plan(
     settings: Settings, *, launch_checks: LaunchChecks | None = None, check_nemo: bool = True
 ) -> GpuPlan:
-    """Every check of the GPU plan; `launch_checks` renders the GPU run's job and asks its cluster (None: both not checked)."""
+    """Every check of the GPU plan; `launch_checks` renders the GPU run's job
+    and asks its cluster (None: both not checked)."""
     inputs = _inputs(settings)
     arch, arch_check = _architecture(settings, inputs)
     checks = [arch_check]
@@ -231,8 +232,10 @@ def _architecture(settings: Settings, inputs: _Inputs) -> tuple[Architecture | N
             GPU_PLAN,
             FAIL,
             needed,
-            f"the checkpoint holds {arch.counted_params:,} parameters but its config.json implies {arch.checkpoint_params:,}",
-            f"the checkpoint at {checkpoint} is incomplete or its config.json belongs to another model: download both again",
+            f"the checkpoint holds {arch.counted_params:,} parameters "
+            f"but its config.json implies {arch.checkpoint_params:,}",
+            f"the checkpoint at {checkpoint} is incomplete or its config.json belongs to another model: "
+            "download both again",
         )
     if model.vocab_size != arch.vocab:
         return arch, Check(
@@ -400,8 +403,9 @@ def _layout(settings: Settings, arch: Architecture) -> Check:
     )
     stages = stage_layers(config, arch.layers)
     details = (
-        f"world size: nodes {config.nodes} x gpus_per_node {config.gpus_per_node} = {config.world_size} = tensor {p.tensor} x pipeline "
-        f"{p.pipeline} x context {p.context} x data-parallel {config.data_parallel_size}",
+        f"world size: nodes {config.nodes} x gpus_per_node {config.gpus_per_node} = {config.world_size} "
+        f"= tensor {p.tensor} x pipeline {p.pipeline} x context {p.context} "
+        f"x data-parallel {config.data_parallel_size}",
         f"layers per pipeline stage: {' + '.join(map(str, stages))} = {sum(stages)} of the model's {arch.layers}"
         if stages
         else f"layers per pipeline stage: {p.pipeline} stages do not split {arch.layers} layers",
@@ -417,7 +421,10 @@ def _layout(settings: Settings, arch: Architecture) -> Check:
         return Check(
             "parallel layout", GPU_PLAN, FAIL, needed, wrong, f"change parallelism in {config.source}", details
         )
-    found = f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, stages {'/'.join(map(str, stages))}"
+    found = (
+        f"TP {p.tensor} x PP {p.pipeline} x CP {p.context} x DP {config.data_parallel_size}, EP {p.expert}, "
+        f"stages {'/'.join(map(str, stages))}"
+    )
     return Check("parallel layout", GPU_PLAN, PASS, needed, found, details=details)
 
 
@@ -428,11 +435,15 @@ def _batch(settings: Settings) -> Check:
     details = (
         f"global_batch_size {config.global_batch_size} = micro_batch_size {config.micro_batch_size} x data-parallel "
         f"{config.data_parallel_size} x {micro_batches} micro-batches per step",
-        f"pipeline {config.parallelism.pipeline}: the 1F1B schedule idles (pipeline - 1) / (micro-batches + pipeline - 1) = "
+        f"pipeline {config.parallelism.pipeline}: the 1F1B schedule idles "
+        f"(pipeline - 1) / (micro-batches + pipeline - 1) = "
         f"{(config.parallelism.pipeline - 1) / (micro_batches + config.parallelism.pipeline - 1):.0%} of each step",
     )
     needed = "global batch a multiple of micro batch x data-parallel size, at least one micro-batch per pipeline stage"
-    found = f"{micro_batches} micro-batches of {config.micro_batch_size} per step on each of {config.data_parallel_size} data-parallel rank(s)"
+    found = (
+        f"{micro_batches} micro-batches of {config.micro_batch_size} per step "
+        f"on each of {config.data_parallel_size} data-parallel rank(s)"
+    )
     if micro_batches < config.parallelism.pipeline:
         return Check(
             "batch arithmetic",
@@ -488,8 +499,8 @@ def _gpu_memory(settings: Settings, arch: Architecture) -> Check:
     config = settings.finetune
     estimate = memory.gpu_memory(arch, config)
     fix = (
-        f"in {config.source}: more nodes or pipeline / tensor / expert parallelism, recompute: full, a smaller seq_length or "
-        f"micro_batch_size"
+        f"in {config.source}: more nodes or pipeline / tensor / expert parallelism, recompute: full, "
+        f"a smaller seq_length or micro_batch_size"
         + (", or peft: lora" if config.peft == "none" else "")
         + "; or GPUs with more memory (gpu_memory_gb)"
     )
@@ -511,7 +522,10 @@ def _host_ram(settings: Settings, arch: Architecture) -> Check:
         else "configs/cluster.yaml gives no node_memory or memory limit for node_pools.gpu"
     )
     estimate = memory.import_host_memory(arch, usable, how)
-    fix = "GPU nodes with more host memory (node_pools.gpu.node_memory in configs/cluster.yaml) and a memory limit that gives it to the import pod"
+    fix = (
+        "GPU nodes with more host memory (node_pools.gpu.node_memory in configs/cluster.yaml) "
+        "and a memory limit that gives it to the import pod"
+    )
     if usable is None:
         fix = "set node_pools.gpu.node_memory (and resources.limits.memory) in configs/cluster.yaml"
     return _estimate_check("host RAM", estimate, "host memory of a GPU node for the NeMo import (nemo_model)", fix, "")
@@ -624,7 +638,10 @@ def _sequence_length(settings: Settings, inputs: _Inputs, counts: PairTokens) ->
         f"training examples within {field} {limit} of the {inputs.backend} backend (at most {MAX_CUT_SHARE:.0%} cut), "
         "every answer whole (its <action> last)"
     )
-    found = f"{longer} of {train} training examples ({longer / train:.1%}) longer than {limit} tokens; the longest {longest}"
+    found = (
+        f"{longer} of {train} training examples ({longer / train:.1%}) longer than {limit} tokens; "
+        f"the longest {longest}"
+    )
     details = (
         f"tokens counted with {counts.source}",
         f"{cut} when an example is too long",
@@ -657,7 +674,10 @@ def _sequence_length(settings: Settings, inputs: _Inputs, counts: PairTokens) ->
 def _answer_length(inputs: _Inputs, counts: PairTokens) -> Check:
     limit = inputs.profile.evaluation.max_new_tokens
     longest = max(answer for _, answer in counts.rows)
-    needed = f"evaluation.max_new_tokens {limit} of the {inputs.profile.name} profile above the longest answer, so no answer is cut before its action"
+    needed = (
+        f"evaluation.max_new_tokens {limit} of the {inputs.profile.name} profile above the longest answer, "
+        "so no answer is cut before its action"
+    )
     found = f"answers up to {longest} tokens (with EOS), counted with {counts.source}"
     if longest > limit:
         return Check(
@@ -730,7 +750,10 @@ def _knowledge_cutoff(inputs: _Inputs, calendar: str) -> Check:
             f"set model.knowledge_cutoff in {inputs.profile_file} to the last date of the base model's training data",
         )
     first = first_unseen_date(model.knowledge_cutoff, horizon, calendar)
-    found = f"test window {inputs.test_start}..{inputs.test_end}; cutoff {model.knowledge_cutoff} + {horizon} sessions: unseen from {first}"
+    found = (
+        f"test window {inputs.test_start}..{inputs.test_end}; "
+        f"cutoff {model.knowledge_cutoff} + {horizon} sessions: unseen from {first}"
+    )
     if inputs.test_start < first:
         return Check(
             "knowledge cutoff",
@@ -738,7 +761,8 @@ def _knowledge_cutoff(inputs: _Inputs, calendar: str) -> Check:
             FAIL,
             needed,
             found + ": the model may know the outcomes of the first test months",
-            f"move dates.test_start in {inputs.profile_file} (or TEST_START_DATE) to {first} or later; the backtest reports the two sides apart meanwhile",
+            f"move dates.test_start in {inputs.profile_file} (or TEST_START_DATE) to {first} or later; "
+            "the backtest reports the two sides apart meanwhile",
         )
     return Check("knowledge cutoff", GPU_PLAN, PASS, needed, found)
 

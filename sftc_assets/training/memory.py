@@ -112,7 +112,8 @@ def _layer_activation_elements(arch: Architecture, dense: bool, tokens: int, lay
     """Elements one layer keeps for its backward pass for one micro-batch of `tokens` (no recompute)."""
     h = arch.hidden
     latents = (arch.q_lora_rank or 0) + arch.kv_lora_rank + arch.qk_rope
-    # norm input and output, the MLA latents (split by sequence parallelism); q, k, v and the attention output (by tensor).
+    # norm input and output, the MLA latents (split by sequence parallelism);
+    # q, k, v and the attention output (by tensor).
     attention = tokens * ((2 * h + latents) // lay.sp + arch.heads * (2 * arch.qk_head + 2 * arch.v_head) // lay.tp)
     if dense:
         return attention + tokens * (
@@ -128,7 +129,8 @@ def _layer_activation_elements(arch: Architecture, dense: bool, tokens: int, lay
 
 
 def _lora_params(arch: Architecture, config: FinetuneConfig, layer_indices: range, lay: _Layout | None) -> int:
-    """Adapter parameters (A: rank x in, B: out x rank) of the targets over `layer_indices`; a rank's share with `lay`."""
+    """Adapter parameters (A: rank x in, B: out x rank) of the targets over `layer_indices`;
+    a rank's share with `lay`."""
     rank, total = config.lora.rank, 0
     targets = {target.rsplit(".", 1)[-1] for target in config.lora.target_modules}
     for index in layer_indices:
@@ -152,7 +154,8 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
     tokens = config.seq_length * config.micro_batch_size // lay.cp
     available = int(config.gpu_memory_bytes * (1 - FRAGMENTATION_MARGIN)) - FIXED_OVERHEAD_BYTES
     available_how = (
-        f"gpu_memory_gb {config.gpu_memory_gb:g} ({format_bytes(config.gpu_memory_bytes)}) less {FRAGMENTATION_MARGIN:.0%} for fragmentation and "
+        f"gpu_memory_gb {config.gpu_memory_gb:g} ({format_bytes(config.gpu_memory_bytes)}) "
+        f"less {FRAGMENTATION_MARGIN:.0%} for fragmentation and "
         f"{format_bytes(FIXED_OVERHEAD_BYTES)} for the CUDA context, NCCL buffers and workspaces"
     )
     estimates, start = [], 0
@@ -179,7 +182,8 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
                 f"({count} layers' attention, dense MLPs and shared experts"
                 + (" + embedding" if first else "")
                 + (" + output layer" if last else "")
-                + f" {_billions(split)} / tensor {lay.tp} + routed experts {_billions(experts)} / (expert {lay.ep} x expert_tensor {lay.etp})"
+                + f" {_billions(split)} / tensor {lay.tp}"
+                + f" + routed experts {_billions(experts)} / (expert {lay.ep} x expert_tensor {lay.etp})"
                 + f" + norms and routers {_billions(replicated)}) x {BF16_BYTES} B",
             )
         ]
@@ -203,7 +207,8 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
                 Term(
                     "Adam master weights and moments (distributed optimizer)",
                     optimizer,
-                    f"{_billions(dense_share)} x {OPTIMIZER_BYTES} B / data-parallel {lay.dp} + {_billions(expert_share)} x {OPTIMIZER_BYTES} B / expert-data-parallel {lay.expert_dp}",
+                    f"{_billions(dense_share)} x {OPTIMIZER_BYTES} B / data-parallel {lay.dp} + "
+                    f"{_billions(expert_share)} x {OPTIMIZER_BYTES} B / expert-data-parallel {lay.expert_dp}",
                 )
             )
         in_flight = min(lay.pp - stage, lay.micro_batches)
@@ -213,10 +218,16 @@ def stage_estimates(arch: Architecture, config: FinetuneConfig) -> list[Estimate
         )
         if config.recompute == "full":
             kept = tokens * arch.hidden // lay.sp * count * in_flight + max(per_layer)
-            how = f"{where} tokens: each layer's input x {count} layers x {in_flight} micro-batch(es) in flight + one layer recomputed"
+            how = (
+                f"{where} tokens: each layer's input x {count} layers x {in_flight} micro-batch(es) in flight "
+                "+ one layer recomputed"
+            )
         else:
             kept = sum(per_layer) * in_flight
-            how = f"{where} tokens x {count} layers' saved tensors x {in_flight} micro-batch(es) in flight (pipeline {lay.pp} - stage {stage})"
+            how = (
+                f"{where} tokens x {count} layers' saved tensors x {in_flight} micro-batch(es) in flight "
+                f"(pipeline {lay.pp} - stage {stage})"
+            )
         terms.append(Term("activations", kept * BF16_BYTES, how))
         if last:
             logits = tokens * (arch.vocab // lay.tp) * LOGIT_BYTES
@@ -247,7 +258,8 @@ def import_host_memory(arch: Architecture, available_bytes: int | None, availabl
     term = Term(
         "NeMo import (HF model in host memory, converted into Megatron's)",
         int(bf16 * IMPORT_RAM_FACTOR),
-        f"{_billions(arch.main_params)} parameters x {BF16_BYTES} B = {format_bytes(bf16)}, x {IMPORT_RAM_FACTOR} (reported peaks 1.2 to 1.6 TB for the 671B model)",
+        f"{_billions(arch.main_params)} parameters x {BF16_BYTES} B = {format_bytes(bf16)}, x {IMPORT_RAM_FACTOR} "
+        "(reported peaks 1.2 to 1.6 TB for the 671B model)",
     )
     return Estimate("the NeMo import on one GPU node", (term,), available_bytes, available_how)
 
@@ -274,7 +286,8 @@ def data_volume(
         Term(
             "fine-tune checkpoints",
             KEPT_CHECKPOINTS * trainable * CHECKPOINT_BYTES_PER_PARAM,
-            f"{KEPT_CHECKPOINTS} kept x {_billions(trainable)} trainable parameters x {CHECKPOINT_BYTES_PER_PARAM} B (weights and Adam state)",
+            f"{KEPT_CHECKPOINTS} kept x {_billions(trainable)} trainable parameters "
+            f"x {CHECKPOINT_BYTES_PER_PARAM} B (weights and Adam state)",
         ),
     ]
     if lora:

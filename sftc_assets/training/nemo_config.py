@@ -94,14 +94,16 @@ def read_hf_config(checkpoint_dir: Path) -> dict:
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
     if dtype != "bfloat16":
         raise ConfigError(
-            f"{config_path}: field 'dtype' (or 'torch_dtype') is {dtype!r}; NeMo's importer takes the model's precision "
-            'from it and sftc imports BF16 checkpoints: expected "bfloat16"'
+            f"{config_path}: field 'dtype' (or 'torch_dtype') is {dtype!r}; "
+            "NeMo's importer takes the model's precision from it and sftc imports BF16 checkpoints: "
+            'expected "bfloat16"'
         )
     return hf_config
 
 
 def check_nemo_dataset(dataset_root: Path) -> dict[str, int]:
-    """The three NeMo JSONL files, each line checked by the one contract (sftc_core.nemo_format); returns line counts."""
+    """The three NeMo JSONL files, each line checked by the one contract (sftc_core.nemo_format);
+    returns line counts."""
     counts = {}
     for name in NEMO_DATA_FILES:
         path = Path(dataset_root) / name
@@ -216,7 +218,8 @@ def model_fit_problems(config: FinetuneConfig, model_config: dict) -> list[tuple
             problems.append(
                 (
                     "parallelism.pipeline",
-                    f"= {p.pipeline} must divide the model's {layers} layers, or set layers_in_first/last_pipeline_stage",
+                    f"= {p.pipeline} must divide the model's {layers} layers, "
+                    "or set layers_in_first/last_pipeline_stage",
                 )
             )
         else:
@@ -225,8 +228,8 @@ def model_fit_problems(config: FinetuneConfig, model_config: dict) -> list[tuple
             problems.append(
                 (
                     "parallelism.layers_in_first/last_pipeline_stage",
-                    f"= {first}/{last} leave {middle_layers} of the model's {layers} layers for {middle_stages} middle stages; "
-                    "they must split evenly",
+                    f"= {first}/{last} leave {middle_layers} of the model's {layers} layers "
+                    f"for {middle_stages} middle stages; they must split evenly",
                 )
             )
     return problems

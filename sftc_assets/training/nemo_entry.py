@@ -3,7 +3,8 @@
     python -m sftc_assets.training.nemo_entry import   --hf-checkpoint BF16_DIR --output NEMO_DIR [--dry-run]
     python -m sftc_assets.training.nemo_entry finetune --hf-checkpoint BF16_DIR --nemo-checkpoint NEMO_DIR
                                                        --data NEMO_JSONL_DIR --work-dir DIR [--max-steps N] [--dry-run]
-    python -m sftc_assets.training.nemo_entry export   --hf-checkpoint BF16_DIR --work-dir DIR --output SFT_DIR [--dry-run]
+    python -m sftc_assets.training.nemo_entry export   --hf-checkpoint BF16_DIR --work-dir DIR --output SFT_DIR
+                                                       [--dry-run]
 
 Imports only the standard library, dagster_pipes, NeMo and sftc's Dagster-free config modules: NeMo 2.7.3 pins
 transformers 4.57 and numpy < 2, so nothing of our environment may load here. NeMo is imported only past the
@@ -172,7 +173,8 @@ def _metrics_callback(pipes: PipesContext, global_batch_size: int, seq_length: i
 
 
 def last_checkpoint(exp_dir: Path) -> Path:
-    """The newest checkpoint NeMo's ModelCheckpoint wrote under <exp_dir>/checkpoints (a dir with weights/ and context/)."""
+    """The newest checkpoint NeMo's ModelCheckpoint wrote under <exp_dir>/checkpoints
+    (a dir with weights/ and context/)."""
     candidates = [p for p in (Path(exp_dir) / "checkpoints").glob("*") if (p / "context").is_dir()]
     if not candidates:
         raise FileNotFoundError(f"{exp_dir}/checkpoints: no NeMo checkpoint written; see the training log above")
@@ -214,7 +216,8 @@ def run_finetune(plan: dict, pipes: PipesContext) -> dict:
 
 
 def bin_to_safetensors(hf_dir: Path) -> int:
-    """NeMo's DeepSeek exporter saves pytorch_model*.bin; rewrite each shard as safetensors (HF layout), one at a time."""
+    """NeMo's DeepSeek exporter saves pytorch_model*.bin; rewrite each shard as safetensors (HF layout),
+    one at a time."""
     import torch
     from safetensors.torch import save_file
 

@@ -99,7 +99,8 @@ def finetune_steps(
 
 
 def stage_dataset(dataset_root: Path, work_dir: Path) -> Path:
-    """A copy of the NeMo JSONL in the work dir: NeMo writes index files beside its data, not into nemo_jsonl's folder."""
+    """A copy of the NeMo JSONL in the work dir: NeMo writes index files beside its data,
+    not into nemo_jsonl's folder."""
     target = Path(work_dir) / "dataset"
     with atomic_dir(target) as tmp:
         for name in NEMO_DATA_FILES:

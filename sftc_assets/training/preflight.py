@@ -57,7 +57,10 @@ def run_preflight(
 ) -> PreflightReport:
     """The checklist. `require_gpu=False` (the toy profile's CPU node) leaves this node's GPU items unchecked."""
     finetune = settings.finetune  # validated when the settings were loaded: a broken file never gets this far
-    found = f"{finetune.nodes} node(s) x {finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)}, peft {finetune.peft}"
+    found = (
+        f"{finetune.nodes} node(s) x {finetune.gpus_per_node} GPU(s) x {format_bytes(finetune.gpu_memory_bytes)}, "
+        f"peft {finetune.peft}"
+    )
     checks = [Check("finetune config", THIS_NODE, PASS, f"a valid {finetune.source}", found)]
     if require_gpu:
         checks += _gpu_checks(probe or probe_gpus(fp8_check=triton_fp8_check), finetune)

@@ -18,7 +18,8 @@ class BacktestConfig(Strict):
     cost_bps: float = Field(default=5.0, ge=0)
     risk_free_rate: float = 0.0
     periods_per_year: int = Field(default=252, gt=0)
-    # Uncertainty (spec v2): bootstrap resamples of the theses, permutations of the predictions, their seed (0: not computed).
+    # Uncertainty (spec v2): bootstrap resamples of the theses, permutations of the predictions, their seed
+    # (0: not computed).
     bootstrap_resamples: int = Field(default=2000, ge=0)
     permutations: int = Field(default=2000, ge=0)
     seed: int = 0

@@ -39,7 +39,8 @@ def load_yaml_model(path: Path | str, model: type[BaseModel]) -> Any:
         return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '(across fields)'}': {err['msg'].removeprefix('Value error, ')}"
+            f"field '{'.'.join(str(p) for p in err['loc']) or '(across fields)'}': "
+            f"{err['msg'].removeprefix('Value error, ')}"
             # A rule across fields already names its values; the input would be the whole section.
             + (
                 f" (got {err['input']!r})"

@@ -138,7 +138,8 @@ class KubernetesConfig(Strict):
 
 
 class StorageConfig(Strict):
-    # Size of the volume behind SFTC_DATA_DIR on the GPU nodes (kubernetes.data_volume_claim, or the shared filesystem under Slurm), a Kubernetes quantity.
+    # Size of the volume behind SFTC_DATA_DIR on the GPU nodes (kubernetes.data_volume_claim, or the shared
+    # filesystem under Slurm), a Kubernetes quantity.
     data_volume: Size
 
     @property

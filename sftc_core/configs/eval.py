@@ -24,7 +24,8 @@ class PricesConfig(Strict):
 
 
 class EndpointClientConfig(Strict):
-    """The completions client: each request's timeout, its retries, and how long a started server may take to come up."""
+    """The completions client: each request's timeout, its retries,
+    and how long a started server may take to come up."""
 
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_retries: int = Field(default=5, ge=0)

@@ -80,7 +80,8 @@ def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
         problems.append(
             (
                 "parallelism.sequence_parallel",
-                "needs tensor >= 2 (it splits activations across the tensor-parallel group); set it false or raise tensor",
+                "needs tensor >= 2 (it splits activations across the tensor-parallel group); "
+                "set it false or raise tensor",
             )
         )
     if (p.layers_in_first_pipeline_stage is not None or p.layers_in_last_pipeline_stage is not None) and p.pipeline < 2:
@@ -105,7 +106,8 @@ def layout_problems(config: FinetuneConfig) -> list[tuple[str, str]]:
         problems.append(
             (
                 "parallelism.expert",
-                f"expert * expert_tensor * pipeline = {expert_parallel} must divide nodes * gpus_per_node = {config.world_size}",
+                f"expert * expert_tensor * pipeline = {expert_parallel} "
+                f"must divide nodes * gpus_per_node = {config.world_size}",
             )
         )
     per_step = config.micro_batch_size * config.data_parallel_size

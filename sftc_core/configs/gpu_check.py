@@ -83,7 +83,8 @@ class GpuCheckConfig(Strict):
         if total > self.total_limit_s:
             limits = " + ".join(f"{name} {step.limit_s:g}" for name, step in self.steps.items())
             raise ValueError(
-                f"the steps' limit_s add up to {total:g} s ({limits}), above total_limit_s {self.total_limit_s:g}: lower some"
+                f"the steps' limit_s add up to {total:g} s ({limits}), "
+                f"above total_limit_s {self.total_limit_s:g}: lower some"
             )
         return self
 

@@ -110,13 +110,15 @@ class ModelConfig(Strict):
     base_checkpoint_path: str | None = None
     # The architecture where the checkpoint is not reachable (the GPU plan on a CPU node): a config.json under configs/.
     reference_config: str | None = None
-    # The last day the base model's pretraining data may cover: the test window must start after it plus the label horizon.
+    # The last day the base model's pretraining data may cover:
+    # the test window must start after it plus the label horizon.
     knowledge_cutoff: dt.date | None = None
 
 
 class ComputeConfig(Strict):
     cpu_max_checkpoint_bytes: int = Field(gt=0)
-    # Size of the profile's base checkpoint, known before it exists: `auto` assets route to a GPU node above the CPU limit.
+    # Size of the profile's base checkpoint, known before it exists:
+    # `auto` assets route to a GPU node above the CPU limit.
     expected_checkpoint_bytes: int | None = Field(default=None, gt=0)
 
     @property
@@ -176,7 +178,8 @@ class TrainingConfig(Strict):
     def _adam_step(cls, value: float) -> float:
         if value >= 1:
             raise ValueError(
-                f"{value} is not a learning rate for AdamW (the step size in weight units); expected a value below 1, e.g. 3.0e-3"
+                f"{value} is not a learning rate for AdamW (the step size in weight units); "
+                "expected a value below 1, e.g. 3.0e-3"
             )
         return value
 
@@ -236,7 +239,8 @@ class NightlyLaunchConfig(Strict):
 
 class LaunchConfig(Strict):
     """How the long steps start (the Hugging Face fine-tune; NeMo's import, fine-tune, export): `sftc train --launcher`,
-    `--nodes`, `--procs-per-node` override it. The NeMo fine-tune takes its nodes and GPUs from configs/nemo/finetune.yaml."""
+    `--nodes`, `--procs-per-node` override it. The NeMo fine-tune takes its nodes and GPUs from
+    configs/nemo/finetune.yaml."""
 
     launcher: Launcher = "local"
     nodes: int = Field(default=1, ge=1)
@@ -244,7 +248,8 @@ class LaunchConfig(Strict):
     gpus_per_node: int = Field(default=0, ge=0)
     # Slurm's --time (D-HH:MM:SS or HH:MM:SS); on Kubernetes the JobSet's activeDeadlineSeconds.
     time_limit: str = Field(default="04:00:00", pattern=_SLURM_TIME)
-    # Automatic retries of a job that the cluster lost (PREEMPTED, NODE_FAIL, BOOT_FAIL); each resumes from the last checkpoint.
+    # Automatic retries of a job that the cluster lost (PREEMPTED, NODE_FAIL, BOOT_FAIL);
+    # each resumes from the last checkpoint.
     max_retries: int = Field(default=0, ge=0)
     # How long a submitted job may wait to start (as time_limit) before it is cancelled; null: as long as it takes.
     max_pending: str | None = Field(default=None, pattern=_SLURM_TIME)
@@ -276,7 +281,8 @@ class ProfileConfig(Strict):
         if first < self.partitions.start or last > self.partitions.end:
             raise ValueError(
                 f"dates.train_start..dates.test_end {self.dates.train_start}..{self.dates.test_end} reach outside "
-                f"partitions.start..partitions.end {self.partitions.start}..{self.partitions.end}; expected the partitions to cover the months {first}..{last}"
+                f"partitions.start..partitions.end {self.partitions.start}..{self.partitions.end}; "
+                f"expected the partitions to cover the months {first}..{last}"
             )
         return self
 
@@ -310,7 +316,8 @@ def reference_config_path(profile: ProfileConfig, config_dir: Path = CONFIG_DIR)
     path = Path(config_dir) / profile.model.reference_config
     if not path.is_file():
         raise ConfigError(
-            f"{profile_path(profile.name, config_dir)}: field 'model.reference_config': {profile.model.reference_config!r} "
+            f"{profile_path(profile.name, config_dir)}: "
+            f"field 'model.reference_config': {profile.model.reference_config!r} "
             f"is not a file under {config_dir}; expected a config.json such as models/deepseek-v3.json"
         )
     return path

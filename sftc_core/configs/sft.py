@@ -1,4 +1,5 @@
-"""configs/sft_config.yaml: how theses become fine-tuning pairs (prompt templates against the records, splits, special tokens, sequence length)."""
+"""configs/sft_config.yaml: how theses become fine-tuning pairs (prompt templates against the records, splits,
+special tokens, sequence length)."""
 
 from __future__ import annotations
 
