@@ -20,12 +20,15 @@ GROUP = "backtest"
 
 
 def _summary(figures: dict) -> str:
-    """`accuracy 28.9% (95% CI 21.1% to 36.7%, majority 27.3%), Sharpe 1.56, return 8.52% (benchmark -6.6%); no evidence of skill`."""
+    """`accuracy 28.9% (95% CI 21.1% to 36.7%, majority 27.3%), Sharpe 1.56, return 8.52% (benchmark -6.6%);
+    no evidence of skill`."""
     pf, bm = figures["portfolio"], figures["benchmark"]
     return (
-        f"accuracy {report.fmt('accuracy', figures['accuracy'])} (95% CI {report.interval_text('accuracy', figures['ci95'].get('accuracy'))}, "
+        f"accuracy {report.fmt('accuracy', figures['accuracy'])} "
+        f"(95% CI {report.interval_text('accuracy', figures['ci95'].get('accuracy'))}, "
         f"majority {report.fmt('accuracy', figures['majority_baseline_accuracy'])}), "
-        f"Sharpe {report.fmt('sharpe', pf.get('sharpe'))}, return {report.fmt('cumulative_return', pf.get('cumulative_return'))} "
+        f"Sharpe {report.fmt('sharpe', pf.get('sharpe'))}, "
+        f"return {report.fmt('cumulative_return', pf.get('cumulative_return'))} "
         f"(benchmark {report.fmt('cumulative_return', bm.get('cumulative_return'))}); "
         + ("evidence of skill" if figures["verdict"]["skill"] else "no evidence of skill")
     )
@@ -165,8 +168,9 @@ def defs(settings: Settings) -> dg.Definitions:
     # `sftc run` would leave the previous report, and its YES, in place).
     @dg.asset_check(
         asset=backtest_report,
-        description="The toy model recovered the cue planted in the sample theses: accuracy on the cued test theses with its 95% "
-        f"interval above their majority baseline, and the accuracy's permutation p-value below {report.CUE_P_VALUE:g}.",
+        description="The toy model recovered the cue planted in the sample theses: accuracy on the cued test theses "
+        "with its 95% interval above their majority baseline, and the accuracy's permutation p-value "
+        f"below {report.CUE_P_VALUE:g}.",
     )
     def planted_cue_recovered() -> dg.AssetCheckResult:
         return check_planted_cue_recovered(paths.backtest)

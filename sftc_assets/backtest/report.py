@@ -284,13 +284,16 @@ def skill_verdict(metrics: dict) -> dict:
     majority = metrics["baselines"]["majority"]
     skill, why = beats_baseline(interval, majority["accuracy"], p, SKILL_P_VALUE)
     figures = (
-        f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) against the majority baseline "
-        f"{fmt('accuracy', majority['accuracy'])} (always {majority['action']}), permutation p = {fmt('p', p)}"
+        f"accuracy {fmt('accuracy', accuracy)} (95% CI {interval_text('accuracy', interval)}) "
+        f"against the majority baseline {fmt('accuracy', majority['accuracy'])} (always {majority['action']}), "
+        f"permutation p = {fmt('p', p)}"
     )
     if skill:
         return {
             "skill": True,
-            "sentence": f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}.",
+            "sentence": (
+                f"Evidence of skill: {figures}; the interval lies above the baseline and p < {SKILL_P_VALUE:g}."
+            ),
         }
     return {"skill": False, "sentence": f"No evidence of skill: {figures}; {why}."}
 
@@ -302,7 +305,8 @@ def cue_verdict(metrics: dict) -> tuple[bool, str]:
     interval, majority = cued["ci95"], cued["majority_baseline_accuracy"]
     recovered, why = beats_baseline(interval, majority, p, CUE_P_VALUE)
     figures = (
-        f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} (95% CI {interval_text('accuracy', interval)}) "
+        f"accuracy on the {cued['rows']} cued theses {fmt('accuracy', cued['accuracy'])} "
+        f"(95% CI {interval_text('accuracy', interval)}) "
         f"against their majority baseline {fmt('accuracy', majority)}, overall permutation p = {fmt('p', p)}"
     )
     if recovered:
@@ -311,7 +315,8 @@ def cue_verdict(metrics: dict) -> tuple[bool, str]:
 
 
 def first_unseen(profile: ProfileConfig, calendar: str = "XNYS") -> dt.date | None:
-    """The first as-of date past the profile's base model's knowledge cutoff plus the label horizon (None: no cutoff)."""
+    """The first as-of date past the profile's base model's knowledge cutoff plus the label horizon
+    (None: no cutoff)."""
     cutoff = profile.model.knowledge_cutoff
     return first_unseen_date(cutoff, profile.corpus.horizon_days, calendar) if cutoff else None
 
@@ -465,7 +470,8 @@ def _tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             confusion,
         ),
         (
-            "Per month (by month of as_of_date; each figure over the count beside it; portfolio and benchmark over that month's sessions)",
+            "Per month (by month of as_of_date; each figure over the count beside it; "
+            "portfolio and benchmark over that month's sessions)",
             month_columns,
             months,
         ),
@@ -510,20 +516,23 @@ def _summary_lines(metrics: dict) -> list[str]:
     pf = metrics["portfolio"]
     horizons = ", ".join(str(h) for h in metrics["horizon_days"])
     lines = [
-        f"{metrics['rows']:,} theses from {metrics['first_as_of_date']} to {metrics['last_as_of_date']}, horizon {horizons} sessions, "
+        f"{metrics['rows']:,} theses from {metrics['first_as_of_date']} to {metrics['last_as_of_date']}, "
+        f"horizon {horizons} sessions, "
         f"prices from the {metrics['price_source']} source on the {metrics['calendar']} calendar.",
         "Return status: " + ", ".join(f"{k} {v:,}" for k, v in metrics["return_status_counts"].items()) + ".",
     ]
     if pf["available"]:
         lines.append(
-            f"Portfolio: {pf['positions']:,} positions from {pf['start']} to {pf['end']}, costs {pf['cost_bps']:g} bp a side; "
+            f"Portfolio: {pf['positions']:,} positions from {pf['start']} to {pf['end']}, "
+            f"costs {pf['cost_bps']:g} bp a side; "
             f"{pf['rows_scored_zero']:,} rows scored 0 (HOLD or unparsed) hold nothing."
         )
         sessions = metrics["annualised_from_sessions"]
         if sessions is not None and sessions < metrics["config"]["periods_per_year"]:
             lines.append(
                 f"CAGR, volatility, Sharpe, Sortino and Calmar are annualised from {sessions} sessions, under a year "
-                f"({metrics['config']['periods_per_year']}): read them as the pace of a short window, not as a year's result."
+                f"({metrics['config']['periods_per_year']}): "
+                "read them as the pace of a short window, not as a year's result."
             )
     else:
         lines.append(f"Portfolio: not computed: {pf['reason']}.")
@@ -547,7 +556,8 @@ def _summary_lines(metrics: dict) -> list[str]:
 
 
 def _headline_lines(metrics: dict) -> list[str]:
-    """What a reader must see first: the toy caveat, whether there is evidence of skill, whether the cue came through."""
+    """What a reader must see first: the toy caveat, whether there is evidence of skill,
+    whether the cue came through."""
     lines = []
     if metrics.get("sample_corpus"):
         lines.append(
@@ -602,8 +612,17 @@ def render_html(metrics: dict, images: dict[str, bytes]) -> str:
         body.append(f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
     body.append(image("confusion.png", "confusion matrix"))
     body.append("<h2>Definitions</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in DEFINITIONS) + "</ul>")
-    style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
-    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Backtest report</title><style>{style}</style></head><body><h1>Backtest report</h1>{"".join(body)}</body></html>\n'
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+        "img{max-width:100%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Backtest report</title>'
+        f"<style>{style}</style></head>"
+        f"<body><h1>Backtest report</h1>{''.join(body)}</body></html>\n"
+    )
 
 
 # --- plots --------------------------------------------------------------------------------------

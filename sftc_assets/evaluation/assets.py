@@ -239,13 +239,14 @@ def defs(settings: Settings) -> dg.Definitions:
             dg.AssetCheckSpec(
                 PARSE_RATE_CHECK,
                 asset="eval_csv",
-                description="Each month's share of outputs with a parsable action is at least eval_config min_parse_rate.",
+                description="Each month's share of outputs with a parsable action is at least "
+                "eval_config min_parse_rate.",
             )
         ],
-        description="Per month of the test window: sft_model's greedy answers to the test theses through an OpenAI-compatible "
-        "server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; transformers serve; or "
-        "evaluation.endpoint), the parsed action and the "
-        "forward return (docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
+        description="Per month of the test window: sft_model's greedy answers to the test theses through an "
+        "OpenAI-compatible server (vLLM: its CPU build for the toy, on GPU nodes for the full model; SGLang; "
+        "transformers serve; or evaluation.endpoint), the parsed action and the forward return "
+        "(docs/eval-and-backtest.md), one CSV a month under data/eval/ (resumable: answers staged as they come).",
         **asset_placement(COMPUTE_CLASSES["eval_csv"], settings),
     )
     def eval_csv(context: dg.AssetExecutionContext, config: EvalRunConfig, gpu: GpuResource) -> dg.MaterializeResult:

@@ -353,7 +353,8 @@ def gpu_plan(
         weight_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or 2 * fp8_bytes
     if not weight_bytes:
         raise ConfigError(
-            f"{model_dir}: no checkpoint to size the server from, and the profile sets no compute.expected_checkpoint_bytes"
+            f"{model_dir}: no checkpoint to size the server from, "
+            "and the profile sets no compute.expected_checkpoint_bytes"
         )
     nodes = _nodes_needed(weight_bytes, serving)
     gpus = serving.gpus_per_node
@@ -366,7 +367,9 @@ def gpu_plan(
         alternative = (
             f"{engine} could not apply an adapter on the configured LoRA targets ({'; '.join(refused)})"
             if refused
-            else f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
+            else (
+                f"a PEFT adapter on the FP8 base would need {_nodes_needed(fp8_bytes, serving)} node(s) x {gpus} GPU(s)"
+            )
         )
     else:
         alternative = (
@@ -395,9 +398,11 @@ def gpu_plan(
                 max_lora_rank=rank,
             )
         else:
-            argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path, "--served-model-name", "base" if adapter else SERVED_NAME,
+            argv = ["python", "-m", "sglang.launch_server", "--model-path", weights_path,
+                    "--served-model-name", "base" if adapter else SERVED_NAME,
                     "--tp", str(gpus * nodes), "--ep-size", str(gpus * nodes), "--context-length", str(max_len),
-                    "--random-seed", str(seed), "--trust-remote-code", "--host", "0.0.0.0", "--port", str(serving.port)]  # fmt: skip
+                    "--random-seed", str(seed), "--trust-remote-code",
+                    "--host", "0.0.0.0", "--port", str(serving.port)]  # fmt: skip
             if adapter is not None:
                 argv += ["--enable-lora", "--lora-paths", f"{SERVED_NAME}={adapter}", "--max-lora-rank", str(rank)]
             if nodes > 1:
@@ -523,7 +528,8 @@ def wait_until_healthy(server: RunningServer, plan: ServerPlan, timeout_s: float
                 return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
             raise ServerError(
-                f"{plan.engine} server at {server.url} not healthy after {timeout_s:g} s (eval_config client.startup_timeout_seconds)"
+                f"{plan.engine} server at {server.url} not healthy after {timeout_s:g} s "
+                "(eval_config client.startup_timeout_seconds)"
             )
         time.sleep(min(poll_s, 5.0))
         poll_s *= 1.5

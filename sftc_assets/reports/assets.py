@@ -209,12 +209,13 @@ def defs(settings: Settings) -> dg.Definitions:
         # preconditions read it), and sizes the toy's base_checkpoint from its headers.
         deps=["backtest_report", "nemo_jsonl", "base_checkpoint"],
         group_name=GROUP,
-        # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is another report.
+        # The settings the GPU plan reads are in its version (SETTINGS_READ): a plan judged on other configs is
+        # another report.
         code_version=code_version("validation_report", settings, validation, gpu_plan, gpu_estimate, plan_checks),
         kinds={"markdown", "json"},
-        description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, the GPU plan of the "
-        "full profile (layout, memory, host RAM, disk, data, cutoff, launch), the environment, what a CPU cannot test, and "
-        "whether the GPU run is ready: YES only when both parts pass.",
+        description="CPU validation report: every toy-chain stage PASS/FAIL with its checks and figures, "
+        "the GPU plan of the full profile (layout, memory, host RAM, disk, data, cutoff, launch), the environment, "
+        "what a CPU cannot test, and whether the GPU run is ready: YES only when both parts pass.",
         **asset_placement("cpu", settings),
     )
     def validation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

@@ -70,7 +70,8 @@ def effective_settings(settings: Settings) -> dict:
 
 
 def artifact_markers(settings: Settings) -> list[dict]:
-    """Each artifact of the chain on disk: what wrote it, with which settings, its content hash and each file's SHA-256."""
+    """Each artifact of the chain on disk: what wrote it, with which settings, its content hash and
+    each file's SHA-256."""
     from sftc_assets.reports.validation import CHAIN_STAGES, GPU_ONLY_STAGES
 
     rows = []

@@ -65,7 +65,8 @@ STEPS: tuple[Step, ...] = (
         "the Triton FP8 -> BF16 kernel of the conversion, against the torch math and the memory system",
         lambda c: (
             f"bit-exact against the torch math on {len(c.triton_kernel.shapes)} shapes ({_shapes(c)}); GB/s >= "
-            f"{c.triton_kernel.min_copy_ratio:.0%} of a device copy of as many bytes on {'x'.join(map(str, c.triton_kernel.bandwidth_shape))}"
+            f"{c.triton_kernel.min_copy_ratio:.0%} of a device copy of as many bytes "
+            f"on {'x'.join(map(str, c.triton_kernel.bandwidth_shape))}"
         ),
         gpu_steps.triton_kernel,
         lacking=lambda s: gpu_steps.triton_missing(),
@@ -81,16 +82,19 @@ STEPS: tuple[Step, ...] = (
         "hf_cuda",
         "the Hugging Face backend on CUDA (bf16 autocast): the toy profile's fine-tune learns",
         lambda c: (
-            f"final / initial validation loss <= {c.hf_cuda.max_val_loss_ratio:g}, parse rate >= {c.hf_cuda.min_parse_rate:.0%}; tokens/s recorded"
+            f"final / initial validation loss <= {c.hf_cuda.max_val_loss_ratio:g}, "
+            f"parse rate >= {c.hf_cuda.min_parse_rate:.0%}; tokens/s recorded"
         ),
         gpu_steps.hf_cuda,
         needs_toy=True,
     ),
     Step(
         "nemo",
-        "NeMo on the toy DeepSeek-V3: import_ckpt, LoRA steps, merge and HF export through the local launcher (one node, one GPU), the export evaluated",
+        "NeMo on the toy DeepSeek-V3: import_ckpt, LoRA steps, merge and HF export through the local launcher "
+        "(one node, one GPU), the export evaluated",
         lambda c: (
-            f"a NeMo checkpoint (context/, weights/); over {c.nemo.steps} LoRA steps the last quarter's mean loss below the first's; "
+            f"a NeMo checkpoint (context/, weights/); over {c.nemo.steps} LoRA steps "
+            "the last quarter's mean loss below the first's; "
             "an export without LoRA tensors that loads in transformers, its validation loss below the base model's"
         ),
         gpu_steps.nemo,
@@ -99,9 +103,11 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "serving",
-        "the serving path: hf_cuda's fine-tuned toy served by vLLM or SGLang on one GPU, answered through /v1/completions",
+        "the serving path: hf_cuda's fine-tuned toy served by vLLM or SGLang on one GPU, "
+        "answered through /v1/completions",
         lambda c: (
-            f"every test prompt answered, parse rate >= {c.serving.min_parse_rate:.0%}, actions agree with the in-process generate "
+            f"every test prompt answered, parse rate >= {c.serving.min_parse_rate:.0%}, "
+            "actions agree with the in-process generate "
             f">= {c.serving.min_agreement:.0%}"
         ),
         gpu_steps.serving,
@@ -112,7 +118,8 @@ STEPS: tuple[Step, ...] = (
         "gpu_tests",
         "the `gpu`-marked tests of the repository",
         lambda c: (
-            f"pytest -m '{c.gpu_tests.marker}': none failed, at most {c.gpu_tests.max_skipped} skipped, at least one passed"
+            f"pytest -m '{c.gpu_tests.marker}': none failed, at most {c.gpu_tests.max_skipped} skipped, "
+            "at least one passed"
         ),
         gpu_steps.gpu_tests,
     ),
@@ -197,7 +204,8 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 def run_child(
     argv: list[str], limit_s: float, log_path: Path, result_path: Path, grace_s: float = STOP_GRACE_S
 ) -> tuple[StepResult, float]:
-    """Run one step's process (its output to `log_path`) for at most `limit_s`; its result, or a FAIL saying why there is none."""
+    """Run one step's process (its output to `log_path`) for at most `limit_s`; its result, or a FAIL saying why
+    there is none."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)
     started = time.monotonic()
@@ -297,7 +305,8 @@ def _version(package: str) -> str:
 
 
 def gpu_environment(settings: Settings, outcomes: list[Outcome]) -> dict:
-    """The environment summary with the GPU's view from the cuda step, the NeMo version from the nemo step and the GPU packages."""
+    """The environment summary with the GPU's view from the cuda step, the NeMo version from the nemo step and
+    the GPU packages."""
     environment = environment_summary(settings.profile_name, settings.train_backend)
     environment["packages"] = {**environment["packages"], **{name: _version(name) for name in GPU_PACKAGES}}
     by_name = {o.name: o for o in outcomes}
@@ -345,13 +354,15 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# GPU check",
         "",
-        f"**{'PASSED' if report['passed'] else 'FAILED'}: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIPPED]} skipped** "
+        f"**{'PASSED' if report['passed'] else 'FAILED'}: "
+        f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIPPED]} skipped** "
         f"in {report['seconds']:.0f} s (limits add up to at most {report['total_limit_s']:g} s)",
         "",
         f"- Date: {report['generated_at']}",
         f"- Commit: `{report['git_commit']}`" + (" (uncommitted changes)" if report["git_dirty"] else ""),
         f"- Machine: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs",
-        f"- GPUs: {devices}; driver {gpu.get('driver_version') or 'unknown'}, CUDA {gpu.get('torch_cuda') or 'none'}, cuDNN {gpu.get('cudnn') or 'none'}",
+        f"- GPUs: {devices}; driver {gpu.get('driver_version') or 'unknown'}, "
+        f"CUDA {gpu.get('torch_cuda') or 'none'}, cuDNN {gpu.get('cudnn') or 'none'}",
         f"- NeMo: {env.get('nemo') or 'not run'}; serving engine: {env.get('serving_engine') or 'not run'}",
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
@@ -422,7 +433,8 @@ def plan(settings: Settings, steps: list[Step]) -> list[dict]:
 def plan_text(rows: list[dict], config: GpuCheckConfig) -> str:
     total = sum(row["limit_s"] for row in rows)
     lines = [
-        f"sftc gpu-check: {len(rows)} step(s), limits {total:g} s of at most {config.total_limit_s:g} s (configs/gpu_check.yaml)",
+        f"sftc gpu-check: {len(rows)} step(s), limits {total:g} s of at most {config.total_limit_s:g} s "
+        "(configs/gpu_check.yaml)",
         "",
     ]
     for row in rows:

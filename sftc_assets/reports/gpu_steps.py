@@ -138,7 +138,8 @@ def cuda(ctx: StepContext) -> StepResult:
             return StepResult(FAIL, f"cuda:{device.index}: a bf16 matmul gave {value}", figures, details)
     first = probe.devices[0]
     figure = (
-        f"{probe.device_count} x {first.name} ({first.total_memory_bytes / 1e9:.0f} GB, sm_{first.compute_capability[0]}{first.compute_capability[1]}), "
+        f"{probe.device_count} x {first.name} ({first.total_memory_bytes / 1e9:.0f} GB, "
+        f"sm_{first.compute_capability[0]}{first.compute_capability[1]}), "
         f"driver {figures['driver_version'] or 'unknown'}, CUDA {torch.version.cuda}, torch {torch.__version__}"
     )
     return StepResult(PASS, figure, figures, details)
@@ -169,7 +170,8 @@ def median_seconds(work: Callable[[], object], repeats: int, device) -> float:
 
 
 def copy_ratio(dequant: Callable, weight, scale, repeats: int) -> dict:
-    """GB/s of `dequant(weight, scale)` (bytes read and written) against a device copy moving as many bytes, same device, same run."""
+    """GB/s of `dequant(weight, scale)` (bytes read and written) against a device copy moving as many bytes,
+    same device, same run."""
     import torch
 
     out = dequant(weight, scale)
@@ -232,7 +234,8 @@ def triton_kernel(ctx: StepContext) -> StepResult:
                 SKIPPED,
                 f"sm_{capability[0]}{capability[1]}: {why}",
                 details=[
-                    "Triton loads FP8 from compute capability 8.9; on this GPU the conversion runs the torch math (bit-identical, slower)"
+                    "Triton loads FP8 from compute capability 8.9; "
+                    "on this GPU the conversion runs the torch math (bit-identical, slower)"
                 ],
             )
         return StepResult(FAIL, why)
@@ -245,8 +248,10 @@ def triton_kernel(ctx: StepContext) -> StepResult:
     exact_count = sum(row["exact"] for row in exact)
     ok = exact_count == len(exact) and bandwidth["ratio"] >= config.min_copy_ratio
     figure = (
-        f"bit-exact on {exact_count}/{len(exact)} shapes; {bandwidth['kernel_gb_per_s']:,.0f} GB/s = {bandwidth['ratio']:.0%} of a device copy "
-        f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; the torch path {torch_path['ratio']:.0%}"
+        f"bit-exact on {exact_count}/{len(exact)} shapes; "
+        f"{bandwidth['kernel_gb_per_s']:,.0f} GB/s = {bandwidth['ratio']:.0%} of a device copy "
+        f"({bandwidth['copy_gb_per_s']:,.0f} GB/s) on {list(config.bandwidth_shape)}; "
+        f"the torch path {torch_path['ratio']:.0%}"
     )
     details = [
         f"{row['shape']}: " + ("bit-exact" if row["exact"] else f"{row['differing']} element(s) differ")
@@ -264,7 +269,10 @@ def toy_inputs(ctx: StepContext) -> StepResult:
     built = build_toy_inputs(ctx.work_dir / "toy", ctx.settings.profile, ctx.settings.sft)
     pairs, checkpoint = built["pairs"], built["checkpoint"]
     load_model(ctx.toy.model_dir, "cpu")  # it loads as a Hugging Face model
-    figure = f"{pairs['train']} training, {pairs['validation']} validation, {pairs['test']} test pairs; toy DeepSeek-V3, {checkpoint['parameters']:,} parameters"
+    figure = (
+        f"{pairs['train']} training, {pairs['validation']} validation, {pairs['test']} test pairs; "
+        f"toy DeepSeek-V3, {checkpoint['parameters']:,} parameters"
+    )
     return StepResult(
         PASS if all(pairs.values()) else FAIL,
         figure,
@@ -296,7 +304,8 @@ def hf_cuda(ctx: StepContext) -> StepResult:
 
 
 def judge_training(m: dict, config, model_dir: Path) -> StepResult:
-    """A fine-tune's metrics.json against hf_cuda's expected result: the validation loss fell far enough, the answers parse."""
+    """A fine-tune's metrics.json against hf_cuda's expected result: the validation loss fell far enough,
+    the answers parse."""
     ratio = m["final_val_loss"] / m["initial_val_loss"]
     parse = m.get("parse_rate")
     ok = ratio <= config.max_val_loss_ratio and (parse is None or parse >= config.min_parse_rate)
@@ -314,7 +323,8 @@ def judge_training(m: dict, config, model_dir: Path) -> StepResult:
         )
     }
     figure = (
-        f"val loss {m['initial_val_loss']:.3f} -> {m['final_val_loss']:.3f} (x{ratio:.2f}) in {m['steps']} steps, parse rate "
+        f"val loss {m['initial_val_loss']:.3f} -> {m['final_val_loss']:.3f} (x{ratio:.2f}) "
+        f"in {m['steps']} steps, parse rate "
         + (f"{parse:.0%}" if parse is not None else "not checked")
         + f", {m['tokens_per_s'] or 0:,.0f} tokens/s on {m['device']}"
     )
@@ -454,8 +464,10 @@ def nemo(ctx: StepContext) -> StepResult:
         "test_parse_rate": round(parse_rate, 3),
     }
     figure = (
-        f"NeMo {version}: import {'ok' if imported else 'MISSING context/ or weights/'} in {import_s:.0f} s; training loss {first:.3f} -> {last:.3f} "
-        f"over {len(losses)} steps; export {len(names)} tensors, {len(lora_left)} LoRA left; validation loss base {base_loss:.3f} -> export {tuned_loss:.3f}; "
+        f"NeMo {version}: import {'ok' if imported else 'MISSING context/ or weights/'} in {import_s:.0f} s; "
+        f"training loss {first:.3f} -> {last:.3f} over {len(losses)} steps; "
+        f"export {len(names)} tensors, {len(lora_left)} LoRA left; "
+        f"validation loss base {base_loss:.3f} -> export {tuned_loss:.3f}; "
         f"test parse rate {parse_rate:.0%} on {len(prompts)} prompts"
     )
     return StepResult(
@@ -546,7 +558,8 @@ def serving(ctx: StepContext) -> StepResult:
         "tags_stripped": stripped,
     }
     figure = (
-        f"{engine} {version}: {len(prompts)} test prompts answered, parse rate {parse_rate:.0%}, actions agree with the in-process "
+        f"{engine} {version}: {len(prompts)} test prompts answered, parse rate {parse_rate:.0%}, "
+        "actions agree with the in-process "
         f"generate on {agreement:.0%}, {served_rate:.1f} rows/s (up in {ready_s:.0f} s)"
     )
     return StepResult(_verdict(ok), figure, figures, [f"command: {' '.join(plan.commands[0])}"])
@@ -601,7 +614,10 @@ def gpu_tests(ctx: StepContext) -> StepResult:
     ok = (
         counts["failures"] == counts["errors"] == 0 and counts["passed"] > 0 and counts["skipped"] <= config.max_skipped
     )
-    figure = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped of {counts['tests']} (-m '{config.marker}')"
+    figure = (
+        f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
+        f"{counts['skipped']} skipped of {counts['tests']} (-m '{config.marker}')"
+    )
     return StepResult(
         _verdict(ok),
         figure,

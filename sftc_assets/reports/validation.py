@@ -4,7 +4,8 @@ hold) and the GPU plan of the full profile (each check PASS / FAIL / NOT CHECKED
 arithmetic: the list `sftc preflight` prints). "Ready for GPU deployment: YES"
 only when both pass; the environment and what a CPU cannot test beside them.
 
-No Dagster here: the asset gathers stage outcomes from the instance, builds the GPU plan and hands both to `build_report`.
+No Dagster here: the asset gathers stage outcomes from the instance, builds the GPU plan and hands both to
+`build_report`.
 """
 
 from __future__ import annotations
@@ -55,12 +56,14 @@ STAGE_PRECONDITIONS = {
 NOT_TESTABLE_ON_CPU = (
     "The Triton FP8 -> BF16 kernel: bf16_checkpoint ran the bit-identical torch path on CPU instead.",
     "The NeMo import of the BF16 checkpoint (nemo_model) and NeMo fine-tuning: sft_model ran the Hugging Face backend.",
-    "bf16 autocast and tensor / pipeline / expert parallelism across GPUs: the GPU plan estimates their memory, it does not run them.",
+    "bf16 autocast and tensor / pipeline / expert parallelism across GPUs: the GPU plan estimates their memory, "
+    "it does not run them.",
     "Throughput on GPUs: the CPU figures say nothing about tokens/s or conversion GB/s on the GPU nodes.",
     "vLLM / SGLang on GPUs: their CUDA kernels, tensor / pipeline / expert parallelism across nodes, the LoRA adapter "
     "on the FP8 base (vLLM's LoRA MoE path needs a GPU); `sftc evaluate --dry-run` in the full profile prints the GPU "
     "serving plan.",
-    "`sftc gpu-check` on a GPU node proves these in ten minutes, each step against the result in configs/gpu_check.yaml.",
+    "`sftc gpu-check` on a GPU node proves these in ten minutes, each step against the result in "
+    "configs/gpu_check.yaml.",
 )
 
 
@@ -244,7 +247,10 @@ def _launch_line(launch: dict) -> str:
     if "launcher" not in launch:
         return "- Fine-tune launch: unknown (sft_model did not report one)"
     job = f", Slurm job {launch['slurm_job_id']}" if launch.get("slurm_job_id") else ""
-    line = f"- Fine-tune launch: `{launch['launcher']}` launcher, {launch.get('nodes', '?')} node(s), world size {launch.get('world_size', '?')}{job}"
+    line = (
+        f"- Fine-tune launch: `{launch['launcher']}` launcher, {launch.get('nodes', '?')} node(s), "
+        f"world size {launch.get('world_size', '?')}{job}"
+    )
     if "pending_s" in launch:
         why = f" ({launch['pending_reason']})" if launch.get("pending_reason") else ""
         line += f"; started after {format_duration(launch['pending_s'])} pending{why} (to within one poll of its state)"
@@ -269,9 +275,9 @@ def build_report(
     estimate: dict | None = None,
     canary: list[Check] | None = None,
 ) -> dict:
-    """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed; `estimate`:
-    what the full profile's GPU run will cost (sftc_core/cost.py's JSON), measured where a run gave it; `canary`: the
-    preconditions of a failed planted-cue check (`canary_preconditions`)."""
+    """Both parts and the verdict: ready for GPU only when every toy stage passed and no GPU-plan check failed;
+    `estimate`: what the full profile's GPU run will cost (sftc_core/cost.py's JSON), measured where a run gave it;
+    `canary`: the preconditions of a failed planted-cue check (`canary_preconditions`)."""
     toy_reasons = _reasons(stages) + ([_canary_reason(canary)] if canary else [])
     toy_passed = not toy_reasons and bool(stages)
     if not stages:
@@ -285,9 +291,10 @@ def build_report(
     reasons = toy_reasons + plan_reasons
     if ready:
         others = [f"{c.name} {c.status}" for c in gpu_plan if c.status != CHECK_PASS]
+        plan_passed = len(gpu_plan) - len(others)
         reasons = [
             f"all {len(stages)} stages of the toy chain passed with their checks on CPU",
-            f"the GPU plan of the full profile holds: {len(gpu_plan) - len(others)} of {len(gpu_plan)} checks passed, none failed"
+            f"the GPU plan of the full profile holds: {plan_passed} of {len(gpu_plan)} checks passed, none failed"
             + (f" ({', '.join(others)}: see below)" if others else ""),
         ]
     # A warning holds no verdict back, but it is what the GPU run meets first: said beside the verdict, not only below.
@@ -346,7 +353,8 @@ def render_markdown(report: dict) -> str:
         f"- Commit: `{report['git_commit']}`" + (" (uncommitted changes)" if report["git_dirty"] else ""),
         f"- Validation run: `{report['validation_run'] or 'none (latest materializations)'}`",
         f"- Environment: Python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
-        f"CUDA {'available' if env['cuda_available'] else 'not available'}, profile `{env['profile']}`, backend `{env['train_backend']}`",
+        f"CUDA {'available' if env['cuda_available'] else 'not available'}, "
+        f"profile `{env['profile']}`, backend `{env['train_backend']}`",
         _launch_line(report["fine_tune_launch"]),
         _serving_line(report.get("evaluation_engine")),
         _method_line(report["fine_tune_method"]),

@@ -159,8 +159,8 @@ def defs(settings: Settings) -> dg.Definitions:
         group_name=GROUP,
         code_version=code_version("hf_splits", settings, splits),
         kinds={"huggingface", "python"},
-        description="Every thesis record split by as_of_date into train / validation / test (datasets.DatasetDict): records whose "
-        "label window reaches a later split purged, then the embargo dropped before each later split.",
+        description="Every thesis record split by as_of_date into train / validation / test (datasets.DatasetDict): "
+        "records whose label window reaches a later split purged, then the embargo dropped before each later split.",
         **asset_placement("cpu", settings),
     )
     def hf_splits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

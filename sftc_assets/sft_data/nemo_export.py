@@ -50,7 +50,8 @@ def load_local_tokenizer(path: Path | str):
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ValueError(
-            f"{path}: cannot load a tokenizer from it ({exc}); pass a directory with tokenizer.json, or --skip-tokenizer"
+            f"{path}: cannot load a tokenizer from it ({exc}); "
+            "pass a directory with tokenizer.json, or --skip-tokenizer"
         ) from None
 
 

@@ -211,7 +211,8 @@ def calendar_days_bound(horizon_days: int) -> int:
 def label_exits(as_of_dates: list[str], horizons: list[int]) -> list[dt.date]:
     """The exit session of each label window (XNYS, docs/eval-and-backtest.md).
 
-    Outside the exchange calendar (before 1990, or over a year ahead) as_of_date + the conservative `calendar_days_bound`.
+    Outside the exchange calendar (before 1990, or over a year ahead) as_of_date + the conservative
+    `calendar_days_bound`.
     """
     if not as_of_dates:
         return []
@@ -374,7 +375,8 @@ def load_splits(dataset_dir: Path | str) -> DatasetDict:
     dataset_dir = Path(dataset_dir)
     if not (dataset_dir / "dataset_dict.json").is_file():
         raise FileNotFoundError(
-            f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); materialize hf_splits (sftc build-dataset) or pass the right directory"
+            f"{dataset_dir}: not a saved DatasetDict (no dataset_dict.json); "
+            "materialize hf_splits (sftc build-dataset) or pass the right directory"
         )
     try:
         dataset = load_from_disk(str(dataset_dir))
@@ -387,7 +389,8 @@ def load_splits(dataset_dir: Path | str) -> DatasetDict:
     missing = [name for name in SPLITS if name not in dataset]
     if missing:
         raise ValueError(
-            f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); rebuild it with `sftc build-dataset`"
+            f"{dataset_dir}: split(s) {', '.join(missing)} missing (it has {', '.join(dataset)}); "
+            "rebuild it with `sftc build-dataset`"
         )
     return dataset
 
@@ -442,7 +445,8 @@ def split_problems(dataset_dir: Path | str) -> list[str]:
         last, first = dt.date.fromisoformat(max(dates)), dt.date.fromisoformat(min(next_dates))
         if (first - last).days <= embargo:
             problems.append(
-                f"{name} ends {last} and {next_name} begins {first}: {(first - last).days} day(s) apart, the embargo is {embargo}"
+                f"{name} ends {last} and {next_name} begins {first}: {(first - last).days} day(s) apart, "
+                f"the embargo is {embargo}"
             )
     for index, name in enumerate(SPLITS[:-1]):
         later = [min(dataset[n]["as_of_date"]) for n in SPLITS[index + 1 :] if len(dataset[n])]
@@ -455,7 +459,8 @@ def split_problems(dataset_dir: Path | str) -> list[str]:
         if leaks:
             row = split[leaks[0]]
             problems.append(
-                f"{len(leaks)} {name} label(s) reach {later_start}, the first as_of_date after {name}: e.g. {row['id']!r} "
+                f"{len(leaks)} {name} label(s) reach {later_start}, the first as_of_date after {name}: "
+                f"e.g. {row['id']!r} "
                 f"as of {row['as_of_date']}, horizon {row['horizon_days']} sessions, exits {exits[leaks[0]]}"
             )
     return problems

@@ -190,8 +190,8 @@ def defs(settings: Settings) -> dg.Definitions:
                 description="every line follows docs/thesis-xml.md; records sorted, ids unique",
             ),
         ],
-        description="Validated thesis records of a month (jsonl/YYYY-MM.jsonl) and its reject lines (YYYY-MM.rejects.jsonl), "
-        "per docs/thesis-xml.md. Duplicates are judged against the whole raw_xml tree.",
+        description="Validated thesis records of a month (jsonl/YYYY-MM.jsonl) and its reject lines "
+        "(YYYY-MM.rejects.jsonl), per docs/thesis-xml.md. Duplicates are judged against the whole raw_xml tree.",
         group_name=GROUP,
         **asset_placement("cpu", settings),
     )

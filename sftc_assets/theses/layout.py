@@ -24,7 +24,8 @@ _MONTH_DIR = re.compile(r"([0-9]{4})/(0[1-9]|1[0-2])/")
 
 def _refuse_unreadable(error: OSError) -> None:
     raise CorpusError(
-        f"{error.filename}: cannot read this directory ({error.strerror}); give it read access or move it out of the input tree"
+        f"{error.filename}: cannot read this directory ({error.strerror}); "
+        "give it read access or move it out of the input tree"
     )
 
 
@@ -46,7 +47,8 @@ def thesis_files(root: Path) -> list[str]:
             if path.is_symlink():
                 if not _inside(path.resolve(), real_root):
                     raise CorpusError(
-                        f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}"
+                        f"{path}: a symlink leading out of the input tree (to {path.resolve()}); "
+                        f"theses are read only inside {root}"
                     )
                 continue  # inside the tree: walked where it really is
             kept.append(name)
@@ -59,7 +61,8 @@ def thesis_files(root: Path) -> list[str]:
             path = Path(dirpath) / name
             if path.is_symlink() and not _inside(path.resolve(), real_root):
                 raise CorpusError(
-                    f"{path}: a symlink leading out of the input tree (to {path.resolve()}); theses are read only inside {root}"
+                    f"{path}: a symlink leading out of the input tree (to {path.resolve()}); "
+                    f"theses are read only inside {root}"
                 )
             try:
                 mode = path.stat().st_mode

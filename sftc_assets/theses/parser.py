@@ -186,7 +186,8 @@ def _ticker(text: str) -> str:
     if not text.isascii() or not TICKER_PATTERN.fullmatch(ticker):
         raise _Invalid(
             "invalid_ticker",
-            f"ticker {_show(text)} is not 1-15 ASCII letters, digits, '.' or '-' starting with a letter or digit (e.g. AAPL, BRK.B)",
+            f"ticker {_show(text)} is not 1-15 ASCII letters, digits, '.' or '-' "
+            "starting with a letter or digit (e.g. AAPL, BRK.B)",
         )
     return ticker
 
@@ -558,7 +559,10 @@ def summary_line(result: ParseResult, output: Path | str) -> str:
     """`read 120 theses in 40 files: 113 accepted, 7 rejected (duplicate: 2, ...) -> out.jsonl`."""
     counts = result.counts()
     reasons = ", ".join(f"{name}: {n}" for name, n in counts["reject_reasons"].items())
-    line = f"read {counts['read']} theses in {counts['files']} files: {counts['accepted']} accepted, {counts['rejected']} rejected"
+    line = (
+        f"read {counts['read']} theses in {counts['files']} files: "
+        f"{counts['accepted']} accepted, {counts['rejected']} rejected"
+    )
     line += f" ({reasons})" if reasons else ""
     if counts["unknown_elements"]:
         unknown = ", ".join(f"{name}: {n}" for name, n in counts["unknown_elements"].items())

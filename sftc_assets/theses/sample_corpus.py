@@ -172,7 +172,8 @@ def _fact_drawdown(t: str, f: dict, variant: int) -> str:
 
 def _fact_moving_averages(t: str, f: dict, variant: int) -> str:
     return (
-        f"Price {_pct(f['gap_sma50'], signed=True)} vs the 50-day average and {_pct(f['gap_sma200'], signed=True)} vs the 200-day average",
+        f"Price {_pct(f['gap_sma50'], signed=True)} vs the 50-day average and "
+        f"{_pct(f['gap_sma200'], signed=True)} vs the 200-day average",
         f"{_above_below(f['gap_sma50'])} the 50-day moving average, {_above_below(f['gap_sma200'])} the 200-day",
     )[variant % 2]
 
@@ -180,7 +181,8 @@ def _fact_moving_averages(t: str, f: dict, variant: int) -> str:
 def _fact_volume(t: str, f: dict, variant: int) -> str:
     return (
         f"5-day volume {_pct(f['volume_trend'], 0, signed=True)} vs the 60-day average",
-        f"Volume running {_pct(abs(f['volume_trend']), 0)} {'above' if f['volume_trend'] >= 0 else 'below'} its 60-day norm",
+        f"Volume running {_pct(abs(f['volume_trend']), 0)} "
+        f"{'above' if f['volume_trend'] >= 0 else 'below'} its 60-day norm",
     )[variant % 2]
 
 
@@ -198,17 +200,21 @@ def _trend_sentence(t: str, f: dict, variant: int) -> str:
     long_gap, ret_60 = f["gap_sma200"], f["ret_60"]
     if long_gap >= 0 and ret_60 >= 0:
         return (
-            f"{t} is in an uptrend, {_pct(long_gap)} above its 200-day average with {_pct(ret_60, signed=True)} over 60 sessions.",
+            f"{t} is in an uptrend, {_pct(long_gap)} above its 200-day average "
+            f"with {_pct(ret_60, signed=True)} over 60 sessions.",
             f"The trend is up: {t} gained {_pct(ret_60)} over three months and holds above its 200-day average.",
         )[variant % 2]
     if long_gap < 0 and ret_60 < 0:
         return (
-            f"{t} is in a downtrend, {_pct(abs(long_gap))} below its 200-day average with {_pct(ret_60, signed=True)} over 60 sessions.",
+            f"{t} is in a downtrend, {_pct(abs(long_gap))} below its 200-day average "
+            f"with {_pct(ret_60, signed=True)} over 60 sessions.",
             f"The trend is down: {t} lost {_pct(abs(ret_60))} over three months and sits below its 200-day average.",
         )[variant % 2]
     return (
-        f"The trend in {t} is mixed: {_pct(ret_60, signed=True)} over 60 sessions while {_above_below(long_gap)} the 200-day average.",
-        f"Signals on {t} disagree, {_pct(ret_60, signed=True)} over three months but {_above_below(long_gap)} its 200-day average.",
+        f"The trend in {t} is mixed: {_pct(ret_60, signed=True)} over 60 sessions "
+        f"while {_above_below(long_gap)} the 200-day average.",
+        f"Signals on {t} disagree, {_pct(ret_60, signed=True)} over three months "
+        f"but {_above_below(long_gap)} its 200-day average.",
     )[variant % 2]
 
 
