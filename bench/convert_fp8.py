@@ -159,7 +159,8 @@ def main() -> None:
         size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
         shards = len(list(source.glob("*.safetensors")))
         print(
-            f"source: {size / 1e9:.2f} GB in {shards} shards (largest {largest / MIB:.0f} MiB), torch threads {torch.get_num_threads()}"
+            f"source: {size / 1e9:.2f} GB in {shards} shards (largest {largest / MIB:.0f} MiB), "
+            f"torch threads {torch.get_num_threads()}"
         )
         best = {m: (float("inf"), float("inf")) for m in METHODS}
         for _ in range(args.repeats):
@@ -169,7 +170,8 @@ def main() -> None:
         for method, (wall, cpu) in best.items():
             print(f"{method:>5}: wall {wall:6.2f} s ({size / wall / 1e9:.2f} GB/s in), cpu {cpu:6.2f} s")
         print(
-            f"ratio ours / bare: wall {best['ours'][0] / best['bare'][0]:.2f}x, cpu {best['ours'][1] / best['bare'][1]:.2f}x (goal <= 1.3)"
+            f"ratio ours / bare: wall {best['ours'][0] / best['bare'][0]:.2f}x, "
+            f"cpu {best['ours'][1] / best['bare'][1]:.2f}x (goal <= 1.3)"
         )
 
         budget = 3 * largest + 600 * MIB
@@ -177,7 +179,8 @@ def main() -> None:
         for method in METHODS:
             rss[method] = peak_rss_child(method, source, root / method)
             print(
-                f"{method:>5}: peak RSS {rss[method] / MIB:.0f} MiB = {rss[method] / budget:.2f} x (3 x largest shard + 600 MiB = {budget / MIB:.0f} MiB)"
+                f"{method:>5}: peak RSS {rss[method] / MIB:.0f} MiB = {rss[method] / budget:.2f} x "
+                f"(3 x largest shard + 600 MiB = {budget / MIB:.0f} MiB)"
             )
         print("goal for ours: <= 1.0. GPU figures (kernel GB/s vs a device copy): `sftc gpu-check` on a GPU node.")
         (ours_wall, ours_cpu), (bare_wall, bare_cpu) = best["ours"], best["bare"]

@@ -112,11 +112,13 @@ def main() -> None:
     bare_rate = sum(tokens.values()) / sum(interleaved.bare[s] for s in counted)
     ratios = sorted(interleaved.bare[s] / interleaved.ours[s] for s in counted)
     print(
-        f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, {sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)"
+        f"toy DeepSeek-V3, batch {args.batch_size}, steps 2..{args.steps - 1} of {args.steps}, "
+        f"{sum(tokens.values())} tokens, {training.cpu_threads or torch.get_num_threads()} intra-op thread(s)"
     )
     print(f"tokens/s: ours {ours_rate:.0f}, bare torch loop {bare_rate:.0f}")
     print(
-        f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, median per step {statistics.median(ratios):.3f} (goal >= 0.9)"
+        f"ours / bare = {ours_rate / bare_rate:.3f} over all steps, "
+        f"median per step {statistics.median(ratios):.3f} (goal >= 0.9)"
     )
     record(
         "train_throughput",

@@ -108,7 +108,9 @@ def chain_logger(report: RunReport) -> dg.LoggerDefinition:
     logger, which prints every DEBUG event, is left out)."""
 
     @dg.logger(
-        description="sftc chain run: Dagster's event stream to the log file, each asset's start and end to the chain's log"
+        description=(
+            "sftc chain run: Dagster's event stream to the log file, each asset's start and end to the chain's log"
+        )
     )
     def sftc_chain(_init_context) -> logging.Logger:
         logger = logging.Logger(DAGSTER_EVENTS.name, logging.DEBUG)

@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="everything on the terminal too, at debug level: Dagster's event stream, libraries' logs and warnings (otherwise in logs/)",
+        help=(
+            "everything on the terminal too, at debug level: "
+            "Dagster's event stream, libraries' logs and warnings (otherwise in logs/)"
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:

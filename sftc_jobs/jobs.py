@@ -34,7 +34,8 @@ def chain_keys(chain: Chain, *, include_nemo: bool = False) -> list[dg.AssetKey]
 
 def nightly_launch_tags(settings: Settings) -> dict[str, str]:
     """Where Slurm answers, the validation's fine-tune is a multi-node Slurm job (the profile's launch.nightly_slurm):
-    the launch path of the real fine-tune, proven on CPU. Without Slurm, the profile's launcher (the report says which)."""
+    the launch path of the real fine-tune, proven on CPU. Without Slurm, the profile's launcher
+    (the report says which)."""
     nightly = settings.profile.launch.nightly_slurm
     if nightly is None or not slurm_available():
         return {}
@@ -65,7 +66,8 @@ def cpu_validation_job(chain: Chain) -> dg.JobDefinition:
     def validate_toy_chain(context: dg.OpExecutionContext) -> None:
         if settings.profile_name != "toy":
             raise dg.Failure(
-                f"cpu_validation validates the toy profile, but this code location runs SFTC_PROFILE={settings.profile_name}: "
+                "cpu_validation validates the toy profile, "
+                f"but this code location runs SFTC_PROFILE={settings.profile_name}: "
                 "run it from a code location with SFTC_PROFILE=toy (see deploy/README.md)"
             )
         if not run_validation(chain, context.instance, context.run_id, context.log):

@@ -17,5 +17,7 @@ def nightly_cpu_validation_schedule(job: dg.JobDefinition, settings: Settings, r
         execution_timezone="UTC",
         tags=launched_run_tags("cpu", settings),
         default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
-        description="Every night at 02:00 UTC: the toy chain end to end on a CPU node, its checks, and validation_report.",
+        description=(
+            "Every night at 02:00 UTC: the toy chain end to end on a CPU node, its checks, and validation_report."
+        ),
     )

@@ -95,8 +95,11 @@ def automation_sensors(
                 use_user_code_server=True,
                 default_status=dg.DefaultSensorStatus.RUNNING if node in running else dg.DefaultSensorStatus.STOPPED,
                 minimum_interval_seconds=minimum_interval_seconds,
-                description=f"Materializes what is missing or stale among the {node.upper()}-node assets (tag {NODE_TAG}={node}), in runs "
-                f"tagged {NODE_TAG}={node}. Stop it here, or start the web UI with SFTC_AUTOMATION=off, to keep it from running anything.",
+                description=(
+                    f"Materializes what is missing or stale among the {node.upper()}-node assets "
+                    f"(tag {NODE_TAG}={node}), in runs tagged {NODE_TAG}={node}. "
+                    "Stop it here, or start the web UI with SFTC_AUTOMATION=off, to keep it from running anything."
+                ),
             )
         sensors.append(sensor)
     return sensors

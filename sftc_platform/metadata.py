@@ -59,7 +59,8 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
         "profile.corpus",
         "profile.model.knowledge_cutoff",
     ),
-    # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py), its cost (estimate.py) and the backend and dates it may take from here.
+    # The GPU plan of the full profile (sftc_assets/training/gpu_plan.py), its cost (estimate.py) and the backend and
+    # dates it may take from here.
     "validation_report": (
         "profiles",
         "reference_models",
@@ -78,7 +79,8 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
 
 
 def _module_file(name: str) -> Path | None:
-    """The source file of an sftc module name, found on disk without importing it (a kernel needing triton stays unimported)."""
+    """The source file of an sftc module name, found on disk without importing it
+    (a kernel needing triton stays unimported)."""
     base = PROJECT_ROOT.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():

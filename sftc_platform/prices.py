@@ -102,7 +102,8 @@ class LocalPriceSource:
         if path is None:
             hint = " or add the ticker to the sample corpus" if self.sample_fallback else ""
             raise UnknownTickerError(
-                f"no price file for ticker {ticker!r} under {self.root} (expected {_safe_file_name(ticker)}.parquet or .csv{hint})"
+                f"no price file for ticker {ticker!r} under {self.root} "
+                f"(expected {_safe_file_name(ticker)}.parquet or .csv{hint})"
             )
         return path
 
@@ -248,7 +249,7 @@ class EodhdClient:
     def __init__(
         self,
         api_key: SecretStr,
-        config: PricesConfig = PricesConfig(),
+        config: PricesConfig | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -256,7 +257,7 @@ class EodhdClient:
         if not isinstance(api_key, SecretStr) or not api_key.get_secret_value():
             raise ConfigError("EODHD_API_KEY: the EODHD source needs a key (set EODHD_API_KEY in .env)")
         self._key = api_key
-        self.config = config
+        self.config = config if config is not None else PricesConfig()
         self.session = session or requests.Session()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -294,15 +295,18 @@ class EodhdClient:
                     return self._parse(response, symbol, shown)
                 if status in (401, 403):
                     raise EodhdAuthError(
-                        f"EODHD {shown}: HTTP {status}, the API key was refused ({_body_excerpt(response, self._key)}); check EODHD_API_KEY and the plan"
+                        f"EODHD {shown}: HTTP {status}, the API key was refused "
+                        f"({_body_excerpt(response, self._key)}); check EODHD_API_KEY and the plan"
                     )
                 if status == 402:
                     raise EodhdQuotaError(
-                        f"EODHD {shown}: HTTP 402, the daily API quota is spent ({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan"
+                        f"EODHD {shown}: HTTP 402, the daily API quota is spent "
+                        f"({_body_excerpt(response, self._key)}); retry tomorrow or raise the plan"
                     )
                 if status == 404:
                     raise UnknownTickerError(
-                        f"EODHD does not know symbol {symbol} (HTTP 404 from {shown}: {_body_excerpt(response, self._key)})"
+                        f"EODHD does not know symbol {symbol} "
+                        f"(HTTP 404 from {shown}: {_body_excerpt(response, self._key)})"
                     )
                 if status not in RETRIED_STATUS:
                     raise EodhdResponseError(f"EODHD {shown}: HTTP {status} ({_body_excerpt(response, self._key)})")
@@ -310,11 +314,13 @@ class EodhdClient:
                 problem = f"HTTP {status} ({_body_excerpt(response, self._key)})"
                 if status == 429 and retry_after is not None and retry_after > self.config.max_retry_after_seconds:
                     raise EodhdQuotaError(
-                        f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s (more than {self.config.max_retry_after_seconds:.0f} s); retry later"
+                        f"EODHD {shown}: HTTP 429, rate limited for {retry_after:.0f} s "
+                        f"(more than {self.config.max_retry_after_seconds:.0f} s); retry later"
                     )
                 if status == 429 and attempt == attempts - 1:
                     raise EodhdQuotaError(
-                        f"EODHD {shown}: HTTP 429 (too many requests) after {attempts} attempts; retry later or lower the request rate"
+                        f"EODHD {shown}: HTTP 429 (too many requests) after {attempts} attempts; "
+                        "retry later or lower the request rate"
                     )
             if attempt < attempts - 1:
                 wait = self._backoff(attempt, retry_after)
@@ -333,7 +339,8 @@ class EodhdClient:
             ) from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise EodhdResponseError(
-                f"EODHD {shown}: expected a JSON list of daily rows, got {type(rows).__name__} ({_body_excerpt(response, self._key)})"
+                f"EODHD {shown}: expected a JSON list of daily rows, got {type(rows).__name__} "
+                f"({_body_excerpt(response, self._key)})"
             )
         frame = (
             pd.DataFrame(rows, columns=list(PRICE_COLUMNS)) if rows else pd.DataFrame({c: [] for c in PRICE_COLUMNS})

@@ -111,7 +111,8 @@ def node_sentence(compute_class: ComputeClass, profile: ProfileConfig) -> str:
 
 
 def asset_placement(compute_class: ComputeClass, settings: Settings) -> dict:
-    """Keyword arguments for `dg.asset`: the node as asset tag and op tags, the GPU pool, the compute class in metadata."""
+    """Keyword arguments for `dg.asset`: the node as asset tag and op tags, the GPU pool,
+    the compute class in metadata."""
     node = node_class(compute_class, settings.profile)
     return {
         "tags": {NODE_TAG: node},

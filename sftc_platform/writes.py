@@ -57,8 +57,12 @@ def writing(settings: Settings, asset: str, targets: Sequence[Path], inputs: Ite
                 f"{asset}: its inputs are not what sftc wrote, nothing was done: {shown}", allow_retries=False
             )
 
-    # Written by an sftc from before artifacts carried markers, a data directory has none: `make clean` starts it afresh.
-    fix = f"move it away (a data directory of an sftc older than its artifact markers: `make clean`), then materialize {asset} again"
+    # Written by an sftc from before artifacts carried markers, a data directory has none:
+    # `make clean` starts it afresh.
+    fix = (
+        "move it away (a data directory of an sftc older than its artifact markers: `make clean`), "
+        f"then materialize {asset} again"
+    )
     try:
         with artifacts.writing(
             targets, stamp(settings, asset), option=asset, fix=fix, check_inputs=check_inputs

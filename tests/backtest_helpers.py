@@ -39,7 +39,9 @@ def hand_rows(count: int = 60, seed: int = 4) -> list[dict]:
                 "true_action": true,
                 "predicted_action": predicted,
                 "parse_ok": "true" if predicted else "false",
-                "raw_output": f'<reasoning>thinking, "quoted"\nline two</reasoning><action>{predicted or "??"}</action>',
+                "raw_output": (
+                    f'<reasoning>thinking, "quoted"\nline two</reasoning><action>{predicted or "??"}</action>'
+                ),
                 "horizon_days": "5",
                 "entry_date": entry,
                 "exit_date": exit_,

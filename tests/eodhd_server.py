@@ -20,7 +20,10 @@ from urllib.parse import parse_qs, urlparse
 
 from sftc_core.market import load_sample_prices, sample_tickers
 
-HTML_ERROR = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+HTML_ERROR = (
+    "<html><head><title>502 Bad Gateway</title></head>"
+    "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
 
 
 @functools.lru_cache(maxsize=1)

@@ -121,7 +121,8 @@ def standin_stage(failing: tuple[str, ...] = (), code_versions: dict | None = No
 
 
 def standin_settings(profile_name: str = "toy", train_backend: str = "hf", placement: str = "run") -> Settings:
-    """The settings of the environment (the data_dir fixture's SFTC_DATA_DIR), with the profile, backend and placement given."""
+    """The settings of the environment (the data_dir fixture's SFTC_DATA_DIR),
+    with the profile, backend and placement given."""
     return load_settings(
         env={
             **os.environ,

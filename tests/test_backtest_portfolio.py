@@ -56,7 +56,8 @@ ROWS = [
 
 
 def _by_hand(rows, series: dict[str, pd.Series], cost_bps: float) -> pd.Series:
-    """The spec's words as a loop: weighted mean of open positions' daily returns over gross exposure, costs at both ends."""
+    """The spec's words as a loop: weighted mean of open positions' daily returns over gross exposure,
+    costs at both ends."""
     sessions = series["AAA"].index
     positions = [
         (t, SCORES.get(a, 0.0), pd.Timestamp(e), pd.Timestamp(x)) for t, a, e, x, _ in rows if SCORES.get(a, 0.0) != 0

@@ -93,7 +93,8 @@ def test_a_bench_script_writes_its_rows_and_the_summary_prints_them(tmp_path):
 
 
 def test_every_bench_script_leaves_a_record():
-    """A new bench script takes --results and appends its rows like the others (record.py), or make bench's summary misses it."""
+    """A new bench script takes --results and appends its rows like the others (record.py),
+    or make bench's summary misses it."""
     scripts = sorted(p for p in BENCH.glob("*.py") if p.name not in ("record.py", "summary.py"))
     assert len(scripts) >= 5
     silent = [p.name for p in scripts if "add_results_option(" not in (text := p.read_text()) or "record(" not in text]

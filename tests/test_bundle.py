@@ -29,8 +29,8 @@ def _members(path) -> dict[str, bytes]:
 
 @pytest.fixture
 def sentinel(data_dir, monkeypatch):
-    """A data directory as a run leaves it (written by hand: the chain's own bundle is the slow test's), with the API keys
-    set to a sentinel and the sentinel planted in one step log and a .env beside it."""
+    """A data directory as a run leaves it (written by hand: the chain's own bundle is the slow test's), with the
+    API keys set to a sentinel and the sentinel planted in one step log and a .env beside it."""
     key = f"sftc-sentinel-{uuid.uuid4().hex}"
     monkeypatch.setenv("EODHD_API_KEY", key)
     monkeypatch.setenv("SFTC_EVAL_API_KEY", key)

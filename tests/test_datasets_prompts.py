@@ -36,7 +36,8 @@ def test_example_fills_the_templates():
     example = build_example(RECORD, SFT)
     assert example["instruction"] == SFT.prompt.instruction
     assert example["input"] == (
-        "Ticker: IBM\nAs of: 2011-03-04\nHorizon: 5 trading days\nFacts:\n- 60-session return +8.0%\n- At its 52-week high"
+        "Ticker: IBM\nAs of: 2011-03-04\nHorizon: 5 trading days\n"
+        "Facts:\n- 60-session return +8.0%\n- At its 52-week high"
     )
     assert example["output"].endswith("<action>BUY</action>")
     prompt = render_prompt(example["instruction"], example["input"], SFT)

@@ -88,7 +88,8 @@ def test_tags_that_do_not_pair_are_refused(tokens):
 @pytest.mark.parametrize(
     ("stripped", "expected"),
     [
-        # transformers serve's text for "<reasoning>…</reasoning><support>…</support><action>SELL</action>" (seen on the toy).
+        # transformers serve's text for "<reasoning>…</reasoning><support>…</support><action>SELL</action>"
+        # (seen on the toy).
         (
             "The trend is up.Return over 5 sessions +1.8%; 5-day volume -11% vs the 60-day averageSTRONG_SELL",
             "STRONG_SELL",

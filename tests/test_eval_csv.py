@@ -1,4 +1,5 @@
-"""The eval CSV: its exact format, the strict reader, the test split, and `sftc evaluate` / the eval_csv asset end to end."""
+"""The eval CSV: its exact format, the strict reader, the test split, and `sftc evaluate` / the eval_csv asset
+end to end."""
 
 from __future__ import annotations
 

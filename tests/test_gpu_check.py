@@ -149,7 +149,10 @@ def test_a_crash_is_the_step_s_failure_and_a_result_is_read_back(tmp_path):
     writes = [
         sys.executable,
         "-c",
-        "import sys; from sftc_assets.reports import gpu_steps as g; g.write_result(__import__('pathlib').Path(sys.argv[1]), g.StepResult('PASS', 'ok', {'n': 1}))",
+        (
+            "import sys; from sftc_assets.reports import gpu_steps as g; "
+            "g.write_result(__import__('pathlib').Path(sys.argv[1]), g.StepResult('PASS', 'ok', {'n': 1}))"
+        ),
         str(tmp_path / "ok.json"),
     ]
     result, _ = gpu_check.run_child(writes, 60, tmp_path / "ok.log", tmp_path / "ok.json")
@@ -266,7 +269,8 @@ def test_the_report_names_each_step_its_figure_expected_value_and_time(tmp_path)
 
 @pytest.mark.slow
 def test_the_hf_step_on_cpu_trains_the_toy_and_judges_it(tmp_path):
-    """The hf_cuda step's body on the CPU (its GPU run is the same code on cuda): the toy learns, the figures are read."""
+    """The hf_cuda step's body on the CPU (its GPU run is the same code on cuda):
+    the toy learns, the figures are read."""
     settings = _settings(hf_cuda={"max_steps": 40, "max_val_loss_ratio": 0.9, "min_parse_rate": 0.0})
     toy = settings.profile.model_copy(
         update={"training": settings.profile.training.model_copy(update={"parse_check_samples": 4, "eval_every": 20})}

@@ -248,7 +248,8 @@ def test_validation_report_carries_the_estimate_as_gpu_plan_estimate(data_dir, t
 
 def test_the_full_profile_s_report_puts_the_import_step_s_time_beside_its_estimate(data_dir, tmp_path, monkeypatch):
     """nemo_model (a stand-in with the real key: NeMo's import needs GPUs) materialized with the real report in the full
-    profile: its step's wall time is the import's measured hours; the evaluation stays estimated, its test months unwritten."""
+    profile: its step's wall time is the import's measured hours; the evaluation stays estimated, its test months
+    unwritten."""
     monkeypatch.setenv("SFTC_STANDIN_DELAY_S", "0.3")
     with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
         (run,) = materialize_chain(

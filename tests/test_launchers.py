@@ -74,8 +74,8 @@ def test_sbatch_script_of_nemos_five_by_eight_layout(tmp_path):
     srun = script.strip().splitlines()[-1]
     assert srun.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 ")
     assert (
-        "-m torch.distributed.run --nnodes=5 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=$head_addr:$rdzv_port"
-        in srun
+        "-m torch.distributed.run --nnodes=5 --nproc-per-node=8 "
+        "--rdzv-backend=c10d --rdzv-endpoint=$head_addr:$rdzv_port" in srun
     )
     assert "-m sftc_assets.training.nemo_entry finetune" in srun
     assert "module load cuda/12.4" in script and "export SFTC_LAUNCHER=slurm" in script
@@ -179,7 +179,8 @@ def test_a_time_limit_longer_than_the_partitions_is_named():
     assert slurm.time_limit_problem("1-12:00:00", nodes, "gpu") is None
     assert (
         slurm.time_limit_problem("3-00:00:00", nodes, "gpu")
-        == "launch.time_limit 3-00:00:00 is longer than partition gpu's time limit of 2-00:00:00: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+        == "launch.time_limit 3-00:00:00 is longer than partition gpu's time limit of 2-00:00:00: "
+        "Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
     )
     assert slurm.time_limit_problem("30-00:00:00", [PartitionNode("n0", 8, "idle")], None) is None  # infinite
 

@@ -145,8 +145,8 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
     check = _target(settings)
     assert check.status == FAIL
     assert (
-        f"finetune needs 5 node(s) with 8 GPU(s) and {format_bytes(ram)} of memory each; partition {partition} has 0 usable of"
-        in check.found
+        f"finetune needs 5 node(s) with 8 GPU(s) and {format_bytes(ram)} of memory each; "
+        f"partition {partition} has 0 usable of" in check.found
     )
     assert all(
         f"{node}: 0 GPU(s), " in check.found for node in _sinfo("-N", "-o", "%N").split()
@@ -156,7 +156,10 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
         "; sbatch --test-only: error: Invalid generic resource (gres) specification" in check.found
     )  # Slurm's own word: no GPUs here
     nodes = len(_sinfo("-N", "-o", "%N").split())
-    fits = f"#!/bin/bash\n#SBATCH --nodes={nodes}\n#SBATCH --time={settings.full_profile.launch.time_limit}\nsrun hostname\n"
+    fits = (
+        f"#!/bin/bash\n#SBATCH --nodes={nodes}\n"
+        f"#SBATCH --time={settings.full_profile.launch.time_limit}\nsrun hostname\n"
+    )
     starts, said = slurm.sbatch_test_only(fits, partition)
     assert starts and said.startswith("Job ") and f"in partition {partition}" in said  # nothing submitted
     assert not _sinfo("-o", "%A").startswith("1/")  # no job allocated
@@ -171,8 +174,8 @@ def test_the_partition_is_asked_with_sinfo_for_gpus_memory_and_its_time_limit(da
     try:
         check = _target(settings)
         assert (
-            f"launch.time_limit {limit} is longer than partition {partition}'s time limit of 00:30:00: Slurm refuses the job"
-            in check.found
+            f"launch.time_limit {limit} is longer than partition {partition}'s time limit of 00:30:00: "
+            "Slurm refuses the job" in check.found
         )
     finally:
         subprocess.run(["scontrol", "update", f"PartitionName={partition}", "MaxTime=INFINITE"], check=True)

@@ -1,8 +1,8 @@
 """`sftc run` and `sftc rerun` through a real DAGSTER_HOME (set up from configs/dagster.yaml), over the
 stand-in chain: what the terminal shows (a line as each asset starts and ends, the summary table with its
 checks, the reports; Dagster's event stream in the log file only), a second run that redoes nothing, a failure
-as one block, and clear errors for bad windows. (What a window re-run replaces: test_orchestration_chain.py; on the real toy chain:
-test_orchestration_toy_chain.py, slow.)"""
+as one block, and clear errors for bad windows. (What a window re-run replaces: test_orchestration_chain.py;
+on the real toy chain: test_orchestration_toy_chain.py, slow.)"""
 
 from __future__ import annotations
 

@@ -167,7 +167,10 @@ def test_real_code_location_toy_routes_every_asset_to_one_sensor_of_its_node():
 
 def test_real_code_location_full_routes_gpu_work_to_the_gpu_sensor():
     # The profile is read when the stage modules load: a fresh interpreter with SFTC_PROFILE=full.
-    script = "import json\nfrom sftc_jobs.definitions import defs\nfrom orchestration_standins import location_facts\nprint(json.dumps(location_facts(defs)))\n"
+    script = (
+        "import json\nfrom sftc_jobs.definitions import defs\n"
+        "from orchestration_standins import location_facts\nprint(json.dumps(location_facts(defs)))\n"
+    )
     env = {
         **os.environ,
         "SFTC_PROFILE": "full",

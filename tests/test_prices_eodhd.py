@@ -1,4 +1,5 @@
-"""The EODHD client and source against a local server on 127.0.0.1 that speaks EODHD's format (tests/eodhd_server.py)."""
+"""The EODHD client and source against a local server on 127.0.0.1 that speaks EODHD's format
+(tests/eodhd_server.py)."""
 
 from __future__ import annotations
 

@@ -134,7 +134,8 @@ def test_a_table_cell_without_a_value_is_empty():
 
 
 def test_training_rows_that_arrive_together_are_timed_by_when_their_steps_ended():
-    """A launched job's rows reach the launching side in batches (Pipes messages): the rate is the job's, not the batch's."""
+    """A launched job's rows reach the launching side in batches (Pipes messages):
+    the rate is the job's, not the batch's."""
     from sftc_assets.training.hf_backend import training_progress
 
     lines = []

@@ -1,6 +1,6 @@
 """The two DagsterInstance methods outside Dagster's documented API that sftc_platform.run_history calls, pinned:
-`get_records_for_run` (a run's check evaluations, step failures and step times) and `report_run_failed` (ending a run whose
-process died). A Dagster upgrade that changes either fails here, not silently in the report or `sftc run`."""
+`get_records_for_run` (a run's check evaluations, step failures and step times) and `report_run_failed` (ending a run
+whose process died). A Dagster upgrade that changes either fails here, not silently in the report or `sftc run`."""
 
 from __future__ import annotations
 

@@ -93,7 +93,8 @@ def test_a_killed_chain_run_is_marked_failed_by_the_next(data_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Its instance is set up once it holds the data directory's lock (opening it before would race the schema's creation).
+    # Its instance is set up once it holds the data directory's lock
+    # (opening it before would race the schema's creation).
     _wait_for(
         lambda: f"pid {killed.pid} " in locks.holder_description(locks.lock_file(data_dir)), 300, "the chain run's lock"
     )

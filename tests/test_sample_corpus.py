@@ -143,7 +143,8 @@ def test_the_planted_cue_is_where_the_generator_says_and_names_the_action_mostly
         if sample_corpus.planted_cue(t.support)
     ]
     total = sum(len(sample_corpus.month_theses("IBM", table, m, config)) for m in months)
-    # ~half the theses carry the note, last among the facts and opening the reasoning; it names the label ~80% of the time.
+    # ~half the theses carry the note, last among the facts and opening the reasoning;
+    # it names the label ~80% of the time.
     assert 0.42 < len(cued) / total < 0.58
     assert all(
         t.support[-1].startswith(sample_corpus.CUE_PREFIX) and t.reasoning.startswith(t.support[-1] + ". ")

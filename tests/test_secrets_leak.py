@@ -40,7 +40,8 @@ def sentinel_env(tmp_path, monkeypatch):
     home.mkdir()
     data.mkdir()
     shutil.copy(REPO_ROOT / "configs" / "dagster.yaml", home / "dagster.yaml")
-    # The evaluation endpoint's key too: the toy's eval goes through transformers serve, which gets it as a bearer token.
+    # The evaluation endpoint's key too: the toy's eval goes through transformers serve,
+    # which gets it as a bearer token.
     env = {
         "EODHD_API_KEY": sentinel,
         "SFTC_EVAL_API_KEY": sentinel,

@@ -125,8 +125,9 @@ def test_a_rerun_replaces_the_outputs(corpus, tmp_path):
 def test_the_installed_command_on_the_sample_corpus(tmp_path):
     """The real entry point, in a fresh process, on the committed sample."""
     out = tmp_path / "samples.jsonl"
+    sftc = str(Path(sys.executable).with_name("sftc"))
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("sftc")), "xml-to-jsonl", "--input-dir", str(SAMPLES), "--output", str(out)],
+        [sftc, "xml-to-jsonl", "--input-dir", str(SAMPLES), "--output", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

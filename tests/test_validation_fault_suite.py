@@ -348,7 +348,8 @@ def test_every_planted_fault_is_named_before_any_gpu_step(tmp_path):
     caught = len(results) - len(missed)
     classes = sorted({fault.cls for fault in FAULTS.values()})
     print(
-        f"\nfault suite: {len(results)} planted in {len(classes)} classes, {caught} caught ({caught / len(results):.0%})"
+        f"\nfault suite: {len(results)} planted in {len(classes)} classes, "
+        f"{caught} caught ({caught / len(results):.0%})"
     )
     for name, (_, said) in results.items():
         print(f"  {name}: {said[:200]}")

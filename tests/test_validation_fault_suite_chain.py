@@ -68,8 +68,8 @@ def test_a_climbing_loss_stops_the_chain_at_the_fine_tune_naming_the_learning_ra
     failure = done.stderr[done.stderr.index("\nFAILED: sft_model") :]  # the failure block names the check's own words
     assert "check training_loss_stable failed: the training loss climbed to" in failure
     assert (
-        f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high"
-        in failure
+        f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, "
+        f"max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high" in failure
     )
     assert not (tmp_path / "data" / "eval").exists()  # stopped there: no evaluation of a model that did not learn
 
@@ -89,8 +89,8 @@ def test_a_short_generation_budget_and_a_plan_fault_flip_the_report_to_no_with_t
     assert "- eval_csv failed: check(s) failed: eval_parse_rate (months below a parse rate of 50%" in reasons
     assert "evaluation.max_new_tokens 8 in" in reasons and "is shorter than the answers; raise it" in reasons
     assert (
-        "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' (that is the transformers name; NeMo calls it linear_q_down_proj)"
-        in reasons
+        "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' "
+        "(that is the transformers name; NeMo calls it linear_q_down_proj)" in reasons
     )
     assert "## Part 1, the toy chain: FAIL" in report and "## Part 2, the GPU plan of the full profile: FAIL" in report
 

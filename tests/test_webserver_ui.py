@@ -31,7 +31,9 @@ query Runs($key: String!, $value: String!) {
 }
 """
 STOP_SENSOR = """
-mutation Stop($id: String!) { stopSensor(id: $id) { __typename ... on StopSensorMutationResult { instigationState { status } } } }
+mutation Stop($id: String!) {
+  stopSensor(id: $id) { __typename ... on StopSensorMutationResult { instigationState { status } } }
+}
 """
 
 
@@ -109,7 +111,8 @@ def test_daemon_automation_sensor_builds_the_missing_chain_with_cpu_node_tags(tm
                 time.sleep(10)
             assert len(instance.get_materialized_partitions(dg.AssetKey("raw_xml"))) == 12
             runs = instance.get_runs()
-            # the stand-in location places runs on Kubernetes (standin_settings: placement run): the node tag and the pod's
+            # the stand-in location places runs on Kubernetes (standin_settings: placement run):
+            # the node tag and the pod's
             assert runs and all(run.tags.get("sftc/node") == "cpu" and "dagster-k8s/config" in run.tags for run in runs)
             assert all(
                 run.tags.get("dagster/sensor_name") == "automation_cpu_node" or "dagster/backfill" in run.tags

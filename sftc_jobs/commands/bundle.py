@@ -18,10 +18,13 @@ from sftc_jobs.commands.outputs import add_force, writing_output
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bundle",
-        help="one archive of what a reviewer or the GPU team needs (reports, eval CSVs, configs, manifests, bench CSVs; no checkpoints, no secrets)",
+        help=(
+            "one archive of what a reviewer or the GPU team needs "
+            "(reports, eval CSVs, configs, manifests, bench CSVs; no checkpoints, no secrets)"
+        ),
         description=(
-            "Write one archive (.tar.gz, .tgz or .zip) of the validation and GPU check reports, the backtest report and "
-            "eval CSVs, the fine-tune's metrics and loss curves, every config file and the effective settings, the "
+            "Write one archive (.tar.gz, .tgz or .zip) of the validation and GPU check reports, the backtest report "
+            "and eval CSVs, the fine-tune's metrics and loss curves, every config file and the effective settings, the "
             "artifacts' markers (each file's SHA-256, so checkpoints are named, not shipped), the run manifests of the "
             "Dagster instance at DAGSTER_HOME and the bench CSVs, with MANIFEST.json (every member's size and SHA-256, "
             "what was left out or missing, and why) and SHA256SUMS. Never checkpoints, weights or .env; a file holding "
@@ -40,7 +43,8 @@ def register(subparsers) -> None:
 
 
 def run_manifests() -> list[dict] | None:
-    """The latest materialization of each asset in the Dagster instance at DAGSTER_HOME, with its run manifest (None: no instance)."""
+    """The latest materialization of each asset in the Dagster instance at DAGSTER_HOME, with its run manifest
+    (None: no instance)."""
     home = os.environ.get("DAGSTER_HOME")
     if not home or not (Path(home) / "dagster.yaml").is_file():
         return None

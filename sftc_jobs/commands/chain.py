@@ -32,7 +32,10 @@ _ARTIFACT_ATTRIBUTE = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
-        help="materialize the whole chain (all but the NeMo import) through the Dagster instance; only what is missing or stale",
+        help=(
+            "materialize the whole chain (all but the NeMo import) through the Dagster instance; "
+            "only what is missing or stale"
+        ),
         description="Runs go into the instance at $DAGSTER_HOME (default .dagster_home), so `make ui` shows them. "
         "A second run redoes nothing unless code, configs' code versions or inputs changed. Exit 1 when a run fails.",
     )
@@ -40,9 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     rerun = subparsers.add_parser(
         "rerun",
-        help="re-run a window of months (raw_xml, thesis_jsonl, eval_csv) and refresh the whole-window assets downstream",
-        description="Replaces exactly the window's partitions of the monthly assets, then refreshes every asset downstream "
-        "of them (hf_splits ... backtest_report) and whatever that makes stale.",
+        help=(
+            "re-run a window of months (raw_xml, thesis_jsonl, eval_csv) and refresh the whole-window assets downstream"
+        ),
+        description=(
+            "Replaces exactly the window's partitions of the monthly assets, then refreshes every asset downstream of "
+            "them (hf_splits ... backtest_report) and whatever that makes stale."
+        ),
     )
     rerun.add_argument("--from", dest="first", required=True, metavar="YYYY-MM", help="first month of the window")
     rerun.add_argument(
@@ -101,7 +108,8 @@ def window_forced(chain, keys: list, months: list[str]) -> dict:
 
 
 def _artifact_location(asset: str, metadata: dict, paths: ArtifactPaths) -> str:
-    """Where the asset's files are: its directory under the data dir (of all its partitions), else the path it recorded."""
+    """Where the asset's files are: its directory under the data dir (of all its partitions),
+    else the path it recorded."""
     location = getattr(paths, _ARTIFACT_ATTRIBUTE.get(asset, asset), None)
     if isinstance(location, Path):
         return _shown_path(location)
@@ -117,7 +125,8 @@ def _shown_path(path: Path) -> str:
 
 
 def _checks_cell(evaluations: list) -> str:
-    """`2/2 passed`, `1 of 3 failed: eval_parse_rate`, `1 warning: gpu_preflight`, or empty for an asset without checks."""
+    """`2/2 passed`, `1 of 3 failed: eval_parse_rate`, `1 warning: gpu_preflight`,
+    or empty for an asset without checks."""
     if not evaluations:
         return ""
     failed = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"})

@@ -14,11 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     toy = subparsers.add_parser(
         "make-toy-checkpoint",
         help="build the tiny DeepSeek-V3 and its tokenizer",
-        description="A DeepSeek-V3 of the real architecture and tensor names at toy size (the profile's model section), "
-        "with a BPE tokenizer of the hf_splits train split and weights pretrained (model.pretraining) on the prompt "
-        "side of its records dated in the training window, as the base_checkpoint asset; with --corpus, the tokenizer "
-        "of that corpus and random weights. --fp8 writes it in the release layout (sharded safetensors, FP8 weights "
-        "with their block scales), as convert-fp8 reads the real one.",
+        description=(
+            "A DeepSeek-V3 of the real architecture and tensor names at toy size (the profile's model section), with a "
+            "BPE tokenizer of the hf_splits train split and weights pretrained (model.pretraining) on the prompt side "
+            "of its records dated in the training window, as the base_checkpoint asset; with --corpus, the tokenizer "
+            "of that corpus and random weights. --fp8 writes it in the release layout (sharded safetensors, FP8 "
+            "weights with their block scales), as convert-fp8 reads the real one."
+        ),
     )
     toy.add_argument("--out", required=True, type=Path, help="output directory (replaced whole)")
     toy.add_argument("--fp8", action="store_true", help="write the FP8 release layout (sharded, _scale_inv)")
@@ -36,9 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = subparsers.add_parser(
         "convert-fp8",
         help="FP8 (block-scaled) -> BF16 checkpoint, streamed and resumable",
-        description="Every FP8 weight times its 128x128 block scale, shard by shard (Triton on CUDA, the same math in torch "
-        "on the CPU), the other tensors and files copied; interrupted, it resumes from the shards done. The output "
-        "replaces --output whole when complete; a progress bar on the terminal unless --no-progress.",
+        description=(
+            "Every FP8 weight times its 128x128 block scale, shard by shard (Triton on CUDA, the same math in torch on "
+            "the CPU), the other tensors and files copied; interrupted, it resumes from the shards done. The output "
+            "replaces --output whole when complete; a progress bar on the terminal unless --no-progress."
+        ),
     )
     convert.add_argument("--source", required=True, type=Path, help="FP8 checkpoint directory (HF layout)")
     convert.add_argument("--output", required=True, type=Path, help="BF16 checkpoint directory (replaced when done)")
@@ -49,10 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     preflight = subparsers.add_parser(
         "preflight",
-        help="GPU readiness: this node's GPUs, checkpoint and disk, the GPU plan of the full profile (the validation report's list), and what the GPU run will cost",
-        description="This node's CUDA, GPUs, Triton FP8 kernel, base checkpoint and disk against configs/nemo/finetune.yaml, the GPU "
-        "plan of the full profile (the validation report's checks), then the estimate of its GPU run: GPU-hours, wall-clock hours "
-        "and cost per phase at the price and rates of configs/cluster.yaml (`estimate:`). Exit 1 when a check fails.",
+        help=(
+            "GPU readiness: this node's GPUs, checkpoint and disk, "
+            "the GPU plan of the full profile (the validation report's list), and what the GPU run will cost"
+        ),
+        description=(
+            "This node's CUDA, GPUs, Triton FP8 kernel, base checkpoint and disk against configs/nemo/finetune.yaml, "
+            "the GPU plan of the full profile (the validation report's checks), then the estimate of its GPU run: "
+            "GPU-hours, wall-clock hours and cost per phase at the price and rates of configs/cluster.yaml "
+            "(`estimate:`). Exit 1 when a check fails."
+        ),
     )
     preflight.add_argument("--json", action="store_true", help="print JSON instead of the table")
     preflight.add_argument("--no-nemo", action="store_true", help="skip importing NeMo in its environment")
@@ -111,7 +121,8 @@ def _preflight(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(
             report.table(
-                f"What the GPU run will cost (configs/nemo/finetune.yaml, rates in configs/cluster.yaml):\n{estimate_text(estimate, '  ')}"
+                "What the GPU run will cost (configs/nemo/finetune.yaml, rates in configs/cluster.yaml):\n"
+                f"{estimate_text(estimate, '  ')}"
             )
         )
     return 0 if report.ready else 1

@@ -23,16 +23,20 @@ def _names(text: str) -> list[str]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "gpu-check",
-        help="on a GPU node: prove the GPU path in under 10 minutes (CUDA, Triton kernel, HF on CUDA, NeMo, serving, gpu tests)",
+        help=(
+            "on a GPU node: prove the GPU path in under 10 minutes "
+            "(CUDA, Triton kernel, HF on CUDA, NeMo, serving, gpu tests)"
+        ),
         description=(
             "Run what only a GPU can prove, each step against the result written down in configs/gpu_check.yaml and "
             "within its own time limit (the limits add up to total_limit_s, 10 minutes): CUDA and the devices; the "
             "Triton FP8 kernel bit-exact on awkward shapes and its GB/s against a device copy; the toy's inputs; the "
-            "Hugging Face backend on CUDA (the loss falls, tokens/s); NeMo's import, LoRA steps, merge and export of the "
-            "toy through the local launcher, then the export evaluated (where the NeMo environment is present); the toy "
-            "served by vLLM or SGLang (where installed); the gpu-marked tests. Writes <data dir>/reports/gpu_check.md and "
-            ".json (environment, GPU, driver and library versions, each step PASS / FAIL / SKIPPED with its figure and "
-            "expected value), the steps' logs under <data dir>/gpu_check/logs; exit 1 on any FAIL. The toy profile's "
+            "Hugging Face backend on CUDA (the loss falls, tokens/s); NeMo's import, LoRA steps, merge and export of "
+            "the toy through the local launcher, then the export evaluated (where the NeMo environment is present); "
+            "the toy served by vLLM or SGLang (where installed); the gpu-marked tests. Writes "
+            "<data dir>/reports/gpu_check.md and .json (environment, GPU, driver and library versions, each step "
+            "PASS / FAIL / SKIPPED with its figure and expected value), the steps' logs under "
+            "<data dir>/gpu_check/logs; exit 1 on any FAIL. The toy profile's "
             "model and data, whatever SFTC_PROFILE says."
         ),
     )
@@ -115,8 +119,9 @@ def run_gpu_check(args: argparse.Namespace, settings: Settings) -> int:
     else:
         counts = report["counts"]
         print(
-            f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: {counts['PASS']} passed, {counts['FAIL']} failed, "
-            f"{counts['SKIPPED']} skipped in {report['seconds']:.0f} s; report {md} (and {js.name})"
+            f"gpu-check {'PASSED' if report['passed'] else 'FAILED'}: "
+            f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIPPED']} skipped "
+            f"in {report['seconds']:.0f} s; report {md} (and {js.name})"
         )
     return 0 if report["passed"] else 1
 

@@ -43,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export-nemo",
         help="write the splits as NeMo JSONL (training/validation/test.jsonl) with the prompt template",
-        description="One line {input, output} per record of each split, the prompt of configs/sft_config.yaml as input and "
-        "the target (the special tokens around the action) as output; with --tokenizer, token lengths and truncations "
-        "are measured against the profile's max_seq_length. Exit 2 on bad input.",
+        description=(
+            "One line {input, output} per record of each split, the prompt of configs/sft_config.yaml as input and the "
+            "target (the special tokens around the action) as output; with --tokenizer, token lengths and truncations "
+            "are measured against the profile's max_seq_length. Exit 2 on bad input."
+        ),
     )
     export.add_argument("--dataset-dir", required=True, type=Path, help="a DatasetDict from build-dataset")
     export.add_argument("--output-dir", required=True, type=Path, help="where the JSONL files go (replaced whole)")
@@ -81,9 +83,11 @@ def _build_dataset(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name}: {count} records, {ranges[name]['first']}..{ranges[name]['last']}")
     purged = summary["purged"]
     print(
-        f"purged (labels reaching a later split): {sum(purged.values())} ({', '.join(f'{k} {v}' for k, v in purged.items())}), "
+        f"purged (labels reaching a later split): {sum(purged.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in purged.items())}), "
         f"dropped by the {summary['embargo_days']}-day embargo: {sum(summary['dropped_by_embargo'].values())}, "
-        f"outside the windows: {sum(summary['outside_windows'].values())}, of {summary['records']} records -> {args.out_dir}"
+        f"outside the windows: {sum(summary['outside_windows'].values())}, "
+        f"of {summary['records']} records -> {args.out_dir}"
     )
     return 0
 

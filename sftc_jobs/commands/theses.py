@@ -99,6 +99,7 @@ def make_sample_corpus(args: argparse.Namespace, settings: Settings) -> int:
     ) as stamp:
         result = write_sample_corpus(args.out, first, last, config, stamp)
     print(
-        f"{result['theses']} theses in {result['files']} files over {result['months']} months -> {args.out} (actions: {result['actions']})"
+        f"{result['theses']} theses in {result['files']} files over {result['months']} months -> {args.out} "
+        f"(actions: {result['actions']})"
     )
     return 0

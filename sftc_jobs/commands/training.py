@@ -21,7 +21,10 @@ from sftc_jobs.commands.outputs import add_force, writing_output
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="fine-tune the model (Hugging Face backend on CPU/GPU, NeMo backend on GPU nodes), here or as a multi-node job",
+        help=(
+            "fine-tune the model (Hugging Face backend on CPU/GPU, NeMo backend on GPU nodes), "
+            "here or as a multi-node job"
+        ),
         description=(
             "Fine-tune the BF16 checkpoint on the NeMo JSONL pairs. Hyperparameters come from the profile's "
             "`training:` section, the job's shape and launcher from its `launch:` section (configs/cluster.yaml says "
@@ -194,7 +197,8 @@ def _train_nemo(
 
         print(jobs.plan_text(steps, launch))
         print(
-            f"# --- what this GPU run will cost (the rates: configs/cluster.yaml, estimate:) ---\n{estimate_text(gpu_run_estimate(settings, config), '# ')}"
+            "# --- what this GPU run will cost (the rates: configs/cluster.yaml, estimate:) ---\n"
+            f"{estimate_text(gpu_run_estimate(settings, config), '# ')}"
         )
         return 0
     jobs.refuse_unlaunchable(steps, launch)

@@ -75,7 +75,8 @@ def refuse_unlaunchable(steps: list[EntryStep], launch: Launch) -> None:
     for step in steps:
         if launch.launcher == "local" and step.nodes > 1:
             raise LaunchError(
-                f"{step.name}: the local launcher runs one node, the step asks for {step.nodes}; use --launcher slurm or k8s"
+                f"{step.name}: the local launcher runs one node, the step asks for {step.nodes}; "
+                "use --launcher slurm or k8s"
             )
 
 
@@ -249,8 +250,8 @@ def follow(
 def failure_message(step: EntryStep, outcome: JobOutcome) -> str:
     code = f", exit code {outcome.status.exit_code}" if outcome.status.exit_code not in (None, 0) else ""
     return (
-        f"{outcome.launcher} job {outcome.job_id} ({step.name}) ended {outcome.status.state}{code}: {outcome.status.reason}; "
-        f"log {outcome.log_path}; its last lines:\n{LogTail(outcome.log_path).last_lines()}"
+        f"{outcome.launcher} job {outcome.job_id} ({step.name}) ended {outcome.status.state}{code}: "
+        f"{outcome.status.reason}; log {outcome.log_path}; its last lines:\n{LogTail(outcome.log_path).last_lines()}"
     )
 
 

@@ -50,7 +50,8 @@ def render_jobset(step: EntryStep, launch: Launch, name: str, env: dict[str, str
     image = kube.images.get(step.environment)
     if not image:
         raise LaunchError(
-            f"configs/cluster.yaml: field 'kubernetes.images.{step.environment}' is not set; the {step.name} step needs an image for its environment"
+            f"configs/cluster.yaml: field 'kubernetes.images.{step.environment}' is not set; "
+            f"the {step.name} step needs an image for its environment"
         )
     pool = k8s_config("gpu" if step.gpus_per_node else "cpu", launch.cluster)
     resources = {kind: dict(values) for kind, values in pool["container_config"]["resources"].items()}

@@ -29,7 +29,8 @@ def local_argv(step: EntryStep, python: str) -> list[str]:
 
 
 class LocalJob:
-    """A subprocess in its own session (so a cancel reaches torchrun's workers); stderr is the log, stdout the result."""
+    """A subprocess in its own session (so a cancel reaches torchrun's workers);
+    stderr is the log, stdout the result."""
 
     launcher = "local"
 

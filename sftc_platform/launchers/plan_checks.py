@@ -181,14 +181,20 @@ def _rendered_problems(step: EntryStep, plan: dict) -> list[str]:
 
 
 def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, import_host_bytes: int) -> Check:
-    needed = f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each where the {launch.launcher} launcher runs the fine-tune"
+    needed = (
+        f"{step.nodes} node(s) with {step.gpus_per_node} GPU(s) each "
+        f"where the {launch.launcher} launcher runs the fine-tune"
+    )
     if launch.launcher == "local":
         return Check(
             "target cluster",
             TARGET_CLUSTER,
             NOT_CHECKED,
             needed,
-            "launcher local: the step runs on whichever node materializes it; `sftc preflight` on that node checks its GPUs",
+            (
+                "launcher local: the step runs on whichever node materializes it; "
+                "`sftc preflight` on that node checks its GPUs"
+            ),
         )
     if launch.launcher == "slurm":
         partition = settings.cluster.slurm.partition
@@ -198,8 +204,14 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, im
                 TARGET_CLUSTER,
                 NOT_CHECKED,
                 needed,
-                "configs/cluster.yaml names no slurm.partition: the GPU partition is the cluster's default, not asked from here",
-                "set slurm.partition in configs/cluster.yaml to the GPU partition (then sinfo is asked where it answers)",
+                (
+                    "configs/cluster.yaml names no slurm.partition: "
+                    "the GPU partition is the cluster's default, not asked from here"
+                ),
+                (
+                    "set slurm.partition in configs/cluster.yaml to the GPU partition "
+                    "(then sinfo is asked where it answers)"
+                ),
             )
         ram = import_host_bytes
         # a job dir as a submission has one (sbatch reads the script's paths); the same check every launch runs first
@@ -207,10 +219,14 @@ def target_cluster_check(settings: Settings, step: EntryStep, launch: Launch, im
         if not found.checked:
             return Check("target cluster", TARGET_CLUSTER, NOT_CHECKED, needed, found.found)
         fix = (
-            f"a partition with the nodes (slurm.partition in configs/cluster.yaml), fewer nodes in {settings.finetune.source}, "
-            f"or a launch.time_limit within the partition's in {profile_path(settings.full_profile.name, settings.config_dir)}"
+            "a partition with the nodes (slurm.partition in configs/cluster.yaml), "
+            f"fewer nodes in {settings.finetune.source}, or a launch.time_limit within the partition's in "
+            f"{profile_path(settings.full_profile.name, settings.config_dir)}"
         )
-        needed = f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, its time limit at least launch.time_limit {launch.time_limit}"
+        needed = (
+            f"{step.nodes} node(s) of partition {partition} with {step.gpus_per_node} GPU(s){_with_ram(ram)} each, "
+            f"its time limit at least launch.time_limit {launch.time_limit}"
+        )
         if found.ok:
             return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
         return Check("target cluster", TARGET_CLUSTER, FAIL, needed, found.found, fix)
@@ -239,7 +255,10 @@ def kubernetes_gpu_nodes(
             FAIL,
             needed,
             found.found,
-            f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; check node_pools.gpu.node_selector in configs/cluster.yaml",
+            (
+                f"add GPU nodes to the pool or lower nodes in {settings.finetune.source}; "
+                "check node_pools.gpu.node_selector in configs/cluster.yaml"
+            ),
         )
     return Check("target cluster", TARGET_CLUSTER, PASS, needed, found.found)
 

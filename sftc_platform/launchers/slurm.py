@@ -107,7 +107,8 @@ def rendezvous_port(launch: Launch) -> str:
 
 
 def node_python(step: EntryStep, launch: Launch) -> str:
-    """The interpreter on the nodes: the environment's configured one, `python` inside its image, else this node's path."""
+    """The interpreter on the nodes: the environment's configured one, `python` inside its image,
+    else this node's path."""
     env = launch.cluster.slurm.environments.get(step.environment)
     if env and env.python:
         return env.python
@@ -117,7 +118,8 @@ def node_python(step: EntryStep, launch: Launch) -> str:
 
 
 def _directive(option: str) -> str:
-    """An #SBATCH option with its value in double quotes where it holds a space (sbatch ends an unquoted value there)."""
+    """An #SBATCH option with its value in double quotes where it holds a space
+    (sbatch ends an unquoted value there)."""
     key, equals, value = option.partition("=")
     return f'{key}="{value}"' if equals and any(c.isspace() for c in value) and not value.startswith('"') else option
 
@@ -187,7 +189,10 @@ def render_sbatch(step: EntryStep, launch: Launch, job_dir: Path, job_name: str 
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "head_addr=$(scontrol show node \"$head_node\" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')",
         f"rdzv_port={rendezvous_port(launch)}",
-        'echo "sftc: Slurm job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, rendezvous $head_addr:$rdzv_port"',
+        (
+            'echo "sftc: Slurm job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, '
+            'rendezvous $head_addr:$rdzv_port"'
+        ),
         shell_line(srun + command),
     ]
     return "\n".join(lines) + "\n"
@@ -404,7 +409,8 @@ def default_partition() -> str | None:
 
 
 def partition_nodes(partition: str | None) -> list[PartitionNode]:
-    """The partition's nodes with their GPUs, states, memory and time limit, from sinfo (the default partition when None)."""
+    """The partition's nodes with their GPUs, states, memory and time limit, from sinfo
+    (the default partition when None)."""
     partition = partition or default_partition()
     argv = ["sinfo", "-h", "-N", "-o", "%N|%G|%t|%m|%l|%s", *(["-p", partition] if partition else [])]
     done = _run(argv)
@@ -436,7 +442,10 @@ def gpu_capacity_problem(
         return None
     where = f"partition {partition}" if partition else "the default partition"
     memory = f" and {format_bytes(memory_bytes)} of memory" if memory_bytes else ""
-    return f"{step.name} needs {step.nodes} node(s) with {step.gpus_per_node} GPU(s){memory} each; {where} has {len(usable)} usable of {len(nodes)}"
+    return (
+        f"{step.name} needs {step.nodes} node(s) with {step.gpus_per_node} GPU(s){memory} each; "
+        f"{where} has {len(usable)} usable of {len(nodes)}"
+    )
 
 
 def time_limit_problem(time_limit: str, nodes: list[PartitionNode], partition: str | None) -> str | None:
@@ -446,7 +455,10 @@ def time_limit_problem(time_limit: str, nodes: list[PartitionNode], partition: s
     if not limits or wanted <= min(limits):
         return None
     where = f"partition {partition}" if partition else "the default partition"
-    return f"launch.time_limit {time_limit} is longer than {where}'s time limit of {_clock(min(limits))}: Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+    return (
+        f"launch.time_limit {time_limit} is longer than {where}'s time limit of {_clock(min(limits))}: "
+        "Slurm refuses the job or holds it pending for ever (PartitionTimeLimit)"
+    )
 
 
 def node_limit_problem(step: EntryStep, nodes: list[PartitionNode], partition: str | None) -> str | None:
@@ -459,7 +471,8 @@ def node_limit_problem(step: EntryStep, nodes: list[PartitionNode], partition: s
 
 
 def sbatch_test_only(script: str, partition: str | None) -> tuple[bool, str]:
-    """Slurm's own verdict on a rendered job, nothing submitted (sbatch --test-only): where and when it would start, or why not."""
+    """Slurm's own verdict on a rendered job, nothing submitted (sbatch --test-only):
+    where and when it would start, or why not."""
     done = _run(["sbatch", "--test-only", *([f"--partition={partition}"] if partition else [])], input=script)
     said = (done.stderr.strip() or done.stdout.strip()).splitlines()
     return done.returncode == 0, (said[-1].removeprefix("sbatch: ") if said else f"exit {done.returncode}")
