@@ -27,7 +27,8 @@ from sftc_platform.resources import GpuResource
 
 LINES = [
     {
-        "input": f"### Instruction:\nYou are an equity analyst.\n\n### Input:\nTicker: {t}\nFacts:\n- close {d} {p}% over 5 days\n\n### Response:\n",
+        "input": f"### Instruction:\nYou are an equity analyst.\n\n### Input:\nTicker: {t}\n"
+        f"Facts:\n- close {d} {p}% over 5 days\n\n### Response:\n",
         "output": f"<reasoning>The trend is {d}.</reasoning><support>close {d} {p}%</support><action>{a}</action>",
     }
     for t, d, p, a in [("AAPL", "up", 3.1, "BUY"), ("IBM", "down", 4.2, "SELL"), ("MSFT", "flat", 0.1, "HOLD")] * 6
@@ -230,7 +231,8 @@ import dagster as dg
 from sftc_assets.checkpoints import assets
 from stage_helpers import settings_with
 
-(base_checkpoint,) = [a for a in assets.defs(settings_with(model={"base_checkpoint_path": sys.argv[1]})).assets if a.key.path == ["base_checkpoint"]]
+settings = settings_with(model={"base_checkpoint_path": sys.argv[1]})
+(base_checkpoint,) = [a for a in assets.defs(settings).assets if a.key.path == ["base_checkpoint"]]
 assert isinstance(base_checkpoint, dg.SourceAsset)
 defs = dg.Definitions(assets=[base_checkpoint], jobs=[dg.define_asset_job("observe", selection=["base_checkpoint"])])
 with dg.instance_for_test() as instance:

@@ -270,7 +270,8 @@ def test_cli_make_toy_checkpoint(tmp_path, data_dir, capsys):
     assert summary["fp8"] and summary["seed"] == 3 and summary["shards"] >= 3
     assert summary["pretraining"] is None  # --corpus: that corpus's tokenizer, random weights
     assert (tmp_path / "cli" / "model.safetensors.index.json").is_file()
-    # without --corpus it reads the train split of the data dir's hf_splits (as the asset), and says so when there is none
+    # without --corpus it reads the train split of the data dir's hf_splits (as the asset), and says so when there is
+    # none
     assert sftc_main(["make-toy-checkpoint", "--out", str(tmp_path / "none")]) == 2
     assert "hf_splits: not a saved DatasetDict" in capsys.readouterr().err
 

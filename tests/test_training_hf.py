@@ -1,4 +1,5 @@
-"""The Hugging Face training backend on the toy DeepSeek-V3: data, embeddings, schedule, real short runs, resume, CLI."""
+"""The Hugging Face training backend on the toy DeepSeek-V3: data, embeddings, schedule, real short runs, resume,
+CLI."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def test_answers_that_would_lose_their_action_stop_the_run_before_training(toy_i
     short = SFT.model_copy(update={"max_seq_length": 16})
     with pytest.raises(
         ValueError,
-        match=r"training answers are longer than max_seq_length 16 \(configs/sft_config.yaml\).*raise max_seq_length to at least",
+        match=r"training answers are longer than max_seq_length 16 \(configs/sft_config.yaml\).*"
+        r"raise max_seq_length to at least",
     ):
         run_training(*toy_inputs, tmp_path / "out", short_training(), short, EVALUATION)
     assert not (tmp_path / "out").exists()  # refused before anything was written
@@ -130,7 +132,8 @@ def test_a_loss_that_turns_non_finite_stops_the_run_and_names_the_cause(toy_inpu
     save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(
         hf_backend.TrainingDivergedError,
-        match=r"step 1: the training loss is (nan|inf), before any update, so the weights or the data are: check .*model",
+        match=r"step 1: the training loss is (nan|inf), before any update, "
+        r"so the weights or the data are: check .*model",
     ):
         run_training(model_dir, toy_inputs[1], tmp_path / "out", short_training(), SFT, EVALUATION)
 

@@ -107,7 +107,8 @@ def test_gpu_gate_refuses_before_any_work(chain_data):
 
 
 def test_nemo_backend_is_gated_before_any_work(chain_data, monkeypatch):
-    """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (the local launcher has one node) stop it before NeMo starts."""
+    """TRAIN_BACKEND=nemo goes to the NeMo branch, whose checks (the local launcher has one node) stop it before NeMo
+    starts."""
     monkeypatch.setenv("TRAIN_BACKEND", "nemo")
     result = materialize(load_settings(), raise_on_error=False)
     assert not result.success
@@ -143,8 +144,8 @@ def test_a_climbing_training_loss_fails_its_check_naming_the_learning_rate_and_i
     assert not result.passed
     training = load_settings().profile.training
     assert (
-        f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm:g}) in"
-        in result.description
+        f"training.learning_rate {training.learning_rate:g} (warmup_steps {training.warmup_steps}, "
+        f"max_grad_norm {training.max_grad_norm:g}) in" in result.description
     )
     assert (
         "configs/profiles/toy.yaml is likely too high" in result.description

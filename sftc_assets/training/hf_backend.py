@@ -582,9 +582,9 @@ def _run_training(
     val_set = tokenize_split(tokenizer, val_pairs, sft.max_seq_length)
     if train_set.answers_cut:
         raise ValueError(
-            f"{train_set.answers_cut} of {len(train_pairs)} training answers are longer than max_seq_length {sft.max_seq_length} "
-            f"(configs/sft_config.yaml) on their own: cut there, they would lose their action; raise max_seq_length to at least "
-            f"{train_set.longest_answer + 1} before training"
+            f"{train_set.answers_cut} of {len(train_pairs)} training answers are longer than max_seq_length "
+            f"{sft.max_seq_length} (configs/sft_config.yaml) on their own: cut there, they would lose their action; "
+            f"raise max_seq_length to at least {train_set.longest_answer + 1} before training"
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer(model, training, steps)
@@ -629,10 +629,12 @@ def _run_training(
         if not math.isfinite(loss):
             # The first step's loss comes before any update: the weights or the data are broken, not the step size.
             cause = (
-                f"before any update, so the weights or the data are: check {model_dir} (bf16_checkpoint's finite-tensor check)"
+                f"before any update, so the weights or the data are: check {model_dir} "
+                "(bf16_checkpoint's finite-tensor check)"
                 if step == start_step + 1
-                else f"training.learning_rate {training.learning_rate} of the profile (warmup_steps {training.warmup_steps}, "
-                f"max_grad_norm {training.max_grad_norm}) is too high for this model; lower it"
+                else f"training.learning_rate {training.learning_rate} of the profile "
+                f"(warmup_steps {training.warmup_steps}, max_grad_norm {training.max_grad_norm}) is too high for this "
+                "model; lower it"
             )
             raise TrainingDivergedError(f"step {step}: the training loss is {loss}, {cause}")
         seconds = time.perf_counter() - started
