@@ -8,7 +8,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup lock run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
+.PHONY: setup lock format run test test-all test-slow test-gpu test-nemo test-vllm test-browser test-postgres test-slurm gpu-check \
 	ui rerun bench clean
 
 # Installed from the lock (locks/venv.txt: the exact set that passed CI; `make lock` refreshes it): pip first, then
@@ -38,8 +38,16 @@ lock:
 run: setup $(VLLM_STAMP)
 	@$(VENV)/bin/sftc run
 
+# The formatter and the linter first (seconds; pyproject.toml's [tool.ruff]), then the tests.
 test: setup $(VLLM_STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Lay the tree out as `make test` checks it.
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test-slow: setup
 	$(PY) -m pytest -m slow
