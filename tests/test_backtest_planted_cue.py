@@ -146,10 +146,11 @@ def test_scrambled_predictions_fail_the_check_and_the_validation_report_says_no(
         r.startswith("backtest_report failed: check(s) failed: planted_cue_recovered (") for r in report["reasons"]
     ), report["reasons"]
     # Its preconditions in the training data hold, so they are not the cause; the other stages did not run here.
-    assert report["reasons"][-1] == (
+    assert report["toy_chain"]["reasons"][-1] == (
         "planted_cue_recovered's preconditions hold: the cue reaches the prompts, the labels are not scrambled; "
         "not checked: the splits are ordered, training converged: none of those checked names the cause"
     )
+    assert set(report["toy_chain"]["reasons"]) <= set(report["reasons"])
     assert "Ready for GPU deployment: NO" in (data_dir / "reports" / "validation_report.md").read_text()
 
 
