@@ -61,9 +61,16 @@ ENV = {
 GIT = {"git_commit": "abc123", "git_dirty": False}
 
 
-def _report(stages, plan=PLAN_OK, canary=None):
+def _report(stages, plan=PLAN_OK, canary=None, slurm_present=False):
     return build_report(
-        stages, gpu_plan=plan, environment=ENV, git=GIT, generated_at=NOW, validation_run="run-1", canary=canary
+        stages,
+        gpu_plan=plan,
+        environment=ENV,
+        git=GIT,
+        generated_at=NOW,
+        validation_run="run-1",
+        canary=canary,
+        slurm_present=slurm_present,
     )
 
 
@@ -203,31 +210,11 @@ def test_markdown_and_json_twin(tmp_path):
 
 
 def test_report_says_which_launcher_ran_the_fine_tune():
-    import datetime as dt
 
-    from sftc_assets.reports.validation import StageOutcome, build_report, render_markdown
+    from sftc_assets.reports.validation import StageOutcome, render_markdown
 
     def report(figures: dict, slurm_present: bool) -> str:
-        stage = StageOutcome("sft_model", True, figures=figures)
-        env = {
-            "python": "3",
-            "platform": "p",
-            "cpu_count": 2,
-            "cuda_available": False,
-            "profile": "toy",
-            "train_backend": "hf",
-            "packages": {},
-        }
-        built = build_report(
-            [stage],
-            gpu_plan=PLAN_OK,
-            environment=env,
-            git={},
-            generated_at=dt.datetime(2026, 1, 1),
-            validation_run=None,
-            slurm_present=slurm_present,
-        )
-        return render_markdown(built)
+        return render_markdown(_report([StageOutcome("sft_model", True, figures=figures)], slurm_present=slurm_present))
 
     waited = {"pending_s": 84.0, "pending_reason": "Priority, Resources"}
     on_slurm = report({"launcher": "slurm", "nodes": 2, "world_size": 2, "slurm_job_id": "9", **waited}, True)
@@ -310,24 +297,11 @@ def test_the_stage_checks_the_canary_reads_are_the_chains_own():
 
 
 def test_report_says_which_engine_answered_the_evaluation_and_what_that_rehearsed():
-    import datetime as dt
 
-    from sftc_assets.reports.validation import StageOutcome, build_report, render_markdown
+    from sftc_assets.reports.validation import StageOutcome, render_markdown
 
     def report(stages: list) -> str:
-        env = {
-            "python": "3",
-            "platform": "p",
-            "cpu_count": 2,
-            "cuda_available": False,
-            "profile": "toy",
-            "train_backend": "hf",
-            "packages": {},
-        }
-        built = build_report(
-            stages, gpu_plan=PLAN_OK, environment=env, git={}, generated_at=dt.datetime(2026, 1, 1), validation_run=None
-        )
-        return render_markdown(built)
+        return render_markdown(_report(stages))
 
     vllm = report([StageOutcome("eval_csv", True, figures={"engine": "vllm 0.32.0", "rows": 128})])
     assert "- Evaluation served by: vllm 0.32.0 on this node's CPU, the GPU run's engine: its DeepSeek-V3 model" in vllm
