@@ -201,7 +201,8 @@ def test_a_chain_that_scrambles_the_training_labels_fails_the_check(data_dir):
     assert metrics["planted_cue"]["recovered"] is False, metrics["planted_cue"]
     report = json.loads((data_dir / "reports" / "validation_report.json").read_text())
     assert report["ready_for_gpu"] is False
-    reason, cause = report["reasons"]
+    reason, cause = report["toy_chain"]["reasons"]  # the GPU plan's warnings follow them in report["reasons"]
+    assert report["reasons"][:2] == [reason, cause]
     assert reason.startswith("backtest_report failed: check(s) failed: planted_cue_recovered ("), report["reasons"]
     # The cause is named, not only the symptom: the training targets' actions no longer follow their notes.
     assert cause.startswith("planted_cue_recovered's preconditions that do not hold: the labels are not"), cause
