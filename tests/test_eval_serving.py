@@ -303,8 +303,10 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
     while (state := _process_state(server_pid)) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
     if state not in (None, "Z"):  # a zombie has ended: only the process that adopted it has yet to reap it
+        status = Path(f"/proc/{server_pid}/status").read_text()
+        signals = [line for line in status.splitlines() if line.startswith(("PPid", "SigBlk", "SigIgn", "SigCgt"))]
         os.killpg(server_pid, signal.SIGKILL)
-        pytest.fail(f"server pid {server_pid} outlived its killed parent (state {state})")
+        pytest.fail(f"server pid {server_pid} outlived its killed parent (state {state}; {', '.join(signals)})")
 
 
 def _process_state(pid: int) -> str | None:

@@ -450,12 +450,22 @@ class ServerLauncher(Protocol):
 
 def _dies_with_parent():
     """For Popen's preexec_fn on Linux: the server gets SIGTERM when this process dies, even by SIGKILL, so no orphan
-    keeps the port and the GPUs. libc is loaded here, in the parent: the forked child only makes the call."""
+    keeps the port and the GPUs. libc is loaded here, in the parent: the forked child only makes the call. The child
+    unblocks SIGTERM (a blocked mask outlives exec) and ends at once if this process died before the call (the signal
+    comes only for a death after it)."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent = os.getpid()
+
+    def in_child() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 class LocalProcess:
