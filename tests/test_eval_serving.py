@@ -295,6 +295,8 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
         cwd=os.getcwd(),
+        # A launcher started with SIGTERM ignored (CI's was): the server must not inherit that, or it never dies.
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
     )
     server_pid = int(run.stdout.readline())
     os.kill(run.pid, signal.SIGKILL)

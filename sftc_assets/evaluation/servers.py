@@ -450,16 +450,19 @@ class ServerLauncher(Protocol):
 
 def _dies_with_parent():
     """For Popen's preexec_fn on Linux: the server gets SIGTERM when this process dies, even by SIGKILL, so no orphan
-    keeps the port and the GPUs. libc is loaded here, in the parent: the forked child only makes the call. The child
-    unblocks SIGTERM (a blocked mask outlives exec) and ends at once if this process died before the call (the signal
+    keeps the port and the GPUs. libc is loaded here, in the parent: the forked child only makes the calls. The child
+    takes SIGTERM back to its default action, unblocked (an ignored or blocked SIGTERM outlives exec, so a launcher
+    started with SIGTERM ignored would pass that on), and ends at once if this process died before the call (the signal
     comes only for a death after it)."""
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
 
     def in_child() -> None:
+        set_handler(signal.SIGTERM, 0)  # SIG_DFL
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
