@@ -53,6 +53,8 @@ def sftc_run(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
         )
     }
     env |= {"PYTHONPATH": str(root), "DAGSTER_HOME": str(home), "SFTC_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    # The clone holds code and configs, not the environments: the toy is served by this checkout's vLLM.
+    env.setdefault("SFTC_VLLM_PYTHON", str(REPO_ROOT / ".venv-vllm" / "bin" / "python"))
     return subprocess.run(
         [sys.executable, "-m", "sftc_jobs.cli", "run"], cwd=root, env=env, capture_output=True, text=True, timeout=1800
     )
@@ -61,14 +63,15 @@ def sftc_run(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_a_climbing_loss_stops_the_chain_at_the_fine_tune_naming_the_learning_rate(tmp_path):
     root = clone(tmp_path)
     toy = root / "configs" / "profiles" / "toy.yaml"
-    edit_yaml(toy, lambda raw: raw["training"].update(learning_rate=0.5))
+    # On the pretrained base, clipped at max_grad_norm, 0.5 only stalls the loss (4.1 -> 3.6); 0.99 makes it climb.
+    edit_yaml(toy, lambda raw: raw["training"].update(learning_rate=0.99))
     training = yaml.safe_load(toy.read_text())["training"]
     done = sftc_run(root, tmp_path)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     failure = done.stderr[done.stderr.index("\nFAILED: sft_model") :]  # the failure block names the check's own words
     assert "check training_loss_stable failed: the training loss climbed to" in failure
     assert (
-        f"training.learning_rate 0.5 (warmup_steps {training['warmup_steps']}, "
+        f"training.learning_rate 0.99 (warmup_steps {training['warmup_steps']}, "
         f"max_grad_norm {training['max_grad_norm']:g}) in {toy} is likely too high" in failure
     )
     assert not (tmp_path / "data" / "eval").exists()  # stopped there: no evaluation of a model that did not learn
