@@ -11,7 +11,7 @@ import dagster as dg
 from sftc_assets.reports import validation
 from sftc_assets.training import estimate as gpu_estimate
 from sftc_assets.training import gpu_plan
-from sftc_core.checks import failures
+from sftc_core.checks import WARN, failures
 from sftc_core.manifest import git_state
 from sftc_core.settings import Settings
 from sftc_platform import run_history
@@ -170,7 +170,7 @@ def materialize_validation_report(context: dg.AssetExecutionContext, settings: S
     ready = "YES" if report["ready_for_gpu"] else "NO"
     context.log.info("validation report %s: ready for GPU %s", md_path, ready)
     stages_line = f"{report['passed']} stages passed, {report['failed']} failed, {report['not_run']} not run"
-    warned = [check["name"] for check in report["gpu_plan"]["checks"] if check["status"] == "WARN"]
+    warned = [check["name"] for check in report["gpu_plan"]["checks"] if check["status"] == WARN]
     stages_line += f"; GPU plan warnings: {', '.join(warned)}" if warned else ""
     report_summary(context, "validation_report", f"ready for GPU: {ready} ({stages_line})")
     if estimate:
