@@ -108,4 +108,6 @@ def test_asset_factories_only_wire():
     assert thick == []
     assert set(bodies) == {"theses", "sft_data", "checkpoints", "training", "evaluation", "backtest", "reports"}
     assert len(bodies["checkpoints"]) == 5  # base_checkpoint (built or observed), bf16_checkpoint and its two checks
-    assert len(bodies["training"]) == 5  # nemo_model, sft_model and their three checks
+    assert (
+        len(bodies["training"]) == 6
+    )  # nemo_model, sft_model and their four checks (one only where a profile rehearses LoRA)

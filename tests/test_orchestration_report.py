@@ -225,7 +225,29 @@ def test_report_says_which_launcher_ran_the_fine_tune():
     assert "- Fine-tune method: unknown (sft_model did not report one)" in local
     # and whether it was the GPU recipe's LoRA or a full fine-tune
     assert "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA" in report({"peft": "none"}, False)
+    assert "proven by tests/test_training_hf.py, not by this run" in report({"peft": "none"}, False)
     assert "- Fine-tune method: LoRA on the GPU recipe's targets" in report({"peft": "lora"}, False)
+
+
+def test_report_shows_the_lora_rehearsal_beside_a_full_fine_tune():
+    from sftc_assets.reports.validation import CheckOutcome, StageOutcome, render_markdown
+
+    def method(rehearsed: bool) -> tuple[dict, str]:
+        outcome = "the recipe's LoRA, rank 32 / alpha 32 on 5 targets: ..." if rehearsed else "the loss barely fell"
+        check = CheckOutcome("lora_recipe_rehearsed", rehearsed, description=outcome)
+        report = _report([StageOutcome("sft_model", True, figures={"peft": "none"}, checks=[check])])
+        (line,) = [line for line in render_markdown(report).splitlines() if line.startswith("- Fine-tune method:")]
+        return report, line
+
+    report, line = method(True)
+    assert line.endswith(
+        "beside it, the recipe's LoRA, rank 32 / alpha 32 on 5 targets: ... (sft_model's check lora_recipe_rehearsed)"
+    )
+    assert report["ready_for_gpu"]
+    report, line = method(False)
+    assert line.endswith("the recipe's LoRA rehearsed beside it FAILED: the loss barely fell")
+    # a failed rehearsal fails the fine-tune's stage: the GPU run's LoRA is not known to work
+    assert not report["ready_for_gpu"] and any("lora_recipe_rehearsed" in r for r in report["reasons"])
 
 
 SFT = load_sft_config()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from sftc_assets.training.hf_backend import (
     train_step,
     work_dir,
 )
+from sftc_assets.training.lora_rehearsal import rehearsal_problems, rehearsal_summary, rehearse_lora
 from sftc_core.configs import load_finetune_config, load_profile, load_sft_config, profile_path, recipe_lora
 from sftc_core.threads import torch_threads
 from sftc_jobs.cli import main as sftc_main
@@ -393,6 +395,59 @@ def test_a_misspelt_lora_target_fails_before_the_first_step_naming_it(toy_inputs
         run_training(*toy_inputs, tmp_path / "sft", training, SFT, EVALUATION)
     assert "kv_b_proj" in str(failure.value)  # the model's names are listed beside it
     assert not (tmp_path / "sft").exists() and not work_dir(tmp_path / "sft").exists()
+
+
+@pytest.fixture(scope="module")
+def rehearsal(toy_inputs):
+    """The toy profile's LoRA rehearsal, scaled down to a few steps on the test's random-weight model."""
+    steps = {"max_steps": 6, "warmup_steps": 1, "parse_check_samples": 2, "min_parse_rate": 0.0}
+    config = PROFILE.lora_rehearsal.model_copy(update=steps)
+    return config, rehearse_lora(*toy_inputs, TRAINING, config, SFT, EVALUATION)
+
+
+def test_the_lora_rehearsal_runs_the_recipe_and_merges_its_adapter_exactly(toy_inputs, rehearsal):
+    config, figures = rehearsal
+    recipe = load_finetune_config().lora
+    assert (figures["lora_rank"], figures["lora_alpha"], figures["lora_dropout"]) == (
+        recipe.rank,
+        recipe.alpha,
+        recipe.dropout,
+    )
+    assert figures["lora_targets"] == ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+    model_config = json.loads((toy_inputs[0] / "config.json").read_text())
+    built_layers = model_config["num_hidden_layers"]  # the MTP layer beyond them is not built by transformers
+    assert figures["adapters"] == len(figures["lora_targets"]) * built_layers
+    assert figures["steps"] == 6 and figures["parse_checked"] == 2
+    assert figures["val_loss_drop"] == pytest.approx(figures["initial_val_loss"] - figures["final_val_loss"])
+    assert figures["val_loss_drop"] > 0  # six steps of the recipe's LoRA already move the loss
+    assert figures["merge_max_abs_diff"] == 0.0 and not figures["tensors_only_in_one"]
+    assert figures["merged_tensors_compared"] > 0
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(figures["adapter_files"])
+    assert not list(Path(tempfile.gettempdir()).glob("sftc-lora-rehearsal-*"))  # nothing left behind
+    lenient = config.model_copy(update={"min_val_loss_drop": figures["val_loss_drop"] / 2})
+    assert rehearsal_problems(figures, lenient, "toy.yaml") == []
+    summary = rehearsal_summary(figures)
+    assert f"rank {recipe.rank} / alpha {recipe.alpha} on 5 targets ({figures['adapters']} adapters" in summary
+
+
+def test_the_lora_rehearsal_names_a_loss_that_barely_falls_and_a_merge_that_differs(rehearsal):
+    config, figures = rehearsal
+    strict = config.model_copy(update={"min_val_loss_drop": figures["val_loss_drop"] + 1.0})
+    (problem,) = rehearsal_problems(figures, strict, "configs/profiles/toy.yaml")
+    assert f"min_val_loss_drop {strict.min_val_loss_drop:g}" in problem and "configs/profiles/toy.yaml" in problem
+    assert "configs/nemo/finetune.yaml" in problem
+    lenient = config.model_copy(update={"min_val_loss_drop": figures["val_loss_drop"] / 2})
+    off = {**figures, "merge_max_abs_diff": 0.25, "tensors_only_in_one": ["model.layers.0.self_attn.o_proj.weight"]}
+    (problem,) = rehearsal_problems(off, lenient, "toy.yaml")
+    assert "does not merge to the merged checkpoint" in problem and "largest difference 0.25" in problem
+    assert "model.layers.0.self_attn.o_proj.weight" in problem
+    unparsed = config.model_copy(update={"min_val_loss_drop": figures["val_loss_drop"] / 2, "min_parse_rate": 0.5})
+    (problem,) = rehearsal_problems({**figures, "parse_rate": 0.5 - 1e-9}, unparsed, "toy.yaml")
+    assert "1 of the 2 validation answers of the rehearsed LoRA parse (parse rate 50%" in problem
+    assert "lora_rehearsal.min_parse_rate 50%" in problem
+    assert rehearsal_problems({**figures, "parse_rate": 0.5}, unparsed, "toy.yaml") == []
+    diverged = {**figures, "final_val_loss": float("nan"), "val_loss_drop": float("nan")}
+    assert len(rehearsal_problems(diverged, lenient, "toy.yaml")) == 1  # a NaN loss did not fall
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -48,8 +48,13 @@ def materialize(
 
 
 def small_batches():
-    """The toy settings with batches of 4 and two generated prompts: the same path in a few seconds."""
-    return settings_with(training={"batch_size": 4, "parse_check_samples": 2})
+    """The toy settings with batches of 4 and two generated prompts, and a LoRA rehearsal of a few steps: the same path
+    in a few seconds."""
+    return settings_with(
+        training={"batch_size": 4, "parse_check_samples": 2},
+        lora_rehearsal={"max_steps": 4, "warmup_steps": 1, "parse_check_samples": 1, "min_val_loss_drop": 1e-4}
+        | {"min_parse_rate": 0.0},
+    )
 
 
 def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
@@ -91,10 +96,17 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
         assert f"| {row['id']} | {row['ticker']} | {row['action']} |" in generations
     assert "git_commit" in metadata and "config_hash" in metadata
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"validation_loss_decreased", "training_loss_stable"} and all(
+    assert set(checks) == {"validation_loss_decreased", "training_loss_stable", "lora_recipe_rehearsed"} and all(
         c.passed for c in checks.values()
     )
     assert checks["validation_loss_decreased"].metadata["relative_drop"].value > 0
+    # the GPU recipe's LoRA, rehearsed on the same base: its figures beside the baseline it is judged against
+    rehearsed = checks["lora_recipe_rehearsed"]
+    assert rehearsed.metadata["steps"].value == 4 and rehearsed.metadata["merge_max_abs_diff"].value == 0.0
+    assert rehearsed.metadata["val_loss_drop"].value >= rehearsed.metadata["min_val_loss_drop"].value == 1e-4
+    assert "| adapter_model.safetensors |" in rehearsed.metadata["adapter_files"].value
+    assert rehearsed.description.startswith("the recipe's LoRA, rank 32 / alpha 32 on 5 targets")
+    assert any(m.startswith("rehearsing the GPU recipe's LoRA: 4 steps on ") for m in messages)
 
 
 def test_gpu_gate_refuses_before_any_work(chain_data):
@@ -192,6 +204,37 @@ def test_the_training_loss_check_called_directly_finds_the_climb(tmp_path):
     result = assets.check_training_loss_stable(tmp_path, settings)
     assert not result.passed and "is likely too high; lower it" in result.description
     assert result.metadata["rolling_loss"].value > 7.0 * 1.05 and result.metadata["start_loss"].value > 6.8
+
+
+def test_the_lora_rehearsal_check_fails_naming_a_target_the_model_lacks(chain_data):
+    settings = small_batches()
+    training = settings.profile.training
+    misspelt = training.lora.model_copy(update={"target_modules": ["q_a_proj", "kv_b_prj"]})
+    settings = settings_with(settings, training={"lora": misspelt})
+    messages = []
+    result = assets.check_lora_rehearsal(settings, lambda message, *args: messages.append(message % args))
+    assert not result.passed
+    assert result.description.startswith("the GPU recipe's LoRA did not run on this base: LoRA target(s) kv_b_prj")
+    assert messages == [
+        f"rehearsing the GPU recipe's LoRA: 4 steps on {settings.paths.bf16_checkpoint} "
+        f"(lora_rehearsal of {settings.config_dir}/profiles/toy.yaml)"
+    ]
+
+
+def test_only_a_profile_that_fine_tunes_otherwise_rehearses_the_recipes_lora():
+    def check_names(settings) -> set[str]:
+        return {key.name for checks in assets.defs(settings).asset_checks for key in checks.check_keys}
+
+    toy = load_settings(env={})
+    assert "lora_recipe_rehearsed" in check_names(toy)
+    without = toy.model_copy(update={"profile": toy.profile.model_copy(update={"lora_rehearsal": None})})
+    assert check_names(without) == {"validation_loss_decreased", "training_loss_stable", "gpu_preflight"}
+    # NeMo's fine-tune runs the recipe's LoRA itself
+    assert "lora_recipe_rehearsed" not in check_names(toy.model_copy(update={"train_backend": "nemo"}))
+    raw = toy.profile.model_dump()
+    raw["training"]["peft"] = "lora"
+    with pytest.raises(ValueError, match=r"lora_rehearsal rehearses the GPU recipe's LoRA beside a Hugging Face full"):
+        type(toy.profile).model_validate(raw)
 
 
 def test_the_gpu_preflight_check_called_directly_warns_with_each_failed_item(data_dir):

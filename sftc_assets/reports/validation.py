@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sftc_assets.backtest import cue_preconditions
+from sftc_assets.training.lora_rehearsal import CHECK_NAME as REHEARSAL_CHECK
 from sftc_core import cost
 from sftc_core.checks import FAIL as CHECK_FAIL
 from sftc_core.checks import NOT_CHECKED, TOY_CHAIN, Check, failures
@@ -228,18 +229,27 @@ def fine_tune_method(stages: list[StageOutcome]) -> str | None:
     return next((stage.figures.get("peft") for stage in stages if stage.asset == "sft_model"), None)
 
 
-def _method_line(peft: str | None) -> str:
+def _method_line(peft: str | None, stages: list[dict]) -> str:
     if peft == "lora":
         return (
             "- Fine-tune method: LoRA on the GPU recipe's targets (configs/nemo/finetune.yaml), adapter and merged "
             "model written"
         )
     if peft == "none":
-        return (
+        full = (
             "- Fine-tune method: a full fine-tune, not the GPU recipe's LoRA (the toy's LoRA does not learn its "
-            "planted cue in budget: docs/toy-recipe.md); the LoRA path (targets, adapter, merge) is proven by "
-            "tests/test_training_hf.py, not by this run"
+            "planted cue in budget: docs/toy-recipe.md)"
         )
+        checks = [c for stage in stages if stage["asset"] == "sft_model" for c in stage["checks"]]
+        rehearsal = next((c for c in checks if c["name"] == REHEARSAL_CHECK), None)
+        if rehearsal is None:
+            return (
+                full
+                + "; the LoRA path (targets, adapter, merge) is proven by tests/test_training_hf.py, not by this run"
+            )
+        if rehearsal["passed"]:
+            return f"{full}; beside it, {rehearsal['description']} (sft_model's check {REHEARSAL_CHECK})"
+        return f"{full}; the recipe's LoRA rehearsed beside it FAILED: {rehearsal['description']}"
     return "- Fine-tune method: unknown (sft_model did not report one)"
 
 
@@ -357,7 +367,7 @@ def render_markdown(report: dict) -> str:
         f"profile `{env['profile']}`, backend `{env['train_backend']}`",
         _launch_line(report["fine_tune_launch"]),
         _serving_line(report.get("evaluation_engine")),
-        _method_line(report["fine_tune_method"]),
+        _method_line(report["fine_tune_method"], report["stages"]),
         "- Packages: " + ", ".join(f"{name} {version}" for name, version in env["packages"].items()),
         "",
         f"## Part 1, the toy chain: {_verdict(report['toy_chain']['passed'])} "

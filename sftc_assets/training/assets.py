@@ -10,12 +10,13 @@ pool for `k8s` (Kubernetes schedules the pods only where their GPU request fits)
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
 from sftc_assets.sft_data import splits
-from sftc_assets.training import hf_backend, hf_entry, hf_launch, nemo_entry, nemo_runner, preflight
+from sftc_assets.training import hf_backend, hf_entry, hf_launch, lora_rehearsal, nemo_entry, nemo_runner, preflight
 from sftc_core.artifacts import Stamp
 from sftc_core.configs import FinetuneConfig, profile_path
 from sftc_core.io import read_jsonl
@@ -391,6 +392,54 @@ def check_training_loss_stable(model_dir: Path, settings: Settings) -> dg.AssetC
     )
 
 
+def check_lora_rehearsal(settings: Settings, log: Callable[..., None]) -> dg.AssetCheckResult:
+    """The profile's lora_rehearsal on sft_model's own inputs (the BF16 base, the NeMo JSONL), judged and shown;
+    `log`: where its start and outcome go (the run's log)."""
+    paths, profile = settings.paths, settings.profile
+    rehearsal = profile.lora_rehearsal
+    where = profile_path(settings.profile_name, settings.config_dir)
+    log(
+        "rehearsing the GPU recipe's LoRA: %d steps on %s (lora_rehearsal of %s)",
+        rehearsal.max_steps,
+        paths.bf16_checkpoint,
+        where,
+    )
+    try:
+        with hf_backend.training_progress(log, task="LoRA rehearsal") as progress:
+            figures = lora_rehearsal.rehearse_lora(
+                paths.bf16_checkpoint,
+                paths.nemo_jsonl,
+                profile.training,
+                rehearsal,
+                settings.sft,
+                profile.evaluation,
+                on_step=progress,
+            )
+    except (ValueError, FileNotFoundError) as exc:  # a target the model lacks, a loss gone non-finite, no input
+        return dg.AssetCheckResult(passed=False, description=f"the GPU recipe's LoRA did not run on this base: {exc}")
+    problems = lora_rehearsal.rehearsal_problems(figures, rehearsal, str(where))
+    summary = lora_rehearsal.rehearsal_summary(figures)
+    log("LoRA rehearsal: %s", "; ".join(problems) or summary)
+    adapter_files = [{"file": name, "bytes": size} for name, size in figures["adapter_files"].items()]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or summary,
+        metadata={
+            "steps": figures["steps"],
+            "initial_val_loss": figures["initial_val_loss"],
+            "final_val_loss": figures["final_val_loss"],
+            "val_loss_drop": figures["val_loss_drop"],
+            "min_val_loss_drop": rehearsal.min_val_loss_drop,
+            "parse_rate": figures["parse_rate"],
+            "adapters": figures["adapters"],
+            "merge_max_abs_diff": figures["merge_max_abs_diff"],
+            "seconds": figures["seconds"],
+            "adapter_files": dg.MetadataValue.md(markdown_table(adapter_files)),
+            "figures": dg.MetadataValue.json(figures),
+        },
+    )
+
+
 def check_gpu_preflight(settings: Settings) -> dg.AssetCheckResult:
     # This node's GPU items are required where the GPU run is: the full profile.
     report = preflight.run_preflight(
@@ -487,6 +536,19 @@ def defs(settings: Settings) -> dg.Definitions:
     def gpu_preflight() -> dg.AssetCheckResult:
         return check_gpu_preflight(settings)
 
-    return dg.Definitions(
-        assets=[nemo_model, sft_model], asset_checks=[validation_loss_decreased, training_loss_stable, gpu_preflight]
-    )
+    checks = [validation_loss_decreased, training_loss_stable, gpu_preflight]
+    if settings.profile.lora_rehearsal is not None and not nemo_backend:  # NeMo's fine-tune runs the recipe itself
+
+        @dg.asset_check(
+            asset=sft_model,
+            name=lora_rehearsal.CHECK_NAME,
+            description="The GPU recipe's LoRA (configs/nemo/finetune.yaml) rehearsed for a few steps on this "
+            "fine-tune's base and data (the profile's lora_rehearsal): its targets exist, its validation loss falls "
+            "by lora_rehearsal.min_val_loss_drop, its PEFT adapter loads onto the base and merges exactly.",
+            **check_placement(COMPUTE_CLASSES["sft_model"], settings),
+        )
+        def lora_recipe_rehearsed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            return check_lora_rehearsal(settings, context.log.info)
+
+        checks.append(lora_recipe_rehearsed)
+    return dg.Definitions(assets=[nemo_model, sft_model], asset_checks=checks)

@@ -480,12 +480,12 @@ def input_fingerprints(model_dir: Path, data_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def training_progress(log: Callable[[str], None] | None) -> Iterator[Callable[[dict], None]]:
+def training_progress(log: Callable[[str], None] | None, task: str = "training") -> Iterator[Callable[[dict], None]]:
     """An `on_step` for run_training: the steps as progress (step, loss, learning rate, tokens/s, ETA) on a
-    command's terminal and now and then to `log`."""
+    command's terminal and now and then to `log`, named `task`."""
     # A launched job's rows reach the launching side in batches: the time a step ended, not its arrival, makes the rate.
     step_ended = [time.time()]
-    with reporting("training", "step", log=log, clock=lambda: step_ended[0]) as report:
+    with reporting(task, "step", log=log, clock=lambda: step_ended[0]) as report:
 
         def on_step(row: dict) -> None:
             step_ended[0] = row.get("time", time.time())

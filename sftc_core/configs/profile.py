@@ -20,6 +20,13 @@ from sftc_core.configs.base import CONFIG_DIR, ConfigError, Strict, load_yaml_mo
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
+def _warmup_below_max_steps(cls, value: int, info: ValidationInfo) -> int:
+    steps = info.data.get("max_steps")
+    if steps is not None and value >= steps:
+        raise ValueError(f"warmup_steps {value} must be below max_steps {steps}")
+    return value
+
+
 class PartitionsConfig(Strict):
     start: str
     end: str
@@ -183,13 +190,24 @@ class TrainingConfig(Strict):
             )
         return value
 
-    @field_validator("warmup_steps")
-    @classmethod
-    def _warmup_inside(cls, value: int, info: ValidationInfo) -> int:
-        steps = info.data.get("max_steps")
-        if steps is not None and value >= steps:
-            raise ValueError(f"warmup_steps {value} must be below max_steps {steps}")
-        return value
+    _warmup_inside = field_validator("warmup_steps")(_warmup_below_max_steps)
+
+
+class LoraRehearsalConfig(Strict):
+    """A short run of the GPU recipe's LoRA on the profile's own base and data, beside a fine-tune that is not LoRA:
+    its targets must exist, its loss must fall and its adapter must load and merge (sft_model's check)."""
+
+    max_steps: int = Field(gt=0)
+    learning_rate: float = Field(gt=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    # The validation loss must fall at least this far (nats) over the steps: a rank or a target that cannot learn
+    # leaves it where it was.
+    min_val_loss_drop: float = Field(gt=0)
+    # Validation prompts answered greedily after the steps, and the share of them whose action must parse.
+    parse_check_samples: int = Field(default=8, ge=0)
+    min_parse_rate: float = Field(default=0.0, ge=0, le=1)
+
+    _warmup_inside = field_validator("warmup_steps")(_warmup_below_max_steps)
 
 
 class ServingConfig(Strict):
@@ -274,6 +292,17 @@ class ProfileConfig(Strict):
     training: TrainingConfig
     evaluation: EvaluationConfig
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    lora_rehearsal: LoraRehearsalConfig | None = None
+
+    @model_validator(mode="after")
+    def _rehearsal_beside_another_method(self) -> ProfileConfig:
+        if self.lora_rehearsal is not None and (self.training.backend, self.training.peft) != ("hf", "none"):
+            raise ValueError(
+                f"lora_rehearsal rehearses the GPU recipe's LoRA beside a Hugging Face full fine-tune, but training is "
+                f"backend {self.training.backend}, peft {self.training.peft}; remove lora_rehearsal (a LoRA fine-tune "
+                "is the recipe's run itself) or set training.peft: none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dates_inside_partitions(self) -> ProfileConfig:
