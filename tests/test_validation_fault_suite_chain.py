@@ -114,3 +114,22 @@ def test_a_prompt_without_the_facts_fails_the_canary_naming_the_template(tmp_pat
     cause = next(reason for reason in report["reasons"] if reason.startswith("planted_cue_recovered's preconditions"))
     assert cause.startswith("planted_cue_recovered's preconditions that do not hold: the cue reaches the prompts: 0 of")
     assert "Fix: put {facts} back in prompt.input_template" in cause
+
+
+def test_a_recipe_lora_that_learns_too_little_flips_the_report_to_no_naming_its_rehearsal(tmp_path):
+    """The full fine-tune still recovers the canary; only the nightly rehearsal of the GPU recipe's LoRA sees that
+    alpha 1 (a thirty-second of the recipe's scale) leaves the adapters unable to learn the answers."""
+    root = clone(tmp_path)
+    edit_yaml(root / "configs" / "nemo" / "finetune.yaml", lambda raw: raw["lora"].update(alpha=1))
+    done = sftc_run(root, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the chain ran; the report judges it
+    assert "check lora_recipe_rehearsed of sft_model FAILED" in done.stderr + done.stdout
+    report = (tmp_path / "data" / "reports" / "validation_report.md").read_text()
+    assert "**Ready for GPU deployment: NO**" in report
+    reasons = report[: report.index("- Date:")]
+    assert "- sft_model failed: check(s) failed: lora_recipe_rehearsed (the recipe's LoRA (rank 32, alpha 1," in reasons
+    assert "a fall under lora_rehearsal.min_val_loss_drop 1.5" in reasons
+    assert "under lora_rehearsal.min_parse_rate 50%" in reasons
+    assert "- Fine-tune method: a full fine-tune" in report and "the recipe's LoRA rehearsed beside it FAILED" in report
+    backtest = json.loads((tmp_path / "data" / "backtest" / "metrics.json").read_text())
+    assert backtest["planted_cue"]["recovered"]  # the full fine-tune the canary reads is unharmed
