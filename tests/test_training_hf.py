@@ -466,6 +466,23 @@ def test_cli_smoke_test_trains_ten_steps(toy_inputs, data_dir, capsys):
     assert (output / "model.safetensors").is_file()
 
 
+def test_cli_lora_rehearsal_prints_its_figures_and_fails_on_a_problem(toy_inputs, data_dir, capsys):
+    model_dir, nemo_dir = toy_inputs
+    rc = sftc_main(
+        ["train", "--lora-rehearsal", "--model", str(model_dir), "--data", str(nemo_dir), "--max-steps", "3"]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    # three steps on random weights cannot fall the toy profile's 1.5 nats: the problem is named, exit 1
+    assert rc == 1 and printed["steps"] == 3 and printed["merge_max_abs_diff"] == 0.0
+    assert any("lora_rehearsal.min_val_loss_drop 1.5" in problem for problem in printed["problems"])
+    assert not (data_dir / "models").exists()  # a rehearsal writes nothing
+    rc = sftc_main(["train", "--lora-rehearsal", "--model", str(model_dir), "--smoke-test", "--output", "x"])
+    assert rc == 2
+    assert "--lora-rehearsal runs here and writes nothing: it does not take --output, --smoke-test" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cli_defaults_read_the_data_directory_and_missing_inputs_fail_clearly(data_dir, capsys):
     rc = sftc_main(["train", "--max-steps", "2"])
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sftc_core.artifacts import Stamp
-from sftc_core.configs import load_sft_config
+from sftc_core.configs import load_sft_config, profile_path
 from sftc_core.settings import Settings
 from sftc_jobs.commands.outputs import add_force, writing_output
 
@@ -84,6 +84,13 @@ def register(subparsers) -> None:
         help="print the launch plan (sbatch script, JobSet manifest, per-node command) and, for the "
         "NeMo backend, what the run will cost (GPU-hours, wall-clock hours, money per phase); start nothing",
     )
+    parser.add_argument(
+        "--lora-rehearsal",
+        action="store_true",
+        help="run the profile's lora_rehearsal instead (the GPU recipe's LoRA for a few steps on --model and --data, "
+        "in a temporary directory, as sft_model's check lora_recipe_rehearsed does): its figures as JSON, exit 1 when "
+        "it finds a problem; --max-steps overrides its steps",
+    )
     add_force(parser)
     parser.set_defaults(func=run_train)
 
@@ -102,6 +109,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     output = args.output or paths.sft_model
     model = args.model or paths.bf16_checkpoint
     data = args.data or paths.nemo_jsonl
+    if args.lora_rehearsal:
+        return _rehearse_lora(args, settings, model, data)
     # A failed launch (the job's state and log) ends in the command line's one-line error, exit 2.
     with writing_output(args, [output], inputs=[model, data]) as stamp:
         if (args.backend or settings.train_backend) == "nemo":
@@ -142,6 +151,41 @@ def _train_here(
         )
     print(json.dumps({"output": str(result.output_dir), **result.metrics}, indent=2))
     return 0
+
+
+# What a rehearsal does not take: it runs here, writes nothing and is the Hugging Face backend's.
+NOT_WITH_REHEARSAL = ("output", "backend", "smoke_test", "resume", "launcher", "nodes", "procs_per_node", "dry_run")
+
+
+def _rehearse_lora(args: argparse.Namespace, settings: Settings, model: Path, data: Path) -> int:
+    import logging
+
+    from sftc_assets.training.hf_backend import training_progress
+    from sftc_assets.training.lora_rehearsal import rehearsal_problems, rehearse_lora
+
+    where = profile_path(settings.profile_name, settings.config_dir)
+    given = [f"--{name.replace('_', '-')}" for name in NOT_WITH_REHEARSAL if getattr(args, name)]
+    if given:
+        raise ValueError(f"--lora-rehearsal runs here and writes nothing: it does not take {', '.join(given)}")
+    rehearsal = settings.profile.lora_rehearsal
+    if rehearsal is None:
+        raise ValueError(f"{where}: no lora_rehearsal section (the profile's fine-tune is the recipe's run itself)")
+    if args.max_steps is not None:
+        warmup = min(rehearsal.warmup_steps, args.max_steps - 1)
+        rehearsal = rehearsal.model_copy(update={"max_steps": args.max_steps, "warmup_steps": warmup})
+    with training_progress(logging.getLogger("sftc.training").info, task="LoRA rehearsal") as progress:
+        figures = rehearse_lora(
+            model,
+            data,
+            settings.profile.training,
+            rehearsal,
+            settings.sft,
+            settings.profile.evaluation,
+            on_step=progress,
+        )
+    problems = rehearsal_problems(figures, rehearsal, str(where))
+    print(json.dumps({**figures, "problems": problems}, indent=2))
+    return 1 if problems else 0
 
 
 def _launch_hf(
