@@ -83,10 +83,13 @@ def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarr
 
 def _session_index(sessions: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per day (none NaT), its index in `sessions` (sorted; where it would go when it is none) and whether it is that
-    session; each distinct day looked up once."""
-    codes, distinct = pd.factorize(days)
-    index = np.searchsorted(sessions, distinct)
-    return index[codes], (sessions[np.minimum(index, len(sessions) - 1)] == distinct)[codes]
+    session: a table of the first session at or after each calendar day the sessions span, looked up by the day's offset
+    rounded up (a time past midnight belongs with the next day, as a search places it); no row is hashed or searched."""
+    one_day = np.timedelta64(1, "D")
+    span = (sessions[-1] - sessions[0]) // one_day
+    index_of_day = np.searchsorted(sessions, sessions[0] + np.arange(span + 2) * one_day)  # the last: past the end
+    index = index_of_day[np.clip(-((sessions[0] - days) // one_day), 0, span + 1)]
+    return index, sessions[np.minimum(index, len(sessions) - 1)] == days
 
 
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
