@@ -74,6 +74,25 @@ def test_classification_degenerate_cases():
     assert classification_metrics(same, same)["mcc"] == matthews_corrcoef(same, same) == 0.0
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["SELL", "", "STRONG_BUY", None, "HOLD", np.nan],
+        pd.Series(["SELL", "", "STRONG_BUY", "", "HOLD", ""], dtype="str"),  # Arrow's strings, as read_eval_csv's
+    ],
+)
+def test_label_codes_index_the_labels_and_a_missing_value_is_unparsed(values):
+    assert label_codes(values).tolist() == [3, 5, 0, 5, 2, 5]
+    assert label_codes(np.array(["BUY", "SELL"])).tolist() == [1, 3] and label_codes([]).tolist() == []
+
+
+@pytest.mark.parametrize("values", [["BUY", "buy", "FOO"], np.array(["BUY", None, 5, "FOO"], dtype=object)])
+def test_label_codes_name_the_first_value_that_is_no_label(values):
+    first = "'buy'" if "buy" in list(values) else "5"
+    with pytest.raises(ValueError, match=rf"^{first} is not an action \(STRONG_BUY, BUY, HOLD, SELL, STRONG_SELL\)"):
+        label_codes(values)
+
+
 def test_scores_follow_the_config_and_unparsed_is_zero():
     predicted = np.array(["STRONG_BUY", "BUY", "HOLD", "SELL", "STRONG_SELL", ""], dtype=object)
     assert action_scores(predicted, SCORES).tolist() == [1.0, 0.5, 0.0, -0.5, -1.0, 0.0]
