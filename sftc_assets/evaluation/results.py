@@ -203,8 +203,8 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
         ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(),
         f"is not an action ({', '.join(ACTIONS)}) or empty",
     )
-    check("parse_ok", ~raw["parse_ok"].isin(("true", "false")).to_numpy(), "must be true or false")
     parse_ok = (raw["parse_ok"] == "true").to_numpy()
+    check("parse_ok", ~parse_ok & (raw["parse_ok"] != "false").to_numpy(), "must be true or false")
     check(
         "parse_ok",
         parse_ok != (raw["predicted_action"] != "").to_numpy(),
