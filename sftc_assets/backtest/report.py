@@ -659,7 +659,7 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
         top.text(0.5, 0.5, "no portfolio: no position had prices", ha="center", va="center", transform=top.transAxes)
     else:
         # The curves start at 1 on the close of the first entry, the session before the first daily return.
-        days = pd.DatetimeIndex([pd.Timestamp(start), *daily.index])
+        days = daily.index.insert(0, pd.Timestamp(start))
         for column, label in (
             ("book_return", "portfolio (net of costs)"),
             ("gross_return", "portfolio before costs"),
