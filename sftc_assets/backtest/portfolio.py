@@ -102,8 +102,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     ]
     status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
-    entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
-    exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
+    entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]", copy=False)
+    exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]", copy=False)
     ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
     # The tickers of the rows with a return, and each row's among them.
     used = np.flatnonzero(np.bincount(ticker_codes[rows], minlength=len(all_tickers)))
