@@ -35,11 +35,14 @@ LABELS_ARROW = pa.array(LABELS, type=pa.large_string())
 
 def label_codes(values) -> np.ndarray:
     """Index in LABELS per value (0..4 the actions, 5 unparsed, as is a missing value), looked up in Arrow's hash of the
-    six labels: Arrow's strings (read_eval_csv's) never become Python strings, nor are they hashed twice."""
+    six labels: text never becomes a million Python strings. A Categorical (read_eval_csv's columns) has only its
+    categories looked up, each of which must be a label."""
 
     def not_a_label(value) -> ValueError:
         return ValueError(f"{value!r} is not an action ({', '.join(ACTIONS)}) or empty")
 
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return np.append(label_codes(values.cat.categories), len(LABELS) - 1)[values.cat.codes]  # code -1: missing
     try:
         array = pa.array(values, type=pa.large_string(), from_pandas=True)
     except (pa.ArrowTypeError, pa.ArrowInvalid):  # a value that is no text

@@ -78,7 +78,8 @@ def test_classification_degenerate_cases():
     "values",
     [
         ["SELL", "", "STRONG_BUY", None, "HOLD", np.nan],
-        pd.Series(["SELL", "", "STRONG_BUY", "", "HOLD", ""], dtype="str"),  # Arrow's strings, as read_eval_csv's
+        pd.Series(["SELL", "", "STRONG_BUY", "", "HOLD", ""], dtype="str"),  # Arrow's strings
+        pd.Series(pd.Categorical(["SELL", "", "STRONG_BUY", None, "HOLD", ""], [*ACTIONS, ""])),  # read_eval_csv's
     ],
 )
 def test_label_codes_index_the_labels_and_a_missing_value_is_unparsed(values):

@@ -155,7 +155,8 @@ def compute_backtest(
         "calendar": calendar,
         "horizon_days": sorted(int(h) for h in frame["horizon_days"].unique()),
         "config": config.model_dump(),
-        "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items())},
+        # The statuses the rows have: a Categorical's value_counts lists its categories without rows too.
+        "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items()) if n},
         **classification,
         **signal,
         "ci95": drawn.ci95,
