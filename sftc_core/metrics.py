@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sftc_core.target_format import ACTIONS
 
@@ -28,20 +30,30 @@ def none_if_nan(value: float) -> float | None:
 
 
 LABELS = (*ACTIONS, UNPARSED)  # the order of label codes
+LABELS_ARROW = pa.array(LABELS, type=pa.large_string())
 
 
 def label_codes(values) -> np.ndarray:
-    """Index in LABELS per value (0..4 the actions, 5 unparsed); hashing only the distinct values keeps 1M rows fast."""
-    codes, uniques = pd.factorize(pd.Series(values, copy=False) if not isinstance(values, pd.Series) else values)
-    position = {label: i for i, label in enumerate(LABELS)}
-    unknown = [u for u in uniques if u not in position]
-    if unknown:
-        raise ValueError(f"{unknown[0]!r} is not an action ({', '.join(ACTIONS)}) or empty")
-    return (
-        np.asarray([position[u] for u in uniques], dtype=np.int64)[codes]
-        if len(uniques)
-        else np.zeros(0, dtype=np.int64)
-    )
+    """Index in LABELS per value (0..4 the actions, 5 unparsed, as is a missing value), looked up in Arrow's hash of the
+    six labels: text never becomes a million Python strings. A Categorical (read_eval_csv's columns) has only its
+    categories looked up, each of which must be a label."""
+
+    def not_a_label(value) -> ValueError:
+        return ValueError(f"{value!r} is not an action ({', '.join(ACTIONS)}) or empty")
+
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        return np.append(label_codes(values.cat.categories), len(LABELS) - 1)[values.cat.codes]  # code -1: missing
+    try:
+        array = pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a value that is no text
+        raise not_a_label(next(v for v in values if not isinstance(v, str) and not pd.isna(v))) from None
+    codes = pc.index_in(array, value_set=LABELS_ARROW)
+    if codes.null_count:
+        unknown = pc.and_(pc.is_null(codes), pc.is_valid(array))
+        if pc.any(unknown).as_py():
+            raise not_a_label(array[pc.index(unknown, True).as_py()].as_py())
+        codes = pc.fill_null(codes, len(LABELS) - 1)
+    return codes.to_numpy().astype(np.int64)
 
 
 def action_scores(predicted, scores: Mapping[str, float]) -> np.ndarray:
@@ -49,14 +61,25 @@ def action_scores(predicted, scores: Mapping[str, float]) -> np.ndarray:
     return scores_from_codes(label_codes(predicted), scores)
 
 
+def label_scores(scores: Mapping[str, float]) -> np.ndarray:
+    """The score of each label of LABELS; an unparsed prediction ("") scores 0."""
+    return np.asarray([*(scores[a] for a in ACTIONS), 0.0], dtype="float64")
+
+
 def scores_from_codes(predicted_codes: np.ndarray, scores: Mapping[str, float]) -> np.ndarray:
-    return np.asarray([*(scores[a] for a in ACTIONS), 0.0], dtype="float64")[predicted_codes]
+    return label_scores(scores)[predicted_codes]
 
 
-def confusion_counts(true_codes: np.ndarray, predicted_codes: np.ndarray) -> np.ndarray:
-    """6x6 counts over LABELS: rows true, columns predicted (the last row stays 0: truth is always an action)."""
+def confusion_counts(
+    true_codes: np.ndarray, predicted_codes: np.ndarray, group: np.ndarray | None = None, groups: int = 1
+) -> np.ndarray:
+    """6x6 counts over LABELS: rows true, columns predicted (the last row stays 0: truth is always an action); with
+    `group` (an id in 0..groups-1 per row) one such table per group, groups x 6 x 6, from one count."""
     size = len(LABELS)
-    return np.bincount(true_codes * size + predicted_codes, minlength=size * size).reshape(size, size)
+    if group is None:
+        return np.bincount(true_codes * size + predicted_codes, minlength=size * size).reshape(size, size)
+    keys = (np.asarray(group, dtype=np.int64) * size + true_codes) * size + predicted_codes
+    return np.bincount(keys, minlength=groups * size * size).reshape(groups, size, size)
 
 
 def matthews_from_confusions(counts: np.ndarray) -> np.ndarray:
@@ -84,8 +107,12 @@ def classification_metrics(true, predicted) -> dict:
 
 
 def classification_from_codes(true_codes: np.ndarray, predicted_codes: np.ndarray) -> dict:
-    n = len(true_codes)
-    counts = confusion_counts(true_codes, predicted_codes)
+    return classification_from_confusion(confusion_counts(true_codes, predicted_codes))
+
+
+def classification_from_confusion(counts: np.ndarray) -> dict:
+    """The classification figures of a 6x6 table of `confusion_counts`."""
+    n = int(counts.sum())
     five = counts[: len(ACTIONS), : len(ACTIONS)]
     tp = np.diag(five).astype("float64")
     predicted_as = five.sum(axis=0)
@@ -211,33 +238,124 @@ def directional_accuracy(score: np.ndarray, forward_return: np.ndarray) -> float
     return float(np.count_nonzero(kinds == 2) / directional_rows) if directional_rows else None
 
 
-def signal_metrics(predicted, score: np.ndarray, forward_return: np.ndarray) -> dict:
-    """Over rows with a return: IC, mean return per predicted action, long-short spread, directional accuracy."""
-    return signal_from_codes(label_codes(predicted), score, forward_return)
+def signal_metrics(predicted, scores: Mapping[str, float], forward_return: np.ndarray) -> dict:
+    """Over rows with a return: IC, mean return per predicted action, long-short spread, directional accuracy; each
+    row scored by its predicted action (`scores`)."""
+    return signal_from_codes(label_codes(predicted), scores, forward_return)
 
 
-def signal_from_codes(predicted_codes: np.ndarray, score: np.ndarray, forward_return: np.ndarray) -> dict:
+def signal_from_codes(
+    predicted_codes: np.ndarray,
+    scores: Mapping[str, float],
+    forward_return: np.ndarray,
+    by_return: np.ndarray | None = None,
+) -> dict:
+    """The signal figures over every row: `signals_by_group` of one group."""
+    return signals_by_group(predicted_codes, scores, forward_return, by_return=by_return)[0]
+
+
+def signals_by_group(
+    predicted_codes: np.ndarray,
+    scores: Mapping[str, float],
+    forward_return: np.ndarray,
+    group: np.ndarray | None = None,
+    groups: int = 1,
+    by_return: np.ndarray | None = None,
+) -> list[dict]:
+    """`signal_metrics` of each group of rows (`group`: an id in 0..groups-1 per row; None: every row in one), from
+    counts keyed by (group, predicted label), not a pass per group. `by_return` is np.argsort(forward_return) (NaN
+    last) where the caller has it: one sort of the returns ranks them for every grouping of the rows."""
+    size = len(LABELS)
+    key = predicted_codes if group is None else np.asarray(group, dtype=np.int64) * size + predicted_codes
     has_return = np.isfinite(forward_return)
-    s, r = score[has_return], forward_return[has_return]
-    codes = predicted_codes[has_return]
-    counts = np.bincount(codes, minlength=len(LABELS))
-    sums = np.bincount(codes, weights=r, minlength=len(LABELS))
-    mean_by_action = {
-        (label or UNPARSED_NAME): {
-            "mean_return": float(sums[i] / counts[i]) if counts[i] else None,
-            "rows": int(counts[i]),
+    returns, label_key = forward_return[has_return], key[has_return]
+    # Rows per (group, label, sign of the return: falling, flat, rising) and their returns' sum, in row order.
+    by_sign = np.bincount(label_key * 3 + np.sign(returns).astype(np.int64) + 1, minlength=groups * size * 3)
+    by_sign = by_sign.reshape(groups, size, 3)
+    by_label = by_sign.sum(axis=2)
+    return_by_label = np.bincount(label_key, weights=returns, minlength=groups * size).reshape(groups, size)
+    score = label_scores(scores)
+    ranked = (np.argsort(forward_return) if by_return is None else by_return)[: len(returns)]
+    ic = _ic_by_group(key, group, groups, forward_return, ranked, by_label, score)
+    long, short = score > 0, score < 0
+    longs, shorts = by_label[:, long].sum(axis=1), by_label[:, short].sum(axis=1)
+    long_sum, short_sum = return_by_label[:, long].sum(axis=1), return_by_label[:, short].sum(axis=1)
+    hits = by_sign[:, long, 2].sum(axis=1) + by_sign[:, short, 0].sum(axis=1)
+    figures = []
+    for k in range(groups):
+        mean_by_action = {
+            (label or UNPARSED_NAME): {
+                "mean_return": float(return_by_label[k, i] / by_label[k, i]) if by_label[k, i] else None,
+                "rows": int(by_label[k, i]),
+            }
+            for i, label in enumerate(LABELS)
         }
-        for i, label in enumerate(LABELS)
-    }
-    longs, shorts = r[s > 0], r[s < 0]
-    return {
-        "rows_with_return": int(has_return.sum()),
-        "ic": spearman(s, r),
-        "mean_return_by_action": mean_by_action,
-        "long_short_spread": float(longs.mean() - shorts.mean()) if len(longs) and len(shorts) else None,
-        "directional_accuracy": directional_accuracy(s, r),
-        "directional_rows": int((s != 0).sum()),
-    }
+        directional_rows = int(longs[k] + shorts[k])
+        figures.append(
+            {
+                "rows_with_return": int(by_label[k].sum()),
+                "ic": none_if_nan(ic[k]),
+                "mean_return_by_action": mean_by_action,
+                "long_short_spread": (
+                    float(long_sum[k] / longs[k] - short_sum[k] / shorts[k]) if longs[k] and shorts[k] else None
+                ),
+                "directional_accuracy": int(hits[k]) / directional_rows if directional_rows else None,
+                "directional_rows": directional_rows,
+            }
+        )
+    return figures
+
+
+def _ic_by_group(
+    key: np.ndarray,
+    group: np.ndarray | None,
+    groups: int,
+    forward_return: np.ndarray,
+    ranked: np.ndarray,
+    by_label: np.ndarray,
+    score: np.ndarray,
+) -> np.ndarray:
+    """`spearman` of the score with the return over each group's rows with a return (NaN where undefined); `key` is
+    group * len(LABELS) + label per row, `ranked` those rows in ascending return, `by_label` their count per (group,
+    label), `score` each label's.
+
+    The rows grouped by a stable sort of the small group ids (a radix sort) keep their returns in order, so a run of
+    equal ones within a group shares its average rank; a score's average rank comes from the counts of the labels
+    scored below it. Ranks are centred on the group's mean rank (n + 1) / 2: half-integers, so their sums stay exact."""
+    size = len(LABELS)
+    pairs = by_label.sum(axis=1)
+    if groups > 1:
+        ranked = ranked[np.argsort(group.astype(np.min_scalar_type(groups - 1))[ranked], kind="stable")]
+    # The keys gathered from their smallest integer type: a gather in return order reads at random, fewer cache lines.
+    ranked_key, r = key.astype(np.min_scalar_type(groups * size - 1))[ranked], forward_return[ranked]
+    g = ranked_key // size
+    new_run = np.ones(len(r), dtype=bool)
+    new_run[1:] = (r[1:] != r[:-1]) | (g[1:] != g[:-1])
+    run_first = np.flatnonzero(new_run)
+    run_last = np.append(run_first[1:], len(r)) - 1
+    run_group = g[run_first]
+    # A run at positions first..last of its group (from 0) holds the ranks first+1..last+1; their mean less the
+    # group's mean rank.
+    first_of_group = np.cumsum(pairs) - pairs
+    run_rank = (run_first + run_last - 2 * first_of_group[run_group] - pairs[run_group] + 1) / 2
+    rank_y = run_rank[np.cumsum(new_run) - 1]
+    # Each group's sum over its runs pairwise (numpy's sum of a slice): a bincount's running sum drifts by ~1e-13
+    # over a million runs.
+    run_terms = (run_last - run_first + 1) * run_rank * run_rank
+    run_bounds = np.searchsorted(run_group, np.arange(groups + 1))
+    var_y = np.array([run_terms[a:b].sum() for a, b in zip(run_bounds[:-1], run_bounds[1:])])
+    values, value_of_label = np.unique(score, return_inverse=True)
+    # Labels that share a score (HOLD and unparsed) are one tie of it: counts and rank sums added up per score value.
+    same_score = np.eye(len(values))[value_of_label]
+    count_x = by_label @ same_score
+    cross = np.bincount(ranked_key, weights=rank_y, minlength=groups * size).reshape(groups, size) @ same_score
+    rank_x = np.cumsum(count_x, axis=1) - (count_x - 1) / 2 - ((pairs + 1) / 2)[:, None]
+    cov = (rank_x * cross).sum(axis=1)
+    var_x = (count_x * rank_x * rank_x).sum(axis=1)
+    denominator = np.sqrt(var_x * var_y)
+    return np.divide(
+        cov, denominator, out=np.full(groups, np.nan), where=denominator > 1e-9 * np.maximum(pairs, 1) ** 3
+    )
 
 
 def series_metrics(

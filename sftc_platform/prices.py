@@ -119,18 +119,20 @@ class LocalPriceSource:
                 log.warning("prices: %s", exc)
                 unknown[ticker] = str(exc)
         known = sorted(files)
-        scanned = {t for t in known if files[t].suffix == ".parquet" and _scannable(files[t])}
+        parquet = [i for i, t in enumerate(known) if files[t].suffix == ".parquet"]
+        dataset = ds.dataset([str(files[known[i]]) for i in parquet], format="parquet", schema=SCANNED_SCHEMA)
+        # Each file's footer is read once: its schema checked here, and its fragment keeps it for the scan.
+        scanned = {i: fragment for i, fragment in zip(parquet, dataset.get_fragments()) if _scannable(fragment)}
         index, dates, closes = [np.zeros(0, dtype=np.int64)], [np.zeros(0, "datetime64[ns]")], [np.zeros(0)]
         for i, ticker in enumerate(known):
-            if ticker not in scanned:
+            if i not in scanned:
                 frame = self.get_prices(ticker, start, end)
                 index.append(np.full(len(frame), i))
                 dates.append(frame["date"].to_numpy(dtype="datetime64[ns]"))
                 closes.append(frame["adjusted_close"].to_numpy(dtype="float64"))
         if scanned:
-            in_scan = [i for i, t in enumerate(known) if t in scanned]
-            dataset = ds.dataset([str(files[known[i]]) for i in in_scan], format="parquet", schema=SCANNED_SCHEMA)
-            ticker_of_file = dict(zip(dataset.files, in_scan))  # the dataset's own spelling of each path
+            ticker_of_file = {fragment.path: i for i, fragment in scanned.items()}
+            dataset = ds.FileSystemDataset(list(scanned.values()), SCANNED_SCHEMA, dataset.format, dataset.filesystem)
             for tagged in dataset.scanner(columns=list(SCANNED_SCHEMA.names)).scan_batches():
                 batch = tagged.record_batch
                 index.append(np.full(batch.num_rows, ticker_of_file[tagged.fragment.path]))
@@ -158,11 +160,11 @@ class LocalPriceSource:
 SCANNED_SCHEMA = pa.schema([("date", pa.timestamp("ns")), ("adjusted_close", pa.float64())])
 
 
-def _scannable(path: Path) -> bool:
+def _scannable(fragment: ds.ParquetFileFragment) -> bool:
     """Whether a Parquet price file can join the one scan: every price column there, dates as naive timestamps and
     numeric closes; another file is read on its own, and its error names it."""
     try:
-        schema = pq.read_schema(path)
+        schema = fragment.physical_schema
     except (OSError, pa.ArrowException):
         return False
     if any(name not in schema.names for name in PRICE_COLUMNS):

@@ -19,8 +19,11 @@ from sftc_core.configs import BacktestConfig, ConfigError, load_backtest_config
 from sftc_core.metrics import (
     action_scores,
     classification_metrics,
+    label_codes,
+    scores_from_codes,
     series_metrics,
     signal_metrics,
+    signals_by_group,
     spearman,
 )
 from sftc_core.target_format import ACTIONS
@@ -71,6 +74,26 @@ def test_classification_degenerate_cases():
     assert classification_metrics(same, same)["mcc"] == matthews_corrcoef(same, same) == 0.0
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["SELL", "", "STRONG_BUY", None, "HOLD", np.nan],
+        pd.Series(["SELL", "", "STRONG_BUY", "", "HOLD", ""], dtype="str"),  # Arrow's strings
+        pd.Series(pd.Categorical(["SELL", "", "STRONG_BUY", None, "HOLD", ""], [*ACTIONS, ""])),  # read_eval_csv's
+    ],
+)
+def test_label_codes_index_the_labels_and_a_missing_value_is_unparsed(values):
+    assert label_codes(values).tolist() == [3, 5, 0, 5, 2, 5]
+    assert label_codes(np.array(["BUY", "SELL"])).tolist() == [1, 3] and label_codes([]).tolist() == []
+
+
+@pytest.mark.parametrize("values", [["BUY", "buy", "FOO"], np.array(["BUY", None, 5, "FOO"], dtype=object)])
+def test_label_codes_name_the_first_value_that_is_no_label(values):
+    first = "'buy'" if "buy" in list(values) else "5"
+    with pytest.raises(ValueError, match=rf"^{first} is not an action \(STRONG_BUY, BUY, HOLD, SELL, STRONG_SELL\)"):
+        label_codes(values)
+
+
 def test_scores_follow_the_config_and_unparsed_is_zero():
     predicted = np.array(["STRONG_BUY", "BUY", "HOLD", "SELL", "STRONG_SELL", ""], dtype=object)
     assert action_scores(predicted, SCORES).tolist() == [1.0, 0.5, 0.0, -0.5, -1.0, 0.0]
@@ -80,7 +103,7 @@ def test_signal_metrics_by_hand_and_against_scipy():
     predicted = np.array(["STRONG_BUY", "BUY", "SELL", "HOLD", "", "STRONG_SELL", "BUY"], dtype=object)
     forward = np.array([0.04, -0.01, -0.02, 0.005, 0.03, 0.01, np.nan])
     score = action_scores(predicted, SCORES)
-    got = signal_metrics(predicted, score, forward)
+    got = signal_metrics(predicted, SCORES, forward)
     assert got["rows_with_return"] == 6
     rho, _ = spearmanr(score[:6], forward[:6])
     assert got["ic"] == pytest.approx(rho)
@@ -90,6 +113,51 @@ def test_signal_metrics_by_hand_and_against_scipy():
     assert (got["directional_accuracy"], got["directional_rows"]) == (0.5, 4)
     assert got["mean_return_by_action"]["BUY"] == {"mean_return": pytest.approx(-0.01), "rows": 1}
     assert got["mean_return_by_action"]["UNPARSED"] == {"mean_return": pytest.approx(0.03), "rows": 1}
+
+
+@pytest.mark.parametrize(
+    ("groups", "tied", "sorted_before"),
+    [(1, False, False), (1, True, True), (7, True, False), (50, True, True), (60, False, True)],
+)
+def test_signals_by_group_equal_each_group_computed_alone(groups, tied, sorted_before):
+    """Each group's figures from the one pass equal those of its rows alone: the IC `spearman`'s (average ranks for
+    ties), the rest by hand; with rows without a return, and groups of no row, of one row, of no return."""
+    rng = np.random.default_rng(groups)
+    n = 3000
+    codes = label_codes(_random_predictions(n, seed=groups)[1])
+    score = scores_from_codes(codes, SCORES)
+    forward = rng.normal(0.0, 0.03, n)
+    if tied:
+        forward = np.round(forward, 2)  # a few dozen values, 0 among them: long runs of ties
+    forward[rng.random(n) < 0.1] = np.nan
+    group = rng.integers(0, groups, n)
+    if groups > 3:
+        group[group >= groups - 2] = 0
+        group[0] = groups - 1  # one row; groups - 2 has none
+        forward[group == 1] = np.nan  # rows, none with a return
+        forward[group == 2] = np.nanmin(forward[group == 3])  # one run of ties that ends where group 3's first begins
+    by_return = np.argsort(forward) if sorted_before else None
+    got = signals_by_group(codes, SCORES, forward, group, groups, by_return)
+    assert len(got) == groups
+    for k, figures in enumerate(got):
+        has = (group == k) & np.isfinite(forward)
+        s, r, c = score[has], forward[has], codes[has]
+        assert figures["rows_with_return"] == has.sum()
+        ic = spearman(s, r)
+        assert figures["ic"] == (None if ic is None else pytest.approx(ic, abs=1e-12))
+        longs, shorts = r[s > 0], r[s < 0]
+        spread = longs.mean() - shorts.mean() if len(longs) and len(shorts) else None
+        assert figures["long_short_spread"] == (None if spread is None else pytest.approx(spread, rel=1e-12, abs=1e-15))
+        directional = s != 0
+        hits = np.sign(s[directional]) == np.sign(r[directional])
+        assert figures["directional_rows"] == directional.sum()
+        assert figures["directional_accuracy"] == (hits.mean() if directional.any() else None)
+        for i, label in enumerate([*ACTIONS, "UNPARSED"]):
+            mean = r[c == i].mean() if (c == i).any() else None
+            expected = {"mean_return": None if mean is None else pytest.approx(mean, rel=1e-12), "rows": (c == i).sum()}
+            assert figures["mean_return_by_action"][label] == expected
+    if groups == 1:
+        assert got[0] == signal_metrics(np.array([*ACTIONS, ""], dtype=object)[codes], SCORES, forward)
 
 
 def test_spearman_with_ties_matches_scipy_and_is_none_when_undefined():

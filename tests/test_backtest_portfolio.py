@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftc_assets.backtest.portfolio import backtest_portfolio, monthly_returns
+from sftc_assets.backtest.portfolio import _session_index, backtest_portfolio, monthly_returns
 from sftc_core.configs import load_backtest_config
 from sftc_core.market import trading_sessions
 from sftc_core.metrics import action_scores, series_metrics
@@ -171,3 +171,18 @@ def test_no_position_at_all_says_why(prices):
     assert not result.portfolio["available"] and result.daily.empty
     assert "no row has both a non-zero score and a forward return" in result.portfolio["reason"]
     assert result.portfolio["missing_by_reason"] == {"return_status_no_price": 1}
+
+
+def test_session_index_is_a_search_of_the_sessions():
+    """Each day's index is where np.searchsorted puts it among the sessions, and it is a session only when it is one:
+    days before, between (a weekend, a closed session, a time within a day) and after them."""
+    sessions = trading_sessions("XNYS")
+    sessions = sessions[(sessions >= "2012-10-01") & (sessions <= "2012-11-30")].to_numpy()
+    days = np.array(
+        ["2012-01-01", "2012-10-01", "2012-10-06", "2012-10-29", "2012-10-31T09:30", "2012-11-30", "2012-12-01"],
+        dtype="datetime64[ns]",
+    )
+    days = np.concatenate([days, sessions])
+    index, on_session = _session_index(sessions, days)
+    assert index.tolist() == np.searchsorted(sessions, days).tolist()
+    assert on_session.tolist() == np.isin(days, sessions).tolist()

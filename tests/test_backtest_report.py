@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -68,6 +69,8 @@ def test_backtest_gives_the_spec_figures_on_a_hand_written_csv(data_dir, capsys)
     assert metrics["portfolio"]["missing_by_reason"]["return_status_unknown_ticker"] == sum(
         1 for r in rows if r["ticker"] == "ZZZ" and scores[r["predicted_action"]] != 0
     )
+    statuses = Counter(r["return_status"] for r in rows)  # the statuses the rows have, none other
+    assert metrics["return_status_counts"] == dict(sorted(statuses.items())) and len(statuses) == 2
     assert [m["month"] for m in metrics["per_month"]] == ["2012-09", "2012-10", "2012-11", "2012-12"]
     assert sum(m["rows"] for m in metrics["per_month"]) == len(rows)
     report = (data_dir / "report" / "report.md").read_text()

@@ -83,10 +83,13 @@ def _price_matrix(closes: AdjustedCloses, tickers: list[str], sessions: np.ndarr
 
 def _session_index(sessions: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per day (none NaT), its index in `sessions` (sorted; where it would go when it is none) and whether it is that
-    session; each distinct day looked up once."""
-    codes, distinct = pd.factorize(days)
-    index = np.searchsorted(sessions, distinct)
-    return index[codes], (sessions[np.minimum(index, len(sessions) - 1)] == distinct)[codes]
+    session: a table of the first session at or after each calendar day the sessions span, looked up by the day's offset
+    rounded up (a time past midnight belongs with the next day, as a search places it); no row is hashed or searched."""
+    one_day = np.timedelta64(1, "D")
+    span = (sessions[-1] - sessions[0]) // one_day
+    index_of_day = np.searchsorted(sessions, sessions[0] + np.arange(span + 2) * one_day)  # the last: past the end
+    index = index_of_day[np.clip(-((sessions[0] - days) // one_day), 0, span + 1)]
+    return index, sessions[np.minimum(index, len(sessions) - 1)] == days
 
 
 def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XNYS") -> Positions:
@@ -99,8 +102,8 @@ def load_positions(frame: pd.DataFrame, source: PriceSource, calendar: str = "XN
     ]
     status_ok = reason == 0
     rows = np.flatnonzero(status_ok)
-    entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]")
-    exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]")
+    entry = frame["entry_date"].to_numpy()[rows].astype("datetime64[ns]", copy=False)
+    exit_ = frame["exit_date"].to_numpy()[rows].astype("datetime64[ns]", copy=False)
     ticker_codes, all_tickers = pd.factorize(frame["ticker"], sort=True)
     # The tickers of the rows with a return, and each row's among them.
     used = np.flatnonzero(np.bincount(ticker_codes[rows], minlength=len(all_tickers)))
@@ -189,10 +192,8 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
     n_days, n_tickers = positions.raw_prices.shape
     size = (n_days + 1) * n_tickers
     # Each event keyed by its (session, ticker) cell, the same keys for every book: a book is a few bincounts over them.
-    opens, closes, exits = (
-        day * n_tickers + positions.ticker_code
-        for day in (positions.entry_idx + 1, positions.exit_idx + 1, positions.exit_idx)
-    )
+    opens, exits = (day * n_tickers + positions.ticker_code for day in (positions.entry_idx + 1, positions.exit_idx))
+    closes = exits + n_tickers  # the session after the exit, when the weight leaves
 
     def per_cell(keys: np.ndarray, value: np.ndarray) -> np.ndarray:
         return np.bincount(keys, weights=value, minlength=size).reshape(n_days + 1, n_tickers)
@@ -204,23 +205,30 @@ def book_series(positions: Positions, weights: np.ndarray, cost_bps: float) -> B
 
     # Open weight per (session, ticker): +w from the first holding day, -w after the exit day, cumulated over sessions.
     open_weight = np.stack([np.cumsum(per_cell(opens, w) - per_cell(closes, w), axis=0)[:n_days] for w in weights])
-    active = weights != 0
-    magnitude, held = np.abs(weights), active.astype("float64")
-    opened = per_day(opens, magnitude)
-    gross = np.cumsum(opened - per_day(closes, magnitude), axis=1)[:, :n_days]
-    open_positions = np.cumsum(per_day(opens, held) - per_day(closes, held), axis=1)[:, :n_days]
+    magnitude, held = np.abs(weights), (weights != 0).astype("float64")
+    opened, exited = per_day(opens, magnitude), per_day(exits, magnitude)
+    gross = np.cumsum(opened - _day_after(exited), axis=1)[:, :n_days]
+    open_positions = np.cumsum(per_day(opens, held) - _day_after(per_day(exits, held)), axis=1)[:, :n_days]
     open_positions = np.rint(open_positions).astype(np.int64)
-    traded = (opened + per_day(exits, magnitude))[:, :n_days]
+    traded = (opened + exited)[:, :n_days]
     gross = np.where(gross > 1e-12, gross, 0.0)  # cumsum round-off must not leave a phantom open book
     pnl = np.einsum("bdk,dk->bd", open_weight, positions.daily_returns)
     invested = gross > 0
     safe_gross = np.where(invested, gross, 1.0)
     gross_return = np.where(invested, pnl / safe_gross, 0.0)
     traded_share = np.where(invested, traded / safe_gross, 0.0)
-    start = np.where(active, positions.entry_idx, n_days).min(axis=1, initial=n_days)
-    end = np.where(active, positions.exit_idx, -1).max(axis=1, initial=-1)
+    # The first entry's close and the last exit from the sessions' sums (the weights held are > 0): no pass over the
+    # positions.
+    entered, left = opened > 0, exited > 0
+    start = np.where(entered.any(axis=1), entered.argmax(axis=1) - 1, n_days)
+    end = np.where(left.any(axis=1), n_days - left[:, ::-1].argmax(axis=1), -1)
     book_return = gross_return - cost_bps / 1e4 * traded_share
     return BookSeries(book_return, gross_return, gross, open_positions, traded_share, start, end)
+
+
+def _day_after(per_day: np.ndarray) -> np.ndarray:
+    """Per-session sums (c x sessions) moved one session later: what exits on a session leaves the book on the next."""
+    return np.concatenate([np.zeros((len(per_day), 1)), per_day[:, :-1]], axis=1)
 
 
 def _unavailable(reason: str, missing: dict[str, int], scored_zero: int) -> dict:

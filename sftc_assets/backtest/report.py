@@ -37,10 +37,13 @@ from sftc_core.metrics import (
     UNPARSED_NAME,
     classification_cells,
     classification_from_codes,
+    classification_from_confusion,
+    confusion_counts,
     directional_accuracy,
     label_codes,
     scores_from_codes,
     signal_from_codes,
+    signals_by_group,
 )
 from sftc_core.target_format import ACTIONS
 from sftc_core.text import format_number, format_share
@@ -112,7 +115,8 @@ def compute_backtest(
     forward = frame["forward_return"].to_numpy(dtype="float64")
     score = scores_from_codes(predicted, config.scores)
     classification = classification_from_codes(true, predicted)
-    signal = signal_from_codes(predicted, score, forward)
+    by_return = np.argsort(forward)  # ranks the returns of the whole frame's IC and of every month's
+    signal = signal_from_codes(predicted, config.scores, forward, by_return)
     positions = load_positions(frame, source, calendar)
     # The model's book and the baselines' (every row scored +1, or -1) in one pass over the positions.
     result, *baseline_books = backtest_portfolios(
@@ -151,7 +155,8 @@ def compute_backtest(
         "calendar": calendar,
         "horizon_days": sorted(int(h) for h in frame["horizon_days"].unique()),
         "config": config.model_dump(),
-        "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items())},
+        # The statuses the rows have: a Categorical's value_counts lists its categories without rows too.
+        "return_status_counts": {str(s): int(n) for s, n in sorted(frame["return_status"].value_counts().items()) if n},
         **classification,
         **signal,
         "ci95": drawn.ci95,
@@ -168,7 +173,7 @@ def compute_backtest(
         },
         "portfolio": result.portfolio,
         "benchmark": result.benchmark,
-        "per_month": _per_month(frame, true, predicted, score, forward, result),
+        "per_month": _per_month(frame, true, predicted, config.scores, forward, by_return, result),
     }
     metrics["verdict"] = skill_verdict(metrics)
     if cues is not None:
@@ -182,26 +187,26 @@ def _per_month(
     frame: pd.DataFrame,
     true: np.ndarray,
     predicted: np.ndarray,
-    score: np.ndarray,
+    scores: Mapping[str, float],
     forward: np.ndarray,
+    by_return: np.ndarray,
     result: PortfolioResult,
 ) -> list[dict]:
-    """The figures per month of as_of_date, each beside the count it is computed over."""
+    """The figures per month of as_of_date, each beside the count it is computed over; `by_return` is
+    np.argsort(forward)."""
     book_by_month = monthly_returns(result.daily, "book_return")
     benchmark_by_month = monthly_returns(result.daily, "benchmark_return")
     sessions_by_month = result.daily.index.strftime("%Y-%m").value_counts().to_dict() if not result.daily.empty else {}
-    # Rows grouped by month of as_of_date with one stable sort, not a mask per month; the month of each distinct day
-    # only (a million date conversions and a sort of them were the slow way).
+    # The month of each distinct day only (a million date conversions and a sort of them were the slow way); every
+    # month's figures then come from counts keyed by month, not from a pass per month.
     day_codes, days = pd.factorize(frame["as_of_date"].to_numpy())
     months, month_of_day = np.unique(days.astype("datetime64[M]"), return_inverse=True)
     month_index = month_of_day[day_codes]
-    order = np.argsort(month_index, kind="stable")
-    bounds = np.searchsorted(month_index[order], np.arange(len(months) + 1))
+    confusions = confusion_counts(true, predicted, month_index, len(months))
+    signals = signals_by_group(predicted, scores, forward, month_index, len(months), by_return)
     per_month = []
-    for i, month in enumerate(np.datetime_as_string(months, unit="M")):
-        rows = order[bounds[i] : bounds[i + 1]]
-        c = classification_from_codes(true[rows], predicted[rows])
-        s = signal_from_codes(predicted[rows], score[rows], forward[rows])
+    for month, confusion, s in zip(np.datetime_as_string(months, unit="M"), confusions, signals):
+        c = classification_from_confusion(confusion)
         per_month.append(
             {
                 "month": str(month),
@@ -655,7 +660,7 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
         top.text(0.5, 0.5, "no portfolio: no position had prices", ha="center", va="center", transform=top.transAxes)
     else:
         # The curves start at 1 on the close of the first entry, the session before the first daily return.
-        days = pd.DatetimeIndex([pd.Timestamp(start), *daily.index])
+        days = daily.index.insert(0, pd.Timestamp(start))
         for column, label in (
             ("book_return", "portfolio (net of costs)"),
             ("gross_return", "portfolio before costs"),
@@ -671,7 +676,7 @@ def plot_equity_curve(daily: pd.DataFrame, start: str | None) -> bytes:
     # Concise dates: a few months or several years both stay readable on one axis.
     bottom.xaxis.set_major_locator(locator := mdates.AutoDateLocator(maxticks=8))
     bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    top.set_title("Equity curve")
+    top.set_title("Equity curve", y=1.0)  # y given: no tick label above the axes to measure and clear
     return _png(figure)
 
 
@@ -693,7 +698,7 @@ def plot_confusion(metrics: dict) -> bytes:
     threshold = counts.max() / 2 if counts.size else 0
     for (i, j), value in np.ndenumerate(counts):
         axes.text(j, i, f"{value:,}", ha="center", va="center", color="white" if value > threshold else "black")
-    axes.set_title(f"Confusion matrix ({metrics['rows']:,} rows)")
+    axes.set_title(f"Confusion matrix ({metrics['rows']:,} rows)", y=1.0)  # as the equity curve's title
     return _png(figure)
 
 

@@ -204,8 +204,10 @@ def uncertainty(
 ) -> Uncertainty:
     """Every interval and p-value of the spec's ci95 and p_values; `daily` is the book's daily return series
     (None: no portfolio)."""
-    cells = classification_cells(true_codes, predicted_codes, score, forward_return)
-    ci95 = multinomial_intervals(cells, config.bootstrap_resamples, config.seed)
+    ci95 = dict.fromkeys(CELL_FIGURES)
+    if config.bootstrap_resamples > 0:  # each row's cell is a pass over a million rows: only for draws
+        cells = classification_cells(true_codes, predicted_codes, score, forward_return)
+        ci95 = multinomial_intervals(cells, config.bootstrap_resamples, config.seed)
     methods = dict.fromkeys(CELL_FIGURES, MULTINOMIAL)
     ci95["ic"], methods["ic"], ic_p, ic_p_method = ic_uncertainty(score, forward_return, ic, config)
     ci95["sharpe"], block = sharpe_interval(daily, config) if daily is not None else (None, None)

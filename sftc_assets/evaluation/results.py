@@ -17,6 +17,7 @@ import pyarrow.csv as pa_csv
 
 from sftc_core.io import BeforeSwap, atomic_path
 from sftc_core.market import RETURN_STATUSES
+from sftc_core.metrics import LABELS
 from sftc_core.target_format import ACTIONS
 
 EVAL_COLUMNS = (
@@ -70,9 +71,10 @@ def eval_csv_files(path: Path | str) -> list[Path]:
 
 def read_eval_csv(path: Path | str | Sequence[Path], *, raw_output: bool = True) -> pd.DataFrame:
     """Every row of the eval CSV(s) at `path` (a file, a directory of them, or a list of files), validated and
-    typed; `source_file` says where each row came from. Errors name the file, the row (1 = first data row) and
-    the column. `raw_output=False` leaves the model's text out (most of the file's bytes; the backtest has no use for
-    it): the column must still be there and every row is still parsed whole.
+    typed (true_action, predicted_action and return_status as Categoricals of ACTIONS, LABELS and RETURN_STATUSES);
+    `source_file` says where each row came from. Errors name the file, the row (1 = first data row) and the column.
+    `raw_output=False` leaves the model's text out (most of the file's bytes; the backtest has no use for it): the
+    column must still be there and every row is still parsed whole.
     """
     files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else eval_csv_files(path)
     if not files:
@@ -145,6 +147,13 @@ def _days(text: pd.Series, required: bool) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(days[codes], index=text.index), bad[codes]
 
 
+def _categories(text: pd.Series, values: Sequence[str]) -> pd.Series:
+    """`text` as a Categorical of `values` (missing where it is none of them): the one look-up of each row, which the
+    backtest's label codes and counts by status then read as codes."""
+    codes = pc.fill_null(pc.index_in(pa.array(text), value_set=pa.array(values, pa.large_string())), -1)
+    return pd.Series(pd.Categorical.from_codes(codes.to_numpy().astype(np.int8), list(values)), index=text.index)
+
+
 def _numbers(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """(values as float64 with NaN for empty, rows whose text is not a finite number nor empty). Arrow's cast parses a
     clean column in one pass; a column it cannot cast goes through pandas' to_numeric, which leaves the bad rows NaN."""
@@ -197,17 +206,17 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
     if not _surely_distinct(raw["id"]):  # the exact (slower) look only where a repeat is possible
         check("id", raw["id"].duplicated().to_numpy(), "appears on an earlier row too; one row per test thesis")
     check("ticker", (raw["ticker"] == "").to_numpy(), "is empty; every row needs a ticker")
-    check("true_action", ~raw["true_action"].isin(ACTIONS).to_numpy(), f"is not an action ({', '.join(ACTIONS)})")
-    check(
-        "predicted_action",
-        ~raw["predicted_action"].isin((*ACTIONS, "")).to_numpy(),
-        f"is not an action ({', '.join(ACTIONS)}) or empty",
+    true_action, predicted_action = (
+        _categories(raw["true_action"], ACTIONS),
+        _categories(raw["predicted_action"], LABELS),
     )
-    check("parse_ok", ~raw["parse_ok"].isin(("true", "false")).to_numpy(), "must be true or false")
+    check("true_action", true_action.isna().to_numpy(), f"is not an action ({', '.join(ACTIONS)})")
+    check("predicted_action", predicted_action.isna().to_numpy(), f"is not an action ({', '.join(ACTIONS)}) or empty")
     parse_ok = (raw["parse_ok"] == "true").to_numpy()
+    check("parse_ok", ~parse_ok & (raw["parse_ok"] != "false").to_numpy(), "must be true or false")
     check(
         "parse_ok",
-        parse_ok != (raw["predicted_action"] != "").to_numpy(),
+        parse_ok != (predicted_action != "").to_numpy(),
         "disagrees with predicted_action (true exactly when an action was parsed)",
     )
     horizon, not_number = _numbers(raw["horizon_days"])
@@ -223,14 +232,11 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
         "is not after as_of_date (no look-ahead: entry is the first session after it)",
     )
     check("exit_date", (exit_ <= entry).to_numpy(), "is not after entry_date")
-    check(
-        "return_status",
-        ~raw["return_status"].isin(RETURN_STATUSES).to_numpy(),
-        f"is not a return status ({', '.join(RETURN_STATUSES)})",
-    )
+    status = _categories(raw["return_status"], RETURN_STATUSES)
+    check("return_status", status.isna().to_numpy(), f"is not a return status ({', '.join(RETURN_STATUSES)})")
     forward, not_number = _numbers(raw["forward_return"])
     check("forward_return", not_number, "is not a number (or empty)")
-    status_ok = (raw["return_status"] == "ok").to_numpy()
+    status_ok = (status == "ok").to_numpy()
     check("forward_return", status_ok & forward.isna().to_numpy(), "is empty but return_status is ok")
     check("forward_return", ~status_ok & forward.notna().to_numpy(), "is set but return_status says there is no return")
     check(
@@ -240,12 +246,15 @@ def _validated(file: Path, raw: pd.DataFrame) -> pd.DataFrame:
     )
     typed = raw.loc[:, [c for c in EVAL_COLUMNS if c in raw.columns]]
     typed = typed.assign(
+        true_action=true_action,
+        predicted_action=predicted_action,
         as_of_date=as_of,
         parse_ok=parse_ok,
         horizon_days=horizon.astype("int64"),
         entry_date=entry,
         exit_date=exit_,
         forward_return=forward,
+        return_status=status,
         source_file=file.name,
     )
     return typed
