@@ -185,11 +185,6 @@ def drawn_spearman(x: np.ndarray, y: np.ndarray):
     return of
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation (average ranks for ties); None with fewer than 2 rows or a constant side."""
-    return none_if_nan(float(drawn_spearman(x, y)(np.arange(len(x))[None])[0]))
-
-
 # Per (true, predicted) pair of labels three cells: no direction (a zero score or no return), a directional miss, a hit.
 DIRECTION_KINDS = 3
 CELLS = len(LABELS) * len(LABELS) * DIRECTION_KINDS
@@ -315,9 +310,9 @@ def _ic_by_group(
     by_label: np.ndarray,
     score: np.ndarray,
 ) -> np.ndarray:
-    """`spearman` of the score with the return over each group's rows with a return (NaN where undefined); `key` is
-    group * len(LABELS) + label per row, `ranked` those rows in ascending return, `by_label` their count per (group,
-    label), `score` each label's.
+    """The Spearman rank correlation (average ranks for ties) of the score with the return over each group's rows with
+    a return (NaN where undefined); `key` is group * len(LABELS) + label per row, `ranked` those rows in ascending
+    return, `by_label` their count per (group, label), `score` each label's.
 
     The rows grouped by a stable sort of the small group ids (a radix sort) keep their returns in order, so a run of
     equal ones within a group shares its average rank; a score's average rank comes from the counts of the labels

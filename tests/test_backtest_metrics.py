@@ -19,16 +19,23 @@ from sftc_core.configs import BacktestConfig, ConfigError, load_backtest_config
 from sftc_core.metrics import (
     action_scores,
     classification_metrics,
+    drawn_spearman,
     label_codes,
     scores_from_codes,
     series_metrics,
     signal_metrics,
     signals_by_group,
-    spearman,
 )
 from sftc_core.target_format import ACTIONS
 
 SCORES = load_backtest_config().scores
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """The reference: Spearman rank correlation (average ranks for ties) of all rows through drawn_spearman, the
+    bootstrap's; None with fewer than 2 rows or a constant side."""
+    value = float(drawn_spearman(x, y)(np.arange(len(x))[None])[0])
+    return None if np.isnan(value) else value
 
 
 def _random_predictions(n: int, seed: int, unparsed_share: float = 0.15):
