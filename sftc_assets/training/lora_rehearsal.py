@@ -68,7 +68,7 @@ def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
     served = {name for name in merged if not name.startswith(mtp)}
     shared = sorted(served & set(by_peft))
     differences = [(by_peft[name].float() - merged[name].float()).abs().max().item() for name in shared]
-    adapter = _tensors_of_file(run_dir / ADAPTER_DIR / "adapter_model.safetensors")
+    adapter = _tensor_names(run_dir / ADAPTER_DIR / "adapter_model.safetensors")
     return {
         "adapters": sum(".lora_A." in name for name in adapter),
         "adapter_files": {p.name: p.stat().st_size for p in sorted((run_dir / ADAPTER_DIR).iterdir())},
@@ -78,7 +78,7 @@ def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
     }
 
 
-def _tensors_of_file(path: Path) -> list[str]:
+def _tensor_names(path: Path) -> list[str]:
     with safe_open(path, framework="pt") as handle:
         return list(handle.keys())
 
