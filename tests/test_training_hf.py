@@ -445,6 +445,11 @@ def test_the_lora_rehearsal_names_a_loss_that_barely_falls_and_a_merge_that_diff
     (problem,) = rehearsal_problems({**figures, "parse_rate": 0.5 - 1e-9}, unparsed, "toy.yaml")
     assert "1 of the 2 validation answers of the rehearsed LoRA parse (parse rate 50%" in problem
     assert "lora_rehearsal.min_parse_rate 50%" in problem
+    assert figures["longest_checked_answer_tokens"] > figures["max_new_tokens"] == EVALUATION.max_new_tokens
+    assert f"the answers need up to {figures['longest_checked_answer_tokens']} tokens" in problem
+    assert f"evaluation.max_new_tokens {EVALUATION.max_new_tokens} in toy.yaml cuts them" in problem  # not the LoRA
+    (problem,) = rehearsal_problems({**figures, "parse_rate": 0.0, "max_new_tokens": 10**6}, unparsed, "toy.yaml")
+    assert "the adapters do not learn the answer's layout; check the rank, alpha and targets" in problem
     assert rehearsal_problems({**figures, "parse_rate": 0.5}, unparsed, "toy.yaml") == []
     diverged = {**figures, "final_val_loss": float("nan"), "val_loss_drop": float("nan")}
     assert len(rehearsal_problems(diverged, lenient, "toy.yaml")) == 1  # a NaN loss did not fall

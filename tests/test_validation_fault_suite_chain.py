@@ -89,7 +89,17 @@ def test_a_short_generation_budget_and_a_plan_fault_flip_the_report_to_no_with_t
     report = (tmp_path / "data" / "reports" / "validation_report.md").read_text()
     assert "**Ready for GPU deployment: NO**" in report
     reasons = report[: report.index("- Date:")]
-    assert "- eval_csv failed: check(s) failed: eval_parse_rate (months below a parse rate of 50%" in reasons
+    # The short budget cuts the LoRA rehearsal's answers too, and it says so rather than blaming the adapters; the
+    # evaluation fails after it, naming the same setting.
+    assert (
+        "- sft_model failed: check(s) failed: lora_recipe_rehearsed (0 of the 8 validation answers of the rehearsed "
+        "LoRA parse (parse rate 0%, under lora_rehearsal.min_parse_rate 50%): the answers need up to" in reasons
+    )
+    assert "but evaluation.max_new_tokens 8 in" in reasons and "cuts them (eval_csv's parse-rate check" in reasons
+    assert (
+        "- eval_csv failed after sft_model (look there first): check(s) failed: eval_parse_rate (months below a parse "
+        "rate of 50%" in reasons
+    )
     assert "evaluation.max_new_tokens 8 in" in reasons and "is shorter than the answers; raise it" in reasons
     assert (
         "GPU plan: LoRA targets failed: lora.target_modules names no NeMo module for 'q_a_proj' "

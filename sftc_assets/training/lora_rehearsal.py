@@ -17,11 +17,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftc_assets.checkpoints.mtp import mtp_prefixes
 from sftc_assets.checkpoints.safetensors_io import load_weight_map
+from sftc_assets.training.data import load_pairs
 from sftc_assets.training.hf_backend import run_training
 from sftc_core.configs import EvaluationConfig, LoraRehearsalConfig, SftConfig, TrainingConfig
+from sftc_core.nemo_format import split_file
 from sftc_core.paths import ADAPTER_DIR
 from sftc_core.threads import torch_threads
 
@@ -58,7 +61,6 @@ def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
     """peft loads `run_dir`'s adapter onto the base at `base_dir` and merges it; the merged weights against
     `run_dir`'s merged checkpoint (the MTP layer, which transformers does not build, is carried there and left out)."""
     from peft import PeftModel  # only LoRA runs need it
-    from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     # saved, to compare the on-disk names (transformers fuses the experts in memory)
@@ -102,6 +104,10 @@ def rehearse_lora(
         with torch_threads(training.cpu_threads):
             round_trip = adapter_round_trip(Path(model_dir), run.output_dir, Path(scratch) / "merged_by_peft")
     metrics = run.metrics
+    checked = load_pairs(split_file(data_dir, "validation"))[: rehearsal.parse_check_samples]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # + 1: the EOS that ends an answer
+    answer_tokens = [len(tokenizer(pair["output"], add_special_tokens=False)["input_ids"]) + 1 for pair in checked]
     return {
         "lora_rank": metrics["lora_rank"],
         "lora_alpha": metrics["lora_alpha"],
@@ -116,6 +122,8 @@ def rehearse_lora(
         "val_loss_drop": metrics["initial_val_loss"] - metrics["final_val_loss"],
         "parse_rate": metrics["parse_rate"],
         "parse_checked": metrics["parse_checked"],
+        "max_new_tokens": evaluation.max_new_tokens,
+        "longest_checked_answer_tokens": max(answer_tokens, default=0),
         **round_trip,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -137,11 +145,18 @@ def rehearsal_problems(figures: dict, rehearsal: LoraRehearsalConfig, where: str
         )
     parse_rate = figures["parse_rate"]
     if parse_rate is not None and parse_rate < rehearsal.min_parse_rate:
-        problems.append(
+        parsed = (
             f"{figures['parse_checked'] * parse_rate:.0f} of the {figures['parse_checked']} validation answers of the "
             f"rehearsed LoRA parse (parse rate {parse_rate:.0%}, under lora_rehearsal.min_parse_rate "
-            f"{rehearsal.min_parse_rate:.0%}): the adapters do not learn the answer's layout; check the rank, alpha "
-            f"and targets of configs/nemo/finetune.yaml and the target format of configs/sft_config.yaml"
+            f"{rehearsal.min_parse_rate:.0%})"
+        )
+        budget, needed = figures["max_new_tokens"], figures["longest_checked_answer_tokens"]
+        problems.append(
+            f"{parsed}: the answers need up to {needed} tokens, but evaluation.max_new_tokens {budget} in {where} cuts "
+            "them (eval_csv's parse-rate check names it too); raise it"
+            if budget < needed
+            else f"{parsed}: the adapters do not learn the answer's layout; check the rank, alpha and targets of "
+            "configs/nemo/finetune.yaml and the target format of configs/sft_config.yaml"
         )
     if figures["tensors_only_in_one"] or not figures["merge_max_abs_diff"] == 0.0:
         only = figures["tensors_only_in_one"]
