@@ -104,6 +104,7 @@ def test_sft_model_smoke_run_reports_figures_plot_and_passing_check(chain_data):
     rehearsed = checks["lora_recipe_rehearsed"]
     assert rehearsed.metadata["steps"].value == 4 and rehearsed.metadata["merge_max_abs_diff"].value == 0.0
     assert rehearsed.metadata["val_loss_drop"].value >= rehearsed.metadata["min_val_loss_drop"].value == 1e-4
+    assert rehearsed.metadata["parse_rate"].value >= rehearsed.metadata["min_parse_rate"].value == 0.0
     assert "| adapter_model.safetensors |" in rehearsed.metadata["adapter_files"].value
     assert rehearsed.description.startswith("the recipe's LoRA, rank 32 / alpha 32 on 5 targets")
     assert any(m.startswith("rehearsing the GPU recipe's LoRA: 4 steps on ") for m in messages)

@@ -431,6 +431,7 @@ def check_lora_rehearsal(settings: Settings, log: Callable[..., None]) -> dg.Ass
             "val_loss_drop": figures["val_loss_drop"],
             "min_val_loss_drop": rehearsal.min_val_loss_drop,
             "parse_rate": figures["parse_rate"],
+            "min_parse_rate": rehearsal.min_parse_rate,
             "adapters": figures["adapters"],
             "merge_max_abs_diff": figures["merge_max_abs_diff"],
             "seconds": figures["seconds"],
@@ -544,7 +545,8 @@ def defs(settings: Settings) -> dg.Definitions:
             name=lora_rehearsal.CHECK_NAME,
             description="The GPU recipe's LoRA (configs/nemo/finetune.yaml) rehearsed for a few steps on this "
             "fine-tune's base and data (the profile's lora_rehearsal): its targets exist, its validation loss falls "
-            "by lora_rehearsal.min_val_loss_drop, its PEFT adapter loads onto the base and merges exactly.",
+            "by lora_rehearsal.min_val_loss_drop, min_parse_rate of its answers parse, and its PEFT adapter loads onto "
+            "the base and merges exactly.",
             **check_placement(COMPUTE_CLASSES["sft_model"], settings),
         )
         def lora_recipe_rehearsed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
