@@ -731,7 +731,13 @@ def _parse_check(
     pairs = pairs[: training.parse_check_samples]
     prompts = [pair["input"] for pair in pairs]
     if not prompts:
-        return {"parse_rate": None, "parse_checked": 0, "parse_ok": 0, "preview": []}
+        return {
+            "parse_rate": None,
+            "parse_checked": 0,
+            "parse_ok": 0,
+            "longest_checked_answer_tokens": 0,
+            "preview": [],
+        }
     max_new_tokens = min(SMOKE_NEW_TOKENS, evaluation.max_new_tokens) if smoke_test else evaluation.max_new_tokens
     texts = generate_greedy(model, tokenizer, prompts, max_new_tokens, evaluation.batch_size)
     actions = [target.parse_action(text) for text in texts]
@@ -740,4 +746,12 @@ def _parse_check(
         {"line": line, "expected": target.parse_action(pair["output"]), "predicted": action, "output": text}
         for line, (pair, text, action) in enumerate(zip(pairs, texts, actions), start=1)  # line of validation.jsonl
     ][:GENERATIONS_PREVIEW]
-    return {"parse_rate": ok / len(prompts), "parse_checked": len(prompts), "parse_ok": ok, "preview": preview}
+    # + 1: the EOS that ends an answer; a generation budget below it cuts answers, whatever the model learnt
+    longest = max(len(tokenizer(pair["output"], add_special_tokens=False)["input_ids"]) + 1 for pair in pairs)
+    return {
+        "parse_rate": ok / len(prompts),
+        "parse_checked": len(prompts),
+        "parse_ok": ok,
+        "longest_checked_answer_tokens": longest,
+        "preview": preview,
+    }

@@ -16,15 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from sftc_assets.checkpoints.mtp import mtp_prefixes
 from sftc_assets.checkpoints.safetensors_io import load_weight_map
-from sftc_assets.training.data import load_pairs
-from sftc_assets.training.hf_backend import run_training
+from sftc_assets.training.hf_backend import run_training, training_progress
 from sftc_core.configs import EvaluationConfig, LoraRehearsalConfig, SftConfig, TrainingConfig
-from sftc_core.nemo_format import split_file
 from sftc_core.paths import ADAPTER_DIR
 from sftc_core.threads import torch_threads
 
@@ -50,11 +48,11 @@ def rehearsal_training(training: TrainingConfig, rehearsal: LoraRehearsalConfig)
 
 
 def _tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for shard in sorted(set(load_weight_map(checkpoint).values())):
-        with safe_open(checkpoint / shard, framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return tensors
+    return {
+        name: tensor
+        for shard in set(load_weight_map(checkpoint).values())
+        for name, tensor in load_file(checkpoint / shard).items()
+    }
 
 
 def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
@@ -70,7 +68,7 @@ def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
     served = {name for name in merged if not name.startswith(mtp)}
     shared = sorted(served & set(by_peft))
     differences = [(by_peft[name].float() - merged[name].float()).abs().max().item() for name in shared]
-    adapter = _tensor_names(run_dir / ADAPTER_DIR / "adapter_model.safetensors")
+    adapter = load_file(run_dir / ADAPTER_DIR / "adapter_model.safetensors")
     return {
         "adapters": sum(".lora_A." in name for name in adapter),
         "adapter_files": {p.name: p.stat().st_size for p in sorted((run_dir / ADAPTER_DIR).iterdir())},
@@ -78,11 +76,6 @@ def adapter_round_trip(base_dir: Path, run_dir: Path, scratch: Path) -> dict:
         "tensors_only_in_one": sorted(served ^ set(by_peft)),
         "merge_max_abs_diff": max(differences, default=0.0),
     }
-
-
-def _tensor_names(path: Path) -> list[str]:
-    with safe_open(path, framework="pt") as handle:
-        return list(handle.keys())
 
 
 def rehearse_lora(
@@ -104,10 +97,6 @@ def rehearse_lora(
         with torch_threads(training.cpu_threads):
             round_trip = adapter_round_trip(Path(model_dir), run.output_dir, Path(scratch) / "merged_by_peft")
     metrics = run.metrics
-    checked = load_pairs(split_file(data_dir, "validation"))[: rehearsal.parse_check_samples]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # + 1: the EOS that ends an answer
-    answer_tokens = [len(tokenizer(pair["output"], add_special_tokens=False)["input_ids"]) + 1 for pair in checked]
     return {
         "lora_rank": metrics["lora_rank"],
         "lora_alpha": metrics["lora_alpha"],
@@ -123,7 +112,7 @@ def rehearse_lora(
         "parse_rate": metrics["parse_rate"],
         "parse_checked": metrics["parse_checked"],
         "max_new_tokens": evaluation.max_new_tokens,
-        "longest_checked_answer_tokens": max(answer_tokens, default=0),
+        "longest_checked_answer_tokens": metrics["longest_checked_answer_tokens"],
         **round_trip,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -167,6 +156,23 @@ def rehearsal_problems(figures: dict, rehearsal: LoraRehearsalConfig, where: str
             + "): a served merge would not be the trained model; see sftc_assets/training/hf_backend.py's save"
         )
     return problems
+
+
+def rehearse_and_judge(
+    model_dir: Path,
+    data_dir: Path,
+    training: TrainingConfig,
+    rehearsal: LoraRehearsalConfig,
+    sft: SftConfig,
+    evaluation: EvaluationConfig,
+    where: str,
+    log: Callable[[str], None] | None,
+) -> tuple[dict, list[str]]:
+    """`rehearse_lora` with its steps as progress on `log`, and what `rehearsal_problems` finds in its figures: the
+    check's and `sftc train --lora-rehearsal`'s one path."""
+    with training_progress(log, task="LoRA rehearsal") as progress:
+        figures = rehearse_lora(model_dir, data_dir, training, rehearsal, sft, evaluation, on_step=progress)
+    return figures, rehearsal_problems(figures, rehearsal, where)
 
 
 def rehearsal_summary(figures: dict) -> str:
