@@ -405,18 +405,12 @@ def check_lora_rehearsal(settings: Settings, log: Callable[..., None]) -> dg.Ass
         where,
     )
     try:
-        figures, problems = lora_rehearsal.rehearse_and_judge(
-            paths.bf16_checkpoint,
-            paths.nemo_jsonl,
-            profile.training,
-            rehearsal,
-            settings.sft,
-            profile.evaluation,
-            str(where),
-            log,
+        figures = lora_rehearsal.rehearse_lora(
+            paths.bf16_checkpoint, paths.nemo_jsonl, profile.training, rehearsal, settings.sft, profile.evaluation, log
         )
     except (ValueError, FileNotFoundError) as exc:  # a target the model lacks, a loss gone non-finite, no input
         return dg.AssetCheckResult(passed=False, description=f"the GPU recipe's LoRA did not run on this base: {exc}")
+    problems = lora_rehearsal.rehearsal_problems(figures, rehearsal, str(where))
     summary = lora_rehearsal.rehearsal_summary(figures)
     log("LoRA rehearsal: %s", "; ".join(problems) or summary)
     adapter_files = [{"file": name, "bytes": size} for name, size in figures["adapter_files"].items()]

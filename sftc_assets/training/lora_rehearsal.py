@@ -85,15 +85,20 @@ def rehearse_lora(
     rehearsal: LoraRehearsalConfig,
     sft: SftConfig,
     evaluation: EvaluationConfig,
-    on_step: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """The recipe's LoRA for `rehearsal.max_steps` steps on `model_dir` and the NeMo JSONL in `data_dir`, in a
-    temporary directory (nothing kept but the figures): its losses, parse rate and adapter round trip. `on_step`: as
-    run_training's."""
+    temporary directory (nothing kept but the figures): its losses, parse rate and adapter round trip; its steps as
+    progress on `log` (the check's run log, the command's logger)."""
     started = time.perf_counter()
     lora_training = rehearsal_training(training, rehearsal)
-    with tempfile.TemporaryDirectory(prefix="sftc-lora-rehearsal-") as scratch:
-        run = run_training(model_dir, data_dir, Path(scratch) / "lora", lora_training, sft, evaluation, on_step=on_step)
+    with (
+        tempfile.TemporaryDirectory(prefix="sftc-lora-rehearsal-") as scratch,
+        training_progress(log, task="LoRA rehearsal") as progress,
+    ):
+        run = run_training(
+            model_dir, data_dir, Path(scratch) / "lora", lora_training, sft, evaluation, on_step=progress
+        )
         with torch_threads(training.cpu_threads):
             round_trip = adapter_round_trip(Path(model_dir), run.output_dir, Path(scratch) / "merged_by_peft")
     metrics = run.metrics
@@ -156,23 +161,6 @@ def rehearsal_problems(figures: dict, rehearsal: LoraRehearsalConfig, where: str
             + "): a served merge would not be the trained model; see sftc_assets/training/hf_backend.py's save"
         )
     return problems
-
-
-def rehearse_and_judge(
-    model_dir: Path,
-    data_dir: Path,
-    training: TrainingConfig,
-    rehearsal: LoraRehearsalConfig,
-    sft: SftConfig,
-    evaluation: EvaluationConfig,
-    where: str,
-    log: Callable[[str], None] | None,
-) -> tuple[dict, list[str]]:
-    """`rehearse_lora` with its steps as progress on `log`, and what `rehearsal_problems` finds in its figures: the
-    check's and `sftc train --lora-rehearsal`'s one path."""
-    with training_progress(log, task="LoRA rehearsal") as progress:
-        figures = rehearse_lora(model_dir, data_dir, training, rehearsal, sft, evaluation, on_step=progress)
-    return figures, rehearsal_problems(figures, rehearsal, where)
 
 
 def rehearsal_summary(figures: dict) -> str:

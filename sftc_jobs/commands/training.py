@@ -160,7 +160,7 @@ NOT_WITH_REHEARSAL = ("output", "backend", "smoke_test", "resume", "launcher", "
 def _rehearse_lora(args: argparse.Namespace, settings: Settings, model: Path, data: Path) -> int:
     import logging
 
-    from sftc_assets.training.lora_rehearsal import rehearse_and_judge
+    from sftc_assets.training.lora_rehearsal import rehearsal_problems, rehearse_lora
 
     where = profile_path(settings.profile_name, settings.config_dir)
     given = [f"--{name.replace('_', '-')}" for name in NOT_WITH_REHEARSAL if getattr(args, name)]
@@ -173,9 +173,8 @@ def _rehearse_lora(args: argparse.Namespace, settings: Settings, model: Path, da
         warmup = min(rehearsal.warmup_steps, args.max_steps - 1)
         rehearsal = rehearsal.model_copy(update={"max_steps": args.max_steps, "warmup_steps": warmup})
     profile, log = settings.profile, logging.getLogger("sftc.training").info
-    figures, problems = rehearse_and_judge(
-        model, data, profile.training, rehearsal, settings.sft, profile.evaluation, str(where), log
-    )
+    figures = rehearse_lora(model, data, profile.training, rehearsal, settings.sft, profile.evaluation, log)
+    problems = rehearsal_problems(figures, rehearsal, str(where))
     print(json.dumps({**figures, "problems": problems}, indent=2))
     return 1 if problems else 0
 
